@@ -1,0 +1,1 @@
+//! pocketvl-convert: Hugging Face DeepSeek-VL2 checkpoints to GGUF.

@@ -1,0 +1,4 @@
+pub mod schema;
+pub mod types;
+
+pub use types::GgmlType;

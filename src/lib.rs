@@ -1,0 +1,1 @@
+//! pocketvl: DeepSeek-VL2 on CPU.
