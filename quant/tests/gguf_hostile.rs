@@ -46,7 +46,7 @@ impl B {
         while self.0.len() % align != 0 {
             self.0.push(0);
         }
-        self.0.extend(std::iter::repeat(0xab).take(n));
+        self.0.resize(self.0.len() + n, 0xab);
         self
     }
     fn parse(&self) -> Result<GgufFile, GgufError> {

@@ -393,3 +393,17 @@ fn add_kv_validates() {
     }
     w.add_kv("general.alignment", Value::U32(64)).unwrap();
 }
+
+#[test]
+fn data_writer_refuses_work_after_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.gguf");
+    let mut w = GgufWriter::new();
+    w.add_tensor("a", GgmlType::F32, &[1]).unwrap();
+    let mut dw = w.create(&path, false).unwrap();
+    assert!(dw.write(&[0; 5]).is_err());
+    // Every tensor is complete, but the caller saw an error: no file.
+    assert!(dw.write(&[]).is_err());
+    assert!(dw.finish().is_err());
+    assert!(dir_entries(dir.path()).is_empty());
+}
