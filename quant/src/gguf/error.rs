@@ -118,7 +118,7 @@ pub enum GgufError {
     #[error("tensor {name:?}: unknown ggml type id {id}")]
     UnknownGgmlType { name: String, id: u32 },
 
-    /// Dimensions whose byte size is not defined (ne[0] not a multiple of the
+    /// Dimensions whose byte size is not defined (`ne[0]` not a multiple of the
     /// block size) or overflows.
     #[error("tensor {name:?}: shape {ne:?} of type {ty}: {reason}")]
     BadTensorShape {
