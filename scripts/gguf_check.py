@@ -5,6 +5,10 @@
     gguf_check.py --write-sample FILE  write a sample with gguf.GGUFWriter (every value
                                        type, typed/string/nested arrays, several tensor
                                        types, alignment 64), then print it as above
+    gguf_check.py --rewrite SRC DST    read SRC with GGUFReader and write the same keys (in
+                                       order, same types) and tensors with GGUFWriter to DST,
+                                       then print DST as above; pocketvl's writer must produce
+                                       the very same bytes
 
 pocketvl's tests (quant/tests/gguf_python.rs) compare this JSON with what the Rust
 reader sees, in both directions.
@@ -19,10 +23,11 @@ JSON: {"version", "alignment", "data_offset",
 
 import hashlib
 import json
+import struct
 import sys
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 TYPE_NAMES = {
     GGUFValueType.UINT8: "u8",
@@ -154,10 +159,54 @@ def write_sample(path):
     w.close()
 
 
+def to_python(typed):
+    """Typed JSON (from `decode`) back to (GGUFValueType, Python value, sub_type)."""
+    by_name = {v: k for k, v in TYPE_NAMES.items()}
+    vtype = by_name[typed[0]]
+    if vtype == GGUFValueType.ARRAY:
+        elem = by_name[typed[1]]
+        return vtype, [to_python(item)[1] for item in typed[2]], elem
+    value = typed[1]
+    if vtype == GGUFValueType.FLOAT32:
+        value = struct.unpack("<f", struct.pack("<I", value))[0]
+    elif vtype == GGUFValueType.FLOAT64:
+        value = struct.unpack("<d", struct.pack("<Q", value))[0]
+    return vtype, value, None
+
+
+def rewrite(src, dst):
+    """Copies SRC into DST through gguf-py's own writer."""
+    r = GGUFReader(src)
+    described = describe(src)
+    meta = dict((k, v) for k, v in described["metadata"])
+    w = GGUFWriter(dst, arch=meta["general.architecture"][1])
+    for key, typed in described["metadata"]:
+        if key == "general.architecture":
+            continue
+        vtype, value, sub_type = to_python(typed)
+        if key == "general.alignment":
+            w.add_custom_alignment(value)
+        else:
+            w.add_key_value(key, value, vtype, sub_type=sub_type)
+    for t in r.tensors:
+        raw = r.data[t.data_offset : t.data_offset + t.n_bytes]
+        block, type_size = GGML_QUANT_SIZES[t.tensor_type]
+        ne = [int(d) for d in t.shape]
+        byte_shape = list(reversed([ne[0] // block * type_size] + ne[1:]))
+        w.add_tensor(t.name, np.asarray(raw).reshape(byte_shape), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main(argv):
     if len(argv) == 3 and argv[1] == "--write-sample":
         write_sample(argv[2])
         path = argv[2]
+    elif len(argv) == 4 and argv[1] == "--rewrite":
+        rewrite(argv[2], argv[3])
+        path = argv[3]
     elif len(argv) == 2:
         path = argv[1]
     else:

@@ -228,3 +228,73 @@ fn files_gguf_py_writes_read_identically_here() {
         (GgmlType::Q4_K, &[256, 3][..], 432)
     );
 }
+
+/// gguf-py's own writer, given the same keys, values and tensors, produces
+/// exactly the bytes ours does (it cannot write empty arrays, so there are
+/// none here).
+#[test]
+fn our_bytes_equal_gguf_py_writer_bytes() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.gguf");
+    let theirs = dir.path().join("theirs.gguf");
+    for alignment in [None, Some(64u32)] {
+        let mut w = GgufWriter::new();
+        w.add_kv("general.architecture", "deepseek".into()).unwrap();
+        if let Some(a) = alignment {
+            w.add_kv("general.alignment", a.into()).unwrap();
+        }
+        w.add_kv("deepseek.block_count", 12u32.into()).unwrap();
+        w.add_kv("deepseek.rope.freq_base", 10000.0f32.into())
+            .unwrap();
+        w.add_kv("x.f64", (-0.0f64).into()).unwrap();
+        w.add_kv("x.i64", (-5i64).into()).unwrap();
+        w.add_kv("x.u64", u64::MAX.into()).unwrap();
+        w.add_kv("x.bool", true.into()).unwrap();
+        w.add_kv("x.u8", 9u8.into()).unwrap();
+        w.add_kv("x.i16", (-9i16).into()).unwrap();
+        w.add_kv(
+            "tokenizer.ggml.tokens",
+            Value::array(ValueType::String, ["<s>", "▁a", "b"]),
+        )
+        .unwrap();
+        w.add_kv(
+            "tokenizer.ggml.scores",
+            Value::array(ValueType::F32, [0.0f32, -1.5, f32::NAN]),
+        )
+        .unwrap();
+        w.add_kv(
+            "tokenizer.ggml.token_type",
+            Value::array(ValueType::I32, [1i32, 3, 1]),
+        )
+        .unwrap();
+        let specs: [(&str, GgmlType, &[u64]); 5] = [
+            ("token_embd.weight", GgmlType::Q8_0, &[64, 3]),
+            ("output_norm.weight", GgmlType::F32, &[7]),
+            ("blk.0.attn_q.weight", GgmlType::BF16, &[5, 3]),
+            ("blk.0.ffn_up_exps.weight", GgmlType::Q4_K, &[256, 2, 3]),
+            ("blk.0.ffn_down_exps.weight", GgmlType::F16, &[3, 1, 2]),
+        ];
+        for (name, ty, ne) in specs {
+            w.add_tensor(name, ty, ne).unwrap();
+        }
+        let total: u64 = w.tensor_infos().unwrap().iter().map(|t| t.n_bytes).sum();
+        let mut dw = w.create(&ours, true).unwrap();
+        dw.write(&(0..total).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>())
+            .unwrap();
+        dw.finish().unwrap().commit().unwrap();
+
+        let view = run_check(&py, &[Path::new("--rewrite"), &ours, &theirs]);
+        assert_same(&view, &describe(&GgufFile::open(&ours).unwrap()));
+        let (a, b) = (
+            std::fs::read(&ours).unwrap(),
+            std::fs::read(&theirs).unwrap(),
+        );
+        let first_diff = a.iter().zip(&b).position(|(x, y)| x != y);
+        assert_eq!(
+            (a.len(), first_diff),
+            (b.len(), None),
+            "alignment {alignment:?}: (length, first differing byte)"
+        );
+    }
+}
