@@ -54,3 +54,11 @@ pub(crate) fn align_up(x: u64, align: u64) -> Option<u64> {
     let mask = align.checked_sub(1)?;
     x.checked_add(mask).map(|v| v & !mask)
 }
+
+// Errors travel through `anyhow` and files are shared across threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<GgufError>();
+    assert_send_sync::<GgufFile>();
+    assert_send_sync::<GgufWriter>();
+};

@@ -191,7 +191,7 @@ impl GgufWriter {
             dest: path.to_path_buf(),
             overwrite,
         };
-        data.skip_empty()?;
+        data.skip_empty();
         Ok(data)
     }
 }
@@ -248,18 +248,17 @@ impl GgufDataWriter {
                 self.out.pad(self.alignment)?;
                 self.current += 1;
                 self.written = 0;
-                self.skip_empty()?;
+                self.skip_empty();
             }
         }
         Ok(())
     }
 
     /// Moves past zero-byte tensors (they take no data and no padding).
-    fn skip_empty(&mut self) -> Result<(), GgufError> {
+    fn skip_empty(&mut self) {
         while self.tensors.get(self.current).is_some_and(|t| t.1 == 0) {
             self.current += 1;
         }
-        Ok(())
     }
 
     fn check_ok(&self) -> Result<(), GgufError> {
