@@ -415,3 +415,30 @@ fn mutations_at_every_position_never_panic() {
         }
     }
 }
+
+#[test]
+fn metadata_element_budget_bounds_memory() {
+    use quant::gguf::MAX_METADATA_VALUES;
+    let half = MAX_METADATA_VALUES / 2;
+    let mut b = B::header(3, 0, 2);
+    b.str("a").u32(9).u32(0).u64(half);
+    b.0.resize(b.0.len() + half as usize, 1);
+    b.str("b").u32(9).u32(0).u64(half + 1);
+    b.0.resize(b.0.len() + half as usize + 1, 1);
+    let e = err(&b);
+    assert!(
+        matches!(&e, GgufError::TooManyValues { key, .. } if key == "b"),
+        "{e}"
+    );
+    // Exactly at the budget is fine.
+    let mut b = B::header(3, 0, 2);
+    b.str("a").u32(9).u32(0).u64(half);
+    b.0.resize(b.0.len() + half as usize, 1);
+    b.str("b").u32(9).u32(0).u64(half);
+    b.0.resize(b.0.len() + half as usize, 1);
+    let f = b.parse().unwrap();
+    assert_eq!(
+        f.get("b").and_then(Value::as_array).map(<[Value]>::len),
+        Some(half as usize)
+    );
+}

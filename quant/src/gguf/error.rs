@@ -81,6 +81,10 @@ pub enum GgufError {
     #[error("metadata key {key:?}: arrays nested deeper than {max} levels")]
     NestingTooDeep { key: String, max: usize },
 
+    /// More array elements in the metadata than the reader accepts.
+    #[error("metadata key {key:?}: arrays hold more than {max} elements in all")]
+    TooManyValues { key: String, max: u64 },
+
     /// The same metadata key twice.
     #[error("duplicate metadata key {key:?}")]
     DuplicateKey { key: String },
