@@ -43,9 +43,7 @@ impl B {
     }
     /// Zero padding to `align`, then `n` data bytes.
     fn data(&mut self, align: usize, n: usize) -> &mut Self {
-        while self.0.len() % align != 0 {
-            self.0.push(0);
-        }
+        self.0.resize(self.0.len().next_multiple_of(align), 0);
         self.0.resize(self.0.len() + n, 0xab);
         self
     }

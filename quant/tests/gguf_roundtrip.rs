@@ -221,14 +221,10 @@ fn minimal_file_bytes_match_the_format() {
     e.extend_from_slice(&2u64.to_le_bytes()); // ne[0]
     e.extend_from_slice(&0u32.to_le_bytes()); // F32
     e.extend_from_slice(&0u64.to_le_bytes()); // offset
-    while e.len() % 32 != 0 {
-        e.push(0);
-    }
+    e.resize(e.len().next_multiple_of(32), 0);
     e.extend_from_slice(&1.0f32.to_le_bytes());
     e.extend_from_slice(&2.0f32.to_le_bytes());
-    while e.len() % 32 != 0 {
-        e.push(0);
-    }
+    e.resize(e.len().next_multiple_of(32), 0);
     assert_eq!(std::fs::read(&path).unwrap(), e);
 }
 
