@@ -1,1 +1,2 @@
 //! pocketvl: DeepSeek-VL2 on CPU.
+pub mod grounding;
