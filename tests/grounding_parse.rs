@@ -184,6 +184,8 @@ fn records_serialise_as_label_and_box() {
         json,
         r#"{"label":"The giraffe at the back.","box":[210,146,361,489]}"#
     );
+    let px = to_pixels(&det, 362, 543);
+    assert_eq!(BoxRecord::from_pixels(&det.label, px), rec);
     let all = ground("<|ref|>a<|/ref|><|det|>[[0,0,999,999]]<|/det|>", 10, 20);
     assert_eq!(
         all,

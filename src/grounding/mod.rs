@@ -127,6 +127,14 @@ impl BoxRecord {
             bbox: to_pixels(det, original_w, original_h).to_array(),
         }
     }
+
+    /// The record for a box already in pixels (one pair of [`ground`]'s output).
+    pub fn from_pixels(label: &str, pixels: PixelBox) -> Self {
+        BoxRecord {
+            label: label.to_string(),
+            bbox: pixels.to_array(),
+        }
+    }
 }
 
 /// Parses `text` and maps every box to the original image: the usual one-call path for the CLI,
