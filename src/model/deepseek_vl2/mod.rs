@@ -1,0 +1,3 @@
+//! DeepSeek-VL2: preprocessing, vision tower, projector, language model.
+pub mod preprocess;
+pub mod resample;

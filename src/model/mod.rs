@@ -1,0 +1,2 @@
+//! Model architectures.
+pub mod deepseek_vl2;
