@@ -176,6 +176,13 @@ def cmd_modes(out):
     w, h = 11, 5
     for name, ct, s in (("rgb16_png", 2, 3), ("rgba16_png", 6, 4), ("la16_png", 4, 2)):
         encoded.append((name, "PNG", png16(w, h, ct, s, rng.randbytes(2 * s * w * h))))
+    # EXIF orientation 6 (rotate 90 CW to display): compared with exif_transpose applied.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, fmt in (("exif6_png", "PNG"), ("exif6_jpeg", "JPEG")):
+        buf = io.BytesIO()
+        rand_image(rng, 13, 7, "smooth").save(buf, fmt, exif=exif.tobytes())
+        encoded.append((name, fmt, buf.getvalue()))
     for name, fmt, data in encoded:
         ext = {"PNG": "png", "BMP": "bmp", "GIF": "gif", "WEBP": "webp", "JPEG": "jpg"}[fmt]
         fname = f"{name}.{ext}"
@@ -183,10 +190,11 @@ def cmd_modes(out):
             f.write(data)
         src = Image.open(io.BytesIO(data))
         mode = src.mode
-        conv = src.convert("RGB")
+        apply_exif = name.startswith("exif")
+        conv = (ImageOps.exif_transpose(src) if apply_exif else src).convert("RGB")
         save_raw(os.path.join(out, name + ".rgb"), conv)
         cases.append(dict(name=name, file=fname, pil_mode=mode, w=conv.width, h=conv.height,
-                          lossy=fmt == "JPEG"))
+                          lossy=fmt == "JPEG", apply_exif=apply_exif))
     return cases
 
 

@@ -209,7 +209,7 @@ pub fn decode_rgb(bytes: &[u8], apply_exif: bool) -> Result<RgbImage, ImageIoErr
     if bytes.is_empty() {
         return Err(ImageIoError::Empty);
     }
-    let reader = guessed_reader(Cursor::new(bytes))?;
+    let reader = guessed_reader(Cursor::new(bytes), true)?;
     let format = reader
         .format()
         .map(|f| format!("{f:?}"))
@@ -220,7 +220,8 @@ pub fn decode_rgb(bytes: &[u8], apply_exif: bool) -> Result<RgbImage, ImageIoErr
     };
 
     // Read the header only, and refuse before any pixel allocation.
-    let (width, height) = guessed_reader(Cursor::new(bytes))?
+    // Header only, without the crate's limits, so that an oversized image gets our error.
+    let (width, height) = guessed_reader(Cursor::new(bytes), false)?
         .into_dimensions()
         .map_err(decode_err)?;
     check_dimensions(width, height)?;
@@ -238,7 +239,7 @@ pub fn decode_rgb(bytes: &[u8], apply_exif: bool) -> Result<RgbImage, ImageIoErr
     Ok(to_rgb8_like_pil(&img))
 }
 
-fn guessed_reader<R: BufRead + Seek>(r: R) -> Result<ImageReader<R>, ImageIoError> {
+fn guessed_reader<R: BufRead + Seek>(r: R, limited: bool) -> Result<ImageReader<R>, ImageIoError> {
     let mut reader = ImageReader::new(r)
         .with_guessed_format()
         .map_err(|source| ImageIoError::Io {
@@ -248,11 +249,15 @@ fn guessed_reader<R: BufRead + Seek>(r: R) -> Result<ImageReader<R>, ImageIoErro
     if reader.format().is_none() {
         return Err(ImageIoError::UnknownFormat);
     }
-    // The crate's own allocation limit stays on as a second line of defence.
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    reader.limits(limits);
+    if limited {
+        // The crate's own allocation limit stays on as a second line of defence.
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        reader.limits(limits);
+    } else {
+        reader.no_limits();
+    }
     Ok(reader)
 }
 
@@ -328,5 +333,115 @@ pub fn to_rgb8_like_pil(img: &DynamicImage) -> RgbImage {
         width,
         height,
         data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::ImageEncoder;
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    /// A PNG signature, an IHDR claiming `w`x`h` RGB8 and an empty IDAT: a valid header
+    /// with (almost) no pixel data, as an attacker would send.
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut body = b"IHDR".to_vec();
+        body.extend_from_slice(&w.to_be_bytes());
+        body.extend_from_slice(&h.to_be_bytes());
+        body.extend_from_slice(&[8, 2, 0, 0, 0]);
+        out.extend_from_slice(&13u32.to_be_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(b"IDAT");
+        out.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
+        out
+    }
+
+    fn encode_png(w: u32, h: u32) -> Vec<u8> {
+        let data: Vec<u8> = (0..3 * w * h).map(|i| (i * 37 % 251) as u8).collect();
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(&data, w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn decodes_a_png_exactly() {
+        let img = decode_rgb(&encode_png(5, 3), false).unwrap();
+        assert_eq!((img.width(), img.height()), (5, 3));
+        assert_eq!(img.pixel(1, 0), Some([111, 148, 185]));
+    }
+
+    #[test]
+    fn huge_images_are_refused_before_decoding() {
+        match decode_rgb(&png_header(20000, 20000), false) {
+            Err(ImageIoError::TooLarge { width, height, .. }) => {
+                assert_eq!((width, height), (20000, 20000))
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(matches!(
+            check_dimensions(16385, 10),
+            Err(ImageIoError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            check_dimensions(10, 16385),
+            Err(ImageIoError::TooLarge { .. })
+        ));
+        assert!(check_dimensions(16384, 16384).is_ok());
+        assert!(matches!(
+            check_dimensions(0, 5),
+            Err(ImageIoError::ZeroSize { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        assert!(matches!(decode_rgb(&[], false), Err(ImageIoError::Empty)));
+        assert!(matches!(
+            decode_rgb(b"hello world", false),
+            Err(ImageIoError::UnknownFormat)
+        ));
+        let png = encode_png(64, 64);
+        for cut in [8, 20, 33, 60, png.len() / 2, png.len() - 13] {
+            assert!(
+                decode_rgb(&png[..cut], false).is_err(),
+                "truncated at {cut}"
+            );
+        }
+        // A header claiming 0 width.
+        assert!(decode_rgb(&png_header(0, 7), false).is_err());
+        let missing = load_rgb(Path::new("/nonexistent/pocketvl.png"), false);
+        assert!(matches!(missing, Err(ImageIoError::Io { .. })));
+    }
+
+    #[test]
+    fn rgb_image_helpers() {
+        assert!(RgbImage::from_raw(2, 2, vec![0; 11]).is_err());
+        let mut canvas = RgbImage::filled(4, 3, [127; 3]);
+        canvas.paste(&RgbImage::filled(3, 3, [1, 2, 3]), 2, 1);
+        assert_eq!(canvas.pixel(1, 1), Some([127; 3]));
+        assert_eq!(canvas.pixel(3, 2), Some([1, 2, 3]));
+        assert_eq!(canvas.pixel(4, 0), None);
+        let c = canvas.crop(2, 1, 2, 2).unwrap();
+        assert!(c.as_raw().chunks(3).all(|p| p == [1, 2, 3]));
+        assert!(canvas.crop(3, 0, 2, 1).is_none());
     }
 }

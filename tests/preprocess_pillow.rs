@@ -36,7 +36,10 @@ fn oracle(py: &str, cmd: &str, extra: &[&Path]) -> (tempfile::TempDir, Vec<Value
     assert!(status.success(), "pillow_oracle.py {cmd} failed");
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["pillow"], "13.0.0", "the oracle must run Pillow 13.0.0");
+    assert_eq!(
+        manifest["pillow"], "13.0.0",
+        "the oracle must run Pillow 13.0.0"
+    );
     let cases = manifest["cases"].as_array().unwrap().clone();
     (dir, cases)
 }
@@ -52,7 +55,12 @@ fn dims(c: &Value) -> (u64, u64, u64, u64) {
 }
 
 fn diff_count(a: &RgbImage, b: &RgbImage) -> (usize, u8) {
-    let n = a.as_raw().iter().zip(b.as_raw()).filter(|(x, y)| x != y).count();
+    let n = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .filter(|(x, y)| x != y)
+        .count();
     let m = a
         .as_raw()
         .iter()
@@ -77,7 +85,9 @@ fn resize_matches_pillow_bit_for_bit() {
         let got = resize_bicubic(&src, wo as u32, ho as u32);
         let (n, m) = diff_count(&got, &want);
         if n != 0 {
-            failures.push(format!("{name} {wi}x{hi}->{wo}x{ho}: {n} bytes differ, max {m}"));
+            failures.push(format!(
+                "{name} {wi}x{hi}->{wo}x{ho}: {n} bytes differ, max {m}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -96,7 +106,9 @@ fn pad_matches_imageops_pad() {
         let got = pad(&src, wo as u32, ho as u32, [127; 3]);
         let (n, m) = diff_count(&got, &want);
         if n != 0 {
-            failures.push(format!("{name} {wi}x{hi}->{wo}x{ho}: {n} bytes differ, max {m}"));
+            failures.push(format!(
+                "{name} {wi}x{hi}->{wo}x{ho}: {n} bytes differ, max {m}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -112,7 +124,8 @@ fn decoding_matches_pil_convert_rgb() {
         let file = dir.path().join(c["file"].as_str().unwrap());
         let (w, h) = (c["w"].as_u64().unwrap(), c["h"].as_u64().unwrap());
         let want = raw(dir.path(), &format!("{name}.rgb"), w, h);
-        let got = match decode_rgb(&std::fs::read(&file).unwrap(), false) {
+        let apply_exif = c["apply_exif"].as_bool().unwrap();
+        let got = match decode_rgb(&std::fs::read(&file).unwrap(), apply_exif) {
             Ok(g) => g,
             Err(e) => {
                 failures.push(format!("{name}: {e}"));
@@ -121,7 +134,10 @@ fn decoding_matches_pil_convert_rgb() {
         };
         assert_eq!((got.width(), got.height()), (w as u32, h as u32), "{name}");
         let (n, m) = diff_count(&got, &want);
-        println!("{name} (PIL mode {}): {n} bytes differ, max {m}", c["pil_mode"]);
+        println!(
+            "{name} (PIL mode {}): {n} bytes differ, max {m}",
+            c["pil_mode"]
+        );
         // JPEG: a different IDCT/upsampler (zune-jpeg vs libjpeg-turbo) may move samples by a
         // few levels on this worst-case noise image; lossless formats must be exact.
         let limit = if c["lossy"].as_bool().unwrap() { 8 } else { 0 };
@@ -168,17 +184,28 @@ fn fixture_images_through_pil_decoding_give_golden_tiles() {
         .iter()
         .map(|c| {
             let (w, h) = (c["w"].as_u64().unwrap(), c["h"].as_u64().unwrap());
-            raw(dir.path(), &format!("{}.rgb", c["name"].as_str().unwrap()), w, h)
+            raw(
+                dir.path(),
+                &format!("{}.rgb", c["name"].as_str().unwrap()),
+                w,
+                h,
+            )
         })
         .collect();
     let report = fixture_tiles::compare_all_cases(|file| {
-        let i = files.iter().position(|f| f.file_name().unwrap() == file).unwrap();
+        let i = files
+            .iter()
+            .position(|f| f.file_name().unwrap() == file)
+            .unwrap();
         decoded[i].clone()
     });
     for line in &report.lines {
         println!("{line}");
     }
-    assert_eq!(report.max_abs_diff, 0, "PIL-decoded pixels must give the golden tiles exactly");
+    assert_eq!(
+        report.max_abs_diff, 0,
+        "PIL-decoded pixels must give the golden tiles exactly"
+    );
 }
 
 #[path = "preprocess_common/mod.rs"]

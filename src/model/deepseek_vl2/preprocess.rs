@@ -18,7 +18,11 @@ pub enum PreprocessError {
     #[error("invalid preprocessing config: {0}")]
     BadConfig(String),
     #[error("image {index} has zero size ({width}x{height})")]
-    ZeroSize { index: usize, width: u32, height: u32 },
+    ZeroSize {
+        index: usize,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// The processor settings (from the mmproj metadata; [`Default`] holds the reference's).
@@ -111,7 +115,10 @@ impl PreprocessConfig {
             }
         }
         if self.image_std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-            return bad(format!("image_std {:?} must be finite and non-zero", self.image_std));
+            return bad(format!(
+                "image_std {:?} must be finite and non-zero",
+                self.image_std
+            ));
         }
         Ok(())
     }
@@ -186,7 +193,10 @@ impl Preprocessed {
 /// the scaled sides, effective resolution saturating at the native pixel count, then least
 /// waste, strict comparisons (the earlier candidate wins a full tie). `None` only for an empty
 /// candidate list.
-pub fn select_best_resolution(original_wh: (u32, u32), candidates: &[(u32, u32)]) -> Option<(u32, u32)> {
+pub fn select_best_resolution(
+    original_wh: (u32, u32),
+    candidates: &[(u32, u32)],
+) -> Option<(u32, u32)> {
     let (w0, h0) = (u64::from(original_wh.0), u64::from(original_wh.1));
     let mut best = None;
     let mut best_eff: u64 = 0;
@@ -325,7 +335,10 @@ fn tile_one(img: &RgbImage, cropping: bool, cfg: &PreprocessConfig) -> ImageTile
 
 /// Preprocesses all images of one request (the whole conversation: the tiling decision
 /// depends on their total number), in prompt order.
-pub fn preprocess(images: &[RgbImage], cfg: &PreprocessConfig) -> Result<Preprocessed, PreprocessError> {
+pub fn preprocess(
+    images: &[RgbImage],
+    cfg: &PreprocessConfig,
+) -> Result<Preprocessed, PreprocessError> {
     cfg.validate()?;
     for (index, img) in images.iter().enumerate() {
         if img.width() == 0 || img.height() == 0 {
@@ -395,7 +408,10 @@ mod tests {
     #[test]
     fn full_tie_keeps_the_earlier_candidate() {
         // A 10x10 image fits natively in both; equal waste -> first one.
-        assert_eq!(select_best_resolution((10, 10), &[(20, 40), (40, 20)]), Some((20, 40)));
+        assert_eq!(
+            select_best_resolution((10, 10), &[(20, 40), (40, 20)]),
+            Some((20, 40))
+        );
     }
 
     #[test]
@@ -483,6 +499,9 @@ mod tests {
             candidate_resolutions: vec![(384, 500)],
             ..PreprocessConfig::default()
         };
-        assert!(matches!(preprocess(&[], &cfg), Err(PreprocessError::BadConfig(_))));
+        assert!(matches!(
+            preprocess(&[], &cfg),
+            Err(PreprocessError::BadConfig(_))
+        ));
     }
 }

@@ -270,10 +270,13 @@ mod tests {
         assert_eq!(c.ksize, 5);
         let (x0, k) = c.taps(0);
         assert_eq!(x0, 0);
-        // Raw K(0.25) = 0.796875, K(-0.75) = 0.203125 (sum 1): no renormalisation change.
-        assert_eq!(k, &[to_fixed(0.796875), to_fixed(0.203125)]);
+        // Taps at pixel centres: t = x + 0.5 - 0.25 -> K(0.25) = 0.8671875, K(1.25) =
+        // -0.0703125; their sum 0.796875 is renormalised to one.
+        let (a, b) = (0.8671875 / 0.796875, -0.0703125 / 0.796875);
+        assert_eq!(k, &[to_fixed(a), to_fixed(b)]);
+        assert_eq!(k, &[4564390, -370086]);
         let (_, k3) = c.taps(3);
-        assert_eq!(k3, &[to_fixed(0.203125), to_fixed(0.796875)]);
+        assert_eq!(k3, &[to_fixed(b), to_fixed(a)]);
     }
 
     #[test]
@@ -285,7 +288,10 @@ mod tests {
         // centre 6: xmin = trunc(6 - 8 + 0.5) = -1 -> 0; xmax = trunc(14.5) = 14 -> 12.
         assert_eq!((x0, k.len()), (0, 12));
         let sum: i64 = k.iter().map(|&v| i64::from(v)).sum();
-        assert!((sum - (1 << 22)).abs() <= 12, "weights sum to one in fixed point");
+        assert!(
+            (sum - (1 << 22)).abs() <= 12,
+            "weights sum to one in fixed point"
+        );
     }
 
     #[test]
@@ -294,7 +300,10 @@ mod tests {
         for &(w, h) in &[(5, 7), (80, 50), (37, 9), (11, 23), (100, 3)] {
             let out = resize_bicubic(&img, w, h);
             assert_eq!((out.width(), out.height()), (w, h));
-            assert!(out.as_raw().chunks(3).all(|p| p == [10, 127, 250]), "{w}x{h}");
+            assert!(
+                out.as_raw().chunks(3).all(|p| p == [10, 127, 250]),
+                "{w}x{h}"
+            );
         }
     }
 
