@@ -1,3 +1,5 @@
+pub mod block;
+pub mod kernels;
 pub mod schema;
 pub mod types;
 
