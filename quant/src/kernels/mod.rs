@@ -5,6 +5,8 @@
 //! a call costs one table read and an indirect call, nothing more.
 //! `POCKETVL_FORCE_SCALAR=1` forces the scalar reference kernels.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod scalar;
 
 use std::sync::OnceLock;
@@ -46,6 +48,21 @@ impl KernelTable {
         }
     }
 
+    /// The scalar table with the AVX2 kernels of the hottest pairs. Only call
+    /// after `avx2::detected()`.
+    #[cfg(target_arch = "x86_64")]
+    fn avx2() -> KernelTable {
+        let mut t = KernelTable::scalar();
+        t.isa = "avx2";
+        let mut set = |ty: GgmlType, f: DotFn| t.dots[ty.id() as usize] = Some(f);
+        set(GgmlType::F32, avx2::dot_f32_f32);
+        set(GgmlType::F16, avx2::dot_f16_f32);
+        set(GgmlType::Q4_0, avx2::dot_q4_0_q8_0);
+        set(GgmlType::Q8_0, avx2::dot_q8_0_q8_0);
+        set(GgmlType::Q4_K, avx2::dot_q4_k_q8_k);
+        t
+    }
+
     /// The kernel for weight type `ty`, if there is one.
     #[inline]
     pub fn get(&self, ty: GgmlType) -> Option<DotFn> {
@@ -60,11 +77,15 @@ fn force_scalar() -> bool {
     std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1")
 }
 
-/// Picks the best table for this CPU (only the scalar one exists so far; SIMD
-/// tables slot in here behind runtime feature checks).
+/// Picks the best table for this CPU: the scalar reference table, with the
+/// AVX2 kernels swapped in where the CPU has AVX2 + FMA + F16C.
 fn select() -> KernelTable {
     if force_scalar() {
         return KernelTable::scalar();
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected() {
+        return KernelTable::avx2();
     }
     KernelTable::scalar()
 }
