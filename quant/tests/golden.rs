@@ -286,6 +286,51 @@ fn dot_products_match_dequantized_reference() {
     }
 }
 
+/// ggml's own CPU dot kernels (`ggml_get_type_traits_cpu(t)->vec_dot`, whatever
+/// instruction set that build chose) on input rows 13+i (weights) and
+/// 13+(i+3)%8 (activations), written by `quant/golden-gen` as
+/// `ggml_dot_<t>.f32`. Only the f32 summation order may differ.
+#[test]
+fn dot_products_match_ggml_cpu_kernels() {
+    let x = input();
+    let types = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+    for ty in types {
+        let at = vec_dot_type(ty);
+        let w = quantize_all(ty, &x);
+        let a = quantize_all(at, &x);
+        let theirs = read_f32(&golden_dir().join(format!("ggml_dot_{}.f32", ty.name())));
+        assert_eq!(theirs.len(), 8, "{ty}");
+        let wrow = ty.row_bytes(ROW as u64).unwrap() as usize;
+        let arow = at.row_bytes(ROW as u64).unwrap() as usize;
+        for (i, &want) in theirs.iter().enumerate() {
+            let (wi, ai) = (13 + i, 13 + (i + 3) % 8);
+            let wr = &w[wi * wrow..(wi + 1) * wrow];
+            let ar = &a[ai * arow..(ai + 1) * arow];
+            let got = vec_dot(ty, ROW, wr, ar);
+            let wd = dequantize_row_vec(ty, wr, ROW);
+            let ad = dequantize_row_vec(at, ar, ROW);
+            let mag: f64 = wd
+                .iter()
+                .zip(&ad)
+                .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                .sum();
+            assert!(
+                ((got - want) as f64).abs() <= 1e-5 * mag,
+                "{ty} row {i}: ours {got} vs ggml {want} (Σ|w·a| {mag})"
+            );
+        }
+    }
+}
+
 /// Re-runs `scripts/golden_simple.py` (the `gguf` package) into a temporary
 /// directory and requires every file it writes to equal the committed copy.
 #[test]
