@@ -72,6 +72,26 @@ impl KernelTable {
 
 static TABLE: OnceLock<KernelTable> = OnceLock::new();
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_weight_type_with_a_quantizer_has_a_kernel_and_pairing() {
+        use GgmlType::*;
+        for ty in [
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+        ] {
+            assert!(has_vec_dot(ty), "{ty}");
+            assert!(KernelTable::scalar().get(ty).is_some(), "{ty}");
+        }
+        assert_eq!(vec_dot_type(Q4_1), Q8_1);
+        assert_eq!(vec_dot_type(Q6_K), Q8_K);
+        assert_eq!(vec_dot_type(BF16), F32);
+        assert!(!has_vec_dot(Q8_K));
+    }
+}
+
 /// Whether `POCKETVL_FORCE_SCALAR` asks for the scalar kernels.
 fn force_scalar() -> bool {
     std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1")
@@ -111,7 +131,7 @@ pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
 
 /// Whether [`vec_dot`] has a kernel for weight type `ty` (check at load time).
 pub fn has_vec_dot(ty: GgmlType) -> bool {
-    KernelTable::scalar().get(ty).is_some()
+    table().get(ty).is_some()
 }
 
 /// Dot product of one weight row (`n` elements in `ty`) with one activation row
