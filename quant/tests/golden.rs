@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use quant::block::{dequantize_row, quantize_row};
-use quant::kernels::{vec_dot, vec_dot_type};
+use quant::kernels::{vec_dot, vec_dot_type, KernelTable};
 use quant::GgmlType;
 
 const ROW: usize = 256;
@@ -315,7 +315,6 @@ fn dot_products_match_ggml_cpu_kernels() {
             let (wi, ai) = (13 + i, 13 + (i + 3) % 8);
             let wr = &w[wi * wrow..(wi + 1) * wrow];
             let ar = &a[ai * arow..(ai + 1) * arow];
-            let got = vec_dot(ty, ROW, wr, ar);
             let wd = dequantize_row_vec(ty, wr, ROW);
             let ad = dequantize_row_vec(at, ar, ROW);
             let mag: f64 = wd
@@ -323,10 +322,14 @@ fn dot_products_match_ggml_cpu_kernels() {
                 .zip(&ad)
                 .map(|(&p, &q)| (p as f64 * q as f64).abs())
                 .sum();
-            assert!(
-                ((got - want) as f64).abs() <= 1e-5 * mag,
-                "{ty} row {i}: ours {got} vs ggml {want} (Σ|w·a| {mag})"
-            );
+            let dispatched = vec_dot(ty, ROW, wr, ar);
+            let scalar = KernelTable::scalar().get(ty).expect("scalar kernel")(ROW, wr, ar);
+            for (which, got) in [("dispatched", dispatched), ("scalar", scalar)] {
+                assert!(
+                    ((got - want) as f64).abs() <= 1e-5 * mag,
+                    "{ty} row {i}: ours ({which}) {got} vs ggml {want} (Σ|w·a| {mag})"
+                );
+            }
         }
     }
 }

@@ -72,26 +72,6 @@ impl KernelTable {
 
 static TABLE: OnceLock<KernelTable> = OnceLock::new();
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_weight_type_with_a_quantizer_has_a_kernel_and_pairing() {
-        use GgmlType::*;
-        for ty in [
-            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
-        ] {
-            assert!(has_vec_dot(ty), "{ty}");
-            assert!(KernelTable::scalar().get(ty).is_some(), "{ty}");
-        }
-        assert_eq!(vec_dot_type(Q4_1), Q8_1);
-        assert_eq!(vec_dot_type(Q6_K), Q8_K);
-        assert_eq!(vec_dot_type(BF16), F32);
-        assert!(!has_vec_dot(Q8_K));
-    }
-}
-
 /// Whether `POCKETVL_FORCE_SCALAR` asks for the scalar kernels.
 fn force_scalar() -> bool {
     std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1")
@@ -147,5 +127,25 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
             debug_assert!(false, "vec_dot: no kernel for {ty}");
             f32::NAN
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_weight_type_with_a_quantizer_has_a_kernel_and_pairing() {
+        use GgmlType::*;
+        for ty in [
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+        ] {
+            assert!(has_vec_dot(ty), "{ty}");
+            assert!(KernelTable::scalar().get(ty).is_some(), "{ty}");
+        }
+        assert_eq!(vec_dot_type(Q4_1), Q8_1);
+        assert_eq!(vec_dot_type(Q6_K), Q8_K);
+        assert_eq!(vec_dot_type(BF16), F32);
+        assert!(!has_vec_dot(Q8_K));
     }
 }
