@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::block::{as_blocks, f16_to_f32, BlockQ4K, BlockQ4_0, BlockQ8K, BlockQ8_0};
+use crate::block::{as_blocks, BlockQ4K, BlockQ4_0, BlockQ8K, BlockQ8_0};
 
 /// Whether this CPU runs every kernel of this file.
 pub fn detected() -> bool {
@@ -19,9 +19,19 @@ pub fn detected() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// f16 → f32 with the F16C instruction (exact, like `half`, without its
+/// per-call feature check).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn h2f(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+    ))
+}
+
 /// Horizontal sum of 8 f32 lanes.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum_ps(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps::<1>(v);
@@ -34,7 +44,7 @@ fn hsum_ps(v: __m256) -> f32 {
 /// 32 signed bytes times 32 signed bytes, summed pairwise into 8 i32 lanes.
 /// `x` must not contain −128 (|x| is taken as unsigned).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256i {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
@@ -44,7 +54,7 @@ fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256i {
 
 /// Loads 32 bytes from a 32-byte array.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load32(p: &[i8; 32]) -> __m256i {
     // SAFETY: p is exactly 32 readable bytes; loadu has no alignment requirement.
     unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
@@ -55,14 +65,14 @@ pub(super) fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     unsafe { q8_0_q8_0(n, w, a) }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let wb = as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
     let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
     debug_assert!(wb.len() == ab.len() && wb.len() * 32 == n);
     let mut acc = _mm256_setzero_ps();
     for (x, y) in wb.iter().zip(ab) {
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * f16_to_f32(y.d));
+        let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
         let p = mul_sum_i8_pairs(load32(&x.qs), load32(&y.qs));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
@@ -74,7 +84,7 @@ pub(super) fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     unsafe { q4_0_q8_0(n, w, a) }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let wb = as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
     let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
@@ -83,7 +93,7 @@ fn q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let low = _mm_set1_epi8(0x0f);
     let eight = _mm256_set1_epi8(8);
     for (x, y) in wb.iter().zip(ab) {
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * f16_to_f32(y.d));
+        let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
         // SAFETY: qs is 16 readable bytes; loadu has no alignment requirement.
         let q = unsafe { _mm_loadu_si128(x.qs.as_ptr().cast()) };
         let lo = _mm_and_si128(q, low);
@@ -101,7 +111,7 @@ pub(super) fn dot_f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     unsafe { f32_f32(n, w, a) }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let n = n.min(w.len() / 4).min(a.len() / 4);
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -158,7 +168,7 @@ fn f16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let mut sum = hsum_ps(s);
     for j in i..n {
-        let x = f16_to_f32([w[2 * j], w[2 * j + 1]]);
+        let x = h2f([w[2 * j], w[2 * j + 1]]);
         let y = f32::from_le_bytes([a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]]);
         sum += x * y;
     }
@@ -170,7 +180,7 @@ pub(super) fn dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     unsafe { q4_k_q8_k(n, w, a) }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let wb = as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
     let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
@@ -212,9 +222,9 @@ fn q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             );
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
         }
-        let d = _mm256_set1_ps(f16_to_f32(x.d) * y.d());
+        let d = _mm256_set1_ps(h2f(x.d) * y.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-        acc_min -= f16_to_f32(x.dmin) * y.d() * summin as f32;
+        acc_min -= h2f(x.dmin) * y.d() * summin as f32;
     }
     hsum_ps(acc) + acc_min
 }
