@@ -108,7 +108,11 @@ pub enum GgufError {
 
     /// A negative dimension (ggml stores dimensions as i64).
     #[error("tensor {name:?}: dimension {index} is negative ({value})")]
-    NegativeDim { name: String, index: usize, value: i64 },
+    NegativeDim {
+        name: String,
+        index: usize,
+        value: i64,
+    },
 
     /// A ggml type id pocketvl does not know.
     #[error("tensor {name:?}: unknown ggml type id {id}")]
@@ -125,7 +129,9 @@ pub enum GgufError {
     },
 
     /// A tensor data offset that is not a multiple of the alignment.
-    #[error("tensor {name:?}: data offset {offset} is not a multiple of the alignment {alignment}")]
+    #[error(
+        "tensor {name:?}: data offset {offset} is not a multiple of the alignment {alignment}"
+    )]
     MisalignedTensor {
         name: String,
         offset: u64,

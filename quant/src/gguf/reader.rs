@@ -335,7 +335,10 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     let mut tensor_index = HashMap::with_capacity(cap(tensor_count));
     for i in 0..tensor_count {
         let info = read_tensor_info(&mut cur, i)?;
-        if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
+        if tensor_index
+            .insert(info.name.clone(), tensors.len())
+            .is_some()
+        {
             return Err(GgufError::DuplicateTensor { name: info.name });
         }
         tensors.push(info);

@@ -113,7 +113,8 @@ impl GgufWriter {
         }
         let n_bytes = tensor_n_bytes(name, ty, ne)?;
         self.names.insert(name.to_owned());
-        self.tensors.push((name.to_owned(), ty, ne.to_vec(), n_bytes));
+        self.tensors
+            .push((name.to_owned(), ty, ne.to_vec(), n_bytes));
         Ok(())
     }
 
@@ -482,10 +483,7 @@ fn validate_value(key: &str, value: &Value) -> Result<(), GgufError> {
                 if item.value_type() != *ty {
                     return Err(GgufError::BadValue {
                         key: key.to_owned(),
-                        reason: format!(
-                            "array of {ty}: element {i} is a {}",
-                            item.type_name()
-                        ),
+                        reason: format!("array of {ty}: element {i} is a {}", item.type_name()),
                     });
                 }
                 validate_value(key, item)?;
