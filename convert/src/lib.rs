@@ -1,6 +1,7 @@
 //! pocketvl-convert: Hugging Face DeepSeek-VL2 checkpoints to GGUF.
 
 pub mod error;
+pub mod hf_config;
 pub mod safetensors;
 
 pub use error::{ConvertError, Result};
