@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod hf_config;
+pub mod models;
 pub mod safetensors;
 
 pub use error::{ConvertError, Result};
