@@ -2,7 +2,9 @@
 
 pub mod error;
 pub mod hf_config;
+pub mod mapping;
 pub mod models;
+pub mod recipe;
 pub mod safetensors;
 
 pub use error::{ConvertError, Result};
