@@ -6,5 +6,6 @@ pub mod mapping;
 pub mod models;
 pub mod recipe;
 pub mod safetensors;
+pub mod tokenizer;
 
 pub use error::{ConvertError, Result};
