@@ -3,6 +3,7 @@
 pub mod error;
 pub mod hf_config;
 pub mod mapping;
+pub mod metadata;
 pub mod models;
 pub mod recipe;
 pub mod safetensors;
