@@ -8,5 +8,6 @@ pub mod models;
 pub mod recipe;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod write;
 
 pub use error::{ConvertError, Result};
