@@ -161,3 +161,19 @@ fn dot_bf16(row: &[u8], x: &[f32], scratch: &mut [f32]) -> f32 {
     }
     dot_plain(scratch, x)
 }
+
+/// Row `r` of `w` widened to f32 into `out` (`w.k` values), e.g. one token
+/// embedding.
+pub fn row_to_f32(w: &MatView<'_>, r: usize, out: &mut [f32]) {
+    let rb = w.row_bytes();
+    let row = &w.data[r * rb..(r + 1) * rb];
+    match w.ty {
+        GgmlType::F32 => out
+            .iter_mut()
+            .zip(row.chunks_exact(4))
+            .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        GgmlType::F16 => out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, b)| *o = f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        GgmlType::BF16 => out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, b)| *o = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        other => panic!("row_to_f32: no dequantizer for {}", other.name()),
+    }
+}

@@ -13,6 +13,6 @@ mod rope;
 
 pub use act::{silu, silu_mul, softmax};
 pub use attention::{causal_attention, KvView};
-pub use matmul::{matmul, matmul_view, MatView, MatViewError};
+pub use matmul::{matmul, matmul_view, row_to_f32, MatView, MatViewError};
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};
