@@ -221,7 +221,8 @@ impl Session {
             held.push_str(&dec.push(self.tokenizer.token_bytes(id)));
             if let Some(cut) = find_stop(&held, &params.stop_strings) {
                 held.truncate(cut);
-                emit(&mut out.text, &mut held, held.len(), on_text);
+                let all = held.len();
+                emit(&mut out.text, &mut held, all, on_text);
                 out.stop = StopReason::StopString;
                 break;
             }
