@@ -46,16 +46,10 @@ pub enum LoaderError {
 
 pub type Result<T, E = LoaderError> = std::result::Result<T, E>;
 
-/// Types the runtime's matmul can read for a 2-D or 3-D weight.
-pub const MATMUL_TYPES: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_K,
-    GgmlType::Q6_K,
-];
+/// Types the runtime's matmul can read: every type with a dot kernel.
+pub fn matmul_types() -> Vec<GgmlType> {
+    quant::types::ALL_TYPES.iter().copied().filter(|t| quant::kernels::has_vec_dot(*t)).collect()
+}
 
 struct Inner {
     path: PathBuf,
@@ -105,7 +99,7 @@ impl ModelFile {
     /// The tensor `name`, which must have ggml shape `ne` and a type the
     /// matmul reads. Marks it used.
     pub fn weight(&self, name: &str, ne: &[u64]) -> Result<Weight> {
-        self.weight_of(name, ne, MATMUL_TYPES)
+        self.weight_of(name, ne, &matmul_types())
     }
 
     /// The tensor `name` with shape `ne` and one of the types `allowed`
@@ -120,7 +114,7 @@ impl ModelFile {
     /// Like [`ModelFile::weight`], but a missing tensor is `None` (only for
     /// tensors the model really has optionally).
     pub fn optional_weight(&self, name: &str, ne: &[u64]) -> Result<Option<Weight>> {
-        self.optional_weight_of(name, ne, MATMUL_TYPES)
+        self.optional_weight_of(name, ne, &matmul_types())
     }
 
     /// Like [`ModelFile::weight_of`], but a missing tensor is `None`.

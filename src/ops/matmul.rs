@@ -6,7 +6,8 @@
 //! by the weight bytes, as in ggml's CPU matmul). Activations are converted
 //! once per call to the type the weight's dot kernel expects.
 
-use half::{bf16, f16};
+use quant::block::{dequantize_row, quantize_row};
+use quant::kernels::{vec_dot, vec_dot_type};
 use quant::GgmlType;
 use rayon::prelude::*;
 use thiserror::Error;
@@ -66,7 +67,8 @@ pub fn matmul(w: &Weight, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     matmul_view(&w.view(), x, n_tokens, out)
 }
 
-/// [`matmul`] over a borrowed matrix view.
+/// [`matmul`] over a borrowed matrix view. The weight type must have a dot
+/// kernel (`quant::kernels::has_vec_dot`, checked when weights are loaded).
 pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), n_tokens * k, "matmul: activation shape");
@@ -75,35 +77,36 @@ pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32])
         return;
     }
     let rb = w.row_bytes();
-    let dot = row_dot_fn(w.ty);
+    // Activations once in the format the weight's kernel pairs with.
+    let act_ty = vec_dot_type(w.ty);
+    let arb = act_ty.row_bytes(k as u64).unwrap_or(0) as usize;
+    let mut act = vec![0u8; n_tokens * arb];
+    act.par_chunks_mut(arb.max(1)).zip(x.par_chunks(k)).for_each(|(dst, src)| {
+        // Cannot fail: k is a whole number of the weight's blocks, and every
+        // activation format's block divides the weight's block.
+        let _ = quantize_row(act_ty, src, dst);
+    });
     let rows_per_task = (n / (rayon::current_num_threads() * 8)).clamp(1, 256);
     if n_tokens == 1 {
-        out.par_chunks_mut(rows_per_task).enumerate().for_each_init(
-            || vec![0.0f32; k],
-            |scratch, (ci, chunk)| {
-                let r0 = ci * rows_per_task;
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    let row = &w.data[(r0 + j) * rb..][..rb];
-                    *o = dot(row, x, scratch);
-                }
-            },
-        );
+        out.par_chunks_mut(rows_per_task).enumerate().for_each(|(ci, chunk)| {
+            let r0 = ci * rows_per_task;
+            for (j, o) in chunk.iter_mut().enumerate() {
+                *o = vec_dot(w.ty, k, &w.data[(r0 + j) * rb..][..rb], &act);
+            }
+        });
         return;
     }
     // Transposed result [n, n_tokens]: each task owns whole weight rows.
     let mut tr = vec![0.0f32; n * n_tokens];
-    tr.par_chunks_mut(rows_per_task * n_tokens).enumerate().for_each_init(
-        || vec![0.0f32; k],
-        |scratch, (ci, chunk)| {
-            let r0 = ci * rows_per_task;
-            for (j, orow) in chunk.chunks_exact_mut(n_tokens).enumerate() {
-                let row = &w.data[(r0 + j) * rb..][..rb];
-                for (t, o) in orow.iter_mut().enumerate() {
-                    *o = dot(row, &x[t * k..][..k], scratch);
-                }
+    tr.par_chunks_mut(rows_per_task * n_tokens).enumerate().for_each(|(ci, chunk)| {
+        let r0 = ci * rows_per_task;
+        for (j, orow) in chunk.chunks_exact_mut(n_tokens).enumerate() {
+            let row = &w.data[(r0 + j) * rb..][..rb];
+            for (t, o) in orow.iter_mut().enumerate() {
+                *o = vec_dot(w.ty, k, row, &act[t * arb..][..arb]);
             }
-        },
-    );
+        }
+    });
     for r in 0..n {
         for t in 0..n_tokens {
             out[t * n + r] = tr[r * n_tokens + t];
@@ -111,69 +114,55 @@ pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32])
     }
 }
 
-/// Dot product of one stored weight row with one f32 activation row;
-/// `scratch` (k floats) may be used to widen the row.
-type RowDot = fn(&[u8], &[f32], &mut [f32]) -> f32;
-
-fn row_dot_fn(ty: GgmlType) -> RowDot {
-    match ty {
-        GgmlType::F32 => dot_f32,
-        GgmlType::F16 => dot_f16,
-        GgmlType::BF16 => dot_bf16,
-        other => panic!("matmul: weight type {} has no dot kernel", other.name()),
-    }
-}
-
-fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators: lets the compiler vectorise and keeps
-    // the f32 rounding error of long rows small.
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
-}
-
-fn dot_f32(row: &[u8], x: &[f32], scratch: &mut [f32]) -> f32 {
-    for (o, b) in scratch.iter_mut().zip(row.chunks_exact(4)) {
-        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
-    dot_plain(scratch, x)
-}
-
-fn dot_f16(row: &[u8], x: &[f32], scratch: &mut [f32]) -> f32 {
-    for (o, b) in scratch.iter_mut().zip(row.chunks_exact(2)) {
-        *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
-    }
-    dot_plain(scratch, x)
-}
-
-fn dot_bf16(row: &[u8], x: &[f32], scratch: &mut [f32]) -> f32 {
-    for (o, b) in scratch.iter_mut().zip(row.chunks_exact(2)) {
-        *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
-    }
-    dot_plain(scratch, x)
-}
-
 /// Row `r` of `w` widened to f32 into `out` (`w.k` values), e.g. one token
-/// embedding.
+/// embedding. Types without a dequantizer leave `out` as zeros (the loader
+/// only accepts types with kernels, which all have one).
 pub fn row_to_f32(w: &MatView<'_>, r: usize, out: &mut [f32]) {
     let rb = w.row_bytes();
-    let row = &w.data[r * rb..(r + 1) * rb];
-    match w.ty {
-        GgmlType::F32 => out
-            .iter_mut()
-            .zip(row.chunks_exact(4))
-            .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        GgmlType::F16 => out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, b)| *o = f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        GgmlType::BF16 => out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, b)| *o = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        other => panic!("row_to_f32: no dequantizer for {}", other.name()),
+    if dequantize_row(w.ty, &w.data[r * rb..(r + 1) * rb], out).is_err() {
+        out.iter_mut().for_each(|v| *v = 0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every weight format against its dequantized rows in f64, with the
+    /// activation quantization error the format implies.
+    #[test]
+    fn matmul_matches_dequantized_reference() {
+        let (k, n, t) = (256usize, 37usize, 3usize);
+        let w: Vec<f32> = (0..k * n).map(|i| (((i * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
+        let x: Vec<f32> = (0..k * t).map(|i| (((i * 104729) % 991) as f32 / 991.0 - 0.5) * 2.0).collect();
+        for (ty, tol) in [
+            (GgmlType::F32, 1e-5f32),
+            (GgmlType::F16, 1e-3),
+            (GgmlType::BF16, 1e-2),
+            (GgmlType::Q8_0, 2e-2),
+            (GgmlType::Q4_K, 2e-2),
+            (GgmlType::Q6_K, 2e-2),
+        ] {
+            let rb = ty.row_bytes(k as u64).unwrap() as usize;
+            let mut bytes = vec![0u8; rb * n];
+            for (dst, src) in bytes.chunks_mut(rb).zip(w.chunks(k)) {
+                quantize_row(ty, src, dst).unwrap();
+            }
+            let view = MatView::new(ty, k, n, &bytes).unwrap();
+            let mut deq = vec![0.0f32; k];
+            let mut want = vec![0.0f32; t * n];
+            for r in 0..n {
+                row_to_f32(&view, r, &mut deq);
+                for tt in 0..t {
+                    want[tt * n + r] = deq.iter().zip(&x[tt * k..][..k]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32;
+                }
+            }
+            for nt in [1usize, t] {
+                let mut got = vec![0.0f32; nt * n];
+                matmul_view(&view, &x[..nt * k], nt, &mut got);
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(err < tol, "{}: n_tokens {nt}: max err {err}", ty.name());
+            }
+        }
     }
 }
