@@ -81,6 +81,10 @@ pub enum GgufError {
     #[error("metadata key {key:?}: arrays nested deeper than {max} levels")]
     NestingTooDeep { key: String, max: usize },
 
+    /// More array elements in the metadata than the reader accepts.
+    #[error("metadata key {key:?}: arrays hold more than {max} elements in all")]
+    TooManyValues { key: String, max: u64 },
+
     /// The same metadata key twice.
     #[error("duplicate metadata key {key:?}")]
     DuplicateKey { key: String },
@@ -118,7 +122,7 @@ pub enum GgufError {
     #[error("tensor {name:?}: unknown ggml type id {id}")]
     UnknownGgmlType { name: String, id: u32 },
 
-    /// Dimensions whose byte size is not defined (ne[0] not a multiple of the
+    /// Dimensions whose byte size is not defined (`ne[0]` not a multiple of the
     /// block size) or overflows.
     #[error("tensor {name:?}: shape {ne:?} of type {ty}: {reason}")]
     BadTensorShape {
