@@ -8,8 +8,12 @@
 
 use rayon::prelude::*;
 
+use quant::schema::{clip, vl2};
+
 use super::resample::resize_bicubic;
+use super::vision::VisionHparams;
 use crate::image_io::RgbImage;
+use crate::loader::{LoaderError, ModelFile};
 
 /// Errors from preprocessing: a configuration that cannot describe DeepSeek-VL2 tiling, or an
 /// image that cannot be tiled.
@@ -88,6 +92,86 @@ impl Default for PreprocessConfig {
 }
 
 impl PreprocessConfig {
+    /// The processor settings recorded in an mmproj file (`clip.vision.*` and
+    /// `deepseekvl2.*`), with the variant switches checked: only the layout the released
+    /// checkpoints use (tile tag "2D", global view first, erf GELU projector, channel-major
+    /// unfold) is implemented, anything else is refused rather than silently mis-run.
+    pub fn from_mmproj(file: &ModelFile, hp: &VisionHparams) -> Result<Self, LoaderError> {
+        let mut m = file.meta();
+        let g = file.gguf();
+        let u32s = |key: &str, m: &mut crate::loader::MetaReader<'_>| -> Vec<u32> {
+            match g.get(key).and_then(|v| v.as_u32_array()) {
+                Some(v) => v,
+                None => {
+                    m.problem(format!("{key} missing or not a u32 array"));
+                    Vec::new()
+                }
+            }
+        };
+        let res = u32s(vl2::CANDIDATE_RESOLUTIONS, &mut m);
+        let pad = u32s(vl2::PAD_COLOR, &mut m);
+        let f3 = |key: &str, m: &mut crate::loader::MetaReader<'_>| -> [f32; 3] {
+            match g.get(key).and_then(|v| v.as_f32_array()) {
+                Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
+                _ => {
+                    m.problem(format!("{key} missing or not 3 floats"));
+                    [0.0; 3]
+                }
+            }
+        };
+        let image_mean = f3(clip::IMAGE_MEAN, &mut m);
+        let image_std = f3(clip::IMAGE_STD, &mut m);
+        let max_images = m.usize(vl2::MAX_IMAGES_FOR_TILING);
+        let ratio = m.usize(vl2::DOWNSAMPLE_RATIO);
+        for (key, want) in [
+            (vl2::TILE_TAG, "2D"),
+            (vl2::GLOBAL_VIEW_POS, "head"),
+            (vl2::PROJECTOR_GELU, "erf"),
+            (vl2::UNFOLD_ORDER, "channel_major"),
+        ] {
+            let found = m.str(key);
+            if !found.is_empty() && found != want {
+                m.problem(format!("{key} is `{found}`; only `{want}` is implemented"));
+            }
+        }
+        if res.len() % 2 != 0 {
+            m.problem(format!("{} has an odd length {}", vl2::CANDIDATE_RESOLUTIONS, res.len()));
+        }
+        let pad_color = match pad.as_slice() {
+            [r, gg, b] if *r < 256 && *gg < 256 && *b < 256 => [*r as u8, *gg as u8, *b as u8],
+            _ => {
+                if !pad.is_empty() {
+                    m.problem(format!("{} must be 3 values 0..=255, found {pad:?}", vl2::PAD_COLOR));
+                }
+                [0; 3]
+            }
+        };
+        if ratio != hp.downsample {
+            m.problem(format!(
+                "{} = {ratio} disagrees with {} = {}",
+                vl2::DOWNSAMPLE_RATIO,
+                clip::SCALE_FACTOR,
+                hp.downsample
+            ));
+        }
+        m.finish()?;
+        let cfg = PreprocessConfig {
+            candidate_resolutions: res.chunks_exact(2).map(|c| (c[0], c[1])).collect(),
+            image_size: hp.image_size as u32,
+            patch_size: hp.patch_size as u32,
+            downsample_ratio: ratio as u32,
+            pad_color,
+            image_mean,
+            image_std,
+            max_images_for_tiling: max_images,
+        };
+        cfg.validate().map_err(|e| LoaderError::Metadata {
+            path: file.path().to_path_buf(),
+            problems: vec![e.to_string()],
+        })?;
+        Ok(cfg)
+    }
+
     /// Checks what the tiling arithmetic relies on.
     pub fn validate(&self) -> Result<(), PreprocessError> {
         let bad = |m: String| Err(PreprocessError::BadConfig(m));
