@@ -19,7 +19,9 @@ const TOL: f32 = 1e-4;
 const TILE_BYTES: usize = 3 * 384 * 384;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Converts fixture `name` with the f32 recipe; returns the temp dir guard and the model.
@@ -42,30 +44,50 @@ fn vision_model(name: &str) -> (tempfile::TempDir, VisionModel) {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn golden_pixels() -> Vec<Vec<u8>> {
     let store = SafeTensorsFile::open(&fixture("preprocess").join("pixels.safetensors")).unwrap();
-    let px = store.tensor("tiles.pixel_u8").unwrap().as_u8().unwrap().to_vec();
+    let px = store
+        .tensor("tiles.pixel_u8")
+        .unwrap()
+        .as_u8()
+        .unwrap()
+        .to_vec();
     px.chunks(TILE_BYTES).map(|c| c.to_vec()).collect()
 }
 
-/// Tower on the golden pixels, projector on the golden tower output, for one fixture.
-fn check_tower_and_projector(fx: &str) {
+/// One fixture, stage by stage: tower on the golden pixels, projector on the golden tower
+/// output (and on ours), then the image rows of `inputs_embeds` of every case with images,
+/// laid out from the golden tiles and, once per distinct image list, end to end from the
+/// image files (decoder included).
+fn check_fixture(fx: &str) {
     let (_dir, model) = vision_model(fx);
     let golden = SafeTensorsFile::open(&fixture(fx).join("golden.safetensors")).unwrap();
     let tiles = golden_pixels();
     let cfg = &model.config;
-    let pixels: Vec<f32> =
-        tiles.iter().flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std)).collect();
+    let pixels: Vec<f32> = tiles
+        .iter()
+        .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
+        .collect();
     let want_v = golden.tensor("tiles.vision_out").unwrap().to_f32().unwrap();
     let got_v = model.tower().forward(&pixels, tiles.len()).unwrap();
     let dv = max_abs_diff(&got_v, &want_v);
-    println!("{fx}: vision_out ({} tiles) max abs diff {dv:e}", tiles.len());
+    println!(
+        "{fx}: vision_out ({} tiles) max abs diff {dv:e}",
+        tiles.len()
+    );
     assert!(dv <= TOL, "{fx}: vision_out max abs diff {dv} > {TOL}");
 
-    let want_p = golden.tensor("tiles.projector_out").unwrap().to_f32().unwrap();
+    let want_p = golden
+        .tensor("tiles.projector_out")
+        .unwrap()
+        .to_f32()
+        .unwrap();
     let got_p = model.projector().forward(&want_v, tiles.len()).unwrap();
     let dp = max_abs_diff(&got_p, &want_p);
     println!("{fx}: projector_out (golden input) max abs diff {dp:e}");
@@ -73,37 +95,36 @@ fn check_tower_and_projector(fx: &str) {
     let chained = model.projector().forward(&got_v, tiles.len()).unwrap();
     let dc = max_abs_diff(&chained, &want_p);
     println!("{fx}: projector_out (our tower output) max abs diff {dc:e}");
-    assert!(dc <= TOL, "{fx}: chained projector_out max abs diff {dc} > {TOL}");
-}
+    assert!(
+        dc <= TOL,
+        "{fx}: chained projector_out max abs diff {dc} > {TOL}"
+    );
 
-#[test]
-fn tower_and_projector_tiny_mha() {
-    check_tower_and_projector("tiny-mha");
-}
-
-#[test]
-fn tower_and_projector_tiny_mla() {
-    check_tower_and_projector("tiny-mla");
-}
-
-/// The image rows of `inputs_embeds` for every case with images, from the golden pixels
-/// (layout and tile tags), and end to end from the image files (decoder included).
-fn check_embeddings(fx: &str) {
-    let (_dir, model) = vision_model(fx);
-    let golden = SafeTensorsFile::open(&fixture(fx).join("golden.safetensors")).unwrap();
     let cases: Value =
         serde_json::from_slice(&std::fs::read(fixture(fx).join("cases.json")).unwrap()).unwrap();
-    let store = golden_pixels();
     let n = model.hparams.n_proj;
+    let mut seen_e2e: Vec<Vec<String>> = Vec::new();
     for case in cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let files: Vec<&str> =
-            case["images"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        let files: Vec<String> = case["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_owned())
+            .collect();
         if files.is_empty() {
             continue;
         }
-        let embeds = golden.tensor(&format!("{name}.inputs_embeds")).unwrap().to_f32().unwrap();
-        let mask = golden.tensor(&format!("{name}.images_seq_mask")).unwrap().to_bool().unwrap();
+        let embeds = golden
+            .tensor(&format!("{name}.inputs_embeds"))
+            .unwrap()
+            .to_f32()
+            .unwrap();
+        let mask = golden
+            .tensor(&format!("{name}.images_seq_mask"))
+            .unwrap()
+            .to_bool()
+            .unwrap();
         let want: Vec<f32> = embeds
             .chunks(n)
             .zip(&mask)
@@ -111,7 +132,8 @@ fn check_embeddings(fx: &str) {
             .flat_map(|(r, _)| r.iter().copied())
             .collect();
 
-        // Our decoding and tiling gives the layout; the pixels are the reference's.
+        // Our decoding and tiling give the layout; the tiles are the reference's (their
+        // projector output computed above by our tower and projector).
         let images: Vec<_> = files
             .iter()
             .map(|f| load_rgb(&fixture(fx).join("images").join(f), false).unwrap())
@@ -126,32 +148,46 @@ fn check_embeddings(fx: &str) {
             .map(|&i| i as usize)
             .collect();
         let from_golden = Preprocessed {
-            unique_tiles: store.clone(),
+            unique_tiles: tiles.clone(),
             tile_index,
             ..ours.clone()
         };
-        let got = model.encode(&from_golden).unwrap();
+        let got = model.projector().assemble(&chained, &from_golden).unwrap();
         assert_eq!(got.len(), want.len(), "{fx}/{name}: number of image rows");
         let d = max_abs_diff(&got, &want);
-        println!("{fx}/{name}: image rows of inputs_embeds ({}) max abs diff {d:e}", want.len() / n);
-        assert!(d <= TOL, "{fx}/{name}: inputs_embeds image rows max abs diff {d} > {TOL}");
+        println!(
+            "{fx}/{name}: image rows of inputs_embeds ({}) max abs diff {d:e}",
+            want.len() / n
+        );
+        assert!(
+            d <= TOL,
+            "{fx}/{name}: inputs_embeds image rows max abs diff {d} > {TOL}"
+        );
 
         // End to end from the files: exact pixels for the PNG, decoder noise for JPEGs.
+        if seen_e2e.contains(&files) {
+            continue;
+        }
+        seen_e2e.push(files.clone());
         let e2e = model.encode(&ours).unwrap();
         let d2 = max_abs_diff(&e2e, &want);
         println!("{fx}/{name}: end to end from the image files max abs diff {d2:e}");
         if files.iter().all(|f| f.ends_with(".png")) {
             assert!(d2 <= TOL, "{fx}/{name}: PNG end to end {d2} > {TOL}");
+        } else {
+            // zune-jpeg vs libjpeg-turbo: pixels differ by <= 4 levels (preprocess_fixtures),
+            // which moves these random-weight features by ~0.04 (measured 0.035-0.039).
+            assert!(d2 <= 0.1, "{fx}/{name}: JPEG end to end {d2} > 0.1");
         }
     }
 }
 
 #[test]
-fn image_embeddings_tiny_mha() {
-    check_embeddings("tiny-mha");
+fn vision_stages_tiny_mha() {
+    check_fixture("tiny-mha");
 }
 
 #[test]
-fn image_embeddings_tiny_mla() {
-    check_embeddings("tiny-mla");
+fn vision_stages_tiny_mla() {
+    check_fixture("tiny-mla");
 }

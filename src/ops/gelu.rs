@@ -29,15 +29,29 @@ mod tests {
         // Reference values: the formulas in Python double precision (math.erf, math.tanh).
         let mut e = [-3.0f32, -1.0, 0.0, 0.5, 1.0, 2.0];
         gelu_erf(&mut e);
-        let want_erf = [-0.004_049_694, -0.158_655_25, 0.0, 0.345_731_23, 0.841_344_75, 1.954_499_7];
+        let want_erf: [f64; 6] = [
+            -0.004_049_694,
+            -0.158_655_25,
+            0.0,
+            0.345_731_23,
+            0.841_344_75,
+            1.954_499_7,
+        ];
         for (a, b) in e.iter().zip(&want_erf) {
-            assert!((a - b).abs() < 1e-6, "erf: {a} vs {b}");
+            assert!((f64::from(*a) - b).abs() < 1e-6, "erf: {a} vs {b}");
         }
         let mut t = [-3.0f32, -1.0, 0.0, 0.5, 1.0, 2.0];
         gelu_tanh(&mut t);
-        let want_tanh = [-0.003_637_392, -0.158_808_01, 0.0, 0.345_714_01, 0.841_191_99, 1.954_597_7];
+        let want_tanh: [f64; 6] = [
+            -0.003_637_392,
+            -0.158_808_01,
+            0.0,
+            0.345_714_01,
+            0.841_191_99,
+            1.954_597_7,
+        ];
         for (a, b) in t.iter().zip(&want_tanh) {
-            assert!((a - b).abs() < 1e-6, "tanh: {a} vs {b}");
+            assert!((f64::from(*a) - b).abs() < 1e-6, "tanh: {a} vs {b}");
         }
     }
 }

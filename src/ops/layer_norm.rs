@@ -14,7 +14,11 @@ pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [
     }
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let mean = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
-        let var = xr.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
+        let var = xr
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / d as f64;
         let inv = 1.0 / (var + f64::from(eps)).sqrt();
         for (((o, &v), &w), &b) in or.iter_mut().zip(xr).zip(weight).zip(bias) {
             *o = ((f64::from(v) - mean) * inv) as f32 * w + b;

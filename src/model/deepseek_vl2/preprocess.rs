@@ -135,13 +135,20 @@ impl PreprocessConfig {
             }
         }
         if res.len() % 2 != 0 {
-            m.problem(format!("{} has an odd length {}", vl2::CANDIDATE_RESOLUTIONS, res.len()));
+            m.problem(format!(
+                "{} has an odd length {}",
+                vl2::CANDIDATE_RESOLUTIONS,
+                res.len()
+            ));
         }
         let pad_color = match pad.as_slice() {
             [r, gg, b] if *r < 256 && *gg < 256 && *b < 256 => [*r as u8, *gg as u8, *b as u8],
             _ => {
                 if !pad.is_empty() {
-                    m.problem(format!("{} must be 3 values 0..=255, found {pad:?}", vl2::PAD_COLOR));
+                    m.problem(format!(
+                        "{} must be 3 values 0..=255, found {pad:?}",
+                        vl2::PAD_COLOR
+                    ));
                 }
                 [0; 3]
             }

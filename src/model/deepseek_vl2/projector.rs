@@ -84,26 +84,28 @@ impl Projector {
         let n_tok = n_tiles * side * side;
         // Pad to side*r with zeros (bottom/right) and unfold channel-major.
         let mut x = vec![0.0f32; n_tok * k]; // [n_tok, r*r*W]
-        x.par_chunks_mut(side * side * k).enumerate().for_each(|(t, dst)| {
-            let tile = &feats[t * g * g * w..(t + 1) * g * g * w];
-            for bi in 0..side {
-                for bj in 0..side {
-                    let v = &mut dst[(bi * side + bj) * k..(bi * side + bj + 1) * k];
-                    for dy in 0..r {
-                        for dx in 0..r {
-                            let (y, xx) = (bi * r + dy, bj * r + dx);
-                            if y >= g || xx >= g {
-                                continue; // the zero padding
-                            }
-                            let f = &tile[(y * g + xx) * w..(y * g + xx + 1) * w];
-                            for (c, &val) in f.iter().enumerate() {
-                                v[c * r * r + dy * r + dx] = val;
+        x.par_chunks_mut(side * side * k)
+            .enumerate()
+            .for_each(|(t, dst)| {
+                let tile = &feats[t * g * g * w..(t + 1) * g * g * w];
+                for bi in 0..side {
+                    for bj in 0..side {
+                        let v = &mut dst[(bi * side + bj) * k..(bi * side + bj + 1) * k];
+                        for dy in 0..r {
+                            for dx in 0..r {
+                                let (y, xx) = (bi * r + dy, bj * r + dx);
+                                if y >= g || xx >= g {
+                                    continue; // the zero padding
+                                }
+                                let f = &tile[(y * g + xx) * w..(y * g + xx + 1) * w];
+                                for (c, &val) in f.iter().enumerate() {
+                                    v[c * r * r + dy * r + dx] = val;
+                                }
                             }
                         }
                     }
                 }
-            }
-        });
+            });
         let n = self.n_out;
         let mut h = vec![0.0f32; n_tok * n];
         matmul(&self.mm0, &x, n_tok, &mut h); // [n_tok, N]

@@ -75,7 +75,9 @@ impl VisionHparams {
             downsample: m.usize(clip::SCALE_FACTOR),
         };
         if arch != quant::schema::ARCH_CLIP {
-            m.problem(format!("general.architecture is `{arch}`, expected `clip` (an mmproj file)"));
+            m.problem(format!(
+                "general.architecture is `{arch}`, expected `clip` (an mmproj file)"
+            ));
         }
         if proj != clip::PROJECTOR_DEEPSEEKVL2 {
             m.problem(format!(
@@ -85,10 +87,16 @@ impl VisionHparams {
             ));
         }
         if hp.patch_size == 0 || hp.patch_size > hp.image_size {
-            m.problem(format!("patch size {} vs image size {}", hp.patch_size, hp.image_size));
+            m.problem(format!(
+                "patch size {} vs image size {}",
+                hp.patch_size, hp.image_size
+            ));
         }
-        if hp.n_head == 0 || hp.n_embd % hp.n_head.max(1) != 0 {
-            m.problem(format!("width {} is not a multiple of {} heads", hp.n_embd, hp.n_head));
+        if hp.n_head == 0 || !hp.n_embd.is_multiple_of(hp.n_head.max(1)) {
+            m.problem(format!(
+                "width {} is not a multiple of {} heads",
+                hp.n_embd, hp.n_head
+            ));
         }
         if hp.downsample == 0 {
             m.problem(format!("{} must be non-zero", clip::SCALE_FACTOR));
@@ -210,7 +218,12 @@ impl VisionTower {
         Ok(out)
     }
 
-    fn forward_chunk(&self, pixels: &[f32], n_tiles: usize, out: &mut [f32]) -> Result<(), VisionError> {
+    fn forward_chunk(
+        &self,
+        pixels: &[f32],
+        n_tiles: usize,
+        out: &mut [f32],
+    ) -> Result<(), VisionError> {
         let hp = &self.hp;
         let (w, np) = (hp.n_embd, hp.n_patches());
         let n_tok = n_tiles * np;
@@ -219,9 +232,8 @@ impl VisionTower {
         let patches = unfold_patches(pixels, n_tiles, hp.image_size, hp.patch_size); // [n_tok, 3*P*P]
         let k = 3 * hp.patch_size * hp.patch_size;
         let pw = self.patch_w.view();
-        let pw = MatView::new(pw.ty, k, w, pw.data).map_err(|e| {
-            VisionError::Layout(format!("{}: {e}", vt::PATCH_EMBD_W))
-        })?;
+        let pw = MatView::new(pw.ty, k, w, pw.data)
+            .map_err(|e| VisionError::Layout(format!("{}: {e}", vt::PATCH_EMBD_W)))?;
         let mut x = vec![0.0f32; n_tok * w]; // [n_tok, W]
         matmul_view(&pw, &patches, n_tok, &mut x);
         for tile in x.chunks_exact_mut(np * w) {
@@ -267,21 +279,23 @@ fn unfold_patches(pixels: &[f32], n_tiles: usize, s: usize, p: usize) -> Vec<f32
     let g = s / p;
     let k = 3 * p * p;
     let mut out = vec![0.0f32; n_tiles * g * g * k];
-    out.par_chunks_mut(g * g * k).enumerate().for_each(|(t, dst)| {
-        let tile = &pixels[t * 3 * s * s..(t + 1) * 3 * s * s];
-        for py in 0..g {
-            for px in 0..g {
-                let row = &mut dst[(py * g + px) * k..(py * g + px + 1) * k];
-                for c in 0..3 {
-                    for ky in 0..p {
-                        let src = c * s * s + (py * p + ky) * s + px * p;
-                        row[c * p * p + ky * p..c * p * p + (ky + 1) * p]
-                            .copy_from_slice(&tile[src..src + p]);
+    out.par_chunks_mut(g * g * k)
+        .enumerate()
+        .for_each(|(t, dst)| {
+            let tile = &pixels[t * 3 * s * s..(t + 1) * 3 * s * s];
+            for py in 0..g {
+                for px in 0..g {
+                    let row = &mut dst[(py * g + px) * k..(py * g + px + 1) * k];
+                    for c in 0..3 {
+                        for ky in 0..p {
+                            let src = c * s * s + (py * p + ky) * s + px * p;
+                            row[c * p * p + ky * p..c * p * p + (ky + 1) * p]
+                                .copy_from_slice(&tile[src..src + p]);
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     out
 }
 
@@ -320,7 +334,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Bidirectional multi-head attention inside each tile: `softmax(q k^T / sqrt(d)) v` per
 /// head. `qkv` is `[n_tiles * n, 3W]` with columns `[q | k | v]`, each head-major; `out` is
 /// `[n_tiles * n, W]`, heads concatenated.
-fn full_attention(qkv: &[f32], n_tiles: usize, n: usize, n_head: usize, hd: usize, out: &mut [f32]) {
+fn full_attention(
+    qkv: &[f32],
+    n_tiles: usize,
+    n: usize,
+    n_head: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
     let w = n_head * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let results: Vec<Vec<f32>> = (0..n_tiles * n_head)
@@ -360,48 +381,6 @@ fn full_attention(qkv: &[f32], n_tiles: usize, n: usize, n_head: usize, hd: usiz
         for i in 0..n {
             let r = (t * n + i) * w + h * hd;
             out[r..r + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unfold_matches_conv_indexing() {
-        // 2 tiles of 5x5, patch 2 -> grid 2 (the last row/column is never read).
-        let (s, p) = (5, 2);
-        let pixels: Vec<f32> = (0..2 * 3 * s * s).map(|i| i as f32).collect();
-        let u = unfold_patches(&pixels, 2, s, p);
-        let k = 3 * p * p;
-        assert_eq!(u.len(), 2 * 4 * k);
-        // tile 1, patch (1, 0), channel 2, (ky, kx) = (1, 1): pixel (c2, y3, x1).
-        let want = pixels[3 * s * s + 2 * s * s + 3 * s + 1];
-        assert_eq!(u[(4 + 2) * k + 2 * p * p + p + 1], want);
-    }
-
-    #[test]
-    fn attention_against_a_direct_formula() {
-        let (n, n_head, hd) = (5, 2, 3);
-        let w = n_head * hd;
-        let qkv: Vec<f32> = (0..n * 3 * w).map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.1).collect();
-        let mut out = vec![0.0f32; n * w];
-        full_attention(&qkv, 1, n, n_head, hd, &mut out);
-        for h in 0..n_head {
-            for i in 0..n {
-                let q = |r: usize, part: usize, d: usize| f64::from(qkv[r * 3 * w + part * w + h * hd + d]);
-                let s: Vec<f64> = (0..n)
-                    .map(|j| (0..hd).map(|d| q(i, 0, d) * q(j, 1, d)).sum::<f64>() / (hd as f64).sqrt())
-                    .collect();
-                let m = s.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for d in 0..hd {
-                    let want: f64 = (0..n).map(|j| e[j] / z * q(j, 2, d)).sum();
-                    assert!((f64::from(out[i * w + h * hd + d]) - want).abs() < 1e-5);
-                }
-            }
         }
     }
 }
@@ -468,5 +447,53 @@ impl VisionModel {
         let feats = self.tower.forward(&pixels, n)?;
         let projected = self.projector.forward(&feats, n)?;
         self.projector.assemble(&projected, pre)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfold_matches_conv_indexing() {
+        // 2 tiles of 5x5, patch 2 -> grid 2 (the last row/column is never read).
+        let (s, p) = (5, 2);
+        let pixels: Vec<f32> = (0..2 * 3 * s * s).map(|i| i as f32).collect();
+        let u = unfold_patches(&pixels, 2, s, p);
+        let k = 3 * p * p;
+        assert_eq!(u.len(), 2 * 4 * k);
+        // tile 1, patch (1, 0), channel 2, (ky, kx) = (1, 1): pixel (c2, y3, x1).
+        let want = pixels[3 * s * s + 2 * s * s + 3 * s + 1];
+        assert_eq!(u[(4 + 2) * k + 2 * p * p + p + 1], want);
+    }
+
+    #[test]
+    fn attention_against_a_direct_formula() {
+        let (n, n_head, hd) = (5, 2, 3);
+        let w = n_head * hd;
+        let qkv: Vec<f32> = (0..n * 3 * w)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.1)
+            .collect();
+        let mut out = vec![0.0f32; n * w];
+        full_attention(&qkv, 1, n, n_head, hd, &mut out);
+        for h in 0..n_head {
+            for i in 0..n {
+                let q = |r: usize, part: usize, d: usize| {
+                    f64::from(qkv[r * 3 * w + part * w + h * hd + d])
+                };
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (0..hd).map(|d| q(i, 0, d) * q(j, 1, d)).sum::<f64>() / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let want: f64 = (0..n).map(|j| e[j] / z * q(j, 2, d)).sum();
+                    assert!((f64::from(out[i * w + h * hd + d]) - want).abs() < 1e-5);
+                }
+            }
+        }
     }
 }
