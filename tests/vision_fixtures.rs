@@ -183,6 +183,27 @@ fn check_fixture(fx: &str) {
 }
 
 #[test]
+fn language_model_file_is_refused_as_mmproj() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.gguf");
+    let opts = ConvertOptions {
+        input: fixture("tiny-mha").join("hf"),
+        output: out.clone(),
+        quant: Some("f32".to_string()),
+        overrides: Vec::new(),
+        force: false,
+        threads: Some(2),
+        progress: false,
+    };
+    convert(&opts).unwrap();
+    let err = VisionModel::load(&out)
+        .err()
+        .expect("a language model is not an mmproj");
+    let msg = err.to_string();
+    assert!(msg.contains("clip"), "{msg}");
+}
+
+#[test]
 fn vision_stages_tiny_mha() {
     check_fixture("tiny-mha");
 }
