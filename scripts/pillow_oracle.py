@@ -139,8 +139,10 @@ def mode_images(rng):
         ("i16_png", g16, "PNG", {}),
         ("rgb_bmp", rgb, "BMP", {}),
         ("p_gif", pal, "GIF", {}),
+        ("p_trns_gif", pal, "GIF", {"transparency": 3}),
         ("rgb_webp_lossless", rgb, "WEBP", {"lossless": True}),
         ("rgba_webp_lossless", rgba, "WEBP", {"lossless": True}),
+        ("rgb_webp_lossy", rgb, "WEBP", {"quality": 90}),
         ("rgb_jpeg", rgb, "JPEG", {"quality": 90}),
         ("l_jpeg", grey, "JPEG", {"quality": 90}),
     ]
@@ -194,7 +196,7 @@ def cmd_modes(out):
         conv = (ImageOps.exif_transpose(src) if apply_exif else src).convert("RGB")
         save_raw(os.path.join(out, name + ".rgb"), conv)
         cases.append(dict(name=name, file=fname, pil_mode=mode, w=conv.width, h=conv.height,
-                          lossy=fmt == "JPEG", apply_exif=apply_exif))
+                          lossy=fmt == "JPEG" or "lossy" in name, apply_exif=apply_exif))
     return cases
 
 
