@@ -16,6 +16,7 @@
 //! - a box list cut off by the end of the text (or by the next tag) still yields its complete
 //!   boxes; a box that is not exactly four unsigned integers is skipped, not an error;
 //! - whitespace anywhere between numbers, brackets and commas is accepted, and labels are trimmed.
+//! - a label may span lines (the reference's `.*?` stops at a newline and then loses the pair).
 //!
 //! Hand-written scanning rather than a regex: the grammar is tiny and this keeps the crate's
 //! dependency list short. Every index comes from `str::find` on ASCII patterns, so slicing always
