@@ -1,1 +1,3 @@
 //! pocketvl: DeepSeek-VL2 on CPU.
+
+pub mod cli;

@@ -21,7 +21,7 @@ use crate::safetensors::Checkpoint;
 pub const SKIPPED_PREFIXES: &[&str] = &["vision.attn_pool."];
 
 /// What a tensor is, for the quantization recipe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// token_embd.
     Embd,
