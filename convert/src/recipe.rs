@@ -135,7 +135,7 @@ impl Recipe {
         if t.ne.len() < 2 && ty.block_size() > 1 {
             return (GgmlType::F32, Some(wanted));
         }
-        while ne0 % ty.block_size() as u64 != 0 {
+        while !ne0.is_multiple_of(ty.block_size() as u64) {
             ty = fallback(ty);
         }
         (ty, (ty != wanted).then_some(wanted))

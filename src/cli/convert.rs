@@ -94,7 +94,7 @@ fn print_plan(plan: &Plan) {
     for fp in [&plan.language, &plan.mmproj] {
         println!("{}:", fp.path.display());
         println!(
-            "  {:<34} {:<5} {:<20} {:>12}  {:<9} source",
+            "  {:<34} {:<18} {:<16} {:>12}  {:<9} source",
             "tensor", "type", "shape", "bytes", "role"
         );
         for t in &fp.tensors {
@@ -104,7 +104,7 @@ fn print_plan(plan: &Plan) {
                 None => t.ty.name().to_string(),
             };
             println!(
-                "  {:<34} {:<5} {:<20} {:>12}  {:<9} {}",
+                "  {:<34} {:<18} {:<16} {:>12}  {:<9} {}",
                 t.mapped.name,
                 ty,
                 shape,
