@@ -1,3 +1,14 @@
 //! pocketvl: DeepSeek-VL2 on CPU.
 
 pub mod cli;
+pub mod experts;
+pub mod generate;
+pub mod image_io;
+pub mod kv_cache;
+pub mod loader;
+pub mod model;
+pub mod npy;
+pub mod ops;
+pub mod sampler;
+pub mod tokenizer;
+pub mod trace;

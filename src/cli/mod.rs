@@ -1,3 +1,4 @@
+<<<<<<< HEAD
 //! The `pocketvl` command line. Each subcommand lives in its own file and exposes an `Args`
 //! struct (clap) and a `run(args) -> anyhow::Result<()>`.
 
@@ -46,3 +47,8 @@ pub fn main() -> ExitCode {
         }
     }
 }
+=======
+//! Command-line surfaces.
+
+pub mod run;
+>>>>>>> main

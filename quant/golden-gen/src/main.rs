@@ -81,10 +81,18 @@ const TYPES: &[(i32, &str)] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = PathBuf::from(std::env::args().nth(1).ok_or("usage: pocketvl-golden-gen <golden-dir>")?);
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .ok_or("usage: pocketvl-golden-gen <golden-dir>")?,
+    );
     let raw = std::fs::read(dir.join("input.f32"))?;
     if raw.len() % (4 * ROW) != 0 {
-        return Err(format!("input.f32 has {} bytes, not whole rows of {ROW} f32", raw.len()).into());
+        return Err(format!(
+            "input.f32 has {} bytes, not whole rows of {ROW} f32",
+            raw.len()
+        )
+        .into());
     }
     let input: Vec<f32> = raw
         .chunks_exact(4)
@@ -126,7 +134,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     )
                 };
                 if written != out.len() {
-                    return Err(format!("{name}: ggml wrote {written} bytes, expected {}", out.len()).into());
+                    return Err(format!(
+                        "{name}: ggml wrote {written} bytes, expected {}",
+                        out.len()
+                    )
+                    .into());
                 }
             }
         }
@@ -150,19 +162,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SAFETY: returns a pointer into ggml-cpu's static type table.
         let traits = unsafe { ggml_get_type_traits_cpu(wty).as_ref() }.ok_or("no cpu traits")?;
         if traits.vec_dot_type != aty {
-            return Err(format!("{name}: ggml pairs it with type {}, expected {aty}", traits.vec_dot_type).into());
+            return Err(format!(
+                "{name}: ggml pairs it with type {}, expected {aty}",
+                traits.vec_dot_type
+            )
+            .into());
         }
         let vec_dot = traits.vec_dot.ok_or("no vec_dot")?;
         let (w, a) = (bytes_of(wty)?, bytes_of(aty)?);
         // SAFETY: as above, for a type id ggml knows.
-        let (wrow, arow) = unsafe { (ggml_row_size(wty, ROW as i64), ggml_row_size(aty, ROW as i64)) };
+        let (wrow, arow) = unsafe {
+            (
+                ggml_row_size(wty, ROW as i64),
+                ggml_row_size(aty, ROW as i64),
+            )
+        };
         let mut dots = Vec::new();
         for i in 0..DOT_ROWS {
             let wr = &w[(DOT_FIRST_ROW + i) * wrow..][..wrow];
             let ar = &a[(DOT_FIRST_ROW + (i + 3) % DOT_ROWS) * arow..][..arow];
             let mut s = 0f32;
             // SAFETY: both rows hold exactly ROW elements of their types; nrc = 1.
-            unsafe { vec_dot(ROW as i32, &mut s, 0, wr.as_ptr().cast(), 0, ar.as_ptr().cast(), 0, 1) };
+            unsafe {
+                vec_dot(
+                    ROW as i32,
+                    &mut s,
+                    0,
+                    wr.as_ptr().cast(),
+                    0,
+                    ar.as_ptr().cast(),
+                    0,
+                    1,
+                )
+            };
             dots.extend_from_slice(&s.to_le_bytes());
         }
         std::fs::write(dir.join(format!("ggml_dot_{name}.f32")), &dots)?;

@@ -303,4 +303,28 @@ mod tests {
         let mut y = [0f32; 32];
         assert!(dequantize_row(GgmlType::Q8_0, &[0u8; 33], &mut y).is_err());
     }
+
+    #[test]
+    fn non_finite_inputs_never_panic() {
+        use GgmlType::*;
+        let rows: [Vec<f32>; 3] = [
+            vec![f32::NAN; 256],
+            (0..256)
+                .map(|i| if i % 2 == 0 { f32::INFINITY } else { -1.0 })
+                .collect(),
+            (0..256)
+                .map(|i| if i == 7 { f32::MAX } else { f32::MIN_POSITIVE })
+                .collect(),
+        ];
+        for ty in [
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q4_K, Q5_K, Q6_K, Q8_K,
+        ] {
+            let mut q = vec![0u8; ty.row_bytes(256).unwrap_or(0) as usize];
+            let mut y = vec![0f32; 256];
+            for x in &rows {
+                quantize_row(ty, x, &mut q).unwrap();
+                dequantize_row(ty, &q, &mut y).unwrap();
+            }
+        }
+    }
 }

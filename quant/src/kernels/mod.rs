@@ -60,6 +60,8 @@ impl KernelTable {
         set(GgmlType::Q4_0, avx2::dot_q4_0_q8_0);
         set(GgmlType::Q8_0, avx2::dot_q8_0_q8_0);
         set(GgmlType::Q4_K, avx2::dot_q4_k_q8_k);
+        set(GgmlType::Q6_K, avx2::dot_q6_k_q8_k);
+        set(GgmlType::BF16, avx2::dot_bf16_f32);
         t
     }
 

@@ -1,0 +1,14 @@
+//! DeepSeek-VL2 (github.com/deepseek-ai/DeepSeek-VL2, `deepseek_vl2/models/`):
+//! the language model (MHA or MLA attention, DeepSeek MoE), and the prompt
+//! template. The vision tower, projector and preprocessing live beside them.
+
+pub mod attention;
+pub mod language;
+pub mod moe;
+pub mod preprocess;
+pub mod projector;
+pub mod prompt;
+pub mod resample;
+pub mod vision;
+
+pub use language::{LanguageModel, LogitsWanted, ModelError};
