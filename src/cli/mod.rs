@@ -1,4 +1,3 @@
-<<<<<<< HEAD
 //! The `pocketvl` command line. Each subcommand lives in its own file and exposes an `Args`
 //! struct (clap) and a `run(args) -> anyhow::Result<()>`.
 
@@ -8,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod convert;
 pub mod inspect;
+pub mod run;
 
 /// Run DeepSeek-VL2 vision-language models on CPU.
 #[derive(Debug, Parser)]
@@ -26,6 +26,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Print a GGUF file's metadata and tensor table.
     Inspect(inspect::InspectArgs),
+    /// Generate from a prompt, or chat interactively.
+    Run(run::RunArgs),
 }
 
 /// Runs one parsed command line.
@@ -33,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Run(a) => run::run(&a),
     }
 }
 
@@ -47,8 +50,3 @@ pub fn main() -> ExitCode {
         }
     }
 }
-=======
-//! Command-line surfaces.
-
-pub mod run;
->>>>>>> main
