@@ -23,14 +23,7 @@ pub struct Recipe {
     /// The `--quant` name.
     pub name: String,
     /// Type per role; [`Role::KeepF32`] included.
-    pub types: BTreeMap<RoleKey, GgmlType>,
-}
-
-/// `Role` as an ordered map key.
-pub type RoleKey = u8;
-
-fn key(r: Role) -> RoleKey {
-    r as u8
+    pub types: BTreeMap<Role, GgmlType>,
 }
 
 /// The roles a user can override, with their CLI spelling.
@@ -93,7 +86,7 @@ impl Recipe {
         if let Some(all) = &spec.all {
             let ty = parse_type(all)?;
             for r in all_roles {
-                types.insert(key(r), ty);
+                types.insert(r, ty);
             }
         } else {
             let get = |field: &Option<String>, what: &str| -> Result<GgmlType> {
@@ -106,12 +99,12 @@ impl Recipe {
             let others = get(&spec.others, "others")?;
             let vision = get(&spec.vision, "vision")?;
             for r in [Role::Embd, Role::Output, Role::Attn, Role::Ffn, Role::Shexp] {
-                types.insert(key(r), others);
+                types.insert(r, others);
             }
-            types.insert(key(Role::Experts), experts);
-            types.insert(key(Role::Vision), vision);
-            types.insert(key(Role::Projector), vision);
-            types.insert(key(Role::KeepF32), GgmlType::F32);
+            types.insert(Role::Experts, experts);
+            types.insert(Role::Vision, vision);
+            types.insert(Role::Projector, vision);
+            types.insert(Role::KeepF32, GgmlType::F32);
         }
         for &(role, ty) in overrides {
             if role == Role::KeepF32 {
@@ -119,7 +112,7 @@ impl Recipe {
                     "norms, biases and routers cannot be overridden".into(),
                 ));
             }
-            types.insert(key(role), ty);
+            types.insert(role, ty);
         }
         Ok(Recipe {
             name: name.to_string(),
@@ -129,7 +122,7 @@ impl Recipe {
 
     /// The type wanted for a role (before any block-size fallback).
     pub fn wanted(&self, role: Role) -> GgmlType {
-        self.types.get(&key(role)).copied().unwrap_or(GgmlType::F32)
+        self.types.get(&role).copied().unwrap_or(GgmlType::F32)
     }
 
     /// The type a tensor gets: the role's type, or its fallback when `ne[0]` does not
@@ -142,7 +135,7 @@ impl Recipe {
         if t.ne.len() < 2 && ty.block_size() > 1 {
             return (GgmlType::F32, Some(wanted));
         }
-        while ne0 % ty.block_size() as u64 != 0 {
+        while !ne0.is_multiple_of(ty.block_size() as u64) {
             ty = fallback(ty);
         }
         (ty, (ty != wanted).then_some(wanted))
