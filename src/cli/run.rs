@@ -72,20 +72,24 @@ pub struct RunArgs {
 pub fn run(args: &RunArgs) -> Result<()> {
     if let Some(t) = args.threads {
         // Fails only if a pool exists already (then the existing one is used).
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global();
     }
     let t0 = Instant::now();
     if !args.model.is_file() {
         bail!("model file {} does not exist", args.model.display());
     }
     let file = ModelFile::open(&args.model)?;
-    let mut model = LanguageModel::load(&file).with_context(|| format!("loading {}", args.model.display()))?;
+    let mut model =
+        LanguageModel::load(&file).with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = Tokenizer::from_model_file(&file)?;
     if let Some(n) = args.ctx {
         model.set_context_length(n);
     }
     if let Some(dir) = &args.trace {
-        model.trace = Trace::to_dir(dir.clone()).with_context(|| format!("creating {}", dir.display()))?;
+        model.trace =
+            Trace::to_dir(dir.clone()).with_context(|| format!("creating {}", dir.display()))?;
     }
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let mut session = Session::new(model, tokenizer);
@@ -134,7 +138,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
 }
 
-fn generate_streamed(session: &mut Session, ids: &[u32], params: &GenerateParams) -> Result<Generation> {
+fn generate_streamed(
+    session: &mut Session,
+    ids: &[u32],
+    params: &GenerateParams,
+) -> Result<Generation> {
     let mut stdout = std::io::stdout();
     let g = session.generate(ids, &[], params, &mut |s| {
         let _ = stdout.write_all(s.as_bytes());
@@ -188,7 +196,8 @@ fn write_logits(path: &std::path::Path, g: &Generation) -> Result<()> {
     let rows = g.tokens.len();
     let vocab = g.logits.first().map(Vec::len).unwrap_or(0);
     let flat: Vec<f32> = g.logits.iter().take(rows).flatten().copied().collect();
-    crate::npy::write_f32(path, &[rows, vocab], &flat).with_context(|| format!("writing {}", path.display()))
+    crate::npy::write_f32(path, &[rows, vocab], &flat)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn json_line(prompt: &[u32], g: &Generation, load_ms: f64) -> String {

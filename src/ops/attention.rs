@@ -45,9 +45,9 @@ pub fn causal_attention(
     debug_assert_eq!(out.len(), n_tokens * n_head * d_v);
     debug_assert!(kv.n_kv_head > 0 && n_head % kv.n_kv_head == 0);
     let group = n_head / kv.n_kv_head;
-    out.par_chunks_mut(n_head * d_v)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (t, out_t)| {
+    out.par_chunks_mut(n_head * d_v).enumerate().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (t, out_t)| {
             let n_kv = pos0 + t + 1;
             for h in 0..n_head {
                 let g = h / group;
@@ -71,7 +71,8 @@ pub fn causal_attention(
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 #[cfg(test)]
@@ -96,7 +97,10 @@ mod tests {
                 let sc: Vec<f64> = (0..=pos0 + t)
                     .map(|s| {
                         let ks = &k[(s * h + hh) * d..][..d];
-                        qh.iter().zip(ks).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>()
+                        qh.iter()
+                            .zip(ks)
+                            .map(|(a, b)| (*a as f64) * (*b as f64))
+                            .sum::<f64>()
                             * scale as f64
                     })
                     .collect();
@@ -121,12 +125,22 @@ mod tests {
         let (h, d, pos0, n) = (3, 8, 5, 4);
         let total = pos0 + n;
         let gen = |seed: usize, len: usize| -> Vec<f32> {
-            (0..len).map(|i| (((i * 31 + seed * 17) % 97) as f32 / 97.0 - 0.5) * 2.0).collect()
+            (0..len)
+                .map(|i| (((i * 31 + seed * 17) % 97) as f32 / 97.0 - 0.5) * 2.0)
+                .collect()
         };
         let q = gen(1, n * h * d);
         let k = gen(2, total * h * d);
         let v = gen(3, total * h * d);
-        let kv = KvView { k: &k, k_stride: h * d, v: &v, v_stride: h * d, n_kv_head: h, d_k: d, d_v: d };
+        let kv = KvView {
+            k: &k,
+            k_stride: h * d,
+            v: &v,
+            v_stride: h * d,
+            n_kv_head: h,
+            d_k: d,
+            d_v: d,
+        };
         let mut out = vec![0.0f32; n * h * d];
         causal_attention(&q, n, h, &kv, pos0, 0.35, &mut out);
         let want = reference(&q, &k, &v, n, h, d, pos0, 0.35);
