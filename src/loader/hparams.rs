@@ -179,7 +179,7 @@ impl LmHparams {
                 v_head_dim,
             }
         } else {
-            let head_dim = if n_head > 0 { n_embd / n_head } else { 0 };
+            let head_dim = n_embd.checked_div(n_head).unwrap_or(0);
             let head_dim = m.opt_usize(&k(llm::KEY_LENGTH)).unwrap_or(head_dim);
             let v_head_dim = m.opt_usize(&k(llm::VALUE_LENGTH)).unwrap_or(head_dim);
             Attention::Mha {
@@ -235,7 +235,7 @@ impl LmHparams {
             ..
         } = attention
         {
-            if n_head_kv == 0 || n_head % n_head_kv != 0 {
+            if n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
                 return Err(unsupported(
                     &k(llm::HEAD_COUNT_KV),
                     n_head_kv.to_string(),
@@ -250,14 +250,18 @@ impl LmHparams {
                 ));
             }
         }
-        if rope_dim % 2 != 0 {
+        if !rope_dim.is_multiple_of(2) {
             return Err(unsupported(
                 &k(llm::ROPE_DIMENSION_COUNT),
                 rope_dim.to_string(),
                 "must be even",
             ));
         }
-        if n_group == 0 || n_expert % n_group != 0 || n_group_used == 0 || n_group_used > n_group {
+        if n_group == 0
+            || !n_expert.is_multiple_of(n_group)
+            || n_group_used == 0
+            || n_group_used > n_group
+        {
             return Err(unsupported(
                 &k(llm::EXPERT_GROUP_COUNT),
                 format!("{n_group}/{n_group_used}"),

@@ -43,7 +43,7 @@ pub fn causal_attention(
     let (d_k, d_v) = (kv.d_k, kv.d_v);
     debug_assert_eq!(q.len(), n_tokens * n_head * d_k);
     debug_assert_eq!(out.len(), n_tokens * n_head * d_v);
-    debug_assert!(kv.n_kv_head > 0 && n_head % kv.n_kv_head == 0);
+    debug_assert!(kv.n_kv_head > 0 && n_head.is_multiple_of(kv.n_kv_head));
     let group = n_head / kv.n_kv_head;
     out.par_chunks_mut(n_head * d_v).enumerate().for_each_init(
         Vec::new,
@@ -80,6 +80,7 @@ mod tests {
     use super::*;
 
     /// Direct evaluation of the definition in f64, one query at a time.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         q: &[f32],
         k: &[f32],

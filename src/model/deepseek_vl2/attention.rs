@@ -75,6 +75,7 @@ impl MhaWeights {
     /// Attention for `x` `[n, D]` (already normalised) at positions
     /// `pos0..pos0+n`, writing the new keys/values into layer `il` of the
     /// cache; `out` `[n, D]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         rope: &Rope,

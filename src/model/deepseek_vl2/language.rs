@@ -314,7 +314,7 @@ impl LanguageModel {
         want: LogitsWanted,
     ) -> Result<Vec<f32>, ModelError> {
         let d = self.hp.n_embd;
-        if embeds.len() % d != 0 {
+        if !embeds.len().is_multiple_of(d) {
             return Err(ModelError::EmbedShape {
                 len: embeds.len(),
                 n_embd: d,

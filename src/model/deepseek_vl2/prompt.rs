@@ -103,7 +103,7 @@ fn push_with_images(
                 start: out.ids.len(),
                 len,
             });
-            out.ids.extend(std::iter::repeat(id).take(len));
+            out.ids.extend(std::iter::repeat_n(id, len));
             *next_image += 1;
         }
         out.ids.extend(tok.encode(piece)?);
