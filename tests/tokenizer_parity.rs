@@ -191,3 +191,51 @@ fn stream_decode_equals_reference_decode() {
         assert_eq!(tok.decode(&ids), s, "round trip {s:?}");
     }
 }
+
+/// Converts a fixture (f32) and loads the tokenizer stored in the GGUF.
+fn tokenizer_from_converted(name: &str) -> (tempfile::TempDir, Tokenizer) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.gguf");
+    let opts = convert::write::ConvertOptions {
+        input: fixture(name).join("hf"),
+        output: out.clone(),
+        quant: Some("f32".to_string()),
+        overrides: Vec::new(),
+        force: false,
+        threads: Some(2),
+        progress: false,
+    };
+    convert::write::convert(&opts).unwrap();
+    let file = pocketvl::loader::ModelFile::open(&out).unwrap();
+    let tok = Tokenizer::from_model_file(&file).unwrap();
+    (dir, tok)
+}
+
+#[test]
+fn converted_gguf_tokenizers_match_reference() {
+    for name in ["tiny-mha", "tiny-mla"] {
+        let (_dir, tok) = tokenizer_from_converted(name);
+        check_prompt_ids(name, &tok);
+        let strings = parity_strings(VL_SPECIALS);
+        let Some(want) = python_ids(&fixture(&format!("{name}/hf/tokenizer.json")), true, &strings) else {
+            continue;
+        };
+        for (s, w) in strings.iter().zip(&want) {
+            assert_eq!(&tok.encode(s).unwrap(), w, "{name}: {s:?}");
+        }
+    }
+}
+
+#[test]
+fn deepseek_v3_tokenizer_with_vl_tokens_matches_python() {
+    let path = fixture("tokenizers/deepseek-v3/tokenizer.json");
+    let json = convert::tokenizer::augment_tokenizer_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let tok = Tokenizer::from_json(&json, 0, 1).unwrap();
+    let strings = parity_strings(VL_SPECIALS);
+    let Some(want) = python_ids(&path, true, &strings) else { return };
+    for (s, w) in strings.iter().zip(&want) {
+        assert_eq!(&tok.encode(s).unwrap(), w, "{s:?}");
+    }
+    // The added VL tokens follow the 128k vocabulary, as in the published files.
+    assert!(tok.token_id("<image>").is_some());
+}
