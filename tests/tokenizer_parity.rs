@@ -217,7 +217,11 @@ fn converted_gguf_tokenizers_match_reference() {
         let (_dir, tok) = tokenizer_from_converted(name);
         check_prompt_ids(name, &tok);
         let strings = parity_strings(VL_SPECIALS);
-        let Some(want) = python_ids(&fixture(&format!("{name}/hf/tokenizer.json")), true, &strings) else {
+        let Some(want) = python_ids(
+            &fixture(&format!("{name}/hf/tokenizer.json")),
+            true,
+            &strings,
+        ) else {
             continue;
         };
         for (s, w) in strings.iter().zip(&want) {
@@ -229,10 +233,13 @@ fn converted_gguf_tokenizers_match_reference() {
 #[test]
 fn deepseek_v3_tokenizer_with_vl_tokens_matches_python() {
     let path = fixture("tokenizers/deepseek-v3/tokenizer.json");
-    let json = convert::tokenizer::augment_tokenizer_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let json = convert::tokenizer::augment_tokenizer_json(&std::fs::read_to_string(&path).unwrap())
+        .unwrap();
     let tok = Tokenizer::from_json(&json, 0, 1).unwrap();
     let strings = parity_strings(VL_SPECIALS);
-    let Some(want) = python_ids(&path, true, &strings) else { return };
+    let Some(want) = python_ids(&path, true, &strings) else {
+        return;
+    };
     for (s, w) in strings.iter().zip(&want) {
         assert_eq!(&tok.encode(s).unwrap(), w, "{s:?}");
     }
