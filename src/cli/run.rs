@@ -69,7 +69,8 @@ pub struct RunArgs {
 }
 
 /// Runs the subcommand.
-pub fn run(args: &RunArgs) -> Result<()> {
+pub fn run(args: RunArgs) -> Result<()> {
+    let args = &args;
     if let Some(t) = args.threads {
         // Fails only if a pool exists already (then the existing one is used).
         let _ = rayon::ThreadPoolBuilder::new()
