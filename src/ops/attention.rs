@@ -30,7 +30,7 @@ pub struct KvView<'a> {
 ///
 /// `q` is `[n_tokens, n_head, d_k]`, `out` is `[n_tokens, n_head, d_v]`; the
 /// cache must hold at least `pos0 + n_tokens` rows (caller's invariant).
-/// Parallel over tokens; each task reuses one score buffer.
+/// Parallel over (token, head) pairs; each worker reuses one score buffer.
 pub fn causal_attention(
     q: &[f32],
     n_tokens: usize,
@@ -45,30 +45,29 @@ pub fn causal_attention(
     debug_assert_eq!(out.len(), n_tokens * n_head * d_v);
     debug_assert!(kv.n_kv_head > 0 && n_head.is_multiple_of(kv.n_kv_head));
     let group = n_head / kv.n_kv_head;
-    out.par_chunks_mut(n_head * d_v).enumerate().for_each_init(
+    // One task per (token, head): decode (one token) still uses every core.
+    out.par_chunks_mut(d_v).enumerate().for_each_init(
         Vec::new,
-        |scores: &mut Vec<f32>, (t, out_t)| {
+        |scores: &mut Vec<f32>, (th, oh)| {
+            let (t, h) = (th / n_head, th % n_head);
             let n_kv = pos0 + t + 1;
-            for h in 0..n_head {
-                let g = h / group;
-                let qh = &q[(t * n_head + h) * d_k..][..d_k];
-                scores.clear();
-                for s in 0..n_kv {
-                    let ks = &kv.k[s * kv.k_stride + g * d_k..][..d_k];
-                    let mut dot = 0.0f32;
-                    for i in 0..d_k {
-                        dot += qh[i] * ks[i];
-                    }
-                    scores.push(dot * scale);
+            let g = h / group;
+            let qh = &q[th * d_k..][..d_k];
+            scores.clear();
+            for s in 0..n_kv {
+                let ks = &kv.k[s * kv.k_stride + g * d_k..][..d_k];
+                let mut dot = 0.0f32;
+                for i in 0..d_k {
+                    dot += qh[i] * ks[i];
                 }
-                softmax(scores);
-                let oh = &mut out_t[h * d_v..][..d_v];
-                oh.iter_mut().for_each(|v| *v = 0.0);
-                for (s, p) in scores.iter().enumerate() {
-                    let vs = &kv.v[s * kv.v_stride + g * d_v..][..d_v];
-                    for i in 0..d_v {
-                        oh[i] += p * vs[i];
-                    }
+                scores.push(dot * scale);
+            }
+            softmax(scores);
+            oh.iter_mut().for_each(|v| *v = 0.0);
+            for (s, p) in scores.iter().enumerate() {
+                let vs = &kv.v[s * kv.v_stride + g * d_v..][..d_v];
+                for i in 0..d_v {
+                    oh[i] += p * vs[i];
                 }
             }
         },
