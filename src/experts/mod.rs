@@ -143,8 +143,8 @@ impl ExpertStore for MmapExperts {
             .get(layer)
             .and_then(Option::as_ref)
             .ok_or(ExpertError::NoLayer { layer })?;
-        let ne = l.gate.ne();
-        let (n_embd, n_ff, n_expert) = (ne[0] as usize, ne[1] as usize, ne[2] as usize);
+        let dim = |i: usize| l.gate.ne().get(i).copied().unwrap_or(0) as usize;
+        let (n_embd, n_ff, n_expert) = (dim(0), dim(1), dim(2));
         if expert >= n_expert {
             return Err(ExpertError::NoExpert {
                 layer,
