@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod experts;
 pub mod generate;
+pub mod image_io;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
