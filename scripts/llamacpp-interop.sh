@@ -146,33 +146,21 @@ log "llama.cpp $VERSION ready: $SIMPLE, $LOGITS_TOOL"
 if [ "$BUILD_ONLY" -eq 1 ]; then exit 0; fi
 
 # --- 5. run -------------------------------------------------------------------------------
-# Prompt ids of a fixture's `text` case, read from cases.json with python3 (json only).
+# Prompt ids of a fixture's `text` case: golden.safetensors `text.input_ids` (int64), read with
+# the python3 standard library only so that this step needs no venv.
 prompt_ids() {
     local fixture="$1"
-    python3 - "$fixture/cases.json" <<'EOF'
-import json, sys
-cases = json.load(open(sys.argv[1]))
-def find(o):
-    if isinstance(o, dict):
-        if o.get("name") == "text" and "input_ids" in o:
-            return o["input_ids"]
-        for v in o.values():
-            r = find(v)
-            if r is not None:
-                return r
-    if isinstance(o, list):
-        for v in o:
-            r = find(v)
-            if r is not None:
-                return r
-    return None
-c = cases.get("text") if isinstance(cases, dict) else None
-ids = (c or {}).get("input_ids") if isinstance(c, dict) else None
-if ids is None:
-    ids = find(cases)
-if ids is None:
-    sys.exit("no text case input_ids in " + sys.argv[1])
-print(",".join(str(int(i)) for i in ids))
+    python3 - "$fixture/golden.safetensors" <<'EOF'
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+(hlen,) = struct.unpack("<Q", data[:8])
+header = json.loads(data[8:8 + hlen])
+info = header.get("text.input_ids")
+if info is None or info["dtype"] != "I64":
+    sys.exit("no int64 text.input_ids in " + sys.argv[1])
+a, b = info["data_offsets"]
+raw = data[8 + hlen + a:8 + hlen + b]
+print(",".join(str(v) for v in struct.unpack("<%dq" % (len(raw) // 8), raw)))
 EOF
 }
 
@@ -212,7 +200,7 @@ for spec in "${FILES[@]}"; do
     fi
     echo "llama-simple output for $name:"; cat "$TMP/$name.simple.out"; echo
 
-    if [ -n "$fixture" ] && [ -f "$fixture/cases.json" ]; then
+    if [ -n "$fixture" ] && [ -f "$fixture/golden.safetensors" ]; then
         ids="$(prompt_ids "$fixture")"
         out="${LLAMACPP_LOGITS_OUT:-$TMP}/$name.logits_last.npy"
         mkdir -p "$(dirname "$out")"

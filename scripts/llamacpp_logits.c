@@ -18,6 +18,8 @@
  *   -o           output file for the logits (default: none). .npy unless --raw (float32 LE)
  *   --all        write the logits of every prompt position ([n_prompt, n_vocab]) instead of the
  *                last one ([n_vocab])
+ *   --kv-f32     keep the KV cache in float32 (llama.cpp's default is f16, which rounds K and V)
+ *   --no-fa      disable flash attention (default: llama.cpp decides)
  *
  * Stdout (machine-readable, one item a line):
  *   n_vocab N / prompt_ids ... / argmax_last ID / generated ... / generated_text ...
@@ -34,7 +36,7 @@
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s -m MODEL.gguf (--ids 1,2,3 | --text TEXT) [-n N_GEN] [-o OUT] [--all] "
-            "[--raw] [-t THREADS] [--add-special] [--verbose]\n",
+            "[--raw] [-t THREADS] [--add-special] [--kv-f32] [--no-fa] [--verbose]\n",
             argv0);
 }
 
@@ -124,6 +126,14 @@ static llama_token argmax(const float *v, int n) {
 }
 
 static int quiet_logs = 1;
+
+/* Silences llama.cpp's default progress dots on stderr while keeping the load cancellable. */
+static bool no_progress(float progress, void *user) {
+    (void)progress;
+    (void)user;
+    return true;
+}
+
 static void log_cb(enum ggml_log_level level, const char *text, void *user) {
     (void)user;
     if (!quiet_logs || level >= GGML_LOG_LEVEL_WARN) fputs(text, stderr);
@@ -131,7 +141,7 @@ static void log_cb(enum ggml_log_level level, const char *text, void *user) {
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *ids_arg = NULL, *text_arg = NULL, *out_path = NULL;
-    int n_gen = 0, all = 0, raw = 0, n_threads = 2, add_special = 0;
+    int n_gen = 0, all = 0, raw = 0, n_threads = 2, add_special = 0, kv_f32 = 0, no_fa = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const int has_val = i + 1 < argc;
@@ -144,6 +154,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--all")) all = 1;
         else if (!strcmp(a, "--raw")) raw = 1;
         else if (!strcmp(a, "--add-special")) add_special = 1;
+        else if (!strcmp(a, "--kv-f32")) kv_f32 = 1;
+        else if (!strcmp(a, "--no-fa")) no_fa = 1;
         else if (!strcmp(a, "--verbose")) quiet_logs = 0;
         else {
             usage(argv[0]);
@@ -160,6 +172,7 @@ int main(int argc, char **argv) {
 
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    if (quiet_logs) mp.progress_callback = no_progress;
     struct llama_model *model = llama_model_load_from_file(model_path, mp);
     if (!model) {
         fprintf(stderr, "error: llama.cpp could not load %s (run with --verbose for its log)\n",
@@ -206,6 +219,11 @@ int main(int argc, char **argv) {
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
     cp.no_perf = 1;
+    if (no_fa) cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (kv_f32) {
+        cp.type_k = GGML_TYPE_F32;
+        cp.type_v = GGML_TYPE_F32;
+    }
     struct llama_context *ctx = llama_init_from_model(model, cp);
     if (!ctx) {
         fprintf(stderr, "error: llama_init_from_model failed for %s\n", model_path);
