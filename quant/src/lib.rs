@@ -1,3 +1,4 @@
+pub mod gguf;
 pub mod schema;
 pub mod types;
 

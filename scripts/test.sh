@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's one test command (README "run the tests"; .ci/run calls exactly this).
+# Builds a Python venv with the independent references the tests compare against
+# (the PyPI `gguf` package, Hugging Face `tokenizers`, numpy), then runs every Rust test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${POCKETVL_VENV:-target/venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+# Pinned so golden bytes and tokenizations are reproducible.
+if ! "$VENV/bin/python" -c "import gguf, numpy, tokenizers, safetensors" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
+fi
+export POCKETVL_PYTHON="$PWD/$VENV/bin/python"
+
+cargo test --workspace "$@"
