@@ -176,6 +176,10 @@ if [ "${#FILES[@]}" -eq 0 ]; then
     done
 fi
 
+# ggml's abort handler attaches gdb for a backtrace, which can hang; a failure must fail fast.
+export GGML_NO_BACKTRACE=1
+RUN_TIMEOUT="${LLAMACPP_TIMEOUT:-300}"
+
 FAILED=0
 for spec in "${FILES[@]}"; do
     file="${spec%%:*}"
@@ -192,8 +196,10 @@ for spec in "${FILES[@]}"; do
     log "=== $file (fixture: ${fixture:-none})"
 
     log "llama-simple -m $file -n 16 Hello"
-    if ! "$SIMPLE" -m "$file" -n 16 "Hello" >"$TMP/$name.simple.out" 2>"$TMP/$name.simple.err"; then
-        tail -n 40 "$TMP/$name.simple.err" >&2
+    if ! timeout "$RUN_TIMEOUT" "$SIMPLE" -m "$file" -n 16 "Hello" \
+            >"$TMP/$name.simple.out" 2>"$TMP/$name.simple.err"; then
+        grep -a -i -E "error|unsupported|failed|missing|wrong|abort" "$TMP/$name.simple.err" | head -n 20 >&2 \
+            || tail -n 20 "$TMP/$name.simple.err" >&2
         log "FAIL: llama-simple could not load/generate with $file"
         FAILED=1
         continue
@@ -202,22 +208,32 @@ for spec in "${FILES[@]}"; do
 
     if [ -n "$fixture" ] && [ -f "$fixture/golden.safetensors" ]; then
         ids="$(prompt_ids "$fixture")"
-        out="${LLAMACPP_LOGITS_OUT:-$TMP}/$name.logits_last.npy"
-        mkdir -p "$(dirname "$out")"
-        if ! "$LOGITS_TOOL" -m "$file" --ids "$ids" -n 16 -o "$out" >"$TMP/$name.logits.out" 2>"$TMP/$name.logits.err"; then
-            tail -n 40 "$TMP/$name.logits.err" >&2
-            log "FAIL: logits tool failed with $file"
-            FAILED=1
-            continue
-        fi
-        cat "$TMP/$name.logits.out"
-        if [ -n "${POCKETVL_PYTHON:-}" ]; then
-            gen="$(sed -n 's/^generated //p' "$TMP/$name.logits.out")"
-            "$POCKETVL_PYTHON" "$ROOT/scripts/llamacpp_compare.py" "$out" "$fixture" --gen "$gen" \
-                || { log "FAIL: logits comparison for $name"; FAILED=1; }
-        else
-            log "skipped logits comparison: POCKETVL_PYTHON not set"
-        fi
+        outdir="${LLAMACPP_LOGITS_OUT:-$TMP}"
+        mkdir -p "$outdir"
+        # Two runs: llama.cpp's defaults (f16 KV cache, flash attention as it decides), and
+        # float32 throughout (--no-fa --kv-f32), which isolates file content from llama.cpp's
+        # own roundings.
+        for mode in default f32; do
+            opts=()
+            [ "$mode" = f32 ] && opts=(--no-fa --kv-f32)
+            out="$outdir/$name.$mode.logits_last.npy"
+            if ! timeout "$RUN_TIMEOUT" "$LOGITS_TOOL" -m "$file" --ids "$ids" -n 16 "${opts[@]}" -o "$out" \
+                    >"$TMP/$name.$mode.out" 2>"$TMP/$name.$mode.err"; then
+                tail -n 20 "$TMP/$name.$mode.err" >&2
+                log "FAIL: logits tool failed with $file ($mode)"
+                FAILED=1
+                continue
+            fi
+            echo "llama.cpp ($mode settings) on $name:"
+            cat "$TMP/$name.$mode.out"
+            if [ -n "${POCKETVL_PYTHON:-}" ]; then
+                gen="$(sed -n 's/^generated //p' "$TMP/$name.$mode.out")"
+                "$POCKETVL_PYTHON" "$ROOT/scripts/llamacpp_compare.py" "$out" "$fixture" --gen "$gen" \
+                    || { log "FAIL: logits comparison for $name"; FAILED=1; }
+            else
+                log "skipped logits comparison: POCKETVL_PYTHON not set"
+            fi
+        done
     fi
 done
 [ "$FAILED" -eq 0 ] || die "one or more files failed (see above)"
