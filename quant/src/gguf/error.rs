@@ -81,6 +81,10 @@ pub enum GgufError {
     #[error("metadata key {key:?}: arrays nested deeper than {max} levels")]
     NestingTooDeep { key: String, max: usize },
 
+    /// More array elements in the metadata than the reader accepts.
+    #[error("metadata key {key:?}: arrays hold more than {max} elements in all")]
+    TooManyValues { key: String, max: u64 },
+
     /// The same metadata key twice.
     #[error("duplicate metadata key {key:?}")]
     DuplicateKey { key: String },
@@ -108,13 +112,17 @@ pub enum GgufError {
 
     /// A negative dimension (ggml stores dimensions as i64).
     #[error("tensor {name:?}: dimension {index} is negative ({value})")]
-    NegativeDim { name: String, index: usize, value: i64 },
+    NegativeDim {
+        name: String,
+        index: usize,
+        value: i64,
+    },
 
     /// A ggml type id pocketvl does not know.
     #[error("tensor {name:?}: unknown ggml type id {id}")]
     UnknownGgmlType { name: String, id: u32 },
 
-    /// Dimensions whose byte size is not defined (ne[0] not a multiple of the
+    /// Dimensions whose byte size is not defined (`ne[0]` not a multiple of the
     /// block size) or overflows.
     #[error("tensor {name:?}: shape {ne:?} of type {ty}: {reason}")]
     BadTensorShape {
@@ -125,7 +133,9 @@ pub enum GgufError {
     },
 
     /// A tensor data offset that is not a multiple of the alignment.
-    #[error("tensor {name:?}: data offset {offset} is not a multiple of the alignment {alignment}")]
+    #[error(
+        "tensor {name:?}: data offset {offset} is not a multiple of the alignment {alignment}"
+    )]
     MisalignedTensor {
         name: String,
         offset: u64,

@@ -44,6 +44,12 @@ pub const MAX_NAME_LEN: usize = 64;
 /// keeps a hostile file from recursing the stack away.
 pub const MAX_ARRAY_DEPTH: usize = 8;
 
+/// Most array elements, over all metadata, the reader accepts (16 Mi; a
+/// 128k-token vocabulary with scores, types and merges needs well under 1 Mi).
+/// Each parsed element is a [`Value`] of about 32 bytes, so without a cap a
+/// hostile file of u8 arrays would cost 32 times its size in memory.
+pub const MAX_METADATA_VALUES: u64 = 1 << 24;
+
 /// The smallest possible tensor info: empty name (u64 length), u32 n_dims
 /// with no dims, u32 type, u64 offset.
 const MIN_TENSOR_INFO_LEN: usize = 8 + 4 + 4 + 8;
@@ -54,3 +60,11 @@ pub(crate) fn align_up(x: u64, align: u64) -> Option<u64> {
     let mask = align.checked_sub(1)?;
     x.checked_add(mask).map(|v| v & !mask)
 }
+
+// Errors travel through `anyhow` and files are shared across threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<GgufError>();
+    assert_send_sync::<GgufFile>();
+    assert_send_sync::<GgufWriter>();
+};

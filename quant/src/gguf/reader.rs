@@ -16,8 +16,8 @@ use memmap2::{Mmap, MmapMut};
 use super::error::GgufError;
 use super::value::{Value, ValueType};
 use super::{
-    align_up, GGUF_MAGIC, HEADER_LEN, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_STRING_LEN,
-    MIN_TENSOR_INFO_LEN,
+    align_up, GGUF_MAGIC, HEADER_LEN, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_METADATA_VALUES,
+    MAX_STRING_LEN, MIN_TENSOR_INFO_LEN,
 };
 use crate::schema;
 use crate::GgmlType;
@@ -192,6 +192,8 @@ impl Parsed {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements the metadata may still hold (see [`MAX_METADATA_VALUES`]).
+    value_budget: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -281,7 +283,11 @@ impl<'a> Cursor<'a> {
 
 /// Parses and validates the whole header, metadata and tensor-info table.
 fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
-    let mut cur = Cursor { buf, pos: 0 };
+    let mut cur = Cursor {
+        buf,
+        pos: 0,
+        value_budget: MAX_METADATA_VALUES,
+    };
     let magic: [u8; 4] = cur.array(&|| "magic".into())?;
     if magic != GGUF_MAGIC {
         return Err(GgufError::BadMagic { found: magic });
@@ -335,7 +341,10 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     let mut tensor_index = HashMap::with_capacity(cap(tensor_count));
     for i in 0..tensor_count {
         let info = read_tensor_info(&mut cur, i)?;
-        if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
+        if tensor_index
+            .insert(info.name.clone(), tensors.len())
+            .is_some()
+        {
             return Err(GgufError::DuplicateTensor { name: info.name });
         }
         tensors.push(info);
@@ -422,6 +431,13 @@ fn read_value(
             cur.check_count(count, elem.min_encoded_size(), &|| {
                 format!("array of {elem} of key {key:?}")
             })?;
+            cur.value_budget =
+                cur.value_budget
+                    .checked_sub(count)
+                    .ok_or_else(|| GgufError::TooManyValues {
+                        key: key.to_owned(),
+                        max: MAX_METADATA_VALUES,
+                    })?;
             let mut items = Vec::with_capacity(cap(count));
             for _ in 0..count {
                 items.push(read_value(cur, elem, key, depth + 1)?);

@@ -234,6 +234,36 @@ impl Value {
     }
 }
 
+/// `From` for every scalar, so writers can say `w.add_kv(k, 7u32.into())`.
+macro_rules! value_from {
+    ($($t:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::$variant(v)
+            }
+        })*
+    };
+}
+
+value_from!(
+    u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32, f32 => F32,
+    bool => Bool, String => String, u64 => U64, i64 => I64, f64 => F64,
+);
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::String(v.to_owned())
+    }
+}
+
+impl Value {
+    /// An array of `ty` built from anything convertible to [`Value`]; the
+    /// writer checks that every element really has type `ty`.
+    pub fn array<T: Into<Value>>(ty: ValueType, items: impl IntoIterator<Item = T>) -> Value {
+        Value::Array(ty, items.into_iter().map(Into::into).collect())
+    }
+}
+
 impl fmt::Display for Value {
     /// Compact human-readable form; long arrays are elided after 8 elements.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -300,5 +330,7 @@ mod tests {
         );
         assert_eq!(s.as_str_array(), Some(vec!["a", "b"]));
         assert_eq!(s.as_f32_array(), None);
+        assert_eq!(Value::array(ValueType::String, ["a", "b"]), s);
+        assert_eq!(Value::from(3u16), Value::U16(3));
     }
 }

@@ -113,7 +113,8 @@ impl GgufWriter {
         }
         let n_bytes = tensor_n_bytes(name, ty, ne)?;
         self.names.insert(name.to_owned());
-        self.tensors.push((name.to_owned(), ty, ne.to_vec(), n_bytes));
+        self.tensors
+            .push((name.to_owned(), ty, ne.to_vec(), n_bytes));
         Ok(())
     }
 
@@ -153,13 +154,8 @@ impl GgufWriter {
             });
         }
         let infos = self.tensor_infos()?;
-        let tmp = TempFile::create(path)?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp.path)
-            .map_err(|e| GgufError::io("create", &tmp.path, e))?;
-        // From here `tmp` is armed: any early return deletes the file.
+        let (tmp, file) = TempFile::create(path)?;
+        // `tmp` is armed: any early return from here deletes the file.
         let mut out = Out {
             w: BufWriter::with_capacity(BUF_CAPACITY, file),
             pos: 0,
@@ -195,7 +191,7 @@ impl GgufWriter {
             dest: path.to_path_buf(),
             overwrite,
         };
-        data.skip_empty()?;
+        data.skip_empty();
         Ok(data)
     }
 }
@@ -211,7 +207,7 @@ pub struct GgufDataWriter {
     /// Bytes of the current tensor written so far.
     written: u64,
     alignment: u64,
-    /// Set after an I/O error: the file is in an unknown state.
+    /// Set after any error in `write`: the file is in an unknown state.
     failed: bool,
     // Declared after `out` so the file is closed before it is deleted.
     tmp: TempFile,
@@ -226,7 +222,9 @@ impl GgufDataWriter {
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), GgufError> {
         self.check_ok()?;
         let result = self.write_inner(bytes);
-        if matches!(result, Err(GgufError::Io { .. })) {
+        // After any error the file's state is not what the caller thinks:
+        // refuse further writes and `finish`.
+        if result.is_err() {
             self.failed = true;
         }
         result
@@ -250,18 +248,17 @@ impl GgufDataWriter {
                 self.out.pad(self.alignment)?;
                 self.current += 1;
                 self.written = 0;
-                self.skip_empty()?;
+                self.skip_empty();
             }
         }
         Ok(())
     }
 
     /// Moves past zero-byte tensors (they take no data and no padding).
-    fn skip_empty(&mut self) -> Result<(), GgufError> {
+    fn skip_empty(&mut self) {
         while self.tensors.get(self.current).is_some_and(|t| t.1 == 0) {
             self.current += 1;
         }
-        Ok(())
     }
 
     fn check_ok(&self) -> Result<(), GgufError> {
@@ -269,7 +266,7 @@ impl GgufDataWriter {
             return Err(GgufError::io(
                 "write to",
                 &self.tmp.path,
-                std::io::Error::other("an earlier write failed"),
+                std::io::Error::other("an earlier write failed; start again"),
             ));
         }
         Ok(())
@@ -378,8 +375,10 @@ struct TempFile {
 }
 
 impl TempFile {
-    /// Picks `.<file>.tmp-<pid>-<n>` beside `dest` (not yet created).
-    fn create(dest: &Path) -> Result<TempFile, GgufError> {
+    /// Creates `.<file>.tmp-<pid>-<n>` beside `dest`. The guard exists only
+    /// once the file was created by us, so a name clash can never make us
+    /// delete a file we did not create.
+    fn create(dest: &Path) -> Result<(TempFile, File), GgufError> {
         let file_name = dest.file_name().ok_or_else(|| {
             GgufError::io(
                 "create",
@@ -387,16 +386,23 @@ impl TempFile {
                 std::io::Error::new(ErrorKind::InvalidInput, "destination has no file name"),
             )
         })?;
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!(
-            ".{}.tmp-{}-{n}",
-            file_name.to_string_lossy(),
-            std::process::id()
-        );
-        Ok(TempFile {
-            path: parent_dir(dest).join(name),
-            armed: true,
-        })
+        let dir = parent_dir(dest);
+        let mut attempts = 0;
+        loop {
+            let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let name = format!(
+                ".{}.tmp-{}-{n}",
+                file_name.to_string_lossy(),
+                std::process::id()
+            );
+            let path = dir.join(name);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => return Ok((TempFile { path, armed: true }, file)),
+                // A stale file from a crashed process that had our pid.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempts < 16 => attempts += 1,
+                Err(e) => return Err(GgufError::io("create", path, e)),
+            }
+        }
     }
 }
 
@@ -482,10 +488,7 @@ fn validate_value(key: &str, value: &Value) -> Result<(), GgufError> {
                 if item.value_type() != *ty {
                     return Err(GgufError::BadValue {
                         key: key.to_owned(),
-                        reason: format!(
-                            "array of {ty}: element {i} is a {}",
-                            item.type_name()
-                        ),
+                        reason: format!("array of {ty}: element {i} is a {}", item.type_name()),
                     });
                 }
                 validate_value(key, item)?;

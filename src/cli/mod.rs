@@ -1,0 +1,3 @@
+//! Command-line surfaces.
+
+pub mod run;
