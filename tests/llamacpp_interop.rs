@@ -1,5 +1,7 @@
 //! llama.cpp interop: a GGUF of each tiny fixture, evaluated by llama.cpp, must reproduce the
-//! official implementation's golden logits and greedy continuation.
+//! official implementation's golden logits and greedy continuation. Two writers are checked:
+//! pocketvl's converter (`convert::write::convert`, recipe f32) and, as an independent baseline,
+//! the Python `gguf` package (scripts/llamacpp_reference_gguf.py).
 //!
 //! Why: llama.cpp is an independent implementation of the `deepseek` / `deepseek2`
 //! architectures. If it computes the reference's numbers from a GGUF, then that file's metadata,
@@ -170,6 +172,33 @@ fn assert_matches_golden(fixture: &str, run: &LlamaRun) {
     assert_eq!(run.generated, golden.i64s("text.gen_ids"), "{fixture}: greedy continuation");
 }
 
+/// Converts the fixture with pocketvl's converter, recipe f32 (bf16 weights widen exactly).
+fn pocketvl_gguf(fixture: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("pocketvl-{fixture}.gguf"));
+    let opts = convert::write::ConvertOptions {
+        input: root().join("tests/fixtures").join(fixture).join("hf"),
+        output: out.clone(),
+        quant: Some("f32".into()),
+        overrides: Vec::new(),
+        force: true,
+        threads: None,
+        progress: false,
+    };
+    if let Err(e) = convert::write::convert(&opts) {
+        panic!("pocketvl convert failed for {fixture}: {e}");
+    }
+    out
+}
+
+fn check_pocketvl(fixture: &str) {
+    let Some((tool, _python)) = prerequisites() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gguf = pocketvl_gguf(fixture, dir.path());
+    let golden = Golden::load(&root().join("tests/fixtures").join(fixture).join("golden.safetensors"));
+    let run = run_llamacpp(&tool, &gguf, &golden.i64s("text.input_ids"), dir.path());
+    assert_matches_golden(fixture, &run);
+}
+
 fn check_reference(fixture: &str) {
     let Some((tool, python)) = prerequisites() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -187,4 +216,14 @@ fn llamacpp_reference_gguf_tiny_mha_matches_golden() {
 #[test]
 fn llamacpp_reference_gguf_tiny_mla_matches_golden() {
     check_reference("tiny-mla");
+}
+
+#[test]
+fn llamacpp_pocketvl_gguf_tiny_mha_matches_golden() {
+    check_pocketvl("tiny-mha");
+}
+
+#[test]
+fn llamacpp_pocketvl_gguf_tiny_mla_matches_golden() {
+    check_pocketvl("tiny-mla");
 }
