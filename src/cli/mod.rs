@@ -35,7 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
-        Command::Run(a) => run::run(&a),
+        Command::Run(a) => run::run(a),
     }
 }
 
