@@ -140,8 +140,10 @@ impl Session {
 
     /// Prompt embeddings and fingerprints: token embeddings, with the rows
     /// of `image_features` (`[n_image_positions, D]`, prompt order) placed at
-    /// every position whose id is the model's image token.
-    fn embed_prompt(
+    /// every position whose id is the model's image token. Public so that
+    /// tests can compare the language model's input with the reference's
+    /// `inputs_embeds`.
+    pub fn embed_prompt(
         &self,
         ids: &[u32],
         image_features: &[f32],

@@ -13,3 +13,4 @@ pub mod ops;
 pub mod sampler;
 pub mod tokenizer;
 pub mod trace;
+pub mod vision_cache;

@@ -430,6 +430,16 @@ pub fn preprocess(
     images: &[RgbImage],
     cfg: &PreprocessConfig,
 ) -> Result<Preprocessed, PreprocessError> {
+    preprocess_with_cropping(images, cfg, images.len() <= cfg.max_images_for_tiling)
+}
+
+/// [`preprocess`] with the tiling decision made by the caller: a conversation that encodes
+/// its images one at a time (a feature cache) still tiles by the count of *all* of them.
+pub fn preprocess_with_cropping(
+    images: &[RgbImage],
+    cfg: &PreprocessConfig,
+    cropping: bool,
+) -> Result<Preprocessed, PreprocessError> {
     cfg.validate()?;
     for (index, img) in images.iter().enumerate() {
         if img.width() == 0 || img.height() == 0 {
@@ -440,7 +450,6 @@ pub fn preprocess(
             });
         }
     }
-    let cropping = images.len() <= cfg.max_images_for_tiling;
     let per_image: Vec<ImageTiles> = images
         .par_iter()
         .map(|img| tile_one(img, cropping, cfg))
