@@ -71,6 +71,11 @@ pub enum ImageIoError {
         #[source]
         source: image::ImageError,
     },
+    #[error(
+        "JPEG data is truncated: no end-of-image marker after the last scan ({len} bytes); \
+         PIL refuses such files (\"image file is truncated\")"
+    )]
+    TruncatedJpeg { len: usize },
     #[error("invalid RGB buffer: {width}x{height} needs {expected} bytes, got {found}")]
     BadBuffer {
         width: u32,
@@ -227,6 +232,9 @@ pub fn decode_rgb(bytes: &[u8], apply_exif: bool) -> Result<RgbImage, ImageIoErr
         .into_dimensions()
         .map_err(decode_err)?;
     check_dimensions(width, height)?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(ImageIoError::TruncatedJpeg { len: bytes.len() });
+    }
 
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let orientation = if apply_exif {
@@ -261,6 +269,21 @@ fn guessed_reader<R: BufRead + Seek>(r: R, limited: bool) -> Result<ImageReader<
         reader.no_limits();
     }
     Ok(reader)
+}
+
+/// Whether a JPEG ends its last scan with an EOI marker (`FF D9`). zune-jpeg decodes a cut-off
+/// file silently (the missing rows come out grey) where PIL raises "image file is truncated".
+/// Inside entropy-coded data `FF` is only followed by `00` or a restart marker, so an `FF D9`
+/// after the last SOS (`FF DA`) can only be the real end; an EXIF thumbnail's EOI lies before
+/// the main image's scans and does not count.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(p) => bytes
+            .get(p + 2..)
+            .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9])),
+        None => false,
+    }
 }
 
 /// Refuses zero-sized and oversized images, naming the size.

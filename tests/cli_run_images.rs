@@ -80,10 +80,9 @@ fn fails(args: &[&str]) -> String {
 }
 
 fn case(name: &str) -> Value {
-    let cases: Value = serde_json::from_slice(
-        &std::fs::read(fixture("tiny-mha").join("cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(fixture("tiny-mha").join("cases.json")).unwrap())
+            .unwrap();
     cases["cases"]
         .as_array()
         .unwrap()
@@ -158,27 +157,63 @@ fn repeated_images_tags_and_cache() {
     let c = case("two_images");
     let prompt = c["conversation"][0]["content"].as_str().unwrap();
     let j = json_of(&pocketvl(
-        &["--image", s(&giraffe), "--image", s(&shapes), "-p", prompt, "-n", "1", "--json", "--no-exif-rotate"],
+        &[
+            "--image",
+            s(&giraffe),
+            "--image",
+            s(&shapes),
+            "-p",
+            prompt,
+            "-n",
+            "1",
+            "--json",
+            "--no-exif-rotate",
+        ],
         None,
     ));
-    assert_eq!(u64s(&j["prompt_tokens"]), golden_ids("two_images.input_ids"));
+    assert_eq!(
+        u64s(&j["prompt_tokens"]),
+        golden_ids("two_images.input_ids")
+    );
     assert_eq!(u64s(&j["image_tokens"]), vec![631, 617]);
 
     let j = json_of(&pocketvl(
-        &["--image", s(&shapes), "--image", s(&shapes), "-p", "Same?", "-n", "1", "--json"],
+        &[
+            "--image",
+            s(&shapes),
+            "--image",
+            s(&shapes),
+            "-p",
+            "Same?",
+            "-n",
+            "1",
+            "--json",
+        ],
         None,
     ));
     assert_eq!(u64s(&j["image_tokens"]), vec![617, 617]);
     assert_eq!(j["vision_cached"], 1);
     let ids = u64s(&j["prompt_tokens"]);
-    let image_id = *ids.iter().max_by_key(|&&id| ids.iter().filter(|&&x| x == id).count()).unwrap();
+    let image_id = *ids
+        .iter()
+        .max_by_key(|&&id| ids.iter().filter(|&&x| x == id).count())
+        .unwrap();
     assert_eq!(ids.iter().filter(|&&x| x == image_id).count(), 2 * 617);
 
     // Three images: no tiling for any of them.
     let j = json_of(&pocketvl(
         &[
-            "--image", s(&giraffe), "--image", s(&shapes), "--image", s(&image("corn.jpg")),
-            "--raw-prompt", "<|User|>: <image><image><image>\n\n<|Assistant|>:", "-n", "1", "--json",
+            "--image",
+            s(&giraffe),
+            "--image",
+            s(&shapes),
+            "--image",
+            s(&image("corn.jpg")),
+            "--raw-prompt",
+            "<|User|>: <image><image><image>\n\n<|Assistant|>:",
+            "-n",
+            "1",
+            "--json",
         ],
         None,
     ));
@@ -226,14 +261,33 @@ fn exif_orientation_and_draw_boxes() {
     let jpg = exif_rotated_jpeg(dir.path());
     let drawn = dir.path().join("boxes.png");
     let j = json_of(&pocketvl(
-        &["--image", s(&jpg), "-p", "Where?", "-n", "2", "--json", "--draw-boxes", s(&drawn)],
+        &[
+            "--image",
+            s(&jpg),
+            "-p",
+            "Where?",
+            "-n",
+            "2",
+            "--json",
+            "--draw-boxes",
+            s(&drawn),
+        ],
         None,
     ));
     assert_eq!(j["image_sizes"], serde_json::json!([[24, 40]]));
     let img = pocketvl::image_io::load_rgb(&drawn, false).unwrap();
     assert_eq!((img.width(), img.height()), (24, 40));
     let j = json_of(&pocketvl(
-        &["--image", s(&jpg), "-p", "Where?", "-n", "2", "--json", "--no-exif-rotate"],
+        &[
+            "--image",
+            s(&jpg),
+            "-p",
+            "Where?",
+            "-n",
+            "2",
+            "--json",
+            "--no-exif-rotate",
+        ],
         None,
     ));
     assert_eq!(j["image_sizes"], serde_json::json!([[40, 24]]));
@@ -257,14 +311,33 @@ fn chat_image_command() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let vision: Vec<&str> = stderr.lines().filter(|l| l.contains("vision:")).collect();
     assert_eq!(vision.len(), 3, "{stderr}");
-    assert!(vision[0].contains("vision: 1 image(s), 0 from cache") && vision[0].contains("[617]"), "{stderr}");
-    assert!(vision[1].contains("vision: 1 image(s), 1 from cache"), "{stderr}");
-    assert!(vision[2].contains("vision: 3 image(s), 0 from cache") && vision[2].contains("[421, 421, 421]"), "{stderr}");
-    assert!(stderr.contains("note: 3 images in the conversation"), "{stderr}");
+    assert!(
+        vision[0].contains("vision: 1 image(s), 0 from cache") && vision[0].contains("[617]"),
+        "{stderr}"
+    );
+    assert!(
+        vision[1].contains("vision: 1 image(s), 1 from cache"),
+        "{stderr}"
+    );
+    assert!(
+        vision[2].contains("vision: 3 image(s), 0 from cache")
+            && vision[2].contains("[421, 421, 421]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("note: 3 images in the conversation"),
+        "{stderr}"
+    );
     assert!(stderr.contains("/nonexistent/x.png"), "{stderr}");
     // The last message has a tag but no image: refused, the conversation is kept.
-    assert!(stderr.contains("1 <image> tag(s) but only 0 image(s)"), "{stderr}");
-    let prefill: Vec<&str> = stderr.lines().filter(|l| l.starts_with("prefill:")).collect();
+    assert!(
+        stderr.contains("1 <image> tag(s) but only 0 image(s)"),
+        "{stderr}"
+    );
+    let prefill: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("prefill:"))
+        .collect();
     assert_eq!(prefill.len(), 3, "{stderr}");
 }
 
@@ -273,7 +346,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -294,7 +371,11 @@ fn png_header(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&h.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     png_chunk(&mut out, b"IHDR", &ihdr);
-    png_chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    png_chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
     png_chunk(&mut out, b"IEND", &[]);
     out
 }
@@ -325,11 +406,21 @@ fn bad_image_inputs_are_clear_errors() {
     let run = |img: &Path| fails(&["--image", s(img), "-p", "Describe.", "-n", "1"]);
 
     let e = run(&dir.path().join("missing.png"));
-    assert!(e.contains("reading image") && e.contains("missing.png"), "{e}");
+    assert!(
+        e.contains("reading image") && e.contains("missing.png"),
+        "{e}"
+    );
 
     let png = std::fs::read(image("shapes_500x300.png")).unwrap();
     let e = run(&write("truncated.png", &png[..png.len() / 3]));
     assert!(e.contains("truncated.png"), "{e}");
+
+    let jpg = std::fs::read(image("giraffe.jpg")).unwrap();
+    let e = run(&write("truncated.jpg", &jpg[..jpg.len() / 2]));
+    assert!(
+        e.contains("truncated.jpg") && e.contains("truncated"),
+        "{e}"
+    );
 
     let e = run(&write("empty.png", b""));
     assert!(e.contains("empty"), "{e}");
@@ -350,18 +441,45 @@ fn bad_image_inputs_are_clear_errors() {
     }
 
     let giraffe = image("giraffe.jpg");
-    let e = fails(&["--image", s(&giraffe), "-p", "<image> and <image>?", "-n", "1"]);
+    let e = fails(&[
+        "--image",
+        s(&giraffe),
+        "-p",
+        "<image> and <image>?",
+        "-n",
+        "1",
+    ]);
     assert!(e.contains("2 <image> tag(s) but only 1 image(s)"), "{e}");
     let e = fails(&["-p", "<image> what?", "-n", "1"]);
     assert!(e.contains("1 <image> tag(s) but only 0 image(s)"), "{e}");
-    let e = fails(&["--image", s(&giraffe), "--image", s(&giraffe), "-p", "<image> which?"]);
-    assert!(e.contains("2 image(s) were given but the prompt has only 1"), "{e}");
+    let e = fails(&[
+        "--image",
+        s(&giraffe),
+        "--image",
+        s(&giraffe),
+        "-p",
+        "<image> which?",
+    ]);
+    assert!(
+        e.contains("2 image(s) were given but the prompt has only 1"),
+        "{e}"
+    );
 
     // A tiled photo (631 image tokens) cannot fit a 600-token context.
     let e = fails(&["--image", s(&giraffe), "-p", "Describe.", "--ctx", "600"]);
-    assert!(e.contains("631 of them for 1 image(s)") && e.contains("600"), "{e}");
+    assert!(
+        e.contains("631 of them for 1 image(s)") && e.contains("600"),
+        "{e}"
+    );
 
     // An mmproj that is not there.
-    let e = fails(&["--image", s(&giraffe), "-p", "x", "--mmproj", s(&dir.path().join("no.gguf"))]);
+    let e = fails(&[
+        "--image",
+        s(&giraffe),
+        "-p",
+        "x",
+        "--mmproj",
+        s(&dir.path().join("no.gguf")),
+    ]);
     assert!(e.contains("no.gguf"), "{e}");
 }

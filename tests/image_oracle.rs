@@ -183,7 +183,13 @@ struct Measured {
 }
 
 /// Embeddings, last-position logits and 16 greedy tokens of one case from `features`.
-fn run_case(session: &mut Session, golden: &Golden, cn: &str, ids: &[u32], features: &[f32]) -> Measured {
+fn run_case(
+    session: &mut Session,
+    golden: &Golden,
+    cn: &str,
+    ids: &[u32],
+    features: &[f32],
+) -> Measured {
     let (emb, _) = session.embed_prompt(ids, features).unwrap();
     let embeds = max_abs(&emb, &golden.f32(&format!("{cn}.inputs_embeds")));
     session.reset();
@@ -221,7 +227,11 @@ fn check_f32(fx: &str) {
         let images = case_images(fx, &case);
         let enc = cache.encode(&vision, &images).unwrap();
         let p = build_chat(&session.tokenizer, &messages(&case), &enc.token_counts()).unwrap();
-        assert_eq!(p.ids, golden.ids(&format!("{cn}.input_ids")), "{fx}/{cn}: prompt ids");
+        assert_eq!(
+            p.ids,
+            golden.ids(&format!("{cn}.input_ids")),
+            "{fx}/{cn}: prompt ids"
+        );
         let n_gen = 16;
 
         let files = run_case(&mut session, &golden, cn, &p.ids, &enc.features);
@@ -236,25 +246,51 @@ fn check_f32(fx: &str) {
         );
         // The reference's pixels: f32 noise everywhere, exact greedy tokens (the smallest
         // golden top-1 margin during generation is >= 2e-3).
-        assert!(gold.embeds <= 1e-4, "{fx}/{cn}: golden-pixel embeds {}", gold.embeds);
-        assert!(gold.logits <= 1e-3, "{fx}/{cn}: golden-pixel logits {}", gold.logits);
-        assert_eq!(gold.matching, n_gen, "{fx}/{cn}: golden-pixel greedy tokens");
+        assert!(
+            gold.embeds <= 1e-4,
+            "{fx}/{cn}: golden-pixel embeds {}",
+            gold.embeds
+        );
+        assert!(
+            gold.logits <= 1e-3,
+            "{fx}/{cn}: golden-pixel logits {}",
+            gold.logits
+        );
+        assert_eq!(
+            gold.matching, n_gen,
+            "{fx}/{cn}: golden-pixel greedy tokens"
+        );
         let all_png = case["images"]
             .as_array()
             .unwrap()
             .iter()
             .all(|f| f.as_str().unwrap().ends_with(".png"));
         if all_png {
-            assert!(files.embeds <= 1e-4, "{fx}/{cn}: PNG embeds {}", files.embeds);
-            assert!(files.logits <= 1e-3, "{fx}/{cn}: PNG logits {}", files.logits);
+            assert!(
+                files.embeds <= 1e-4,
+                "{fx}/{cn}: PNG embeds {}",
+                files.embeds
+            );
+            assert!(
+                files.logits <= 1e-3,
+                "{fx}/{cn}: PNG logits {}",
+                files.logits
+            );
             assert_eq!(files.matching, n_gen, "{fx}/{cn}: PNG greedy tokens");
         } else {
             // Decoder noise only: the image rows move by <= 0.04 (vision_fixtures measures
             // 0.035-0.039 end to end); the text rows are exact.
-            assert!(files.embeds <= 0.1, "{fx}/{cn}: JPEG embeds {}", files.embeds);
+            assert!(
+                files.embeds <= 0.1,
+                "{fx}/{cn}: JPEG embeds {}",
+                files.embeds
+            );
         }
     }
-    println!("{fx}: vision cache hits {} misses {}", cache.hits, cache.misses);
+    println!(
+        "{fx}: vision cache hits {} misses {}",
+        cache.hits, cache.misses
+    );
 }
 
 #[test]
@@ -326,7 +362,7 @@ fn check_quantized(fx: &str, recipe: &str) -> (f32, f32) {
 #[test]
 fn tiny_mha_image_quantized_recipes() {
     let (rate, err) = check_quantized("tiny-mha", "f16");
-    assert!(rate == 1.0 && err < 1e-2, "f16: {rate} {err}");
+    assert!(rate == 1.0 && err < 1e-3, "f16: {rate} {err}");
     let (rate, _) = check_quantized("tiny-mha", "q8_0");
     assert!(rate >= 0.9, "q8_0 agreement {rate}");
 }
@@ -334,7 +370,7 @@ fn tiny_mha_image_quantized_recipes() {
 #[test]
 fn tiny_mla_image_quantized_recipes() {
     let (rate, err) = check_quantized("tiny-mla", "f16");
-    assert!(rate == 1.0 && err < 1e-2, "f16: {rate} {err}");
+    assert!(rate == 1.0 && err < 1e-3, "f16: {rate} {err}");
     let (rate, _) = check_quantized("tiny-mla", "q8_0");
     assert!(rate >= 0.85, "q8_0 agreement {rate}");
 }
@@ -351,7 +387,11 @@ fn chat_third_image_relayout_matches_fresh_prefill() {
     let tok = Tokenizer::from_model_file(&file).unwrap();
     let vision = VisionModel::load(&mmproj_path(&path)).unwrap();
     let img = |f: &str| load_rgb(&fixture(fx).join("images").join(f), false).unwrap();
-    let (giraffe, shapes, corn) = (img("giraffe.jpg"), img("shapes_500x300.png"), img("corn.jpg"));
+    let (giraffe, shapes, corn) = (
+        img("giraffe.jpg"),
+        img("shapes_500x300.png"),
+        img("corn.jpg"),
+    );
     let mut session = Session::new(LanguageModel::load(&file).unwrap(), tok);
     let tok2 = Tokenizer::from_model_file(&file).unwrap();
     let mut fresh = Session::new(LanguageModel::load(&file).unwrap(), tok2);
@@ -365,7 +405,10 @@ fn chat_third_image_relayout_matches_fresh_prefill() {
     let enc = cache.encode(&vision, &images).unwrap();
     assert_eq!(enc.token_counts(), vec![631, 617]);
     let p1 = build_chat(&session.tokenizer, &history, &enc.token_counts()).unwrap();
-    let g1 = session.generate(&p1.ids, &enc.features, &params, &mut |_| {}).unwrap();
+    let g1 = session
+        .generate(&p1.ids, &enc.features, &params, &mut |_| {})
+        .unwrap();
+    let feats1 = enc.features.clone();
     history.push(Message::new(Role::Assistant, g1.text.clone()));
 
     // Turn 2: a third image; every image is re-encoded untiled (no cache hit).
@@ -375,14 +418,30 @@ fn chat_third_image_relayout_matches_fresh_prefill() {
     assert_eq!(enc.token_counts(), vec![421, 421, 421]);
     assert_eq!(enc.n_cached(), 0);
     let p2 = build_chat(&session.tokenizer, &history, &enc.token_counts()).unwrap();
-    let g2 = session.generate(&p2.ids, &enc.features, &params, &mut |_| {}).unwrap();
-    let first_image = p2.images[0].start;
-    assert_eq!(g2.timings.prefill_tokens, p2.ids.len() - first_image);
-    let f2 = fresh.generate(&p2.ids, &enc.features, &params, &mut |_| {}).unwrap();
+    let g2 = session
+        .generate(&p2.ids, &enc.features, &params, &mut |_| {})
+        .unwrap();
+    // The re-run starts where the cached positions stop matching: the global view (the
+    // first 210 rows) is the same tiled or not, so the first image's local part onwards.
+    let (_, fps1) = session.embed_prompt(&p1.ids, &feats1).unwrap();
+    let (_, fps2) = session.embed_prompt(&p2.ids, &enc.features).unwrap();
+    let common = fps1.iter().zip(&fps2).take_while(|(a, b)| a == b).count();
+    assert!(common > p2.images[0].start && common < p2.images[0].start + p2.images[0].len);
+    assert_eq!(g2.timings.prefill_tokens, p2.ids.len() - common);
+    let f2 = fresh
+        .generate(&p2.ids, &enc.features, &params, &mut |_| {})
+        .unwrap();
     assert_eq!(g2.tokens, f2.tokens);
     let d = max_abs(&g2.logits[0], &f2.logits[0]);
-    assert!(d <= 1e-5, "re-laid-out prefill vs fresh: logits differ by {d}");
-    println!("relayout: turn 2 re-ran {} of {} positions, logits vs fresh {d:e}", g2.timings.prefill_tokens, p2.ids.len());
+    assert!(
+        d <= 1e-5,
+        "re-laid-out prefill vs fresh: logits differ by {d}"
+    );
+    println!(
+        "relayout: turn 2 re-ran {} of {} positions, logits vs fresh {d:e}",
+        g2.timings.prefill_tokens,
+        p2.ids.len()
+    );
 
     // Turn 3: no new image; all three come from the cache and only the tail is re-run.
     history.push(Message::new(Role::Assistant, g2.text.clone()));
@@ -390,7 +449,9 @@ fn chat_third_image_relayout_matches_fresh_prefill() {
     let enc = cache.encode(&vision, &images).unwrap();
     assert_eq!(enc.n_cached(), 3);
     let p3 = build_chat(&session.tokenizer, &history, &enc.token_counts()).unwrap();
-    let g3 = session.generate(&p3.ids, &enc.features, &params, &mut |_| {}).unwrap();
+    let g3 = session
+        .generate(&p3.ids, &enc.features, &params, &mut |_| {})
+        .unwrap();
     assert!(
         g3.timings.prefill_tokens < p3.ids.len() - p3.images[2].start,
         "turn 3 re-ran {} of {} positions",
@@ -398,7 +459,9 @@ fn chat_third_image_relayout_matches_fresh_prefill() {
         p3.ids.len()
     );
     fresh.reset();
-    let f3 = fresh.generate(&p3.ids, &enc.features, &params, &mut |_| {}).unwrap();
+    let f3 = fresh
+        .generate(&p3.ids, &enc.features, &params, &mut |_| {})
+        .unwrap();
     assert_eq!(g3.tokens, f3.tokens);
     let _ = (giraffe, shapes);
 }
@@ -413,7 +476,11 @@ fn cache_features_equal_joint_encoding() {
     let img = |f: &str| load_rgb(&fixture(fx).join("images").join(f), false).unwrap();
     for images in [
         vec![img("giraffe.jpg"), img("shapes_500x300.png")],
-        vec![img("giraffe.jpg"), img("shapes_500x300.png"), img("corn.jpg")],
+        vec![
+            img("giraffe.jpg"),
+            img("shapes_500x300.png"),
+            img("corn.jpg"),
+        ],
     ] {
         let joint = vision.encode(&vision.preprocess(&images).unwrap()).unwrap();
         let mut cache = VisionCache::new(2);
@@ -424,7 +491,11 @@ fn cache_features_equal_joint_encoding() {
         assert!(d <= 1e-6, "per-image vs joint encoding differ by {d}");
         assert_eq!(again.features, one.features);
         // Capacity 2: with three images the oldest is evicted each round.
-        println!("{} images: cache hits on the second pass {}", images.len(), again.n_cached());
+        println!(
+            "{} images: cache hits on the second pass {}",
+            images.len(),
+            again.n_cached()
+        );
         assert!(cache.len() <= 2);
     }
 }

@@ -541,10 +541,15 @@ mod tests {
     #[test]
     fn tag_count_errors_name_both_counts() {
         assert!(check_tag_count("<image>\n<image> x", 2).is_ok());
-        let e = check_tag_count("<image><image>", 1).unwrap_err().to_string();
+        let e = check_tag_count("<image><image>", 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 <image> tag(s) but only 1 image"), "{e}");
         let e = check_tag_count("<image>", 3).unwrap_err().to_string();
-        assert!(e.contains("3 image(s) were given but the prompt has only 1"), "{e}");
+        assert!(
+            e.contains("3 image(s) were given but the prompt has only 1"),
+            "{e}"
+        );
     }
 
     #[test]

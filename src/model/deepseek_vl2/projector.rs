@@ -19,7 +19,9 @@ use super::vision::{VisionError, VisionHparams};
 use crate::loader::{LoaderError, ModelFile, Weight};
 use crate::ops::{gelu_erf, matmul};
 
-const F32_ONLY: &[GgmlType] = &[GgmlType::F32];
+/// Types accepted for vectors (biases, norms, position embedding, tile tags): `--quant f16`
+/// and `bf16` store every tensor in that type, and both widen to f32 exactly.
+const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
 /// Projector weights and the two learned tile-tag vectors.
 pub struct Projector {
@@ -43,7 +45,7 @@ impl Projector {
     pub fn load(file: &ModelFile, hp: &VisionHparams) -> Result<Self, LoaderError> {
         let (w, n, r) = (hp.n_embd as u64, hp.n_proj as u64, hp.downsample as u64);
         let f = |name: &str, ne: &[u64]| -> Result<Vec<f32>, LoaderError> {
-            Ok(file.weight_of(name, ne, F32_ONLY)?.to_f32())
+            Ok(file.weight_of(name, ne, VECTOR_TYPES)?.to_f32())
         };
         Ok(Projector {
             grid: hp.grid(),

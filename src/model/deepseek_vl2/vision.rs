@@ -20,7 +20,9 @@ use crate::ops::{gelu_tanh, layer_norm, matmul, matmul_view, softmax, MatView};
 /// (`TILE_CHUNK * 729 * n_ff` floats for the MLP) while keeping matmuls wide.
 const TILE_CHUNK: usize = 4;
 
-const F32_ONLY: &[GgmlType] = &[GgmlType::F32];
+/// Types accepted for vectors (biases, norms, position embedding, tile tags): `--quant f16`
+/// and `bf16` store every tensor in that type, and both widen to f32 exactly.
+const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
 /// Errors of the vision path: a bad mmproj file, or inputs of the wrong shape.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +153,7 @@ pub struct VisionTower {
 }
 
 fn f32_vec(file: &ModelFile, name: &str, ne: &[u64]) -> Result<Vec<f32>, LoaderError> {
-    Ok(file.weight_of(name, ne, F32_ONLY)?.to_f32())
+    Ok(file.weight_of(name, ne, VECTOR_TYPES)?.to_f32())
 }
 
 impl VisionTower {
