@@ -1,4 +1,6 @@
+pub mod block;
 pub mod gguf;
+pub mod kernels;
 pub mod schema;
 pub mod types;
 

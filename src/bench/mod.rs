@@ -1,7 +1,7 @@
 //! `pocketvl bench`: measurements whose targets are ratios against a roofline measured in the
 //! same run (BENCHMARKS.md), so numbers from different machines stay comparable.
 
-// pub mod convert; (needs convert::write, wired after the converter lands)
+pub mod convert;
 pub mod readspeed;
 pub mod rss;
 

@@ -1,0 +1,367 @@
+//! The conversion itself: plan → metadata → streamed, parallel quantization → two GGUF files
+//! committed together.
+//!
+//! Memory stays bounded by [`CHUNK_ELEMS`] per tensor chunk (times the rayon threads), never a
+//! whole model: a tensor is produced a chunk of rows at a time (an expert stack expert by
+//! expert, since rows are filled from one expert matrix at a time), each chunk's rows are
+//! converted to f32, transformed and quantized in parallel, and appended through
+//! `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
+//! both succeeded; any error leaves no partial file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use quant::gguf::{GgufDataWriter, GgufWriter, PendingFile};
+use quant::GgmlType;
+use rayon::prelude::*;
+
+use crate::error::{ConvertError, Result};
+use crate::hf_config::{ProcessorConfig, VlConfig};
+use crate::mapping::{self, MappedTensor, Role};
+use crate::metadata::{self, Metadata};
+use crate::models::ModelsDb;
+use crate::recipe::Recipe;
+use crate::safetensors::Checkpoint;
+use crate::tokenizer;
+
+/// f32 elements materialised per chunk (16 MiB of f32).
+pub const CHUNK_ELEMS: usize = 4 << 20;
+/// f32 elements per parallel task inside a chunk.
+const TASK_ELEMS: usize = 64 << 10;
+
+/// What `pocketvl convert` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// The Hugging Face checkpoint directory.
+    pub input: PathBuf,
+    /// The language-model GGUF; the mmproj goes beside it as `mmproj-<name>`.
+    pub output: PathBuf,
+    /// Recipe name (`--quant`); `None` = the variant's default.
+    pub quant: Option<String>,
+    /// Per-role type overrides (`--type-*`).
+    pub overrides: Vec<(Role, GgmlType)>,
+    /// Replace existing outputs.
+    pub force: bool,
+    /// Worker threads (`None` = rayon's default).
+    pub threads: Option<usize>,
+    /// Draw a progress bar on stderr (it hides itself when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// One output tensor with its final type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTensor {
+    pub mapped: MappedTensor,
+    pub ty: GgmlType,
+    /// The type the recipe wanted, when the row length forced a fallback.
+    pub fell_back_from: Option<GgmlType>,
+    /// Data bytes in the file.
+    pub bytes: u64,
+}
+
+/// One output file.
+#[derive(Debug, Clone)]
+pub struct FilePlan {
+    pub path: PathBuf,
+    pub metadata: Metadata,
+    pub tensors: Vec<PlannedTensor>,
+}
+
+impl FilePlan {
+    /// Total tensor data bytes.
+    pub fn data_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes).sum()
+    }
+}
+
+/// Everything decided before writing.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub language: FilePlan,
+    pub mmproj: FilePlan,
+    /// The matched models.toml variant.
+    pub variant: Option<String>,
+    pub recipe: String,
+    /// Warnings to show the user (unknown variant, ...).
+    pub warnings: Vec<String>,
+    /// Bytes of checkpoint tensor data.
+    pub input_bytes: u64,
+}
+
+impl Plan {
+    /// Every tensor that fell back: (name, wanted, used).
+    pub fn fallbacks(&self) -> Vec<(String, GgmlType, GgmlType)> {
+        self.language
+            .tensors
+            .iter()
+            .chain(&self.mmproj.tensors)
+            .filter_map(|t| t.fell_back_from.map(|w| (t.mapped.name.clone(), w, t.ty)))
+            .collect()
+    }
+}
+
+/// Result of a finished conversion.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub language_path: PathBuf,
+    pub mmproj_path: PathBuf,
+    pub language_bytes: u64,
+    pub mmproj_bytes: u64,
+    pub input_bytes: u64,
+    pub elapsed: Duration,
+    pub fallbacks: Vec<(String, GgmlType, GgmlType)>,
+}
+
+impl Summary {
+    /// Input checkpoint MB/s (10^6 bytes).
+    pub fn input_mb_per_s(&self) -> f64 {
+        self.input_bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// `mmproj-<file name>` beside the language-model output.
+pub fn mmproj_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model.gguf".into());
+    output.with_file_name(format!("mmproj-{name}"))
+}
+
+/// Reads the checkpoint and decides every tensor's name, shape and type.
+pub fn plan(opts: &ConvertOptions) -> Result<(Checkpoint, Plan)> {
+    let db = ModelsDb::builtin()?;
+    let cfg = VlConfig::load(&opts.input)?;
+    let proc = ProcessorConfig::load(&opts.input, &cfg)?;
+    let ck = Checkpoint::open(&opts.input)?;
+    let mapping = mapping::map_checkpoint(&cfg, &ck)?;
+
+    let mut warnings = Vec::new();
+    let variant = db.match_config(&cfg.language).map(|v| v.name.clone());
+    if variant.is_none() {
+        warnings.push(format!(
+            "hyper-parameters match no known variant in models.toml (hidden {}, layers {}); \
+             converting anyway with default recipe '{}'",
+            cfg.language.hidden_size, cfg.language.num_hidden_layers, db.unknown_default_quant
+        ));
+    }
+    let recipe_name = opts
+        .quant
+        .clone()
+        .unwrap_or_else(|| db.default_quant(&cfg.language).to_string());
+    let recipe = Recipe::new(&db, &recipe_name, &opts.overrides)?;
+
+    let l = &cfg.language;
+    let tok = tokenizer::load(
+        &opts.input,
+        l.vocab_size,
+        l.bos_token_id,
+        l.eos_token_id,
+        &proc.pad_token,
+        &proc.image_token,
+    )?;
+    let name = variant
+        .clone()
+        .unwrap_or_else(|| "deepseek-vl2-unknown".into());
+    let description = format!(
+        "converted by pocketvl {} with recipe {recipe_name}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let lm_meta = metadata::language_metadata(
+        &cfg,
+        &tok,
+        &name,
+        variant.as_deref(),
+        recipe.wanted(Role::Experts),
+        &description,
+    )?;
+    let mm_meta = metadata::mmproj_metadata(&cfg, &proc, tok.image_token_id, &name, &description)?;
+
+    let typed = |list: Vec<MappedTensor>| -> Result<Vec<PlannedTensor>> {
+        list.into_iter()
+            .map(|m| {
+                let (ty, fell_back_from) = recipe.choose(&m);
+                if !quant::block::has_quantizer(ty) {
+                    return Err(ConvertError::Recipe(format!(
+                        "{}: no quantizer for type {}",
+                        m.name,
+                        ty.name()
+                    )));
+                }
+                let bytes = ty.tensor_bytes(&m.ne).ok_or_else(|| {
+                    ConvertError::Recipe(format!("{}: size of {:?} overflows", m.name, m.ne))
+                })?;
+                Ok(PlannedTensor {
+                    mapped: m,
+                    ty,
+                    fell_back_from,
+                    bytes,
+                })
+            })
+            .collect()
+    };
+    let plan = Plan {
+        language: FilePlan {
+            path: opts.output.clone(),
+            metadata: lm_meta,
+            tensors: typed(mapping.language)?,
+        },
+        mmproj: FilePlan {
+            path: mmproj_path(&opts.output),
+            metadata: mm_meta,
+            tensors: typed(mapping.mmproj)?,
+        },
+        variant,
+        recipe: recipe_name,
+        warnings,
+        input_bytes: ck.data_bytes(),
+    };
+    Ok((ck, plan))
+}
+
+fn quant_err(context: &str, e: impl std::fmt::Display) -> ConvertError {
+    ConvertError::Quant {
+        context: context.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Fails if an output exists and `force` is off (checked before any work).
+pub fn check_outputs(output: &Path, force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    for p in [output.to_path_buf(), mmproj_path(output)] {
+        if p.exists() {
+            return Err(ConvertError::OutputExists(p));
+        }
+    }
+    Ok(())
+}
+
+/// Writes both files and commits them together.
+pub fn execute(ck: &Checkpoint, plan: &Plan, opts: &ConvertOptions) -> Result<Summary> {
+    check_outputs(&plan.language.path, opts.force)?;
+    let start = Instant::now();
+    let total = plan.language.data_bytes() + plan.mmproj.data_bytes();
+    let bar = if opts.progress {
+        let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        ) {
+            b.set_style(style);
+        }
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let run = || -> Result<(PendingFile, PendingFile)> {
+        let lm = write_file(ck, &plan.language, opts.force, &bar)?;
+        let mm = write_file(ck, &plan.mmproj, opts.force, &bar)?;
+        Ok((lm, mm))
+    };
+    let (lm, mm) = match opts.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| quant_err("thread pool", e))?
+            .install(run)?,
+        None => run()?,
+    };
+    bar.finish_and_clear();
+    let language_path = lm.commit().map_err(|e| quant_err("commit", e))?;
+    let mmproj_path = match mm.commit() {
+        Ok(p) => p,
+        Err(e) => {
+            // Keep the pair consistent: without its mmproj the language file is removed.
+            let _ = std::fs::remove_file(&language_path);
+            return Err(quant_err("commit", e));
+        }
+    };
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Ok(Summary {
+        language_bytes: size(&language_path),
+        mmproj_bytes: size(&mmproj_path),
+        language_path,
+        mmproj_path,
+        input_bytes: plan.input_bytes,
+        elapsed: start.elapsed(),
+        fallbacks: plan.fallbacks(),
+    })
+}
+
+fn write_file(
+    ck: &Checkpoint,
+    fp: &FilePlan,
+    force: bool,
+    bar: &ProgressBar,
+) -> Result<PendingFile> {
+    let ctx = fp.path.display().to_string();
+    let mut w = GgufWriter::new();
+    for (k, v) in &fp.metadata {
+        w.add_kv(k, v.clone()).map_err(|e| quant_err(&ctx, e))?;
+    }
+    for t in &fp.tensors {
+        w.add_tensor(&t.mapped.name, t.ty, &t.mapped.ne)
+            .map_err(|e| quant_err(&ctx, e))?;
+    }
+    let mut dw = w.create(&fp.path, force).map_err(|e| quant_err(&ctx, e))?;
+    for t in &fp.tensors {
+        bar.set_message(t.mapped.name.clone());
+        write_tensor(ck, t, &mut dw, bar)?;
+    }
+    dw.finish().map_err(|e| quant_err(&ctx, e))
+}
+
+/// Streams one tensor: chunks of rows, each chunk filled and quantized in parallel.
+fn write_tensor(
+    ck: &Checkpoint,
+    t: &PlannedTensor,
+    dw: &mut GgufDataWriter,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let m = &t.mapped;
+    let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
+    let numel: u64 = m.ne.iter().product();
+    if ne0 == 0 || numel == 0 {
+        return Ok(());
+    }
+    let n_rows = (numel / ne0 as u64) as usize;
+    let row_bytes =
+        t.ty.row_bytes(ne0 as u64)
+            .ok_or_else(|| quant_err(&m.name, "row size overflows"))? as usize;
+    let rows_per_task = (TASK_ELEMS / ne0).max(1);
+    let rows_per_chunk = ((CHUNK_ELEMS / ne0).max(1) / rows_per_task).max(1) * rows_per_task;
+    let mut out = Vec::new();
+    let mut row0 = 0;
+    while row0 < n_rows {
+        let nr = rows_per_chunk.min(n_rows - row0);
+        out.clear();
+        out.resize(nr * row_bytes, 0u8);
+        out.par_chunks_mut(rows_per_task * row_bytes)
+            .enumerate()
+            .try_for_each(|(k, dst)| -> Result<()> {
+                let r = row0 + k * rows_per_task;
+                let rows = dst.len() / row_bytes;
+                let mut f = vec![0f32; rows * ne0];
+                mapping::fill_rows(ck, m, r, &mut f)?;
+                for (src, d) in f.chunks_exact(ne0).zip(dst.chunks_exact_mut(row_bytes)) {
+                    quant::block::quantize_row(t.ty, src, d).map_err(|e| quant_err(&m.name, e))?;
+                }
+                Ok(())
+            })?;
+        dw.write(&out).map_err(|e| quant_err(&m.name, e))?;
+        bar.inc(out.len() as u64);
+        row0 += nr;
+    }
+    Ok(())
+}
+
+/// Plans and converts in one call.
+pub fn convert(opts: &ConvertOptions) -> Result<(Plan, Summary)> {
+    check_outputs(&opts.output, opts.force)?;
+    let (ck, plan) = plan(opts)?;
+    let summary = execute(&ck, &plan, opts)?;
+    Ok((plan, summary))
+}

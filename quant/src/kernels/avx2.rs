@@ -1,0 +1,446 @@
+//! AVX2 + FMA (+ F16C) versions of the hottest dot products (F32, F16, BF16,
+//! Q8_0, Q4_0, Q4_K, Q6_K). Each computes the
+//! same integer block sums as its scalar twin in `scalar.rs` and differs only in
+//! the order of the f32 additions; `tests` below check them against the scalar
+//! kernels on random and edge data.
+//!
+//! The safe wrappers are only reachable through the kernel table, which holds
+//! them only after `is_x86_feature_detected!` confirmed the features.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use crate::block::{as_blocks, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0};
+
+/// Whether this CPU runs every kernel of this file.
+pub fn detected() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// f16 → f32 with the F16C instruction (exact, like `half`, without its
+/// per-call feature check).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn h2f(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+    ))
+}
+
+/// Horizontal sum of 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_ps(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// 32 signed bytes times 32 signed bytes, summed pairwise into 8 i32 lanes.
+/// `x` must not contain −128 (|x| is taken as unsigned).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256i {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    let dot16 = _mm256_maddubs_epi16(ax, sy);
+    _mm256_madd_epi16(dot16, _mm256_set1_epi16(1))
+}
+
+/// Loads 32 bytes from a 32-byte array.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32(p: &[i8; 32]) -> __m256i {
+    // SAFETY: p is exactly 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+pub(super) fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: only installed in the kernel table after `detected()`.
+    unsafe { q8_0_q8_0(n, w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let wb = as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
+    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    debug_assert!(wb.len() == ab.len() && wb.len() * 32 == n);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in wb.iter().zip(ab) {
+        let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
+        let p = mul_sum_i8_pairs(load32(&x.qs), load32(&y.qs));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+pub(super) fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: only installed in the kernel table after `detected()`.
+    unsafe { q4_0_q8_0(n, w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let wb = as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
+    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    debug_assert!(wb.len() == ab.len() && wb.len() * 32 == n);
+    let mut acc = _mm256_setzero_ps();
+    let low = _mm_set1_epi8(0x0f);
+    let eight = _mm256_set1_epi8(8);
+    for (x, y) in wb.iter().zip(ab) {
+        let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
+        // SAFETY: qs is 16 readable bytes; loadu has no alignment requirement.
+        let q = unsafe { _mm_loadu_si128(x.qs.as_ptr().cast()) };
+        let lo = _mm_and_si128(q, low);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), low);
+        // Elements 0..16 are the low nibbles, 16..32 the high ones, as in Q8_0.
+        let qx = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+        let p = mul_sum_i8_pairs(qx, load32(&y.qs));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+pub(super) fn dot_f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: only installed in the kernel table after `detected()`.
+    unsafe { f32_f32(n, w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let n = n.min(w.len() / 4).min(a.len() / 4);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let o = 4 * (i + 8 * k);
+            // SAFETY: o + 32 ≤ 4n ≤ len of both slices; loadu is unaligned.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(w.as_ptr().add(o).cast()),
+                    _mm256_loadu_ps(a.as_ptr().add(o).cast()),
+                )
+            };
+            *acc = _mm256_fmadd_ps(x, y, *acc);
+        }
+        i += 32;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut sum = hsum_ps(s);
+    for j in i..n {
+        let x = f32::from_le_bytes([w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]]);
+        let y = f32::from_le_bytes([a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]]);
+        sum += x * y;
+    }
+    sum
+}
+
+pub(super) fn dot_f16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: only installed in the kernel table after `detected()`.
+    unsafe { f16_f32(n, w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let n = n.min(w.len() / 2).min(a.len() / 4);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let e = i + 8 * k;
+            // SAFETY: elements e..e+8 are in bounds of both rows (e + 8 ≤ n);
+            // unaligned loads.
+            let (x, y) = unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(2 * e).cast())),
+                    _mm256_loadu_ps(a.as_ptr().add(4 * e).cast()),
+                )
+            };
+            *acc = _mm256_fmadd_ps(x, y, *acc);
+        }
+        i += 32;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut sum = hsum_ps(s);
+    for j in i..n {
+        let x = h2f([w[2 * j], w[2 * j + 1]]);
+        let y = f32::from_le_bytes([a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]]);
+        sum += x * y;
+    }
+    sum
+}
+
+pub(super) fn dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: only installed in the kernel table after `detected()`.
+    unsafe { q4_k_q8_k(n, w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let wb = as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
+    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
+    debug_assert!(wb.len() == ab.len() && wb.len() * 256 == n);
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_min = 0f32;
+    for (x, y) in wb.iter().zip(ab) {
+        let mut sc = [0u8; 8];
+        let mut mn = [0u8; 8];
+        for j in 0..8 {
+            (sc[j], mn[j]) = crate::block::get_scale_min_k4(j, &x.scales);
+        }
+        let mut summin = 0i32;
+        for j in 0..16 {
+            summin += y.bsum(j) as i32 * mn[j / 2] as i32;
+        }
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..4 {
+            // SAFETY: qs[32c..32c+32] and y.qs[64c..64c+64] are in bounds;
+            // unaligned loads.
+            let (q4, y0, y1) = unsafe {
+                (
+                    _mm256_loadu_si256(x.qs.as_ptr().add(32 * c).cast()),
+                    _mm256_loadu_si256(y.qs.as_ptr().add(64 * c).cast()),
+                    _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32).cast()),
+                )
+            };
+            let lo = _mm256_and_si256(q4, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), low);
+            // q4 ≤ 15 unsigned, q8 ≥ −127: maddubs cannot saturate (2·15·128 < 2¹⁵).
+            let p0 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(lo, y0),
+                _mm256_set1_epi16(sc[2 * c] as i16),
+            );
+            let p1 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, y1),
+                _mm256_set1_epi16(sc[2 * c + 1] as i16),
+            );
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        let d = _mm256_set1_ps(h2f(x.d) * y.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        acc_min -= h2f(x.dmin) * y.d() * summin as f32;
+    }
+    hsum_ps(acc) + acc_min
+}
+
+pub(super) fn dot_bf16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: only installed in the kernel table after `detected()`.
+    unsafe { bf16_f32(n, w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bf16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let n = n.min(w.len() / 2).min(a.len() / 4);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let e = i + 8 * k;
+            // SAFETY: elements e..e+8 are in bounds of both rows (e + 8 ≤ n);
+            // unaligned loads.
+            let (h, y) = unsafe {
+                (
+                    _mm_loadu_si128(w.as_ptr().add(2 * e).cast()),
+                    _mm256_loadu_ps(a.as_ptr().add(4 * e).cast()),
+                )
+            };
+            // bf16 → f32 is a 16-bit left shift.
+            let x = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
+            *acc = _mm256_fmadd_ps(x, y, *acc);
+        }
+        i += 32;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut sum = hsum_ps(s);
+    for j in i..n {
+        let x = f32::from_bits((u16::from_le_bytes([w[2 * j], w[2 * j + 1]]) as u32) << 16);
+        let y = f32::from_le_bytes([a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]]);
+        sum += x * y;
+    }
+    sum
+}
+
+pub(super) fn dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: only installed in the kernel table after `detected()`.
+    unsafe { q6_k_q8_k(n, w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let wb = as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
+    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
+    debug_assert!(wb.len() == ab.len() && wb.len() * 256 == n);
+    let low = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in wb.iter().zip(ab) {
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            // SAFETY: ql[64h..64h+64], qh[32h..32h+32] and y.qs[128h..128h+128]
+            // are in bounds; unaligned loads.
+            let (ql0, ql1, qh) = unsafe {
+                (
+                    _mm256_loadu_si256(x.ql.as_ptr().add(64 * h).cast()),
+                    _mm256_loadu_si256(x.ql.as_ptr().add(64 * h + 32).cast()),
+                    _mm256_loadu_si256(x.qh.as_ptr().add(32 * h).cast()),
+                )
+            };
+            let hi = |shift: i32| -> __m256i {
+                let v = match shift {
+                    0 => qh,
+                    2 => _mm256_srli_epi16::<2>(qh),
+                    4 => _mm256_srli_epi16::<4>(qh),
+                    _ => _mm256_srli_epi16::<6>(qh),
+                };
+                _mm256_slli_epi16::<4>(_mm256_and_si256(v, three))
+            };
+            // Element groups of 32 in order: low nibbles of ql0, of ql1, high of ql0, of ql1.
+            let groups = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low), hi(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, low), hi(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low), hi(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low), hi(6)),
+            ];
+            for (g, q) in groups.into_iter().enumerate() {
+                let e = 128 * h + 32 * g;
+                // SAFETY: y.qs[e..e+32] is in bounds (e + 32 ≤ 256).
+                let yv = unsafe { _mm256_loadu_si256(y.qs.as_ptr().add(e).cast()) };
+                // q ∈ 0..=63 unsigned: (q − 32)·y = q·y − 32·y; neither maddubs saturates
+                // (2·63·127 and 2·32·127 < 2¹⁵) nor does their difference.
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, yv), _mm256_maddubs_epi16(m32, yv));
+                let s = e / 16;
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi16(x.scales[s + 1] as i16),
+                    _mm_set1_epi16(x.scales[s] as i16),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+            }
+        }
+        let d = _mm256_set1_ps(h2f(x.d) * y.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scalar;
+    use crate::block::{dequantize_row, quantize_row};
+    use crate::kernels::vec_dot_type;
+    use crate::GgmlType;
+
+    type Pair = (
+        fn(usize, &[u8], &[u8]) -> f32,
+        fn(usize, &[u8], &[u8]) -> f32,
+    );
+
+    fn pairs() -> Vec<(GgmlType, Pair)> {
+        vec![
+            (
+                GgmlType::Q8_0,
+                (super::dot_q8_0_q8_0 as _, scalar::dot_q8_0_q8_0 as _),
+            ),
+            (
+                GgmlType::Q4_0,
+                (super::dot_q4_0_q8_0 as _, scalar::dot_q4_0_q8_0 as _),
+            ),
+            (
+                GgmlType::F32,
+                (super::dot_f32_f32 as _, scalar::dot_f32_f32 as _),
+            ),
+            (
+                GgmlType::F16,
+                (super::dot_f16_f32 as _, scalar::dot_f16_f32 as _),
+            ),
+            (
+                GgmlType::Q4_K,
+                (super::dot_q4_k_q8_k as _, scalar::dot_q4_k_q8_k as _),
+            ),
+        ]
+    }
+
+    fn lcg_row(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn quant(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+        let mut q = vec![0u8; ty.row_bytes(x.len() as u64).unwrap_or(0) as usize];
+        quantize_row(ty, x, &mut q).unwrap();
+        q
+    }
+
+    fn magnitude(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
+        let (mut wd, mut ad) = (vec![0f32; n], vec![0f32; n]);
+        dequantize_row(ty, w, &mut wd).unwrap();
+        dequantize_row(vec_dot_type(ty), a, &mut ad).unwrap();
+        wd.iter()
+            .zip(&ad)
+            .map(|(&x, &y)| (x as f64 * y as f64).abs())
+            .sum()
+    }
+
+    #[test]
+    fn avx2_kernels_match_scalar_twins() {
+        if !super::detected() {
+            println!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        for (ty, (simd, reference)) in pairs() {
+            let bs = ty.block_size();
+            let unit = if bs == 1 { 8 } else { bs };
+            for blocks in [1usize, 3, 7, 16] {
+                // Odd element counts for the float kernels exercise the scalar tail.
+                let n = if bs == 1 {
+                    unit * blocks + blocks % 5
+                } else {
+                    unit * blocks
+                };
+                let rows: Vec<(Vec<f32>, Vec<f32>)> = vec![
+                    (
+                        lcg_row(blocks as u64, n, 1.0),
+                        lcg_row(99 + blocks as u64, n, 3.0),
+                    ),
+                    (vec![0.0; n], lcg_row(7, n, 1.0)),
+                    (lcg_row(5, n, 1.0), vec![0.0; n]),
+                    // ±max: every quant at its extreme.
+                    (
+                        (0..n)
+                            .map(|i| if i % 3 == 0 { -1000.0 } else { 1000.0 })
+                            .collect(),
+                        (0..n)
+                            .map(|i| if i % 2 == 0 { 1000.0 } else { -1000.0 })
+                            .collect(),
+                    ),
+                ];
+                for (w, a) in rows {
+                    let wq = quant(ty, &w);
+                    let aq = quant(vec_dot_type(ty), &a);
+                    let got = simd(n, &wq, &aq) as f64;
+                    let want = reference(n, &wq, &aq) as f64;
+                    let mag = magnitude(ty, &wq, &aq, n);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * mag + 1e-30,
+                        "{ty} n={n}: avx2 {got} vs scalar {want} (Σ|w·a| {mag})"
+                    );
+                }
+            }
+        }
+    }
+}

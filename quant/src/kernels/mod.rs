@@ -1,0 +1,153 @@
+//! Dot-product kernels and their dispatch.
+//!
+//! The runtime calls [`vec_dot`] in its matmul inner loop, so the kernel table is
+//! chosen once, at first use (`OnceLock`), from runtime CPU feature detection;
+//! a call costs one table read and an indirect call, nothing more.
+//! `POCKETVL_FORCE_SCALAR=1` forces the scalar reference kernels.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod scalar;
+
+use std::sync::OnceLock;
+
+use crate::types::GgmlType;
+
+/// A dot-product kernel: (element count, weight row, activation row) → f32.
+pub type DotFn = fn(usize, &[u8], &[u8]) -> f32;
+
+/// Number of slots in the table: one per ggml type id up to BF16 (30).
+const SLOTS: usize = 31;
+
+/// The chosen kernels, indexed by weight type id.
+pub struct KernelTable {
+    /// Human-readable name of the instruction set ("scalar", ...).
+    pub isa: &'static str,
+    dots: [Option<DotFn>; SLOTS],
+}
+
+impl KernelTable {
+    /// The scalar reference table.
+    pub fn scalar() -> KernelTable {
+        let mut dots: [Option<DotFn>; SLOTS] = [None; SLOTS];
+        let mut set = |ty: GgmlType, f: DotFn| dots[ty.id() as usize] = Some(f);
+        set(GgmlType::F32, scalar::dot_f32_f32);
+        set(GgmlType::F16, scalar::dot_f16_f32);
+        set(GgmlType::BF16, scalar::dot_bf16_f32);
+        set(GgmlType::Q4_0, scalar::dot_q4_0_q8_0);
+        set(GgmlType::Q4_1, scalar::dot_q4_1_q8_1);
+        set(GgmlType::Q5_0, scalar::dot_q5_0_q8_0);
+        set(GgmlType::Q5_1, scalar::dot_q5_1_q8_1);
+        set(GgmlType::Q8_0, scalar::dot_q8_0_q8_0);
+        set(GgmlType::Q4_K, scalar::dot_q4_k_q8_k);
+        set(GgmlType::Q5_K, scalar::dot_q5_k_q8_k);
+        set(GgmlType::Q6_K, scalar::dot_q6_k_q8_k);
+        KernelTable {
+            isa: "scalar",
+            dots,
+        }
+    }
+
+    /// The scalar table with the AVX2 kernels of the hottest pairs. Only call
+    /// after `avx2::detected()`.
+    #[cfg(target_arch = "x86_64")]
+    fn avx2() -> KernelTable {
+        let mut t = KernelTable::scalar();
+        t.isa = "avx2";
+        let mut set = |ty: GgmlType, f: DotFn| t.dots[ty.id() as usize] = Some(f);
+        set(GgmlType::F32, avx2::dot_f32_f32);
+        set(GgmlType::F16, avx2::dot_f16_f32);
+        set(GgmlType::Q4_0, avx2::dot_q4_0_q8_0);
+        set(GgmlType::Q8_0, avx2::dot_q8_0_q8_0);
+        set(GgmlType::Q4_K, avx2::dot_q4_k_q8_k);
+        set(GgmlType::Q6_K, avx2::dot_q6_k_q8_k);
+        set(GgmlType::BF16, avx2::dot_bf16_f32);
+        t
+    }
+
+    /// The kernel for weight type `ty`, if there is one.
+    #[inline]
+    pub fn get(&self, ty: GgmlType) -> Option<DotFn> {
+        self.dots.get(ty.id() as usize).copied().flatten()
+    }
+}
+
+static TABLE: OnceLock<KernelTable> = OnceLock::new();
+
+/// Whether `POCKETVL_FORCE_SCALAR` asks for the scalar kernels.
+fn force_scalar() -> bool {
+    std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1")
+}
+
+/// Picks the best table for this CPU: the scalar reference table, with the
+/// AVX2 kernels swapped in where the CPU has AVX2 + FMA + F16C.
+fn select() -> KernelTable {
+    if force_scalar() {
+        return KernelTable::scalar();
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected() {
+        return KernelTable::avx2();
+    }
+    KernelTable::scalar()
+}
+
+/// The process-wide kernel table, chosen at first use.
+#[inline]
+pub fn table() -> &'static KernelTable {
+    TABLE.get_or_init(select)
+}
+
+/// The activation format ggml's CPU backend pairs with weight type `ty`
+/// (F32 for F32/F16/BF16 here, Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1,
+/// Q8_K for K-quants). Types without a kernel map to F32.
+pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 => Q8_0,
+        Q4_1 | Q5_1 => Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => Q8_K,
+        _ => F32,
+    }
+}
+
+/// Whether [`vec_dot`] has a kernel for weight type `ty` (check at load time).
+pub fn has_vec_dot(ty: GgmlType) -> bool {
+    table().get(ty).is_some()
+}
+
+/// Dot product of one weight row (`n` elements in `ty`) with one activation row
+/// in `vec_dot_type(ty)`. Dispatches once through a table chosen at first use.
+///
+/// Callers guarantee the lengths (checked by debug assertions) and that
+/// [`has_vec_dot`] holds for `ty`; otherwise the result is NaN.
+#[inline]
+pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    match table().get(ty) {
+        Some(f) => f(n, w, a),
+        None => {
+            debug_assert!(false, "vec_dot: no kernel for {ty}");
+            f32::NAN
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_weight_type_with_a_quantizer_has_a_kernel_and_pairing() {
+        use GgmlType::*;
+        for ty in [
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+        ] {
+            assert!(has_vec_dot(ty), "{ty}");
+            assert!(KernelTable::scalar().get(ty).is_some(), "{ty}");
+        }
+        assert_eq!(vec_dot_type(Q4_1), Q8_1);
+        assert_eq!(vec_dot_type(Q6_K), Q8_K);
+        assert_eq!(vec_dot_type(BF16), F32);
+        assert!(!has_vec_dot(Q8_K));
+    }
+}

@@ -1,0 +1,5 @@
+//! Command-line surfaces.
+
+pub mod bench;
+pub mod run;
+pub mod synth;

@@ -1,0 +1,326 @@
+//! The DeepSeek-VL2 language model (`DeepseekV2ForCausalLM` of the reference,
+//! `deepseek_vl2/models/modeling_deepseek.py`; DEEPSEEK-VL2.md §7):
+//!
+//! ```text
+//! h = embeddings                         (image features already scattered in)
+//! for each layer:
+//!     h = h + attention(rms_norm(h))     MHA or MLA, KV cache
+//!     h = h + ffn(rms_norm(h))           dense MLP (leading layers) or MoE
+//! logits = output(rms_norm(h))
+//! ```
+
+use quant::schema::tensor as tn;
+use quant::GgmlType;
+use thiserror::Error;
+
+use super::attention::{MhaWeights, MlaWeights, QProj};
+use super::moe::{moe_forward, Mlp, MoeWeights, RouterConfig};
+use crate::experts::{ExpertError, ExpertStore, LayerExperts, MmapExperts};
+use crate::kv_cache::KvCache;
+use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Weight};
+use crate::ops::{matmul, rms_norm, row_to_f32, Rope, RopeLayout};
+use crate::trace::Trace;
+
+/// Errors of a forward pass or of building the model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Expert(#[from] ExpertError),
+    #[error("sequence of {need} positions exceeds the context length {n_ctx}")]
+    ContextOverflow { need: usize, n_ctx: usize },
+    #[error("forward at position {pos0}, but only {cached} positions are cached")]
+    Gap { pos0: usize, cached: usize },
+    #[error("token id {id} is outside the vocabulary of {n_vocab}")]
+    TokenOutOfRange { id: u32, n_vocab: usize },
+    #[error("embeddings of {len} floats are not whole rows of {n_embd}")]
+    EmbedShape { len: usize, n_embd: usize },
+}
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// None (a prefill chunk that is not the last).
+    None,
+    /// The last position only: `[n_vocab]`.
+    Last,
+    /// Every position: `[n, n_vocab]`.
+    All,
+}
+
+/// The attention weights of one layer.
+#[derive(Clone, Debug)]
+enum Attn {
+    Mha(MhaWeights),
+    Mla(MlaWeights),
+}
+
+/// The feed-forward part of one layer.
+#[derive(Clone, Debug)]
+enum Ffn {
+    Dense(Mlp),
+    Moe(MoeWeights),
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    attn: Attn,
+    ffn_norm: Vec<f32>,
+    ffn: Ffn,
+}
+
+/// Types accepted for 1-D tensors and the router: float32 as llama.cpp's
+/// converters store them (routing is computed in float32, README rule 15).
+const F32_ONLY: &[GgmlType] = &[GgmlType::F32];
+
+/// The language model with its KV cache.
+pub struct LanguageModel {
+    pub hp: LmHparams,
+    token_embd: Weight,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    output: Weight,
+    experts: Box<dyn ExpertStore>,
+    router: RouterConfig,
+    rope: Rope,
+    cache: KvCache,
+    /// Named intermediate dumps (off by default).
+    pub trace: Trace,
+}
+
+fn u(v: usize) -> u64 {
+    v as u64
+}
+
+impl LanguageModel {
+    /// Builds the model from `file`: every tensor fetched by name with its
+    /// expected shape, and every tensor of the file must be used.
+    pub fn load(file: &ModelFile) -> Result<LanguageModel, ModelError> {
+        let hp = LmHparams::from_file(file)?;
+        let d = u(hp.n_embd);
+        let v = u(hp.n_vocab);
+        let token_embd = file.weight(tn::TOKEN_EMBD, &[d, v])?;
+        let output_norm = file.weight_of(tn::OUTPUT_NORM, &[d], F32_ONLY)?.to_f32();
+        let output = file.weight(tn::OUTPUT, &[d, v])?;
+        let mut layers = Vec::with_capacity(hp.n_layer);
+        let mut stacks = Vec::with_capacity(hp.n_layer);
+        for il in 0..hp.n_layer {
+            let name = |s: &str| tn::blk(il, s);
+            let attn_norm = file.weight_of(&name(tn::ATTN_NORM), &[d], F32_ONLY)?.to_f32();
+            let ffn_norm = file.weight_of(&name(tn::FFN_NORM), &[d], F32_ONLY)?.to_f32();
+            let h = hp.n_head;
+            let attn = match hp.attention {
+                Attention::Mha { n_head_kv, head_dim, v_head_dim } => Attn::Mha(MhaWeights {
+                    q: file.weight(&name(tn::ATTN_Q), &[d, u(h * head_dim)])?,
+                    k: file.weight(&name(tn::ATTN_K), &[d, u(n_head_kv * head_dim)])?,
+                    v: file.weight(&name(tn::ATTN_V), &[d, u(n_head_kv * v_head_dim)])?,
+                    o: file.weight(&name(tn::ATTN_OUTPUT), &[u(h * v_head_dim), d])?,
+                    n_head: h,
+                    n_head_kv,
+                    head_dim,
+                    v_head_dim,
+                }),
+                Attention::Mla { q_lora_rank, kv_lora_rank: r, nope, rope, v_head_dim } => {
+                    let dq = u(h * (nope + rope));
+                    let q = match q_lora_rank {
+                        None => QProj::Plain(file.weight(&name(tn::ATTN_Q), &[d, dq])?),
+                        Some(rq) => QProj::Lora {
+                            a: file.weight(&name(tn::ATTN_Q_A), &[d, u(rq)])?,
+                            norm: file.weight_of(&name(tn::ATTN_Q_A_NORM), &[u(rq)], F32_ONLY)?.to_f32(),
+                            b: file.weight(&name(tn::ATTN_Q_B), &[u(rq), dq])?,
+                        },
+                    };
+                    Attn::Mla(MlaWeights {
+                        q,
+                        kv_a: file.weight(&name(tn::ATTN_KV_A_MQA), &[d, u(r + rope)])?,
+                        kv_a_norm: file.weight_of(&name(tn::ATTN_KV_A_NORM), &[u(r)], F32_ONLY)?.to_f32(),
+                        k_b: file.weight(&name(tn::ATTN_K_B), &[u(nope), u(r), u(h)])?,
+                        v_b: file.weight(&name(tn::ATTN_V_B), &[u(r), u(v_head_dim), u(h)])?,
+                        o: file.weight(&name(tn::ATTN_OUTPUT), &[u(h * v_head_dim), d])?,
+                        n_head: h,
+                        kv_lora_rank: r,
+                        nope,
+                        rope,
+                        v_head_dim,
+                    })
+                }
+            };
+            let (ffn, stack) = if hp.is_moe_layer(il) {
+                let (e, f) = (u(hp.n_expert), u(hp.n_ff_exp));
+                let gate_inp = file.weight_of(&name(tn::FFN_GATE_INP), &[d, e], F32_ONLY)?;
+                let bias = match hp.topk_method {
+                    crate::loader::TopkMethod::NoauxTc => {
+                        Some(file.weight_of(&name(tn::EXP_PROBS_B), &[e], F32_ONLY)?.to_f32())
+                    }
+                    crate::loader::TopkMethod::Greedy => None,
+                };
+                let shared = if hp.n_expert_shared > 0 {
+                    let fs = f * u(hp.n_expert_shared);
+                    Some(Mlp {
+                        gate: file.weight(&name(tn::FFN_GATE_SHEXP), &[d, fs])?,
+                        up: file.weight(&name(tn::FFN_UP_SHEXP), &[d, fs])?,
+                        down: file.weight(&name(tn::FFN_DOWN_SHEXP), &[fs, d])?,
+                    })
+                } else {
+                    None
+                };
+                let stack = LayerExperts {
+                    gate: file.weight(&name(tn::FFN_GATE_EXPS), &[d, f, e])?,
+                    up: file.weight(&name(tn::FFN_UP_EXPS), &[d, f, e])?,
+                    down: file.weight(&name(tn::FFN_DOWN_EXPS), &[f, d, e])?,
+                };
+                (Ffn::Moe(MoeWeights { gate_inp, bias, shared }), Some(stack))
+            } else {
+                let i = u(hp.n_ff);
+                let mlp = Mlp {
+                    gate: file.weight(&name(tn::FFN_GATE), &[d, i])?,
+                    up: file.weight(&name(tn::FFN_UP), &[d, i])?,
+                    down: file.weight(&name(tn::FFN_DOWN), &[i, d])?,
+                };
+                (Ffn::Dense(mlp), None)
+            };
+            layers.push(Layer { attn_norm, attn, ffn_norm, ffn });
+            stacks.push(stack);
+        }
+        file.check_all_used()?;
+        Ok(Self::assemble(hp, token_embd, layers, output_norm, output, Box::new(MmapExperts::new(stacks))))
+    }
+
+    fn assemble(
+        hp: LmHparams,
+        token_embd: Weight,
+        layers: Vec<Layer>,
+        output_norm: Vec<f32>,
+        output: Weight,
+        experts: Box<dyn ExpertStore>,
+    ) -> LanguageModel {
+        let router = RouterConfig {
+            n_expert: hp.n_expert,
+            n_used: hp.n_expert_used,
+            gating: hp.gating,
+            method: hp.topk_method,
+            n_group: hp.n_group,
+            n_group_used: hp.n_group_used,
+            norm: hp.expert_weights_norm,
+            scale: hp.expert_weights_scale,
+        };
+        let rope = Rope::new(hp.rope_dim, hp.rope_theta, RopeLayout::Adjacent, hp.n_ctx);
+        let (kw, vw) = match layers.first().map(|l| &l.attn) {
+            Some(Attn::Mha(w)) => w.cache_widths(),
+            Some(Attn::Mla(w)) => w.cache_widths(),
+            None => (0, 0),
+        };
+        let cache = KvCache::new(hp.n_layer, kw, vw, hp.n_ctx);
+        LanguageModel { hp, token_embd, layers, output_norm, output, experts, router, rope, cache, trace: Trace::off() }
+    }
+
+    /// Replaces the expert store (e.g. by one with a memory budget).
+    pub fn set_expert_store(&mut self, store: Box<dyn ExpertStore>) {
+        self.experts = store;
+    }
+
+    /// The expert store (usage statistics).
+    pub fn experts(&self) -> &dyn ExpertStore {
+        self.experts.as_ref()
+    }
+
+    /// The KV cache (its length is the number of positions already processed).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Drops cached positions `n..` (to reuse a common prefix, or reset with 0).
+    pub fn truncate_cache(&mut self, n: usize) {
+        self.cache.truncate(n);
+    }
+
+    /// Embeddings of `ids`: `[ids.len(), n_embd]`.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let d = self.hp.n_embd;
+        let view = self.token_embd.view();
+        let mut out = vec![0.0f32; ids.len() * d];
+        for (i, &id) in ids.iter().enumerate() {
+            if id as usize >= self.hp.n_vocab {
+                return Err(ModelError::TokenOutOfRange { id, n_vocab: self.hp.n_vocab });
+            }
+            row_to_f32(&view, id as usize, &mut out[i * d..][..d]);
+        }
+        Ok(out)
+    }
+
+    /// Runs `embeds` `[n, n_embd]` at positions `pos0..pos0+n`, after
+    /// dropping cached positions `pos0..`; returns the logits asked for.
+    pub fn forward(&mut self, embeds: &[f32], pos0: usize, want: LogitsWanted) -> Result<Vec<f32>, ModelError> {
+        let d = self.hp.n_embd;
+        if embeds.len() % d != 0 {
+            return Err(ModelError::EmbedShape { len: embeds.len(), n_embd: d });
+        }
+        let n = embeds.len() / d;
+        if pos0 > self.cache.len() {
+            return Err(ModelError::Gap { pos0, cached: self.cache.len() });
+        }
+        if pos0 + n > self.hp.n_ctx {
+            return Err(ModelError::ContextOverflow { need: pos0 + n, n_ctx: self.hp.n_ctx });
+        }
+        self.cache.truncate(pos0);
+        self.trace.next_call();
+        let eps = self.hp.rms_eps;
+        let mut h = embeds.to_vec(); // [n, D] residual stream
+        let mut xn = vec![0.0f32; n * d]; // [n, D]
+        let mut y = vec![0.0f32; n * d]; // [n, D]
+        self.trace.tap("inp_embd", None, &[n, d], &h);
+        for (il, layer) in self.layers.iter().enumerate() {
+            rms_norm(&h, &layer.attn_norm, eps, &mut xn);
+            self.trace.tap("attn_norm", Some(il), &[n, d], &xn);
+            match &layer.attn {
+                Attn::Mha(w) => w.forward(&self.rope, &mut self.cache, il, &xn, n, pos0, &mut y),
+                Attn::Mla(w) => w.forward(&self.rope, &mut self.cache, il, &xn, n, pos0, &mut y),
+            }
+            self.trace.tap("attn_out", Some(il), &[n, d], &y);
+            h.iter_mut().zip(&y).for_each(|(h, y)| *h += y);
+            rms_norm(&h, &layer.ffn_norm, eps, &mut xn);
+            self.trace.tap("ffn_norm", Some(il), &[n, d], &xn);
+            match &layer.ffn {
+                Ffn::Dense(mlp) => mlp.forward(&xn, n, &mut y),
+                Ffn::Moe(w) => {
+                    let routing = moe_forward(il, w, &self.router, self.experts.as_ref(), &xn, n, &mut y)?;
+                    if self.trace.enabled() {
+                        let k = self.router.n_used;
+                        let ids: Vec<f32> = routing.ids.iter().flatten().map(|&e| e as f32).collect();
+                        let wts: Vec<f32> = routing.weights.iter().flatten().copied().collect();
+                        self.trace.tap("moe_topk_ids", Some(il), &[n, k], &ids);
+                        self.trace.tap("moe_topk_weights", Some(il), &[n, k], &wts);
+                    }
+                }
+            }
+            self.trace.tap("ffn_out", Some(il), &[n, d], &y);
+            h.iter_mut().zip(&y).for_each(|(h, y)| *h += y);
+            self.trace.tap("residual", Some(il), &[n, d], &h);
+        }
+        self.cache.set_len(pos0 + n);
+        let rows = match want {
+            LogitsWanted::None => return Ok(Vec::new()),
+            LogitsWanted::Last => n.min(1),
+            LogitsWanted::All => n,
+        };
+        let first = n - rows;
+        let mut hn = vec![0.0f32; rows * d];
+        rms_norm(&h[first * d..], &self.output_norm, eps, &mut hn);
+        self.trace.tap("output_norm", None, &[rows, d], &hn);
+        let mut logits = vec![0.0f32; rows * self.hp.n_vocab];
+        matmul(&self.output, &hn, rows, &mut logits);
+        Ok(logits)
+    }
+}
+
+impl LanguageModel {
+    /// Resizes the context (RoPE tables and cache limit); the cache is emptied.
+    pub fn set_context_length(&mut self, n_ctx: usize) {
+        let n_ctx = n_ctx.max(1);
+        self.hp.n_ctx = n_ctx;
+        self.rope = Rope::new(self.hp.rope_dim, self.hp.rope_theta, RopeLayout::Adjacent, n_ctx);
+        self.cache = KvCache::new(self.hp.n_layer, self.cache.k_width(), self.cache.v_width(), n_ctx);
+    }
+}

@@ -1,0 +1,10 @@
+//! DeepSeek-VL2 (github.com/deepseek-ai/DeepSeek-VL2, `deepseek_vl2/models/`):
+//! the language model (MHA or MLA attention, DeepSeek MoE), and the prompt
+//! template. The vision tower, projector and preprocessing live beside them.
+
+pub mod attention;
+pub mod language;
+pub mod moe;
+pub mod prompt;
+
+pub use language::{LanguageModel, LogitsWanted, ModelError};

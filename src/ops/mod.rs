@@ -1,0 +1,18 @@
+//! Numerics of the runtime: matrix products over ggml-typed weights, norms,
+//! RoPE, softmax, activations and causal attention.
+//!
+//! Nothing here knows a tensor name or a model: callers hand in slices and
+//! shapes. Hot loops are plain indexed loops; parallelism is rayon over the
+//! outer dimension (weight rows, or (token, head) pairs for attention).
+
+mod act;
+mod attention;
+mod matmul;
+mod norm;
+mod rope;
+
+pub use act::{silu, silu_mul, softmax};
+pub use attention::{causal_attention, KvView};
+pub use matmul::{matmul, matmul_view, row_to_f32, MatView, MatViewError};
+pub use norm::rms_norm;
+pub use rope::{Rope, RopeLayout};

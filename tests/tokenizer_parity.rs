@@ -1,0 +1,160 @@
+//! Tokenizer and chat-template parity with the reference.
+//!
+//! - Prompt ids: our template + tokenizer rebuild every case's `input_ids`
+//!   of the fixture goldens (made by the reference processor), image runs
+//!   included (counts from cases.json).
+//! - Tokenization: our tokenizer gives the ids the Python `tokenizers`
+//!   library gives on the original tokenizer.json (`scripts/tokenizer_ref.py`,
+//!   interpreter from `POCKETVL_PYTHON`), for English, code, CJK, emoji and
+//!   every special token.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use convert::safetensors::SafeTensorsFile;
+use pocketvl::model::deepseek_vl2::prompt::{build_chat, Message, Role};
+use pocketvl::tokenizer::Tokenizer;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn load_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The conversation of a case as template messages.
+fn messages(case: &serde_json::Value) -> Vec<Message> {
+    case["conversation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap() {
+                "<|User|>" | "user" => Role::User,
+                "<|Assistant|>" | "assistant" => Role::Assistant,
+                _ => Role::System,
+            };
+            Message::new(role, m["content"].as_str().unwrap())
+        })
+        .collect()
+}
+
+/// Every case's prompt ids equal the reference processor's.
+fn check_prompt_ids(fixture_name: &str, tok: &Tokenizer) {
+    let dir = fixture(fixture_name);
+    let cases = load_json(&dir.join("cases.json"));
+    let golden = SafeTensorsFile::open(&dir.join("golden.safetensors")).unwrap();
+    for case in cases["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let counts: Vec<usize> =
+            case["image_token_counts"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let p = build_chat(tok, &messages(case), &counts).unwrap();
+        let want: Vec<u32> =
+            golden.tensor(&format!("{name}.input_ids")).unwrap().to_i64().unwrap().iter().map(|&v| v as u32).collect();
+        assert_eq!(p.ids, want, "{fixture_name}/{name}: prompt ids");
+        let mask = golden.tensor(&format!("{name}.images_seq_mask")).unwrap().to_bool().unwrap();
+        let mut ours = vec![false; p.ids.len()];
+        for r in &p.images {
+            ours[r.start..r.start + r.len].iter_mut().for_each(|m| *m = true);
+        }
+        assert_eq!(ours, mask, "{fixture_name}/{name}: image positions");
+    }
+}
+
+#[test]
+fn tiny_mha_prompt_ids_match_reference() {
+    let json = std::fs::read_to_string(fixture("tiny-mha/hf/tokenizer.json")).unwrap();
+    let tok = Tokenizer::from_json(&json, 0, 1).unwrap();
+    check_prompt_ids("tiny-mha", &tok);
+}
+
+/// Strings covering the tokenizer's paths.
+pub fn parity_strings(specials: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "Write a short poem about the sea and the stars.",
+        "  leading spaces, trailing spaces   ",
+        "Numbers: 1234567 3.14159 -42 1e10",
+        "fn main() {\n    println!(\"hi {}\", x.len());\n}\n",
+        "def f(x):\n\treturn [i**2 for i in range(x)]  # comment",
+        "深度求索的视觉语言模型。日本語のテキスト、カタカナ。",
+        "한국어 문장입니다.",
+        "Emoji: 🦒🌊⭐️👩‍👩‍👧 and accents: café naïve Ångström",
+        "\n\n\n",
+        "<|User|>: hello\n\n<|Assistant|>:",
+        "<image>\n<|ref|>The giraffe at the back.<|/ref|>.",
+        "<|det|>[[580, 270, 999, 900]]<|/det|><|grounding|>",
+        "<｜begin▁of▁sentence｜>x<｜end▁of▁sentence｜><｜▁pad▁｜>",
+        "User: not a special token, <|User|> is",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(specials.iter().map(|s| s.to_string()));
+    v.push(specials.concat());
+    v
+}
+
+pub const VL_SPECIALS: &[&str] = &[
+    "<｜▁pad▁｜>",
+    "<image>",
+    "<|ref|>",
+    "<|/ref|>",
+    "<|det|>",
+    "<|/det|>",
+    "<|grounding|>",
+    "<|User|>",
+    "<|Assistant|>",
+    "<｜begin▁of▁sentence｜>",
+    "<｜end▁of▁sentence｜>",
+];
+
+/// Ids from the Python reference, or `None` (with a message) when
+/// `POCKETVL_PYTHON` is unset.
+pub fn python_ids(tokenizer_json: &Path, add_vl: bool, strings: &[String]) -> Option<Vec<Vec<u32>>> {
+    let Ok(py) = std::env::var("POCKETVL_PYTHON") else {
+        println!("skipped: POCKETVL_PYTHON not set");
+        return None;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tokenizer_ref.py");
+    let mut cmd = Command::new(py);
+    cmd.arg(script).arg(tokenizer_json);
+    if add_vl {
+        cmd.arg("--add-vl-specials");
+    }
+    let input = serde_json::to_string(strings).unwrap();
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tokenizer_ref.py");
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "tokenizer_ref.py failed");
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn tiny_mha_tokenizer_matches_python() {
+    let path = fixture("tiny-mha/hf/tokenizer.json");
+    let tok = Tokenizer::from_json(&std::fs::read_to_string(&path).unwrap(), 0, 1).unwrap();
+    let strings = parity_strings(VL_SPECIALS);
+    let Some(want) = python_ids(&path, true, &strings) else { return };
+    for (s, w) in strings.iter().zip(&want) {
+        assert_eq!(&tok.encode(s).unwrap(), w, "{s:?}");
+    }
+}
+
+#[test]
+fn stream_decode_equals_reference_decode() {
+    let path = fixture("tiny-mha/hf/tokenizer.json");
+    let tok = Tokenizer::from_json(&std::fs::read_to_string(&path).unwrap(), 0, 1).unwrap();
+    for s in parity_strings(VL_SPECIALS) {
+        let ids = tok.encode(&s).unwrap();
+        assert_eq!(tok.decode(&ids), tok.decode_reference(&ids).unwrap(), "{s:?}");
+        assert_eq!(tok.decode(&ids), s, "round trip {s:?}");
+    }
+}
