@@ -52,7 +52,12 @@ fn python() -> Option<String> {
 
 fn run_check(py: &str, mode: &str, arg: &Path) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/synth_check.py");
-    let out = Command::new(py).arg(script).arg(mode).arg(arg).output().unwrap();
+    let out = Command::new(py)
+        .arg(script)
+        .arg(mode)
+        .arg(arg)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "synth_check.py failed: {}",
@@ -66,7 +71,10 @@ fn synthetic_checkpoint_reads_back_with_every_tensor() {
     let spec = small_tiny();
     let dir = tempfile::tempdir().unwrap();
     let summary = write(&spec, dir.path(), 42);
-    assert!(summary.shards.len() > 2, "small shard limit must split the model");
+    assert!(
+        summary.shards.len() > 2,
+        "small shard limit must split the model"
+    );
 
     let ck = Checkpoint::open(dir.path()).unwrap();
     let list = tensor_list(&spec);
@@ -74,7 +82,7 @@ fn synthetic_checkpoint_reads_back_with_every_tensor() {
     assert_eq!(ck.data_bytes(), summary.data_bytes);
     for t in &list {
         let v = ck.tensor(&t.name).unwrap();
-        assert_eq!(v.dtype, Dtype::BF16, "{}", t.name);
+        assert_eq!(v.dtype, Dtype::Bf16, "{}", t.name);
         assert_eq!(v.shape, &t.shape[..], "{}", t.name);
     }
     // Values follow the init: norms around 1, linear weights N(0, 1/fan_in).
@@ -166,7 +174,9 @@ fn writer_values_match_python_safetensors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.safetensors");
     let f32s: Vec<f32> = (0..15).map(|i| i as f32 * 0.25 - 1.5).collect();
-    let f16s: Vec<half::f16> = (0..6).map(|i| half::f16::from_f32(i as f32 - 2.5)).collect();
+    let f16s: Vec<half::f16> = (0..6)
+        .map(|i| half::f16::from_f32(i as f32 - 2.5))
+        .collect();
     let entries = vec![
         HeaderEntry {
             name: "w.f32".into(),

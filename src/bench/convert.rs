@@ -96,7 +96,9 @@ pub fn bench_convert(opts: &ConvertBenchOptions) -> Result<ConvertBench, BenchEr
     let files = shard_files(&opts.checkpoint)?;
     let mut shard_bytes = 0;
     for f in &files {
-        shard_bytes += std::fs::metadata(f).map_err(|e| BenchError::io(f, e))?.len();
+        shard_bytes += std::fs::metadata(f)
+            .map_err(|e| BenchError::io(f, e))?
+            .len();
     }
     let read = readspeed::measure(&files)?;
 
@@ -156,7 +158,10 @@ pub fn bench_convert(opts: &ConvertBenchOptions) -> Result<ConvertBench, BenchEr
 }
 
 fn mib(b: Option<u64>) -> String {
-    b.map_or_else(|| "n/a".into(), |b| format!("{:.0} MiB", b as f64 / 1048576.0))
+    b.map_or_else(
+        || "n/a".into(),
+        |b| format!("{:.0} MiB", b as f64 / 1048576.0),
+    )
 }
 
 fn pct(f: Option<f64>) -> String {

@@ -121,7 +121,9 @@ pub fn drop_all(files: &[PathBuf]) -> Result<Option<f64>, BenchError> {
     let mut measured = true;
     for f in files {
         drop_from_cache(f)?;
-        let len = std::fs::metadata(f).map_err(|e| BenchError::io(f, e))?.len() as f64;
+        let len = std::fs::metadata(f)
+            .map_err(|e| BenchError::io(f, e))?
+            .len() as f64;
         match resident_fraction(f) {
             Some(r) => resident += r * len,
             None => measured = false,

@@ -48,8 +48,13 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     opts.tokenizer = args.tokenizer;
     opts.force = args.force;
     opts.progress = true;
-    let summary = synth::synthesize(&opts)
-        .with_context(|| format!("synthesizing {} into {}", variant.name(), args.output.display()))?;
+    let summary = synth::synthesize(&opts).with_context(|| {
+        format!(
+            "synthesizing {} into {}",
+            variant.name(),
+            args.output.display()
+        )
+    })?;
     println!(
         "wrote {} tensors ({:.2} GB) in {} shards to {} in {:.1} s",
         summary.n_tensors,

@@ -10,8 +10,8 @@
 
 pub mod rng;
 pub mod spec;
-pub mod tokenizer;
 pub mod tensors;
+pub mod tokenizer;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -34,7 +34,9 @@ pub enum SynthError {
         source: std::io::Error,
     },
     /// A variant name that is not one of the three published ones.
-    #[error("unknown variant '{0}' (expected deepseek-vl2-tiny, deepseek-vl2-small or deepseek-vl2)")]
+    #[error(
+        "unknown variant '{0}' (expected deepseek-vl2-tiny, deepseek-vl2-small or deepseek-vl2)"
+    )]
     UnknownVariant(String),
     /// `--layers` outside 1..=the variant's depth.
     #[error("--layers {requested}: {variant} has {max} layers, choose 1..={max}")]
@@ -407,7 +409,8 @@ mod tests {
     fn a_tensor_larger_than_the_limit_gets_its_own_shard() {
         let list = tensor_list(&ModelSpec::new(Variant::Tiny, Some(1), false));
         let shards = plan_shards(&list, 1 << 20);
-        assert!(shards.iter().all(|s| s.len() == 1
-            || s.iter().map(|t| t.bytes()).sum::<u64>() <= 1 << 20));
+        assert!(shards
+            .iter()
+            .all(|s| s.len() == 1 || s.iter().map(|t| t.bytes()).sum::<u64>() <= 1 << 20));
     }
 }

@@ -95,7 +95,14 @@ mod tests {
     #[test]
     fn moments_match_the_init() {
         let n = 4 * BLOCK_ELEMS;
-        let v = values(Init::Normal { mean: 1.0, std: 0.1 }, 0, n);
+        let v = values(
+            Init::Normal {
+                mean: 1.0,
+                std: 0.1,
+            },
+            0,
+            n,
+        );
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
         assert!((mean - 1.0).abs() < 1e-3, "mean {mean}");

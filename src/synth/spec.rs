@@ -434,16 +434,21 @@ mod tests {
     #[test]
     fn config_matches_fixture_layout() {
         // The MHA fixture's config has exactly the keys the Tiny config has (values differ).
-        let fixture: Value = serde_json::from_str(include_str!(
-            "../../tests/fixtures/tiny-mha/hf/config.json"
-        ))
-        .unwrap();
+        let fixture: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/tiny-mha/hf/config.json"))
+                .unwrap();
         let ours = ModelSpec::new(Variant::Tiny, None, true).config_json();
         let keys = |v: &Value, p: &str| -> Vec<String> {
             v[p].as_object().unwrap().keys().cloned().collect()
         };
-        assert_eq!(keys(&ours, "language_config"), keys(&fixture, "language_config"));
-        assert_eq!(ours["candidate_resolutions"], fixture["candidate_resolutions"]);
+        assert_eq!(
+            keys(&ours, "language_config"),
+            keys(&fixture, "language_config")
+        );
+        assert_eq!(
+            ours["candidate_resolutions"],
+            fixture["candidate_resolutions"]
+        );
         let top = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
         assert_eq!(top(&ours), top(&fixture));
     }

@@ -85,8 +85,16 @@ fn linear(out: &mut Vec<TensorSpec>, prefix: &str, n_out: usize, n_in: usize, bi
 
 /// Appends a LayerNorm's `weight` and `bias` [n].
 fn layer_norm(out: &mut Vec<TensorSpec>, prefix: &str, n: usize) {
-    out.push(TensorSpec::new(format!("{prefix}.weight"), &[n], Init::norm()));
-    out.push(TensorSpec::new(format!("{prefix}.bias"), &[n], Init::bias()));
+    out.push(TensorSpec::new(
+        format!("{prefix}.weight"),
+        &[n],
+        Init::norm(),
+    ));
+    out.push(TensorSpec::new(
+        format!("{prefix}.bias"),
+        &[n],
+        Init::bias(),
+    ));
 }
 
 /// Appends a SwiGLU MLP (`gate_proj`, `up_proj`, `down_proj`) of width `inter`.
@@ -215,7 +223,13 @@ fn language(t: &mut Vec<TensorSpec>, spec: &ModelSpec) {
                     kv_lora_rank,
                     false,
                 );
-                linear(t, &format!("{p}.self_attn.o_proj"), d, h * v_head_dim, false);
+                linear(
+                    t,
+                    &format!("{p}.self_attn.o_proj"),
+                    d,
+                    h * v_head_dim,
+                    false,
+                );
             }
         }
         t.push(TensorSpec::new(
@@ -322,6 +336,9 @@ mod tests {
             .cloned()
             .collect();
         let missing: Vec<_> = theirs.difference(&ours).collect();
-        assert!(missing.is_empty(), "fixture names we do not write: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fixture names we do not write: {missing:?}"
+        );
     }
 }

@@ -40,7 +40,9 @@ pub fn v2_layout_from_v3(v3: &Value) -> Result<Value, String> {
     }
     let mut new_vocab = Map::new();
     for (tok, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| format!("vocab entry '{tok}' has no integer id"))?;
+        let id = id
+            .as_u64()
+            .ok_or_else(|| format!("vocab entry '{tok}' has no integer id"))?;
         if (3..3 + V2_BPE_TOKENS).contains(&id) {
             new_vocab.insert(tok.clone(), json!(id - 3));
         }
@@ -68,7 +70,10 @@ pub fn v2_layout_from_v3(v3: &Value) -> Result<Value, String> {
                     Some(p) => p,
                     None => return false,
                 },
-                Value::Array(p) => match (p.first().and_then(Value::as_str), p.get(1).and_then(Value::as_str)) {
+                Value::Array(p) => match (
+                    p.first().and_then(Value::as_str),
+                    p.get(1).and_then(Value::as_str),
+                ) {
                     (Some(a), Some(b)) => (a, b),
                     _ => return false,
                 },

@@ -270,16 +270,29 @@ mod tests {
     fn incomplete_file_is_an_error_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.safetensors");
-        let mut w =
-            SafetensorsWriter::create(&path, vec![entry("x", StDtype::F32, &[2])], &BTreeMap::new())
-                .unwrap();
+        let mut w = SafetensorsWriter::create(
+            &path,
+            vec![entry("x", StDtype::F32, &[2])],
+            &BTreeMap::new(),
+        )
+        .unwrap();
         w.write(&[0; 4]).unwrap();
         assert!(w.finish().is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let mut w =
-            SafetensorsWriter::create(&path, vec![entry("x", StDtype::F32, &[2]), entry("x", StDtype::F32, &[1])], &BTreeMap::new());
+        let mut w = SafetensorsWriter::create(
+            &path,
+            vec![
+                entry("x", StDtype::F32, &[2]),
+                entry("x", StDtype::F32, &[1]),
+            ],
+            &BTreeMap::new(),
+        );
         assert!(w.is_err());
-        w = SafetensorsWriter::create(&path, vec![entry("x", StDtype::F32, &[1])], &BTreeMap::new());
+        w = SafetensorsWriter::create(
+            &path,
+            vec![entry("x", StDtype::F32, &[1])],
+            &BTreeMap::new(),
+        );
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
