@@ -85,13 +85,19 @@ impl Golden {
     fn i64s(&self, name: &str) -> Vec<i64> {
         let (dtype, bytes) = &self.tensors[name];
         assert_eq!(dtype, "I64", "{name}");
-        bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+        bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     fn f32s(&self, name: &str) -> Vec<f32> {
         let (dtype, bytes) = &self.tensors[name];
         assert_eq!(dtype, "F32", "{name}");
-        bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 }
 
@@ -112,7 +118,16 @@ fn run_llamacpp(tool: &Path, gguf: &Path, ids: &[i64], dir: &Path) -> LlamaRun {
         .env("GGML_NO_BACKTRACE", "1")
         .arg("-m")
         .arg(gguf)
-        .args(["--ids", &ids.join(","), "-n", "16", "--no-fa", "--kv-f32", "--raw", "-o"])
+        .args([
+            "--ids",
+            &ids.join(","),
+            "-n",
+            "16",
+            "--no-fa",
+            "--kv-f32",
+            "--raw",
+            "-o",
+        ])
         .arg(&out)
         .output()
         .expect("spawn the llama.cpp logits tool");
@@ -136,7 +151,10 @@ fn run_llamacpp(tool: &Path, gguf: &Path, ids: &[i64], dir: &Path) -> LlamaRun {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    LlamaRun { logits_last, generated }
+    LlamaRun {
+        logits_last,
+        generated,
+    }
 }
 
 /// Writes the fixture's language model with the Python `gguf` package (our independent
@@ -149,14 +167,26 @@ fn reference_gguf(python: &Path, fixture: &str, dir: &Path) -> PathBuf {
         .arg(&out)
         .status()
         .expect("spawn python");
-    assert!(status.success(), "reference GGUF writer failed for {fixture}");
+    assert!(
+        status.success(),
+        "reference GGUF writer failed for {fixture}"
+    );
     out
 }
 
 fn assert_matches_golden(fixture: &str, run: &LlamaRun) {
-    let golden = Golden::load(&root().join("tests/fixtures").join(fixture).join("golden.safetensors"));
+    let golden = Golden::load(
+        &root()
+            .join("tests/fixtures")
+            .join(fixture)
+            .join("golden.safetensors"),
+    );
     let want = golden.f32s("text.logits_last");
-    assert_eq!(run.logits_last.len(), want.len(), "{fixture}: vocabulary size");
+    assert_eq!(
+        run.logits_last.len(),
+        want.len(),
+        "{fixture}: vocabulary size"
+    );
     let (max_diff, at) = run
         .logits_last
         .iter()
@@ -169,7 +199,11 @@ fn assert_matches_golden(fixture: &str, run: &LlamaRun) {
         max_diff <= LOGITS_TOL,
         "{fixture}: llama.cpp logits differ from the golden by {max_diff} at id {at}"
     );
-    assert_eq!(run.generated, golden.i64s("text.gen_ids"), "{fixture}: greedy continuation");
+    assert_eq!(
+        run.generated,
+        golden.i64s("text.gen_ids"),
+        "{fixture}: greedy continuation"
+    );
 }
 
 /// Converts the fixture with pocketvl's converter, recipe f32 (bf16 weights widen exactly).
@@ -191,19 +225,33 @@ fn pocketvl_gguf(fixture: &str, dir: &Path) -> PathBuf {
 }
 
 fn check_pocketvl(fixture: &str) {
-    let Some((tool, _python)) = prerequisites() else { return };
+    let Some((tool, _python)) = prerequisites() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let gguf = pocketvl_gguf(fixture, dir.path());
-    let golden = Golden::load(&root().join("tests/fixtures").join(fixture).join("golden.safetensors"));
+    let golden = Golden::load(
+        &root()
+            .join("tests/fixtures")
+            .join(fixture)
+            .join("golden.safetensors"),
+    );
     let run = run_llamacpp(&tool, &gguf, &golden.i64s("text.input_ids"), dir.path());
     assert_matches_golden(fixture, &run);
 }
 
 fn check_reference(fixture: &str) {
-    let Some((tool, python)) = prerequisites() else { return };
+    let Some((tool, python)) = prerequisites() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let gguf = reference_gguf(&python, fixture, dir.path());
-    let golden = Golden::load(&root().join("tests/fixtures").join(fixture).join("golden.safetensors"));
+    let golden = Golden::load(
+        &root()
+            .join("tests/fixtures")
+            .join(fixture)
+            .join("golden.safetensors"),
+    );
     let run = run_llamacpp(&tool, &gguf, &golden.i64s("text.input_ids"), dir.path());
     assert_matches_golden(fixture, &run);
 }
