@@ -10,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 # Pinned so golden bytes and tokenizations are reproducible.
-if ! "$VENV/bin/python" -c "import gguf, numpy, tokenizers, safetensors" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import gguf, numpy, tokenizers, safetensors, PIL" 2>/dev/null; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 export POCKETVL_PYTHON="$PWD/$VENV/bin/python"

@@ -125,7 +125,11 @@ fn feature_fingerprint(row: &[f32]) -> u64 {
 
 impl Session {
     pub fn new(model: LanguageModel, tokenizer: Tokenizer) -> Session {
-        Session { model, tokenizer, cached: Vec::new() }
+        Session {
+            model,
+            tokenizer,
+            cached: Vec::new(),
+        }
     }
 
     /// Forgets the cache (e.g. `/reset`).
@@ -137,19 +141,34 @@ impl Session {
     /// Prompt embeddings and fingerprints: token embeddings, with the rows
     /// of `image_features` (`[n_image_positions, D]`, prompt order) placed at
     /// every position whose id is the model's image token.
-    fn embed_prompt(&self, ids: &[u32], image_features: &[f32]) -> Result<(Vec<f32>, Vec<u64>), GenerateError> {
+    fn embed_prompt(
+        &self,
+        ids: &[u32],
+        image_features: &[f32],
+    ) -> Result<(Vec<f32>, Vec<u64>), GenerateError> {
         let d = self.model.hp.n_embd;
         let mut emb = self.model.embed_tokens(ids)?;
         let mut fps: Vec<u64> = ids.iter().map(|&i| i as u64).collect();
-        let image_id = self.model.hp.image_token_id.or_else(|| self.tokenizer.token_id("<image>"));
+        let image_id = self
+            .model
+            .hp
+            .image_token_id
+            .or_else(|| self.tokenizer.token_id("<image>"));
         let positions: Vec<usize> = match image_id {
-            Some(img) if !image_features.is_empty() => {
-                ids.iter().enumerate().filter(|(_, &t)| t == img).map(|(i, _)| i).collect()
-            }
+            Some(img) if !image_features.is_empty() => ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &t)| t == img)
+                .map(|(i, _)| i)
+                .collect(),
             _ => Vec::new(),
         };
         if image_features.len() != positions.len() * d {
-            return Err(GenerateError::ImageFeatures { len: image_features.len(), n: positions.len(), n_embd: d });
+            return Err(GenerateError::ImageFeatures {
+                len: image_features.len(),
+                n: positions.len(),
+                n_embd: d,
+            });
         }
         for (j, &p) in positions.iter().enumerate() {
             let row = &image_features[j * d..][..d];
@@ -174,12 +193,20 @@ impl Session {
             return Err(GenerateError::EmptyPrompt);
         }
         if prompt.len() > n_ctx {
-            return Err(GenerateError::PromptTooLong { n: prompt.len(), n_ctx });
+            return Err(GenerateError::PromptTooLong {
+                n: prompt.len(),
+                n_ctx,
+            });
         }
         let (emb, fps) = self.embed_prompt(prompt, image_features)?;
         // Common prefix, but always re-run at least the last prompt position
         // to get its logits.
-        let common = self.cached.iter().zip(&fps).take_while(|(a, b)| a == b).count();
+        let common = self
+            .cached
+            .iter()
+            .zip(&fps)
+            .take_while(|(a, b)| a == b)
+            .count();
         let start = common.min(prompt.len() - 1).min(self.model.cache().len());
         self.cached.truncate(start);
         let t0 = Instant::now();
@@ -189,17 +216,31 @@ impl Session {
         let mut p = start;
         while p < n {
             let end = (p + chunk).min(n);
-            let want = if end == n { LogitsWanted::Last } else { LogitsWanted::None };
+            let want = if end == n {
+                LogitsWanted::Last
+            } else {
+                LogitsWanted::None
+            };
             logits = self.model.forward(&emb[p * d..end * d], p, want)?;
             self.cached.extend_from_slice(&fps[p..end]);
             p = end;
         }
-        let mut timings = Timings { prefill_tokens: n - start, prefill_ms: ms(t0), ..Timings::default() };
+        let mut timings = Timings {
+            prefill_tokens: n - start,
+            prefill_ms: ms(t0),
+            ..Timings::default()
+        };
 
         let t1 = Instant::now();
         let mut sampler = Sampler::new(params.sampler.clone());
         let mut history: Vec<u32> = prompt.to_vec();
-        let mut out = Generation { tokens: Vec::new(), text: String::new(), logits: Vec::new(), stop: StopReason::MaxTokens, timings };
+        let mut out = Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            logits: Vec::new(),
+            stop: StopReason::MaxTokens,
+            timings,
+        };
         let mut dec = StreamDecoder::default();
         let mut held = String::new();
         let eos = self.tokenizer.eos_id;
@@ -268,7 +309,11 @@ fn emit(text: &mut String, held: &mut String, upto: usize, on_text: &mut dyn FnM
 
 /// Byte offset of the first stop string in `s`.
 fn find_stop(s: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|t| !t.is_empty()).filter_map(|t| s.find(t.as_str())).min()
+    stops
+        .iter()
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| s.find(t.as_str()))
+        .min()
 }
 
 /// Length of the longest suffix of `s` that is a proper prefix of a stop

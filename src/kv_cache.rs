@@ -34,7 +34,13 @@ impl KvCache {
     /// position (`v_width` 0 when values live inside the key rows), holding at
     /// most `n_ctx` positions.
     pub fn new(n_layer: usize, k_width: usize, v_width: usize, n_ctx: usize) -> KvCache {
-        KvCache { layers: vec![LayerKv::default(); n_layer], k_width, v_width, n_ctx, len: 0 }
+        KvCache {
+            layers: vec![LayerKv::default(); n_layer],
+            k_width,
+            v_width,
+            n_ctx,
+            len: 0,
+        }
     }
 
     /// Positions cached (valid in every layer).
@@ -78,7 +84,10 @@ impl KvCache {
         let l = &mut self.layers[il];
         grow(&mut l.k, (pos0 + n) * kw, cap * kw);
         grow(&mut l.v, (pos0 + n) * vw, cap * vw);
-        (&mut l.k[pos0 * kw..(pos0 + n) * kw], &mut l.v[pos0 * vw..(pos0 + n) * vw])
+        (
+            &mut l.k[pos0 * kw..(pos0 + n) * kw],
+            &mut l.v[pos0 * vw..(pos0 + n) * vw],
+        )
     }
 
     /// Rows `0..n` of layer `il` (keys, values).
@@ -95,7 +104,10 @@ impl KvCache {
 
     /// Bytes currently held by the cache buffers.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.k.capacity() + l.v.capacity()) * 4).sum()
+        self.layers
+            .iter()
+            .map(|l| (l.k.capacity() + l.v.capacity()) * 4)
+            .sum()
     }
 }
 

@@ -4,6 +4,8 @@ pub mod bench;
 pub mod cli;
 pub mod experts;
 pub mod generate;
+pub mod grounding;
+pub mod image_io;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;

@@ -7,7 +7,14 @@ use std::path::Path;
 fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let dims = match shape.len() {
         1 => format!("({},)", shape[0]),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
     // Magic (6) + version (2) + header length (2) + header, padded with
@@ -69,6 +76,8 @@ mod tests {
         assert_eq!(b.len(), 10 + hlen + 24);
         let b1 = encode_i64(&[4], &[1, 2, 3, 4]);
         let h1 = u16::from_le_bytes([b1[8], b1[9]]) as usize;
-        assert!(std::str::from_utf8(&b1[10..10 + h1]).unwrap().contains("(4,)"));
+        assert!(std::str::from_utf8(&b1[10..10 + h1])
+            .unwrap()
+            .contains("(4,)"));
     }
 }

@@ -26,7 +26,14 @@ impl Default for SamplerConfig {
     /// HF's implicit top-k 50, top-p 0.9 (the reference demos), no min-p, no
     /// repetition penalty.
     fn default() -> Self {
-        SamplerConfig { temperature: 0.6, top_k: 50, top_p: 0.9, min_p: 0.0, repeat_penalty: 1.0, seed: 0 }
+        SamplerConfig {
+            temperature: 0.6,
+            top_k: 50,
+            top_p: 0.9,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -39,7 +46,10 @@ pub struct Pcg32 {
 
 impl Pcg32 {
     pub fn new(seed: u64) -> Pcg32 {
-        let mut r = Pcg32 { state: 0, inc: (0xda3e_39cb_94b9_5bdb << 1) | 1 };
+        let mut r = Pcg32 {
+            state: 0,
+            inc: (0xda3e_39cb_94b9_5bdb << 1) | 1,
+        };
         r.next_u32();
         r.state = r.state.wrapping_add(seed);
         r.next_u32();
@@ -99,7 +109,16 @@ pub fn argmax(x: &[f32]) -> usize {
 
 fn softmax_f64(x: &[f32]) -> Vec<f64> {
     let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = x.iter().map(|v| if v.is_finite() { (*v as f64 - m).exp() } else { 0.0 }).collect();
+    let e: Vec<f64> = x
+        .iter()
+        .map(|v| {
+            if v.is_finite() {
+                (*v as f64 - m).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let z: f64 = e.iter().sum();
     e.into_iter().map(|v| v / z).collect()
 }
@@ -139,7 +158,11 @@ impl Sampler {
         if self.cfg.top_p < 1.0 {
             let probs = softmax_f64(logits);
             let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| logits[a].partial_cmp(&logits[b]).unwrap_or(std::cmp::Ordering::Equal));
+            order.sort_by(|&a, &b| {
+                logits[a]
+                    .partial_cmp(&logits[b])
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
             let mut cum = 0.0f64;
             let cut = 1.0 - self.cfg.top_p as f64;
             for (j, &i) in order.iter().enumerate() {
@@ -183,7 +206,10 @@ mod tests {
 
     #[test]
     fn greedy_is_argmax_first_on_ties() {
-        let mut s = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            ..Default::default()
+        });
         let mut l = vec![0.1, 3.0, 3.0, -1.0];
         assert_eq!(s.sample(&mut l, &[]), 1);
     }
@@ -194,7 +220,11 @@ mod tests {
         apply_repetition_penalty(&mut l, &[0, 1, 1], 2.0);
         assert_eq!(l, vec![1.0, -4.0, 1.0]);
         // Greedy with a penalty can change the choice.
-        let mut s = Sampler::new(SamplerConfig { temperature: 0.0, repeat_penalty: 3.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            repeat_penalty: 3.0,
+            ..Default::default()
+        });
         let mut l = vec![2.0f32, 1.0];
         assert_eq!(s.sample(&mut l, &[0]), 1);
     }
@@ -202,30 +232,59 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy_and_seed_is_deterministic() {
         let base: Vec<f32> = (0..50).map(|i| ((i * 37) % 50) as f32 * 0.1).collect();
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 1, top_p: 1.0, ..Default::default() };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(cfg);
         for _ in 0..5 {
             let mut l = base.clone();
             assert_eq!(s.sample(&mut l, &[]) as usize, argmax(&base));
         }
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 9, ..Default::default() };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 9,
+            ..Default::default()
+        };
         let run = |cfg: &SamplerConfig| {
             let mut s = Sampler::new(cfg.clone());
-            (0..20).map(|_| s.sample(&mut base.clone(), &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&mut base.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(&cfg), run(&cfg));
-        assert_ne!(run(&cfg), run(&SamplerConfig { seed: 10, ..cfg.clone() }));
+        assert_ne!(
+            run(&cfg),
+            run(&SamplerConfig {
+                seed: 10,
+                ..cfg.clone()
+            })
+        );
     }
 
     #[test]
     fn top_p_keeps_the_smallest_sufficient_set() {
         // probs ~ [0.6, 0.3, 0.1]: top_p 0.5 keeps only id 0, 0.8 keeps 0 and 1.
         let l = vec![(0.6f32).ln(), (0.3f32).ln(), (0.1f32).ln()];
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 0.5, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            ..Default::default()
+        });
         for _ in 0..20 {
             assert_eq!(s.sample(&mut l.clone(), &[]), 0);
         }
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 0.8, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.8,
+            ..Default::default()
+        });
         let mut seen = [0usize; 3];
         for _ in 0..400 {
             seen[s.sample(&mut l.clone(), &[]) as usize] += 1;
@@ -237,7 +296,13 @@ mod tests {
     #[test]
     fn min_p_drops_unlikely_ids() {
         let l = vec![(0.7f32).ln(), (0.25f32).ln(), (0.05f32).ln()];
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.2, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.2,
+            ..Default::default()
+        });
         for _ in 0..300 {
             assert_ne!(s.sample(&mut l.clone(), &[]), 2);
         }

@@ -19,7 +19,9 @@ use crate::loader::ModelFile;
 /// Tokenizer errors.
 #[derive(Debug, Error)]
 pub enum TokenizerError {
-    #[error("{path}: no `{key}` in the model file (convert it with pocketvl to embed the tokenizer)")]
+    #[error(
+        "{path}: no `{key}` in the model file (convert it with pocketvl to embed the tokenizer)"
+    )]
     Missing { path: String, key: &'static str },
     #[error("invalid tokenizer.json: {0}")]
     Parse(String),
@@ -40,7 +42,10 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("n_tokens", &self.bytes.len()).field("bos", &self.bos_id).finish()
+        f.debug_struct("Tokenizer")
+            .field("n_tokens", &self.bytes.len())
+            .field("bos", &self.bos_id)
+            .finish()
     }
 }
 
@@ -69,10 +74,16 @@ fn unicode_to_byte() -> HashMap<char, u8> {
 impl Tokenizer {
     /// Builds from a tokenizer.json text and the BOS/EOS ids.
     pub fn from_json(json: &str, bos_id: u32, eos_id: u32) -> Result<Tokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_str(json).map_err(|e| TokenizerError::Parse(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_str(json)
+            .map_err(|e| TokenizerError::Parse(e.to_string()))?;
         let vocab = inner.get_vocab(true);
         let added = inner.get_added_tokens_decoder();
-        let n = vocab.values().copied().max().map(|m| m as usize + 1).unwrap_or(0);
+        let n = vocab
+            .values()
+            .copied()
+            .max()
+            .map(|m| m as usize + 1)
+            .unwrap_or(0);
         let mut bytes = vec![Vec::new(); n];
         let mut special = vec![false; n];
         let table = unicode_to_byte();
@@ -83,14 +94,24 @@ impl Tokenizer {
                     special[i] = a.special;
                     a.content.as_bytes().to_vec()
                 }
-                None => match tok.chars().map(|c| table.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+                None => match tok
+                    .chars()
+                    .map(|c| table.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                {
                     Some(b) => b,
                     // Not a byte-level token: its text is its bytes.
                     None => tok.as_bytes().to_vec(),
                 },
             };
         }
-        Ok(Tokenizer { inner, bytes, special, bos_id, eos_id })
+        Ok(Tokenizer {
+            inner,
+            bytes,
+            special,
+            bos_id,
+            eos_id,
+        })
     }
 
     /// The tokenizer stored in a pocketvl model file.
@@ -100,15 +121,24 @@ impl Tokenizer {
         let json = g
             .get(tk::HF_JSON)
             .and_then(|v| v.as_str())
-            .ok_or(TokenizerError::Missing { path: path.clone(), key: tk::HF_JSON })?;
+            .ok_or(TokenizerError::Missing {
+                path: path.clone(),
+                key: tk::HF_JSON,
+            })?;
         let bos = g
             .get(tk::BOS_ID)
             .and_then(|v| v.as_u64())
-            .ok_or(TokenizerError::Missing { path: path.clone(), key: tk::BOS_ID })?;
+            .ok_or(TokenizerError::Missing {
+                path: path.clone(),
+                key: tk::BOS_ID,
+            })?;
         let eos = g
             .get(tk::EOS_ID)
             .and_then(|v| v.as_u64())
-            .ok_or(TokenizerError::Missing { path, key: tk::EOS_ID })?;
+            .ok_or(TokenizerError::Missing {
+                path,
+                key: tk::EOS_ID,
+            })?;
         Tokenizer::from_json(json, bos as u32, eos as u32)
     }
 
@@ -117,7 +147,10 @@ impl Tokenizer {
         if text.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -137,7 +170,10 @@ impl Tokenizer {
 
     /// The bytes id `id` stands for (empty for ids no token maps to).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Whether `id` is an added special token (BOS, EOS, `<image>`, ...).
@@ -159,7 +195,9 @@ impl Tokenizer {
     /// The `tokenizers` crate's own decode (special tokens kept), for
     /// cross-checks.
     pub fn decode_reference(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, false).map_err(|e| TokenizerError::Encode(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 }
 
@@ -187,7 +225,10 @@ impl StreamDecoder {
                 Err(e) => {
                     let valid = e.valid_up_to();
                     // The prefix up to `valid` was just validated.
-                    out.push_str(std::str::from_utf8(&self.pending[start..start + valid]).unwrap_or_default());
+                    out.push_str(
+                        std::str::from_utf8(&self.pending[start..start + valid])
+                            .unwrap_or_default(),
+                    );
                     start += valid;
                     match e.error_len() {
                         Some(bad) => {

@@ -48,12 +48,18 @@ impl Trace {
     /// Writes `.npy` files into `dir` (created if needed).
     pub fn to_dir(dir: PathBuf) -> std::io::Result<Trace> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Trace { sink: Sink::Dir(dir), ..Trace::default() })
+        Ok(Trace {
+            sink: Sink::Dir(dir),
+            ..Trace::default()
+        })
     }
 
     /// Keeps every tap in memory.
     pub fn in_memory() -> Trace {
-        Trace { sink: Sink::Memory(Vec::new()), ..Trace::default() }
+        Trace {
+            sink: Sink::Memory(Vec::new()),
+            ..Trace::default()
+        }
     }
 
     pub fn enabled(&self) -> bool {

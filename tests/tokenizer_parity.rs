@@ -16,7 +16,9 @@ use pocketvl::model::deepseek_vl2::prompt::{build_chat, Message, Role};
 use pocketvl::tokenizer::Tokenizer;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn load_json(path: &Path) -> serde_json::Value {
@@ -47,16 +49,32 @@ fn check_prompt_ids(fixture_name: &str, tok: &Tokenizer) {
     let golden = SafeTensorsFile::open(&dir.join("golden.safetensors")).unwrap();
     for case in cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let counts: Vec<usize> =
-            case["image_token_counts"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let counts: Vec<usize> = case["image_token_counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         let p = build_chat(tok, &messages(case), &counts).unwrap();
-        let want: Vec<u32> =
-            golden.tensor(&format!("{name}.input_ids")).unwrap().to_i64().unwrap().iter().map(|&v| v as u32).collect();
+        let want: Vec<u32> = golden
+            .tensor(&format!("{name}.input_ids"))
+            .unwrap()
+            .to_i64()
+            .unwrap()
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
         assert_eq!(p.ids, want, "{fixture_name}/{name}: prompt ids");
-        let mask = golden.tensor(&format!("{name}.images_seq_mask")).unwrap().to_bool().unwrap();
+        let mask = golden
+            .tensor(&format!("{name}.images_seq_mask"))
+            .unwrap()
+            .to_bool()
+            .unwrap();
         let mut ours = vec![false; p.ids.len()];
         for r in &p.images {
-            ours[r.start..r.start + r.len].iter_mut().for_each(|m| *m = true);
+            ours[r.start..r.start + r.len]
+                .iter_mut()
+                .for_each(|m| *m = true);
         }
         assert_eq!(ours, mask, "{fixture_name}/{name}: image positions");
     }
@@ -111,7 +129,11 @@ pub const VL_SPECIALS: &[&str] = &[
 
 /// Ids from the Python reference, or `None` (with a message) when
 /// `POCKETVL_PYTHON` is unset.
-pub fn python_ids(tokenizer_json: &Path, add_vl: bool, strings: &[String]) -> Option<Vec<Vec<u32>>> {
+pub fn python_ids(
+    tokenizer_json: &Path,
+    add_vl: bool,
+    strings: &[String],
+) -> Option<Vec<Vec<u32>>> {
     let Ok(py) = std::env::var("POCKETVL_PYTHON") else {
         println!("skipped: POCKETVL_PYTHON not set");
         return None;
@@ -130,7 +152,12 @@ pub fn python_ids(tokenizer_json: &Path, add_vl: bool, strings: &[String]) -> Op
         .expect("run tokenizer_ref.py");
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "tokenizer_ref.py failed");
@@ -142,7 +169,9 @@ fn tiny_mha_tokenizer_matches_python() {
     let path = fixture("tiny-mha/hf/tokenizer.json");
     let tok = Tokenizer::from_json(&std::fs::read_to_string(&path).unwrap(), 0, 1).unwrap();
     let strings = parity_strings(VL_SPECIALS);
-    let Some(want) = python_ids(&path, true, &strings) else { return };
+    let Some(want) = python_ids(&path, true, &strings) else {
+        return;
+    };
     for (s, w) in strings.iter().zip(&want) {
         assert_eq!(&tok.encode(s).unwrap(), w, "{s:?}");
     }
@@ -154,7 +183,66 @@ fn stream_decode_equals_reference_decode() {
     let tok = Tokenizer::from_json(&std::fs::read_to_string(&path).unwrap(), 0, 1).unwrap();
     for s in parity_strings(VL_SPECIALS) {
         let ids = tok.encode(&s).unwrap();
-        assert_eq!(tok.decode(&ids), tok.decode_reference(&ids).unwrap(), "{s:?}");
+        assert_eq!(
+            tok.decode(&ids),
+            tok.decode_reference(&ids).unwrap(),
+            "{s:?}"
+        );
         assert_eq!(tok.decode(&ids), s, "round trip {s:?}");
     }
+}
+
+/// Converts a fixture (f32) and loads the tokenizer stored in the GGUF.
+fn tokenizer_from_converted(name: &str) -> (tempfile::TempDir, Tokenizer) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.gguf");
+    let opts = convert::write::ConvertOptions {
+        input: fixture(name).join("hf"),
+        output: out.clone(),
+        quant: Some("f32".to_string()),
+        overrides: Vec::new(),
+        force: false,
+        threads: Some(2),
+        progress: false,
+    };
+    convert::write::convert(&opts).unwrap();
+    let file = pocketvl::loader::ModelFile::open(&out).unwrap();
+    let tok = Tokenizer::from_model_file(&file).unwrap();
+    (dir, tok)
+}
+
+#[test]
+fn converted_gguf_tokenizers_match_reference() {
+    for name in ["tiny-mha", "tiny-mla"] {
+        let (_dir, tok) = tokenizer_from_converted(name);
+        check_prompt_ids(name, &tok);
+        let strings = parity_strings(VL_SPECIALS);
+        let Some(want) = python_ids(
+            &fixture(&format!("{name}/hf/tokenizer.json")),
+            true,
+            &strings,
+        ) else {
+            continue;
+        };
+        for (s, w) in strings.iter().zip(&want) {
+            assert_eq!(&tok.encode(s).unwrap(), w, "{name}: {s:?}");
+        }
+    }
+}
+
+#[test]
+fn deepseek_v3_tokenizer_with_vl_tokens_matches_python() {
+    let path = fixture("tokenizers/deepseek-v3/tokenizer.json");
+    let json = convert::tokenizer::augment_tokenizer_json(&std::fs::read_to_string(&path).unwrap())
+        .unwrap();
+    let tok = Tokenizer::from_json(&json, 0, 1).unwrap();
+    let strings = parity_strings(VL_SPECIALS);
+    let Some(want) = python_ids(&path, true, &strings) else {
+        return;
+    };
+    for (s, w) in strings.iter().zip(&want) {
+        assert_eq!(&tok.encode(s).unwrap(), w, "{s:?}");
+    }
+    // The added VL tokens follow the 128k vocabulary, as in the published files.
+    assert!(tok.token_id("<image>").is_some());
 }

@@ -146,7 +146,7 @@ impl LanguageConfig {
         self.moe.is_some()
             && il >= self.first_k_dense_replace
             && self.moe_layer_freq > 0
-            && il % self.moe_layer_freq == 0
+            && il.is_multiple_of(self.moe_layer_freq)
     }
 
     /// Query/key head size: `qk_nope + qk_rope` for MLA, `hidden / heads` for MHA.
@@ -472,7 +472,7 @@ impl VlConfig {
                 "hidden_size, num_attention_heads and num_hidden_layers must be > 0".into(),
             ));
         }
-        if !l.use_mla && l.hidden_size % l.num_attention_heads != 0 {
+        if !l.use_mla && !l.hidden_size.is_multiple_of(l.num_attention_heads) {
             return Err(bad(
                 "language_config.num_attention_heads",
                 format!(
@@ -494,7 +494,7 @@ impl VlConfig {
                     format!("'{}' is not supported (softmax, sigmoid)", m.scoring_func),
                 ));
             }
-            if m.n_group == 0 || m.n_routed_experts % m.n_group != 0 {
+            if m.n_group == 0 || !m.n_routed_experts.is_multiple_of(m.n_group) {
                 return Err(bad(
                     "language_config.n_group",
                     format!(

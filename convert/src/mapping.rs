@@ -21,7 +21,7 @@ use crate::safetensors::Checkpoint;
 pub const SKIPPED_PREFIXES: &[&str] = &["vision.attn_pool."];
 
 /// What a tensor is, for the quantization recipe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// token_embd.
     Embd,
@@ -595,7 +595,12 @@ pub fn fill_rows(ck: &Checkpoint, m: &MappedTensor, row0: usize, out: &mut [f32]
             for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
                 let r = row0 + k;
                 let (head, j) = (r / hd.max(1), r % hd.max(1));
-                let old = head * hd + if j % 2 == 0 { j / 2 } else { half + j / 2 };
+                let old = head * hd
+                    + if j.is_multiple_of(2) {
+                        j / 2
+                    } else {
+                        half + j / 2
+                    };
                 src.read_f32(old * ne0, row)?;
             }
             Ok(())

@@ -23,14 +23,7 @@ pub struct Recipe {
     /// The `--quant` name.
     pub name: String,
     /// Type per role; [`Role::KeepF32`] included.
-    pub types: BTreeMap<RoleKey, GgmlType>,
-}
-
-/// `Role` as an ordered map key.
-pub type RoleKey = u8;
-
-fn key(r: Role) -> RoleKey {
-    r as u8
+    pub types: BTreeMap<Role, GgmlType>,
 }
 
 /// The roles a user can override, with their CLI spelling.
@@ -88,12 +81,15 @@ impl Recipe {
             Role::Experts,
             Role::Vision,
             Role::Projector,
-            Role::KeepF32,
         ];
+        // Norms, biases, routers and the other KeepF32 tensors stay f32 in every recipe, even
+        // `f16`/`bf16`: llama.cpp's CPU backend cannot multiply f32 activations by an f16 norm
+        // weight (it aborts in binary_op), and BF16 -> F16 can overflow (pitfall 52).
+        types.insert(Role::KeepF32, GgmlType::F32);
         if let Some(all) = &spec.all {
             let ty = parse_type(all)?;
             for r in all_roles {
-                types.insert(key(r), ty);
+                types.insert(r, ty);
             }
         } else {
             let get = |field: &Option<String>, what: &str| -> Result<GgmlType> {
@@ -106,12 +102,11 @@ impl Recipe {
             let others = get(&spec.others, "others")?;
             let vision = get(&spec.vision, "vision")?;
             for r in [Role::Embd, Role::Output, Role::Attn, Role::Ffn, Role::Shexp] {
-                types.insert(key(r), others);
+                types.insert(r, others);
             }
-            types.insert(key(Role::Experts), experts);
-            types.insert(key(Role::Vision), vision);
-            types.insert(key(Role::Projector), vision);
-            types.insert(key(Role::KeepF32), GgmlType::F32);
+            types.insert(Role::Experts, experts);
+            types.insert(Role::Vision, vision);
+            types.insert(Role::Projector, vision);
         }
         for &(role, ty) in overrides {
             if role == Role::KeepF32 {
@@ -119,7 +114,7 @@ impl Recipe {
                     "norms, biases and routers cannot be overridden".into(),
                 ));
             }
-            types.insert(key(role), ty);
+            types.insert(role, ty);
         }
         Ok(Recipe {
             name: name.to_string(),
@@ -129,7 +124,7 @@ impl Recipe {
 
     /// The type wanted for a role (before any block-size fallback).
     pub fn wanted(&self, role: Role) -> GgmlType {
-        self.types.get(&key(role)).copied().unwrap_or(GgmlType::F32)
+        self.types.get(&role).copied().unwrap_or(GgmlType::F32)
     }
 
     /// The type a tensor gets: the role's type, or its fallback when `ne[0]` does not
@@ -142,7 +137,7 @@ impl Recipe {
         if t.ne.len() < 2 && ty.block_size() > 1 {
             return (GgmlType::F32, Some(wanted));
         }
-        while ne0 % ty.block_size() as u64 != 0 {
+        while !ne0.is_multiple_of(ty.block_size() as u64) {
             ty = fallback(ty);
         }
         (ty, (ty != wanted).then_some(wanted))
@@ -206,7 +201,8 @@ mod tests {
             (GgmlType::Q8_0, Some(GgmlType::Q6_K))
         );
         let r = Recipe::new(&db, "bf16", &[]).unwrap();
-        assert_eq!(r.choose(&t(Role::KeepF32, &[64])), (GgmlType::BF16, None));
+        assert_eq!(r.choose(&t(Role::KeepF32, &[64])), (GgmlType::F32, None));
+        assert_eq!(r.choose(&t(Role::Attn, &[64, 64])), (GgmlType::BF16, None));
         assert!(parse_type("q8_K").is_err());
         assert_eq!(parse_type("Q4_K").unwrap(), GgmlType::Q4_K);
     }

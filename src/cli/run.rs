@@ -9,8 +9,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::generate::{GenerateParams, Generation, Session};
+use crate::image_io::load_rgb;
 use crate::loader::ModelFile;
-use crate::model::deepseek_vl2::prompt::{build_chat, build_raw, Message, Role, STOP_STRINGS};
+use crate::model::deepseek_vl2::prompt::{
+    build_chat, build_raw, Message, Role, IMAGE_TAG, STOP_STRINGS,
+};
+use crate::model::deepseek_vl2::vision::VisionModel;
 use crate::model::deepseek_vl2::LanguageModel;
 use crate::sampler::SamplerConfig;
 use crate::tokenizer::Tokenizer;
@@ -25,6 +29,13 @@ pub struct RunArgs {
     /// One user message; without it (and without --raw-prompt) an interactive chat starts.
     #[arg(short = 'p', long = "prompt")]
     pub prompt: Option<String>,
+    /// An image for the prompt (repeatable, prompt order). Without `<image>` tags in the
+    /// prompt, one `<image>\n` per image is put in front (as the reference web demo does).
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+    /// The vision GGUF (default: `mmproj-<model file name>` beside the model).
+    #[arg(long)]
+    pub mmproj: Option<PathBuf>,
     /// Exact post-template text (BOS is added; split at <image> like the reference).
     #[arg(long = "raw-prompt", conflicts_with = "prompt")]
     pub raw_prompt: Option<String>,
@@ -69,23 +80,28 @@ pub struct RunArgs {
 }
 
 /// Runs the subcommand.
-pub fn run(args: &RunArgs) -> Result<()> {
+pub fn run(args: RunArgs) -> Result<()> {
+    let args = &args;
     if let Some(t) = args.threads {
         // Fails only if a pool exists already (then the existing one is used).
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global();
     }
     let t0 = Instant::now();
     if !args.model.is_file() {
         bail!("model file {} does not exist", args.model.display());
     }
     let file = ModelFile::open(&args.model)?;
-    let mut model = LanguageModel::load(&file).with_context(|| format!("loading {}", args.model.display()))?;
+    let mut model =
+        LanguageModel::load(&file).with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = Tokenizer::from_model_file(&file)?;
     if let Some(n) = args.ctx {
         model.set_context_length(n);
     }
     if let Some(dir) = &args.trace {
-        model.trace = Trace::to_dir(dir.clone()).with_context(|| format!("creating {}", dir.display()))?;
+        model.trace =
+            Trace::to_dir(dir.clone()).with_context(|| format!("creating {}", dir.display()))?;
     }
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let mut session = Session::new(model, tokenizer);
@@ -103,21 +119,29 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         keep_logits: args.logits_out.is_some(),
     };
+    let (features, counts) = encode_images(args)?;
+    let with_tags = |text: &str| {
+        if counts.is_empty() || text.contains(IMAGE_TAG) {
+            text.to_string()
+        } else {
+            format!("{}{text}", format!("{IMAGE_TAG}\n").repeat(counts.len()))
+        }
+    };
     let one_shot = if let Some(raw) = &args.raw_prompt {
-        Some(build_raw(&session.tokenizer, raw, &[])?.ids)
+        Some(build_raw(&session.tokenizer, raw, &counts)?.ids)
     } else if let Some(p) = &args.prompt {
         let mut msgs = Vec::new();
         if let Some(s) = &args.system {
             msgs.push(Message::new(Role::System, s.clone()));
         }
-        msgs.push(Message::new(Role::User, p.clone()));
-        Some(build_chat(&session.tokenizer, &msgs, &[])?.ids)
+        msgs.push(Message::new(Role::User, with_tags(p)));
+        Some(build_chat(&session.tokenizer, &msgs, &counts)?.ids)
     } else {
         None
     };
     match one_shot {
         Some(ids) => {
-            let g = generate_streamed(&mut session, &ids, &params)?;
+            let g = generate_streamed(&mut session, &ids, &features, &params)?;
             println!();
             if let Some(path) = &args.logits_out {
                 write_logits(path, &g)?;
@@ -130,13 +154,45 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
             Ok(())
         }
-        None => chat(&mut session, args, &params),
+        None => {
+            if !counts.is_empty() {
+                bail!("--image needs a prompt (-p or --raw-prompt)");
+            }
+            chat(&mut session, args, &params)
+        }
     }
 }
 
-fn generate_streamed(session: &mut Session, ids: &[u32], params: &GenerateParams) -> Result<Generation> {
+/// Loads, tiles and encodes `--image` files with the mmproj: the features
+/// `[n_image_tokens, D]` and the token count of each image.
+fn encode_images(args: &RunArgs) -> Result<(Vec<f32>, Vec<usize>)> {
+    if args.images.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mm = args
+        .mmproj
+        .clone()
+        .unwrap_or_else(|| convert::write::mmproj_path(&args.model));
+    let vision = VisionModel::load(&mm)
+        .with_context(|| format!("loading the vision model {}", mm.display()))?;
+    let mut images = Vec::with_capacity(args.images.len());
+    for p in &args.images {
+        // The reference opens images without EXIF rotation.
+        images.push(load_rgb(p, false).with_context(|| format!("reading image {}", p.display()))?);
+    }
+    let pre = vision.preprocess(&images)?;
+    let features = vision.encode(&pre)?;
+    Ok((features, pre.images.iter().map(|l| l.n_tokens).collect()))
+}
+
+fn generate_streamed(
+    session: &mut Session,
+    ids: &[u32],
+    features: &[f32],
+    params: &GenerateParams,
+) -> Result<Generation> {
     let mut stdout = std::io::stdout();
-    let g = session.generate(ids, &[], params, &mut |s| {
+    let g = session.generate(ids, features, params, &mut |s| {
         let _ = stdout.write_all(s.as_bytes());
         let _ = stdout.flush();
     })?;
@@ -171,7 +227,7 @@ fn chat(session: &mut Session, args: &RunArgs, params: &GenerateParams) -> Resul
         }
         history.push(Message::new(Role::User, line));
         let ids = build_chat(&session.tokenizer, &history, &[])?.ids;
-        match generate_streamed(session, &ids, params) {
+        match generate_streamed(session, &ids, &[], params) {
             Ok(g) => {
                 println!();
                 history.push(Message::new(Role::Assistant, g.text));
@@ -188,7 +244,8 @@ fn write_logits(path: &std::path::Path, g: &Generation) -> Result<()> {
     let rows = g.tokens.len();
     let vocab = g.logits.first().map(Vec::len).unwrap_or(0);
     let flat: Vec<f32> = g.logits.iter().take(rows).flatten().copied().collect();
-    crate::npy::write_f32(path, &[rows, vocab], &flat).with_context(|| format!("writing {}", path.display()))
+    crate::npy::write_f32(path, &[rows, vocab], &flat)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn json_line(prompt: &[u32], g: &Generation, load_ms: f64) -> String {

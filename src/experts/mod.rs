@@ -23,7 +23,11 @@ pub enum ExpertError {
     #[error("layer {layer} has no routed experts in this store")]
     NoLayer { layer: usize },
     #[error("expert {expert} of layer {layer} out of range (layer has {n_expert})")]
-    NoExpert { layer: usize, expert: usize, n_expert: usize },
+    NoExpert {
+        layer: usize,
+        expert: usize,
+        n_expert: usize,
+    },
 }
 
 /// Bytes of one expert matrix: borrowed from the mapping or owned by a cache.
@@ -57,13 +61,28 @@ pub struct Expert<'a> {
 
 impl Expert<'_> {
     pub fn gate(&self) -> MatView<'_> {
-        MatView { ty: self.types[0], k: self.n_embd, n: self.n_ff, data: self.gate.as_slice() }
+        MatView {
+            ty: self.types[0],
+            k: self.n_embd,
+            n: self.n_ff,
+            data: self.gate.as_slice(),
+        }
     }
     pub fn up(&self) -> MatView<'_> {
-        MatView { ty: self.types[1], k: self.n_embd, n: self.n_ff, data: self.up.as_slice() }
+        MatView {
+            ty: self.types[1],
+            k: self.n_embd,
+            n: self.n_ff,
+            data: self.up.as_slice(),
+        }
     }
     pub fn down(&self) -> MatView<'_> {
-        MatView { ty: self.types[2], k: self.n_ff, n: self.n_embd, data: self.down.as_slice() }
+        MatView {
+            ty: self.types[2],
+            k: self.n_ff,
+            n: self.n_embd,
+            data: self.down.as_slice(),
+        }
     }
 }
 
@@ -99,7 +118,10 @@ impl MmapExperts {
         let counts = layers
             .iter()
             .map(|l| {
-                let n = l.as_ref().map(|l| l.gate.ne().get(2).copied().unwrap_or(0) as usize).unwrap_or(0);
+                let n = l
+                    .as_ref()
+                    .map(|l| l.gate.ne().get(2).copied().unwrap_or(0) as usize)
+                    .unwrap_or(0);
                 (0..n).map(|_| AtomicU64::new(0)).collect()
             })
             .collect();
@@ -116,11 +138,19 @@ fn slice(w: &Weight, e: usize) -> &[u8] {
 
 impl ExpertStore for MmapExperts {
     fn expert(&self, layer: usize, expert: usize) -> Result<Expert<'_>, ExpertError> {
-        let l = self.layers.get(layer).and_then(Option::as_ref).ok_or(ExpertError::NoLayer { layer })?;
-        let ne = l.gate.ne();
-        let (n_embd, n_ff, n_expert) = (ne[0] as usize, ne[1] as usize, ne[2] as usize);
+        let l = self
+            .layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .ok_or(ExpertError::NoLayer { layer })?;
+        let dim = |i: usize| l.gate.ne().get(i).copied().unwrap_or(0) as usize;
+        let (n_embd, n_ff, n_expert) = (dim(0), dim(1), dim(2));
         if expert >= n_expert {
-            return Err(ExpertError::NoExpert { layer, expert, n_expert });
+            return Err(ExpertError::NoExpert {
+                layer,
+                expert,
+                n_expert,
+            });
         }
         if let Some(c) = self.counts.get(layer).and_then(|c| c.get(expert)) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -136,7 +166,10 @@ impl ExpertStore for MmapExperts {
     }
 
     fn usage(&self) -> Vec<Vec<u64>> {
-        self.counts.iter().map(|l| l.iter().map(|c| c.load(Ordering::Relaxed)).collect()).collect()
+        self.counts
+            .iter()
+            .map(|l| l.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+            .collect()
     }
 }
 
@@ -153,7 +186,11 @@ mod tests {
         let down = Weight::from_f32(&[f as u64, d as u64, e as u64], &down_vals);
         let store = MmapExperts::new(vec![
             None,
-            Some(LayerExperts { gate: gate.clone(), up: gate, down }),
+            Some(LayerExperts {
+                gate: gate.clone(),
+                up: gate,
+                down,
+            }),
         ]);
         let x = store.expert(1, 2).unwrap();
         let g = x.gate();
@@ -161,8 +198,14 @@ mod tests {
         let first = f32::from_le_bytes(g.data[0..4].try_into().unwrap());
         assert_eq!(first, (2 * d * f) as f32);
         assert_eq!(x.down().n, d);
-        assert_eq!(store.expert(0, 0).unwrap_err(), ExpertError::NoLayer { layer: 0 });
-        assert!(matches!(store.expert(1, 5), Err(ExpertError::NoExpert { .. })));
+        assert_eq!(
+            store.expert(0, 0).unwrap_err(),
+            ExpertError::NoLayer { layer: 0 }
+        );
+        assert!(matches!(
+            store.expert(1, 5),
+            Err(ExpertError::NoExpert { .. })
+        ));
         assert_eq!(store.usage()[1][2], 1);
     }
 }

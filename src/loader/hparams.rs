@@ -10,7 +10,11 @@ use super::{LoaderError, ModelFile, Result};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attention {
     /// Plain multi-head attention (DeepSeek-VL2-Tiny, arch `deepseek`).
-    Mha { n_head_kv: usize, head_dim: usize, v_head_dim: usize },
+    Mha {
+        n_head_kv: usize,
+        head_dim: usize,
+        v_head_dim: usize,
+    },
     /// Multi-head latent attention (Small and VL2, arch `deepseek2`).
     Mla {
         /// `None`: the query is `attn_q(x)`; else `attn_q_b(norm(attn_q_a(x)))`.
@@ -121,14 +125,27 @@ impl LmHparams {
         let n_expert_shared = m.usize(&k(llm::EXPERT_SHARED_COUNT));
         let n_leading_dense = m.usize(&k(llm::LEADING_DENSE_BLOCK_COUNT));
         let n_ff_exp = m.usize(&k(llm::EXPERT_FEED_FORWARD_LENGTH));
-        let expert_weights_scale = m.opt_f32(&k(llm::EXPERT_WEIGHTS_SCALE)).unwrap_or(DEFAULT_WEIGHTS_SCALE);
-        let expert_weights_norm = m.opt_bool(&k(llm::EXPERT_WEIGHTS_NORM)).unwrap_or(DEFAULT_WEIGHTS_NORM);
-        let gating_id = m.opt_usize(&k(llm::EXPERT_GATING_FUNC)).map(|v| v as u32).unwrap_or(DEFAULT_GATING);
-        let n_group = m.opt_usize(&k(llm::EXPERT_GROUP_COUNT)).unwrap_or(DEFAULT_GROUPS);
-        let n_group_used = m.opt_usize(&k(llm::EXPERT_GROUP_USED_COUNT)).unwrap_or(DEFAULT_GROUPS);
+        let expert_weights_scale = m
+            .opt_f32(&k(llm::EXPERT_WEIGHTS_SCALE))
+            .unwrap_or(DEFAULT_WEIGHTS_SCALE);
+        let expert_weights_norm = m
+            .opt_bool(&k(llm::EXPERT_WEIGHTS_NORM))
+            .unwrap_or(DEFAULT_WEIGHTS_NORM);
+        let gating_id = m
+            .opt_usize(&k(llm::EXPERT_GATING_FUNC))
+            .map(|v| v as u32)
+            .unwrap_or(DEFAULT_GATING);
+        let n_group = m
+            .opt_usize(&k(llm::EXPERT_GROUP_COUNT))
+            .unwrap_or(DEFAULT_GROUPS);
+        let n_group_used = m
+            .opt_usize(&k(llm::EXPERT_GROUP_USED_COUNT))
+            .unwrap_or(DEFAULT_GROUPS);
         let n_vocab_key = m.opt_usize(&k(llm::VOCAB_SIZE));
         let topk = m.opt_str(pocketvl::TOPK_METHOD);
-        let rope_layout = m.opt_str(pocketvl::ROPE_LAYOUT).unwrap_or_else(|| DEFAULT_ROPE_LAYOUT.to_string());
+        let rope_layout = m
+            .opt_str(pocketvl::ROPE_LAYOUT)
+            .unwrap_or_else(|| DEFAULT_ROPE_LAYOUT.to_string());
         let bos_id = m.u64(tokenizer::BOS_ID) as u32;
         let eos_id = m.u64(tokenizer::EOS_ID) as u32;
         let image_token_id = m.opt_usize(pocketvl::IMAGE_TOKEN_ID).map(|v| v as u32);
@@ -145,10 +162,14 @@ impl LmHparams {
                 ));
             }
             if n_head_kv != 1 {
-                m.problem(format!("MLA files present one kv head, found head_count_kv {n_head_kv}"));
+                m.problem(format!(
+                    "MLA files present one kv head, found head_count_kv {n_head_kv}"
+                ));
             }
             if key_mla < rope_dim {
-                m.problem(format!("key_length_mla {key_mla} is smaller than the rope dims {rope_dim}"));
+                m.problem(format!(
+                    "key_length_mla {key_mla} is smaller than the rope dims {rope_dim}"
+                ));
             }
             Attention::Mla {
                 q_lora_rank: (q_lora > 0).then_some(q_lora),
@@ -158,10 +179,14 @@ impl LmHparams {
                 v_head_dim,
             }
         } else {
-            let head_dim = if n_head > 0 { n_embd / n_head } else { 0 };
+            let head_dim = n_embd.checked_div(n_head).unwrap_or(0);
             let head_dim = m.opt_usize(&k(llm::KEY_LENGTH)).unwrap_or(head_dim);
             let v_head_dim = m.opt_usize(&k(llm::VALUE_LENGTH)).unwrap_or(head_dim);
-            Attention::Mha { n_head_kv, head_dim, v_head_dim }
+            Attention::Mha {
+                n_head_kv,
+                head_dim,
+                v_head_dim,
+            }
         };
         m.finish()?;
 
@@ -172,41 +197,90 @@ impl LmHparams {
             why: why.to_string(),
         };
         if rope_layout != DEFAULT_ROPE_LAYOUT {
-            return Err(unsupported(pocketvl::ROPE_LAYOUT, rope_layout, "only adjacent-pair (`norm`) rope is implemented"));
+            return Err(unsupported(
+                pocketvl::ROPE_LAYOUT,
+                rope_layout,
+                "only adjacent-pair (`norm`) rope is implemented",
+            ));
         }
         let gating = match gating_id {
             schema::GATING_SOFTMAX => Gating::Softmax,
             schema::GATING_SIGMOID => Gating::Sigmoid,
-            other => return Err(unsupported(&k(llm::EXPERT_GATING_FUNC), other.to_string(), "expected 1 (softmax) or 2 (sigmoid)")),
+            other => {
+                return Err(unsupported(
+                    &k(llm::EXPERT_GATING_FUNC),
+                    other.to_string(),
+                    "expected 1 (softmax) or 2 (sigmoid)",
+                ))
+            }
         };
         let topk_method = match topk.as_deref() {
             Some("greedy") => TopkMethod::Greedy,
             Some("noaux_tc") => TopkMethod::NoauxTc,
-            Some(other) => return Err(unsupported(pocketvl::TOPK_METHOD, other.to_string(), "expected `greedy` or `noaux_tc`")),
+            Some(other) => {
+                return Err(unsupported(
+                    pocketvl::TOPK_METHOD,
+                    other.to_string(),
+                    "expected `greedy` or `noaux_tc`",
+                ))
+            }
             // Files from other converters: llama.cpp selects on probs + bias
             // exactly when sigmoid gating is used (DeepSeek-V3 style).
             None if gating == Gating::Sigmoid => TopkMethod::NoauxTc,
             None => TopkMethod::Greedy,
         };
-        if let Attention::Mha { n_head_kv, head_dim, .. } = attention {
-            if n_head_kv == 0 || n_head % n_head_kv != 0 {
-                return Err(unsupported(&k(llm::HEAD_COUNT_KV), n_head_kv.to_string(), "must divide head_count"));
+        if let Attention::Mha {
+            n_head_kv,
+            head_dim,
+            ..
+        } = attention
+        {
+            if n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
+                return Err(unsupported(
+                    &k(llm::HEAD_COUNT_KV),
+                    n_head_kv.to_string(),
+                    "must divide head_count",
+                ));
             }
             if rope_dim != head_dim {
-                return Err(unsupported(&k(llm::ROPE_DIMENSION_COUNT), rope_dim.to_string(), "MHA rope must cover the whole head"));
+                return Err(unsupported(
+                    &k(llm::ROPE_DIMENSION_COUNT),
+                    rope_dim.to_string(),
+                    "MHA rope must cover the whole head",
+                ));
             }
         }
-        if rope_dim % 2 != 0 {
-            return Err(unsupported(&k(llm::ROPE_DIMENSION_COUNT), rope_dim.to_string(), "must be even"));
+        if !rope_dim.is_multiple_of(2) {
+            return Err(unsupported(
+                &k(llm::ROPE_DIMENSION_COUNT),
+                rope_dim.to_string(),
+                "must be even",
+            ));
         }
-        if n_group == 0 || n_expert % n_group != 0 || n_group_used == 0 || n_group_used > n_group {
-            return Err(unsupported(&k(llm::EXPERT_GROUP_COUNT), format!("{n_group}/{n_group_used}"), "groups must divide the experts and keep at least one"));
+        if n_group == 0
+            || !n_expert.is_multiple_of(n_group)
+            || n_group_used == 0
+            || n_group_used > n_group
+        {
+            return Err(unsupported(
+                &k(llm::EXPERT_GROUP_COUNT),
+                format!("{n_group}/{n_group_used}"),
+                "groups must divide the experts and keep at least one",
+            ));
         }
         if n_expert_used == 0 || n_expert_used > n_expert / n_group * n_group_used {
-            return Err(unsupported(&k(llm::EXPERT_USED_COUNT), n_expert_used.to_string(), "must be between 1 and the experts of the kept groups"));
+            return Err(unsupported(
+                &k(llm::EXPERT_USED_COUNT),
+                n_expert_used.to_string(),
+                "must be between 1 and the experts of the kept groups",
+            ));
         }
         if n_head == 0 || n_embd == 0 || n_layer == 0 || n_ctx == 0 {
-            return Err(unsupported(&k(llm::EMBEDDING_LENGTH), format!("{n_embd}/{n_head}/{n_layer}/{n_ctx}"), "sizes must be positive"));
+            return Err(unsupported(
+                &k(llm::EMBEDDING_LENGTH),
+                format!("{n_embd}/{n_head}/{n_layer}/{n_ctx}"),
+                "sizes must be positive",
+            ));
         }
         let n_vocab = match n_vocab_key {
             Some(v) => v,
@@ -215,7 +289,10 @@ impl LmHparams {
                 .tensor(schema::tensor::TOKEN_EMBD)
                 .and_then(|t| t.ne.get(1).copied())
                 .map(|v| v as usize)
-                .ok_or_else(|| LoaderError::MissingTensor { path: file.path().to_path_buf(), name: schema::tensor::TOKEN_EMBD.to_string() })?,
+                .ok_or_else(|| LoaderError::MissingTensor {
+                    path: file.path().to_path_buf(),
+                    name: schema::tensor::TOKEN_EMBD.to_string(),
+                })?,
         };
         Ok(LmHparams {
             arch,

@@ -15,7 +15,10 @@ pub struct MetaReader<'a> {
 
 impl<'a> MetaReader<'a> {
     pub(super) fn new(file: &'a ModelFile) -> Self {
-        MetaReader { file, problems: Vec::new() }
+        MetaReader {
+            file,
+            problems: Vec::new(),
+        }
     }
 
     fn get(&mut self, key: &str) -> Option<&'a Value> {
@@ -26,7 +29,12 @@ impl<'a> MetaReader<'a> {
         v
     }
 
-    fn typed<T>(&mut self, key: &str, what: &str, conv: impl Fn(&'a Value) -> Option<T>) -> Option<T> {
+    fn typed<T>(
+        &mut self,
+        key: &str,
+        what: &str,
+        conv: impl Fn(&'a Value) -> Option<T>,
+    ) -> Option<T> {
         let v = self.get(key)?;
         let r = conv(v);
         if r.is_none() {
@@ -42,7 +50,8 @@ impl<'a> MetaReader<'a> {
 
     /// A required unsigned integer.
     pub fn u64(&mut self, key: &str) -> u64 {
-        self.typed(key, "an unsigned integer", Value::as_u64).unwrap_or(0)
+        self.typed(key, "an unsigned integer", Value::as_u64)
+            .unwrap_or(0)
     }
 
     /// A required unsigned integer used as a count or size.
@@ -55,7 +64,8 @@ impl<'a> MetaReader<'a> {
         if !self.has(key) {
             return None;
         }
-        self.typed(key, "an unsigned integer", Value::as_u64).map(|v| v as usize)
+        self.typed(key, "an unsigned integer", Value::as_u64)
+            .map(|v| v as usize)
     }
 
     /// A required float.
@@ -81,7 +91,8 @@ impl<'a> MetaReader<'a> {
 
     /// A required string.
     pub fn str(&mut self, key: &str) -> String {
-        self.typed(key, "a string", |v| v.as_str().map(str::to_string)).unwrap_or_default()
+        self.typed(key, "a string", |v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 
     /// An optional string.
@@ -102,7 +113,10 @@ impl<'a> MetaReader<'a> {
         if self.problems.is_empty() {
             Ok(())
         } else {
-            Err(LoaderError::Metadata { path: self.file.path().to_path_buf(), problems: self.problems })
+            Err(LoaderError::Metadata {
+                path: self.file.path().to_path_buf(),
+                problems: self.problems,
+            })
         }
     }
 }

@@ -25,19 +25,44 @@ pub use weight::Weight;
 #[derive(Debug, Error)]
 pub enum LoaderError {
     #[error("cannot open model file {path}: {source}")]
-    Open { path: PathBuf, source: quant::gguf::GgufError },
+    Open {
+        path: PathBuf,
+        source: quant::gguf::GgufError,
+    },
     #[error("{path}: missing or mistyped metadata: {}", .problems.join("; "))]
-    Metadata { path: PathBuf, problems: Vec<String> },
+    Metadata {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
     #[error("{path}: architecture `{found}` is not a DeepSeek-VL2 language model (expected one of {expected})")]
-    Architecture { path: PathBuf, found: String, expected: String },
+    Architecture {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("{path}: unsupported value {key} = {value}: {why}")]
-    Unsupported { path: PathBuf, key: String, value: String, why: String },
+    Unsupported {
+        path: PathBuf,
+        key: String,
+        value: String,
+        why: String,
+    },
     #[error("{path}: tensor `{name}` is missing")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { path: PathBuf, name: String, expected: Vec<u64>, found: Vec<u64> },
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
     #[error("{path}: tensor `{name}` has type {found}, expected one of {expected}")]
-    Type { path: PathBuf, name: String, expected: String, found: &'static str },
+    Type {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        found: &'static str,
+    },
     #[error("{path}: {} tensors are not used by the model: {}", .names.len(), .names.join(", "))]
     Unused { path: PathBuf, names: Vec<String> },
     #[error("{path}: tokenizer: {why}")]
@@ -48,7 +73,11 @@ pub type Result<T, E = LoaderError> = std::result::Result<T, E>;
 
 /// Types the runtime's matmul can read: every type with a dot kernel.
 pub fn matmul_types() -> Vec<GgmlType> {
-    quant::types::ALL_TYPES.iter().copied().filter(|t| quant::kernels::has_vec_dot(*t)).collect()
+    quant::types::ALL_TYPES
+        .iter()
+        .copied()
+        .filter(|t| quant::kernels::has_vec_dot(*t))
+        .collect()
 }
 
 struct Inner {
@@ -65,7 +94,9 @@ pub struct ModelFile {
 
 impl std::fmt::Debug for ModelFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelFile").field("path", &self.inner.path).finish()
+        f.debug_struct("ModelFile")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -73,10 +104,16 @@ impl ModelFile {
     /// Maps and parses `path` (the GGUF reader rejects bad magic, newer
     /// versions and out-of-bounds tensors with its own clear errors).
     pub fn open(path: &Path) -> Result<ModelFile> {
-        let gguf = GgufFile::open(path)
-            .map_err(|source| LoaderError::Open { path: path.to_path_buf(), source })?;
+        let gguf = GgufFile::open(path).map_err(|source| LoaderError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(ModelFile {
-            inner: Arc::new(Inner { path: path.to_path_buf(), gguf, used: Mutex::new(BTreeSet::new()) }),
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                gguf,
+                used: Mutex::new(BTreeSet::new()),
+            }),
         })
     }
 
@@ -105,10 +142,11 @@ impl ModelFile {
     /// The tensor `name` with shape `ne` and one of the types `allowed`
     /// (e.g. F32 only for norms and router weights). Marks it used.
     pub fn weight_of(&self, name: &str, ne: &[u64], allowed: &[GgmlType]) -> Result<Weight> {
-        self.optional_weight_of(name, ne, allowed)?.ok_or_else(|| LoaderError::MissingTensor {
-            path: self.inner.path.clone(),
-            name: name.to_string(),
-        })
+        self.optional_weight_of(name, ne, allowed)?
+            .ok_or_else(|| LoaderError::MissingTensor {
+                path: self.inner.path.clone(),
+                name: name.to_string(),
+            })
     }
 
     /// Like [`ModelFile::weight`], but a missing tensor is `None` (only for
@@ -141,7 +179,11 @@ impl ModelFile {
             return Err(LoaderError::Type {
                 path: self.inner.path.clone(),
                 name: name.to_string(),
-                expected: allowed.iter().map(|t| t.name()).collect::<Vec<_>>().join("/"),
+                expected: allowed
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join("/"),
                 found: info.ty.name(),
             });
         }
@@ -153,7 +195,12 @@ impl ModelFile {
 
     /// Fails, naming them, if any tensor of the file was never fetched.
     pub fn check_all_used(&self) -> Result<()> {
-        let used = self.inner.used.lock().map(|u| u.clone()).unwrap_or_default();
+        let used = self
+            .inner
+            .used
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_default();
         let names: Vec<String> = self
             .inner
             .gguf
@@ -166,7 +213,10 @@ impl ModelFile {
         if names.is_empty() {
             Ok(())
         } else {
-            Err(LoaderError::Unused { path: self.inner.path.clone(), names })
+            Err(LoaderError::Unused {
+                path: self.inner.path.clone(),
+                names,
+            })
         }
     }
 }

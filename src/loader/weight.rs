@@ -14,7 +14,11 @@ enum Storage {
     Mapped { file: ModelFile, index: usize },
     /// Bytes owned in memory (weights built in code, e.g. tests comparing
     /// two formulations on random weights).
-    Owned { ty: GgmlType, ne: Vec<u64>, bytes: Vec<u8> },
+    Owned {
+        ty: GgmlType,
+        ne: Vec<u64>,
+        bytes: Vec<u8>,
+    },
 }
 
 /// A named tensor with its ggml type and shape (`ne`, fastest first).
@@ -25,15 +29,27 @@ pub struct Weight {
 
 impl Weight {
     pub(super) fn mapped(file: ModelFile, index: usize) -> Weight {
-        Weight { inner: Arc::new(Storage::Mapped { file, index }) }
+        Weight {
+            inner: Arc::new(Storage::Mapped { file, index }),
+        }
     }
 
     /// An in-memory float32 tensor of shape `ne` (ggml order). The length of
     /// `values` must be the product of `ne`.
     pub fn from_f32(ne: &[u64], values: &[f32]) -> Weight {
-        assert_eq!(ne.iter().product::<u64>() as usize, values.len(), "Weight::from_f32 shape");
+        assert_eq!(
+            ne.iter().product::<u64>() as usize,
+            values.len(),
+            "Weight::from_f32 shape"
+        );
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Weight { inner: Arc::new(Storage::Owned { ty: GgmlType::F32, ne: ne.to_vec(), bytes }) }
+        Weight {
+            inner: Arc::new(Storage::Owned {
+                ty: GgmlType::F32,
+                ne: ne.to_vec(),
+                bytes,
+            }),
+        }
     }
 
     /// ggml type.
@@ -69,7 +85,12 @@ impl Weight {
         let ne = self.ne();
         let k = ne.first().copied().unwrap_or(1) as usize;
         let n = ne.iter().skip(1).product::<u64>() as usize;
-        MatView { ty: self.ty(), k, n, data: self.data() }
+        MatView {
+            ty: self.ty(),
+            k,
+            n,
+            data: self.data(),
+        }
     }
 
     /// Every element widened to f32 (small tensors only: norms, biases,

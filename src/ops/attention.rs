@@ -30,7 +30,7 @@ pub struct KvView<'a> {
 ///
 /// `q` is `[n_tokens, n_head, d_k]`, `out` is `[n_tokens, n_head, d_v]`; the
 /// cache must hold at least `pos0 + n_tokens` rows (caller's invariant).
-/// Parallel over tokens; each task reuses one score buffer.
+/// Parallel over (token, head) pairs; each worker reuses one score buffer.
 pub fn causal_attention(
     q: &[f32],
     n_tokens: usize,
@@ -43,35 +43,35 @@ pub fn causal_attention(
     let (d_k, d_v) = (kv.d_k, kv.d_v);
     debug_assert_eq!(q.len(), n_tokens * n_head * d_k);
     debug_assert_eq!(out.len(), n_tokens * n_head * d_v);
-    debug_assert!(kv.n_kv_head > 0 && n_head % kv.n_kv_head == 0);
+    debug_assert!(kv.n_kv_head > 0 && n_head.is_multiple_of(kv.n_kv_head));
     let group = n_head / kv.n_kv_head;
-    out.par_chunks_mut(n_head * d_v)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (t, out_t)| {
+    // One task per (token, head): decode (one token) still uses every core.
+    out.par_chunks_mut(d_v).enumerate().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (th, oh)| {
+            let (t, h) = (th / n_head, th % n_head);
             let n_kv = pos0 + t + 1;
-            for h in 0..n_head {
-                let g = h / group;
-                let qh = &q[(t * n_head + h) * d_k..][..d_k];
-                scores.clear();
-                for s in 0..n_kv {
-                    let ks = &kv.k[s * kv.k_stride + g * d_k..][..d_k];
-                    let mut dot = 0.0f32;
-                    for i in 0..d_k {
-                        dot += qh[i] * ks[i];
-                    }
-                    scores.push(dot * scale);
+            let g = h / group;
+            let qh = &q[th * d_k..][..d_k];
+            scores.clear();
+            for s in 0..n_kv {
+                let ks = &kv.k[s * kv.k_stride + g * d_k..][..d_k];
+                let mut dot = 0.0f32;
+                for i in 0..d_k {
+                    dot += qh[i] * ks[i];
                 }
-                softmax(scores);
-                let oh = &mut out_t[h * d_v..][..d_v];
-                oh.iter_mut().for_each(|v| *v = 0.0);
-                for (s, p) in scores.iter().enumerate() {
-                    let vs = &kv.v[s * kv.v_stride + g * d_v..][..d_v];
-                    for i in 0..d_v {
-                        oh[i] += p * vs[i];
-                    }
+                scores.push(dot * scale);
+            }
+            softmax(scores);
+            oh.iter_mut().for_each(|v| *v = 0.0);
+            for (s, p) in scores.iter().enumerate() {
+                let vs = &kv.v[s * kv.v_stride + g * d_v..][..d_v];
+                for i in 0..d_v {
+                    oh[i] += p * vs[i];
                 }
             }
-        });
+        },
+    );
 }
 
 #[cfg(test)]
@@ -79,6 +79,7 @@ mod tests {
     use super::*;
 
     /// Direct evaluation of the definition in f64, one query at a time.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         q: &[f32],
         k: &[f32],
@@ -96,7 +97,10 @@ mod tests {
                 let sc: Vec<f64> = (0..=pos0 + t)
                     .map(|s| {
                         let ks = &k[(s * h + hh) * d..][..d];
-                        qh.iter().zip(ks).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>()
+                        qh.iter()
+                            .zip(ks)
+                            .map(|(a, b)| (*a as f64) * (*b as f64))
+                            .sum::<f64>()
                             * scale as f64
                     })
                     .collect();
@@ -121,12 +125,22 @@ mod tests {
         let (h, d, pos0, n) = (3, 8, 5, 4);
         let total = pos0 + n;
         let gen = |seed: usize, len: usize| -> Vec<f32> {
-            (0..len).map(|i| (((i * 31 + seed * 17) % 97) as f32 / 97.0 - 0.5) * 2.0).collect()
+            (0..len)
+                .map(|i| (((i * 31 + seed * 17) % 97) as f32 / 97.0 - 0.5) * 2.0)
+                .collect()
         };
         let q = gen(1, n * h * d);
         let k = gen(2, total * h * d);
         let v = gen(3, total * h * d);
-        let kv = KvView { k: &k, k_stride: h * d, v: &v, v_stride: h * d, n_kv_head: h, d_k: d, d_v: d };
+        let kv = KvView {
+            k: &k,
+            k_stride: h * d,
+            v: &v,
+            v_stride: h * d,
+            n_kv_head: h,
+            d_k: d,
+            d_v: d,
+        };
         let mut out = vec![0.0f32; n * h * d];
         causal_attention(&q, n, h, &kv, pos0, 0.35, &mut out);
         let want = reference(&q, &k, &v, n, h, d, pos0, 0.35);

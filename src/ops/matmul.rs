@@ -32,7 +32,13 @@ pub enum MatViewError {
     #[error("{ty} rows of {k} elements are not a whole number of blocks")]
     RowNotBlocks { ty: &'static str, k: usize },
     #[error("matrix {n}x{k} of {ty} needs {expected} bytes, found {found}")]
-    Length { ty: &'static str, k: usize, n: usize, expected: u64, found: usize },
+    Length {
+        ty: &'static str,
+        k: usize,
+        n: usize,
+        expected: u64,
+        found: usize,
+    },
 }
 
 impl<'a> MatView<'a> {
@@ -43,7 +49,13 @@ impl<'a> MatView<'a> {
             .ok_or(MatViewError::RowNotBlocks { ty: ty.name(), k })?;
         let expected = row * n as u64;
         if expected != data.len() as u64 {
-            return Err(MatViewError::Length { ty: ty.name(), k, n, expected, found: data.len() });
+            return Err(MatViewError::Length {
+                ty: ty.name(),
+                k,
+                n,
+                expected,
+                found: data.len(),
+            });
         }
         Ok(MatView { ty, k, n, data })
     }
@@ -57,7 +69,12 @@ impl<'a> MatView<'a> {
     /// per-head weight).
     pub fn rows(&self, r0: usize, rows: usize) -> MatView<'a> {
         let rb = self.row_bytes();
-        MatView { ty: self.ty, k: self.k, n: rows, data: &self.data[r0 * rb..(r0 + rows) * rb] }
+        MatView {
+            ty: self.ty,
+            k: self.k,
+            n: rows,
+            data: &self.data[r0 * rb..(r0 + rows) * rb],
+        }
     }
 }
 
@@ -81,32 +98,38 @@ pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32])
     let act_ty = vec_dot_type(w.ty);
     let arb = act_ty.row_bytes(k as u64).unwrap_or(0) as usize;
     let mut act = vec![0u8; n_tokens * arb];
-    act.par_chunks_mut(arb.max(1)).zip(x.par_chunks(k)).for_each(|(dst, src)| {
-        // Cannot fail: k is a whole number of the weight's blocks, and every
-        // activation format's block divides the weight's block.
-        let _ = quantize_row(act_ty, src, dst);
-    });
+    act.par_chunks_mut(arb.max(1))
+        .zip(x.par_chunks(k))
+        .for_each(|(dst, src)| {
+            // Cannot fail: k is a whole number of the weight's blocks, and every
+            // activation format's block divides the weight's block.
+            let _ = quantize_row(act_ty, src, dst);
+        });
     let rows_per_task = (n / (rayon::current_num_threads() * 8)).clamp(1, 256);
     if n_tokens == 1 {
-        out.par_chunks_mut(rows_per_task).enumerate().for_each(|(ci, chunk)| {
-            let r0 = ci * rows_per_task;
-            for (j, o) in chunk.iter_mut().enumerate() {
-                *o = vec_dot(w.ty, k, &w.data[(r0 + j) * rb..][..rb], &act);
-            }
-        });
+        out.par_chunks_mut(rows_per_task)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                let r0 = ci * rows_per_task;
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = vec_dot(w.ty, k, &w.data[(r0 + j) * rb..][..rb], &act);
+                }
+            });
         return;
     }
     // Transposed result [n, n_tokens]: each task owns whole weight rows.
     let mut tr = vec![0.0f32; n * n_tokens];
-    tr.par_chunks_mut(rows_per_task * n_tokens).enumerate().for_each(|(ci, chunk)| {
-        let r0 = ci * rows_per_task;
-        for (j, orow) in chunk.chunks_exact_mut(n_tokens).enumerate() {
-            let row = &w.data[(r0 + j) * rb..][..rb];
-            for (t, o) in orow.iter_mut().enumerate() {
-                *o = vec_dot(w.ty, k, row, &act[t * arb..][..arb]);
+    tr.par_chunks_mut(rows_per_task * n_tokens)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            let r0 = ci * rows_per_task;
+            for (j, orow) in chunk.chunks_exact_mut(n_tokens).enumerate() {
+                let row = &w.data[(r0 + j) * rb..][..rb];
+                for (t, o) in orow.iter_mut().enumerate() {
+                    *o = vec_dot(w.ty, k, row, &act[t * arb..][..arb]);
+                }
             }
-        }
-    });
+        });
     for r in 0..n {
         for t in 0..n_tokens {
             out[t * n + r] = tr[r * n_tokens + t];
@@ -133,8 +156,12 @@ mod tests {
     #[test]
     fn matmul_matches_dequantized_reference() {
         let (k, n, t) = (256usize, 37usize, 3usize);
-        let w: Vec<f32> = (0..k * n).map(|i| (((i * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.2).collect();
-        let x: Vec<f32> = (0..k * t).map(|i| (((i * 104729) % 991) as f32 / 991.0 - 0.5) * 2.0).collect();
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| (((i * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+            .collect();
+        let x: Vec<f32> = (0..k * t)
+            .map(|i| (((i * 104729) % 991) as f32 / 991.0 - 0.5) * 2.0)
+            .collect();
         for (ty, tol) in [
             (GgmlType::F32, 1e-5f32),
             (GgmlType::F16, 1e-3),
@@ -154,13 +181,21 @@ mod tests {
             for r in 0..n {
                 row_to_f32(&view, r, &mut deq);
                 for tt in 0..t {
-                    want[tt * n + r] = deq.iter().zip(&x[tt * k..][..k]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32;
+                    want[tt * n + r] = deq
+                        .iter()
+                        .zip(&x[tt * k..][..k])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>() as f32;
                 }
             }
             for nt in [1usize, t] {
                 let mut got = vec![0.0f32; nt * n];
                 matmul_view(&view, &x[..nt * k], nt, &mut got);
-                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
                 assert!(err < tol, "{}: n_tokens {nt}: max err {err}", ty.name());
             }
         }

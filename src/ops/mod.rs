@@ -7,12 +7,16 @@
 
 mod act;
 mod attention;
+mod gelu;
+mod layer_norm;
 mod matmul;
 mod norm;
 mod rope;
 
 pub use act::{silu, silu_mul, softmax};
 pub use attention::{causal_attention, KvView};
+pub use gelu::{gelu_erf, gelu_tanh};
+pub use layer_norm::layer_norm;
 pub use matmul::{matmul, matmul_view, row_to_f32, MatView, MatViewError};
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};

@@ -7,7 +7,7 @@
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
     debug_assert_eq!(x.len(), out.len());
-    debug_assert!(d > 0 && x.len() % d == 0);
+    debug_assert!(d > 0 && x.len().is_multiple_of(d));
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let ss: f64 = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum();
         let mean = (ss / d as f64) as f32;

@@ -46,7 +46,13 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
-        Rope { dim, layout, max_pos, cos, sin }
+        Rope {
+            dim,
+            layout,
+            max_pos,
+            cos,
+            sin,
+        }
     }
 
     /// Rotary dimensions.

@@ -35,7 +35,11 @@ pub enum QProj {
     /// `q = attn_q(x)`.
     Plain(Weight),
     /// `q = attn_q_b(rms_norm(attn_q_a(x)))`.
-    Lora { a: Weight, norm: Vec<f32>, b: Weight },
+    Lora {
+        a: Weight,
+        norm: Vec<f32>,
+        b: Weight,
+    },
 }
 
 /// Multi-head latent attention weights.
@@ -62,13 +66,26 @@ pub struct MlaWeights {
 impl MhaWeights {
     /// Cache widths (key, value) per position.
     pub fn cache_widths(&self) -> (usize, usize) {
-        (self.n_head_kv * self.head_dim, self.n_head_kv * self.v_head_dim)
+        (
+            self.n_head_kv * self.head_dim,
+            self.n_head_kv * self.v_head_dim,
+        )
     }
 
     /// Attention for `x` `[n, D]` (already normalised) at positions
     /// `pos0..pos0+n`, writing the new keys/values into layer `il` of the
     /// cache; `out` `[n, D]`.
-    pub fn forward(&self, rope: &Rope, cache: &mut KvCache, il: usize, x: &[f32], n: usize, pos0: usize, out: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        rope: &Rope,
+        cache: &mut KvCache,
+        il: usize,
+        x: &[f32],
+        n: usize,
+        pos0: usize,
+        out: &mut [f32],
+    ) {
         let (h, hkv, hd, vd) = (self.n_head, self.n_head_kv, self.head_dim, self.v_head_dim);
         let mut q = vec![0.0f32; n * h * hd]; // [n, H, hd]
         matmul(&self.q, x, n, &mut q);
@@ -84,7 +101,15 @@ impl MhaWeights {
             rope.apply(&mut q[t * h * hd..][..h * hd], pos0 + t);
         }
         let (k, v) = cache.rows(il, pos0 + n);
-        let kv = KvView { k, k_stride: hkv * hd, v, v_stride: hkv * vd, n_kv_head: hkv, d_k: hd, d_v: vd };
+        let kv = KvView {
+            k,
+            k_stride: hkv * hd,
+            v,
+            v_stride: hkv * vd,
+            n_kv_head: hkv,
+            d_k: hd,
+            d_v: vd,
+        };
         let mut att = vec![0.0f32; n * h * vd];
         causal_attention(&q, n, h, &kv, pos0, 1.0 / (hd as f32).sqrt(), &mut att);
         matmul(&self.o, &att, n, out);
@@ -100,8 +125,23 @@ impl MlaWeights {
     /// Absorbed MLA for `x` `[n, D]` (normalised) at positions `pos0..pos0+n`;
     /// `out` `[n, D]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&self, rope: &Rope, cache: &mut KvCache, il: usize, x: &[f32], n: usize, pos0: usize, out: &mut [f32]) {
-        let (h, r, nope, dr, vd) = (self.n_head, self.kv_lora_rank, self.nope, self.rope, self.v_head_dim);
+    pub fn forward(
+        &self,
+        rope: &Rope,
+        cache: &mut KvCache,
+        il: usize,
+        x: &[f32],
+        n: usize,
+        pos0: usize,
+        out: &mut [f32],
+    ) {
+        let (h, r, nope, dr, vd) = (
+            self.n_head,
+            self.kv_lora_rank,
+            self.nope,
+            self.rope,
+            self.v_head_dim,
+        );
         let dq = nope + dr;
         // q: [n, H, nope + rope]
         let mut q = vec![0.0f32; n * h * dq];
@@ -148,7 +188,15 @@ impl MlaWeights {
         }
         // MQA over the shared latent key; the value is the latent prefix.
         let (k, _) = cache.rows(il, pos0 + n);
-        let kv = KvView { k, k_stride: r + dr, v: k, v_stride: r + dr, n_kv_head: 1, d_k: r + dr, d_v: r };
+        let kv = KvView {
+            k,
+            k_stride: r + dr,
+            v: k,
+            v_stride: r + dr,
+            n_kv_head: 1,
+            d_k: r + dr,
+            d_v: r,
+        };
         let mut olat = vec![0.0f32; n * h * r]; // [n, H, r]
         causal_attention(&qabs, n, h, &kv, pos0, 1.0 / (dq as f32).sqrt(), &mut olat);
         // Back to per-head values: [n, H, v_head] = W_UV[h] o_lat.
@@ -178,7 +226,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> f32 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
         }
         fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
@@ -190,12 +241,31 @@ mod tests {
     /// k = [W_UK c ; k_rope], v = W_UV c, softmax(q·k * scale) v, o_proj.
     #[allow(clippy::too_many_arguments)]
     fn plain_mla(
-        x: &[f32], n: usize, d: usize, h: usize, r: usize, nope: usize, dr: usize, vd: usize,
-        wq: &[f32], wkva: &[f32], kvnorm: &[f32], wkb: &[f32], wvb: &[f32], wo: &[f32], rope: &Rope,
+        x: &[f32],
+        n: usize,
+        d: usize,
+        h: usize,
+        r: usize,
+        nope: usize,
+        dr: usize,
+        vd: usize,
+        wq: &[f32],
+        wkva: &[f32],
+        kvnorm: &[f32],
+        wkb: &[f32],
+        wvb: &[f32],
+        wo: &[f32],
+        rope: &Rope,
     ) -> Vec<f32> {
         let dq = nope + dr;
         let lin = |w: &[f32], x: &[f32], rows: usize, k: usize| -> Vec<f32> {
-            (0..rows).map(|i| (0..k).map(|j| w[i * k + j] as f64 * x[j] as f64).sum::<f64>() as f32).collect()
+            (0..rows)
+                .map(|i| {
+                    (0..k)
+                        .map(|j| w[i * k + j] as f64 * x[j] as f64)
+                        .sum::<f64>() as f32
+                })
+                .collect()
         };
         let mut qs = Vec::new();
         let mut ks = Vec::new(); // per token: [H][dq]
@@ -217,11 +287,15 @@ mod tests {
             for hh in 0..h {
                 for i in 0..nope {
                     // W_UK[h][i][j] is stored transposed: k_b[h][j][i].
-                    k[hh * dq + i] = (0..r).map(|j| wkb[(hh * r + j) * nope + i] as f64 * c[j] as f64).sum::<f64>() as f32;
+                    k[hh * dq + i] = (0..r)
+                        .map(|j| wkb[(hh * r + j) * nope + i] as f64 * c[j] as f64)
+                        .sum::<f64>() as f32;
                 }
                 k[hh * dq + nope..][..dr].copy_from_slice(&kr);
                 for i in 0..vd {
-                    v[hh * vd + i] = (0..r).map(|j| wvb[(hh * vd + i) * r + j] as f64 * c[j] as f64).sum::<f64>() as f32;
+                    v[hh * vd + i] = (0..r)
+                        .map(|j| wvb[(hh * vd + i) * r + j] as f64 * c[j] as f64)
+                        .sum::<f64>() as f32;
                 }
             }
             ks.push(k);
@@ -233,13 +307,20 @@ mod tests {
             let mut att = vec![0.0f32; h * vd];
             for hh in 0..h {
                 let sc: Vec<f64> = (0..=t)
-                    .map(|s| (0..dq).map(|i| qs[t][hh * dq + i] as f64 * ks[s][hh * dq + i] as f64).sum::<f64>() * scale)
+                    .map(|s| {
+                        (0..dq)
+                            .map(|i| qs[t][hh * dq + i] as f64 * ks[s][hh * dq + i] as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
                     .collect();
                 let m = sc.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for i in 0..vd {
-                    att[hh * vd + i] = (0..=t).map(|s| e[s] / z * vs[s][hh * vd + i] as f64).sum::<f64>() as f32;
+                    att[hh * vd + i] = (0..=t)
+                        .map(|s| e[s] / z * vs[s][hh * vd + i] as f64)
+                        .sum::<f64>() as f32;
                 }
             }
             out[t * d..][..d].copy_from_slice(&lin(wo, &att, d, h * vd));
@@ -273,16 +354,30 @@ mod tests {
             rope: dr,
             v_head_dim: vd,
         };
-        let want = plain_mla(&x, n, d, h, r, nope, dr, vd, &wq, &wkva, &kvnorm, &wkb, &wvb, &wo, &rope);
+        let want = plain_mla(
+            &x, n, d, h, r, nope, dr, vd, &wq, &wkva, &kvnorm, &wkb, &wvb, &wo, &rope,
+        );
         // Prefill 4 tokens as one chunk, then 2 + 1 (chunked / decode).
         let (kw, vw) = w.cache_widths();
         let mut cache = KvCache::new(1, kw, vw, 64);
         let mut got = vec![0.0f32; n * d];
         for (p0, m) in [(0usize, 4usize), (4, 2), (6, 1)] {
-            w.forward(&rope, &mut cache, 0, &x[p0 * d..(p0 + m) * d], m, p0, &mut got[p0 * d..(p0 + m) * d]);
+            w.forward(
+                &rope,
+                &mut cache,
+                0,
+                &x[p0 * d..(p0 + m) * d],
+                m,
+                p0,
+                &mut got[p0 * d..(p0 + m) * d],
+            );
             cache.set_len(p0 + m);
         }
-        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(max < 1e-5, "absorbed vs plain max |diff| {max}");
     }
 
@@ -291,7 +386,8 @@ mod tests {
         let (d, h, hd) = (16usize, 2usize, 8usize);
         let n = 6;
         let mut g = Lcg(7);
-        let mk = |g: &mut Lcg| Weight::from_f32(&[d as u64, (h * hd) as u64], &g.vec(d * h * hd, 0.4));
+        let mk =
+            |g: &mut Lcg| Weight::from_f32(&[d as u64, (h * hd) as u64], &g.vec(d * h * hd, 0.4));
         let w = MhaWeights {
             q: mk(&mut g),
             k: mk(&mut g),
@@ -311,10 +407,22 @@ mod tests {
         let mut c2 = KvCache::new(1, kw, vw, 32);
         let mut two = vec![0.0f32; n * d];
         for (p0, m) in [(0usize, 2usize), (2, 3), (5, 1)] {
-            w.forward(&rope, &mut c2, 0, &x[p0 * d..(p0 + m) * d], m, p0, &mut two[p0 * d..(p0 + m) * d]);
+            w.forward(
+                &rope,
+                &mut c2,
+                0,
+                &x[p0 * d..(p0 + m) * d],
+                m,
+                p0,
+                &mut two[p0 * d..(p0 + m) * d],
+            );
             c2.set_len(p0 + m);
         }
-        let max = one.iter().zip(&two).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let max = one
+            .iter()
+            .zip(&two)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(max < 1e-6, "chunked vs single max |diff| {max}");
     }
 }

@@ -71,9 +71,10 @@ struct Layer {
     ffn: Ffn,
 }
 
-/// Types accepted for 1-D tensors and the router: float32 as llama.cpp's
-/// converters store them (routing is computed in float32, README rule 15).
-const F32_ONLY: &[GgmlType] = &[GgmlType::F32];
+/// Types accepted for 1-D tensors (norm weights, the selection bias): llama.cpp's
+/// converters keep them F32; a recipe that stores every tensor as f16/bf16 is
+/// accepted too (they are widened to f32 once at load).
+const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
 /// The language model with its KV cache.
 pub struct LanguageModel {
@@ -102,17 +103,27 @@ impl LanguageModel {
         let d = u(hp.n_embd);
         let v = u(hp.n_vocab);
         let token_embd = file.weight(tn::TOKEN_EMBD, &[d, v])?;
-        let output_norm = file.weight_of(tn::OUTPUT_NORM, &[d], F32_ONLY)?.to_f32();
+        let output_norm = file
+            .weight_of(tn::OUTPUT_NORM, &[d], VECTOR_TYPES)?
+            .to_f32();
         let output = file.weight(tn::OUTPUT, &[d, v])?;
         let mut layers = Vec::with_capacity(hp.n_layer);
         let mut stacks = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let name = |s: &str| tn::blk(il, s);
-            let attn_norm = file.weight_of(&name(tn::ATTN_NORM), &[d], F32_ONLY)?.to_f32();
-            let ffn_norm = file.weight_of(&name(tn::FFN_NORM), &[d], F32_ONLY)?.to_f32();
+            let attn_norm = file
+                .weight_of(&name(tn::ATTN_NORM), &[d], VECTOR_TYPES)?
+                .to_f32();
+            let ffn_norm = file
+                .weight_of(&name(tn::FFN_NORM), &[d], VECTOR_TYPES)?
+                .to_f32();
             let h = hp.n_head;
             let attn = match hp.attention {
-                Attention::Mha { n_head_kv, head_dim, v_head_dim } => Attn::Mha(MhaWeights {
+                Attention::Mha {
+                    n_head_kv,
+                    head_dim,
+                    v_head_dim,
+                } => Attn::Mha(MhaWeights {
                     q: file.weight(&name(tn::ATTN_Q), &[d, u(h * head_dim)])?,
                     k: file.weight(&name(tn::ATTN_K), &[d, u(n_head_kv * head_dim)])?,
                     v: file.weight(&name(tn::ATTN_V), &[d, u(n_head_kv * v_head_dim)])?,
@@ -122,20 +133,30 @@ impl LanguageModel {
                     head_dim,
                     v_head_dim,
                 }),
-                Attention::Mla { q_lora_rank, kv_lora_rank: r, nope, rope, v_head_dim } => {
+                Attention::Mla {
+                    q_lora_rank,
+                    kv_lora_rank: r,
+                    nope,
+                    rope,
+                    v_head_dim,
+                } => {
                     let dq = u(h * (nope + rope));
                     let q = match q_lora_rank {
                         None => QProj::Plain(file.weight(&name(tn::ATTN_Q), &[d, dq])?),
                         Some(rq) => QProj::Lora {
                             a: file.weight(&name(tn::ATTN_Q_A), &[d, u(rq)])?,
-                            norm: file.weight_of(&name(tn::ATTN_Q_A_NORM), &[u(rq)], F32_ONLY)?.to_f32(),
+                            norm: file
+                                .weight_of(&name(tn::ATTN_Q_A_NORM), &[u(rq)], VECTOR_TYPES)?
+                                .to_f32(),
                             b: file.weight(&name(tn::ATTN_Q_B), &[u(rq), dq])?,
                         },
                     };
                     Attn::Mla(MlaWeights {
                         q,
                         kv_a: file.weight(&name(tn::ATTN_KV_A_MQA), &[d, u(r + rope)])?,
-                        kv_a_norm: file.weight_of(&name(tn::ATTN_KV_A_NORM), &[u(r)], F32_ONLY)?.to_f32(),
+                        kv_a_norm: file
+                            .weight_of(&name(tn::ATTN_KV_A_NORM), &[u(r)], VECTOR_TYPES)?
+                            .to_f32(),
                         k_b: file.weight(&name(tn::ATTN_K_B), &[u(nope), u(r), u(h)])?,
                         v_b: file.weight(&name(tn::ATTN_V_B), &[u(r), u(v_head_dim), u(h)])?,
                         o: file.weight(&name(tn::ATTN_OUTPUT), &[u(h * v_head_dim), d])?,
@@ -149,11 +170,12 @@ impl LanguageModel {
             };
             let (ffn, stack) = if hp.is_moe_layer(il) {
                 let (e, f) = (u(hp.n_expert), u(hp.n_ff_exp));
-                let gate_inp = file.weight_of(&name(tn::FFN_GATE_INP), &[d, e], F32_ONLY)?;
+                let gate_inp = file.weight(&name(tn::FFN_GATE_INP), &[d, e])?;
                 let bias = match hp.topk_method {
-                    crate::loader::TopkMethod::NoauxTc => {
-                        Some(file.weight_of(&name(tn::EXP_PROBS_B), &[e], F32_ONLY)?.to_f32())
-                    }
+                    crate::loader::TopkMethod::NoauxTc => Some(
+                        file.weight_of(&name(tn::EXP_PROBS_B), &[e], VECTOR_TYPES)?
+                            .to_f32(),
+                    ),
                     crate::loader::TopkMethod::Greedy => None,
                 };
                 let shared = if hp.n_expert_shared > 0 {
@@ -171,7 +193,14 @@ impl LanguageModel {
                     up: file.weight(&name(tn::FFN_UP_EXPS), &[d, f, e])?,
                     down: file.weight(&name(tn::FFN_DOWN_EXPS), &[f, d, e])?,
                 };
-                (Ffn::Moe(MoeWeights { gate_inp, bias, shared }), Some(stack))
+                (
+                    Ffn::Moe(MoeWeights {
+                        gate_inp,
+                        bias,
+                        shared,
+                    }),
+                    Some(stack),
+                )
             } else {
                 let i = u(hp.n_ff);
                 let mlp = Mlp {
@@ -181,11 +210,23 @@ impl LanguageModel {
                 };
                 (Ffn::Dense(mlp), None)
             };
-            layers.push(Layer { attn_norm, attn, ffn_norm, ffn });
+            layers.push(Layer {
+                attn_norm,
+                attn,
+                ffn_norm,
+                ffn,
+            });
             stacks.push(stack);
         }
         file.check_all_used()?;
-        Ok(Self::assemble(hp, token_embd, layers, output_norm, output, Box::new(MmapExperts::new(stacks))))
+        Ok(Self::assemble(
+            hp,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            Box::new(MmapExperts::new(stacks)),
+        ))
     }
 
     fn assemble(
@@ -213,7 +254,18 @@ impl LanguageModel {
             None => (0, 0),
         };
         let cache = KvCache::new(hp.n_layer, kw, vw, hp.n_ctx);
-        LanguageModel { hp, token_embd, layers, output_norm, output, experts, router, rope, cache, trace: Trace::off() }
+        LanguageModel {
+            hp,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            experts,
+            router,
+            rope,
+            cache,
+            trace: Trace::off(),
+        }
     }
 
     /// Replaces the expert store (e.g. by one with a memory budget).
@@ -243,7 +295,10 @@ impl LanguageModel {
         let mut out = vec![0.0f32; ids.len() * d];
         for (i, &id) in ids.iter().enumerate() {
             if id as usize >= self.hp.n_vocab {
-                return Err(ModelError::TokenOutOfRange { id, n_vocab: self.hp.n_vocab });
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    n_vocab: self.hp.n_vocab,
+                });
             }
             row_to_f32(&view, id as usize, &mut out[i * d..][..d]);
         }
@@ -252,17 +307,31 @@ impl LanguageModel {
 
     /// Runs `embeds` `[n, n_embd]` at positions `pos0..pos0+n`, after
     /// dropping cached positions `pos0..`; returns the logits asked for.
-    pub fn forward(&mut self, embeds: &[f32], pos0: usize, want: LogitsWanted) -> Result<Vec<f32>, ModelError> {
+    pub fn forward(
+        &mut self,
+        embeds: &[f32],
+        pos0: usize,
+        want: LogitsWanted,
+    ) -> Result<Vec<f32>, ModelError> {
         let d = self.hp.n_embd;
-        if embeds.len() % d != 0 {
-            return Err(ModelError::EmbedShape { len: embeds.len(), n_embd: d });
+        if !embeds.len().is_multiple_of(d) {
+            return Err(ModelError::EmbedShape {
+                len: embeds.len(),
+                n_embd: d,
+            });
         }
         let n = embeds.len() / d;
         if pos0 > self.cache.len() {
-            return Err(ModelError::Gap { pos0, cached: self.cache.len() });
+            return Err(ModelError::Gap {
+                pos0,
+                cached: self.cache.len(),
+            });
         }
         if pos0 + n > self.hp.n_ctx {
-            return Err(ModelError::ContextOverflow { need: pos0 + n, n_ctx: self.hp.n_ctx });
+            return Err(ModelError::ContextOverflow {
+                need: pos0 + n,
+                n_ctx: self.hp.n_ctx,
+            });
         }
         self.cache.truncate(pos0);
         self.trace.next_call();
@@ -285,10 +354,12 @@ impl LanguageModel {
             match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(&xn, n, &mut y),
                 Ffn::Moe(w) => {
-                    let routing = moe_forward(il, w, &self.router, self.experts.as_ref(), &xn, n, &mut y)?;
+                    let routing =
+                        moe_forward(il, w, &self.router, self.experts.as_ref(), &xn, n, &mut y)?;
                     if self.trace.enabled() {
                         let k = self.router.n_used;
-                        let ids: Vec<f32> = routing.ids.iter().flatten().map(|&e| e as f32).collect();
+                        let ids: Vec<f32> =
+                            routing.ids.iter().flatten().map(|&e| e as f32).collect();
                         let wts: Vec<f32> = routing.weights.iter().flatten().copied().collect();
                         self.trace.tap("moe_topk_ids", Some(il), &[n, k], &ids);
                         self.trace.tap("moe_topk_weights", Some(il), &[n, k], &wts);
@@ -320,7 +391,17 @@ impl LanguageModel {
     pub fn set_context_length(&mut self, n_ctx: usize) {
         let n_ctx = n_ctx.max(1);
         self.hp.n_ctx = n_ctx;
-        self.rope = Rope::new(self.hp.rope_dim, self.hp.rope_theta, RopeLayout::Adjacent, n_ctx);
-        self.cache = KvCache::new(self.hp.n_layer, self.cache.k_width(), self.cache.v_width(), n_ctx);
+        self.rope = Rope::new(
+            self.hp.rope_dim,
+            self.hp.rope_theta,
+            RopeLayout::Adjacent,
+            n_ctx,
+        );
+        self.cache = KvCache::new(
+            self.hp.n_layer,
+            self.cache.k_width(),
+            self.cache.v_width(),
+            n_ctx,
+        );
     }
 }

@@ -5,6 +5,10 @@
 pub mod attention;
 pub mod language;
 pub mod moe;
+pub mod preprocess;
+pub mod projector;
 pub mod prompt;
+pub mod resample;
+pub mod vision;
 
 pub use language::{LanguageModel, LogitsWanted, ModelError};

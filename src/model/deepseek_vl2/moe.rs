@@ -30,7 +30,10 @@ pub struct RouterConfig {
 fn top_k(values: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();
     idx.sort_by(|&a, &b| {
-        values[b].partial_cmp(&values[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+        values[b]
+            .partial_cmp(&values[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
     });
     idx.truncate(k);
     idx
@@ -43,7 +46,9 @@ pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<u
     let mut scores = logits.to_vec();
     match cfg.gating {
         Gating::Softmax => softmax(&mut scores),
-        Gating::Sigmoid => scores.iter_mut().for_each(|z| *z = 1.0 / (1.0 + (-*z).exp())),
+        Gating::Sigmoid => scores
+            .iter_mut()
+            .for_each(|z| *z = 1.0 / (1.0 + (-*z).exp())),
     }
     let ids = match cfg.method {
         TopkMethod::Greedy => top_k(&scores, cfg.n_used),
@@ -209,13 +214,19 @@ mod tests {
     #[test]
     fn greedy_softmax_weights_are_raw_probabilities() {
         let logits = [0.1f32, 2.0, -1.0, 1.5, 0.0, 0.3, -0.2, 1.9];
-        let c = RouterConfig { scale: 1.5, ..cfg(Gating::Softmax, TopkMethod::Greedy) };
+        let c = RouterConfig {
+            scale: 1.5,
+            ..cfg(Gating::Softmax, TopkMethod::Greedy)
+        };
         let (ids, w) = route(&c, &logits, None);
         assert_eq!(ids, vec![1, 7]);
         let z: f64 = logits.iter().map(|v| (*v as f64).exp()).sum();
         assert!((w[0] as f64 - 1.5 * (2.0f64).exp() / z).abs() < 1e-6);
         assert!((w[1] as f64 - 1.5 * (1.9f64).exp() / z).abs() < 1e-6);
-        assert!(w.iter().sum::<f32>() < 1.5, "no renormalisation without norm_topk_prob");
+        assert!(
+            w.iter().sum::<f32>() < 1.5,
+            "no renormalisation without norm_topk_prob"
+        );
     }
 
     #[test]
@@ -230,7 +241,11 @@ mod tests {
         let logits = [0.5f32, 0.4, 0.3, 0.2, 0.1, 0.0, -0.1, -0.2];
         let mut bias = [0.0f32; 8];
         bias[6] = 1.0; // expert 6 wins selection despite a low score
-        let c = RouterConfig { norm: true, scale: 2.0, ..cfg(Gating::Sigmoid, TopkMethod::NoauxTc) };
+        let c = RouterConfig {
+            norm: true,
+            scale: 2.0,
+            ..cfg(Gating::Sigmoid, TopkMethod::NoauxTc)
+        };
         let (ids, w) = route(&c, &logits, Some(&bias));
         assert_eq!(ids, vec![6, 0]);
         let sig = |z: f32| 1.0 / (1.0 + (-z).exp());

@@ -45,7 +45,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Message {
-        Message { role, content: content.into() }
+        Message {
+            role,
+            content: content.into(),
+        }
     }
 }
 
@@ -91,12 +94,16 @@ fn push_with_images(
 ) -> Result<(), PromptError> {
     for (i, piece) in text.split(IMAGE_TAG).enumerate() {
         if i > 0 {
-            let len = *counts
-                .get(*next_image)
-                .ok_or(PromptError::ImageCount { tags: *next_image + 1, given: counts.len() })?;
+            let len = *counts.get(*next_image).ok_or(PromptError::ImageCount {
+                tags: *next_image + 1,
+                given: counts.len(),
+            })?;
             let id = tok.token_id(IMAGE_TAG).ok_or(PromptError::NoImageToken)?;
-            out.images.push(ImageRun { start: out.ids.len(), len });
-            out.ids.extend(std::iter::repeat(id).take(len));
+            out.images.push(ImageRun {
+                start: out.ids.len(),
+                len,
+            });
+            out.ids.extend(std::iter::repeat_n(id, len));
             *next_image += 1;
         }
         out.ids.extend(tok.encode(piece)?);
@@ -126,11 +133,21 @@ pub fn build_chat(
     messages: &[Message],
     image_tokens: &[usize],
 ) -> Result<PromptTokens, PromptError> {
-    let tags: usize = messages.iter().filter(|m| m.role == Role::User).map(|m| count_tags(&m.content)).sum();
+    let tags: usize = messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| count_tags(&m.content))
+        .sum();
     if tags != image_tokens.len() {
-        return Err(PromptError::ImageCount { tags, given: image_tokens.len() });
+        return Err(PromptError::ImageCount {
+            tags,
+            given: image_tokens.len(),
+        });
     }
-    let mut out = PromptTokens { ids: vec![tok.bos_id], images: Vec::new() };
+    let mut out = PromptTokens {
+        ids: vec![tok.bos_id],
+        images: Vec::new(),
+    };
     let mut next = 0;
     for (i, m) in messages.iter().enumerate() {
         match m.role {
@@ -140,7 +157,13 @@ pub fn build_chat(
                 }
                 out.ids.extend(tok.encode(m.content.trim())?);
             }
-            Role::User => push_with_images(tok, &user_turn(&m.content), image_tokens, &mut next, &mut out)?,
+            Role::User => push_with_images(
+                tok,
+                &user_turn(&m.content),
+                image_tokens,
+                &mut next,
+                &mut out,
+            )?,
             Role::Assistant => {
                 if m.content.contains(IMAGE_TAG) {
                     return Err(PromptError::ImageInAssistant);
@@ -162,12 +185,22 @@ pub fn build_chat(
 /// Token ids of an exact post-template text (`--raw-prompt`): BOS, then the
 /// text split at `<image>` and tokenized piece by piece, as the reference
 /// tokenizes a rendered prompt.
-pub fn build_raw(tok: &Tokenizer, text: &str, image_tokens: &[usize]) -> Result<PromptTokens, PromptError> {
+pub fn build_raw(
+    tok: &Tokenizer,
+    text: &str,
+    image_tokens: &[usize],
+) -> Result<PromptTokens, PromptError> {
     let tags = count_tags(text);
     if tags != image_tokens.len() {
-        return Err(PromptError::ImageCount { tags, given: image_tokens.len() });
+        return Err(PromptError::ImageCount {
+            tags,
+            given: image_tokens.len(),
+        });
     }
-    let mut out = PromptTokens { ids: vec![tok.bos_id], images: Vec::new() };
+    let mut out = PromptTokens {
+        ids: vec![tok.bos_id],
+        images: Vec::new(),
+    };
     let mut next = 0;
     push_with_images(tok, text, image_tokens, &mut next, &mut out)?;
     Ok(out)

@@ -1,0 +1,499 @@
+//! The SigLIP-SO400M vision tower of DeepSeek-VL2 (spec §4; reference: timm
+//! `VisionTransformer` built by `deepseek_vl2/models/siglip_vit.py`, `ignore_head=True`).
+//!
+//! Per 384x384 tile: 14x14 stride-14 patch conv (the last 6 pixel rows/columns are never
+//! seen) -> 27x27 = 729 tokens, + learned position embedding (no class token), then pre-norm
+//! blocks `x += proj(attn(LN1 x)); x += fc2(gelu_tanh(fc1(LN2 x)))` with non-causal attention,
+//! then the final LayerNorm. The attention-pool head is not run.
+//!
+//! All tiles of a request are batched through each matmul (weights read once per chunk of
+//! tiles); attention runs per (tile, head) in parallel.
+
+use quant::schema::{clip, vtensor as vt};
+use quant::GgmlType;
+use rayon::prelude::*;
+
+use crate::loader::{LoaderError, ModelFile, Weight};
+use crate::ops::{gelu_tanh, layer_norm, matmul, matmul_view, softmax, MatView};
+
+/// Tiles pushed through the tower together: bounds activation memory
+/// (`TILE_CHUNK * 729 * n_ff` floats for the MLP) while keeping matmuls wide.
+const TILE_CHUNK: usize = 4;
+
+const F32_ONLY: &[GgmlType] = &[GgmlType::F32];
+
+/// Errors of the vision path: a bad mmproj file, or inputs of the wrong shape.
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error("{what}: expected {expected} floats, found {found}")]
+    Shape {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("image layout: {0}")]
+    Layout(String),
+}
+
+/// Vision hyper-parameters, read from the mmproj's `clip.vision.*` keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionHparams {
+    /// Tile side in pixels (384).
+    pub image_size: usize,
+    /// Patch side (14).
+    pub patch_size: usize,
+    /// Width W (1152; 64 in the tiny fixtures).
+    pub n_embd: usize,
+    /// MLP hidden size (4304).
+    pub n_ff: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub eps: f32,
+    /// Projector output size N (= the language model's hidden size).
+    pub n_proj: usize,
+    /// Projector downsample (2x2).
+    pub downsample: usize,
+}
+
+impl VisionHparams {
+    /// Reads and checks the hyper-parameters; every problem is reported at once.
+    pub fn from_file(file: &ModelFile) -> Result<Self, LoaderError> {
+        let mut m = file.meta();
+        let arch = m.str(quant::schema::general::ARCHITECTURE);
+        let proj = m.str(clip::PROJECTOR_TYPE);
+        let hp = VisionHparams {
+            image_size: m.usize(clip::IMAGE_SIZE),
+            patch_size: m.usize(clip::PATCH_SIZE),
+            n_embd: m.usize(clip::EMBEDDING_LENGTH),
+            n_ff: m.usize(clip::FEED_FORWARD_LENGTH),
+            n_layer: m.usize(clip::BLOCK_COUNT),
+            n_head: m.usize(clip::HEAD_COUNT),
+            eps: m.f32(clip::LAYER_NORM_EPS),
+            n_proj: m.usize(clip::PROJECTION_DIM),
+            downsample: m.usize(clip::SCALE_FACTOR),
+        };
+        if arch != quant::schema::ARCH_CLIP {
+            m.problem(format!(
+                "general.architecture is `{arch}`, expected `clip` (an mmproj file)"
+            ));
+        }
+        if proj != clip::PROJECTOR_DEEPSEEKVL2 {
+            m.problem(format!(
+                "{} is `{proj}`, expected `{}`",
+                clip::PROJECTOR_TYPE,
+                clip::PROJECTOR_DEEPSEEKVL2
+            ));
+        }
+        if hp.patch_size == 0 || hp.patch_size > hp.image_size {
+            m.problem(format!(
+                "patch size {} vs image size {}",
+                hp.patch_size, hp.image_size
+            ));
+        }
+        if hp.n_head == 0 || !hp.n_embd.is_multiple_of(hp.n_head.max(1)) {
+            m.problem(format!(
+                "width {} is not a multiple of {} heads",
+                hp.n_embd, hp.n_head
+            ));
+        }
+        if hp.downsample == 0 {
+            m.problem(format!("{} must be non-zero", clip::SCALE_FACTOR));
+        }
+        m.finish()?;
+        Ok(hp)
+    }
+
+    /// Patches per side: `image_size / patch` (27; the conv has no padding).
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Tokens per tile out of the tower (729).
+    pub fn n_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+}
+
+/// One pre-norm transformer block.
+struct Block {
+    ln1_w: Vec<f32>,
+    ln1_b: Vec<f32>,
+    /// [3W rows: q | k | v, each head-major] x W.
+    qkv: Weight,
+    qkv_b: Vec<f32>,
+    out: Weight,
+    out_b: Vec<f32>,
+    ln2_w: Vec<f32>,
+    ln2_b: Vec<f32>,
+    up: Weight,
+    up_b: Vec<f32>,
+    down: Weight,
+    down_b: Vec<f32>,
+}
+
+/// The SigLIP tower with its weights (mapped from the mmproj file).
+pub struct VisionTower {
+    hp: VisionHparams,
+    /// Conv kernel as a matrix: W rows of `3 * P * P` (c, ky, kx) values.
+    patch_w: Weight,
+    patch_b: Vec<f32>,
+    /// `[729, W]`.
+    pos: Vec<f32>,
+    blocks: Vec<Block>,
+    post_w: Vec<f32>,
+    post_b: Vec<f32>,
+}
+
+fn f32_vec(file: &ModelFile, name: &str, ne: &[u64]) -> Result<Vec<f32>, LoaderError> {
+    Ok(file.weight_of(name, ne, F32_ONLY)?.to_f32())
+}
+
+impl VisionTower {
+    /// Fetches every tower tensor with its expected shape.
+    pub fn load(file: &ModelFile, hp: &VisionHparams) -> Result<Self, LoaderError> {
+        let u = |v: usize| v as u64;
+        let (w, p, ff) = (u(hp.n_embd), u(hp.patch_size), u(hp.n_ff));
+        let patch_w = file.weight(vt::PATCH_EMBD_W, &[p, p, 3, w])?;
+        let patch_b = f32_vec(file, vt::PATCH_EMBD_B, &[w])?;
+        let pos = f32_vec(file, vt::POSITION_EMBD, &[w, u(hp.n_patches())])?;
+        let mut blocks = Vec::with_capacity(hp.n_layer);
+        for il in 0..hp.n_layer {
+            let n = |s: &str| vt::vblk(il, s);
+            blocks.push(Block {
+                ln1_w: f32_vec(file, &n(vt::LN1_W), &[w])?,
+                ln1_b: f32_vec(file, &n(vt::LN1_B), &[w])?,
+                qkv: file.weight(&n(vt::ATTN_QKV_W), &[w, 3 * w])?,
+                qkv_b: f32_vec(file, &n(vt::ATTN_QKV_B), &[3 * w])?,
+                out: file.weight(&n(vt::ATTN_OUT_W), &[w, w])?,
+                out_b: f32_vec(file, &n(vt::ATTN_OUT_B), &[w])?,
+                ln2_w: f32_vec(file, &n(vt::LN2_W), &[w])?,
+                ln2_b: f32_vec(file, &n(vt::LN2_B), &[w])?,
+                up: file.weight(&n(vt::FFN_UP_W), &[w, ff])?,
+                up_b: f32_vec(file, &n(vt::FFN_UP_B), &[ff])?,
+                down: file.weight(&n(vt::FFN_DOWN_W), &[ff, w])?,
+                down_b: f32_vec(file, &n(vt::FFN_DOWN_B), &[w])?,
+            });
+        }
+        Ok(VisionTower {
+            hp: hp.clone(),
+            patch_w,
+            patch_b,
+            pos,
+            blocks,
+            post_w: f32_vec(file, vt::POST_LN_W, &[w])?,
+            post_b: f32_vec(file, vt::POST_LN_B, &[w])?,
+        })
+    }
+
+    pub fn hparams(&self) -> &VisionHparams {
+        &self.hp
+    }
+
+    /// Runs the tower on normalised pixels `[n_tiles, 3, S, S]`; returns `[n_tiles, 729, W]`
+    /// (after the final LayerNorm).
+    pub fn forward(&self, pixels: &[f32], n_tiles: usize) -> Result<Vec<f32>, VisionError> {
+        let s = self.hp.image_size;
+        let tile_len = 3 * s * s;
+        if pixels.len() != n_tiles * tile_len {
+            return Err(VisionError::Shape {
+                what: "vision tower pixels [n_tiles, 3, S, S]",
+                expected: n_tiles * tile_len,
+                found: pixels.len(),
+            });
+        }
+        let per_tile = self.hp.n_patches() * self.hp.n_embd;
+        let mut out = vec![0.0f32; n_tiles * per_tile];
+        for (px, dst) in pixels
+            .chunks(TILE_CHUNK * tile_len)
+            .zip(out.chunks_mut(TILE_CHUNK * per_tile))
+        {
+            self.forward_chunk(px, px.len() / tile_len, dst)?;
+        }
+        Ok(out)
+    }
+
+    fn forward_chunk(
+        &self,
+        pixels: &[f32],
+        n_tiles: usize,
+        out: &mut [f32],
+    ) -> Result<(), VisionError> {
+        let hp = &self.hp;
+        let (w, np) = (hp.n_embd, hp.n_patches());
+        let n_tok = n_tiles * np;
+
+        // Patch embedding: the stride-P conv as a matmul over unfolded patches.
+        let patches = unfold_patches(pixels, n_tiles, hp.image_size, hp.patch_size); // [n_tok, 3*P*P]
+        let k = 3 * hp.patch_size * hp.patch_size;
+        let pw = self.patch_w.view();
+        let pw = MatView::new(pw.ty, k, w, pw.data)
+            .map_err(|e| VisionError::Layout(format!("{}: {e}", vt::PATCH_EMBD_W)))?;
+        let mut x = vec![0.0f32; n_tok * w]; // [n_tok, W]
+        matmul_view(&pw, &patches, n_tok, &mut x);
+        for tile in x.chunks_exact_mut(np * w) {
+            for (row, pos) in tile.chunks_exact_mut(w).zip(self.pos.chunks_exact(w)) {
+                for ((v, b), p) in row.iter_mut().zip(&self.patch_b).zip(pos) {
+                    *v += b + p;
+                }
+            }
+        }
+
+        let mut h = vec![0.0f32; n_tok * w];
+        let mut qkv = vec![0.0f32; n_tok * 3 * w];
+        let mut attn = vec![0.0f32; n_tok * w];
+        let mut proj = vec![0.0f32; n_tok * w];
+        let mut ff = vec![0.0f32; n_tok * hp.n_ff];
+        for b in &self.blocks {
+            // x = x + proj(attn(LN1(x)))
+            layer_norm(&x, &b.ln1_w, &b.ln1_b, hp.eps, &mut h);
+            matmul(&b.qkv, &h, n_tok, &mut qkv); // [n_tok, 3W]
+            add_bias(&mut qkv, &b.qkv_b);
+            full_attention(&qkv, n_tiles, np, hp.n_head, hp.head_dim(), &mut attn); // [n_tok, W]
+            matmul(&b.out, &attn, n_tok, &mut proj);
+            add_bias(&mut proj, &b.out_b);
+            add_into(&mut x, &proj);
+            // x = x + fc2(gelu_tanh(fc1(LN2(x))))
+            layer_norm(&x, &b.ln2_w, &b.ln2_b, hp.eps, &mut h);
+            matmul(&b.up, &h, n_tok, &mut ff); // [n_tok, n_ff]
+            add_bias(&mut ff, &b.up_b);
+            ff.par_chunks_mut(4096).for_each(gelu_tanh);
+            matmul(&b.down, &ff, n_tok, &mut proj);
+            add_bias(&mut proj, &b.down_b);
+            add_into(&mut x, &proj);
+        }
+        layer_norm(&x, &self.post_w, &self.post_b, hp.eps, out);
+        Ok(())
+    }
+}
+
+/// `[n_tiles, 3, S, S]` pixels to `[n_tiles * G * G, 3 * P * P]` patch rows (row-major patch
+/// order; inside a patch (c, ky, kx), the conv kernel's order). Pixels past `G * P` are
+/// ignored, as the stride-P conv without padding ignores them.
+fn unfold_patches(pixels: &[f32], n_tiles: usize, s: usize, p: usize) -> Vec<f32> {
+    let g = s / p;
+    let k = 3 * p * p;
+    let mut out = vec![0.0f32; n_tiles * g * g * k];
+    out.par_chunks_mut(g * g * k)
+        .enumerate()
+        .for_each(|(t, dst)| {
+            let tile = &pixels[t * 3 * s * s..(t + 1) * 3 * s * s];
+            for py in 0..g {
+                for px in 0..g {
+                    let row = &mut dst[(py * g + px) * k..(py * g + px + 1) * k];
+                    for c in 0..3 {
+                        for ky in 0..p {
+                            let src = c * s * s + (py * p + ky) * s + px * p;
+                            row[c * p * p + ky * p..c * p * p + (ky + 1) * p]
+                                .copy_from_slice(&tile[src..src + p]);
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        for (v, bb) in row.iter_mut().zip(b) {
+            *v += bb;
+        }
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Dot product with several accumulators (lets the compiler vectorise).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, ar) = a.split_at(a.len() - a.len() % 8);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    s
+}
+
+/// Bidirectional multi-head attention inside each tile: `softmax(q k^T / sqrt(d)) v` per
+/// head. `qkv` is `[n_tiles * n, 3W]` with columns `[q | k | v]`, each head-major; `out` is
+/// `[n_tiles * n, W]`, heads concatenated.
+fn full_attention(
+    qkv: &[f32],
+    n_tiles: usize,
+    n: usize,
+    n_head: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
+    let w = n_head * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let results: Vec<Vec<f32>> = (0..n_tiles * n_head)
+        .into_par_iter()
+        .map(|job| {
+            let (t, h) = (job / n_head, job % n_head);
+            // Gather this head's q, k, v contiguously: [n, hd] each.
+            let gather = |part: usize| -> Vec<f32> {
+                let mut m = Vec::with_capacity(n * hd);
+                for i in 0..n {
+                    let r = (t * n + i) * 3 * w + part * w + h * hd;
+                    m.extend_from_slice(&qkv[r..r + hd]);
+                }
+                m
+            };
+            let (q, k, v) = (gather(0), gather(1), gather(2));
+            let mut o = vec![0.0f32; n * hd];
+            let mut scores = vec![0.0f32; n];
+            for i in 0..n {
+                let qi = &q[i * hd..(i + 1) * hd];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    *sc = dot(qi, &k[j * hd..(j + 1) * hd]) * scale;
+                }
+                softmax(&mut scores);
+                let oi = &mut o[i * hd..(i + 1) * hd];
+                for (j, &p) in scores.iter().enumerate() {
+                    for (a, &b) in oi.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                        *a += p * b;
+                    }
+                }
+            }
+            o
+        })
+        .collect();
+    for (job, o) in results.iter().enumerate() {
+        let (t, h) = (job / n_head, job % n_head);
+        for i in 0..n {
+            let r = (t * n + i) * w + h * hd;
+            out[r..r + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+        }
+    }
+}
+
+/// Everything the image side of a request needs, loaded from one mmproj file: the
+/// processor settings, the tower and the projector.
+pub struct VisionModel {
+    pub config: super::preprocess::PreprocessConfig,
+    pub hparams: VisionHparams,
+    /// The `<image>` placeholder id the converter recorded (`deepseekvl2.image_token_id`).
+    pub image_token_id: Option<u32>,
+    tower: VisionTower,
+    projector: super::projector::Projector,
+}
+
+impl VisionModel {
+    /// Opens an mmproj GGUF; fails if a tensor is missing, mis-shaped, or left unused.
+    pub fn load(path: &std::path::Path) -> Result<Self, VisionError> {
+        let file = ModelFile::open(path)?;
+        Self::from_file(&file)
+    }
+
+    pub fn from_file(file: &ModelFile) -> Result<Self, VisionError> {
+        let hparams = VisionHparams::from_file(file)?;
+        let config = super::preprocess::PreprocessConfig::from_mmproj(file, &hparams)?;
+        let tower = VisionTower::load(file, &hparams)?;
+        let projector = super::projector::Projector::load(file, &hparams)?;
+        file.check_all_used()?;
+        let image_token_id = file
+            .gguf()
+            .get(quant::schema::vl2::IMAGE_TOKEN_ID)
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok());
+        Ok(VisionModel {
+            config,
+            hparams,
+            image_token_id,
+            tower,
+            projector,
+        })
+    }
+
+    pub fn tower(&self) -> &VisionTower {
+        &self.tower
+    }
+
+    pub fn projector(&self) -> &super::projector::Projector {
+        &self.projector
+    }
+
+    /// Tiles all images of a request (the tiling decision depends on their number).
+    pub fn preprocess(
+        &self,
+        images: &[crate::image_io::RgbImage],
+    ) -> Result<super::preprocess::Preprocessed, super::preprocess::PreprocessError> {
+        super::preprocess::preprocess(images, &self.config)
+    }
+
+    /// Tower + projector on every unique tile, then the §6.1 layout: the embeddings that
+    /// replace the `<image>` tokens, `[sum of n_tokens, N]`, images in prompt order.
+    pub fn encode(&self, pre: &super::preprocess::Preprocessed) -> Result<Vec<f32>, VisionError> {
+        let n = pre.unique_tiles.len();
+        let pixels = pre.unique_pixels_f32(&self.config);
+        let feats = self.tower.forward(&pixels, n)?;
+        let projected = self.projector.forward(&feats, n)?;
+        self.projector.assemble(&projected, pre)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfold_matches_conv_indexing() {
+        // 2 tiles of 5x5, patch 2 -> grid 2 (the last row/column is never read).
+        let (s, p) = (5, 2);
+        let pixels: Vec<f32> = (0..2 * 3 * s * s).map(|i| i as f32).collect();
+        let u = unfold_patches(&pixels, 2, s, p);
+        let k = 3 * p * p;
+        assert_eq!(u.len(), 2 * 4 * k);
+        // tile 1, patch (1, 0), channel 2, (ky, kx) = (1, 1): pixel (c2, y3, x1).
+        let want = pixels[3 * s * s + 2 * s * s + 3 * s + 1];
+        assert_eq!(u[(4 + 2) * k + 2 * p * p + p + 1], want);
+    }
+
+    #[test]
+    fn attention_against_a_direct_formula() {
+        let (n, n_head, hd) = (5, 2, 3);
+        let w = n_head * hd;
+        let qkv: Vec<f32> = (0..n * 3 * w)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.1)
+            .collect();
+        let mut out = vec![0.0f32; n * w];
+        full_attention(&qkv, 1, n, n_head, hd, &mut out);
+        for h in 0..n_head {
+            for i in 0..n {
+                let q = |r: usize, part: usize, d: usize| {
+                    f64::from(qkv[r * 3 * w + part * w + h * hd + d])
+                };
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (0..hd).map(|d| q(i, 0, d) * q(j, 1, d)).sum::<f64>() / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let want: f64 = (0..n).map(|j| e[j] / z * q(j, 2, d)).sum();
+                    assert!((f64::from(out[i * w + h * hd + d]) - want).abs() < 1e-5);
+                }
+            }
+        }
+    }
+}
