@@ -76,7 +76,7 @@ fn header_json(entries: &[HeaderEntry], metadata: &BTreeMap<String, String>) -> 
         offset = end;
     }
     let mut text = Value::Object(root).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     text
