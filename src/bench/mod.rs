@@ -21,7 +21,7 @@ pub enum BenchError {
     #[error("{0}: no *.safetensors files (not a Hugging Face checkpoint directory?)")]
     NoShards(PathBuf),
     /// The converter failed.
-    #[error("conversion failed: {0}")]
+    #[error("conversion failed")]
     Convert(#[from] ::convert::ConvertError),
 }
 
