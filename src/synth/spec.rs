@@ -303,38 +303,14 @@ impl ModelSpec {
     }
 }
 
-/// The 23 candidate resolutions (width, height) in the published order (§1.1): every
-/// (m·384, n·384) with m·n ≤ 9, ordered by tile count, then as listed.
+/// The 23 candidate resolutions (width, height) in the published order (§1.1), from the one
+/// table the preprocessor defaults to.
 pub fn candidate_resolutions() -> Vec<[u32; 2]> {
-    const T: u32 = 384;
-    [
-        (1, 1),
-        (1, 2),
-        (2, 1),
-        (1, 3),
-        (3, 1),
-        (1, 4),
-        (4, 1),
-        (2, 2),
-        (1, 5),
-        (5, 1),
-        (1, 6),
-        (6, 1),
-        (2, 3),
-        (3, 2),
-        (1, 7),
-        (7, 1),
-        (1, 8),
-        (8, 1),
-        (2, 4),
-        (4, 2),
-        (1, 9),
-        (9, 1),
-        (3, 3),
-    ]
-    .into_iter()
-    .map(|(w, h)| [w * T, h * T])
-    .collect()
+    crate::model::deepseek_vl2::preprocess::PreprocessConfig::default()
+        .candidate_resolutions
+        .into_iter()
+        .map(|(w, h)| [w, h])
+        .collect()
 }
 
 /// `processor_config.json` as the reference processor reads it.
