@@ -1,5 +1,6 @@
 //! pocketvl: DeepSeek-VL2 on CPU.
 
+pub mod bench;
 pub mod cli;
 pub mod experts;
 pub mod generate;
@@ -11,6 +12,7 @@ pub mod model;
 pub mod npy;
 pub mod ops;
 pub mod sampler;
+pub mod synth;
 pub mod tokenizer;
 pub mod trace;
 pub mod vision_cache;

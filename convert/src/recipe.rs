@@ -81,8 +81,11 @@ impl Recipe {
             Role::Experts,
             Role::Vision,
             Role::Projector,
-            Role::KeepF32,
         ];
+        // Norms, biases, routers and the other KeepF32 tensors stay f32 in every recipe, even
+        // `f16`/`bf16`: llama.cpp's CPU backend cannot multiply f32 activations by an f16 norm
+        // weight (it aborts in binary_op), and BF16 -> F16 can overflow (pitfall 52).
+        types.insert(Role::KeepF32, GgmlType::F32);
         if let Some(all) = &spec.all {
             let ty = parse_type(all)?;
             for r in all_roles {
@@ -104,7 +107,6 @@ impl Recipe {
             types.insert(Role::Experts, experts);
             types.insert(Role::Vision, vision);
             types.insert(Role::Projector, vision);
-            types.insert(Role::KeepF32, GgmlType::F32);
         }
         for &(role, ty) in overrides {
             if role == Role::KeepF32 {
@@ -199,7 +201,8 @@ mod tests {
             (GgmlType::Q8_0, Some(GgmlType::Q6_K))
         );
         let r = Recipe::new(&db, "bf16", &[]).unwrap();
-        assert_eq!(r.choose(&t(Role::KeepF32, &[64])), (GgmlType::BF16, None));
+        assert_eq!(r.choose(&t(Role::KeepF32, &[64])), (GgmlType::F32, None));
+        assert_eq!(r.choose(&t(Role::Attn, &[64, 64])), (GgmlType::BF16, None));
         assert!(parse_type("q8_K").is_err());
         assert_eq!(parse_type("Q4_K").unwrap(), GgmlType::Q4_K);
     }

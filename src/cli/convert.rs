@@ -18,7 +18,7 @@ pub struct ConvertArgs {
     /// Output language-model GGUF; the mmproj is written beside it as mmproj-<name>.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Recipe: f32, f16, bf16 (every tensor) or q8_0, q4_0, q4_k, q5_k, q6_k (routed
+    /// Recipe: f32, f16, bf16 (every matrix; norms, biases and routers stay f32) or q8_0, q4_0, q4_k, q5_k, q6_k (routed
     /// experts). Default: the variant's recipe from models.toml.
     #[arg(long)]
     pub quant: Option<String>,

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod convert;
 pub mod inspect;
 pub mod run;
+pub mod synth;
 
 /// Run DeepSeek-VL2 vision-language models on CPU.
 #[derive(Debug, Parser)]
@@ -28,6 +30,10 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Generate from a prompt, or chat interactively.
     Run(run::RunArgs),
+    /// Write a random-weight checkpoint in a variant's real shapes (for benchmarks and tests).
+    Synth(synth::SynthArgs),
+    /// Measure against a roofline from the same run (`bench convert`: read speed vs conversion).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs one parsed command line.
@@ -36,6 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
