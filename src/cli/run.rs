@@ -479,7 +479,7 @@ fn chat_turn(
     }
     if let (Some(out), Some(last)) = (&args.draw_boxes, all.last()) {
         if let Err(e) = draw_on(last, &boxes, out) {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
         }
     }
     history.push(Message::new(Role::Assistant, g.text));
