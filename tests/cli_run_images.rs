@@ -339,6 +339,16 @@ fn chat_image_command() {
         .filter(|l| l.starts_with("prefill:"))
         .collect();
     assert_eq!(prefill.len(), 3, "{stderr}");
+
+    // `--image` without a prompt: the image goes with the first chat message.
+    let shapes = image("shapes_500x300.png");
+    let o = pocketvl(&["-n", "1", "--image", s(&shapes)], Some("What is it?\n"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("vision: 1 image(s), 0 from cache") && stderr.contains("[617]"),
+        "{stderr}"
+    );
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
