@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::s;
+
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .join("hf")
+    common::fixture(name).join("hf")
 }
 
 fn pocketvl(args: &[&str]) -> Output {
@@ -16,10 +16,6 @@ fn pocketvl(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run pocketvl")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A writable copy of a fixture checkpoint.

@@ -11,11 +11,8 @@ use std::sync::OnceLock;
 use convert::write::{convert, ConvertOptions};
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+mod common;
+use common::{fixture, s};
 
 fn image(name: &str) -> PathBuf {
     fixture("tiny-mha").join("images").join(name)
@@ -40,10 +37,6 @@ fn model() -> &'static Path {
         .unwrap();
         out
     })
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn pocketvl(args: &[&str], stdin: Option<&str>) -> Output {

@@ -13,61 +13,16 @@
 //! where the golden top-1 margin exceeds the format's error; the measured
 //! agreement and max logit error are printed.
 
-use std::path::{Path, PathBuf};
-
-use convert::safetensors::SafeTensorsFile;
-use convert::write::{convert, ConvertOptions};
 use pocketvl::generate::{GenerateParams, Session};
 use pocketvl::loader::ModelFile;
-use pocketvl::model::deepseek_vl2::prompt::{build_chat, Message, Role};
+use pocketvl::model::deepseek_vl2::prompt::build_chat;
 use pocketvl::model::deepseek_vl2::{LanguageModel, LogitsWanted};
 use pocketvl::sampler::SamplerConfig;
 use pocketvl::tokenizer::Tokenizer;
 use pocketvl::trace::Trace;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn load_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// Converts fixture `name` with `recipe` into a temp dir; returns the dir
-/// guard and the model path.
-fn converted(name: &str, recipe: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("model.gguf");
-    let opts = ConvertOptions {
-        input: fixture(name).join("hf"),
-        output: out.clone(),
-        quant: Some(recipe.to_string()),
-        overrides: Vec::new(),
-        force: false,
-        threads: Some(2),
-        progress: false,
-    };
-    convert(&opts).unwrap();
-    (dir, out)
-}
-
-fn messages(case: &serde_json::Value) -> Vec<Message> {
-    case["conversation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let role = match m["role"].as_str().unwrap() {
-                "<|User|>" | "user" => Role::User,
-                "<|Assistant|>" | "assistant" => Role::Assistant,
-                _ => Role::System,
-            };
-            Message::new(role, m["content"].as_str().unwrap())
-        })
-        .collect()
-}
+mod common;
+use common::{converted, fixture, load_json, max_abs, messages, Golden};
 
 fn image_counts(case: &serde_json::Value) -> Vec<usize> {
     case["image_token_counts"]
@@ -102,36 +57,6 @@ fn prompt_and_features(
     (p.ids, feats)
 }
 
-struct Golden(SafeTensorsFile);
-
-impl Golden {
-    fn f32(&self, name: &str) -> Vec<f32> {
-        self.0
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .to_f32()
-            .unwrap()
-    }
-    fn i64(&self, name: &str) -> Vec<i64> {
-        self.0
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .to_i64()
-            .unwrap()
-    }
-    fn has(&self, name: &str) -> bool {
-        self.0.entry(name).is_some()
-    }
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn argmax(x: &[f32]) -> usize {
     pocketvl::sampler::argmax(x)
 }
@@ -143,7 +68,7 @@ fn check_f32(name: &str) {
     let mut model = LanguageModel::load(&file).unwrap();
     let tok = Tokenizer::from_model_file(&file).unwrap();
     let cases = load_json(&fixture(name).join("cases.json"));
-    let golden = Golden(SafeTensorsFile::open(&fixture(name).join("golden.safetensors")).unwrap());
+    let golden = Golden::open(name);
     let (d, v, n_layer) = (model.hp.n_embd, model.hp.n_vocab, model.hp.n_layer);
     let mut worst_logit = 0.0f32;
     for case in cases["cases"].as_array().unwrap() {
@@ -327,7 +252,7 @@ fn check_quantized(name: &str, recipe: &str, tol: f32) -> (f32, f32, usize) {
     let mut model = LanguageModel::load(&file).unwrap();
     let tok = Tokenizer::from_model_file(&file).unwrap();
     let cases = load_json(&fixture(name).join("cases.json"));
-    let golden = Golden(SafeTensorsFile::open(&fixture(name).join("golden.safetensors")).unwrap());
+    let golden = Golden::open(name);
     let v = model.hp.n_vocab;
     let (mut agree, mut total, mut max_err) = (0usize, 0usize, 0.0f32);
     let mut flips = Vec::new();

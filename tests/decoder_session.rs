@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use convert::write::{convert, mmproj_path, ConvertOptions};
+use convert::write::mmproj_path;
 use pocketvl::generate::{GenerateParams, Session};
 use pocketvl::loader::{LoaderError, ModelFile};
 use pocketvl::model::deepseek_vl2::prompt::{build_chat, Message, Role};
@@ -12,23 +12,10 @@ use pocketvl::model::deepseek_vl2::{LanguageModel, ModelError};
 use pocketvl::sampler::SamplerConfig;
 use pocketvl::tokenizer::Tokenizer;
 
+mod common;
+
 fn converted(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("model.gguf");
-    let opts = ConvertOptions {
-        input: Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-            .join("hf"),
-        output: out.clone(),
-        quant: Some("f32".to_string()),
-        overrides: Vec::new(),
-        force: false,
-        threads: Some(2),
-        progress: false,
-    };
-    convert(&opts).unwrap();
-    (dir, out)
+    common::converted(name, "f32")
 }
 
 fn session(path: &Path) -> Session {

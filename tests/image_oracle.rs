@@ -16,10 +16,7 @@
 //! tests/decoder_oracle.rs does for text, with image features from the recipe's own mmproj on
 //! the reference pixels.
 
-use std::path::{Path, PathBuf};
-
-use convert::safetensors::SafeTensorsFile;
-use convert::write::{convert, mmproj_path, ConvertOptions};
+use convert::write::mmproj_path;
 use pocketvl::generate::{GenerateParams, Session};
 use pocketvl::image_io::{load_rgb, RgbImage};
 use pocketvl::loader::ModelFile;
@@ -32,66 +29,8 @@ use pocketvl::tokenizer::Tokenizer;
 use pocketvl::vision_cache::VisionCache;
 use serde_json::Value;
 
-const TILE_BYTES: usize = 3 * 384 * 384;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// Converts fixture `name` with `recipe`; the temp dir guard and the model path.
-fn converted(name: &str, recipe: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("model.gguf");
-    let opts = ConvertOptions {
-        input: fixture(name).join("hf"),
-        output: out.clone(),
-        quant: Some(recipe.to_string()),
-        overrides: Vec::new(),
-        force: false,
-        threads: Some(2),
-        progress: false,
-    };
-    convert(&opts).unwrap();
-    (dir, out)
-}
-
-struct Golden(SafeTensorsFile);
-
-impl Golden {
-    fn open(name: &str) -> Golden {
-        Golden(SafeTensorsFile::open(&fixture(name).join("golden.safetensors")).unwrap())
-    }
-    fn f32(&self, name: &str) -> Vec<f32> {
-        self.0
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .to_f32()
-            .unwrap()
-    }
-    fn i64(&self, name: &str) -> Vec<i64> {
-        self.0
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .to_i64()
-            .unwrap()
-    }
-    fn ids(&self, name: &str) -> Vec<u32> {
-        self.i64(name).iter().map(|&x| x as u32).collect()
-    }
-}
-
-fn golden_tiles() -> Vec<Vec<u8>> {
-    let store = SafeTensorsFile::open(&fixture("preprocess").join("pixels.safetensors")).unwrap();
-    let px = store
-        .tensor("tiles.pixel_u8")
-        .unwrap()
-        .as_u8()
-        .unwrap()
-        .to_vec();
-    px.chunks(TILE_BYTES).map(|c| c.to_vec()).collect()
-}
+mod common;
+use common::{converted, fixture, golden_tiles, max_abs, messages, Golden};
 
 fn image_cases(name: &str) -> Vec<Value> {
     let cases: Value =
@@ -102,22 +41,6 @@ fn image_cases(name: &str) -> Vec<Value> {
         .iter()
         .filter(|c| !c["images"].as_array().unwrap().is_empty())
         .cloned()
-        .collect()
-}
-
-fn messages(case: &Value) -> Vec<Message> {
-    case["conversation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let role = match m["role"].as_str().unwrap() {
-                "<|User|>" | "user" => Role::User,
-                "<|Assistant|>" | "assistant" => Role::Assistant,
-                _ => Role::System,
-            };
-            Message::new(role, m["content"].as_str().unwrap())
-        })
         .collect()
 }
 
@@ -151,14 +74,6 @@ fn golden_pixel_features(
         ..ours
     };
     vision.encode(&pre).unwrap()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn greedy16() -> GenerateParams {

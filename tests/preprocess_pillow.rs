@@ -12,15 +12,8 @@ use pocketvl::model::deepseek_vl2::preprocess::pad;
 use pocketvl::model::deepseek_vl2::resample::resize_bicubic;
 use serde_json::Value;
 
-fn python() -> Option<String> {
-    match std::env::var("POCKETVL_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            println!("skipped: POCKETVL_PYTHON not set");
-            None
-        }
-    }
-}
+mod common;
+use common::python;
 
 /// Runs one oracle command into a fresh temporary directory; returns it and the case list.
 fn oracle(py: &str, cmd: &str, extra: &[&Path]) -> (tempfile::TempDir, Vec<Value>) {

@@ -11,6 +11,9 @@ use pocketvl::synth::{
     self, tensor_list, HeaderEntry, ModelSpec, SafetensorsWriter, StDtype, SynthOptions, Variant,
 };
 
+mod common;
+use common::python;
+
 /// Tiny's structure (MHA, dense layer 0, MoE after) at fixture-like widths.
 fn small_tiny() -> ModelSpec {
     let mut s = ModelSpec::new(Variant::Tiny, Some(3), true);
@@ -29,7 +32,7 @@ fn small_tiny() -> ModelSpec {
 }
 
 fn fixture_tokenizer() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-mha/hf/tokenizer.json")
+    common::fixture("tiny-mha").join("hf/tokenizer.json")
 }
 
 fn write(spec: &ModelSpec, dir: &Path, seed: u64) -> synth::SynthSummary {
@@ -38,16 +41,6 @@ fn write(spec: &ModelSpec, dir: &Path, seed: u64) -> synth::SynthSummary {
     o.shard_bytes = 256 << 10;
     o.tokenizer = Some(fixture_tokenizer());
     synth::synthesize_spec(spec, &o).unwrap()
-}
-
-fn python() -> Option<String> {
-    match std::env::var("POCKETVL_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            println!("skipped: POCKETVL_PYTHON not set");
-            None
-        }
-    }
 }
 
 fn run_check(py: &str, mode: &str, arg: &Path) -> serde_json::Value {

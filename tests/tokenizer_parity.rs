@@ -8,39 +8,15 @@
 //!   interpreter from `POCKETVL_PYTHON`), for English, code, CJK, emoji and
 //!   every special token.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use convert::safetensors::SafeTensorsFile;
-use pocketvl::model::deepseek_vl2::prompt::{build_chat, Message, Role};
+use pocketvl::model::deepseek_vl2::prompt::build_chat;
 use pocketvl::tokenizer::Tokenizer;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn load_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The conversation of a case as template messages.
-fn messages(case: &serde_json::Value) -> Vec<Message> {
-    case["conversation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let role = match m["role"].as_str().unwrap() {
-                "<|User|>" | "user" => Role::User,
-                "<|Assistant|>" | "assistant" => Role::Assistant,
-                _ => Role::System,
-            };
-            Message::new(role, m["content"].as_str().unwrap())
-        })
-        .collect()
-}
+mod common;
+use common::{converted, fixture, load_json, messages};
 
 /// Every case's prompt ids equal the reference processor's.
 fn check_prompt_ids(fixture_name: &str, tok: &Tokenizer) {
@@ -194,18 +170,7 @@ fn stream_decode_equals_reference_decode() {
 
 /// Converts a fixture (f32) and loads the tokenizer stored in the GGUF.
 fn tokenizer_from_converted(name: &str) -> (tempfile::TempDir, Tokenizer) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("model.gguf");
-    let opts = convert::write::ConvertOptions {
-        input: fixture(name).join("hf"),
-        output: out.clone(),
-        quant: Some("f32".to_string()),
-        overrides: Vec::new(),
-        force: false,
-        threads: Some(2),
-        progress: false,
-    };
-    convert::write::convert(&opts).unwrap();
+    let (dir, out) = converted(name, "f32");
     let file = pocketvl::loader::ModelFile::open(&out).unwrap();
     let tok = Tokenizer::from_model_file(&file).unwrap();
     (dir, tok)

@@ -6,59 +6,23 @@
 //! layout the image rows of `<case>.inputs_embeds`. Tolerance 1e-4 absolute (README: an
 //! independent f64 re-implementation lands within 4e-6 / 2e-6 / 1.2e-6).
 
-use std::path::{Path, PathBuf};
-
 use convert::safetensors::SafeTensorsFile;
-use convert::write::{convert, mmproj_path, ConvertOptions};
+use convert::write::mmproj_path;
 use pocketvl::image_io::load_rgb;
 use pocketvl::model::deepseek_vl2::preprocess::{normalize_chw, preprocess, Preprocessed};
 use pocketvl::model::deepseek_vl2::vision::VisionModel;
 use serde_json::Value;
 
-const TOL: f32 = 1e-4;
-const TILE_BYTES: usize = 3 * 384 * 384;
+mod common;
+use common::{converted, fixture, golden_tiles, max_abs};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+const TOL: f32 = 1e-4;
 
 /// Converts fixture `name` with the f32 recipe; returns the temp dir guard and the model.
 fn vision_model(name: &str) -> (tempfile::TempDir, VisionModel) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("model.gguf");
-    let opts = ConvertOptions {
-        input: fixture(name).join("hf"),
-        output: out.clone(),
-        quant: Some("f32".to_string()),
-        overrides: Vec::new(),
-        force: false,
-        threads: Some(2),
-        progress: false,
-    };
-    convert(&opts).unwrap();
+    let (dir, out) = converted(name, "f32");
     let model = VisionModel::load(&mmproj_path(&out)).unwrap();
     (dir, model)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn golden_pixels() -> Vec<Vec<u8>> {
-    let store = SafeTensorsFile::open(&fixture("preprocess").join("pixels.safetensors")).unwrap();
-    let px = store
-        .tensor("tiles.pixel_u8")
-        .unwrap()
-        .as_u8()
-        .unwrap()
-        .to_vec();
-    px.chunks(TILE_BYTES).map(|c| c.to_vec()).collect()
 }
 
 /// One fixture, stage by stage: tower on the golden pixels, projector on the golden tower
@@ -68,7 +32,7 @@ fn golden_pixels() -> Vec<Vec<u8>> {
 fn check_fixture(fx: &str) {
     let (_dir, model) = vision_model(fx);
     let golden = SafeTensorsFile::open(&fixture(fx).join("golden.safetensors")).unwrap();
-    let tiles = golden_pixels();
+    let tiles = golden_tiles();
     let cfg = &model.config;
     let pixels: Vec<f32> = tiles
         .iter()
@@ -76,7 +40,7 @@ fn check_fixture(fx: &str) {
         .collect();
     let want_v = golden.tensor("tiles.vision_out").unwrap().to_f32().unwrap();
     let got_v = model.tower().forward(&pixels, tiles.len()).unwrap();
-    let dv = max_abs_diff(&got_v, &want_v);
+    let dv = max_abs(&got_v, &want_v);
     println!(
         "{fx}: vision_out ({} tiles) max abs diff {dv:e}",
         tiles.len()
@@ -89,11 +53,11 @@ fn check_fixture(fx: &str) {
         .to_f32()
         .unwrap();
     let got_p = model.projector().forward(&want_v, tiles.len()).unwrap();
-    let dp = max_abs_diff(&got_p, &want_p);
+    let dp = max_abs(&got_p, &want_p);
     println!("{fx}: projector_out (golden input) max abs diff {dp:e}");
     assert!(dp <= TOL, "{fx}: projector_out max abs diff {dp} > {TOL}");
     let chained = model.projector().forward(&got_v, tiles.len()).unwrap();
-    let dc = max_abs_diff(&chained, &want_p);
+    let dc = max_abs(&chained, &want_p);
     println!("{fx}: projector_out (our tower output) max abs diff {dc:e}");
     assert!(
         dc <= TOL,
@@ -154,7 +118,7 @@ fn check_fixture(fx: &str) {
         };
         let got = model.projector().assemble(&chained, &from_golden).unwrap();
         assert_eq!(got.len(), want.len(), "{fx}/{name}: number of image rows");
-        let d = max_abs_diff(&got, &want);
+        let d = max_abs(&got, &want);
         println!(
             "{fx}/{name}: image rows of inputs_embeds ({}) max abs diff {d:e}",
             want.len() / n
@@ -170,7 +134,7 @@ fn check_fixture(fx: &str) {
         }
         seen_e2e.push(files.clone());
         let e2e = model.encode(&ours).unwrap();
-        let d2 = max_abs_diff(&e2e, &want);
+        let d2 = max_abs(&e2e, &want);
         println!("{fx}/{name}: end to end from the image files max abs diff {d2:e}");
         if files.iter().all(|f| f.ends_with(".png")) {
             assert!(d2 <= TOL, "{fx}/{name}: PNG end to end {d2} > {TOL}");
@@ -184,18 +148,7 @@ fn check_fixture(fx: &str) {
 
 #[test]
 fn language_model_file_is_refused_as_mmproj() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("model.gguf");
-    let opts = ConvertOptions {
-        input: fixture("tiny-mha").join("hf"),
-        output: out.clone(),
-        quant: Some("f32".to_string()),
-        overrides: Vec::new(),
-        force: false,
-        threads: Some(2),
-        progress: false,
-    };
-    convert(&opts).unwrap();
+    let (_dir, out) = converted("tiny-mha", "f32");
     let err = VisionModel::load(&out)
         .err()
         .expect("a language model is not an mmproj");
