@@ -10,6 +10,8 @@ use pocketvl::bench::convert::{bench_convert, shard_files, ConvertBenchOptions};
 use pocketvl::synth::{self, spec::Attention, ModelSpec, SynthOptions, Variant};
 use quant::gguf::GgufFile;
 
+mod common;
+
 fn shrink(mut s: ModelSpec) -> ModelSpec {
     s.language.num_hidden_layers = 3;
     s.language.hidden_size = 64;
@@ -39,9 +41,7 @@ fn synthesize(spec: &ModelSpec, dir: &Path) -> synth::SynthSummary {
     o.seed = 3;
     o.shard_bytes = 512 << 10;
     // 1208 tokens: fits the shrunk 1280-row vocabulary.
-    o.tokenizer = Some(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-mha/hf/tokenizer.json"),
-    );
+    o.tokenizer = Some(common::fixture("tiny-mha").join("hf/tokenizer.json"));
     synth::synthesize_spec(spec, &o).unwrap()
 }
 
