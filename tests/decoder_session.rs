@@ -55,11 +55,7 @@ fn chunked_prefill_and_prefix_reuse() {
                 .generate(&ids, &[], &greedy(6, chunk), &mut |_| {})
                 .unwrap();
             assert_eq!(g.tokens, whole.tokens, "{name}: chunk {chunk}");
-            let d = g.logits[0]
-                .iter()
-                .zip(&whole.logits[0])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let d = common::max_abs(&g.logits[0], &whole.logits[0]);
             assert!(d < 1e-4, "{name}: chunk {chunk} logits differ by {d}");
         }
         // Second turn: the first turn's positions are reused.

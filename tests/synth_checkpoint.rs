@@ -16,19 +16,7 @@ use common::python;
 
 /// Tiny's structure (MHA, dense layer 0, MoE after) at fixture-like widths.
 fn small_tiny() -> ModelSpec {
-    let mut s = ModelSpec::new(Variant::Tiny, Some(3), true);
-    s.language.hidden_size = 64;
-    s.language.num_attention_heads = 4;
-    s.language.vocab_size = 1280;
-    s.language.intermediate_size = 160;
-    s.language.moe_intermediate_size = 32;
-    s.language.n_routed_experts = 16;
-    s.language.num_experts_per_tok = 4;
-    s.vision.width = 64;
-    s.vision.layers = 2;
-    s.vision.heads = 4;
-    s.vision.mlp_dim = 239; // int(64 * 3.7362)
-    s
+    common::shrink_spec(ModelSpec::new(Variant::Tiny, Some(3), true))
 }
 
 fn fixture_tokenizer() -> PathBuf {

@@ -7,34 +7,10 @@ use std::path::Path;
 
 use convert::write::{convert as run_convert, ConvertOptions};
 use pocketvl::bench::convert::{bench_convert, shard_files, ConvertBenchOptions};
-use pocketvl::synth::{self, spec::Attention, ModelSpec, SynthOptions, Variant};
+use pocketvl::synth::{self, ModelSpec, SynthOptions, Variant};
 use quant::gguf::GgufFile;
 
 mod common;
-
-fn shrink(mut s: ModelSpec) -> ModelSpec {
-    s.language.num_hidden_layers = 3;
-    s.language.hidden_size = 64;
-    s.language.num_attention_heads = 4;
-    s.language.vocab_size = 1280;
-    s.language.intermediate_size = 160;
-    s.language.moe_intermediate_size = 32;
-    s.language.n_routed_experts = 16;
-    s.language.num_experts_per_tok = 4;
-    if let Attention::Mla { .. } = s.language.attention {
-        s.language.attention = Attention::Mla {
-            kv_lora_rank: 32,
-            qk_nope_head_dim: 16,
-            qk_rope_head_dim: 8,
-            v_head_dim: 16,
-        };
-    }
-    s.vision.width = 64;
-    s.vision.layers = 2;
-    s.vision.heads = 4;
-    s.vision.mlp_dim = 239; // int(64 * 3.7362)
-    s
-}
 
 fn synthesize(spec: &ModelSpec, dir: &Path) -> synth::SynthSummary {
     let mut o = SynthOptions::new(spec.variant, dir);
@@ -48,7 +24,7 @@ fn synthesize(spec: &ModelSpec, dir: &Path) -> synth::SynthSummary {
 #[test]
 fn converter_accepts_synthetic_checkpoints() {
     for variant in [Variant::Tiny, Variant::Vl2] {
-        let spec = shrink(ModelSpec::new(variant, None, true));
+        let spec = common::shrink_spec(ModelSpec::new(variant, None, true));
         let dir = tempfile::tempdir().unwrap();
         let ck_dir = dir.path().join("hf");
         let summary = synthesize(&spec, &ck_dir);
@@ -83,7 +59,7 @@ fn converter_accepts_synthetic_checkpoints() {
 
 #[test]
 fn bench_convert_accounts_for_every_byte() {
-    let spec = shrink(ModelSpec::new(Variant::Tiny, None, true));
+    let spec = common::shrink_spec(ModelSpec::new(Variant::Tiny, None, true));
     let dir = tempfile::tempdir().unwrap();
     let ck_dir = dir.path().join("hf");
     let summary = synthesize(&spec, &ck_dir);

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use convert::safetensors::SafeTensorsFile;
 use convert::write::{convert, ConvertOptions};
 use pocketvl::model::deepseek_vl2::prompt::{Message, Role};
+use pocketvl::synth::{spec::Attention, ModelSpec};
 use serde_json::Value;
 
 /// Bytes of one 384x384 RGB tile in the preprocess fixture's pixel store.
@@ -126,4 +127,30 @@ pub fn python() -> Option<String> {
 /// A path as `&str` for command-line arguments.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// `s` shrunk to the fixtures' sizes (3 layers, width 64, 16 experts, vocabulary 1280, MLA
+/// ranks 32/16/8/16, vision width 64 × 2 blocks), for synthetic checkpoints fast enough for tests.
+pub fn shrink_spec(mut s: ModelSpec) -> ModelSpec {
+    s.language.num_hidden_layers = 3;
+    s.language.hidden_size = 64;
+    s.language.num_attention_heads = 4;
+    s.language.vocab_size = 1280;
+    s.language.intermediate_size = 160;
+    s.language.moe_intermediate_size = 32;
+    s.language.n_routed_experts = 16;
+    s.language.num_experts_per_tok = 4;
+    if let Attention::Mla { .. } = s.language.attention {
+        s.language.attention = Attention::Mla {
+            kv_lora_rank: 32,
+            qk_nope_head_dim: 16,
+            qk_rope_head_dim: 8,
+            v_head_dim: 16,
+        };
+    }
+    s.vision.width = 64;
+    s.vision.layers = 2;
+    s.vision.heads = 4;
+    s.vision.mlp_dim = 239; // int(64 * 3.7362)
+    s
 }

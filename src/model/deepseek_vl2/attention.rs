@@ -373,12 +373,15 @@ mod tests {
             );
             cache.set_len(p0 + m);
         }
-        let max = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max = max_abs_diff(&got, &want);
         assert!(max < 1e-5, "absorbed vs plain max |diff| {max}");
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
     }
 
     #[test]
@@ -418,11 +421,7 @@ mod tests {
             );
             c2.set_len(p0 + m);
         }
-        let max = one
-            .iter()
-            .zip(&two)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max = max_abs_diff(&one, &two);
         assert!(max < 1e-6, "chunked vs single max |diff| {max}");
     }
 }
