@@ -38,54 +38,43 @@ impl Variant {
         Variant::ALL.into_iter().find(|v| v.name() == name)
     }
 
-    /// The language model of this variant (§1.4).
+    /// The language model of this variant, from the one table of known variants
+    /// (`models.toml`, embedded in the binary).
     pub fn language(self) -> LmSpec {
-        match self {
-            Variant::Tiny => LmSpec {
-                vocab_size: 129_280,
-                hidden_size: 1280,
-                num_hidden_layers: 12,
-                num_attention_heads: 10,
-                attention: Attention::Mha,
-                intermediate_size: 6848,
-                moe_intermediate_size: 896,
-                n_routed_experts: 64,
-                n_shared_experts: 2,
-                num_experts_per_tok: 6,
-                routing: Routing::SoftmaxGreedy,
-                bos_token_id: 0,
-                eos_token_id: 1,
+        // The embedded table is part of the binary; its parsing and the presence of the three
+        // variants are asserted by convert's `models` unit tests.
+        let db = convert::models::ModelsDb::builtin().expect("embedded models.toml parses");
+        let v = db
+            .variant(self.name())
+            .expect("models.toml lists every synth variant");
+        // Small ships the DeepSeek-LLM/V2 vocabulary (BOS 100000), Tiny and VL2 the V3 one
+        // (BOS 0); synth writes the matching tokenizer layout (`tokenizer::v2_layout_from_v3`).
+        let (bos_token_id, eos_token_id) = match self {
+            Variant::Small => (100_000, 100_001),
+            Variant::Tiny | Variant::Vl2 => (0, 1),
+        };
+        LmSpec {
+            vocab_size: v.vocab_size,
+            hidden_size: v.hidden_size,
+            num_hidden_layers: v.num_hidden_layers,
+            num_attention_heads: v.num_attention_heads,
+            attention: if v.use_mla {
+                Attention::MLA
+            } else {
+                Attention::Mha
             },
-            Variant::Small => LmSpec {
-                vocab_size: 102_400,
-                hidden_size: 2048,
-                num_hidden_layers: 27,
-                num_attention_heads: 16,
-                attention: Attention::MLA,
-                intermediate_size: 10944,
-                moe_intermediate_size: 1408,
-                n_routed_experts: 64,
-                n_shared_experts: 2,
-                num_experts_per_tok: 6,
-                routing: Routing::SoftmaxGreedy,
-                bos_token_id: 100_000,
-                eos_token_id: 100_001,
+            intermediate_size: v.intermediate_size,
+            moe_intermediate_size: v.moe_intermediate_size,
+            n_routed_experts: v.n_routed_experts,
+            n_shared_experts: v.n_shared_experts,
+            num_experts_per_tok: v.num_experts_per_tok,
+            routing: if v.topk_method == "noaux_tc" {
+                Routing::SigmoidNoauxTc
+            } else {
+                Routing::SoftmaxGreedy
             },
-            Variant::Vl2 => LmSpec {
-                vocab_size: 129_280,
-                hidden_size: 2560,
-                num_hidden_layers: 30,
-                num_attention_heads: 32,
-                attention: Attention::MLA,
-                intermediate_size: 12288,
-                moe_intermediate_size: 1536,
-                n_routed_experts: 72,
-                n_shared_experts: 2,
-                num_experts_per_tok: 6,
-                routing: Routing::SigmoidNoauxTc,
-                bos_token_id: 0,
-                eos_token_id: 1,
-            },
+            bos_token_id,
+            eos_token_id,
         }
     }
 }
