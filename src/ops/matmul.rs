@@ -7,7 +7,7 @@
 //! once per call to the type the weight's dot kernel expects.
 
 use quant::block::{dequantize_row, quantize_row};
-use quant::kernels::{vec_dot, vec_dot_type};
+use quant::kernels::{gemm, vec_dot_type};
 use quant::GgmlType;
 use rayon::prelude::*;
 use thiserror::Error;
@@ -111,28 +111,37 @@ pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32])
             .enumerate()
             .for_each(|(ci, chunk)| {
                 let r0 = ci * rows_per_task;
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    *o = vec_dot(w.ty, k, &w.data[(r0 + j) * rb..][..rb], &act);
-                }
+                let rows = chunk.len();
+                gemm(
+                    w.ty,
+                    k,
+                    &w.data[r0 * rb..(r0 + rows) * rb],
+                    rows,
+                    &act,
+                    1,
+                    chunk,
+                    rows,
+                );
             });
         return;
     }
-    // Transposed result [n, n_tokens]: each task owns whole weight rows.
-    let mut tr = vec![0.0f32; n * n_tokens];
-    tr.par_chunks_mut(rows_per_task * n_tokens)
-        .enumerate()
-        .for_each(|(ci, chunk)| {
+    // Each task owns whole weight rows and all tokens: `[n_tokens, rows]`
+    // blocks, scattered into `out` afterwards.
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(rows_per_task))
+        .into_par_iter()
+        .map(|ci| {
             let r0 = ci * rows_per_task;
-            for (j, orow) in chunk.chunks_exact_mut(n_tokens).enumerate() {
-                let row = &w.data[(r0 + j) * rb..][..rb];
-                for (t, o) in orow.iter_mut().enumerate() {
-                    *o = vec_dot(w.ty, k, row, &act[t * arb..][..arb]);
-                }
-            }
-        });
-    for r in 0..n {
+            let rows = rows_per_task.min(n - r0);
+            let mut blk = vec![0.0f32; n_tokens * rows];
+            let wd = &w.data[r0 * rb..(r0 + rows) * rb];
+            gemm(w.ty, k, wd, rows, &act, n_tokens, &mut blk, rows);
+            (r0, blk)
+        })
+        .collect();
+    for (r0, blk) in blocks {
+        let rows = blk.len() / n_tokens;
         for t in 0..n_tokens {
-            out[t * n + r] = tr[r * n_tokens + t];
+            out[t * n + r0..][..rows].copy_from_slice(&blk[t * rows..][..rows]);
         }
     }
 }

@@ -7,6 +7,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod scalar;
 
 use std::sync::OnceLock;
@@ -16,6 +18,15 @@ use crate::types::GgmlType;
 /// A dot-product kernel: (element count, weight row, activation row) → f32.
 pub type DotFn = fn(usize, &[u8], &[u8]) -> f32;
 
+/// A matrix-product kernel over rows of `k` elements:
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < n_rows`, `t < n_tok`.
+/// `w` holds `n_rows` weight rows back to back in the weight type, `a` holds
+/// `n_tok` activation rows back to back in `vec_dot_type(weight type)`.
+/// Threads are the caller's business: it hands each worker a range of weight
+/// rows (and its own `out` block, or a column offset of a shared one).
+pub type GemmFn =
+    fn(k: usize, w: &[u8], n_rows: usize, a: &[u8], n_tok: usize, out: &mut [f32], ldo: usize);
+
 /// Number of slots in the table: one per ggml type id up to BF16 (30).
 const SLOTS: usize = 31;
 
@@ -24,6 +35,8 @@ pub struct KernelTable {
     /// Human-readable name of the instruction set ("scalar", ...).
     pub isa: &'static str,
     dots: [Option<DotFn>; SLOTS],
+    /// Tiled matrix kernels; a type without one runs [`gemm_by_dots`].
+    gemms: [Option<GemmFn>; SLOTS],
 }
 
 impl KernelTable {
@@ -45,6 +58,7 @@ impl KernelTable {
         KernelTable {
             isa: "scalar",
             dots,
+            gemms: [None; SLOTS],
         }
     }
 
@@ -65,10 +79,27 @@ impl KernelTable {
         t
     }
 
+    /// The AVX2 table with the AVX-512 (F, BW, VL, VNNI) kernels swapped in.
+    /// Only call after `avx512::detected()`.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512() -> KernelTable {
+        let t = KernelTable::avx2();
+        KernelTable {
+            isa: "avx512-vnni",
+            ..t
+        }
+    }
+
     /// The kernel for weight type `ty`, if there is one.
     #[inline]
     pub fn get(&self, ty: GgmlType) -> Option<DotFn> {
         self.dots.get(ty.id() as usize).copied().flatten()
+    }
+
+    /// The tiled matrix kernel for weight type `ty`, if there is one.
+    #[inline]
+    pub fn gemm(&self, ty: GgmlType) -> Option<GemmFn> {
+        self.gemms.get(ty.id() as usize).copied().flatten()
     }
 }
 
@@ -84,6 +115,10 @@ fn force_scalar() -> bool {
 fn select() -> KernelTable {
     if force_scalar() {
         return KernelTable::scalar();
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected() && avx512::detected() {
+        return KernelTable::avx512();
     }
     #[cfg(target_arch = "x86_64")]
     if avx2::detected() {
@@ -114,6 +149,61 @@ pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
 /// Whether [`vec_dot`] has a kernel for weight type `ty` (check at load time).
 pub fn has_vec_dot(ty: GgmlType) -> bool {
     table().get(ty).is_some()
+}
+
+/// The reference matrix product: one [`vec_dot`] per (row, token) through the
+/// given dot kernel. Tiled SIMD kernels are tested against this.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_by_dots(
+    dot: DotFn,
+    wrb: usize,
+    arb: usize,
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    for r in 0..n_rows {
+        let row = &w[r * wrb..][..wrb];
+        for t in 0..n_tok {
+            out[t * ldo + r] = dot(k, row, &a[t * arb..][..arb]);
+        }
+    }
+}
+
+/// `out[t * ldo + r] = Σ_i w[r, i] · a[t, i]` for a weight block of `n_rows`
+/// rows of type `ty` and `n_tok` activation rows in `vec_dot_type(ty)` (see
+/// [`GemmFn`]). Uses the table's tiled kernel where there is one, otherwise
+/// one dot per (row, token).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    ty: GgmlType,
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let wrb = ty.row_bytes(k as u64).unwrap_or(0) as usize;
+    let arb = vec_dot_type(ty).row_bytes(k as u64).unwrap_or(0) as usize;
+    debug_assert!(w.len() >= n_rows * wrb && a.len() >= n_tok * arb);
+    debug_assert!(n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows);
+    let t = table();
+    if let Some(g) = t.gemm(ty) {
+        return g(k, w, n_rows, a, n_tok, out, ldo);
+    }
+    match t.get(ty) {
+        Some(dot) => gemm_by_dots(dot, wrb, arb, k, w, n_rows, a, n_tok, out, ldo),
+        None => {
+            debug_assert!(false, "gemm: no kernel for {ty}");
+            out.iter_mut().for_each(|v| *v = f32::NAN);
+        }
+    }
 }
 
 /// Dot product of one weight row (`n` elements in `ty`) with one activation row
