@@ -1,5 +1,6 @@
 //! AVX2 + FMA (+ F16C) versions of the hottest dot products (F32, F16, BF16,
-//! Q8_0, Q4_0, Q4_K, Q6_K). Each computes the
+//! Q4_K, Q6_K) and the dots and tiled GEMMs of the 32-element block formats
+//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, decoded by `q0_x86`). Each computes the
 //! same integer block sums as its scalar twin in `scalar.rs` and differs only in
 //! the order of the f32 additions; `tests` below check them against the scalar
 //! kernels on random and edge data.
@@ -11,7 +12,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::block::{as_blocks, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0};
+use super::q0_x86::{h2f, hsum_ps, load32, ActBlock, Q0Format, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use crate::block::{as_blocks, BlockQ4K, BlockQ6K, BlockQ8K};
 
 /// Whether this CPU runs every kernel of this file.
 pub fn detected() -> bool {
@@ -20,91 +22,166 @@ pub fn detected() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// f16 → f32 with the F16C instruction (exact, like `half`, without its
-/// per-call feature check).
+/// Weight rows × tokens of the GEMM tile (8 accumulators of 16 registers).
+const RM: usize = 4;
+const TN: usize = 2;
+/// Weight rows in flight for a lone token (GEMV, decode).
+const RV: usize = 4;
+
+/// `out[t·ldo + r] = Σ_b d_w·d_a·Σ(q_w·q_a) (+ m_w·s_a)` for the `R` weight rows
+/// in `w` and the `T` activation rows in `a`, `nb` blocks each. Every weight
+/// block is decoded once and used for the `T` tokens. Offset formats multiply
+/// |w| (unsigned) by sign(w)·a; formats with a minimum multiply their unsigned
+/// quants directly (≤ 31, so `maddubs` cannot saturate: 2·31·128 < 2¹⁵).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn h2f(b: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(
-        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
-    ))
-}
-
-/// Horizontal sum of 8 f32 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_ps(v: __m256) -> f32 {
-    let lo = _mm256_castps256_ps128(v);
-    let hi = _mm256_extractf128_ps::<1>(v);
-    let s = _mm_add_ps(lo, hi);
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// 32 signed bytes times 32 signed bytes, summed pairwise into 8 i32 lanes.
-/// `x` must not contain −128 (|x| is taken as unsigned).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn mul_sum_i8_pairs(x: __m256i, y: __m256i) -> __m256i {
-    let ax = _mm256_sign_epi8(x, x);
-    let sy = _mm256_sign_epi8(y, x);
-    let dot16 = _mm256_maddubs_epi16(ax, sy);
-    _mm256_madd_epi16(dot16, _mm256_set1_epi16(1))
-}
-
-/// Loads 32 bytes from a 32-byte array.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load32(p: &[i8; 32]) -> __m256i {
-    // SAFETY: p is exactly 32 readable bytes; loadu has no alignment requirement.
-    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
-}
-
-pub(super) fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    // SAFETY: only installed in the kernel table after `detected()`.
-    unsafe { q8_0_q8_0(n, w, a) }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let wb = as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
-    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
-    debug_assert!(wb.len() == ab.len() && wb.len() * 32 == n);
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in wb.iter().zip(ab) {
-        let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
-        let p = mul_sum_i8_pairs(load32(&x.qs), load32(&y.qs));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+fn tile<F: Q0Format, const R: usize, const T: usize>(
+    w: &[F::W],
+    nb: usize,
+    a: &[F::A],
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let rows: [&[F::W]; R] = std::array::from_fn(|r| &w[r * nb..][..nb]);
+    let toks: [&[F::A]; T] = std::array::from_fn(|t| &a[t * nb..][..nb]);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        let mut av = [_mm256_setzero_si256(); T];
+        let mut da = [_mm256_setzero_ps(); T];
+        // s_a in lane 0 only, so m_w·s_a is added once per block.
+        let mut sa = [_mm256_setzero_ps(); T];
+        for t in 0..T {
+            let y = &toks[t][b];
+            av[t] = load32(y.qs());
+            da[t] = _mm256_set1_ps(h2f(y.d()));
+            if F::HAS_MIN {
+                sa[t] = _mm256_zextps128_ps256(_mm_set_ss(h2f(y.s())));
+            }
+        }
+        for r in 0..R {
+            let x = &rows[r][b];
+            let dw = _mm256_set1_ps(h2f(F::d(x)));
+            // SAFETY: this function's target features are AVX2 + FMA + F16C.
+            let (mag, sgn) = unsafe {
+                if F::HAS_MIN {
+                    (F::unsigned(x), _mm256_setzero_si256())
+                } else {
+                    let q = F::signed(x);
+                    (_mm256_sign_epi8(q, q), q)
+                }
+            };
+            let mw = if F::HAS_MIN {
+                _mm256_set1_ps(h2f(F::m(x)))
+            } else {
+                _mm256_setzero_ps()
+            };
+            for t in 0..T {
+                let y = if F::HAS_MIN {
+                    av[t]
+                } else {
+                    _mm256_sign_epi8(av[t], sgn)
+                };
+                let s = _mm256_madd_epi16(_mm256_maddubs_epi16(mag, y), ones);
+                acc[r][t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da[t]), acc[r][t]);
+                if F::HAS_MIN {
+                    acc[r][t] = _mm256_fmadd_ps(mw, sa[t], acc[r][t]);
+                }
+            }
+        }
     }
-    hsum_ps(acc)
-}
-
-pub(super) fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    // SAFETY: only installed in the kernel table after `detected()`.
-    unsafe { q4_0_q8_0(n, w, a) }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let wb = as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
-    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
-    debug_assert!(wb.len() == ab.len() && wb.len() * 32 == n);
-    let mut acc = _mm256_setzero_ps();
-    let low = _mm_set1_epi8(0x0f);
-    let eight = _mm256_set1_epi8(8);
-    for (x, y) in wb.iter().zip(ab) {
-        let d = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
-        // SAFETY: qs is 16 readable bytes; loadu has no alignment requirement.
-        let q = unsafe { _mm_loadu_si128(x.qs.as_ptr().cast()) };
-        let lo = _mm_and_si128(q, low);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), low);
-        // Elements 0..16 are the low nibbles, 16..32 the high ones, as in Q8_0.
-        let qx = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
-        let p = mul_sum_i8_pairs(qx, load32(&y.qs));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    for (r, acc) in acc.iter().enumerate() {
+        for (t, &v) in acc.iter().enumerate() {
+            out[t * ldo + r] = hsum_ps(v);
+        }
     }
-    hsum_ps(acc)
+}
+
+/// The [`super::GemmFn`] of format `F`: RM×TN tiles, then the row tail one
+/// row at a time; tokens past the last whole TN (all of them for GEMV) run
+/// one at a time over groups of RV rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm_q0<F: Q0Format>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let nb = k / 32;
+    let wb = as_blocks::<F::W>(w).unwrap_or(&[]);
+    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
+    debug_assert!(k % 32 == 0 && wb.len() >= n_rows * nb && ab.len() >= n_tok * nb);
+    let whole_t = n_tok / TN * TN;
+    let whole_r = n_rows / RM * RM;
+    for t0 in (0..whole_t).step_by(TN) {
+        let at = &ab[t0 * nb..(t0 + TN) * nb];
+        for r0 in (0..whole_r).step_by(RM) {
+            let o = &mut out[t0 * ldo + r0..];
+            tile::<F, RM, TN>(&wb[r0 * nb..(r0 + RM) * nb], nb, at, o, ldo);
+        }
+        for r0 in whole_r..n_rows {
+            let o = &mut out[t0 * ldo + r0..];
+            tile::<F, 1, TN>(&wb[r0 * nb..(r0 + 1) * nb], nb, at, o, ldo);
+        }
+    }
+    let whole_v = n_rows / RV * RV;
+    for t0 in whole_t..n_tok {
+        let at = &ab[t0 * nb..(t0 + 1) * nb];
+        for r0 in (0..whole_v).step_by(RV) {
+            let o = &mut out[t0 * ldo + r0..];
+            tile::<F, RV, 1>(&wb[r0 * nb..(r0 + RV) * nb], nb, at, o, ldo);
+        }
+        for r0 in whole_v..n_rows {
+            let o = &mut out[t0 * ldo + r0..];
+            tile::<F, 1, 1>(&wb[r0 * nb..(r0 + 1) * nb], nb, at, o, ldo);
+        }
+    }
+}
+
+/// One row times one activation row through the 1×1 tile.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q0<F: Q0Format>(k: usize, w: &[u8], a: &[u8]) -> f32 {
+    let wb = as_blocks::<F::W>(w).unwrap_or(&[]);
+    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
+    let nb = (k / 32).min(wb.len()).min(ab.len());
+    debug_assert!(nb * 32 == k);
+    let mut out = [0f32];
+    tile::<F, 1, 1>(wb, nb, ab, &mut out, 1);
+    out[0]
+}
+
+/// Safe [`super::DotFn`] / [`super::GemmFn`] wrappers for the kernel table.
+macro_rules! entry_points {
+    ($($fmt:ident => $dot:ident, $gemm:ident;)*) => {$(
+        pub(super) fn $dot(k: usize, w: &[u8], a: &[u8]) -> f32 {
+            // SAFETY: only installed in the kernel table after `detected()`.
+            unsafe { dot_q0::<$fmt>(k, w, a) }
+        }
+        pub(super) fn $gemm(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            // SAFETY: as above.
+            unsafe { gemm_q0::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
+        }
+    )*};
+}
+
+entry_points! {
+    Q4_0 => dot_q4_0_q8_0, gemm_q4_0_q8_0;
+    Q4_1 => dot_q4_1_q8_1, gemm_q4_1_q8_1;
+    Q5_0 => dot_q5_0_q8_0, gemm_q5_0_q8_0;
+    Q5_1 => dot_q5_1_q8_1, gemm_q5_1_q8_1;
+    Q8_0 => dot_q8_0_q8_0, gemm_q8_0_q8_0;
 }
 
 pub(super) fn dot_f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {

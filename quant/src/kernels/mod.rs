@@ -9,7 +9,11 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod q0_x86;
 pub mod scalar;
+#[cfg(test)]
+mod tier_tests;
 
 use std::sync::OnceLock;
 
@@ -72,10 +76,19 @@ impl KernelTable {
         set(GgmlType::F32, avx2::dot_f32_f32);
         set(GgmlType::F16, avx2::dot_f16_f32);
         set(GgmlType::Q4_0, avx2::dot_q4_0_q8_0);
+        set(GgmlType::Q4_1, avx2::dot_q4_1_q8_1);
+        set(GgmlType::Q5_0, avx2::dot_q5_0_q8_0);
+        set(GgmlType::Q5_1, avx2::dot_q5_1_q8_1);
         set(GgmlType::Q8_0, avx2::dot_q8_0_q8_0);
         set(GgmlType::Q4_K, avx2::dot_q4_k_q8_k);
         set(GgmlType::Q6_K, avx2::dot_q6_k_q8_k);
         set(GgmlType::BF16, avx2::dot_bf16_f32);
+        let mut set = |ty: GgmlType, f: GemmFn| t.gemms[ty.id() as usize] = Some(f);
+        set(GgmlType::Q4_0, avx2::gemm_q4_0_q8_0);
+        set(GgmlType::Q4_1, avx2::gemm_q4_1_q8_1);
+        set(GgmlType::Q5_0, avx2::gemm_q5_0_q8_0);
+        set(GgmlType::Q5_1, avx2::gemm_q5_1_q8_1);
+        set(GgmlType::Q8_0, avx2::gemm_q8_0_q8_0);
         t
     }
 
@@ -83,11 +96,21 @@ impl KernelTable {
     /// Only call after `avx512::detected()`.
     #[cfg(target_arch = "x86_64")]
     fn avx512() -> KernelTable {
-        let t = KernelTable::avx2();
-        KernelTable {
-            isa: "avx512-vnni",
-            ..t
-        }
+        let mut t = KernelTable::avx2();
+        t.isa = "avx512-vnni";
+        let mut set = |ty: GgmlType, f: DotFn| t.dots[ty.id() as usize] = Some(f);
+        set(GgmlType::Q4_0, avx512::dot_q4_0_q8_0);
+        set(GgmlType::Q4_1, avx512::dot_q4_1_q8_1);
+        set(GgmlType::Q5_0, avx512::dot_q5_0_q8_0);
+        set(GgmlType::Q5_1, avx512::dot_q5_1_q8_1);
+        set(GgmlType::Q8_0, avx512::dot_q8_0_q8_0);
+        let mut set = |ty: GgmlType, f: GemmFn| t.gemms[ty.id() as usize] = Some(f);
+        set(GgmlType::Q4_0, avx512::gemm_q4_0_q8_0);
+        set(GgmlType::Q4_1, avx512::gemm_q4_1_q8_1);
+        set(GgmlType::Q5_0, avx512::gemm_q5_0_q8_0);
+        set(GgmlType::Q5_1, avx512::gemm_q5_1_q8_1);
+        set(GgmlType::Q8_0, avx512::gemm_q8_0_q8_0);
+        t
     }
 
     /// The kernel for weight type `ty`, if there is one.

@@ -1,0 +1,258 @@
+//! x86 decoding of the 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+//! and of their activation blocks (Q8_0, Q8_1), shared by the AVX2 and the
+//! AVX-512 tiers so both multiply exactly the same integers.
+//!
+//! A weight block becomes 32 *unsigned* bytes `u` in the activation's element
+//! order plus `OFFSET`, such that the signed quant is `u − OFFSET`: the AVX-512
+//! tier feeds `u` straight into `vpdpbusd` (unsigned × signed) and subtracts
+//! `OFFSET·Σa` once per activation block; the AVX2 tier uses the signed value
+//! with the sign trick (|w| unsigned × sign(w)·a) because `maddubs` would
+//! saturate on u up to 255. Q4_1/Q5_1 (OFFSET 0) add `m_w·s_a` per block instead.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use crate::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, ByteBlock};
+
+/// f16 → f32 with the F16C instruction (exact, like `half`, without its
+/// per-call feature check).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn h2f(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+    ))
+}
+
+/// Horizontal sum of 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum_ps(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Loads 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load32<T: Copy>(p: &[T; 32]) -> __m256i {
+    debug_assert_eq!(std::mem::size_of::<T>(), 1);
+    // SAFETY: p is 32 one-byte elements; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+/// 16 bytes of packed nibbles → 32 bytes: low nibbles (elements 0..16) in the
+/// low lane, high nibbles (elements 16..32) in the high lane, as in Q8_0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: qs is 16 readable bytes; loadu has no alignment requirement.
+    let q = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let low = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(q, low);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), low);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// The 5th bits of Q5 blocks: byte j is 0x10 when bit j of `qh` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth_bits(qh: [u8; 4]) -> __m256i {
+    let x = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    // Byte j takes byte j/8 of qh (shuffles stay inside 128-bit lanes, and
+    // both lanes hold qh), then tests bit j%8.
+    let spread = _mm256_shuffle_epi8(
+        x,
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// An activation block (Q8_0 or Q8_1): scale, quants, and for Q8_1 `s = d·Σq`.
+pub(super) trait ActBlock: ByteBlock {
+    fn d(&self) -> [u8; 2];
+    fn qs(&self) -> &[i8; 32];
+    /// `s` of Q8_1 (f16 bytes); Q8_0 has none and is never asked.
+    fn s(&self) -> [u8; 2];
+}
+
+impl ActBlock for BlockQ8_0 {
+    #[inline]
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    #[inline]
+    fn qs(&self) -> &[i8; 32] {
+        &self.qs
+    }
+    #[inline]
+    fn s(&self) -> [u8; 2] {
+        [0, 0]
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    #[inline]
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    #[inline]
+    fn qs(&self) -> &[i8; 32] {
+        &self.qs
+    }
+    #[inline]
+    fn s(&self) -> [u8; 2] {
+        self.s
+    }
+}
+
+/// A 32-element weight format and the activation block it pairs with.
+pub(super) trait Q0Format {
+    type W: ByteBlock;
+    type A: ActBlock;
+    /// Signed quant = unsigned quant − OFFSET (0 for the formats with a minimum).
+    const OFFSET: u8;
+    /// Whether the block has a minimum `m` (value = q·d + m; dot adds m_w·s_a).
+    const HAS_MIN: bool;
+    fn d(b: &Self::W) -> [u8; 2];
+    /// The minimum (f16 bytes) of a format with `HAS_MIN`.
+    fn m(b: &Self::W) -> [u8; 2];
+    /// The 32 unsigned quants in element order.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 + FMA + F16C.
+    unsafe fn unsigned(b: &Self::W) -> __m256i;
+    /// The 32 signed quants `unsigned − OFFSET` in element order.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 + FMA + F16C.
+    #[inline]
+    unsafe fn signed(b: &Self::W) -> __m256i {
+        // SAFETY: forwarded caller contract (AVX2).
+        unsafe { _mm256_sub_epi8(Self::unsigned(b), _mm256_set1_epi8(Self::OFFSET as i8)) }
+    }
+}
+
+pub(super) struct Q4_0;
+pub(super) struct Q4_1;
+pub(super) struct Q5_0;
+pub(super) struct Q5_1;
+pub(super) struct Q8_0;
+
+impl Q0Format for Q4_0 {
+    type W = BlockQ4_0;
+    type A = BlockQ8_0;
+    const OFFSET: u8 = 8;
+    const HAS_MIN: bool = false;
+    #[inline]
+    fn d(b: &BlockQ4_0) -> [u8; 2] {
+        b.d
+    }
+    #[inline]
+    fn m(_: &BlockQ4_0) -> [u8; 2] {
+        [0, 0]
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unsigned(b: &BlockQ4_0) -> __m256i {
+        nibbles(&b.qs)
+    }
+}
+
+impl Q0Format for Q4_1 {
+    type W = BlockQ4_1;
+    type A = BlockQ8_1;
+    const OFFSET: u8 = 0;
+    const HAS_MIN: bool = true;
+    #[inline]
+    fn d(b: &BlockQ4_1) -> [u8; 2] {
+        b.d
+    }
+    #[inline]
+    fn m(b: &BlockQ4_1) -> [u8; 2] {
+        b.m
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unsigned(b: &BlockQ4_1) -> __m256i {
+        nibbles(&b.qs)
+    }
+}
+
+impl Q0Format for Q5_0 {
+    type W = BlockQ5_0;
+    type A = BlockQ8_0;
+    const OFFSET: u8 = 16;
+    const HAS_MIN: bool = false;
+    #[inline]
+    fn d(b: &BlockQ5_0) -> [u8; 2] {
+        b.d
+    }
+    #[inline]
+    fn m(_: &BlockQ5_0) -> [u8; 2] {
+        [0, 0]
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unsigned(b: &BlockQ5_0) -> __m256i {
+        _mm256_or_si256(nibbles(&b.qs), fifth_bits(b.qh))
+    }
+}
+
+impl Q0Format for Q5_1 {
+    type W = BlockQ5_1;
+    type A = BlockQ8_1;
+    const OFFSET: u8 = 0;
+    const HAS_MIN: bool = true;
+    #[inline]
+    fn d(b: &BlockQ5_1) -> [u8; 2] {
+        b.d
+    }
+    #[inline]
+    fn m(b: &BlockQ5_1) -> [u8; 2] {
+        b.m
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unsigned(b: &BlockQ5_1) -> __m256i {
+        _mm256_or_si256(nibbles(&b.qs), fifth_bits(b.qh))
+    }
+}
+
+impl Q0Format for Q8_0 {
+    type W = BlockQ8_0;
+    type A = BlockQ8_0;
+    /// `qs ^ 0x80` is `qs + 128` as an unsigned byte.
+    const OFFSET: u8 = 128;
+    const HAS_MIN: bool = false;
+    #[inline]
+    fn d(b: &BlockQ8_0) -> [u8; 2] {
+        b.d
+    }
+    #[inline]
+    fn m(_: &BlockQ8_0) -> [u8; 2] {
+        [0, 0]
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unsigned(b: &BlockQ8_0) -> __m256i {
+        _mm256_xor_si256(load32(&b.qs), _mm256_set1_epi8(-128))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn signed(b: &BlockQ8_0) -> __m256i {
+        load32(&b.qs)
+    }
+}

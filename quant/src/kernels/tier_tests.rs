@@ -1,0 +1,241 @@
+//! Every SIMD slot of every tier this CPU runs, checked against the scalar
+//! tier: dots against the scalar dot, GEMMs against `gemm_by_dots` over the
+//! scalar dot, on random and edge data, odd row/token counts and many `k`.
+//! A tier the CPU lacks is skipped (and says so).
+//!
+//! Bounds: the kernels compute the same integer block sums as the scalar
+//! twins and differ only in the order (and fusing) of the f32 additions, so
+//! the difference is bounded by a few ulps of Σ|w·a| per block summed:
+//! `2·(blocks + 8)·ε·Σ|w·a|`.
+
+use super::*;
+use crate::block::{dequantize_row, f32_to_f16, quantize_row};
+
+/// The SIMD tiers this CPU runs (with their names); prints the skipped ones.
+fn simd_tiers() -> Vec<KernelTable> {
+    let mut tiers = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2::detected() {
+            tiers.push(KernelTable::avx2());
+            if avx512::detected() {
+                tiers.push(KernelTable::avx512());
+            } else {
+                println!("skipped: avx512 tier (CPU lacks AVX-512 F/BW/VL/VNNI)");
+            }
+        } else {
+            println!("skipped: avx2 and avx512 tiers (CPU lacks AVX2/FMA/F16C)");
+        }
+    }
+    if tiers.is_empty() {
+        println!("skipped: no SIMD tier on this CPU");
+    }
+    tiers
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+    /// Uniform in [−scale, scale).
+    fn f32(&mut self, scale: f32) -> f32 {
+        ((self.next() & 0xff_ffff) as f32 / (1u32 << 23) as f32 - 1.0) * scale
+    }
+}
+
+/// Activation data: the weight type's `vec_dot_type`, from floats.
+fn quant(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut q = vec![0u8; ty.row_bytes(x.len() as u64).unwrap_or(0) as usize];
+    quantize_row(ty, x, &mut q).unwrap();
+    q
+}
+
+/// Edge and random float rows of `n` elements, one per case.
+fn cases(n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut g = Lcg(seed);
+    let random: Vec<f32> = (0..n).map(|_| g.f32(2.0)).collect();
+    // Every other 32-block zero: a block with d = 0 between normal ones.
+    let holes: Vec<f32> = (0..n)
+        .map(|i| if (i / 32) % 2 == 0 { 0.0 } else { g.f32(1.0) })
+        .collect();
+    vec![
+        random,
+        vec![0.0; n],
+        // ±max quants (the scale stays small enough for Q8_1's f16 `s`).
+        (0..n)
+            .map(|i| if i % 3 == 0 { -10.0 } else { 10.0 })
+            .collect(),
+        vec![0.75; n],
+        holes,
+    ]
+}
+
+/// Weight rows whose bytes are random (every quant pattern, −128 included for
+/// Q8_0), with finite random scales/minimums.
+fn random_bytes_row(ty: GgmlType, k: usize, g: &mut Lcg) -> Vec<u8> {
+    let mut row: Vec<u8> = (0..ty.row_bytes(k as u64).unwrap_or(0))
+        .map(|_| g.next() as u8)
+        .collect();
+    // The f16 fields lead every block of these formats: d, then m for Q4_1/Q5_1.
+    let halves = match ty {
+        GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
+        _ => 1,
+    };
+    for b in row.chunks_exact_mut(ty.type_size()) {
+        for h in 0..halves {
+            b[2 * h..2 * h + 2].copy_from_slice(&f32_to_f16(g.f32(0.1)));
+        }
+    }
+    row
+}
+
+/// Σ|w·a| of one row pair, the scale of the allowed rounding difference.
+fn magnitude(ty: GgmlType, k: usize, w: &[u8], a: &[u8]) -> f64 {
+    let (mut wd, mut ad) = (vec![0f32; k], vec![0f32; k]);
+    dequantize_row(ty, w, &mut wd).unwrap();
+    dequantize_row(vec_dot_type(ty), a, &mut ad).unwrap();
+    wd.iter()
+        .zip(&ad)
+        .map(|(&x, &y)| (x as f64 * y as f64).abs())
+        .sum()
+}
+
+fn tolerance(k: usize, mag: f64) -> f64 {
+    2.0 * ((k / 32) as f64 + 8.0) * f32::EPSILON as f64 * mag + 1e-30
+}
+
+const BLOCK_FORMATS: [GgmlType; 5] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+];
+
+#[test]
+fn simd_dots_match_scalar_twins() {
+    let scalar = KernelTable::scalar();
+    for tier in simd_tiers() {
+        for id in 0..SLOTS {
+            let (Some(simd), Some(reference)) = (tier.dots[id], scalar.dots[id]) else {
+                continue;
+            };
+            let ty = GgmlType::from_id(id as u32).unwrap();
+            let unit = ty.block_size().max(32);
+            let at = vec_dot_type(ty);
+            for k in [unit, 2 * unit, 3 * unit, 5 * unit, 4096.max(unit)] {
+                let mut g = Lcg(k as u64);
+                let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                for w in cases(k, 1) {
+                    for a in cases(k, 2) {
+                        rows.push((quant(ty, &w), quant(at, &a)));
+                    }
+                }
+                if BLOCK_FORMATS.contains(&ty) {
+                    let a = quant(at, &cases(k, 3)[0]);
+                    rows.push((random_bytes_row(ty, k, &mut g), a));
+                }
+                for (w, a) in rows {
+                    let got = simd(k, &w, &a) as f64;
+                    let want = reference(k, &w, &a) as f64;
+                    let mag = magnitude(ty, k, &w, &a);
+                    assert!(
+                        got == want || (got - want).abs() <= tolerance(k, mag),
+                        "{} {ty} k={k}: {got} vs scalar {want} (Σ|w·a| {mag})",
+                        tier.isa
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_gemms_match_gemm_by_dots() {
+    let scalar = KernelTable::scalar();
+    for tier in simd_tiers() {
+        for id in 0..SLOTS {
+            let Some(gemm) = tier.gemms[id] else {
+                continue;
+            };
+            let ty = GgmlType::from_id(id as u32).unwrap();
+            let dot = scalar.dots[id].expect("a GEMM slot without a scalar dot");
+            let own_dot = tier.dots[id].expect("a GEMM slot without a dot");
+            let at = vec_dot_type(ty);
+            let unit = ty.block_size().max(32);
+            for k in [unit, 2 * unit, 3 * unit, 4096.max(unit)] {
+                let (wrb, arb) = (
+                    ty.row_bytes(k as u64).unwrap() as usize,
+                    at.row_bytes(k as u64).unwrap() as usize,
+                );
+                let mut g = Lcg(7 + k as u64);
+                let max_n = if k > 1024 { 5 } else { 9 };
+                let (wcases, acases) = (cases(k, 11), cases(k, 12));
+                let wrows: Vec<Vec<u8>> = (0..max_n)
+                    .map(|r| {
+                        if BLOCK_FORMATS.contains(&ty) && r % 4 == 3 {
+                            random_bytes_row(ty, k, &mut g)
+                        } else {
+                            let x: Vec<f32> = wcases[r % wcases.len()]
+                                .iter()
+                                .map(|v| v * (1.0 + r as f32))
+                                .collect();
+                            quant(ty, &x)
+                        }
+                    })
+                    .collect();
+                let arows: Vec<Vec<u8>> = (0..max_n)
+                    .map(|t| {
+                        let x: Vec<f32> = acases[(t + 2) % acases.len()]
+                            .iter()
+                            .map(|v| v * (1.0 - 0.1 * t as f32))
+                            .collect();
+                        quant(at, &x)
+                    })
+                    .collect();
+                for n_rows in 1..=max_n {
+                    for n_tok in 1..=max_n {
+                        let w = wrows[..n_rows].concat();
+                        let a = arows[..n_tok].concat();
+                        let ldo = n_rows + 3;
+                        let mut got = vec![f32::MAX; n_tok * ldo];
+                        let mut want = vec![f32::MAX; n_tok * ldo];
+                        let mut own = vec![f32::MAX; n_tok * ldo];
+                        gemm(k, &w, n_rows, &a, n_tok, &mut got, ldo);
+                        gemm_by_dots(dot, wrb, arb, k, &w, n_rows, &a, n_tok, &mut want, ldo);
+                        gemm_by_dots(own_dot, wrb, arb, k, &w, n_rows, &a, n_tok, &mut own, ldo);
+                        for t in 0..n_tok {
+                            for r in 0..ldo {
+                                let (g, e) = (got[t * ldo + r], want[t * ldo + r]);
+                                let at = format!(
+                                    "{} {ty} k={k} rows={n_rows} toks={n_tok} r={r} t={t}",
+                                    tier.isa
+                                );
+                                if r >= n_rows {
+                                    assert_eq!(g, f32::MAX, "{at}: wrote past n_rows");
+                                    continue;
+                                }
+                                let mag = magnitude(ty, k, &wrows[r], &arows[t]);
+                                assert!(
+                                    g == e || ((g - e) as f64).abs() <= tolerance(k, mag),
+                                    "{at}: {g} vs scalar {e} (Σ|w·a| {mag})"
+                                );
+                                if BLOCK_FORMATS.contains(&ty) {
+                                    // Same per-pair operations whatever the
+                                    // tile shape: bit-identical to the dot.
+                                    assert_eq!(g, own[t * ldo + r], "{at}: tile vs own dot");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
