@@ -150,6 +150,22 @@ fn select() -> KernelTable {
     KernelTable::scalar()
 }
 
+/// Every tier this CPU runs, scalar first and the one [`table`] would pick
+/// (without `POCKETVL_FORCE_SCALAR`) last: for benchmarks and tests that
+/// compare tiers in one process.
+pub fn tiers() -> Vec<KernelTable> {
+    #[allow(unused_mut)]
+    let mut tiers = vec![KernelTable::scalar()];
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected() {
+        tiers.push(KernelTable::avx2());
+        if avx512::detected() {
+            tiers.push(KernelTable::avx512());
+        }
+    }
+    tiers
+}
+
 /// The process-wide kernel table, chosen at first use.
 #[inline]
 pub fn table() -> &'static KernelTable {
