@@ -46,22 +46,10 @@ pub fn parse_type(name: &str) -> Result<GgmlType> {
         .copied()
         .find(|t| t.name().eq_ignore_ascii_case(&lower))
         .ok_or_else(|| ConvertError::Recipe(format!("unknown tensor type '{name}'")))?;
-    if !matches!(
-        ty,
-        GgmlType::F32
-            | GgmlType::F16
-            | GgmlType::BF16
-            | GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-    ) {
+    if !quant::formats::format(ty).is_some_and(|f| f.storable) {
         return Err(ConvertError::Recipe(format!(
-            "type '{name}' cannot be used to store weights"
+            "type '{name}' cannot be used to store weights (storable: {})",
+            quant::formats::storable_names()
         )));
     }
     Ok(ty)

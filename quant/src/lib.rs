@@ -1,4 +1,5 @@
 pub mod block;
+pub mod formats;
 pub mod gguf;
 pub mod kernels;
 pub mod schema;

@@ -114,13 +114,9 @@ pub fn f32_to_f16(x: f32) -> [u8; 2] {
     half::f16::from_f32(x).to_le_bytes()
 }
 
-/// Whether [`quantize_row`] supports `ty`.
+/// Whether [`quantize_row`] supports `ty` (see [`crate::formats`]).
 pub fn has_quantizer(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q4_K | Q5_K | Q6_K | Q8_K
-    )
+    crate::formats::format(ty).is_some_and(|f| f.quantize.is_some())
 }
 
 /// Checks the element count and byte length of a row of `n` elements of `ty`.
@@ -144,78 +140,93 @@ fn check_row(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
 /// Quantizes one row exactly as ggml's reference quantizer for `ty` does.
 /// `dst` must hold exactly the bytes of `src.len()` elements of `ty`.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
-    if !has_quantizer(ty) {
+    let Some(quantize) = crate::formats::format(ty).and_then(|f| f.quantize) else {
         return Err(QuantError::Unsupported {
             ty,
             op: "quantizer",
         });
-    }
+    };
     check_row(ty, src.len(), dst.len())?;
-    use GgmlType::*;
-    match ty {
-        F32 => {
-            for (d, s) in dst.chunks_exact_mut(4).zip(src) {
-                d.copy_from_slice(&s.to_le_bytes());
-            }
-        }
-        F16 => f16::quantize(src, dst),
-        BF16 => bf16::quantize(src, dst),
-        Q4_0 => each_block(src, dst, q4_0::quantize_block),
-        Q4_1 => each_block(src, dst, q4_1::quantize_block),
-        Q5_0 => each_block(src, dst, q5_0::quantize_block),
-        Q5_1 => each_block(src, dst, q5_1::quantize_block),
-        Q8_0 => each_block(src, dst, q8_0::quantize_block),
-        Q8_1 => each_block(src, dst, q8_1::quantize_block),
-        Q4_K => each_block(src, dst, q4_k::quantize_block),
-        Q5_K => each_block(src, dst, q5_k::quantize_block),
-        Q6_K => each_block(src, dst, q6_k::quantize_block),
-        Q8_K => each_block(src, dst, q8_k::quantize_block),
-        _ => {
-            return Err(QuantError::Unsupported {
-                ty,
-                op: "quantizer",
-            })
-        }
-    }
+    quantize(src, dst);
     Ok(())
 }
 
 /// Dequantizes one row (ggml's `dequantize_row_*`). `dst.len()` is the element count.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
-    if !has_quantizer(ty) {
+    let Some(dequantize) = crate::formats::format(ty).and_then(|f| f.dequantize) else {
         return Err(QuantError::Unsupported {
             ty,
             op: "dequantizer",
         });
-    }
+    };
     check_row(ty, dst.len(), src.len())?;
-    use GgmlType::*;
-    match ty {
-        F32 => {
-            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-            }
-        }
-        F16 => f16::dequantize(src, dst),
-        BF16 => bf16::dequantize(src, dst),
-        Q4_0 => each_block_out(src, dst, q4_0::dequantize_block),
-        Q4_1 => each_block_out(src, dst, q4_1::dequantize_block),
-        Q5_0 => each_block_out(src, dst, q5_0::dequantize_block),
-        Q5_1 => each_block_out(src, dst, q5_1::dequantize_block),
-        Q8_0 => each_block_out(src, dst, q8_0::dequantize_block),
-        Q8_1 => each_block_out(src, dst, q8_1::dequantize_block),
-        Q4_K => each_block_out(src, dst, q4_k::dequantize_block),
-        Q5_K => each_block_out(src, dst, q5_k::dequantize_block),
-        Q6_K => each_block_out(src, dst, q6_k::dequantize_block),
-        Q8_K => each_block_out(src, dst, q8_k::dequantize_block),
-        _ => {
-            return Err(QuantError::Unsupported {
-                ty,
-                op: "dequantizer",
-            })
+    dequantize(src, dst);
+    Ok(())
+}
+
+/// Row quantizers and dequantizers of every format, for the format table
+/// ([`crate::formats`]). Sizes are checked by [`quantize_row`] /
+/// [`dequantize_row`] before these run.
+pub(crate) mod codec {
+    use super::*;
+
+    /// A whole-row quantizer: `dst` holds exactly the blocks of `src`.
+    pub type QuantizeFn = fn(&[f32], &mut [u8]);
+    /// A whole-row dequantizer: `src` holds exactly the blocks of `dst`.
+    pub type DequantizeFn = fn(&[u8], &mut [f32]);
+
+    pub fn quantize_f32(src: &[f32], dst: &mut [u8]) {
+        for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+            d.copy_from_slice(&s.to_le_bytes());
         }
     }
-    Ok(())
+
+    pub fn dequantize_f32(src: &[u8], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        }
+    }
+
+    pub fn quantize_f16(src: &[f32], dst: &mut [u8]) {
+        f16::quantize(src, dst)
+    }
+
+    pub fn dequantize_f16(src: &[u8], dst: &mut [f32]) {
+        f16::dequantize(src, dst)
+    }
+
+    pub fn quantize_bf16(src: &[f32], dst: &mut [u8]) {
+        bf16::quantize(src, dst)
+    }
+
+    pub fn dequantize_bf16(src: &[u8], dst: &mut [f32]) {
+        bf16::dequantize(src, dst)
+    }
+
+    /// `quantize_<fmt>` / `dequantize_<fmt>` over the per-block functions.
+    macro_rules! block_codecs {
+        ($($fmt:ident: $q:ident, $dq:ident;)*) => {$(
+            pub fn $q(src: &[f32], dst: &mut [u8]) {
+                each_block(src, dst, $fmt::quantize_block)
+            }
+            pub fn $dq(src: &[u8], dst: &mut [f32]) {
+                each_block_out(src, dst, $fmt::dequantize_block)
+            }
+        )*};
+    }
+
+    block_codecs! {
+        q4_0: quantize_q4_0, dequantize_q4_0;
+        q4_1: quantize_q4_1, dequantize_q4_1;
+        q5_0: quantize_q5_0, dequantize_q5_0;
+        q5_1: quantize_q5_1, dequantize_q5_1;
+        q8_0: quantize_q8_0, dequantize_q8_0;
+        q8_1: quantize_q8_1, dequantize_q8_1;
+        q4_k: quantize_q4_k, dequantize_q4_k;
+        q5_k: quantize_q5_k, dequantize_q5_k;
+        q6_k: quantize_q6_k, dequantize_q6_k;
+        q8_k: quantize_q8_k, dequantize_q8_k;
+    }
 }
 
 /// Runs a per-block quantizer over a row whose sizes `check_row` has validated.

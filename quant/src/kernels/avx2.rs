@@ -2,7 +2,7 @@
 //! Q4_K, Q6_K) and the dots and tiled GEMMs of the 32-element block formats
 //! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, decoded by `q0_x86`). Each computes the
 //! same integer block sums as its scalar twin in `scalar.rs` and differs only in
-//! the order of the f32 additions; `tests` below check them against the scalar
+//! the order of the f32 additions; `tier_tests` checks them against the scalar
 //! kernels on random and edge data.
 //!
 //! The safe wrappers are only reachable through the kernel table, which holds
@@ -120,7 +120,7 @@ fn gemm_q0<F: Q0Format>(
     let nb = k / 32;
     let wb = as_blocks::<F::W>(w).unwrap_or(&[]);
     let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
-    debug_assert!(k % 32 == 0 && wb.len() >= n_rows * nb && ab.len() >= n_tok * nb);
+    debug_assert!(k.is_multiple_of(32) && wb.len() >= n_rows * nb && ab.len() >= n_tok * nb);
     let whole_t = n_tok / TN * TN;
     let whole_r = n_rows / RM * RM;
     let chunk = (CHUNK_BYTES / (nb * size_of::<F::A>()).max(1) / TN).max(1) * TN;
@@ -170,11 +170,11 @@ fn dot_q0<F: Q0Format>(k: usize, w: &[u8], a: &[u8]) -> f32 {
 /// Safe [`super::DotFn`] / [`super::GemmFn`] wrappers for the kernel table.
 macro_rules! entry_points {
     ($($fmt:ident => $dot:ident, $gemm:ident;)*) => {$(
-        pub(super) fn $dot(k: usize, w: &[u8], a: &[u8]) -> f32 {
+        pub(crate) fn $dot(k: usize, w: &[u8], a: &[u8]) -> f32 {
             // SAFETY: only installed in the kernel table after `detected()`.
             unsafe { dot_q0::<$fmt>(k, w, a) }
         }
-        pub(super) fn $gemm(
+        pub(crate) fn $gemm(
             k: usize,
             w: &[u8],
             n_rows: usize,
@@ -197,7 +197,7 @@ entry_points! {
     Q8_0 => dot_q8_0_q8_0, gemm_q8_0_q8_0;
 }
 
-pub(super) fn dot_f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(crate) fn dot_f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: only installed in the kernel table after `detected()`.
     unsafe { f32_f32(n, w, a) }
 }
@@ -231,7 +231,7 @@ fn f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
-pub(super) fn dot_f16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(crate) fn dot_f16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: only installed in the kernel table after `detected()`.
     unsafe { f16_f32(n, w, a) }
 }
@@ -266,7 +266,7 @@ fn f16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
-pub(super) fn dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(crate) fn dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: only installed in the kernel table after `detected()`.
     unsafe { q4_k_q8_k(n, w, a) }
 }
@@ -320,7 +320,7 @@ fn q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc) + acc_min
 }
 
-pub(super) fn dot_bf16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(crate) fn dot_bf16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: only installed in the kernel table after `detected()`.
     unsafe { bf16_f32(n, w, a) }
 }
@@ -357,7 +357,7 @@ fn bf16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
-pub(super) fn dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(crate) fn dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: only installed in the kernel table after `detected()`.
     unsafe { q6_k_q8_k(n, w, a) }
 }
@@ -419,118 +419,4 @@ fn q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::scalar;
-    use crate::block::{dequantize_row, quantize_row};
-    use crate::kernels::vec_dot_type;
-    use crate::GgmlType;
-
-    type Pair = (
-        fn(usize, &[u8], &[u8]) -> f32,
-        fn(usize, &[u8], &[u8]) -> f32,
-    );
-
-    fn pairs() -> Vec<(GgmlType, Pair)> {
-        vec![
-            (
-                GgmlType::Q8_0,
-                (super::dot_q8_0_q8_0 as _, scalar::dot_q8_0_q8_0 as _),
-            ),
-            (
-                GgmlType::Q4_0,
-                (super::dot_q4_0_q8_0 as _, scalar::dot_q4_0_q8_0 as _),
-            ),
-            (
-                GgmlType::F32,
-                (super::dot_f32_f32 as _, scalar::dot_f32_f32 as _),
-            ),
-            (
-                GgmlType::F16,
-                (super::dot_f16_f32 as _, scalar::dot_f16_f32 as _),
-            ),
-            (
-                GgmlType::Q4_K,
-                (super::dot_q4_k_q8_k as _, scalar::dot_q4_k_q8_k as _),
-            ),
-        ]
-    }
-
-    fn lcg_row(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
-
-    fn quant(ty: GgmlType, x: &[f32]) -> Vec<u8> {
-        let mut q = vec![0u8; ty.row_bytes(x.len() as u64).unwrap_or(0) as usize];
-        quantize_row(ty, x, &mut q).unwrap();
-        q
-    }
-
-    fn magnitude(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
-        let (mut wd, mut ad) = (vec![0f32; n], vec![0f32; n]);
-        dequantize_row(ty, w, &mut wd).unwrap();
-        dequantize_row(vec_dot_type(ty), a, &mut ad).unwrap();
-        wd.iter()
-            .zip(&ad)
-            .map(|(&x, &y)| (x as f64 * y as f64).abs())
-            .sum()
-    }
-
-    #[test]
-    fn avx2_kernels_match_scalar_twins() {
-        if !super::detected() {
-            println!("skipped: CPU lacks AVX2/FMA/F16C");
-            return;
-        }
-        for (ty, (simd, reference)) in pairs() {
-            let bs = ty.block_size();
-            let unit = if bs == 1 { 8 } else { bs };
-            for blocks in [1usize, 3, 7, 16] {
-                // Odd element counts for the float kernels exercise the scalar tail.
-                let n = if bs == 1 {
-                    unit * blocks + blocks % 5
-                } else {
-                    unit * blocks
-                };
-                let rows: Vec<(Vec<f32>, Vec<f32>)> = vec![
-                    (
-                        lcg_row(blocks as u64, n, 1.0),
-                        lcg_row(99 + blocks as u64, n, 3.0),
-                    ),
-                    (vec![0.0; n], lcg_row(7, n, 1.0)),
-                    (lcg_row(5, n, 1.0), vec![0.0; n]),
-                    // ±max: every quant at its extreme.
-                    (
-                        (0..n)
-                            .map(|i| if i % 3 == 0 { -1000.0 } else { 1000.0 })
-                            .collect(),
-                        (0..n)
-                            .map(|i| if i % 2 == 0 { 1000.0 } else { -1000.0 })
-                            .collect(),
-                    ),
-                ];
-                for (w, a) in rows {
-                    let wq = quant(ty, &w);
-                    let aq = quant(vec_dot_type(ty), &a);
-                    let got = simd(n, &wq, &aq) as f64;
-                    let want = reference(n, &wq, &aq) as f64;
-                    let mag = magnitude(ty, &wq, &aq, n);
-                    assert!(
-                        (got - want).abs() <= 1e-5 * mag + 1e-30,
-                        "{ty} n={n}: avx2 {got} vs scalar {want} (Σ|w·a| {mag})"
-                    );
-                }
-            }
-        }
-    }
 }

@@ -114,7 +114,7 @@ fn gemm_q0<F: Q0Format>(
     let nb = k / 32;
     let wb = as_blocks::<F::W>(w).unwrap_or(&[]);
     let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
-    debug_assert!(k % 32 == 0 && wb.len() >= n_rows * nb && ab.len() >= n_tok * nb);
+    debug_assert!(k.is_multiple_of(32) && wb.len() >= n_rows * nb && ab.len() >= n_tok * nb);
     let whole_t = n_tok / TN * TN;
     let whole_r = n_rows / RM * RM;
     let chunk = (CHUNK_BYTES / (nb * size_of::<F::A>()).max(1) / TN).max(1) * TN;
@@ -164,12 +164,12 @@ fn dot_q0<F: Q0Format>(k: usize, w: &[u8], a: &[u8]) -> f32 {
 /// Safe [`super::DotFn`] / [`super::GemmFn`] wrappers for the kernel table.
 macro_rules! entry_points {
     ($($fmt:ident => $dot:ident, $gemm:ident;)*) => {$(
-        pub(super) fn $dot(k: usize, w: &[u8], a: &[u8]) -> f32 {
+        pub(crate) fn $dot(k: usize, w: &[u8], a: &[u8]) -> f32 {
             // SAFETY: only installed in the kernel table after `detected()`
             // (and `avx2::detected()`).
             unsafe { dot_q0::<$fmt>(k, w, a) }
         }
-        pub(super) fn $gemm(
+        pub(crate) fn $gemm(
             k: usize,
             w: &[u8],
             n_rows: usize,

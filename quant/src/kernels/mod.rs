@@ -1,4 +1,5 @@
-//! Dot-product kernels and their dispatch.
+//! Dot-product and matrix kernels and their dispatch. Which kernel serves
+//! which type in which tier is said once, in [`crate::formats::FORMATS`].
 //!
 //! The runtime calls [`vec_dot`] in its matmul inner loop, so the kernel table is
 //! chosen once, at first use (`OnceLock`), from runtime CPU feature detection;
@@ -6,9 +7,9 @@
 //! `POCKETVL_FORCE_SCALAR=1` forces the scalar reference kernels.
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod q0_x86;
 pub mod scalar;
@@ -17,6 +18,7 @@ mod tier_tests;
 
 use std::sync::OnceLock;
 
+use crate::formats::{Format, Kernels, FORMATS};
 use crate::types::GgmlType;
 
 /// A dot-product kernel: (element count, weight row, activation row) → f32.
@@ -44,73 +46,42 @@ pub struct KernelTable {
 }
 
 impl KernelTable {
-    /// The scalar reference table.
-    pub fn scalar() -> KernelTable {
-        let mut dots: [Option<DotFn>; SLOTS] = [None; SLOTS];
-        let mut set = |ty: GgmlType, f: DotFn| dots[ty.id() as usize] = Some(f);
-        set(GgmlType::F32, scalar::dot_f32_f32);
-        set(GgmlType::F16, scalar::dot_f16_f32);
-        set(GgmlType::BF16, scalar::dot_bf16_f32);
-        set(GgmlType::Q4_0, scalar::dot_q4_0_q8_0);
-        set(GgmlType::Q4_1, scalar::dot_q4_1_q8_1);
-        set(GgmlType::Q5_0, scalar::dot_q5_0_q8_0);
-        set(GgmlType::Q5_1, scalar::dot_q5_1_q8_1);
-        set(GgmlType::Q8_0, scalar::dot_q8_0_q8_0);
-        set(GgmlType::Q4_K, scalar::dot_q4_k_q8_k);
-        set(GgmlType::Q5_K, scalar::dot_q5_k_q8_k);
-        set(GgmlType::Q6_K, scalar::dot_q6_k_q8_k);
-        KernelTable {
-            isa: "scalar",
-            dots,
+    /// A table from the tiers of [`FORMATS`] picked by `tiers`, lowest first:
+    /// each later tier overrides the slots it fills.
+    fn build(isa: &'static str, tiers: &[fn(&Format) -> Kernels]) -> KernelTable {
+        let mut t = KernelTable {
+            isa,
+            dots: [None; SLOTS],
             gemms: [None; SLOTS],
+        };
+        for f in &FORMATS {
+            let slot = f.ty.id() as usize;
+            for tier in tiers {
+                let k = tier(f);
+                t.dots[slot] = k.dot.or(t.dots[slot]);
+                t.gemms[slot] = k.gemm.or(t.gemms[slot]);
+            }
         }
+        t
     }
 
-    /// The scalar table with the AVX2 kernels of the hottest pairs. Only call
-    /// after `avx2::detected()`.
+    /// The scalar reference table.
+    pub fn scalar() -> KernelTable {
+        KernelTable::build("scalar", &[|f| f.scalar])
+    }
+
+    /// The scalar table with the AVX2 kernels swapped in. Only call after
+    /// `avx2::detected()`.
     #[cfg(target_arch = "x86_64")]
     fn avx2() -> KernelTable {
-        let mut t = KernelTable::scalar();
-        t.isa = "avx2";
-        let mut set = |ty: GgmlType, f: DotFn| t.dots[ty.id() as usize] = Some(f);
-        set(GgmlType::F32, avx2::dot_f32_f32);
-        set(GgmlType::F16, avx2::dot_f16_f32);
-        set(GgmlType::Q4_0, avx2::dot_q4_0_q8_0);
-        set(GgmlType::Q4_1, avx2::dot_q4_1_q8_1);
-        set(GgmlType::Q5_0, avx2::dot_q5_0_q8_0);
-        set(GgmlType::Q5_1, avx2::dot_q5_1_q8_1);
-        set(GgmlType::Q8_0, avx2::dot_q8_0_q8_0);
-        set(GgmlType::Q4_K, avx2::dot_q4_k_q8_k);
-        set(GgmlType::Q6_K, avx2::dot_q6_k_q8_k);
-        set(GgmlType::BF16, avx2::dot_bf16_f32);
-        let mut set = |ty: GgmlType, f: GemmFn| t.gemms[ty.id() as usize] = Some(f);
-        set(GgmlType::Q4_0, avx2::gemm_q4_0_q8_0);
-        set(GgmlType::Q4_1, avx2::gemm_q4_1_q8_1);
-        set(GgmlType::Q5_0, avx2::gemm_q5_0_q8_0);
-        set(GgmlType::Q5_1, avx2::gemm_q5_1_q8_1);
-        set(GgmlType::Q8_0, avx2::gemm_q8_0_q8_0);
-        t
+        KernelTable::build("avx2", &[|f| f.scalar, |f| f.avx2])
     }
 
     /// The AVX2 table with the AVX-512 (F, BW, VL, VNNI) kernels swapped in.
-    /// Only call after `avx512::detected()`.
+    /// Only call after `avx2::detected()` and `avx512::detected()`.
     #[cfg(target_arch = "x86_64")]
     fn avx512() -> KernelTable {
-        let mut t = KernelTable::avx2();
-        t.isa = "avx512-vnni";
-        let mut set = |ty: GgmlType, f: DotFn| t.dots[ty.id() as usize] = Some(f);
-        set(GgmlType::Q4_0, avx512::dot_q4_0_q8_0);
-        set(GgmlType::Q4_1, avx512::dot_q4_1_q8_1);
-        set(GgmlType::Q5_0, avx512::dot_q5_0_q8_0);
-        set(GgmlType::Q5_1, avx512::dot_q5_1_q8_1);
-        set(GgmlType::Q8_0, avx512::dot_q8_0_q8_0);
-        let mut set = |ty: GgmlType, f: GemmFn| t.gemms[ty.id() as usize] = Some(f);
-        set(GgmlType::Q4_0, avx512::gemm_q4_0_q8_0);
-        set(GgmlType::Q4_1, avx512::gemm_q4_1_q8_1);
-        set(GgmlType::Q5_0, avx512::gemm_q5_0_q8_0);
-        set(GgmlType::Q5_1, avx512::gemm_q5_1_q8_1);
-        set(GgmlType::Q8_0, avx512::gemm_q8_0_q8_0);
-        t
+        KernelTable::build("avx512-vnni", &[|f| f.scalar, |f| f.avx2, |f| f.avx512])
     }
 
     /// The kernel for weight type `ty`, if there is one.
@@ -174,15 +145,9 @@ pub fn table() -> &'static KernelTable {
 
 /// The activation format ggml's CPU backend pairs with weight type `ty`
 /// (F32 for F32/F16/BF16 here, Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1,
-/// Q8_K for K-quants). Types without a kernel map to F32.
+/// Q8_K for K-quants; see [`crate::formats`]). Types without an entry map to F32.
 pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
-    use GgmlType::*;
-    match ty {
-        Q4_0 | Q5_0 | Q8_0 => Q8_0,
-        Q4_1 | Q5_1 => Q8_1,
-        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => Q8_K,
-        _ => F32,
-    }
+    crate::formats::format(ty).map_or(GgmlType::F32, |f| f.vec_dot_type)
 }
 
 /// Whether [`vec_dot`] has a kernel for weight type `ty` (check at load time).
