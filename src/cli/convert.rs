@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::builder::PossibleValuesParser;
 use clap::Args;
 use convert::mapping::Role;
 use convert::recipe::parse_type;
@@ -23,28 +24,28 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub quant: Option<String>,
     /// Type of the routed experts.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_experts: Option<String>,
     /// Type of the attention matrices.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_attn: Option<String>,
     /// Type of the dense MLP.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_ffn: Option<String>,
     /// Type of the shared experts.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_shexp: Option<String>,
     /// Type of token_embd.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_embd: Option<String>,
     /// Type of the output (lm_head) matrix.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_output: Option<String>,
     /// Type of the vision-tower matrices.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_vision: Option<String>,
     /// Type of the projector matrices.
-    #[arg(long, value_name = "TYPE")]
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_projector: Option<String>,
     /// Replace existing output files.
     #[arg(long)]
@@ -55,6 +56,16 @@ pub struct ConvertArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// The types `--type-*` accept, listed in `--help` from the format table.
+fn storable_type() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        quant::formats::FORMATS
+            .iter()
+            .filter(|f| f.storable)
+            .map(|f| f.ty.name()),
+    )
 }
 
 impl ConvertArgs {
