@@ -9,6 +9,10 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod kquant_avx2;
+#[cfg(target_arch = "x86_64")]
+mod kquant_avx512;
 pub mod scalar;
 
 use std::sync::OnceLock;
@@ -83,11 +87,17 @@ impl KernelTable {
     /// Only call after `avx512::detected()`.
     #[cfg(target_arch = "x86_64")]
     fn avx512() -> KernelTable {
-        let t = KernelTable::avx2();
-        KernelTable {
-            isa: "avx512-vnni",
-            ..t
-        }
+        let mut t = KernelTable::avx2();
+        t.isa = "avx512-vnni";
+        let mut set = |ty: GgmlType, f: DotFn| t.dots[ty.id() as usize] = Some(f);
+        set(GgmlType::Q4_K, kquant_avx512::dot_q4_k_q8_k);
+        set(GgmlType::Q5_K, kquant_avx512::dot_q5_k_q8_k);
+        set(GgmlType::Q6_K, kquant_avx512::dot_q6_k_q8_k);
+        let mut set = |ty: GgmlType, f: GemmFn| t.gemms[ty.id() as usize] = Some(f);
+        set(GgmlType::Q4_K, kquant_avx512::gemm_q4_k_q8_k);
+        set(GgmlType::Q5_K, kquant_avx512::gemm_q5_k_q8_k);
+        set(GgmlType::Q6_K, kquant_avx512::gemm_q6_k_q8_k);
+        t
     }
 
     /// The kernel for weight type `ty`, if there is one.

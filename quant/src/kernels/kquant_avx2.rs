@@ -1,0 +1,429 @@
+//! AVX2 (+FMA) dot products and GEMMs for the K-quants (Q4_K, Q5_K, Q6_K
+//! weights against Q8_K activations), read straight from the GGUF block layout,
+//! plus the layout helpers the AVX-512 twin (`kquant_avx512.rs`) shares.
+//!
+//! Every kernel is one register tile of `R` weight rows × `T` tokens: per
+//! super-block, each row's quants are unpacked to unsigned bytes (0..15, 0..31
+//! or 0..63) and its scales spread to one i16 per lane once, then reused for
+//! the tile's tokens: `maddubs` (unsigned quant × signed activation, pairs of
+//! at most 63·128·2 < 2¹⁵, never saturating) and `madd` with the scales give
+//! exact i32 sums. The offsets (Q4_K/Q5_K mins, Q6_K's −32) come from the
+//! activation's per-16 `bsums`. The integer block sums equal the scalar twins'
+//! (`scalar.rs`); only the order of the f32 additions differs.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+/// Which K-quant a kernel reads (a const generic, so each format's decode is
+/// compiled into its own kernel).
+pub(super) const Q4K: u8 = 0;
+pub(super) const Q5K: u8 = 1;
+pub(super) const Q6K: u8 = 2;
+
+/// Bytes of one Q8_K block: d (f32), 256 qs, 16 i16 bsums.
+pub(super) const Q8K_BYTES: usize = 292;
+/// Offsets of the Q8_K fields.
+pub(super) const Q8K_QS: usize = 4;
+pub(super) const Q8K_BSUMS: usize = 260;
+/// An all-zero Q8_K block: the activation of the padding tokens of a tail tile.
+pub(super) static ZERO_Q8K: [u8; Q8K_BYTES] = [0; Q8K_BYTES];
+
+/// Bytes of one super-block of format `f`.
+pub(super) const fn block_bytes(f: u8) -> usize {
+    match f {
+        Q4K => 144,
+        Q5K => 176,
+        _ => 210,
+    }
+}
+
+/// The scale, offset factor and block scales of one weight super-block in the
+/// form every kernel consumes.
+pub(super) struct Scales {
+    /// Per 16-element group: the integer scale (Q4_K/Q5_K: its 32-group's
+    /// 6-bit scale; Q6_K: the signed 8-bit scale).
+    pub groups: [i16; 16],
+    /// Per 16-element group: the factor of the activation's bsum (Q4_K/Q5_K:
+    /// the 6-bit min, subtracted times `dmin`; Q6_K: −32·scale, added to the
+    /// integer sum, whose unit is `d`).
+    pub offsets: [i16; 16],
+    pub d: f32,
+    pub dmin: f32,
+}
+
+/// Decodes the f16 scale(s) and the 12 (Q4_K/Q5_K) or 16 (Q6_K) scale bytes
+/// of the super-block at `b`.
+#[inline]
+pub(super) fn block_scales<const F: u8>(b: &[u8]) -> Scales {
+    let h = |o: usize| crate::block::f16_to_f32([b[o], b[o + 1]]);
+    let mut s = Scales {
+        groups: [0; 16],
+        offsets: [0; 16],
+        d: 0.0,
+        dmin: 0.0,
+    };
+    if F == Q6K {
+        s.d = h(208);
+        for j in 0..16 {
+            let sc = b[192 + j] as i8 as i16;
+            s.groups[j] = sc;
+            s.offsets[j] = -32 * sc;
+        }
+    } else {
+        s.d = h(0);
+        s.dmin = h(2);
+        // The 12 bytes hold 8 six-bit scales and mins (ggml's
+        // get_scale_min_k4): groups 0..4 in the low 6 bits of bytes 0..8,
+        // groups 4..8 split over the nibbles of bytes 8..12 and the top 2
+        // bits of bytes 0..8.
+        let q = &b[4..16];
+        for j in 0..8 {
+            let (sc, m) = if j < 4 {
+                (q[j] & 63, q[j + 4] & 63)
+            } else {
+                (
+                    (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                )
+            };
+            s.groups[2 * j] = sc as i16;
+            s.groups[2 * j + 1] = sc as i16;
+            s.offsets[2 * j] = m as i16;
+            s.offsets[2 * j + 1] = m as i16;
+        }
+    }
+    s
+}
+
+/// The shapes a K-quant GEMM call was given, checked against the slices once
+/// per call so the kernels can read through raw pointers.
+pub(super) struct Shape {
+    /// Super-blocks per row.
+    pub nb: usize,
+    /// Bytes per weight row and per activation row.
+    pub wrb: usize,
+    pub arb: usize,
+}
+
+/// Checks the GEMM contract ([`super::GemmFn`]); a violation is a caller bug,
+/// and reading past a slice would be unsound, so it panics with the reason.
+pub(super) fn check<const F: u8>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &[f32],
+    ldo: usize,
+) -> Shape {
+    assert!(
+        k % 256 == 0,
+        "K-quant gemm: k = {k} is not a multiple of 256"
+    );
+    let nb = k / 256;
+    let (wrb, arb) = (nb * block_bytes(F), nb * Q8K_BYTES);
+    assert!(
+        w.len() >= n_rows * wrb,
+        "K-quant gemm: weight slice too short"
+    );
+    assert!(
+        a.len() >= n_tok * arb,
+        "K-quant gemm: activation slice too short"
+    );
+    assert!(
+        n_tok == 0 || n_rows == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
+        "K-quant gemm: output slice too short"
+    );
+    Shape { nb, wrb, arb }
+}
+
+/// Random and edge K-quant rows and the checks every K-quant kernel (AVX2 and
+/// AVX-512) must pass against its scalar twin and `gemm_by_dots`.
+#[cfg(test)]
+pub(super) mod testkit {
+    use super::{block_bytes, block_scales, Q4K, Q5K, Q6K, Q8K_BYTES};
+    use crate::block::{as_blocks, f32_to_f16, unpack_q6k, BlockQ6K};
+    use crate::kernels::{gemm_by_dots, scalar, DotFn, GemmFn};
+
+    /// A small deterministic generator (tests must be reproducible).
+    pub struct Rng(u64);
+    impl Rng {
+        pub fn new(seed: u64) -> Rng {
+            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            self.0 >> 24
+        }
+        fn byte(&mut self) -> u8 {
+            self.next() as u8
+        }
+        fn unit(&mut self) -> f32 {
+            (self.next() % 2001) as f32 / 1000.0 - 1.0
+        }
+    }
+
+    /// How a block is filled.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub enum Fill {
+        Random,
+        Zero,
+        ZeroD,
+        ZeroDmin,
+        MaxScales,
+        MaxQuants,
+        /// d = dmin = 1, |scales|, |mins|, |activations| ≤ 7: every f32
+        /// partial sum is an integer below 2²⁴, so results must be exact.
+        Exact,
+    }
+    const FILLS: [Fill; 6] = [
+        Fill::Random,
+        Fill::Zero,
+        Fill::ZeroD,
+        Fill::ZeroDmin,
+        Fill::MaxScales,
+        Fill::MaxQuants,
+    ];
+
+    fn weight_block<const F: u8>(rng: &mut Rng, fill: Fill) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..block_bytes(F)).map(|_| rng.byte()).collect();
+        if fill == Fill::Zero {
+            return vec![0; b.len()];
+        }
+        let (d_at, sc) = if F == Q6K {
+            (208, 192..208)
+        } else {
+            (0, 4..16)
+        };
+        let mut d = f32_to_f16(rng.unit() * 0.1);
+        let mut dmin = f32_to_f16(rng.unit() * 0.1);
+        match fill {
+            Fill::ZeroD => d = [0, 0],
+            Fill::ZeroDmin => dmin = [0, 0],
+            Fill::MaxScales if F == Q6K => {
+                for (i, j) in sc.enumerate() {
+                    b[j] = if i % 2 == 0 { 127 } else { 0x80 };
+                }
+            }
+            Fill::MaxScales => b[sc].fill(0xff),
+            Fill::MaxQuants => {
+                let q = if F == Q6K {
+                    0..192
+                } else if F == Q5K {
+                    16..176
+                } else {
+                    16..144
+                };
+                b[q].fill(0xff);
+            }
+            Fill::Exact => {
+                (d, dmin) = (f32_to_f16(1.0), f32_to_f16(1.0));
+                for (i, j) in sc.enumerate() {
+                    b[j] = if F == Q6K {
+                        (rng.byte() % 15) as i8 as u8 - 7
+                    } else if i < 8 {
+                        b[j] & 0x07
+                    } else {
+                        b[j] & 0x77
+                    };
+                }
+            }
+            _ => {}
+        }
+        b[d_at..d_at + 2].copy_from_slice(&d);
+        if F != Q6K {
+            b[2..4].copy_from_slice(&dmin);
+        }
+        b
+    }
+
+    fn act_block(rng: &mut Rng, fill: Fill) -> Vec<u8> {
+        let mut b = vec![0u8; Q8K_BYTES];
+        let (d, qs): (f32, Vec<i8>) = match fill {
+            Fill::Zero => return b,
+            Fill::MaxQuants | Fill::MaxScales => (
+                rng.unit(),
+                (0..256)
+                    .map(|i| if i % 3 == 0 { -128 } else { 127 })
+                    .collect(),
+            ),
+            Fill::Exact => (1.0, (0..256).map(|_| (rng.byte() % 15) as i8 - 7).collect()),
+            _ => (rng.unit(), (0..256).map(|_| rng.byte() as i8).collect()),
+        };
+        b[..4].copy_from_slice(&d.to_le_bytes());
+        for (o, &q) in b[4..260].iter_mut().zip(&qs) {
+            *o = q as u8;
+        }
+        for j in 0..16 {
+            let s: i32 = qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+            b[260 + 2 * j..262 + 2 * j].copy_from_slice(&(s as i16).to_le_bytes());
+        }
+        b
+    }
+
+    /// A row of `nb` blocks; `fill` None mixes the edge fills block by block.
+    fn row(
+        rng: &mut Rng,
+        nb: usize,
+        fill: Option<Fill>,
+        block: impl Fn(&mut Rng, Fill) -> Vec<u8>,
+    ) -> Vec<u8> {
+        (0..nb)
+            .flat_map(|_| {
+                let f = fill.unwrap_or_else(|| FILLS[rng.next() as usize % FILLS.len()]);
+                block(rng, f)
+            })
+            .collect()
+    }
+
+    /// The unsigned quants of one weight block in element order.
+    fn quants<const F: u8>(b: &[u8]) -> [i32; 256] {
+        let mut u = [0i32; 256];
+        if F == Q6K {
+            let q = unpack_q6k(&as_blocks::<BlockQ6K>(b).expect("one block")[0]);
+            for (o, &v) in u.iter_mut().zip(&q) {
+                *o = v as i32 + 32;
+            }
+            return u;
+        }
+        let qs = if F == Q5K { &b[48..176] } else { &b[16..144] };
+        for c in 0..4 {
+            for l in 0..32 {
+                u[64 * c + l] = (qs[32 * c + l] & 15) as i32;
+                u[64 * c + 32 + l] = (qs[32 * c + l] >> 4) as i32;
+                if F == Q5K {
+                    u[64 * c + l] += 16 * ((b[16 + l] >> (2 * c)) & 1) as i32;
+                    u[64 * c + 32 + l] += 16 * ((b[16 + l] >> (2 * c + 1)) & 1) as i32;
+                }
+            }
+        }
+        u
+    }
+
+    /// Σ of the magnitudes of every term the kernels add, which bounds the
+    /// difference that summation order alone can make.
+    fn magnitude<const F: u8>(w: &[u8], a: &[u8]) -> f64 {
+        let bb = block_bytes(F);
+        let mut m = 0f64;
+        for (wb, ab) in w.chunks_exact(bb).zip(a.chunks_exact(Q8K_BYTES)) {
+            let s = block_scales::<F>(wb);
+            let u = quants::<F>(wb);
+            let da = f32::from_le_bytes([ab[0], ab[1], ab[2], ab[3]]) as f64;
+            let (mut main, mut off) = (0f64, 0f64);
+            for e in 0..256 {
+                main += (s.groups[e / 16] as f64 * u[e] as f64 * (ab[4 + e] as i8) as f64).abs();
+            }
+            for j in 0..16 {
+                let bsum = i16::from_le_bytes([ab[260 + 2 * j], ab[261 + 2 * j]]) as f64;
+                off += (s.offsets[j] as f64 * bsum).abs();
+            }
+            let dm = if F == Q6K { s.d } else { s.dmin } as f64;
+            m += (s.d as f64 * da).abs() * main + (dm * da).abs() * off;
+        }
+        m
+    }
+
+    fn scalar_dot<const F: u8>() -> DotFn {
+        match F {
+            Q4K => scalar::dot_q4_k_q8_k,
+            Q5K => scalar::dot_q5_k_q8_k,
+            _ => scalar::dot_q6_k_q8_k,
+        }
+    }
+
+    fn close(got: f32, want: f32, mag: f64, exact: bool) -> bool {
+        if exact {
+            got == want
+        } else {
+            ((got - want) as f64).abs() <= 1e-6 * mag
+        }
+    }
+
+    /// `dot` against the scalar twin on random, edge and exact rows.
+    pub fn check_dot<const F: u8>(name: &str, dot: DotFn) {
+        let mut rng = Rng::new(F as u64 + 1);
+        for nb in [1usize, 2, 3, 5, 8] {
+            let fills = FILLS
+                .iter()
+                .map(|&f| Some(f))
+                .chain([None, Some(Fill::Exact)]);
+            for fill in fills {
+                for _ in 0..3 {
+                    let w = row(&mut rng, nb, fill, weight_block::<F>);
+                    let a = row(&mut rng, nb, fill, act_block);
+                    let (got, want) = (dot(256 * nb, &w, &a), scalar_dot::<F>()(256 * nb, &w, &a));
+                    let mag = magnitude::<F>(&w, &a);
+                    assert!(
+                        close(got, want, mag, fill == Some(Fill::Exact)),
+                        "{name} k={} {fill:?}: {got} vs scalar {want} (Σ|terms| {mag})",
+                        256 * nb
+                    );
+                }
+            }
+        }
+    }
+
+    /// `gemm` against `gemm_by_dots` over the scalar twin: every tile shape
+    /// and tail, output stride > n_rows (the gaps must stay untouched).
+    pub fn check_gemm<const F: u8>(name: &str, gemm: GemmFn) {
+        let mut rng = Rng::new(100 + F as u64);
+        let mut shapes = vec![];
+        for nb in [1usize, 2, 3, 5] {
+            for n_rows in 1..=9 {
+                for n_tok in 1..=9 {
+                    shapes.push((nb, n_rows, n_tok));
+                }
+            }
+        }
+        shapes.extend([(2, 21, 131), (5, 17, 65), (1, 33, 1), (2, 4, 64)]);
+        for (i, &(nb, n_rows, n_tok)) in shapes.iter().enumerate() {
+            let fill = match i % 3 {
+                0 => None,
+                1 => Some(Fill::Random),
+                _ => Some(Fill::Exact),
+            };
+            let k = 256 * nb;
+            let w: Vec<u8> = (0..n_rows)
+                .flat_map(|_| row(&mut rng, nb, fill, weight_block::<F>))
+                .collect();
+            let a: Vec<u8> = (0..n_tok)
+                .flat_map(|_| row(&mut rng, nb, fill, act_block))
+                .collect();
+            let ldo = n_rows + 2;
+            let mut got = vec![-7.5f32; n_tok * ldo];
+            let mut want = got.clone();
+            gemm(k, &w, n_rows, &a, n_tok, &mut got, ldo);
+            let (wrb, arb) = (nb * block_bytes(F), nb * Q8K_BYTES);
+            gemm_by_dots(
+                scalar_dot::<F>(),
+                wrb,
+                arb,
+                k,
+                &w,
+                n_rows,
+                &a,
+                n_tok,
+                &mut want,
+                ldo,
+            );
+            for t in 0..n_tok {
+                for r in 0..ldo {
+                    let (g, x) = (got[t * ldo + r], want[t * ldo + r]);
+                    let mag = if r < n_rows {
+                        magnitude::<F>(&w[r * wrb..][..wrb], &a[t * arb..][..arb])
+                    } else {
+                        0.0
+                    };
+                    assert!(
+                        close(g, x, mag, r >= n_rows || fill == Some(Fill::Exact)),
+                        "{name} k={k} rows={n_rows} toks={n_tok} {fill:?} (r {r}, t {t}): {g} vs {x} (Σ|terms| {mag})"
+                    );
+                }
+            }
+        }
+    }
+}

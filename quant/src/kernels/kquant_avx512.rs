@@ -1,0 +1,418 @@
+//! AVX-512 (F, BW, VL + VNNI) dot products and GEMMs for the K-quants (Q4_K,
+//! Q5_K, Q6_K weights against Q8_K activations), straight from the GGUF block
+//! layout (no repacked copy).
+//!
+//! One kernel, [`tile`], computes an `R` rows × `T` tokens register tile: per
+//! super-block each row's quants are unpacked once to unsigned bytes (four
+//! 64-byte chunks) and its scales spread to one i16 per lane, then every token
+//! of the tile reuses them: `vpmaddubsw` (unsigned quant × signed activation;
+//! |pair| ≤ 63·128·2 < 2¹⁵, never saturating) and VNNI `vpdpwssd` with the
+//! scales accumulate exact i32 lane sums. The offsets come from the Q8_K
+//! `bsums`: Q6_K's −32 is folded into the integer sum, the Q4_K/Q5_K mins are
+//! a second integer sum scaled by `dmin`. After each super-block the tile's
+//! accumulators are reduced together (one transpose-add tree) to one lane per
+//! (row, token) and scaled in f32. The integer block sums equal the scalar
+//! twins' (`scalar.rs`); only the order of the f32 additions differs.
+//!
+//! Shapes: 4 × 4 tiles for several tokens, 16 rows × 1 token for GEMV (and a
+//! last single token), padding rows/tokens of tail tiles are zeros.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::kquant_avx2::{
+    block_bytes, block_scales, check, Shape, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, ZERO_Q8K,
+};
+
+/// `SPREAD[c]`, i16 lane i: the 16-element group of the pair of elements
+/// (64c + 2i, 64c + 2i + 1), i.e. 4c + i/8 (a `vpermw` index).
+static SPREAD: [[i16; 32]; 4] = {
+    let mut s = [[0i16; 32]; 4];
+    let mut c = 0;
+    while c < 4 {
+        let mut i = 0;
+        while i < 32 {
+            s[c][i] = (4 * c + i / 8) as i16;
+            i += 1;
+        }
+        c += 1;
+    }
+    s
+};
+
+/// One weight row's super-block, decoded for reuse by the tile's tokens.
+struct RowDec {
+    /// Unsigned quants in element order, 64 per vector.
+    u: [__m512i; 4],
+    /// The group scale of each i16 lane of `maddubs(u[c], ·)`.
+    s: [__m512i; 4],
+    /// The 16 bsum factors ([`super::kquant_avx2::Scales::offsets`]) in the low half.
+    off: __m512i,
+    d: f32,
+    dmin: f32,
+}
+
+/// Splats a byte into the 8 bytes of a u64.
+const fn bytes8(b: u8) -> i64 {
+    (b as u64 * 0x0101_0101_0101_0101) as i64
+}
+
+/// Decodes the super-block `b` (exactly one block of format `F`) into `row`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
+    debug_assert_eq!(b.len(), block_bytes(F));
+    let sc = block_scales::<F>(b);
+    row.d = sc.d;
+    row.dmin = sc.dmin;
+    // SAFETY: the loads read 32 bytes of the 16-element i16 arrays and of
+    // `SPREAD` rows (64 bytes); loadu has no alignment requirement.
+    unsafe {
+        let g = _mm512_zextsi256_si512(_mm256_loadu_si256(sc.groups.as_ptr().cast()));
+        for c in 0..4 {
+            let idx = _mm512_loadu_si512(SPREAD[c].as_ptr().cast());
+            row.s[c] = _mm512_permutexvar_epi16(idx, g);
+        }
+        row.off = _mm512_zextsi256_si512(_mm256_loadu_si256(sc.offsets.as_ptr().cast()));
+    }
+    let m4 = _mm512_set1_epi8(0x0f);
+    let p = b.as_ptr();
+    if F == Q6K {
+        // Chunk c = 2h + odd: 64 low (even c) or high (odd c) nibbles of
+        // ql[64h..64h+64]; the top 2 bits are qh[32h + l] bits 0-1 / 2-3
+        // (even c, first / second 32 elements) or 4-5 / 6-7 (odd c).
+        let m2 = _mm512_set1_epi8(0x03);
+        for c in 0..4 {
+            let h = c / 2;
+            // SAFETY: ql[64h..64h+64] and qh[32h..32h+32] (offset 128) lie in
+            // the 210-byte block; loadu has no alignment requirement.
+            let (l, qh) = unsafe {
+                (
+                    _mm512_loadu_si512(p.add(64 * h).cast()),
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h).cast())),
+                )
+            };
+            let (nib, shifts) = if c % 2 == 0 {
+                (
+                    _mm512_and_si512(l, m4),
+                    _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0),
+                )
+            } else {
+                (
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4),
+                    _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4),
+                )
+            };
+            let hi = _mm512_and_si512(_mm512_srlv_epi64(qh, shifts), m2);
+            row.u[c] = _mm512_or_si512(nib, _mm512_slli_epi16::<4>(hi));
+        }
+        return;
+    }
+    // Q4_K/Q5_K chunk c: the low nibbles of qs[32c..32c+32], then their high
+    // nibbles (elements 64c..64c+32, 64c+32..64c+64).
+    let qs = if F == Q5K { 48 } else { 16 };
+    let nibble_shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    for c in 0..4 {
+        // SAFETY: qs[32c..32c+32] lies in the block; loadu is unaligned.
+        let v = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(qs + 32 * c).cast())) };
+        row.u[c] = _mm512_and_si512(_mm512_srlv_epi64(v, nibble_shift), m4);
+    }
+    if F == Q5K {
+        // The fifth bit of element 64c + l is bit 2c of qh[l], of element
+        // 64c + 32 + l bit 2c + 1.
+        // SAFETY: qh = bytes 16..48 of the 176-byte block.
+        let qh = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast())) };
+        let sixteen = _mm512_set1_epi8(16);
+        for c in 0..4 {
+            let (lo, hi) = (bytes8(1 << (2 * c)), bytes8(2 << (2 * c)));
+            let sel = _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo);
+            let k = _mm512_test_epi8_mask(qh, sel);
+            row.u[c] = _mm512_mask_add_epi8(row.u[c], k, row.u[c], sixteen);
+        }
+    }
+}
+
+/// Sums of 16 vectors of i32: lane i of the result is the sum of `v[i]`'s lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn reduce16(v: &[__m512i; 16]) -> __m512i {
+    // Per 128-bit block: interleave pairs, then quadruples, so block k of
+    // x[i] holds partial sums of v[4i..4i+4] in its 4 lanes.
+    let mut s = [_mm512_setzero_si512(); 8];
+    for i in 0..8 {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        s[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    }
+    let mut x = [_mm512_setzero_si512(); 4];
+    for i in 0..4 {
+        let (a, b) = (s[2 * i], s[2 * i + 1]);
+        x[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    }
+    // Then add the four blocks of each x[i] into block i.
+    let pair = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+        )
+    };
+    pair(pair(x[0], x[1]), pair(x[2], x[3]))
+}
+
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ R`, `t < nt ≤ T`,
+/// `R · T` ∈ {1, 16}. `w` starts at row 0 of the tile, `a` at token 0, `out`
+/// at (token 0, row 0); `sh` was checked against the full slices.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+fn tile<const F: u8, const R: usize, const T: usize>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    debug_assert!(R * T == 1 || R * T == 16);
+    let bb = block_bytes(F);
+    // SAFETY: all-zero bits are valid vectors and f32; padding rows (r ≥ nr)
+    // stay zero, so they add nothing.
+    let mut rows: [RowDec; R] = unsafe { std::mem::zeroed() };
+    let mut facc = _mm512_setzero_ps();
+    let mut sum1 = 0f32;
+    let (mut dw, mut dm) = ([0f32; 16], [0f32; 16]);
+    for ib in 0..sh.nb {
+        for (r, row) in rows.iter_mut().enumerate().take(nr) {
+            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
+        }
+        let mut qa = [ZERO_Q8K.as_ptr(); T];
+        let mut bs = [_mm512_setzero_si512(); T];
+        let mut da = [0f32; T];
+        for t in 0..nt {
+            let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
+            qa[t] = blk.as_ptr();
+            // SAFETY: the 32 bsum bytes lie in the block.
+            bs[t] = unsafe {
+                _mm512_zextsi256_si512(_mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()))
+            };
+            da[t] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+        }
+        let mut acc = [[_mm512_setzero_si512(); T]; R];
+        for c in 0..4 {
+            for t in 0..T {
+                // SAFETY: qa[t] is a whole Q8_K block (a real one or
+                // ZERO_Q8K); qs[64c..64c+64] lies in it.
+                let av = unsafe { _mm512_loadu_si512(qa[t].add(Q8K_QS + 64 * c).cast()) };
+                for r in 0..R {
+                    let p = _mm512_maddubs_epi16(rows[r].u[c], av);
+                    acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], p, rows[r].s[c]);
+                }
+            }
+        }
+        if F == Q6K {
+            for r in 0..R {
+                for t in 0..T {
+                    acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], rows[r].off, bs[t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                dw[r * T + t] = rows[r].d * da[t];
+                dm[r * T + t] = rows[r].dmin * da[t];
+            }
+        }
+        if R * T == 1 {
+            sum1 += dw[0] * _mm512_reduce_add_epi32(acc[0][0]) as f32;
+            if F != Q6K {
+                let m = _mm512_madd_epi16(rows[0].off, bs[0]);
+                sum1 -= dm[0] * _mm512_reduce_add_epi32(m) as f32;
+            }
+            continue;
+        }
+        let mut flat = [_mm512_setzero_si512(); 16];
+        for r in 0..R {
+            for t in 0..T {
+                flat[r * T + t] = acc[r][t];
+            }
+        }
+        // SAFETY: dw and dm are 16 f32.
+        let (dwv, dmv) = unsafe { (_mm512_loadu_ps(dw.as_ptr()), _mm512_loadu_ps(dm.as_ptr())) };
+        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&flat)), dwv, facc);
+        if F != Q6K {
+            for r in 0..R {
+                for t in 0..T {
+                    flat[r * T + t] = _mm512_madd_epi16(rows[r].off, bs[t]);
+                }
+            }
+            facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(reduce16(&flat)), dmv, facc);
+        }
+    }
+    if R * T == 1 {
+        out[0] = sum1;
+        return;
+    }
+    let mut o = [0f32; 16];
+    // SAFETY: o is 16 f32.
+    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), facc) };
+    for r in 0..nr {
+        for t in 0..nt {
+            out[t * ldo + r] = o[r * T + t];
+        }
+    }
+}
+
+/// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
+/// k = 1280) stay in L2 while each row tile runs over them.
+const TOKEN_BLOCK: usize = 64;
+
+/// The tiled GEMM: 4 × 4 tiles over each token block, a last single token
+/// (and n_tok = 1) as 16-row GEMV tiles.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tiles<const F: u8>(
+    sh: &Shape,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let tb = TOKEN_BLOCK.min(n_tok - t0);
+        // Tiles of ≥ 2 tokens; a last lone token goes to the GEMV tiles.
+        let multi = if tb % 4 == 1 { tb - 1 } else { tb };
+        for r0 in (0..n_rows).step_by(4) {
+            let nr = 4.min(n_rows - r0);
+            for t in (t0..t0 + multi).step_by(4) {
+                let nt = 4.min(t0 + multi - t);
+                tile::<F, 4, 4>(
+                    sh,
+                    &w[r0 * sh.wrb..],
+                    nr,
+                    &a[t * sh.arb..],
+                    nt,
+                    &mut out[t * ldo + r0..],
+                    ldo,
+                );
+            }
+        }
+        if multi < tb {
+            let t = t0 + multi;
+            for r0 in (0..n_rows).step_by(16) {
+                let nr = 16.min(n_rows - r0);
+                tile::<F, 16, 1>(
+                    sh,
+                    &w[r0 * sh.wrb..],
+                    nr,
+                    &a[t * sh.arb..],
+                    1,
+                    &mut out[t * ldo + r0..],
+                    ldo,
+                );
+            }
+        }
+        t0 += tb;
+    }
+}
+
+/// Safe entry of the GEMMs: checks the contract, then runs the tiles.
+fn gemm_k<const F: u8>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let sh = check::<F>(k, w, n_rows, a, n_tok, out, ldo);
+    if n_rows == 0 || n_tok == 0 {
+        return;
+    }
+    // SAFETY: only installed in the kernel table after `avx512::detected()`.
+    unsafe { gemm_tiles::<F>(&sh, w, n_rows, a, n_tok, out, ldo) }
+}
+
+/// Safe entry of the dots: one 1 × 1 tile.
+fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut o = [0f32];
+    let sh = check::<F>(n, w, 1, a, 1, &o, 1);
+    // SAFETY: only installed in the kernel table after `avx512::detected()`.
+    unsafe { tile::<F, 1, 1>(&sh, w, 1, a, 1, &mut o, 1) };
+    o[0]
+}
+
+pub(super) fn gemm_q4_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q4K>(k, w, nr, a, nt, o, ldo)
+}
+pub(super) fn gemm_q5_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q5K>(k, w, nr, a, nt, o, ldo)
+}
+pub(super) fn gemm_q6_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q6K>(k, w, nr, a, nt, o, ldo)
+}
+pub(super) fn dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_k::<Q4K>(n, w, a)
+}
+pub(super) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_k::<Q5K>(n, w, a)
+}
+pub(super) fn dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_k::<Q6K>(n, w, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kquant_avx2::testkit::{check_dot, check_gemm};
+    use super::*;
+
+    #[test]
+    fn avx512_k_dots_match_scalar_twins() {
+        if !super::super::avx512::detected() {
+            println!("skipped: CPU lacks AVX-512 F/BW/VL + VNNI");
+            return;
+        }
+        check_dot::<Q4K>("avx512 q4_k", dot_q4_k_q8_k);
+        check_dot::<Q5K>("avx512 q5_k", dot_q5_k_q8_k);
+        check_dot::<Q6K>("avx512 q6_k", dot_q6_k_q8_k);
+    }
+
+    #[test]
+    fn avx512_k_gemms_match_gemm_by_dots() {
+        if !super::super::avx512::detected() {
+            println!("skipped: CPU lacks AVX-512 F/BW/VL + VNNI");
+            return;
+        }
+        check_gemm::<Q4K>("avx512 q4_k", gemm_q4_k_q8_k);
+        check_gemm::<Q5K>("avx512 q5_k", gemm_q5_k_q8_k);
+        check_gemm::<Q6K>("avx512 q6_k", gemm_q6_k_q8_k);
+    }
+}
