@@ -13,8 +13,6 @@
 
 #![cfg(target_arch = "x86_64")]
 
-use std::arch::x86_64::*;
-
 /// Which K-quant a kernel reads (a const generic, so each format's decode is
 /// compiled into its own kernel).
 pub(super) const Q4K: u8 = 0;
@@ -38,62 +36,22 @@ pub(super) const fn block_bytes(f: u8) -> usize {
     }
 }
 
-/// The scale, offset factor and block scales of one weight super-block in the
-/// form every kernel consumes.
-pub(super) struct Scales {
-    /// Per 16-element group: the integer scale (Q4_K/Q5_K: its 32-group's
-    /// 6-bit scale; Q6_K: the signed 8-bit scale).
-    pub groups: [i16; 16],
-    /// Per 16-element group: the factor of the activation's bsum (Q4_K/Q5_K:
-    /// the 6-bit min, subtracted times `dmin`; Q6_K: −32·scale, added to the
-    /// integer sum, whose unit is `d`).
-    pub offsets: [i16; 16],
-    pub d: f32,
-    pub dmin: f32,
-}
-
-/// Decodes the f16 scale(s) and the 12 (Q4_K/Q5_K) or 16 (Q6_K) scale bytes
-/// of the super-block at `b`.
+/// The 8 six-bit scales and 8 six-bit mins of a Q4_K/Q5_K super-block from
+/// its 12 scale bytes `q` (ggml's `get_scale_min_k4`), one per byte of the two
+/// u64: groups 0..4 sit in the low 6 bits of bytes 0..4 (scales) and 4..8
+/// (mins); groups 4..8 take their low 4 bits from the nibbles of bytes 8..12
+/// and their top 2 bits from the top bits of bytes 0..8.
 #[inline]
-pub(super) fn block_scales<const F: u8>(b: &[u8]) -> Scales {
-    let h = |o: usize| crate::block::f16_to_f32([b[o], b[o + 1]]);
-    let mut s = Scales {
-        groups: [0; 16],
-        offsets: [0; 16],
-        d: 0.0,
-        dmin: 0.0,
-    };
-    if F == Q6K {
-        s.d = h(208);
-        for j in 0..16 {
-            let sc = b[192 + j] as i8 as i16;
-            s.groups[j] = sc;
-            s.offsets[j] = -32 * sc;
-        }
-    } else {
-        s.d = h(0);
-        s.dmin = h(2);
-        // The 12 bytes hold 8 six-bit scales and mins (ggml's
-        // get_scale_min_k4): groups 0..4 in the low 6 bits of bytes 0..8,
-        // groups 4..8 split over the nibbles of bytes 8..12 and the top 2
-        // bits of bytes 0..8.
-        let q = &b[4..16];
-        for j in 0..8 {
-            let (sc, m) = if j < 4 {
-                (q[j] & 63, q[j + 4] & 63)
-            } else {
-                (
-                    (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-                )
-            };
-            s.groups[2 * j] = sc as i16;
-            s.groups[2 * j + 1] = sc as i16;
-            s.offsets[2 * j] = m as i16;
-            s.offsets[2 * j + 1] = m as i16;
-        }
-    }
-    s
+pub(super) fn k4_scales_mins(q: &[u8]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let (low6, low4, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let sc_hi = (w2 & low4) | (((w0 >> 6) & top2) << 4);
+    let mn_hi = ((w2 >> 4) & low4) | (((w1 >> 6) & top2) << 4);
+    (
+        (w0 & low6) as u64 | (sc_hi as u64) << 32,
+        (w1 & low6) as u64 | (mn_hi as u64) << 32,
+    )
 }
 
 /// The shapes a K-quant GEMM call was given, checked against the slices once
@@ -142,9 +100,80 @@ pub(super) fn check<const F: u8>(
 /// AVX-512) must pass against its scalar twin and `gemm_by_dots`.
 #[cfg(test)]
 pub(super) mod testkit {
-    use super::{block_bytes, block_scales, Q4K, Q5K, Q6K, Q8K_BYTES};
+    use super::{block_bytes, k4_scales_mins, Q4K, Q5K, Q6K, Q8K_BYTES};
     use crate::block::{as_blocks, f32_to_f16, unpack_q6k, BlockQ6K};
     use crate::kernels::{gemm_by_dots, scalar, DotFn, GemmFn};
+
+    /// The scale, offset factor and block scales of one weight super-block in the
+    /// form every kernel consumes.
+    pub struct Scales {
+        /// Per 16-element group: the integer scale (Q4_K/Q5_K: its 32-group's
+        /// 6-bit scale; Q6_K: the signed 8-bit scale).
+        pub groups: [i16; 16],
+        /// Per 16-element group: the factor of the activation's bsum (Q4_K/Q5_K:
+        /// the 6-bit min, subtracted times `dmin`; Q6_K: −32·scale, added to the
+        /// integer sum, whose unit is `d`).
+        pub offsets: [i16; 16],
+        pub d: f32,
+        pub dmin: f32,
+    }
+
+    /// Decodes the f16 scale(s) and the 12 (Q4_K/Q5_K) or 16 (Q6_K) scale bytes
+    /// of the super-block at `b`.
+    #[inline]
+    pub fn block_scales<const F: u8>(b: &[u8]) -> Scales {
+        let h = |o: usize| crate::block::f16_to_f32([b[o], b[o + 1]]);
+        let mut s = Scales {
+            groups: [0; 16],
+            offsets: [0; 16],
+            d: 0.0,
+            dmin: 0.0,
+        };
+        if F == Q6K {
+            s.d = h(208);
+            for j in 0..16 {
+                let sc = b[192 + j] as i8 as i16;
+                s.groups[j] = sc;
+                s.offsets[j] = -32 * sc;
+            }
+        } else {
+            s.d = h(0);
+            s.dmin = h(2);
+            // The 12 bytes hold 8 six-bit scales and mins (ggml's
+            // get_scale_min_k4): groups 0..4 in the low 6 bits of bytes 0..8,
+            // groups 4..8 split over the nibbles of bytes 8..12 and the top 2
+            // bits of bytes 0..8.
+            let q = &b[4..16];
+            for j in 0..8 {
+                let (sc, m) = if j < 4 {
+                    (q[j] & 63, q[j + 4] & 63)
+                } else {
+                    (
+                        (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+                        (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                    )
+                };
+                s.groups[2 * j] = sc as i16;
+                s.groups[2 * j + 1] = sc as i16;
+                s.offsets[2 * j] = m as i16;
+                s.offsets[2 * j + 1] = m as i16;
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn k4_scales_mins_unpacks_like_get_scale_min_k4() {
+        let mut rng = Rng::new(9);
+        for _ in 0..200 {
+            let q: Vec<u8> = (0..12).map(|_| rng.byte()).collect();
+            let (sc, mn) = k4_scales_mins(&q);
+            for j in 0..8 {
+                let want = crate::block::get_scale_min_k4(j, q[..].try_into().expect("12 bytes"));
+                assert_eq!(((sc >> (8 * j)) as u8, (mn >> (8 * j)) as u8), want);
+            }
+        }
+    }
 
     /// A small deterministic generator (tests must be reproducible).
     pub struct Rng(u64);

@@ -22,24 +22,51 @@
 use std::arch::x86_64::*;
 
 use super::kquant_avx2::{
-    block_bytes, block_scales, check, Shape, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, ZERO_Q8K,
+    block_bytes, check, k4_scales_mins, Shape, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    ZERO_Q8K,
 };
 
-/// `SPREAD[c]`, i16 lane i: the 16-element group of the pair of elements
-/// (64c + 2i, 64c + 2i + 1), i.e. 4c + i/8 (a `vpermw` index).
-static SPREAD: [[i16; 32]; 4] = {
+/// `vpermw` indices spreading a super-block's scales over the i16 lanes of
+/// `maddubs` on 64-element chunk c: lane i covers elements 64c + 2i and
+/// 64c + 2i + 1, which lie in 16-group 4c + i/8 (Q6_K, `SPREAD16`) and in
+/// 32-group 2c + i/16 (Q4_K/Q5_K, `SPREAD32`).
+static SPREAD16: [[i16; 32]; 4] = spread(8, 4);
+static SPREAD32: [[i16; 32]; 4] = spread(16, 2);
+
+const fn spread(lanes_per_group: usize, groups_per_chunk: usize) -> [[i16; 32]; 4] {
     let mut s = [[0i16; 32]; 4];
     let mut c = 0;
     while c < 4 {
         let mut i = 0;
         while i < 32 {
-            s[c][i] = (4 * c + i / 8) as i16;
+            s[c][i] = (groups_per_chunk * c + i / lanes_per_group) as i16;
             i += 1;
         }
         c += 1;
     }
     s
-};
+}
+
+/// `vpermd` indices of the 4 × 4 tile's min term (lane p = 4r + t): `PICK_ROW[j]`
+/// takes i32 j of row r's 4 (pairs of mins), `PICK_TOK[j]` i32 j of token t's
+/// 4 (pairs of bsum pair sums).
+static PICK_ROW: [[i32; 16]; 4] = pick(true);
+static PICK_TOK: [[i32; 16]; 4] = pick(false);
+
+const fn pick(row: bool) -> [[i32; 16]; 4] {
+    let mut s = [[0i32; 16]; 4];
+    let mut j = 0;
+    while j < 4 {
+        let mut p = 0;
+        while p < 16 {
+            let owner = if row { p / 4 } else { p % 4 };
+            s[j][p] = (4 * owner + j) as i32;
+            p += 1;
+        }
+        j += 1;
+    }
+    s
+}
 
 /// One weight row's super-block, decoded for reuse by the tile's tokens.
 struct RowDec {
@@ -47,8 +74,11 @@ struct RowDec {
     u: [__m512i; 4],
     /// The group scale of each i16 lane of `maddubs(u[c], ·)`.
     s: [__m512i; 4],
-    /// The 16 bsum factors ([`super::kquant_avx2::Scales::offsets`]) in the low half.
+    /// Q6_K: the 16 factors −32·scale of the 16-groups' bsums (low half);
+    /// Q4_K/Q5_K: each 32-group's min twice, the factors of the bsums.
     off: __m512i,
+    /// Q4_K/Q5_K: the 8 mins (i16).
+    mins: __m128i,
     d: f32,
     dmin: f32,
 }
@@ -60,21 +90,40 @@ const fn bytes8(b: u8) -> i64 {
 
 /// Decodes the super-block `b` (exactly one block of format `F`) into `row`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
     debug_assert_eq!(b.len(), block_bytes(F));
-    let sc = block_scales::<F>(b);
-    row.d = sc.d;
-    row.dmin = sc.dmin;
-    // SAFETY: the loads read 32 bytes of the 16-element i16 arrays and of
-    // `SPREAD` rows (64 bytes); loadu has no alignment requirement.
-    unsafe {
-        let g = _mm512_zextsi256_si512(_mm256_loadu_si256(sc.groups.as_ptr().cast()));
+    let p = b.as_ptr();
+    let h2f = |o: usize| {
+        let h = u16::from_le_bytes([b[o], b[o + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    };
+    if F == Q6K {
+        row.d = h2f(208);
+        // SAFETY: the 16 scale bytes (192..208) and the `SPREAD16` rows lie in
+        // bounds; loadu has no alignment requirement.
+        unsafe {
+            let g = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast()));
+            for c in 0..4 {
+                let idx = _mm512_loadu_si512(SPREAD16[c].as_ptr().cast());
+                row.s[c] = _mm512_permutexvar_epi16(idx, _mm512_zextsi256_si512(g));
+            }
+            let minus32 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(g));
+            row.off = _mm512_zextsi256_si512(minus32);
+        }
+    } else {
+        (row.d, row.dmin) = (h2f(0), h2f(2));
+        let (sc, mn) = k4_scales_mins(&b[4..16]);
+        let g = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
         for c in 0..4 {
-            let idx = _mm512_loadu_si512(SPREAD[c].as_ptr().cast());
+            // SAFETY: a `SPREAD32` row is 64 bytes; loadu is unaligned.
+            let idx = unsafe { _mm512_loadu_si512(SPREAD32[c].as_ptr().cast()) };
             row.s[c] = _mm512_permutexvar_epi16(idx, g);
         }
-        row.off = _mm512_zextsi256_si512(_mm256_loadu_si256(sc.offsets.as_ptr().cast()));
+        let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+        row.mins = m;
+        let twice = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
+        row.off = _mm512_zextsi256_si512(twice);
     }
     let m4 = _mm512_set1_epi8(0x0f);
     let p = b.as_ptr();
@@ -135,7 +184,7 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
 
 /// Sums of 16 vectors of i32: lane i of the result is the sum of `v[i]`'s lanes.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 fn reduce16(v: &[__m512i; 16]) -> __m512i {
     // Per 128-bit block: interleave pairs, then quadruples, so block k of
     // x[i] holds partial sums of v[4i..4i+4] in its 4 lanes.
@@ -163,7 +212,7 @@ fn reduce16(v: &[__m512i; 16]) -> __m512i {
 /// `R · T` ∈ {1, 16}. `w` starts at row 0 of the tile, `a` at token 0, `out`
 /// at (token 0, row 0); `sh` was checked against the full slices.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 #[allow(clippy::too_many_arguments)]
 fn tile<const F: u8, const R: usize, const T: usize>(
     sh: &Shape,
@@ -189,6 +238,7 @@ fn tile<const F: u8, const R: usize, const T: usize>(
         let mut qa = [ZERO_Q8K.as_ptr(); T];
         let mut bs = [_mm512_setzero_si512(); T];
         let mut da = [0f32; T];
+        let mut pair_sums = [_mm_setzero_si128(); T];
         for t in 0..nt {
             let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
             qa[t] = blk.as_ptr();
@@ -197,6 +247,9 @@ fn tile<const F: u8, const R: usize, const T: usize>(
                 _mm512_zextsi256_si512(_mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()))
             };
             da[t] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+            // |bsum| ≤ 16·128, so the sum of two fits an i16.
+            let pairs = _mm256_madd_epi16(_mm512_castsi512_si256(bs[t]), _mm256_set1_epi16(1));
+            pair_sums[t] = _mm256_cvtepi32_epi16(pairs);
         }
         let mut acc = [[_mm512_setzero_si512(); T]; R];
         for c in 0..4 {
@@ -241,12 +294,43 @@ fn tile<const F: u8, const R: usize, const T: usize>(
         let (dwv, dmv) = unsafe { (_mm512_loadu_ps(dw.as_ptr()), _mm512_loadu_ps(dm.as_ptr())) };
         facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&flat)), dwv, facc);
         if F != Q6K {
-            for r in 0..R {
-                for t in 0..T {
-                    flat[r * T + t] = _mm512_madd_epi16(rows[r].off, bs[t]);
+            let mins = if R == 4 && T == 4 {
+                // Σ_j min[r][j]·(bsum pair sum)[t][j] for all 16 (r, t) at
+                // once: rows' mins and tokens' pair sums in one vector each,
+                // two (min, sum) pairs per vpdpwssd lane.
+                let mut m = _mm512_zextsi128_si512(rows[0].mins);
+                let mut b = _mm512_zextsi128_si512(pair_sums[0]);
+                m = _mm512_inserti32x4::<1>(m, rows[1].mins);
+                b = _mm512_inserti32x4::<1>(b, pair_sums[1]);
+                m = _mm512_inserti32x4::<2>(m, rows[2].mins);
+                b = _mm512_inserti32x4::<2>(b, pair_sums[2]);
+                m = _mm512_inserti32x4::<3>(m, rows[3].mins);
+                b = _mm512_inserti32x4::<3>(b, pair_sums[3]);
+                let mut acc = _mm512_setzero_si512();
+                for j in 0..4 {
+                    // SAFETY: `PICK_*` rows are 64 bytes; loadu is unaligned.
+                    let (ir, it) = unsafe {
+                        (
+                            _mm512_loadu_si512(PICK_ROW[j].as_ptr().cast()),
+                            _mm512_loadu_si512(PICK_TOK[j].as_ptr().cast()),
+                        )
+                    };
+                    let (mv, bv) = (
+                        _mm512_permutexvar_epi32(ir, m),
+                        _mm512_permutexvar_epi32(it, b),
+                    );
+                    acc = _mm512_dpwssd_epi32(acc, mv, bv);
                 }
-            }
-            facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(reduce16(&flat)), dmv, facc);
+                acc
+            } else {
+                for r in 0..R {
+                    for t in 0..T {
+                        flat[r * T + t] = _mm512_madd_epi16(rows[r].off, bs[t]);
+                    }
+                }
+                reduce16(&flat)
+            };
+            facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), dmv, facc);
         }
     }
     if R * T == 1 {
@@ -269,7 +353,7 @@ const TOKEN_BLOCK: usize = 64;
 
 /// The tiled GEMM: 4 × 4 tiles over each token block, a last single token
 /// (and n_tok = 1) as 16-row GEMV tiles.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 #[allow(clippy::too_many_arguments)]
 fn gemm_tiles<const F: u8>(
     sh: &Shape,

@@ -137,6 +137,19 @@ fn select() -> KernelTable {
     KernelTable::scalar()
 }
 
+/// Every table this CPU can run, scalar first (benchmarks compare the tiers).
+pub fn tiers() -> Vec<KernelTable> {
+    let mut v = vec![KernelTable::scalar()];
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected() {
+        v.push(KernelTable::avx2());
+        if avx512::detected() {
+            v.push(KernelTable::avx512());
+        }
+    }
+    v
+}
+
 /// The process-wide kernel table, chosen at first use.
 #[inline]
 pub fn table() -> &'static KernelTable {
