@@ -1,7 +1,9 @@
 //! K-quant GEMM / GEMV throughput per weight type and kernel tier at the
 //! DeepSeek-VL2-Tiny projection shape (k = 1280 inputs, 896 weight rows), one
-//! thread. Not a test; numbers depend on the machine and its load. Run:
-//! `cargo run --release -p pocketvl-quant --example kquant_bench`.
+//! thread. Not a test; numbers depend on the machine. Time is this thread's
+//! CPU time (Linux `/proc/thread-self/schedstat`, else wall time), so a busy
+//! shared machine slows the measurement but not the numbers. Run:
+//! `cargo run --release -p pocketvl-quant --example kquant_bench [n_tok...]`.
 
 use std::time::Instant;
 
@@ -20,6 +22,15 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
             (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect()
+}
+
+/// Seconds this thread has run on a CPU (wall seconds where Linux's
+/// schedstat is missing).
+fn cpu_seconds(start: Instant) -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(start.elapsed().as_secs_f64(), |ns| ns as f64 / 1e9)
 }
 
 fn quantize(ty: GgmlType, x: &[f32], k: usize) -> Vec<u8> {
@@ -66,12 +77,13 @@ fn main() {
                 // Best of 5 timed runs of ≥ 50 ms each (the machine is shared).
                 let mut best = f64::MAX;
                 for _ in 0..5 {
-                    let (t, mut reps) = (Instant::now(), 0);
-                    while reps == 0 || t.elapsed().as_secs_f64() < 0.05 {
+                    let wall = Instant::now();
+                    let (t0, mut reps) = (cpu_seconds(wall), 0);
+                    while reps == 0 || cpu_seconds(wall) - t0 < 0.05 {
                         run(&mut out);
                         reps += 1;
                     }
-                    best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+                    best = best.min((cpu_seconds(wall) - t0) / reps as f64);
                 }
                 let gops = 2.0 * (k * n * nt) as f64 / best / 1e9;
                 line += &format!("  n_tok {nt:>3}: {gops:7.1} GOP/s");

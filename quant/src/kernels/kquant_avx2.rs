@@ -13,6 +13,8 @@
 
 #![cfg(target_arch = "x86_64")]
 
+use std::arch::x86_64::*;
+
 /// Which K-quant a kernel reads (a const generic, so each format's decode is
 /// compiled into its own kernel).
 pub(super) const Q4K: u8 = 0;
@@ -94,6 +96,359 @@ pub(super) fn check<const F: u8>(
         "K-quant gemm: output slice too short"
     );
     Shape { nb, wrb, arb }
+}
+
+/// One weight row's super-block, decoded for reuse by the tile's tokens.
+struct RowDec {
+    /// Unsigned quants in element order, 32 per vector.
+    u: [__m256i; 8],
+    /// The group scale of each i16 lane of `maddubs(u[c], ·)`.
+    s: [__m256i; 8],
+    /// Q6_K: −32·scale per 16-group; Q4_K/Q5_K: each 32-group's min twice;
+    /// the factors of the activation's 16 bsums.
+    off: __m256i,
+    d: f32,
+    dmin: f32,
+}
+
+/// Decodes the super-block `b` (exactly one block of format `F`) into `row`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
+    debug_assert_eq!(b.len(), block_bytes(F));
+    let p = b.as_ptr();
+    let h2f = |o: usize| {
+        let h = u16::from_le_bytes([b[o], b[o + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    };
+    let m4 = _mm256_set1_epi8(0x0f);
+    let top2 = _mm256_set1_epi8(0x30);
+    if F == Q6K {
+        row.d = h2f(208);
+        // SAFETY: the 16 scale bytes lie at 192..208 of the 210-byte block.
+        let g = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192).cast()) });
+        // Chunk c covers 16-groups 2c (i16 lanes 0..8) and 2c + 1 (8..16):
+        // broadcast i32 c = that pair, then each half picks its i16.
+        let halves = _mm256_setr_epi8(
+            0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2,
+            3, 2, 3,
+        );
+        for c in 0..8 {
+            let pair = _mm256_permutevar8x32_epi32(g, _mm256_set1_epi32(c as i32));
+            row.s[c] = _mm256_shuffle_epi8(pair, halves);
+        }
+        row.off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(g));
+        for h in 0..2 {
+            // SAFETY: ql[64h..64h+64] and qh[32h..32h+32] (offset 128) lie in
+            // the block; loadu has no alignment requirement.
+            let (l0, l1, qh) = unsafe {
+                (
+                    _mm256_loadu_si256(p.add(64 * h).cast()),
+                    _mm256_loadu_si256(p.add(64 * h + 32).cast()),
+                    _mm256_loadu_si256(p.add(128 + 32 * h).cast()),
+                )
+            };
+            // Element 128h + 32q + l: a nibble of ql (low for q < 2) and
+            // bits 2q, 2q + 1 of qh[32h + l] as bits 4, 5.
+            let lo = |x: __m256i| _mm256_and_si256(x, m4);
+            let hi = |x: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(x), m4);
+            let top = [
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), top2),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), top2),
+                _mm256_and_si256(qh, top2),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), top2),
+            ];
+            let nib = [lo(l0), lo(l1), hi(l0), hi(l1)];
+            for q in 0..4 {
+                row.u[4 * h + q] = _mm256_or_si256(nib[q], top[q]);
+            }
+        }
+        return;
+    }
+    (row.d, row.dmin) = (h2f(0), h2f(2));
+    let (sc, mn) = k4_scales_mins(&b[4..16]);
+    // Chunk c is 32-group c: every i16 lane gets scale c (i32 lane c holds
+    // it in both halves).
+    let g = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
+    let g = _mm256_or_si256(g, _mm256_slli_epi32::<16>(g));
+    for c in 0..8 {
+        row.s[c] = _mm256_permutevar8x32_epi32(g, _mm256_set1_epi32(c as i32));
+    }
+    let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+    row.off = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
+    // Chunks 2c, 2c + 1: the low, then the high nibbles of qs[32c..32c+32].
+    let qs = if F == Q5K { 48 } else { 16 };
+    for c in 0..4 {
+        // SAFETY: qs[32c..32c+32] lies in the block; loadu is unaligned.
+        let q = unsafe { _mm256_loadu_si256(p.add(qs + 32 * c).cast()) };
+        row.u[2 * c] = _mm256_and_si256(q, m4);
+        row.u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+    }
+    if F == Q5K {
+        // The fifth bit of element 32c + l is bit c of qh[l]: move it to bit 4.
+        // SAFETY: qh = bytes 16..48 of the 176-byte block.
+        let qh = unsafe { _mm256_loadu_si256(p.add(16).cast()) };
+        let bit4 = _mm256_set1_epi8(0x10);
+        for c in 0..8 {
+            let moved = if c <= 4 {
+                _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - c as i32))
+            } else {
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(c as i32 - 4))
+            };
+            row.u[c] = _mm256_or_si256(row.u[c], _mm256_and_si256(moved, bit4));
+        }
+    }
+}
+
+/// Sums of 8 vectors of i32: lane i of the result is the sum of `v[i]`'s lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce8(v: &[__m256i; 8]) -> __m256i {
+    let mut s = [_mm256_setzero_si256(); 4];
+    for i in 0..4 {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        s[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+    }
+    let mut x = [_mm256_setzero_si256(); 2];
+    for i in 0..2 {
+        let (a, b) = (s[2 * i], s[2 * i + 1]);
+        x[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+    }
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(x[0], x[1]),
+        _mm256_permute2x128_si256::<0x31>(x[0], x[1]),
+    )
+}
+
+/// Sum of the 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
+}
+
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ R`, `t < nt ≤ T`,
+/// `R · T` ∈ {1, 8}. `w` starts at row 0 of the tile, `a` at token 0, `out`
+/// at (token 0, row 0); `sh` was checked against the full slices.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile<const F: u8, const R: usize, const T: usize>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    debug_assert!(R * T == 1 || R * T == 8);
+    let bb = block_bytes(F);
+    // SAFETY: all-zero bits are valid vectors and f32; padding rows (r ≥ nr)
+    // stay zero, so they add nothing.
+    let mut rows: [RowDec; R] = unsafe { std::mem::zeroed() };
+    let mut facc = _mm256_setzero_ps();
+    let mut sum1 = 0f32;
+    let (mut dw, mut dm) = ([0f32; 8], [0f32; 8]);
+    for ib in 0..sh.nb {
+        for (r, row) in rows.iter_mut().enumerate().take(nr) {
+            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
+        }
+        let mut qa = [ZERO_Q8K.as_ptr(); T];
+        let mut bs = [_mm256_setzero_si256(); T];
+        let mut da = [0f32; T];
+        for t in 0..nt {
+            let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
+            qa[t] = blk.as_ptr();
+            // SAFETY: the 32 bsum bytes lie in the block.
+            bs[t] = unsafe { _mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()) };
+            da[t] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+        }
+        let mut acc = [[_mm256_setzero_si256(); T]; R];
+        for c in 0..8 {
+            for t in 0..T {
+                // SAFETY: qa[t] is a whole Q8_K block (a real one or
+                // ZERO_Q8K); qs[32c..32c+32] lies in it.
+                let av = unsafe { _mm256_loadu_si256(qa[t].add(Q8K_QS + 32 * c).cast()) };
+                for r in 0..R {
+                    let p = _mm256_maddubs_epi16(rows[r].u[c], av);
+                    let p = _mm256_madd_epi16(p, rows[r].s[c]);
+                    acc[r][t] = _mm256_add_epi32(acc[r][t], p);
+                }
+            }
+        }
+        let mut mins = [[_mm256_setzero_si256(); T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                let o = _mm256_madd_epi16(rows[r].off, bs[t]);
+                if F == Q6K {
+                    acc[r][t] = _mm256_add_epi32(acc[r][t], o);
+                } else {
+                    mins[r][t] = o;
+                }
+                dw[r * T + t] = rows[r].d * da[t];
+                dm[r * T + t] = rows[r].dmin * da[t];
+            }
+        }
+        if R * T == 1 {
+            sum1 += dw[0] * hsum(acc[0][0]) as f32;
+            if F != Q6K {
+                sum1 -= dm[0] * hsum(mins[0][0]) as f32;
+            }
+            continue;
+        }
+        let mut flat = [_mm256_setzero_si256(); 8];
+        for r in 0..R {
+            for t in 0..T {
+                flat[r * T + t] = acc[r][t];
+            }
+        }
+        // SAFETY: dw and dm are 8 f32.
+        let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
+        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&flat)), dwv, facc);
+        if F != Q6K {
+            for r in 0..R {
+                for t in 0..T {
+                    flat[r * T + t] = mins[r][t];
+                }
+            }
+            facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&flat)), dmv, facc);
+        }
+    }
+    if R * T == 1 {
+        out[0] = sum1;
+        return;
+    }
+    let mut o = [0f32; 8];
+    // SAFETY: o is 8 f32.
+    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), facc) };
+    for r in 0..nr {
+        for t in 0..nt {
+            out[t * ldo + r] = o[r * T + t];
+        }
+    }
+}
+
+/// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
+/// k = 1280) stay in L2 while each row tile runs over them.
+pub(super) const TOKEN_BLOCK: usize = 64;
+
+/// The tiled GEMM: 2 × 4 tiles over each token block, a last single token
+/// (and n_tok = 1) as 8-row GEMV tiles.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tiles<const F: u8>(
+    sh: &Shape,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let tb = TOKEN_BLOCK.min(n_tok - t0);
+        // Tiles of ≥ 2 tokens; a last lone token goes to the GEMV tiles.
+        let multi = if tb % 4 == 1 { tb - 1 } else { tb };
+        for r0 in (0..n_rows).step_by(2) {
+            let nr = 2.min(n_rows - r0);
+            for t in (t0..t0 + multi).step_by(4) {
+                let nt = 4.min(t0 + multi - t);
+                let o = &mut out[t * ldo + r0..];
+                tile::<F, 2, 4>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
+            }
+        }
+        if multi < tb {
+            let t = t0 + multi;
+            for r0 in (0..n_rows).step_by(8) {
+                let nr = 8.min(n_rows - r0);
+                let o = &mut out[t * ldo + r0..];
+                tile::<F, 8, 1>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], 1, o, ldo);
+            }
+        }
+        t0 += tb;
+    }
+}
+
+/// Safe entry of the GEMMs: checks the contract, then runs the tiles.
+fn gemm_k<const F: u8>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let sh = check::<F>(k, w, n_rows, a, n_tok, out, ldo);
+    if n_rows == 0 || n_tok == 0 {
+        return;
+    }
+    // SAFETY: only installed in the kernel table after `avx2::detected()`.
+    unsafe { gemm_tiles::<F>(&sh, w, n_rows, a, n_tok, out, ldo) }
+}
+
+pub(super) fn gemm_q4_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q4K>(k, w, nr, a, nt, o, ldo)
+}
+pub(super) fn gemm_q5_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q5K>(k, w, nr, a, nt, o, ldo)
+}
+pub(super) fn gemm_q6_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q6K>(k, w, nr, a, nt, o, ldo)
+}
+
+/// Q5_K·Q8_K (AVX2 had no Q5_K dot): one 1 × 1 tile.
+pub(super) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut o = [0f32];
+    let sh = check::<Q5K>(n, w, 1, a, 1, &o, 1);
+    // SAFETY: only installed in the kernel table after `avx2::detected()`.
+    unsafe { tile::<Q5K, 1, 1>(&sh, w, 1, a, 1, &mut o, 1) };
+    o[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::{check_dot, check_gemm};
+    use super::*;
+
+    #[test]
+    fn avx2_k_dot_and_gemms_match_scalar() {
+        if !super::super::avx2::detected() {
+            println!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        check_dot::<Q5K>("avx2 q5_k", dot_q5_k_q8_k);
+        check_gemm::<Q4K>("avx2 q4_k", gemm_q4_k_q8_k);
+        check_gemm::<Q5K>("avx2 q5_k", gemm_q5_k_q8_k);
+        check_gemm::<Q6K>("avx2 q6_k", gemm_q6_k_q8_k);
+    }
 }
 
 /// Random and edge K-quant rows and the checks every K-quant kernel (AVX2 and

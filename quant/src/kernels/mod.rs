@@ -80,6 +80,11 @@ impl KernelTable {
         set(GgmlType::Q4_K, avx2::dot_q4_k_q8_k);
         set(GgmlType::Q6_K, avx2::dot_q6_k_q8_k);
         set(GgmlType::BF16, avx2::dot_bf16_f32);
+        set(GgmlType::Q5_K, kquant_avx2::dot_q5_k_q8_k);
+        let mut set = |ty: GgmlType, f: GemmFn| t.gemms[ty.id() as usize] = Some(f);
+        set(GgmlType::Q4_K, kquant_avx2::gemm_q4_k_q8_k);
+        set(GgmlType::Q5_K, kquant_avx2::gemm_q5_k_q8_k);
+        set(GgmlType::Q6_K, kquant_avx2::gemm_q6_k_q8_k);
         t
     }
 
