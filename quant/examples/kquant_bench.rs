@@ -3,7 +3,8 @@
 //! thread. Not a test; numbers depend on the machine. Time is this thread's
 //! CPU time (Linux `/proc/thread-self/schedstat`, else wall time), so a busy
 //! shared machine slows the measurement but not the numbers. Run:
-//! `cargo run --release -p pocketvl-quant --example kquant_bench [n_tok...]`.
+//! `cargo run --release -p pocketvl-quant --example kquant_bench [n_tok...]`
+//! (`KQ_TIER=avx2`, `KQ_TYPE=q4_K` pick one tier / type).
 
 use std::time::Instant;
 
@@ -54,7 +55,11 @@ fn main() {
         args
     };
     let a_f32 = values(2, k * toks.iter().max().copied().unwrap_or(1));
+    let only_ty = std::env::var("KQ_TYPE").ok();
     for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        if only_ty.as_deref().is_some_and(|o| o != ty.to_string()) {
+            continue;
+        }
         let w = quantize(ty, &values(1, k * n), k);
         let at = vec_dot_type(ty);
         let a = quantize(at, &a_f32, k);
@@ -62,7 +67,11 @@ fn main() {
             w.len() / n,
             at.row_bytes(k as u64).expect("row bytes") as usize,
         );
+        let only = std::env::var("KQ_TIER").ok();
         for table in tiers() {
+            if only.as_deref().is_some_and(|o| o != table.isa) {
+                continue;
+            }
             let mut line = format!("{ty:>5} {:>12}:", table.isa);
             for &nt in &toks {
                 if table.isa == "scalar" && nt > 8 {

@@ -225,16 +225,15 @@ fn tile<const F: u8, const R: usize, const T: usize>(
 ) {
     debug_assert!(R * T == 1 || R * T == 16);
     let bb = block_bytes(F);
+    let mut facc = _mm512_setzero_ps();
+    let mut sum1 = 0f32;
+    // Lane p = r·T + t: d·d_a and dmin·d_a of the super-block (padding lanes
+    // stay 0).
+    let (mut dw, mut dm) = ([0f32; 16], [0f32; 16]);
     // SAFETY: all-zero bits are valid vectors and f32; padding rows (r ≥ nr)
     // stay zero, so they add nothing.
     let mut rows: [RowDec; R] = unsafe { std::mem::zeroed() };
-    let mut facc = _mm512_setzero_ps();
-    let mut sum1 = 0f32;
-    let (mut dw, mut dm) = ([0f32; 16], [0f32; 16]);
     for ib in 0..sh.nb {
-        for (r, row) in rows.iter_mut().enumerate().take(nr) {
-            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
-        }
         let mut qa = [ZERO_Q8K.as_ptr(); T];
         let mut bs = [_mm512_setzero_si512(); T];
         let mut da = [0f32; T];
@@ -251,87 +250,107 @@ fn tile<const F: u8, const R: usize, const T: usize>(
             let pairs = _mm256_madd_epi16(_mm512_castsi512_si256(bs[t]), _mm256_set1_epi16(1));
             pair_sums[t] = _mm256_cvtepi32_epi16(pairs);
         }
-        let mut acc = [[_mm512_setzero_si512(); T]; R];
-        for c in 0..4 {
-            for t in 0..T {
-                // SAFETY: qa[t] is a whole Q8_K block (a real one or
-                // ZERO_Q8K); qs[64c..64c+64] lies in it.
-                let av = unsafe { _mm512_loadu_si512(qa[t].add(Q8K_QS + 64 * c).cast()) };
-                for r in 0..R {
-                    let p = _mm512_maddubs_epi16(rows[r].u[c], av);
-                    acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], p, rows[r].s[c]);
+        // Per (r, t): the integer sum in units of d·d_a (`main`) and, for
+        // Q4_K/Q5_K, the min sum in units of dmin·d_a (`mins`), lane-spread.
+        let mut main = [_mm512_setzero_si512(); 16];
+        let mut mins = [_mm512_setzero_si512(); 16];
+        if T == 1 {
+            // GEMV: nothing to reuse, so each row is decoded into registers
+            // and consumed at once.
+            // SAFETY: qa[0] is a whole Q8_K block; qs[64c..64c+64] lies in it.
+            let av: [__m512i; 4] = std::array::from_fn(|c| unsafe {
+                _mm512_loadu_si512(qa[0].add(Q8K_QS + 64 * c).cast())
+            });
+            for r in 0..nr {
+                let row = &mut rows[0];
+                decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
+                let mut acc = _mm512_setzero_si512();
+                for c in 0..4 {
+                    let p = _mm512_maddubs_epi16(row.u[c], av[c]);
+                    acc = _mm512_dpwssd_epi32(acc, p, row.s[c]);
+                }
+                if F == Q6K {
+                    acc = _mm512_dpwssd_epi32(acc, row.off, bs[0]);
+                } else {
+                    mins[r] = _mm512_madd_epi16(row.off, bs[0]);
+                }
+                main[r] = acc;
+                dw[r] = row.d * da[0];
+                dm[r] = row.dmin * da[0];
+            }
+        } else {
+            for (r, row) in rows.iter_mut().enumerate().take(nr) {
+                decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
+            }
+            let mut acc = [[_mm512_setzero_si512(); T]; R];
+            for c in 0..4 {
+                for t in 0..T {
+                    // SAFETY: qa[t] is a whole Q8_K block (a real one or
+                    // ZERO_Q8K); qs[64c..64c+64] lies in it.
+                    let av = unsafe { _mm512_loadu_si512(qa[t].add(Q8K_QS + 64 * c).cast()) };
+                    for r in 0..R {
+                        let p = _mm512_maddubs_epi16(rows[r].u[c], av);
+                        acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], p, rows[r].s[c]);
+                    }
                 }
             }
-        }
-        if F == Q6K {
             for r in 0..R {
                 for t in 0..T {
-                    acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], rows[r].off, bs[t]);
+                    main[r * T + t] = if F == Q6K {
+                        _mm512_dpwssd_epi32(acc[r][t], rows[r].off, bs[t])
+                    } else {
+                        acc[r][t]
+                    };
+                    dw[r * T + t] = rows[r].d * da[t];
+                    dm[r * T + t] = rows[r].dmin * da[t];
                 }
-            }
-        }
-        for r in 0..R {
-            for t in 0..T {
-                dw[r * T + t] = rows[r].d * da[t];
-                dm[r * T + t] = rows[r].dmin * da[t];
             }
         }
         if R * T == 1 {
-            sum1 += dw[0] * _mm512_reduce_add_epi32(acc[0][0]) as f32;
+            sum1 += dw[0] * _mm512_reduce_add_epi32(main[0]) as f32;
             if F != Q6K {
-                let m = _mm512_madd_epi16(rows[0].off, bs[0]);
-                sum1 -= dm[0] * _mm512_reduce_add_epi32(m) as f32;
+                sum1 -= dm[0] * _mm512_reduce_add_epi32(mins[0]) as f32;
             }
             continue;
         }
-        let mut flat = [_mm512_setzero_si512(); 16];
-        for r in 0..R {
-            for t in 0..T {
-                flat[r * T + t] = acc[r][t];
-            }
-        }
         // SAFETY: dw and dm are 16 f32.
         let (dwv, dmv) = unsafe { (_mm512_loadu_ps(dw.as_ptr()), _mm512_loadu_ps(dm.as_ptr())) };
-        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&flat)), dwv, facc);
-        if F != Q6K {
-            let mins = if R == 4 && T == 4 {
-                // Σ_j min[r][j]·(bsum pair sum)[t][j] for all 16 (r, t) at
-                // once: rows' mins and tokens' pair sums in one vector each,
-                // two (min, sum) pairs per vpdpwssd lane.
-                let mut m = _mm512_zextsi128_si512(rows[0].mins);
-                let mut b = _mm512_zextsi128_si512(pair_sums[0]);
-                m = _mm512_inserti32x4::<1>(m, rows[1].mins);
-                b = _mm512_inserti32x4::<1>(b, pair_sums[1]);
-                m = _mm512_inserti32x4::<2>(m, rows[2].mins);
-                b = _mm512_inserti32x4::<2>(b, pair_sums[2]);
-                m = _mm512_inserti32x4::<3>(m, rows[3].mins);
-                b = _mm512_inserti32x4::<3>(b, pair_sums[3]);
-                let mut acc = _mm512_setzero_si512();
-                for j in 0..4 {
-                    // SAFETY: `PICK_*` rows are 64 bytes; loadu is unaligned.
-                    let (ir, it) = unsafe {
-                        (
-                            _mm512_loadu_si512(PICK_ROW[j].as_ptr().cast()),
-                            _mm512_loadu_si512(PICK_TOK[j].as_ptr().cast()),
-                        )
-                    };
-                    let (mv, bv) = (
-                        _mm512_permutexvar_epi32(ir, m),
-                        _mm512_permutexvar_epi32(it, b),
-                    );
-                    acc = _mm512_dpwssd_epi32(acc, mv, bv);
-                }
-                acc
-            } else {
-                for r in 0..R {
-                    for t in 0..T {
-                        flat[r * T + t] = _mm512_madd_epi16(rows[r].off, bs[t]);
-                    }
-                }
-                reduce16(&flat)
-            };
-            facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), dmv, facc);
+        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&main)), dwv, facc);
+        if F == Q6K {
+            continue;
         }
+        let mins = if R == 4 && T == 4 {
+            // Σ_j min[r][j]·(bsum pair sum)[t][j] for all 16 (r, t) at once:
+            // rows' mins and tokens' pair sums in one vector each, two
+            // (min, sum) pairs per vpdpwssd lane.
+            let mut m = _mm512_zextsi128_si512(rows[0].mins);
+            let mut b = _mm512_zextsi128_si512(pair_sums[0]);
+            m = _mm512_inserti32x4::<1>(m, rows[1].mins);
+            b = _mm512_inserti32x4::<1>(b, pair_sums[1]);
+            m = _mm512_inserti32x4::<2>(m, rows[2].mins);
+            b = _mm512_inserti32x4::<2>(b, pair_sums[2]);
+            m = _mm512_inserti32x4::<3>(m, rows[3].mins);
+            b = _mm512_inserti32x4::<3>(b, pair_sums[3]);
+            let mut acc = _mm512_setzero_si512();
+            for j in 0..4 {
+                // SAFETY: `PICK_*` rows are 64 bytes; loadu is unaligned.
+                let (ir, it) = unsafe {
+                    (
+                        _mm512_loadu_si512(PICK_ROW[j].as_ptr().cast()),
+                        _mm512_loadu_si512(PICK_TOK[j].as_ptr().cast()),
+                    )
+                };
+                let (mv, bv) = (
+                    _mm512_permutexvar_epi32(ir, m),
+                    _mm512_permutexvar_epi32(it, b),
+                );
+                acc = _mm512_dpwssd_epi32(acc, mv, bv);
+            }
+            acc
+        } else {
+            reduce16(&mins)
+        };
+        facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), dmv, facc);
     }
     if R * T == 1 {
         out[0] = sum1;
