@@ -208,105 +208,109 @@ fn reduce16(v: &[__m512i; 16]) -> __m512i {
     pair(pair(x[0], x[1]), pair(x[2], x[3]))
 }
 
-/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ R`, `t < nt ≤ T`,
-/// `R · T` ∈ {1, 16}. `w` starts at row 0 of the tile, `a` at token 0, `out`
-/// at (token 0, row 0); `sh` was checked against the full slices.
+/// One token's Q8_K block, as the kernels read it.
+struct Act {
+    /// The block (or `ZERO_Q8K` for a padding token).
+    p: *const u8,
+    /// The 16 bsums (low half).
+    bsums: __m512i,
+    /// The 8 sums of bsum pairs (the 32-groups' sums), as i16.
+    pair_sums: __m128i,
+    d: f32,
+}
+
+/// Super-block `ib` of activation row `t` (padding when `t ≥ nt`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn tile<const F: u8, const R: usize, const T: usize>(
+fn act(sh: &Shape, a: &[u8], t: usize, nt: usize, ib: usize) -> Act {
+    if t >= nt {
+        return Act {
+            p: ZERO_Q8K.as_ptr(),
+            bsums: _mm512_setzero_si512(),
+            pair_sums: _mm_setzero_si128(),
+            d: 0.0,
+        };
+    }
+    let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
+    // SAFETY: the 32 bsum bytes lie in the block.
+    let bsums = unsafe { _mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()) };
+    // |bsum| ≤ 16·128, so the sum of two fits an i16.
+    let pairs = _mm256_madd_epi16(bsums, _mm256_set1_epi16(1));
+    Act {
+        p: blk.as_ptr(),
+        bsums: _mm512_zextsi256_si512(bsums),
+        pair_sums: _mm256_cvtepi32_epi16(pairs),
+        d: f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]),
+    }
+}
+
+/// Chunk c (64 quants) of an activation block.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+fn act_chunk(x: &Act, c: usize) -> __m512i {
+    debug_assert!(c < 4);
+    // SAFETY: x.p is a whole Q8_K block (a real one or ZERO_Q8K);
+    // qs[64c..64c+64] lies in it.
+    unsafe { _mm512_loadu_si512(x.p.add(Q8K_QS + 64 * c).cast()) }
+}
+
+/// Scatters the tile's 16 lanes (p = r·T + t) to `out[t * ldo + r]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+fn store_tile<const T: usize>(facc: __m512, nr: usize, nt: usize, out: &mut [f32], ldo: usize) {
+    let mut o = [0f32; 16];
+    // SAFETY: o is 16 f32.
+    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), facc) };
+    for r in 0..nr {
+        for t in 0..nt {
+            out[t * ldo + r] = o[r * T + t];
+        }
+    }
+}
+
+/// `out[r] = dot(w row r, a row 0)` for `r < nr ≤ R`, `R` ∈ {1, 16}: with
+/// one token nothing is reused, so each row is decoded into registers and
+/// consumed at once; `R` rows keep enough loads in flight.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+fn gemv_tile<const F: u8, const R: usize>(
     sh: &Shape,
     w: &[u8],
     nr: usize,
     a: &[u8],
-    nt: usize,
     out: &mut [f32],
-    ldo: usize,
 ) {
-    debug_assert!(R * T == 1 || R * T == 16);
+    debug_assert!(R == 1 || R == 16);
     let bb = block_bytes(F);
-    let mut facc = _mm512_setzero_ps();
-    let mut sum1 = 0f32;
-    // Lane p = r·T + t: d·d_a and dmin·d_a of the super-block (padding lanes
-    // stay 0).
+    let (mut facc, mut sum1) = (_mm512_setzero_ps(), 0f32);
+    // Lane r: d·d_a and dmin·d_a of the super-block (padding lanes stay 0).
     let (mut dw, mut dm) = ([0f32; 16], [0f32; 16]);
-    // SAFETY: all-zero bits are valid vectors and f32; padding rows (r ≥ nr)
-    // stay zero, so they add nothing.
-    let mut rows: [RowDec; R] = unsafe { std::mem::zeroed() };
+    // SAFETY: all-zero bits are valid vectors and f32.
+    let mut row: RowDec = unsafe { std::mem::zeroed() };
     for ib in 0..sh.nb {
-        let mut qa = [ZERO_Q8K.as_ptr(); T];
-        let mut bs = [_mm512_setzero_si512(); T];
-        let mut da = [0f32; T];
-        let mut pair_sums = [_mm_setzero_si128(); T];
-        for t in 0..nt {
-            let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
-            qa[t] = blk.as_ptr();
-            // SAFETY: the 32 bsum bytes lie in the block.
-            bs[t] = unsafe {
-                _mm512_zextsi256_si512(_mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()))
-            };
-            da[t] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
-            // |bsum| ≤ 16·128, so the sum of two fits an i16.
-            let pairs = _mm256_madd_epi16(_mm512_castsi512_si256(bs[t]), _mm256_set1_epi16(1));
-            pair_sums[t] = _mm256_cvtepi32_epi16(pairs);
-        }
-        // Per (r, t): the integer sum in units of d·d_a (`main`) and, for
-        // Q4_K/Q5_K, the min sum in units of dmin·d_a (`mins`), lane-spread.
+        let x = act(sh, a, 0, 1, ib);
+        let av: [__m512i; 4] = std::array::from_fn(|c| act_chunk(&x, c));
+        // Per row: the integer sum in units of d·d_a, the min sum (Q4_K,
+        // Q5_K) in units of dmin·d_a, lane-spread.
         let mut main = [_mm512_setzero_si512(); 16];
         let mut mins = [_mm512_setzero_si512(); 16];
-        if T == 1 {
-            // GEMV: nothing to reuse, so each row is decoded into registers
-            // and consumed at once.
-            // SAFETY: qa[0] is a whole Q8_K block; qs[64c..64c+64] lies in it.
-            let av: [__m512i; 4] = std::array::from_fn(|c| unsafe {
-                _mm512_loadu_si512(qa[0].add(Q8K_QS + 64 * c).cast())
-            });
-            for r in 0..nr {
-                let row = &mut rows[0];
-                decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
-                let mut acc = _mm512_setzero_si512();
-                for c in 0..4 {
-                    let p = _mm512_maddubs_epi16(row.u[c], av[c]);
-                    acc = _mm512_dpwssd_epi32(acc, p, row.s[c]);
-                }
-                if F == Q6K {
-                    acc = _mm512_dpwssd_epi32(acc, row.off, bs[0]);
-                } else {
-                    mins[r] = _mm512_madd_epi16(row.off, bs[0]);
-                }
-                main[r] = acc;
-                dw[r] = row.d * da[0];
-                dm[r] = row.dmin * da[0];
-            }
-        } else {
-            for (r, row) in rows.iter_mut().enumerate().take(nr) {
-                decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
-            }
-            let mut acc = [[_mm512_setzero_si512(); T]; R];
+        for r in 0..nr {
+            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], &mut row);
+            let mut acc = _mm512_setzero_si512();
             for c in 0..4 {
-                for t in 0..T {
-                    // SAFETY: qa[t] is a whole Q8_K block (a real one or
-                    // ZERO_Q8K); qs[64c..64c+64] lies in it.
-                    let av = unsafe { _mm512_loadu_si512(qa[t].add(Q8K_QS + 64 * c).cast()) };
-                    for r in 0..R {
-                        let p = _mm512_maddubs_epi16(rows[r].u[c], av);
-                        acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], p, rows[r].s[c]);
-                    }
-                }
+                let p = _mm512_maddubs_epi16(row.u[c], av[c]);
+                acc = _mm512_dpwssd_epi32(acc, p, row.s[c]);
             }
-            for r in 0..R {
-                for t in 0..T {
-                    main[r * T + t] = if F == Q6K {
-                        _mm512_dpwssd_epi32(acc[r][t], rows[r].off, bs[t])
-                    } else {
-                        acc[r][t]
-                    };
-                    dw[r * T + t] = rows[r].d * da[t];
-                    dm[r * T + t] = rows[r].dmin * da[t];
-                }
+            if F == Q6K {
+                acc = _mm512_dpwssd_epi32(acc, row.off, x.bsums);
+            } else {
+                mins[r] = _mm512_madd_epi16(row.off, x.bsums);
             }
+            main[r] = acc;
+            dw[r] = row.d * x.d;
+            dm[r] = row.dmin * x.d;
         }
-        if R * T == 1 {
+        if R == 1 {
             sum1 += dw[0] * _mm512_reduce_add_epi32(main[0]) as f32;
             if F != Q6K {
                 sum1 -= dm[0] * _mm512_reduce_add_epi32(mins[0]) as f32;
@@ -316,54 +320,101 @@ fn tile<const F: u8, const R: usize, const T: usize>(
         // SAFETY: dw and dm are 16 f32.
         let (dwv, dmv) = unsafe { (_mm512_loadu_ps(dw.as_ptr()), _mm512_loadu_ps(dm.as_ptr())) };
         facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&main)), dwv, facc);
+        if F != Q6K {
+            facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(reduce16(&mins)), dmv, facc);
+        }
+    }
+    if R == 1 {
+        out[0] = sum1;
+    } else {
+        store_tile::<1>(facc, nr, 1, out, 1);
+    }
+}
+
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ 4`, `t < nt ≤ 4`:
+/// each super-block of the 4 rows is decoded once and used by the 4 tokens.
+/// `w` starts at row 0 of the tile, `a` at token 0, `out` at (token 0, row 0).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn tile4x4<const F: u8>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let bb = block_bytes(F);
+    let mut facc = _mm512_setzero_ps();
+    // Lane p = 4r + t: d·d_a and dmin·d_a of the super-block.
+    let (mut dw, mut dm) = ([0f32; 16], [0f32; 16]);
+    // SAFETY: all-zero bits are valid vectors and f32; padding rows (r ≥ nr)
+    // stay zero, so they add nothing.
+    let mut rows: [RowDec; 4] = unsafe { std::mem::zeroed() };
+    for ib in 0..sh.nb {
+        for (r, row) in rows.iter_mut().enumerate().take(nr) {
+            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
+        }
+        let x: [Act; 4] = std::array::from_fn(|t| act(sh, a, t, nt, ib));
+        let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+        for c in 0..4 {
+            for t in 0..4 {
+                let av = act_chunk(&x[t], c);
+                for r in 0..4 {
+                    let p = _mm512_maddubs_epi16(rows[r].u[c], av);
+                    acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], p, rows[r].s[c]);
+                }
+            }
+        }
+        let mut main = [_mm512_setzero_si512(); 16];
+        for r in 0..4 {
+            for t in 0..4 {
+                main[4 * r + t] = if F == Q6K {
+                    _mm512_dpwssd_epi32(acc[r][t], rows[r].off, x[t].bsums)
+                } else {
+                    acc[r][t]
+                };
+                dw[4 * r + t] = rows[r].d * x[t].d;
+                dm[4 * r + t] = rows[r].dmin * x[t].d;
+            }
+        }
+        // SAFETY: dw and dm are 16 f32.
+        let (dwv, dmv) = unsafe { (_mm512_loadu_ps(dw.as_ptr()), _mm512_loadu_ps(dm.as_ptr())) };
+        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&main)), dwv, facc);
         if F == Q6K {
             continue;
         }
-        let mins = if R == 4 && T == 4 {
-            // Σ_j min[r][j]·(bsum pair sum)[t][j] for all 16 (r, t) at once:
-            // rows' mins and tokens' pair sums in one vector each, two
-            // (min, sum) pairs per vpdpwssd lane.
-            let mut m = _mm512_zextsi128_si512(rows[0].mins);
-            let mut b = _mm512_zextsi128_si512(pair_sums[0]);
-            m = _mm512_inserti32x4::<1>(m, rows[1].mins);
-            b = _mm512_inserti32x4::<1>(b, pair_sums[1]);
-            m = _mm512_inserti32x4::<2>(m, rows[2].mins);
-            b = _mm512_inserti32x4::<2>(b, pair_sums[2]);
-            m = _mm512_inserti32x4::<3>(m, rows[3].mins);
-            b = _mm512_inserti32x4::<3>(b, pair_sums[3]);
-            let mut acc = _mm512_setzero_si512();
-            for j in 0..4 {
-                // SAFETY: `PICK_*` rows are 64 bytes; loadu is unaligned.
-                let (ir, it) = unsafe {
-                    (
-                        _mm512_loadu_si512(PICK_ROW[j].as_ptr().cast()),
-                        _mm512_loadu_si512(PICK_TOK[j].as_ptr().cast()),
-                    )
-                };
-                let (mv, bv) = (
-                    _mm512_permutexvar_epi32(ir, m),
-                    _mm512_permutexvar_epi32(it, b),
-                );
-                acc = _mm512_dpwssd_epi32(acc, mv, bv);
-            }
-            acc
-        } else {
-            reduce16(&mins)
-        };
+        // Σ_j min[r][j]·(bsum pair sum)[t][j] for all 16 (r, t) at once:
+        // rows' mins and tokens' pair sums in one vector each, two
+        // (min, sum) pairs per vpdpwssd lane.
+        let mut m = _mm512_zextsi128_si512(rows[0].mins);
+        let mut b = _mm512_zextsi128_si512(x[0].pair_sums);
+        m = _mm512_inserti32x4::<1>(m, rows[1].mins);
+        b = _mm512_inserti32x4::<1>(b, x[1].pair_sums);
+        m = _mm512_inserti32x4::<2>(m, rows[2].mins);
+        b = _mm512_inserti32x4::<2>(b, x[2].pair_sums);
+        m = _mm512_inserti32x4::<3>(m, rows[3].mins);
+        b = _mm512_inserti32x4::<3>(b, x[3].pair_sums);
+        let mut mins = _mm512_setzero_si512();
+        for j in 0..4 {
+            // SAFETY: `PICK_*` rows are 64 bytes; loadu is unaligned.
+            let (ir, it) = unsafe {
+                (
+                    _mm512_loadu_si512(PICK_ROW[j].as_ptr().cast()),
+                    _mm512_loadu_si512(PICK_TOK[j].as_ptr().cast()),
+                )
+            };
+            let (mv, bv) = (
+                _mm512_permutexvar_epi32(ir, m),
+                _mm512_permutexvar_epi32(it, b),
+            );
+            mins = _mm512_dpwssd_epi32(mins, mv, bv);
+        }
         facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), dmv, facc);
     }
-    if R * T == 1 {
-        out[0] = sum1;
-        return;
-    }
-    let mut o = [0f32; 16];
-    // SAFETY: o is 16 f32.
-    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), facc) };
-    for r in 0..nr {
-        for t in 0..nt {
-            out[t * ldo + r] = o[r * T + t];
-        }
-    }
+    store_tile::<4>(facc, nr, nt, out, ldo);
 }
 
 /// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
@@ -392,30 +443,16 @@ fn gemm_tiles<const F: u8>(
             let nr = 4.min(n_rows - r0);
             for t in (t0..t0 + multi).step_by(4) {
                 let nt = 4.min(t0 + multi - t);
-                tile::<F, 4, 4>(
-                    sh,
-                    &w[r0 * sh.wrb..],
-                    nr,
-                    &a[t * sh.arb..],
-                    nt,
-                    &mut out[t * ldo + r0..],
-                    ldo,
-                );
+                let o = &mut out[t * ldo + r0..];
+                tile4x4::<F>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
             }
         }
         if multi < tb {
             let t = t0 + multi;
             for r0 in (0..n_rows).step_by(16) {
                 let nr = 16.min(n_rows - r0);
-                tile::<F, 16, 1>(
-                    sh,
-                    &w[r0 * sh.wrb..],
-                    nr,
-                    &a[t * sh.arb..],
-                    1,
-                    &mut out[t * ldo + r0..],
-                    ldo,
-                );
+                let o = &mut out[t * ldo + r0..];
+                gemv_tile::<F, 16>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o);
             }
         }
         t0 += tb;
@@ -445,7 +482,7 @@ fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
     let sh = check::<F>(n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx512::detected()`.
-    unsafe { tile::<F, 1, 1>(&sh, w, 1, a, 1, &mut o, 1) };
+    unsafe { gemv_tile::<F, 1>(&sh, w, 1, a, &mut o) };
     o[0]
 }
 
