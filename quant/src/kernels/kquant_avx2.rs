@@ -229,97 +229,35 @@ fn hsum(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
 }
 
-/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ R`, `t < nt ≤ T`,
-/// `R · T` ∈ {1, 8}. `w` starts at row 0 of the tile, `a` at token 0, `out`
-/// at (token 0, row 0); `sh` was checked against the full slices.
+/// Super-block `ib` of activation row `t`: (block pointer, bsums, d), or a
+/// zero block for a padding token (`t ≥ nt`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile<const F: u8, const R: usize, const T: usize>(
-    sh: &Shape,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    debug_assert!(R * T == 1 || R * T == 8);
-    let bb = block_bytes(F);
-    // SAFETY: all-zero bits are valid vectors and f32; padding rows (r ≥ nr)
-    // stay zero, so they add nothing.
-    let mut rows: [RowDec; R] = unsafe { std::mem::zeroed() };
-    let mut facc = _mm256_setzero_ps();
-    let mut sum1 = 0f32;
-    let (mut dw, mut dm) = ([0f32; 8], [0f32; 8]);
-    for ib in 0..sh.nb {
-        for (r, row) in rows.iter_mut().enumerate().take(nr) {
-            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
-        }
-        let mut qa = [ZERO_Q8K.as_ptr(); T];
-        let mut bs = [_mm256_setzero_si256(); T];
-        let mut da = [0f32; T];
-        for t in 0..nt {
-            let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
-            qa[t] = blk.as_ptr();
-            // SAFETY: the 32 bsum bytes lie in the block.
-            bs[t] = unsafe { _mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()) };
-            da[t] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
-        }
-        let mut acc = [[_mm256_setzero_si256(); T]; R];
-        for c in 0..8 {
-            for t in 0..T {
-                // SAFETY: qa[t] is a whole Q8_K block (a real one or
-                // ZERO_Q8K); qs[32c..32c+32] lies in it.
-                let av = unsafe { _mm256_loadu_si256(qa[t].add(Q8K_QS + 32 * c).cast()) };
-                for r in 0..R {
-                    let p = _mm256_maddubs_epi16(rows[r].u[c], av);
-                    let p = _mm256_madd_epi16(p, rows[r].s[c]);
-                    acc[r][t] = _mm256_add_epi32(acc[r][t], p);
-                }
-            }
-        }
-        let mut mins = [[_mm256_setzero_si256(); T]; R];
-        for r in 0..R {
-            for t in 0..T {
-                let o = _mm256_madd_epi16(rows[r].off, bs[t]);
-                if F == Q6K {
-                    acc[r][t] = _mm256_add_epi32(acc[r][t], o);
-                } else {
-                    mins[r][t] = o;
-                }
-                dw[r * T + t] = rows[r].d * da[t];
-                dm[r * T + t] = rows[r].dmin * da[t];
-            }
-        }
-        if R * T == 1 {
-            sum1 += dw[0] * hsum(acc[0][0]) as f32;
-            if F != Q6K {
-                sum1 -= dm[0] * hsum(mins[0][0]) as f32;
-            }
-            continue;
-        }
-        let mut flat = [_mm256_setzero_si256(); 8];
-        for r in 0..R {
-            for t in 0..T {
-                flat[r * T + t] = acc[r][t];
-            }
-        }
-        // SAFETY: dw and dm are 8 f32.
-        let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
-        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&flat)), dwv, facc);
-        if F != Q6K {
-            for r in 0..R {
-                for t in 0..T {
-                    flat[r * T + t] = mins[r][t];
-                }
-            }
-            facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&flat)), dmv, facc);
-        }
+fn act(sh: &Shape, a: &[u8], t: usize, nt: usize, ib: usize) -> (*const u8, __m256i, f32) {
+    if t >= nt {
+        return (ZERO_Q8K.as_ptr(), _mm256_setzero_si256(), 0.0);
     }
-    if R * T == 1 {
-        out[0] = sum1;
-        return;
-    }
+    let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
+    // SAFETY: the 32 bsum bytes lie in the block.
+    let bsums = unsafe { _mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()) };
+    let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+    (blk.as_ptr(), bsums, d)
+}
+
+/// Chunk c (32 quants) of the activation block at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn act_chunk(p: *const u8, c: usize) -> __m256i {
+    debug_assert!(c < 8);
+    // SAFETY: p is a whole Q8_K block (a real one or ZERO_Q8K);
+    // qs[32c..32c+32] lies in it.
+    unsafe { _mm256_loadu_si256(p.add(Q8K_QS + 32 * c).cast()) }
+}
+
+/// Scatters the tile's 8 lanes (p = r·T + t) to `out[t * ldo + r]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_tile<const T: usize>(facc: __m256, nr: usize, nt: usize, out: &mut [f32], ldo: usize) {
     let mut o = [0f32; 8];
     // SAFETY: o is 8 f32.
     unsafe { _mm256_storeu_ps(o.as_mut_ptr(), facc) };
@@ -328,6 +266,129 @@ fn tile<const F: u8, const R: usize, const T: usize>(
             out[t * ldo + r] = o[r * T + t];
         }
     }
+}
+
+/// `out[r] = dot(w row r, a row 0)` for `r < nr ≤ R`, `R` ∈ {1, 8}: with one
+/// token nothing is reused, so each row is decoded into registers and
+/// consumed at once; `R` rows keep enough loads in flight.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemv_tile<const F: u8, const R: usize>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    out: &mut [f32],
+) {
+    debug_assert!(R == 1 || R == 8);
+    let bb = block_bytes(F);
+    let (mut facc, mut sum1) = (_mm256_setzero_ps(), 0f32);
+    // Lane r: d·d_a and dmin·d_a of the super-block (padding lanes stay 0).
+    let (mut dw, mut dm) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: all-zero bits are valid vectors and f32.
+    let mut row: RowDec = unsafe { std::mem::zeroed() };
+    for ib in 0..sh.nb {
+        let (p, bsums, da) = act(sh, a, 0, 1, ib);
+        // Per row: the integer sum in units of d·d_a, the min sum (Q4_K,
+        // Q5_K) in units of dmin·d_a, lane-spread.
+        let mut main = [_mm256_setzero_si256(); 8];
+        let mut mins = [_mm256_setzero_si256(); 8];
+        for r in 0..nr {
+            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], &mut row);
+            let mut acc = _mm256_madd_epi16(row.off, bsums);
+            if F != Q6K {
+                mins[r] = acc;
+                acc = _mm256_setzero_si256();
+            }
+            for c in 0..8 {
+                let q = _mm256_maddubs_epi16(row.u[c], act_chunk(p, c));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q, row.s[c]));
+            }
+            main[r] = acc;
+            dw[r] = row.d * da;
+            dm[r] = row.dmin * da;
+        }
+        if R == 1 {
+            sum1 += dw[0] * hsum(main[0]) as f32;
+            if F != Q6K {
+                sum1 -= dm[0] * hsum(mins[0]) as f32;
+            }
+            continue;
+        }
+        // SAFETY: dw and dm are 8 f32.
+        let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
+        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main)), dwv, facc);
+        if F != Q6K {
+            facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
+        }
+    }
+    if R == 1 {
+        out[0] = sum1;
+    } else {
+        store_tile::<1>(facc, nr, 1, out, 1);
+    }
+}
+
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ 2`, `t < nt ≤ 4`:
+/// each super-block of the 2 rows is decoded once and used by the 4 tokens.
+/// `w` starts at row 0 of the tile, `a` at token 0, `out` at (token 0, row 0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn tile2x4<const F: u8>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let bb = block_bytes(F);
+    let mut facc = _mm256_setzero_ps();
+    // Lane p = 4r + t: d·d_a and dmin·d_a of the super-block.
+    let (mut dw, mut dm) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: all-zero bits are valid vectors and f32; a padding row (r ≥ nr)
+    // stays zero, so it adds nothing.
+    let mut rows: [RowDec; 2] = unsafe { std::mem::zeroed() };
+    for ib in 0..sh.nb {
+        for (r, row) in rows.iter_mut().enumerate().take(nr) {
+            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
+        }
+        let x: [(*const u8, __m256i, f32); 4] = std::array::from_fn(|t| act(sh, a, t, nt, ib));
+        let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+        for c in 0..8 {
+            for t in 0..4 {
+                let av = act_chunk(x[t].0, c);
+                for r in 0..2 {
+                    let p = _mm256_maddubs_epi16(rows[r].u[c], av);
+                    let p = _mm256_madd_epi16(p, rows[r].s[c]);
+                    acc[r][t] = _mm256_add_epi32(acc[r][t], p);
+                }
+            }
+        }
+        let mut main = [_mm256_setzero_si256(); 8];
+        let mut mins = [_mm256_setzero_si256(); 8];
+        for r in 0..2 {
+            for t in 0..4 {
+                let o = _mm256_madd_epi16(rows[r].off, x[t].1);
+                if F == Q6K {
+                    main[4 * r + t] = _mm256_add_epi32(acc[r][t], o);
+                } else {
+                    (main[4 * r + t], mins[4 * r + t]) = (acc[r][t], o);
+                }
+                dw[4 * r + t] = rows[r].d * x[t].2;
+                dm[4 * r + t] = rows[r].dmin * x[t].2;
+            }
+        }
+        // SAFETY: dw and dm are 8 f32.
+        let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
+        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main)), dwv, facc);
+        if F != Q6K {
+            facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
+        }
+    }
+    store_tile::<4>(facc, nr, nt, out, ldo);
 }
 
 /// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
@@ -357,7 +418,7 @@ fn gemm_tiles<const F: u8>(
             for t in (t0..t0 + multi).step_by(4) {
                 let nt = 4.min(t0 + multi - t);
                 let o = &mut out[t * ldo + r0..];
-                tile::<F, 2, 4>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
+                tile2x4::<F>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
             }
         }
         if multi < tb {
@@ -365,7 +426,7 @@ fn gemm_tiles<const F: u8>(
             for r0 in (0..n_rows).step_by(8) {
                 let nr = 8.min(n_rows - r0);
                 let o = &mut out[t * ldo + r0..];
-                tile::<F, 8, 1>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], 1, o, ldo);
+                gemv_tile::<F, 8>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o);
             }
         }
         t0 += tb;
@@ -429,7 +490,7 @@ pub(super) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
     let sh = check::<Q5K>(n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx2::detected()`.
-    unsafe { tile::<Q5K, 1, 1>(&sh, w, 1, a, 1, &mut o, 1) };
+    unsafe { gemv_tile::<Q5K, 1>(&sh, w, 1, a, &mut o) };
     o[0]
 }
 
