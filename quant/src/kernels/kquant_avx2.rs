@@ -78,7 +78,7 @@ pub(super) fn check<const F: u8>(
     ldo: usize,
 ) -> Shape {
     assert!(
-        k % 256 == 0,
+        k.is_multiple_of(256),
         "K-quant gemm: k = {k} is not a multiple of 256"
     );
     let nb = k / 256;

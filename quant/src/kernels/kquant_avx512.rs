@@ -104,9 +104,9 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
         // bounds; loadu has no alignment requirement.
         unsafe {
             let g = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast()));
-            for c in 0..4 {
-                let idx = _mm512_loadu_si512(SPREAD16[c].as_ptr().cast());
-                row.s[c] = _mm512_permutexvar_epi16(idx, _mm512_zextsi256_si512(g));
+            for (s, idx) in row.s.iter_mut().zip(&SPREAD16) {
+                let idx = _mm512_loadu_si512(idx.as_ptr().cast());
+                *s = _mm512_permutexvar_epi16(idx, _mm512_zextsi256_si512(g));
             }
             let minus32 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(g));
             row.off = _mm512_zextsi256_si512(minus32);
@@ -115,10 +115,10 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
         (row.d, row.dmin) = (h2f(0), h2f(2));
         let (sc, mn) = k4_scales_mins(&b[4..16]);
         let g = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-        for c in 0..4 {
+        for (s, idx) in row.s.iter_mut().zip(&SPREAD32) {
             // SAFETY: a `SPREAD32` row is 64 bytes; loadu is unaligned.
-            let idx = unsafe { _mm512_loadu_si512(SPREAD32[c].as_ptr().cast()) };
-            row.s[c] = _mm512_permutexvar_epi16(idx, g);
+            let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+            *s = _mm512_permutexvar_epi16(idx, g);
         }
         let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
         row.mins = m;
@@ -297,9 +297,8 @@ fn gemv_tile<const F: u8, const R: usize>(
         for r in 0..nr {
             decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], &mut row);
             let mut acc = _mm512_setzero_si512();
-            for c in 0..4 {
-                let p = _mm512_maddubs_epi16(row.u[c], av[c]);
-                acc = _mm512_dpwssd_epi32(acc, p, row.s[c]);
+            for ((&u, &sc), &ac) in row.u.iter().zip(&row.s).zip(&av) {
+                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, ac), sc);
             }
             if F == Q6K {
                 acc = _mm512_dpwssd_epi32(acc, row.off, x.bsums);
