@@ -669,7 +669,7 @@ pub(super) mod testkit {
                 (d, dmin) = (f32_to_f16(1.0), f32_to_f16(1.0));
                 for (i, j) in sc.enumerate() {
                     b[j] = if F == Q6K {
-                        (rng.byte() % 15) as i8 as u8 - 7
+                        ((rng.byte() % 15) as i8 - 7) as u8
                     } else if i < 8 {
                         b[j] & 0x07
                     } else {
