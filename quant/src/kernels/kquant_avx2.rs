@@ -2,14 +2,15 @@
 //! weights against Q8_K activations), read straight from the GGUF block layout,
 //! plus the layout helpers the AVX-512 twin (`kquant_avx512.rs`) shares.
 //!
-//! Every kernel is one register tile of `R` weight rows × `T` tokens: per
+//! [`tile2x4`] computes 2 weight rows × 4 tokens in registers: per
 //! super-block, each row's quants are unpacked to unsigned bytes (0..15, 0..31
 //! or 0..63) and its scales spread to one i16 per lane once, then reused for
 //! the tile's tokens: `maddubs` (unsigned quant × signed activation, pairs of
 //! at most 63·128·2 < 2¹⁵, never saturating) and `madd` with the scales give
 //! exact i32 sums. The offsets (Q4_K/Q5_K mins, Q6_K's −32) come from the
 //! activation's per-16 `bsums`. The integer block sums equal the scalar twins'
-//! (`scalar.rs`); only the order of the f32 additions differs.
+//! (`scalar.rs`); only the order of the f32 additions differs. [`gemv_tile`]
+//! (one token) decodes 8 rows one after the other and uses each at once.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -393,7 +394,7 @@ fn tile2x4<const F: u8>(
 
 /// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
 /// k = 1280) stay in L2 while each row tile runs over them.
-pub(super) const TOKEN_BLOCK: usize = 64;
+const TOKEN_BLOCK: usize = 64;
 
 /// The tiled GEMM: 2 × 4 tiles over each token block, a last single token
 /// (and n_tok = 1) as 8-row GEMV tiles.

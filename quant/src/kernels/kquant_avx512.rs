@@ -2,10 +2,10 @@
 //! Q5_K, Q6_K weights against Q8_K activations), straight from the GGUF block
 //! layout (no repacked copy).
 //!
-//! One kernel, [`tile`], computes an `R` rows × `T` tokens register tile: per
-//! super-block each row's quants are unpacked once to unsigned bytes (four
-//! 64-byte chunks) and its scales spread to one i16 per lane, then every token
-//! of the tile reuses them: `vpmaddubsw` (unsigned quant × signed activation;
+//! [`tile4x4`] computes 4 rows × 4 tokens in registers: per super-block each
+//! row's quants are unpacked once to unsigned bytes (four 64-byte chunks) and
+//! its scales spread to one i16 per lane, then every token of the tile reuses
+//! them: `vpmaddubsw` (unsigned quant × signed activation;
 //! |pair| ≤ 63·128·2 < 2¹⁵, never saturating) and VNNI `vpdpwssd` with the
 //! scales accumulate exact i32 lane sums. The offsets come from the Q8_K
 //! `bsums`: Q6_K's −32 is folded into the integer sum, the Q4_K/Q5_K mins are
@@ -14,8 +14,9 @@
 //! (row, token) and scaled in f32. The integer block sums equal the scalar
 //! twins' (`scalar.rs`); only the order of the f32 additions differs.
 //!
-//! Shapes: 4 × 4 tiles for several tokens, 16 rows × 1 token for GEMV (and a
-//! last single token), padding rows/tokens of tail tiles are zeros.
+//! [`gemv_tile`] (one token: n_tok = 1, a last lone token, and the dots)
+//! decodes each row into registers and uses it at once, 16 rows per tile so
+//! their loads overlap. Padding rows/tokens of tail tiles are zeros.
 
 #![cfg(target_arch = "x86_64")]
 
