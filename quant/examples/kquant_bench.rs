@@ -4,7 +4,8 @@
 //! CPU time (Linux `/proc/thread-self/schedstat`, else wall time), so a busy
 //! shared machine slows the measurement but not the numbers. Run:
 //! `cargo run --release -p pocketvl-quant --example kquant_bench [n_tok...]`
-//! (`KQ_TIER=avx2`, `KQ_TYPE=q4_K` pick one tier / type).
+//! (`KQ_TIER=avx2`, `KQ_TYPE=q4_K` pick one tier / type; `KQ_DOTS=1` times
+//! `gemm_by_dots` over the tier's dot instead of its GEMM).
 
 use std::time::Instant;
 
@@ -56,6 +57,8 @@ fn main() {
     };
     let a_f32 = values(2, k * toks.iter().max().copied().unwrap_or(1));
     let only_ty = std::env::var("KQ_TYPE").ok();
+    // The reference path (one dot per row and token) instead of the tier's GEMM.
+    let by_dots = std::env::var("KQ_DOTS").is_ok_and(|v| v == "1");
     for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
         if only_ty.as_deref().is_some_and(|o| o != ty.to_string()) {
             continue;
@@ -78,7 +81,8 @@ fn main() {
                     continue; // seconds per run; the reference, not a contender
                 }
                 let mut out = vec![0f32; nt * n];
-                let run = |out: &mut [f32]| match (table.gemm(ty), table.get(ty)) {
+                let gemm = if by_dots { None } else { table.gemm(ty) };
+                let run = |out: &mut [f32]| match (gemm, table.get(ty)) {
                     (Some(g), _) => g(k, &w, n, &a, nt, out, n),
                     (None, Some(d)) => gemm_by_dots(d, wrb, arb, k, &w, n, &a, nt, out, n),
                     (None, None) => unreachable!("every K-quant has a dot"),
