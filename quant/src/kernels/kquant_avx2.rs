@@ -1,0 +1,875 @@
+//! AVX2 (+FMA) dot products and GEMMs for the K-quants (Q4_K, Q5_K, Q6_K
+//! weights against Q8_K activations), read straight from the GGUF block layout,
+//! plus the layout helpers the AVX-512 twin (`kquant_avx512.rs`) shares.
+//!
+//! [`tile2x4`] computes 2 weight rows × 4 tokens in registers: per
+//! super-block, each row's quants are unpacked to unsigned bytes (0..15, 0..31
+//! or 0..63) and its scales spread to one i16 per lane once, then reused for
+//! the tile's tokens: `maddubs` (unsigned quant × signed activation, pairs of
+//! at most 63·128·2 < 2¹⁵, never saturating) and `madd` with the scales give
+//! exact i32 sums. The offsets (Q4_K/Q5_K mins, Q6_K's −32) come from the
+//! activation's per-16 `bsums`. The integer block sums equal the scalar twins'
+//! (`scalar.rs`); only the order of the f32 additions differs. [`gemv_tile`]
+//! (one token) decodes 8 rows one after the other and uses each at once.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+/// Which K-quant a kernel reads (a const generic, so each format's decode is
+/// compiled into its own kernel).
+pub(super) const Q4K: u8 = 0;
+pub(super) const Q5K: u8 = 1;
+pub(super) const Q6K: u8 = 2;
+
+/// Bytes of one Q8_K block: d (f32), 256 qs, 16 i16 bsums.
+pub(super) const Q8K_BYTES: usize = 292;
+/// Offsets of the Q8_K fields.
+pub(super) const Q8K_QS: usize = 4;
+pub(super) const Q8K_BSUMS: usize = 260;
+/// An all-zero Q8_K block: the activation of the padding tokens of a tail tile.
+pub(super) static ZERO_Q8K: [u8; Q8K_BYTES] = [0; Q8K_BYTES];
+
+/// Bytes of one super-block of format `f`.
+pub(super) const fn block_bytes(f: u8) -> usize {
+    match f {
+        Q4K => 144,
+        Q5K => 176,
+        _ => 210,
+    }
+}
+
+/// The 8 six-bit scales and 8 six-bit mins of a Q4_K/Q5_K super-block from
+/// its 12 scale bytes `q` (ggml's `get_scale_min_k4`), one per byte of the two
+/// u64: groups 0..4 sit in the low 6 bits of bytes 0..4 (scales) and 4..8
+/// (mins); groups 4..8 take their low 4 bits from the nibbles of bytes 8..12
+/// and their top 2 bits from the top bits of bytes 0..8.
+#[inline]
+pub(super) fn k4_scales_mins(q: &[u8]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let (low6, low4, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let sc_hi = (w2 & low4) | (((w0 >> 6) & top2) << 4);
+    let mn_hi = ((w2 >> 4) & low4) | (((w1 >> 6) & top2) << 4);
+    (
+        (w0 & low6) as u64 | (sc_hi as u64) << 32,
+        (w1 & low6) as u64 | (mn_hi as u64) << 32,
+    )
+}
+
+/// The shapes a K-quant GEMM call was given, checked against the slices once
+/// per call so the kernels can read through raw pointers.
+pub(super) struct Shape {
+    /// Super-blocks per row.
+    pub nb: usize,
+    /// Bytes per weight row and per activation row.
+    pub wrb: usize,
+    pub arb: usize,
+}
+
+/// Checks the GEMM contract ([`super::GemmFn`]); a violation is a caller bug,
+/// and reading past a slice would be unsound, so it panics with the reason.
+pub(super) fn check<const F: u8>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &[f32],
+    ldo: usize,
+) -> Shape {
+    assert!(
+        k.is_multiple_of(256),
+        "K-quant gemm: k = {k} is not a multiple of 256"
+    );
+    let nb = k / 256;
+    let (wrb, arb) = (nb * block_bytes(F), nb * Q8K_BYTES);
+    assert!(
+        w.len() >= n_rows * wrb,
+        "K-quant gemm: weight slice too short"
+    );
+    assert!(
+        a.len() >= n_tok * arb,
+        "K-quant gemm: activation slice too short"
+    );
+    assert!(
+        n_tok == 0 || n_rows == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
+        "K-quant gemm: output slice too short"
+    );
+    Shape { nb, wrb, arb }
+}
+
+/// One weight row's super-block, decoded for reuse by the tile's tokens.
+struct RowDec {
+    /// Unsigned quants in element order, 32 per vector.
+    u: [__m256i; 8],
+    /// The group scale of each i16 lane of `maddubs(u[c], ·)`.
+    s: [__m256i; 8],
+    /// Q6_K: −32·scale per 16-group; Q4_K/Q5_K: each 32-group's min twice;
+    /// the factors of the activation's 16 bsums.
+    off: __m256i,
+    d: f32,
+    dmin: f32,
+}
+
+/// Decodes the super-block `b` (exactly one block of format `F`) into `row`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
+    debug_assert_eq!(b.len(), block_bytes(F));
+    let p = b.as_ptr();
+    let h2f = |o: usize| {
+        let h = u16::from_le_bytes([b[o], b[o + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    };
+    let m4 = _mm256_set1_epi8(0x0f);
+    let top2 = _mm256_set1_epi8(0x30);
+    if F == Q6K {
+        row.d = h2f(208);
+        // SAFETY: the 16 scale bytes lie at 192..208 of the 210-byte block.
+        let g = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192).cast()) });
+        // Chunk c covers 16-groups 2c (i16 lanes 0..8) and 2c + 1 (8..16):
+        // broadcast i32 c = that pair, then each half picks its i16.
+        let halves = _mm256_setr_epi8(
+            0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2,
+            3, 2, 3,
+        );
+        for c in 0..8 {
+            let pair = _mm256_permutevar8x32_epi32(g, _mm256_set1_epi32(c as i32));
+            row.s[c] = _mm256_shuffle_epi8(pair, halves);
+        }
+        row.off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(g));
+        for h in 0..2 {
+            // SAFETY: ql[64h..64h+64] and qh[32h..32h+32] (offset 128) lie in
+            // the block; loadu has no alignment requirement.
+            let (l0, l1, qh) = unsafe {
+                (
+                    _mm256_loadu_si256(p.add(64 * h).cast()),
+                    _mm256_loadu_si256(p.add(64 * h + 32).cast()),
+                    _mm256_loadu_si256(p.add(128 + 32 * h).cast()),
+                )
+            };
+            // Element 128h + 32q + l: a nibble of ql (low for q < 2) and
+            // bits 2q, 2q + 1 of qh[32h + l] as bits 4, 5.
+            let lo = |x: __m256i| _mm256_and_si256(x, m4);
+            let hi = |x: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(x), m4);
+            let top = [
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), top2),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), top2),
+                _mm256_and_si256(qh, top2),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), top2),
+            ];
+            let nib = [lo(l0), lo(l1), hi(l0), hi(l1)];
+            for q in 0..4 {
+                row.u[4 * h + q] = _mm256_or_si256(nib[q], top[q]);
+            }
+        }
+        return;
+    }
+    (row.d, row.dmin) = (h2f(0), h2f(2));
+    let (sc, mn) = k4_scales_mins(&b[4..16]);
+    // Chunk c is 32-group c: every i16 lane gets scale c (i32 lane c holds
+    // it in both halves).
+    let g = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
+    let g = _mm256_or_si256(g, _mm256_slli_epi32::<16>(g));
+    for c in 0..8 {
+        row.s[c] = _mm256_permutevar8x32_epi32(g, _mm256_set1_epi32(c as i32));
+    }
+    let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+    row.off = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
+    // Chunks 2c, 2c + 1: the low, then the high nibbles of qs[32c..32c+32].
+    let qs = if F == Q5K { 48 } else { 16 };
+    for c in 0..4 {
+        // SAFETY: qs[32c..32c+32] lies in the block; loadu is unaligned.
+        let q = unsafe { _mm256_loadu_si256(p.add(qs + 32 * c).cast()) };
+        row.u[2 * c] = _mm256_and_si256(q, m4);
+        row.u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+    }
+    if F == Q5K {
+        // The fifth bit of element 32c + l is bit c of qh[l]: move it to bit 4.
+        // SAFETY: qh = bytes 16..48 of the 176-byte block.
+        let qh = unsafe { _mm256_loadu_si256(p.add(16).cast()) };
+        let bit4 = _mm256_set1_epi8(0x10);
+        for c in 0..8 {
+            let moved = if c <= 4 {
+                _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - c as i32))
+            } else {
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(c as i32 - 4))
+            };
+            row.u[c] = _mm256_or_si256(row.u[c], _mm256_and_si256(moved, bit4));
+        }
+    }
+}
+
+/// Sums of 8 vectors of i32: lane i of the result is the sum of `v[i]`'s lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce8(v: &[__m256i; 8]) -> __m256i {
+    let mut s = [_mm256_setzero_si256(); 4];
+    for i in 0..4 {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        s[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+    }
+    let mut x = [_mm256_setzero_si256(); 2];
+    for i in 0..2 {
+        let (a, b) = (s[2 * i], s[2 * i + 1]);
+        x[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+    }
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(x[0], x[1]),
+        _mm256_permute2x128_si256::<0x31>(x[0], x[1]),
+    )
+}
+
+/// Sum of the 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
+}
+
+/// Super-block `ib` of activation row `t`: (block pointer, bsums, d), or a
+/// zero block for a padding token (`t ≥ nt`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn act(sh: &Shape, a: &[u8], t: usize, nt: usize, ib: usize) -> (*const u8, __m256i, f32) {
+    if t >= nt {
+        return (ZERO_Q8K.as_ptr(), _mm256_setzero_si256(), 0.0);
+    }
+    let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
+    // SAFETY: the 32 bsum bytes lie in the block.
+    let bsums = unsafe { _mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()) };
+    let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+    (blk.as_ptr(), bsums, d)
+}
+
+/// Chunk c (32 quants) of the activation block at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn act_chunk(p: *const u8, c: usize) -> __m256i {
+    debug_assert!(c < 8);
+    // SAFETY: p is a whole Q8_K block (a real one or ZERO_Q8K);
+    // qs[32c..32c+32] lies in it.
+    unsafe { _mm256_loadu_si256(p.add(Q8K_QS + 32 * c).cast()) }
+}
+
+/// Scatters the tile's 8 lanes (p = r·T + t) to `out[t * ldo + r]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_tile<const T: usize>(facc: __m256, nr: usize, nt: usize, out: &mut [f32], ldo: usize) {
+    let mut o = [0f32; 8];
+    // SAFETY: o is 8 f32.
+    unsafe { _mm256_storeu_ps(o.as_mut_ptr(), facc) };
+    for r in 0..nr {
+        for t in 0..nt {
+            out[t * ldo + r] = o[r * T + t];
+        }
+    }
+}
+
+/// `out[r] = dot(w row r, a row 0)` for `r < nr ≤ R`, `R` ∈ {1, 8}: with one
+/// token nothing is reused, so each row is decoded into registers and
+/// consumed at once; `R` rows keep enough loads in flight.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemv_tile<const F: u8, const R: usize>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    out: &mut [f32],
+) {
+    debug_assert!(R == 1 || R == 8);
+    let bb = block_bytes(F);
+    let (mut facc, mut sum1) = (_mm256_setzero_ps(), 0f32);
+    // Lane r: d·d_a and dmin·d_a of the super-block (padding lanes stay 0).
+    let (mut dw, mut dm) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: all-zero bits are valid vectors and f32.
+    let mut row: RowDec = unsafe { std::mem::zeroed() };
+    for ib in 0..sh.nb {
+        let (p, bsums, da) = act(sh, a, 0, 1, ib);
+        // Per row: the integer sum in units of d·d_a, the min sum (Q4_K,
+        // Q5_K) in units of dmin·d_a, lane-spread.
+        let mut main = [_mm256_setzero_si256(); 8];
+        let mut mins = [_mm256_setzero_si256(); 8];
+        for r in 0..nr {
+            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], &mut row);
+            let mut acc = _mm256_madd_epi16(row.off, bsums);
+            if F != Q6K {
+                mins[r] = acc;
+                acc = _mm256_setzero_si256();
+            }
+            for c in 0..8 {
+                let q = _mm256_maddubs_epi16(row.u[c], act_chunk(p, c));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q, row.s[c]));
+            }
+            main[r] = acc;
+            dw[r] = row.d * da;
+            dm[r] = row.dmin * da;
+        }
+        if R == 1 {
+            sum1 += dw[0] * hsum(main[0]) as f32;
+            if F != Q6K {
+                sum1 -= dm[0] * hsum(mins[0]) as f32;
+            }
+            continue;
+        }
+        // SAFETY: dw and dm are 8 f32.
+        let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
+        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main)), dwv, facc);
+        if F != Q6K {
+            facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
+        }
+    }
+    if R == 1 {
+        out[0] = sum1;
+    } else {
+        store_tile::<1>(facc, nr, 1, out, 1);
+    }
+}
+
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ 2`, `t < nt ≤ 4`:
+/// each super-block of the 2 rows is decoded once and used by the 4 tokens.
+/// `w` starts at row 0 of the tile, `a` at token 0, `out` at (token 0, row 0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn tile2x4<const F: u8>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let bb = block_bytes(F);
+    let mut facc = _mm256_setzero_ps();
+    // Lane p = 4r + t: d·d_a and dmin·d_a of the super-block.
+    let (mut dw, mut dm) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: all-zero bits are valid vectors and f32; a padding row (r ≥ nr)
+    // stays zero, so it adds nothing.
+    let mut rows: [RowDec; 2] = unsafe { std::mem::zeroed() };
+    for ib in 0..sh.nb {
+        for (r, row) in rows.iter_mut().enumerate().take(nr) {
+            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
+        }
+        let x: [(*const u8, __m256i, f32); 4] = std::array::from_fn(|t| act(sh, a, t, nt, ib));
+        let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+        for c in 0..8 {
+            for t in 0..4 {
+                let av = act_chunk(x[t].0, c);
+                for r in 0..2 {
+                    let p = _mm256_maddubs_epi16(rows[r].u[c], av);
+                    let p = _mm256_madd_epi16(p, rows[r].s[c]);
+                    acc[r][t] = _mm256_add_epi32(acc[r][t], p);
+                }
+            }
+        }
+        let mut main = [_mm256_setzero_si256(); 8];
+        let mut mins = [_mm256_setzero_si256(); 8];
+        for r in 0..2 {
+            for t in 0..4 {
+                let o = _mm256_madd_epi16(rows[r].off, x[t].1);
+                if F == Q6K {
+                    main[4 * r + t] = _mm256_add_epi32(acc[r][t], o);
+                } else {
+                    (main[4 * r + t], mins[4 * r + t]) = (acc[r][t], o);
+                }
+                dw[4 * r + t] = rows[r].d * x[t].2;
+                dm[4 * r + t] = rows[r].dmin * x[t].2;
+            }
+        }
+        // SAFETY: dw and dm are 8 f32.
+        let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
+        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main)), dwv, facc);
+        if F != Q6K {
+            facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
+        }
+    }
+    store_tile::<4>(facc, nr, nt, out, ldo);
+}
+
+/// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
+/// k = 1280) stay in L2 while each row tile runs over them.
+const TOKEN_BLOCK: usize = 64;
+
+/// The tiled GEMM: 2 × 4 tiles over each token block, a last single token
+/// (and n_tok = 1) as 8-row GEMV tiles.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tiles<const F: u8>(
+    sh: &Shape,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let tb = TOKEN_BLOCK.min(n_tok - t0);
+        // Tiles of ≥ 2 tokens; a last lone token goes to the GEMV tiles.
+        let multi = if tb % 4 == 1 { tb - 1 } else { tb };
+        for r0 in (0..n_rows).step_by(2) {
+            let nr = 2.min(n_rows - r0);
+            for t in (t0..t0 + multi).step_by(4) {
+                let nt = 4.min(t0 + multi - t);
+                let o = &mut out[t * ldo + r0..];
+                tile2x4::<F>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
+            }
+        }
+        if multi < tb {
+            let t = t0 + multi;
+            for r0 in (0..n_rows).step_by(8) {
+                let nr = 8.min(n_rows - r0);
+                let o = &mut out[t * ldo + r0..];
+                gemv_tile::<F, 8>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o);
+            }
+        }
+        t0 += tb;
+    }
+}
+
+/// Safe entry of the GEMMs: checks the contract, then runs the tiles.
+fn gemm_k<const F: u8>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let sh = check::<F>(k, w, n_rows, a, n_tok, out, ldo);
+    if n_rows == 0 || n_tok == 0 {
+        return;
+    }
+    // SAFETY: only installed in the kernel table after `avx2::detected()`.
+    unsafe { gemm_tiles::<F>(&sh, w, n_rows, a, n_tok, out, ldo) }
+}
+
+pub(crate) fn gemm_q4_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q4K>(k, w, nr, a, nt, o, ldo)
+}
+pub(crate) fn gemm_q5_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q5K>(k, w, nr, a, nt, o, ldo)
+}
+pub(crate) fn gemm_q6_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q6K>(k, w, nr, a, nt, o, ldo)
+}
+
+/// Q5_K·Q8_K (AVX2 had no Q5_K dot): one 1 × 1 tile.
+pub(crate) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut o = [0f32];
+    let sh = check::<Q5K>(n, w, 1, a, 1, &o, 1);
+    // SAFETY: only installed in the kernel table after `avx2::detected()`.
+    unsafe { gemv_tile::<Q5K, 1>(&sh, w, 1, a, &mut o) };
+    o[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::{check_dot, check_gemm};
+    use super::*;
+
+    #[test]
+    fn avx2_k_dot_and_gemms_match_scalar() {
+        if !super::super::avx2::detected() {
+            println!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        check_dot::<Q5K>("avx2 q5_k", dot_q5_k_q8_k);
+        check_gemm::<Q4K>("avx2 q4_k", gemm_q4_k_q8_k);
+        check_gemm::<Q5K>("avx2 q5_k", gemm_q5_k_q8_k);
+        check_gemm::<Q6K>("avx2 q6_k", gemm_q6_k_q8_k);
+    }
+}
+
+/// Random and edge K-quant rows and the checks every K-quant kernel (AVX2 and
+/// AVX-512) must pass against its scalar twin and `gemm_by_dots`.
+#[cfg(test)]
+pub(super) mod testkit {
+    use super::{block_bytes, k4_scales_mins, Q4K, Q5K, Q6K, Q8K_BYTES};
+    use crate::block::{as_blocks, f32_to_f16, unpack_q6k, BlockQ6K};
+    use crate::kernels::{gemm_by_dots, scalar, DotFn, GemmFn};
+
+    /// The scale, offset factor and block scales of one weight super-block in the
+    /// form every kernel consumes.
+    pub struct Scales {
+        /// Per 16-element group: the integer scale (Q4_K/Q5_K: its 32-group's
+        /// 6-bit scale; Q6_K: the signed 8-bit scale).
+        pub groups: [i16; 16],
+        /// Per 16-element group: the factor of the activation's bsum (Q4_K/Q5_K:
+        /// the 6-bit min, subtracted times `dmin`; Q6_K: −32·scale, added to the
+        /// integer sum, whose unit is `d`).
+        pub offsets: [i16; 16],
+        pub d: f32,
+        pub dmin: f32,
+    }
+
+    /// Decodes the f16 scale(s) and the 12 (Q4_K/Q5_K) or 16 (Q6_K) scale bytes
+    /// of the super-block at `b`.
+    #[inline]
+    pub fn block_scales<const F: u8>(b: &[u8]) -> Scales {
+        let h = |o: usize| crate::block::f16_to_f32([b[o], b[o + 1]]);
+        let mut s = Scales {
+            groups: [0; 16],
+            offsets: [0; 16],
+            d: 0.0,
+            dmin: 0.0,
+        };
+        if F == Q6K {
+            s.d = h(208);
+            for j in 0..16 {
+                let sc = b[192 + j] as i8 as i16;
+                s.groups[j] = sc;
+                s.offsets[j] = -32 * sc;
+            }
+        } else {
+            s.d = h(0);
+            s.dmin = h(2);
+            // The 12 bytes hold 8 six-bit scales and mins (ggml's
+            // get_scale_min_k4): groups 0..4 in the low 6 bits of bytes 0..8,
+            // groups 4..8 split over the nibbles of bytes 8..12 and the top 2
+            // bits of bytes 0..8.
+            let q = &b[4..16];
+            for j in 0..8 {
+                let (sc, m) = if j < 4 {
+                    (q[j] & 63, q[j + 4] & 63)
+                } else {
+                    (
+                        (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+                        (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                    )
+                };
+                s.groups[2 * j] = sc as i16;
+                s.groups[2 * j + 1] = sc as i16;
+                s.offsets[2 * j] = m as i16;
+                s.offsets[2 * j + 1] = m as i16;
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn k4_scales_mins_unpacks_like_get_scale_min_k4() {
+        let mut rng = Rng::new(9);
+        for _ in 0..200 {
+            let q: Vec<u8> = (0..12).map(|_| rng.byte()).collect();
+            let (sc, mn) = k4_scales_mins(&q);
+            for j in 0..8 {
+                let want = crate::block::get_scale_min_k4(j, q[..].try_into().expect("12 bytes"));
+                assert_eq!(((sc >> (8 * j)) as u8, (mn >> (8 * j)) as u8), want);
+            }
+        }
+    }
+
+    /// A small deterministic generator (tests must be reproducible).
+    pub struct Rng(u64);
+    impl Rng {
+        pub fn new(seed: u64) -> Rng {
+            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            self.0 >> 24
+        }
+        fn byte(&mut self) -> u8 {
+            self.next() as u8
+        }
+        fn unit(&mut self) -> f32 {
+            (self.next() % 2001) as f32 / 1000.0 - 1.0
+        }
+    }
+
+    /// How a block is filled.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub enum Fill {
+        Random,
+        Zero,
+        ZeroD,
+        ZeroDmin,
+        MaxScales,
+        MaxQuants,
+        /// d = dmin = 1, |scales|, |mins|, |activations| ≤ 7: every f32
+        /// partial sum is an integer below 2²⁴, so results must be exact.
+        Exact,
+    }
+    const FILLS: [Fill; 6] = [
+        Fill::Random,
+        Fill::Zero,
+        Fill::ZeroD,
+        Fill::ZeroDmin,
+        Fill::MaxScales,
+        Fill::MaxQuants,
+    ];
+
+    fn weight_block<const F: u8>(rng: &mut Rng, fill: Fill) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..block_bytes(F)).map(|_| rng.byte()).collect();
+        if fill == Fill::Zero {
+            return vec![0; b.len()];
+        }
+        let (d_at, sc) = if F == Q6K {
+            (208, 192..208)
+        } else {
+            (0, 4..16)
+        };
+        let mut d = f32_to_f16(rng.unit() * 0.1);
+        let mut dmin = f32_to_f16(rng.unit() * 0.1);
+        match fill {
+            Fill::ZeroD => d = [0, 0],
+            Fill::ZeroDmin => dmin = [0, 0],
+            Fill::MaxScales if F == Q6K => {
+                for (i, j) in sc.enumerate() {
+                    b[j] = if i % 2 == 0 { 127 } else { 0x80 };
+                }
+            }
+            Fill::MaxScales => b[sc].fill(0xff),
+            Fill::MaxQuants => {
+                let q = if F == Q6K {
+                    0..192
+                } else if F == Q5K {
+                    16..176
+                } else {
+                    16..144
+                };
+                b[q].fill(0xff);
+            }
+            Fill::Exact => {
+                (d, dmin) = (f32_to_f16(1.0), f32_to_f16(1.0));
+                for (i, j) in sc.enumerate() {
+                    b[j] = if F == Q6K {
+                        ((rng.byte() % 15) as i8 - 7) as u8
+                    } else if i < 8 {
+                        b[j] & 0x07
+                    } else {
+                        b[j] & 0x77
+                    };
+                }
+            }
+            _ => {}
+        }
+        b[d_at..d_at + 2].copy_from_slice(&d);
+        if F != Q6K {
+            b[2..4].copy_from_slice(&dmin);
+        }
+        b
+    }
+
+    fn act_block(rng: &mut Rng, fill: Fill) -> Vec<u8> {
+        let mut b = vec![0u8; Q8K_BYTES];
+        let (d, qs): (f32, Vec<i8>) = match fill {
+            Fill::Zero => return b,
+            Fill::MaxQuants | Fill::MaxScales => (
+                rng.unit(),
+                (0..256)
+                    .map(|i| if i % 3 == 0 { -128 } else { 127 })
+                    .collect(),
+            ),
+            Fill::Exact => (1.0, (0..256).map(|_| (rng.byte() % 15) as i8 - 7).collect()),
+            _ => (rng.unit(), (0..256).map(|_| rng.byte() as i8).collect()),
+        };
+        b[..4].copy_from_slice(&d.to_le_bytes());
+        for (o, &q) in b[4..260].iter_mut().zip(&qs) {
+            *o = q as u8;
+        }
+        for j in 0..16 {
+            let s: i32 = qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+            b[260 + 2 * j..262 + 2 * j].copy_from_slice(&(s as i16).to_le_bytes());
+        }
+        b
+    }
+
+    /// A row of `nb` blocks; `fill` None mixes the edge fills block by block.
+    fn row(
+        rng: &mut Rng,
+        nb: usize,
+        fill: Option<Fill>,
+        block: impl Fn(&mut Rng, Fill) -> Vec<u8>,
+    ) -> Vec<u8> {
+        (0..nb)
+            .flat_map(|_| {
+                let f = fill.unwrap_or_else(|| FILLS[rng.next() as usize % FILLS.len()]);
+                block(rng, f)
+            })
+            .collect()
+    }
+
+    /// The unsigned quants of one weight block in element order.
+    fn quants<const F: u8>(b: &[u8]) -> [i32; 256] {
+        let mut u = [0i32; 256];
+        if F == Q6K {
+            let q = unpack_q6k(&as_blocks::<BlockQ6K>(b).expect("one block")[0]);
+            for (o, &v) in u.iter_mut().zip(&q) {
+                *o = v as i32 + 32;
+            }
+            return u;
+        }
+        let qs = if F == Q5K { &b[48..176] } else { &b[16..144] };
+        for c in 0..4 {
+            for l in 0..32 {
+                u[64 * c + l] = (qs[32 * c + l] & 15) as i32;
+                u[64 * c + 32 + l] = (qs[32 * c + l] >> 4) as i32;
+                if F == Q5K {
+                    u[64 * c + l] += 16 * ((b[16 + l] >> (2 * c)) & 1) as i32;
+                    u[64 * c + 32 + l] += 16 * ((b[16 + l] >> (2 * c + 1)) & 1) as i32;
+                }
+            }
+        }
+        u
+    }
+
+    /// Σ of the magnitudes of every term the kernels add, which bounds the
+    /// difference that summation order alone can make.
+    fn magnitude<const F: u8>(w: &[u8], a: &[u8]) -> f64 {
+        let bb = block_bytes(F);
+        let mut m = 0f64;
+        for (wb, ab) in w.chunks_exact(bb).zip(a.chunks_exact(Q8K_BYTES)) {
+            let s = block_scales::<F>(wb);
+            let u = quants::<F>(wb);
+            let da = f32::from_le_bytes([ab[0], ab[1], ab[2], ab[3]]) as f64;
+            let (mut main, mut off) = (0f64, 0f64);
+            for e in 0..256 {
+                main += (s.groups[e / 16] as f64 * u[e] as f64 * (ab[4 + e] as i8) as f64).abs();
+            }
+            for j in 0..16 {
+                let bsum = i16::from_le_bytes([ab[260 + 2 * j], ab[261 + 2 * j]]) as f64;
+                off += (s.offsets[j] as f64 * bsum).abs();
+            }
+            let dm = if F == Q6K { s.d } else { s.dmin } as f64;
+            m += (s.d as f64 * da).abs() * main + (dm * da).abs() * off;
+        }
+        m
+    }
+
+    fn scalar_dot<const F: u8>() -> DotFn {
+        match F {
+            Q4K => scalar::dot_q4_k_q8_k,
+            Q5K => scalar::dot_q5_k_q8_k,
+            _ => scalar::dot_q6_k_q8_k,
+        }
+    }
+
+    fn close(got: f32, want: f32, mag: f64, exact: bool) -> bool {
+        if exact {
+            got == want
+        } else {
+            ((got - want) as f64).abs() <= 1e-6 * mag
+        }
+    }
+
+    /// `dot` against the scalar twin on random, edge and exact rows.
+    pub fn check_dot<const F: u8>(name: &str, dot: DotFn) {
+        let mut rng = Rng::new(F as u64 + 1);
+        for nb in [1usize, 2, 3, 5, 8] {
+            let fills = FILLS
+                .iter()
+                .map(|&f| Some(f))
+                .chain([None, Some(Fill::Exact)]);
+            for fill in fills {
+                for _ in 0..3 {
+                    let w = row(&mut rng, nb, fill, weight_block::<F>);
+                    let a = row(&mut rng, nb, fill, act_block);
+                    let (got, want) = (dot(256 * nb, &w, &a), scalar_dot::<F>()(256 * nb, &w, &a));
+                    let mag = magnitude::<F>(&w, &a);
+                    assert!(
+                        close(got, want, mag, fill == Some(Fill::Exact)),
+                        "{name} k={} {fill:?}: {got} vs scalar {want} (Σ|terms| {mag})",
+                        256 * nb
+                    );
+                }
+            }
+        }
+    }
+
+    /// `gemm` against `gemm_by_dots` over the scalar twin: every tile shape
+    /// and tail, output stride > n_rows (the gaps must stay untouched).
+    pub fn check_gemm<const F: u8>(name: &str, gemm: GemmFn) {
+        let mut rng = Rng::new(100 + F as u64);
+        let mut shapes = vec![];
+        for nb in [1usize, 2, 3, 5] {
+            for n_rows in 1..=9 {
+                for n_tok in 1..=9 {
+                    shapes.push((nb, n_rows, n_tok));
+                }
+            }
+        }
+        shapes.extend([(2, 21, 131), (5, 17, 65), (1, 33, 1), (2, 4, 64)]);
+        for (i, &(nb, n_rows, n_tok)) in shapes.iter().enumerate() {
+            let fill = match i % 3 {
+                0 => None,
+                1 => Some(Fill::Random),
+                _ => Some(Fill::Exact),
+            };
+            let k = 256 * nb;
+            let w: Vec<u8> = (0..n_rows)
+                .flat_map(|_| row(&mut rng, nb, fill, weight_block::<F>))
+                .collect();
+            let a: Vec<u8> = (0..n_tok)
+                .flat_map(|_| row(&mut rng, nb, fill, act_block))
+                .collect();
+            let ldo = n_rows + 2;
+            let mut got = vec![-7.5f32; n_tok * ldo];
+            let mut want = got.clone();
+            gemm(k, &w, n_rows, &a, n_tok, &mut got, ldo);
+            let (wrb, arb) = (nb * block_bytes(F), nb * Q8K_BYTES);
+            gemm_by_dots(
+                scalar_dot::<F>(),
+                wrb,
+                arb,
+                k,
+                &w,
+                n_rows,
+                &a,
+                n_tok,
+                &mut want,
+                ldo,
+            );
+            for t in 0..n_tok {
+                for r in 0..ldo {
+                    let (g, x) = (got[t * ldo + r], want[t * ldo + r]);
+                    let mag = if r < n_rows {
+                        magnitude::<F>(&w[r * wrb..][..wrb], &a[t * arb..][..arb])
+                    } else {
+                        0.0
+                    };
+                    assert!(
+                        close(g, x, mag, r >= n_rows || fill == Some(Fill::Exact)),
+                        "{name} k={k} rows={n_rows} toks={n_tok} {fill:?} (r {r}, t {t}): {g} vs {x} (Σ|terms| {mag})"
+                    );
+                }
+            }
+        }
+    }
+}
