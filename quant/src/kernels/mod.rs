@@ -9,6 +9,12 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod float_gemm;
+#[cfg(target_arch = "x86_64")]
+mod float_gemm_avx2;
+#[cfg(target_arch = "x86_64")]
+mod float_gemm_avx512;
 pub mod scalar;
 
 use std::sync::OnceLock;
@@ -76,6 +82,10 @@ impl KernelTable {
         set(GgmlType::Q4_K, avx2::dot_q4_k_q8_k);
         set(GgmlType::Q6_K, avx2::dot_q6_k_q8_k);
         set(GgmlType::BF16, avx2::dot_bf16_f32);
+        let mut set = |ty: GgmlType, f: GemmFn| t.gemms[ty.id() as usize] = Some(f);
+        set(GgmlType::F32, float_gemm_avx2::gemm_f32);
+        set(GgmlType::F16, float_gemm_avx2::gemm_f16);
+        set(GgmlType::BF16, float_gemm_avx2::gemm_bf16);
         t
     }
 
@@ -83,11 +93,13 @@ impl KernelTable {
     /// Only call after `avx512::detected()`.
     #[cfg(target_arch = "x86_64")]
     fn avx512() -> KernelTable {
-        let t = KernelTable::avx2();
-        KernelTable {
-            isa: "avx512-vnni",
-            ..t
-        }
+        let mut t = KernelTable::avx2();
+        t.isa = "avx512-vnni";
+        let mut set = |ty: GgmlType, f: GemmFn| t.gemms[ty.id() as usize] = Some(f);
+        set(GgmlType::F32, float_gemm_avx512::gemm_f32);
+        set(GgmlType::F16, float_gemm_avx512::gemm_f16);
+        set(GgmlType::BF16, float_gemm_avx512::gemm_bf16);
+        t
     }
 
     /// The kernel for weight type `ty`, if there is one.
