@@ -8,8 +8,10 @@
 //!   it loads the panel's `NR` weights as vectors and broadcasts each token's activation, so
 //!   the accumulators are `MT x NR` outputs held in registers for the whole k-block.
 //!
-//! The packed block (≤ 256 rows x 512 columns = 512 KiB) stays in L2 and one token tile
-//! (≤ 8 x 512 floats) in L1 while a tile sweeps the panels. The products are the f32
+//! The packed block (≤ 256 rows x 256 columns = 256 KiB) stays in L2; one panel (32 x 256
+//! floats, 32 KiB) and one token tile (≤ 8 x 256 floats) fit L1 together while the tile
+//! sweeps the panels (k-blocks of 512 measured ~7% slower on the tower: a 48 KiB panel
+//! spills L1). The products are the f32
 //! products of the widened values, summed in f32 (FMA) per k-block, so results equal the
 //! scalar twins' f64 sums up to f32 rounding; `tests` check that on random and edge data.
 //!
@@ -25,8 +27,8 @@ use super::{gemm_by_dots, DotFn};
 /// fewer than this many tokens.
 pub(super) const MIN_TOKENS: usize = 4;
 
-/// Widest k-block: 256 rows x 512 f32 = 512 KiB of packed weights, a quarter of L2.
-const KC_MAX: usize = 512;
+/// Widest k-block (see the module doc: a 32-row panel of it is 32 KiB, L1 with room).
+const KC_MAX: usize = 256;
 
 /// The float weight types this module packs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
