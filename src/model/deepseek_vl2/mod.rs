@@ -10,5 +10,6 @@ pub mod projector;
 pub mod prompt;
 pub mod resample;
 pub mod vision;
+mod vision_math;
 
 pub use language::{LanguageModel, LogitsWanted, ModelError};

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::preprocess::Preprocessed;
 use super::vision::{VisionError, VisionHparams};
+use super::vision_math::add_bias;
 use crate::loader::{LoaderError, ModelFile, Weight};
 use crate::ops::{gelu_erf, matmul};
 
@@ -171,13 +172,5 @@ impl Projector {
             }
         }
         Ok(out)
-    }
-}
-
-fn add_bias(x: &mut [f32], b: &[f32]) {
-    for row in x.chunks_exact_mut(b.len()) {
-        for (v, bb) in row.iter_mut().zip(b) {
-            *v += bb;
-        }
     }
 }

@@ -9,12 +9,14 @@
 //! All tiles of a request are batched through each matmul (weights read once per chunk of
 //! tiles); attention runs per (tile, head) in parallel.
 
+use quant::kernels::gemm;
 use quant::schema::{clip, vtensor as vt};
 use quant::GgmlType;
 use rayon::prelude::*;
 
+use super::vision_math::{add_bias, add_into, gelu_tanh, layer_norm, softmax_rows};
 use crate::loader::{LoaderError, ModelFile, Weight};
-use crate::ops::{gelu_tanh, layer_norm, matmul, matmul_view, softmax, MatView};
+use crate::ops::{matmul, matmul_view, MatView};
 
 /// Tiles pushed through the tower together: bounds activation memory
 /// (`TILE_CHUNK * 729 * n_ff` floats for the MLP) while keeping matmuls wide.
@@ -264,7 +266,7 @@ impl VisionTower {
             layer_norm(&x, &b.ln2_w, &b.ln2_b, hp.eps, &mut h);
             matmul(&b.up, &h, n_tok, &mut ff); // [n_tok, n_ff]
             add_bias(&mut ff, &b.up_b);
-            ff.par_chunks_mut(4096).for_each(gelu_tanh);
+            gelu_tanh(&mut ff);
             matmul(&b.down, &ff, n_tok, &mut proj);
             add_bias(&mut proj, &b.down_b);
             add_into(&mut x, &proj);
@@ -301,41 +303,13 @@ fn unfold_patches(pixels: &[f32], n_tiles: usize, s: usize, p: usize) -> Vec<f32
     out
 }
 
-fn add_bias(x: &mut [f32], b: &[f32]) {
-    for row in x.chunks_exact_mut(b.len()) {
-        for (v, bb) in row.iter_mut().zip(b) {
-            *v += bb;
-        }
-    }
-}
-
-fn add_into(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-/// Dot product with several accumulators (lets the compiler vectorise).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, ar) = a.split_at(a.len() - a.len() % 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
-}
-
 /// Bidirectional multi-head attention inside each tile: `softmax(q k^T / sqrt(d)) v` per
 /// head. `qkv` is `[n_tiles * n, 3W]` with columns `[q | k | v]`, each head-major; `out` is
 /// `[n_tiles * n, W]`, heads concatenated.
+///
+/// Each (tile, head) job is two F32 matrix products through the kernel table's tiled
+/// `gemm`: scores `[n, n]` = q·kᵀ (k's rows as the "weights"), then `[n, hd]` = P·v with vᵀ
+/// (`hd` rows of `n`) as the weights. Jobs run in parallel, so each `gemm` is one thread's.
 fn full_attention(
     qkv: &[f32],
     n_tiles: usize,
@@ -350,31 +324,27 @@ fn full_attention(
         .into_par_iter()
         .map(|job| {
             let (t, h) = (job / n_head, job % n_head);
-            // Gather this head's q, k, v contiguously: [n, hd] each.
-            let gather = |part: usize| -> Vec<f32> {
-                let mut m = Vec::with_capacity(n * hd);
-                for i in 0..n {
-                    let r = (t * n + i) * 3 * w + part * w + h * hd;
-                    m.extend_from_slice(&qkv[r..r + hd]);
-                }
-                m
-            };
-            let (q, k, v) = (gather(0), gather(1), gather(2));
-            let mut o = vec![0.0f32; n * hd];
-            let mut scores = vec![0.0f32; n];
+            let col = |i: usize, part: usize| (t * n + i) * 3 * w + part * w + h * hd;
+            // q and k rows as f32 bytes ([n, hd] each), v transposed ([hd, n]).
+            let (mut q, mut k) = (
+                Vec::with_capacity(n * hd * 4),
+                Vec::with_capacity(n * hd * 4),
+            );
+            let mut vt = vec![0u8; hd * n * 4];
             for i in 0..n {
-                let qi = &q[i * hd..(i + 1) * hd];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    *sc = dot(qi, &k[j * hd..(j + 1) * hd]) * scale;
-                }
-                softmax(&mut scores);
-                let oi = &mut o[i * hd..(i + 1) * hd];
-                for (j, &p) in scores.iter().enumerate() {
-                    for (a, &b) in oi.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
-                        *a += p * b;
-                    }
+                extend_bytes(&mut q, &qkv[col(i, 0)..][..hd]);
+                extend_bytes(&mut k, &qkv[col(i, 1)..][..hd]);
+                for (d, &v) in qkv[col(i, 2)..][..hd].iter().enumerate() {
+                    vt[(d * n + i) * 4..][..4].copy_from_slice(&v.to_le_bytes());
                 }
             }
+            let mut scores = vec![0.0f32; n * n];
+            gemm(GgmlType::F32, hd, &k, n, &q, n, &mut scores, n);
+            softmax_rows(&mut scores, n, scale);
+            let mut probs = Vec::with_capacity(n * n * 4);
+            extend_bytes(&mut probs, &scores);
+            let mut o = vec![0.0f32; n * hd];
+            gemm(GgmlType::F32, n, &vt, hd, &probs, n, &mut o, hd);
             o
         })
         .collect();
@@ -385,6 +355,11 @@ fn full_attention(
             out[r..r + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
         }
     }
+}
+
+/// Appends `src` as little-endian f32 bytes (the F32 activation format of `gemm`).
+fn extend_bytes(dst: &mut Vec<u8>, src: &[f32]) {
+    dst.extend(src.iter().flat_map(|v| v.to_le_bytes()));
 }
 
 /// Everything the image side of a request needs, loaded from one mmproj file: the
