@@ -376,11 +376,7 @@ impl<'a> TensorView<'a> {
                     *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
             }
-            Dtype::Bf16 => {
-                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
-                    *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-                }
-            }
+            Dtype::Bf16 => quant::block::bf16::widen_row(src, out),
             Dtype::F64 => {
                 for (o, c) in out.iter_mut().zip(src.chunks_exact(8)) {
                     let mut b = [0u8; 8];

@@ -22,6 +22,9 @@ mod q6_k;
 mod q8_0;
 mod q8_1;
 mod q8_k;
+mod simd_avx2;
+mod simd_avx512;
+mod simd_quantize;
 
 pub use kfit::get_scale_min_k4;
 pub use q4_0::BlockQ4_0;
@@ -158,18 +161,18 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
                 d.copy_from_slice(&s.to_le_bytes());
             }
         }
-        F16 => f16::quantize(src, dst),
-        BF16 => bf16::quantize(src, dst),
-        Q4_0 => each_block(src, dst, q4_0::quantize_block),
+        F16 => (simd_quantize::table().f16)(src, dst),
+        BF16 => (simd_quantize::table().bf16)(src, dst),
+        Q4_0 => (simd_quantize::table().q4_0)(src, dst),
         Q4_1 => each_block(src, dst, q4_1::quantize_block),
         Q5_0 => each_block(src, dst, q5_0::quantize_block),
         Q5_1 => each_block(src, dst, q5_1::quantize_block),
-        Q8_0 => each_block(src, dst, q8_0::quantize_block),
-        Q8_1 => each_block(src, dst, q8_1::quantize_block),
+        Q8_0 => (simd_quantize::table().q8_0)(src, dst),
+        Q8_1 => (simd_quantize::table().q8_1)(src, dst),
         Q4_K => each_block(src, dst, q4_k::quantize_block),
         Q5_K => each_block(src, dst, q5_k::quantize_block),
         Q6_K => each_block(src, dst, q6_k::quantize_block),
-        Q8_K => each_block(src, dst, q8_k::quantize_block),
+        Q8_K => (simd_quantize::table().q8_k)(src, dst),
         _ => {
             return Err(QuantError::Unsupported {
                 ty,
@@ -197,7 +200,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
             }
         }
         F16 => f16::dequantize(src, dst),
-        BF16 => bf16::dequantize(src, dst),
+        BF16 => bf16::widen_row(src, dst),
         Q4_0 => each_block_out(src, dst, q4_0::dequantize_block),
         Q4_1 => each_block_out(src, dst, q4_1::dequantize_block),
         Q5_0 => each_block_out(src, dst, q5_0::dequantize_block),
