@@ -8,7 +8,7 @@
 //! `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
 //! both succeeded; any error leaves no partial file.
 //!
-//! Disk and CPU overlap, so conversion runs near the disk's read speed: a prefetch thread
+//! Disk and CPU overlap, so conversion runs near what the disk allows: a prefetch thread
 //! faults the checkpoint in ahead of the converters (at most [`PREFETCH_AHEAD`] bytes ahead,
 //! so memory stays bounded), and a writer thread writes chunk N while chunk N + 1 is
 //! quantized (at most [`WRITE_QUEUE`] chunks queued; buffers are recycled, not re-zeroed).
