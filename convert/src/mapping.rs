@@ -607,13 +607,20 @@ pub fn fill_rows(ck: &Checkpoint, m: &MappedTensor, row0: usize, out: &mut [f32]
         }
         Source::Stack(names) => {
             let rows_per = m.ne.get(1).copied().unwrap_or(1) as usize;
-            for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
+            // An expert's rows are contiguous in its matrix: read each expert's run of rows
+            // with one lookup and one call.
+            let mut k = 0;
+            let n_rows = out.len() / ne0;
+            while k < n_rows {
                 let r = row0 + k;
-                let name = names.get(r / rows_per.max(1)).ok_or_else(|| {
+                let (e, er) = (r / rows_per.max(1), r % rows_per.max(1));
+                let name = names.get(e).ok_or_else(|| {
                     ConvertError::MissingTensor(format!("{}: expert row {r}", m.name))
                 })?;
+                let run = (rows_per.max(1) - er).min(n_rows - k);
                 ck.tensor(name)?
-                    .read_f32((r % rows_per.max(1)) * ne0, row)?;
+                    .read_f32(er * ne0, &mut out[k * ne0..(k + run) * ne0])?;
+                k += run;
             }
             Ok(())
         }

@@ -376,11 +376,7 @@ impl<'a> TensorView<'a> {
                     *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
             }
-            Dtype::Bf16 => {
-                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
-                    *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-                }
-            }
+            Dtype::Bf16 => quant::block::bf16::widen_row(src, out),
             Dtype::F64 => {
                 for (o, c) in out.iter_mut().zip(src.chunks_exact(8)) {
                     let mut b = [0u8; 8];
@@ -578,6 +574,36 @@ impl Checkpoint {
             .and_then(|&i| self.shards.get(i))
             .ok_or_else(|| ConvertError::MissingTensor(name.to_string()))?;
         shard.tensor(name)
+    }
+
+    /// Faults bytes `[from, to)` of tensor `name`'s data into memory (page cache and this
+    /// process's page tables; `MADV_POPULATE_READ`), blocking until they are there, so that
+    /// a thread running ahead of the converters takes the disk waits instead of them. Best
+    /// effort: a range outside the tensor, an unknown name or a kernel without the advice
+    /// (before Linux 5.14) does nothing and the converters fault the pages themselves.
+    pub fn prefetch(&self, name: &str, from: usize, to: usize) {
+        let Some(shard) = self.location.get(name).and_then(|&i| self.shards.get(i)) else {
+            return;
+        };
+        let Some(e) = shard.tensors.get(name) else {
+            return;
+        };
+        let (start, end) = (e.start + from, (e.start + to).min(e.end));
+        if start < end {
+            #[cfg(target_os = "linux")]
+            let _ = shard
+                .mmap
+                .advise_range(memmap2::Advice::PopulateRead, start, end - start);
+        }
+    }
+
+    /// Data bytes of tensor `name` (0 if absent).
+    pub fn tensor_bytes(&self, name: &str) -> usize {
+        self.location
+            .get(name)
+            .and_then(|&i| self.shards.get(i))
+            .and_then(|s| s.tensors.get(name))
+            .map_or(0, |e| e.end - e.start)
     }
 
     /// The shard files, in index order.

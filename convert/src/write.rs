@@ -1,14 +1,22 @@
 //! The conversion itself: plan → metadata → streamed, parallel quantization → two GGUF files
 //! committed together.
 //!
-//! Memory stays bounded by [`CHUNK_ELEMS`] per tensor chunk (times the rayon threads), never a
-//! whole model: a tensor is produced a chunk of rows at a time (an expert stack expert by
-//! expert, since rows are filled from one expert matrix at a time), each chunk's rows are
-//! converted to f32, transformed and quantized in parallel, and appended through
+//! Memory stays bounded by [`CHUNK_ELEMS`] per tensor chunk, never a whole model: a tensor is
+//! produced a chunk of rows at a time (an expert stack expert by expert, since rows are filled
+//! from one expert matrix at a time), each chunk's rows are converted to f32 (in a per-thread
+//! scratch buffer), transformed and quantized in parallel, and appended through
 //! `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
 //! both succeeded; any error leaves no partial file.
+//!
+//! Disk and CPU overlap, so conversion runs near what the disk allows: a prefetch thread
+//! faults the checkpoint in ahead of the converters (at most [`PREFETCH_AHEAD`] bytes ahead,
+//! so memory stays bounded), and a writer thread writes chunk N while chunk N + 1 is
+//! quantized (at most [`WRITE_QUEUE`] chunks queued; buffers are recycled, not re-zeroed).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -29,6 +37,18 @@ use crate::tokenizer;
 pub const CHUNK_ELEMS: usize = 4 << 20;
 /// f32 elements per parallel task inside a chunk.
 const TASK_ELEMS: usize = 64 << 10;
+/// Checkpoint bytes the prefetch thread may fault in ahead of the converters.
+pub const PREFETCH_AHEAD: u64 = 256 << 20;
+/// Checkpoint bytes one prefetch call faults in.
+const PREFETCH_STEP: usize = 16 << 20;
+/// Filled output chunks waiting for the writer thread.
+pub const WRITE_QUEUE: usize = 2;
+
+thread_local! {
+    /// Each converting thread's f32 rows, reused from task to task (never shrunk; at most
+    /// `TASK_ELEMS` or one row).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// What `pocketvl convert` was asked to do.
 #[derive(Debug, Clone)]
@@ -257,9 +277,15 @@ pub fn execute(ck: &Checkpoint, plan: &Plan, opts: &ConvertOptions) -> Result<Su
         ProgressBar::hidden()
     };
     let run = || -> Result<(PendingFile, PendingFile)> {
-        let lm = write_file(ck, &plan.language, opts.force, &bar)?;
-        let mm = write_file(ck, &plan.mmproj, opts.force, &bar)?;
-        Ok((lm, mm))
+        let consumed = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| prefetch(ck, plan, &consumed, &stop));
+            let _stop = StopOnDrop(&stop);
+            let lm = write_file(ck, &plan.language, opts.force, &bar, &consumed)?;
+            let mm = write_file(ck, &plan.mmproj, opts.force, &bar, &consumed)?;
+            Ok((lm, mm))
+        })
     };
     let (lm, mm) = match opts.threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
@@ -291,11 +317,54 @@ pub fn execute(ck: &Checkpoint, plan: &Plan, opts: &ConvertOptions) -> Result<Su
     })
 }
 
+/// Sets the flag when dropped: stops the prefetch thread however the conversion ends.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Checkpoint bytes a planned tensor reads.
+fn input_bytes(ck: &Checkpoint, t: &PlannedTensor) -> u64 {
+    let inputs = t.mapped.source.inputs();
+    inputs.iter().map(|n| ck.tensor_bytes(n) as u64).sum()
+}
+
+/// Faults the checkpoint tensors in, in the order the converters will read them, staying at
+/// most [`PREFETCH_AHEAD`] bytes ahead of `consumed` (what the converters finished).
+fn prefetch(ck: &Checkpoint, plan: &Plan, consumed: &AtomicU64, stop: &AtomicBool) {
+    let mut issued = 0u64;
+    for t in plan.language.tensors.iter().chain(&plan.mmproj.tensors) {
+        for name in t.mapped.source.inputs() {
+            let len = ck.tensor_bytes(name);
+            let mut from = 0;
+            while from < len {
+                while issued > consumed.load(Ordering::Relaxed) + PREFETCH_AHEAD {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let to = (from + PREFETCH_STEP).min(len);
+                ck.prefetch(name, from, to);
+                issued += (to - from) as u64;
+                from = to;
+            }
+        }
+    }
+}
+
 fn write_file(
     ck: &Checkpoint,
     fp: &FilePlan,
     force: bool,
     bar: &ProgressBar,
+    consumed: &AtomicU64,
 ) -> Result<PendingFile> {
     let ctx = fp.path.display().to_string();
     let mut w = GgufWriter::new();
@@ -307,19 +376,44 @@ fn write_file(
             .map_err(|e| quant_err(&ctx, e))?;
     }
     let mut dw = w.create(&fp.path, force).map_err(|e| quant_err(&ctx, e))?;
-    for t in &fp.tensors {
-        bar.set_message(t.mapped.name.clone());
-        write_tensor(ck, t, &mut dw, bar)?;
-    }
-    dw.finish().map_err(|e| quant_err(&ctx, e))
+    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let ctx = &ctx;
+        let writer = s.spawn(move || -> Result<GgufDataWriter> {
+            for buf in full_rx {
+                dw.write(&buf).map_err(|e| quant_err(ctx, e))?;
+                bar.inc(buf.len() as u64);
+                // The producer may be gone already (it failed); the buffer is just dropped.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(dw)
+        });
+        let produced = fp.tensors.iter().try_for_each(|t| {
+            bar.set_message(t.mapped.name.clone());
+            write_tensor(ck, t, &full_tx, &empty_rx, consumed)
+        });
+        drop(full_tx);
+        let written = match writer.join() {
+            Ok(w) => w,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        // A write error stops the writer, which fails the producer's next send: report the
+        // write error, the cause.
+        let dw = written?;
+        produced?;
+        dw.finish().map_err(|e| quant_err(ctx, e))
+    })
 }
 
-/// Streams one tensor: chunks of rows, each chunk filled and quantized in parallel.
+/// Streams one tensor: chunks of rows, each chunk filled and quantized in parallel, then
+/// handed to the writer thread.
 fn write_tensor(
     ck: &Checkpoint,
     t: &PlannedTensor,
-    dw: &mut GgufDataWriter,
-    bar: &ProgressBar,
+    full: &SyncSender<Vec<u8>>,
+    empty: &Receiver<Vec<u8>>,
+    consumed: &AtomicU64,
 ) -> Result<()> {
     let m = &t.mapped;
     let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
@@ -333,26 +427,36 @@ fn write_tensor(
             .ok_or_else(|| quant_err(&m.name, "row size overflows"))? as usize;
     let rows_per_task = (TASK_ELEMS / ne0).max(1);
     let rows_per_chunk = ((CHUNK_ELEMS / ne0).max(1) / rows_per_task).max(1) * rows_per_task;
-    let mut out = Vec::new();
+    let input = input_bytes(ck, t);
     let mut row0 = 0;
     while row0 < n_rows {
         let nr = rows_per_chunk.min(n_rows - row0);
-        out.clear();
+        // A recycled buffer keeps its old bytes: every byte is overwritten below.
+        let mut out = empty.try_recv().unwrap_or_default();
         out.resize(nr * row_bytes, 0u8);
         out.par_chunks_mut(rows_per_task * row_bytes)
             .enumerate()
             .try_for_each(|(k, dst)| -> Result<()> {
                 let r = row0 + k * rows_per_task;
                 let rows = dst.len() / row_bytes;
-                let mut f = vec![0f32; rows * ne0];
-                mapping::fill_rows(ck, m, r, &mut f)?;
-                for (src, d) in f.chunks_exact(ne0).zip(dst.chunks_exact_mut(row_bytes)) {
-                    quant::block::quantize_row(t.ty, src, d).map_err(|e| quant_err(&m.name, e))?;
-                }
-                Ok(())
+                SCRATCH.with(|scratch| -> Result<()> {
+                    let mut scratch = scratch.borrow_mut();
+                    if scratch.len() < rows * ne0 {
+                        scratch.resize(rows * ne0, 0.0);
+                    }
+                    let f = &mut scratch[..rows * ne0];
+                    mapping::fill_rows(ck, m, r, f)?;
+                    for (src, d) in f.chunks_exact(ne0).zip(dst.chunks_exact_mut(row_bytes)) {
+                        quant::block::quantize_row(t.ty, src, d)
+                            .map_err(|e| quant_err(&m.name, e))?;
+                    }
+                    Ok(())
+                })
             })?;
-        dw.write(&out).map_err(|e| quant_err(&m.name, e))?;
-        bar.inc(out.len() as u64);
+        full.send(out)
+            .map_err(|_| quant_err(&m.name, "the writer stopped"))?;
+        let share = |rows: usize| (input as u128 * rows as u128 / n_rows as u128) as u64;
+        consumed.fetch_add(share(row0 + nr) - share(row0), Ordering::Relaxed);
         row0 += nr;
     }
     Ok(())

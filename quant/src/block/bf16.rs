@@ -18,6 +18,13 @@ pub fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
+/// Widens the first `dst.len()` little-endian bf16 values of `src` to f32 (exact), with the
+/// fastest kernel this CPU has; `src` must hold at least `2 * dst.len()` bytes (a shorter
+/// `src` leaves the rest of `dst` untouched).
+pub fn widen_row(src: &[u8], dst: &mut [f32]) {
+    (super::simd_quantize::table().bf16_to_f32)(src, dst)
+}
+
 pub(super) fn quantize(src: &[f32], dst: &mut [u8]) {
     for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
         d.copy_from_slice(&f32_to_bf16(s).to_le_bytes());

@@ -22,6 +22,9 @@ mod q6_k;
 mod q8_0;
 mod q8_1;
 mod q8_k;
+mod simd_avx2;
+mod simd_avx512;
+mod simd_quantize;
 
 pub use kfit::get_scale_min_k4;
 pub use q4_0::BlockQ4_0;
@@ -188,7 +191,7 @@ pub(crate) mod codec {
     }
 
     pub fn quantize_f16(src: &[f32], dst: &mut [u8]) {
-        f16::quantize(src, dst)
+        (simd_quantize::table().f16)(src, dst)
     }
 
     pub fn dequantize_f16(src: &[u8], dst: &mut [f32]) {
@@ -196,36 +199,70 @@ pub(crate) mod codec {
     }
 
     pub fn quantize_bf16(src: &[f32], dst: &mut [u8]) {
-        bf16::quantize(src, dst)
+        (simd_quantize::table().bf16)(src, dst)
     }
 
     pub fn dequantize_bf16(src: &[u8], dst: &mut [f32]) {
-        bf16::dequantize(src, dst)
+        bf16::widen_row(src, dst)
     }
 
-    /// `quantize_<fmt>` / `dequantize_<fmt>` over the per-block functions.
-    macro_rules! block_codecs {
-        ($($fmt:ident: $q:ident, $dq:ident;)*) => {$(
+    /// `quantize_<fmt>` over the per-block reference quantizer.
+    macro_rules! block_quantizers {
+        ($($fmt:ident: $q:ident;)*) => {$(
             pub fn $q(src: &[f32], dst: &mut [u8]) {
                 each_block(src, dst, $fmt::quantize_block)
             }
+        )*};
+    }
+
+    /// `quantize_<fmt>` through the SIMD row quantizers of
+    /// `simd_quantize.rs` (byte-identical to the per-block reference; the
+    /// formats convert writes most and the activation formats every matmul
+    /// quantizes into).
+    macro_rules! simd_quantizers {
+        ($($slot:ident: $q:ident;)*) => {$(
+            pub fn $q(src: &[f32], dst: &mut [u8]) {
+                (simd_quantize::table().$slot)(src, dst)
+            }
+        )*};
+    }
+
+    /// `dequantize_<fmt>` over the per-block functions.
+    macro_rules! block_dequantizers {
+        ($($fmt:ident: $dq:ident;)*) => {$(
             pub fn $dq(src: &[u8], dst: &mut [f32]) {
                 each_block_out(src, dst, $fmt::dequantize_block)
             }
         )*};
     }
 
-    block_codecs! {
-        q4_0: quantize_q4_0, dequantize_q4_0;
-        q4_1: quantize_q4_1, dequantize_q4_1;
-        q5_0: quantize_q5_0, dequantize_q5_0;
-        q5_1: quantize_q5_1, dequantize_q5_1;
-        q8_0: quantize_q8_0, dequantize_q8_0;
-        q8_1: quantize_q8_1, dequantize_q8_1;
-        q4_k: quantize_q4_k, dequantize_q4_k;
-        q5_k: quantize_q5_k, dequantize_q5_k;
-        q6_k: quantize_q6_k, dequantize_q6_k;
-        q8_k: quantize_q8_k, dequantize_q8_k;
+    block_quantizers! {
+        q4_1: quantize_q4_1;
+        q5_0: quantize_q5_0;
+        q5_1: quantize_q5_1;
+        q4_k: quantize_q4_k;
+        q5_k: quantize_q5_k;
+        q6_k: quantize_q6_k;
+    }
+
+    simd_quantizers! {
+        q4_0: quantize_q4_0;
+        q8_0: quantize_q8_0;
+        q8_1: quantize_q8_1;
+        q8_k: quantize_q8_k;
+    }
+
+    block_dequantizers! {
+        q4_0: dequantize_q4_0;
+        q4_1: dequantize_q4_1;
+        q5_0: dequantize_q5_0;
+        q5_1: dequantize_q5_1;
+        q8_0: dequantize_q8_0;
+        q8_1: dequantize_q8_1;
+        q4_k: dequantize_q4_k;
+        q5_k: dequantize_q5_k;
+        q6_k: dequantize_q6_k;
+        q8_k: dequantize_q8_k;
     }
 }
 

@@ -1,0 +1,321 @@
+//! AVX2 (+ F16C) row quantizers, byte-identical twins of the scalar references (see
+//! `simd_quantize.rs` for how exactness is kept). The safe wrappers are only reachable
+//! through the quantizer table, which holds them only after `detected()`.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::simd_quantize::RowQuantizers;
+use super::{
+    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q8_0, q8_1, q8_k, BlockQ4_0, BlockQ8K, BlockQ8_0,
+    BlockQ8_1,
+};
+
+/// Whether this CPU runs every function of this file.
+pub(super) fn detected() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+}
+
+pub(super) fn quantizers() -> RowQuantizers {
+    // SAFETY (every closure): the table holding these is only used after `detected()`.
+    RowQuantizers {
+        f16: |s, d| unsafe { f32_to_f16_row(s, d) },
+        bf16: |s, d| unsafe { f32_to_bf16_row(s, d) },
+        bf16_to_f32: |s, d| unsafe { bf16_to_f32_row(s, d) },
+        q4_0: |s, d| unsafe { q4_0_row(s, d) },
+        q8_0: |s, d| unsafe { q8_0_row(s, d) },
+        q8_1: |s, d| unsafe { q8_1_row(s, d) },
+        q8_k: |s, d| unsafe { q8_k_row(s, d) },
+    }
+}
+
+/// Loads the 8 floats at `x[8k..8k+8]`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn load8<const N: usize>(x: &[f32; N], k: usize) -> __m256 {
+    assert!(8 * k + 8 <= N);
+    // SAFETY: the range was just checked to lie inside `x`; loadu has no alignment needs.
+    unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * k)) }
+}
+
+/// |x| as integer bits (non-negative, ordered like the floats; NaN and inf largest).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn abs_bits(v: __m256) -> __m256i {
+    _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fff_ffff))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn hmax_epi32(v: __m256i) -> i32 {
+    let m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let m = _mm_max_epi32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
+    let m = _mm_max_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
+    _mm_cvtsi128_si32(m)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Largest |x| as bits over `x[8k]` for k in 0..N/8.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn amax_bits<const N: usize>(x: &[f32; N]) -> u32 {
+    let mut m = _mm256_setzero_si256();
+    for k in 0..N / 8 {
+        m = _mm256_max_epi32(m, abs_bits(load8(x, k)));
+    }
+    hmax_epi32(m) as u32
+}
+
+/// The first element whose |x| has the bits `amax` (which must occur in `x`), with its sign:
+/// the scalar references' "signed max, first one on ties".
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn first_with_abs<const N: usize>(x: &[f32; N], amax: u32) -> f32 {
+    let target = _mm256_set1_epi32(amax as i32);
+    for k in 0..N / 8 {
+        let eq = _mm256_cmpeq_epi32(abs_bits(load8(x, k)), target);
+        let mask = _mm256_movemask_ps(_mm256_castsi256_ps(eq)) as u32;
+        if mask != 0 {
+            return x[8 * k + mask.trailing_zeros() as usize];
+        }
+    }
+    0.0
+}
+
+/// Packs four vectors of i32 in −128..=127 into 32 i8, in element order.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn pack_i8(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+    // packs works per 128-bit lane: the bytes come out as 4-element groups
+    // a0 b0 c0 d0 a1 b1 c1 d1; the permute puts each vector's two groups together.
+    let ab = _mm256_packs_epi32(a, b);
+    let cd = _mm256_packs_epi32(c, d);
+    let bytes = _mm256_packs_epi16(ab, cd);
+    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// C's `roundf` (half away from zero) of each lane, as i32; lanes must be finite and small.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn round_away(v: __m256) -> __m256i {
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+    // v − trunc(v) is exact; a fraction of magnitude ≥ ½ moves one away from zero.
+    let frac = _mm256_and_ps(
+        _mm256_sub_ps(v, t),
+        _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)),
+    );
+    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+    let sign = _mm256_and_ps(v, _mm256_set1_ps(-0.0));
+    let step = _mm256_and_ps(up, _mm256_or_ps(sign, _mm256_set1_ps(1.0)));
+    _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+}
+
+/// Q8_0's (d, quants, Σ quants) for one block, or `None` when the scalar reference must
+/// handle it (a non-finite value, or 1/d overflowing).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn q8_block(x: &[f32; 32]) -> Option<(f32, __m256i, i32)> {
+    let amax = amax_bits(x);
+    if amax >= 0x7f80_0000 {
+        return None;
+    }
+    let d = f32::from_bits(amax) / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    if !id.is_finite() {
+        return None;
+    }
+    let idv = _mm256_set1_ps(id);
+    let q: [__m256i; 4] = std::array::from_fn(|k| round_away(_mm256_mul_ps(load8(x, k), idv)));
+    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    Some((d, pack_i8(q[0], q[1], q[2], q[3]), hsum_epi32(sum)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn store32(dst: &mut [i8], v: __m256i) {
+    assert!(dst.len() >= 32);
+    // SAFETY: dst has at least 32 writable bytes (checked); storeu has no alignment needs.
+    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn q8_0_row(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ8_0>(dst).unwrap_or_default();
+    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
+        let Ok(x) = <&[f32; 32]>::try_from(x) else {
+            continue;
+        };
+        match q8_block(x) {
+            Some((d, qs, _)) => {
+                b.d = f32_to_f16(d);
+                store32(&mut b.qs, qs);
+            }
+            None => *b = q8_0::quantize_block(x),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn q8_1_row(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ8_1>(dst).unwrap_or_default();
+    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
+        let Ok(x) = <&[f32; 32]>::try_from(x) else {
+            continue;
+        };
+        match q8_block(x) {
+            Some((d, qs, sum)) => {
+                b.d = f32_to_f16(d);
+                b.s = f32_to_f16(sum as f32 * d);
+                store32(&mut b.qs, qs);
+            }
+            None => *b = q8_1::quantize_block(x),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn q4_0_row(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
+    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
+        let Ok(x) = <&[f32; 32]>::try_from(x) else {
+            continue;
+        };
+        let amax = amax_bits(x);
+        let max = if amax == 0 {
+            0.0
+        } else {
+            first_with_abs(x, amax)
+        };
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if amax >= 0x7f80_0000 || !id.is_finite() {
+            *b = q4_0::quantize_block(x);
+            continue;
+        }
+        let (idv, half, fifteen) = (
+            _mm256_set1_ps(id),
+            _mm256_set1_ps(8.5),
+            _mm256_set1_epi32(15),
+        );
+        // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
+        let q: [__m256i; 4] = std::array::from_fn(|k| {
+            let v = _mm256_add_ps(_mm256_mul_ps(load8(x, k), idv), half);
+            _mm256_min_epi32(_mm256_cvttps_epi32(v), fifteen)
+        });
+        let lo = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
+        let hi = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
+        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
+        let bytes = _mm_packus_epi16(
+            _mm256_castsi256_si128(words),
+            _mm256_extracti128_si256::<1>(words),
+        );
+        // SAFETY: qs is exactly 16 writable bytes.
+        unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().cast(), bytes) };
+        b.d = f32_to_f16(d);
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn q8_k_row(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ8K>(dst).unwrap_or_default();
+    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(256)) {
+        let Ok(x) = <&[f32; 256]>::try_from(x) else {
+            continue;
+        };
+        let amax = amax_bits(x);
+        if amax == 0 {
+            *b = q8_k::quantize_block(x);
+            continue;
+        }
+        let iscale = -127.0 / first_with_abs(x, amax);
+        if amax >= 0x7f80_0000 || !iscale.is_finite() {
+            *b = q8_k::quantize_block(x);
+            continue;
+        }
+        let (isv, max_q) = (_mm256_set1_ps(iscale), _mm256_set1_epi32(127));
+        // nearest_int rounds half to even for these small values: the default rounding.
+        let quant = |k: usize| {
+            let v = _mm256_mul_ps(isv, load8(x, k));
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm256_min_epi32(_mm256_cvtps_epi32(r), max_q)
+        };
+        for (g, qs) in b.qs.chunks_exact_mut(32).enumerate() {
+            let q: [__m256i; 4] = std::array::from_fn(|k| quant(4 * g + k));
+            store32(qs, pack_i8(q[0], q[1], q[2], q[3]));
+            for h in 0..2 {
+                let s = hsum_epi32(_mm256_add_epi32(q[2 * h], q[2 * h + 1])) as i16;
+                let j = 2 * g + h;
+                b.bsums[2 * j..2 * j + 2].copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        b.d = (1.0 / iscale).to_le_bytes();
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn f32_to_f16_row(src: &[f32], dst: &mut [u8]) {
+    let n = src.len().min(dst.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n keeps the 8 floats read and 16 bytes written in bounds.
+        unsafe {
+            let v = _mm256_loadu_ps(src.as_ptr().add(i));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm_storeu_si128(dst.as_mut_ptr().add(2 * i).cast(), h);
+        }
+        i += 8;
+    }
+    f16::quantize(&src[i..n], &mut dst[2 * i..2 * n]);
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn f32_to_bf16_row(src: &[f32], dst: &mut [u8]) {
+    let n = src.len().min(dst.len() / 2);
+    let bf16_of = |u: __m256i| {
+        // Round to nearest even on the upper half; NaN keeps its top bits and is made quiet.
+        let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(1));
+        let bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd);
+        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(u, bias));
+        let quiet = _mm256_or_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(64));
+        let abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7fff_ffff));
+        let nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f80_0000));
+        _mm256_blendv_epi8(rounded, quiet, nan)
+    };
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 ≤ n keeps the 16 floats read and 32 bytes written in bounds.
+        unsafe {
+            let a = bf16_of(_mm256_loadu_si256(src.as_ptr().add(i).cast()));
+            let b = bf16_of(_mm256_loadu_si256(src.as_ptr().add(i + 8).cast()));
+            let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(a, b));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(2 * i).cast(), w);
+        }
+        i += 16;
+    }
+    bf16::quantize(&src[i..n], &mut dst[2 * i..2 * n]);
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn bf16_to_f32_row(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n keeps the 16 bytes read and 8 floats written in bounds.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(2 * i).cast());
+            let w = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), w);
+        }
+        i += 8;
+    }
+    bf16::dequantize(&src[2 * i..2 * n], &mut dst[i..n]);
+}

@@ -1,0 +1,280 @@
+//! SIMD twins of the row quantizers that convert and the runtime call most: f32 → F16 / BF16,
+//! bf16 → f32 widening, Q4_0 and Q8_0 (what convert writes), Q8_0 / Q8_1 / Q8_K (the
+//! activation formats quantized before every matmul).
+//!
+//! Every twin produces the very bytes of the scalar reference next to its format (itself
+//! byte-identical to ggml's): the same f32 operations on the same values, exact integer
+//! reductions (a max of non-negative floats compared as integers, sums of small integers) and
+//! the reference's rounding reproduced exactly (`roundf` as trunc + |fraction| ≥ ½, ggml's
+//! `nearest_int` as round-to-nearest-even, Q4_0's truncating cast as `cvtt`). A block the SIMD
+//! path cannot reproduce cheaply (NaN or ±inf inside, or a scale whose inverse overflows)
+//! goes through the scalar block quantizer instead. The tier is chosen once, at first use,
+//! from run-time feature detection; `POCKETVL_FORCE_SCALAR=1` keeps the scalar twins.
+
+use std::sync::OnceLock;
+
+use super::{bf16, each_block, f16, q4_0, q8_0, q8_1, q8_k};
+
+/// Quantizes a row whose sizes `check_row` validated (whole blocks, exact byte count).
+pub(super) type QuantizeFn = fn(&[f32], &mut [u8]);
+/// Widens `dst.len()` little-endian 16-bit floats of `src` to f32.
+pub(super) type WidenFn = fn(&[u8], &mut [f32]);
+
+/// One tier's row quantizers.
+#[derive(Clone, Copy)]
+pub(super) struct RowQuantizers {
+    pub f16: QuantizeFn,
+    pub bf16: QuantizeFn,
+    pub bf16_to_f32: WidenFn,
+    pub q4_0: QuantizeFn,
+    pub q8_0: QuantizeFn,
+    pub q8_1: QuantizeFn,
+    pub q8_k: QuantizeFn,
+}
+
+impl RowQuantizers {
+    /// The scalar references.
+    pub fn scalar() -> RowQuantizers {
+        RowQuantizers {
+            f16: f16::quantize,
+            bf16: bf16::quantize,
+            bf16_to_f32: bf16::dequantize,
+            q4_0: |s, d| each_block(s, d, q4_0::quantize_block),
+            q8_0: |s, d| each_block(s, d, q8_0::quantize_block),
+            q8_1: |s, d| each_block(s, d, q8_1::quantize_block),
+            q8_k: |s, d| each_block(s, d, q8_k::quantize_block),
+        }
+    }
+
+    /// Every SIMD tier this CPU can run, named (for the twin tests).
+    #[cfg(test)]
+    pub fn simd_tiers() -> Vec<(&'static str, RowQuantizers)> {
+        let mut tiers = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::simd_avx2::detected() {
+                tiers.push(("avx2", super::simd_avx2::quantizers()));
+            }
+            if super::simd_avx512::detected() {
+                tiers.push(("avx512", super::simd_avx512::quantizers()));
+            }
+        }
+        tiers
+    }
+}
+
+fn select() -> RowQuantizers {
+    if std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1") {
+        return RowQuantizers::scalar();
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::simd_avx512::detected() {
+            return super::simd_avx512::quantizers();
+        }
+        if super::simd_avx2::detected() {
+            return super::simd_avx2::quantizers();
+        }
+    }
+    RowQuantizers::scalar()
+}
+
+static TABLE: OnceLock<RowQuantizers> = OnceLock::new();
+
+/// The process-wide row quantizers, chosen at first use.
+#[inline]
+pub(super) fn table() -> &'static RowQuantizers {
+    TABLE.get_or_init(select)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::GgmlType;
+    use rand::{Rng, SeedableRng};
+
+    /// Rows of `n` values (n a multiple of 256) covering the cases where a SIMD twin could
+    /// drift from the reference: random data at several scales, zeros, ±max, subnormals,
+    /// NaN/inf, exact .5 ties after scaling, and equal magnitudes of opposite sign.
+    fn edge_rows(n: usize) -> Vec<Vec<f32>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut rows = Vec::new();
+        for scale in [1e-30f32, 1e-3, 1.0, 37.0, 1e30] {
+            rows.push(
+                (0..n)
+                    .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+                    .collect(),
+            );
+        }
+        rows.push(vec![0.0; n]);
+        rows.push(vec![-0.0; n]);
+        rows.push(
+            (0..n)
+                .map(|i| if i % 3 == 0 { f32::MAX } else { -f32::MAX })
+                .collect(),
+        );
+        // Subnormals alone (scales whose inverse overflows) and mixed with normals.
+        rows.push(
+            (0..n)
+                .map(|i| f32::from_bits(1 + (i as u32 * 7919) % 0x007f_ffff))
+                .collect(),
+        );
+        rows.push(
+            (0..n)
+                .map(|i| f32::from_bits(1 + i as u32) * if i % 2 == 0 { 1.0 } else { -1.0 })
+                .collect(),
+        );
+        rows.push(
+            (0..n)
+                .map(|i| {
+                    if i % 5 == 0 {
+                        f32::MIN_POSITIVE * 0.5
+                    } else {
+                        i as f32 * 1e-3
+                    }
+                })
+                .collect(),
+        );
+        // Non-finite values at different places in a block.
+        for special in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+            for every in [1, 7, 31, 256] {
+                rows.push(
+                    (0..n)
+                        .map(|i| {
+                            if i % every == every - 1 {
+                                special
+                            } else {
+                                rng.gen_range(-2.0f32..2.0)
+                            }
+                        })
+                        .collect(),
+                );
+            }
+        }
+        rows.push(
+            (0..n)
+                .map(|i| f32::from_bits(0x7f80_0001 + i as u32))
+                .collect(),
+        );
+        // Ties: with a block max of 127 (Q8_0: d = 1; Q8_K: iscale = −1) every k + ½ is
+        // an exact tie; with max −8 (Q4_0: d = 1) likewise.
+        for max in [127.0f32, -127.0, -8.0, 8.0] {
+            rows.push(
+                (0..n)
+                    .map(|i| {
+                        if i % 32 == 3 {
+                            max
+                        } else {
+                            ((i % 255) as f32 - 127.0) + 0.5
+                        }
+                        .clamp(-max.abs(), max.abs())
+                    })
+                    .collect(),
+            );
+        }
+        // Equal magnitudes with opposite signs: the first one sets the sign.
+        rows.push(
+            (0..n)
+                .map(|i| match i % 64 {
+                    5 => -3.0,
+                    9 => 3.0,
+                    40 => 3.0,
+                    50 => -3.0,
+                    _ => (i % 7) as f32 * 0.25,
+                })
+                .collect(),
+        );
+        // bf16/f16 rounding ties and overflow.
+        rows.push(
+            (0..n)
+                .map(|i| f32::from_bits(0x3f80_8000 + ((i as u32) << 16)))
+                .collect(),
+        );
+        rows.push(
+            (0..n)
+                .map(|i| 65504.0 + 16.0 * i as f32 * if i % 2 == 0 { 1.0 } else { -1.0 })
+                .collect(),
+        );
+        rows.push(
+            (0..n)
+                .map(|i| f32::from_bits(0x3380_0000 + i as u32 * 0x1000))
+                .collect(),
+        );
+        rows
+    }
+
+    fn quantize_with(t: &RowQuantizers, ty: GgmlType, x: &[f32]) -> Vec<u8> {
+        let f = match ty {
+            GgmlType::F16 => t.f16,
+            GgmlType::BF16 => t.bf16,
+            GgmlType::Q4_0 => t.q4_0,
+            GgmlType::Q8_0 => t.q8_0,
+            GgmlType::Q8_1 => t.q8_1,
+            GgmlType::Q8_K => t.q8_k,
+            _ => unreachable!("no twin for {ty}"),
+        };
+        let mut out = vec![0u8; ty.row_bytes(x.len() as u64).unwrap_or(0) as usize];
+        f(x, &mut out);
+        out
+    }
+
+    #[test]
+    fn quantizer_twins_match_scalar_bytes() {
+        let scalar = RowQuantizers::scalar();
+        let tiers = RowQuantizers::simd_tiers();
+        assert!(!tiers.is_empty() || !cfg!(target_arch = "x86_64"));
+        for n in [256, 512, 2304] {
+            for (ri, x) in edge_rows(n).iter().enumerate() {
+                for ty in [
+                    GgmlType::F16,
+                    GgmlType::BF16,
+                    GgmlType::Q4_0,
+                    GgmlType::Q8_0,
+                    GgmlType::Q8_1,
+                    GgmlType::Q8_K,
+                ] {
+                    let want = quantize_with(&scalar, ty, x);
+                    for (name, t) in &tiers {
+                        let got = quantize_with(t, ty, x);
+                        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                            panic!(
+                                "{name} {ty}: row {ri} (n {n}) differs at byte {i}: {} vs {}",
+                                got[i], want[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_twins_handle_odd_lengths() {
+        let scalar = RowQuantizers::scalar();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for n in (0..70).chain([255, 1001, 4099]) {
+            let x: Vec<f32> = (0..n)
+                .map(|i| match i % 11 {
+                    0 => f32::NAN,
+                    1 => f32::from_bits(0x0000_1234),
+                    _ => rng.gen_range(-1e5f32..1e5),
+                })
+                .collect();
+            let raw: Vec<u8> = (0..2 * n).map(|_| rng.gen()).collect();
+            for (name, t) in &RowQuantizers::simd_tiers() {
+                for ty in [GgmlType::F16, GgmlType::BF16] {
+                    assert_eq!(
+                        quantize_with(t, ty, &x),
+                        quantize_with(&scalar, ty, &x),
+                        "{name} {ty} n {n}"
+                    );
+                }
+                let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
+                (t.bf16_to_f32)(&raw, &mut got);
+                (scalar.bf16_to_f32)(&raw, &mut want);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{name} bf16 → f32 n {n}");
+            }
+        }
+    }
+}
