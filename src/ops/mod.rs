@@ -17,6 +17,9 @@ pub use act::{silu, silu_mul, softmax};
 pub use attention::{causal_attention, KvView};
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use layer_norm::layer_norm;
-pub use matmul::{matmul, matmul_view, row_to_f32, MatView, MatViewError};
+pub use matmul::{
+    matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, quantize_activations, row_to_f32,
+    rows_per_task, MatView, MatViewError,
+};
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};
