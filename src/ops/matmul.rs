@@ -166,6 +166,18 @@ pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32])
     })
 }
 
+/// `out = w · x` for one token on the calling thread, without a parallel
+/// region: for callers that already give each worker its own matrix (MLA's
+/// per-head matrices in decode, one task per head).
+pub fn matvec_serial(w: &MatView<'_>, x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), w.k, "matvec: activation shape");
+    assert_eq!(out.len(), w.n, "matvec: output shape");
+    with_scratch(|s| {
+        quantize_activations(vec_dot_type(w.ty), x, 1, w.k, &mut s.act);
+        gemm(w.ty, w.k, w.data, w.n, &s.act, 1, out, w.n);
+    })
+}
+
 /// [`matmul_view`] with activations already in `vec_dot_type(w.ty)`; `blocks`
 /// is scratch for the per-task output blocks of a batch.
 pub fn matmul_quantized(

@@ -8,9 +8,12 @@
 //!   over the shared latent key, and the attended latent is mapped back with
 //!   `W_UV` (`attn_v_b`). The softmax scale stays `1/sqrt(nope + rope)`.
 
+use rayon::prelude::*;
+
 use crate::kv_cache::KvCache;
 use crate::loader::Weight;
-use crate::ops::{causal_attention, matmul, matmul_view, rms_norm, KvView, Rope};
+
+use crate::ops::{causal_attention, matmul, matmul_view, matvec_serial, rms_norm, KvView, Rope};
 
 /// eps of the MLA-internal norms (`q_a_layernorm`, `kv_a_layernorm`): the
 /// reference class default, whatever `rms_norm_eps` says (README rule 11).
@@ -211,16 +214,30 @@ impl MlaWeights {
         let kb = self.k_b.view();
         head_in.resize(n * nope, 0.0);
         head_out.resize(n * r, 0.0);
-        for hh in 0..h {
-            for t in 0..n {
-                head_in[t * nope..][..nope].copy_from_slice(&q[(t * h + hh) * dq..][..nope]);
-            }
-            matmul_view(&kb.rows(hh * r, r), head_in, n, head_out);
-            for t in 0..n {
-                let dst = &mut q_abs[(t * h + hh) * (r + dr)..][..r + dr];
-                dst[..r].copy_from_slice(&head_out[t * r..][..r]);
-                dst[r..].copy_from_slice(&q[(t * h + hh) * dq + nope..][..dr]);
-                rope.apply(&mut dst[r..], pos0 + t);
+        if n == 1 {
+            // Decode: one GEMV per head over the latent, all heads in one
+            // parallel region.
+            q_abs
+                .par_chunks_mut(r + dr)
+                .enumerate()
+                .for_each(|(hh, dst)| {
+                    let qh = &q[hh * dq..][..dq];
+                    matvec_serial(&kb.rows(hh * r, r), &qh[..nope], &mut dst[..r]);
+                    dst[r..].copy_from_slice(&qh[nope..]);
+                    rope.apply(&mut dst[r..], pos0);
+                });
+        } else {
+            for hh in 0..h {
+                for t in 0..n {
+                    head_in[t * nope..][..nope].copy_from_slice(&q[(t * h + hh) * dq..][..nope]);
+                }
+                matmul_view(&kb.rows(hh * r, r), head_in, n, head_out);
+                for t in 0..n {
+                    let dst = &mut q_abs[(t * h + hh) * (r + dr)..][..r + dr];
+                    dst[..r].copy_from_slice(&head_out[t * r..][..r]);
+                    dst[r..].copy_from_slice(&q[(t * h + hh) * dq + nope..][..dr]);
+                    rope.apply(&mut dst[r..], pos0 + t);
+                }
             }
         }
         // MQA over the shared latent key; the value is the latent prefix.
@@ -241,13 +258,19 @@ impl MlaWeights {
         att.resize(n * h * vd, 0.0);
         head_in.resize(n * r, 0.0);
         head_out.resize(n * vd, 0.0);
-        for hh in 0..h {
-            for t in 0..n {
-                head_in[t * r..][..r].copy_from_slice(&o_lat[(t * h + hh) * r..][..r]);
-            }
-            matmul_view(&vb.rows(hh * vd, vd), head_in, n, head_out);
-            for t in 0..n {
-                att[(t * h + hh) * vd..][..vd].copy_from_slice(&head_out[t * vd..][..vd]);
+        if n == 1 {
+            att.par_chunks_mut(vd).enumerate().for_each(|(hh, dst)| {
+                matvec_serial(&vb.rows(hh * vd, vd), &o_lat[hh * r..][..r], dst);
+            });
+        } else {
+            for hh in 0..h {
+                for t in 0..n {
+                    head_in[t * r..][..r].copy_from_slice(&o_lat[(t * h + hh) * r..][..r]);
+                }
+                matmul_view(&vb.rows(hh * vd, vd), head_in, n, head_out);
+                for t in 0..n {
+                    att[(t * h + hh) * vd..][..vd].copy_from_slice(&head_out[t * vd..][..vd]);
+                }
             }
         }
         matmul(&self.o, att, n, out);
