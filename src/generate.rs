@@ -223,7 +223,9 @@ impl Session {
             } else {
                 LogitsWanted::None
             };
-            logits = self.model.forward(&emb[p * d..end * d], p, want)?;
+            let l = self.model.forward_logits(&emb[p * d..end * d], p, want)?;
+            logits.clear();
+            logits.extend_from_slice(l);
             self.cached.extend_from_slice(&fps[p..end]);
             p = end;
         }
@@ -246,6 +248,8 @@ impl Session {
         let mut dec = StreamDecoder::default();
         let mut held = String::new();
         let eos = self.tokenizer.eos_id;
+        // The decode step's input row, reused.
+        let mut token_emb = Vec::new();
         loop {
             if out.tokens.len() >= params.max_new {
                 out.stop = StopReason::MaxTokens;
@@ -280,8 +284,12 @@ impl Session {
                 out.stop = StopReason::Context;
                 break;
             }
-            let e = self.model.embed_tokens(&[id])?;
-            logits = self.model.forward(&e, pos, LogitsWanted::Last)?;
+            self.model.embed_tokens_into(&[id], &mut token_emb)?;
+            let l = self
+                .model
+                .forward_logits(&token_emb, pos, LogitsWanted::Last)?;
+            logits.clear();
+            logits.extend_from_slice(l);
             self.cached.push(id as u64);
         }
         if out.stop != StopReason::StopString {

@@ -48,7 +48,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 checkpoint: a.checkpoint.clone(),
                 quant: a.quant,
                 tmp_dir: a.tmp_dir,
-                threads: a.threads,
+                threads: super::threads::check(a.threads)?,
                 progress: !a.json,
             };
             let r = bench_convert(&opts)

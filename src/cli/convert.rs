@@ -86,16 +86,14 @@ impl ConvertArgs {
                 overrides.push((role, ty));
             }
         }
-        if self.threads == Some(0) {
-            anyhow::bail!("--threads must be at least 1");
-        }
+        let threads = super::threads::check(self.threads)?;
         Ok(ConvertOptions {
             input: self.hf_dir.clone(),
             output: self.output.clone(),
             quant: self.quant.clone(),
             overrides,
             force: self.force,
-            threads: self.threads,
+            threads,
             progress: std::io::stderr().is_terminal(),
         })
     }

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod inspect;
 pub mod run;
 pub mod synth;
+pub mod threads;
 
 /// Run DeepSeek-VL2 vision-language models on CPU.
 #[derive(Debug, Parser)]

@@ -4,9 +4,11 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use rayon::ThreadPool;
 
 use crate::generate::{GenerateParams, Generation, Session};
 use crate::grounding::{draw_boxes, ground, BoxRecord, PixelBox};
@@ -93,12 +95,8 @@ pub struct RunArgs {
 /// Runs the subcommand.
 pub fn run(args: RunArgs) -> Result<()> {
     let args = &args;
-    if let Some(t) = args.threads {
-        // Fails only if a pool exists already (then the existing one is used).
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
-            .build_global();
-    }
+    // Built once, before anything is loaded: a bad --threads fails fast.
+    let pool = Arc::new(super::threads::pool(args.threads)?);
     // Cheap checks first, before any model is loaded: tag count, then the image files.
     let one_shot_text = match (&args.raw_prompt, &args.prompt) {
         (Some(raw), _) => Some(with_image_tags(raw, args.images.len())),
@@ -125,6 +123,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut model =
         LanguageModel::load(&file).with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = Tokenizer::from_model_file(&file)?;
+    model.set_thread_pool(pool.clone());
     if let Some(n) = args.ctx {
         model.set_context_length(n);
     }
@@ -132,7 +131,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         model.trace =
             Trace::to_dir(dir.clone()).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut vision = LazyVision::new(args);
+    let mut vision = LazyVision::new(args, pool);
     if !images.is_empty() {
         vision.get()?;
     }
@@ -245,10 +244,12 @@ struct LazyVision {
     path: PathBuf,
     model: Option<VisionModel>,
     cache: VisionCache,
+    /// The workers the tower computes in (the language model's pool).
+    pool: Arc<ThreadPool>,
 }
 
 impl LazyVision {
-    fn new(args: &RunArgs) -> LazyVision {
+    fn new(args: &RunArgs, pool: Arc<ThreadPool>) -> LazyVision {
         let path = args
             .mmproj
             .clone()
@@ -257,6 +258,7 @@ impl LazyVision {
             path,
             model: None,
             cache: VisionCache::default(),
+            pool,
         }
     }
 
@@ -286,7 +288,8 @@ impl LazyVision {
         let Some(model) = self.model.as_ref() else {
             bail!("the vision model is not loaded");
         };
-        Ok(self.cache.encode(model, images)?)
+        let cache = &mut self.cache;
+        Ok(self.pool.install(|| cache.encode(model, images))?)
     }
 }
 

@@ -12,6 +12,7 @@ use quant::GgmlType;
 use rayon::prelude::*;
 use thiserror::Error;
 
+use super::silu_mul;
 use crate::loader::Weight;
 
 /// A matrix of `n` rows of `k` elements stored in ggml type `ty`, borrowed
@@ -84,6 +85,71 @@ pub fn matmul(w: &Weight, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     matmul_view(&w.view(), x, n_tokens, out)
 }
 
+/// Buffers one calling thread reuses between matmuls, so that the per-token
+/// path allocates nothing once warm: the quantized activations and the
+/// per-task `[n_tokens, rows]` output blocks of a batch.
+#[derive(Default)]
+struct Scratch {
+    act: Vec<u8>,
+    blocks: Vec<f32>,
+}
+
+thread_local! {
+    /// Taken out while in use (`Cell::take`), so a nested matmul on the same
+    /// thread (a rayon worker that steals another matmul's task while
+    /// waiting) simply gets fresh buffers instead of aliasing these.
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut s = SCRATCH.with(|c| c.take());
+    let r = f(&mut s);
+    SCRATCH.with(|c| c.set(s));
+    r
+}
+
+/// Below this many activation values, quantizing them is cheaper than waking
+/// the workers (one decode row is ~1 µs of work).
+const SERIAL_QUANT_ELEMS: usize = 1 << 16;
+
+/// Converts `x` (`n_tokens` rows of `k`) to `act_ty` rows in `dst` (resized,
+/// capacity kept); returns the bytes per row.
+pub fn quantize_activations(
+    act_ty: GgmlType,
+    x: &[f32],
+    n_tokens: usize,
+    k: usize,
+    dst: &mut Vec<u8>,
+) -> usize {
+    let arb = act_ty.row_bytes(k as u64).unwrap_or(0) as usize;
+    dst.resize(n_tokens * arb, 0);
+    if arb == 0 {
+        return 0;
+    }
+    // Cannot fail: k is a whole number of the weight's blocks, and every
+    // activation format's block divides the weight's block.
+    let one = |(d, s): (&mut [u8], &[f32])| {
+        let _ = quantize_row(act_ty, s, d);
+    };
+    if n_tokens * k < SERIAL_QUANT_ELEMS {
+        dst.chunks_mut(arb).zip(x.chunks(k)).for_each(one);
+    } else {
+        dst.par_chunks_mut(arb).zip(x.par_chunks(k)).for_each(one);
+    }
+    arb
+}
+
+/// Weight rows per parallel task: about 8 tasks per worker (load balance on
+/// a machine shared with other work), at least 32 KiB of weights per task
+/// (below that rayon's per-task cost shows), a multiple of 16 rows (row-tiled
+/// kernels; decode output chunks on their own cache lines) and at most 256.
+pub fn rows_per_task(n: usize, row_bytes: usize) -> usize {
+    let by_threads = n / (rayon::current_num_threads() * 8).max(1);
+    let by_bytes = (32 << 10) / row_bytes.max(1);
+    let rows = by_threads.max(by_bytes).clamp(16, 256);
+    (rows.div_ceil(16) * 16).min(n.max(1))
+}
+
 /// [`matmul`] over a borrowed matrix view. The weight type must have a dot
 /// kernel (`quant::kernels::has_vec_dot`, checked when weights are loaded).
 pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32]) {
@@ -93,57 +159,143 @@ pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32])
     if n_tokens == 0 || n == 0 {
         return;
     }
+    with_scratch(|s| {
+        // Activations once in the format the weight's kernel pairs with.
+        quantize_activations(vec_dot_type(w.ty), x, n_tokens, k, &mut s.act);
+        matmul_quantized(w, &s.act, n_tokens, out, &mut s.blocks);
+    })
+}
+
+/// `out = w · x` for one token on the calling thread, without a parallel
+/// region: for callers that already give each worker its own matrix (MLA's
+/// per-head matrices in decode, one task per head).
+pub fn matvec_serial(w: &MatView<'_>, x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), w.k, "matvec: activation shape");
+    assert_eq!(out.len(), w.n, "matvec: output shape");
+    with_scratch(|s| {
+        quantize_activations(vec_dot_type(w.ty), x, 1, w.k, &mut s.act);
+        gemm(w.ty, w.k, w.data, w.n, &s.act, 1, out, w.n);
+    })
+}
+
+/// [`matmul_view`] with activations already in `vec_dot_type(w.ty)`; `blocks`
+/// is scratch for the per-task output blocks of a batch.
+pub fn matmul_quantized(
+    w: &MatView<'_>,
+    act: &[u8],
+    n_tokens: usize,
+    out: &mut [f32],
+    blocks: &mut Vec<f32>,
+) {
+    let (k, n) = (w.k, w.n);
     let rb = w.row_bytes();
-    // Activations once in the format the weight's kernel pairs with.
-    let act_ty = vec_dot_type(w.ty);
-    let arb = act_ty.row_bytes(k as u64).unwrap_or(0) as usize;
-    let mut act = vec![0u8; n_tokens * arb];
-    act.par_chunks_mut(arb.max(1))
-        .zip(x.par_chunks(k))
-        .for_each(|(dst, src)| {
-            // Cannot fail: k is a whole number of the weight's blocks, and every
-            // activation format's block divides the weight's block.
-            let _ = quantize_row(act_ty, src, dst);
-        });
-    let rows_per_task = (n / (rayon::current_num_threads() * 8)).clamp(1, 256);
+    let rpt = rows_per_task(n, rb);
     if n_tokens == 1 {
-        out.par_chunks_mut(rows_per_task)
-            .enumerate()
-            .for_each(|(ci, chunk)| {
-                let r0 = ci * rows_per_task;
-                let rows = chunk.len();
-                gemm(
-                    w.ty,
-                    k,
-                    &w.data[r0 * rb..(r0 + rows) * rb],
-                    rows,
-                    &act,
-                    1,
-                    chunk,
-                    rows,
-                );
-            });
+        // One token: a task's block is its own slice of `out`.
+        out.par_chunks_mut(rpt).enumerate().for_each(|(ci, chunk)| {
+            let r0 = ci * rpt;
+            let rows = chunk.len();
+            gemm(
+                w.ty,
+                k,
+                &w.data[r0 * rb..(r0 + rows) * rb],
+                rows,
+                act,
+                1,
+                chunk,
+                rows,
+            );
+        });
         return;
     }
-    // Each task owns whole weight rows and all tokens: `[n_tokens, rows]`
-    // blocks, scattered into `out` afterwards.
-    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(rows_per_task))
-        .into_par_iter()
-        .map(|ci| {
-            let r0 = ci * rows_per_task;
-            let rows = rows_per_task.min(n - r0);
-            let mut blk = vec![0.0f32; n_tokens * rows];
+    // Each task owns whole weight rows and all tokens: a `[n_tokens, rows]`
+    // block (task ci's block starts at r0 * n_tokens), scattered afterwards.
+    blocks.resize(n_tokens * n, 0.0);
+    blocks
+        .par_chunks_mut(rpt * n_tokens)
+        .enumerate()
+        .for_each(|(ci, blk)| {
+            let r0 = ci * rpt;
+            let rows = blk.len() / n_tokens;
             let wd = &w.data[r0 * rb..(r0 + rows) * rb];
-            gemm(w.ty, k, wd, rows, &act, n_tokens, &mut blk, rows);
-            (r0, blk)
-        })
-        .collect();
-    for (r0, blk) in blocks {
-        let rows = blk.len() / n_tokens;
-        for t in 0..n_tokens {
-            out[t * n + r0..][..rows].copy_from_slice(&blk[t * rows..][..rows]);
+            gemm(w.ty, k, wd, rows, act, n_tokens, blk, rows);
+        });
+    scatter_blocks(blocks, n, rpt, n_tokens, out);
+}
+
+/// `out[t, r0 + j] = blocks[r0 * n_tokens + t * rows + j]` for the row
+/// chunks of [`matmul_quantized`].
+fn scatter_blocks(blocks: &[f32], n: usize, rpt: usize, n_tokens: usize, out: &mut [f32]) {
+    let one = |(t, o): (usize, &mut [f32])| {
+        for r0 in (0..n).step_by(rpt) {
+            let rows = rpt.min(n - r0);
+            o[r0..r0 + rows].copy_from_slice(&blocks[r0 * n_tokens + t * rows..][..rows]);
         }
+    };
+    if n_tokens * n < SERIAL_QUANT_ELEMS {
+        out.chunks_mut(n).enumerate().for_each(one);
+    } else {
+        out.par_chunks_mut(n).enumerate().for_each(one);
     }
+}
+
+/// The gated-MLP first half in one parallel pass:
+/// `out[t, r] = silu(x·gate[r]) * (x·up[r])`, `out` `[n_tokens, n]`. Each
+/// task computes matching gate and up rows, so both weights stream once and
+/// the product is written once (no separate up buffer or SiLU pass).
+pub fn matmul_gate_up_silu(
+    gate: &MatView<'_>,
+    up: &MatView<'_>,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    let (k, n) = (gate.k, gate.n);
+    assert!(up.k == k && up.n == n, "gate/up: shapes differ");
+    assert_eq!(x.len(), n_tokens * k, "gate/up: activation shape");
+    assert_eq!(out.len(), n_tokens * n, "gate/up: output shape");
+    if n_tokens == 0 || n == 0 {
+        return;
+    }
+    with_scratch(|s| {
+        let (gt, ut) = (vec_dot_type(gate.ty), vec_dot_type(up.ty));
+        let arb = quantize_activations(gt, x, n_tokens, k, &mut s.act);
+        // Rare mixed recipes: up's activations after gate's in the same buffer.
+        let mut up_act = Vec::new();
+        if ut != gt {
+            quantize_activations(ut, x, n_tokens, k, &mut up_act);
+        }
+        let (ga, ua): (&[u8], &[u8]) = if ut == gt {
+            (&s.act[..n_tokens * arb], &s.act[..n_tokens * arb])
+        } else {
+            (&s.act, &up_act)
+        };
+        let (grb, urb) = (gate.row_bytes(), up.row_bytes());
+        let rpt = rows_per_task(n, grb + urb);
+        // Per task: [2, n_tokens, rows] (gate block, then up block).
+        s.blocks.resize(2 * n_tokens * n, 0.0);
+        s.blocks
+            .par_chunks_mut(2 * rpt * n_tokens)
+            .enumerate()
+            .for_each(|(ci, blk)| {
+                let r0 = ci * rpt;
+                let rows = blk.len() / (2 * n_tokens);
+                let (g, u) = blk.split_at_mut(rows * n_tokens);
+                let gw = &gate.data[r0 * grb..(r0 + rows) * grb];
+                let uw = &up.data[r0 * urb..(r0 + rows) * urb];
+                gemm(gate.ty, k, gw, rows, ga, n_tokens, g, rows);
+                gemm(up.ty, k, uw, rows, ua, n_tokens, u, rows);
+                silu_mul(g, u);
+            });
+        // Gather the gate halves (now silu(g)*u) into `out`.
+        for r0 in (0..n).step_by(rpt) {
+            let rows = rpt.min(n - r0);
+            let blk = &s.blocks[2 * r0 * n_tokens..][..rows * n_tokens];
+            for t in 0..n_tokens {
+                out[t * n + r0..][..rows].copy_from_slice(&blk[t * rows..][..rows]);
+            }
+        }
+    })
 }
 
 /// Row `r` of `w` widened to f32 into `out` (`w.k` values), e.g. one token
@@ -207,6 +359,58 @@ mod tests {
                     .fold(0.0f32, f32::max);
                 assert!(err < tol, "{}: n_tokens {nt}: max err {err}", ty.name());
             }
+        }
+    }
+
+    /// The fused gate/up pass equals two matmuls and `silu_mul`, bit for bit,
+    /// for one token and for a batch spanning several row chunks.
+    #[test]
+    fn gate_up_silu_matches_separate_matmuls() {
+        let (k, n) = (64usize, 300usize);
+        let mk = |seed: usize| -> Vec<f32> {
+            (0..k * n)
+                .map(|i| ((((i + seed) * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.3)
+                .collect()
+        };
+        let (wg, wu) = (mk(1), mk(2));
+        for ty in [GgmlType::F32, GgmlType::Q8_0] {
+            let rb = ty.row_bytes(k as u64).unwrap() as usize;
+            let q = |w: &[f32]| -> Vec<u8> {
+                let mut b = vec![0u8; rb * n];
+                for (d, s) in b.chunks_mut(rb).zip(w.chunks(k)) {
+                    quantize_row(ty, s, d).unwrap();
+                }
+                b
+            };
+            let (bg, bu) = (q(&wg), q(&wu));
+            let g = MatView::new(ty, k, n, &bg).unwrap();
+            let u = MatView::new(ty, k, n, &bu).unwrap();
+            for t in [1usize, 5] {
+                let x: Vec<f32> = (0..t * k).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
+                let mut want = vec![0.0f32; t * n];
+                let mut up = vec![0.0f32; t * n];
+                matmul_view(&g, &x, t, &mut want);
+                matmul_view(&u, &x, t, &mut up);
+                silu_mul(&mut want, &up);
+                let mut got = vec![0.0f32; t * n];
+                matmul_gate_up_silu(&g, &u, &x, t, &mut got);
+                assert_eq!(got, want, "{} n_tokens {t}", ty.name());
+            }
+        }
+    }
+
+    #[test]
+    fn rows_per_task_is_whole_tiles_and_bounded() {
+        for (n, rb) in [
+            (1usize, 10usize),
+            (7, 1000),
+            (1280, 1360),
+            (129280, 1360),
+            (64, 5120),
+        ] {
+            let r = rows_per_task(n, rb);
+            assert!((1..=256).contains(&r) && r <= n, "{n} {rb}: {r}");
+            assert!(r == n || r.is_multiple_of(16), "{n} {rb}: {r}");
         }
     }
 }

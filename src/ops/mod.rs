@@ -3,7 +3,8 @@
 //!
 //! Nothing here knows a tensor name or a model: callers hand in slices and
 //! shapes. Hot loops are plain indexed loops; parallelism is rayon over the
-//! outer dimension (weight rows, or (token, head) pairs for attention).
+//! outer dimension (weight rows, or (query block, head) pairs for attention),
+//! in whatever pool the caller runs in (the model installs its own).
 
 mod act;
 mod attention;
@@ -17,6 +18,9 @@ pub use act::{silu, silu_mul, softmax};
 pub use attention::{causal_attention, KvView};
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use layer_norm::layer_norm;
-pub use matmul::{matmul, matmul_view, row_to_f32, MatView, MatViewError};
+pub use matmul::{
+    matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, matvec_serial,
+    quantize_activations, row_to_f32, rows_per_task, MatView, MatViewError,
+};
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};

@@ -8,13 +8,38 @@
 //!   over the shared latent key, and the attended latent is mapped back with
 //!   `W_UV` (`attn_v_b`). The softmax scale stays `1/sqrt(nope + rope)`.
 
+use rayon::prelude::*;
+
 use crate::kv_cache::KvCache;
 use crate::loader::Weight;
-use crate::ops::{causal_attention, matmul, matmul_view, rms_norm, KvView, Rope};
+
+use crate::ops::{causal_attention, matmul, matmul_view, matvec_serial, rms_norm, KvView, Rope};
 
 /// eps of the MLA-internal norms (`q_a_layernorm`, `kv_a_layernorm`): the
 /// reference class default, whatever `rms_norm_eps` says (README rule 11).
 pub const MLA_NORM_EPS: f32 = 1e-6;
+
+/// Activation buffers of the attention of one forward pass, reused across
+/// layers and calls (the model owns one set).
+#[derive(Default)]
+pub struct AttnScratch {
+    /// Queries `[n, H, head_dim]` (MLA: `[n, H, nope + rope]`).
+    q: Vec<f32>,
+    /// Attended values `[n, H, v_head]`, the output projection's input.
+    att: Vec<f32>,
+    /// MLA: low-rank query `[n, q_lora_rank]` and its normalised copy.
+    qa: Vec<f32>,
+    qa_norm: Vec<f32>,
+    /// MLA: compressed kv `[n, r + rope]`.
+    kva: Vec<f32>,
+    /// MLA: absorbed queries `[n, H, r + rope]`.
+    q_abs: Vec<f32>,
+    /// MLA: one head's rows in and out of its per-head matrix.
+    head_in: Vec<f32>,
+    head_out: Vec<f32>,
+    /// MLA: attended latents `[n, H, r]`.
+    o_lat: Vec<f32>,
+}
 
 /// Multi-head attention weights (ggml shapes `[D, H*hd]` etc.).
 #[derive(Clone, Debug)]
@@ -85,10 +110,12 @@ impl MhaWeights {
         n: usize,
         pos0: usize,
         out: &mut [f32],
+        sc: &mut AttnScratch,
     ) {
         let (h, hkv, hd, vd) = (self.n_head, self.n_head_kv, self.head_dim, self.v_head_dim);
-        let mut q = vec![0.0f32; n * h * hd]; // [n, H, hd]
-        matmul(&self.q, x, n, &mut q);
+        let q = &mut sc.q; // [n, H, hd]
+        q.resize(n * h * hd, 0.0);
+        matmul(&self.q, x, n, q);
         {
             let (kc, vc) = cache.rows_mut(il, pos0, n);
             matmul(&self.k, x, n, kc); // [n, Hkv, hd]
@@ -110,9 +137,10 @@ impl MhaWeights {
             d_k: hd,
             d_v: vd,
         };
-        let mut att = vec![0.0f32; n * h * vd];
-        causal_attention(&q, n, h, &kv, pos0, 1.0 / (hd as f32).sqrt(), &mut att);
-        matmul(&self.o, &att, n, out);
+        let att = &mut sc.att;
+        att.resize(n * h * vd, 0.0);
+        causal_attention(q, n, h, &kv, pos0, 1.0 / (hd as f32).sqrt(), att);
+        matmul(&self.o, att, n, out);
     }
 }
 
@@ -134,6 +162,7 @@ impl MlaWeights {
         n: usize,
         pos0: usize,
         out: &mut [f32],
+        sc: &mut AttnScratch,
     ) {
         let (h, r, nope, dr, vd) = (
             self.n_head,
@@ -143,22 +172,33 @@ impl MlaWeights {
             self.v_head_dim,
         );
         let dq = nope + dr;
+        let AttnScratch {
+            q,
+            att,
+            qa,
+            qa_norm,
+            kva,
+            q_abs,
+            head_in,
+            head_out,
+            o_lat,
+        } = sc;
         // q: [n, H, nope + rope]
-        let mut q = vec![0.0f32; n * h * dq];
+        q.resize(n * h * dq, 0.0);
         match &self.q {
-            QProj::Plain(w) => matmul(w, x, n, &mut q),
+            QProj::Plain(w) => matmul(w, x, n, q),
             QProj::Lora { a, norm, b } => {
                 let rq = norm.len();
-                let mut qa = vec![0.0f32; n * rq];
-                matmul(a, x, n, &mut qa);
-                let mut qn = vec![0.0f32; n * rq];
-                rms_norm(&qa, norm, MLA_NORM_EPS, &mut qn);
-                matmul(b, &qn, n, &mut q);
+                qa.resize(n * rq, 0.0);
+                matmul(a, x, n, qa);
+                qa_norm.resize(n * rq, 0.0);
+                rms_norm(qa, norm, MLA_NORM_EPS, qa_norm);
+                matmul(b, qa_norm, n, q);
             }
         }
         // Compressed kv: [n, r + rope] -> cache rows [norm(c) ; rope(k_rope)].
-        let mut kva = vec![0.0f32; n * (r + dr)];
-        matmul(&self.kv_a, x, n, &mut kva);
+        kva.resize(n * (r + dr), 0.0);
+        matmul(&self.kv_a, x, n, kva);
         {
             let (kc, _) = cache.rows_mut(il, pos0, n);
             for t in 0..n {
@@ -170,20 +210,34 @@ impl MlaWeights {
             }
         }
         // Absorbed queries: [n, H, r + rope] = [W_UKᵀ q_nope ; rope(q_rope)].
-        let mut qabs = vec![0.0f32; n * h * (r + dr)];
+        q_abs.resize(n * h * (r + dr), 0.0);
         let kb = self.k_b.view();
-        let mut qn = vec![0.0f32; n * nope];
-        let mut qt = vec![0.0f32; n * r];
-        for hh in 0..h {
-            for t in 0..n {
-                qn[t * nope..][..nope].copy_from_slice(&q[(t * h + hh) * dq..][..nope]);
-            }
-            matmul_view(&kb.rows(hh * r, r), &qn, n, &mut qt);
-            for t in 0..n {
-                let dst = &mut qabs[(t * h + hh) * (r + dr)..][..r + dr];
-                dst[..r].copy_from_slice(&qt[t * r..][..r]);
-                dst[r..].copy_from_slice(&q[(t * h + hh) * dq + nope..][..dr]);
-                rope.apply(&mut dst[r..], pos0 + t);
+        head_in.resize(n * nope, 0.0);
+        head_out.resize(n * r, 0.0);
+        if n == 1 {
+            // Decode: one GEMV per head over the latent, all heads in one
+            // parallel region.
+            q_abs
+                .par_chunks_mut(r + dr)
+                .enumerate()
+                .for_each(|(hh, dst)| {
+                    let qh = &q[hh * dq..][..dq];
+                    matvec_serial(&kb.rows(hh * r, r), &qh[..nope], &mut dst[..r]);
+                    dst[r..].copy_from_slice(&qh[nope..]);
+                    rope.apply(&mut dst[r..], pos0);
+                });
+        } else {
+            for hh in 0..h {
+                for t in 0..n {
+                    head_in[t * nope..][..nope].copy_from_slice(&q[(t * h + hh) * dq..][..nope]);
+                }
+                matmul_view(&kb.rows(hh * r, r), head_in, n, head_out);
+                for t in 0..n {
+                    let dst = &mut q_abs[(t * h + hh) * (r + dr)..][..r + dr];
+                    dst[..r].copy_from_slice(&head_out[t * r..][..r]);
+                    dst[r..].copy_from_slice(&q[(t * h + hh) * dq + nope..][..dr]);
+                    rope.apply(&mut dst[r..], pos0 + t);
+                }
             }
         }
         // MQA over the shared latent key; the value is the latent prefix.
@@ -197,23 +251,29 @@ impl MlaWeights {
             d_k: r + dr,
             d_v: r,
         };
-        let mut olat = vec![0.0f32; n * h * r]; // [n, H, r]
-        causal_attention(&qabs, n, h, &kv, pos0, 1.0 / (dq as f32).sqrt(), &mut olat);
+        o_lat.resize(n * h * r, 0.0); // [n, H, r]
+        causal_attention(q_abs, n, h, &kv, pos0, 1.0 / (dq as f32).sqrt(), o_lat);
         // Back to per-head values: [n, H, v_head] = W_UV[h] o_lat.
         let vb = self.v_b.view();
-        let mut att = vec![0.0f32; n * h * vd];
-        let mut ol = vec![0.0f32; n * r];
-        let mut ov = vec![0.0f32; n * vd];
-        for hh in 0..h {
-            for t in 0..n {
-                ol[t * r..][..r].copy_from_slice(&olat[(t * h + hh) * r..][..r]);
-            }
-            matmul_view(&vb.rows(hh * vd, vd), &ol, n, &mut ov);
-            for t in 0..n {
-                att[(t * h + hh) * vd..][..vd].copy_from_slice(&ov[t * vd..][..vd]);
+        att.resize(n * h * vd, 0.0);
+        head_in.resize(n * r, 0.0);
+        head_out.resize(n * vd, 0.0);
+        if n == 1 {
+            att.par_chunks_mut(vd).enumerate().for_each(|(hh, dst)| {
+                matvec_serial(&vb.rows(hh * vd, vd), &o_lat[hh * r..][..r], dst);
+            });
+        } else {
+            for hh in 0..h {
+                for t in 0..n {
+                    head_in[t * r..][..r].copy_from_slice(&o_lat[(t * h + hh) * r..][..r]);
+                }
+                matmul_view(&vb.rows(hh * vd, vd), head_in, n, head_out);
+                for t in 0..n {
+                    att[(t * h + hh) * vd..][..vd].copy_from_slice(&head_out[t * vd..][..vd]);
+                }
             }
         }
-        matmul(&self.o, &att, n, out);
+        matmul(&self.o, att, n, out);
     }
 }
 
@@ -370,6 +430,7 @@ mod tests {
                 m,
                 p0,
                 &mut got[p0 * d..(p0 + m) * d],
+                &mut AttnScratch::default(),
             );
             cache.set_len(p0 + m);
         }
@@ -406,7 +467,16 @@ mod tests {
         let (kw, vw) = w.cache_widths();
         let mut c1 = KvCache::new(1, kw, vw, 32);
         let mut one = vec![0.0f32; n * d];
-        w.forward(&rope, &mut c1, 0, &x, n, 0, &mut one);
+        w.forward(
+            &rope,
+            &mut c1,
+            0,
+            &x,
+            n,
+            0,
+            &mut one,
+            &mut AttnScratch::default(),
+        );
         let mut c2 = KvCache::new(1, kw, vw, 32);
         let mut two = vec![0.0f32; n * d];
         for (p0, m) in [(0usize, 2usize), (2, 3), (5, 1)] {
@@ -418,6 +488,7 @@ mod tests {
                 m,
                 p0,
                 &mut two[p0 * d..(p0 + m) * d],
+                &mut AttnScratch::default(),
             );
             c2.set_len(p0 + m);
         }

@@ -9,12 +9,15 @@
 //! logits = output(rms_norm(h))
 //! ```
 
+use std::sync::Arc;
+
 use quant::schema::tensor as tn;
 use quant::GgmlType;
+use rayon::ThreadPool;
 use thiserror::Error;
 
-use super::attention::{MhaWeights, MlaWeights, QProj};
-use super::moe::{moe_forward, Mlp, MoeWeights, RouterConfig};
+use super::attention::{AttnScratch, MhaWeights, MlaWeights, QProj};
+use super::moe::{moe_forward, Mlp, MoeScratch, MoeWeights, RouterConfig};
 use crate::experts::{ExpertError, ExpertStore, LayerExperts, MmapExperts};
 use crate::kv_cache::KvCache;
 use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Weight};
@@ -89,6 +92,24 @@ pub struct LanguageModel {
     cache: KvCache,
     /// Named intermediate dumps (off by default).
     pub trace: Trace,
+    /// The workers forward passes run in (`None`: the caller's pool).
+    pool: Option<Arc<ThreadPool>>,
+    /// Activation buffers reused by every forward pass.
+    scratch: Scratch,
+}
+
+/// The buffers of a forward pass, sized by the largest batch seen so far.
+#[derive(Default)]
+struct Scratch {
+    h: Vec<f32>,
+    xn: Vec<f32>,
+    y: Vec<f32>,
+    hn: Vec<f32>,
+    logits: Vec<f32>,
+    /// Dense MLP hidden rows.
+    hidden: Vec<f32>,
+    attn: AttnScratch,
+    moe: MoeScratch,
 }
 
 fn u(v: usize) -> u64 {
@@ -265,6 +286,8 @@ impl LanguageModel {
             rope,
             cache,
             trace: Trace::off(),
+            pool: None,
+            scratch: Scratch::default(),
         }
     }
 
@@ -290,9 +313,16 @@ impl LanguageModel {
 
     /// Embeddings of `ids`: `[ids.len(), n_embd]`.
     pub fn embed_tokens(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let mut out = Vec::new();
+        self.embed_tokens_into(ids, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`LanguageModel::embed_tokens`] into a reused buffer.
+    pub fn embed_tokens_into(&self, ids: &[u32], out: &mut Vec<f32>) -> Result<(), ModelError> {
         let d = self.hp.n_embd;
         let view = self.token_embd.view();
-        let mut out = vec![0.0f32; ids.len() * d];
+        out.resize(ids.len() * d, 0.0);
         for (i, &id) in ids.iter().enumerate() {
             if id as usize >= self.hp.n_vocab {
                 return Err(ModelError::TokenOutOfRange {
@@ -302,7 +332,7 @@ impl LanguageModel {
             }
             row_to_f32(&view, id as usize, &mut out[i * d..][..d]);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs `embeds` `[n, n_embd]` at positions `pos0..pos0+n`, after
@@ -313,6 +343,38 @@ impl LanguageModel {
         pos0: usize,
         want: LogitsWanted,
     ) -> Result<Vec<f32>, ModelError> {
+        Ok(self.forward_logits(embeds, pos0, want)?.to_vec())
+    }
+
+    /// [`LanguageModel::forward`] returning the logits borrowed from the
+    /// model's buffers (the decode loop copies nothing and allocates nothing).
+    pub fn forward_logits(
+        &mut self,
+        embeds: &[f32],
+        pos0: usize,
+        want: LogitsWanted,
+    ) -> Result<&[f32], ModelError> {
+        let rows = match self.pool.clone() {
+            Some(pool) => pool.install(|| self.forward_in_pool(embeds, pos0, want))?,
+            None => self.forward_in_pool(embeds, pos0, want)?,
+        };
+        Ok(&self.scratch.logits[..rows * self.hp.n_vocab])
+    }
+
+    /// Runs the workers of `pool` for every later forward pass (the CLI's
+    /// `--threads`); without one, the caller's rayon pool is used.
+    pub fn set_thread_pool(&mut self, pool: Arc<ThreadPool>) {
+        self.pool = Some(pool);
+    }
+
+    /// The forward pass proper; leaves the logits in `scratch.logits` and
+    /// returns how many rows it holds.
+    fn forward_in_pool(
+        &mut self,
+        embeds: &[f32],
+        pos0: usize,
+        want: LogitsWanted,
+    ) -> Result<usize, ModelError> {
         let d = self.hp.n_embd;
         if !embeds.len().is_multiple_of(d) {
             return Err(ModelError::EmbedShape {
@@ -336,26 +398,39 @@ impl LanguageModel {
         self.cache.truncate(pos0);
         self.trace.next_call();
         let eps = self.hp.rms_eps;
-        let mut h = embeds.to_vec(); // [n, D] residual stream
-        let mut xn = vec![0.0f32; n * d]; // [n, D]
-        let mut y = vec![0.0f32; n * d]; // [n, D]
-        self.trace.tap("inp_embd", None, &[n, d], &h);
+        let sc = &mut self.scratch;
+        // h: [n, D] residual stream; xn, y: [n, D].
+        sc.h.clear();
+        sc.h.extend_from_slice(embeds);
+        sc.xn.resize(n * d, 0.0);
+        sc.y.resize(n * d, 0.0);
+        let (h, xn, y) = (&mut sc.h, &mut sc.xn, &mut sc.y);
+        self.trace.tap("inp_embd", None, &[n, d], h);
         for (il, layer) in self.layers.iter().enumerate() {
-            rms_norm(&h, &layer.attn_norm, eps, &mut xn);
-            self.trace.tap("attn_norm", Some(il), &[n, d], &xn);
+            rms_norm(h, &layer.attn_norm, eps, xn);
+            self.trace.tap("attn_norm", Some(il), &[n, d], xn);
+            let a = &mut sc.attn;
             match &layer.attn {
-                Attn::Mha(w) => w.forward(&self.rope, &mut self.cache, il, &xn, n, pos0, &mut y),
-                Attn::Mla(w) => w.forward(&self.rope, &mut self.cache, il, &xn, n, pos0, &mut y),
+                Attn::Mha(w) => w.forward(&self.rope, &mut self.cache, il, xn, n, pos0, y, a),
+                Attn::Mla(w) => w.forward(&self.rope, &mut self.cache, il, xn, n, pos0, y, a),
             }
-            self.trace.tap("attn_out", Some(il), &[n, d], &y);
-            h.iter_mut().zip(&y).for_each(|(h, y)| *h += y);
-            rms_norm(&h, &layer.ffn_norm, eps, &mut xn);
-            self.trace.tap("ffn_norm", Some(il), &[n, d], &xn);
+            self.trace.tap("attn_out", Some(il), &[n, d], y);
+            h.iter_mut().zip(y.iter()).for_each(|(h, y)| *h += y);
+            rms_norm(h, &layer.ffn_norm, eps, xn);
+            self.trace.tap("ffn_norm", Some(il), &[n, d], xn);
             match &layer.ffn {
-                Ffn::Dense(mlp) => mlp.forward(&xn, n, &mut y),
+                Ffn::Dense(mlp) => mlp.forward(xn, n, y, &mut sc.hidden),
                 Ffn::Moe(w) => {
-                    let routing =
-                        moe_forward(il, w, &self.router, self.experts.as_ref(), &xn, n, &mut y)?;
+                    let routing = moe_forward(
+                        il,
+                        w,
+                        &self.router,
+                        self.experts.as_ref(),
+                        xn,
+                        n,
+                        y,
+                        &mut sc.moe,
+                    )?;
                     if self.trace.enabled() {
                         let k = self.router.n_used;
                         let ids: Vec<f32> =
@@ -366,23 +441,23 @@ impl LanguageModel {
                     }
                 }
             }
-            self.trace.tap("ffn_out", Some(il), &[n, d], &y);
-            h.iter_mut().zip(&y).for_each(|(h, y)| *h += y);
-            self.trace.tap("residual", Some(il), &[n, d], &h);
+            self.trace.tap("ffn_out", Some(il), &[n, d], y);
+            h.iter_mut().zip(y.iter()).for_each(|(h, y)| *h += y);
+            self.trace.tap("residual", Some(il), &[n, d], h);
         }
         self.cache.set_len(pos0 + n);
         let rows = match want {
-            LogitsWanted::None => return Ok(Vec::new()),
+            LogitsWanted::None => return Ok(0),
             LogitsWanted::Last => n.min(1),
             LogitsWanted::All => n,
         };
         let first = n - rows;
-        let mut hn = vec![0.0f32; rows * d];
-        rms_norm(&h[first * d..], &self.output_norm, eps, &mut hn);
-        self.trace.tap("output_norm", None, &[rows, d], &hn);
-        let mut logits = vec![0.0f32; rows * self.hp.n_vocab];
-        matmul(&self.output, &hn, rows, &mut logits);
-        Ok(logits)
+        sc.hn.resize(rows * d, 0.0);
+        rms_norm(&h[first * d..], &self.output_norm, eps, &mut sc.hn);
+        self.trace.tap("output_norm", None, &[rows, d], &sc.hn);
+        sc.logits.resize(rows * self.hp.n_vocab, 0.0);
+        matmul(&self.output, &sc.hn, rows, &mut sc.logits);
+        Ok(rows)
     }
 }
 

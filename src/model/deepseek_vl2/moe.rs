@@ -6,9 +6,17 @@
 //! gate logits; `greedy` = top-k of the scores; `noaux_tc` = top-k of
 //! score + bias inside the best groups, weights from the unbiased scores.
 
+use quant::block::quantize_row;
+use quant::kernels::{gemm, vec_dot_type};
+use quant::GgmlType;
+use rayon::prelude::*;
+
 use crate::experts::{ExpertError, ExpertStore};
 use crate::loader::{Gating, TopkMethod, Weight};
-use crate::ops::{matmul, matmul_view, silu_mul, softmax};
+use crate::ops::{
+    matmul, matmul_gate_up_silu, matmul_view, quantize_activations, rows_per_task, silu_mul,
+    softmax, MatView,
+};
 
 /// The routing rule of one model.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,15 +109,11 @@ impl Mlp {
         self.gate.view().n
     }
 
-    /// `out = mlp(x)` for `x` `[n, D]`, `out` `[n, D]`.
-    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        let f = self.n_ff();
-        let mut g = vec![0.0f32; n * f];
-        let mut u = vec![0.0f32; n * f];
-        matmul(&self.gate, x, n, &mut g);
-        matmul(&self.up, x, n, &mut u);
-        silu_mul(&mut g, &u);
-        matmul(&self.down, &g, n, out);
+    /// `out = mlp(x)` for `x` `[n, D]`, `out` `[n, D]`; `hidden` is scratch.
+    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], hidden: &mut Vec<f32>) {
+        hidden.resize(n * self.n_ff(), 0.0);
+        matmul_gate_up_silu(&self.gate.view(), &self.up.view(), x, n, hidden);
+        matmul(&self.down, hidden, n, out);
     }
 }
 
@@ -130,9 +134,29 @@ pub struct Routing {
     pub weights: Vec<Vec<f32>>,
 }
 
+/// Buffers of the MoE layer kept between forward passes (the model owns one
+/// set), so that decode allocates no activations.
+#[derive(Default)]
+pub struct MoeScratch {
+    logits: Vec<f32>,
+    /// Per expert: (token, weight) pairs.
+    assigned: Vec<Vec<(usize, f32)>>,
+    /// Gathered tokens of one expert, its hidden and output rows.
+    xs: Vec<f32>,
+    hidden: Vec<f32>,
+    y: Vec<f32>,
+    /// Decode: the token quantized once per activation type.
+    x_acts: Vec<(GgmlType, Vec<u8>)>,
+    /// Decode: every expert's hidden row quantized for its down matrix.
+    h_act: Vec<u8>,
+}
+
 /// `out = Σ_k w_k expert_k(x) + shared(x)` for `x` `[n, D]` (the
 /// post-attention-norm output). Tokens are grouped by expert so that each
-/// routed expert runs one matmul over just the tokens routed to it.
+/// routed expert runs one matmul over just the tokens routed to it; a single
+/// token runs every chosen expert and the shared ones together
+/// ([`experts_one_token`]).
+#[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
     layer: usize,
     w: &MoeWeights,
@@ -141,57 +165,209 @@ pub fn moe_forward(
     x: &[f32],
     n: usize,
     out: &mut [f32],
+    sc: &mut MoeScratch,
 ) -> Result<Routing, ExpertError> {
     let d = out.len() / n.max(1);
     let e_count = cfg.n_expert;
-    let mut logits = vec![0.0f32; n * e_count];
-    matmul(&w.gate_inp, x, n, &mut logits);
+    sc.logits.resize(n * e_count, 0.0);
+    matmul(&w.gate_inp, x, n, &mut sc.logits);
     let mut routing = Routing::default();
-    // Per expert: (token, weight) pairs.
-    let mut assigned: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e_count];
+    sc.assigned.resize(e_count, Vec::new());
+    sc.assigned.iter_mut().for_each(Vec::clear);
     for t in 0..n {
-        let (ids, weights) = route(cfg, &logits[t * e_count..][..e_count], w.bias.as_deref());
+        let (ids, weights) = route(cfg, &sc.logits[t * e_count..][..e_count], w.bias.as_deref());
         for (&e, &wt) in ids.iter().zip(&weights) {
-            assigned[e].push((t, wt));
+            sc.assigned[e].push((t, wt));
         }
         routing.ids.push(ids);
         routing.weights.push(weights);
     }
+    if n == 1 {
+        // Ascending expert id, shared last: the summation order of the batch path.
+        let mut jobs = Vec::with_capacity(cfg.n_used + 1);
+        for (e, toks) in sc.assigned.iter().enumerate() {
+            if let Some(&(_, wt)) = toks.first() {
+                let ex = store.expert(layer, e)?;
+                jobs.push((ex, wt));
+            }
+        }
+        let views: Vec<ExpertJob> = jobs
+            .iter()
+            .map(|(ex, wt)| ExpertJob {
+                gate: ex.gate(),
+                up: ex.up(),
+                down: ex.down(),
+                weight: Some(*wt),
+            })
+            .chain(w.shared.iter().map(|sh| ExpertJob {
+                gate: sh.gate.view(),
+                up: sh.up.view(),
+                down: sh.down.view(),
+                weight: None,
+            }))
+            .collect();
+        experts_one_token(&views, x, out, sc);
+        return Ok(routing);
+    }
     out.iter_mut().for_each(|v| *v = 0.0);
-    let mut xs = Vec::new();
-    let mut g = Vec::new();
-    let mut u = Vec::new();
-    let mut y = Vec::new();
-    for (e, toks) in assigned.iter().enumerate() {
+    for (e, toks) in sc.assigned.iter().enumerate() {
         if toks.is_empty() {
             continue;
         }
         let expert = store.expert(layer, e)?;
         let (m, f) = (toks.len(), expert.n_ff);
-        xs.clear();
+        sc.xs.clear();
         for &(t, _) in toks {
-            xs.extend_from_slice(&x[t * d..][..d]);
+            sc.xs.extend_from_slice(&x[t * d..][..d]);
         }
-        g.resize(m * f, 0.0);
-        u.resize(m * f, 0.0);
-        y.resize(m * d, 0.0);
-        matmul_view(&expert.gate(), &xs, m, &mut g);
-        matmul_view(&expert.up(), &xs, m, &mut u);
-        silu_mul(&mut g, &u);
-        matmul_view(&expert.down(), &g, m, &mut y);
+        sc.hidden.resize(m * f, 0.0);
+        sc.y.resize(m * d, 0.0);
+        matmul_gate_up_silu(&expert.gate(), &expert.up(), &sc.xs, m, &mut sc.hidden);
+        matmul_view(&expert.down(), &sc.hidden, m, &mut sc.y);
         for (j, &(t, wt)) in toks.iter().enumerate() {
             let o = &mut out[t * d..][..d];
-            for (o, v) in o.iter_mut().zip(&y[j * d..][..d]) {
+            for (o, v) in o.iter_mut().zip(&sc.y[j * d..][..d]) {
                 *o += wt * v;
             }
         }
     }
     if let Some(sh) = &w.shared {
-        let mut s = vec![0.0f32; n * d];
-        sh.forward(x, n, &mut s);
-        out.iter_mut().zip(&s).for_each(|(o, s)| *o += s);
+        sc.y.resize(n * d, 0.0);
+        sh.forward(x, n, &mut sc.y, &mut sc.hidden);
+        out.iter_mut().zip(&sc.y).for_each(|(o, s)| *o += s);
     }
     Ok(routing)
+}
+
+/// One expert MLP of a decode step: routed (`weight` Some) or shared (added
+/// with weight 1 after the routed ones).
+struct ExpertJob<'a> {
+    gate: MatView<'a>,
+    up: MatView<'a>,
+    down: MatView<'a>,
+    weight: Option<f32>,
+}
+
+/// Hidden rows per stack buffer in the gate/up pass.
+const SUB_ROWS: usize = 64;
+
+/// Every expert of one token in two parallel regions instead of three per
+/// expert: (1) the gate/up rows of all experts, split into equal row chunks,
+/// writing `silu(g) * u`; (2) the output rows, each task summing all experts'
+/// down rows for its slice of `out` (routed in job order, then shared, as
+/// the batch path adds them).
+fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mut MoeScratch) {
+    let k = x.len();
+    // The token once per activation format (routed and shared types may differ).
+    for j in jobs {
+        for ty in [vec_dot_type(j.gate.ty), vec_dot_type(j.up.ty)] {
+            if !sc.x_acts.iter().any(|(t, _)| *t == ty) {
+                sc.x_acts.push((ty, Vec::new()));
+            }
+        }
+    }
+    for (ty, buf) in sc.x_acts.iter_mut() {
+        quantize_activations(*ty, x, 1, k, buf);
+    }
+    let act = |ty: GgmlType| -> &[u8] {
+        let t = vec_dot_type(ty);
+        sc.x_acts
+            .iter()
+            .find(|(a, _)| *a == t)
+            .map_or(&[][..], |(_, b)| b)
+    };
+    // (1) Row chunks that divide every expert's width, so chunk c maps to
+    // one (job, first row).
+    let widths_gcd = jobs.iter().fold(0, |g, j| gcd(g, j.gate.n));
+    let total: usize = jobs.iter().map(|j| j.gate.n).sum();
+    let target = (total / (rayon::current_num_threads() * 4).max(1)).max(1);
+    let chunk = (1..=widths_gcd.min(target))
+        .rev()
+        .find(|c| widths_gcd.is_multiple_of(*c))
+        .unwrap_or(1);
+    sc.hidden.resize(total, 0.0);
+    sc.hidden
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(ci, h)| {
+            let mut r0 = ci * chunk;
+            let mut jb = 0;
+            while r0 >= jobs[jb].gate.n {
+                r0 -= jobs[jb].gate.n;
+                jb += 1;
+            }
+            let j = &jobs[jb];
+            let (grb, urb) = (j.gate.row_bytes(), j.up.row_bytes());
+            let mut u = [0.0f32; SUB_ROWS];
+            for (si, hs) in h.chunks_mut(SUB_ROWS).enumerate() {
+                let r = r0 + si * SUB_ROWS;
+                let rows = hs.len();
+                let gw = &j.gate.data[r * grb..(r + rows) * grb];
+                let uw = &j.up.data[r * urb..(r + rows) * urb];
+                gemm(j.gate.ty, k, gw, rows, act(j.gate.ty), 1, hs, rows);
+                gemm(j.up.ty, k, uw, rows, act(j.up.ty), 1, &mut u[..rows], rows);
+                silu_mul(hs, &u[..rows]);
+            }
+        });
+    // Hidden rows quantized for their down matrices, back to back.
+    let down_act = |j: &ExpertJob<'_>| {
+        let t = vec_dot_type(j.down.ty);
+        (t, t.row_bytes(j.gate.n as u64).unwrap_or(0) as usize)
+    };
+    let bytes: usize = jobs.iter().map(|j| down_act(j).1).sum();
+    sc.h_act.resize(bytes, 0);
+    let (mut h0, mut b0) = (0, 0);
+    for j in jobs {
+        let (t, nb) = down_act(j);
+        let f = j.gate.n;
+        // Cannot fail: the hidden width is the down matrix's row length.
+        let _ = quantize_row(t, &sc.hidden[h0..h0 + f], &mut sc.h_act[b0..b0 + nb]);
+        h0 += f;
+        b0 += nb;
+    }
+    // (2) Output rows; each task sums every expert's rows for its slice.
+    let h_act = &sc.h_act;
+    let down_bytes: usize = jobs.iter().map(|j| j.down.row_bytes()).sum();
+    let rpt = rows_per_task(out.len(), down_bytes).min(MAX_DOWN_ROWS);
+    out.par_chunks_mut(rpt).enumerate().for_each(|(ci, o)| {
+        let r0 = ci * rpt;
+        let rows = o.len();
+        let mut y = [0.0f32; MAX_DOWN_ROWS];
+        let y = &mut y[..rows];
+        o.iter_mut().for_each(|v| *v = 0.0);
+        let mut b0 = 0;
+        for j in jobs {
+            let nb = down_act(j).1;
+            let rb = j.down.row_bytes();
+            let dw = &j.down.data[r0 * rb..(r0 + rows) * rb];
+            gemm(
+                j.down.ty,
+                j.down.k,
+                dw,
+                rows,
+                &h_act[b0..b0 + nb],
+                1,
+                y,
+                rows,
+            );
+            b0 += nb;
+            match j.weight {
+                Some(wt) => o.iter_mut().zip(y.iter()).for_each(|(o, v)| *o += wt * v),
+                None => o.iter_mut().zip(y.iter()).for_each(|(o, v)| *o += v),
+            }
+        }
+    });
+}
+
+/// Output rows per task of the decode down pass (a stack buffer).
+const MAX_DOWN_ROWS: usize = 256;
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 #[cfg(test)]
@@ -279,5 +455,48 @@ mod tests {
         let bias = [-2.0f32; 8];
         let (ids, _) = route(&c, &logits, Some(&bias));
         assert_eq!(ids, vec![0, 1, 6]);
+    }
+
+    /// The one-token path (all experts in two parallel regions) gives the
+    /// same bits as the batch path (grouped per expert) for the same token.
+    #[test]
+    fn one_token_path_equals_batch_path() {
+        use crate::experts::{LayerExperts, MmapExperts};
+        let (d, f, e) = (32usize, 48usize, 8usize);
+        let vals = |seed: usize, len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((((i + seed * 131) * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.4)
+                .collect()
+        };
+        let (du, fu, eu) = (d as u64, f as u64, e as u64);
+        let store = MmapExperts::new(vec![Some(LayerExperts {
+            gate: Weight::from_f32(&[du, fu, eu], &vals(1, d * f * e)),
+            up: Weight::from_f32(&[du, fu, eu], &vals(2, d * f * e)),
+            down: Weight::from_f32(&[fu, du, eu], &vals(3, d * f * e)),
+        })]);
+        let w = MoeWeights {
+            gate_inp: Weight::from_f32(&[du, eu], &vals(4, d * e)),
+            bias: None,
+            shared: Some(Mlp {
+                gate: Weight::from_f32(&[du, 2 * fu], &vals(5, 2 * d * f)),
+                up: Weight::from_f32(&[du, 2 * fu], &vals(6, 2 * d * f)),
+                down: Weight::from_f32(&[2 * fu, du], &vals(7, 2 * d * f)),
+            }),
+        };
+        let c = RouterConfig {
+            n_used: 3,
+            ..cfg(Gating::Softmax, TopkMethod::Greedy)
+        };
+        let x = vals(8, 2 * d);
+        let mut sc = MoeScratch::default();
+        let mut batch = vec![0.0f32; 2 * d];
+        let rb = moe_forward(0, &w, &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
+        for t in 0..2 {
+            let mut one = vec![0.0f32; d];
+            let r1 =
+                moe_forward(0, &w, &c, &store, &x[t * d..][..d], 1, &mut one, &mut sc).unwrap();
+            assert_eq!(r1.ids[0], rb.ids[t]);
+            assert_eq!(one, batch[t * d..][..d], "token {t}");
+        }
     }
 }
