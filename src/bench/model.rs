@@ -35,6 +35,8 @@ pub struct ModelBenchOptions {
     pub model: PathBuf,
     /// The vision GGUF; `None` = `mmproj-<model file>` beside the model, if it exists.
     pub mmproj: Option<PathBuf>,
+    /// Measure the vision tower and time to first token (needs an mmproj).
+    pub vision: bool,
     pub threads: usize,
     /// Prompt tokens of the prefill measurement (0 = skip).
     pub n_prompt: usize,
@@ -172,6 +174,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         }
     };
     let mmproj = match &o.mmproj {
+        _ if !o.vision => None,
         Some(p) => Some(p.clone()),
         None => Some(convert::write::mmproj_path(&o.model)).filter(|p| p.is_file()),
     };
@@ -194,7 +197,9 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
                 .with_context(|| format!("loading the vision model {}", p.display()))?,
         ),
         None => {
-            say("no mmproj beside the model (give --mmproj): vision and ttft are skipped");
+            if o.vision {
+                say("no mmproj beside the model (give --mmproj): vision and ttft are skipped");
+            }
             None
         }
     };

@@ -35,6 +35,9 @@ pub struct BenchModelArgs {
     /// vision and time to first token are skipped).
     #[arg(long)]
     pub mmproj: Option<PathBuf>,
+    /// Language model only: no vision or time-to-first-token measurement (as llama-bench).
+    #[arg(long = "no-vision", conflicts_with = "mmproj")]
+    pub no_vision: bool,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -99,6 +102,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let opts = ModelBenchOptions {
                 model: a.model.clone(),
                 mmproj: a.mmproj,
+                vision: !a.no_vision,
                 threads,
                 n_prompt: a.n_prompt,
                 n_gen: a.n_gen,
