@@ -4,14 +4,15 @@
 # tiles) plus a short question, alternately, printing ratios.
 #
 # Nothing of the reference is copied into this repository: give a checkout of
-# https://github.com/deepseek-ai/DeepSeek-VL2 as the first argument. It runs in a venv with the
+# the public deepseek-ai/DeepSeek-VL2 repository as the first argument. It runs in a venv with the
 # versions the reference pins (torch 2.0.1, transformers 4.38.2), on CPU:
-#   * torch 2.0.1+cpu and torchvision 0.15.2+cpu from the PyTorch CPU index with --no-deps
-#     (PyPI's torch 2.0.1 wheel pulls ~2.5 GB of CUDA packages; the CPU wheel is ~200 MB and
-#     needs only the few pure-Python packages installed next);
-#   * torch's pure deps (filelock, typing-extensions, sympy, networkx, jinja2), then
-#     transformers 4.38.2, timm, einops, attrdict, sentencepiece, accelerate with their deps
-#     (pip sees torch already satisfied and installs no CUDA);
+#   * with PIP_CPU_INDEX set to PyTorch's CPU wheel index: torch 2.0.1+cpu and torchvision
+#     0.15.2+cpu from it with --no-deps (~200 MB) plus torch's few pure deps (filelock,
+#     typing-extensions, sympy, networkx, jinja2), the leanest install; otherwise (only PyPI
+#     reachable) PyPI's torch 2.0.1, whose import needs its ~2.5 GB of nvidia-*-cu11 packages
+#     (they only sit on disk: nothing runs on a GPU), and torchvision 0.15.2 with --no-deps;
+#   * then transformers 4.38.2, timm, einops, attrdict, sentencepiece, accelerate with their
+#     deps (pip sees torch satisfied and adds no CUDA);
 #   * xformers has no CPU build: benches/reference/xformers (first on PYTHONPATH) supplies an
 #     exact-attention `xformers.ops.memory_efficient_attention`.
 #
@@ -24,7 +25,7 @@
 #   THREADS    threads on both sides (default 2)
 #   ROUNDS     alternating rounds (default 2); each side runs REPS repetitions per round
 #   REPS       repetitions per side and round (default 2)
-#   PIP_CPU_INDEX  index for the CPU torch wheels (default https://download.pytorch.org/whl/cpu)
+#   PIP_CPU_INDEX  PyTorch's CPU wheel index, if reachable (unset: PyPI only)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,7 +36,7 @@ REF_VENV="${REF_VENV:-$ROOT/target/reference-venv}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-2}"
 REPS="${REPS:-2}"
-PIP_CPU_INDEX="${PIP_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+PIP_CPU_INDEX="${PIP_CPU_INDEX:-}"
 
 log() { echo "[compare_reference] $*" >&2; }
 die() { echo "[compare_reference] ERROR: $*" >&2; exit 1; }
@@ -51,8 +52,15 @@ if ! "$REF_VENV/bin/python" -c "import torch, transformers, timm, einops, attrdi
     log "creating $REF_VENV (torch 2.0.1+cpu, transformers 4.38.2)"
     python3 -m venv "$REF_VENV"
     pip=("$REF_VENV/bin/python" -m pip install -q)
-    "${pip[@]}" --no-deps --index-url "$PIP_CPU_INDEX" torch==2.0.1 torchvision==0.15.2
-    "${pip[@]}" filelock typing-extensions sympy networkx jinja2 numpy==1.26.4 pillow
+    if [ -n "$PIP_CPU_INDEX" ]; then
+        "${pip[@]}" --no-deps --index-url "$PIP_CPU_INDEX" torch==2.0.1 torchvision==0.15.2
+        "${pip[@]}" filelock typing-extensions sympy networkx jinja2
+    else
+        log "PyPI's torch 2.0.1 with its CUDA packages (~3 GB on disk; set PIP_CPU_INDEX to avoid)"
+        "${pip[@]}" torch==2.0.1
+        "${pip[@]}" --no-deps torchvision==0.15.2
+    fi
+    "${pip[@]}" numpy==1.26.4 pillow
     "${pip[@]}" transformers==4.38.2 timm einops attrdict sentencepiece accelerate
 fi
 "$REF_VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.0.1'), torch.__version__" \
