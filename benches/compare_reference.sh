@@ -12,7 +12,8 @@
 #     reachable) PyPI's torch 2.0.1, whose import needs its ~2.5 GB of nvidia-*-cu11 packages
 #     (they only sit on disk: nothing runs on a GPU), and torchvision 0.15.2 with --no-deps;
 #   * then transformers 4.38.2, timm, einops, attrdict, sentencepiece, accelerate with their
-#     deps (pip sees torch satisfied and adds no CUDA);
+#     deps, with torch==2.0.1 on the same command line (without it pip upgrades torch for the
+#     newest accelerate/timm: seen here, it installed torch 2.15);
 #   * xformers has no CPU build: benches/reference/xformers (first on PYTHONPATH) supplies an
 #     exact-attention `xformers.ops.memory_efficient_attention`.
 #
@@ -61,7 +62,8 @@ if ! "$REF_VENV/bin/python" -c "import torch, transformers, timm, einops, attrdi
         "${pip[@]}" --no-deps torchvision==0.15.2
     fi
     "${pip[@]}" numpy==1.26.4 pillow
-    "${pip[@]}" transformers==4.38.2 timm einops attrdict sentencepiece accelerate
+    # torch is named again so that pip keeps 2.0.1: unpinned, timm/accelerate pull the newest.
+    "${pip[@]}" torch==2.0.1 transformers==4.38.2 timm einops attrdict sentencepiece accelerate
 fi
 "$REF_VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.0.1'), torch.__version__" \
     || die "the venv's torch is not 2.0.1"
