@@ -26,6 +26,8 @@
 #   LLAMACPP_VERSION   llama-cpp-python sdist version (default: the pinned one below)
 #   LLAMACPP_JOBS      parallel build jobs (default: nproc)
 #   POCKETVL_PYTHON    python for the logits comparison (skipped when unset)
+#   LLAMACPP_EXTRA_TARGETS  further llama.cpp targets to build beside llama-simple, e.g.
+#                      llama-bench (benches/compare_llamacpp.sh builds it through this script)
 set -euo pipefail
 
 PINNED_VERSION="0.3.36"
@@ -109,10 +111,18 @@ build_llama() {
             -DLLAMA_BUILD_SERVER=OFF \
             -DLLAMA_BUILD_TESTS=OFF \
             -DLLAMA_BUILD_EXAMPLES=ON \
-            -DLLAMA_BUILD_TOOLS=OFF >&2 || { rm -f "$BUILD/CMakeCache.txt"; die "cmake configure failed"; }
+            -DLLAMA_BUILD_TOOLS=ON >&2 || { rm -f "$BUILD/CMakeCache.txt"; die "cmake configure failed"; }
     fi
-    log "building llama-simple (jobs=$JOBS)"
-    cmake --build "$BUILD" --config Release -j "$JOBS" --target llama-simple >&2 \
+    # Tools (llama-bench) are configured but only built when asked for: a cache configured
+    # before they were is re-configured once.
+    if ! grep -q '^LLAMA_BUILD_TOOLS:BOOL=ON' "$BUILD/CMakeCache.txt"; then
+        cmake -S "$LLAMA_SRC" -B "$BUILD" -DLLAMA_BUILD_TOOLS=ON >&2 || die "cmake re-configure failed"
+    fi
+    local targets=(llama-simple)
+    # shellcheck disable=SC2206 # a space-separated list of target names
+    [ -n "${LLAMACPP_EXTRA_TARGETS:-}" ] && targets+=($LLAMACPP_EXTRA_TARGETS)
+    log "building ${targets[*]} (jobs=$JOBS)"
+    cmake --build "$BUILD" --config Release -j "$JOBS" --target "${targets[@]}" >&2 \
         || die "llama.cpp build failed"
     SIMPLE="$BUILD/bin/llama-simple"
     [ -x "$SIMPLE" ] || die "no $SIMPLE after build"

@@ -2,6 +2,8 @@
 //! same run (BENCHMARKS.md), so numbers from different machines stay comparable.
 
 pub mod convert;
+pub mod model;
+pub mod peak;
 pub mod readspeed;
 pub mod rss;
 

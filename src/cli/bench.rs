@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::bench::convert::{bench_convert, ConvertBenchOptions};
+use crate::bench::model::{bench_model, ModelBenchOptions};
 
 /// Arguments of `pocketvl bench`.
 #[derive(Debug, Args)]
@@ -19,6 +20,39 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Checkpoint read speed (cold and warm) vs conversion throughput, with peak RSS.
     Convert(BenchConvertArgs),
+    /// Prefill, decode, vision tower per tile and time to first token of a converted model,
+    /// beside the memory-bandwidth and FMA rooflines measured in the same run.
+    Model(BenchModelArgs),
+}
+
+/// Arguments of `pocketvl bench model`.
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// The language-model GGUF.
+    #[arg(short = 'm', long = "model")]
+    pub model: PathBuf,
+    /// The vision GGUF (default: `mmproj-<model file name>` beside the model; without one,
+    /// vision and time to first token are skipped).
+    #[arg(long)]
+    pub mmproj: Option<PathBuf>,
+    /// Language model only: no vision or time-to-first-token measurement (as llama-bench).
+    #[arg(long = "no-vision", conflicts_with = "mmproj")]
+    pub no_vision: bool,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Prompt tokens of the prefill measurement (0 = skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens of the decode measurement (0 = skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
+    pub n_gen: usize,
+    /// Repetitions; medians and ranges are reported.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Print one JSON object as the last stdout line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `pocketvl bench convert`.
@@ -57,6 +91,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{}", r.report());
+            }
+            Ok(())
+        }
+        BenchCommand::Model(a) => {
+            let threads = match a.threads {
+                Some(t) => t,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
+            let opts = ModelBenchOptions {
+                model: a.model.clone(),
+                mmproj: a.mmproj,
+                vision: !a.no_vision,
+                threads,
+                n_prompt: a.n_prompt,
+                n_gen: a.n_gen,
+                reps: a.reps,
+                progress: true,
+            };
+            let r =
+                bench_model(&opts).with_context(|| format!("bench model {}", a.model.display()))?;
+            print!("{}", r.report());
+            if a.json {
+                println!("{}", r.json_line());
             }
             Ok(())
         }

@@ -1,0 +1,453 @@
+//! `pocketvl bench model`: prompt and decode speed of a converted model, the vision tower per
+//! tile and time to first token for one 2×2-tiled image, each read against the rooflines
+//! measured in the same run (memory bandwidth for decode, FMA peak for the rest).
+//!
+//! Only the runtime's public API is used, as `pocketvl run` uses it: [`LanguageModel`] for
+//! prefill and decode (the same `forward` calls a generation makes), [`VisionModel`] and
+//! [`Session::generate`] for the image request.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::bench::{peak, rss};
+use crate::generate::{GenerateParams, Session};
+use crate::image_io::RgbImage;
+use crate::loader::ModelFile;
+use crate::model::deepseek_vl2::preprocess::select_best_resolution;
+use crate::model::deepseek_vl2::prompt::{build_chat, Message, Role, IMAGE_TAG};
+use crate::model::deepseek_vl2::vision::VisionModel;
+use crate::model::deepseek_vl2::{LanguageModel, LogitsWanted};
+use crate::sampler::SamplerConfig;
+use crate::tokenizer::Tokenizer;
+
+/// Most threads accepted: anything above is a typo, not a machine.
+const MAX_THREADS: usize = 4096;
+/// The question asked about the benchmark image.
+const QUESTION: &str = "Describe this image.";
+/// Tokens of the untimed warm-up prefill (touches the weights and most experts once).
+const WARMUP_TOKENS: usize = 32;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct ModelBenchOptions {
+    pub model: PathBuf,
+    /// The vision GGUF; `None` = `mmproj-<model file>` beside the model, if it exists.
+    pub mmproj: Option<PathBuf>,
+    /// Measure the vision tower and time to first token (needs an mmproj).
+    pub vision: bool,
+    pub threads: usize,
+    /// Prompt tokens of the prefill measurement (0 = skip).
+    pub n_prompt: usize,
+    /// Generated tokens of the decode measurement (0 = skip).
+    pub n_gen: usize,
+    pub reps: usize,
+    /// Print progress on stderr.
+    pub progress: bool,
+}
+
+/// Median and range of one measurement over the repetitions.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Option<Spread> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+/// The result; serialized as the JSON line of `--json` (medians at top level).
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelBenchResult {
+    pub model: PathBuf,
+    pub mmproj: Option<PathBuf>,
+    pub threads: usize,
+    pub reps: usize,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub prefill_tok_s: Option<f64>,
+    pub decode_tok_s: Option<f64>,
+    pub vision_ms_per_tile: Option<f64>,
+    /// Tiles the tower ran for the image (global view + 2×2 local tiles).
+    pub vision_tiles: Option<usize>,
+    pub ttft_ms: Option<f64>,
+    /// Prompt tokens of the image request (image tokens + question + template).
+    pub ttft_prompt_tokens: Option<usize>,
+    /// Peak resident set of the model phase (mapped weights included), before the rooflines.
+    pub peak_rss_mb: Option<f64>,
+    /// Sizes of the model file and the mmproj used.
+    pub file_mb: f64,
+    pub bandwidth_gb_s: f64,
+    pub fma_gflops: f64,
+    pub fma_isa: &'static str,
+    /// Weight bytes one decode step reads (see [`decode_bytes_per_token`]).
+    pub decode_weight_mb: f64,
+    pub decode_roofline_tok_s: f64,
+    /// decode_tok_s ÷ decode_roofline_tok_s.
+    pub decode_fraction_of_roofline: Option<f64>,
+    pub spread: SpreadTable,
+}
+
+/// Every repeated measurement's median and range.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpreadTable {
+    pub prefill_tok_s: Option<Spread>,
+    pub decode_tok_s: Option<Spread>,
+    pub vision_ms_per_tile: Option<Spread>,
+    pub ttft_ms: Option<Spread>,
+}
+
+/// Everything that stops the benchmark before it runs or while it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelBenchError {
+    #[error("{0}")]
+    Args(String),
+    #[error("model file {0} does not exist")]
+    NoModel(PathBuf),
+    #[error("mmproj file {0} does not exist")]
+    NoMmproj(PathBuf),
+    #[error("{0}")]
+    Image(String),
+    #[error(transparent)]
+    Model(#[from] crate::model::deepseek_vl2::ModelError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Checks the options without touching any file content.
+pub fn check_options(o: &ModelBenchOptions) -> Result<(), ModelBenchError> {
+    if o.threads == 0 || o.threads > MAX_THREADS {
+        return Err(ModelBenchError::Args(format!(
+            "--threads must be between 1 and {MAX_THREADS} (got {})",
+            o.threads
+        )));
+    }
+    if o.reps == 0 {
+        return Err(ModelBenchError::Args("--reps must be at least 1".into()));
+    }
+    if !o.model.is_file() {
+        return Err(ModelBenchError::NoModel(o.model.clone()));
+    }
+    if let Some(m) = &o.mmproj {
+        if !m.is_file() {
+            return Err(ModelBenchError::NoMmproj(m.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the benchmark on a pool of `o.threads` threads.
+pub fn bench_model(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
+    check_options(o)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(o.threads)
+        .build()
+        .map_err(|e| ModelBenchError::Args(format!("cannot start {} threads: {e}", o.threads)))?;
+    pool.install(|| run(o))
+}
+
+fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
+    use anyhow::Context;
+    let say = |s: &str| {
+        if o.progress {
+            eprintln!("[bench model] {s}");
+        }
+    };
+    let mmproj = match &o.mmproj {
+        _ if !o.vision => None,
+        Some(p) => Some(p.clone()),
+        None => Some(convert::write::mmproj_path(&o.model)).filter(|p| p.is_file()),
+    };
+    let file =
+        ModelFile::open(&o.model).with_context(|| format!("opening {}", o.model.display()))?;
+    let mut model =
+        LanguageModel::load(&file).with_context(|| format!("loading {}", o.model.display()))?;
+    let n_ctx = model.hp.n_ctx;
+    if o.n_prompt > n_ctx || o.n_gen > n_ctx {
+        return Err(ModelBenchError::Args(format!(
+            "-p {} / -n {} exceed the model's context of {n_ctx} tokens",
+            o.n_prompt, o.n_gen
+        )));
+    }
+    let decode_bytes = decode_bytes_per_token(&file, model.hp.n_expert_used);
+    let tokenizer = Tokenizer::from_model_file(&file).context("reading the tokenizer")?;
+    let vision = match &mmproj {
+        Some(p) => Some(
+            VisionModel::load(p)
+                .with_context(|| format!("loading the vision model {}", p.display()))?,
+        ),
+        None => {
+            if o.vision {
+                say("no mmproj beside the model (give --mmproj): vision and ttft are skipped");
+            }
+            None
+        }
+    };
+    let image = match &vision {
+        Some(v) => Some(tiled_2x2_image(v)?),
+        None => None,
+    };
+    let n_vocab = model.hp.n_vocab;
+    let prompt: Vec<u32> = (0..o.n_prompt.max(WARMUP_TOKENS))
+        .map(|i| ((i * 7919 + 13) % n_vocab) as u32)
+        .collect();
+
+    say("warm-up");
+    model.truncate_cache(0);
+    let warm = model.embed_tokens(&prompt[..WARMUP_TOKENS.min(n_ctx)])?;
+    model.forward(&warm, 0, LogitsWanted::Last)?;
+    let mut session = Session::new(model, tokenizer);
+
+    let (mut prefill, mut decode, mut vis, mut ttft) = (vec![], vec![], vec![], vec![]);
+    let (mut tiles, mut ttft_tokens) = (None, None);
+    for rep in 0..o.reps {
+        if o.n_prompt > 0 {
+            session.reset();
+            let emb = session.model.embed_tokens(&prompt[..o.n_prompt])?;
+            let t0 = Instant::now();
+            session.model.forward(&emb, 0, LogitsWanted::Last)?;
+            prefill.push(o.n_prompt as f64 / t0.elapsed().as_secs_f64());
+        }
+        if o.n_gen > 0 {
+            session.reset();
+            let t0 = Instant::now();
+            let mut id = prompt[0];
+            for pos in 0..o.n_gen {
+                let e = session.model.embed_tokens(&[id])?;
+                let logits = session.model.forward(&e, pos, LogitsWanted::Last)?;
+                id = argmax(&logits);
+            }
+            decode.push(o.n_gen as f64 / t0.elapsed().as_secs_f64());
+        }
+        if let (Some(v), Some(img)) = (&vision, &image) {
+            session.reset();
+            let t0 = Instant::now();
+            let pre = v
+                .preprocess(std::slice::from_ref(img))
+                .context("preprocessing")?;
+            let feats = v.encode(&pre).context("vision tower")?;
+            let vision_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            let n_tiles = pre.unique_tiles.len();
+            let counts: Vec<usize> = pre.images.iter().map(|l| l.n_tokens).collect();
+            let msgs = [Message::new(Role::User, format!("{IMAGE_TAG}\n{QUESTION}"))];
+            let ids = build_chat(&session.tokenizer, &msgs, &counts)
+                .context("building the prompt")?
+                .ids;
+            session
+                .generate(&ids, &feats, &first_token_params(), &mut |_| {})
+                .context("first token")?;
+            ttft.push(t0.elapsed().as_secs_f64() * 1000.0);
+            vis.push(vision_ms / n_tiles as f64);
+            tiles = Some(n_tiles);
+            ttft_tokens = Some(ids.len());
+        }
+        say(&format!("rep {}/{} done", rep + 1, o.reps));
+    }
+    let peak_rss = rss::status_field("VmHWM").or_else(rss::max_rss_bytes);
+    drop(session);
+
+    say("rooflines: memory bandwidth, FMA peak");
+    let bandwidth_gb_s = peak::read_bandwidth_gb_s();
+    let (fma_gflops, fma_isa) = peak::fma_gflops();
+
+    let file_bytes = file_len(&o.model) + mmproj.as_deref().map(file_len).unwrap_or(0);
+    let decode_roofline_tok_s = bandwidth_gb_s * 1e9 / decode_bytes as f64;
+    let spread = SpreadTable {
+        prefill_tok_s: Spread::of(&prefill),
+        decode_tok_s: Spread::of(&decode),
+        vision_ms_per_tile: Spread::of(&vis),
+        ttft_ms: Spread::of(&ttft),
+    };
+    let decode_tok_s = spread.decode_tok_s.map(|s| s.median);
+    Ok(ModelBenchResult {
+        model: o.model.clone(),
+        mmproj,
+        threads: o.threads,
+        reps: o.reps,
+        n_prompt: o.n_prompt,
+        n_gen: o.n_gen,
+        prefill_tok_s: spread.prefill_tok_s.map(|s| s.median),
+        decode_tok_s,
+        vision_ms_per_tile: spread.vision_ms_per_tile.map(|s| s.median),
+        vision_tiles: tiles,
+        ttft_ms: spread.ttft_ms.map(|s| s.median),
+        ttft_prompt_tokens: ttft_tokens,
+        peak_rss_mb: peak_rss.map(|b| b as f64 / 1e6),
+        file_mb: file_bytes as f64 / 1e6,
+        bandwidth_gb_s,
+        fma_gflops,
+        fma_isa,
+        decode_weight_mb: decode_bytes as f64 / 1e6,
+        decode_roofline_tok_s,
+        decode_fraction_of_roofline: decode_tok_s.map(|d| d / decode_roofline_tok_s),
+        spread,
+    })
+}
+
+/// Greedy, one token, no stop strings: the generation ends right after the first token.
+fn first_token_params() -> GenerateParams {
+    GenerateParams {
+        max_new: 1,
+        chunk: 0,
+        stop_strings: Vec::new(),
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        },
+        keep_logits: false,
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Weight bytes one decode step reads: every tensor once, except that of each layer's routed
+/// experts (`*_exps`, stacked along ne[2]) only `n_used` are read, and of the token embedding
+/// only one row (counted as nothing) unless it doubles as the output head (no
+/// `output.weight`). The KV cache is left out: at short contexts it is small beside them.
+pub fn decode_bytes_per_token(file: &ModelFile, n_used: usize) -> u64 {
+    let g = file.gguf();
+    let tied = g.tensor("output.weight").is_none();
+    g.tensors()
+        .iter()
+        .map(|t| {
+            if t.name == "token_embd.weight" {
+                return if tied { t.n_bytes } else { 0 };
+            }
+            match (t.name.contains("_exps"), t.ne.get(2)) {
+                (true, Some(&e)) if e > 0 => t.n_bytes * (n_used as u64).min(e) / e,
+                _ => t.n_bytes,
+            }
+        })
+        .sum()
+}
+
+/// A deterministic synthetic picture for which the preprocessor picks a 2×2 local layout:
+/// a square of twice the tile side (least waste among the candidates with full resolution).
+/// Smooth gradients plus a pattern, so that it is not a constant image.
+pub fn tiled_2x2_image(v: &VisionModel) -> Result<RgbImage, ModelBenchError> {
+    let s = v.config.image_size;
+    let side = 2 * s;
+    let chosen = select_best_resolution((side, side), &v.config.candidate_resolutions);
+    if chosen != Some((side, side)) {
+        return Err(ModelBenchError::Image(format!(
+            "the mmproj's candidate resolutions do not give a {side}x{side} image a 2x2 layout \
+             (chosen: {chosen:?})"
+        )));
+    }
+    let mut data = Vec::with_capacity((side * side * 3) as usize);
+    for y in 0..side {
+        for x in 0..side {
+            let checker = if (x / 32 + y / 32) % 2 == 0 { 40 } else { 0 };
+            data.push(((x * 255 / side) as u8).saturating_add(checker));
+            data.push(((y * 255 / side) as u8).saturating_add(checker));
+            data.push((((x + y) * 127 / side) as u8).wrapping_add(checker));
+        }
+    }
+    RgbImage::from_raw(side, side, data).map_err(|e| ModelBenchError::Image(e.to_string()))
+}
+
+impl ModelBenchResult {
+    /// The human-readable lines: medians with their range over the repetitions.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let line = |name: &str, unit: &str, sp: &Option<Spread>| match sp {
+            Some(x) => format!(
+                "{name:<22} {:>10.2} {unit}  (median of {}; range {:.2} to {:.2})\n",
+                x.median, self.reps, x.min, x.max
+            ),
+            None => format!("{name:<22} {:>10} (not measured)\n", "-"),
+        };
+        s += &format!(
+            "model {} ({:.0} MB with mmproj), {} thread(s)\n",
+            self.model.display(),
+            self.file_mb,
+            self.threads
+        );
+        s += &line(
+            &format!("prefill ({} tok)", self.n_prompt),
+            "tok/s",
+            &self.spread.prefill_tok_s,
+        );
+        s += &line(
+            &format!("decode ({} tok)", self.n_gen),
+            "tok/s",
+            &self.spread.decode_tok_s,
+        );
+        s += &line("vision per tile", "ms", &self.spread.vision_ms_per_tile);
+        s += &line("ttft (2x2 image)", "ms", &self.spread.ttft_ms);
+        s += &format!(
+            "roofline: read bandwidth {:.2} GB/s, FMA peak {:.1} GFLOP/s ({})\n",
+            self.bandwidth_gb_s, self.fma_gflops, self.fma_isa
+        );
+        s += &format!(
+            "decode reads {:.1} MB of weights per token: roofline {:.2} tok/s",
+            self.decode_weight_mb, self.decode_roofline_tok_s
+        );
+        if let Some(f) = self.decode_fraction_of_roofline {
+            s += &format!(", decode at {:.0}% of it", f * 100.0);
+        }
+        s += "\n";
+        if let Some(r) = self.peak_rss_mb {
+            s += &format!("peak RSS {r:.0} MB (mapped weights included)\n");
+        }
+        s
+    }
+
+    /// The `--json` line.
+    pub fn json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_median_and_range() {
+        let s = Spread::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Spread::of(&[4.0, 1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(s.median, 2.5);
+        assert!(Spread::of(&[]).is_none());
+        assert!(Spread::of(&[f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, -1.0]), 1);
+        assert_eq!(argmax(&[]), 0);
+    }
+}

@@ -1,0 +1,183 @@
+//! The machine's two rooflines, measured in the same run as the model so that a model figure
+//! can be read as a fraction of what the hardware did a moment earlier on a shared machine:
+//! * memory read bandwidth: threads summing disjoint parts of a buffer much larger than any
+//!   cache (decode is bound by it: every weight byte is read once per token);
+//! * f32 FMA peak: independent fused multiply-add chains in the widest registers the CPU has
+//!   (prefill and the vision tower are bound by it).
+//!
+//! Both run on the caller's rayon pool, so `--threads` applies to them as to the model.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+/// Bytes of the bandwidth buffer: far beyond the last-level cache of current CPUs.
+const BANDWIDTH_BYTES: usize = 512 << 20;
+/// Passes over the buffer; the fastest one counts (the others were disturbed by something).
+const BANDWIDTH_PASSES: usize = 4;
+/// Independent accumulators per FMA chain: enough to cover FMA latency × ports (4 × 2).
+const FMA_ACCS: usize = 10;
+/// Loop trips of the FMA kernel per measurement and thread.
+const FMA_ITERS: usize = 20_000_000;
+/// Multiplier and addend of `x = x * A + B`: converges to B / (1 - A) = 0.1, so values stay
+/// normal (no denormal slow path) and never overflow.
+const FMA_A: f32 = 0.999_999;
+const FMA_B: f32 = 1e-7;
+
+/// Sustained read bandwidth in GB/s (1e9 bytes/s) with the current pool's threads.
+pub fn read_bandwidth_gb_s() -> f64 {
+    read_bandwidth_with(BANDWIDTH_BYTES)
+}
+
+fn read_bandwidth_with(bytes: usize) -> f64 {
+    let words = (bytes / 8).max(1);
+    // Written once so every page is really backed (a zero page would be read from cache).
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(rayon::current_num_threads().max(1));
+    let mut best = f64::INFINITY;
+    for _ in 0..BANDWIDTH_PASSES {
+        let t0 = Instant::now();
+        let sum: u64 = buf
+            .par_chunks(chunk)
+            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+            .reduce(|| 0, u64::wrapping_add);
+        black_box(sum);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    (words * 8) as f64 / best / 1e9
+}
+
+/// Peak f32 FMA throughput in GFLOP/s (2 flops per lane per FMA) with the current pool's
+/// threads, using the widest FMA the CPU reports at run time; and the instruction set used.
+pub fn fma_gflops() -> (f64, &'static str) {
+    fma_gflops_with(FMA_ITERS)
+}
+
+fn fma_gflops_with(iters: usize) -> (f64, &'static str) {
+    let (kernel, lanes, name) = fma_kernel();
+    let threads = rayon::current_num_threads().max(1);
+    let t0 = Instant::now();
+    let r: f32 = (0..threads)
+        .into_par_iter()
+        .map(|t| kernel(iters, t as f32 * 1e-3))
+        .sum();
+    black_box(r);
+    let secs = t0.elapsed().as_secs_f64();
+    let flops = 2.0 * (lanes * FMA_ACCS * iters * threads) as f64;
+    (flops / secs / 1e9, name)
+}
+
+/// An FMA kernel: `iters` rounds over all accumulators, starting at `seed`; returns the mean
+/// of every lane (so nothing is optimised away, and twins can be compared).
+type FmaKernel = fn(usize, f32) -> f32;
+
+/// The widest kernel this CPU runs, its f32 lanes and its name.
+fn fma_kernel() -> (FmaKernel, usize, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return (x86::fma_avx512, 16, "avx512f");
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return (x86::fma_avx2, 8, "avx2+fma");
+        }
+    }
+    (fma_scalar, 1, "scalar")
+}
+
+/// The scalar twin (and fallback): the same recurrence, one lane per accumulator.
+fn fma_scalar(iters: usize, seed: f32) -> f32 {
+    let mut acc = [seed; FMA_ACCS];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = x.mul_add(FMA_A, FMA_B);
+        }
+    }
+    acc.iter().sum::<f32>() / FMA_ACCS as f32
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{FMA_A, FMA_ACCS, FMA_B};
+
+    pub fn fma_avx512(iters: usize, seed: f32) -> f32 {
+        // SAFETY: chosen by `fma_kernel` only after `is_x86_feature_detected!("avx512f")`.
+        unsafe { fma_avx512_impl(iters, seed) }
+    }
+
+    pub fn fma_avx2(iters: usize, seed: f32) -> f32 {
+        // SAFETY: chosen by `fma_kernel` only after detecting avx2 and fma.
+        unsafe { fma_avx2_impl(iters, seed) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn fma_avx512_impl(iters: usize, seed: f32) -> f32 {
+        let (a, b) = (_mm512_set1_ps(FMA_A), _mm512_set1_ps(FMA_B));
+        let mut acc = [_mm512_set1_ps(seed); FMA_ACCS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        _mm512_reduce_add_ps(sum) / (16 * FMA_ACCS) as f32
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn fma_avx2_impl(iters: usize, seed: f32) -> f32 {
+        let (a, b) = (_mm256_set1_ps(FMA_A), _mm256_set1_ps(FMA_B));
+        let mut acc = [_mm256_set1_ps(seed); FMA_ACCS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let sum = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` is 8 writable f32s; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+        lanes.iter().sum::<f32>() / (8 * FMA_ACCS) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-6 * b.abs().max(1e-3)
+    }
+
+    #[test]
+    fn fma_kernels_match_the_scalar_twin() {
+        // Odd trip counts, zero, negative and large seeds (the recurrence pulls all to 0.1).
+        for &(iters, seed) in &[(0, 0.0), (1, 1.0), (7, -3.5), (1001, 1e30), (33, -1e30)] {
+            let want = fma_scalar(iters, seed);
+            let (kernel, _, name) = fma_kernel();
+            let got = kernel(iters, seed);
+            assert!(
+                close(got, want),
+                "{name} iters {iters} seed {seed}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn rooflines_are_positive_and_finite() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let bw = pool.install(|| read_bandwidth_with(8 << 20));
+        assert!(bw.is_finite() && bw > 0.1, "{bw}");
+        let (g, _) = pool.install(|| fma_gflops_with(100_000));
+        assert!(g.is_finite() && g > 0.1, "{g}");
+    }
+}
