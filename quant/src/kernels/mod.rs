@@ -11,17 +11,17 @@ pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
-mod q0_x86;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod kquant_avx2;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod kquant_avx512;
-#[cfg(target_arch = "x86_64")]
 mod float_gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod float_gemm_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod float_gemm_avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod kquant_avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod kquant_avx512;
+#[cfg(target_arch = "x86_64")]
+mod q0_x86;
 pub mod scalar;
 #[cfg(test)]
 mod tier_tests;
