@@ -7,7 +7,7 @@ llama.cpp loads this file and gets logits X, then (a) pocketvl's converter outpu
 compared with it key by key and tensor by tensor, and (b) the distance between X and the golden
 logits is llama.cpp's own numerical/semantic distance from the reference, not a converter bug.
 
-Follows /work/shared/docs/DEEPSEEK-VL2.md §9.7-9.8: `deepseek` arch with q/k rows permuted for
+Follows docs/DEEPSEEK-VL2.md §9.7-9.8: `deepseek` arch with q/k rows permuted for
 NORM rope (MHA fixture), `deepseek2` with q-LoRA, kv_a_mqa, attn_k_b/attn_v_b split and sigmoid
 noaux_tc routing (MLA fixture). All tensors are written as float32 (bf16 widened exactly).
 
