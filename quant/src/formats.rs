@@ -2,7 +2,7 @@
 //! whether the converter may store weights in it, its row quantizer and
 //! dequantizer, the activation type its dot product pairs with, and its dot
 //! and GEMM kernels per instruction-set tier (scalar; AVX2 + FMA + F16C;
-//! AVX-512 F/BW/VL + VNNI; NEON, empty for now). The dispatchers
+//! AVX-512 F/BW/VL + VNNI; aarch64 NEON, `sdot`, `smmla`). The dispatchers
 //! (`block::{quantize_row, dequantize_row, has_quantizer}`, `kernels::{table,
 //! vec_dot_type, ...}`), the converter's type parser and the CLI's type lists
 //! all read it; a type or kernel is added here, in one entry, and nowhere else.
@@ -44,8 +44,19 @@ pub struct Format {
     pub avx2: Kernels,
     /// AVX-512 F/BW/VL + VNNI.
     pub avx512: Kernels,
-    /// aarch64 NEON (dotprod where present): no kernels yet.
-    pub neon: Kernels,
+    /// aarch64: plain NEON, then `sdot` (FEAT_DotProd), then `smmla` (FEAT_I8MM).
+    pub neon: Neon,
+}
+
+/// The aarch64 tiers of one format, lowest first (each overrides the one before).
+#[derive(Clone, Copy)]
+pub struct Neon {
+    /// Base NEON: every aarch64 CPU.
+    pub plain: Kernels,
+    /// FEAT_DotProd (`sdot`): Cortex-A76 (Raspberry Pi 5) and later.
+    pub dotprod: Kernels,
+    /// FEAT_I8MM (`smmla`) on top of dotprod.
+    pub i8mm: Kernels,
 }
 
 /// A kernel that exists only on x86_64 (`None` elsewhere, so the table
@@ -86,7 +97,7 @@ macro_rules! entry {
             scalar: $s,
             avx2: $a2,
             avx512: $a5,
-            neon: NONE,
+            neon: neon_kernels(GgmlType::$ty),
         }
     };
 }
@@ -145,6 +156,111 @@ pub static FORMATS: [Format; 13] = [
         scalar: NONE, avx2: NONE, avx512: NONE),
 ];
 
+/// A kernel that exists only on aarch64 (`None` elsewhere).
+macro_rules! arm {
+    ($($path:tt)*) => {{
+        #[cfg(target_arch = "aarch64")]
+        let k = Some(crate::kernels::$($path)* as _);
+        #[cfg(not(target_arch = "aarch64"))]
+        let k = None;
+        k
+    }};
+}
+
+/// The aarch64 column of [`FORMATS`] (kept apart from the x86 columns so the
+/// two are edited independently; `entry!` reads it).
+const fn neon_kernels(ty: GgmlType) -> Neon {
+    /// plain dot; sdot dot; GEMMs: plain, sdot, smmla.
+    const fn tiers(
+        dot: Option<DotFn>,
+        dot_dp: Option<DotFn>,
+        gemm: Option<GemmFn>,
+        gemm_mm: Option<GemmFn>,
+    ) -> Neon {
+        Neon {
+            plain: Kernels { dot, gemm },
+            dotprod: Kernels {
+                dot: dot_dp,
+                gemm: None,
+            },
+            i8mm: Kernels {
+                dot: None,
+                gemm: gemm_mm,
+            },
+        }
+    }
+    use GgmlType::*;
+    match ty {
+        F32 => tiers(
+            arm!(neon::dot_f32_f32),
+            None,
+            arm!(neon_float_gemm::gemm_f32),
+            None,
+        ),
+        F16 => tiers(
+            arm!(neon::dot_f16_f32),
+            None,
+            arm!(neon_float_gemm::gemm_f16),
+            None,
+        ),
+        BF16 => tiers(
+            arm!(neon::dot_bf16_f32),
+            None,
+            arm!(neon_float_gemm::gemm_bf16),
+            None,
+        ),
+        Q4_0 => tiers(
+            arm!(neon::dot_q4_0_q8_0),
+            arm!(neon::dot_q4_0_q8_0_dotprod),
+            None,
+            arm!(neon::gemm_q4_0_q8_0_i8mm),
+        ),
+        Q4_1 => tiers(
+            arm!(neon::dot_q4_1_q8_1),
+            arm!(neon::dot_q4_1_q8_1_dotprod),
+            None,
+            arm!(neon::gemm_q4_1_q8_1_i8mm),
+        ),
+        Q5_0 => tiers(
+            arm!(neon::dot_q5_0_q8_0),
+            arm!(neon::dot_q5_0_q8_0_dotprod),
+            None,
+            arm!(neon::gemm_q5_0_q8_0_i8mm),
+        ),
+        Q5_1 => tiers(
+            arm!(neon::dot_q5_1_q8_1),
+            arm!(neon::dot_q5_1_q8_1_dotprod),
+            None,
+            arm!(neon::gemm_q5_1_q8_1_i8mm),
+        ),
+        Q8_0 => tiers(
+            arm!(neon::dot_q8_0_q8_0),
+            arm!(neon::dot_q8_0_q8_0_dotprod),
+            None,
+            arm!(neon::gemm_q8_0_q8_0_i8mm),
+        ),
+        Q4_K => tiers(
+            arm!(neon_kquant::dot_q4_k_q8_k),
+            arm!(neon_kquant::dot_q4_k_q8_k_dotprod),
+            None,
+            None,
+        ),
+        Q5_K => tiers(
+            arm!(neon_kquant::dot_q5_k_q8_k),
+            arm!(neon_kquant::dot_q5_k_q8_k_dotprod),
+            None,
+            None,
+        ),
+        Q6_K => tiers(
+            arm!(neon_kquant::dot_q6_k_q8_k),
+            arm!(neon_kquant::dot_q6_k_q8_k_dotprod),
+            None,
+            None,
+        ),
+        _ => tiers(None, None, None, None),
+    }
+}
+
 /// The entry of `ty`, if pocketvl handles it.
 pub fn format(ty: GgmlType) -> Option<&'static Format> {
     FORMATS.iter().find(|f| f.ty == ty)
@@ -179,7 +295,7 @@ mod tests {
                 assert!(act.is_some(), "{ty}: activation type without a quantizer");
             }
             // Every SIMD kernel has a scalar twin; a GEMM comes with a dot.
-            for k in [f.avx2, f.avx512, f.neon] {
+            for k in [f.avx2, f.avx512, f.neon.plain, f.neon.dotprod, f.neon.i8mm] {
                 assert!(k.dot.is_none() || f.scalar.dot.is_some(), "{ty}");
                 assert!(k.gemm.is_none() || f.scalar.dot.is_some(), "{ty}");
             }

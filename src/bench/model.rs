@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::bench::{peak, rss};
+use crate::experts::{ExpertOptions, ExpertStats};
 use crate::generate::{GenerateParams, Session};
 use crate::image_io::RgbImage;
 use crate::loader::ModelFile;
@@ -45,6 +46,8 @@ pub struct ModelBenchOptions {
     pub reps: usize,
     /// Print progress on stderr.
     pub progress: bool,
+    /// The expert store (`--mem-budget` and the paging flags).
+    pub experts: ExpertOptions,
 }
 
 /// Median and range of one measurement over the repetitions.
@@ -106,6 +109,8 @@ pub struct ModelBenchResult {
     /// decode_tok_s ÷ decode_roofline_tok_s.
     pub decode_fraction_of_roofline: Option<f64>,
     pub spread: SpreadTable,
+    /// The expert store's counters over the whole benchmark (warm-up included).
+    pub expert_stats: Option<ExpertStats>,
 }
 
 /// Every repeated measurement's median and range.
@@ -180,8 +185,8 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     };
     let file =
         ModelFile::open(&o.model).with_context(|| format!("opening {}", o.model.display()))?;
-    let mut model =
-        LanguageModel::load(&file).with_context(|| format!("loading {}", o.model.display()))?;
+    let mut model = LanguageModel::load_with(&file, &o.experts)
+        .with_context(|| format!("loading {}", o.model.display()))?;
     let n_ctx = model.hp.n_ctx;
     if o.n_prompt > n_ctx || o.n_gen > n_ctx {
         return Err(ModelBenchError::Args(format!(
@@ -264,6 +269,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         say(&format!("rep {}/{} done", rep + 1, o.reps));
     }
     let peak_rss = rss::status_field("VmHWM").or_else(rss::max_rss_bytes);
+    let expert_stats = session.model.experts().stats();
     drop(session);
 
     say("rooflines: memory bandwidth, FMA peak");
@@ -301,6 +307,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         decode_roofline_tok_s,
         decode_fraction_of_roofline: decode_tok_s.map(|d| d / decode_roofline_tok_s),
         spread,
+        expert_stats: Some(expert_stats),
     })
 }
 

@@ -53,6 +53,8 @@ pub struct BenchModelArgs {
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub experts: super::expert_args::ExpertArgs,
 }
 
 /// Arguments of `pocketvl bench convert`.
@@ -108,10 +110,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 n_gen: a.n_gen,
                 reps: a.reps,
                 progress: true,
+                experts: a.experts.options(),
             };
-            let r =
+            let mut r =
                 bench_model(&opts).with_context(|| format!("bench model {}", a.model.display()))?;
             print!("{}", r.report());
+            r.expert_stats = r.expert_stats.take().and_then(|s| a.experts.report(s));
             if a.json {
                 println!("{}", r.json_line());
             }

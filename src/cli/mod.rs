@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod convert;
+pub mod expert_args;
 pub mod inspect;
 pub mod run;
 pub mod synth;

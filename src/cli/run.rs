@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use rayon::ThreadPool;
 
+use crate::experts::ExpertStats;
 use crate::generate::{GenerateParams, Generation, Session};
 use crate::grounding::{draw_boxes, ground, BoxRecord, PixelBox};
 use crate::image_io::{load_rgb, RgbImage};
@@ -90,6 +91,8 @@ pub struct RunArgs {
     /// Dump named intermediates as .npy files into this directory.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    #[command(flatten)]
+    pub experts: super::expert_args::ExpertArgs,
 }
 
 /// Runs the subcommand.
@@ -120,8 +123,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("model file {} does not exist", args.model.display());
     }
     let file = ModelFile::open(&args.model)?;
-    let mut model =
-        LanguageModel::load(&file).with_context(|| format!("loading {}", args.model.display()))?;
+    let mut model = LanguageModel::load_with(&file, &args.experts.options())
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = Tokenizer::from_model_file(&file)?;
     model.set_thread_pool(pool.clone());
     if let Some(n) = args.ctx {
@@ -177,8 +180,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let (Some(out), Some(last)) = (&args.draw_boxes, images.last()) {
         draw_on(last, &boxes, out)?;
     }
+    let stats = args.experts.report(session.model.experts().stats());
     if args.json {
-        println!("{}", json_line(&ids, &g, load_ms, &enc, &boxes));
+        println!("{}", json_line(&ids, &g, load_ms, &enc, &boxes, stats));
     }
     if let Some(e) = session.model.trace.error() {
         eprintln!("warning: trace: {e}");
@@ -503,6 +507,7 @@ fn json_line(
     load_ms: f64,
     enc: &EncodedImages,
     boxes: &[(String, PixelBox)],
+    expert_stats: Option<ExpertStats>,
 ) -> String {
     let sizes: Vec<[u32; 2]> = enc
         .layouts
@@ -525,7 +530,8 @@ fn json_line(
             "prefill_ms": g.timings.prefill_ms,
             "prefill_tok_s": g.timings.prefill_tok_s(),
             "decode_tok_s": g.timings.decode_tok_s(),
-        }
+        },
+        "expert_stats": expert_stats,
     })
     .to_string()
 }

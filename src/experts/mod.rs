@@ -1,12 +1,24 @@
 //! The expert store: where the routed experts' weights live.
 //!
-//! The MoE layer asks the store for expert `e` of layer `il` and gets the
-//! three matrices as [`MatView`]s. Today's [`MmapExperts`] hands out
-//! zero-copy slices of the mapped 3-D `ffn_*_exps` tensors (the OS pages them
-//! in on demand). A store that keeps only a memory budget of experts resident
-//! (reading, prefetching, evicting) implements the same [`ExpertStore`] trait
-//! and returns [`ExpertBytes::Resident`] buffers instead; the model does not
-//! change.
+//! The MoE layer tells the store which experts its router picked
+//! ([`ExpertStore::prefetch`]), then asks for expert `e` of layer `il` and
+//! gets the three matrices as [`MatView`]s. Two stores, chosen at load time
+//! by [`open`]:
+//! - [`MmapExperts`] (no budget): zero-copy slices of the mapped 3-D
+//!   `ffn_*_exps` tensors; the OS pages them in on demand.
+//! - [`PagedExperts`] (`--mem-budget`): the expert bytes are never touched
+//!   through the mapping; a cache of owned copies read with `pread`
+//!   (`O_DIRECT` by default) holds what the budget leaves after the pinned
+//!   dense and attention weights, evicting by policy and prefetching on
+//!   reader threads. It returns [`ExpertBytes::Resident`] buffers; the model
+//!   does not change and its output bits do not either.
+
+mod madvise;
+mod options;
+mod paged;
+mod policy;
+mod slab;
+mod stats;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,8 +26,15 @@ use std::sync::Arc;
 use quant::GgmlType;
 use thiserror::Error;
 
-use crate::loader::Weight;
+use crate::loader::{ModelFile, Weight};
 use crate::ops::MatView;
+
+pub use options::{
+    human, parse_size, CachePolicy, ExpertIo, ExpertOptions, Prefetch, DEFAULT_READERS,
+};
+pub use paged::PagedExperts;
+pub use slab::Slab;
+pub use stats::ExpertStats;
 
 /// A request the store cannot serve.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,20 +47,43 @@ pub enum ExpertError {
         expert: usize,
         n_expert: usize,
     },
+    #[error("cannot read expert {expert} of layer {layer}: {why}")]
+    Read {
+        layer: usize,
+        expert: usize,
+        why: String,
+    },
+    #[error("cannot open {path} for expert reads: {why}")]
+    Open { path: String, why: String },
+    #[error(
+        "--mem-budget {} is too small for this model: the minimum is {} ({minimum} bytes: \
+         {} of dense, attention, embedding and output weights pinned, plus the {n_used} \
+         routed experts one token uses in one layer)",
+        human(*budget), human(*minimum), human(*pinned)
+    )]
+    BudgetTooSmall {
+        budget: u64,
+        minimum: u64,
+        pinned: u64,
+        n_used: usize,
+    },
+    #[error("cannot start the expert reader threads: {0}")]
+    Threads(String),
 }
 
-/// Bytes of one expert matrix: borrowed from the mapping or owned by a cache.
+/// Bytes of one expert matrix: borrowed from the mapping or owned by a cache
+/// (the `Arc` keeps an expert in use safe from eviction).
 #[derive(Clone, Debug)]
 pub enum ExpertBytes<'a> {
     Mapped(&'a [u8]),
-    Resident(Arc<[u8]>),
+    Resident(Arc<Slab>),
 }
 
 impl ExpertBytes<'_> {
     fn as_slice(&self) -> &[u8] {
         match self {
             ExpertBytes::Mapped(b) => b,
-            ExpertBytes::Resident(b) => b,
+            ExpertBytes::Resident(b) => b.as_slice(),
         }
     }
 }
@@ -90,9 +132,58 @@ impl Expert<'_> {
 pub trait ExpertStore: Send + Sync {
     /// Expert `expert` of layer `layer`.
     fn expert(&self, layer: usize, expert: usize) -> Result<Expert<'_>, ExpertError>;
-    /// How often each expert of each layer was fetched (`[layer][expert]`),
-    /// for residency policies and `--stats`.
-    fn usage(&self) -> Vec<Vec<u64>>;
+    /// The experts of `layer` the router just picked, ascending (the order
+    /// the layer fetches them in): a store may start loading them.
+    fn prefetch(&self, _layer: usize, _experts: &[usize]) {}
+    /// What the store did so far (`--stats`).
+    fn stats(&self) -> ExpertStats;
+}
+
+/// The store for `stacks` (indexed by layer, `None` for dense layers) that
+/// `opts` asks for: plain mmap without a budget, else the paging store,
+/// which fails with the minimum if the budget cannot hold the pinned weights
+/// and one token's experts of a layer (`n_used`).
+pub fn open(
+    file: &ModelFile,
+    stacks: Vec<Option<LayerExperts>>,
+    n_used: usize,
+    opts: &ExpertOptions,
+) -> Result<Box<dyn ExpertStore>, ExpertError> {
+    Ok(match opts.budget {
+        None => Box::new(MmapExperts::new(stacks)),
+        Some(_) => Box::new(PagedExperts::open(file, stacks, n_used, opts)?),
+    })
+}
+
+/// Fetches per expert, `[layer][expert]`, counted by every store.
+#[derive(Debug)]
+struct Usage(Vec<Vec<AtomicU64>>);
+
+impl Usage {
+    fn new(layers: &[Option<LayerExperts>]) -> Usage {
+        Usage(
+            layers
+                .iter()
+                .map(|l| {
+                    let n = l.as_ref().map_or(0, LayerExperts::n_expert);
+                    (0..n).map(|_| AtomicU64::new(0)).collect()
+                })
+                .collect(),
+        )
+    }
+
+    fn count(&self, layer: usize, expert: usize) {
+        if let Some(c) = self.0.get(layer).and_then(|c| c.get(expert)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Vec<u64>> {
+        self.0
+            .iter()
+            .map(|l| l.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+            .collect()
+    }
 }
 
 /// The stacked expert tensors of one MoE layer: ggml ne `[D, F, E]` for gate
@@ -104,28 +195,57 @@ pub struct LayerExperts {
     pub down: Weight,
 }
 
+impl LayerExperts {
+    /// `(n_embd, n_ff, n_expert)` from the gate stack.
+    fn dims(&self) -> (usize, usize, usize) {
+        let dim = |i: usize| self.gate.ne().get(i).copied().unwrap_or(0) as usize;
+        (dim(0), dim(1), dim(2))
+    }
+
+    fn n_expert(&self) -> usize {
+        self.dims().2
+    }
+
+    /// Types of gate, up, down.
+    fn types(&self) -> [GgmlType; 3] {
+        [self.gate.ty(), self.up.ty(), self.down.ty()]
+    }
+
+    /// The layer's stack or the error for `(layer, expert)`.
+    fn checked(
+        layers: &[Option<LayerExperts>],
+        layer: usize,
+        expert: usize,
+    ) -> Result<&LayerExperts, ExpertError> {
+        let l = layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .ok_or(ExpertError::NoLayer { layer })?;
+        let n_expert = l.n_expert();
+        if expert >= n_expert {
+            return Err(ExpertError::NoExpert {
+                layer,
+                expert,
+                n_expert,
+            });
+        }
+        Ok(l)
+    }
+}
+
 /// Zero-copy store over the mapped file.
 #[derive(Debug)]
 pub struct MmapExperts {
     /// Indexed by layer; `None` for dense layers.
     layers: Vec<Option<LayerExperts>>,
-    counts: Vec<Vec<AtomicU64>>,
+    usage: Usage,
 }
 
 impl MmapExperts {
     /// A store over the given per-layer stacks.
     pub fn new(layers: Vec<Option<LayerExperts>>) -> MmapExperts {
-        let counts = layers
-            .iter()
-            .map(|l| {
-                let n = l
-                    .as_ref()
-                    .map(|l| l.gate.ne().get(2).copied().unwrap_or(0) as usize)
-                    .unwrap_or(0);
-                (0..n).map(|_| AtomicU64::new(0)).collect()
-            })
-            .collect();
-        MmapExperts { layers, counts }
+        let usage = Usage::new(&layers);
+        MmapExperts { layers, usage }
     }
 }
 
@@ -138,38 +258,27 @@ fn slice(w: &Weight, e: usize) -> &[u8] {
 
 impl ExpertStore for MmapExperts {
     fn expert(&self, layer: usize, expert: usize) -> Result<Expert<'_>, ExpertError> {
-        let l = self
-            .layers
-            .get(layer)
-            .and_then(Option::as_ref)
-            .ok_or(ExpertError::NoLayer { layer })?;
-        let dim = |i: usize| l.gate.ne().get(i).copied().unwrap_or(0) as usize;
-        let (n_embd, n_ff, n_expert) = (dim(0), dim(1), dim(2));
-        if expert >= n_expert {
-            return Err(ExpertError::NoExpert {
-                layer,
-                expert,
-                n_expert,
-            });
-        }
-        if let Some(c) = self.counts.get(layer).and_then(|c| c.get(expert)) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
+        let l = LayerExperts::checked(&self.layers, layer, expert)?;
+        let (n_embd, n_ff, _) = l.dims();
+        self.usage.count(layer, expert);
         Ok(Expert {
             n_embd,
             n_ff,
-            types: [l.gate.ty(), l.up.ty(), l.down.ty()],
+            types: l.types(),
             gate: ExpertBytes::Mapped(slice(&l.gate, expert)),
             up: ExpertBytes::Mapped(slice(&l.up, expert)),
             down: ExpertBytes::Mapped(slice(&l.down, expert)),
         })
     }
 
-    fn usage(&self) -> Vec<Vec<u64>> {
-        self.counts
-            .iter()
-            .map(|l| l.iter().map(|c| c.load(Ordering::Relaxed)).collect())
-            .collect()
+    fn stats(&self) -> ExpertStats {
+        let popularity = self.usage.snapshot();
+        ExpertStats {
+            store: "mmap",
+            requests: popularity.iter().flatten().sum(),
+            popularity,
+            ..ExpertStats::default()
+        }
     }
 }
 
@@ -206,6 +315,6 @@ mod tests {
             store.expert(1, 5),
             Err(ExpertError::NoExpert { .. })
         ));
-        assert_eq!(store.usage()[1][2], 1);
+        assert_eq!(store.stats().popularity[1][2], 1);
     }
 }

@@ -79,6 +79,18 @@ impl Weight {
         }
     }
 
+    /// Where the bytes start in the model file (`None` for in-memory weights):
+    /// what a store that reads instead of mapping needs.
+    pub fn file_offset(&self) -> Option<u64> {
+        match &*self.inner {
+            Storage::Mapped { file, index } => {
+                let g = file.gguf();
+                Some(g.data_offset() + g.tensors()[*index].offset)
+            }
+            Storage::Owned { .. } => None,
+        }
+    }
+
     /// The tensor as a matrix of `ne[0]`-element rows (all higher dims
     /// flattened into rows).
     pub fn view(&self) -> MatView<'_> {

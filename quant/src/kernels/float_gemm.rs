@@ -17,9 +17,9 @@
 //!
 //! Below [`MIN_TOKENS`] tokens packing costs more than it saves and the calls go to the
 //! tier's dot kernels instead. The ISA-specific parts (widening, microkernels) live in
-//! `float_gemm_avx2.rs` and `float_gemm_avx512.rs`.
+//! `float_gemm_avx2.rs`, `float_gemm_avx512.rs` and `neon_float_gemm.rs`.
 
-#![cfg(target_arch = "x86_64")]
+#![cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 
 use super::{gemm_by_dots, DotFn};
 

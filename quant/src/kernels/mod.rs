@@ -10,7 +10,7 @@
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod float_gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod float_gemm_avx2;
@@ -20,6 +20,12 @@ pub(crate) mod float_gemm_avx512;
 pub(crate) mod kquant_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod kquant_avx512;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_float_gemm;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_kquant;
 #[cfg(target_arch = "x86_64")]
 mod q0_x86;
 pub mod scalar;
@@ -94,6 +100,37 @@ impl KernelTable {
         KernelTable::build("avx512-vnni", &[|f| f.scalar, |f| f.avx2, |f| f.avx512])
     }
 
+    /// The scalar table with the plain NEON kernels swapped in (every aarch64 CPU).
+    #[cfg(target_arch = "aarch64")]
+    fn neon() -> KernelTable {
+        KernelTable::build("neon", &[|f| f.scalar, |f| f.neon.plain])
+    }
+
+    /// The NEON table with the `sdot` kernels swapped in. Only call after
+    /// `neon::has_dotprod()`.
+    #[cfg(target_arch = "aarch64")]
+    fn neon_dotprod() -> KernelTable {
+        KernelTable::build(
+            "neon-dotprod",
+            &[|f| f.scalar, |f| f.neon.plain, |f| f.neon.dotprod],
+        )
+    }
+
+    /// The `sdot` table with the `smmla` GEMMs swapped in. Only call after
+    /// `neon::has_dotprod()` and `neon::has_i8mm()`.
+    #[cfg(target_arch = "aarch64")]
+    fn neon_i8mm() -> KernelTable {
+        KernelTable::build(
+            "neon-i8mm",
+            &[
+                |f| f.scalar,
+                |f| f.neon.plain,
+                |f| f.neon.dotprod,
+                |f| f.neon.i8mm,
+            ],
+        )
+    }
+
     /// The kernel for weight type `ty`, if there is one.
     #[inline]
     pub fn get(&self, ty: GgmlType) -> Option<DotFn> {
@@ -115,7 +152,8 @@ fn force_scalar() -> bool {
 }
 
 /// Picks the best table for this CPU: the scalar reference table, with the
-/// AVX2 kernels swapped in where the CPU has AVX2 + FMA + F16C.
+/// AVX2 (+ AVX-512) kernels swapped in where the CPU has them; on aarch64 the
+/// NEON table, with `sdot` (+ `smmla`) where the CPU has them.
 fn select() -> KernelTable {
     if force_scalar() {
         return KernelTable::scalar();
@@ -128,7 +166,8 @@ fn select() -> KernelTable {
     if avx2::detected() {
         return KernelTable::avx2();
     }
-    KernelTable::scalar()
+    // Elsewhere the best of this CPU's tiers (aarch64: NEON, sdot, smmla).
+    tiers().pop().unwrap_or_else(KernelTable::scalar)
 }
 
 /// Every tier this CPU runs, scalar first and the one [`table`] would pick
@@ -142,6 +181,16 @@ pub fn tiers() -> Vec<KernelTable> {
         tiers.push(KernelTable::avx2());
         if avx512::detected() {
             tiers.push(KernelTable::avx512());
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        tiers.push(KernelTable::neon());
+        if neon::has_dotprod() {
+            tiers.push(KernelTable::neon_dotprod());
+            if neon::has_i8mm() {
+                tiers.push(KernelTable::neon_i8mm());
+            }
         }
     }
     tiers

@@ -27,6 +27,20 @@ fn simd_tiers() -> Vec<KernelTable> {
             println!("skipped: avx2 and avx512 tiers (CPU lacks AVX2/FMA/F16C)");
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        tiers.push(KernelTable::neon());
+        if neon::has_dotprod() {
+            tiers.push(KernelTable::neon_dotprod());
+            if neon::has_i8mm() {
+                tiers.push(KernelTable::neon_i8mm());
+            } else {
+                println!("skipped: neon-i8mm tier (CPU lacks FEAT_I8MM)");
+            }
+        } else {
+            println!("skipped: neon-dotprod and neon-i8mm tiers (CPU lacks FEAT_DotProd)");
+        }
+    }
     if tiers.is_empty() {
         println!("skipped: no SIMD tier on this CPU");
     }

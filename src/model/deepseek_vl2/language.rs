@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use super::attention::{AttnScratch, MhaWeights, MlaWeights, QProj};
 use super::moe::{moe_forward, Mlp, MoeScratch, MoeWeights, RouterConfig};
-use crate::experts::{ExpertError, ExpertStore, LayerExperts, MmapExperts};
+use crate::experts::{ExpertError, ExpertOptions, ExpertStore, LayerExperts};
 use crate::kv_cache::KvCache;
 use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Weight};
 use crate::ops::{matmul, rms_norm, row_to_f32, Rope, RopeLayout};
@@ -120,6 +120,15 @@ impl LanguageModel {
     /// Builds the model from `file`: every tensor fetched by name with its
     /// expected shape, and every tensor of the file must be used.
     pub fn load(file: &ModelFile) -> Result<LanguageModel, ModelError> {
+        Self::load_with(file, &ExpertOptions::default())
+    }
+
+    /// [`LanguageModel::load`] with the expert store `experts` asks for
+    /// (plain mmap, or paging under `--mem-budget`).
+    pub fn load_with(
+        file: &ModelFile,
+        experts: &ExpertOptions,
+    ) -> Result<LanguageModel, ModelError> {
         let hp = LmHparams::from_file(file)?;
         let d = u(hp.n_embd);
         let v = u(hp.n_vocab);
@@ -240,13 +249,14 @@ impl LanguageModel {
             stacks.push(stack);
         }
         file.check_all_used()?;
+        let store = crate::experts::open(file, stacks, hp.n_expert_used, experts)?;
         Ok(Self::assemble(
             hp,
             token_embd,
             layers,
             output_norm,
             output,
-            Box::new(MmapExperts::new(stacks)),
+            store,
         ))
     }
 

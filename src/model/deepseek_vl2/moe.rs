@@ -182,6 +182,11 @@ pub fn moe_forward(
         routing.ids.push(ids);
         routing.weights.push(weights);
     }
+    // The picked experts, ascending (the order they are fetched in).
+    let picked: Vec<usize> = (0..e_count)
+        .filter(|&e| !sc.assigned[e].is_empty())
+        .collect();
+    store.prefetch(layer, &picked);
     if n == 1 {
         // Ascending expert id, shared last: the summation order of the batch path.
         let mut jobs = Vec::with_capacity(cfg.n_used + 1);
