@@ -136,8 +136,12 @@ for f in "$@"; do
         rc=0
         case "$r" in
             llama)
+                # --repack 0: by default the CPU backend copies Q4_0/Q8_0 weights into
+                # anonymous repacked buffers (the whole file, not pageable), which a limit
+                # below the file size kills at load (measured: status 137); without repack
+                # the weights stay in the mapping, llama.cpp's paging-friendly mode.
                 in_cgroup "$LLAMA_BENCH" -m "$f" -t "$THREADS" -p "$N_PROMPT" -n "$N_GEN" \
-                    -r "$REPS" -o json || rc=$?
+                    -r "$REPS" -lm mmap --repack 0 -o json || rc=$?
                 ;;
             mmap)
                 in_cgroup "$POCKETVL" bench model -m "$f" -t "$THREADS" -p "$N_PROMPT" \
