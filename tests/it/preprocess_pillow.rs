@@ -12,7 +12,7 @@ use pocketvl::model::deepseek_vl2::preprocess::pad;
 use pocketvl::model::deepseek_vl2::resample::resize_bicubic;
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::python;
 
 /// Runs one oracle command into a fresh temporary directory; returns it and the case list.
@@ -131,11 +131,50 @@ fn decoding_matches_pil_convert_rgb() {
             "{name} (PIL mode {}): {n} bytes differ, max {m}",
             c["pil_mode"]
         );
-        // JPEG: a different IDCT/upsampler (zune-jpeg vs libjpeg-turbo) may move samples by a
-        // few levels on this worst-case noise image; lossless formats must be exact.
-        let limit = if c["lossy"].as_bool().unwrap() { 8 } else { 0 };
+        // JPEG is decoded by Pillow's own libjpeg-turbo: exact, like the lossless formats.
+        // Lossy WebP keeps its bound (a different decoder).
+        let is_jpeg = c["file"].as_str().unwrap().ends_with(".jpg");
+        let limit = if c["lossy"].as_bool().unwrap() && !is_jpeg {
+            8
+        } else {
+            0
+        };
         if m > limit {
             failures.push(format!("{name}: {n} bytes differ, max {m} > {limit}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// JPEGs made by Pillow in every layout libjpeg-turbo decodes differently (baseline,
+/// progressive, 4:4:4 / 4:2:2 / 4:2:0, grey, restart markers, CMYK, sizes off the MCU grid,
+/// smooth and noise content) decode to exactly PIL's `convert("RGB")` bytes.
+#[test]
+fn jpeg_decoding_matches_pillow_byte_for_byte() {
+    let Some(py) = python() else { return };
+    let (dir, cases) = oracle(&py, "jpegs", &[]);
+    assert!(cases.len() >= 80, "the oracle made {} JPEGs", cases.len());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let name = c["name"].as_str().unwrap();
+        let file = dir.path().join(c["file"].as_str().unwrap());
+        let (w, h) = (c["w"].as_u64().unwrap(), c["h"].as_u64().unwrap());
+        let want = raw(dir.path(), &format!("{name}.rgb"), w, h);
+        match decode_rgb(&std::fs::read(&file).unwrap(), false) {
+            Ok(got) if (got.width(), got.height()) != (w as u32, h as u32) => {
+                failures.push(format!(
+                    "{name}: {}x{} instead of {w}x{h}",
+                    got.width(),
+                    got.height()
+                ))
+            }
+            Ok(got) => {
+                let (n, m) = diff_count(&got, &want);
+                if n != 0 {
+                    failures.push(format!("{name}: {n} bytes differ, max {m}"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -172,6 +211,7 @@ fn fixture_images_through_pil_decoding_give_golden_tiles() {
             f.display(),
             pil.as_raw().len()
         );
+        assert_eq!(n, 0, "{}: our pixels must be PIL's", f.display());
     }
     let decoded: Vec<RgbImage> = cases
         .iter()
@@ -201,5 +241,4 @@ fn fixture_images_through_pil_decoding_give_golden_tiles() {
     );
 }
 
-#[path = "preprocess_common/mod.rs"]
-mod fixture_tiles;
+use crate::preprocess_common as fixture_tiles;

@@ -2,9 +2,6 @@
 //! `preprocess` and compare with the oracle (cases.json metadata exactly, tile pixels with
 //! `tests/fixtures/preprocess/pixels.safetensors` through `<case>.tile_index`).
 
-// Each test crate that includes this module uses a different part of it.
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 
 use convert::safetensors::SafeTensorsFile;

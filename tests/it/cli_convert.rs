@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-mod common;
+use crate::common;
 use common::s;
 
 fn fixture(name: &str) -> PathBuf {
@@ -262,4 +262,85 @@ fn existing_output_needs_force() {
     let o = pocketvl(&["convert", s(&fixture("tiny-mha")), "-o", s(&out), "--force"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_ne!(std::fs::read(&out).unwrap(), b"old");
+}
+
+/// The official processor takes BOS/EOS from the tokenizer and runs whatever config.json says;
+/// so does convert, with a warning: the file is the one the consistent checkpoint gives.
+#[test]
+fn config_ids_disagreeing_with_the_tokenizer_follow_the_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    copy_fixture("tiny-mha", &hf);
+    edit_config(&hf, |j| {
+        j["language_config"]["bos_token_id"] = 5.into();
+        j["language_config"]["eos_token_id"] = 7.into();
+    });
+    let mismatched = dir.path().join("mismatched.gguf");
+    let o = pocketvl(&["convert", s(&hf), "-o", s(&mismatched), "--quant", "f32"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    for line in [
+        "warning: BOS '<｜begin▁of▁sentence｜>' has id 0 in the tokenizer but 5 in config.json; \
+         using the tokenizer's 0, as the reference's processor does",
+        "warning: EOS '<｜end▁of▁sentence｜>' has id 1 in the tokenizer but 7 in config.json; \
+         using the tokenizer's 1, as the reference's processor does",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l == line),
+            "{line}\nnot in:\n{stderr}"
+        );
+    }
+    let consistent = dir.path().join("consistent.gguf");
+    let o = pocketvl(&[
+        "convert",
+        s(&fixture("tiny-mha")),
+        "-o",
+        s(&consistent),
+        "--quant",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::read(&mismatched).unwrap() == std::fs::read(&consistent).unwrap(),
+        "the mismatched checkpoint must convert to the consistent one's file"
+    );
+    let o = pocketvl(&[
+        "run",
+        "-m",
+        s(&mismatched),
+        "-p",
+        "Hello",
+        "-n",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// An unknown variant converts with the recipe asked for, and the warning names that recipe.
+#[test]
+fn unknown_variant_warning_names_the_recipe_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = fixture("tiny-mha");
+    let unknown = "warning: hyper-parameters match no known variant in models.toml (hidden 64, \
+                   layers 3); converting anyway";
+    for (extra, tail) in [
+        (vec!["--quant", "f32"], "with --quant 'f32'"),
+        (
+            vec![],
+            "with the default recipe for unknown variants 'q8_0'",
+        ),
+    ] {
+        let out = dir.path().join(format!("m{}.gguf", extra.len()));
+        let mut args = vec!["convert", s(&hf), "-o", s(&out)];
+        args.extend(extra);
+        let o = pocketvl(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        let line = format!("{unknown} {tail}");
+        assert!(
+            stderr.lines().any(|l| l == line),
+            "{line}\nnot in:\n{stderr}"
+        );
+    }
 }

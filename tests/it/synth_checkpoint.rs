@@ -11,7 +11,7 @@ use pocketvl::synth::{
     self, tensor_list, HeaderEntry, ModelSpec, SafetensorsWriter, StDtype, SynthOptions, Variant,
 };
 
-mod common;
+use crate::common;
 use common::python;
 
 /// Tiny's structure (MHA, dense layer 0, MoE after) at fixture-like widths.

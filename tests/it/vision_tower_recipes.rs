@@ -6,7 +6,7 @@
 //! image-embeds max |diff|, last-position logits max |diff| and greedy agreement (16 tokens
 //! per case) against the golden outputs.
 //!
-//! Run: `cargo test --release --test vision_tower_recipes -- --ignored --nocapture`.
+//! Run: `cargo test --release --test it vision_tower_recipes:: -- --ignored --nocapture`.
 
 use convert::mapping::Role as TensorRole;
 use convert::write::{convert, mmproj_path, ConvertOptions};
@@ -22,7 +22,7 @@ use pocketvl::tokenizer::Tokenizer;
 use quant::GgmlType;
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::{fixture, golden_tiles, max_abs, messages, Golden};
 
 fn measure(fx: &str, vty: GgmlType) {

@@ -11,7 +11,7 @@
 //! The llama.cpp build takes 15-20 minutes, so these tests run only where it exists:
 //! `scripts/llamacpp-interop.sh --build-only` builds it (and our `scripts/llamacpp_logits.c`
 //! tool) under `target/llamacpp`, or `POCKETVL_LLAMACPP_LOGITS` names the tool. Otherwise each
-//! test prints a "skipped:" line and passes. They also need `POCKETVL_PYTHON` (numpy + gguf).
+//! test reports itself skipped (a failure under `CI=true`; tests/support/prereq.rs). They also need `POCKETVL_PYTHON` (numpy + gguf).
 //!
 //! llama.cpp runs with flash attention off and an f32 KV cache (`--no-fa --kv-f32`): its
 //! defaults (f16 KV cache, f16 flash attention) move the last-position logits by ~5e-3 on these
@@ -41,17 +41,14 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
             .join("bin/pocketvl-llamacpp-logits"),
     };
     if !tool.is_file() {
-        println!(
-            "skipped: llama.cpp logits tool not found at {} (run scripts/llamacpp-interop.sh \
+        crate::prereq::skip(&format!(
+            "llama.cpp logits tool not found at {} (run scripts/llamacpp-interop.sh \
              --build-only or set POCKETVL_LLAMACPP_LOGITS)",
             tool.display()
-        );
+        ));
         return None;
     }
-    let Some(python) = std::env::var_os("POCKETVL_PYTHON") else {
-        println!("skipped: POCKETVL_PYTHON not set");
-        return None;
-    };
+    let python = crate::prereq::python()?;
     Some((tool, PathBuf::from(python)))
 }
 

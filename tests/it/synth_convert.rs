@@ -10,7 +10,7 @@ use pocketvl::bench::convert::{bench_convert, shard_files, ConvertBenchOptions};
 use pocketvl::synth::{self, ModelSpec, SynthOptions, Variant};
 use quant::gguf::GgufFile;
 
-mod common;
+use crate::common;
 
 fn synthesize(spec: &ModelSpec, dir: &Path) -> synth::SynthSummary {
     let mut o = SynthOptions::new(spec.variant, dir);

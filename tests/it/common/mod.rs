@@ -2,9 +2,6 @@
 //! fixture through the converter library, reading the golden safetensors, the
 //! `POCKETVL_PYTHON` skip rule and the small comparisons the oracle tests use.
 //!
-//! Each test binary compiles this module on its own and uses only part of it, hence the
-//! module-wide `dead_code` allowance.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -113,16 +110,9 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// The Python interpreter from `POCKETVL_PYTHON`, or `None` after printing the skip line.
-pub fn python() -> Option<String> {
-    match std::env::var("POCKETVL_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            println!("skipped: POCKETVL_PYTHON not set");
-            None
-        }
-    }
-}
+/// The Python interpreter from `POCKETVL_PYTHON`, or `None` after reporting the skip
+/// (a failure under `CI=true`): see `tests/support/prereq.rs`.
+pub use crate::prereq::python;
 
 /// A path as `&str` for command-line arguments.
 pub fn s(p: &Path) -> &str {

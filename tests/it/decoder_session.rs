@@ -12,7 +12,7 @@ use pocketvl::model::deepseek_vl2::{LanguageModel, ModelError};
 use pocketvl::sampler::SamplerConfig;
 use pocketvl::tokenizer::Tokenizer;
 
-mod common;
+use crate::common;
 
 fn converted(name: &str) -> (tempfile::TempDir, PathBuf) {
     common::converted(name, "f32")

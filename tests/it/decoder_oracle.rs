@@ -21,7 +21,7 @@ use pocketvl::sampler::SamplerConfig;
 use pocketvl::tokenizer::Tokenizer;
 use pocketvl::trace::Trace;
 
-mod common;
+use crate::common;
 use common::{converted, fixture, load_json, max_abs, messages, Golden};
 
 fn image_counts(case: &serde_json::Value) -> Vec<usize> {

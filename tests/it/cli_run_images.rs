@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use convert::write::{convert, ConvertOptions};
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::{fixture, s};
 
 fn image(name: &str) -> PathBuf {

@@ -15,7 +15,7 @@ use convert::safetensors::SafeTensorsFile;
 use pocketvl::model::deepseek_vl2::prompt::build_chat;
 use pocketvl::tokenizer::Tokenizer;
 
-mod common;
+use crate::common;
 use common::{converted, fixture, load_json, messages};
 
 /// Every case's prompt ids equal the reference processor's.
@@ -110,10 +110,7 @@ pub fn python_ids(
     add_vl: bool,
     strings: &[String],
 ) -> Option<Vec<Vec<u32>>> {
-    let Ok(py) = std::env::var("POCKETVL_PYTHON") else {
-        println!("skipped: POCKETVL_PYTHON not set");
-        return None;
-    };
+    let py = crate::prereq::python()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tokenizer_ref.py");
     let mut cmd = Command::new(py);
     cmd.arg(script).arg(tokenizer_json);

@@ -338,8 +338,7 @@ fn dot_products_match_ggml_cpu_kernels() {
 /// directory and requires every file it writes to equal the committed copy.
 #[test]
 fn gguf_script_reproduces_committed_golden_files() {
-    let Ok(python) = std::env::var("POCKETVL_PYTHON") else {
-        println!("skipped: POCKETVL_PYTHON not set");
+    let Some(python) = crate::prereq::python() else {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
