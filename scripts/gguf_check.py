@@ -10,7 +10,7 @@
                                        then print DST as above; pocketvl's writer must produce
                                        the very same bytes
 
-pocketvl's tests (quant/tests/gguf_python.rs) compare this JSON with what the Rust
+pocketvl's tests (quant/tests/it/gguf_python.rs) compare this JSON with what the Rust
 reader sees, in both directions.
 
 JSON: {"version", "alignment", "data_offset",

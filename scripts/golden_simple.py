@@ -10,7 +10,7 @@ Writes into OUT_DIR:
 
 Usage: golden_simple.py OUT_DIR [GGML_DIR]   (GGML_DIR defaults to OUT_DIR)
 
-quant/tests/golden.rs re-runs this into a temporary directory and requires every
+quant/tests/it/golden.rs re-runs this into a temporary directory and requires every
 file to equal the committed copy, so the inputs must be fully deterministic.
 """
 import sys

@@ -8,6 +8,9 @@ Writes test vectors that the Rust tests compare against, byte for byte:
   modes OUT    small images encoded in many modes/formats, and PIL's
                Image.open(f).convert("RGB") bytes for each
   decode OUT FILE...  PIL's Image.open(f).convert("RGB") bytes of existing files
+  jpegs OUT    JPEGs made with Pillow in every layout its decoder has a separate path for
+               (baseline, progressive, 4:4:4 / 4:2:2 / 4:2:0, grey, restart markers, CMYK,
+               sizes off the MCU grid), and PIL's convert("RGB") bytes for each
 
 Each command writes OUT/manifest.json (a list of cases) plus raw files: *.rgb are
 interleaved 8-bit RGB, row-major, no header.
@@ -213,6 +216,57 @@ def cmd_decode(out, files):
     return cases
 
 
+def cmd_jpegs(out):
+    # Pillow's encoder cannot suspend mid-image for progressive/optimized/restart output: give
+    # it a buffer larger than any of these files ("Suspension not allowed here").
+    from PIL import ImageFile
+    ImageFile.MAXBLOCK = 1 << 24
+    rng = random.Random(11)
+    cases = []
+    sizes = [(64, 48), (37, 23), (301, 199), (17, 130)]
+    variants = [
+        ("q90_420", {"quality": 90, "subsampling": 2}),
+        ("q75_422", {"quality": 75, "subsampling": 1}),
+        ("q95_444", {"quality": 95, "subsampling": 0}),
+        ("q50_420_optimized", {"quality": 50, "subsampling": 2, "optimize": True}),
+        ("q85_420_progressive", {"quality": 85, "subsampling": 2, "progressive": True}),
+        ("q85_444_progressive", {"quality": 85, "subsampling": 0, "progressive": True}),
+        ("q80_420_restart_blocks", {"quality": 80, "subsampling": 2,
+                                    "restart_marker_blocks": 3}),
+        ("q80_422_restart_rows", {"quality": 80, "subsampling": 1, "restart_marker_rows": 1}),
+    ]
+    encoded = []
+    for (w, h) in sizes:
+        for kind in ("smooth", "noise"):
+            im = rand_image(rng, w, h, kind)
+            for vname, kw in variants:
+                encoded.append((f"{vname}_{kind}_{w}x{h}", im, kw))
+            encoded.append((f"grey_{kind}_{w}x{h}", im.convert("L"), {"quality": 85}))
+            encoded.append((f"grey_progressive_{kind}_{w}x{h}", im.convert("L"),
+                            {"quality": 85, "progressive": True}))
+            encoded.append((f"cmyk_{kind}_{w}x{h}", im.convert("CMYK"), {"quality": 90}))
+    # Recoverable corruption (libjpeg warns "Corrupt JPEG data: 2 extraneous bytes before
+    # marker 0xd9" and PIL keeps the pixels).
+    encoded.append(("extraneous_bytes_before_eoi", rand_image(rng, 40, 24, "smooth"),
+                    {"quality": 80, "_extraneous": True}))
+    for name, im, kw in encoded:
+        buf = io.BytesIO()
+        extraneous = kw.pop("_extraneous", False)
+        im.save(buf, "JPEG", **kw)
+        data = buf.getvalue()
+        if extraneous:
+            data = data[:-2] + b"\x12\x34" + data[-2:]
+        fname = name + ".jpg"
+        with open(os.path.join(out, fname), "wb") as f:
+            f.write(data)
+        src = Image.open(io.BytesIO(data))
+        mode = src.mode
+        conv = src.convert("RGB")
+        save_raw(os.path.join(out, name + ".rgb"), conv)
+        cases.append(dict(name=name, file=fname, pil_mode=mode, w=conv.width, h=conv.height))
+    return cases
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
@@ -226,6 +280,8 @@ def main():
         cases = cmd_modes(out)
     elif cmd == "decode":
         cases = cmd_decode(out, sys.argv[3:])
+    elif cmd == "jpegs":
+        cases = cmd_jpegs(out)
     else:
         sys.exit(f"unknown command {cmd}\n{__doc__}")
     with open(os.path.join(out, "manifest.json"), "w") as f:

@@ -15,4 +15,17 @@ if ! "$VENV/bin/python" -c "import gguf, numpy, tokenizers, safetensors, PIL" 2>
 fi
 export POCKETVL_PYTHON="$PWD/$VENV/bin/python"
 
-cargo test --workspace "$@"
+# Tests whose prerequisite (the venv, llama.cpp) is missing print "SKIPPED <test>: <why>" and,
+# under CI=true, fail instead (tests/support/prereq.rs); list the skips at the end so that a
+# skipped test is never mistaken for a passing one.
+mkdir -p target
+log=target/test-output.log
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+skips=$(grep -o 'SKIPPED [^ ]*: .*' "$log" || true)
+if [ -n "$skips" ]; then
+    echo
+    echo "[test.sh] $(printf '%s\n' "$skips" | wc -l) tests SKIPPED (prerequisite missing; they fail under CI=true):"
+    printf '%s\n' "$skips"
+fi
+exit "$status"

@@ -22,17 +22,19 @@
 //! Limits: dimensions are read from the header before any pixel buffer is allocated; images
 //! larger than [`MAX_SIDE`] on a side or [`MAX_PIXELS`] in total are refused.
 //!
-//! Checked against Pillow 13 (`tests/preprocess_pillow.rs`): every lossless mode above, GIF
-//! with a transparent palette index, lossy and lossless WebP and EXIF rotation are
-//! byte-identical. Known residual difference: JPEG is decoded by `zune-jpeg`, not
-//! libjpeg-turbo, so samples can differ by a few levels (IDCT and chroma-upsampling rounding;
-//! measured max 4, mean 0.08-0.16 on the fixture photos); CMYK JPEGs are converted by
-//! `zune-jpeg`'s own formula (untested against PIL).
+//! JPEG is the exception to "decode with the `image` crate": it is decoded by libjpeg-turbo,
+//! Pillow's own decoder, with Pillow's settings ([`jpeg`]), so its pixels are Pillow's exactly.
+//!
+//! Checked against Pillow 13 (`tests/it/preprocess_pillow.rs`): every lossless mode above, GIF
+//! with a transparent palette index, lossy and lossless WebP, EXIF rotation and JPEG (baseline,
+//! progressive, 4:4:4 / 4:2:2 / 4:2:0, grey, restart markers, CMYK) are byte-identical.
 
 use std::io::{BufRead, Cursor, Seek};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageReader};
+
+pub mod jpeg;
 
 /// Largest accepted width or height, in pixels.
 pub const MAX_SIDE: u32 = 16384;
@@ -71,6 +73,8 @@ pub enum ImageIoError {
         #[source]
         source: image::ImageError,
     },
+    #[error("cannot decode JPEG image: {reason}")]
+    Jpeg { reason: String },
     #[error(
         "JPEG data is truncated: no end-of-image marker after the last scan ({len} bytes); \
          PIL refuses such files (\"image file is truncated\")"
@@ -232,7 +236,8 @@ pub fn decode_rgb(bytes: &[u8], apply_exif: bool) -> Result<RgbImage, ImageIoErr
         .into_dimensions()
         .map_err(decode_err)?;
     check_dimensions(width, height)?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
+    if is_jpeg && !jpeg_is_complete(bytes) {
         return Err(ImageIoError::TruncatedJpeg { len: bytes.len() });
     }
 
@@ -242,11 +247,30 @@ pub fn decode_rgb(bytes: &[u8], apply_exif: bool) -> Result<RgbImage, ImageIoErr
     } else {
         None
     };
-    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
+    let rgb = if is_jpeg {
+        // The crate's decoder only read the header (and EXIF); the pixels come from Pillow's.
+        jpeg::decode_like_pil(bytes)?
+    } else {
+        to_rgb8_like_pil(&DynamicImage::from_decoder(decoder).map_err(decode_err)?)
+    };
+    match orientation {
+        Some(o) if o != image::metadata::Orientation::NoTransforms => Ok(oriented(rgb, o)),
+        _ => Ok(rgb),
     }
-    Ok(to_rgb8_like_pil(&img))
+}
+
+/// `rgb` turned by an EXIF orientation.
+fn oriented(rgb: RgbImage, o: image::metadata::Orientation) -> RgbImage {
+    let (w, h) = (rgb.width, rgb.height);
+    let buf = image::RgbImage::from_raw(w, h, rgb.data).expect("RgbImage holds 3*w*h bytes");
+    let mut img = DynamicImage::ImageRgb8(buf);
+    img.apply_orientation(o);
+    let out = img.into_rgb8();
+    RgbImage {
+        width: out.width(),
+        height: out.height(),
+        data: out.into_raw(),
+    }
 }
 
 fn guessed_reader<R: BufRead + Seek>(r: R, limited: bool) -> Result<ImageReader<R>, ImageIoError> {
@@ -271,8 +295,9 @@ fn guessed_reader<R: BufRead + Seek>(r: R, limited: bool) -> Result<ImageReader<
     Ok(reader)
 }
 
-/// Whether a JPEG ends its last scan with an EOI marker (`FF D9`). zune-jpeg decodes a cut-off
-/// file silently (the missing rows come out grey) where PIL raises "image file is truncated".
+/// Whether a JPEG ends its last scan with an EOI marker (`FF D9`). libjpeg-turbo decodes a
+/// cut-off file with only a warning (the missing rows come out grey); PIL's file reader then
+/// raises "image file is truncated", and so do we.
 /// Inside entropy-coded data `FF` is only followed by `00` or a restart marker, so an `FF D9`
 /// after the last SOS (`FF DA`) can only be the real end; an EXIF thumbnail's EOI lies before
 /// the main image's scans and does not count.

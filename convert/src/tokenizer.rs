@@ -43,6 +43,9 @@ pub struct TokenizerData {
     pub eos_id: u32,
     pub pad_id: u32,
     pub image_token_id: u32,
+    /// Inconsistencies the reference tolerates, to show the user (e.g. config.json's BOS id
+    /// disagreeing with the tokenizer's).
+    pub warnings: Vec<String>,
 }
 
 fn tok_err(msg: impl Into<String>) -> ConvertError {
@@ -292,16 +295,25 @@ pub fn build(
             .or_else(|| vocab.get(content).and_then(Json::as_u64).map(|v| v as u32))
             .ok_or_else(|| tok_err(format!("token '{content}' not in the tokenizer")))
     };
-    for (what, key, id) in [("BOS", "bos_token", bos_id), ("EOS", "eos_token", eos_id)] {
-        if let Some(content) = config_token(tokenizer_config, key) {
-            let found = lookup(&content)?;
-            if found != id {
-                return Err(tok_err(format!(
-                    "{what} '{content}' has id {found} in the tokenizer but {id} in config.json"
-                )));
-            }
+    // The reference's processor takes BOS/EOS from the tokenizer (`tokenizer.bos_token_id`),
+    // never from config.json, and runs whatever config.json says: so do we, with a warning.
+    // Without a token named in tokenizer_config.json, config.json's id is all there is.
+    let mut warnings = Vec::new();
+    let mut special = |what: &str, key: &str, config_id: u32| -> Result<u32> {
+        let Some(content) = config_token(tokenizer_config, key) else {
+            return Ok(config_id);
+        };
+        let found = lookup(&content)?;
+        if found != config_id {
+            warnings.push(format!(
+                "{what} '{content}' has id {found} in the tokenizer but {config_id} in \
+                 config.json; using the tokenizer's {found}, as the reference's processor does"
+            ));
         }
-    }
+        Ok(found)
+    };
+    let bos_id = special("BOS", "bos_token", bos_id)?;
+    let eos_id = special("EOS", "eos_token", eos_id)?;
     Ok(TokenizerData {
         pad_id: lookup(pad_token)?,
         image_token_id: lookup(image_token)?,
@@ -312,6 +324,7 @@ pub fn build(
         token_types: types,
         bos_id,
         eos_id,
+        warnings,
     })
 }
 

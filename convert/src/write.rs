@@ -159,17 +159,23 @@ pub fn plan(opts: &ConvertOptions) -> Result<(Checkpoint, Plan)> {
 
     let mut warnings = Vec::new();
     let variant = db.match_config(&cfg.language).map(|v| v.name.clone());
-    if variant.is_none() {
-        warnings.push(format!(
-            "hyper-parameters match no known variant in models.toml (hidden {}, layers {}); \
-             converting anyway with default recipe '{}'",
-            cfg.language.hidden_size, cfg.language.num_hidden_layers, db.unknown_default_quant
-        ));
-    }
     let recipe_name = opts
         .quant
         .clone()
         .unwrap_or_else(|| db.default_quant(&cfg.language).to_string());
+    if variant.is_none() {
+        // Name the recipe actually used: the default only when --quant was not given.
+        let how = if opts.quant.is_some() {
+            "with --quant"
+        } else {
+            "with the default recipe for unknown variants"
+        };
+        warnings.push(format!(
+            "hyper-parameters match no known variant in models.toml (hidden {}, layers {}); \
+             converting anyway {how} '{recipe_name}'",
+            cfg.language.hidden_size, cfg.language.num_hidden_layers
+        ));
+    }
     let recipe = Recipe::new(&db, &recipe_name, &opts.overrides)?;
 
     let l = &cfg.language;
@@ -181,6 +187,7 @@ pub fn plan(opts: &ConvertOptions) -> Result<(Checkpoint, Plan)> {
         &proc.pad_token,
         &proc.image_token,
     )?;
+    warnings.extend(tok.warnings.iter().cloned());
     let name = variant
         .clone()
         .unwrap_or_else(|| "deepseek-vl2-unknown".into());
@@ -296,12 +303,15 @@ pub fn execute(ck: &Checkpoint, plan: &Plan, opts: &ConvertOptions) -> Result<Su
         None => run()?,
     };
     bar.finish_and_clear();
-    let language_path = lm.commit().map_err(|e| quant_err("commit", e))?;
-    let mmproj_path = match mm.commit() {
+    // The mmproj goes into place first and the file the user named last, so that OUT.gguf
+    // exists only once its pair is complete, even if the process is killed between the two
+    // renames (a kill can still leave a complete mmproj-OUT.gguf without OUT.gguf).
+    let mmproj_path = mm.commit().map_err(|e| quant_err("commit", e))?;
+    let language_path = match lm.commit() {
         Ok(p) => p,
         Err(e) => {
-            // Keep the pair consistent: without its mmproj the language file is removed.
-            let _ = std::fs::remove_file(&language_path);
+            // Keep the pair consistent: without its language file the mmproj is removed.
+            let _ = std::fs::remove_file(&mmproj_path);
             return Err(quant_err("commit", e));
         }
     };

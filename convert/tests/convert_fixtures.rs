@@ -14,6 +14,9 @@ use convert::write::{self, ConvertOptions};
 use quant::gguf::GgufFile;
 use quant::GgmlType;
 
+#[path = "../../tests/support/prereq.rs"]
+mod prereq;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures")
@@ -167,8 +170,7 @@ fn dequantize_all(file: &GgufFile, name: &str) -> (GgmlType, Vec<u64>, Vec<f32>)
 }
 
 fn python_check(path: &Path, file: &GgufFile) {
-    let Ok(python) = std::env::var("POCKETVL_PYTHON") else {
-        eprintln!("skipped: POCKETVL_PYTHON not set");
+    let Some(python) = prereq::python() else {
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gguf_compare.py");

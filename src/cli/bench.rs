@@ -97,7 +97,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCommand::Model(a) => {
-            let threads = match a.threads {
+            let threads = match super::threads::check(a.threads)? {
                 Some(t) => t,
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             };

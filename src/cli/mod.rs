@@ -51,12 +51,87 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The binary's entry point: parse, run, report errors with their causes, exit non-zero.
 pub fn main() -> ExitCode {
+    quiet_on_closed_pipe();
+    explain_sigbus();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_report(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, joined by ": ", each cause printed once.
+///
+/// Many of our error types (and the libraries') already embed their `#[source]` in their own
+/// message (`cannot read image file x: No such file ...`), so anyhow's `{:#}`, which appends
+/// every cause again, printed the same text two or three times. A cause whose text already
+/// appears in what has been printed adds nothing and is left out.
+pub fn error_report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+/// Makes a write to a closed pipe end the process quietly, as it does for other Unix tools.
+///
+/// The Rust runtime ignores SIGPIPE, so `pocketvl inspect model.gguf | head` used to panic in
+/// `println!` ("failed printing to stdout: Broken pipe") once `head` had exited, and `run` kept
+/// generating into the void. With the default disposition the kernel ends the process at the
+/// first write to a pipe nobody reads, before any partial file or message could be left: every
+/// printing command (inspect, run's stream, `--json`, bench, convert's summary) is covered
+/// without each print site handling `BrokenPipe`. Output files are written through
+/// a temporary file and renamed, so a kill here never leaves a partial file at an output path.
+/// Sockets are unaffected: the standard library sends with `MSG_NOSIGNAL` on Linux, so a
+/// server's closed connection stays an `io::Error`.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: `signal` with `SIG_DFL` installs no handler code; it only restores the default
+    // disposition, and runs before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Turns SIGBUS into a clear message and exit status 1 instead of a bare "Bus error".
+///
+/// Models and checkpoints are read through memory maps, which is what makes loading
+/// instant. If another program truncates such a file while we run, the kernel can no longer
+/// back the mapped pages and the next read of them raises SIGBUS; no read can be retried and
+/// no error value exists at that point, so the best the platform allows is to say what
+/// happened and stop. (Replacing a file by renaming a new one over it is safe: the mapping
+/// keeps the old file.)
+fn explain_sigbus() {
+    #[cfg(unix)]
+    {
+        extern "C" fn on_sigbus(_: libc::c_int) {
+            const MSG: &[u8] = b"error: a mapped model or checkpoint file was truncated or \
+                rewritten while in use (SIGBUS); replace files by writing a new file and \
+                renaming it over the old one\n";
+            // SAFETY: `write` and `_exit` are async-signal-safe; MSG is a static buffer.
+            unsafe {
+                libc::write(2, MSG.as_ptr().cast(), MSG.len());
+                libc::_exit(1);
+            }
+        }
+        // SAFETY: a zeroed `sigaction` is a valid "no flags, empty mask" value; the handler
+        // only calls async-signal-safe functions, and this runs before any other thread.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
         }
     }
 }

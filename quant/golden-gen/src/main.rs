@@ -1,7 +1,7 @@
 //! Golden-byte generator: runs ggml's own reference quantizers (the C code in
 //! llama.cpp, linked through `llama-cpp-sys-2`) on the committed input rows and
 //! writes `ggml_<type>.bin` next to them. pocketvl's Rust quantizers must
-//! reproduce these bytes exactly (`quant/tests/golden.rs`).
+//! reproduce these bytes exactly (`quant/tests/it/golden.rs`).
 //!
 //! Usage: `pocketvl-golden-gen <golden-dir>`; reads `<golden-dir>/input.f32`
 //! (little-endian f32, rows of 256 elements).

@@ -3,7 +3,7 @@
 //! Every quantizer here is a re-implementation of ggml's `quantize_row_*_ref`
 //! (`ggml/src/ggml-quants.c`, no importance matrix) and must produce the very same
 //! bytes: the same f32 operations in the same order, the same rounding helper per
-//! format (DEEPSEEK-VL2.md §9.5, pitfalls 46–47). `quant/tests/golden.rs` checks
+//! format (DEEPSEEK-VL2.md §9.5, pitfalls 46–47). `quant/tests/it/golden.rs` checks
 //! this against bytes written by ggml's own C code and by the `gguf` package.
 //!
 //! Blocks are `#[repr(C)]` structs made only of byte arrays, so they have

@@ -1,0 +1,125 @@
+//! `pocketvl bench model` through the real binary on the tiny fixture: the JSON line carries
+//! every promised key with sane values (mmproj found beside the model, one 2x2-tiled image =
+//! 5 tiles), and bad arguments fail with a clear message.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common;
+use common::s;
+use serde_json::Value;
+
+fn pocketvl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pocketvl"))
+        .args(args)
+        .output()
+        .expect("run pocketvl")
+}
+
+fn last_json(o: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line not JSON ({e}): {stdout}"))
+}
+
+fn positive(j: &Value, key: &str) -> f64 {
+    let v = j[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {j}"));
+    assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    v
+}
+
+#[test]
+fn json_has_every_key_with_sane_values() {
+    let (_dir, model) = common::converted("tiny-mha", "q8_0");
+    let o = pocketvl(&[
+        "bench",
+        "model",
+        "-m",
+        s(&model),
+        "-t",
+        "1",
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "--reps",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = last_json(&o);
+    for key in [
+        "decode_tok_s",
+        "prefill_tok_s",
+        "vision_ms_per_tile",
+        "ttft_ms",
+        "peak_rss_mb",
+        "file_mb",
+        "bandwidth_gb_s",
+        "fma_gflops",
+        "decode_roofline_tok_s",
+    ] {
+        positive(&j, key);
+    }
+    assert_eq!(j["threads"], 1);
+    assert_eq!(j["vision_tiles"], 5, "global view + 2x2 local tiles");
+    // The mmproj beside the model was found and counted in the file size.
+    let mmproj = j["mmproj"].as_str().expect("mmproj path");
+    assert!(mmproj.ends_with("mmproj-model.gguf"), "{mmproj}");
+    let sizes = std::fs::metadata(&model).unwrap().len() + std::fs::metadata(mmproj).unwrap().len();
+    assert!((positive(&j, "file_mb") - sizes as f64 / 1e6).abs() < 1e-6);
+    // Weights read per decode step: some but not all of the file (only 4 of 16 experts).
+    let w = positive(&j, "decode_weight_mb");
+    assert!(
+        w < std::fs::metadata(&model).unwrap().len() as f64 / 1e6,
+        "{w}"
+    );
+    // TTFT contains the vision work; the median range brackets the median.
+    assert!(positive(&j, "ttft_ms") >= positive(&j, "vision_ms_per_tile"));
+    let sp = &j["spread"]["decode_tok_s"];
+    let (lo, mid, hi) = (
+        sp["min"].as_f64(),
+        sp["median"].as_f64(),
+        sp["max"].as_f64(),
+    );
+    assert!(lo <= mid && mid <= hi, "{sp}");
+    // The human-readable lines come first.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("decode (4 tok)"), "{stdout}");
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = pocketvl(args);
+    assert!(!o.status.success(), "expected failure for {args:?}");
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!e.contains("panicked"), "{e}");
+    e
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let (dir, model) = common::converted("tiny-mha", "q8_0");
+    let m = s(&model);
+    let e = fails(&["bench", "model", "-m", m, "-t", "0"]);
+    assert!(e.contains("--threads must be between 1"), "{e}");
+    let e = fails(&["bench", "model", "-m", m, "--reps", "0"]);
+    assert!(e.contains("--reps must be at least 1"), "{e}");
+    let e = fails(&["bench", "model", "-m", "/nonexistent/x.gguf"]);
+    assert!(e.contains("/nonexistent/x.gguf does not exist"), "{e}");
+    let missing = dir.path().join("nope.gguf");
+    let e = fails(&["bench", "model", "-m", m, "--mmproj", s(&missing)]);
+    assert!(
+        e.contains("mmproj file") && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = fails(&["bench", "model", "-m", m, "-p", "100000", "-n", "1"]);
+    assert!(e.contains("exceed the model's context"), "{e}");
+    // A file that is not a GGUF.
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"not a gguf").unwrap();
+    let e = fails(&["bench", "model", "-m", s(&junk)]);
+    assert!(e.contains("junk.gguf"), "{e}");
+    assert!(Path::new(m).is_file());
+}

@@ -1,0 +1,146 @@
+//! Helpers shared by the root package's integration tests: locating fixtures, converting a
+//! fixture through the converter library, reading the golden safetensors, the
+//! `POCKETVL_PYTHON` skip rule and the small comparisons the oracle tests use.
+//!
+
+use std::path::{Path, PathBuf};
+
+use convert::safetensors::SafeTensorsFile;
+use convert::write::{convert, ConvertOptions};
+use pocketvl::model::deepseek_vl2::prompt::{Message, Role};
+use pocketvl::synth::{spec::Attention, ModelSpec};
+use serde_json::Value;
+
+/// Bytes of one 384x384 RGB tile in the preprocess fixture's pixel store.
+pub const TILE_BYTES: usize = 3 * 384 * 384;
+
+/// The directory of fixture `name` under `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn load_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Converts fixture `name` with `recipe` into a temp dir; returns the dir
+/// guard and the model path.
+pub fn converted(name: &str, recipe: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.gguf");
+    let opts = ConvertOptions {
+        input: fixture(name).join("hf"),
+        output: out.clone(),
+        quant: Some(recipe.to_string()),
+        overrides: Vec::new(),
+        force: false,
+        threads: Some(2),
+        progress: false,
+    };
+    convert(&opts).unwrap();
+    (dir, out)
+}
+
+/// The conversation of a case as template messages.
+pub fn messages(case: &Value) -> Vec<Message> {
+    case["conversation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap() {
+                "<|User|>" | "user" => Role::User,
+                "<|Assistant|>" | "assistant" => Role::Assistant,
+                _ => Role::System,
+            };
+            Message::new(role, m["content"].as_str().unwrap())
+        })
+        .collect()
+}
+
+/// A fixture's `golden.safetensors` (the official implementation's outputs).
+pub struct Golden(pub SafeTensorsFile);
+
+impl Golden {
+    pub fn open(name: &str) -> Golden {
+        Golden(SafeTensorsFile::open(&fixture(name).join("golden.safetensors")).unwrap())
+    }
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        self.0
+            .tensor(name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .to_f32()
+            .unwrap()
+    }
+    pub fn i64(&self, name: &str) -> Vec<i64> {
+        self.0
+            .tensor(name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .to_i64()
+            .unwrap()
+    }
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        self.i64(name).iter().map(|&x| x as u32).collect()
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.0.entry(name).is_some()
+    }
+}
+
+/// The reference processor's unique tiles (`tiles.pixel_u8` of the preprocess fixture), one
+/// `TILE_BYTES` vector per tile.
+pub fn golden_tiles() -> Vec<Vec<u8>> {
+    let store = SafeTensorsFile::open(&fixture("preprocess").join("pixels.safetensors")).unwrap();
+    let px = store
+        .tensor("tiles.pixel_u8")
+        .unwrap()
+        .as_u8()
+        .unwrap()
+        .to_vec();
+    px.chunks(TILE_BYTES).map(|c| c.to_vec()).collect()
+}
+
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The Python interpreter from `POCKETVL_PYTHON`, or `None` after reporting the skip
+/// (a failure under `CI=true`): see `tests/support/prereq.rs`.
+pub use crate::prereq::python;
+
+/// A path as `&str` for command-line arguments.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `s` shrunk to the fixtures' sizes (3 layers, width 64, 16 experts, vocabulary 1280, MLA
+/// ranks 32/16/8/16, vision width 64 × 2 blocks), for synthetic checkpoints fast enough for tests.
+pub fn shrink_spec(mut s: ModelSpec) -> ModelSpec {
+    s.language.num_hidden_layers = 3;
+    s.language.hidden_size = 64;
+    s.language.num_attention_heads = 4;
+    s.language.vocab_size = 1280;
+    s.language.intermediate_size = 160;
+    s.language.moe_intermediate_size = 32;
+    s.language.n_routed_experts = 16;
+    s.language.num_experts_per_tok = 4;
+    if let Attention::Mla { .. } = s.language.attention {
+        s.language.attention = Attention::Mla {
+            kv_lora_rank: 32,
+            qk_nope_head_dim: 16,
+            qk_rope_head_dim: 8,
+            v_head_dim: 16,
+        };
+    }
+    s.vision.width = 64;
+    s.vision.layers = 2;
+    s.vision.heads = 4;
+    s.vision.mlp_dim = 239; // int(64 * 3.7362)
+    s
+}
