@@ -18,6 +18,7 @@ mod cli_run_images;
 mod decoder_loader;
 mod decoder_oracle;
 mod decoder_session;
+mod expert_paging;
 mod faults;
 mod grounding_draw;
 mod grounding_parse;

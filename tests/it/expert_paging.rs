@@ -17,7 +17,7 @@ use pocketvl::model::deepseek_vl2::{LanguageModel, ModelError};
 use pocketvl::sampler::SamplerConfig;
 use pocketvl::tokenizer::Tokenizer;
 
-mod common;
+use crate::common;
 
 const PROMPT: &str = "Write a short poem about the sea and the stars, then explain it.";
 
