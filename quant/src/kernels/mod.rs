@@ -21,6 +21,8 @@ pub(crate) mod kquant_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod kquant_avx512;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod q0_avx512_units;
+#[cfg(target_arch = "x86_64")]
 mod q0_x86;
 pub mod scalar;
 #[cfg(test)]
