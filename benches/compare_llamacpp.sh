@@ -3,8 +3,11 @@
 # (pp, default 512 tokens) and decode (tg, default 64 tokens), alternating the two programs
 # within each round so that both see the same machine load, and printing the ratios.
 #
-# llama.cpp is built by scripts/llamacpp-interop.sh (same pinned source, same build directory;
-# LLAMACPP_EXTRA_TARGETS=llama-bench adds the benchmark tool), so nothing is built twice.
+# llama.cpp's source is the one scripts/llamacpp-interop.sh fetches (same pinned sdist, same
+# cache). llama-bench gets its own build directory with the x86 instruction sets named
+# explicitly (GGML_NATIVE=OFF; AVX, AVX2, FMA, F16C, AVX-512 F/BW/VL, VNNI, BF16 where the CPU has
+# AVX-512): a -march=native build of this version crashed (SIGSEGV in the prompt phase) on the
+# real Tiny shapes, and a statically linked binary can be reused from another checkout.
 #
 # Usage:
 #   benches/compare_llamacpp.sh [NAME.gguf ...]
@@ -17,6 +20,8 @@
 #   REPS      repetitions inside each program's run (default 2)
 #   N_PROMPT  prompt tokens (default 512); N_GEN decode tokens (default 64)
 #   LLAMACPP_DIR, LLAMACPP_JOBS: passed to scripts/llamacpp-interop.sh
+#   LLAMA_BENCH_BUILD  llama-bench's build directory (default $LLAMACPP_DIR/bench-build); the
+#                      binary is $LLAMA_BENCH_BUILD/bin/llama-bench, built once
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,10 +39,26 @@ log() { echo "[compare_llamacpp] $*" >&2; }
 die() { echo "[compare_llamacpp] ERROR: $*" >&2; exit 1; }
 for f in "${FILES[@]}"; do [ -f "$f" ] || die "no such file: $f"; done
 
-LLAMACPP_EXTRA_TARGETS=llama-bench "$ROOT/scripts/llamacpp-interop.sh" --build-only \
-    || die "building llama.cpp failed"
-VERSION="$(sed -n 's/^PINNED_VERSION="\(.*\)"/\1/p' "$ROOT/scripts/llamacpp-interop.sh")"
-LLAMA_BENCH="${LLAMACPP_DIR:-$ROOT/target/llamacpp}/build-${LLAMACPP_VERSION:-$VERSION}/bin/llama-bench"
+LLAMACPP_DIR="${LLAMACPP_DIR:-$ROOT/target/llamacpp}"
+LLAMA_BENCH_BUILD="${LLAMA_BENCH_BUILD:-$LLAMACPP_DIR/bench-build}"
+LLAMA_BENCH="$LLAMA_BENCH_BUILD/bin/llama-bench"
+if [ ! -x "$LLAMA_BENCH" ]; then
+    LLAMA_SRC="$(LLAMACPP_DIR="$LLAMACPP_DIR" "$ROOT/scripts/llamacpp-interop.sh" --fetch-only)" \
+        || die "fetching llama.cpp's source failed"
+    AVX512=OFF
+    grep -q avx512_vnni /proc/cpuinfo 2>/dev/null && grep -q avx512_bf16 /proc/cpuinfo && AVX512=ON
+    log "configuring llama-bench in $LLAMA_BENCH_BUILD (AVX-512: $AVX512)"
+    cmake -S "$LLAMA_SRC" -B "$LLAMA_BENCH_BUILD" -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
+        -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+        -DGGML_AVX512="$AVX512" -DGGML_AVX512_VNNI="$AVX512" -DGGML_AVX512_BF16="$AVX512" \
+        -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENCL=OFF \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON >&2 \
+        || { rm -f "$LLAMA_BENCH_BUILD/CMakeCache.txt"; die "cmake configure of llama-bench failed"; }
+    cmake --build "$LLAMA_BENCH_BUILD" --config Release -j "${LLAMACPP_JOBS:-$(nproc)}" \
+        --target llama-bench >&2 || die "building llama-bench failed"
+fi
 [ -x "$LLAMA_BENCH" ] || die "no $LLAMA_BENCH after the build"
 (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
 POCKETVL="$ROOT/target/release/pocketvl"

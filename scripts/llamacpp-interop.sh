@@ -20,7 +20,9 @@
 #      compares the last-position logits with the fixture's golden `text.logits_last`.
 #
 # Usage:
-#   scripts/llamacpp-interop.sh [--build-only] [FILE.gguf[:FIXTURE_DIR] ...]
+#   scripts/llamacpp-interop.sh [--build-only | --fetch-only] [FILE.gguf[:FIXTURE_DIR] ...]
+# --fetch-only stops after step 2 and prints the llama.cpp source directory (for
+# benches/compare_llamacpp.sh, which builds llama-bench its own way).
 # Environment:
 #   LLAMACPP_DIR       build cache (default: target/llamacpp under the repository root)
 #   LLAMACPP_VERSION   llama-cpp-python sdist version (default: the pinned one below)
@@ -36,11 +38,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LLAMACPP_DIR="${LLAMACPP_DIR:-$ROOT/target/llamacpp}"
 JOBS="${LLAMACPP_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 BUILD_ONLY=0
+FETCH_ONLY=0
 FILES=()
 for arg in "$@"; do
     case "$arg" in
         --build-only) BUILD_ONLY=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        --fetch-only) FETCH_ONLY=1 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) FILES+=("$arg") ;;
     esac
 done
@@ -150,6 +154,7 @@ build_logits_tool() {
 ensure_tools
 mkdir -p "$LLAMACPP_DIR"
 fetch_source
+if [ "$FETCH_ONLY" -eq 1 ]; then echo "$LLAMA_SRC"; exit 0; fi
 build_llama
 build_logits_tool
 log "llama.cpp $VERSION ready: $SIMPLE, $LOGITS_TOOL"

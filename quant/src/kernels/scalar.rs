@@ -270,3 +270,35 @@ pub fn dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     }
     sumf
 }
+
+/// BF16 weights times f32 activations rounded to bf16, the twin of the AMX kernel
+/// (`float_gemm_amx.rs`): `out[t * ldo + r] = Σ_i w[r, i] · bf16(a[t, i])` (activations rounded
+/// to nearest-even bf16 as `vcvtne2ps2bf16` does), summed in f64.
+pub fn gemm_bf16_rounded(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    for t in 0..n_tok {
+        let x: Vec<f32> = a[t * k..(t + 1) * k]
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        for r in 0..n_rows {
+            let row = &w[r * 2 * k..(r + 1) * 2 * k];
+            let sum: f64 = row
+                .chunks_exact(2)
+                .zip(&x)
+                .map(|(b, &y)| {
+                    f64::from(half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                        * f64::from(y)
+                })
+                .sum();
+            out[t * ldo + r] = sum as f32;
+        }
+    }
+}

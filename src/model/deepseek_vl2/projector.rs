@@ -15,10 +15,10 @@ use quant::GgmlType;
 use rayon::prelude::*;
 
 use super::preprocess::Preprocessed;
-use super::vision::{VisionError, VisionHparams};
+use super::vision::{tower_matmul, VisionError, VisionHparams};
 use super::vision_math::add_bias;
 use crate::loader::{LoaderError, ModelFile, Weight};
-use crate::ops::{gelu_erf, matmul};
+use crate::ops::gelu_erf;
 
 /// Types accepted for vectors (biases, norms, position embedding, tile tags): `--quant f16`
 /// and `bf16` store every tensor in that type, and both widen to f32 exactly.
@@ -111,11 +111,11 @@ impl Projector {
             });
         let n = self.n_out;
         let mut h = vec![0.0f32; n_tok * n];
-        matmul(&self.mm0, &x, n_tok, &mut h); // [n_tok, N]
+        tower_matmul(&self.mm0.view(), &x, n_tok, &mut h); // [n_tok, N]
         add_bias(&mut h, &self.mm0_b);
         h.par_chunks_mut(4096).for_each(gelu_erf);
         let mut out = vec![0.0f32; n_tok * n];
-        matmul(&self.mm2, &h, n_tok, &mut out);
+        tower_matmul(&self.mm2.view(), &h, n_tok, &mut out);
         add_bias(&mut out, &self.mm2_b);
         Ok(out)
     }

@@ -9,14 +9,14 @@
 //! All tiles of a request are batched through each matmul (weights read once per chunk of
 //! tiles); attention runs per (tile, head) in parallel.
 
-use quant::kernels::gemm;
+use quant::kernels::{gemm, gemm_bf16_rounded, Bf16RoundedGemmFn};
 use quant::schema::{clip, vtensor as vt};
 use quant::GgmlType;
 use rayon::prelude::*;
 
 use super::vision_math::{add_bias, add_into, gelu_tanh, layer_norm, softmax_rows};
 use crate::loader::{LoaderError, ModelFile, Weight};
-use crate::ops::{matmul, matmul_view, MatView};
+use crate::ops::{matmul_view, MatView};
 
 /// Tiles pushed through the tower together: bounds activation memory
 /// (`TILE_CHUNK * 729 * n_ff` floats for the MLP) while keeping matmuls wide.
@@ -239,7 +239,7 @@ impl VisionTower {
         let pw = MatView::new(pw.ty, k, w, pw.data)
             .map_err(|e| VisionError::Layout(format!("{}: {e}", vt::PATCH_EMBD_W)))?;
         let mut x = vec![0.0f32; n_tok * w]; // [n_tok, W]
-        matmul_view(&pw, &patches, n_tok, &mut x);
+        tower_matmul(&pw, &patches, n_tok, &mut x);
         for tile in x.chunks_exact_mut(np * w) {
             for (row, pos) in tile.chunks_exact_mut(w).zip(self.pos.chunks_exact(w)) {
                 for ((v, b), p) in row.iter_mut().zip(&self.patch_b).zip(pos) {
@@ -254,26 +254,58 @@ impl VisionTower {
         let mut proj = vec![0.0f32; n_tok * w];
         let mut ff = vec![0.0f32; n_tok * hp.n_ff];
         for b in &self.blocks {
+            // Attention in bf16 arithmetic exactly when the block's matrices are (a bf16
+            // mmproj on an AMX CPU): the recipe chose that precision.
+            let attn_bf16 = bf16_product(&b.qkv.view());
             // x = x + proj(attn(LN1(x)))
             layer_norm(&x, &b.ln1_w, &b.ln1_b, hp.eps, &mut h);
-            matmul(&b.qkv, &h, n_tok, &mut qkv); // [n_tok, 3W]
+            tower_matmul(&b.qkv.view(), &h, n_tok, &mut qkv); // [n_tok, 3W]
             add_bias(&mut qkv, &b.qkv_b);
-            full_attention(&qkv, n_tiles, np, hp.n_head, hp.head_dim(), &mut attn); // [n_tok, W]
-            matmul(&b.out, &attn, n_tok, &mut proj);
+            let (nh, hd) = (hp.n_head, hp.head_dim());
+            full_attention(&qkv, n_tiles, np, nh, hd, attn_bf16, &mut attn); // [n_tok, W]
+            tower_matmul(&b.out.view(), &attn, n_tok, &mut proj);
             add_bias(&mut proj, &b.out_b);
             add_into(&mut x, &proj);
             // x = x + fc2(gelu_tanh(fc1(LN2(x))))
             layer_norm(&x, &b.ln2_w, &b.ln2_b, hp.eps, &mut h);
-            matmul(&b.up, &h, n_tok, &mut ff); // [n_tok, n_ff]
+            tower_matmul(&b.up.view(), &h, n_tok, &mut ff); // [n_tok, n_ff]
             add_bias(&mut ff, &b.up_b);
             gelu_tanh(&mut ff);
-            matmul(&b.down, &ff, n_tok, &mut proj);
+            tower_matmul(&b.down.view(), &ff, n_tok, &mut proj);
             add_bias(&mut proj, &b.down_b);
             add_into(&mut x, &proj);
         }
         layer_norm(&x, &self.post_w, &self.post_b, hp.eps, out);
         Ok(())
     }
+}
+
+/// The bf16-activation product for `w` when it is BF16 and the CPU has one (AMX); `None`
+/// runs `w` through [`matmul_view`] with exact f32 activations.
+fn bf16_product(w: &MatView<'_>) -> Option<Bf16RoundedGemmFn> {
+    (w.ty == GgmlType::BF16).then(gemm_bf16_rounded).flatten()
+}
+
+/// `out = x · Wᵀ` for the tower and projector (`[n_tok, k]` -> `[n_tok, n]`). BF16 weights
+/// on an AMX CPU take the bf16-activation product, split over the pool by tokens: each
+/// task rounds and packs its own tokens once and sweeps all weight rows straight from the
+/// mapping (two tasks per thread balance a shared machine; fewer, longer tasks would reread
+/// the weights less). Everything else goes through [`matmul_view`].
+pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    let Some(g) = bf16_product(w) else {
+        return matmul_view(w, x, n_tok, out);
+    };
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.len(), n_tok * k, "tower matmul: activation shape");
+    assert_eq!(out.len(), n_tok * n, "tower matmul: output shape");
+    if n_tok == 0 || n == 0 {
+        return;
+    }
+    let tasks = 2 * rayon::current_num_threads();
+    let per = n_tok.div_ceil(tasks).div_ceil(32) * 32;
+    out.par_chunks_mut(per * n)
+        .zip(x.par_chunks(per * k.max(1)))
+        .for_each(|(o, a)| g(k, w.data, n, a, o.len() / n, o, n));
 }
 
 /// `[n_tiles, 3, S, S]` pixels to `[n_tiles * G * G, 3 * P * P]` patch rows (row-major patch
@@ -307,15 +339,18 @@ fn unfold_patches(pixels: &[f32], n_tiles: usize, s: usize, p: usize) -> Vec<f32
 /// head. `qkv` is `[n_tiles * n, 3W]` with columns `[q | k | v]`, each head-major; `out` is
 /// `[n_tiles * n, W]`, heads concatenated.
 ///
-/// Each (tile, head) job is two F32 matrix products through the kernel table's tiled
-/// `gemm`: scores `[n, n]` = q·kᵀ (k's rows as the "weights"), then `[n, hd]` = P·v with vᵀ
-/// (`hd` rows of `n`) as the weights. Jobs run in parallel, so each `gemm` is one thread's.
+/// Each (tile, head) job is two matrix products: scores `[n, n]` = q·kᵀ (k's rows as the
+/// "weights"), then `[n, hd]` = P·v with vᵀ (`hd` rows of `n`) as the weights. With `bf16`
+/// (the tower's matrices run in bf16 arithmetic) k and vᵀ are rounded to bf16 and both
+/// products take that kernel (q and P are rounded inside it); otherwise both are F32 through
+/// the kernel table's tiled `gemm`. Jobs run in parallel, so each product is one thread's.
 fn full_attention(
     qkv: &[f32],
     n_tiles: usize,
     n: usize,
     n_head: usize,
     hd: usize,
+    bf16: Option<Bf16RoundedGemmFn>,
     out: &mut [f32],
 ) {
     let w = n_head * hd;
@@ -325,6 +360,9 @@ fn full_attention(
         .map(|job| {
             let (t, h) = (job / n_head, job % n_head);
             let col = |i: usize, part: usize| (t * n + i) * 3 * w + part * w + h * hd;
+            if let Some(g) = bf16 {
+                return attention_bf16(g, n, hd, scale, |i, part| &qkv[col(i, part)..][..hd]);
+            }
             // q and k rows as f32 bytes ([n, hd] each), v transposed ([hd, n]).
             let (mut q, mut k) = (
                 Vec::with_capacity(n * hd * 4),
@@ -355,6 +393,34 @@ fn full_attention(
             out[r..r + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
         }
     }
+}
+
+/// One (tile, head) of [`full_attention`] in bf16 arithmetic: `row(i, part)` is token `i`'s
+/// q (part 0), k (1) or v (2) slice of `hd` values. Returns `[n, hd]`.
+fn attention_bf16<'a>(
+    g: Bf16RoundedGemmFn,
+    n: usize,
+    hd: usize,
+    scale: f32,
+    row: impl Fn(usize, usize) -> &'a [f32],
+) -> Vec<f32> {
+    let bf = |v: f32| half::bf16::from_f32(v).to_bits().to_le_bytes();
+    let mut q = Vec::with_capacity(n * hd);
+    let mut k = Vec::with_capacity(n * hd * 2);
+    let mut vt = vec![0u8; hd * n * 2];
+    for i in 0..n {
+        q.extend_from_slice(row(i, 0));
+        k.extend(row(i, 1).iter().flat_map(|&v| bf(v)));
+        for (d, &v) in row(i, 2).iter().enumerate() {
+            vt[(d * n + i) * 2..][..2].copy_from_slice(&bf(v));
+        }
+    }
+    let mut scores = vec![0.0f32; n * n];
+    g(hd, &k, n, &q, n, &mut scores, n);
+    softmax_rows(&mut scores, n, scale);
+    let mut o = vec![0.0f32; n * hd];
+    g(n, &vt, hd, &scores, n, &mut o, hd);
+    o
 }
 
 /// Appends `src` as little-endian f32 bytes (the F32 activation format of `gemm`).
@@ -444,6 +510,46 @@ mod tests {
         assert_eq!(u[(4 + 2) * k + 2 * p * p + p + 1], want);
     }
 
+    /// The bf16 path against the same formula over bf16-rounded q, k, v in f64: the
+    /// remaining differences are the rounding of the probabilities to bf16 (relative 2^-9
+    /// each) and f32 sums, so the bound is 2^-8 of Σ|p·v| per output.
+    #[test]
+    fn bf16_attention_against_a_direct_formula() {
+        let Some(g) = gemm_bf16_rounded() else {
+            println!("skipped: no bf16 product on this CPU");
+            return;
+        };
+        let (n, n_head, hd) = (37, 2, 72);
+        let w = n_head * hd;
+        let qkv: Vec<f32> = (0..n * 3 * w)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+            .collect();
+        let mut out = vec![0.0f32; n * w];
+        full_attention(&qkv, 1, n, n_head, hd, Some(g), &mut out);
+        let r = |v: f32| f64::from(half::bf16::from_f32(v).to_f32());
+        for h in 0..n_head {
+            let x = |i: usize, part: usize, d: usize| r(qkv[i * 3 * w + part * w + h * hd + d]);
+            for i in 0..n {
+                let s: Vec<f64> = (0..n)
+                    .map(|j| (0..hd).map(|d| x(i, 0, d) * x(j, 1, d)).sum::<f64>())
+                    .map(|v| v / (hd as f64).sqrt())
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let want: f64 = (0..n).map(|j| e[j] / z * x(j, 2, d)).sum();
+                    let mag: f64 = (0..n).map(|j| (e[j] / z * x(j, 2, d)).abs()).sum();
+                    let got = f64::from(out[i * w + h * hd + d]);
+                    assert!(
+                        (got - want).abs() <= mag / 256.0 + 1e-6,
+                        "head {h} token {i} dim {d}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn attention_against_a_direct_formula() {
         let (n, n_head, hd) = (5, 2, 3);
@@ -452,7 +558,7 @@ mod tests {
             .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.1)
             .collect();
         let mut out = vec![0.0f32; n * w];
-        full_attention(&qkv, 1, n, n_head, hd, &mut out);
+        full_attention(&qkv, 1, n, n_head, hd, None, &mut out);
         for h in 0..n_head {
             for i in 0..n {
                 let q = |r: usize, part: usize, d: usize| {
