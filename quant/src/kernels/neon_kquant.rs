@@ -9,10 +9,8 @@
 
 use std::arch::aarch64::*;
 
-use super::neon::{load16, nibbles, Dot4, Plain, Sdot};
-use crate::block::{
-    as_blocks, f16_to_f32, get_scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
-};
+use super::neon::{h2f, load16, nibbles, Dot4, Plain, Sdot};
+use crate::block::{as_blocks, get_scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// The blocks of a weight row and an activation row (`nb` = the common count).
 #[inline(always)]
@@ -114,7 +112,7 @@ unsafe fn dot_q45_k<M: Dot4, const FIFTH: bool>(
     let sumi = vaddvq_s32(acc);
     let summ = min_term(y, &mn);
     let yd = y.d();
-    (f16_to_f32(d) * yd) * sumi as f32 - (f16_to_f32(dmin) * yd) * summ as f32
+    (h2f(d) * yd) * sumi as f32 - (h2f(dmin) * yd) * summ as f32
 }
 
 /// # Safety
@@ -183,7 +181,7 @@ unsafe fn dot_q6_k<M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
                 }
             }
         }
-        sum += (f16_to_f32(x.d) * y.d()) * vaddvq_s32(acc) as f32;
+        sum += (h2f(x.d) * y.d()) * vaddvq_s32(acc) as f32;
     }
     sum
 }
