@@ -7,6 +7,7 @@ pub mod metadata;
 pub mod models;
 pub mod recipe;
 pub mod safetensors;
+pub mod source;
 pub mod tokenizer;
 pub mod write;
 

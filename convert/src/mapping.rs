@@ -14,7 +14,7 @@ use quant::schema::{tensor as t, vtensor as vt};
 
 use crate::error::{ConvertError, Result};
 use crate::hf_config::VlConfig;
-use crate::safetensors::Checkpoint;
+use crate::source::TensorSource;
 
 /// Checkpoint tensors deliberately not converted: the SigLIP MAP head, built by the
 /// reference but never run (`ignore_head: true`, §1.2).
@@ -132,12 +132,29 @@ pub struct MappedTensor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapping {
     pub language: Vec<MappedTensor>,
-    pub mmproj: Vec<MappedTensor>,
+    /// `None` for a text-only checkpoint ([`is_text_only`]): there is no mmproj to write.
+    pub mmproj: Option<Vec<MappedTensor>>,
+}
+
+/// Names of the checkpoint tensors that go to the mmproj besides `vision.*` and `projector.*`.
+const TILE_TAGS: [&str; 2] = ["image_newline", "view_seperator"];
+
+/// Whether `name` is part of the vision side (tower, projector, tile tags).
+fn is_vision_side(name: &str) -> bool {
+    name.starts_with("vision.") || name.starts_with("projector.") || TILE_TAGS.contains(&name)
+}
+
+/// A text-only checkpoint: no tensor of the vision side at all (what `pocketvl synth
+/// --no-vision` writes, or a checkpoint stripped to its language model). It converts to the
+/// language-model GGUF alone; a checkpoint with only part of the vision side is an error (the
+/// missing tensors are named).
+pub fn is_text_only(ck: &dyn TensorSource) -> bool {
+    !ck.names().any(is_vision_side)
 }
 
 /// Builds the table rows, checking each source shape.
 struct Builder<'a> {
-    ck: &'a Checkpoint,
+    ck: &'a dyn TensorSource,
     used: BTreeSet<String>,
     out: Vec<MappedTensor>,
 }
@@ -145,18 +162,18 @@ struct Builder<'a> {
 impl Builder<'_> {
     /// Checks that `hf` exists with `shape` (PyTorch order) and marks it used.
     fn expect(&mut self, hf: &str, shape: &[usize]) -> Result<()> {
-        let view = self.ck.tensor(hf)?;
-        if view.shape != shape {
+        let (found, dtype) = self.ck.info(hf)?;
+        if found != shape {
             return Err(ConvertError::ShapeMismatch {
                 tensor: hf.to_string(),
                 expected: shape.to_vec(),
-                found: view.shape.to_vec(),
+                found: found.to_vec(),
             });
         }
-        if !view.dtype.is_float() {
+        if !dtype.is_float() {
             return Err(ConvertError::DtypeMismatch {
                 tensor: hf.to_string(),
-                dtype: view.dtype.name(),
+                dtype: dtype.name(),
                 wanted: "a float dtype",
             });
         }
@@ -186,7 +203,7 @@ impl Builder<'_> {
 }
 
 /// Maps the whole checkpoint; errors on a missing, misshapen or unmapped tensor.
-pub fn map_checkpoint(cfg: &VlConfig, ck: &Checkpoint) -> Result<Mapping> {
+pub fn map_checkpoint(cfg: &VlConfig, ck: &dyn TensorSource) -> Result<Mapping> {
     let mut b = Builder {
         ck,
         used: BTreeSet::new(),
@@ -194,8 +211,12 @@ pub fn map_checkpoint(cfg: &VlConfig, ck: &Checkpoint) -> Result<Mapping> {
     };
     map_language(cfg, &mut b)?;
     let language = std::mem::take(&mut b.out);
-    map_vision(cfg, &mut b)?;
-    let mmproj = std::mem::take(&mut b.out);
+    let mmproj = if is_text_only(ck) {
+        None
+    } else {
+        map_vision(cfg, &mut b)?;
+        Some(std::mem::take(&mut b.out))
+    };
 
     let unmapped: Vec<String> = ck
         .names()
@@ -580,16 +601,20 @@ fn map_vision(cfg: &VlConfig, b: &mut Builder<'_>) -> Result<()> {
 }
 
 /// Produces output rows `[row0, row0 + out.len() / ne0)` of a mapped tensor as f32.
-pub fn fill_rows(ck: &Checkpoint, m: &MappedTensor, row0: usize, out: &mut [f32]) -> Result<()> {
+pub fn fill_rows(
+    ck: &dyn TensorSource,
+    m: &MappedTensor,
+    row0: usize,
+    out: &mut [f32],
+) -> Result<()> {
     let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
     if ne0 == 0 {
         return Ok(());
     }
     match &m.source {
-        Source::Copy(name) => ck.tensor(name)?.read_f32(row0 * ne0, out),
+        Source::Copy(name) => ck.read_f32(name, row0 * ne0, out),
         Source::PermuteRope { name, n_head } => {
-            let src = ck.tensor(name)?;
-            let rows_total = src.shape.first().copied().unwrap_or(0);
+            let rows_total = ck.info(name)?.0.first().copied().unwrap_or(0);
             let hd = rows_total / (*n_head).max(1);
             let half = hd / 2;
             for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
@@ -601,7 +626,7 @@ pub fn fill_rows(ck: &Checkpoint, m: &MappedTensor, row0: usize, out: &mut [f32]
                     } else {
                         half + j / 2
                     };
-                src.read_f32(old * ne0, row)?;
+                ck.read_f32(name, old * ne0, row)?;
             }
             Ok(())
         }
@@ -618,18 +643,16 @@ pub fn fill_rows(ck: &Checkpoint, m: &MappedTensor, row0: usize, out: &mut [f32]
                     ConvertError::MissingTensor(format!("{}: expert row {r}", m.name))
                 })?;
                 let run = (rows_per.max(1) - er).min(n_rows - k);
-                ck.tensor(name)?
-                    .read_f32(er * ne0, &mut out[k * ne0..(k + run) * ne0])?;
+                ck.read_f32(name, er * ne0, &mut out[k * ne0..(k + run) * ne0])?;
                 k += run;
             }
             Ok(())
         }
         Source::KvbV { name, nope, v, .. } => {
-            let src = ck.tensor(name)?;
             for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
                 let r = row0 + k;
                 let (head, dv) = (r / (*v).max(1), r % (*v).max(1));
-                src.read_f32((head * (nope + v) + nope + dv) * ne0, row)?;
+                ck.read_f32(name, (head * (nope + v) + nope + dv) * ne0, row)?;
             }
             Ok(())
         }
@@ -642,14 +665,13 @@ pub fn fill_rows(ck: &Checkpoint, m: &MappedTensor, row0: usize, out: &mut [f32]
         } => {
             // Output row (head, c) holds W_UK[head][0..nope][c]: read the head's nope rows
             // once per head touched and transpose.
-            let src = ck.tensor(name)?;
             let mut block = vec![0f32; nope * kv_lora];
             let mut loaded = usize::MAX;
             for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
                 let r = row0 + k;
                 let (head, c) = (r / (*kv_lora).max(1), r % (*kv_lora).max(1));
                 if head != loaded {
-                    src.read_f32(head * (nope + v) * kv_lora, &mut block)?;
+                    ck.read_f32(name, head * (nope + v) * kv_lora, &mut block)?;
                     loaded = head;
                 }
                 for (dd, o) in row.iter_mut().enumerate() {

@@ -31,6 +31,7 @@ use crate::metadata::{self, Metadata};
 use crate::models::ModelsDb;
 use crate::recipe::Recipe;
 use crate::safetensors::Checkpoint;
+use crate::source::TensorSource;
 use crate::tokenizer;
 
 /// f32 elements materialised per chunk (16 MiB of f32).
@@ -99,7 +100,8 @@ impl FilePlan {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub language: FilePlan,
-    pub mmproj: FilePlan,
+    /// `None` for a text-only checkpoint (`mapping::is_text_only`).
+    pub mmproj: Option<FilePlan>,
     /// The matched models.toml variant.
     pub variant: Option<String>,
     pub recipe: String,
@@ -115,7 +117,7 @@ impl Plan {
         self.language
             .tensors
             .iter()
-            .chain(&self.mmproj.tensors)
+            .chain(self.mmproj.iter().flat_map(|m| &m.tensors))
             .filter_map(|t| t.fell_back_from.map(|w| (t.mapped.name.clone(), w, t.ty)))
             .collect()
     }
@@ -125,8 +127,10 @@ impl Plan {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub language_path: PathBuf,
-    pub mmproj_path: PathBuf,
+    /// `None` when the checkpoint was text-only.
+    pub mmproj_path: Option<PathBuf>,
     pub language_bytes: u64,
+    /// 0 when the checkpoint was text-only.
     pub mmproj_bytes: u64,
     pub input_bytes: u64,
     pub elapsed: Duration,
@@ -155,7 +159,27 @@ pub fn plan(opts: &ConvertOptions) -> Result<(Checkpoint, Plan)> {
     let cfg = VlConfig::load(&opts.input)?;
     let proc = ProcessorConfig::load(&opts.input, &cfg)?;
     let ck = Checkpoint::open(&opts.input)?;
-    let mapping = mapping::map_checkpoint(&cfg, &ck)?;
+    let plan = plan_configured(opts, &db, &cfg, &proc, &ck)?;
+    Ok((ck, plan))
+}
+
+/// [`plan`] for tensors taken from `src` (for example generated ones) instead of the
+/// checkpoint's shards; the configuration and tokenizer files are still read from `opts.input`.
+pub fn plan_source(opts: &ConvertOptions, src: &dyn TensorSource) -> Result<Plan> {
+    let db = ModelsDb::builtin()?;
+    let cfg = VlConfig::load(&opts.input)?;
+    let proc = ProcessorConfig::load(&opts.input, &cfg)?;
+    plan_configured(opts, &db, &cfg, &proc, src)
+}
+
+fn plan_configured(
+    opts: &ConvertOptions,
+    db: &ModelsDb,
+    cfg: &VlConfig,
+    proc: &ProcessorConfig,
+    src: &dyn TensorSource,
+) -> Result<Plan> {
+    let mapping = mapping::map_checkpoint(cfg, src)?;
 
     let mut warnings = Vec::new();
     let variant = db.match_config(&cfg.language).map(|v| v.name.clone());
@@ -176,7 +200,7 @@ pub fn plan(opts: &ConvertOptions) -> Result<(Checkpoint, Plan)> {
             cfg.language.hidden_size, cfg.language.num_hidden_layers
         ));
     }
-    let recipe = Recipe::new(&db, &recipe_name, &opts.overrides)?;
+    let recipe = Recipe::new(db, &recipe_name, &opts.overrides)?;
 
     let l = &cfg.language;
     let tok = tokenizer::load(
@@ -196,14 +220,23 @@ pub fn plan(opts: &ConvertOptions) -> Result<(Checkpoint, Plan)> {
         env!("CARGO_PKG_VERSION")
     );
     let lm_meta = metadata::language_metadata(
-        &cfg,
+        cfg,
         &tok,
         &name,
         variant.as_deref(),
         recipe.wanted(Role::Experts),
         &description,
     )?;
-    let mm_meta = metadata::mmproj_metadata(&cfg, &proc, tok.image_token_id, &name, &description)?;
+    let mm_meta = match mapping.mmproj {
+        Some(_) => Some(metadata::mmproj_metadata(
+            cfg,
+            proc,
+            tok.image_token_id,
+            &name,
+            &description,
+        )?),
+        None => None,
+    };
 
     let typed = |list: Vec<MappedTensor>| -> Result<Vec<PlannedTensor>> {
         list.into_iter()
@@ -234,17 +267,20 @@ pub fn plan(opts: &ConvertOptions) -> Result<(Checkpoint, Plan)> {
             metadata: lm_meta,
             tensors: typed(mapping.language)?,
         },
-        mmproj: FilePlan {
-            path: mmproj_path(&opts.output),
-            metadata: mm_meta,
-            tensors: typed(mapping.mmproj)?,
+        mmproj: match (mapping.mmproj, mm_meta) {
+            (Some(tensors), Some(metadata)) => Some(FilePlan {
+                path: mmproj_path(&opts.output),
+                metadata,
+                tensors: typed(tensors)?,
+            }),
+            _ => None,
         },
         variant,
         recipe: recipe_name,
         warnings,
-        input_bytes: ck.data_bytes(),
+        input_bytes: src.data_bytes(),
     };
-    Ok((ck, plan))
+    Ok(plan)
 }
 
 fn quant_err(context: &str, e: impl std::fmt::Display) -> ConvertError {
@@ -267,11 +303,13 @@ pub fn check_outputs(output: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Writes both files and commits them together.
-pub fn execute(ck: &Checkpoint, plan: &Plan, opts: &ConvertOptions) -> Result<Summary> {
+/// Writes both files and commits them together. For a text-only plan only the language model
+/// is written, and an `mmproj-<name>` left beside it by an earlier conversion (which `force`
+/// allowed to replace) is removed, so that nothing pairs the new model with a stale tower.
+pub fn execute(ck: &dyn TensorSource, plan: &Plan, opts: &ConvertOptions) -> Result<Summary> {
     check_outputs(&plan.language.path, opts.force)?;
     let start = Instant::now();
-    let total = plan.language.data_bytes() + plan.mmproj.data_bytes();
+    let total = plan.language.data_bytes() + plan.mmproj.as_ref().map_or(0, FilePlan::data_bytes);
     let bar = if opts.progress {
         let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
@@ -283,14 +321,17 @@ pub fn execute(ck: &Checkpoint, plan: &Plan, opts: &ConvertOptions) -> Result<Su
     } else {
         ProgressBar::hidden()
     };
-    let run = || -> Result<(PendingFile, PendingFile)> {
+    let run = || -> Result<(PendingFile, Option<PendingFile>)> {
         let consumed = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| prefetch(ck, plan, &consumed, &stop));
             let _stop = StopOnDrop(&stop);
             let lm = write_file(ck, &plan.language, opts.force, &bar, &consumed)?;
-            let mm = write_file(ck, &plan.mmproj, opts.force, &bar, &consumed)?;
+            let mm = match &plan.mmproj {
+                Some(fp) => Some(write_file(ck, fp, opts.force, &bar, &consumed)?),
+                None => None,
+            };
             Ok((lm, mm))
         })
     };
@@ -303,24 +344,37 @@ pub fn execute(ck: &Checkpoint, plan: &Plan, opts: &ConvertOptions) -> Result<Su
         None => run()?,
     };
     bar.finish_and_clear();
+    if mm.is_none() {
+        // A text-only conversion must not leave an older mmproj beside the new language file.
+        let stale = mmproj_path(&plan.language.path);
+        if stale.exists() {
+            std::fs::remove_file(&stale).map_err(|e| ConvertError::io(&stale, e))?;
+        }
+    }
     // The mmproj goes into place first and the file the user named last, so that OUT.gguf
     // exists only once its pair is complete, even if the process is killed between the two
     // renames (a kill can still leave a complete mmproj-OUT.gguf without OUT.gguf).
-    let mmproj_path = mm.commit().map_err(|e| quant_err("commit", e))?;
+    let mm_path = match mm.map(PendingFile::commit) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return Err(quant_err("commit", e)),
+        None => None,
+    };
     let language_path = match lm.commit() {
         Ok(p) => p,
         Err(e) => {
             // Keep the pair consistent: without its language file the mmproj is removed.
-            let _ = std::fs::remove_file(&mmproj_path);
+            if let Some(p) = &mm_path {
+                let _ = std::fs::remove_file(p);
+            }
             return Err(quant_err("commit", e));
         }
     };
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     Ok(Summary {
         language_bytes: size(&language_path),
-        mmproj_bytes: size(&mmproj_path),
+        mmproj_bytes: mm_path.as_deref().map_or(0, size),
         language_path,
-        mmproj_path,
+        mmproj_path: mm_path,
         input_bytes: plan.input_bytes,
         elapsed: start.elapsed(),
         fallbacks: plan.fallbacks(),
@@ -337,16 +391,21 @@ impl Drop for StopOnDrop<'_> {
 }
 
 /// Checkpoint bytes a planned tensor reads.
-fn input_bytes(ck: &Checkpoint, t: &PlannedTensor) -> u64 {
+fn input_bytes(ck: &dyn TensorSource, t: &PlannedTensor) -> u64 {
     let inputs = t.mapped.source.inputs();
     inputs.iter().map(|n| ck.tensor_bytes(n) as u64).sum()
 }
 
 /// Faults the checkpoint tensors in, in the order the converters will read them, staying at
 /// most [`PREFETCH_AHEAD`] bytes ahead of `consumed` (what the converters finished).
-fn prefetch(ck: &Checkpoint, plan: &Plan, consumed: &AtomicU64, stop: &AtomicBool) {
+fn prefetch(ck: &dyn TensorSource, plan: &Plan, consumed: &AtomicU64, stop: &AtomicBool) {
     let mut issued = 0u64;
-    for t in plan.language.tensors.iter().chain(&plan.mmproj.tensors) {
+    for t in plan
+        .language
+        .tensors
+        .iter()
+        .chain(plan.mmproj.iter().flat_map(|m| &m.tensors))
+    {
         for name in t.mapped.source.inputs() {
             let len = ck.tensor_bytes(name);
             let mut from = 0;
@@ -370,7 +429,7 @@ fn prefetch(ck: &Checkpoint, plan: &Plan, consumed: &AtomicU64, stop: &AtomicBoo
 }
 
 fn write_file(
-    ck: &Checkpoint,
+    ck: &dyn TensorSource,
     fp: &FilePlan,
     force: bool,
     bar: &ProgressBar,
@@ -419,7 +478,7 @@ fn write_file(
 /// Streams one tensor: chunks of rows, each chunk filled and quantized in parallel, then
 /// handed to the writer thread.
 fn write_tensor(
-    ck: &Checkpoint,
+    ck: &dyn TensorSource,
     t: &PlannedTensor,
     full: &SyncSender<Vec<u8>>,
     empty: &Receiver<Vec<u8>>,

@@ -210,9 +210,12 @@ fn convert_and_check(fixture_name: &str, quant: &str) {
     let o = opts(fixture(fixture_name), out.clone(), quant);
     let (plan, summary) = write::convert(&o).unwrap();
     assert_eq!(summary.language_path, out);
-    assert_eq!(summary.mmproj_path, dir.path().join("mmproj-model.gguf"));
+    assert_eq!(
+        summary.mmproj_path,
+        Some(dir.path().join("mmproj-model.gguf"))
+    );
     let ck = Checkpoint::open(&fixture(fixture_name)).unwrap();
-    for fp in [&plan.language, &plan.mmproj] {
+    for fp in [&plan.language, plan.mmproj.as_ref().unwrap()] {
         let file = GgufFile::open(&fp.path).unwrap();
         assert_eq!(file.tensors().len(), fp.tensors.len());
         for t in &fp.tensors {
@@ -313,7 +316,7 @@ fn metadata_of_mla_file() {
         f.tensor("blk.0.attn_v_b.weight").unwrap().ne,
         vec![32, 16, 4]
     );
-    let mm = GgufFile::open(&plan.mmproj.path).unwrap();
+    let mm = GgufFile::open(&plan.mmproj.as_ref().unwrap().path).unwrap();
     assert_eq!(
         mm.get("clip.projector_type").unwrap().as_str(),
         Some("deepseekvl2")

@@ -100,7 +100,7 @@ impl ConvertArgs {
 }
 
 fn print_plan(plan: &Plan) {
-    for fp in [&plan.language, &plan.mmproj] {
+    for fp in std::iter::once(&plan.language).chain(&plan.mmproj) {
         println!("{}:", fp.path.display());
         println!(
             "  {:<34} {:<18} {:<16} {:>12}  {:<9} source",
@@ -163,17 +163,21 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     }
     let s = write::execute(&ck, &plan, &opts).context("conversion failed; no output written")?;
     print_fallbacks(&plan);
+    let mmproj = match &s.mmproj_path {
+        Some(p) => format!("{} ({:.1} MB)", p.display(), s.mmproj_bytes as f64 / 1e6),
+        None => "no mmproj (text-only checkpoint)".to_string(),
+    };
     eprintln!(
-        "converted {:.1} MB of checkpoint in {:.2} s ({:.1} MB/s): {} ({:.1} MB), {} ({:.1} MB)",
+        "converted {:.1} MB of checkpoint in {:.2} s ({:.1} MB/s): {} ({:.1} MB), {mmproj}",
         s.input_bytes as f64 / 1e6,
         s.elapsed.as_secs_f64(),
         s.input_mb_per_s(),
         s.language_path.display(),
         s.language_bytes as f64 / 1e6,
-        s.mmproj_path.display(),
-        s.mmproj_bytes as f64 / 1e6
     );
     println!("{}", s.language_path.display());
-    println!("{}", s.mmproj_path.display());
+    if let Some(p) = &s.mmproj_path {
+        println!("{}", p.display());
+    }
     Ok(())
 }

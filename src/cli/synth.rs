@@ -1,5 +1,7 @@
-//! `pocketvl synth`: write a random-weight checkpoint in a variant's real shapes.
+//! `pocketvl synth`: write a random-weight checkpoint in a variant's real shapes, or (with
+//! `--quant`) its converted GGUF pair directly.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -13,33 +15,51 @@ pub struct SynthArgs {
     /// deepseek-vl2-tiny, deepseek-vl2-small or deepseek-vl2.
     #[arg(long)]
     pub variant: String,
-    /// Output directory (created; must be empty unless --force).
+    /// Output: the checkpoint directory (created; must be empty unless --force), or with
+    /// --quant the language-model GGUF (its mmproj is written beside it as mmproj-<name>).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Write the converted GGUF pair with this recipe (the names `convert --quant` takes:
+    /// f32, f16, bf16, q8_0, q4_0, q4_k, ...) straight to --output, byte-identical to
+    /// `synth` + `convert --quant` and without the bf16 checkpoint on disk.
+    #[arg(long, value_name = "RECIPE")]
+    pub quant: Option<String>,
     /// PRNG seed: the same seed gives the same bytes on any machine and thread count.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Keep only the first N language-model layers (quick tests).
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Leave out the `vision.*` tensors (config.json still describes the tower).
+    /// Leave out the vision tower, projector and tile tags: a text-only checkpoint, which
+    /// `convert` turns into NAME.gguf alone (config.json still describes the tower).
     #[arg(long)]
     pub no_vision: bool,
+    /// Zipf-like expert popularity in the routers (0 = plain random routers, which route
+    /// nearly uniformly). The expert of popularity rank r is picked for a token with
+    /// probability min(0.45, c·r^-ALPHA), summing to the experts per token; each layer has
+    /// its own popular experts. 1.0 is a typical skew for trained MoE models. See
+    /// docs/SYNTH.md.
+    #[arg(long, value_name = "ALPHA", default_value_t = 0.0)]
+    pub router_skew: f64,
     /// Maximum bytes of tensor data per shard.
     #[arg(long, default_value_t = synth::DEFAULT_SHARD_BYTES)]
     pub shard_bytes: u64,
     /// tokenizer.json to ship (default: the repository's DeepSeek-V3 fixture tokenizer).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Write into a non-empty directory.
+    /// Write into a non-empty directory (with --quant: replace existing GGUF files).
     #[arg(long)]
     pub force: bool,
+    /// Worker threads for --quant (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Runs `pocketvl synth`.
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let variant = Variant::from_name(&args.variant)
         .ok_or_else(|| synth::SynthError::UnknownVariant(args.variant.clone()))?;
+    let threads = super::threads::check(args.threads)?;
     let mut opts = SynthOptions::new(variant, &args.output);
     opts.seed = args.seed;
     opts.layers = args.layers;
@@ -47,6 +67,37 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     opts.shard_bytes = args.shard_bytes;
     opts.tokenizer = args.tokenizer;
     opts.force = args.force;
+    opts.router_skew = args.router_skew;
+    if let Some(quant) = &args.quant {
+        opts.progress = std::io::stderr().is_terminal();
+        let (plan, s) = synth::synthesize_gguf(&opts, quant, threads).with_context(|| {
+            format!(
+                "synthesizing {} as {quant} GGUF into {}; no output written",
+                variant.name(),
+                args.output.display()
+            )
+        })?;
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        let mmproj = match &s.mmproj_path {
+            Some(p) => format!("{} ({:.1} MB)", p.display(), s.mmproj_bytes as f64 / 1e6),
+            None => "no mmproj (--no-vision)".to_string(),
+        };
+        eprintln!(
+            "synthesized {:.1} MB of bf16 weights as {} in {:.2} s: {} ({:.1} MB), {mmproj}",
+            s.input_bytes as f64 / 1e6,
+            plan.recipe,
+            s.elapsed.as_secs_f64(),
+            s.language_path.display(),
+            s.language_bytes as f64 / 1e6,
+        );
+        println!("{}", s.language_path.display());
+        if let Some(p) = &s.mmproj_path {
+            println!("{}", p.display());
+        }
+        return Ok(());
+    }
     opts.progress = true;
     let summary = synth::synthesize(&opts).with_context(|| {
         format!(

@@ -9,6 +9,8 @@
 //! seed whatever the thread count.
 
 pub mod rng;
+pub mod skew;
+pub mod source;
 pub mod spec;
 pub mod tensors;
 pub mod tokenizer;
@@ -19,6 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use source::SynthSource;
 pub use spec::{ModelSpec, Variant};
 pub use tensors::{tensor_list, TensorSpec};
 pub use writer::{HeaderEntry, SafetensorsWriter, StDtype};
@@ -57,6 +60,12 @@ pub enum SynthError {
     /// Misuse of the safetensors writer (a bug in the caller, reported rather than panicking).
     #[error("{path}: safetensors writer: {reason}")]
     Writer { path: PathBuf, reason: String },
+    /// `--router-skew` outside its range.
+    #[error("--router-skew {0}: choose a value in 0..={max}", max = skew::MAX_ALPHA)]
+    BadSkew(f64),
+    /// Writing the GGUF pair directly (`--quant`) failed in the converter.
+    #[error(transparent)]
+    Convert(#[from] convert::ConvertError),
 }
 
 impl SynthError {
@@ -99,10 +108,12 @@ pub struct SynthOptions {
     /// tokenizer.json to copy as it is; `None` = the repository's DeepSeek-V3 tokenizer
     /// ([`DEFAULT_TOKENIZER`]), re-laid out for Small ([`tokenizer::v2_layout_from_v3`]).
     pub tokenizer: Option<PathBuf>,
-    /// Write into a non-empty directory.
+    /// Write into a non-empty directory (or replace the GGUF pair).
     pub force: bool,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// Zipf exponent of expert popularity ([`skew`]; 0 = plain random routers).
+    pub router_skew: f64,
 }
 
 impl SynthOptions {
@@ -118,6 +129,7 @@ impl SynthOptions {
             tokenizer: None,
             force: false,
             progress: false,
+            router_skew: 0.0,
         }
     }
 }
@@ -165,6 +177,11 @@ pub fn plan_shards(tensors: &[TensorSpec], limit: u64) -> Vec<Vec<&TensorSpec>> 
 
 /// Writes the checkpoint described by `opts`.
 pub fn synthesize(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
+    synthesize_spec(&spec_of(opts)?, opts)
+}
+
+/// The spec `opts` asks for (variant, depth, vision, skew), checked.
+pub fn spec_of(opts: &SynthOptions) -> Result<ModelSpec, SynthError> {
     let max = opts.variant.language().num_hidden_layers;
     if let Some(n) = opts.layers {
         if n == 0 || n > max {
@@ -175,8 +192,9 @@ pub fn synthesize(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
             });
         }
     }
-    let spec = ModelSpec::new(opts.variant, opts.layers, opts.vision);
-    synthesize_spec(&spec, opts)
+    let mut spec = ModelSpec::new(opts.variant, opts.layers, opts.vision);
+    spec.router_skew = opts.router_skew;
+    Ok(spec)
 }
 
 /// Writes a checkpoint of an explicit `spec` (for example a variant shrunk for tests);
@@ -186,16 +204,8 @@ pub fn synthesize_spec(spec: &ModelSpec, opts: &SynthOptions) -> Result<SynthSum
     if opts.shard_bytes < MIN_SHARD_BYTES {
         return Err(SynthError::BadShardSize(opts.shard_bytes));
     }
-    let tok_src = opts
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKENIZER));
-    if !tok_src.is_file() {
-        return Err(SynthError::Tokenizer {
-            path: tok_src,
-            reason: "not found (pass --tokenizer PATH)".into(),
-        });
-    }
+    check_spec(spec)?;
+    let tok_src = tokenizer_source(opts)?;
     prepare_dir(&opts.output, opts.force)?;
 
     let list = tensor_list(spec);
@@ -232,37 +242,7 @@ pub fn synthesize_spec(spec: &ModelSpec, opts: &SynthOptions) -> Result<SynthSum
         "weight_map": weight_map,
     });
     write_json(&opts.output.join("model.safetensors.index.json"), &index)?;
-    write_json(&opts.output.join("config.json"), &spec.config_json())?;
-    write_json(
-        &opts.output.join("processor_config.json"),
-        &spec::processor_config_json(),
-    )?;
-    write_json(
-        &opts.output.join("tokenizer_config.json"),
-        &spec::tokenizer_config_json(),
-    )?;
-    write_json(
-        &opts.output.join("special_tokens_map.json"),
-        &spec::special_tokens_map_json(),
-    )?;
-    let tok_out = opts.output.join("tokenizer.json");
-    if opts.tokenizer.is_none() && spec.variant == Variant::Small {
-        let tok_err = |reason: String| SynthError::Tokenizer {
-            path: tok_src.clone(),
-            reason,
-        };
-        let text = std::fs::read(&tok_src).map_err(|e| SynthError::io(&tok_src, e))?;
-        let v3: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| tok_err(format!("not JSON: {e}")))?;
-        let v2 = tokenizer::v2_layout_from_v3(&v3).map_err(tok_err)?;
-        let text = serde_json::to_vec(&v2).map_err(|e| tok_err(e.to_string()))?;
-        std::fs::write(&tok_out, text).map_err(|e| SynthError::io(&tok_out, e))?;
-    } else {
-        std::fs::copy(&tok_src, &tok_out).map_err(|e| SynthError::Tokenizer {
-            path: tok_src.clone(),
-            reason: format!("copy to {}: {e}", tok_out.display()),
-        })?;
-    }
+    write_support_files(&opts.output, spec, &tok_src, opts.tokenizer.is_none())?;
 
     let summary = SynthSummary {
         shards: paths,
@@ -277,6 +257,121 @@ pub fn synthesize_spec(spec: &ModelSpec, opts: &SynthOptions) -> Result<SynthSum
         summary.mb_per_s()
     ));
     Ok(summary)
+}
+
+/// Writes the converted GGUF pair of the variant `opts` asks for straight to `opts.output`
+/// (the language model; its mmproj beside it), with recipe `quant`: the bytes `convert` would
+/// write from the checkpoint [`synthesize`] writes for the same options, without that
+/// checkpoint on disk. `threads`: converter threads (`None` = all cores).
+pub fn synthesize_gguf(
+    opts: &SynthOptions,
+    quant: &str,
+    threads: Option<usize>,
+) -> Result<(convert::write::Plan, convert::write::Summary), SynthError> {
+    synthesize_gguf_spec(&spec_of(opts)?, opts, quant, threads)
+}
+
+/// [`synthesize_gguf`] for an explicit `spec` (`opts.variant`, `.layers`, `.vision` ignored).
+///
+/// Only the small configuration and tokenizer files go to disk, into a temporary directory
+/// that the converter reads them from; tensors come from a [`SynthSource`], so memory stays
+/// at the converter's chunk buffers. The converter's own guarantees hold: existing outputs are
+/// refused without `force`, and a failure leaves no file at either output path.
+pub fn synthesize_gguf_spec(
+    spec: &ModelSpec,
+    opts: &SynthOptions,
+    quant: &str,
+    threads: Option<usize>,
+) -> Result<(convert::write::Plan, convert::write::Summary), SynthError> {
+    use convert::write::{check_outputs, execute, plan_source, ConvertOptions};
+    check_spec(spec)?;
+    let tok_src = tokenizer_source(opts)?;
+    check_outputs(&opts.output, opts.force)?;
+    let support = tempfile::Builder::new()
+        .prefix("pocketvl-synth-")
+        .tempdir()
+        .map_err(|e| SynthError::io(std::env::temp_dir(), e))?;
+    write_support_files(support.path(), spec, &tok_src, opts.tokenizer.is_none())?;
+    let copts = ConvertOptions {
+        input: support.path().to_path_buf(),
+        output: opts.output.clone(),
+        quant: Some(quant.to_string()),
+        overrides: Vec::new(),
+        force: opts.force,
+        threads,
+        progress: opts.progress,
+    };
+    let source = SynthSource::new(spec, opts.seed);
+    let plan = plan_source(&copts, &source)?;
+    let summary = execute(&source, &plan, &copts)?;
+    Ok((plan, summary))
+}
+
+/// Refuses spec values the generator cannot honour.
+fn check_spec(spec: &ModelSpec) -> Result<(), SynthError> {
+    let a = spec.router_skew;
+    if !(0.0..=skew::MAX_ALPHA).contains(&a) {
+        return Err(SynthError::BadSkew(a));
+    }
+    Ok(())
+}
+
+/// The tokenizer.json to ship, checked to exist.
+fn tokenizer_source(opts: &SynthOptions) -> Result<PathBuf, SynthError> {
+    let tok_src = opts
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKENIZER));
+    if !tok_src.is_file() {
+        return Err(SynthError::Tokenizer {
+            path: tok_src,
+            reason: "not found (pass --tokenizer PATH)".into(),
+        });
+    }
+    Ok(tok_src)
+}
+
+/// Writes everything of a checkpoint but its tensors into `dir`: `config.json`,
+/// `processor_config.json`, `tokenizer_config.json`, `special_tokens_map.json` and
+/// `tokenizer.json` (re-laid out for Small when it is the default one, `default_tokenizer`).
+fn write_support_files(
+    dir: &Path,
+    spec: &ModelSpec,
+    tok_src: &Path,
+    default_tokenizer: bool,
+) -> Result<(), SynthError> {
+    write_json(&dir.join("config.json"), &spec.config_json())?;
+    write_json(
+        &dir.join("processor_config.json"),
+        &spec::processor_config_json(),
+    )?;
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &spec::tokenizer_config_json(),
+    )?;
+    write_json(
+        &dir.join("special_tokens_map.json"),
+        &spec::special_tokens_map_json(),
+    )?;
+    let tok_out = dir.join("tokenizer.json");
+    if default_tokenizer && spec.variant == Variant::Small {
+        let tok_err = |reason: String| SynthError::Tokenizer {
+            path: tok_src.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read(tok_src).map_err(|e| SynthError::io(tok_src, e))?;
+        let v3: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| tok_err(format!("not JSON: {e}")))?;
+        let v2 = tokenizer::v2_layout_from_v3(&v3).map_err(tok_err)?;
+        let text = serde_json::to_vec(&v2).map_err(|e| tok_err(e.to_string()))?;
+        std::fs::write(&tok_out, text).map_err(|e| SynthError::io(&tok_out, e))?;
+    } else {
+        std::fs::copy(tok_src, &tok_out).map_err(|e| SynthError::Tokenizer {
+            path: tok_src.to_path_buf(),
+            reason: format!("copy to {}: {e}", tok_out.display()),
+        })?;
+    }
+    Ok(())
 }
 
 /// Creates `dir`, refusing a non-empty one unless `force`.
@@ -326,13 +421,13 @@ fn write_shard(
                 reason: format!("tensor '{name}' in the header but not in the shard plan"),
             });
         };
-        let hash = rng::name_hash(&t.name);
+        let draw = t.draw(seed);
         let numel = t.numel();
         let mut done = 0u64;
         while done < numel {
             let n = (numel - done).min(BATCH_ELEMS as u64) as usize;
             buf.resize(n * 2, 0);
-            rng::fill_bf16(seed, hash, t.init, done, buf);
+            rng::fill_bf16(&draw, done, buf);
             w.write(buf)?;
             done += n as u64;
             progress.add(n as u64 * 2, path);

@@ -166,8 +166,11 @@ pub struct ModelSpec {
     pub variant: Variant,
     pub language: LmSpec,
     pub vision: VisionSpec,
-    /// Whether `vision.*` tensors are written (config.json always describes the tower).
+    /// Whether the vision side (`vision.*`, `projector.*`, tile tags) is written (config.json
+    /// always describes the tower).
     pub with_vision: bool,
+    /// Zipf exponent of expert popularity (`--router-skew`; 0 = plain random routers).
+    pub router_skew: f64,
 }
 
 impl ModelSpec {
@@ -182,6 +185,7 @@ impl ModelSpec {
             language,
             vision: VISION,
             with_vision,
+            router_skew: 0.0,
         }
     }
 

@@ -6,8 +6,13 @@
 //! follow the fixture generator (tests/fixtures/README.md "The two models") so that a synthetic
 //! model's activations stay O(1): linear weights N(0, 1/fan_in), the router ×2 and lm_head ×3,
 //! norm scales 1 + N(0, 0.1), biases N(0, 0.02), embeddings and tile tags N(0, 1), `pos_embed`
-//! N(0, 0.2), the noaux_tc selection bias N(0, 0.1).
+//! N(0, 0.2), the noaux_tc selection bias N(0, 0.1). With `--router-skew` each router row gets a
+//! factor on its spread and the selection bias is zero ([`skew`]).
 
+use std::sync::Arc;
+
+use super::rng::{name_hash, Draw};
+use super::skew;
 use super::spec::{Attention, ModelSpec, Routing, DOWNSAMPLE_RATIO};
 
 /// How the values of one tensor are drawn (all approximately Gaussian).
@@ -45,6 +50,9 @@ pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<usize>,
     pub init: Init,
+    /// Per-row factors on the spread (rows = first dimension): the skewed router
+    /// (`--router-skew`, [`skew`]); `None` = every row drawn alike.
+    pub row_scales: Option<Arc<[f32]>>,
 }
 
 impl TensorSpec {
@@ -53,6 +61,18 @@ impl TensorSpec {
             name: name.into(),
             shape: shape.to_vec(),
             init,
+            row_scales: None,
+        }
+    }
+
+    /// How this tensor's values are drawn for `seed`.
+    pub fn draw(&self, seed: u64) -> Draw<'_> {
+        let row_len = self.shape.iter().skip(1).product::<usize>();
+        Draw {
+            seed,
+            tensor: name_hash(&self.name),
+            init: self.init,
+            row_scales: self.row_scales.as_deref().map(|s| (row_len, s)),
         }
     }
 
@@ -108,10 +128,12 @@ fn swiglu(out: &mut Vec<TensorSpec>, prefix: &str, d: usize, inter: usize) {
 /// the order decides which shard a tensor lands in.
 pub fn tensor_list(spec: &ModelSpec) -> Vec<TensorSpec> {
     let mut t = Vec::new();
+    // Without vision the whole vision side goes (tower, projector, tile tags): a text-only
+    // checkpoint, which the converter turns into the language-model GGUF alone.
     if spec.with_vision {
         vision(&mut t, spec);
+        projector(&mut t, spec);
     }
-    projector(&mut t, spec);
     language(&mut t, spec);
     t
 }
@@ -176,6 +198,9 @@ fn language(t: &mut Vec<TensorSpec>, spec: &ModelSpec) {
     let l = &spec.language;
     let d = l.hidden_size;
     let h = l.num_attention_heads;
+    // Router row factors by popularity rank, fitted once for all layers.
+    let skew_by_rank = (spec.router_skew > 0.0)
+        .then(|| skew::fit_scales(l.n_routed_experts, l.num_experts_per_tok, spec.router_skew));
     t.push(TensorSpec::new(
         "language.model.embed_tokens.weight",
         &[l.vocab_size, d],
@@ -242,16 +267,25 @@ fn language(t: &mut Vec<TensorSpec>, spec: &ModelSpec) {
             swiglu(t, &format!("{p}.mlp"), d, l.intermediate_size);
             continue;
         }
-        t.push(TensorSpec::new(
+        let mut gate = TensorSpec::new(
             format!("{p}.mlp.gate.weight"),
             &[l.n_routed_experts, d],
             Init::linear(d, 2.0),
-        ));
+        );
+        if let Some(by_rank) = &skew_by_rank {
+            gate.row_scales = Some(skew::router_row_scales(&gate.name, by_rank).into());
+        }
+        t.push(gate);
         if l.routing == Routing::SigmoidNoauxTc {
+            // Under skew the selection bias is zero: the row factors alone set popularity.
+            let bias = match skew_by_rank {
+                Some(_) => Init::normal(0.0),
+                None => Init::normal(0.1),
+            };
             t.push(TensorSpec::new(
                 format!("{p}.mlp.gate.e_score_correction_bias"),
                 &[l.n_routed_experts],
-                Init::normal(0.1),
+                bias,
             ));
         }
         for e in 0..l.n_routed_experts {
@@ -300,9 +334,11 @@ mod tests {
         assert_eq!(b(params(Variant::Tiny, true)), 3.371);
         assert_eq!(b(params(Variant::Small, true)), 16.148);
         assert_eq!(b(params(Variant::Vl2, true)), 27.480);
-        // Vision incl. attn_pool ≈ 0.428 B, identical in all variants.
+        // The vision side: the tower incl. attn_pool ≈ 0.428 B (identical in all variants),
+        // plus Tiny's projector (4·1152 → 1280 → 1280, with biases) and two tile tags.
         let vis = params(Variant::Tiny, true) - params(Variant::Tiny, false);
-        assert_eq!(b(vis), 0.428);
+        let projector = (4 * 1152 * 1280 + 1280) + (1280 * 1280 + 1280) + 2 * 1280;
+        assert_eq!(b(vis - projector), 0.428);
     }
 
     #[test]

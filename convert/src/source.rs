@@ -1,0 +1,62 @@
+//! Where the converter's input tensors come from.
+//!
+//! The converter (mapping, recipe, quantization, GGUF writing) only needs, per Hugging Face
+//! tensor name, its shape and dtype and a way to read any run of its elements as f32. A
+//! [`TensorSource`] provides exactly that: [`Checkpoint`] reads safetensors shards; `pocketvl
+//! synth --quant` generates random weights on the fly, so a full-size GGUF pair is written
+//! without its (tens of gigabytes) bf16 checkpoint ever touching the disk — through the same
+//! conversion code, so both routes give the same bytes.
+
+use crate::error::Result;
+use crate::safetensors::{Checkpoint, Dtype};
+
+/// Named tensors the converter reads (PyTorch shapes, slowest dimension first).
+///
+/// `Sync`: converters read disjoint row ranges of one source from many threads at once.
+pub trait TensorSource: Sync {
+    /// Every tensor name, sorted.
+    fn names(&self) -> Box<dyn Iterator<Item = &str> + '_>;
+
+    /// Shape and element type of `name` (`ConvertError::MissingTensor` if absent).
+    fn info(&self, name: &str) -> Result<(&[usize], Dtype)>;
+
+    /// Elements `start .. start + out.len()` of `name` (row-major), widened to f32.
+    fn read_f32(&self, name: &str, start: usize, out: &mut [f32]) -> Result<()>;
+
+    /// Bytes of `name`'s data as stored (0 if absent): the converter's measure of input read.
+    fn tensor_bytes(&self, name: &str) -> usize;
+
+    /// Total bytes of tensor data.
+    fn data_bytes(&self) -> u64;
+
+    /// Hint that bytes `[from, to)` of `name` will be read soon (a source backed by storage
+    /// may fault them in); the default does nothing.
+    fn prefetch(&self, _name: &str, _from: usize, _to: usize) {}
+}
+
+impl TensorSource for Checkpoint {
+    fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(Checkpoint::names(self))
+    }
+
+    fn info(&self, name: &str) -> Result<(&[usize], Dtype)> {
+        let view = self.tensor(name)?;
+        Ok((view.shape, view.dtype))
+    }
+
+    fn read_f32(&self, name: &str, start: usize, out: &mut [f32]) -> Result<()> {
+        self.tensor(name)?.read_f32(start, out)
+    }
+
+    fn tensor_bytes(&self, name: &str) -> usize {
+        Checkpoint::tensor_bytes(self, name)
+    }
+
+    fn data_bytes(&self) -> u64 {
+        Checkpoint::data_bytes(self)
+    }
+
+    fn prefetch(&self, name: &str, from: usize, to: usize) {
+        Checkpoint::prefetch(self, name, from, to)
+    }
+}
