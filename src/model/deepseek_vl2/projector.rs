@@ -15,7 +15,7 @@ use quant::GgmlType;
 use rayon::prelude::*;
 
 use super::preprocess::Preprocessed;
-use super::vision::{VisionError, VisionHparams};
+use super::vision_config::{VisionError, VisionHparams};
 use super::vision_math::add_bias;
 use crate::loader::{LoaderError, ModelFile, Weight};
 use crate::ops::{gelu_erf, matmul};
