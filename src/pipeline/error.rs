@@ -21,19 +21,19 @@ pub enum Error {
     Load {
         path: PathBuf,
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     #[error("{path}: {source}")]
     File {
         path: PathBuf,
         #[source]
-        source: LoaderError,
+        source: Box<LoaderError>,
     },
     #[error("{path}: {source}")]
     Tokenizer {
         path: PathBuf,
         #[source]
-        source: TokenizerError,
+        source: Box<TokenizerError>,
     },
     #[error("images need the vision model, but {0} does not exist (give --mmproj)")]
     NoMmproj(PathBuf),
@@ -41,7 +41,7 @@ pub enum Error {
     LoadVision {
         path: PathBuf,
         #[source]
-        source: VisionError,
+        source: Box<VisionError>,
     },
     #[error(transparent)]
     Limit(#[from] LimitError),
@@ -52,7 +52,7 @@ pub enum Error {
         source: ImageIoError,
     },
     #[error(transparent)]
-    Vision(#[from] VisionCacheError),
+    Vision(Box<VisionCacheError>),
     #[error(
         "the prompt has {tags} <image> tag(s) but only {images} image(s) were given \
          (one --image or /image per tag)"
@@ -82,7 +82,20 @@ pub enum Error {
     #[error("{0}")]
     Options(String),
     #[error(transparent)]
-    Generate(#[from] GenerateError),
+    Generate(Box<GenerateError>),
+}
+
+// Boxed: the model's error types are large, and every request returns this one.
+impl From<VisionCacheError> for Error {
+    fn from(e: VisionCacheError) -> Error {
+        Error::Vision(Box::new(e))
+    }
+}
+
+impl From<GenerateError> for Error {
+    fn from(e: GenerateError) -> Error {
+        Error::Generate(Box::new(e))
+    }
 }
 
 impl Error {
@@ -101,6 +114,6 @@ impl Error {
                 | Error::PromptTooLong { .. }
                 | Error::Options(_)
                 | Error::NoMmproj(_)
-        ) || matches!(self, Error::Vision(VisionCacheError::Preprocess { .. }))
+        ) || matches!(self, Error::Vision(v) if matches!(**v, VisionCacheError::Preprocess { .. }))
     }
 }

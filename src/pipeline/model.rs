@@ -64,11 +64,11 @@ impl Model {
         }
         let file = ModelFile::open(path).map_err(|source| Error::File {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         let mut lm = LanguageModel::load(&file).map_err(|source| Error::Load {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         let n_ctx = limits::context_length(opts.ctx, lm.hp.n_ctx)?;
         if n_ctx != lm.hp.n_ctx {
@@ -76,7 +76,7 @@ impl Model {
         }
         let tokenizer = Tokenizer::from_model_file(&file).map_err(|source| Error::Tokenizer {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         if let Some(pool) = &opts.pool {
             lm.set_thread_pool(pool.clone());
@@ -118,7 +118,7 @@ impl Model {
         }
         let v = Arc::new(VisionModel::load(path).map_err(|source| Error::LoadVision {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         })?);
         *slot = Some(v.clone());
         Ok(v)
