@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README "run the tests"; .ci/run calls exactly this).
 # Builds a Python venv with the independent references the tests compare against
-# (the PyPI `gguf` package, Hugging Face `tokenizers`, numpy), then runs every Rust test.
+# (the PyPI `gguf` package, Hugging Face `tokenizers`, numpy; the official `openai` client for
+# the server tests), then runs every Rust test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 # Pinned so golden bytes and tokenizations are reproducible.
-if ! "$VENV/bin/python" -c "import gguf, numpy, tokenizers, safetensors, PIL" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import gguf, numpy, tokenizers, safetensors, PIL, openai" 2>/dev/null; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 export POCKETVL_PYTHON="$PWD/$VENV/bin/python"

@@ -36,10 +36,8 @@ use image::{DynamicImage, ImageDecoder, ImageReader};
 
 pub mod jpeg;
 
-/// Largest accepted width or height, in pixels.
-pub const MAX_SIDE: u32 = 16384;
-/// Largest accepted pixel count (2^28, about 268 megapixels; 805 MB as RGB8).
-pub const MAX_PIXELS: u64 = 1 << 28;
+/// The image size limits (defined with every other limit in [`crate::limits`]).
+pub use crate::limits::{MAX_IMAGE_PIXELS as MAX_PIXELS, MAX_IMAGE_SIDE as MAX_SIDE};
 
 /// Errors from reading an image file; every variant names what went wrong and where.
 #[derive(Debug, thiserror::Error)]

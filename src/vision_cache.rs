@@ -18,7 +18,8 @@ use crate::image_io::RgbImage;
 use crate::model::deepseek_vl2::preprocess::{
     preprocess_with_cropping, ImageLayout, PreprocessError,
 };
-use crate::model::deepseek_vl2::vision::{VisionError, VisionModel};
+use crate::model::deepseek_vl2::vision::VisionModel;
+use crate::model::deepseek_vl2::vision_config::VisionError;
 
 /// Errors of [`VisionCache::encode`].
 #[derive(Debug, thiserror::Error)]
@@ -141,15 +142,16 @@ impl VisionCache {
     /// Encodes all images of a conversation, in order, reusing cached features. The tiling
     /// decision is taken from `images.len()`, so pass every image of the conversation, not
     /// just the new ones.
-    pub fn encode(
+    pub fn encode<I: std::borrow::Borrow<RgbImage>>(
         &mut self,
         vision: &VisionModel,
-        images: &[RgbImage],
+        images: &[I],
     ) -> Result<EncodedImages, VisionCacheError> {
-        let cropping = images.len() <= vision.config.max_images_for_tiling;
+        let cropping = vision.config.tiles(images.len());
         let mut out = EncodedImages::default();
         let t0 = Instant::now();
-        for (index, img) in images.iter().enumerate() {
+        let images = images.iter().map(std::borrow::Borrow::<RgbImage>::borrow);
+        for (index, img) in images.enumerate() {
             let key = ImageKey::new(img, cropping);
             self.clock += 1;
             let (width, height) = (img.width(), img.height());

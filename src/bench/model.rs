@@ -4,7 +4,7 @@
 //!
 //! Only the runtime's public API is used, as `pocketvl run` uses it: [`LanguageModel`] for
 //! prefill and decode (the same `forward` calls a generation makes), [`VisionModel`] and
-//! [`Session::generate`] for the image request.
+//! [`Sequence::generate`] for the image request.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,14 +13,13 @@ use serde::Serialize;
 
 use crate::bench::{peak, rss};
 use crate::experts::{ExpertOptions, ExpertStats};
-use crate::generate::{GenerateParams, Session};
+use crate::generate::{GenerateOptions, Sequence};
 use crate::image_io::RgbImage;
 use crate::loader::ModelFile;
 use crate::model::deepseek_vl2::preprocess::select_best_resolution;
 use crate::model::deepseek_vl2::prompt::{build_chat, Message, Role, IMAGE_TAG};
 use crate::model::deepseek_vl2::vision::VisionModel;
 use crate::model::deepseek_vl2::{LanguageModel, LogitsWanted};
-use crate::sampler::SamplerConfig;
 use crate::tokenizer::Tokenizer;
 
 /// Most threads accepted: anything above is a typo, not a machine.
@@ -185,7 +184,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     };
     let file =
         ModelFile::open(&o.model).with_context(|| format!("opening {}", o.model.display()))?;
-    let mut model = LanguageModel::load_with(&file, &o.experts)
+    let model = LanguageModel::load_with(&file, &o.experts)
         .with_context(|| format!("loading {}", o.model.display()))?;
     let n_ctx = model.hp.n_ctx;
     if o.n_prompt > n_ctx || o.n_gen > n_ctx {
@@ -218,19 +217,18 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         .collect();
 
     say("warm-up");
-    model.truncate_cache(0);
+    let mut session = Sequence::new(&model);
     let warm = model.embed_tokens(&prompt[..WARMUP_TOKENS.min(n_ctx)])?;
-    model.forward(&warm, 0, LogitsWanted::Last)?;
-    let mut session = Session::new(model, tokenizer);
+    model.forward(&mut session.state, &warm, 0, LogitsWanted::Last)?;
 
     let (mut prefill, mut decode, mut vis, mut ttft) = (vec![], vec![], vec![], vec![]);
     let (mut tiles, mut ttft_tokens) = (None, None);
     for rep in 0..o.reps {
         if o.n_prompt > 0 {
             session.reset();
-            let emb = session.model.embed_tokens(&prompt[..o.n_prompt])?;
+            let emb = model.embed_tokens(&prompt[..o.n_prompt])?;
             let t0 = Instant::now();
-            session.model.forward(&emb, 0, LogitsWanted::Last)?;
+            model.forward(&mut session.state, &emb, 0, LogitsWanted::Last)?;
             prefill.push(o.n_prompt as f64 / t0.elapsed().as_secs_f64());
         }
         if o.n_gen > 0 {
@@ -238,8 +236,8 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
             let t0 = Instant::now();
             let mut id = prompt[0];
             for pos in 0..o.n_gen {
-                let e = session.model.embed_tokens(&[id])?;
-                let logits = session.model.forward(&e, pos, LogitsWanted::Last)?;
+                let e = model.embed_tokens(&[id])?;
+                let logits = model.forward(&mut session.state, &e, pos, LogitsWanted::Last)?;
                 id = argmax(&logits);
             }
             decode.push(o.n_gen as f64 / t0.elapsed().as_secs_f64());
@@ -255,11 +253,18 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
             let n_tiles = pre.unique_tiles.len();
             let counts: Vec<usize> = pre.images.iter().map(|l| l.n_tokens).collect();
             let msgs = [Message::new(Role::User, format!("{IMAGE_TAG}\n{QUESTION}"))];
-            let ids = build_chat(&session.tokenizer, &msgs, &counts)
+            let ids = build_chat(&tokenizer, &msgs, &counts)
                 .context("building the prompt")?
                 .ids;
             session
-                .generate(&ids, &feats, &first_token_params(), &mut |_| {})
+                .generate(
+                    &model,
+                    &tokenizer,
+                    &ids,
+                    &feats,
+                    &first_token_params(),
+                    &mut |_| {},
+                )
                 .context("first token")?;
             ttft.push(t0.elapsed().as_secs_f64() * 1000.0);
             vis.push(vision_ms / n_tiles as f64);
@@ -269,7 +274,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         say(&format!("rep {}/{} done", rep + 1, o.reps));
     }
     let peak_rss = rss::status_field("VmHWM").or_else(rss::max_rss_bytes);
-    let expert_stats = session.model.experts().stats();
+    let expert_stats = model.experts().stats();
     drop(session);
 
     say("rooflines: memory bandwidth, FMA peak");
@@ -312,16 +317,10 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
 }
 
 /// Greedy, one token, no stop strings: the generation ends right after the first token.
-fn first_token_params() -> GenerateParams {
-    GenerateParams {
+fn first_token_params() -> GenerateOptions {
+    GenerateOptions {
         max_new: 1,
-        chunk: 0,
-        stop_strings: Vec::new(),
-        sampler: SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        },
-        keep_logits: false,
+        ..GenerateOptions::greedy()
     }
 }
 

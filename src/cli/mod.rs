@@ -10,6 +10,7 @@ pub mod convert;
 pub mod expert_args;
 pub mod inspect;
 pub mod run;
+pub mod serve;
 pub mod synth;
 pub mod threads;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Generate from a prompt, or chat interactively.
     Run(run::RunArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat completions with images).
+    Serve(serve::ServeArgs),
     /// Write a random-weight checkpoint in a variant's real shapes (for benchmarks and tests).
     Synth(synth::SynthArgs),
     /// Measure against a roofline from the same run (`bench convert`: read speed vs conversion).
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Bench(a) => bench::run(a),
     }

@@ -6,7 +6,7 @@ use quant::block::dequantize_row;
 use quant::GgmlType;
 
 use super::ModelFile;
-use crate::ops::MatView;
+use crate::tensor::MatView;
 
 #[derive(Debug)]
 enum Storage {
@@ -106,7 +106,7 @@ impl Weight {
     }
 
     /// Every element widened to f32 (small tensors only: norms, biases,
-    /// router weights; big matrices are read through [`crate::ops::matmul`]).
+    /// router weights; big matrices are read as matrices through [`Weight::view`]).
     pub fn to_f32(&self) -> Vec<f32> {
         let n = self.ne().iter().product::<u64>() as usize;
         let mut out = vec![0.0f32; n];

@@ -14,13 +14,15 @@ mod matmul;
 mod norm;
 mod rope;
 
+/// The matrix view every op takes (defined below the loader, in [`crate::tensor`]).
+pub use crate::tensor::{MatView, MatViewError};
 pub use act::{silu, silu_mul, softmax};
 pub use attention::{causal_attention, KvView};
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use layer_norm::layer_norm;
 pub use matmul::{
     matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, matvec_serial,
-    quantize_activations, row_to_f32, rows_per_task, MatView, MatViewError,
+    quantize_activations, row_to_f32, rows_per_task,
 };
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};

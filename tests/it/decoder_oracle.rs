@@ -13,7 +13,7 @@
 //! where the golden top-1 margin exceeds the format's error; the measured
 //! agreement and max logit error are printed.
 
-use pocketvl::generate::{GenerateParams, Session};
+use pocketvl::generate::{GenerateOptions, Sequence};
 use pocketvl::loader::ModelFile;
 use pocketvl::model::deepseek_vl2::prompt::build_chat;
 use pocketvl::model::deepseek_vl2::{LanguageModel, LogitsWanted};
@@ -65,7 +65,8 @@ fn argmax(x: &[f32]) -> usize {
 fn check_f32(name: &str) {
     let (_dir, path) = converted(name, "f32");
     let file = ModelFile::open(&path).unwrap();
-    let mut model = LanguageModel::load(&file).unwrap();
+    let model = LanguageModel::load(&file).unwrap();
+    let mut st = model.new_state();
     let tok = Tokenizer::from_model_file(&file).unwrap();
     let cases = load_json(&fixture(name).join("cases.json"));
     let golden = Golden::open(name);
@@ -94,8 +95,8 @@ fn check_f32(name: &str) {
             "{name}/{cn}: inputs_embeds (text rows) max |diff| {e}"
         );
 
-        model.trace = Trace::in_memory();
-        let logits = model.forward(&emb, 0, LogitsWanted::All).unwrap();
+        st.trace = Trace::in_memory();
+        let logits = model.forward(&mut st, &emb, 0, LogitsWanted::All).unwrap();
         // Last-position logits.
         let last = &logits[(t - 1) * v..];
         let e = max_abs(last, &golden.f32(&format!("{cn}.logits_last")));
@@ -123,7 +124,7 @@ fn check_f32(name: &str) {
         }
         // Hidden state at the last position: input, after each layer, after the final norm.
         let hid = golden.f32(&format!("{cn}.hidden_last"));
-        let recs = model.trace.records();
+        let recs = st.trace.records();
         for il in 0..n_layer {
             let r = recs
                 .iter()
@@ -189,16 +190,16 @@ fn check_f32(name: &str) {
                 }
             }
         }
-        model.trace = Trace::off();
+        st.trace = Trace::off();
     }
     println!("{name} f32: max |logit diff| over checked rows {worst_logit:e}");
     // Greedy generation (fresh session per case, no stop strings: compare ids).
-    let mut session = Session::new(model, tok);
+    let mut seq = Sequence::new(&model);
     for case in cases["cases"].as_array().unwrap() {
         let cn = case["name"].as_str().unwrap();
-        let (ids, feats) = prompt_and_features(&session.tokenizer, &golden, case, d);
-        session.reset();
-        let params = GenerateParams {
+        let (ids, feats) = prompt_and_features(&tok, &golden, case, d);
+        seq.reset();
+        let params = GenerateOptions {
             max_new: 16,
             chunk: 5,
             sampler: SamplerConfig {
@@ -207,8 +208,8 @@ fn check_f32(name: &str) {
             },
             ..Default::default()
         };
-        let g = session
-            .generate(&ids, &feats, &params, &mut |_| {})
+        let g = seq
+            .generate(&model, &tok, &ids, &feats, &params, &mut |_| {})
             .unwrap();
         let want: Vec<u32> = golden
             .i64(&format!("{cn}.gen_ids"))
@@ -249,7 +250,8 @@ fn tiny_mla_f32_matches_reference() {
 fn check_quantized(name: &str, recipe: &str, tol: f32) -> (f32, f32, usize) {
     let (_dir, path) = converted(name, recipe);
     let file = ModelFile::open(&path).unwrap();
-    let mut model = LanguageModel::load(&file).unwrap();
+    let model = LanguageModel::load(&file).unwrap();
+    let mut st = model.new_state();
     let tok = Tokenizer::from_model_file(&file).unwrap();
     let cases = load_json(&fixture(name).join("cases.json"));
     let golden = Golden::open(name);
@@ -280,7 +282,7 @@ fn check_quantized(name: &str, recipe: &str, tol: f32) -> (f32, f32, usize) {
                 emb[p * d..][..d].copy_from_slice(&gemb[p * d..][..d]);
             }
         }
-        let logits = model.forward(&emb, 0, LogitsWanted::All).unwrap();
+        let logits = model.forward(&mut st, &emb, 0, LogitsWanted::All).unwrap();
         let top5 = golden.i64(&format!("{cn}.gen_top5_ids"));
         let top5_l = golden.f32(&format!("{cn}.gen_top5_logits"));
         for s in 0..gen.len() {

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use convert::write::mmproj_path;
-use pocketvl::generate::{GenerateParams, Session};
+use pocketvl::generate::GenerateOptions;
 use pocketvl::loader::{LoaderError, ModelFile};
 use pocketvl::model::deepseek_vl2::prompt::{build_chat, Message, Role};
 use pocketvl::model::deepseek_vl2::{LanguageModel, ModelError};
 use pocketvl::sampler::SamplerConfig;
-use pocketvl::tokenizer::Tokenizer;
+use pocketvl::{Model, ModelOptions, Session};
 
 use crate::common;
 
@@ -18,15 +18,16 @@ fn converted(name: &str) -> (tempfile::TempDir, PathBuf) {
     common::converted(name, "f32")
 }
 
-fn session(path: &Path) -> Session {
-    let file = ModelFile::open(path).unwrap();
-    let model = LanguageModel::load(&file).unwrap();
-    let tok = Tokenizer::from_model_file(&file).unwrap();
-    Session::new(model, tok)
+fn session(path: &Path, ctx: Option<usize>) -> Session {
+    let opts = ModelOptions {
+        ctx,
+        ..ModelOptions::default()
+    };
+    Model::load(path, opts).unwrap().session()
 }
 
-fn greedy(max_new: usize, chunk: usize) -> GenerateParams {
-    GenerateParams {
+fn greedy(max_new: usize, chunk: usize) -> GenerateOptions {
+    GenerateOptions {
         max_new,
         chunk,
         sampler: SamplerConfig {
@@ -42,17 +43,19 @@ fn greedy(max_new: usize, chunk: usize) -> GenerateParams {
 fn chunked_prefill_and_prefix_reuse() {
     for name in ["tiny-mha", "tiny-mla"] {
         let (_dir, path) = converted(name);
-        let mut s = session(&path);
+        let mut s = session(&path, None);
         let mut msgs = vec![Message::new(
             Role::User,
             "Write a short poem about the sea and the stars.",
         )];
-        let ids = build_chat(&s.tokenizer, &msgs, &[]).unwrap().ids;
-        let whole = s.generate(&ids, &[], &greedy(6, 0), &mut |_| {}).unwrap();
+        let ids = build_chat(s.model().tokenizer(), &msgs, &[]).unwrap().ids;
+        let whole = s
+            .generate_ids(&ids, &[], &greedy(6, 0), &mut |_| {})
+            .unwrap();
         for chunk in [1usize, 3, 7] {
             s.reset();
             let g = s
-                .generate(&ids, &[], &greedy(6, chunk), &mut |_| {})
+                .generate_ids(&ids, &[], &greedy(6, chunk), &mut |_| {})
                 .unwrap();
             assert_eq!(g.tokens, whole.tokens, "{name}: chunk {chunk}");
             let d = common::max_abs(&g.logits[0], &whole.logits[0]);
@@ -61,15 +64,17 @@ fn chunked_prefill_and_prefix_reuse() {
         // Second turn: the first turn's positions are reused.
         msgs.push(Message::new(Role::Assistant, whole.text.clone()));
         msgs.push(Message::new(Role::User, "Another one, shorter."));
-        let ids2 = build_chat(&s.tokenizer, &msgs, &[]).unwrap().ids;
-        let turn2 = s.generate(&ids2, &[], &greedy(6, 0), &mut |_| {}).unwrap();
+        let ids2 = build_chat(s.model().tokenizer(), &msgs, &[]).unwrap().ids;
+        let turn2 = s
+            .generate_ids(&ids2, &[], &greedy(6, 0), &mut |_| {})
+            .unwrap();
         assert!(
             turn2.timings.prefill_tokens < ids2.len(),
             "{name}: no prefix reuse"
         );
-        let mut fresh = session(&path);
+        let mut fresh = session(&path, None);
         let want = fresh
-            .generate(&ids2, &[], &greedy(6, 0), &mut |_| {})
+            .generate_ids(&ids2, &[], &greedy(6, 0), &mut |_| {})
             .unwrap();
         assert_eq!(
             turn2.tokens, want.tokens,
@@ -95,10 +100,9 @@ fn wrong_files_are_rejected_clearly() {
     let err = ModelFile::open(&cfg).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
     // A prompt longer than the context.
-    let mut s = session(&path);
-    s.model.set_context_length(8);
+    let mut s = session(&path, Some(8));
     let ids = build_chat(
-        &s.tokenizer,
+        s.model().tokenizer(),
         &[Message::new(
             Role::User,
             "a prompt longer than eight tokens for sure",
@@ -108,7 +112,7 @@ fn wrong_files_are_rejected_clearly() {
     .unwrap()
     .ids;
     let err = s
-        .generate(&ids, &[], &greedy(4, 0), &mut |_| {})
+        .generate_ids(&ids, &[], &greedy(4, 0), &mut |_| {})
         .unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use pocketvl::experts::{CachePolicy, ExpertError, ExpertIo, ExpertOptions, ExpertStats, Prefetch};
-use pocketvl::generate::{GenerateParams, Generation, Session};
+use pocketvl::generate::{GenerateOptions, Generation};
 use pocketvl::loader::ModelFile;
 use pocketvl::model::deepseek_vl2::prompt::{build_chat, Message, Role};
 use pocketvl::model::deepseek_vl2::{LanguageModel, ModelError};
@@ -21,8 +21,8 @@ use crate::common;
 
 const PROMPT: &str = "Write a short poem about the sea and the stars, then explain it.";
 
-fn greedy(max_new: usize) -> GenerateParams {
-    GenerateParams {
+fn greedy(max_new: usize) -> GenerateOptions {
+    GenerateOptions {
         max_new,
         sampler: SamplerConfig {
             temperature: 0.0,
@@ -44,7 +44,7 @@ fn generate(path: &Path, opts: &ExpertOptions, threads: usize) -> (Generation, E
         .unwrap();
     model.set_thread_pool(Arc::new(pool));
     let tok = Tokenizer::from_model_file(&file).unwrap();
-    let mut s = Session::new(model, tok);
+    let mut s = common::Lm::new(model, tok);
     let ids = build_chat(&s.tokenizer, &[Message::new(Role::User, PROMPT)], &[])
         .unwrap()
         .ids;

@@ -15,7 +15,6 @@
 //! the reference pixels.
 
 use convert::write::mmproj_path;
-use pocketvl::generate::{GenerateParams, Session};
 use pocketvl::image_io::{load_rgb, RgbImage};
 use pocketvl::loader::ModelFile;
 use pocketvl::model::deepseek_vl2::preprocess::{preprocess, Preprocessed};
@@ -25,10 +24,11 @@ use pocketvl::model::deepseek_vl2::{LanguageModel, LogitsWanted};
 use pocketvl::sampler::SamplerConfig;
 use pocketvl::tokenizer::Tokenizer;
 use pocketvl::vision_cache::VisionCache;
+use pocketvl::GenerateOptions;
 use serde_json::Value;
 
 use crate::common;
-use common::{converted, fixture, golden_tiles, max_abs, messages, Golden};
+use common::{converted, fixture, golden_tiles, max_abs, messages, Golden, Lm};
 
 fn image_cases(name: &str) -> Vec<Value> {
     let cases: Value =
@@ -74,8 +74,8 @@ fn golden_pixel_features(
     vision.encode(&pre).unwrap()
 }
 
-fn greedy16() -> GenerateParams {
-    GenerateParams {
+fn greedy16() -> GenerateOptions {
+    GenerateOptions {
         max_new: 16,
         chunk: 0,
         keep_logits: true,
@@ -97,7 +97,7 @@ struct Measured {
 
 /// Embeddings, last-position logits and 16 greedy tokens of one case from `features`.
 fn run_case(
-    session: &mut Session,
+    session: &mut Lm,
     golden: &Golden,
     cn: &str,
     ids: &[u32],
@@ -132,7 +132,7 @@ fn check_f32(fx: &str) {
     let vision = VisionModel::load(&mmproj_path(&path)).unwrap();
     let golden = Golden::open(fx);
     let tiles = golden_tiles();
-    let mut session = Session::new(model, tok);
+    let mut session = Lm::new(model, tok);
     // One cache for the whole fixture: the giraffe recurs across cases.
     let mut cache = VisionCache::default();
     for case in image_cases(fx) {
@@ -214,7 +214,7 @@ fn check_quantized(fx: &str, recipe: &str) -> (f32, f32) {
     let vision = VisionModel::load(&mmproj_path(&path)).unwrap();
     let golden = Golden::open(fx);
     let tiles = golden_tiles();
-    let mut session = Session::new(model, tok);
+    let mut session = Lm::new(model, tok);
     let v = session.model.hp.n_vocab;
     let (mut agree, mut total, mut max_err) = (0usize, 0usize, 0.0f32);
     for case in image_cases(fx) {
@@ -232,7 +232,7 @@ fn check_quantized(fx: &str, recipe: &str) -> (f32, f32) {
         let gen = golden.ids(&format!("{cn}.gen_ids"));
         emb.extend(session.model.embed_tokens(&gen[..gen.len() - 1]).unwrap());
         session.reset();
-        let logits = session.model.forward(&emb, 0, LogitsWanted::All).unwrap();
+        let logits = session.forward(&emb, 0, LogitsWanted::All).unwrap();
         session.reset();
         let t = p.ids.len();
         let top5 = golden.i64(&format!("{cn}.gen_top5_ids"));
@@ -292,9 +292,9 @@ fn chat_third_image_relayout_matches_fresh_prefill() {
         img("shapes_500x300.png"),
         img("corn.jpg"),
     );
-    let mut session = Session::new(LanguageModel::load(&file).unwrap(), tok);
+    let mut session = Lm::new(LanguageModel::load(&file).unwrap(), tok);
     let tok2 = Tokenizer::from_model_file(&file).unwrap();
-    let mut fresh = Session::new(LanguageModel::load(&file).unwrap(), tok2);
+    let mut fresh = Lm::new(LanguageModel::load(&file).unwrap(), tok2);
     let mut cache = VisionCache::default();
     let mut params = greedy16();
     params.max_new = 4;

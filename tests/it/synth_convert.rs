@@ -319,7 +319,7 @@ fn measured_popularity(spec: &ModelSpec, n_seq: usize, len: usize) -> Vec<Vec<f6
     o.tokenizer = Some(common::fixture("tiny-mha").join("hf/tokenizer.json"));
     synth::synthesize_gguf_spec(spec, &o, "f32", Some(2)).unwrap();
     let file = ModelFile::open(&path).unwrap();
-    let mut model = LanguageModel::load(&file).unwrap();
+    let model = LanguageModel::load(&file).unwrap();
     let l = &spec.language;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let n_moe = l.num_hidden_layers - 1;
@@ -335,11 +335,11 @@ fn measured_popularity(spec: &ModelSpec, n_seq: usize, len: usize) -> Vec<Vec<f6
             .map(|_| rng.gen_range(0..l.vocab_size as u32))
             .collect();
         let emb = model.embed_tokens(&ids).unwrap();
-        model.truncate_cache(0);
-        model.trace = Trace::in_memory();
-        model.forward(&emb, 0, LogitsWanted::Last).unwrap();
+        let mut state = model.new_state();
+        state.trace = Trace::in_memory();
+        model.forward(&mut state, &emb, 0, LogitsWanted::Last).unwrap();
         for (il, p) in out.iter_mut().enumerate() {
-            let rec = model
+            let rec = state
                 .trace
                 .records()
                 .iter()

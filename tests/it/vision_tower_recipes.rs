@@ -10,7 +10,6 @@
 
 use convert::mapping::Role as TensorRole;
 use convert::write::{convert, mmproj_path, ConvertOptions};
-use pocketvl::generate::{GenerateParams, Session};
 use pocketvl::image_io::load_rgb;
 use pocketvl::loader::ModelFile;
 use pocketvl::model::deepseek_vl2::preprocess::{normalize_chw, preprocess, Preprocessed};
@@ -19,11 +18,12 @@ use pocketvl::model::deepseek_vl2::vision::VisionModel;
 use pocketvl::model::deepseek_vl2::LanguageModel;
 use pocketvl::sampler::SamplerConfig;
 use pocketvl::tokenizer::Tokenizer;
+use pocketvl::GenerateOptions;
 use quant::GgmlType;
 use serde_json::Value;
 
 use crate::common;
-use common::{fixture, golden_tiles, max_abs, messages, Golden};
+use common::{fixture, golden_tiles, max_abs, messages, Golden, Lm};
 
 fn measure(fx: &str, vty: GgmlType) {
     let dir = tempfile::tempdir().unwrap();
@@ -52,8 +52,8 @@ fn measure(fx: &str, vty: GgmlType) {
     let tower = vision.tower().forward(&pixels, tiles.len()).unwrap();
     let d_tower = max_abs(&tower, &golden.f32("tiles.vision_out"));
 
-    let mut session = Session::new(model, tok);
-    let params = GenerateParams {
+    let mut session = Lm::new(model, tok);
+    let params = GenerateOptions {
         max_new: 16,
         chunk: 0,
         keep_logits: true,

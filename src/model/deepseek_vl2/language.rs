@@ -79,7 +79,8 @@ struct Layer {
 /// accepted too (they are widened to f32 once at load).
 const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
-/// The language model with its KV cache.
+/// The language model's weights: immutable once loaded and shared by every conversation
+/// (`&self` forward passes); each sequence's KV cache and buffers live in a [`DecoderState`].
 pub struct LanguageModel {
     pub hp: LmHparams,
     token_embd: Weight,
@@ -89,13 +90,29 @@ pub struct LanguageModel {
     experts: Box<dyn ExpertStore>,
     router: RouterConfig,
     rope: Rope,
-    cache: KvCache,
-    /// Named intermediate dumps (off by default).
-    pub trace: Trace,
     /// The workers forward passes run in (`None`: the caller's pool).
     pool: Option<Arc<ThreadPool>>,
-    /// Activation buffers reused by every forward pass.
+}
+
+/// What one sequence (a conversation) owns: its KV cache, the activation buffers its forward
+/// passes reuse, and its trace. Many states can run against one [`LanguageModel`] at once.
+pub struct DecoderState {
+    cache: KvCache,
     scratch: Scratch,
+    /// Named intermediate dumps (off by default).
+    pub trace: Trace,
+}
+
+impl DecoderState {
+    /// The KV cache (its length is the number of positions already processed).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Drops cached positions `n..` (to reuse a common prefix, or reset with 0).
+    pub fn truncate_cache(&mut self, n: usize) {
+        self.cache.truncate(n);
+    }
 }
 
 /// The buffers of a forward pass, sized by the largest batch seen so far.
@@ -279,12 +296,6 @@ impl LanguageModel {
             scale: hp.expert_weights_scale,
         };
         let rope = Rope::new(hp.rope_dim, hp.rope_theta, RopeLayout::Adjacent, hp.n_ctx);
-        let (kw, vw) = match layers.first().map(|l| &l.attn) {
-            Some(Attn::Mha(w)) => w.cache_widths(),
-            Some(Attn::Mla(w)) => w.cache_widths(),
-            None => (0, 0),
-        };
-        let cache = KvCache::new(hp.n_layer, kw, vw, hp.n_ctx);
         LanguageModel {
             hp,
             token_embd,
@@ -294,10 +305,21 @@ impl LanguageModel {
             experts,
             router,
             rope,
-            cache,
-            trace: Trace::off(),
             pool: None,
+        }
+    }
+
+    /// A fresh sequence: an empty KV cache of this model's layout and context length.
+    pub fn new_state(&self) -> DecoderState {
+        let (kw, vw) = match self.layers.first().map(|l| &l.attn) {
+            Some(Attn::Mha(w)) => w.cache_widths(),
+            Some(Attn::Mla(w)) => w.cache_widths(),
+            None => (0, 0),
+        };
+        DecoderState {
+            cache: KvCache::new(self.hp.n_layer, kw, vw, self.hp.n_ctx),
             scratch: Scratch::default(),
+            trace: Trace::off(),
         }
     }
 
@@ -309,16 +331,6 @@ impl LanguageModel {
     /// The expert store (usage statistics).
     pub fn experts(&self) -> &dyn ExpertStore {
         self.experts.as_ref()
-    }
-
-    /// The KV cache (its length is the number of positions already processed).
-    pub fn cache(&self) -> &KvCache {
-        &self.cache
-    }
-
-    /// Drops cached positions `n..` (to reuse a common prefix, or reset with 0).
-    pub fn truncate_cache(&mut self, n: usize) {
-        self.cache.truncate(n);
     }
 
     /// Embeddings of `ids`: `[ids.len(), n_embd]`.
@@ -345,30 +357,32 @@ impl LanguageModel {
         Ok(())
     }
 
-    /// Runs `embeds` `[n, n_embd]` at positions `pos0..pos0+n`, after
-    /// dropping cached positions `pos0..`; returns the logits asked for.
+    /// Runs `embeds` `[n, n_embd]` at positions `pos0..pos0+n` of the sequence `st`, after
+    /// dropping its cached positions `pos0..`; returns the logits asked for.
     pub fn forward(
-        &mut self,
+        &self,
+        st: &mut DecoderState,
         embeds: &[f32],
         pos0: usize,
         want: LogitsWanted,
     ) -> Result<Vec<f32>, ModelError> {
-        Ok(self.forward_logits(embeds, pos0, want)?.to_vec())
+        Ok(self.forward_logits(st, embeds, pos0, want)?.to_vec())
     }
 
     /// [`LanguageModel::forward`] returning the logits borrowed from the
-    /// model's buffers (the decode loop copies nothing and allocates nothing).
-    pub fn forward_logits(
-        &mut self,
+    /// state's buffers (the decode loop copies nothing and allocates nothing).
+    pub fn forward_logits<'s>(
+        &self,
+        st: &'s mut DecoderState,
         embeds: &[f32],
         pos0: usize,
         want: LogitsWanted,
-    ) -> Result<&[f32], ModelError> {
-        let rows = match self.pool.clone() {
-            Some(pool) => pool.install(|| self.forward_in_pool(embeds, pos0, want))?,
-            None => self.forward_in_pool(embeds, pos0, want)?,
+    ) -> Result<&'s [f32], ModelError> {
+        let rows = match &self.pool {
+            Some(pool) => pool.install(|| self.forward_in_pool(st, embeds, pos0, want))?,
+            None => self.forward_in_pool(st, embeds, pos0, want)?,
         };
-        Ok(&self.scratch.logits[..rows * self.hp.n_vocab])
+        Ok(&st.scratch.logits[..rows * self.hp.n_vocab])
     }
 
     /// Runs the workers of `pool` for every later forward pass (the CLI's
@@ -380,7 +394,8 @@ impl LanguageModel {
     /// The forward pass proper; leaves the logits in `scratch.logits` and
     /// returns how many rows it holds.
     fn forward_in_pool(
-        &mut self,
+        &self,
+        st: &mut DecoderState,
         embeds: &[f32],
         pos0: usize,
         want: LogitsWanted,
@@ -393,10 +408,15 @@ impl LanguageModel {
             });
         }
         let n = embeds.len() / d;
-        if pos0 > self.cache.len() {
+        let DecoderState {
+            cache,
+            scratch: sc,
+            trace,
+        } = st;
+        if pos0 > cache.len() {
             return Err(ModelError::Gap {
                 pos0,
-                cached: self.cache.len(),
+                cached: cache.len(),
             });
         }
         if pos0 + n > self.hp.n_ctx {
@@ -405,29 +425,28 @@ impl LanguageModel {
                 n_ctx: self.hp.n_ctx,
             });
         }
-        self.cache.truncate(pos0);
-        self.trace.next_call();
+        cache.truncate(pos0);
+        trace.next_call();
         let eps = self.hp.rms_eps;
-        let sc = &mut self.scratch;
         // h: [n, D] residual stream; xn, y: [n, D].
         sc.h.clear();
         sc.h.extend_from_slice(embeds);
         sc.xn.resize(n * d, 0.0);
         sc.y.resize(n * d, 0.0);
         let (h, xn, y) = (&mut sc.h, &mut sc.xn, &mut sc.y);
-        self.trace.tap("inp_embd", None, &[n, d], h);
+        trace.tap("inp_embd", None, &[n, d], h);
         for (il, layer) in self.layers.iter().enumerate() {
             rms_norm(h, &layer.attn_norm, eps, xn);
-            self.trace.tap("attn_norm", Some(il), &[n, d], xn);
+            trace.tap("attn_norm", Some(il), &[n, d], xn);
             let a = &mut sc.attn;
             match &layer.attn {
-                Attn::Mha(w) => w.forward(&self.rope, &mut self.cache, il, xn, n, pos0, y, a),
-                Attn::Mla(w) => w.forward(&self.rope, &mut self.cache, il, xn, n, pos0, y, a),
+                Attn::Mha(w) => w.forward(&self.rope, cache, il, xn, n, pos0, y, a),
+                Attn::Mla(w) => w.forward(&self.rope, cache, il, xn, n, pos0, y, a),
             }
-            self.trace.tap("attn_out", Some(il), &[n, d], y);
+            trace.tap("attn_out", Some(il), &[n, d], y);
             h.iter_mut().zip(y.iter()).for_each(|(h, y)| *h += y);
             rms_norm(h, &layer.ffn_norm, eps, xn);
-            self.trace.tap("ffn_norm", Some(il), &[n, d], xn);
+            trace.tap("ffn_norm", Some(il), &[n, d], xn);
             match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(xn, n, y, &mut sc.hidden),
                 Ffn::Moe(w) => {
@@ -441,21 +460,21 @@ impl LanguageModel {
                         y,
                         &mut sc.moe,
                     )?;
-                    if self.trace.enabled() {
+                    if trace.enabled() {
                         let k = self.router.n_used;
                         let ids: Vec<f32> =
                             routing.ids.iter().flatten().map(|&e| e as f32).collect();
                         let wts: Vec<f32> = routing.weights.iter().flatten().copied().collect();
-                        self.trace.tap("moe_topk_ids", Some(il), &[n, k], &ids);
-                        self.trace.tap("moe_topk_weights", Some(il), &[n, k], &wts);
+                        trace.tap("moe_topk_ids", Some(il), &[n, k], &ids);
+                        trace.tap("moe_topk_weights", Some(il), &[n, k], &wts);
                     }
                 }
             }
-            self.trace.tap("ffn_out", Some(il), &[n, d], y);
+            trace.tap("ffn_out", Some(il), &[n, d], y);
             h.iter_mut().zip(y.iter()).for_each(|(h, y)| *h += y);
-            self.trace.tap("residual", Some(il), &[n, d], h);
+            trace.tap("residual", Some(il), &[n, d], h);
         }
-        self.cache.set_len(pos0 + n);
+        cache.set_len(pos0 + n);
         let rows = match want {
             LogitsWanted::None => return Ok(0),
             LogitsWanted::Last => n.min(1),
@@ -464,7 +483,7 @@ impl LanguageModel {
         let first = n - rows;
         sc.hn.resize(rows * d, 0.0);
         rms_norm(&h[first * d..], &self.output_norm, eps, &mut sc.hn);
-        self.trace.tap("output_norm", None, &[rows, d], &sc.hn);
+        trace.tap("output_norm", None, &[rows, d], &sc.hn);
         sc.logits.resize(rows * self.hp.n_vocab, 0.0);
         matmul(&self.output, &sc.hn, rows, &mut sc.logits);
         Ok(rows)
@@ -472,7 +491,7 @@ impl LanguageModel {
 }
 
 impl LanguageModel {
-    /// Resizes the context (RoPE tables and cache limit); the cache is emptied.
+    /// Resizes the context (RoPE tables, and the limit of states made afterwards).
     pub fn set_context_length(&mut self, n_ctx: usize) {
         let n_ctx = n_ctx.max(1);
         self.hp.n_ctx = n_ctx;
@@ -480,12 +499,6 @@ impl LanguageModel {
             self.hp.rope_dim,
             self.hp.rope_theta,
             RopeLayout::Adjacent,
-            n_ctx,
-        );
-        self.cache = KvCache::new(
-            self.hp.n_layer,
-            self.cache.k_width(),
-            self.cache.v_width(),
             n_ctx,
         );
     }

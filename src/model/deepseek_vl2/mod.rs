@@ -10,6 +10,7 @@ pub mod projector;
 pub mod prompt;
 pub mod resample;
 pub mod vision;
+pub mod vision_config;
 mod vision_math;
 
-pub use language::{LanguageModel, LogitsWanted, ModelError};
+pub use language::{DecoderState, LanguageModel, LogitsWanted, ModelError};

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use quant::schema::{clip, vl2};
 
 use super::resample::resize_bicubic;
-use super::vision::VisionHparams;
+use super::vision_config::VisionHparams;
 use crate::image_io::RgbImage;
 use crate::loader::{LoaderError, ModelFile};
 
@@ -212,6 +212,13 @@ impl PreprocessConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The tiling rule (spec §3.2; the reference's `if len(images) <= 2`): images are tiled
+    /// only when the *whole conversation* has at most `max_images_for_tiling` of them.
+    /// Every caller (one-shot preprocessing, the feature cache, chat) asks here.
+    pub fn tiles(&self, n_images: usize) -> bool {
+        n_images <= self.max_images_for_tiling
     }
 
     /// Tokens per side of one tile after the projector: `ceil((image_size / patch) / ratio)`
@@ -430,7 +437,7 @@ pub fn preprocess(
     images: &[RgbImage],
     cfg: &PreprocessConfig,
 ) -> Result<Preprocessed, PreprocessError> {
-    preprocess_with_cropping(images, cfg, images.len() <= cfg.max_images_for_tiling)
+    preprocess_with_cropping(images, cfg, cfg.tiles(images.len()))
 }
 
 /// [`preprocess`] with the tiling decision made by the caller: a conversation that encodes

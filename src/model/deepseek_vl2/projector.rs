@@ -15,8 +15,8 @@ use quant::GgmlType;
 use rayon::prelude::*;
 
 use super::preprocess::Preprocessed;
-use super::vision::{tower_matmul, VisionError, VisionHparams};
-use super::vision_math::add_bias;
+use super::vision_config::{VisionError, VisionHparams};
+use super::vision_math::{add_bias, tower_matmul};
 use crate::loader::{LoaderError, ModelFile, Weight};
 use crate::ops::gelu_erf;
 

@@ -9,14 +9,17 @@
 //! All tiles of a request are batched through each matmul (weights read once per chunk of
 //! tiles); attention runs per (tile, head) in parallel.
 
-use quant::kernels::{gemm, gemm_bf16_rounded, Bf16RoundedGemmFn};
-use quant::schema::{clip, vtensor as vt};
+use quant::kernels::{gemm, Bf16RoundedGemmFn};
+use quant::schema::vtensor as vt;
 use quant::GgmlType;
 use rayon::prelude::*;
 
-use super::vision_math::{add_bias, add_into, gelu_tanh, layer_norm, softmax_rows};
+use super::vision_config::{VisionError, VisionHparams};
+use super::vision_math::{
+    add_bias, add_into, bf16_product, gelu_tanh, layer_norm, softmax_rows, tower_matmul,
+};
 use crate::loader::{LoaderError, ModelFile, Weight};
-use crate::ops::{matmul_view, MatView};
+use crate::ops::MatView;
 
 /// Tiles pushed through the tower together: bounds activation memory
 /// (`TILE_CHUNK * 729 * n_ff` floats for the MLP) while keeping matmuls wide.
@@ -25,104 +28,6 @@ const TILE_CHUNK: usize = 4;
 /// Types accepted for vectors (biases, norms, position embedding, tile tags): `--quant f16`
 /// and `bf16` store every tensor in that type, and both widen to f32 exactly.
 const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
-
-/// Errors of the vision path: a bad mmproj file, or inputs of the wrong shape.
-#[derive(Debug, thiserror::Error)]
-pub enum VisionError {
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error("{what}: expected {expected} floats, found {found}")]
-    Shape {
-        what: &'static str,
-        expected: usize,
-        found: usize,
-    },
-    #[error("image layout: {0}")]
-    Layout(String),
-}
-
-/// Vision hyper-parameters, read from the mmproj's `clip.vision.*` keys.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VisionHparams {
-    /// Tile side in pixels (384).
-    pub image_size: usize,
-    /// Patch side (14).
-    pub patch_size: usize,
-    /// Width W (1152; 64 in the tiny fixtures).
-    pub n_embd: usize,
-    /// MLP hidden size (4304).
-    pub n_ff: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub eps: f32,
-    /// Projector output size N (= the language model's hidden size).
-    pub n_proj: usize,
-    /// Projector downsample (2x2).
-    pub downsample: usize,
-}
-
-impl VisionHparams {
-    /// Reads and checks the hyper-parameters; every problem is reported at once.
-    pub fn from_file(file: &ModelFile) -> Result<Self, LoaderError> {
-        let mut m = file.meta();
-        let arch = m.str(quant::schema::general::ARCHITECTURE);
-        let proj = m.str(clip::PROJECTOR_TYPE);
-        let hp = VisionHparams {
-            image_size: m.usize(clip::IMAGE_SIZE),
-            patch_size: m.usize(clip::PATCH_SIZE),
-            n_embd: m.usize(clip::EMBEDDING_LENGTH),
-            n_ff: m.usize(clip::FEED_FORWARD_LENGTH),
-            n_layer: m.usize(clip::BLOCK_COUNT),
-            n_head: m.usize(clip::HEAD_COUNT),
-            eps: m.f32(clip::LAYER_NORM_EPS),
-            n_proj: m.usize(clip::PROJECTION_DIM),
-            downsample: m.usize(clip::SCALE_FACTOR),
-        };
-        if arch != quant::schema::ARCH_CLIP {
-            m.problem(format!(
-                "general.architecture is `{arch}`, expected `clip` (an mmproj file)"
-            ));
-        }
-        if proj != clip::PROJECTOR_DEEPSEEKVL2 {
-            m.problem(format!(
-                "{} is `{proj}`, expected `{}`",
-                clip::PROJECTOR_TYPE,
-                clip::PROJECTOR_DEEPSEEKVL2
-            ));
-        }
-        if hp.patch_size == 0 || hp.patch_size > hp.image_size {
-            m.problem(format!(
-                "patch size {} vs image size {}",
-                hp.patch_size, hp.image_size
-            ));
-        }
-        if hp.n_head == 0 || !hp.n_embd.is_multiple_of(hp.n_head.max(1)) {
-            m.problem(format!(
-                "width {} is not a multiple of {} heads",
-                hp.n_embd, hp.n_head
-            ));
-        }
-        if hp.downsample == 0 {
-            m.problem(format!("{} must be non-zero", clip::SCALE_FACTOR));
-        }
-        m.finish()?;
-        Ok(hp)
-    }
-
-    /// Patches per side: `image_size / patch` (27; the conv has no padding).
-    pub fn grid(&self) -> usize {
-        self.image_size / self.patch_size
-    }
-
-    /// Tokens per tile out of the tower (729).
-    pub fn n_patches(&self) -> usize {
-        self.grid() * self.grid()
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head
-    }
-}
 
 /// One pre-norm transformer block.
 struct Block {
@@ -278,34 +183,6 @@ impl VisionTower {
         layer_norm(&x, &self.post_w, &self.post_b, hp.eps, out);
         Ok(())
     }
-}
-
-/// The bf16-activation product for `w` when it is BF16 and the CPU has one (AMX); `None`
-/// runs `w` through [`matmul_view`] with exact f32 activations.
-fn bf16_product(w: &MatView<'_>) -> Option<Bf16RoundedGemmFn> {
-    (w.ty == GgmlType::BF16).then(gemm_bf16_rounded).flatten()
-}
-
-/// `out = x · Wᵀ` for the tower and projector (`[n_tok, k]` -> `[n_tok, n]`). BF16 weights
-/// on an AMX CPU take the bf16-activation product, split over the pool by tokens: each
-/// task rounds and packs its own tokens once and sweeps all weight rows straight from the
-/// mapping (two tasks per thread balance a shared machine; fewer, longer tasks would reread
-/// the weights less). Everything else goes through [`matmul_view`].
-pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
-    let Some(g) = bf16_product(w) else {
-        return matmul_view(w, x, n_tok, out);
-    };
-    let (k, n) = (w.k, w.n);
-    assert_eq!(x.len(), n_tok * k, "tower matmul: activation shape");
-    assert_eq!(out.len(), n_tok * n, "tower matmul: output shape");
-    if n_tok == 0 || n == 0 {
-        return;
-    }
-    let tasks = 2 * rayon::current_num_threads();
-    let per = n_tok.div_ceil(tasks).div_ceil(32) * 32;
-    out.par_chunks_mut(per * n)
-        .zip(x.par_chunks(per * k.max(1)))
-        .for_each(|(o, a)| g(k, w.data, n, a, o.len() / n, o, n));
 }
 
 /// `[n_tiles, 3, S, S]` pixels to `[n_tiles * G * G, 3 * P * P]` patch rows (row-major patch
@@ -496,6 +373,7 @@ impl VisionModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quant::kernels::gemm_bf16_rounded;
 
     #[test]
     fn unfold_matches_conv_indexing() {

@@ -8,7 +8,11 @@
 //! std's over the range used (tested below); GELU(tanh) is computed as the identical
 //! `z · sigmoid(2y)` = `0.5 z (1 + tanh y)`, which needs one `exp` and no cancellation.
 
+use quant::kernels::{gemm_bf16_rounded, Bf16RoundedGemmFn};
+use quant::GgmlType;
 use rayon::prelude::*;
+
+use crate::ops::{matmul_view, MatView};
 
 /// Rows (or elements) per parallel task, large enough to amortise a task.
 const PAR_MIN: usize = 16 * 1024;
@@ -109,6 +113,34 @@ pub(super) fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out:
     out.par_chunks_mut(rows * d)
         .zip(x.par_chunks(rows * d))
         .for_each(|(o, x)| crate::ops::layer_norm(x, weight, bias, eps, o));
+}
+
+/// The bf16-activation product for `w` when it is BF16 and the CPU has one (AMX); `None`
+/// runs `w` through [`matmul_view`] with exact f32 activations.
+pub(super) fn bf16_product(w: &MatView<'_>) -> Option<Bf16RoundedGemmFn> {
+    (w.ty == GgmlType::BF16).then(gemm_bf16_rounded).flatten()
+}
+
+/// `out = x · Wᵀ` for the tower and projector (`[n_tok, k]` -> `[n_tok, n]`). BF16 weights
+/// on an AMX CPU take the bf16-activation product, split over the pool by tokens: each
+/// task rounds and packs its own tokens once and sweeps all weight rows straight from the
+/// mapping (two tasks per thread balance a shared machine; fewer, longer tasks would reread
+/// the weights less). Everything else goes through [`matmul_view`].
+pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    let Some(g) = bf16_product(w) else {
+        return matmul_view(w, x, n_tok, out);
+    };
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.len(), n_tok * k, "tower matmul: activation shape");
+    assert_eq!(out.len(), n_tok * n, "tower matmul: output shape");
+    if n_tok == 0 || n == 0 {
+        return;
+    }
+    let tasks = 2 * rayon::current_num_threads();
+    let per = n_tok.div_ceil(tasks).div_ceil(32) * 32;
+    out.par_chunks_mut(per * n)
+        .zip(x.par_chunks(per * k.max(1)))
+        .for_each(|(o, a)| g(k, w.data, n, a, o.len() / n, o, n));
 }
 
 #[cfg(test)]

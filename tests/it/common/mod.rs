@@ -144,3 +144,58 @@ pub fn shrink_spec(mut s: ModelSpec) -> ModelSpec {
     s.vision.mlp_dim = 239; // int(64 * 3.7362)
     s
 }
+
+/// A language model with one KV-cached sequence: the low-level generation API (templated ids
+/// and features in, tokens out) that the oracle tests drive.
+pub struct Lm {
+    pub model: pocketvl::model::deepseek_vl2::LanguageModel,
+    pub tokenizer: pocketvl::tokenizer::Tokenizer,
+    pub seq: pocketvl::generate::Sequence,
+}
+
+impl Lm {
+    pub fn new(
+        model: pocketvl::model::deepseek_vl2::LanguageModel,
+        tokenizer: pocketvl::tokenizer::Tokenizer,
+    ) -> Lm {
+        let seq = pocketvl::generate::Sequence::new(&model);
+        Lm {
+            model,
+            tokenizer,
+            seq,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.seq.reset();
+    }
+
+    pub fn embed_prompt(
+        &self,
+        ids: &[u32],
+        features: &[f32],
+    ) -> Result<(Vec<f32>, Vec<u64>), pocketvl::generate::GenerateError> {
+        pocketvl::generate::embed_prompt(&self.model, &self.tokenizer, ids, features)
+    }
+
+    pub fn generate(
+        &mut self,
+        ids: &[u32],
+        features: &[f32],
+        opts: &pocketvl::GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<pocketvl::generate::Generation, pocketvl::generate::GenerateError> {
+        self.seq
+            .generate(&self.model, &self.tokenizer, ids, features, opts, on_text)
+    }
+
+    /// A forward pass over the sequence's cache from `pos0`.
+    pub fn forward(
+        &mut self,
+        embeds: &[f32],
+        pos0: usize,
+        want: pocketvl::model::deepseek_vl2::LogitsWanted,
+    ) -> Result<Vec<f32>, pocketvl::model::deepseek_vl2::ModelError> {
+        self.model.forward(&mut self.seq.state, embeds, pos0, want)
+    }
+}
