@@ -23,7 +23,8 @@ pub enum Error {
         #[source]
         source: Box<ModelError>,
     },
-    #[error("{path}: {source}")]
+    /// The loader's messages already name the file.
+    #[error("{source}")]
     File {
         path: PathBuf,
         #[source]

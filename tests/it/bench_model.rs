@@ -103,7 +103,7 @@ fn bad_arguments_are_clear_errors() {
     let (dir, model) = common::converted("tiny-mha", "q8_0");
     let m = s(&model);
     let e = fails(&["bench", "model", "-m", m, "-t", "0"]);
-    assert!(e.contains("--threads must be between 1"), "{e}");
+    assert!(e.contains("--threads must be at least 1"), "{e}");
     let e = fails(&["bench", "model", "-m", m, "--reps", "0"]);
     assert!(e.contains("--reps must be at least 1"), "{e}");
     let e = fails(&["bench", "model", "-m", "/nonexistent/x.gguf"]);

@@ -3,31 +3,14 @@
 //! by the context, an unknown chat command, `/reset`, and `--draw-boxes` without boxes.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use crate::common;
 use common::{fixture, s};
 
 fn model() -> &'static Path {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_run_messages");
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("model.gguf");
-        convert::write::convert(&convert::write::ConvertOptions {
-            input: fixture("tiny-mha").join("hf"),
-            output: out.clone(),
-            quant: Some("f32".to_string()),
-            overrides: Vec::new(),
-            force: true,
-            threads: Some(2),
-            progress: false,
-        })
-        .unwrap();
-        out
-    })
+    common::tiny_mha_f32()
 }
 
 fn pocketvl(args: &[&str], stdin: &str) -> Output {

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use pocketvl::{
     CancelToken, ChatTurn, GenerateOptions, ImageInput, Model, ModelOptions, Prompt, StopReason,
@@ -14,25 +13,8 @@ use pocketvl::{
 use crate::common;
 use common::{fixture, s};
 
-/// tiny-mha converted once (f32), mmproj beside it.
 fn model_path() -> &'static Path {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("library_sessions");
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("model.gguf");
-        convert::write::convert(&convert::write::ConvertOptions {
-            input: fixture("tiny-mha").join("hf"),
-            output: out.clone(),
-            quant: Some("f32".to_string()),
-            overrides: Vec::new(),
-            force: true,
-            threads: Some(2),
-            progress: false,
-        })
-        .unwrap();
-        out
-    })
+    common::tiny_mha_f32()
 }
 
 fn image(name: &str) -> PathBuf {

@@ -18,23 +18,7 @@ use crate::common;
 use common::{fixture, s};
 
 fn model_path() -> &'static Path {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("server_openai");
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("tiny.gguf");
-        convert::write::convert(&convert::write::ConvertOptions {
-            input: fixture("tiny-mha").join("hf"),
-            output: out.clone(),
-            quant: Some("f32".to_string()),
-            overrides: Vec::new(),
-            force: true,
-            threads: Some(2),
-            progress: false,
-        })
-        .unwrap();
-        out
-    })
+    common::tiny_mha_f32()
 }
 
 fn giraffe() -> PathBuf {

@@ -337,7 +337,9 @@ fn measured_popularity(spec: &ModelSpec, n_seq: usize, len: usize) -> Vec<Vec<f6
         let emb = model.embed_tokens(&ids).unwrap();
         let mut state = model.new_state();
         state.trace = Trace::in_memory();
-        model.forward(&mut state, &emb, 0, LogitsWanted::Last).unwrap();
+        model
+            .forward(&mut state, &emb, 0, LogitsWanted::Last)
+            .unwrap();
         for (il, p) in out.iter_mut().enumerate() {
             let rec = state
                 .trace

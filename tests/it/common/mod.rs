@@ -199,3 +199,26 @@ impl Lm {
         self.model.forward(&mut self.seq.state, embeds, pos0, want)
     }
 }
+
+/// tiny-mha converted once per test run (f32 recipe, mmproj beside it) and shared by the
+/// modules that only read it (library, server and CLI-message tests). The file is `tiny.gguf`,
+/// so the server names the model `tiny`.
+pub fn tiny_mha_f32() -> &'static Path {
+    static P: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared-tiny-mha-f32");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("tiny.gguf");
+        convert::write::convert(&convert::write::ConvertOptions {
+            input: fixture("tiny-mha").join("hf"),
+            output: out.clone(),
+            quant: Some("f32".to_string()),
+            overrides: Vec::new(),
+            force: true,
+            threads: Some(2),
+            progress: false,
+        })
+        .unwrap();
+        out
+    })
+}
