@@ -5,6 +5,10 @@
 #   scripts/cross-aarch64.sh build [cargo build args]   -> target/aarch64/aarch64-unknown-linux-gnu/<profile>/pocketvl
 #   scripts/cross-aarch64.sh test  [cargo test args]    runs the tests under qemu-aarch64, once per CPU
 #                                                       model in POCKETVL_QEMU_CPUS; non-zero on failure
+#   scripts/cross-aarch64.sh pi-check                   the Pi build checked end to end: `convert` and `run`
+#                                                       on the bundled fixture, aarch64 `--profile pi` binary
+#                                                       under qemu against the native binary; non-zero unless
+#                                                       the GGUF files and the greedy tokens and text are equal
 #   scripts/cross-aarch64.sh env                        prints the environment (for running cargo by hand)
 #
 # How:
@@ -99,6 +103,55 @@ prepare() {
     setup_env
 }
 
+# The Pi binary (`--profile pi`, the README's build) under qemu on each CPU model in
+# POCKETVL_PI_CPUS (default: the Pi 5's cortex-a76) against the native binary (stable toolchain,
+# dev profile: the build `cargo test` leaves), same commands on the bundled tiny-mha fixture:
+# `convert --quant q4_0` must write byte-identical GGUF files (model and mmproj), and `run` with
+# an image (JPEG: libjpeg-turbo's NEON decoder on aarch64) and a prompt must give the same
+# prompt ids, greedy ids and text. The float sums differ in order between the NEON and x86
+# kernels, so equal tokens also say no greedy step is a near tie.
+pi_check() {
+    local pi="$CARGO_TARGET_DIR/$TRIPLE/pi/pocketvl"
+    local native="$PWD/target/debug/pocketvl"
+    cargo "+$NIGHTLY" build -Zbuild-std --target "$TRIPLE" --profile pi --bin pocketvl
+    (unset CARGO_TARGET_DIR && cargo build --bin pocketvl)
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    mkdir -p "$work/x86"
+    local fixture=tests/fixtures/tiny-mha
+    local run_args=(-t 2 --temperature 0 --repeat-penalty 1 -n 16 --json
+        --image "$fixture/images/giraffe.jpg" -p "Describe this image.")
+    echo "[pi-check] native: convert $fixture/hf --quant q4_0, run ${run_args[*]}"
+    "$native" convert "$fixture/hf" -o "$work/x86/tiny.gguf" --quant q4_0 >/dev/null 2>"$work/x86-convert.log" ||
+        die "native convert failed: $(cat "$work/x86-convert.log")"
+    "$native" run -m "$work/x86/tiny.gguf" "${run_args[@]}" >"$work/x86.json" 2>"$work/x86-run.log" ||
+        die "native run failed: $(cat "$work/x86-run.log")"
+    local cpu
+    for cpu in ${POCKETVL_PI_CPUS:-cortex-a76}; do
+        echo "[pi-check] aarch64 (pi profile) under qemu -cpu $cpu: the same commands"
+        local arm=(qemu-aarch64-static -L "$SYSROOT" -cpu "$cpu" "$pi")
+        local out="$work/arm-$cpu"
+        mkdir -p "$out"
+        "${arm[@]}" convert "$fixture/hf" -o "$out/tiny.gguf" --quant q4_0 >/dev/null 2>"$out.log" ||
+            die "aarch64 convert failed under -cpu $cpu: $(cat "$out.log")"
+        local f
+        for f in tiny.gguf mmproj-tiny.gguf; do
+            cmp -s "$work/x86/$f" "$out/$f" || die "$f differs between x86-64 and aarch64 -cpu $cpu"
+        done
+        "${arm[@]}" run -m "$out/tiny.gguf" "${run_args[@]}" >"$out.json" 2>"$out.log" ||
+            die "aarch64 run failed under -cpu $cpu: $(cat "$out.log")"
+        python3 - "$work/x86.json" "$out.json" "$cpu" <<'PY' || die "outputs differ under -cpu $cpu"
+import json, sys
+x86, arm = (json.loads(open(p).read().splitlines()[-1]) for p in sys.argv[1:3])
+keys = ("prompt_tokens", "tokens", "text", "stop", "image_tokens")
+for k in keys:
+    print(f"  {k}: x86 {json.dumps(x86[k])[:200]} | aarch64 {'same' if arm[k] == x86[k] else json.dumps(arm[k])[:200]}")
+sys.exit(0 if all(arm[k] == x86[k] for k in keys) and len(x86["tokens"]) > 0 else 1)
+PY
+    done
+    echo "[pi-check] equal: GGUF files, prompt ids, greedy ids and text"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -116,12 +169,16 @@ test)
             die "tests failed under -cpu $cpu"
     done
     ;;
+pi-check)
+    prepare
+    pi_check "$@"
+    ;;
 env)
     prepare
-    env | grep -E '^(CARGO_TARGET|__CARGO|CC_|CXX_|AR_|QEMU_)' | sed 's/^/export /'
+    env | grep -E '^(CARGO_TARGET|__CARGO|CC_|CXX_|AR_|QEMU_)' | sed -E "s/^([^=]*)=(.*)$/export \\1='\\2'/"
     echo "# then: cargo +$NIGHTLY <build|test|run> -Zbuild-std --target $TRIPLE ..."
     ;;
 *)
-    die "usage: $0 build|test|env [cargo args]"
+    die "usage: $0 build|test|pi-check|env [cargo args]"
     ;;
 esac
