@@ -24,6 +24,7 @@ mod q8_1;
 mod q8_k;
 mod simd_avx2;
 mod simd_avx512;
+mod simd_neon;
 mod simd_quantize;
 
 pub use kfit::get_scale_min_k4;

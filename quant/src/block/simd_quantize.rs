@@ -1,6 +1,7 @@
 //! SIMD twins of the row quantizers that convert and the runtime call most: f32 → F16 / BF16,
 //! bf16 → f32 widening, Q4_0 and Q8_0 (what convert writes), Q8_0 / Q8_1 / Q8_K (the
-//! activation formats quantized before every matmul).
+//! activation formats quantized before every matmul); on aarch64 the activation formats only
+//! (`simd_neon.rs`).
 //!
 //! Every twin produces the very bytes of the scalar reference next to its format (itself
 //! byte-identical to ggml's): the same f32 operations on the same values, exact integer
@@ -59,6 +60,8 @@ impl RowQuantizers {
                 tiers.push(("avx512", super::simd_avx512::quantizers()));
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        tiers.push(("neon", super::simd_neon::quantizers()));
         tiers
     }
 }
@@ -76,6 +79,17 @@ fn select() -> RowQuantizers {
             return super::simd_avx2::quantizers();
         }
     }
+    baseline()
+}
+
+/// The tier every CPU of the architecture runs: NEON on aarch64, scalar elsewhere.
+#[cfg(target_arch = "aarch64")]
+fn baseline() -> RowQuantizers {
+    super::simd_neon::quantizers()
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn baseline() -> RowQuantizers {
     RowQuantizers::scalar()
 }
 
@@ -222,7 +236,7 @@ mod tests {
     fn quantizer_twins_match_scalar_bytes() {
         let scalar = RowQuantizers::scalar();
         let tiers = RowQuantizers::simd_tiers();
-        assert!(!tiers.is_empty() || !cfg!(target_arch = "x86_64"));
+        assert!(!tiers.is_empty() || !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")));
         for n in [256, 512, 2304] {
             for (ri, x) in edge_rows(n).iter().enumerate() {
                 for ty in [
