@@ -105,7 +105,7 @@ prepare() {
 
 # The Pi binary (`--profile pi`, the README's build) under qemu on each CPU model in
 # POCKETVL_PI_CPUS (default: the Pi 5's cortex-a76) against the native binary (stable toolchain,
-# dev profile: the build `cargo test` leaves), same commands on the bundled tiny-mha fixture:
+# dev profile: the build `cargo test --workspace` leaves), same commands on the bundled tiny-mha fixture:
 # `convert --quant q4_0` must write byte-identical GGUF files (model and mmproj), and `run` with
 # an image (JPEG: libjpeg-turbo's NEON decoder on aarch64) and a prompt must give the same
 # prompt ids, greedy ids and text. The float sums differ in order between the NEON and x86
@@ -113,8 +113,11 @@ prepare() {
 pi_check() {
     local pi="$CARGO_TARGET_DIR/$TRIPLE/pi/pocketvl"
     local native="$PWD/target/debug/pocketvl"
-    cargo "+$NIGHTLY" build -Zbuild-std --target "$TRIPLE" --profile pi --bin pocketvl
-    (unset CARGO_TARGET_DIR && cargo build --bin pocketvl)
+    # Both binaries come from the test builds CI has already made (`--test it` builds the
+    # binary for the CLI tests): a plain `cargo build --bin` resolves the dependencies'
+    # features without the dev-dependencies and would build every crate a second time.
+    cargo "+$NIGHTLY" test -Zbuild-std --target "$TRIPLE" --profile pi -p pocketvl --test it --no-run
+    (unset CARGO_TARGET_DIR && cargo test --workspace --no-run)
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     mkdir -p "$work/x86"
