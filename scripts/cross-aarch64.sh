@@ -26,8 +26,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=scripts/nightly.sh
+. scripts/nightly.sh
+
 TRIPLE=aarch64-unknown-linux-gnu
-NIGHTLY="${POCKETVL_NIGHTLY:-nightly}"
 # Debian sid's rust-src; 1.97.1 builds with the machines' 1.97 nightly.
 RUST_SRC_VERSION=1.97.1
 RUST_SRC_DEB="rust-src_${RUST_SRC_VERSION}+dfsg1-1_all.deb"
@@ -54,12 +56,6 @@ install_debian_tools() {
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
     fi
-}
-
-# The nightly toolchain (-Zbuild-std is nightly-only); the stable one stays the default.
-check_nightly() {
-    rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 ||
-        die "no '$NIGHTLY' toolchain (rustup toolchain list); set POCKETVL_NIGHTLY"
 }
 
 # Debian's rust-src unpacked under target/aarch64-tools (downloaded once, checksum-verified).
@@ -98,7 +94,8 @@ setup_env() {
 
 prepare() {
     install_debian_tools
-    check_nightly
+    # -Zbuild-std is nightly-only; the stable toolchain stays the default.
+    require_nightly cross-aarch64
     fetch_rust_src
     setup_env
 }

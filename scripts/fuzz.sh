@@ -9,6 +9,7 @@
 #
 # The committed seeds in fuzz/corpus/<target> are read, never written; what the fuzzer finds
 # goes to target/fuzz-corpus/<target> and is kept between runs on the same machine.
+# fuzz/dict/<target>.dict, where there is one, is the target's libFuzzer dictionary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,21 +18,19 @@ CARGO_FUZZ_VERSION=0.13.2
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
-    targets=(gguf safetensors image chat grounding)
+    targets=(gguf safetensors image chat grounding server)
 fi
 
+# shellcheck source=scripts/nightly.sh
+. scripts/nightly.sh
+# cargo-fuzz passes nightly-only flags (-Zsanitizer=address): no nightly is a failure.
+require_nightly fuzz
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    start=$(date +%s)
     cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+    echo "[fuzz] cargo-fuzz $CARGO_FUZZ_VERSION installed in $(( $(date +%s) - start )) s"
 fi
-# cargo-fuzz needs nightly-only flags (-Zsanitizer). Use the nightly toolchain where the
-# machine has one; otherwise the stable toolchain, allowed nightly flags by RUSTC_BOOTSTRAP
-# (no toolchain can be downloaded here).
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    fuzz=(cargo +nightly fuzz)
-else
-    export RUSTC_BOOTSTRAP=1
-    fuzz=(cargo fuzz)
-fi
+fuzz=(cargo "+$NIGHTLY" fuzz)
 
 start=$(date +%s)
 "${fuzz[@]}" build -O
@@ -44,10 +43,12 @@ for t in "${targets[@]}"; do
     artifacts="target/fuzz-artifacts/$t/"
     mkdir -p "$work" "$artifacts"
     log="target/fuzz-$t.log"
+    dict=()
+    [ -f "fuzz/dict/$t.dict" ] && dict=("-dict=fuzz/dict/$t.dict")
     status=0
     "${fuzz[@]}" run -O "$t" "$work" "fuzz/corpus/$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 \
-        -print_final_stats=1 -artifact_prefix="$artifacts" >"$log" 2>&1 || status=$?
+        -print_final_stats=1 -artifact_prefix="$artifacts" "${dict[@]}" >"$log" 2>&1 || status=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
     if [ "$status" -ne 0 ]; then
         failed+=("$t")

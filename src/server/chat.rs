@@ -43,23 +43,43 @@ impl Drop for CancelOnDrop {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A chat-completions request the server accepts: the parsed body and what the library
+/// gets from it.
+#[derive(Debug)]
+pub struct ChatCall {
+    pub req: ChatRequest,
+    pub opts: GenerateOptions,
+    pub prompt: Prompt,
+}
+
+/// The body of `POST /v1/chat/completions` to the library's prompt and options, or the
+/// 4xx error the client gets: JSON, the model name (`served`, or empty for any), the
+/// options' bounds, roles and image URLs. Pure (no socket, no model, no file read), so
+/// the fuzzer drives exactly what the handler runs.
+pub fn chat_call(body: &[u8], served: &str, allow_local_files: bool) -> Result<ChatCall, ApiError> {
+    let req: ChatRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))?;
+    if let Some(m) = &req.model {
+        if !m.is_empty() && m != served {
+            return Err(ApiError::model_not_found(m, served));
+        }
+    }
+    let opts = req.options()?;
+    let prompt = req.prompt(allow_local_files)?;
+    Ok(ChatCall { req, opts, prompt })
+}
+
 pub async fn chat_completions(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ready = require_ready(&st)?;
     let body = body.map_err(ApiError::from)?;
-    let req: ChatRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))?;
-    if let Some(m) = &req.model {
-        if !m.is_empty() && *m != ready.name {
-            return Err(ApiError::model_not_found(m, &ready.name));
-        }
-    }
-    let mut opts = req.options().map_err(ApiError::from)?;
-    let prompt = req
-        .prompt(st.opts.allow_local_files)
-        .map_err(ApiError::from)?;
+    let ChatCall {
+        req,
+        mut opts,
+        prompt,
+    } = chat_call(&body, &ready.name, st.opts.allow_local_files)?;
     let key: Vec<u64> = req.messages.iter().map(message_hash).collect();
     let cancel = CancelToken::new();
     opts.cancel = Some(cancel.clone());
@@ -273,4 +293,32 @@ fn sse(
             }
         });
     Sse::new(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn chat_call_checks_the_body_as_the_handler_answers() {
+        let body =
+            br#"{"model":"tiny","messages":[{"role":"user","content":"Hi"}],"max_tokens":3}"#;
+        let call = chat_call(body, "tiny", false).unwrap();
+        assert_eq!(call.opts.max_new, 3);
+        assert!(matches!(&call.prompt, Prompt::Chat(t) if t.len() == 1 && t[0].text == "Hi"));
+        // Any model name is fine for "" (no name to compare); another name is a 404.
+        assert!(chat_call(body, "", false).is_ok());
+        let e = chat_call(body, "other", false).unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.body()["error"]["code"], "model_not_found");
+        let e = chat_call(b"{\"messages\":", "", false).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.body()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid request body: "));
+        let e = chat_call(br#"{"messages":[{"role":"tool"}]}"#, "", false).unwrap_err();
+        assert_eq!(e.body()["error"]["param"], "messages");
+    }
 }

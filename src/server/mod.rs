@@ -22,7 +22,8 @@ use std::sync::{Arc, OnceLock};
 use rayon::ThreadPool;
 
 use crate::{Model, ModelOptions};
-pub use routes::router;
+pub use chat::{chat_call, ChatCall};
+pub use routes::{router, ApiError};
 use workers::Workers;
 
 /// What `serve` needs.

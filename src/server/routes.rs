@@ -86,6 +86,11 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         json!({"error": {
