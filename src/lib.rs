@@ -3,6 +3,7 @@
 //! The library API is [`Model`] (weights loaded once, shared) and [`Session`] (one
 //! conversation: KV cache, feature cache, history); see [`pipeline`].
 
+pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod experts;

@@ -47,6 +47,8 @@ pub struct ModelBenchOptions {
     pub progress: bool,
     /// The expert store (`--mem-budget` and the paging flags).
     pub experts: ExpertOptions,
+    /// Parts to run on a ggml device (`--gpu`, `--offload`, `--gpu-mem`).
+    pub backend: crate::backend::BackendOptions,
 }
 
 /// Median and range of one measurement over the repetitions.
@@ -196,10 +198,17 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     let decode_bytes = decode_bytes_per_token(&file, model.hp.n_expert_used);
     let tokenizer = Tokenizer::from_model_file(&file).context("reading the tokenizer")?;
     let vision = match &mmproj {
-        Some(p) => Some(
-            VisionModel::load(p)
-                .with_context(|| format!("loading the vision model {}", p.display()))?,
-        ),
+        Some(p) => {
+            let mut v = VisionModel::load(p)
+                .with_context(|| format!("loading the vision model {}", p.display()))?;
+            if let Some(enc) = crate::backend::vision_encoder(&o.backend, &v, o.threads)
+                .context("vision offload")?
+            {
+                say(&format!("vision tower and projector on {}", enc.device()));
+                v.set_offload(enc);
+            }
+            Some(v)
+        }
         None => {
             if o.vision {
                 say("no mmproj beside the model (give --mmproj): vision and ttft are skipped");

@@ -55,6 +55,8 @@ pub struct BenchModelArgs {
     pub json: bool,
     #[command(flatten)]
     pub experts: super::expert_args::ExpertArgs,
+    #[command(flatten)]
+    pub gpu: super::gpu_args::GpuArgs,
 }
 
 /// Arguments of `pocketvl bench convert`.
@@ -111,6 +113,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 reps: a.reps,
                 progress: true,
                 experts: a.experts.options(),
+                backend: a.gpu.options()?,
             };
             let mut r =
                 bench_model(&opts).with_context(|| format!("bench model {}", a.model.display()))?;

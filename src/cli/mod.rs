@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod convert;
+pub mod devices;
 pub mod expert_args;
+pub mod gpu_args;
 pub mod inspect;
 pub mod run;
 pub mod serve;
@@ -39,6 +41,8 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Measure against a roofline from the same run (`bench convert`: read speed vs conversion).
     Bench(bench::BenchArgs),
+    /// List the GPUs (ggml devices) --gpu can name (builds with `vulkan`, `metal`, `ggml-cpu`).
+    Devices(devices::DevicesArgs),
 }
 
 /// Runs one parsed command line.
@@ -50,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Devices(a) => devices::run(a),
     }
 }
 

@@ -89,6 +89,8 @@ pub struct RunArgs {
     pub trace: Option<PathBuf>,
     #[command(flatten)]
     pub experts: super::expert_args::ExpertArgs,
+    #[command(flatten)]
+    pub gpu: super::gpu_args::GpuArgs,
 }
 
 /// Runs the subcommand.
@@ -125,6 +127,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             pool: Some(pool),
             exif_rotate: !args.no_exif_rotate,
             experts: args.experts.options(),
+            backend: args.gpu.options()?,
         },
     )
     .map_err(|e| match e {

@@ -41,6 +41,8 @@ pub struct ServeArgs {
     /// Open images as stored, ignoring the EXIF orientation (what the reference sees).
     #[arg(long = "no-exif-rotate")]
     pub no_exif_rotate: bool,
+    #[command(flatten)]
+    pub gpu: super::gpu_args::GpuArgs,
 }
 
 /// Runs the subcommand (until the process is stopped).
@@ -49,6 +51,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         anyhow::bail!("--parallel must be between 1 and 256");
     }
     let pool = Arc::new(super::threads::pool(args.threads)?);
+    let backend = args.gpu.options()?;
     if !args.model.is_file() {
         anyhow::bail!("model file {} does not exist", args.model.display());
     }
@@ -63,5 +66,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         pool: Some(pool),
         allow_local_files: args.allow_local_files,
         exif_rotate: !args.no_exif_rotate,
+        backend,
     })
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::backend::BackendError;
 use crate::generate::GenerateError;
 use crate::image_io::ImageIoError;
 use crate::limits::LimitError;
@@ -46,6 +47,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Limit(#[from] LimitError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error("reading image {what}: {source}")]
     Image {
         what: String,

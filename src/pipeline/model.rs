@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use rayon::ThreadPool;
 
 use super::{Error, Session};
+use crate::backend::{self, BackendOptions};
 use crate::experts::ExpertOptions;
 use crate::limits;
 use crate::loader::ModelFile;
@@ -28,6 +29,8 @@ pub struct ModelOptions {
     pub exif_rotate: bool,
     /// The expert store: plain mmap, or paging under a memory budget.
     pub experts: ExpertOptions,
+    /// Parts to run on a ggml device (`--gpu`, `--offload`, `--gpu-mem`).
+    pub backend: BackendOptions,
 }
 
 impl Default for ModelOptions {
@@ -38,6 +41,7 @@ impl Default for ModelOptions {
             pool: None,
             exif_rotate: true,
             experts: ExpertOptions::default(),
+            backend: BackendOptions::default(),
         }
     }
 }
@@ -57,6 +61,7 @@ struct Inner {
     vision: Mutex<Option<Arc<VisionModel>>>,
     pool: Option<Arc<ThreadPool>>,
     exif_rotate: bool,
+    backend: BackendOptions,
 }
 
 impl Model {
@@ -66,6 +71,8 @@ impl Model {
         if !path.is_file() {
             return Err(Error::NoModelFile(path.to_path_buf()));
         }
+        // The device exists and the parts can go there, before gigabytes are mapped.
+        backend::check(&opts.backend)?;
         let file = ModelFile::open(path).map_err(|source| Error::File {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -98,6 +105,7 @@ impl Model {
                 vision: Mutex::new(None),
                 pool: opts.pool,
                 exif_rotate: opts.exif_rotate,
+                backend: opts.backend,
             }),
         })
     }
@@ -121,10 +129,19 @@ impl Model {
         if !path.is_file() {
             return Err(Error::NoMmproj(path.clone()));
         }
-        let v = Arc::new(VisionModel::load(path).map_err(|source| Error::LoadVision {
+        let mut v = VisionModel::load(path).map_err(|source| Error::LoadVision {
             path: path.clone(),
             source: Box::new(source),
-        })?);
+        })?;
+        let threads = self
+            .inner
+            .pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        if let Some(enc) = backend::vision_encoder(&self.inner.backend, &v, threads)? {
+            v.set_offload(enc);
+        }
+        let v = Arc::new(v);
         *slot = Some(v.clone());
         Ok(v)
     }

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     /// Accept `image_url`s that are local file paths (off: only data URLs).
     pub allow_local_files: bool,
     pub exif_rotate: bool,
+    /// Parts to run on a ggml device (`--gpu`, `--offload`, `--gpu-mem`).
+    pub backend: crate::backend::BackendOptions,
 }
 
 /// The server's shared state: set up at once, with the model arriving when loaded.
@@ -80,6 +82,7 @@ impl AppState {
                 pool: o.pool.clone(),
                 exif_rotate: o.exif_rotate,
                 experts: Default::default(),
+                backend: o.backend.clone(),
             },
         )?;
         if model.has_vision() {

@@ -10,6 +10,7 @@ mod preprocess_common;
 #[path = "../support/prereq.rs"]
 mod prereq;
 
+mod backend_offload;
 mod bench_model;
 mod cli_convert;
 mod cli_errors;

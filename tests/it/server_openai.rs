@@ -322,6 +322,7 @@ fn health_is_503_while_loading() {
         pool: None,
         allow_local_files: false,
         exif_rotate: true,
+        backend: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

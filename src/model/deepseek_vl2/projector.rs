@@ -24,20 +24,21 @@ use crate::ops::gelu_erf;
 /// and `bf16` store every tensor in that type, and both widen to f32 exactly.
 const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
-/// Projector weights and the two learned tile-tag vectors.
+/// Projector weights and the two learned tile-tag vectors (the weights crate-visible for the
+/// ggml backend, src/backend).
 pub struct Projector {
     /// Patches per side of the tower output (27).
-    grid: usize,
+    pub(crate) grid: usize,
     /// 2x2 downsample.
-    ratio: usize,
+    pub(crate) ratio: usize,
     /// Tower width W.
-    n_in: usize,
+    pub(crate) n_in: usize,
     /// Output width N.
-    n_out: usize,
-    mm0: Weight,
-    mm0_b: Vec<f32>,
-    mm2: Weight,
-    mm2_b: Vec<f32>,
+    pub(crate) n_out: usize,
+    pub(crate) mm0: Weight,
+    pub(crate) mm0_b: Vec<f32>,
+    pub(crate) mm2: Weight,
+    pub(crate) mm2_b: Vec<f32>,
     image_newline: Vec<f32>,
     view_seperator: Vec<f32>,
 }

@@ -29,34 +29,35 @@ const TILE_CHUNK: usize = 4;
 /// and `bf16` store every tensor in that type, and both widen to f32 exactly.
 const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
-/// One pre-norm transformer block.
-struct Block {
-    ln1_w: Vec<f32>,
-    ln1_b: Vec<f32>,
+/// One pre-norm transformer block. Fields are crate-visible for the ggml backend
+/// (src/backend), which uploads the same weights to a device.
+pub(crate) struct Block {
+    pub(crate) ln1_w: Vec<f32>,
+    pub(crate) ln1_b: Vec<f32>,
     /// [3W rows: q | k | v, each head-major] x W.
-    qkv: Weight,
-    qkv_b: Vec<f32>,
-    out: Weight,
-    out_b: Vec<f32>,
-    ln2_w: Vec<f32>,
-    ln2_b: Vec<f32>,
-    up: Weight,
-    up_b: Vec<f32>,
-    down: Weight,
-    down_b: Vec<f32>,
+    pub(crate) qkv: Weight,
+    pub(crate) qkv_b: Vec<f32>,
+    pub(crate) out: Weight,
+    pub(crate) out_b: Vec<f32>,
+    pub(crate) ln2_w: Vec<f32>,
+    pub(crate) ln2_b: Vec<f32>,
+    pub(crate) up: Weight,
+    pub(crate) up_b: Vec<f32>,
+    pub(crate) down: Weight,
+    pub(crate) down_b: Vec<f32>,
 }
 
 /// The SigLIP tower with its weights (mapped from the mmproj file).
 pub struct VisionTower {
     hp: VisionHparams,
     /// Conv kernel as a matrix: W rows of `3 * P * P` (c, ky, kx) values.
-    patch_w: Weight,
-    patch_b: Vec<f32>,
+    pub(crate) patch_w: Weight,
+    pub(crate) patch_b: Vec<f32>,
     /// `[729, W]`.
-    pos: Vec<f32>,
-    blocks: Vec<Block>,
-    post_w: Vec<f32>,
-    post_b: Vec<f32>,
+    pub(crate) pos: Vec<f32>,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) post_w: Vec<f32>,
+    pub(crate) post_b: Vec<f32>,
 }
 
 fn f32_vec(file: &ModelFile, name: &str, ne: &[u64]) -> Result<Vec<f32>, LoaderError> {
@@ -188,7 +189,7 @@ impl VisionTower {
 /// `[n_tiles, 3, S, S]` pixels to `[n_tiles * G * G, 3 * P * P]` patch rows (row-major patch
 /// order; inside a patch (c, ky, kx), the conv kernel's order). Pixels past `G * P` are
 /// ignored, as the stride-P conv without padding ignores them.
-fn unfold_patches(pixels: &[f32], n_tiles: usize, s: usize, p: usize) -> Vec<f32> {
+pub(crate) fn unfold_patches(pixels: &[f32], n_tiles: usize, s: usize, p: usize) -> Vec<f32> {
     let g = s / p;
     let k = 3 * p * p;
     let mut out = vec![0.0f32; n_tiles * g * g * k];
@@ -305,6 +306,15 @@ fn extend_bytes(dst: &mut Vec<u8>, src: &[f32]) {
     dst.extend(src.iter().flat_map(|v| v.to_le_bytes()));
 }
 
+/// Tower + projector run elsewhere (a ggml device, src/backend) on whole tiles. The CPU
+/// tower and projector stay the reference it is tested against.
+pub trait TileEncoder: Send + Sync {
+    /// Where it runs (a device name), for logs and stats.
+    fn device(&self) -> String;
+    /// Normalised pixels `[n_tiles, 3, S, S]` -> projector output `[n_tiles, side*side, N]`.
+    fn encode_tiles(&self, pixels: &[f32], n_tiles: usize) -> Result<Vec<f32>, VisionError>;
+}
+
 /// Everything the image side of a request needs, loaded from one mmproj file: the
 /// processor settings, the tower and the projector.
 pub struct VisionModel {
@@ -314,6 +324,8 @@ pub struct VisionModel {
     pub image_token_id: Option<u32>,
     tower: VisionTower,
     projector: super::projector::Projector,
+    /// Runs tower + projector instead of the CPU when set (`--offload vision`).
+    offload: Option<std::sync::Arc<dyn TileEncoder>>,
 }
 
 impl VisionModel {
@@ -340,7 +352,18 @@ impl VisionModel {
             image_token_id,
             tower,
             projector,
+            offload: None,
         })
+    }
+
+    /// Sends every later [`VisionModel::encode`] through `encoder`.
+    pub fn set_offload(&mut self, encoder: std::sync::Arc<dyn TileEncoder>) {
+        self.offload = Some(encoder);
+    }
+
+    /// The device tower + projector run on, when not the CPU path.
+    pub fn offload_device(&self) -> Option<String> {
+        self.offload.as_ref().map(|e| e.device())
     }
 
     pub fn tower(&self) -> &VisionTower {
@@ -364,8 +387,13 @@ impl VisionModel {
     pub fn encode(&self, pre: &super::preprocess::Preprocessed) -> Result<Vec<f32>, VisionError> {
         let n = pre.unique_tiles.len();
         let pixels = pre.unique_pixels_f32(&self.config);
-        let feats = self.tower.forward(&pixels, n)?;
-        let projected = self.projector.forward(&feats, n)?;
+        let projected = match &self.offload {
+            Some(e) => e.encode_tiles(&pixels, n)?,
+            None => {
+                let feats = self.tower.forward(&pixels, n)?;
+                self.projector.forward(&feats, n)?
+            }
+        };
         self.projector.assemble(&projected, pre)
     }
 }

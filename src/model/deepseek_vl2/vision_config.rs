@@ -20,6 +20,9 @@ pub enum VisionError {
     },
     #[error("image layout: {0}")]
     Layout(String),
+    /// The device tower + projector were offloaded to failed.
+    #[error("vision offload: {0}")]
+    Offload(String),
 }
 
 /// Vision hyper-parameters, read from the mmproj's `clip.vision.*` keys.
