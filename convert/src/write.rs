@@ -1,5 +1,6 @@
 //! The conversion itself: plan → metadata → streamed, parallel quantization → two GGUF files
-//! committed together.
+//! committed together, and optionally a third, the cold-expert sidecar (`cold-<name>`, see
+//! [`plan_cold`]).
 //!
 //! Memory stays bounded by [`CHUNK_ELEMS`] per tensor chunk, never a whole model: a tensor is
 //! produced a chunk of rows at a time (an expert stack expert by expert, since rows are filled
@@ -153,6 +154,110 @@ pub fn mmproj_path(output: &Path) -> PathBuf {
     output.with_file_name(format!("mmproj-{name}"))
 }
 
+/// `cold-<file name>` beside the language-model output: the low-bit copy of the routed experts
+/// (`pocketvl convert --cold-experts TYPE`), the fallback for expert-store misses under memory
+/// pressure (issue 9 item 5; the runtime does not read it yet).
+pub fn cold_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model.gguf".into());
+    output.with_file_name(format!("cold-{name}"))
+}
+
+/// Plans the cold-expert sidecar of `plan`: every routed-expert tensor of the language file
+/// (`blk.N.ffn_{gate,up,down}_exps.weight`) again, same name and shape, in `ty`; a tensor whose
+/// rows do not divide by `ty`'s block falls back as the recipes do ([`crate::recipe::fallback`]).
+/// Its metadata names the architecture, the requested type and the layer count.
+pub fn plan_cold(plan: &Plan, ty: GgmlType) -> Result<FilePlan> {
+    if !quant::formats::format(ty).is_some_and(|f| f.storable) {
+        return Err(ConvertError::Recipe(format!(
+            "--cold-experts {}: not a storable type ({})",
+            ty.name(),
+            quant::formats::storable_names()
+        )));
+    }
+    let mut tensors = Vec::new();
+    for t in &plan.language.tensors {
+        if t.mapped.role != Role::Experts {
+            continue;
+        }
+        let ne0 = t.mapped.ne.first().copied().unwrap_or(1);
+        let mut used = ty;
+        while !ne0.is_multiple_of(used.block_size() as u64) {
+            used = crate::recipe::fallback(used);
+        }
+        let bytes = used.tensor_bytes(&t.mapped.ne).ok_or_else(|| {
+            ConvertError::Recipe(format!(
+                "{}: size of {:?} overflows",
+                t.mapped.name, t.mapped.ne
+            ))
+        })?;
+        tensors.push(PlannedTensor {
+            mapped: t.mapped.clone(),
+            ty: used,
+            fell_back_from: (used != ty).then_some(ty),
+            bytes,
+        });
+    }
+    if tensors.is_empty() {
+        return Err(ConvertError::Recipe(
+            "--cold-experts: the model has no routed experts".into(),
+        ));
+    }
+    use quant::gguf::Value;
+    use quant::schema::{cold, general, llm_key};
+    let arch = plan
+        .language
+        .metadata
+        .iter()
+        .find(|(k, _)| k == general::ARCHITECTURE)
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| ConvertError::Recipe("language metadata lacks its architecture".into()))?;
+    let Value::String(arch_name) = &arch else {
+        return Err(ConvertError::Recipe("architecture is not a string".into()));
+    };
+    let blocks = plan
+        .language
+        .metadata
+        .iter()
+        .find(|(k, _)| *k == llm_key(arch_name, quant::schema::llm::BLOCK_COUNT))
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| ConvertError::Recipe("language metadata lacks its block count".into()))?;
+    Ok(FilePlan {
+        path: cold_path(&plan.language.path),
+        metadata: vec![
+            (general::ARCHITECTURE.into(), arch),
+            (cold::TYPE.into(), Value::U32(ty.id())),
+            (cold::BLOCK_COUNT.into(), blocks),
+        ],
+        tensors,
+    })
+}
+
+/// Writes the cold-expert sidecar planned by [`plan_cold`] (to a temporary, renamed into place
+/// when complete). Returns its path and size.
+pub fn execute_cold(
+    ck: &dyn TensorSource,
+    fp: &FilePlan,
+    opts: &ConvertOptions,
+) -> Result<(PathBuf, u64)> {
+    let consumed = AtomicU64::new(0);
+    let bar = ProgressBar::hidden();
+    let run = || write_file(ck, fp, opts.force, &bar, &consumed);
+    let pending = match opts.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| quant_err("thread pool", e))?
+            .install(run)?,
+        None => run()?,
+    };
+    let path = pending.commit().map_err(|e| quant_err("commit", e))?;
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok((path, bytes))
+}
+
 /// Reads the checkpoint and decides every tensor's name, shape and type.
 pub fn plan(opts: &ConvertOptions) -> Result<(Checkpoint, Plan)> {
     let db = ModelsDb::builtin()?;
@@ -295,7 +400,7 @@ pub fn check_outputs(output: &Path, force: bool) -> Result<()> {
     if force {
         return Ok(());
     }
-    for p in [output.to_path_buf(), mmproj_path(output)] {
+    for p in [output.to_path_buf(), mmproj_path(output), cold_path(output)] {
         if p.exists() {
             return Err(ConvertError::OutputExists(p));
         }
@@ -350,6 +455,12 @@ pub fn execute(ck: &dyn TensorSource, plan: &Plan, opts: &ConvertOptions) -> Res
         if stale.exists() {
             std::fs::remove_file(&stale).map_err(|e| ConvertError::io(&stale, e))?;
         }
+    }
+    // A cold-expert sidecar belongs to the language file it was converted with: an older one
+    // is removed (`execute_cold` writes the new one after this).
+    let stale = cold_path(&plan.language.path);
+    if stale.exists() {
+        std::fs::remove_file(&stale).map_err(|e| ConvertError::io(&stale, e))?;
     }
     // The mmproj goes into place first and the file the user named last, so that OUT.gguf
     // exists only once its pair is complete, even if the process is killed between the two

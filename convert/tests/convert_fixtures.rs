@@ -367,3 +367,51 @@ fn fallbacks_are_listed() {
             && *u == GgmlType::F16));
     assert_eq!(summary.fallbacks, plan.fallbacks());
 }
+
+/// `--cold-experts`: the sidecar holds exactly the language file's routed-expert tensors (same
+/// names and shapes) in the low type (here Q3_K's fallback Q4_0: the fixtures' rows, 64 and 32,
+/// are not multiples of 256), with values within that type's bound of the checkpoint; the
+/// language file is unchanged by it, and a later conversion without the option removes it.
+#[test]
+fn cold_expert_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let mut o = opts(fixture("tiny-mha"), out.clone(), "q8_0");
+    let (plan, _) = write::convert(&o).unwrap();
+    let language = std::fs::read(&out).unwrap();
+    let cold = write::plan_cold(&plan, GgmlType::Q3_K).unwrap();
+    assert_eq!(cold.path, dir.path().join("cold-m.gguf"));
+    let (path, bytes) =
+        write::execute_cold(&Checkpoint::open(&fixture("tiny-mha")).unwrap(), &cold, &o).unwrap();
+    assert_eq!(
+        (path.clone(), bytes),
+        (cold.path.clone(), std::fs::metadata(&path).unwrap().len())
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), language);
+    let file = GgufFile::open(&path).unwrap();
+    let experts: Vec<_> = plan
+        .language
+        .tensors
+        .iter()
+        .filter(|t| t.mapped.role == convert::mapping::Role::Experts)
+        .collect();
+    // Layers 1 and 2 are MoE (first_k_dense_replace 1), three expert tensors each.
+    assert_eq!(experts.len(), 2 * 3);
+    assert_eq!(file.tensors().len(), experts.len());
+    let ck = Checkpoint::open(&fixture("tiny-mha")).unwrap();
+    for t in experts {
+        let (ty, ne, got) = dequantize_all(&file, &t.mapped.name);
+        assert_eq!(ty, GgmlType::Q4_0, "{}", t.mapped.name);
+        assert_eq!(ne, t.mapped.ne, "{}", t.mapped.name);
+        check_values(&t.mapped.name, ty, &expected(&ck, &t.mapped), &got);
+    }
+    assert_eq!(
+        file.get(quant::schema::cold::TYPE).and_then(|v| v.as_u64()),
+        Some(GgmlType::Q3_K.id() as u64)
+    );
+    python_check(&path, &file);
+    // Reconverting without the option drops the now stale sidecar.
+    o.force = true;
+    write::convert(&o).unwrap();
+    assert!(!cold.path.exists());
+}

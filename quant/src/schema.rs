@@ -31,6 +31,19 @@ pub mod general {
     pub const DESCRIPTION: &str = "general.description";
 }
 
+/// Keys of pocketvl's cold-expert sidecar (`cold-<model>.gguf`, written by
+/// `pocketvl convert --cold-experts TYPE`): a low-bit copy of every layer's
+/// routed-expert tensors under the language file's own names. llama.cpp
+/// refuses a file with tensors it does not create ("wrong number of
+/// tensors"), so the copy cannot live in the language file itself.
+pub mod cold {
+    /// The type the copy was asked for (u32 ggml id; a tensor whose rows do
+    /// not divide by its block falls back as the converter's recipes do).
+    pub const TYPE: &str = "pocketvl.cold_experts.type";
+    /// Layers of the language model the copy was made for (u32).
+    pub const BLOCK_COUNT: &str = "pocketvl.cold_experts.block_count";
+}
+
 /// Language-model hyper-parameter keys; each is prefixed with the
 /// architecture name by [`llm_key`].
 pub mod llm {

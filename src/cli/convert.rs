@@ -1,5 +1,5 @@
-//! `pocketvl convert HF_DIR -o OUT.gguf [--quant T] [--type-* T] [--force] [--dry-run]
-//! [--threads N]`.
+//! `pocketvl convert HF_DIR -o OUT.gguf [--quant T] [--type-* T] [--cold-experts T] [--force]
+//! [--dry-run] [--threads N]`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use clap::builder::PossibleValuesParser;
 use clap::Args;
 use convert::mapping::Role;
 use convert::recipe::parse_type;
-use convert::write::{self, ConvertOptions, Plan};
+use convert::write::{self, ConvertOptions, FilePlan, Plan};
 
 /// Arguments of `pocketvl convert`.
 #[derive(Debug, Args)]
@@ -47,6 +47,11 @@ pub struct ConvertArgs {
     /// Type of the projector matrices.
     #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_projector: Option<String>,
+    /// Also write a low-bit copy of the routed experts in TYPE (e.g. q3_K) as cold-<name> beside
+    /// the output: the fallback the expert store is to serve on a miss under memory pressure (not
+    /// read by the runtime yet). A separate GGUF: llama.cpp refuses extra tensors in the model.
+    #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
+    pub cold_experts: Option<String>,
     /// Replace existing output files.
     #[arg(long)]
     pub force: bool,
@@ -99,8 +104,11 @@ impl ConvertArgs {
     }
 }
 
-fn print_plan(plan: &Plan) {
-    for fp in std::iter::once(&plan.language).chain(&plan.mmproj) {
+fn print_plan(plan: &Plan, cold: Option<&FilePlan>) {
+    for fp in std::iter::once(&plan.language)
+        .chain(&plan.mmproj)
+        .chain(cold)
+    {
         println!("{}:", fp.path.display());
         println!(
             "  {:<34} {:<18} {:<16} {:>12}  {:<9} source",
@@ -130,8 +138,13 @@ fn print_plan(plan: &Plan) {
     }
 }
 
-fn print_fallbacks(plan: &Plan) {
-    let fb = plan.fallbacks();
+fn print_fallbacks(plan: &Plan, cold: Option<&FilePlan>) {
+    let mut fb = plan.fallbacks();
+    for t in cold.iter().flat_map(|c| &c.tensors) {
+        if let Some(w) = t.fell_back_from {
+            fb.push((format!("{} (cold copy)", t.mapped.name), w, t.ty));
+        }
+    }
     if !fb.is_empty() {
         eprintln!("block-size fallbacks ({}):", fb.len());
         for (name, wanted, used) in fb {
@@ -156,13 +169,20 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         plan.variant.as_deref().unwrap_or("unknown"),
         plan.recipe
     );
+    let cold = match &args.cold_experts {
+        Some(name) => {
+            let ty = parse_type(name).context("--cold-experts")?;
+            Some(write::plan_cold(&plan, ty).context("--cold-experts")?)
+        }
+        None => None,
+    };
     if args.dry_run {
-        print_plan(&plan);
-        print_fallbacks(&plan);
+        print_plan(&plan, cold.as_ref());
+        print_fallbacks(&plan, cold.as_ref());
         return Ok(());
     }
     let s = write::execute(&ck, &plan, &opts).context("conversion failed; no output written")?;
-    print_fallbacks(&plan);
+    print_fallbacks(&plan, cold.as_ref());
     let mmproj = match &s.mmproj_path {
         Some(p) => format!("{} ({:.1} MB)", p.display(), s.mmproj_bytes as f64 / 1e6),
         None => "no mmproj (text-only checkpoint)".to_string(),
@@ -178,6 +198,16 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     println!("{}", s.language_path.display());
     if let Some(p) = &s.mmproj_path {
         println!("{}", p.display());
+    }
+    if let Some(fp) = &cold {
+        let (path, bytes) = write::execute_cold(&ck, fp, &opts)
+            .context("writing the cold-expert copy failed; no sidecar written")?;
+        eprintln!(
+            "cold experts: {} ({:.1} MB)",
+            path.display(),
+            bytes as f64 / 1e6
+        );
+        println!("{}", path.display());
     }
     Ok(())
 }

@@ -62,6 +62,7 @@ const DOT_TYPES: &[(i32, &str, i32)] = &[
     (12, "q4_K", 15),
     (13, "q5_K", 15),
     (14, "q6_K", 15),
+    (11, "q3_K", 15),
 ];
 
 /// (ggml type id, file name) for every format pocketvl implements.
@@ -78,6 +79,7 @@ const TYPES: &[(i32, &str)] = &[
     (13, "q5_K"),
     (14, "q6_K"),
     (15, "q8_K"),
+    (11, "q3_K"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,5 @@
 //! AVX2 + FMA (+ F16C) versions of the hottest dot products (F32, F16, BF16,
-//! Q4_K, Q6_K) and the dots and tiled GEMMs of the 32-element block formats
+//! Q3_K, Q4_K, Q6_K) and the dots and tiled GEMMs of the 32-element block formats
 //! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, decoded by `q0_x86`). Each computes the
 //! same integer block sums as its scalar twin in `scalar.rs` and differs only in
 //! the order of the f32 additions; `tier_tests` checks them against the scalar
@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::q0_x86::{h2f, hsum_ps, load32, ActBlock, Q0Format, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
-use crate::block::{as_blocks, BlockQ4K, BlockQ6K, BlockQ8K};
+use crate::block::{as_blocks, q3k_scale, BlockQ3K, BlockQ4K, BlockQ6K, BlockQ8K};
 
 /// Whether this CPU runs every kernel of this file.
 pub fn detected() -> bool {
@@ -411,6 +411,60 @@ fn q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 let sc = _mm256_set_m128i(
                     _mm_set1_epi16(x.scales[s + 1] as i16),
                     _mm_set1_epi16(x.scales[s] as i16),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+            }
+        }
+        let d = _mm256_set1_ps(h2f(x.d) * y.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+pub(crate) fn dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: only installed in the kernel table after `detected()`.
+    unsafe { q3_k_q8_k(n, w, a) }
+}
+
+/// Q3_K·Q8_K: each 32-element group's quants q ∈ 0..=7 (2 low bits from `qs`,
+/// the high bit from `hmask`) as unsigned bytes, so (q − 4)·y = q·y − 4·y with
+/// two `maddubs` (neither saturates: 2·7·127, 2·4·127 < 2¹⁵), then the two
+/// 16-element sub-block scales through `madd`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let wb = as_blocks::<BlockQ3K>(w).unwrap_or(&[]);
+    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
+    debug_assert!(wb.len() == ab.len() && wb.len() * 256 == n);
+    let three = _mm256_set1_epi8(3);
+    let four = _mm256_set1_epi8(4);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in wb.iter().zip(ab) {
+        // SAFETY: hmask holds exactly 32 bytes; unaligned load.
+        let hm = unsafe { _mm256_loadu_si256(x.hmask.as_ptr().cast()) };
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            // SAFETY: qs[32h..32h+32] is in bounds (qs holds 64 bytes).
+            let qs = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * h).cast()) };
+            let low = [
+                qs,
+                _mm256_srli_epi16::<2>(qs),
+                _mm256_srli_epi16::<4>(qs),
+                _mm256_srli_epi16::<6>(qs),
+            ];
+            for (g, l) in low.into_iter().enumerate() {
+                let e = 128 * h + 32 * g;
+                // High bit of element e + i is bit e/32 of hmask[i]: 4 where set.
+                let bit = _mm256_set1_epi8((1u8 << (e / 32)) as i8);
+                let hi = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
+                let q = _mm256_or_si256(_mm256_and_si256(l, three), hi);
+                // SAFETY: y.qs[e..e+32] is in bounds (e + 32 ≤ 256).
+                let yv = unsafe { _mm256_loadu_si256(y.qs.as_ptr().add(e).cast()) };
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, yv), _mm256_maddubs_epi16(four, yv));
+                let s = e / 16;
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi16(q3k_scale(s + 1, &x.scales) as i16),
+                    _mm_set1_epi16(q3k_scale(s, &x.scales) as i16),
                 );
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }

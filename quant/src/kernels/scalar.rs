@@ -9,8 +9,8 @@
 
 use crate::block::bf16::bf16_to_f32;
 use crate::block::{
-    as_blocks, f16_to_f32, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    as_blocks, f16_to_f32, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
 /// Splits the two rows into block slices (empty on a length mismatch, which the
@@ -245,6 +245,27 @@ pub fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let dmin = f16_to_f32(x.dmin) * y.d();
         sumf -= dmin * sumi as f32;
     }
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+/// Q3_K·Q8_K (ggml's generic kernel): like Q6_K, f32 lane sums d·aux32 with
+/// 16-element sub-block scales, here the unpacked 6-bit scale − 32.
+pub fn dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (wb, ab) = pair::<BlockQ3K, BlockQ8K>(w, a);
+    debug_assert_eq!(wb.len() * 256, n);
+    let mut sums = [0f32; 8];
+    for (x, y) in wb.iter().zip(ab) {
+        let q = crate::block::unpack_q3k(x);
+        let aux32 = lane_sums(&q, y, |s| crate::block::q3k_scale(s, &x.scales) as i32, 16);
+        let d = f16_to_f32(x.d) * y.d();
+        for l in 0..8 {
+            sums[l] += d * aux32[l] as f32;
+        }
+    }
+    let mut sumf = 0f32;
     for s in sums {
         sumf += s;
     }

@@ -96,12 +96,18 @@ fn random_bytes_row(ty: GgmlType, k: usize, g: &mut Lcg) -> Vec<u8> {
     let mut row: Vec<u8> = (0..ty.row_bytes(k as u64).unwrap_or(0))
         .map(|_| g.next() as u8)
         .collect();
-    // The f16 fields lead every block of these formats: d, then m for Q4_1/Q5_1.
+    // The f16 fields lead every block of the 32-element formats: d, then m for
+    // Q4_1/Q5_1; Q3_K stores its d last.
     let halves = match ty {
         GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
         _ => 1,
     };
-    for b in row.chunks_exact_mut(ty.type_size()) {
+    let size = ty.type_size();
+    for b in row.chunks_exact_mut(size) {
+        if ty == GgmlType::Q3_K {
+            b[size - 2..].copy_from_slice(&f32_to_f16(g.f32(0.1)));
+            continue;
+        }
         for h in 0..halves {
             b[2 * h..2 * h + 2].copy_from_slice(&f32_to_f16(g.f32(0.1)));
         }
@@ -151,7 +157,7 @@ fn simd_dots_match_scalar_twins() {
                         rows.push((quant(ty, &w), quant(at, &a)));
                     }
                 }
-                if BLOCK_FORMATS.contains(&ty) {
+                if BLOCK_FORMATS.contains(&ty) || ty == GgmlType::Q3_K {
                     let a = quant(at, &cases(k, 3)[0]);
                     rows.push((random_bytes_row(ty, k, &mut g), a));
                 }

@@ -77,7 +77,7 @@ const SIMPLE: [GgmlType; 7] = [
     GgmlType::Q8_0,
 ];
 
-const ALL: [GgmlType; 12] = [
+const ALL: [GgmlType; 13] = [
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q4_0,
@@ -86,6 +86,7 @@ const ALL: [GgmlType; 12] = [
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q8_1,
+    GgmlType::Q3_K,
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
@@ -113,10 +114,12 @@ fn quantizers_match_ggml_c_bytes() {
 
 #[test]
 fn dequantizers_match_gguf_package_bit_for_bit() {
-    for ty in SIMPLE
-        .into_iter()
-        .chain([GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K])
-    {
+    for ty in SIMPLE.into_iter().chain([
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ]) {
         let src = if ty.is_quantized() && ty.block_size() == ROW {
             format!("ggml_{}.bin", ty.name())
         } else {
@@ -151,6 +154,7 @@ fn dequantizers_match_gguf_package_bit_for_bit() {
 /// | q4_1 | 8.42e-2 | 1.05e-1 |
 /// | q5_0 | 4.79e-2 | 6.0e-2 |
 /// | q5_1 | 4.04e-2 | 5.0e-2 |
+/// | q3_K | 1.73e-1 | 2.2e-1 |
 /// | q4_K | 7.71e-2 | 9.7e-2 |
 /// | q5_K | 3.84e-2 | 4.8e-2 |
 /// | q6_K | 2.03e-2 | 2.5e-2 |
@@ -180,7 +184,7 @@ fn round_trip_error_within_budget() {
     println!("{report}");
 }
 
-const ROUND_TRIP_BOUNDS: [(GgmlType, f64); 12] = [
+const ROUND_TRIP_BOUNDS: [(GgmlType, f64); 13] = [
     (GgmlType::F16, 3.0e-4),
     (GgmlType::BF16, 2.1e-3),
     (GgmlType::Q8_0, 8.0e-3),
@@ -190,6 +194,7 @@ const ROUND_TRIP_BOUNDS: [(GgmlType, f64); 12] = [
     (GgmlType::Q4_1, 1.05e-1),
     (GgmlType::Q5_0, 6.0e-2),
     (GgmlType::Q5_1, 5.0e-2),
+    (GgmlType::Q3_K, 2.2e-1),
     (GgmlType::Q4_K, 9.7e-2),
     (GgmlType::Q5_K, 4.8e-2),
     (GgmlType::Q6_K, 2.5e-2),
@@ -232,7 +237,7 @@ fn dequantize_row_vec(ty: GgmlType, q: &[u8], n: usize) -> Vec<f32> {
 #[test]
 fn dot_products_match_dequantized_reference() {
     // (type, bound vs the exact f32 dot, relative to Σ|w·a|)
-    let cases: [(GgmlType, f64); 11] = [
+    let cases: [(GgmlType, f64); 12] = [
         (GgmlType::F32, 1e-6),
         (GgmlType::F16, 2e-3),
         (GgmlType::BF16, 1e-2),
@@ -241,6 +246,7 @@ fn dot_products_match_dequantized_reference() {
         (GgmlType::Q4_1, 0.15),
         (GgmlType::Q5_0, 0.08),
         (GgmlType::Q5_1, 0.08),
+        (GgmlType::Q3_K, 0.25),
         (GgmlType::Q4_K, 0.15),
         (GgmlType::Q5_K, 0.08),
         (GgmlType::Q6_K, 4e-2),
@@ -299,6 +305,7 @@ fn dot_products_match_ggml_cpu_kernels() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
