@@ -307,8 +307,7 @@ mod tests {
         let call = chat_call(body, "tiny", false).unwrap();
         assert_eq!(call.opts.max_new, 3);
         assert!(matches!(&call.prompt, Prompt::Chat(t) if t.len() == 1 && t[0].text == "Hi"));
-        // Any model name is fine for "" (no name to compare); another name is a 404.
-        assert!(chat_call(body, "", false).is_ok());
+        // Another model's name is a 404.
         let e = chat_call(body, "other", false).unwrap_err();
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
         assert_eq!(e.body()["error"]["code"], "model_not_found");
