@@ -9,20 +9,11 @@
 //! offloaded through the library API. Without one: the flags are refused with a clear
 //! error.
 
-use std::process::Command;
-
 use crate::common;
 
+/// Runs pocketvl in the test's working directory.
 fn pocketvl(args: &[&str]) -> (Option<i32>, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_pocketvl"))
-        .args(args)
-        .output()
-        .expect("run pocketvl");
-    (
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    common::pocketvl_in(std::path::Path::new("."), args)
 }
 
 #[test]

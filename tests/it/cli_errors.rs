@@ -2,27 +2,12 @@
 //! status 1, no panic.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::common::{self, fixture, s};
 
-/// Runs pocketvl in `dir`; returns (exit code, stdout, stderr).
-fn run_in(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_pocketvl"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run pocketvl");
-    (
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// The command fails with exactly `message` on stderr (plus the newline).
 fn fails_with(dir: &Path, args: &[&str], message: &str) {
-    let (code, _, stderr) = run_in(dir, args);
+    let (code, _, stderr) = common::pocketvl_in(dir, args);
     assert_eq!(stderr, format!("{message}\n"), "pocketvl {args:?}");
     assert_eq!(code, Some(1), "pocketvl {args:?}: {stderr}");
 }

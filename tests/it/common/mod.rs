@@ -222,3 +222,17 @@ pub fn tiny_mha_f32() -> &'static Path {
         out
     })
 }
+
+/// Runs the pocketvl binary in `dir`; returns (exit code, stdout, stderr).
+pub fn pocketvl_in(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pocketvl"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run pocketvl");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
