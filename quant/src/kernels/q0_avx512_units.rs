@@ -387,6 +387,91 @@ fn gemv_tile<F: UnitFormat>(
     }
 }
 
+/// Expands `$m!(r)` for the 16 rows of a GEMV tile, `r` a constant (so the
+/// accumulator array lives in registers; a loop over rows kept it on the
+/// stack, a load and a store per step).
+macro_rules! rows16 {
+    ($m:ident) => {
+        $m!(0);
+        $m!(1);
+        $m!(2);
+        $m!(3);
+        $m!(4);
+        $m!(5);
+        $m!(6);
+        $m!(7);
+        $m!(8);
+        $m!(9);
+        $m!(10);
+        $m!(11);
+        $m!(12);
+        $m!(13);
+        $m!(14);
+        $m!(15);
+    };
+}
+
+/// [`gemv_tile`] of a whole tile (16 rows), its accumulators in registers,
+/// that also prefetches the bytes `ahead` of each weight unit it reads (the
+/// same unit of the tile it runs next): decode streams weights from memory,
+/// and 16 interleaved row streams (page-crossing, 4 KiB pages) leave the
+/// hardware prefetchers behind. Sums exactly as [`gemv_tile`] does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemv_tile16<F: UnitFormat>(
+    kc: &KChunk,
+    w: &[u8],
+    wrb: usize,
+    x: &[Unit],
+    out: &mut [f32],
+    ahead: isize,
+) {
+    let ub = F::BLOCKS * F::BLOCK_BYTES;
+    let part = kc.last_blocks < F::BLOCKS;
+    // The whole units of the chunk, then (maybe) its partial last one.
+    let whole = kc.units - usize::from(part);
+    assert!(
+        w.len() >= RV * wrb && x.len() >= kc.units && out.len() >= RV,
+        "gemv tile: operand sizes"
+    );
+    assert!((kc.u0 + kc.units - 1) * ub < wrb, "gemv tile: chunk");
+    let base = w.as_ptr().wrapping_add(kc.u0 * ub);
+    let mut acc = [_mm512_setzero_ps(); RV];
+    for (u, xu) in x[..whole].iter().enumerate() {
+        macro_rules! row {
+            ($r:expr) => {{
+                let p = base.wrapping_add($r * wrb + u * ub);
+                // A unit is 68 or 72 bytes: its first byte and the one 64
+                // later name every line it touches but, at most, the one the
+                // next unit's first byte names. Prefetches never fault: the
+                // addresses are only computed (wrapping), never dereferenced.
+                let q = p.wrapping_offset(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(q.cast());
+                _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(64).cast());
+                // SAFETY: unit u of row r lies whole in the row (u < whole
+                // units of the chunk, asserted above); AVX-512 is ours.
+                let wv = unsafe { F::weight::<false>(p, F::BLOCKS) };
+                step::<F>(wv, xu, &mut acc[$r]);
+            }};
+        }
+        rows16!(row);
+    }
+    if part {
+        let u = kc.units - 1;
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row r is whole; AVX-512 is this function's.
+            let wv = unsafe { weight_unit::<F>(&w[r * wrb..][..wrb], kc, u) };
+            step::<F>(wv, &x[u], acc);
+        }
+    }
+    let mut o = [0f32; 16];
+    // SAFETY: o is 16 f32.
+    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(&acc)) };
+    for (d, &v) in out[..RV].iter_mut().zip(&o) {
+        put(d, v, kc.first);
+    }
+}
+
 /// `out[t·ldo + r] (+)=` for the `nr ≤ 4` rows at `w` and the `nt ≤ 4`
 /// tokens whose units start at `x` (token t at `x[t·stride..]`).
 #[inline]
@@ -502,7 +587,23 @@ fn gemm_units<F: UnitFormat>(
                 let o = &mut out[(p0 + multi) * ldo..];
                 for r0 in (0..n_rows).step_by(RV) {
                     let nr = RV.min(n_rows - r0);
-                    gemv_tile::<F>(&kc, &w[r0 * wrb..], wrb, nr, xt, &mut o[r0..]);
+                    if nr < RV {
+                        gemv_tile::<F>(&kc, &w[r0 * wrb..], wrb, nr, xt, &mut o[r0..]);
+                        continue;
+                    }
+                    // What this tile prefetches: the same units of the next
+                    // full tile, else the next k-chunk's first tile, else
+                    // nothing (its own bytes: a no-op).
+                    let here = r0 * wrb + u0 * F::BLOCKS * F::BLOCK_BYTES;
+                    let next = if r0 + 2 * RV <= n_rows {
+                        here + RV * wrb
+                    } else if u0 + units < nu && n_rows >= RV {
+                        (u0 + units) * F::BLOCKS * F::BLOCK_BYTES
+                    } else {
+                        here
+                    };
+                    let ahead = next as isize - here as isize;
+                    gemv_tile16::<F>(&kc, &w[r0 * wrb..], wrb, xt, &mut o[r0..], ahead);
                 }
             }
         }
