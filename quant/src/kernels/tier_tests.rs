@@ -259,3 +259,75 @@ fn simd_gemms_match_gemm_by_dots() {
         }
     }
 }
+
+/// One token against many rows, as decode runs it: whole 16-row GEMV tiles
+/// (with their prefetch of the next tile or the next k-chunk), a partial
+/// last tile, k with a partial last unit and k spanning several k-chunks,
+/// on random-byte and edge rows. Every output equals the scalar dot within
+/// the rounding bound and, for the 32-element block formats, the tier's own
+/// dot bit for bit.
+#[test]
+fn simd_gemv_tiles_match_scalar_twins() {
+    let scalar = KernelTable::scalar();
+    for tier in simd_tiers() {
+        for id in 0..SLOTS {
+            let Some(gemm) = tier.gemms[id] else {
+                continue;
+            };
+            let ty = GgmlType::from_id(id as u32).unwrap();
+            let dot = scalar.dots[id].expect("a GEMM slot without a scalar dot");
+            let own_dot = tier.dots[id].expect("a GEMM slot without a dot");
+            let at = vec_dot_type(ty);
+            let unit = ty.block_size().max(32);
+            // 1 unit; 13 blocks (a partial last unit of the 4-block units);
+            // 1280 (decode's width); 4192 (several k-chunks, partial tail).
+            let ks: Vec<usize> = [unit, 13 * unit, 1280, 4192]
+                .into_iter()
+                .filter(|k| k % unit == 0)
+                .collect();
+            for k in ks {
+                let wrb = ty.row_bytes(k as u64).unwrap() as usize;
+                let arb = at.row_bytes(k as u64).unwrap() as usize;
+                let mut g = Lcg(99 + k as u64);
+                let wcases = cases(k, 21);
+                let n_max = 50;
+                let w: Vec<u8> = (0..n_max)
+                    .flat_map(|r| {
+                        if BLOCK_FORMATS.contains(&ty) && r % 3 == 1 {
+                            random_bytes_row(ty, k, &mut g)
+                        } else {
+                            let x: Vec<f32> = wcases[r % wcases.len()]
+                                .iter()
+                                .map(|v| v * (1.0 + 0.25 * r as f32))
+                                .collect();
+                            quant(ty, &x)
+                        }
+                    })
+                    .collect();
+                let a = quant(at, &cases(k, 22)[0]);
+                for n_rows in [16usize, 17, 32, 47, 50] {
+                    let mut got = vec![f32::MAX; n_rows + 3];
+                    gemm(k, &w[..n_rows * wrb], n_rows, &a, 1, &mut got, n_rows);
+                    for r in 0..n_rows + 3 {
+                        let at = format!("{} {ty} k={k} rows={n_rows} r={r}", tier.isa);
+                        if r >= n_rows {
+                            assert_eq!(got[r], f32::MAX, "{at}: wrote past n_rows");
+                            continue;
+                        }
+                        let row = &w[r * wrb..][..wrb];
+                        let e = dot(k, row, &a[..arb]);
+                        let mag = magnitude(ty, k, row, &a);
+                        assert!(
+                            got[r] == e || ((got[r] - e) as f64).abs() <= tolerance(k, mag),
+                            "{at}: {} vs scalar {e} (Σ|w·a| {mag})",
+                            got[r]
+                        );
+                        if BLOCK_FORMATS.contains(&ty) {
+                            assert_eq!(got[r], own_dot(k, row, &a), "{at}: tile vs own dot");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
