@@ -29,6 +29,7 @@
 #                  (default "mmap paged:lru:routed:direct")
 #   SKIP_LLAMA=1   leave llama-bench out
 #   LLAMACPP_DIR   build cache (default target/llamacpp-bench)
+#   LLAMA_BENCH    a llama-bench binary built the same way, used instead of building one
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,7 +51,7 @@ for f in "$@"; do [ -f "$f" ] || die "no such file: $f"; done
 
 # --- llama-bench ---------------------------------------------------------------------------
 build_llama_bench() {
-    LLAMA_BENCH="$LLAMACPP_DIR/build/bin/llama-bench"
+    LLAMA_BENCH="${LLAMA_BENCH:-$LLAMACPP_DIR/build/bin/llama-bench}"
     [ -x "$LLAMA_BENCH" ] && return 0
     local src="$LLAMACPP_DIR/llama_cpp_python-$VERSION"
     if [ ! -f "$src/vendor/llama.cpp/include/llama.h" ]; then
