@@ -102,9 +102,9 @@ macro_rules! entry {
     };
 }
 
-/// Every type pocketvl handles, one entry each (other ggml types, e.g. Q2_K,
+/// Every type pocketvl handles, one entry each (other ggml types, e.g. F64,
 /// are readable in GGUF headers only).
-pub static FORMATS: [Format; 14] = [
+pub static FORMATS: [Format; 15] = [
     entry!(F32, storable: true, codec(quantize_f32, dequantize_f32), pairs: F32,
         scalar: dot(scalar::dot_f32_f32),
         avx2: Kernels { dot: x86!(avx2::dot_f32_f32), gemm: x86!(float_gemm_avx2::gemm_f32) },
@@ -137,7 +137,11 @@ pub static FORMATS: [Format; 14] = [
         scalar: dot(scalar::dot_q8_0_q8_0),
         avx2: Kernels { dot: x86!(avx2::dot_q8_0_q8_0), gemm: x86!(avx2::gemm_q8_0_q8_0) },
         avx512: Kernels { dot: x86!(q0_avx512_units::dot_q8_0_q8_0), gemm: x86!(q0_avx512_units::gemm_q8_0_q8_0) }),
-    // Q3_K: the low-bit fallback copy of cold routed experts (`convert --cold-experts`).
+    // Q2_K, Q3_K: the low-bit fallback copy of cold routed experts (`convert --cold-experts`).
+    entry!(Q2_K, storable: true, codec(quantize_q2_k, dequantize_q2_k), pairs: Q8_K,
+        scalar: dot(scalar::dot_q2_k_q8_k),
+        avx2: Kernels { dot: x86!(avx2::dot_q2_k_q8_k), gemm: None },
+        avx512: NONE),
     entry!(Q3_K, storable: true, codec(quantize_q3_k, dequantize_q3_k), pairs: Q8_K,
         scalar: dot(scalar::dot_q3_k_q8_k),
         avx2: Kernels { dot: x86!(avx2::dot_q3_k_q8_k), gemm: None },

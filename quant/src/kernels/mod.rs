@@ -321,7 +321,7 @@ mod tests {
     fn every_weight_type_with_a_quantizer_has_a_kernel_and_pairing() {
         use GgmlType::*;
         for ty in [
-            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K,
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
         ] {
             assert!(has_vec_dot(ty), "{ty}");
             assert!(KernelTable::scalar().get(ty).is_some(), "{ty}");

@@ -97,7 +97,7 @@ fn random_bytes_row(ty: GgmlType, k: usize, g: &mut Lcg) -> Vec<u8> {
         .map(|_| g.next() as u8)
         .collect();
     // The f16 fields lead every block of the 32-element formats: d, then m for
-    // Q4_1/Q5_1; Q3_K stores its d last.
+    // Q4_1/Q5_1; Q3_K stores its d last, Q2_K its d and dmin.
     let halves = match ty {
         GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
         _ => 1,
@@ -105,6 +105,11 @@ fn random_bytes_row(ty: GgmlType, k: usize, g: &mut Lcg) -> Vec<u8> {
     let size = ty.type_size();
     for b in row.chunks_exact_mut(size) {
         if ty == GgmlType::Q3_K {
+            b[size - 2..].copy_from_slice(&f32_to_f16(g.f32(0.1)));
+            continue;
+        }
+        if ty == GgmlType::Q2_K {
+            b[size - 4..size - 2].copy_from_slice(&f32_to_f16(g.f32(0.1)));
             b[size - 2..].copy_from_slice(&f32_to_f16(g.f32(0.1)));
             continue;
         }
@@ -157,7 +162,7 @@ fn simd_dots_match_scalar_twins() {
                         rows.push((quant(ty, &w), quant(at, &a)));
                     }
                 }
-                if BLOCK_FORMATS.contains(&ty) || ty == GgmlType::Q3_K {
+                if BLOCK_FORMATS.contains(&ty) || matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K) {
                     let a = quant(at, &cases(k, 3)[0]);
                     rows.push((random_bytes_row(ty, k, &mut g), a));
                 }
