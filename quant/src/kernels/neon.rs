@@ -88,7 +88,7 @@ impl Dot4 for Sdot {
 /// # Safety
 /// The CPU must have FEAT_I8MM.
 #[inline(always)]
-unsafe fn smmla(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) unsafe fn smmla(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // SAFETY: register-only instruction; FEAT_I8MM is the caller's contract.
     unsafe {
         asm!(
@@ -120,7 +120,7 @@ pub(super) unsafe fn h2f(b: [u8; 2]) -> f32 {
 /// NEON only: part of every aarch64 CPU.
 #[inline(always)]
 pub(super) unsafe fn load16<T: Copy>(p: &[T]) -> int8x16_t {
-    assert!(p.len() * std::mem::size_of::<T>() >= 16 && std::mem::size_of::<T>() == 1);
+    assert!(std::mem::size_of_val(p) >= 16 && std::mem::size_of::<T>() == 1);
     // SAFETY: 16 readable bytes (checked above); vld1q has no alignment requirement.
     unsafe { vld1q_s8(p.as_ptr().cast()) }
 }
@@ -337,7 +337,7 @@ fn blocks<'a, F: Q0Format>(k: usize, w: &'a [u8], a: &'a [u8]) -> (&'a [F::W], &
 /// # Safety
 /// The CPU must have `M`'s instructions.
 #[inline(always)]
-unsafe fn dot_q0<F: Q0Format, M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(super) unsafe fn dot_q0<F: Q0Format, M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
     let (wb, ab) = blocks::<F>(k, w, a);
     let mut sum = 0f32;
     for (x, y) in wb.iter().zip(ab) {
@@ -364,7 +364,10 @@ unsafe fn dot_q0<F: Q0Format, M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
 /// # Safety
 /// NEON only: part of every aarch64 CPU.
 #[inline(always)]
-unsafe fn pair_chunks(x: (int8x16_t, int8x16_t), y: (int8x16_t, int8x16_t)) -> [int8x16_t; 4] {
+pub(super) unsafe fn pair_chunks(
+    x: (int8x16_t, int8x16_t),
+    y: (int8x16_t, int8x16_t),
+) -> [int8x16_t; 4] {
     let z = |a: int8x16_t, b: int8x16_t, hi: bool| {
         let (a, b) = (vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b));
         vreinterpretq_s8_s64(if hi {
