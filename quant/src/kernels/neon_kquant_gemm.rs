@@ -252,6 +252,9 @@ unsafe fn tile<F: KFormat, const NR: usize, const NT: usize>(
         let mut acc = [[vdupq_n_s32(0); 4]; NR];
         for c in 0..4 {
             let wv: [[int8x16_t; 4]; NR] = std::array::from_fn(|r| F::chunk(&rows[r][b], c));
+            // The chunk's scales, looked up once for the tile's tokens.
+            let sc: [[i32; 4]; NR] =
+                std::array::from_fn(|r| std::array::from_fn(|v| heads[r].scales[F::group(c, v)]));
             let offs = F::offsets(c);
             for t in 0..NT {
                 let qa = &toks[t][b].qs;
@@ -263,8 +266,7 @@ unsafe fn tile<F: KFormat, const NR: usize, const NT: usize>(
                             // SAFETY: FEAT_DotProd is the caller's contract.
                             p = unsafe { Sdot::dot4(p, wv[r][i], av[i]) };
                         }
-                        let s = heads[r].scales[F::group(c, v)];
-                        acc[r][t] = vmlaq_n_s32(acc[r][t], p, s);
+                        acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r][v]);
                     }
                 }
             }
