@@ -76,6 +76,9 @@ unsafe fn tile<F: KFormat>(
                 let (y0, y1) = (&toks[2 * q][b].qs, &toks[2 * q + 1][b].qs);
                 offs.map(|o| pair16(load16(&y0[o..]), load16(&y1[o..])))
             });
+            // The chunk's scale vectors, picked once for both token pairs.
+            let scc: [[int32x4_t; 4]; RP] =
+                std::array::from_fn(|p| std::array::from_fn(|v| sc[p][F::group(c, v)]));
             for p in 0..RP {
                 let (w0, w1) = (
                     F::chunk(&rows[2 * p][b], c),
@@ -91,7 +94,7 @@ unsafe fn tile<F: KFormat>(
                                 smmla(smmla(s, wv[i][0], av[q][i][0]), wv[i][1], av[q][i][1])
                             };
                         }
-                        acc[p][q] = vmlaq_s32(acc[p][q], s, sc[p][F::group(c, v)]);
+                        acc[p][q] = vmlaq_s32(acc[p][q], s, scc[p][v]);
                     }
                 }
             }
