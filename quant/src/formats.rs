@@ -184,13 +184,14 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
         dot: Option<DotFn>,
         dot_dp: Option<DotFn>,
         gemm: Option<GemmFn>,
+        gemm_dp: Option<GemmFn>,
         gemm_mm: Option<GemmFn>,
     ) -> Neon {
         Neon {
             plain: Kernels { dot, gemm },
             dotprod: Kernels {
                 dot: dot_dp,
-                gemm: None,
+                gemm: gemm_dp,
             },
             i8mm: Kernels {
                 dot: None,
@@ -205,11 +206,13 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
             None,
             arm!(neon_float_gemm::gemm_f32),
             None,
+            None,
         ),
         F16 => tiers(
             arm!(neon::dot_f16_f32),
             None,
             arm!(neon_float_gemm::gemm_f16),
+            None,
             None,
         ),
         BF16 => tiers(
@@ -217,56 +220,72 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
             None,
             arm!(neon_float_gemm::gemm_bf16),
             None,
+            None,
         ),
         Q4_0 => tiers(
             arm!(neon::dot_q4_0_q8_0),
             arm!(neon::dot_q4_0_q8_0_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q4_0_q8_0_dotprod),
             arm!(neon::gemm_q4_0_q8_0_i8mm),
         ),
         Q4_1 => tiers(
             arm!(neon::dot_q4_1_q8_1),
             arm!(neon::dot_q4_1_q8_1_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q4_1_q8_1_dotprod),
             arm!(neon::gemm_q4_1_q8_1_i8mm),
         ),
         Q5_0 => tiers(
             arm!(neon::dot_q5_0_q8_0),
             arm!(neon::dot_q5_0_q8_0_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q5_0_q8_0_dotprod),
             arm!(neon::gemm_q5_0_q8_0_i8mm),
         ),
         Q5_1 => tiers(
             arm!(neon::dot_q5_1_q8_1),
             arm!(neon::dot_q5_1_q8_1_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q5_1_q8_1_dotprod),
             arm!(neon::gemm_q5_1_q8_1_i8mm),
         ),
         Q8_0 => tiers(
             arm!(neon::dot_q8_0_q8_0),
             arm!(neon::dot_q8_0_q8_0_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q8_0_q8_0_dotprod),
             arm!(neon::gemm_q8_0_q8_0_i8mm),
+        ),
+        Q3_K => tiers(
+            arm!(neon_kquant::dot_q3_k_q8_k),
+            arm!(neon_kquant::dot_q3_k_q8_k_dotprod),
+            None,
+            None,
+            None,
         ),
         Q4_K => tiers(
             arm!(neon_kquant::dot_q4_k_q8_k),
             arm!(neon_kquant::dot_q4_k_q8_k_dotprod),
             None,
-            None,
+            arm!(neon_kquant_gemm::gemm_q4_k_q8_k_dotprod),
+            arm!(neon_kquant_i8mm::gemm_q4_k_q8_k_i8mm),
         ),
         Q5_K => tiers(
             arm!(neon_kquant::dot_q5_k_q8_k),
             arm!(neon_kquant::dot_q5_k_q8_k_dotprod),
             None,
-            None,
+            arm!(neon_kquant_gemm::gemm_q5_k_q8_k_dotprod),
+            arm!(neon_kquant_i8mm::gemm_q5_k_q8_k_i8mm),
         ),
         Q6_K => tiers(
             arm!(neon_kquant::dot_q6_k_q8_k),
             arm!(neon_kquant::dot_q6_k_q8_k_dotprod),
             None,
-            None,
+            arm!(neon_kquant_gemm::gemm_q6_k_q8_k_dotprod),
+            arm!(neon_kquant_i8mm::gemm_q6_k_q8_k_i8mm),
         ),
-        _ => tiers(None, None, None, None),
+        _ => tiers(None, None, None, None, None),
     }
 }
 

@@ -28,6 +28,12 @@ pub(crate) mod neon;
 pub(crate) mod neon_float_gemm;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_kquant;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_kquant_gemm;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_kquant_i8mm;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_sdot_gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx512_units;
 #[cfg(target_arch = "x86_64")]
