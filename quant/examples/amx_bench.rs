@@ -5,11 +5,13 @@
 //! token counts are what one of the tower's tasks gets (4 tiles of 729 tokens over 4 tasks
 //! on 2 threads), and the attention products are one (tile, head) job.
 //! Run: `cargo run --release -p pocketvl-quant --example amx_bench [names…]`
-//! (names from the list below; default: all). Prints nothing useful without AMX.
+//! (names from the list below; default: all). Last line: the tile unit's peak in the same
+//! run (`tdpbf16ps` with operands in registers) and the shapes' rate as a share of it.
+//! Prints nothing useful without AMX.
 
 use std::time::Instant;
 
-use quant::kernels::gemm_bf16_rounded;
+use quant::kernels::{amx_bf16_spin, gemm_bf16_rounded};
 
 /// (name, k, weight rows, tokens).
 const SHAPES: [(&str, usize, usize, usize); 6] = [
@@ -70,5 +72,19 @@ fn main() {
             flops / s / 1e9
         );
     }
-    println!("{:>6} {:>40.1} GFLOP/s", "all", total.0 / total.1 / 1e9);
+    let all = total.0 / total.1 / 1e9;
+    // The tile unit's peak in the same run: tdpbf16ps with its operands in registers.
+    let start = Instant::now();
+    let c0 = cpu_seconds(start);
+    let mut flops = 0u64;
+    while flops == 0 || cpu_seconds(start) - c0 < 1.0 {
+        flops += amx_bf16_spin(1 << 20).unwrap_or(0);
+    }
+    let peak = flops as f64 / (cpu_seconds(start) - c0) / 1e9;
+    println!("{:>6} {all:>40.1} GFLOP/s", "all");
+    println!(
+        "{:>6} {peak:>40.1} GFLOP/s (all = {:.1}% of it)",
+        "peak",
+        100.0 * all / peak
+    );
 }

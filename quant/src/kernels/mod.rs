@@ -297,6 +297,18 @@ pub fn gemm_bf16_rounded() -> Option<Bf16RoundedGemmFn> {
     })
 }
 
+/// `iters` x 4 AMX-BF16 tile products with the operands in registers, returning the flops
+/// done (`None` without AMX): the tile unit's peak for benchmarks to time beside
+/// [`gemm_bf16_rounded`].
+pub fn amx_bf16_spin(iters: usize) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if float_gemm_amx::detected() {
+        return Some(float_gemm_amx::tdp_spin(iters));
+    }
+    let _ = iters;
+    None
+}
+
 /// Dot product of one weight row (`n` elements in `ty`) with one activation row
 /// in `vec_dot_type(ty)`. Dispatches once through a table chosen at first use.
 ///
