@@ -151,7 +151,9 @@ impl KernelTable {
 static TABLE: OnceLock<KernelTable> = OnceLock::new();
 
 /// Whether `POCKETVL_FORCE_SCALAR` asks for the scalar kernels.
-fn force_scalar() -> bool {
+/// Whether `POCKETVL_FORCE_SCALAR=1` asks for the portable code everywhere (kernels outside
+/// this crate, like the vision tower's element-wise loops, follow it too).
+pub fn force_scalar() -> bool {
     std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1")
 }
 
