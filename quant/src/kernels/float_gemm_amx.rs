@@ -13,13 +13,14 @@
 //! - B tiles are 16 column pairs x 16 weight rows (AMX's "VNNI" pair layout): each block
 //!   of 32 weight rows is packed once per super-block into `[k-step][2 halves][16 pairs]
 //!   [16 rows]` (16 x 16 transposes of u32 pairs, zero-padded in k and rows);
-//! - k-blocking: the k-steps are taken [`KC`] columns at a time; over one k-block the
-//!   packed weight block is 16 KiB and stays in L1 while the token blocks sweep it, and the
-//!   2 x 2 accumulator tiles (32 tokens x 32 rows, the most the eight tile registers allow
-//!   with two A and two B tiles) are loaded from and stored to a `[token][32 rows]` f32
-//!   buffer per k-block. Without it (the whole k per accumulator pass) both operands
-//!   streamed from L2 and `tileloadd` took ~45% of the kernel's time;
-//! - after the last k-block a weight block's 32 columns of results are copied into `out`.
+//! - k-blocking: the k-steps are taken [`KC_STEPS`] at a time (256 columns); over one
+//!   k-block the packed weight block is 16 KiB and stays in L1 while the token blocks sweep
+//!   it, and the 2 x 2 accumulator tiles (32 tokens x 32 rows, the most the eight tile
+//!   registers allow with two A and two B tiles) are loaded and stored per k-block. Without
+//!   it (the whole k per accumulator pass) both operands streamed from L2 and `tileloadd`
+//!   took ~45% of the kernel's time;
+//! - blocks of 32 tokens x 32 rows inside `out` accumulate in place (tile stride = `ldo`);
+//!   only edge blocks go through the buffer and are copied out after the last k-block.
 //!
 //! The scalar twin is [`scalar::gemm_bf16_rounded`](super::scalar::gemm_bf16_rounded); `tests` compare them on random and
 //! edge data at the tower's shapes and around every tile edge.
@@ -216,11 +217,22 @@ unsafe fn gemm_amx(
             for s0 in (0..steps).step_by(KC_STEPS) {
                 let s1 = (s0 + KC_STEPS).min(steps);
                 for tb in (0..ntp).step_by(32) {
-                    // SAFETY: `c` rows tb..tb + 32 < ntp ≤ ts (4 tiles of 16 x 16 f32 at
-                    // stride 128); A: token block tb / 32 < ntp / 32, step s < steps of
-                    // `ap` is 2 KiB; B: step s of `bp` is 2 KiB.
+                    // A block of 32 tokens x 32 rows inside `out` accumulates there (tile
+                    // stride = ldo floats); edge blocks in `c` (stride 32 floats), copied
+                    // out below. (Copying every block out took ~18% of the tower's time.)
+                    let direct = nr == 32 && tb + 32 <= nt;
+                    let (cp, cs) = if direct {
+                        (out.as_mut_ptr().add((t0 + tb) * ldo + r0), ldo * 4)
+                    } else {
+                        (c.as_mut_ptr().add(tb * 32), 128)
+                    };
+                    // SAFETY: C: direct, tokens t0 + tb..+ 32 ≤ n_tok and rows r0..r0 + 32 ≤
+                    // n_rows ≤ ldo lie inside `out` (its size is asserted by the caller);
+                    // else `c` rows tb..tb + 32 ≤ ntp ≤ ts. Each is 2 x 2 tiles of 16 x 16
+                    // f32 at stride cs. A: token block tb / 32 < ntp / 32, step s < steps
+                    // of `ap` is 2 KiB; B: step s of `bp` is 2 KiB.
                     unsafe {
-                        let cp = c.as_mut_ptr().add(tb * 32);
+                        let c2 = cp.cast::<u8>().add(16 * cs);
                         if s0 == 0 {
                             asm!(
                                 "tilezero tmm0",
@@ -233,10 +245,11 @@ unsafe fn gemm_amx(
                             asm!(
                                 "tileloadd tmm0, [{c} + {s}]",
                                 "tileloadd tmm1, [{c} + {s} + 64]",
-                                "tileloadd tmm2, [{c} + {s} + 2048]",
-                                "tileloadd tmm3, [{c} + {s} + 2112]",
+                                "tileloadd tmm2, [{c2} + {s}]",
+                                "tileloadd tmm3, [{c2} + {s} + 64]",
                                 c = in(reg) cp,
-                                s = in(reg) 128usize,
+                                c2 = in(reg) c2,
+                                s = in(reg) cs,
                                 options(nostack, readonly)
                             );
                         }
@@ -249,18 +262,21 @@ unsafe fn gemm_amx(
                         asm!(
                             "tilestored [{c} + {s}], tmm0",
                             "tilestored [{c} + {s} + 64], tmm1",
-                            "tilestored [{c} + {s} + 2048], tmm2",
-                            "tilestored [{c} + {s} + 2112], tmm3",
+                            "tilestored [{c2} + {s}], tmm2",
+                            "tilestored [{c2} + {s} + 64], tmm3",
                             c = in(reg) cp,
-                            s = in(reg) 128usize,
+                            c2 = in(reg) c2,
+                            s = in(reg) cs,
                             options(nostack)
                         );
                     }
                 }
             }
-            for (t, src) in c.chunks_exact(32).take(nt).enumerate() {
+            // The edge blocks: every token when the row block is short, else the tail.
+            let first = if nr == 32 { nt / 32 * 32 } else { 0 };
+            for t in first..nt {
                 let o = (t0 + t) * ldo + r0;
-                out[o..o + nr].copy_from_slice(&src[..nr]);
+                out[o..o + nr].copy_from_slice(&c[t * 32..t * 32 + nr]);
             }
         }
     }
