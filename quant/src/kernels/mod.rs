@@ -157,7 +157,9 @@ impl KernelTable {
 static TABLE: OnceLock<KernelTable> = OnceLock::new();
 
 /// Whether `POCKETVL_FORCE_SCALAR` asks for the scalar kernels.
-fn force_scalar() -> bool {
+/// Whether `POCKETVL_FORCE_SCALAR=1` asks for the portable code everywhere (kernels outside
+/// this crate, like the vision tower's element-wise loops, follow it too).
+pub fn force_scalar() -> bool {
     std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1")
 }
 
@@ -301,6 +303,18 @@ pub fn gemm_bf16_rounded() -> Option<Bf16RoundedGemmFn> {
         }
         None
     })
+}
+
+/// `iters` x 4 AMX-BF16 tile products with the operands in registers, returning the flops
+/// done (`None` without AMX): the tile unit's peak for benchmarks to time beside
+/// [`gemm_bf16_rounded`].
+pub fn amx_bf16_spin(iters: usize) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if float_gemm_amx::detected() {
+        return Some(float_gemm_amx::tdp_spin(iters));
+    }
+    let _ = iters;
+    None
 }
 
 /// Dot product of one weight row (`n` elements in `ty`) with one activation row
