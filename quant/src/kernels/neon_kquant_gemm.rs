@@ -16,7 +16,7 @@
 
 use std::arch::aarch64::*;
 
-use super::neon::{h2f, load16, nibbles, Dot4, Sdot};
+use super::neon::{gemm_entry_points, h2f, load16, nibbles, Dot4, Sdot};
 use crate::block::{
     as_blocks, get_scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, ByteBlock,
 };
@@ -438,38 +438,8 @@ pub(super) unsafe fn gemm_k_sdot<F: KFormat>(
     }
 }
 
-/// Safe [`super::GemmFn`] wrappers for the kernel table's neon-dotprod tier.
-macro_rules! entry_points {
-    ($($fmt:ident => $gemm:ident;)*) => {$(
-        pub(crate) fn $gemm(
-            k: usize,
-            w: &[u8],
-            n_rows: usize,
-            a: &[u8],
-            n_tok: usize,
-            out: &mut [f32],
-            ldo: usize,
-        ) {
-            #[target_feature(enable = "dotprod")]
-            fn gemm(
-                k: usize,
-                w: &[u8],
-                n_rows: usize,
-                a: &[u8],
-                n_tok: usize,
-                out: &mut [f32],
-                ldo: usize,
-            ) {
-                // SAFETY: this function's target features include dotprod.
-                unsafe { gemm_k_sdot::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
-            }
-            // SAFETY: only installed in the kernel table after `has_dotprod()`.
-            unsafe { gemm(k, w, n_rows, a, n_tok, out, ldo) }
-        }
-    )*};
-}
-
-entry_points! {
+gemm_entry_points! {
+    "dotprod", gemm_k_sdot;
     Q4K => gemm_q4_k_q8_k_dotprod;
     Q5K => gemm_q5_k_q8_k_dotprod;
     Q6K => gemm_q6_k_q8_k_dotprod;

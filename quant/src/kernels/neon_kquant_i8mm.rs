@@ -16,7 +16,7 @@
 
 use std::arch::aarch64::*;
 
-use super::neon::{load16, pair_chunks, smmla};
+use super::neon::{gemm_entry_points, load16, pair_chunks, smmla};
 use super::neon_kquant_gemm::{
     bsums32, gemm_k_sdot, min_lanes, sum_lanes, Head, KFormat, Q4K, Q5K, Q6K,
 };
@@ -211,39 +211,8 @@ unsafe fn gemm_k_i8mm<F: KFormat>(
     }
 }
 
-/// Safe [`super::GemmFn`] wrappers for the kernel table's neon-i8mm tier.
-macro_rules! entry_points {
-    ($($fmt:ident => $gemm:ident;)*) => {$(
-        pub(crate) fn $gemm(
-            k: usize,
-            w: &[u8],
-            n_rows: usize,
-            a: &[u8],
-            n_tok: usize,
-            out: &mut [f32],
-            ldo: usize,
-        ) {
-            #[target_feature(enable = "dotprod,i8mm")]
-            fn gemm(
-                k: usize,
-                w: &[u8],
-                n_rows: usize,
-                a: &[u8],
-                n_tok: usize,
-                out: &mut [f32],
-                ldo: usize,
-            ) {
-                // SAFETY: this function's target features include dotprod and i8mm.
-                unsafe { gemm_k_i8mm::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
-            }
-            // SAFETY: only installed in the kernel table after `has_dotprod()`
-            // and `has_i8mm()`.
-            unsafe { gemm(k, w, n_rows, a, n_tok, out, ldo) }
-        }
-    )*};
-}
-
-entry_points! {
+gemm_entry_points! {
+    "dotprod,i8mm", gemm_k_i8mm;
     Q4K => gemm_q4_k_q8_k_i8mm;
     Q5K => gemm_q5_k_q8_k_i8mm;
     Q6K => gemm_q6_k_q8_k_i8mm;

@@ -17,7 +17,9 @@
 
 use std::arch::aarch64::*;
 
-use super::neon::{dot_q0, load16, ActBlock, Dot4, Q0Format, Sdot, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use super::neon::{
+    dot_q0, gemm_entry_points, load16, ActBlock, Dot4, Q0Format, Sdot, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+};
 use crate::block::as_blocks;
 
 /// Weight rows (f32 accumulators) × tokens (lanes) of a tile: 8 activation
@@ -243,38 +245,8 @@ unsafe fn gemm_q0_sdot<F: Q0Format>(
     }
 }
 
-/// Safe [`super::GemmFn`] wrappers for the kernel table's neon-dotprod tier.
-macro_rules! entry_points {
-    ($($fmt:ident => $gemm:ident;)*) => {$(
-        pub(crate) fn $gemm(
-            k: usize,
-            w: &[u8],
-            n_rows: usize,
-            a: &[u8],
-            n_tok: usize,
-            out: &mut [f32],
-            ldo: usize,
-        ) {
-            #[target_feature(enable = "dotprod")]
-            fn gemm(
-                k: usize,
-                w: &[u8],
-                n_rows: usize,
-                a: &[u8],
-                n_tok: usize,
-                out: &mut [f32],
-                ldo: usize,
-            ) {
-                // SAFETY: this function's target features include dotprod.
-                unsafe { gemm_q0_sdot::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
-            }
-            // SAFETY: only installed in the kernel table after `has_dotprod()`.
-            unsafe { gemm(k, w, n_rows, a, n_tok, out, ldo) }
-        }
-    )*};
-}
-
-entry_points! {
+gemm_entry_points! {
+    "dotprod", gemm_q0_sdot;
     Q4_0 => gemm_q4_0_q8_0_dotprod;
     Q4_1 => gemm_q4_1_q8_1_dotprod;
     Q5_0 => gemm_q5_0_q8_0_dotprod;
