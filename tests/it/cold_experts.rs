@@ -180,6 +180,16 @@ fn lowbit_serves_what_the_cache_cannot() {
         cold > 0 && minimum == plain_minimum + cold,
         "{minimum} {cold}"
     );
+    // What the store counts for the copy is the sidecar's data, as its tensor table gives it,
+    // plus each stack's buffer rounding for direct I/O: at most one 4 KiB page on either side
+    // of the read and one for aligning the buffer.
+    let side = GgufFile::open(&sidecar_path(&ModelFile::open(&path).unwrap())).unwrap();
+    let side_bytes: u64 = side.tensors().iter().map(|t| t.n_bytes).sum();
+    let rounding = side.tensors().len() as u64 * 3 * 4096;
+    assert!(
+        side_bytes <= cold && cold <= side_bytes + rounding,
+        "{cold} {side_bytes}"
+    );
     for (budget, prefetch) in [
         (minimum, Prefetch::Routed),
         (minimum, Prefetch::Off),
