@@ -244,10 +244,13 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
             session.reset();
             let t0 = Instant::now();
             let mut id = prompt[0];
+            // As the generation loop decodes: buffers reused, logits borrowed.
+            let mut e = Vec::new();
             for pos in 0..o.n_gen {
-                let e = model.embed_tokens(&[id])?;
-                let logits = model.forward(&mut session.state, &e, pos, LogitsWanted::Last)?;
-                id = argmax(&logits);
+                model.embed_tokens_into(&[id], &mut e)?;
+                let logits =
+                    model.forward_logits(&mut session.state, &e, pos, LogitsWanted::Last)?;
+                id = argmax(logits);
             }
             decode.push(o.n_gen as f64 / t0.elapsed().as_secs_f64());
         }

@@ -450,7 +450,7 @@ impl LanguageModel {
             match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(xn, n, y, &mut sc.hidden),
                 Ffn::Moe(w) => {
-                    let routing = moe_forward(
+                    moe_forward(
                         il,
                         w,
                         &self.router,
@@ -462,11 +462,14 @@ impl LanguageModel {
                     )?;
                     if trace.enabled() {
                         let k = self.router.n_used;
-                        let ids: Vec<f32> =
-                            routing.ids.iter().flatten().map(|&e| e as f32).collect();
-                        let wts: Vec<f32> = routing.weights.iter().flatten().copied().collect();
+                        let ids: Vec<f32> = sc.moe.routed_ids.iter().map(|&e| e as f32).collect();
                         trace.tap("moe_topk_ids", Some(il), &[n, k], &ids);
-                        trace.tap("moe_topk_weights", Some(il), &[n, k], &wts);
+                        trace.tap(
+                            "moe_topk_weights",
+                            Some(il),
+                            &[n, k],
+                            &sc.moe.routed_weights,
+                        );
                     }
                 }
             }

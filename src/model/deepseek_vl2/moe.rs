@@ -11,7 +11,7 @@ use quant::kernels::{gemm, vec_dot_type};
 use quant::GgmlType;
 use rayon::prelude::*;
 
-use crate::experts::{ExpertError, ExpertStore};
+use crate::experts::{Expert, ExpertError, ExpertStore};
 use crate::loader::{Gating, TopkMethod, Weight};
 use crate::ops::{
     matmul, matmul_gate_up_silu, matmul_view, quantize_activations, rows_per_gemv_task, silu_mul,
@@ -33,65 +33,93 @@ pub struct RouterConfig {
     pub scale: f32,
 }
 
-/// Indices of the `k` largest values, largest first; ties go to the lower
-/// index (the reference's ties are measure-zero events in float32).
-fn top_k(values: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    idx.sort_by(|&a, &b| {
+/// Indices of the `k` largest values into `idx`, largest first; ties go to
+/// the lower index (the reference's ties are measure-zero events in float32).
+/// The comparator is a total order, so the unstable sort (which, unlike the
+/// stable one, needs no buffer) gives the same order.
+fn top_k_into(values: &[f32], k: usize, idx: &mut Vec<usize>) {
+    idx.clear();
+    idx.extend(0..values.len());
+    idx.sort_unstable_by(|&a, &b| {
         values[b]
             .partial_cmp(&values[a])
             .unwrap_or(std::cmp::Ordering::Equal)
             .then(a.cmp(&b))
     });
     idx.truncate(k);
-    idx
+}
+
+/// Buffers of [`route`], reused from token to token so routing allocates
+/// nothing in decode.
+#[derive(Default)]
+pub struct RouteScratch {
+    scores: Vec<f32>,
+    /// Biased scores (`noaux_tc`).
+    u: Vec<f32>,
+    idx: Vec<usize>,
+    group_scores: Vec<f32>,
+    keep: Vec<usize>,
 }
 
 /// Routes one token: from the gate logits `[n_expert]` (and the selection
 /// bias of `noaux_tc`) to the chosen experts and their final weights, in
-/// selection order.
-pub fn route(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<usize>, Vec<f32>) {
-    let mut scores = logits.to_vec();
+/// selection order, appended to `ids` and `weights` (`n_used` each).
+pub fn route(
+    cfg: &RouterConfig,
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    rs: &mut RouteScratch,
+    ids: &mut Vec<usize>,
+    weights: &mut Vec<f32>,
+) {
+    let scores = &mut rs.scores;
+    scores.clear();
+    scores.extend_from_slice(logits);
     match cfg.gating {
-        Gating::Softmax => softmax(&mut scores),
+        Gating::Softmax => softmax(scores),
         Gating::Sigmoid => scores
             .iter_mut()
             .for_each(|z| *z = 1.0 / (1.0 + (-*z).exp())),
     }
-    let ids = match cfg.method {
-        TopkMethod::Greedy => top_k(&scores, cfg.n_used),
+    match cfg.method {
+        TopkMethod::Greedy => top_k_into(scores, cfg.n_used, &mut rs.idx),
         TopkMethod::NoauxTc => {
             // The bias only chooses: u = s + b.
-            let mut u: Vec<f32> = match bias {
-                Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
-                None => scores.clone(),
-            };
+            let u = &mut rs.u;
+            u.clear();
+            match bias {
+                Some(b) => u.extend(scores.iter().zip(b).map(|(s, b)| s + b)),
+                None => u.extend_from_slice(scores),
+            }
             if cfg.n_group > 1 {
                 let gs = cfg.n_expert / cfg.n_group;
                 // Group score: sum of the two best biased scores in the group.
-                let group_scores: Vec<f32> = u
-                    .chunks(gs)
-                    .map(|g| top_k(g, 2.min(g.len())).iter().map(|&i| g[i]).sum())
-                    .collect();
-                let keep = top_k(&group_scores, cfg.n_group_used);
+                rs.group_scores.clear();
+                for g in u.chunks(gs) {
+                    top_k_into(g, 2.min(g.len()), &mut rs.idx);
+                    rs.group_scores.push(rs.idx.iter().map(|&i| g[i]).sum());
+                }
+                top_k_into(&rs.group_scores, cfg.n_group_used, &mut rs.keep);
                 for (g, chunk) in u.chunks_mut(gs).enumerate() {
-                    if !keep.contains(&g) {
+                    if !rs.keep.contains(&g) {
                         // The reference masks with 0.0, not -inf (rule 15).
                         chunk.iter_mut().for_each(|v| *v = 0.0);
                     }
                 }
             }
-            top_k(&u, cfg.n_used)
+            top_k_into(u, cfg.n_used, &mut rs.idx)
         }
     };
-    let mut weights: Vec<f32> = ids.iter().map(|&i| scores[i]).collect();
+    let first = weights.len();
+    ids.extend_from_slice(&rs.idx);
+    weights.extend(rs.idx.iter().map(|&i| scores[i]));
+    let weights = &mut weights[first..];
     if cfg.n_used > 1 && cfg.norm {
         let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
         weights.iter_mut().for_each(|w| *w = *w / sum * cfg.scale);
     } else {
         weights.iter_mut().for_each(|w| *w *= cfg.scale);
     }
-    (ids, weights)
 }
 
 /// A SiLU-gated MLP `down(silu(gate(x)) * up(x))` (dense layers and the
@@ -127,18 +155,18 @@ pub struct MoeWeights {
     pub shared: Option<Mlp>,
 }
 
-/// The experts chosen for each token of a batch: `ids[t]`, `weights[t]`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Routing {
-    pub ids: Vec<Vec<usize>>,
-    pub weights: Vec<Vec<f32>>,
-}
-
 /// Buffers of the MoE layer kept between forward passes (the model owns one
 /// set), so that decode allocates no activations.
 #[derive(Default)]
 pub struct MoeScratch {
     logits: Vec<f32>,
+    route: RouteScratch,
+    /// The last forward's routing, `[n, n_used]` row-major: the experts
+    /// chosen for each token and their weights (for `--trace`).
+    pub routed_ids: Vec<usize>,
+    pub routed_weights: Vec<f32>,
+    /// The experts picked by any token, ascending.
+    picked: Vec<usize>,
     /// Per expert: (token, weight) pairs.
     assigned: Vec<Vec<(usize, f32)>>,
     /// Gathered tokens of one expert, its hidden and output rows.
@@ -166,53 +194,76 @@ pub fn moe_forward(
     n: usize,
     out: &mut [f32],
     sc: &mut MoeScratch,
-) -> Result<Routing, ExpertError> {
+) -> Result<(), ExpertError> {
     let d = out.len() / n.max(1);
     let e_count = cfg.n_expert;
     sc.logits.resize(n * e_count, 0.0);
     matmul(&w.gate_inp, x, n, &mut sc.logits);
-    let mut routing = Routing::default();
     sc.assigned.resize(e_count, Vec::new());
     sc.assigned.iter_mut().for_each(Vec::clear);
+    sc.routed_ids.clear();
+    sc.routed_weights.clear();
     for t in 0..n {
-        let (ids, weights) = route(cfg, &sc.logits[t * e_count..][..e_count], w.bias.as_deref());
-        for (&e, &wt) in ids.iter().zip(&weights) {
+        let logits = &sc.logits[t * e_count..][..e_count];
+        let first = sc.routed_ids.len();
+        let (ids, wts) = (&mut sc.routed_ids, &mut sc.routed_weights);
+        route(cfg, logits, w.bias.as_deref(), &mut sc.route, ids, wts);
+        for (&e, &wt) in sc.routed_ids[first..]
+            .iter()
+            .zip(&sc.routed_weights[first..])
+        {
             sc.assigned[e].push((t, wt));
         }
-        routing.ids.push(ids);
-        routing.weights.push(weights);
     }
     // The picked experts, ascending (the order they are fetched in).
-    let picked: Vec<usize> = (0..e_count)
-        .filter(|&e| !sc.assigned[e].is_empty())
-        .collect();
-    store.prefetch(layer, &picked);
-    if n == 1 {
-        // Ascending expert id, shared last: the summation order of the batch path.
-        let mut jobs = Vec::with_capacity(cfg.n_used + 1);
-        for (e, toks) in sc.assigned.iter().enumerate() {
-            if let Some(&(_, wt)) = toks.first() {
-                let ex = store.expert(layer, e)?;
-                jobs.push((ex, wt));
-            }
-        }
-        let views: Vec<ExpertJob> = jobs
+    sc.picked.clear();
+    sc.picked
+        .extend((0..e_count).filter(|&e| !sc.assigned[e].is_empty()));
+    store.prefetch(layer, &sc.picked);
+    if n == 1 && cfg.n_used < MAX_ONE_TOKEN_JOBS {
+        // Ascending expert id, shared last: the summation order of the batch
+        // path. Fixed arrays, so decode allocates nothing here.
+        let mut experts: [Option<(Expert<'_>, f32)>; MAX_ONE_TOKEN_JOBS] =
+            std::array::from_fn(|_| None);
+        let picked = sc
+            .assigned
             .iter()
-            .map(|(ex, wt)| ExpertJob {
-                gate: ex.gate(),
-                up: ex.up(),
-                down: ex.down(),
-                weight: Some(*wt),
-            })
-            .chain(w.shared.iter().map(|sh| ExpertJob {
-                gate: sh.gate.view(),
-                up: sh.up.view(),
-                down: sh.down.view(),
-                weight: None,
-            }))
-            .collect();
-        experts_one_token(&views, x, out, sc);
-        return Ok(routing);
+            .enumerate()
+            .filter_map(|(e, toks)| toks.first().map(|&(_, wt)| (e, wt)));
+        for (slot, (e, wt)) in experts.iter_mut().zip(picked) {
+            *slot = Some((store.expert(layer, e)?, wt));
+        }
+        let empty = MatView {
+            ty: GgmlType::F32,
+            k: 0,
+            n: 0,
+            data: &[],
+        };
+        let mut views = [ExpertJob {
+            gate: empty,
+            up: empty,
+            down: empty,
+            weight: None,
+        }; MAX_ONE_TOKEN_JOBS];
+        let routed = experts.iter().flatten().map(|(ex, wt)| ExpertJob {
+            gate: ex.gate(),
+            up: ex.up(),
+            down: ex.down(),
+            weight: Some(*wt),
+        });
+        let shared = w.shared.iter().map(|sh| ExpertJob {
+            gate: sh.gate.view(),
+            up: sh.up.view(),
+            down: sh.down.view(),
+            weight: None,
+        });
+        let mut len = 0;
+        for (slot, job) in views.iter_mut().zip(routed.chain(shared)) {
+            *slot = job;
+            len += 1;
+        }
+        experts_one_token(&views[..len], x, out, sc);
+        return Ok(());
     }
     out.iter_mut().for_each(|v| *v = 0.0);
     for (e, toks) in sc.assigned.iter().enumerate() {
@@ -241,11 +292,17 @@ pub fn moe_forward(
         sh.forward(x, n, &mut sc.y, &mut sc.hidden);
         out.iter_mut().zip(&sc.y).for_each(|(o, s)| *o += s);
     }
-    Ok(routing)
+    Ok(())
 }
+
+/// Experts (routed and shared) one token's fixed job arrays hold: tokens of
+/// a model routing to more than `MAX_ONE_TOKEN_JOBS - 1` experts take the
+/// batch path (same sums, more parallel regions).
+const MAX_ONE_TOKEN_JOBS: usize = 16;
 
 /// One expert MLP of a decode step: routed (`weight` Some) or shared (added
 /// with weight 1 after the routed ones).
+#[derive(Clone, Copy)]
 struct ExpertJob<'a> {
     gate: MatView<'a>,
     up: MatView<'a>,
@@ -394,6 +451,20 @@ mod tests {
         }
     }
 
+    /// [`route`] of one token into fresh vectors.
+    fn route1(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<usize>, Vec<f32>) {
+        let (mut ids, mut w) = (Vec::new(), Vec::new());
+        route(
+            cfg,
+            logits,
+            bias,
+            &mut RouteScratch::default(),
+            &mut ids,
+            &mut w,
+        );
+        (ids, w)
+    }
+
     #[test]
     fn greedy_softmax_weights_are_raw_probabilities() {
         let logits = [0.1f32, 2.0, -1.0, 1.5, 0.0, 0.3, -0.2, 1.9];
@@ -401,7 +472,7 @@ mod tests {
             scale: 1.5,
             ..cfg(Gating::Softmax, TopkMethod::Greedy)
         };
-        let (ids, w) = route(&c, &logits, None);
+        let (ids, w) = route1(&c, &logits, None);
         assert_eq!(ids, vec![1, 7]);
         let z: f64 = logits.iter().map(|v| (*v as f64).exp()).sum();
         assert!((w[0] as f64 - 1.5 * (2.0f64).exp() / z).abs() < 1e-6);
@@ -415,7 +486,7 @@ mod tests {
     #[test]
     fn ties_choose_the_lower_index() {
         let logits = [1.0f32, 3.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0];
-        let (ids, _) = route(&cfg(Gating::Softmax, TopkMethod::Greedy), &logits, None);
+        let (ids, _) = route1(&cfg(Gating::Softmax, TopkMethod::Greedy), &logits, None);
         assert_eq!(ids, vec![1, 2]);
     }
 
@@ -429,7 +500,7 @@ mod tests {
             scale: 2.0,
             ..cfg(Gating::Sigmoid, TopkMethod::NoauxTc)
         };
-        let (ids, w) = route(&c, &logits, Some(&bias));
+        let (ids, w) = route1(&c, &logits, Some(&bias));
         assert_eq!(ids, vec![6, 0]);
         let sig = |z: f32| 1.0 / (1.0 + (-z).exp());
         let (s6, s0) = (sig(-0.1), sig(0.5));
@@ -451,7 +522,7 @@ mod tests {
             n_used: 3,
             ..cfg(Gating::Sigmoid, TopkMethod::NoauxTc)
         };
-        let (ids, w) = route(&c, &logits, Some(&[0.0; 8]));
+        let (ids, w) = route1(&c, &logits, Some(&[0.0; 8]));
         // Kept groups: 2 (1.25) and 1 (1.2); group 0 (0.96) is masked.
         assert_eq!(ids, vec![4, 2, 3]);
         for (i, &e) in ids.iter().enumerate() {
@@ -460,7 +531,7 @@ mod tests {
         // With negative biases every kept expert scores below 0.0, so a
         // masked expert (set to 0.0, not -inf) is chosen, as in the reference.
         let bias = [-2.0f32; 8];
-        let (ids, _) = route(&c, &logits, Some(&bias));
+        let (ids, _) = route1(&c, &logits, Some(&bias));
         assert_eq!(ids, vec![0, 1, 6]);
     }
 
@@ -497,12 +568,12 @@ mod tests {
         let x = vals(8, 2 * d);
         let mut sc = MoeScratch::default();
         let mut batch = vec![0.0f32; 2 * d];
-        let rb = moe_forward(0, &w, &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
+        moe_forward(0, &w, &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
+        let batch_ids = sc.routed_ids.clone();
         for t in 0..2 {
             let mut one = vec![0.0f32; d];
-            let r1 =
-                moe_forward(0, &w, &c, &store, &x[t * d..][..d], 1, &mut one, &mut sc).unwrap();
-            assert_eq!(r1.ids[0], rb.ids[t]);
+            moe_forward(0, &w, &c, &store, &x[t * d..][..d], 1, &mut one, &mut sc).unwrap();
+            assert_eq!(sc.routed_ids, batch_ids[t * 3..][..3]);
             assert_eq!(one, batch[t * d..][..d], "token {t}");
         }
     }
