@@ -72,26 +72,44 @@ impl Pcg32 {
     }
 }
 
-/// A sampler with its random state.
+/// A sampler with its random state and its buffers, reused from token to
+/// token: one draw sorts only the ids that survive top-k (not the whole
+/// vocabulary) and allocates nothing once the buffers have grown.
 #[derive(Clone, Debug)]
 pub struct Sampler {
     pub cfg: SamplerConfig,
     rng: Pcg32,
+    /// Per id: already penalised in this draw (all false between draws).
+    seen: Vec<bool>,
+    /// A copy of the logits for the top-k selection.
+    select: Vec<f32>,
+    /// Ids still drawable (finite logit): ascending id, or ascending logit
+    /// during top-p.
+    cand: Vec<usize>,
+    /// Probabilities of `cand`, in its order.
+    probs: Vec<f64>,
+    /// Positions in `cand` in ascending (logit, id) order (top-p).
+    order: Vec<usize>,
 }
 
 /// HF `RepetitionPenaltyLogitsProcessor`: each distinct id in `history` has
 /// its logit divided by `p` if positive, multiplied by `p` if negative.
-pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], p: f32) {
+/// `seen` is all false, at least as long as `logits`, and left all false.
+fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], p: f32, seen: &mut [bool]) {
     if p == 1.0 {
         return;
     }
-    let mut seen = vec![false; logits.len()];
     for &id in history {
         let i = id as usize;
         if i < logits.len() && !seen[i] {
             seen[i] = true;
             let z = logits[i];
             logits[i] = if z < 0.0 { z * p } else { z / p };
+        }
+    }
+    for &id in history {
+        if let Some(s) = seen.get_mut(id as usize) {
+            *s = false;
         }
     }
 }
@@ -107,32 +125,41 @@ pub fn argmax(x: &[f32]) -> usize {
     best
 }
 
-fn softmax_f64(x: &[f32]) -> Vec<f64> {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = x
-        .iter()
-        .map(|v| {
-            if v.is_finite() {
-                (*v as f64 - m).exp()
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let z: f64 = e.iter().sum();
-    e.into_iter().map(|v| v / z).collect()
+/// The softmax of `logits` over the ids `cand` into `probs` (in `cand`'s
+/// order), in f64 as HF's float32 → float64 draw: the maximum is taken over
+/// every logit and the sum in ascending id order (`cand` ascending), so the
+/// result equals a softmax over the whole vocabulary whose non-finite
+/// logits get probability 0 (adding those zeros changes no sum).
+fn softmax_f64(logits: &[f32], cand: &[usize], probs: &mut Vec<f64>) {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    probs.clear();
+    probs.extend(cand.iter().map(|&i| (logits[i] as f64 - m).exp()));
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= z);
 }
 
 impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Sampler {
         let rng = Pcg32::new(cfg.seed);
-        Sampler { cfg, rng }
+        Sampler {
+            cfg,
+            rng,
+            seen: Vec::new(),
+            select: Vec::new(),
+            cand: Vec::new(),
+            probs: Vec::new(),
+            order: Vec::new(),
+        }
     }
 
     /// Chooses the next id from `logits` (modified in place by the
     /// processors); `history` holds every id of the context so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        apply_repetition_penalty(logits, history, self.cfg.repeat_penalty);
+        let n = logits.len();
+        if self.seen.len() < n {
+            self.seen.resize(n, false);
+        }
+        apply_repetition_penalty(logits, history, self.cfg.repeat_penalty, &mut self.seen);
         if self.cfg.temperature <= 0.0 {
             return argmax(logits) as u32;
         }
@@ -140,55 +167,69 @@ impl Sampler {
             let t = self.cfg.temperature;
             logits.iter_mut().for_each(|z| *z /= t);
         }
-        let n = logits.len();
         // Top-k: keep logits >= the k-th largest (ties at the threshold stay).
         let k = self.cfg.top_k;
         if k > 0 && k < n {
-            let mut sorted = logits.to_vec();
-            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
-            let thr = sorted[k - 1];
+            self.select.clear();
+            self.select.extend_from_slice(logits);
+            let (_, &mut thr, _) = self.select.select_nth_unstable_by(k - 1, |a, b| {
+                b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal)
+            });
             logits.iter_mut().for_each(|z| {
                 if *z < thr {
                     *z = f32::NEG_INFINITY
                 }
             });
         }
-        // Top-p: sort ascending, drop ids whose cumulative probability is
-        // <= 1 - top_p, always keeping the most probable.
-        if self.cfg.top_p < 1.0 {
-            let probs = softmax_f64(logits);
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| {
-                logits[a]
-                    .partial_cmp(&logits[b])
+        // Only finite logits can be drawn (the softmax gives the others 0).
+        self.cand.clear();
+        self.cand.extend((0..n).filter(|&i| logits[i].is_finite()));
+        // Top-p: in ascending logit order (ties: ascending id), drop ids
+        // whose cumulative probability is <= 1 - top_p, always keeping the
+        // most probable (the last). The non-finite ids HF also walks come
+        // first with probability 0, so they change neither the sum nor
+        // which id is last.
+        if self.cfg.top_p < 1.0 && !self.cand.is_empty() {
+            softmax_f64(logits, &self.cand, &mut self.probs);
+            let cand = &self.cand;
+            self.order.clear();
+            self.order.extend(0..cand.len());
+            // (logit, id) is a total order: the unstable sort needs no
+            // buffer and equals HF's stable sort by logit.
+            self.order.sort_unstable_by(|&a, &b| {
+                logits[cand[a]]
+                    .partial_cmp(&logits[cand[b]])
                     .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(cand[a].cmp(&cand[b]))
             });
             let mut cum = 0.0f64;
             let cut = 1.0 - self.cfg.top_p as f64;
-            for (j, &i) in order.iter().enumerate() {
-                cum += probs[i];
-                if cum <= cut && j + 1 < n {
+            for (j, &at) in self.order.iter().enumerate() {
+                cum += self.probs[at];
+                if cum <= cut && j + 1 < cand.len() {
+                    logits[cand[at]] = f32::NEG_INFINITY;
+                }
+            }
+            self.cand.retain(|&i| logits[i].is_finite());
+        }
+        // Min-p: relative to the most probable id.
+        if self.cfg.min_p > 0.0 && !self.cand.is_empty() {
+            softmax_f64(logits, &self.cand, &mut self.probs);
+            let top = self.probs.iter().copied().fold(0.0, f64::max);
+            let thr = self.cfg.min_p as f64 * top;
+            for (&i, &p) in self.cand.iter().zip(&self.probs) {
+                if p < thr {
                     logits[i] = f32::NEG_INFINITY;
                 }
             }
+            self.cand.retain(|&i| logits[i].is_finite());
         }
-        // Min-p: relative to the most probable id.
-        if self.cfg.min_p > 0.0 {
-            let probs = softmax_f64(logits);
-            let top = probs.iter().copied().fold(0.0, f64::max);
-            let thr = self.cfg.min_p as f64 * top;
-            for (z, p) in logits.iter_mut().zip(&probs) {
-                if *p < thr {
-                    *z = f32::NEG_INFINITY;
-                }
-            }
-        }
-        let probs = softmax_f64(logits);
+        softmax_f64(logits, &self.cand, &mut self.probs);
         let r = self.rng.next_f64();
         let mut cum = 0.0;
         let mut last = argmax(logits);
-        for (i, p) in probs.iter().enumerate() {
-            if *p > 0.0 {
+        for (&i, &p) in self.cand.iter().zip(&self.probs) {
+            if p > 0.0 {
                 last = i;
                 cum += p;
                 if r < cum {
@@ -204,6 +245,157 @@ impl Sampler {
 mod tests {
     use super::*;
 
+    /// HF's processors transcribed literally over the whole vocabulary (full
+    /// sorts, fresh vectors): the reference the sampler's buffered draw must
+    /// equal id for id and bit for bit.
+    fn reference_sample(
+        cfg: &SamplerConfig,
+        rng: &mut Pcg32,
+        logits: &mut [f32],
+        history: &[u32],
+    ) -> u32 {
+        fn softmax_all(x: &[f32]) -> Vec<f64> {
+            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let e: Vec<f64> = x
+                .iter()
+                .map(|v| {
+                    if v.is_finite() {
+                        (*v as f64 - m).exp()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / z).collect()
+        }
+        if cfg.repeat_penalty != 1.0 {
+            let mut seen = vec![false; logits.len()];
+            for &id in history {
+                let i = id as usize;
+                if i < logits.len() && !seen[i] {
+                    seen[i] = true;
+                    let z = logits[i];
+                    logits[i] = if z < 0.0 {
+                        z * cfg.repeat_penalty
+                    } else {
+                        z / cfg.repeat_penalty
+                    };
+                }
+            }
+        }
+        if cfg.temperature <= 0.0 {
+            return argmax(logits) as u32;
+        }
+        if cfg.temperature != 1.0 {
+            logits.iter_mut().for_each(|z| *z /= cfg.temperature);
+        }
+        let n = logits.len();
+        if cfg.top_k > 0 && cfg.top_k < n {
+            let mut sorted = logits.to_vec();
+            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+            let thr = sorted[cfg.top_k - 1];
+            logits.iter_mut().for_each(|z| {
+                if *z < thr {
+                    *z = f32::NEG_INFINITY
+                }
+            });
+        }
+        if cfg.top_p < 1.0 {
+            let probs = softmax_all(logits);
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| {
+                logits[a]
+                    .partial_cmp(&logits[b])
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let mut cum = 0.0f64;
+            let cut = 1.0 - cfg.top_p as f64;
+            for (j, &i) in order.iter().enumerate() {
+                cum += probs[i];
+                if cum <= cut && j + 1 < n {
+                    logits[i] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if cfg.min_p > 0.0 {
+            let probs = softmax_all(logits);
+            let top = probs.iter().copied().fold(0.0, f64::max);
+            let thr = cfg.min_p as f64 * top;
+            for (z, p) in logits.iter_mut().zip(&probs) {
+                if *p < thr {
+                    *z = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let probs = softmax_all(logits);
+        let r = rng.next_f64();
+        let mut cum = 0.0;
+        let mut last = argmax(logits);
+        for (i, p) in probs.iter().enumerate() {
+            if *p > 0.0 {
+                last = i;
+                cum += p;
+                if r < cum {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32
+    }
+
+    #[test]
+    fn buffered_draw_equals_the_literal_reference() {
+        // Random logits with ties (values on a coarse grid), -inf entries and
+        // a vocabulary-sized case; every processor on and off; several draws
+        // per sampler so the buffers are reused.
+        let mut g = Pcg32::new(7);
+        let mut vocabs = vec![1usize, 2, 3, 17, 64, 1000];
+        vocabs.push(129_280);
+        let mut cases = 0;
+        for &n in &vocabs {
+            for &(temperature, top_k, top_p, min_p, repeat_penalty) in &[
+                (1.0f32, 0usize, 1.0f32, 0.0f32, 1.0f32),
+                (0.6, 50, 0.9, 0.0, 1.0),
+                (1.3, 5, 0.5, 0.05, 1.3),
+                (0.7, 1, 0.0, 0.0, 1.0),
+                (1.0, 0, 0.95, 0.5, 1.1),
+                (0.0, 0, 1.0, 0.0, 1.5),
+                (1.0, 3, 1.0, 0.0, 1.0),
+            ] {
+                let cfg = SamplerConfig {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    repeat_penalty,
+                    seed: n as u64,
+                };
+                let mut s = Sampler::new(cfg.clone());
+                let mut rng = Pcg32::new(cfg.seed);
+                let mut history = Vec::new();
+                for _ in 0..4 {
+                    let base: Vec<f32> = (0..n)
+                        .map(|_| match g.next_u32() % 16 {
+                            0 => f32::NEG_INFINITY,
+                            r => (r as f32 - 8.0) * 0.5 + (g.next_u32() % 3) as f32 * 0.25,
+                        })
+                        .collect();
+                    let (mut a, mut b) = (base.clone(), base);
+                    let got = s.sample(&mut a, &history);
+                    let want = reference_sample(&cfg, &mut rng, &mut b, &history);
+                    assert_eq!(got, want, "n {n}, {cfg:?}");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a), bits(&b), "processed logits, n {n}, {cfg:?}");
+                    history.push(got);
+                    history.push(g.next_u32() % n as u32);
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, vocabs.len() * 7 * 4);
+    }
+
     #[test]
     fn greedy_is_argmax_first_on_ties() {
         let mut s = Sampler::new(SamplerConfig {
@@ -217,7 +409,7 @@ mod tests {
     #[test]
     fn repetition_penalty_follows_hf() {
         let mut l = vec![2.0f32, -2.0, 1.0];
-        apply_repetition_penalty(&mut l, &[0, 1, 1], 2.0);
+        apply_repetition_penalty(&mut l, &[0, 1, 1], 2.0, &mut [false; 3]);
         assert_eq!(l, vec![1.0, -4.0, 1.0]);
         // Greedy with a penalty can change the choice.
         let mut s = Sampler::new(SamplerConfig {
