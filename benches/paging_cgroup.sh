@@ -119,7 +119,7 @@ in_cgroup() {
     local resident=0 now
     while kill -0 "$pid" 2>/dev/null; do
         now="$(awk '$1 == "rss" || $1 == "mapped_file" || $1 == "anon" || $1 == "file_mapped" \
-            { s += $2 } END { print s + 0 }' "$CG/memory.stat" 2>/dev/null || echo 0)"
+            { s += $2 } END { printf "%.0f\n", s }' "$CG/memory.stat" 2>/dev/null || echo 0)"
         [ "$now" -gt "$resident" ] && resident="$now"
         sleep 1
     done
@@ -140,7 +140,7 @@ in_cgroup() {
 printf '%-20s %-28s %9s %9s %9s %9s %10s %9s %11s %9s %9s %9s\n' file program limit_MB "pp tok/s" \
     "tg tok/s" "ttft ms" majfaults peak_MB resident_MB "wall s" "hit rate" "low-bit"
 for f in "$@"; do
-    size="$(stat -c %s "$f")"
+    size="$(stat -L -c %s "$f")"
     LIMIT="$(python3 -c "print(int($size * $LIMIT_FRACTION))")"
     BUDGET="$(python3 -c "print(int($LIMIT * $BUDGET_FRACTION))")"
     runs=()

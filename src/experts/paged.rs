@@ -26,10 +26,12 @@
 //! and policy. A fetch takes the full expert if it is resident, else its
 //! low-bit copy if that is resident; if neither is resident or being read it
 //! reads the low-bit copy (2-2.5x fewer bytes with a 16- or 8-bit primary,
-//! ~1.4x with a 4-bit one whose down rows fit no K-quant). Every fetch served
-//! at low precision queues the full read for the reader threads, behind the
-//! routed reads, where the next layer's routing drops it if it has not
-//! started: full experts come back when the disk has time for them. Routed
+//! ~1.4x with a 4-bit one whose down rows fit no K-quant). A low-bit copy
+//! served again (hot) queues its full read for the reader threads, behind
+//! the routed reads (at most half the readers), where the next layer's
+//! routing drops it if it has not started: hot full experts come back when
+//! the disk has time for them. (Queuing the full read at every low-bit serve
+//! read more bytes in all than the copy saved: BENCHMARKS.md.) Routed
 //! prefetch reads the low-bit copies of the picked experts that are not
 //! resident. A full read that lands frees its expert's low-bit entry.
 
@@ -97,6 +99,8 @@ enum Slot {
         bytes: u64,
         /// Read by a prefetch and not fetched since.
         pending: Option<Kind>,
+        /// Fetches served from it.
+        uses: u32,
     },
 }
 
@@ -228,19 +232,28 @@ impl State {
                 mats,
                 bytes,
                 pending,
+                // Without a prefetch, the fetch that read it uses it.
+                uses: u32::from(pending.is_none()),
             },
         );
     }
 
-    /// The matrices of `key` if it is ready (`None` inside: mapped pages),
-    /// counting a prefetched one as used.
-    fn ready(&mut self, key: Entry) -> Option<Option<[Arc<Slab>; 3]>> {
+    /// The matrices of `key` if it is ready (`None` inside: mapped pages)
+    /// and how many fetches it served before this one, counting a prefetched
+    /// one as used.
+    fn ready(&mut self, key: Entry) -> Option<(Option<[Arc<Slab>; 3]>, u32)> {
         match self.slots.get_mut(&key) {
-            Some(Slot::Ready { mats, pending, .. }) => {
+            Some(Slot::Ready {
+                mats,
+                pending,
+                uses,
+                ..
+            }) => {
                 if pending.take().is_some() {
                     self.c.prefetch_used += 1;
                 }
-                Some(mats.clone())
+                *uses += 1;
+                Some((mats.clone(), *uses - 1))
             }
             _ => None,
         }
@@ -694,8 +707,10 @@ impl ExpertStore for PagedExperts {
         let lowbit = sh.lowbit.is_some();
         let mut st = sh.lock();
         let mut waited = false;
+        // Whether the low-bit copy served this expert before (it is hot).
+        let mut reused = false;
         let (entry, mats) = loop {
-            if let Some(mats) = st.ready(full) {
+            if let Some((mats, _)) = st.ready(full) {
                 if waited {
                     st.c.in_flight += 1;
                 } else {
@@ -703,8 +718,9 @@ impl ExpertStore for PagedExperts {
                 }
                 break (full, mats);
             }
-            if let Some(mats) = st.ready(low) {
+            if let Some((mats, before)) = st.ready(low) {
                 st.c.lowbit += 1;
+                reused = before > 0;
                 break (low, mats);
             }
             // Being read (a routed prefetch, or the full read of a low-bit
@@ -751,7 +767,10 @@ impl ExpertStore for PagedExperts {
             // A read still queued for it (the fetch came first) would bring
             // it back after its eviction, unused.
             st.queue.retain(|(e, _)| e.0 != key);
-        } else {
+        } else if reused {
+            // Only a copy used again is worth its full read: reading the
+            // full expert of every miss costs more disk time than the copy
+            // saves (BENCHMARKS.md).
             st.enqueue(full, Kind::Upgrade);
             sh.work.notify_one();
         }

@@ -8,8 +8,8 @@
 //!
 //! Paging with the copy (`lowbit`): the copy is paged through the same cache and budget (the
 //! minimum stays the plain store's), fetches whose full expert is not resident come from the
-//! copy (counted; a fetch never reads a full expert itself), the full experts are read behind
-//! them, and a missing or mismatched sidecar, `lowbit` without a budget, `lowbit` with
+//! copy (counted; a fetch never reads a full expert itself), the full experts of reused copies
+//! are read behind them, and a missing or mismatched sidecar, `lowbit` without a budget, `lowbit` with
 //! `--expert-io madvise` and `only` with a budget are clear errors, from the library and the
 //! CLI.
 
@@ -235,7 +235,8 @@ fn lowbit_serves_what_the_cache_cannot() {
         );
         if prefetch == Prefetch::Off {
             // Nothing prefetches: the fetches read the copies, and every full expert read
-            // is a background read behind a low-bit serve (nothing drops those reads).
+            // is a background read behind a second low-bit serve (two turns of one prompt
+            // reuse copies; nothing drops those reads).
             assert!(st.lowbit_misses > 0, "{what}: {st:?}");
             assert!(
                 st.prefetch_loaded > 0 && st.bytes_read > st.lowbit_bytes_read,
