@@ -3,8 +3,10 @@
 # memory cgroup limited to a fraction of the model file (default half), starting from a cold
 # page cache. Compared: llama.cpp's `llama-bench` (default mmap), pocketvl with plain mmap
 # (no --mem-budget) and pocketvl with the paging expert store (--mem-budget, one run per
-# cache policy / prefetch mode asked for, optionally with the low-bit expert copy). Reports decode tok/s, prompt tok/s, time to first
-# token, major page faults, peak cgroup memory and the store's hit rate.
+# cache policy / prefetch mode asked for, optionally with the low-bit expert copy). Reports
+# decode tok/s, prompt tok/s, time to first token, major page faults, peak cgroup memory (which
+# includes reclaimable page cache), peak resident memory (anonymous + mapped file pages of the
+# group, sampled every second) and the store's hit rate and share served from the low-bit copy.
 #
 # cgroup v1 (`memory.limit_in_bytes`, which charges the page cache of mapped and read files
 # to the group, so mmap's resident weights count) is used where mounted, cgroup v2
@@ -100,7 +102,7 @@ cold_cache() { # file: drop the page cache (globally where allowed, else the fil
     fi
 }
 
-# Runs "$@" alone in a fresh cgroup limited to $LIMIT bytes; leaves "peak majfaults" in
+# Runs "$@" alone in a fresh cgroup limited to $LIMIT bytes; leaves "peak majfaults resident" in
 # $TMP/cg and the command's stdout/stderr in $TMP/out, $TMP/err; returns its status.
 in_cgroup() {
     mkdir "$CG"
@@ -110,7 +112,18 @@ in_cgroup() {
         echo "$LIMIT" >"$CG/memory.max"
     fi
     local rc=0
-    sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$CG" "$@" >"$TMP/out" 2>"$TMP/err" || rc=$?
+    sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$CG" "$@" >"$TMP/out" 2>"$TMP/err" &
+    local pid=$!
+    # Resident memory: anonymous plus mapped file pages, sampled every second (the peak
+    # counter below also charges reclaimable page cache, which the kernel lets fill the limit).
+    local resident=0 now
+    while kill -0 "$pid" 2>/dev/null; do
+        now="$(awk '$1 == "rss" || $1 == "mapped_file" || $1 == "anon" || $1 == "file_mapped" \
+            { s += $2 } END { printf "%.0f\n", s }' "$CG/memory.stat" 2>/dev/null || echo 0)"
+        [ "$now" -gt "$resident" ] && resident="$now"
+        sleep 1
+    done
+    wait "$pid" || rc=$?
     local peak faults
     if [ "$CG_V" = 1 ]; then
         peak="$(cat "$CG/memory.max_usage_in_bytes")"
@@ -119,15 +132,15 @@ in_cgroup() {
         peak="$(cat "$CG/memory.peak" 2>/dev/null || echo nan)"
         faults="$(awk '$1 == "pgmajfault" { print $2 }' "$CG/memory.stat")"
     fi
-    echo "$peak ${faults:-nan}" >"$TMP/cg"
+    echo "$peak ${faults:-nan} $resident" >"$TMP/cg"
     rmdir "$CG"
     return "$rc"
 }
 
-printf '%-20s %-28s %9s %9s %9s %9s %10s %9s %9s %9s %9s\n' file program limit_MB "pp tok/s" \
-    "tg tok/s" "ttft ms" majfaults peak_MB "wall s" "hit rate" "low-bit"
+printf '%-20s %-28s %9s %9s %9s %9s %10s %9s %11s %9s %9s %9s\n' file program limit_MB "pp tok/s" \
+    "tg tok/s" "ttft ms" majfaults peak_MB resident_MB "wall s" "hit rate" "low-bit"
 for f in "$@"; do
-    size="$(stat -c %s "$f")"
+    size="$(stat -L -c %s "$f")"
     LIMIT="$(python3 -c "print(int($size * $LIMIT_FRACTION))")"
     BUDGET="$(python3 -c "print(int($LIMIT * $BUDGET_FRACTION))")"
     runs=()
@@ -159,12 +172,13 @@ for f in "$@"; do
                 ;;
         esac
         wall="$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")"
-        read -r peak faults <"$TMP/cg"
+        read -r peak faults resident <"$TMP/cg"
         if [ "$rc" -ne 0 ]; then
             log "$r on $(basename "$f") failed (status $rc; 137 = killed by the cgroup):"
             tail -n 5 "$TMP/err" >&2
-            printf '%-20s %-28s %9d %9s %9s %9s %10s %9.0f %9s %9s %9s\n' "$(basename "$f")" "$r" \
-                "$((LIMIT / 1000000))" failed - - "$faults" "$(python3 -c "print($peak/1e6)")" "$wall" - -
+            printf '%-20s %-28s %9d %9s %9s %9s %10s %9.0f %11.0f %9s %9s %9s\n' "$(basename "$f")" \
+                "$r" "$((LIMIT / 1000000))" failed - - "$faults" "$(python3 -c "print($peak/1e6)")" \
+                "$(python3 -c "print($resident/1e6)")" "$wall" - -
             continue
         fi
         name="$r"
@@ -183,12 +197,12 @@ else:
     pp, tg = j["prefill_tok_s"] or float("nan"), j["decode_tok_s"] or float("nan")
     st = j.get("expert_stats") or {}
     if st.get("hit_rate") is not None: hit = f"{st['hit_rate'] * 100:.1f}%"
-    if st.get("lowbit_bytes") and st.get("requests"):
+    if st.get("cold_experts") == "lowbit" and st.get("requests"):
         low = f"{st['lowbit_served'] / st['requests'] * 100:.1f}%"
 ttft = n_prompt / pp * 1000 if pp == pp and pp > 0 else float("nan")
 print(f"{'$(basename "$f")':<20} {'$name':<28} {$LIMIT / 1e6:>9.0f} {pp:>9.2f} {tg:>9.2f} "
       f"{ttft:>9.0f} {int('$faults' if '$faults'.isdigit() else 0):>10d} {$peak / 1e6:>9.0f} "
-      f"{float('$wall'):>9.1f} {hit:>9} {low:>9}")
+      f"{$resident / 1e6:>11.0f} {float('$wall'):>9.1f} {hit:>9} {low:>9}")
 EOF
     done
 done

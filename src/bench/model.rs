@@ -287,7 +287,13 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     }
     let peak_rss = rss::status_field("VmHWM").or_else(rss::max_rss_bytes);
     let expert_stats = model.experts().stats();
+    // The rooflines' 512 MiB probe buffer must not stack on the model's memory (an expert
+    // cache filled to its budget, the mapped pinned weights): under a memory limit that sum
+    // was the peak of the run.
     drop(session);
+    drop(vision);
+    drop(model);
+    drop(file);
 
     say("rooflines: memory bandwidth, FMA peak");
     let bandwidth_gb_s = peak::read_bandwidth_gb_s();

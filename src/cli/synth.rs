@@ -41,6 +41,15 @@ pub struct SynthArgs {
     /// docs/SYNTH.md.
     #[arg(long, value_name = "ALPHA", default_value_t = 0.0)]
     pub router_skew: f64,
+    /// With --quant: also write the low-bit copy of the routed experts in TYPE (e.g. q2_K,
+    /// q3_K) as cold-<name> beside the GGUF, the sidecar `convert --cold-experts` writes (for
+    /// `run --cold-experts lowbit|only`).
+    #[arg(long, value_name = "TYPE", requires = "quant")]
+    pub cold_experts: Option<String>,
+    /// With --cold-experts: write only the sidecar, beside an --output that this same command
+    /// (variant, seed, skew, recipe) wrote before; its tensor table is checked against the plan.
+    #[arg(long, requires = "cold_experts")]
+    pub cold_only: bool,
     /// Maximum bytes of tensor data per shard.
     #[arg(long, default_value_t = synth::DEFAULT_SHARD_BYTES)]
     pub shard_bytes: u64,
@@ -68,6 +77,28 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     opts.tokenizer = args.tokenizer;
     opts.force = args.force;
     opts.router_skew = args.router_skew;
+    opts.cold_experts = match &args.cold_experts {
+        Some(name) => Some(convert::recipe::parse_type(name).context("--cold-experts")?),
+        None => None,
+    };
+    if let (Some(quant), Some(ty), true) = (&args.quant, opts.cold_experts, args.cold_only) {
+        let (path, bytes) = synth::spec_of(&opts)
+            .and_then(|spec| synth::synthesize_cold_sidecar(&spec, &opts, quant, ty, threads))
+            .with_context(|| {
+                format!(
+                    "synthesizing the {} cold-expert copy of {}; no sidecar written",
+                    ty.name(),
+                    args.output.display()
+                )
+            })?;
+        eprintln!(
+            "cold experts: {} ({:.1} MB)",
+            path.display(),
+            bytes as f64 / 1e6
+        );
+        println!("{}", path.display());
+        return Ok(());
+    }
     if let Some(quant) = &args.quant {
         opts.progress = std::io::stderr().is_terminal();
         let (plan, s) = synth::synthesize_gguf(&opts, quant, threads).with_context(|| {
@@ -94,6 +125,12 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         );
         println!("{}", s.language_path.display());
         if let Some(p) = &s.mmproj_path {
+            println!("{}", p.display());
+        }
+        if opts.cold_experts.is_some() {
+            let p = convert::write::cold_path(&s.language_path);
+            let mb = std::fs::metadata(&p).map_or(0.0, |m| m.len() as f64 / 1e6);
+            eprintln!("cold experts: {} ({mb:.1} MB)", p.display());
             println!("{}", p.display());
         }
         return Ok(());

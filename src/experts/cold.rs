@@ -1,14 +1,12 @@
 //! The low-bit copy of the routed experts (`--cold-experts`): the sidecar
 //! `cold-<model file name>` that `pocketvl convert --cold-experts TYPE` writes
-//! beside the model, opened and checked against the model's expert stacks,
-//! and (for the paging store) read whole into memory the store owns.
+//! beside the model, opened and checked against the model's expert stacks
+//! (the paging store reads its experts from the file; `only` maps it).
 
 use std::path::PathBuf;
 
 use quant::schema::{cold, general};
-use quant::GgmlType;
 
-use super::slab::{ExpertFile, Slab};
 use super::{ExpertError, LayerExperts};
 use crate::loader::{matmul_types, ModelFile};
 
@@ -89,80 +87,4 @@ pub fn open(
     // Expert tensors of layers the model has none in, or of other names.
     file.check_all_used().map_err(|e| err(e.to_string()))?;
     Ok(copy)
-}
-
-/// One layer of the copy in memory: each stack read whole.
-#[derive(Debug)]
-struct ResidentLayer {
-    types: [GgmlType; 3],
-    /// Bytes of one expert in each stack.
-    per: [usize; 3],
-    mats: [Slab; 3],
-}
-
-/// The whole low-bit copy, owned (the paging store's fallback).
-#[derive(Debug)]
-pub struct ResidentCopy {
-    layers: Vec<Option<ResidentLayer>>,
-    bytes: u64,
-}
-
-impl ResidentCopy {
-    /// Reads every stack of `copy` (from [`open`]) from `model`'s sidecar,
-    /// with `O_DIRECT` when `direct` (no page-cache copy left behind).
-    pub fn read(
-        model: &ModelFile,
-        copy: &[Option<LayerExperts>],
-        direct: bool,
-    ) -> Result<ResidentCopy, ExpertError> {
-        let path = sidecar_path(model);
-        let err = |why: String| ExpertError::Cold {
-            path: path.display().to_string(),
-            why,
-        };
-        let file = ExpertFile::open(&path, direct).map_err(|e| err(e.to_string()))?;
-        let mut bytes = 0;
-        let layers = copy
-            .iter()
-            .map(|s| {
-                s.as_ref()
-                    .map(|s| {
-                        let n_expert = s.n_expert().max(1);
-                        let stacks = [&s.gate, &s.up, &s.down];
-                        let read = |i: usize| {
-                            let w = stacks[i];
-                            let offset = w.file_offset().ok_or_else(|| {
-                                err("the copy's experts are not in a file".into())
-                            })?;
-                            file.read(offset, w.data().len())
-                                .map_err(|e| err(e.to_string()))
-                        };
-                        let mats = [read(0)?, read(1)?, read(2)?];
-                        bytes += mats.iter().map(Slab::footprint).sum::<u64>();
-                        Ok(ResidentLayer {
-                            types: s.types(),
-                            per: stacks.map(|w| w.data().len() / n_expert),
-                            mats,
-                        })
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, ExpertError>>()?;
-        Ok(ResidentCopy { layers, bytes })
-    }
-
-    /// Memory the copy holds (counted in the budget like pinned weights).
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// Types and bytes of gate, up and down of expert `expert` of `layer`.
-    pub fn expert(&self, layer: usize, expert: usize) -> Option<([GgmlType; 3], [&[u8]; 3])> {
-        let l = self.layers.get(layer)?.as_ref()?;
-        let part = |i: usize| {
-            let m = l.mats[i].as_slice();
-            m.get(expert * l.per[i]..(expert + 1) * l.per[i])
-        };
-        Some((l.types, [part(0)?, part(1)?, part(2)?]))
-    }
 }

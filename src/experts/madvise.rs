@@ -7,8 +7,8 @@
 
 use std::io;
 
-/// Page size (the granule of `madvise`).
-fn page() -> usize {
+/// Page size (the granule of `madvise` and of anonymous mappings).
+pub fn page() -> usize {
     // SAFETY: sysconf only reads a system constant.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 {

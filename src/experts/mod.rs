@@ -63,18 +63,14 @@ pub enum ExpertError {
     Open { path: String, why: String },
     #[error(
         "--mem-budget {} is too small for this model: the minimum is {} ({minimum} bytes: \
-         {} of dense, attention, embedding and output weights pinned, {}plus the {n_used} \
+         {} of dense, attention, embedding and output weights pinned, plus the {n_used} \
          routed experts one token uses in one layer)",
-        human(*budget), human(*minimum), human(*pinned),
-        if *cold > 0 { format!("{} of the resident low-bit expert copy, ", human(*cold)) }
-        else { String::new() }
+        human(*budget), human(*minimum), human(*pinned)
     )]
     BudgetTooSmall {
         budget: u64,
         minimum: u64,
         pinned: u64,
-        /// The low-bit copy (`--cold-experts lowbit`), 0 without it.
-        cold: u64,
         n_used: usize,
     },
     #[error("cold-expert copy {path}: {why}")]
@@ -88,9 +84,8 @@ pub enum ExpertError {
     Threads(String),
 }
 
-/// Bytes of one expert matrix: borrowed from the mapping (or from memory the
-/// store holds for its whole life, the resident low-bit copy) or owned by a
-/// cache (the `Arc` keeps an expert in use safe from eviction).
+/// Bytes of one expert matrix: borrowed from the mapping or owned by a cache
+/// (the `Arc` keeps an expert in use safe from eviction).
 #[derive(Clone, Debug)]
 pub enum ExpertBytes<'a> {
     Borrowed(&'a [u8]),
@@ -160,9 +155,9 @@ pub trait ExpertStore: Send + Sync {
 /// The store for `stacks` (indexed by layer, `None` for dense layers) that
 /// `opts` asks for: plain mmap without a budget, else the paging store,
 /// which fails with the minimum if the budget cannot hold the pinned weights
-/// (and the low-bit copy with `--cold-experts lowbit`) and one token's
-/// experts of a layer (`n_used`). `--cold-experts only` maps the low-bit
-/// copy instead of `stacks`.
+/// and one token's experts of a layer (`n_used`); with `--cold-experts
+/// lowbit` it pages the low-bit copy too. `--cold-experts only` maps the
+/// low-bit copy instead of `stacks`.
 pub fn open(
     file: &ModelFile,
     stacks: Vec<Option<LayerExperts>>,
@@ -195,15 +190,7 @@ pub fn open(
         }
         (Some(_), ColdExperts::Lowbit) => {
             let copy = cold::open(file, &stacks)?;
-            let direct = opts.io == ExpertIo::Direct;
-            let resident = cold::ResidentCopy::read(file, &copy, direct)?;
-            Box::new(PagedExperts::open(
-                file,
-                stacks,
-                n_used,
-                opts,
-                Some(resident),
-            )?)
+            Box::new(PagedExperts::open(file, stacks, n_used, opts, Some(copy))?)
         }
     })
 }

@@ -51,11 +51,12 @@ pub enum ColdExperts {
     /// Never: every expert is served at the model file's precision.
     #[default]
     Off,
-    /// Under `--mem-budget`: the whole low-bit copy stays resident (counted in
-    /// the budget) and a fetch whose full expert is not resident is served
-    /// from it at once while the full one is read in the background; the full
-    /// one is used from then on while it stays cached. Outputs then depend on
-    /// read timing (not bit-reproducible).
+    /// Under `--mem-budget`: the low-bit copy is paged through the same cache
+    /// as the full experts; a fetch whose full expert is not resident is
+    /// served from the copy (cached, or read: fewer bytes); a copy served
+    /// again has its full expert read in the background, used from then on
+    /// while it stays cached. Outputs then depend on read timing (not
+    /// bit-reproducible).
     Lowbit,
     /// Every routed expert from the low-bit copy, mapped (no budget): the
     /// quality floor of `Lowbit`, and the smallest way to run the model.

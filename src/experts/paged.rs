@@ -21,11 +21,19 @@
 //! its capacity, except when every resident expert is in use (a demand read
 //! then overshoots by one expert; a prefetch is dropped instead).
 //!
-//! With the low-bit copy (`--cold-experts lowbit`, [`ResidentCopy`], counted
-//! in the budget beside the pinned weights) a fetch never waits: an expert
-//! that is not ready (absent, or still being read) is served from the copy,
-//! and its full read is queued for the reader threads if it is not already
-//! under way; once read, the full expert serves the fetches that find it.
+//! With the low-bit copy (`--cold-experts lowbit`, the sidecar [`super::cold`]
+//! checks) the cache holds entries of both precisions under the one budget
+//! and policy. A fetch takes the full expert if it is resident, else its
+//! low-bit copy if that is resident; if neither is resident or being read it
+//! reads the low-bit copy (2-2.5x fewer bytes with a 16- or 8-bit primary,
+//! ~1.4x with a 4-bit one whose down rows fit no K-quant). A low-bit copy
+//! served again (hot) queues its full read for the reader threads, behind
+//! the routed reads (at most half the readers), where the next layer's
+//! routing drops it if it has not started: hot full experts come back when
+//! the disk has time for them. (Queuing the full read at every low-bit serve
+//! read more bytes in all than the copy saved: BENCHMARKS.md.) Routed
+//! prefetch reads the low-bit copies of the picked experts that are not
+//! resident. A full read that lands frees its expert's low-bit entry.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,14 +41,25 @@ use std::thread::JoinHandle;
 
 use quant::GgmlType;
 
-use super::cold::ResidentCopy;
 use super::madvise;
-use super::options::{ExpertIo, ExpertOptions, Prefetch};
+use super::options::{ColdExperts, ExpertIo, ExpertOptions, Prefetch};
 use super::policy::{Key, Residency};
-use super::slab::{ExpertFile, Slab, ALIGN};
+use super::slab::{self, ExpertFile, Slab};
 use super::stats::{ratio, ExpertStats};
 use super::{slice, Expert, ExpertBytes, ExpertError, ExpertStore, LayerExperts, Usage};
 use crate::loader::ModelFile;
+
+/// Which copy of an expert a cache entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Precision {
+    /// The model file's.
+    Full,
+    /// The low-bit sidecar's (`--cold-experts lowbit`).
+    Low,
+}
+
+/// What the cache holds: an expert at one precision.
+type Entry = (Key, Precision);
 
 /// Where one MoE layer's experts are in the file.
 #[derive(Clone, Debug)]
@@ -59,11 +78,14 @@ struct Layout {
     bound: u64,
 }
 
-/// Why an expert is being read ahead of its use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why an expert is being read ahead of its use; the order is the reader
+/// threads' priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     /// The router picked it: the layer will fetch it next.
     Routed,
+    /// The full expert of one just served from the low-bit copy.
+    Upgrade,
     /// Guessed from the recent tokens.
     Ahead,
 }
@@ -77,6 +99,8 @@ enum Slot {
         bytes: u64,
         /// Read by a prefetch and not fetched since.
         pending: Option<Kind>,
+        /// Fetches served from it.
+        uses: u32,
     },
 }
 
@@ -91,17 +115,32 @@ struct Counters {
     prefetch_used: u64,
     /// Fetches served from the low-bit copy.
     lowbit: u64,
+    /// Of those, fetches that read the copy themselves.
+    lowbit_misses: u64,
+    /// Bytes read from the low-bit copy (part of `bytes_read`).
+    lowbit_bytes_read: u64,
+}
+
+impl Counters {
+    /// Counts one read of an expert at `precision` laid out as `l`.
+    fn count_read(&mut self, precision: Precision, l: &Layout) {
+        let bytes = l.per.iter().sum::<usize>() as u64;
+        self.bytes_read += bytes;
+        if precision == Precision::Low {
+            self.lowbit_bytes_read += bytes;
+        }
+    }
 }
 
 struct State {
-    slots: HashMap<Key, Slot>,
-    residency: Residency,
+    slots: HashMap<Entry, Slot>,
+    residency: Residency<Entry>,
     /// Bytes of ready and reserved slots.
     cached: u64,
     capacity: u64,
     peak: u64,
-    /// Reads for the reader threads, routed first.
-    queue: VecDeque<(Key, Kind)>,
+    /// Reads for the reader threads, by [`Kind`].
+    queue: VecDeque<(Entry, Kind)>,
     /// Routed experts of the current layer not yet queued (the window).
     plan: VecDeque<Key>,
     /// Routed experts of the current layer queued and not yet fetched: at
@@ -110,6 +149,8 @@ struct State {
     issued: HashSet<Key>,
     /// The layer whose routed experts are being fetched.
     current: usize,
+    /// Full reads behind low-bit serves ([`Kind::Upgrade`]) under way.
+    upgrading: usize,
     /// Exponentially decayed routing counts, `[layer][expert]` (for `Ahead`).
     recent: Vec<Vec<f32>>,
     stop: bool,
@@ -120,13 +161,13 @@ impl State {
     /// Frees room for `need` more bytes by evicting ready experts nobody
     /// uses and no routed prefetch is waiting to hand out; the evicted keys
     /// are pushed on `evicted`. Returns whether the room is there.
-    fn make_room(&mut self, need: u64, evicted: &mut Vec<Key>) -> bool {
+    fn make_room(&mut self, need: u64, evicted: &mut Vec<Entry>) -> bool {
         while self.cached + need > self.capacity {
             let evictable = self.slots.iter().filter_map(|(k, s)| match s {
                 // Routed prefetches of the current layer are about to be used.
                 Slot::Ready { mats, pending, .. }
-                    if mats.as_ref().is_none_or(|m| Arc::strong_count(&m[0]) == 1)
-                        && !(*pending == Some(Kind::Routed) && k.0 == self.current) =>
+                    if mats.as_ref().is_none_or(unused)
+                        && !(*pending == Some(Kind::Routed) && k.0 .0 == self.current) =>
                 {
                     Some(*k)
                 }
@@ -145,22 +186,39 @@ impl State {
     }
 
     /// Marks `key` as being read, reserving `bound` bytes.
-    fn reserve(&mut self, key: Key, bound: u64) {
+    fn reserve(&mut self, key: Entry, bound: u64) {
         self.cached += bound;
         self.peak = self.peak.max(self.cached);
         self.slots.insert(key, Slot::Loading { reserved: bound });
     }
 
     /// Drops the reservation of `key`.
-    fn release(&mut self, key: Key) {
+    fn release(&mut self, key: Entry) {
         if let Some(Slot::Loading { reserved }) = self.slots.remove(&key) {
             self.cached -= reserved;
         }
     }
 
-    /// Replaces the reservation of `key` (`bound` bytes) by the read expert.
-    fn fill(&mut self, key: Key, mats: Option<[Arc<Slab>; 3]>, bound: u64, pending: Option<Kind>) {
+    /// Replaces the reservation of `key` (`bound` bytes) by the read expert;
+    /// a full expert frees its low-bit entry unless that is in use (then it
+    /// ages out: fetches prefer the full one).
+    fn fill(
+        &mut self,
+        key: Entry,
+        mats: Option<[Arc<Slab>; 3]>,
+        bound: u64,
+        pending: Option<Kind>,
+    ) {
         self.release(key);
+        let low = (key.0, Precision::Low);
+        if key.1 == Precision::Full
+            && matches!(self.slots.get(&low), Some(Slot::Ready { mats: Some(m), .. }) if unused(m))
+        {
+            if let Some(Slot::Ready { bytes, .. }) = self.slots.remove(&low) {
+                self.cached -= bytes;
+                self.c.evictions += 1;
+            }
+        }
         let bytes = match &mats {
             Some(m) => m.iter().map(|m| m.footprint()).sum(),
             None => bound,
@@ -174,9 +232,58 @@ impl State {
                 mats,
                 bytes,
                 pending,
+                // Without a prefetch, the fetch that read it uses it.
+                uses: u32::from(pending.is_none()),
             },
         );
     }
+
+    /// The matrices of `key` if it is ready (`None` inside: mapped pages)
+    /// and how many fetches it served before this one, counting a prefetched
+    /// one as used.
+    fn ready(&mut self, key: Entry) -> Option<(Option<[Arc<Slab>; 3]>, u32)> {
+        match self.slots.get_mut(&key) {
+            Some(Slot::Ready {
+                mats,
+                pending,
+                uses,
+                ..
+            }) => {
+                if pending.take().is_some() {
+                    self.c.prefetch_used += 1;
+                }
+                *uses += 1;
+                Some((mats.clone(), *uses - 1))
+            }
+            _ => None,
+        }
+    }
+
+    fn loading(&self, key: Entry) -> bool {
+        matches!(self.slots.get(&key), Some(Slot::Loading { .. }))
+    }
+
+    /// Whether `key` is resident or being read at either precision.
+    fn present(&self, key: Key) -> bool {
+        [Precision::Full, Precision::Low]
+            .iter()
+            .any(|&p| self.slots.contains_key(&(key, p)))
+    }
+
+    /// Queues `entry` for the reader threads unless it is there, being read
+    /// or queued; the queue stays in [`Kind`] order (stable within a kind).
+    fn enqueue(&mut self, entry: Entry, kind: Kind) {
+        if self.slots.contains_key(&entry) || self.queue.iter().any(|(e, _)| *e == entry) {
+            return;
+        }
+        self.queue.push_back((entry, kind));
+        self.queue.make_contiguous().sort_by_key(|(_, k)| *k);
+    }
+}
+
+/// Whether nobody but the cache holds these matrices.
+fn unused(m: &[Arc<Slab>; 3]) -> bool {
+    Arc::strong_count(&m[0]) == 1
 }
 
 /// Where resident experts live.
@@ -187,10 +294,18 @@ enum Backing {
     Mapped(Vec<Option<LayerExperts>>),
 }
 
+/// The low-bit copy's file and where its experts are in it.
+struct LowCopy {
+    file: ExpertFile,
+    layers: Vec<Option<Layout>>,
+}
+
 struct Shared {
     backing: Backing,
-    /// The low-bit copy that serves fetches the cache cannot serve at once.
-    lowbit: Option<ResidentCopy>,
+    /// Most [`Kind::Upgrade`] reads at once: half the reader threads.
+    max_upgrades: usize,
+    /// The low-bit copy, paged like the full experts.
+    lowbit: Option<LowCopy>,
     layers: Vec<Option<Layout>>,
     state: Mutex<State>,
     /// A read finished or failed.
@@ -206,8 +321,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn layout(&self, key: Key) -> Option<&Layout> {
-        self.layers.get(key.0).and_then(Option::as_ref)
+    fn layout(&self, (key, precision): Entry) -> Option<&Layout> {
+        let layers = match (precision, &self.lowbit) {
+            (Precision::Full, _) => &self.layers,
+            (Precision::Low, Some(low)) => &low.layers,
+            (Precision::Low, None) => return None,
+        };
+        layers.get(key.0).and_then(Option::as_ref)
     }
 
     /// The mapped matrices of `key` (madvise backing only).
@@ -223,18 +343,25 @@ impl Shared {
         ])
     }
 
-    /// Makes `key` resident: reads owned copies of its three matrices, or
+    /// Makes `entry` resident: reads owned copies of its three matrices, or
     /// pages their mapping in (`None`).
-    fn load(&self, key: Key) -> Result<Option<[Arc<Slab>; 3]>, ExpertError> {
-        let (layer, expert) = key;
-        let l = self.layout(key).ok_or(ExpertError::NoLayer { layer })?;
+    fn load(&self, entry: Entry) -> Result<Option<[Arc<Slab>; 3]>, ExpertError> {
+        let (key @ (layer, expert), precision) = entry;
+        let l = self.layout(entry).ok_or(ExpertError::NoLayer { layer })?;
         let err = |e: std::io::Error| ExpertError::Read {
             layer,
             expert,
             why: e.to_string(),
         };
-        match &self.backing {
-            Backing::Read(file) => {
+        let from = match (precision, &self.lowbit) {
+            (Precision::Low, Some(low)) => Some(&low.file),
+            (_, _) => match &self.backing {
+                Backing::Read(file) => Some(file),
+                Backing::Mapped(_) => None,
+            },
+        };
+        match from {
+            Some(file) => {
                 let read = |i: usize| {
                     file.read(l.base[i] + (expert * l.per[i]) as u64, l.per[i])
                         .map(Arc::new)
@@ -242,7 +369,7 @@ impl Shared {
                 };
                 Ok(Some([read(0)?, read(1)?, read(2)?]))
             }
-            Backing::Mapped(_) => {
+            None => {
                 for m in self.mapped(key).into_iter().flatten() {
                     madvise::populate(m).map_err(err)?;
                 }
@@ -255,7 +382,7 @@ impl Shared {
     fn make_room(&self, st: &mut State, need: u64) -> bool {
         let mut evicted = Vec::new();
         let ok = st.make_room(need, &mut evicted);
-        for key in evicted {
+        for (key, _) in evicted {
             for m in self.mapped(key).into_iter().flatten() {
                 madvise::page_out(m);
             }
@@ -270,32 +397,50 @@ impl Shared {
             if st.stop {
                 return;
             }
-            let Some((key, kind)) = st.queue.pop_front() else {
+            // Full reads behind low-bit serves take at most half the readers,
+            // so that the next layer's routed reads find one free.
+            let upgrades_full = st.upgrading >= self.max_upgrades;
+            let next = st
+                .queue
+                .iter()
+                .position(|(_, k)| *k != Kind::Upgrade || !upgrades_full);
+            let Some((entry, kind)) = next.and_then(|i| st.queue.remove(i)) else {
                 st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             };
-            let Some(l) = self.layout(key) else {
+            let Some(l) = self.layout(entry) else {
                 continue;
             };
-            // Already there or being read; or no room without evicting
-            // something in use: a prefetch never overshoots the budget.
-            if st.slots.contains_key(&key) || !self.make_room(&mut st, l.bound) {
+            let full = (entry.0, Precision::Full);
+            // Already there or being read (a low-bit copy is moot once the
+            // full expert is); or no room without evicting something in use:
+            // a prefetch never overshoots the budget.
+            if st.slots.contains_key(&entry)
+                || (entry.1 == Precision::Low && st.slots.contains_key(&full))
+                || !self.make_room(&mut st, l.bound)
+            {
                 continue;
             }
-            st.reserve(key, l.bound);
+            st.reserve(entry, l.bound);
+            let upgrade = kind == Kind::Upgrade;
+            st.upgrading += usize::from(upgrade);
             drop(st);
-            let read = self.load(key);
+            let read = self.load(entry);
             st = self.lock();
+            st.upgrading -= usize::from(upgrade);
             match read {
                 Ok(mats) => {
-                    st.c.bytes_read += l.per.iter().sum::<usize>() as u64;
+                    st.c.count_read(entry.1, l);
                     st.c.prefetch_loaded += 1;
-                    st.fill(key, mats, l.bound, Some(kind));
+                    st.fill(entry, mats, l.bound, Some(kind));
                 }
                 // The fetch that wants it reads it again and reports the error.
-                Err(_) => st.release(key),
+                Err(_) => st.release(entry),
             }
             self.ready.notify_all();
+            if upgrade {
+                self.work.notify_all();
+            }
         }
     }
 }
@@ -307,8 +452,6 @@ pub struct PagedExperts {
     usage: Usage,
     opts: ExpertOptions,
     pinned: u64,
-    /// Bytes of the resident low-bit copy (0 without it).
-    cold: u64,
     /// Routed experts one token uses per layer (the `Ahead` guess size).
     n_used: usize,
     /// How many routed reads are queued ahead of the fetches.
@@ -329,21 +472,48 @@ impl std::fmt::Debug for PagedExperts {
 const RECENT_DECAY: f32 = 0.8;
 
 impl PagedExperts {
-    /// A store over the expert stacks of `file` under `opts.budget`, with
-    /// the low-bit copy `lowbit` resident inside that budget when given.
+    /// A store over the expert stacks of `file` under `opts.budget`; with
+    /// `lowbit` (the sidecar's stacks, from [`super::cold::open`]) the
+    /// low-bit copy is paged through the same cache.
     pub fn open(
         file: &ModelFile,
         stacks: Vec<Option<LayerExperts>>,
         n_used: usize,
         opts: &ExpertOptions,
-        lowbit: Option<ResidentCopy>,
+        lowbit: Option<Vec<Option<LayerExperts>>>,
     ) -> Result<PagedExperts, ExpertError> {
         let mapped = opts.io == ExpertIo::Madvise;
-        let layers: Vec<Option<Layout>> = stacks
-            .iter()
-            .enumerate()
-            .map(|(layer, s)| s.as_ref().map(|s| layout(layer, s, mapped)).transpose())
-            .collect::<Result<_, _>>()?;
+        if lowbit.is_some() && mapped {
+            return Err(ExpertError::ColdMode {
+                mode: ColdExperts::Lowbit,
+                why: "pages the low-bit copy with owned reads: it needs --expert-io direct or \
+                      buffered",
+            });
+        }
+        let layouts = |stacks: &[Option<LayerExperts>], mapped| {
+            stacks
+                .iter()
+                .enumerate()
+                .map(|(layer, s)| s.as_ref().map(|s| layout(layer, s, mapped)).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let layers = layouts(&stacks, mapped)?;
+        let lowbit = match lowbit {
+            Some(copy) => {
+                let path = super::cold::sidecar_path(file);
+                let file = ExpertFile::open(&path, opts.io == ExpertIo::Direct).map_err(|e| {
+                    ExpertError::Cold {
+                        path: path.display().to_string(),
+                        why: e.to_string(),
+                    }
+                })?;
+                Some(LowCopy {
+                    file,
+                    layers: layouts(&copy, false)?,
+                })
+            }
+            None => None,
+        };
         let expert_bytes: u64 = stacks
             .iter()
             .flatten()
@@ -351,20 +521,25 @@ impl PagedExperts {
             .sum();
         let all: u64 = file.gguf().tensors().iter().map(|t| t.n_bytes).sum();
         let pinned = all.saturating_sub(expert_bytes);
-        let largest = layers.iter().flatten().map(|l| l.bound).max().unwrap_or(0);
-        let cold = lowbit.as_ref().map_or(0, ResidentCopy::bytes);
-        let minimum = pinned + cold + n_used as u64 * largest;
+        // A fetch may have to read one expert of either precision.
+        let largest = layers
+            .iter()
+            .chain(lowbit.iter().flat_map(|c| &c.layers))
+            .flatten()
+            .map(|l| l.bound)
+            .max()
+            .unwrap_or(0);
+        let minimum = pinned + n_used as u64 * largest;
         let budget = opts.budget.unwrap_or(u64::MAX);
         if budget < minimum {
             return Err(ExpertError::BudgetTooSmall {
                 budget,
                 minimum,
                 pinned,
-                cold,
                 n_used,
             });
         }
-        let capacity = budget - pinned - cold;
+        let capacity = budget - pinned;
         let backing = if mapped {
             Backing::Mapped(stacks.clone())
         } else {
@@ -384,6 +559,7 @@ impl PagedExperts {
         let with_lowbit = lowbit.is_some();
         let shared = Arc::new(Shared {
             backing,
+            max_upgrades: (opts.readers / 2).max(1),
             lowbit,
             layers,
             state: Mutex::new(State {
@@ -396,6 +572,7 @@ impl PagedExperts {
                 plan: VecDeque::new(),
                 issued: HashSet::new(),
                 current: 0,
+                upgrading: 0,
                 recent,
                 stop: false,
                 c: Counters::default(),
@@ -409,12 +586,11 @@ impl PagedExperts {
             usage: Usage::new(&stacks),
             opts: opts.clone(),
             pinned,
-            cold,
             n_used,
             // Half the experts that fit: the other half keeps what is hot.
             window: (capacity / largest.max(1) / 2).max(1) as usize,
         };
-        // The low-bit path needs readers for its background reads.
+        // The low-bit path needs readers for its full reads.
         if opts.prefetch != Prefetch::Off || with_lowbit {
             for i in 0..opts.readers.max(1) {
                 let sh = shared.clone();
@@ -428,21 +604,30 @@ impl PagedExperts {
         Ok(store)
     }
 
+    /// What a prefetch of `key` reads: nothing if it is resident or being
+    /// read at either precision, else the low-bit copy when there is one
+    /// (the full expert follows when the fetch has used it), else the full.
+    fn to_read(&self, st: &State, key: Key) -> Option<Entry> {
+        if st.present(key) {
+            return None;
+        }
+        match self.shared.lowbit {
+            Some(_) => Some((key, Precision::Low)),
+            None => Some((key, Precision::Full)),
+        }
+    }
+
     /// Queues the next routed experts of the plan, up to the window.
     fn top_up(&self, st: &mut State) {
         while st.issued.len() < self.window {
             let Some(key) = st.plan.pop_front() else {
                 break;
             };
-            if !st.slots.contains_key(&key) {
-                st.queue.push_back((key, Kind::Routed));
+            if let Some(entry) = self.to_read(st, key) {
+                st.enqueue(entry, Kind::Routed);
                 st.issued.insert(key);
             }
         }
-        // Routed reads go before guesses.
-        st.queue
-            .make_contiguous()
-            .sort_by_key(|(_, k)| *k == Kind::Ahead);
     }
 
     /// Queues the next MoE layer's most used experts of the recent tokens.
@@ -459,8 +644,8 @@ impl PagedExperts {
         ids.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
         ids.truncate(self.n_used);
         for e in ids {
-            if !st.slots.contains_key(&(next, e)) {
-                st.queue.push_back(((next, e), Kind::Ahead));
+            if let Some(entry) = self.to_read(st, (next, e)) {
+                st.enqueue(entry, Kind::Ahead);
             }
         }
     }
@@ -486,7 +671,7 @@ fn layout(layer: usize, s: &LayerExperts, mapped: bool) -> Result<Layout, Expert
             if mapped {
                 madvise::footprint(p)
             } else {
-                p as u64 + 3 * ALIGN
+                slab::bound(p)
             }
         })
         .sum();
@@ -504,101 +689,106 @@ fn layout(layer: usize, s: &LayerExperts, mapped: bool) -> Result<Layout, Expert
 impl ExpertStore for PagedExperts {
     fn expert(&self, layer: usize, expert: usize) -> Result<Expert<'_>, ExpertError> {
         let key = (layer, expert);
-        let l = self
-            .shared
-            .layout(key)
-            .ok_or(ExpertError::NoLayer { layer })?;
-        if expert >= l.n_expert {
+        let full = (key, Precision::Full);
+        let low = (key, Precision::Low);
+        let sh = &*self.shared;
+        let n_expert = sh
+            .layout(full)
+            .ok_or(ExpertError::NoLayer { layer })?
+            .n_expert;
+        if expert >= n_expert {
             return Err(ExpertError::NoExpert {
                 layer,
                 expert,
-                n_expert: l.n_expert,
+                n_expert,
             });
         }
         self.usage.count(layer, expert);
-        let sh = &*self.shared;
+        let lowbit = sh.lowbit.is_some();
         let mut st = sh.lock();
         let mut waited = false;
-        let mats = loop {
-            let st_ref = &mut *st;
-            if sh.lowbit.is_some() && !matches!(st_ref.slots.get(&key), Some(Slot::Ready { .. })) {
-                st_ref.c.lowbit += 1;
-                let queued = st_ref.queue.iter().any(|(k, _)| *k == key);
-                if !st_ref.slots.contains_key(&key) && !queued {
-                    st_ref.queue.push_front((key, Kind::Routed));
-                    sh.work.notify_one();
+        // Whether the low-bit copy served this expert before (it is hot).
+        let mut reused = false;
+        let (entry, mats) = loop {
+            if let Some((mats, _)) = st.ready(full) {
+                if waited {
+                    st.c.in_flight += 1;
+                } else {
+                    st.c.hits += 1;
                 }
-                break None;
+                break (full, mats);
             }
-            match st_ref.slots.get_mut(&key) {
-                Some(Slot::Ready { mats, pending, .. }) => {
-                    if pending.take().is_some() {
-                        st_ref.c.prefetch_used += 1;
-                    }
-                    if waited {
-                        st_ref.c.in_flight += 1;
-                    } else {
-                        st_ref.c.hits += 1;
-                    }
-                    break Some(mats.clone());
+            if let Some((mats, before)) = st.ready(low) {
+                st.c.lowbit += 1;
+                reused = before > 0;
+                break (low, mats);
+            }
+            // Being read (a routed prefetch, or the full read of a low-bit
+            // copy evicted since): wait rather than read a second copy.
+            if st.loading(full) || st.loading(low) {
+                waited = true;
+                st = sh.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // Read it here: the low-bit copy when there is one.
+            let entry = if lowbit {
+                st.c.lowbit += 1;
+                st.c.lowbit_misses += 1;
+                low
+            } else {
+                st.c.misses += 1;
+                full
+            };
+            let l = sh.layout(entry).ok_or(ExpertError::NoLayer { layer })?;
+            // A demand read goes ahead even when everything resident is in
+            // use (then the cache overshoots by this expert).
+            sh.make_room(&mut st, l.bound);
+            st.reserve(entry, l.bound);
+            drop(st);
+            let read = sh.load(entry);
+            st = sh.lock();
+            match read {
+                Ok(mats) => {
+                    st.c.count_read(entry.1, l);
+                    st.fill(entry, mats.clone(), l.bound, None);
+                    sh.ready.notify_all();
+                    break (entry, mats);
                 }
-                Some(Slot::Loading { .. }) => {
-                    waited = true;
-                    st = sh.ready.wait(st).unwrap_or_else(|e| e.into_inner());
-                }
-                None => {
-                    st_ref.c.misses += 1;
-                    // A demand read goes ahead even when everything resident
-                    // is in use (then the cache overshoots by this expert).
-                    sh.make_room(&mut st, l.bound);
-                    st.reserve(key, l.bound);
-                    drop(st);
-                    let read = sh.load(key);
-                    st = sh.lock();
-                    match read {
-                        Ok(mats) => {
-                            st.c.bytes_read += l.per.iter().sum::<usize>() as u64;
-                            st.fill(key, mats.clone(), l.bound, None);
-                            sh.ready.notify_all();
-                            break Some(mats);
-                        }
-                        Err(e) => {
-                            st.release(key);
-                            sh.ready.notify_all();
-                            return Err(e);
-                        }
-                    }
+                Err(e) => {
+                    st.release(entry);
+                    sh.ready.notify_all();
+                    return Err(e);
                 }
             }
         };
-        st.residency.touch(key);
+        st.residency.touch(entry);
         st.issued.remove(&key);
-        // A read still queued for it (the fetch came first) would bring it
-        // back after its eviction, unused; with the low-bit copy serving this
-        // fetch, that read is the point.
-        if mats.is_some() {
-            st.queue.retain(|(k, _)| *k != key);
+        if entry.1 == Precision::Full {
+            // A read still queued for it (the fetch came first) would bring
+            // it back after its eviction, unused.
+            st.queue.retain(|(e, _)| e.0 != key);
+        } else if reused {
+            // Only a copy used again is worth its full read: reading the
+            // full expert of every miss costs more disk time than the copy
+            // saves (BENCHMARKS.md).
+            st.enqueue(full, Kind::Upgrade);
+            sh.work.notify_one();
         }
         if !st.plan.is_empty() {
             self.top_up(&mut st);
             sh.work.notify_all();
         }
         drop(st);
-        let (types, [gate, up, down]) = match (mats, sh.mapped(key), &sh.lowbit) {
-            (Some(Some(m)), _, _) => (l.types, m.map(ExpertBytes::Resident)),
-            (Some(None), Some(m), _) => (l.types, m.map(ExpertBytes::Borrowed)),
-            (None, _, Some(copy)) => {
-                let (types, m) = copy
-                    .expert(layer, expert)
-                    .ok_or(ExpertError::NoLayer { layer })?;
-                (types, m.map(ExpertBytes::Borrowed))
-            }
-            _ => return Err(ExpertError::NoLayer { layer }),
+        let l = sh.layout(entry).ok_or(ExpertError::NoLayer { layer })?;
+        let [gate, up, down] = match (mats, sh.mapped(key)) {
+            (Some(m), _) => m.map(ExpertBytes::Resident),
+            (None, Some(m)) => m.map(ExpertBytes::Borrowed),
+            (None, None) => return Err(ExpertError::NoLayer { layer }),
         };
         Ok(Expert {
             n_embd: l.n_embd,
             n_ff: l.n_ff,
-            types,
+            types: l.types,
             gate,
             up,
             down,
@@ -610,8 +800,8 @@ impl ExpertStore for PagedExperts {
             return;
         }
         let mut st = self.shared.lock();
-        // Reads queued for earlier layers (guesses, or routed ones the layer
-        // read itself) are stale.
+        // Reads queued for earlier layers (guesses, full reads behind low-bit
+        // serves, or routed ones the layer read itself) are stale.
         st.queue.clear();
         st.plan.clear();
         st.issued.clear();
@@ -649,10 +839,12 @@ impl ExpertStore for PagedExperts {
                 .to_string(),
             ),
             prefetch: Some(self.opts.prefetch.to_string()),
+            cold_experts: Some(self.opts.cold.to_string()),
             budget_bytes: self.opts.budget,
             pinned_bytes: self.pinned,
-            lowbit_bytes: self.cold,
             lowbit_served: st.c.lowbit,
+            lowbit_misses: st.c.lowbit_misses,
+            lowbit_bytes_read: st.c.lowbit_bytes_read,
             cache_capacity_bytes: Some(st.capacity),
             peak_cached_bytes: st.peak,
             requests,

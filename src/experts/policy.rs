@@ -3,26 +3,28 @@
 //! that the model is using).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use super::options::CachePolicy;
 
 /// An expert: (layer, expert id).
 pub type Key = (usize, usize);
 
-/// Access history of every expert seen.
+/// Access history of every cache entry seen (an entry is whatever the store
+/// caches: an expert, or an expert at one precision).
 #[derive(Debug)]
-pub struct Residency {
+pub struct Residency<K> {
     policy: CachePolicy,
     tick: u64,
-    /// Last access, per expert.
-    last: HashMap<Key, u64>,
+    /// Last access, per entry.
+    last: HashMap<K, u64>,
     /// Accesses since the start (LFU keeps them across evictions so that a
     /// popular expert evicted under pressure is preferred when it returns).
-    freq: HashMap<Key, u64>,
+    freq: HashMap<K, u64>,
 }
 
-impl Residency {
-    pub fn new(policy: CachePolicy) -> Residency {
+impl<K: Copy + Eq + Hash + Ord> Residency<K> {
+    pub fn new(policy: CachePolicy) -> Residency<K> {
         Residency {
             policy,
             tick: 0,
@@ -32,7 +34,7 @@ impl Residency {
     }
 
     /// Records a use of `key`.
-    pub fn touch(&mut self, key: Key) {
+    pub fn touch(&mut self, key: K) {
         self.tick += 1;
         self.last.insert(key, self.tick);
         *self.freq.entry(key).or_insert(0) += 1;
@@ -41,15 +43,15 @@ impl Residency {
     /// Records that `key` became resident without being used (a prefetch):
     /// recent, so that it is not the first victim before its use, but not
     /// more frequent.
-    pub fn admit(&mut self, key: Key) {
+    pub fn admit(&mut self, key: K) {
         self.tick += 1;
         self.last.insert(key, self.tick);
     }
 
     /// The expert to evict among `candidates` (`None` if there is none).
-    pub fn victim(&self, candidates: impl Iterator<Item = Key>) -> Option<Key> {
-        let last = |k: &Key| self.last.get(k).copied().unwrap_or(0);
-        let freq = |k: &Key| self.freq.get(k).copied().unwrap_or(0);
+    pub fn victim(&self, candidates: impl Iterator<Item = K>) -> Option<K> {
+        let last = |k: &K| self.last.get(k).copied().unwrap_or(0);
+        let freq = |k: &K| self.freq.get(k).copied().unwrap_or(0);
         match self.policy {
             CachePolicy::Lru => candidates.min_by_key(|k| (last(k), *k)),
             CachePolicy::Lfu => candidates.min_by_key(|k| (freq(k), last(k), *k)),
@@ -64,7 +66,7 @@ mod tests {
     #[test]
     fn lru_evicts_the_least_recent_and_lfu_the_least_frequent() {
         for policy in [CachePolicy::Lru, CachePolicy::Lfu] {
-            let mut r = Residency::new(policy);
+            let mut r = Residency::<Key>::new(policy);
             // (0,1) used once, early; (0,2) used three times, then (0,3) last.
             r.touch((0, 1));
             r.touch((0, 2));

@@ -14,14 +14,18 @@ pub struct ExpertStats {
     pub policy: Option<String>,
     pub io: Option<String>,
     pub prefetch: Option<String>,
+    /// `--cold-experts` of the paging store (`off` or `lowbit`).
+    pub cold_experts: Option<String>,
     pub budget_bytes: Option<u64>,
     /// Dense, attention, embedding and output weights, always resident.
     pub pinned_bytes: u64,
-    /// The resident low-bit expert copy (`--cold-experts lowbit`; 0 without).
-    pub lowbit_bytes: u64,
     /// Fetches served from the low-bit copy (their full expert was not
-    /// resident yet).
+    /// resident), cached or read.
     pub lowbit_served: u64,
+    /// Of those, fetches that read the low-bit copy themselves.
+    pub lowbit_misses: u64,
+    /// Bytes read from the low-bit copy (included in `bytes_read`).
+    pub lowbit_bytes_read: u64,
     /// Budget left for cached experts.
     pub cache_capacity_bytes: Option<u64>,
     pub peak_cached_bytes: u64,
@@ -60,6 +64,7 @@ impl ExpertStats {
             ("policy", &self.policy),
             ("io", &self.io),
             ("prefetch", &self.prefetch),
+            ("cold experts", &self.cold_experts),
         ] {
             if let Some(v) = v {
                 s += &format!(", {k} {v}");
@@ -67,13 +72,8 @@ impl ExpertStats {
         }
         s += "\n";
         if let (Some(b), Some(c)) = (self.budget_bytes, self.cache_capacity_bytes) {
-            let lowbit = if self.lowbit_bytes > 0 {
-                format!("{} low-bit expert copy, ", human(self.lowbit_bytes))
-            } else {
-                String::new()
-            };
             s += &format!(
-                "budget {}: {} pinned, {lowbit}{} for experts (peak {} cached)\n",
+                "budget {}: {} pinned, {} for experts (peak {} cached)\n",
                 human(b),
                 human(self.pinned_bytes),
                 human(c),
@@ -95,11 +95,14 @@ impl ExpertStats {
                 self.prefetch_used,
                 pct(self.prefetch_accuracy)
             );
-            if self.lowbit_bytes > 0 {
+            if self.cold_experts.as_deref() == Some("lowbit") {
                 s += &format!(
-                    "; served from the low-bit copy {} ({})",
+                    "; served from the low-bit copy {} ({}), {} of them read by the fetch \
+                     ({} read from the copy)",
                     self.lowbit_served,
-                    pct(ratio(self.lowbit_served, self.requests))
+                    pct(ratio(self.lowbit_served, self.requests)),
+                    self.lowbit_misses,
+                    human(self.lowbit_bytes_read)
                 );
             }
         }

@@ -63,6 +63,12 @@ pub enum SynthError {
     /// `--router-skew` outside its range.
     #[error("--router-skew {0}: choose a value in 0..={max}", max = skew::MAX_ALPHA)]
     BadSkew(f64),
+    /// `--cold-only`: the existing output is not the model this command would write.
+    #[error(
+        "{path} is not the model this synth command writes ({why}): --cold-only adds the \
+             sidecar to a model written by the same command"
+    )]
+    NotThatModel { path: PathBuf, why: String },
     /// Writing the GGUF pair directly (`--quant`) failed in the converter.
     #[error(transparent)]
     Convert(#[from] convert::ConvertError),
@@ -114,6 +120,9 @@ pub struct SynthOptions {
     pub progress: bool,
     /// Zipf exponent of expert popularity ([`skew`]; 0 = plain random routers).
     pub router_skew: f64,
+    /// With a GGUF output: also write the low-bit copy of the routed experts in this type
+    /// (`cold-<name>`, the converter's sidecar, as `convert --cold-experts` writes it).
+    pub cold_experts: Option<quant::GgmlType>,
 }
 
 impl SynthOptions {
@@ -130,6 +139,7 @@ impl SynthOptions {
             force: false,
             progress: false,
             router_skew: 0.0,
+            cold_experts: None,
         }
     }
 }
@@ -276,35 +286,116 @@ pub fn synthesize_gguf(
 /// Only the small configuration and tokenizer files go to disk, into a temporary directory
 /// that the converter reads them from; tensors come from a [`SynthSource`], so memory stays
 /// at the converter's chunk buffers. The converter's own guarantees hold: existing outputs are
-/// refused without `force`, and a failure leaves no file at either output path.
+/// refused without `force`, and a failure leaves no file at either output path. With
+/// `opts.cold_experts` the low-bit sidecar follows, written by the converter's sidecar writer.
 pub fn synthesize_gguf_spec(
     spec: &ModelSpec,
     opts: &SynthOptions,
     quant: &str,
     threads: Option<usize>,
 ) -> Result<(convert::write::Plan, convert::write::Summary), SynthError> {
-    use convert::write::{check_outputs, execute, plan_source, ConvertOptions};
-    check_spec(spec)?;
-    let tok_src = tokenizer_source(opts)?;
-    check_outputs(&opts.output, opts.force)?;
-    let support = tempfile::Builder::new()
-        .prefix("pocketvl-synth-")
-        .tempdir()
-        .map_err(|e| SynthError::io(std::env::temp_dir(), e))?;
-    write_support_files(support.path(), spec, &tok_src, opts.tokenizer.is_none())?;
-    let copts = ConvertOptions {
-        input: support.path().to_path_buf(),
-        output: opts.output.clone(),
-        quant: Some(quant.to_string()),
-        overrides: Vec::new(),
-        force: opts.force,
-        threads,
-        progress: opts.progress,
+    convert::write::check_outputs(&opts.output, opts.force)?;
+    let job = GgufJob::plan(spec, opts, quant, threads)?;
+    // Planned before anything is written, so that a type the sidecar cannot take fails first.
+    let cold = match opts.cold_experts {
+        Some(ty) => Some(convert::write::plan_cold(&job.plan, ty)?),
+        None => None,
     };
-    let source = SynthSource::new(spec, opts.seed);
-    let plan = plan_source(&copts, &source)?;
-    let summary = execute(&source, &plan, &copts)?;
-    Ok((plan, summary))
+    let summary = convert::write::execute(&job.source, &job.plan, &job.copts)?;
+    if let Some(fp) = &cold {
+        convert::write::execute_cold(&job.source, fp, &job.copts)?;
+    }
+    Ok((job.plan, summary))
+}
+
+/// Writes only the low-bit sidecar (`cold-<name>`, type `ty`) of the GGUF that
+/// [`synthesize_gguf_spec`] writes for `spec`, `opts` and `quant`, beside an `opts.output`
+/// written earlier by it: the existing file's tensor table (names, types, shapes) must be the
+/// plan's. Returns the sidecar's path and size. For adding a copy to a large model without
+/// writing it again.
+pub fn synthesize_cold_sidecar(
+    spec: &ModelSpec,
+    opts: &SynthOptions,
+    quant: &str,
+    ty: quant::GgmlType,
+    threads: Option<usize>,
+) -> Result<(PathBuf, u64), SynthError> {
+    let side = convert::write::cold_path(&opts.output);
+    if side.exists() && !opts.force {
+        return Err(convert::ConvertError::OutputExists(side).into());
+    }
+    let job = GgufJob::plan(spec, opts, quant, threads)?;
+    let mismatch = |why: String| SynthError::NotThatModel {
+        path: opts.output.clone(),
+        why,
+    };
+    let model = quant::gguf::GgufFile::open(&opts.output).map_err(|e| mismatch(e.to_string()))?;
+    let planned = &job.plan.language.tensors;
+    if model.tensors().len() != planned.len() {
+        return Err(mismatch(format!(
+            "{} tensors, the plan has {}",
+            model.tensors().len(),
+            planned.len()
+        )));
+    }
+    for (t, p) in model.tensors().iter().zip(planned) {
+        if t.name != p.mapped.name || t.ty != p.ty || t.ne != p.mapped.ne {
+            return Err(mismatch(format!(
+                "tensor {} {} {:?}, the plan has {} {} {:?}",
+                t.name,
+                t.ty.name(),
+                t.ne,
+                p.mapped.name,
+                p.ty.name(),
+                p.mapped.ne
+            )));
+        }
+    }
+    let fp = convert::write::plan_cold(&job.plan, ty)?;
+    Ok(convert::write::execute_cold(&job.source, &fp, &job.copts)?)
+}
+
+/// A planned direct-GGUF synthesis: the converter's plan over a [`SynthSource`], with the
+/// temporary directory of support files it reads.
+struct GgufJob {
+    plan: convert::write::Plan,
+    copts: convert::write::ConvertOptions,
+    source: SynthSource,
+    _support: tempfile::TempDir,
+}
+
+impl GgufJob {
+    fn plan(
+        spec: &ModelSpec,
+        opts: &SynthOptions,
+        quant: &str,
+        threads: Option<usize>,
+    ) -> Result<GgufJob, SynthError> {
+        check_spec(spec)?;
+        let tok_src = tokenizer_source(opts)?;
+        let support = tempfile::Builder::new()
+            .prefix("pocketvl-synth-")
+            .tempdir()
+            .map_err(|e| SynthError::io(std::env::temp_dir(), e))?;
+        write_support_files(support.path(), spec, &tok_src, opts.tokenizer.is_none())?;
+        let copts = convert::write::ConvertOptions {
+            input: support.path().to_path_buf(),
+            output: opts.output.clone(),
+            quant: Some(quant.to_string()),
+            overrides: Vec::new(),
+            force: opts.force,
+            threads,
+            progress: opts.progress,
+        };
+        let source = SynthSource::new(spec, opts.seed);
+        let plan = convert::write::plan_source(&copts, &source)?;
+        Ok(GgufJob {
+            plan,
+            copts,
+            source,
+            _support: support,
+        })
+    }
 }
 
 /// Refuses spec values the generator cannot honour.

@@ -6,16 +6,19 @@
 //! type) cannot hold them and the converter falls back to Q4_0, so on the fixtures the copy
 //! is Q4_0, and these figures are the cost of a Q4_0 copy of f32 experts (BENCHMARKS.md).
 //!
-//! Paging with the copy (`lowbit`): fetches the cache cannot serve at once come from the copy
-//! (counted), the budget counts the copy, and a missing or mismatched sidecar, `lowbit`
-//! without a budget and `only` with one are clear errors, from the library and the CLI.
+//! Paging with the copy (`lowbit`): the copy is paged through the same cache and budget (the
+//! minimum stays the plain store's), fetches whose full expert is not resident come from the
+//! copy (counted; a fetch never reads a full expert itself), the full experts of reused copies
+//! are read behind them, and a missing or mismatched sidecar, `lowbit` without a budget, `lowbit` with
+//! `--expert-io madvise` and `only` with a budget are clear errors, from the library and the
+//! CLI.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use pocketvl::experts::{
-    sidecar_path, ColdExperts, ExpertError, ExpertOptions, ExpertStats, Prefetch,
+    sidecar_path, ColdExperts, ExpertError, ExpertIo, ExpertOptions, ExpertStats, Prefetch,
 };
 use pocketvl::generate::{GenerateOptions, Generation};
 use pocketvl::loader::ModelFile;
@@ -145,6 +148,21 @@ fn load_err(path: &Path, opts: &ExpertOptions) -> ExpertError {
     }
 }
 
+/// Bytes of one expert (gate + up + down) in `file`, from its tensor table: the same in every
+/// MoE layer of the fixtures.
+fn expert_bytes(file: &GgufFile) -> u64 {
+    let mut per_layer = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    for t in file.tensors().iter().filter(|t| t.name.contains("_exps.")) {
+        let layer = t.name.split('.').nth(1).unwrap().to_string();
+        let e = per_layer.entry(layer).or_default();
+        e.0 += t.n_bytes;
+        e.1 = t.ne[2];
+    }
+    let per: std::collections::BTreeSet<u64> = per_layer.values().map(|(b, n)| b / n).collect();
+    assert_eq!(per.len(), 1, "{per:?}");
+    per.into_iter().next().unwrap()
+}
+
 #[test]
 fn lowbit_serves_what_the_cache_cannot() {
     let (_dir, path) = common::converted_with_cold("tiny-mha", "f32", GgmlType::Q3_K);
@@ -156,44 +174,32 @@ fn lowbit_serves_what_the_cache_cannot() {
         cold: ColdExperts::Lowbit,
         ..ExpertOptions::default()
     };
-    let (minimum, pinned, cold) = match load_err(&path, &lowbit(1, Prefetch::Routed)) {
+    let minimum_of = |opts: &ExpertOptions| match load_err(&path, opts) {
         ExpertError::BudgetTooSmall {
-            minimum,
-            pinned,
-            cold,
-            ..
-        } => (minimum, pinned, cold),
+            minimum, pinned, ..
+        } => (minimum, pinned),
         e => panic!("unexpected error {e}"),
     };
-    // The copy is counted: the minimum grows by its size.
-    let plain_minimum = match load_err(
-        &path,
-        &ExpertOptions {
-            budget: Some(1),
-            ..ExpertOptions::default()
-        },
-    ) {
-        ExpertError::BudgetTooSmall { minimum, .. } => minimum,
-        e => panic!("unexpected error {e}"),
+    // The copy is paged, not resident: the minimum is the plain store's (pinned weights and
+    // one token's experts of a layer at full precision, the larger copy).
+    let (minimum, pinned) = minimum_of(&lowbit(1, Prefetch::Routed));
+    let plain = ExpertOptions {
+        budget: Some(1),
+        ..ExpertOptions::default()
     };
-    assert!(
-        cold > 0 && minimum == plain_minimum + cold,
-        "{minimum} {cold}"
-    );
-    // What the store counts for the copy is the sidecar's data, as its tensor table gives it,
-    // plus each stack's buffer rounding for direct I/O: at most one 4 KiB page on either side
-    // of the read and one for aligning the buffer.
-    let side = GgufFile::open(&sidecar_path(&ModelFile::open(&path).unwrap())).unwrap();
-    let side_bytes: u64 = side.tensors().iter().map(|t| t.n_bytes).sum();
-    let rounding = side.tensors().len() as u64 * 3 * 4096;
-    assert!(
-        side_bytes <= cold && cold <= side_bytes + rounding,
-        "{cold} {side_bytes}"
-    );
+    assert_eq!(minimum_of(&plain), (minimum, pinned));
+    let e = load_err(&path, &lowbit(minimum - 1, Prefetch::Routed)).to_string();
+    assert!(e.contains(&format!("({minimum} bytes")), "{e}");
+    // Reads are whole experts of either file, as their tensor tables give them.
+    let model = ModelFile::open(&path).unwrap();
+    let per_full = expert_bytes(model.gguf());
+    let per_low = expert_bytes(&GgufFile::open(&sidecar_path(&model)).unwrap());
+    assert!(per_low < per_full, "{per_low} {per_full}");
     for (budget, prefetch) in [
         (minimum, Prefetch::Routed),
         (minimum, Prefetch::Off),
         (1 << 30, Prefetch::Routed),
+        (1 << 30, Prefetch::Off),
     ] {
         let what = format!("budget {budget}, prefetch {prefetch}");
         let (g, st) = generate(&path, &lowbit(budget, prefetch));
@@ -207,22 +213,33 @@ fn lowbit_serves_what_the_cache_cannot() {
             st.requests,
             "{what}: {st:?}"
         );
-        // A fetch never waits for a read: it takes the copy instead.
-        assert_eq!((st.in_flight, st.misses), (0, 0), "{what}: {st:?}");
+        // A fetch never reads a full expert itself: it reads (or finds) the low-bit copy.
+        assert_eq!(st.misses, 0, "{what}: {st:?}");
         assert!(st.lowbit_served > 0, "{what}: {st:?}");
-        assert_eq!(st.lowbit_bytes, cold, "{what}");
+        assert!(st.lowbit_misses <= st.lowbit_served, "{what}: {st:?}");
+        assert_eq!(st.cold_experts.as_deref(), Some("lowbit"), "{what}");
         assert_eq!(st.pinned_bytes, pinned, "{what}");
-        assert_eq!(
-            st.cache_capacity_bytes,
-            Some(budget - pinned - cold),
-            "{what}"
+        let capacity = budget - pinned;
+        assert_eq!(st.cache_capacity_bytes, Some(capacity), "{what}");
+        // Both copies share the budget: at most one demand read beyond it.
+        assert!(
+            st.peak_cached_bytes <= capacity + (minimum - pinned),
+            "{what}: {st:?}"
         );
-        // The full experts are read in the background. (With routed prefetch each layer's
-        // picks replace the reads still queued, so on a loaded machine all of them can be
-        // dropped; without prefetch nothing clears the queue.)
+        assert!(st.lowbit_bytes_read > 0, "{what}: {st:?}");
+        assert_eq!(st.lowbit_bytes_read % per_low, 0, "{what}: {st:?}");
+        assert_eq!(
+            (st.bytes_read - st.lowbit_bytes_read) % per_full,
+            0,
+            "{what}: {st:?}"
+        );
         if prefetch == Prefetch::Off {
+            // Nothing prefetches: the fetches read the copies, and every full expert read
+            // is a background read behind a second low-bit serve (two turns of one prompt
+            // reuse copies; nothing drops those reads).
+            assert!(st.lowbit_misses > 0, "{what}: {st:?}");
             assert!(
-                st.prefetch_loaded > 0 && st.bytes_read > 0,
+                st.prefetch_loaded > 0 && st.bytes_read > st.lowbit_bytes_read,
                 "{what}: {st:?}"
             );
         }
@@ -275,6 +292,17 @@ fn missing_or_mismatched_sidecars_are_clear_errors() {
         },
     );
     assert!(e.to_string().contains("takes no --mem-budget"), "{e}");
+    let e = load_err(
+        &path,
+        &ExpertOptions {
+            io: ExpertIo::Madvise,
+            ..lowbit.clone()
+        },
+    );
+    assert!(
+        e.to_string().contains("--expert-io direct or buffered"),
+        "{e}"
+    );
     // A layer count other than the model's.
     let side = dir.path().join("cold-model.gguf");
     let good = std::fs::read(&side).unwrap();
@@ -332,5 +360,6 @@ fn missing_or_mismatched_sidecars_are_clear_errors() {
     let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let st = &j["expert_stats"];
     assert!(st["lowbit_served"].as_u64().unwrap() > 0, "{st}");
-    assert!(st["lowbit_bytes"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["lowbit_bytes_read"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(st["cold_experts"], "lowbit", "{st}");
 }

@@ -141,6 +141,61 @@ fn direct_gguf_is_byte_identical_to_synth_then_convert() {
     }
 }
 
+/// `synth --quant Q --cold-experts T` writes the same low-bit sidecar as `convert --quant Q
+/// --cold-experts T` of the `synth` checkpoint (one sidecar writer, `convert::write`), beside
+/// the same model file.
+#[test]
+fn direct_gguf_cold_sidecar_is_the_converters() {
+    use convert::write::{cold_path, execute, execute_cold, plan, plan_cold};
+    let spec = common::shrink_spec(ModelSpec::new(Variant::Tiny, None, true));
+    let dir = tempfile::tempdir().unwrap();
+    let ck_dir = dir.path().join("hf");
+    synthesize(&spec, &ck_dir);
+    let via_ck = dir.path().join("ck.gguf");
+    let copts = ConvertOptions {
+        input: ck_dir,
+        output: via_ck.clone(),
+        quant: Some("q4_0".into()),
+        overrides: Vec::new(),
+        force: false,
+        threads: Some(2),
+        progress: false,
+    };
+    let (ck, p) = plan(&copts).unwrap();
+    let fp = plan_cold(&p, quant::GgmlType::Q2_K).unwrap();
+    execute(&ck, &p, &copts).unwrap();
+    execute_cold(&ck, &fp, &copts).unwrap();
+    let direct = dir.path().join("direct.gguf");
+    let mut o = SynthOptions::new(Variant::Tiny, &direct);
+    o.seed = 3;
+    o.tokenizer = Some(common::fixture("tiny-mha").join("hf/tokenizer.json"));
+    o.cold_experts = Some(quant::GgmlType::Q2_K);
+    synth::synthesize_gguf_spec(&spec, &o, "q4_0", Some(2)).unwrap();
+    for (a, b) in [
+        (via_ck.clone(), direct.clone()),
+        (cold_path(&via_ck), cold_path(&direct)),
+    ] {
+        let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert!(x == y, "{} and {} differ", a.display(), b.display());
+    }
+    let side = GgufFile::open(&cold_path(&direct)).unwrap();
+    assert!(side.tensors().iter().all(|t| t.name.contains("_exps.")));
+    assert!(!side.tensors().is_empty());
+    // `--cold-only`: the sidecar alone, beside the model written before, is the same file; it
+    // is refused beside a model of another recipe, and over an existing sidecar without force.
+    let good = std::fs::read(cold_path(&direct)).unwrap();
+    let q2 = quant::GgmlType::Q2_K;
+    let e = synth::synthesize_cold_sidecar(&spec, &o, "q4_0", q2, Some(2)).unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    std::fs::remove_file(cold_path(&direct)).unwrap();
+    let e = synth::synthesize_cold_sidecar(&spec, &o, "q8_0", q2, Some(2)).unwrap_err();
+    assert!(e.to_string().contains("not the model"), "{e}");
+    assert!(!cold_path(&direct).exists());
+    let (p, bytes) = synth::synthesize_cold_sidecar(&spec, &o, "q4_0", q2, Some(2)).unwrap();
+    assert_eq!((p.clone(), bytes), (cold_path(&direct), good.len() as u64));
+    assert!(std::fs::read(&p).unwrap() == good);
+}
+
 fn pocketvl(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_pocketvl"))
         .args(args)
