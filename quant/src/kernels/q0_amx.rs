@@ -31,7 +31,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::q0_x86::{h2f, Q0Format, Q4_0, Q5_0, Q8_0};
+use super::q0_x86::{Q0Format, Q4_0, Q5_0, Q8_0};
 use crate::block::{as_blocks, BlockQ8_0};
 
 /// Fewest tokens the tiles serve; fewer run the VNNI kernels (measured with
@@ -58,17 +58,26 @@ pub(crate) fn detected() -> bool {
     })
 }
 
-/// Tile configuration (palette 1): tmm0/1 the C tiles (16 x 16 i32), tmm2/3 the A tiles
-/// (16 tokens x 32 bytes), tmm4/5 the B tiles (8 x 64 bytes).
+/// Tile configuration (palette 1): tmm0..3 the C tiles (16 x 16 i32; two pairs, see
+/// [`issue`]), tmm4/5 the A tiles (16 tokens x 32 bytes), tmm6/7 the B tiles (8 x 64 bytes).
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
 fn tile_config() -> TileConfig {
     let mut c = [0u8; 64];
     c[0] = 1; // palette
-    for (t, (colsb, rows)) in [(64, 16), (64, 16), (32, 16), (32, 16), (64, 8), (64, 8)]
-        .into_iter()
-        .enumerate()
+    for (t, (colsb, rows)) in [
+        (64, 16),
+        (64, 16),
+        (64, 16),
+        (64, 16),
+        (32, 16),
+        (32, 16),
+        (64, 8),
+        (64, 8),
+    ]
+    .into_iter()
+    .enumerate()
     {
         c[16 + 2 * t] = colsb; // u16 little-endian
         c[48 + t] = rows;
@@ -76,13 +85,16 @@ fn tile_config() -> TileConfig {
     TileConfig(c)
 }
 
+/// 64-byte-aligned storage.
+#[repr(C, align(64))]
+struct Align64<T>(T);
+
 /// Per-thread scratch, reused between calls: decoded B tiles of one 16-row group (64-byte
-/// aligned within), their weight scales, the activation scales, the padded last tokens.
+/// aligned within), their weight scales, the padded last tokens.
 #[derive(Default)]
 struct Scratch {
     b: Vec<u8>,
     dw: Vec<f32>,
-    da: Vec<f32>,
     tail: Vec<u8>,
 }
 
@@ -179,6 +191,9 @@ fn pack_weights<F: Q0Format>(
     bp: &mut [u8],
     dw: &mut [f32],
 ) {
+    let wrb = nb * std::mem::size_of::<F::W>();
+    let idx = strides(wrb);
+    let mask: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
     assert!(bp.len() >= nb * B_BYTES && dw.len() >= nb * 16 && nr <= 16);
     for b in 0..nb {
         let quants = |r: usize| {
@@ -198,10 +213,37 @@ fn pack_weights<F: Q0Format>(
             // SAFETY: bytes b·512 + 64c .. +64 lie in bp (asserted above).
             unsafe { _mm512_storeu_si512(bp.as_mut_ptr().add(b * B_BYTES + 64 * c).cast(), *y) };
         }
-        for (r, d) in dw[16 * b..16 * (b + 1)].iter_mut().enumerate() {
-            *d = if r < nr { h2f(F::d(&rows[r][b])) } else { 0.0 };
+        // SAFETY: the nr rows are consecutive in memory (`wrb` apart, the first at
+        // rows[0]), block b of each starts with its f16 scale and has ≥ 4 bytes; the mask
+        // reads only those rows; dw holds nb · 16 f32.
+        unsafe {
+            let first = rows[0].as_ptr().cast::<u8>();
+            let d = gather_scales(first.add(b * std::mem::size_of::<F::W>()), idx, mask);
+            _mm512_storeu_ps(dw.as_mut_ptr().add(16 * b), d);
         }
     }
+}
+
+/// `i · stride` in lane i.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn strides(stride: usize) -> __m512i {
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    _mm512_mullo_epi32(lanes, _mm512_set1_epi32(stride as i32))
+}
+
+/// The f16 at byte `idx[i]` of `base` in lane i (0.0 in lanes outside `mask`) as f32:
+/// the scales of 16 blocks, one gather instead of 16 scalar conversions.
+///
+/// # Safety
+/// AVX-512 F/BW; 4 bytes readable at `base + idx[i]` for every lane i in `mask`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn gather_scales(base: *const u8, idx: __m512i, mask: __mmask16) -> __m512 {
+    // SAFETY: the caller's contract; lanes outside the mask are not read.
+    let v =
+        unsafe { _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, idx, base.cast()) };
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
 }
 
 /// The first `len` elements of `buf` from its first 64-byte-aligned one, `buf` resized
@@ -222,6 +264,71 @@ fn scale_add(acc: &mut [__m512; 16], c: *const i32, dw: __m512, da: &[f32]) {
         unsafe {
             let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(16 * t).cast()));
             *acc = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, _mm512_set1_ps(da[t])), *acc);
+        }
+    }
+}
+
+/// Issues the tile products of block pair `j` (blocks 2j and, when there is one, 2j + 1)
+/// of one token tile: into tmm0/1 and the C tiles at `cp` (even j) or tmm2/3 and `cp +
+/// 2 KiB` (odd j), each C tile 16 x 16 i32 stored at stride 64 bytes.
+///
+/// # Safety
+/// AMX configured by [`tile_config`]; `j < nb.div_ceil(2)`; 16 token rows at `ap` (stride
+/// `arb`) hold the Q8_0 blocks 0..nb; `bp` holds nb B tiles (512 bytes each, 64-byte
+/// aligned); `cp` is 4 KiB, 64-byte aligned.
+#[inline(always)]
+unsafe fn issue(ap: *const u8, arb: usize, bp: *const u8, cp: *mut i32, j: usize, nb: usize) {
+    let b = 2 * j;
+    // SAFETY: block b's quants are at byte 34b + 2 of each token row, 32 bytes; B tile b
+    // at 512b; C tiles of this pair at 2 KiB · (j % 2); all inside the caller's buffers.
+    unsafe {
+        let a0 = ap.add(34 * b + 2);
+        let b0 = bp.add(B_BYTES * b);
+        let c = cp.add(512 * (j % 2));
+        macro_rules! pair {
+            ($c0:literal, $c1:literal) => {
+                asm!(
+                    concat!("tilezero ", $c0),
+                    concat!("tilezero ", $c1),
+                    "tileloadd tmm4, [{a0} + {sa}]",
+                    "tileloadd tmm6, [{b0} + {s64}]",
+                    concat!("tdpbssd ", $c0, ", tmm4, tmm6"),
+                    "tileloadd tmm5, [{a0} + {sa} + 34]",
+                    "tileloadd tmm7, [{b0} + {s64} + 512]",
+                    concat!("tdpbssd ", $c1, ", tmm5, tmm7"),
+                    concat!("tilestored [{c} + {s64}], ", $c0),
+                    concat!("tilestored [{c} + {s64} + 1024], ", $c1),
+                    a0 = in(reg) a0,
+                    b0 = in(reg) b0,
+                    c = in(reg) c,
+                    sa = in(reg) arb,
+                    s64 = in(reg) 64usize,
+                    options(nostack)
+                )
+            };
+        }
+        macro_rules! single {
+            ($c0:literal) => {
+                asm!(
+                    concat!("tilezero ", $c0),
+                    "tileloadd tmm4, [{a0} + {sa}]",
+                    "tileloadd tmm6, [{b0} + {s64}]",
+                    concat!("tdpbssd ", $c0, ", tmm4, tmm6"),
+                    concat!("tilestored [{c} + {s64}], ", $c0),
+                    a0 = in(reg) a0,
+                    b0 = in(reg) b0,
+                    c = in(reg) c,
+                    sa = in(reg) arb,
+                    s64 = in(reg) 64usize,
+                    options(nostack)
+                )
+            };
+        }
+        match (b + 1 < nb, j.is_multiple_of(2)) {
+            (true, true) => pair!("tmm0", "tmm1"),
+            (true, false) => pair!("tmm2", "tmm3"),
+            (false, true) => single!("tmm0"),
+            (false, false) => single!("tmm2"),
         }
     }
 }
@@ -257,25 +364,17 @@ unsafe fn gemm_amx<F: Q0Format<A = BlockQ8_0>>(
     }
     let mut s = SCRATCH.with(Cell::take);
     let tiles = n_tok.div_ceil(16);
-    // Activation scales, [tile][block][16 tokens], zero past n_tok.
-    s.da.clear();
-    s.da.resize(tiles * nb * 16, 0.0);
-    for t in 0..n_tok {
-        let (tile, i) = (t / 16, t % 16);
-        for (b, blk) in ab[t * nb..(t + 1) * nb].iter().enumerate() {
-            s.da[(tile * nb + b) * 16 + i] = h2f(blk.d);
-        }
-    }
+    let a_idx = strides(arb);
     // The last partial tile of tokens, zero-padded to 16 rows.
     let full = n_tok / 16;
     s.tail.clear();
     s.tail.resize(16 * arb, 0);
     s.tail[..(n_tok - 16 * full) * arb].copy_from_slice(&a[16 * full * arb..n_tok * arb]);
     s.dw.resize(nb * 16, 0.0);
-    let mut c_buf = [0i32; 2 * 256 + 16];
+    let mut c_buf = [0i32; 4 * 256 + 16];
     let c_off = c_buf.as_ptr().align_offset(64);
     let cp = c_buf[c_off..].as_mut_ptr();
-    let Scratch { b, dw, da, tail } = &mut s;
+    let Scratch { b, dw, tail } = &mut s;
     let bp = aligned(b, nb * B_BYTES);
     let cfg = tile_config();
     // SAFETY: AMX is usable (caller); the config is a valid palette-1 config.
@@ -297,67 +396,46 @@ unsafe fn gemm_amx<F: Q0Format<A = BlockQ8_0>>(
                 (tail.as_ptr(), n_tok - 16 * full)
             };
             let mut acc = [_mm512_setzero_ps(); 16];
-            let das = &da[tile * nb * 16..(tile + 1) * nb * 16];
-            let mut b = 0;
-            while b < nb {
-                let two = b + 1 < nb;
-                // SAFETY: A: tokens 0..16 of the tile at `ap` (16 whole rows of `a`, or the
-                // padded tail) have block b (and b + 1) at byte 34b + 2 (+ 34), 32 bytes, at
-                // stride arb. B: tiles b, b + 1 lie in bp (nb · 512 bytes, 64-byte
-                // aligned). C: cp holds 2 x 1 KiB, 64-byte aligned. AMX is configured.
-                unsafe {
-                    let a0 = ap.add(34 * b + 2);
-                    let b0 = bp.as_ptr().add(B_BYTES * b);
-                    if two {
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm1",
-                            "tileloadd tmm2, [{a0} + {sa}]",
-                            "tileloadd tmm4, [{b0} + {s64}]",
-                            "tdpbssd tmm0, tmm2, tmm4",
-                            "tileloadd tmm3, [{a0} + {sa} + 34]",
-                            "tileloadd tmm5, [{b0} + {s64} + 512]",
-                            "tdpbssd tmm1, tmm3, tmm5",
-                            "tilestored [{c} + {s64}], tmm0",
-                            "tilestored [{c} + {s64} + 1024], tmm1",
-                            a0 = in(reg) a0,
-                            b0 = in(reg) b0,
-                            c = in(reg) cp,
-                            sa = in(reg) arb,
-                            s64 = in(reg) 64usize,
-                            options(nostack)
-                        );
-                    } else {
-                        asm!(
-                            "tilezero tmm0",
-                            "tileloadd tmm2, [{a0} + {sa}]",
-                            "tileloadd tmm4, [{b0} + {s64}]",
-                            "tdpbssd tmm0, tmm2, tmm4",
-                            "tilestored [{c} + {s64}], tmm0",
-                            a0 = in(reg) a0,
-                            b0 = in(reg) b0,
-                            c = in(reg) cp,
-                            sa = in(reg) arb,
-                            s64 = in(reg) 64usize,
-                            options(nostack)
-                        );
-                    }
+            // The 16 tokens' scales of a pair's blocks, from one gather each.
+            let mut das = Align64([0f32; 32]);
+            // Software pipeline over pairs of blocks: the tile products of pair j + 1 are
+            // issued (into the other C tiles and the other half of `cp`) before pair j is
+            // scaled, so the tile unit's latency (load, product, store) overlaps the
+            // vector work instead of preceding it.
+            let pairs = nb.div_ceil(2);
+            // SAFETY: pair 0 < pairs (nb ≥ 1); AMX is configured; see `issue`.
+            unsafe { issue(ap, arb, bp.as_ptr(), cp, 0, nb) };
+            for j in 0..pairs {
+                if j + 1 < pairs {
+                    // SAFETY: as above, pair j + 1 < pairs.
+                    unsafe { issue(ap, arb, bp.as_ptr(), cp, j + 1, nb) };
                 }
+                let b = 2 * j;
+                let two = b + 1 < nb;
                 let dwv = |b: usize| {
                     // SAFETY: dw holds nb · 16 f32.
                     unsafe { _mm512_loadu_ps(dw.as_ptr().add(16 * b)) }
                 };
-                scale_add(&mut acc, cp, dwv(b), &das[16 * b..]);
+                for (i, d) in das
+                    .0
+                    .chunks_exact_mut(16)
+                    .enumerate()
+                    .take(1 + usize::from(two))
+                {
+                    // SAFETY: the 16 token rows at `ap` (stride arb) hold block b + i,
+                    // whose first 4 bytes are its f16 scale and 2 quants; d is 16 f32.
+                    unsafe {
+                        let v = gather_scales(ap.add(34 * (b + i)), a_idx, 0xffff);
+                        _mm512_storeu_ps(d.as_mut_ptr(), v);
+                    }
+                }
+                // SAFETY: pair j's C tiles are at 512 (j % 2) i32 of `cp` (2 x 2 KiB).
+                let c = unsafe { cp.add(512 * (j % 2)) };
+                scale_add(&mut acc, c, dwv(b), &das.0[..16]);
                 if two {
                     // SAFETY: the second C tile is the 1 KiB after the first.
-                    scale_add(
-                        &mut acc,
-                        unsafe { cp.add(256) },
-                        dwv(b + 1),
-                        &das[16 * (b + 1)..],
-                    );
+                    scale_add(&mut acc, unsafe { c.add(256) }, dwv(b + 1), &das.0[16..]);
                 }
-                b += 2;
             }
             let m: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
             for (t, v) in acc.iter().enumerate().take(nt) {
