@@ -44,6 +44,8 @@ pub struct Format {
     pub avx2: Kernels,
     /// AVX-512 F/BW/VL + VNNI.
     pub avx512: Kernels,
+    /// AMX-TILE + AMX-INT8 on top of the AVX-512 tier (GEMMs of batches only).
+    pub amx: Kernels,
     /// aarch64: plain NEON, then `sdot` (FEAT_DotProd), then `smmla` (FEAT_I8MM).
     pub neon: Neon,
 }
@@ -97,6 +99,7 @@ macro_rules! entry {
             scalar: $s,
             avx2: $a2,
             avx512: $a5,
+            amx: amx_kernels(GgmlType::$ty),
             neon: neon_kernels(GgmlType::$ty),
         }
     };
@@ -174,6 +177,18 @@ macro_rules! arm {
         let k = None;
         k
     }};
+}
+
+/// The AMX column of [`FORMATS`]: `tdpbssd` tiles for the Q8_0-paired 32-element formats
+/// (`kernels/q0_amx.rs`); `entry!` reads it.
+const fn amx_kernels(ty: GgmlType) -> Kernels {
+    let gemm: Option<GemmFn> = match ty {
+        GgmlType::Q4_0 => x86!(q0_amx::gemm_q4_0_q8_0),
+        GgmlType::Q5_0 => x86!(q0_amx::gemm_q5_0_q8_0),
+        GgmlType::Q8_0 => x86!(q0_amx::gemm_q8_0_q8_0),
+        _ => None,
+    };
+    Kernels { dot: None, gemm }
 }
 
 /// The aarch64 column of [`FORMATS`] (kept apart from the x86 columns so the
@@ -323,7 +338,14 @@ mod tests {
                 assert!(act.is_some(), "{ty}: activation type without a quantizer");
             }
             // Every SIMD kernel has a scalar twin; a GEMM comes with a dot.
-            for k in [f.avx2, f.avx512, f.neon.plain, f.neon.dotprod, f.neon.i8mm] {
+            for k in [
+                f.avx2,
+                f.avx512,
+                f.amx,
+                f.neon.plain,
+                f.neon.dotprod,
+                f.neon.i8mm,
+            ] {
                 assert!(k.dot.is_none() || f.scalar.dot.is_some(), "{ty}");
                 assert!(k.gemm.is_none() || f.scalar.dot.is_some(), "{ty}");
             }

@@ -61,8 +61,10 @@ pub(crate) fn detected() -> bool {
     })
 }
 
+/// Asks Linux for the AMX tile data state (once per process suffices; repeating is
+/// harmless): shared with the AMX-INT8 kernels (`q0_amx.rs`).
 #[cfg(target_os = "linux")]
-fn request_tile_data() -> bool {
+pub(super) fn request_tile_data() -> bool {
     const SYS_ARCH_PRCTL: i64 = 158;
     const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
     const XFEATURE_XTILEDATA: i64 = 18;
@@ -84,7 +86,7 @@ fn request_tile_data() -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn request_tile_data() -> bool {
+pub(super) fn request_tile_data() -> bool {
     false
 }
 

@@ -35,6 +35,8 @@ pub(crate) mod neon_kquant_i8mm;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_sdot_gemm;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod q0_amx;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx512_units;
 #[cfg(target_arch = "x86_64")]
 mod q0_x86;
@@ -110,6 +112,16 @@ impl KernelTable {
         KernelTable::build("avx512-vnni", &[|f| f.scalar, |f| f.avx2, |f| f.avx512])
     }
 
+    /// The AVX-512 table with the AMX-INT8 GEMMs swapped in. Only call after
+    /// `q0_amx::detected()` (which implies the AVX2 and AVX-512 tiers).
+    #[cfg(target_arch = "x86_64")]
+    fn amx() -> KernelTable {
+        KernelTable::build(
+            "avx512-amx",
+            &[|f| f.scalar, |f| f.avx2, |f| f.avx512, |f| f.amx],
+        )
+    }
+
     /// The scalar table with the plain NEON kernels swapped in (every aarch64 CPU).
     #[cfg(target_arch = "aarch64")]
     fn neon() -> KernelTable {
@@ -171,6 +183,10 @@ fn select() -> KernelTable {
         return KernelTable::scalar();
     }
     #[cfg(target_arch = "x86_64")]
+    if q0_amx::detected() {
+        return KernelTable::amx();
+    }
+    #[cfg(target_arch = "x86_64")]
     if avx2::detected() && avx512::detected() {
         return KernelTable::avx512();
     }
@@ -193,6 +209,9 @@ pub fn tiers() -> Vec<KernelTable> {
         tiers.push(KernelTable::avx2());
         if avx512::detected() {
             tiers.push(KernelTable::avx512());
+            if q0_amx::detected() {
+                tiers.push(KernelTable::amx());
+            }
         }
     }
     #[cfg(target_arch = "aarch64")]

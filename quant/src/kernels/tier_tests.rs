@@ -20,6 +20,11 @@ fn simd_tiers() -> Vec<KernelTable> {
             tiers.push(KernelTable::avx2());
             if avx512::detected() {
                 tiers.push(KernelTable::avx512());
+                if q0_amx::detected() {
+                    tiers.push(KernelTable::amx());
+                } else {
+                    println!("skipped: avx512-amx tier (CPU lacks AMX-TILE/AMX-INT8)");
+                }
             } else {
                 println!("skipped: avx512 tier (CPU lacks AVX-512 F/BW/VL/VNNI)");
             }
@@ -354,6 +359,94 @@ fn simd_gemv_tiles_match_scalar_twins() {
                         );
                         if BLOCK_FORMATS.contains(&ty) {
                             assert_eq!(got[r], own_dot(k, row, &a), "{at}: tile vs own dot");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Batches of many tokens, as prefill and the MoE experts run them (the AMX tiles serve
+/// 10 tokens and more): partial 16-token and 16-row tiles, one block, an odd block count
+/// and decode's width, random-byte and edge rows, every output against the scalar dot
+/// within the rounding bound and nothing written past `n_rows`.
+#[test]
+fn simd_batch_gemms_match_scalar_twins() {
+    let scalar = KernelTable::scalar();
+    for tier in simd_tiers() {
+        for id in 0..SLOTS {
+            let Some(gemm) = tier.gemms[id] else {
+                continue;
+            };
+            let ty = GgmlType::from_id(id as u32).unwrap();
+            let dot = scalar.dots[id].expect("a GEMM slot without a scalar dot");
+            let at = vec_dot_type(ty);
+            let unit = ty.block_size().max(32);
+            let ks: Vec<usize> = [unit, 13 * unit, 1280]
+                .into_iter()
+                .filter(|k| k % unit == 0)
+                .collect();
+            for k in ks {
+                let (wrb, arb) = (
+                    ty.row_bytes(k as u64).unwrap() as usize,
+                    at.row_bytes(k as u64).unwrap() as usize,
+                );
+                let mut g = Lcg(31 + k as u64);
+                let (wcases, acases) = (cases(k, 41), cases(k, 42));
+                let n_max = 33;
+                let w: Vec<u8> = (0..n_max)
+                    .flat_map(|r| {
+                        if RANDOM_BYTE_FORMATS.contains(&ty) && r % 3 == 1 {
+                            random_bytes_row(ty, k, &mut g)
+                        } else {
+                            let x: Vec<f32> = wcases[r % wcases.len()]
+                                .iter()
+                                .map(|v| v * (1.0 + 0.25 * r as f32))
+                                .collect();
+                            quant(ty, &x)
+                        }
+                    })
+                    .collect();
+                let t_max = 35;
+                let a: Vec<u8> = (0..t_max)
+                    .flat_map(|t| {
+                        let x: Vec<f32> = acases[t % acases.len()]
+                            .iter()
+                            .map(|v| v * (1.0 - 0.02 * t as f32))
+                            .collect();
+                        quant(at, &x)
+                    })
+                    .collect();
+                for n_rows in [1usize, 16, 17, 33] {
+                    for n_tok in [10usize, 16, 35] {
+                        let ldo = n_rows + 3;
+                        let mut got = vec![f32::MAX; n_tok * ldo];
+                        let mut want = vec![f32::MAX; n_tok * ldo];
+                        let (w, a) = (&w[..n_rows * wrb], &a[..n_tok * arb]);
+                        gemm(k, w, n_rows, a, n_tok, &mut got, ldo);
+                        gemm_by_dots(dot, wrb, arb, k, w, n_rows, a, n_tok, &mut want, ldo);
+                        for t in 0..n_tok {
+                            for r in 0..ldo {
+                                let (g, e) = (got[t * ldo + r], want[t * ldo + r]);
+                                let at = || {
+                                    format!(
+                                        "{} {ty} k={k} rows={n_rows} toks={n_tok} r={r} t={t}",
+                                        tier.isa
+                                    )
+                                };
+                                if r >= n_rows {
+                                    assert_eq!(g, f32::MAX, "{}: wrote past n_rows", at());
+                                    continue;
+                                }
+                                let mag =
+                                    magnitude(ty, k, &w[r * wrb..][..wrb], &a[t * arb..][..arb]);
+                                assert!(
+                                    g == e || ((g - e) as f64).abs() <= tolerance(k, mag),
+                                    "{}: {g} vs scalar {e} (Σ|w·a| {mag})",
+                                    at()
+                                );
+                            }
                         }
                     }
                 }

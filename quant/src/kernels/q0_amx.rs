@@ -1,0 +1,509 @@
+//! AMX-INT8 (`tdpbssd`) GEMM for the Q0 weight formats the recipes store (Q4_0, Q8_0, and
+//! Q5_0 for the Q4_K recipe's down experts) on Q8_0 activations: prefill and the MoE
+//! experts' batches on CPUs with AMX (Sapphire Rapids and later). One tile instruction
+//! does 16 x 16 x 32 int8 multiply-adds, ~8x what `vpdpbusd` does in the same time.
+//!
+//! Layout (C = activations x weightsᵀ, so a C row is one token's 16 weight rows, as `out`):
+//! - A tiles (16 tokens x 32 bytes) are read straight from the Q8_0 activation rows (one
+//!   block's quants, stride = the activation row): nothing is packed; a last partial tile
+//!   of tokens is copied once into a zero-padded buffer so no tile row reads past `a`;
+//! - B tiles (8 rows of 4-column groups x 16 weight rows, AMX's "VNNI" layout) are decoded
+//!   per 16-row group into a small per-thread scratch (512 bytes per block, never a second
+//!   copy of the weights): each row's block becomes 32 signed bytes with the same decoder
+//!   the AVX2/AVX-512 tiers use (`q0_x86`), and 16 rows x 8 dwords are transposed to
+//!   8 x 16 dwords with three levels of `vpermt2d`;
+//! - the scales are per block of 32, so K per tile product is one block: each block's
+//!   16 x 16 integer sums are stored (1 KiB) and summed in f32 as
+//!   `acc[t] += f32(C[t]) · (d_w · d_a[t])` on 16 registers of 16 rows, in block order.
+//!   Two blocks are in flight (two C tiles) so the tile unit runs while the vector units
+//!   scale the previous pair.
+//!
+//! Fewer than [`MIN_TOKENS`] tokens (decode, small expert batches) go to the AVX-512 VNNI
+//! kernels, whose cost grows with the token count while a tile's does not.
+//!
+//! The scalar twin is the scalar dot of each format ([`super::gemm_by_dots`]); tier tests
+//! compare them within the rounding bound on random, edge and odd-sized data.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use super::q0_x86::{Q0Format, Q4_0, Q5_0, Q8_0};
+use crate::block::{as_blocks, BlockQ8_0};
+
+/// Fewest tokens the tiles serve; fewer run the VNNI kernels (measured with
+/// `examples/gemm_bench.rs`).
+const MIN_TOKENS: usize = 10;
+
+/// Bytes of one block's decoded B tile (8 rows x 64 bytes).
+const B_BYTES: usize = 512;
+
+/// Whether the CPU has AMX-TILE and AMX-INT8 (besides the AVX-512 F/BW/VL + VNNI the
+/// decoders and the small-batch fallback use) and Linux granted the tile data state (the
+/// permission request the AMX-BF16 kernel uses). Checked once.
+pub(crate) fn detected() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        if !(super::avx2::detected() && super::avx512::detected()) {
+            return false;
+        }
+        // CPUID leaf 7: EDX bit 24 = AMX-TILE, bit 25 = AMX-INT8 (std cannot detect these
+        // on stable Rust).
+        let l7 = __cpuid_count(7, 0);
+        let (tile, int8) = ((l7.edx >> 24) & 1 == 1, (l7.edx >> 25) & 1 == 1);
+        tile && int8 && super::float_gemm_amx::request_tile_data()
+    })
+}
+
+/// Tile configuration (palette 1): tmm0..3 the C tiles (16 x 16 i32; two pairs, see
+/// [`issue`]), tmm4/5 the A tiles (16 tokens x 32 bytes), tmm6/7 the B tiles (8 x 64 bytes).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+fn tile_config() -> TileConfig {
+    let mut c = [0u8; 64];
+    c[0] = 1; // palette
+    for (t, (colsb, rows)) in [
+        (64, 16),
+        (64, 16),
+        (64, 16),
+        (64, 16),
+        (32, 16),
+        (32, 16),
+        (64, 8),
+        (64, 8),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c[16 + 2 * t] = colsb; // u16 little-endian
+        c[48 + t] = rows;
+    }
+    TileConfig(c)
+}
+
+/// 64-byte-aligned storage.
+#[repr(C, align(64))]
+struct Align64<T>(T);
+
+/// Per-thread scratch, reused between calls: decoded B tiles of one 16-row group (64-byte
+/// aligned within), their weight scales, the padded last tokens.
+#[derive(Default)]
+struct Scratch {
+    b: Vec<u8>,
+    dw: Vec<f32>,
+    tail: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+}
+
+/// `vpermt2d` indices of the 16 x 8 → 8 x 16 dword transpose (see [`transpose`]).
+/// Level 1, half h: element e = (row 4m + e/4, column 4h + e%4) from rows 4m.. of
+/// X_{2m} (rows 4m, 4m+1) and X_{2m+1} (rows 4m+2, 4m+3).
+const fn level1(h: usize) -> [i32; 16] {
+    let mut s = [0i32; 16];
+    let mut e = 0;
+    while e < 16 {
+        let rl = e / 4;
+        s[e] = ((rl / 2) * 16 + (rl % 2) * 8 + 4 * h + e % 4) as i32;
+        e += 1;
+    }
+    s
+}
+/// Level 2, quarter s: element e = (row 8n + e/2, column 4h + 2s + e%2).
+const fn level2(s2: usize) -> [i32; 16] {
+    let mut s = [0i32; 16];
+    let mut e = 0;
+    while e < 16 {
+        let rl = e / 2;
+        s[e] = ((rl / 4) * 16 + (rl % 4) * 4 + 2 * s2 + e % 2) as i32;
+        e += 1;
+    }
+    s
+}
+/// Level 3, column parity c: element e = (row e, column 4h + 2s + c).
+const fn level3(c: usize) -> [i32; 16] {
+    let mut s = [0i32; 16];
+    let mut e = 0;
+    while e < 16 {
+        s[e] = ((e / 8) * 16 + (e % 8) * 2 + c) as i32;
+        e += 1;
+    }
+    s
+}
+static TRANSPOSE: [[i32; 16]; 6] = [
+    level1(0),
+    level1(1),
+    level2(0),
+    level2(1),
+    level3(0),
+    level3(1),
+];
+
+/// 16 rows x 8 dwords (`x[i]` = rows 2i, 2i+1) → 8 x 16 dwords (`y[c]` = column c of
+/// every row): three levels of two-source permutes, 24 in all.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn transpose(x: &[__m512i; 8]) -> [__m512i; 8] {
+    // SAFETY: each table is 16 i32; loadu has no alignment requirement.
+    let t = |i: usize| unsafe { _mm512_loadu_si512(TRANSPOSE[i].as_ptr().cast()) };
+    let mut p = [_mm512_setzero_si512(); 8]; // p[2m + h]
+    for m in 0..4 {
+        for h in 0..2 {
+            p[2 * m + h] = _mm512_permutex2var_epi32(x[2 * m], t(h), x[2 * m + 1]);
+        }
+    }
+    let mut q = [_mm512_setzero_si512(); 8]; // q[4n + 2h + s]
+    for n in 0..2 {
+        for h in 0..2 {
+            for s in 0..2 {
+                q[4 * n + 2 * h + s] =
+                    _mm512_permutex2var_epi32(p[4 * n + h], t(2 + s), p[4 * n + 2 + h]);
+            }
+        }
+    }
+    let mut y = [_mm512_setzero_si512(); 8];
+    for h in 0..2 {
+        for s in 0..2 {
+            for c in 0..2 {
+                y[4 * h + 2 * s + c] =
+                    _mm512_permutex2var_epi32(q[2 * h + s], t(4 + c), q[4 + 2 * h + s]);
+            }
+        }
+    }
+    y
+}
+
+/// Decodes the `nr ≤ 16` rows (`rows[r]`, each `nb` blocks) into `nb` B tiles at `bp`
+/// (64-byte aligned, `nb · B_BYTES`) and their scales into `dw` (`[block][16 rows]`);
+/// rows past `nr` are zero.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn pack_weights<F: Q0Format>(
+    rows: &[&[F::W]; 16],
+    nr: usize,
+    nb: usize,
+    bp: &mut [u8],
+    dw: &mut [f32],
+) {
+    let wrb = nb * std::mem::size_of::<F::W>();
+    let idx = strides(wrb);
+    let mask: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
+    assert!(bp.len() >= nb * B_BYTES && dw.len() >= nb * 16 && nr <= 16);
+    for b in 0..nb {
+        let quants = |r: usize| {
+            if r < nr {
+                // SAFETY: AVX2 is this function's; block b exists (rows hold nb blocks).
+                unsafe { F::signed(&rows[r][b]) }
+            } else {
+                _mm256_setzero_si256()
+            }
+        };
+        let mut x = [_mm512_setzero_si512(); 8];
+        for (i, x) in x.iter_mut().enumerate() {
+            *x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(quants(2 * i)), quants(2 * i + 1));
+        }
+        let y = transpose(&x);
+        for (c, y) in y.iter().enumerate() {
+            // SAFETY: bytes b·512 + 64c .. +64 lie in bp (asserted above).
+            unsafe { _mm512_storeu_si512(bp.as_mut_ptr().add(b * B_BYTES + 64 * c).cast(), *y) };
+        }
+        // SAFETY: the nr rows are consecutive in memory (`wrb` apart, the first at
+        // rows[0]), block b of each starts with its f16 scale and has ≥ 4 bytes; the mask
+        // reads only those rows; dw holds nb · 16 f32.
+        unsafe {
+            let first = rows[0].as_ptr().cast::<u8>();
+            let d = gather_scales(first.add(b * std::mem::size_of::<F::W>()), idx, mask);
+            _mm512_storeu_ps(dw.as_mut_ptr().add(16 * b), d);
+        }
+    }
+}
+
+/// `i · stride` in lane i.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn strides(stride: usize) -> __m512i {
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    _mm512_mullo_epi32(lanes, _mm512_set1_epi32(stride as i32))
+}
+
+/// The f16 at byte `idx[i]` of `base` in lane i (0.0 in lanes outside `mask`) as f32:
+/// the scales of 16 blocks, one gather instead of 16 scalar conversions.
+///
+/// # Safety
+/// AVX-512 F/BW; 4 bytes readable at `base + idx[i]` for every lane i in `mask`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn gather_scales(base: *const u8, idx: __m512i, mask: __mmask16) -> __m512 {
+    // SAFETY: the caller's contract; lanes outside the mask are not read.
+    let v =
+        unsafe { _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, idx, base.cast()) };
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+}
+
+/// The first `len` elements of `buf` from its first 64-byte-aligned one, `buf` resized
+/// to hold them.
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    buf.resize(len + 64, 0);
+    let off = buf.as_ptr().align_offset(64);
+    &mut buf[off..off + len]
+}
+
+/// `acc[t] += f32(c[t]) · (dw · da[t])` for the 16 tokens of one block's stored C tile.
+#[inline(always)]
+fn scale_add(acc: &mut [__m512; 16], c: *const i32, dw: __m512, da: &[f32]) {
+    assert!(da.len() >= 16);
+    for (t, acc) in acc.iter_mut().enumerate() {
+        // SAFETY: only reached from the AVX-512 `target_feature` function below (inlined
+        // there); `c` is a 1 KiB, 64-byte-aligned tile of 16 x 16 i32.
+        unsafe {
+            let v = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(16 * t).cast()));
+            *acc = _mm512_fmadd_ps(v, _mm512_mul_ps(dw, _mm512_set1_ps(da[t])), *acc);
+        }
+    }
+}
+
+/// Issues the tile products of block pair `j` (blocks 2j and, when there is one, 2j + 1)
+/// of one token tile: into tmm0/1 and the C tiles at `cp` (even j) or tmm2/3 and `cp +
+/// 2 KiB` (odd j), each C tile 16 x 16 i32 stored at stride 64 bytes.
+///
+/// # Safety
+/// AMX configured by [`tile_config`]; `j < nb.div_ceil(2)`; 16 token rows at `ap` (stride
+/// `arb`) hold the Q8_0 blocks 0..nb; `bp` holds nb B tiles (512 bytes each, 64-byte
+/// aligned); `cp` is 4 KiB, 64-byte aligned.
+#[inline(always)]
+unsafe fn issue(ap: *const u8, arb: usize, bp: *const u8, cp: *mut i32, j: usize, nb: usize) {
+    let b = 2 * j;
+    // SAFETY: block b's quants are at byte 34b + 2 of each token row, 32 bytes; B tile b
+    // at 512b; C tiles of this pair at 2 KiB · (j % 2); all inside the caller's buffers.
+    unsafe {
+        let a0 = ap.add(34 * b + 2);
+        let b0 = bp.add(B_BYTES * b);
+        let c = cp.add(512 * (j % 2));
+        macro_rules! pair {
+            ($c0:literal, $c1:literal) => {
+                asm!(
+                    concat!("tilezero ", $c0),
+                    concat!("tilezero ", $c1),
+                    "tileloadd tmm4, [{a0} + {sa}]",
+                    "tileloadd tmm6, [{b0} + {s64}]",
+                    concat!("tdpbssd ", $c0, ", tmm4, tmm6"),
+                    "tileloadd tmm5, [{a0} + {sa} + 34]",
+                    "tileloadd tmm7, [{b0} + {s64} + 512]",
+                    concat!("tdpbssd ", $c1, ", tmm5, tmm7"),
+                    concat!("tilestored [{c} + {s64}], ", $c0),
+                    concat!("tilestored [{c} + {s64} + 1024], ", $c1),
+                    a0 = in(reg) a0,
+                    b0 = in(reg) b0,
+                    c = in(reg) c,
+                    sa = in(reg) arb,
+                    s64 = in(reg) 64usize,
+                    options(nostack)
+                )
+            };
+        }
+        macro_rules! single {
+            ($c0:literal) => {
+                asm!(
+                    concat!("tilezero ", $c0),
+                    "tileloadd tmm4, [{a0} + {sa}]",
+                    "tileloadd tmm6, [{b0} + {s64}]",
+                    concat!("tdpbssd ", $c0, ", tmm4, tmm6"),
+                    concat!("tilestored [{c} + {s64}], ", $c0),
+                    a0 = in(reg) a0,
+                    b0 = in(reg) b0,
+                    c = in(reg) c,
+                    sa = in(reg) arb,
+                    s64 = in(reg) 64usize,
+                    options(nostack)
+                )
+            };
+        }
+        match (b + 1 < nb, j.is_multiple_of(2)) {
+            (true, true) => pair!("tmm0", "tmm1"),
+            (true, false) => pair!("tmm2", "tmm3"),
+            (false, true) => single!("tmm0"),
+            (false, false) => single!("tmm2"),
+        }
+    }
+}
+
+/// The AMX product for `n_tok ≥ MIN_TOKENS` (see the module comment).
+///
+/// # Safety
+/// [`detected`] holds.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn gemm_amx<F: Q0Format<A = BlockQ8_0>>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let nb = k / 32;
+    let wrb = nb * std::mem::size_of::<F::W>();
+    let arb = nb * std::mem::size_of::<BlockQ8_0>();
+    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    assert!(
+        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
+        "gemm: operand sizes"
+    );
+    assert!(
+        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
+        "gemm: output size"
+    );
+    if n_rows == 0 || n_tok == 0 || nb == 0 {
+        return;
+    }
+    let mut s = SCRATCH.with(Cell::take);
+    let tiles = n_tok.div_ceil(16);
+    let a_idx = strides(arb);
+    // The last partial tile of tokens, zero-padded to 16 rows.
+    let full = n_tok / 16;
+    s.tail.clear();
+    s.tail.resize(16 * arb, 0);
+    s.tail[..(n_tok - 16 * full) * arb].copy_from_slice(&a[16 * full * arb..n_tok * arb]);
+    s.dw.resize(nb * 16, 0.0);
+    let mut c_buf = [0i32; 4 * 256 + 16];
+    let c_off = c_buf.as_ptr().align_offset(64);
+    let cp = c_buf[c_off..].as_mut_ptr();
+    let Scratch { b, dw, tail } = &mut s;
+    let bp = aligned(b, nb * B_BYTES);
+    let cfg = tile_config();
+    // SAFETY: AMX is usable (caller); the config is a valid palette-1 config.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+    for r0 in (0..n_rows).step_by(16) {
+        let nr = 16.min(n_rows - r0);
+        let rows: [&[F::W]; 16] = std::array::from_fn(|r| {
+            if r < nr {
+                as_blocks::<F::W>(&w[(r0 + r) * wrb..(r0 + r + 1) * wrb]).unwrap_or(&[])
+            } else {
+                &[]
+            }
+        });
+        pack_weights::<F>(&rows, nr, nb, bp, dw);
+        for tile in 0..tiles {
+            let (ap, nt) = if tile < full {
+                (a[16 * tile * arb..].as_ptr(), 16)
+            } else {
+                (tail.as_ptr(), n_tok - 16 * full)
+            };
+            let mut acc = [_mm512_setzero_ps(); 16];
+            // The 16 tokens' scales of a pair's blocks, from one gather each.
+            let mut das = Align64([0f32; 32]);
+            // Software pipeline over pairs of blocks: the tile products of pair j + 1 are
+            // issued (into the other C tiles and the other half of `cp`) before pair j is
+            // scaled, so the tile unit's latency (load, product, store) overlaps the
+            // vector work instead of preceding it.
+            let pairs = nb.div_ceil(2);
+            // SAFETY: pair 0 < pairs (nb ≥ 1); AMX is configured; see `issue`.
+            unsafe { issue(ap, arb, bp.as_ptr(), cp, 0, nb) };
+            for j in 0..pairs {
+                if j + 1 < pairs {
+                    // SAFETY: as above, pair j + 1 < pairs.
+                    unsafe { issue(ap, arb, bp.as_ptr(), cp, j + 1, nb) };
+                }
+                let b = 2 * j;
+                let two = b + 1 < nb;
+                let dwv = |b: usize| {
+                    // SAFETY: dw holds nb · 16 f32.
+                    unsafe { _mm512_loadu_ps(dw.as_ptr().add(16 * b)) }
+                };
+                for (i, d) in das
+                    .0
+                    .chunks_exact_mut(16)
+                    .enumerate()
+                    .take(1 + usize::from(two))
+                {
+                    // SAFETY: the 16 token rows at `ap` (stride arb) hold block b + i,
+                    // whose first 4 bytes are its f16 scale and 2 quants; d is 16 f32.
+                    unsafe {
+                        let v = gather_scales(ap.add(34 * (b + i)), a_idx, 0xffff);
+                        _mm512_storeu_ps(d.as_mut_ptr(), v);
+                    }
+                }
+                // SAFETY: pair j's C tiles are at 512 (j % 2) i32 of `cp` (2 x 2 KiB).
+                let c = unsafe { cp.add(512 * (j % 2)) };
+                scale_add(&mut acc, c, dwv(b), &das.0[..16]);
+                if two {
+                    // SAFETY: the second C tile is the 1 KiB after the first.
+                    scale_add(&mut acc, unsafe { c.add(256) }, dwv(b + 1), &das.0[16..]);
+                }
+            }
+            let m: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
+            for (t, v) in acc.iter().enumerate().take(nt) {
+                let o = (16 * tile + t) * ldo + r0;
+                // SAFETY: rows r0..r0 + nr ≤ n_rows of token 16·tile + t < n_tok lie in
+                // `out` (asserted above); the mask keeps lanes past nr untouched.
+                unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(o), m, *v) };
+            }
+        }
+    }
+    // SAFETY: releases the tile state this call configured.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    SCRATCH.with(|c| c.set(s));
+}
+
+/// Safe [`super::GemmFn`] entry points: the tiles from [`MIN_TOKENS`] tokens, the
+/// AVX-512 VNNI kernel below.
+macro_rules! entry_points {
+    ($($fmt:ident => $gemm:ident, $vnni:path;)*) => {$(
+        pub(crate) fn $gemm(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            if n_tok < MIN_TOKENS {
+                return $vnni(k, w, n_rows, a, n_tok, out, ldo);
+            }
+            // SAFETY: only installed in the kernel table after `detected()`.
+            unsafe { gemm_amx::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
+        }
+    )*};
+}
+
+entry_points! {
+    Q4_0 => gemm_q4_0_q8_0, super::q0_avx512_units::gemm_q4_0_q8_0;
+    Q5_0 => gemm_q5_0_q8_0, super::q0_avx512_units::gemm_q5_0_q8_0;
+    Q8_0 => gemm_q8_0_q8_0, super::q0_avx512_units::gemm_q8_0_q8_0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transpose moves column c of row r to row c, column r.
+    #[test]
+    fn transpose_moves_every_dword() {
+        if !super::super::avx512::detected() {
+            println!("skipped: CPU lacks AVX-512");
+            return;
+        }
+        let src: Vec<i32> = (0..128).collect(); // row r = 8 dwords r·8..
+                                                // SAFETY: AVX-512 is present (checked above); src holds 8 x 64 bytes.
+        let y = unsafe {
+            let x: [__m512i; 8] =
+                std::array::from_fn(|i| _mm512_loadu_si512(src[16 * i..].as_ptr().cast()));
+            transpose(&x)
+        };
+        for (c, y) in y.iter().enumerate() {
+            let mut v = [0i32; 16];
+            // SAFETY: v is 16 i32.
+            unsafe { _mm512_storeu_si512(v.as_mut_ptr().cast(), *y) };
+            for (r, &v) in v.iter().enumerate() {
+                assert_eq!(v, (8 * r + c) as i32, "column {c} row {r}");
+            }
+        }
+    }
+}
