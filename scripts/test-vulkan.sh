@@ -12,6 +12,9 @@
 # first on the include and CMake search paths.
 #
 # Usage: scripts/test-vulkan.sh [extra cargo test args]
+# TEST_VULKAN_PROFILE=release builds and tests in the release profile (default: dev, which
+# shares the dependencies `scripts/test.sh` built). Only the binary and the `it` test target
+# are built: ggml (C++ and ~1000 Vulkan shaders) is most of the time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -63,9 +66,14 @@ lvp=$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json | head -n1)
 export VK_ICD_FILENAMES="$lvp"
 export VK_DRIVER_FILES="$lvp"
 
-cargo build --features vulkan --tests --bins
-echo "[test-vulkan] built in $(( $(date +%s) - start )) s"
-"${CARGO_TARGET_DIR:-target}/debug/pocketvl" devices
+profile="${TEST_VULKAN_PROFILE:-dev}"
+case "$profile" in dev) out=debug ;; *) out="$profile" ;; esac
+cargo build --profile "$profile" --features vulkan --bin pocketvl
+cargo test --profile "$profile" --features vulkan --test it --no-run
+built=$(date +%s)
+echo "[test-vulkan] built in $(( built - start )) s"
+"${CARGO_TARGET_DIR:-target}/$out/pocketvl" devices
 export POCKETVL_TEST_GPU="${POCKETVL_TEST_GPU:-Vulkan0}"
-cargo test --features vulkan --test it backend_offload:: "$@" -- --nocapture --test-threads 1
-echo "[test-vulkan] passed in $(( $(date +%s) - start )) s"
+cargo test --profile "$profile" --features vulkan --test it backend_offload:: "$@" \
+    -- --nocapture --test-threads 1
+echo "[test-vulkan] tests ran in $(( $(date +%s) - built )) s; passed in $(( $(date +%s) - start )) s"

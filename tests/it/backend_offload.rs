@@ -1,13 +1,18 @@
 //! GPU offload (src/backend) against the CPU path and the reference's outputs, on both tiny
 //! fixtures converted with `--quant f32`.
 //!
-//! With a ggml feature (`ggml-cpu`, `vulkan`, `metal`): the vision tower and projector run
-//! as one ggml graph per tile on the device `POCKETVL_TEST_GPU` names (default `CPU`, ggml's
-//! CPU backend; scripts/test-vulkan.sh sets a Vulkan device). Each stage must agree with
-//! the CPU path and with the reference within the f32 tolerance of tests/it/vision_fixtures
-//! (1e-4 absolute), and the fixtures' greedy tokens must stay the reference's with vision
-//! offloaded through the library API. Without one: the flags are refused with a clear
-//! error.
+//! With a ggml feature (`ggml-cpu`, `vulkan`, `metal`), on the device `POCKETVL_TEST_GPU`
+//! names (default `CPU`, ggml's CPU backend; scripts/test-vulkan.sh sets a Vulkan device):
+//! - the vision tower and projector, one ggml graph per tile: each stage within the f32
+//!   tolerance of tests/it/vision_fixtures (1e-4 absolute) of the CPU path and the
+//!   reference, and the fixtures' greedy tokens with vision offloaded through the library;
+//! - the language model's attention (with its KV cache on the device) and dense and
+//!   shared-expert MLPs: logits at every position within the f32 logits tolerance of
+//!   tests/it/decoder_oracle (1e-3) of the CPU path and the reference, prefilled at once and
+//!   in chunks down to single tokens, and the 16 greedy tokens of every case; also with a
+//!   `--gpu-mem` that fits only some layers (the CPU runs the rest).
+//!
+//! Without a ggml feature: the flags are refused with a clear error.
 
 use crate::common;
 
@@ -66,11 +71,14 @@ mod with_ggml {
     use std::sync::Arc;
 
     use convert::write::mmproj_path;
-    use pocketvl::backend::{BackendOptions, DeviceChoice, GgmlVision};
+    use pocketvl::backend::{BackendOptions, DeviceChoice, GgmlDecoder, GgmlVision};
     use pocketvl::image_io::load_rgb;
+    use pocketvl::loader::ModelFile;
+    use pocketvl::model::deepseek_vl2::layer_offload::LayerOffload;
     use pocketvl::model::deepseek_vl2::preprocess::normalize_chw;
     use pocketvl::model::deepseek_vl2::prompt::build_chat;
     use pocketvl::model::deepseek_vl2::vision::VisionModel;
+    use pocketvl::model::deepseek_vl2::{LanguageModel, LogitsWanted};
     use pocketvl::sampler::SamplerConfig;
     use pocketvl::{GenerateOptions, Model, ModelOptions};
     use serde_json::Value;
@@ -152,15 +160,20 @@ mod with_ggml {
     /// Every image case through the library with vision offloaded: the reference's prompt
     /// ids, image rows of its inputs_embeds within the f32 tolerance, its 16 greedy tokens.
     fn greedy(fx: &str) {
+        greedy_with(fx, offload_vision());
+    }
+
+    fn greedy_with(fx: &str, backend: BackendOptions) {
         let (_dir, path) = converted(fx, "f32");
         let model = Model::load(
             &path,
             ModelOptions {
-                backend: offload_vision(),
+                backend,
                 ..ModelOptions::default()
             },
         )
         .unwrap();
+        println!("{fx}: layers on {:?}", model.language().offload_device());
         let on = model.load_vision().unwrap().offload_device();
         println!("{fx}: vision on {on:?}");
         assert!(on.is_some(), "{fx}: vision is not offloaded");
@@ -215,6 +228,152 @@ mod with_ggml {
         greedy("tiny-mla");
     }
 
+    /// The f32 logits tolerance of the decoder against the reference
+    /// (tests/it/decoder_oracle.rs, fixtures README).
+    const LOGITS_TOL: f32 = 1e-3;
+
+    fn argmax(x: &[f32]) -> u32 {
+        pocketvl::sampler::argmax(x) as u32
+    }
+
+    /// `dev` (some layer parts offloaded) against `cpu` and the reference on every case of
+    /// `fx`, the reference's `inputs_embeds` as input: all logits of one prefill, the last
+    /// logits after a prefill in chunks (3 positions, then 2, then single tokens through the
+    /// device cache), and the 16 greedy tokens.
+    fn compare_layers(fx: &str, what: &str, dev: &LanguageModel, cpu: &LanguageModel) {
+        let golden = Golden::open(fx);
+        let cases: Value = common::load_json(&fixture(fx).join("cases.json"));
+        let (d, v) = (cpu.hp.n_embd, cpu.hp.n_vocab);
+        let (mut sd, mut sc) = (dev.new_state(), cpu.new_state());
+        let mut worst = (0.0f32, 0.0f32);
+        for case in cases["cases"].as_array().unwrap() {
+            let cn = case["name"].as_str().unwrap();
+            let emb = golden.f32(&format!("{cn}.inputs_embeds"));
+            let t = emb.len() / d;
+            let want = cpu.forward(&mut sc, &emb, 0, LogitsWanted::All).unwrap();
+            let got = dev.forward(&mut sd, &emb, 0, LogitsWanted::All).unwrap();
+            let e_cpu = max_abs(&got, &want);
+            let e_ref = max_abs(
+                &got[(t - 1) * v..],
+                &golden.f32(&format!("{cn}.logits_last")),
+            );
+            worst = (worst.0.max(e_cpu), worst.1.max(e_ref));
+            assert!(
+                e_cpu <= LOGITS_TOL,
+                "{fx}/{cn} {what}: logits vs CPU {e_cpu}"
+            );
+            assert!(
+                e_ref <= LOGITS_TOL,
+                "{fx}/{cn} {what}: vs reference {e_ref}"
+            );
+            // The same prompt in chunks, the cache carrying over between calls.
+            let mut p0 = 0;
+            let mut last = Vec::new();
+            for m in [3usize, 2].into_iter().chain(std::iter::repeat(1)) {
+                if p0 >= t {
+                    break;
+                }
+                let m = m.min(t - p0);
+                last = dev
+                    .forward(&mut sd, &emb[p0 * d..(p0 + m) * d], p0, LogitsWanted::Last)
+                    .unwrap();
+                p0 += m;
+            }
+            let e = max_abs(&last, &want[(t - 1) * v..]);
+            assert!(
+                e <= LOGITS_TOL,
+                "{fx}/{cn} {what}: chunked prefill vs CPU {e}"
+            );
+            // 16 greedy tokens, one position at a time.
+            let gen = golden.ids(&format!("{cn}.gen_ids"));
+            let mut tokens = vec![argmax(&got[(t - 1) * v..])];
+            while tokens.len() < 16.min(gen.len()) {
+                let x = dev.embed_tokens(&tokens[tokens.len() - 1..]).unwrap();
+                let pos = t + tokens.len() - 1;
+                let l = dev.forward(&mut sd, &x, pos, LogitsWanted::Last).unwrap();
+                tokens.push(argmax(&l));
+            }
+            assert_eq!(tokens[..], gen[..tokens.len()], "{fx}/{cn} {what}: greedy");
+        }
+        println!(
+            "{fx} {what}: logits max abs diff vs CPU {:e}, vs reference {:e}; greedy ids equal",
+            worst.0, worst.1
+        );
+    }
+
+    /// Attention (`attn`) and/or MLPs (`mlp`) of every layer that fits `budget` on the
+    /// device, against the CPU path.
+    fn layers(fx: &str, attn: bool, mlp: bool, budget: Option<u64>) -> (usize, usize) {
+        let (_dir, path) = converted(fx, "f32");
+        let file = ModelFile::open(&path).unwrap();
+        let cpu = LanguageModel::load(&file).unwrap();
+        let mut dev = LanguageModel::load(&file).unwrap();
+        let off = GgmlDecoder::new(&dev, Some(&device()), budget, 2, attn, mlp).unwrap();
+        let on = off.layers_on_device();
+        let what = format!(
+            "attn on {} / mlp on {} of {} layers ({} bytes on {})",
+            on.0,
+            on.1,
+            dev.hp.n_layer,
+            off.device_bytes(),
+            off.device()
+        );
+        dev.set_offload(Arc::new(off));
+        compare_layers(fx, &what, &dev, &cpu);
+        on
+    }
+
+    #[test]
+    fn attention_on_device_tiny_mha() {
+        assert!(layers("tiny-mha", true, false, None).0 > 0);
+    }
+
+    #[test]
+    fn attention_on_device_tiny_mla() {
+        assert!(layers("tiny-mla", true, false, None).0 > 0);
+    }
+
+    #[test]
+    fn dense_and_shared_mlps_on_device_tiny_mha() {
+        assert!(layers("tiny-mha", false, true, None).1 > 0);
+    }
+
+    #[test]
+    fn attention_and_mlps_on_device_tiny_mla() {
+        let on = layers("tiny-mla", true, true, None);
+        assert!(on.0 > 0 && on.1 > 0);
+    }
+
+    /// A `--gpu-mem` that fits about half of what offloading everything needs: the first
+    /// layers go to the device, the CPU runs the rest, and the results do not change.
+    #[test]
+    fn layers_that_do_not_fit_stay_on_the_cpu() {
+        for fx in ["tiny-mha", "tiny-mla"] {
+            let (_dir, path) = converted(fx, "f32");
+            let lm = LanguageModel::load(&ModelFile::open(&path).unwrap()).unwrap();
+            let all = GgmlDecoder::new(&lm, Some(&device()), None, 2, true, true).unwrap();
+            let n = lm.hp.n_layer;
+            assert_eq!(all.layers_on_device().0, n);
+            let half = all.device_bytes() / 2;
+            drop(all);
+            let (a, m) = layers(fx, true, true, Some(half));
+            assert!(
+                a + m > 0 && a + m < 2 * n,
+                "{fx}: {a} + {m} parts of {n} layers"
+            );
+        }
+    }
+
+    /// Everything offloaded through the library API (`--gpu` alone): vision, attention and
+    /// MLPs on the device, the reference's greedy tokens for every image case.
+    #[test]
+    fn greedy_tokens_with_everything_offloaded_tiny_mla() {
+        greedy_with(
+            "tiny-mla",
+            BackendOptions::from_flags(Some(device()), None, None).unwrap(),
+        );
+    }
+
     #[test]
     fn devices_lists_the_test_device() {
         let (code, stdout, stderr) = pocketvl(&["devices", "--json"]);
@@ -256,12 +415,13 @@ mod with_ggml {
             "--gpu",
             "CPU",
             "--offload",
-            "vision,attn",
+            "vision,experts",
         ]);
         assert_eq!(code, Some(1));
         assert_eq!(
             stderr,
-            "error: --offload attn: not supported yet (this version offloads: vision)\n"
+            "error: --offload experts: not supported yet (this version offloads: vision, attn, \
+             dense)\n"
         );
         let img = fixture("tiny-mha").join("images/giraffe.jpg");
         let (code, _, stderr) = pocketvl(&[
@@ -276,10 +436,30 @@ mod with_ggml {
             common::s(&img),
             "--gpu",
             "CPU",
+            "--offload",
+            "vision",
             "--gpu-mem",
             "1KiB",
         ]);
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("--gpu-mem allows 0 MiB"), "{stderr}");
+        let (code, _, stderr) = pocketvl(&[
+            "run",
+            "-m",
+            m,
+            "-p",
+            "hi",
+            "-n",
+            "1",
+            "--gpu",
+            "CPU",
+            "--gpu-mem",
+            "1KiB",
+        ]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("no layer's attention fits in 0 MiB on CPU (--gpu-mem)"),
+            "{stderr}"
+        );
     }
 }

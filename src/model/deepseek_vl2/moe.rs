@@ -152,7 +152,8 @@ pub struct MoeScratch {
 }
 
 /// `out = Σ_k w_k expert_k(x) + shared(x)` for `x` `[n, D]` (the
-/// post-attention-norm output). Tokens are grouped by expert so that each
+/// post-attention-norm output); `shared` is `w.shared`, or `None` when the shared experts
+/// run elsewhere (a device adds them after). Tokens are grouped by expert so that each
 /// routed expert runs one matmul over just the tokens routed to it; a single
 /// token runs every chosen expert and the shared ones together
 /// ([`experts_one_token`]).
@@ -160,6 +161,7 @@ pub struct MoeScratch {
 pub fn moe_forward(
     layer: usize,
     w: &MoeWeights,
+    shared: Option<&Mlp>,
     cfg: &RouterConfig,
     store: &dyn ExpertStore,
     x: &[f32],
@@ -204,7 +206,7 @@ pub fn moe_forward(
                 down: ex.down(),
                 weight: Some(*wt),
             })
-            .chain(w.shared.iter().map(|sh| ExpertJob {
+            .chain(shared.iter().map(|sh| ExpertJob {
                 gate: sh.gate.view(),
                 up: sh.up.view(),
                 down: sh.down.view(),
@@ -236,7 +238,7 @@ pub fn moe_forward(
             }
         }
     }
-    if let Some(sh) = &w.shared {
+    if let Some(sh) = shared {
         sc.y.resize(n * d, 0.0);
         sh.forward(x, n, &mut sc.y, &mut sc.hidden);
         out.iter_mut().zip(&sc.y).for_each(|(o, s)| *o += s);
@@ -495,11 +497,32 @@ mod tests {
         let x = vals(8, 2 * d);
         let mut sc = MoeScratch::default();
         let mut batch = vec![0.0f32; 2 * d];
-        let rb = moe_forward(0, &w, &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
+        let rb = moe_forward(
+            0,
+            &w,
+            w.shared.as_ref(),
+            &c,
+            &store,
+            &x,
+            2,
+            &mut batch,
+            &mut sc,
+        )
+        .unwrap();
         for t in 0..2 {
             let mut one = vec![0.0f32; d];
-            let r1 =
-                moe_forward(0, &w, &c, &store, &x[t * d..][..d], 1, &mut one, &mut sc).unwrap();
+            let r1 = moe_forward(
+                0,
+                &w,
+                w.shared.as_ref(),
+                &c,
+                &store,
+                &x[t * d..][..d],
+                1,
+                &mut one,
+                &mut sc,
+            )
+            .unwrap();
             assert_eq!(r1.ids[0], rb.ids[t]);
             assert_eq!(one, batch[t * d..][..d], "token {t}");
         }
