@@ -3,7 +3,7 @@
 # memory cgroup limited to a fraction of the model file (default half), starting from a cold
 # page cache. Compared: llama.cpp's `llama-bench` (default mmap), pocketvl with plain mmap
 # (no --mem-budget) and pocketvl with the paging expert store (--mem-budget, one run per
-# cache policy / prefetch mode asked for). Reports decode tok/s, prompt tok/s, time to first
+# cache policy / prefetch mode asked for, optionally with the low-bit expert copy). Reports decode tok/s, prompt tok/s, time to first
 # token, major page faults, peak cgroup memory and the store's hit rate.
 #
 # cgroup v1 (`memory.limit_in_bytes`, which charges the page cache of mapped and read files
@@ -24,9 +24,12 @@
 #                  activations, tokenizer and binary (default 0.85)
 #   N_PROMPT, N_GEN prompt and decode tokens (default 64, 32); REPS repetitions (default 2)
 #   STORES         pocketvl configurations, space-separated: mmap or paged:POLICY:PREFETCH:IO
+#                  or paged:POLICY:PREFETCH:IO:lowbit (--cold-experts lowbit: the sidecar
+#                  cold-<model> written by `pocketvl convert --cold-experts TYPE` must exist)
 #                  (default "mmap paged:lru:routed:direct")
 #   SKIP_LLAMA=1   leave llama-bench out
 #   LLAMACPP_DIR   build cache (default target/llamacpp-bench)
+#   LLAMA_BENCH    a llama-bench binary built the same way, used instead of building one
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,7 +51,7 @@ for f in "$@"; do [ -f "$f" ] || die "no such file: $f"; done
 
 # --- llama-bench ---------------------------------------------------------------------------
 build_llama_bench() {
-    LLAMA_BENCH="$LLAMACPP_DIR/build/bin/llama-bench"
+    LLAMA_BENCH="${LLAMA_BENCH:-$LLAMACPP_DIR/build/bin/llama-bench}"
     [ -x "$LLAMA_BENCH" ] && return 0
     local src="$LLAMACPP_DIR/llama_cpp_python-$VERSION"
     if [ ! -f "$src/vendor/llama.cpp/include/llama.h" ]; then
@@ -121,8 +124,8 @@ in_cgroup() {
     return "$rc"
 }
 
-printf '%-20s %-28s %9s %9s %9s %9s %10s %9s %9s %9s\n' file program limit_MB "pp tok/s" \
-    "tg tok/s" "ttft ms" majfaults peak_MB "wall s" "hit rate"
+printf '%-20s %-28s %9s %9s %9s %9s %10s %9s %9s %9s %9s\n' file program limit_MB "pp tok/s" \
+    "tg tok/s" "ttft ms" majfaults peak_MB "wall s" "hit rate" "low-bit"
 for f in "$@"; do
     size="$(stat -c %s "$f")"
     LIMIT="$(python3 -c "print(int($size * $LIMIT_FRACTION))")"
@@ -148,11 +151,11 @@ for f in "$@"; do
                     -n "$N_GEN" --reps "$REPS" --no-vision --json || rc=$?
                 ;;
             paged:*)
-                IFS=: read -r _ pol pre io <<<"$r"
+                IFS=: read -r _ pol pre io cold <<<"$r"
                 in_cgroup "$POCKETVL" bench model -m "$f" -t "$THREADS" -p "$N_PROMPT" \
                     -n "$N_GEN" --reps "$REPS" --no-vision --json --stats \
                     --mem-budget "$BUDGET" --expert-cache "$pol" --expert-prefetch "$pre" \
-                    --expert-io "$io" || rc=$?
+                    --expert-io "$io" --cold-experts "${cold:-off}" || rc=$?
                 ;;
         esac
         wall="$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")"
@@ -160,8 +163,8 @@ for f in "$@"; do
         if [ "$rc" -ne 0 ]; then
             log "$r on $(basename "$f") failed (status $rc; 137 = killed by the cgroup):"
             tail -n 5 "$TMP/err" >&2
-            printf '%-20s %-28s %9d %9s %9s %9s %10s %9.0f %9s %9s\n' "$(basename "$f")" "$r" \
-                "$((LIMIT / 1000000))" failed - - "$faults" "$(python3 -c "print($peak/1e6)")" "$wall" -
+            printf '%-20s %-28s %9d %9s %9s %9s %10s %9.0f %9s %9s %9s\n' "$(basename "$f")" "$r" \
+                "$((LIMIT / 1000000))" failed - - "$faults" "$(python3 -c "print($peak/1e6)")" "$wall" - -
             continue
         fi
         name="$r"
@@ -170,7 +173,7 @@ for f in "$@"; do
 import json, sys
 kind, path, n_prompt = sys.argv[1], sys.argv[2], int(sys.argv[3])
 text = open(path).read()
-pp = tg = float("nan"); hit = "-"
+pp = tg = float("nan"); hit = "-"; low = "-"
 if kind == "llama":
     for t in json.loads(text):
         if t["n_gen"] == 0: pp = t["avg_ts"]
@@ -180,10 +183,12 @@ else:
     pp, tg = j["prefill_tok_s"] or float("nan"), j["decode_tok_s"] or float("nan")
     st = j.get("expert_stats") or {}
     if st.get("hit_rate") is not None: hit = f"{st['hit_rate'] * 100:.1f}%"
+    if st.get("lowbit_bytes") and st.get("requests"):
+        low = f"{st['lowbit_served'] / st['requests'] * 100:.1f}%"
 ttft = n_prompt / pp * 1000 if pp == pp and pp > 0 else float("nan")
 print(f"{'$(basename "$f")':<20} {'$name':<28} {$LIMIT / 1e6:>9.0f} {pp:>9.2f} {tg:>9.2f} "
       f"{ttft:>9.0f} {int('$faults' if '$faults'.isdigit() else 0):>10d} {$peak / 1e6:>9.0f} "
-      f"{float('$wall'):>9.1f} {hit:>9}")
+      f"{float('$wall'):>9.1f} {hit:>9} {low:>9}")
 EOF
     done
 done

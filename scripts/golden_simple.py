@@ -24,7 +24,7 @@ from gguf import quants
 ROW = 256
 SIMPLE = {"f16": T.F16, "bf16": T.BF16, "q4_0": T.Q4_0, "q4_1": T.Q4_1,
           "q5_0": T.Q5_0, "q5_1": T.Q5_1, "q8_0": T.Q8_0}
-KQUANTS = {"q3_K": T.Q3_K, "q4_K": T.Q4_K, "q5_K": T.Q5_K, "q6_K": T.Q6_K}
+KQUANTS = {"q2_K": T.Q2_K, "q3_K": T.Q3_K, "q4_K": T.Q4_K, "q5_K": T.Q5_K, "q6_K": T.Q6_K}
 
 
 def make_rows() -> np.ndarray:

@@ -156,7 +156,7 @@ pub fn mmproj_path(output: &Path) -> PathBuf {
 
 /// `cold-<file name>` beside the language-model output: the low-bit copy of the routed experts
 /// (`pocketvl convert --cold-experts TYPE`), the fallback for expert-store misses under memory
-/// pressure (issue 9 item 5; the runtime does not read it yet).
+/// pressure (issue 9 item 5; read by `--cold-experts lowbit|only`, `src/experts/cold.rs`).
 pub fn cold_path(output: &Path) -> PathBuf {
     let name = output
         .file_name()

@@ -102,9 +102,9 @@ macro_rules! entry {
     };
 }
 
-/// Every type pocketvl handles, one entry each (other ggml types, e.g. Q2_K,
+/// Every type pocketvl handles, one entry each (other ggml types, e.g. F64,
 /// are readable in GGUF headers only).
-pub static FORMATS: [Format; 14] = [
+pub static FORMATS: [Format; 15] = [
     entry!(F32, storable: true, codec(quantize_f32, dequantize_f32), pairs: F32,
         scalar: dot(scalar::dot_f32_f32),
         avx2: Kernels { dot: x86!(avx2::dot_f32_f32), gemm: x86!(float_gemm_avx2::gemm_f32) },
@@ -128,7 +128,7 @@ pub static FORMATS: [Format; 14] = [
     entry!(Q5_0, storable: true, codec(quantize_q5_0, dequantize_q5_0), pairs: Q8_0,
         scalar: dot(scalar::dot_q5_0_q8_0),
         avx2: Kernels { dot: x86!(avx2::dot_q5_0_q8_0), gemm: x86!(avx2::gemm_q5_0_q8_0) },
-        avx512: Kernels { dot: x86!(avx512::dot_q5_0_q8_0), gemm: x86!(avx512::gemm_q5_0_q8_0) }),
+        avx512: Kernels { dot: x86!(q0_avx512_units::dot_q5_0_q8_0), gemm: x86!(q0_avx512_units::gemm_q5_0_q8_0) }),
     entry!(Q5_1, storable: true, codec(quantize_q5_1, dequantize_q5_1), pairs: Q8_1,
         scalar: dot(scalar::dot_q5_1_q8_1),
         avx2: Kernels { dot: x86!(avx2::dot_q5_1_q8_1), gemm: x86!(avx2::gemm_q5_1_q8_1) },
@@ -137,7 +137,11 @@ pub static FORMATS: [Format; 14] = [
         scalar: dot(scalar::dot_q8_0_q8_0),
         avx2: Kernels { dot: x86!(avx2::dot_q8_0_q8_0), gemm: x86!(avx2::gemm_q8_0_q8_0) },
         avx512: Kernels { dot: x86!(q0_avx512_units::dot_q8_0_q8_0), gemm: x86!(q0_avx512_units::gemm_q8_0_q8_0) }),
-    // Q3_K: the low-bit fallback copy of cold routed experts (`convert --cold-experts`).
+    // Q2_K, Q3_K: the low-bit fallback copy of cold routed experts (`convert --cold-experts`).
+    entry!(Q2_K, storable: true, codec(quantize_q2_k, dequantize_q2_k), pairs: Q8_K,
+        scalar: dot(scalar::dot_q2_k_q8_k),
+        avx2: Kernels { dot: x86!(avx2::dot_q2_k_q8_k), gemm: None },
+        avx512: NONE),
     entry!(Q3_K, storable: true, codec(quantize_q3_k, dequantize_q3_k), pairs: Q8_K,
         scalar: dot(scalar::dot_q3_k_q8_k),
         avx2: Kernels { dot: x86!(avx2::dot_q3_k_q8_k), gemm: None },
@@ -180,13 +184,14 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
         dot: Option<DotFn>,
         dot_dp: Option<DotFn>,
         gemm: Option<GemmFn>,
+        gemm_dp: Option<GemmFn>,
         gemm_mm: Option<GemmFn>,
     ) -> Neon {
         Neon {
             plain: Kernels { dot, gemm },
             dotprod: Kernels {
                 dot: dot_dp,
-                gemm: None,
+                gemm: gemm_dp,
             },
             i8mm: Kernels {
                 dot: None,
@@ -201,11 +206,13 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
             None,
             arm!(neon_float_gemm::gemm_f32),
             None,
+            None,
         ),
         F16 => tiers(
             arm!(neon::dot_f16_f32),
             None,
             arm!(neon_float_gemm::gemm_f16),
+            None,
             None,
         ),
         BF16 => tiers(
@@ -213,56 +220,72 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
             None,
             arm!(neon_float_gemm::gemm_bf16),
             None,
+            None,
         ),
         Q4_0 => tiers(
             arm!(neon::dot_q4_0_q8_0),
             arm!(neon::dot_q4_0_q8_0_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q4_0_q8_0_dotprod),
             arm!(neon::gemm_q4_0_q8_0_i8mm),
         ),
         Q4_1 => tiers(
             arm!(neon::dot_q4_1_q8_1),
             arm!(neon::dot_q4_1_q8_1_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q4_1_q8_1_dotprod),
             arm!(neon::gemm_q4_1_q8_1_i8mm),
         ),
         Q5_0 => tiers(
             arm!(neon::dot_q5_0_q8_0),
             arm!(neon::dot_q5_0_q8_0_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q5_0_q8_0_dotprod),
             arm!(neon::gemm_q5_0_q8_0_i8mm),
         ),
         Q5_1 => tiers(
             arm!(neon::dot_q5_1_q8_1),
             arm!(neon::dot_q5_1_q8_1_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q5_1_q8_1_dotprod),
             arm!(neon::gemm_q5_1_q8_1_i8mm),
         ),
         Q8_0 => tiers(
             arm!(neon::dot_q8_0_q8_0),
             arm!(neon::dot_q8_0_q8_0_dotprod),
             None,
+            arm!(neon_sdot_gemm::gemm_q8_0_q8_0_dotprod),
             arm!(neon::gemm_q8_0_q8_0_i8mm),
+        ),
+        Q3_K => tiers(
+            arm!(neon_kquant::dot_q3_k_q8_k),
+            arm!(neon_kquant::dot_q3_k_q8_k_dotprod),
+            None,
+            None,
+            None,
         ),
         Q4_K => tiers(
             arm!(neon_kquant::dot_q4_k_q8_k),
             arm!(neon_kquant::dot_q4_k_q8_k_dotprod),
             None,
-            None,
+            arm!(neon_kquant_gemm::gemm_q4_k_q8_k_dotprod),
+            arm!(neon_kquant_i8mm::gemm_q4_k_q8_k_i8mm),
         ),
         Q5_K => tiers(
             arm!(neon_kquant::dot_q5_k_q8_k),
             arm!(neon_kquant::dot_q5_k_q8_k_dotprod),
             None,
-            None,
+            arm!(neon_kquant_gemm::gemm_q5_k_q8_k_dotprod),
+            arm!(neon_kquant_i8mm::gemm_q5_k_q8_k_i8mm),
         ),
         Q6_K => tiers(
             arm!(neon_kquant::dot_q6_k_q8_k),
             arm!(neon_kquant::dot_q6_k_q8_k_dotprod),
             None,
-            None,
+            arm!(neon_kquant_gemm::gemm_q6_k_q8_k_dotprod),
+            arm!(neon_kquant_i8mm::gemm_q6_k_q8_k_i8mm),
         ),
-        _ => tiers(None, None, None, None),
+        _ => tiers(None, None, None, None, None),
     }
 }
 

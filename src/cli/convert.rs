@@ -47,9 +47,9 @@ pub struct ConvertArgs {
     /// Type of the projector matrices.
     #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub type_projector: Option<String>,
-    /// Also write a low-bit copy of the routed experts in TYPE (e.g. q3_K) as cold-<name> beside
-    /// the output: the fallback the expert store is to serve on a miss under memory pressure (not
-    /// read by the runtime yet). A separate GGUF: llama.cpp refuses extra tensors in the model.
+    /// Also write a low-bit copy of the routed experts in TYPE (q2_K or q3_K) as cold-<name>
+    /// beside the output: what `--cold-experts lowbit` serves on a miss under a memory budget.
+    /// A separate GGUF: llama.cpp refuses extra tensors in the model.
     #[arg(long, value_name = "TYPE", value_parser = storable_type(), ignore_case = true)]
     pub cold_experts: Option<String>,
     /// Replace existing output files.

@@ -1,13 +1,15 @@
-//! The expert-store flags shared by `pocketvl run` and `pocketvl bench model`
-//! (flattened into both).
+//! The expert-store flags shared by `pocketvl run`, `pocketvl bench model`
+//! ([`ExpertArgs`]: the store and `--stats`) and `pocketvl serve`
+//! ([`ExpertStoreArgs`]: the store alone; a server has no end to report at).
 
 use crate::experts::{
-    parse_size, CachePolicy, ExpertIo, ExpertOptions, ExpertStats, Prefetch, DEFAULT_READERS,
+    parse_size, CachePolicy, ColdExperts, ExpertIo, ExpertOptions, ExpertStats, Prefetch,
+    DEFAULT_READERS,
 };
 
 /// Memory budget and expert paging.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ExpertArgs {
+pub struct ExpertStoreArgs {
     /// Memory for model weights (e.g. 4GiB, 3500MB): dense and attention weights stay
     /// resident, routed experts are cached within the rest and read on demand. Without it
     /// the whole file is memory-mapped.
@@ -26,13 +28,28 @@ pub struct ExpertArgs {
     /// Reader threads of the paging store.
     #[arg(long = "expert-readers", value_name = "N", default_value_t = DEFAULT_READERS)]
     pub expert_readers: usize,
+    /// The low-bit copy of the routed experts (cold-<model file name>, written by `pocketvl
+    /// convert --cold-experts TYPE`): off; lowbit (with --mem-budget: kept resident within
+    /// the budget, serves every fetch whose expert is not resident yet while the full one
+    /// is read; outputs then depend on read timing); only (every routed expert from the
+    /// low-bit copy, mapped, no budget).
+    #[arg(long = "cold-experts", value_name = "MODE", default_value_t = ColdExperts::default())]
+    pub cold_experts: ColdExperts,
+}
+
+/// The store's flags and `--stats`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExpertArgs {
+    #[command(flatten)]
+    pub store: ExpertStoreArgs,
     /// Print the expert store's statistics (hit rate, bytes read, prefetch accuracy,
-    /// per-layer expert popularity) on stderr; with --json they are in the JSON too.
+    /// low-bit serves, per-layer expert popularity) on stderr; with --json they are in the
+    /// JSON too.
     #[arg(long)]
     pub stats: bool,
 }
 
-impl ExpertArgs {
+impl ExpertStoreArgs {
     /// The store configuration the flags ask for.
     pub fn options(&self) -> ExpertOptions {
         ExpertOptions {
@@ -41,7 +58,15 @@ impl ExpertArgs {
             io: self.expert_io,
             prefetch: self.expert_prefetch,
             readers: self.expert_readers,
+            cold: self.cold_experts,
         }
+    }
+}
+
+impl ExpertArgs {
+    /// The store configuration the flags ask for.
+    pub fn options(&self) -> ExpertOptions {
+        self.store.options()
     }
 
     /// With `--stats`: prints `stats` on stderr and returns them for the JSON.

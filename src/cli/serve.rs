@@ -43,6 +43,8 @@ pub struct ServeArgs {
     pub no_exif_rotate: bool,
     #[command(flatten)]
     pub gpu: super::gpu_args::GpuArgs,
+    #[command(flatten)]
+    pub experts: super::expert_args::ExpertStoreArgs,
 }
 
 /// Runs the subcommand (until the process is stopped).
@@ -67,5 +69,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         allow_local_files: args.allow_local_files,
         exif_rotate: !args.no_exif_rotate,
         backend,
+        experts: args.experts.options(),
     })
 }

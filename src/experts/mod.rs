@@ -11,8 +11,13 @@
 //!   (`O_DIRECT` by default) holds what the budget leaves after the pinned
 //!   dense and attention weights, evicting by policy and prefetching on
 //!   reader threads. It returns [`ExpertBytes::Resident`] buffers; the model
-//!   does not change and its output bits do not either.
+//!   does not change and its output bits do not either. With
+//!   `--cold-experts lowbit` it also holds the low-bit copy ([`cold`]) and
+//!   serves a fetch it would have to wait for from that copy instead.
+//!
+//! `--cold-experts only` is the mmap store over the low-bit copy.
 
+mod cold;
 mod madvise;
 mod options;
 mod paged;
@@ -29,8 +34,9 @@ use thiserror::Error;
 use crate::loader::{ModelFile, Weight};
 use crate::ops::MatView;
 
+pub use cold::sidecar_path;
 pub use options::{
-    human, parse_size, CachePolicy, ExpertIo, ExpertOptions, Prefetch, DEFAULT_READERS,
+    human, parse_size, CachePolicy, ColdExperts, ExpertIo, ExpertOptions, Prefetch, DEFAULT_READERS,
 };
 pub use paged::PagedExperts;
 pub use slab::Slab;
@@ -57,32 +63,44 @@ pub enum ExpertError {
     Open { path: String, why: String },
     #[error(
         "--mem-budget {} is too small for this model: the minimum is {} ({minimum} bytes: \
-         {} of dense, attention, embedding and output weights pinned, plus the {n_used} \
+         {} of dense, attention, embedding and output weights pinned, {}plus the {n_used} \
          routed experts one token uses in one layer)",
-        human(*budget), human(*minimum), human(*pinned)
+        human(*budget), human(*minimum), human(*pinned),
+        if *cold > 0 { format!("{} of the resident low-bit expert copy, ", human(*cold)) }
+        else { String::new() }
     )]
     BudgetTooSmall {
         budget: u64,
         minimum: u64,
         pinned: u64,
+        /// The low-bit copy (`--cold-experts lowbit`), 0 without it.
+        cold: u64,
         n_used: usize,
+    },
+    #[error("cold-expert copy {path}: {why}")]
+    Cold { path: String, why: String },
+    #[error("--cold-experts {mode}: {why}")]
+    ColdMode {
+        mode: ColdExperts,
+        why: &'static str,
     },
     #[error("cannot start the expert reader threads: {0}")]
     Threads(String),
 }
 
-/// Bytes of one expert matrix: borrowed from the mapping or owned by a cache
-/// (the `Arc` keeps an expert in use safe from eviction).
+/// Bytes of one expert matrix: borrowed from the mapping (or from memory the
+/// store holds for its whole life, the resident low-bit copy) or owned by a
+/// cache (the `Arc` keeps an expert in use safe from eviction).
 #[derive(Clone, Debug)]
 pub enum ExpertBytes<'a> {
-    Mapped(&'a [u8]),
+    Borrowed(&'a [u8]),
     Resident(Arc<Slab>),
 }
 
 impl ExpertBytes<'_> {
     fn as_slice(&self) -> &[u8] {
         match self {
-            ExpertBytes::Mapped(b) => b,
+            ExpertBytes::Borrowed(b) => b,
             ExpertBytes::Resident(b) => b.as_slice(),
         }
     }
@@ -142,16 +160,51 @@ pub trait ExpertStore: Send + Sync {
 /// The store for `stacks` (indexed by layer, `None` for dense layers) that
 /// `opts` asks for: plain mmap without a budget, else the paging store,
 /// which fails with the minimum if the budget cannot hold the pinned weights
-/// and one token's experts of a layer (`n_used`).
+/// (and the low-bit copy with `--cold-experts lowbit`) and one token's
+/// experts of a layer (`n_used`). `--cold-experts only` maps the low-bit
+/// copy instead of `stacks`.
 pub fn open(
     file: &ModelFile,
     stacks: Vec<Option<LayerExperts>>,
     n_used: usize,
     opts: &ExpertOptions,
 ) -> Result<Box<dyn ExpertStore>, ExpertError> {
-    Ok(match opts.budget {
-        None => Box::new(MmapExperts::new(stacks)),
-        Some(_) => Box::new(PagedExperts::open(file, stacks, n_used, opts)?),
+    let mode_err = |why| ExpertError::ColdMode {
+        mode: opts.cold,
+        why,
+    };
+    Ok(match (opts.budget, opts.cold) {
+        (None, ColdExperts::Off) => Box::new(MmapExperts::new(stacks)),
+        (None, ColdExperts::Lowbit) => {
+            return Err(mode_err(
+                "serves the paging store's misses: it needs --mem-budget",
+            ))
+        }
+        (None, ColdExperts::Only) => {
+            let mut store = MmapExperts::new(cold::open(file, &stacks)?);
+            store.name = "mmap (low-bit copy)";
+            Box::new(store)
+        }
+        (Some(_), ColdExperts::Only) => {
+            return Err(mode_err(
+                "maps the low-bit copy alone: it takes no --mem-budget",
+            ))
+        }
+        (Some(_), ColdExperts::Off) => {
+            Box::new(PagedExperts::open(file, stacks, n_used, opts, None)?)
+        }
+        (Some(_), ColdExperts::Lowbit) => {
+            let copy = cold::open(file, &stacks)?;
+            let direct = opts.io == ExpertIo::Direct;
+            let resident = cold::ResidentCopy::read(file, &copy, direct)?;
+            Box::new(PagedExperts::open(
+                file,
+                stacks,
+                n_used,
+                opts,
+                Some(resident),
+            )?)
+        }
     })
 }
 
@@ -239,13 +292,19 @@ pub struct MmapExperts {
     /// Indexed by layer; `None` for dense layers.
     layers: Vec<Option<LayerExperts>>,
     usage: Usage,
+    /// What `--stats` calls it.
+    name: &'static str,
 }
 
 impl MmapExperts {
     /// A store over the given per-layer stacks.
     pub fn new(layers: Vec<Option<LayerExperts>>) -> MmapExperts {
         let usage = Usage::new(&layers);
-        MmapExperts { layers, usage }
+        MmapExperts {
+            layers,
+            usage,
+            name: "mmap",
+        }
     }
 }
 
@@ -265,16 +324,16 @@ impl ExpertStore for MmapExperts {
             n_embd,
             n_ff,
             types: l.types(),
-            gate: ExpertBytes::Mapped(slice(&l.gate, expert)),
-            up: ExpertBytes::Mapped(slice(&l.up, expert)),
-            down: ExpertBytes::Mapped(slice(&l.down, expert)),
+            gate: ExpertBytes::Borrowed(slice(&l.gate, expert)),
+            up: ExpertBytes::Borrowed(slice(&l.up, expert)),
+            down: ExpertBytes::Borrowed(slice(&l.down, expert)),
         })
     }
 
     fn stats(&self) -> ExpertStats {
         let popularity = self.usage.snapshot();
         ExpertStats {
-            store: "mmap",
+            store: self.name,
             requests: popularity.iter().flatten().sum(),
             popularity,
             ..ExpertStats::default()

@@ -44,6 +44,24 @@ pub enum Prefetch {
     Ahead,
 }
 
+/// Whether the low-bit copy of the routed experts (the `cold-<name>` sidecar
+/// that `pocketvl convert --cold-experts TYPE` writes) is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ColdExperts {
+    /// Never: every expert is served at the model file's precision.
+    #[default]
+    Off,
+    /// Under `--mem-budget`: the whole low-bit copy stays resident (counted in
+    /// the budget) and a fetch whose full expert is not resident is served
+    /// from it at once while the full one is read in the background; the full
+    /// one is used from then on while it stays cached. Outputs then depend on
+    /// read timing (not bit-reproducible).
+    Lowbit,
+    /// Every routed expert from the low-bit copy, mapped (no budget): the
+    /// quality floor of `Lowbit`, and the smallest way to run the model.
+    Only,
+}
+
 /// The expert store's configuration. `budget: None` is the plain mmap store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpertOptions {
@@ -55,6 +73,7 @@ pub struct ExpertOptions {
     pub prefetch: Prefetch,
     /// Reader threads of the paging store (I/O, not compute).
     pub readers: usize,
+    pub cold: ColdExperts,
 }
 
 /// Reader threads by default: enough parallel reads to cover one layer's
@@ -69,6 +88,7 @@ impl Default for ExpertOptions {
             io: ExpertIo::default(),
             prefetch: Prefetch::default(),
             readers: DEFAULT_READERS,
+            cold: ColdExperts::default(),
         }
     }
 }
@@ -99,6 +119,7 @@ macro_rules! names {
 names!(CachePolicy, "cache policy", Lru => "lru", Lfu => "lfu");
 names!(ExpertIo, "expert I/O mode", Direct => "direct", Buffered => "buffered", Madvise => "madvise");
 names!(Prefetch, "prefetch mode", Off => "off", Routed => "routed", Ahead => "ahead");
+names!(ColdExperts, "cold-expert mode", Off => "off", Lowbit => "lowbit", Only => "only");
 
 /// Parses a size such as `4GiB`, `512MiB`, `1.5G`, `300MB`, `65536`: binary
 /// units for `Ki/Mi/Gi/Ti` (and bare `K/M/G/T`, as `ulimit` and `free`
@@ -176,6 +197,9 @@ mod tests {
         }
         for p in [Prefetch::Off, Prefetch::Routed, Prefetch::Ahead] {
             assert_eq!(p.to_string().parse::<Prefetch>(), Ok(p));
+        }
+        for c in [ColdExperts::Off, ColdExperts::Lowbit, ColdExperts::Only] {
+            assert_eq!(c.to_string().parse::<ColdExperts>(), Ok(c));
         }
         assert!("mru"
             .parse::<CachePolicy>()

@@ -20,6 +20,12 @@
 //! Space is reserved before a read starts, so the cache never holds more than
 //! its capacity, except when every resident expert is in use (a demand read
 //! then overshoots by one expert; a prefetch is dropped instead).
+//!
+//! With the low-bit copy (`--cold-experts lowbit`, [`ResidentCopy`], counted
+//! in the budget beside the pinned weights) a fetch never waits: an expert
+//! that is not ready (absent, or still being read) is served from the copy,
+//! and its full read is queued for the reader threads if it is not already
+//! under way; once read, the full expert serves the fetches that find it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,6 +33,7 @@ use std::thread::JoinHandle;
 
 use quant::GgmlType;
 
+use super::cold::ResidentCopy;
 use super::madvise;
 use super::options::{ExpertIo, ExpertOptions, Prefetch};
 use super::policy::{Key, Residency};
@@ -82,6 +89,8 @@ struct Counters {
     evictions: u64,
     prefetch_loaded: u64,
     prefetch_used: u64,
+    /// Fetches served from the low-bit copy.
+    lowbit: u64,
 }
 
 struct State {
@@ -180,6 +189,8 @@ enum Backing {
 
 struct Shared {
     backing: Backing,
+    /// The low-bit copy that serves fetches the cache cannot serve at once.
+    lowbit: Option<ResidentCopy>,
     layers: Vec<Option<Layout>>,
     state: Mutex<State>,
     /// A read finished or failed.
@@ -296,6 +307,8 @@ pub struct PagedExperts {
     usage: Usage,
     opts: ExpertOptions,
     pinned: u64,
+    /// Bytes of the resident low-bit copy (0 without it).
+    cold: u64,
     /// Routed experts one token uses per layer (the `Ahead` guess size).
     n_used: usize,
     /// How many routed reads are queued ahead of the fetches.
@@ -316,12 +329,14 @@ impl std::fmt::Debug for PagedExperts {
 const RECENT_DECAY: f32 = 0.8;
 
 impl PagedExperts {
-    /// A store over the expert stacks of `file` under `opts.budget`.
+    /// A store over the expert stacks of `file` under `opts.budget`, with
+    /// the low-bit copy `lowbit` resident inside that budget when given.
     pub fn open(
         file: &ModelFile,
         stacks: Vec<Option<LayerExperts>>,
         n_used: usize,
         opts: &ExpertOptions,
+        lowbit: Option<ResidentCopy>,
     ) -> Result<PagedExperts, ExpertError> {
         let mapped = opts.io == ExpertIo::Madvise;
         let layers: Vec<Option<Layout>> = stacks
@@ -337,17 +352,19 @@ impl PagedExperts {
         let all: u64 = file.gguf().tensors().iter().map(|t| t.n_bytes).sum();
         let pinned = all.saturating_sub(expert_bytes);
         let largest = layers.iter().flatten().map(|l| l.bound).max().unwrap_or(0);
-        let minimum = pinned + n_used as u64 * largest;
+        let cold = lowbit.as_ref().map_or(0, ResidentCopy::bytes);
+        let minimum = pinned + cold + n_used as u64 * largest;
         let budget = opts.budget.unwrap_or(u64::MAX);
         if budget < minimum {
             return Err(ExpertError::BudgetTooSmall {
                 budget,
                 minimum,
                 pinned,
+                cold,
                 n_used,
             });
         }
-        let capacity = budget - pinned;
+        let capacity = budget - pinned - cold;
         let backing = if mapped {
             Backing::Mapped(stacks.clone())
         } else {
@@ -364,8 +381,10 @@ impl PagedExperts {
             .iter()
             .map(|l| vec![0.0; l.as_ref().map_or(0, |l| l.n_expert)])
             .collect();
+        let with_lowbit = lowbit.is_some();
         let shared = Arc::new(Shared {
             backing,
+            lowbit,
             layers,
             state: Mutex::new(State {
                 slots: HashMap::new(),
@@ -390,11 +409,13 @@ impl PagedExperts {
             usage: Usage::new(&stacks),
             opts: opts.clone(),
             pinned,
+            cold,
             n_used,
             // Half the experts that fit: the other half keeps what is hot.
             window: (capacity / largest.max(1) / 2).max(1) as usize,
         };
-        if opts.prefetch != Prefetch::Off {
+        // The low-bit path needs readers for its background reads.
+        if opts.prefetch != Prefetch::Off || with_lowbit {
             for i in 0..opts.readers.max(1) {
                 let sh = shared.clone();
                 let handle = std::thread::Builder::new()
@@ -500,6 +521,15 @@ impl ExpertStore for PagedExperts {
         let mut waited = false;
         let mats = loop {
             let st_ref = &mut *st;
+            if sh.lowbit.is_some() && !matches!(st_ref.slots.get(&key), Some(Slot::Ready { .. })) {
+                st_ref.c.lowbit += 1;
+                let queued = st_ref.queue.iter().any(|(k, _)| *k == key);
+                if !st_ref.slots.contains_key(&key) && !queued {
+                    st_ref.queue.push_front((key, Kind::Routed));
+                    sh.work.notify_one();
+                }
+                break None;
+            }
             match st_ref.slots.get_mut(&key) {
                 Some(Slot::Ready { mats, pending, .. }) => {
                     if pending.take().is_some() {
@@ -510,7 +540,7 @@ impl ExpertStore for PagedExperts {
                     } else {
                         st_ref.c.hits += 1;
                     }
-                    break mats.clone();
+                    break Some(mats.clone());
                 }
                 Some(Slot::Loading { .. }) => {
                     waited = true;
@@ -530,7 +560,7 @@ impl ExpertStore for PagedExperts {
                             st.c.bytes_read += l.per.iter().sum::<usize>() as u64;
                             st.fill(key, mats.clone(), l.bound, None);
                             sh.ready.notify_all();
-                            break mats;
+                            break Some(mats);
                         }
                         Err(e) => {
                             st.release(key);
@@ -544,22 +574,31 @@ impl ExpertStore for PagedExperts {
         st.residency.touch(key);
         st.issued.remove(&key);
         // A read still queued for it (the fetch came first) would bring it
-        // back after its eviction, unused.
-        st.queue.retain(|(k, _)| *k != key);
+        // back after its eviction, unused; with the low-bit copy serving this
+        // fetch, that read is the point.
+        if mats.is_some() {
+            st.queue.retain(|(k, _)| *k != key);
+        }
         if !st.plan.is_empty() {
             self.top_up(&mut st);
             sh.work.notify_all();
         }
         drop(st);
-        let [gate, up, down] = match (mats, sh.mapped(key)) {
-            (Some(m), _) => m.map(ExpertBytes::Resident),
-            (None, Some(m)) => m.map(ExpertBytes::Mapped),
-            (None, None) => return Err(ExpertError::NoLayer { layer }),
+        let (types, [gate, up, down]) = match (mats, sh.mapped(key), &sh.lowbit) {
+            (Some(Some(m)), _, _) => (l.types, m.map(ExpertBytes::Resident)),
+            (Some(None), Some(m), _) => (l.types, m.map(ExpertBytes::Borrowed)),
+            (None, _, Some(copy)) => {
+                let (types, m) = copy
+                    .expert(layer, expert)
+                    .ok_or(ExpertError::NoLayer { layer })?;
+                (types, m.map(ExpertBytes::Borrowed))
+            }
+            _ => return Err(ExpertError::NoLayer { layer }),
         };
         Ok(Expert {
             n_embd: l.n_embd,
             n_ff: l.n_ff,
-            types: l.types,
+            types,
             gate,
             up,
             down,
@@ -597,7 +636,7 @@ impl ExpertStore for PagedExperts {
     fn stats(&self) -> ExpertStats {
         let popularity = self.usage.snapshot();
         let st = self.shared.lock();
-        let requests = st.c.hits + st.c.in_flight + st.c.misses;
+        let requests = st.c.hits + st.c.in_flight + st.c.misses + st.c.lowbit;
         ExpertStats {
             store: "paged",
             policy: Some(self.opts.policy.to_string()),
@@ -612,6 +651,8 @@ impl ExpertStore for PagedExperts {
             prefetch: Some(self.opts.prefetch.to_string()),
             budget_bytes: self.opts.budget,
             pinned_bytes: self.pinned,
+            lowbit_bytes: self.cold,
+            lowbit_served: st.c.lowbit,
             cache_capacity_bytes: Some(st.capacity),
             peak_cached_bytes: st.peak,
             requests,

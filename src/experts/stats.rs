@@ -17,6 +17,11 @@ pub struct ExpertStats {
     pub budget_bytes: Option<u64>,
     /// Dense, attention, embedding and output weights, always resident.
     pub pinned_bytes: u64,
+    /// The resident low-bit expert copy (`--cold-experts lowbit`; 0 without).
+    pub lowbit_bytes: u64,
+    /// Fetches served from the low-bit copy (their full expert was not
+    /// resident yet).
+    pub lowbit_served: u64,
     /// Budget left for cached experts.
     pub cache_capacity_bytes: Option<u64>,
     pub peak_cached_bytes: u64,
@@ -62,8 +67,13 @@ impl ExpertStats {
         }
         s += "\n";
         if let (Some(b), Some(c)) = (self.budget_bytes, self.cache_capacity_bytes) {
+            let lowbit = if self.lowbit_bytes > 0 {
+                format!("{} low-bit expert copy, ", human(self.lowbit_bytes))
+            } else {
+                String::new()
+            };
             s += &format!(
-                "budget {}: {} pinned, {} for experts (peak {} cached)\n",
+                "budget {}: {} pinned, {lowbit}{} for experts (peak {} cached)\n",
                 human(b),
                 human(self.pinned_bytes),
                 human(c),
@@ -85,6 +95,13 @@ impl ExpertStats {
                 self.prefetch_used,
                 pct(self.prefetch_accuracy)
             );
+            if self.lowbit_bytes > 0 {
+                s += &format!(
+                    "; served from the low-bit copy {} ({})",
+                    self.lowbit_served,
+                    pct(ratio(self.lowbit_served, self.requests))
+                );
+            }
         }
         s += "\n";
         for (il, row) in self.popularity.iter().enumerate() {

@@ -52,6 +52,14 @@ impl Weight {
         }
     }
 
+    /// The tensor's name in its file (`None` for in-memory weights).
+    pub fn name(&self) -> Option<&str> {
+        match &*self.inner {
+            Storage::Mapped { file, index } => Some(&file.gguf().tensors()[*index].name),
+            Storage::Owned { .. } => None,
+        }
+    }
+
     /// ggml type.
     pub fn ty(&self) -> GgmlType {
         match &*self.inner {

@@ -86,6 +86,16 @@ pub fn rows_per_task(n: usize, row_bytes: usize) -> usize {
     (rows.div_ceil(16) * 16).min(n.max(1))
 }
 
+/// Weight rows per parallel task of a one-token product (decode): two tasks
+/// per worker (one left to steal on a shared machine), whole 16-row tiles.
+/// Unlike a batch, decode streams weights at the memory's pace only inside a
+/// task: the GEMV kernels prefetch each tile's successor, so a task's first
+/// tile arrives at demand-miss speed, and few long tasks keep those rare.
+pub fn rows_per_gemv_task(n: usize) -> usize {
+    let tasks = rayon::current_num_threads().max(1) * 2;
+    (n.div_ceil(tasks).div_ceil(16) * 16).max(16).min(n.max(1))
+}
+
 /// [`matmul`] over a borrowed matrix view. The weight type must have a dot
 /// kernel (`quant::kernels::has_vec_dot`, checked when weights are loaded).
 pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32]) {
@@ -125,9 +135,9 @@ pub fn matmul_quantized(
 ) {
     let (k, n) = (w.k, w.n);
     let rb = w.row_bytes();
-    let rpt = rows_per_task(n, rb);
     if n_tokens == 1 {
         // One token: a task's block is its own slice of `out`.
+        let rpt = rows_per_gemv_task(n);
         out.par_chunks_mut(rpt).enumerate().for_each(|(ci, chunk)| {
             let r0 = ci * rpt;
             let rows = chunk.len();
@@ -144,6 +154,7 @@ pub fn matmul_quantized(
         });
         return;
     }
+    let rpt = rows_per_task(n, rb);
     // Each task owns whole weight rows and all tokens: a `[n_tokens, rows]`
     // block (task ci's block starts at r0 * n_tokens), scattered afterwards.
     blocks.resize(n_tokens * n, 0.0);
@@ -207,7 +218,11 @@ pub fn matmul_gate_up_silu(
             (&s.act, &up_act)
         };
         let (grb, urb) = (gate.row_bytes(), up.row_bytes());
-        let rpt = rows_per_task(n, grb + urb);
+        let rpt = if n_tokens == 1 {
+            rows_per_gemv_task(n)
+        } else {
+            rows_per_task(n, grb + urb)
+        };
         // Per task: [2, n_tokens, rows] (gate block, then up block).
         s.blocks.resize(2 * n_tokens * n, 0.0);
         s.blocks
@@ -332,6 +347,20 @@ mod tests {
                 matmul_gate_up_silu(&g, &u, &x, t, &mut got);
                 assert_eq!(got, want, "{} n_tokens {t}", ty.name());
             }
+        }
+    }
+
+    #[test]
+    fn rows_per_gemv_task_is_whole_tiles_covering_n() {
+        for n in [1usize, 7, 16, 17, 896, 1280, 6848, 129280] {
+            let r = rows_per_gemv_task(n);
+            assert!((1..=n).contains(&r), "{n}: {r}");
+            assert!(r == n || r.is_multiple_of(16), "{n}: {r}");
+            let tasks = n.div_ceil(r);
+            assert!(
+                tasks <= 2 * rayon::current_num_threads().max(1),
+                "{n}: {tasks} tasks"
+            );
         }
     }
 

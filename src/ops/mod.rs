@@ -22,7 +22,7 @@ pub use gelu::{gelu_erf, gelu_tanh};
 pub use layer_norm::layer_norm;
 pub use matmul::{
     matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, matvec_serial,
-    quantize_activations, row_to_f32, rows_per_task,
+    quantize_activations, row_to_f32, rows_per_gemv_task, rows_per_task,
 };
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};

@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub exif_rotate: bool,
     /// Parts to run on a ggml device (`--gpu`, `--offload`, `--gpu-mem`).
     pub backend: crate::backend::BackendOptions,
+    /// The expert store (`--mem-budget`, `--cold-experts`, ...).
+    pub experts: crate::experts::ExpertOptions,
 }
 
 /// The server's shared state: set up at once, with the model arriving when loaded.
@@ -81,7 +83,7 @@ impl AppState {
                 ctx: o.ctx,
                 pool: o.pool.clone(),
                 exif_rotate: o.exif_rotate,
-                experts: Default::default(),
+                experts: o.experts.clone(),
                 backend: o.backend.clone(),
             },
         )?;

@@ -13,6 +13,7 @@
 //! where the golden top-1 margin exceeds the format's error; the measured
 //! agreement and max logit error are printed.
 
+use pocketvl::experts::ExpertOptions;
 use pocketvl::generate::{GenerateOptions, Sequence};
 use pocketvl::loader::ModelFile;
 use pocketvl::model::deepseek_vl2::prompt::build_chat;
@@ -249,15 +250,59 @@ fn tiny_mla_f32_matches_reference() {
 /// flips after expert-choice changes; the bound is 90 %.
 fn check_quantized(name: &str, recipe: &str, tol: f32) -> (f32, f32, usize) {
     let (_dir, path) = converted(name, recipe);
-    let file = ModelFile::open(&path).unwrap();
-    let model = LanguageModel::load(&file).unwrap();
+    let p = teacher_forced(name, &path, &ExpertOptions::default(), tol);
+    println!(
+        "{name} {recipe}: top-1 agreement {:.1}% ({}/{}), max top-1 logit error {:.4}",
+        p.rate() * 100.0,
+        p.agree,
+        p.total,
+        p.max_err
+    );
+    for f in &p.flips {
+        println!("  {recipe} choice differs beyond the margin: {f}");
+    }
+    (p.rate(), p.max_err, p.flips.len())
+}
+
+/// How a model did along the golden greedy path ([`teacher_forced`]).
+pub struct PathScore {
+    /// Steps whose argmax is the golden token, of `total`.
+    pub agree: usize,
+    pub total: usize,
+    /// Max and mean |error| of the golden top-1 logit.
+    pub max_err: f32,
+    pub mean_err: f32,
+    /// Choices that differ although the golden top-1 margin exceeds the tolerance.
+    pub flips: Vec<String>,
+    /// The logit rows of every step of every case, in order.
+    pub logits: Vec<f32>,
+}
+
+impl PathScore {
+    pub fn rate(&self) -> f32 {
+        self.agree as f32 / self.total.max(1) as f32
+    }
+}
+
+/// Runs the model file `path` (a conversion of fixture `name`) with the expert store `opts`
+/// teacher-forced along every case's golden greedy path (16 steps, image rows from the golden
+/// `inputs_embeds`) and scores each step against the golden logits (see [`check_quantized`]).
+pub fn teacher_forced(
+    name: &str,
+    path: &std::path::Path,
+    opts: &ExpertOptions,
+    tol: f32,
+) -> PathScore {
+    let file = ModelFile::open(path).unwrap();
+    let model = LanguageModel::load_with(&file, opts).unwrap();
     let mut st = model.new_state();
     let tok = Tokenizer::from_model_file(&file).unwrap();
     let cases = load_json(&fixture(name).join("cases.json"));
     let golden = Golden::open(name);
     let v = model.hp.n_vocab;
-    let (mut agree, mut total, mut max_err) = (0usize, 0usize, 0.0f32);
+    let (mut agree, mut total, mut max_err, mut sum_err) = (0usize, 0usize, 0.0f32, 0.0f64);
     let mut flips = Vec::new();
+    let mut rows = Vec::new();
     let d = model.hp.n_embd;
     for case in cases["cases"].as_array().unwrap() {
         let cn = case["name"].as_str().unwrap();
@@ -287,11 +332,13 @@ fn check_quantized(name: &str, recipe: &str, tol: f32) -> (f32, f32, usize) {
         let top5_l = golden.f32(&format!("{cn}.gen_top5_logits"));
         for s in 0..gen.len() {
             let row = &logits[(t - 1 + s) * v..][..v];
+            rows.extend_from_slice(row);
             let ours = argmax(row) as u32;
             total += 1;
             agree += (ours == gen[s]) as usize;
             let e = (row[top5[s * 5] as usize] - top5_l[s * 5]).abs();
             max_err = max_err.max(e);
+            sum_err += e as f64;
             let margin = top5_l[s * 5] - top5_l[s * 5 + 1];
             if margin > tol && ours != gen[s] {
                 flips.push(format!(
@@ -301,12 +348,14 @@ fn check_quantized(name: &str, recipe: &str, tol: f32) -> (f32, f32, usize) {
             }
         }
     }
-    let rate = agree as f32 / total.max(1) as f32;
-    println!("{name} {recipe}: top-1 agreement {:.1}% ({agree}/{total}), max top-1 logit error {max_err:.4}", rate * 100.0);
-    for f in &flips {
-        println!("  {recipe} choice differs beyond the margin: {f}");
+    PathScore {
+        agree,
+        total,
+        max_err,
+        mean_err: (sum_err / total.max(1) as f64) as f32,
+        flips,
+        logits: rows,
     }
-    (rate, max_err, flips.len())
 }
 
 #[test]

@@ -111,6 +111,7 @@ fn any_budget_gives_the_unlimited_bits() {
                 io,
                 prefetch,
                 readers: 2,
+                ..ExpertOptions::default()
             };
             let what = format!("{name}: {opts:?}, {threads} thread(s)");
             let (got, st) = generate(&path, &opts, threads);

@@ -17,6 +17,7 @@ mod cli_errors;
 mod cli_pipes;
 mod cli_run_images;
 mod cli_run_messages;
+mod cold_experts;
 mod decoder_loader;
 mod decoder_oracle;
 mod decoder_session;

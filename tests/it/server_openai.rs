@@ -323,6 +323,7 @@ fn health_is_503_while_loading() {
         allow_local_files: false,
         exif_rotate: true,
         backend: Default::default(),
+        experts: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -63,6 +63,7 @@ const DOT_TYPES: &[(i32, &str, i32)] = &[
     (13, "q5_K", 15),
     (14, "q6_K", 15),
     (11, "q3_K", 15),
+    (10, "q2_K", 15),
 ];
 
 /// (ggml type id, file name) for every format pocketvl implements.
@@ -80,6 +81,7 @@ const TYPES: &[(i32, &str)] = &[
     (14, "q6_K"),
     (15, "q8_K"),
     (11, "q3_K"),
+    (10, "q2_K"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,5 @@
 //! Shared pieces of the K-quant reference quantizers (ggml-quants.c):
-//! `make_qkx2_quants` (weighted scale + min fit for Q4_K/Q5_K), `make_qx_quants`
+//! `make_qkx2_quants` (weighted scale + min fit for Q2_K/Q4_K/Q5_K), `make_qx_quants`
 //! (signed scale fit for Q6_K) and the 6-bit scale/min packing of Q4_K/Q5_K.
 //! Float operations keep ggml's order so that results are bit-identical.
 
@@ -8,23 +8,37 @@ use super::nearest_int;
 /// ggml's `GROUP_MAX_EPS`: below this a group counts as all zero.
 pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Weighted fit of `x ≈ scale·L − min` with L in 0..=nmax (ggml `make_qkx2_quants`,
-/// squared error). Writes L and returns (scale, min) where min ≥ 0 is subtracted.
+/// How [`make_qkx2_quants`] weighs a residual.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum FitError {
+    /// Squared (Q4_K, Q5_K).
+    Squared,
+    /// Absolute (ggml's `use_mad`, Q2_K).
+    Absolute,
+}
+
+/// Weighted fit of `x ≈ scale·L − min` with L in 0..=nmax over N values (ggml
+/// `make_qkx2_quants`). Writes L and returns (scale, min) where min ≥ 0 is subtracted.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn make_qkx2_quants(
-    x: &[f32; 32],
-    weights: &[f32; 32],
+pub(super) fn make_qkx2_quants<const N: usize>(
+    x: &[f32; N],
+    weights: &[f32; N],
     nmax: i32,
     rmin: f32,
     rdelta: f32,
     nstep: i32,
-    l_out: &mut [u8; 32],
+    err: FitError,
+    l_out: &mut [u8; N],
 ) -> (f32, f32) {
+    let cost = |diff: f32| match err {
+        FitError::Squared => diff * diff,
+        FitError::Absolute => diff.abs(),
+    };
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
-    for i in 1..32 {
+    for i in 1..N {
         if x[i] < min {
             min = x[i];
         }
@@ -39,29 +53,29 @@ pub(super) fn make_qkx2_quants(
         min = 0.0;
     }
     if max == min {
-        *l_out = [0; 32];
+        *l_out = [0; N];
         return (0.0, -min);
     }
     let nmax_f = nmax as f32;
     let mut iscale = nmax_f / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_error = 0f32;
-    for i in 0..32 {
+    for i in 0..N {
         let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         l_out[i] = l as u8;
         let diff = scale * l as f32 + min - x[i];
-        best_error += weights[i] * (diff * diff);
+        best_error += weights[i] * cost(diff);
     }
     if nstep < 1 {
         return (scale, -min);
     }
-    let mut laux = [0u8; 32];
+    let mut laux = [0u8; N];
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmax_f) / (max - min);
         let mut sum_l = 0f32;
         let mut sum_l2 = 0f32;
         let mut sum_xl = 0f32;
-        for i in 0..32 {
+        for i in 0..N {
             let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
             laux[i] = l as u8;
             let w = weights[i];
@@ -79,9 +93,9 @@ pub(super) fn make_qkx2_quants(
                 this_scale = sum_xl / sum_l2;
             }
             let mut cur_error = 0f32;
-            for i in 0..32 {
+            for i in 0..N {
                 let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * (diff * diff);
+                cur_error += weights[i] * cost(diff);
             }
             if cur_error < best_error {
                 *l_out = laux;
@@ -191,7 +205,16 @@ pub(super) fn quantize_kx(
             *w = av_x + v.abs();
         }
         let mut l = [0u8; 32];
-        let (sc, mn) = make_qkx2_quants(xs, &weights, nmax, rmin, rdelta, nstep, &mut l);
+        let (sc, mn) = make_qkx2_quants(
+            xs,
+            &weights,
+            nmax,
+            rmin,
+            rdelta,
+            nstep,
+            FitError::Squared,
+            &mut l,
+        );
         l_all[32 * j..32 * j + 32].copy_from_slice(&l);
         scales[j] = sc;
         mins[j] = mn;

@@ -12,6 +12,7 @@
 pub mod bf16;
 mod f16;
 mod kfit;
+mod q2_k;
 mod q3_k;
 mod q4_0;
 mod q4_1;
@@ -29,6 +30,7 @@ mod simd_neon;
 mod simd_quantize;
 
 pub use kfit::get_scale_min_k4;
+pub use q2_k::{unpack_q2k, BlockQ2K};
 pub use q3_k::{q3k_scale, unpack_q3k, BlockQ3K};
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
@@ -243,6 +245,7 @@ pub(crate) mod codec {
         q4_1: quantize_q4_1;
         q5_0: quantize_q5_0;
         q5_1: quantize_q5_1;
+        q2_k: quantize_q2_k;
         q3_k: quantize_q3_k;
         q4_k: quantize_q4_k;
         q5_k: quantize_q5_k;
@@ -263,6 +266,7 @@ pub(crate) mod codec {
         q5_1: dequantize_q5_1;
         q8_0: dequantize_q8_0;
         q8_1: dequantize_q8_1;
+        q2_k: dequantize_q2_k;
         q3_k: dequantize_q3_k;
         q4_k: dequantize_q4_k;
         q5_k: dequantize_q5_k;
@@ -323,6 +327,7 @@ mod tests {
         assert_eq!(size_of::<BlockQ5_1>(), GgmlType::Q5_1.type_size());
         assert_eq!(size_of::<BlockQ8_0>(), GgmlType::Q8_0.type_size());
         assert_eq!(size_of::<BlockQ8_1>(), GgmlType::Q8_1.type_size());
+        assert_eq!(size_of::<BlockQ2K>(), GgmlType::Q2_K.type_size());
         assert_eq!(size_of::<BlockQ3K>(), GgmlType::Q3_K.type_size());
         assert_eq!(size_of::<BlockQ4K>(), GgmlType::Q4_K.type_size());
         assert_eq!(size_of::<BlockQ5K>(), GgmlType::Q5_K.type_size());
@@ -351,7 +356,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            quantize_row(GgmlType::Q2_K, &[0.0; 256], &mut [0u8; 84]),
+            quantize_row(GgmlType::F64, &[0.0; 256], &mut [0u8; 2048]),
             Err(QuantError::Unsupported { .. })
         ));
         let mut y = [0f32; 32];
@@ -371,7 +376,7 @@ mod tests {
                 .collect(),
         ];
         for ty in [
-            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
         ] {
             let mut q = vec![0u8; ty.row_bytes(256).unwrap_or(0) as usize];
             let mut y = vec![0f32; 256];

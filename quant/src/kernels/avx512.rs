@@ -1,7 +1,7 @@
 //! AVX-512 (F, BW, VL with VNNI) kernels. The tier sits on top of the AVX2
 //! table: a slot without an AVX-512 kernel keeps its AVX2 one.
 //!
-//! The 32-element block formats Q4_1, Q5_0 and Q5_1 (Q4_0 and Q8_0: see
+//! The 32-element block formats Q4_1 and Q5_1 (Q4_0, Q5_0 and Q8_0: see
 //! `q0_avx512_units`, which replaced this path for them) multiply with
 //! 512-bit `vpdpbusd` (AVX512-VNNI) on two blocks at once, one per 256-bit
 //! half: one instruction per (weight block pair, activation block pair), on
@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::q0_x86::{h2f, load32, ActBlock, Q0Format, Q4_1, Q5_0, Q5_1};
+use super::q0_x86::{h2f, load32, ActBlock, Q0Format, Q4_1, Q5_1};
 use crate::block::as_blocks;
 
 /// Whether this CPU runs every kernel of this file (AVX-512 F/BW/VL + VNNI).
@@ -258,6 +258,5 @@ macro_rules! entry_points {
 
 entry_points! {
     Q4_1 => dot_q4_1_q8_1, gemm_q4_1_q8_1;
-    Q5_0 => dot_q5_0_q8_0, gemm_q5_0_q8_0;
     Q5_1 => dot_q5_1_q8_1, gemm_q5_1_q8_1;
 }

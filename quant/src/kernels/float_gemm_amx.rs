@@ -3,18 +3,24 @@
 //! matrices on CPUs with AMX-BF16 (Sapphire Rapids and later), where one tile instruction
 //! does 16 x 16 x 32 multiply-adds, ~16x the f32 FMA rate of AVX-512.
 //!
-//! Layout (C = weights x activationsᵀ, so the weights need no packing):
-//! - A tiles are 16 weight rows x 32 bf16 columns. Each block of 32 weight rows is copied
-//!   once per super-block of tokens into `[k-step][32 rows][32 columns]` (zero-padded in k
-//!   and rows), so every tile load reads 1 KiB of contiguous lines: loaded straight from
-//!   the mapping (stride = row bytes) the tile loads took ~45% of the kernel's time;
-//! - B tiles are 16 column pairs x 16 tokens (AMX's "VNNI" pair layout): per call the f32
-//!   activations of a super-block of tokens are rounded to bf16 and transposed by 16 x 16
-//!   blocks of pairs into `[token block][pair][16 tokens]`, zero-padded in k and tokens. A
-//!   super-block is sized to stay in L2 (~1 MiB) while every 32-row weight block sweeps it;
-//! - the microkernel holds 2 x 2 accumulator tiles (32 rows x 32 tokens, the most the eight
-//!   tile registers allow with two A and two B tiles) over the whole k range, then stores
-//!   them and writes them transposed (AVX-512, 16 x 16 at a time) into `out[t * ldo + r]`.
+//! Layout (C = activations x weightsᵀ, so the accumulator tiles are `[token][row]` as `out`
+//! is, and no result is transposed):
+//! - A tiles are 16 tokens x 32 bf16 columns. Per super-block of tokens the f32 activations
+//!   are rounded once into `[32-token block][k-step][32 tokens][32]` (zero-padded in k and
+//!   to 32 tokens), so every tile load reads 1 KiB of contiguous lines and a token block's
+//!   k-steps are one sequential stream. A super-block is sized to stay in L2
+//!   (~1 MiB) while every weight block sweeps it;
+//! - B tiles are 16 column pairs x 16 weight rows (AMX's "VNNI" pair layout): each block
+//!   of 32 weight rows is packed once per super-block into `[k-step][2 halves][16 pairs]
+//!   [16 rows]` (16 x 16 transposes of u32 pairs, zero-padded in k and rows);
+//! - k-blocking: the k-steps are taken [`KC_STEPS`] at a time (256 columns); over one
+//!   k-block the packed weight block is 16 KiB and stays in L1 while the token blocks sweep
+//!   it, and the 2 x 2 accumulator tiles (32 tokens x 32 rows, the most the eight tile
+//!   registers allow with two A and two B tiles) are loaded and stored per k-block. Without
+//!   it (the whole k per accumulator pass) both operands streamed from L2 and `tileloadd`
+//!   took ~45% of the kernel's time;
+//! - blocks of 32 tokens x 32 rows inside `out` accumulate in place (tile stride = `ldo`);
+//!   only edge blocks go through the buffer and are copied out after the last k-block.
 //!
 //! The scalar twin is [`scalar::gemm_bf16_rounded`](super::scalar::gemm_bf16_rounded); `tests` compare them on random and
 //! edge data at the tower's shapes and around every tile edge.
@@ -25,8 +31,15 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-/// Bytes of packed activations per super-block (fits L2 beside one weight block).
-const B_BYTES: usize = 1 << 20;
+/// Bytes of packed activations per super-block (fits L2 beside one packed weight block).
+const A_BYTES: usize = 1 << 20;
+
+/// Fewest tokens per super-block: below it each packed weight block serves too few tokens.
+const MIN_SUPER: usize = 128;
+
+/// k-steps (32 columns each) per k-block: 32 rows of 256 bf16 columns = 16 KiB, in L1
+/// beside the token block's 2 x 16 KiB of activations.
+const KC_STEPS: usize = 8;
 
 /// Whether the CPU has AMX-TILE, AMX-BF16 and AVX-512 BF16/BW, and Linux granted this
 /// process the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, needed once per process
@@ -111,6 +124,41 @@ pub(crate) fn gemm_bf16_rounded(
     unsafe { gemm_amx(k, w, n_rows, a, n_tok, out, ldo) }
 }
 
+/// The AMX roofline: `iters` x 4 `tdpbf16ps` on four independent accumulators with
+/// operands already in tile registers (no memory traffic), for benchmarks to read a kernel's
+/// rate as a fraction of the tile unit's peak measured in the same run. Returns the flops
+/// done (2 x 16 x 16 x 32 per instruction).
+pub(crate) fn tdp_spin(iters: usize) -> u64 {
+    assert!(detected(), "AMX spin called without AMX");
+    let cfg = TileConfig::all_16x64();
+    let zeros = [0u8; 1024];
+    // SAFETY: AMX is usable (`detected`); the config is a valid palette-1 config; the
+    // operand tiles are loaded from 1 KiB of zeros (stride 64); tilerelease ends the use.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        asm!(
+            "tileloadd tmm4, [{z} + {s}]",
+            "tileloadd tmm5, [{z} + {s}]",
+            "tileloadd tmm6, [{z} + {s}]",
+            "tileloadd tmm7, [{z} + {s}]",
+            z = in(reg) zeros.as_ptr(),
+            s = in(reg) 64usize,
+            options(nostack, readonly)
+        );
+        for _ in 0..iters {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem)
+            );
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+    iters as u64 * 4 * 2 * 16 * 16 * 32
+}
+
 /// Tile configuration (palette 1): all eight tiles 16 rows x 64 bytes.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
@@ -137,77 +185,98 @@ unsafe fn gemm_amx(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let kp = k.div_ceil(32) * 16; // u32 column pairs per padded row
-    let steps = kp / 16; // k-steps of 32 columns
-    let ts = ((B_BYTES / (kp * 4)) / 32 * 32).clamp(32, n_tok.div_ceil(32) * 32);
-    let mut b = vec![0u32; ts * kp]; // [ts / 16 token blocks][kp][16]
-    let mut ap = vec![0u8; steps * 2048]; // one row block, [step][32 rows][32 bf16]
-    let mut c = [0f32; 4 * 256];
+    let steps = k.div_ceil(32);
+    // Super-blocks: as many tokens as fit A_BYTES (at least MIN_SUPER), then balanced so
+    // the last one is not a sliver (each super-block packs every weight block once).
+    let fit = (A_BYTES / (steps * 64)).max(MIN_SUPER);
+    let n_super = n_tok.div_ceil(fit);
+    let ts = n_tok.div_ceil(n_super).div_ceil(32) * 32;
+    // Tile rows are 64 bytes: aligned buffers keep each in one cache line (unaligned, every
+    // tile load touched 32 lines instead of 16; the `tdpbf16ps` spin with tile loads from
+    // an unaligned buffer ran at ~0.7x the aligned rate).
+    let (mut ap_buf, mut bp_buf) = (
+        vec![0u8; steps * ts * 64 + 64],
+        vec![0u8; steps * 2048 + 64],
+    );
+    let mut c_buf = vec![0f32; ts * 32 + 16];
+    let ap = aligned(&mut ap_buf, steps * ts * 64); // [token block][step][32 tokens][32 bf16]
+    let bp = aligned(&mut bp_buf, steps * 2048); // [step][half][16 pairs][16 rows][2 bf16]
+    let c = aligned(&mut c_buf, ts * 32); // [token][32 rows]
     let cfg = TileConfig::all_16x64();
     // SAFETY: AMX is usable (caller); the config is a valid palette-1 config.
     unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
     for t0 in (0..n_tok).step_by(ts) {
         let nt = ts.min(n_tok - t0);
-        // SAFETY: AVX-512 F/BW/BF16 (caller); `b` holds ts * kp ≥ nt.div_ceil(32) * 32 * kp.
-        unsafe { pack_acts(&a[t0 * k..(t0 + nt) * k], nt, k, kp, &mut b) };
+        let ntp = nt.div_ceil(32) * 32;
+        // SAFETY: AVX-512 F/BW/BF16 (caller); `ap` holds steps * ts * 64 ≥ steps * ntp * 64.
+        unsafe { pack_acts(&a[t0 * k..(t0 + nt) * k], nt, ntp, k, ap) };
         for r0 in (0..n_rows).step_by(32) {
             let nr = 32.min(n_rows - r0);
-            pack_weights(&w[r0 * 2 * k..(r0 + nr) * 2 * k], k, steps, &mut ap);
-            for tb0 in (0..nt).step_by(32) {
-                let bp = b.as_ptr().add(tb0 / 16 * kp * 16);
-                // SAFETY: A: step s < steps of `ap` is 32 rows of 64 bytes; B: blocks
-                // tb0 / 16 and + 1 of `b` (zero-padded to 32 tokens), pairs 16 s..16 s + 16
-                // < kp. `c` is 4 tiles of 16 x 16 f32.
-                unsafe {
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack, nomem)
-                    );
-                    for s in 0..steps {
-                        dp_2x2(ap.as_ptr().add(2048 * s), bp.add(256 * s), kp * 64);
-                    }
-                    let cp = c.as_mut_ptr();
-                    asm!(
-                        "tilestored [{c} + {s}], tmm0",
-                        "tilestored [{c} + {s} + 1024], tmm1",
-                        "tilestored [{c} + {s} + 2048], tmm2",
-                        "tilestored [{c} + {s} + 3072], tmm3",
-                        c = in(reg) cp,
-                        s = in(reg) 64usize,
-                        options(nostack)
-                    );
-                }
-                let ntt = 32.min(nt - tb0);
-                // c tile 2 i + j: rows 16 i.., tokens 16 j.. as [row][token].
-                for i in 0..2 {
-                    let live_r = nr.saturating_sub(16 * i).min(16);
-                    if live_r == 0 {
-                        break;
-                    }
-                    let m: __mmask16 = ((1u32 << live_r) - 1) as u16;
-                    for j in 0..2 {
-                        let live_t = ntt.saturating_sub(16 * j).min(16);
-                        if live_t == 0 {
-                            break;
+            // SAFETY: as above; `bp` holds steps * 2048 bytes.
+            unsafe { pack_weights(&w[r0 * 2 * k..(r0 + nr) * 2 * k], nr, k, bp) };
+            for s0 in (0..steps).step_by(KC_STEPS) {
+                let s1 = (s0 + KC_STEPS).min(steps);
+                for tb in (0..ntp).step_by(32) {
+                    // A block of 32 tokens x 32 rows inside `out` accumulates there (tile
+                    // stride = ldo floats); edge blocks in `c` (stride 32 floats), copied
+                    // out below. (Copying every block out took ~18% of the tower's time.)
+                    let direct = nr == 32 && tb + 32 <= nt;
+                    let (cp, cs) = if direct {
+                        (out.as_mut_ptr().add((t0 + tb) * ldo + r0), ldo * 4)
+                    } else {
+                        (c.as_mut_ptr().add(tb * 32), 128)
+                    };
+                    // SAFETY: C: direct, tokens t0 + tb..+ 32 ≤ n_tok and rows r0..r0 + 32 ≤
+                    // n_rows ≤ ldo lie inside `out` (its size is asserted by the caller);
+                    // else `c` rows tb..tb + 32 ≤ ntp ≤ ts. Each is 2 x 2 tiles of 16 x 16
+                    // f32 at stride cs. A: token block tb / 32 < ntp / 32, step s < steps
+                    // of `ap` is 2 KiB; B: step s of `bp` is 2 KiB.
+                    unsafe {
+                        let c2 = cp.cast::<u8>().add(16 * cs);
+                        if s0 == 0 {
+                            asm!(
+                                "tilezero tmm0",
+                                "tilezero tmm1",
+                                "tilezero tmm2",
+                                "tilezero tmm3",
+                                options(nostack, nomem)
+                            );
+                        } else {
+                            asm!(
+                                "tileloadd tmm0, [{c} + {s}]",
+                                "tileloadd tmm1, [{c} + {s} + 64]",
+                                "tileloadd tmm2, [{c2} + {s}]",
+                                "tileloadd tmm3, [{c2} + {s} + 64]",
+                                c = in(reg) cp,
+                                c2 = in(reg) c2,
+                                s = in(reg) cs,
+                                options(nostack, readonly)
+                            );
                         }
-                        let tr = transpose16(c.as_ptr().add((2 * i + j) * 256));
-                        for (tt, v) in tr.iter().enumerate().take(live_t) {
-                            let t = t0 + tb0 + 16 * j + tt;
-                            // SAFETY: t < n_tok and the mask keeps r0 + 16 i + lane <
-                            // n_rows, so the row lies inside `out` (asserted by the caller).
-                            unsafe {
-                                _mm512_mask_storeu_ps(
-                                    out.as_mut_ptr().add(t * ldo + r0 + 16 * i),
-                                    m,
-                                    *v,
-                                )
-                            };
+                        for s in s0..s1 {
+                            dp_2x2(
+                                ap.as_ptr().add((tb * steps + 32 * s) * 64),
+                                bp.as_ptr().add(2048 * s),
+                            );
                         }
+                        asm!(
+                            "tilestored [{c} + {s}], tmm0",
+                            "tilestored [{c} + {s} + 64], tmm1",
+                            "tilestored [{c2} + {s}], tmm2",
+                            "tilestored [{c2} + {s} + 64], tmm3",
+                            c = in(reg) cp,
+                            c2 = in(reg) c2,
+                            s = in(reg) cs,
+                            options(nostack)
+                        );
                     }
                 }
+            }
+            // The edge blocks: every token when the row block is short, else the tail.
+            let first = if nr == 32 { nt / 32 * 32 } else { 0 };
+            for t in first..nt {
+                let o = (t0 + t) * ldo + r0;
+                out[o..o + nr].copy_from_slice(&c[t * 32..t * 32 + nr]);
             }
         }
     }
@@ -215,88 +284,101 @@ unsafe fn gemm_amx(
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// One k-step of 32 columns: the 2 x 2 accumulators (tmm0..3) += A halves (rows 0-15 at
-/// `a`, 16-31 at `a + 1024`, stride 64) times B halves (`b` and the next token block, `sb`
-/// bytes apart, stride 64).
+/// The first `len` elements of `buf` from its first 64-byte-aligned one (`buf` holds at
+/// least `len + 64` bytes' worth).
+fn aligned<T>(buf: &mut [T], len: usize) -> &mut [T] {
+    let off = buf.as_ptr().align_offset(64);
+    &mut buf[off..off + len]
+}
+
+/// One k-step of 32 columns: the 2 x 2 accumulators (tmm0..3: tokens 16 i.., rows 16 j..
+/// as tile 2 i + j) += A halves (tokens 0-15 at `a`, 16-31 at `a + 1024`, stride 64) times
+/// B halves (rows 0-15 at `b`, 16-31 at `b + 1024`, stride 64).
 ///
 /// # Safety
-/// AMX configured as in [`gemm_amx`]; 2 KiB readable at `a`, 1 KiB at `b` and `b + sb`.
+/// AMX configured as in [`gemm_amx`]; 2 KiB readable at `a` and at `b`.
 #[inline(always)]
-unsafe fn dp_2x2(a: *const u8, b: *const u32, sb: usize) {
+unsafe fn dp_2x2(a: *const u8, b: *const u8) {
     // SAFETY: the caller's contract.
     unsafe {
         asm!(
             "tileloadd tmm4, [{a} + {s64}]",
-            "tileloadd tmm5, [{a1} + {s64}]",
             "tileloadd tmm6, [{b} + {s64}]",
-            "tileloadd tmm7, [{b1} + {s64}]",
             "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b} + {s64} + 1024]",
             "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a} + {s64} + 1024]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
             a = in(reg) a,
-            a1 = in(reg) a.add(1024),
             b = in(reg) b,
-            b1 = in(reg) b.cast::<u8>().add(sb),
             s64 = in(reg) 64usize,
             options(nostack, readonly)
         );
     }
 }
 
-/// The `nr ≤ 32` bf16 rows of `k` in `rows` to the A layout `[steps][32][32]` (each k-step's
-/// two 16-row tiles back to back, 1 KiB each, so tile loads read contiguous lines), zero
-/// beyond `k` and `nr`.
-fn pack_weights(rows: &[u8], k: usize, steps: usize, ap: &mut [u8]) {
-    let nr = rows.len() / (2 * k);
+/// The `nr ≤ 32` bf16 rows of `k` in `rows` to the B layout `[steps][2][16 pairs][16 rows]`
+/// (u32 = the row's two bf16 of columns 2 p, 2 p + 1 of the step; each half's tile is 1 KiB
+/// of contiguous lines), zero beyond `k` and `nr`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_weights(rows: &[u8], nr: usize, k: usize, bp: &mut [u8]) {
+    let steps = k.div_ceil(32);
+    debug_assert!(rows.len() >= nr * 2 * k && bp.len() >= steps * 2048);
     for s in 0..steps {
-        let (c0, c1) = (32 * s, (32 * s + 32).min(k));
-        let dst = &mut ap[s * 2048..(s + 1) * 2048];
-        for (r, d) in dst.chunks_exact_mut(64).enumerate() {
-            if r >= nr {
-                d.fill(0);
-                continue;
+        let live = (k - 32 * s).min(32);
+        let m: __mmask32 = (u64::MAX >> (64 - live)) as u32;
+        for half in 0..2 {
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (i, x) in v.iter_mut().enumerate() {
+                let r = 16 * half + i;
+                if r >= nr {
+                    break;
+                }
+                // SAFETY: the mask keeps bf16 columns 32 s + lane < k of row r < nr.
+                *x = unsafe {
+                    _mm512_maskz_loadu_epi16(m, rows.as_ptr().add(r * 2 * k + 64 * s).cast())
+                };
             }
-            let n = 2 * (c1 - c0);
-            d[..n].copy_from_slice(&rows[r * 2 * k + 2 * c0..][..n]);
-            d[n..].fill(0);
+            let tr = transpose16(v.as_ptr().cast());
+            let dst = bp.as_mut_ptr().add(s * 2048 + half * 1024);
+            for (p, x) in tr.iter().enumerate() {
+                // SAFETY: pair row p of this step's half, inside `bp`.
+                unsafe { _mm512_storeu_ps(dst.add(64 * p).cast(), *x) };
+            }
         }
     }
 }
 
-/// `nt` f32 rows of `k` to bf16 column pairs in the B layout `[nt / 16][kp][16]` (u32 =
-/// two bf16, the lower column in the low half), zero beyond `k` and `nt` up to 32 tokens.
+/// `nt` f32 rows of `k` rounded to bf16 in the A layout `[ntp / 32][steps][32][32]` (a
+/// token block's k-steps are one contiguous stream for the prefetchers), zero beyond `k`
+/// and for tokens `nt..ntp`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_acts(a: &[f32], nt: usize, k: usize, kp: usize, b: &mut [u32]) {
-    let blocks = nt.div_ceil(32) * 2;
-    debug_assert!(b.len() >= blocks * kp * 16 && a.len() >= nt * k);
-    for tb in 0..blocks {
-        for s in 0..kp / 16 {
-            let mut rows = [_mm512_setzero_ps(); 16];
-            for (tt, row) in rows.iter_mut().enumerate() {
-                let t = tb * 16 + tt;
-                if t >= nt {
-                    break;
-                }
-                let c0 = 32 * s;
-                let load = |c: usize| {
-                    let live = k.saturating_sub(c).min(16);
-                    let m: __mmask16 = ((1u32 << live) - 1) as u16;
-                    // SAFETY: the mask keeps columns c + lane < k of row t < nt.
-                    unsafe { _mm512_maskz_loadu_ps(m, a.as_ptr().add(t * k + c)) }
-                };
-                let (lo, hi) = (load(c0), load(c0 + 16));
-                // 32 bf16 in column order: `lo` fills the low half.
-                let bh: __m512bh = _mm512_cvtne2ps_pbh(hi, lo);
-                // SAFETY: both are 512-bit vectors; the bits are kept as they are.
-                *row = unsafe { std::mem::transmute::<__m512bh, __m512>(bh) };
+unsafe fn pack_acts(a: &[f32], nt: usize, ntp: usize, k: usize, ap: &mut [u8]) {
+    let steps = k.div_ceil(32);
+    debug_assert!(ap.len() >= steps * ntp * 64 && a.len() >= nt * k);
+    for t in 0..ntp {
+        for s in 0..steps {
+            let dst = ap
+                .as_mut_ptr()
+                .add(((t / 32 * steps + s) * 32 + t % 32) * 64);
+            if t >= nt {
+                // SAFETY: token t < ntp of step s, inside `ap`.
+                unsafe { _mm512_storeu_si512(dst.cast(), _mm512_setzero_si512()) };
+                continue;
             }
-            let tr = transpose16(rows.as_ptr().cast());
-            let dst = b.as_mut_ptr().add((tb * kp + 16 * s) * 16);
-            for (p, v) in tr.iter().enumerate() {
-                // SAFETY: pair 16 s + p < kp of token block tb < blocks, inside `b`.
-                unsafe { _mm512_storeu_ps(dst.add(16 * p).cast(), *v) };
-            }
+            let load = |c: usize| {
+                let live = k.saturating_sub(c).min(16);
+                let m: __mmask16 = ((1u32 << live) - 1) as u16;
+                // SAFETY: the mask keeps columns c + lane < k of row t < nt.
+                unsafe { _mm512_maskz_loadu_ps(m, a.as_ptr().add(t * k + c)) }
+            };
+            // 32 bf16 in column order: the low half from the first 16 columns.
+            let bh: __m512bh = _mm512_cvtne2ps_pbh(load(32 * s + 16), load(32 * s));
+            // SAFETY: token t of step s, 64 bytes inside `ap`; the bits are stored as they are.
+            unsafe {
+                _mm512_storeu_si512(dst.cast(), std::mem::transmute::<__m512bh, __m512i>(bh))
+            };
         }
     }
 }

@@ -280,9 +280,15 @@ fn gemv_tile<const F: u8, const R: usize>(
     nr: usize,
     a: &[u8],
     out: &mut [f32],
+    prefetch_rows: usize,
 ) {
     debug_assert!(R == 1 || R == 16);
     let bb = block_bytes(F);
+    // Decode streams weights from memory; the 16 rows' interleaved streams
+    // (4 KiB pages) leave the hardware prefetchers behind, so each row's
+    // super-block prefetches the same super-block of the row 16 below (the
+    // next tile's), for its first `prefetch_rows` rows.
+    let ahead = 16 * sh.wrb;
     let (mut facc, mut sum1) = (_mm512_setzero_ps(), 0f32);
     // Lane r: d·d_a and dmin·d_a of the super-block (padding lanes stay 0).
     let (mut dw, mut dm) = ([0f32; 16], [0f32; 16]);
@@ -296,6 +302,15 @@ fn gemv_tile<const F: u8, const R: usize>(
         let mut main = [_mm512_setzero_si512(); 16];
         let mut mins = [_mm512_setzero_si512(); 16];
         for r in 0..nr {
+            if r < prefetch_rows {
+                let p = w.as_ptr().wrapping_add(ahead + r * sh.wrb + ib * bb);
+                // Points at most 64 apart, first and last byte included:
+                // every line of the super-block. Prefetches never fault; the
+                // addresses are only computed (wrapping), never dereferenced.
+                for o in (0..bb).step_by(64).chain([bb - 1]) {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o).cast());
+                }
+            }
             decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], &mut row);
             let mut acc = _mm512_setzero_si512();
             for ((&u, &sc), &ac) in row.u.iter().zip(&row.s).zip(&av) {
@@ -452,7 +467,8 @@ fn gemm_tiles<const F: u8>(
             for r0 in (0..n_rows).step_by(16) {
                 let nr = 16.min(n_rows - r0);
                 let o = &mut out[t * ldo + r0..];
-                gemv_tile::<F, 16>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o);
+                let pf = n_rows.saturating_sub(r0 + 16).min(16);
+                gemv_tile::<F, 16>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o, pf);
             }
         }
         t0 += tb;
@@ -482,7 +498,7 @@ fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
     let sh = check::<F>(n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx512::detected()`.
-    unsafe { gemv_tile::<F, 1>(&sh, w, 1, a, &mut o) };
+    unsafe { gemv_tile::<F, 1>(&sh, w, 1, a, &mut o, 0) };
     o[0]
 }
 

@@ -28,6 +28,12 @@ pub(crate) mod neon;
 pub(crate) mod neon_float_gemm;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_kquant;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_kquant_gemm;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_kquant_i8mm;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_sdot_gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx512_units;
 #[cfg(target_arch = "x86_64")]
@@ -151,7 +157,9 @@ impl KernelTable {
 static TABLE: OnceLock<KernelTable> = OnceLock::new();
 
 /// Whether `POCKETVL_FORCE_SCALAR` asks for the scalar kernels.
-fn force_scalar() -> bool {
+/// Whether `POCKETVL_FORCE_SCALAR=1` asks for the portable code everywhere (kernels outside
+/// this crate, like the vision tower's element-wise loops, follow it too).
+pub fn force_scalar() -> bool {
     std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1")
 }
 
@@ -297,6 +305,18 @@ pub fn gemm_bf16_rounded() -> Option<Bf16RoundedGemmFn> {
     })
 }
 
+/// `iters` x 4 AMX-BF16 tile products with the operands in registers, returning the flops
+/// done (`None` without AMX): the tile unit's peak for benchmarks to time beside
+/// [`gemm_bf16_rounded`].
+pub fn amx_bf16_spin(iters: usize) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if float_gemm_amx::detected() {
+        return Some(float_gemm_amx::tdp_spin(iters));
+    }
+    let _ = iters;
+    None
+}
+
 /// Dot product of one weight row (`n` elements in `ty`) with one activation row
 /// in `vec_dot_type(ty)`. Dispatches once through a table chosen at first use.
 ///
@@ -321,7 +341,7 @@ mod tests {
     fn every_weight_type_with_a_quantizer_has_a_kernel_and_pairing() {
         use GgmlType::*;
         for ty in [
-            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K,
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
         ] {
             assert!(has_vec_dot(ty), "{ty}");
             assert!(KernelTable::scalar().get(ty).is_some(), "{ty}");

@@ -88,7 +88,7 @@ impl Dot4 for Sdot {
 /// # Safety
 /// The CPU must have FEAT_I8MM.
 #[inline(always)]
-unsafe fn smmla(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) unsafe fn smmla(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // SAFETY: register-only instruction; FEAT_I8MM is the caller's contract.
     unsafe {
         asm!(
@@ -120,7 +120,7 @@ pub(super) unsafe fn h2f(b: [u8; 2]) -> f32 {
 /// NEON only: part of every aarch64 CPU.
 #[inline(always)]
 pub(super) unsafe fn load16<T: Copy>(p: &[T]) -> int8x16_t {
-    assert!(p.len() * std::mem::size_of::<T>() >= 16 && std::mem::size_of::<T>() == 1);
+    assert!(std::mem::size_of_val(p) >= 16 && std::mem::size_of::<T>() == 1);
     // SAFETY: 16 readable bytes (checked above); vld1q has no alignment requirement.
     unsafe { vld1q_s8(p.as_ptr().cast()) }
 }
@@ -143,13 +143,17 @@ pub(super) unsafe fn nibbles(qs: &[u8]) -> (uint8x16_t, uint8x16_t) {
 #[inline(always)]
 unsafe fn fifth_bits(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
     const BITS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
-    // SAFETY: BITS is 16 readable bytes.
-    let bit = unsafe { vld1q_u8(BITS.as_ptr()) };
-    let spread = |b0: u8, b1: u8| {
-        let v = vcombine_u8(vdup_n_u8(b0), vdup_n_u8(b1));
+    // Byte e / 8 of `qh` in bytes e = 0..16 (a table lookup; broadcasting
+    // each byte from a general register took ~20 instructions a block).
+    const SPREAD: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+    // SAFETY: BITS and SPREAD are 16 readable bytes each.
+    let (bit, idx) = unsafe { (vld1q_u8(BITS.as_ptr()), vld1q_u8(SPREAD.as_ptr())) };
+    let q = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_le_bytes(qh)));
+    let spread = |idx: uint8x16_t| {
+        let v = vqtbl1q_u8(q, idx);
         vandq_u8(vtstq_u8(v, bit), vdupq_n_u8(0x10))
     };
-    (spread(qh[0], qh[1]), spread(qh[2], qh[3]))
+    (spread(idx), spread(vaddq_u8(idx, vdupq_n_u8(2))))
 }
 
 /// An activation block (Q8_0 or Q8_1): scale, quants, and for Q8_1 `s = d·Σq`.
@@ -337,7 +341,7 @@ fn blocks<'a, F: Q0Format>(k: usize, w: &'a [u8], a: &'a [u8]) -> (&'a [F::W], &
 /// # Safety
 /// The CPU must have `M`'s instructions.
 #[inline(always)]
-unsafe fn dot_q0<F: Q0Format, M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(super) unsafe fn dot_q0<F: Q0Format, M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
     let (wb, ab) = blocks::<F>(k, w, a);
     let mut sum = 0f32;
     for (x, y) in wb.iter().zip(ab) {
@@ -364,7 +368,10 @@ unsafe fn dot_q0<F: Q0Format, M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
 /// # Safety
 /// NEON only: part of every aarch64 CPU.
 #[inline(always)]
-unsafe fn pair_chunks(x: (int8x16_t, int8x16_t), y: (int8x16_t, int8x16_t)) -> [int8x16_t; 4] {
+pub(super) unsafe fn pair_chunks(
+    x: (int8x16_t, int8x16_t),
+    y: (int8x16_t, int8x16_t),
+) -> [int8x16_t; 4] {
     let z = |a: int8x16_t, b: int8x16_t, hi: bool| {
         let (a, b) = (vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b));
         vreinterpretq_s8_s64(if hi {
@@ -662,3 +669,38 @@ pub(crate) fn dot_bf16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: NEON is part of every aarch64 CPU.
     unsafe { dot_float(Float::BF16, n, w, a) }
 }
+
+/// Safe [`super::GemmFn`] entry points of the GEMM tiles (`neon_sdot_gemm`,
+/// `neon_kquant_gemm`, `neon_kquant_i8mm`): each `$gemm` runs the generic
+/// `$kernel::<$fmt>` inside a function compiled with `$features`.
+macro_rules! gemm_entry_points {
+    ($features:tt, $kernel:ident; $($fmt:ident => $gemm:ident;)*) => {$(
+        pub(crate) fn $gemm(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            #[target_feature(enable = $features)]
+            fn gemm(
+                k: usize,
+                w: &[u8],
+                n_rows: usize,
+                a: &[u8],
+                n_tok: usize,
+                out: &mut [f32],
+                ldo: usize,
+            ) {
+                // SAFETY: this function is compiled with the features the kernel needs.
+                unsafe { $kernel::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
+            }
+            // SAFETY: the kernel table installs these entry points only after detecting
+            // the features at run time (`has_dotprod()`, and `has_i8mm()` for i8mm).
+            unsafe { gemm(k, w, n_rows, a, n_tok, out, ldo) }
+        }
+    )*};
+}
+pub(super) use gemm_entry_points;

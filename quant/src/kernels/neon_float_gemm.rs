@@ -126,9 +126,9 @@ unsafe fn tile_fma<const NT: usize>(t: &Tile<'_>, out: &mut [f32], ldo: usize) {
     }
     for (tt, acc) in acc.iter().enumerate() {
         let mut lanes = [0f32; 16];
-        for v in 0..4 {
+        for (v, &x) in acc.iter().enumerate() {
             // SAFETY: lanes[4v..4v+4] is 4 writable floats.
-            unsafe { vst1q_f32(lanes.as_mut_ptr().add(4 * v), acc[v]) };
+            unsafe { vst1q_f32(lanes.as_mut_ptr().add(4 * v), x) };
         }
         let o = &mut out[tt * ldo..tt * ldo + t.rows];
         for (o, &l) in o.iter_mut().zip(&lanes) {

@@ -1,4 +1,4 @@
-//! aarch64 NEON dots of the K-quants (Q4_K, Q5_K, Q6_K against Q8_K), plain
+//! aarch64 NEON dots of the K-quants (Q3_K, Q4_K, Q5_K, Q6_K against Q8_K), plain
 //! NEON and `sdot` tiers through [`Dot4`]. Per block they form the same
 //! integer sums as the scalar twins (Σ scale·Σq_w·q_a and, for Q4_K/Q5_K,
 //! Σ min·bsum) and combine them in f32 as `sum += d·Σ − dmin·Σmin`; the scalar
@@ -10,7 +10,9 @@
 use std::arch::aarch64::*;
 
 use super::neon::{h2f, load16, nibbles, Dot4, Plain, Sdot};
-use crate::block::{as_blocks, get_scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::block::{
+    as_blocks, get_scale_min_k4, q3k_scale, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
+};
 
 /// The blocks of a weight row and an activation row (`nb` = the common count).
 #[inline(always)]
@@ -186,6 +188,44 @@ unsafe fn dot_q6_k<M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
+/// Q3_K·Q8_K: 16 sub-blocks of 16, each Σq_w·q_a (q_w = 2 low bits | 3rd bit
+/// from `hmask`, − 4) times its 6-bit scale − 32.
+///
+/// # Safety
+/// The CPU must have `M`'s instructions.
+#[inline(always)]
+unsafe fn dot_q3_k<M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (wb, ab) = blocks::<BlockQ3K>(k, w, a);
+    let mut sum = 0f32;
+    let three = vdupq_n_u8(3);
+    let four = vdupq_n_u8(4);
+    for (x, y) in wb.iter().zip(ab) {
+        let sc: [i32; 16] = std::array::from_fn(|j| q3k_scale(j, &x.scales) as i32);
+        // Element 32g' + l (g' < 8) has its 3rd bit at bit g' of hmask[l].
+        let hm = [load16(&x.hmask[..16]), load16(&x.hmask[16..])].map(|v| vreinterpretq_u8_s8(v));
+        let mut acc = vdupq_n_s32(0);
+        for h in 0..2 {
+            // Elements 128h + 32g + l: bits 2g of qs[32h + l].
+            let qs = [load16(&x.qs[32 * h..]), load16(&x.qs[32 * h + 16..])]
+                .map(|v| vreinterpretq_u8_s8(v));
+            for g in 0..4 {
+                for half in 0..2 {
+                    let low = vandq_u8(vshlq_u8(qs[half], vdupq_n_s8(-2 * g as i8)), three);
+                    let bit = vdupq_n_u8(1 << (4 * h + g));
+                    let high = vandq_u8(vtstq_u8(hm[half], bit), four);
+                    let q = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(4));
+                    let e = 128 * h + 32 * g + 16 * half;
+                    // SAFETY: forwarded caller contract.
+                    let p = unsafe { M::dot4(vdupq_n_s32(0), q, load16(&y.qs[e..])) };
+                    acc = vmlaq_n_s32(acc, p, sc[e / 16]);
+                }
+            }
+        }
+        sum += (h2f(x.d) * y.d()) * vaddvq_s32(acc) as f32;
+    }
+    sum
+}
+
 /// Safe [`super::DotFn`] wrappers for the kernel table, plain and `sdot`.
 macro_rules! kquant_entry_points {
     ($($kernel:ident => $dot:ident, $dot_dp:ident;)*) => {$(
@@ -206,6 +246,7 @@ macro_rules! kquant_entry_points {
 }
 
 kquant_entry_points! {
+    dot_q3_k => dot_q3_k_q8_k, dot_q3_k_q8_k_dotprod;
     dot_q4_k => dot_q4_k_q8_k, dot_q4_k_q8_k_dotprod;
     dot_q5_k => dot_q5_k_q8_k, dot_q5_k_q8_k_dotprod;
     dot_q6_k => dot_q6_k_q8_k, dot_q6_k_q8_k_dotprod;

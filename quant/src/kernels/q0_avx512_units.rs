@@ -1,6 +1,11 @@
-//! AVX-512 (F, BW, VL + VNNI) GEMV and GEMM for Q4_0 and Q8_0 weights, the
-//! two 32-element formats the speed targets name, on activations laid out
-//! once per call in *units* that match the weight's nibble order.
+//! AVX-512 (F, BW, VL + VNNI) GEMV and GEMM for Q4_0, Q8_0 and Q5_0 weights
+//! (the two 32-element formats the speed targets name, and the Q4_K recipe's
+//! down experts), on activations laid out once per call in *units* that match
+//! the weight's nibble order.
+//!
+//! Q5_0 is Q4_0 plus a 5th bit: one more `vpermt2w` gathers the 4 blocks'
+//! `qh` words, which read as two u64 are byte masks that add 16 to the
+//! nibbles they mark (OFFSET 16); a unit is 88 bytes, its tail masked-loaded.
 //!
 //! Why: the first AVX-512 kernels (`avx512.rs`, which still serve Q4_1,
 //! Q5_0, Q5_1) decoded every block on its own (a 16-byte load, two nibble
@@ -80,6 +85,7 @@ trait UnitFormat {
 }
 
 struct Q4_0;
+struct Q5_0;
 struct Q8_0;
 
 /// `vpermt2w` indices gathering 4 Q4_0 blocks' quant bytes (word 9j + 1 + i
@@ -99,6 +105,35 @@ static Q4_D: [i16; 32] = {
     let mut i = 0;
     while i < 16 {
         s[i] = (9 * (i / 4)) as i16;
+        i += 1;
+    }
+    s
+};
+/// As `Q4_QS` for 4 Q5_0 blocks of 22 bytes (quants at word 11j + 3; the
+/// last block's lie in the second vector, words 32..).
+static Q5_QS: [i16; 32] = {
+    let mut s = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        s[i] = (11 * (i / 8) + 3 + i % 8) as i16;
+        i += 1;
+    }
+    s
+};
+/// Q5_0's scales and high bits: word i < 16 is block i/4's f16 scale (word
+/// 11·(i/4)); words 16..20 the low halves of the 4 blocks' `qh` (word
+/// 11j + 1), words 20..24 their high halves (word 11j + 2).
+static Q5_DH: [i16; 32] = {
+    let mut s = [0i16; 32];
+    let mut i = 0;
+    while i < 24 {
+        s[i] = if i < 16 {
+            11 * (i / 4)
+        } else if i < 20 {
+            11 * (i - 16) + 1
+        } else {
+            11 * (i - 20) + 2
+        } as i16;
         i += 1;
     }
     s
@@ -124,7 +159,7 @@ static Q8_D: [i16; 32] = {
     s
 };
 
-/// The first 64 bytes at `p` and the rest of a unit of `bytes` bytes (< 128)
+/// The first 64 bytes at `p` and the rest of a unit of `bytes` bytes (≤ 128)
 /// as a second vector; only `n_bytes` of them when `PART`.
 ///
 /// # Safety
@@ -136,29 +171,35 @@ unsafe fn load_unit<const PART: bool>(
     bytes: usize,
     n_bytes: usize,
 ) -> (__m512i, __m512i) {
-    debug_assert!(bytes > 64 && bytes <= 72 && (!PART || n_bytes <= 64));
+    debug_assert!(bytes > 64 && bytes <= 128 && (!PART || n_bytes < bytes));
+    let mask = |n: usize| if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
     if PART {
         // A row's last, partial unit: masked loads never touch the bytes
         // past the mask (no fault, no read past the row).
-        let m = if n_bytes >= 64 {
-            !0u64
-        } else {
-            (1u64 << n_bytes) - 1
+        // SAFETY: the masks cover the `n_bytes` readable bytes only.
+        return unsafe {
+            let a = _mm512_maskz_loadu_epi8(mask(n_bytes), p.cast());
+            let b = if n_bytes > 64 {
+                _mm512_maskz_loadu_epi8(mask(n_bytes - 64), p.add(64).cast())
+            } else {
+                _mm512_setzero_si512()
+            };
+            (a, b)
         };
-        // SAFETY: the mask covers the `n_bytes` readable bytes only.
-        let a = unsafe { _mm512_maskz_loadu_epi8(m, p.cast()) };
-        return (a, _mm512_setzero_si512());
     }
     // SAFETY: bytes 0..64 and 64..bytes are readable (caller); the tail is
-    // read as 8 (Q4_0) or 4 (Q8_0) bytes, exactly what is left.
+    // read as 8 (Q4_0) or 4 (Q8_0) bytes, or under a mask (Q5_0), exactly
+    // what is left.
     unsafe {
         let a = _mm512_loadu_si512(p.cast());
-        let b = if bytes - 64 == 8 {
-            _mm_loadl_epi64(p.add(64).cast())
-        } else {
-            _mm_cvtsi32_si128(p.add(64).cast::<i32>().read_unaligned())
+        let b = match bytes - 64 {
+            8 => _mm512_zextsi128_si512(_mm_loadl_epi64(p.add(64).cast())),
+            4 => {
+                _mm512_zextsi128_si512(_mm_cvtsi32_si128(p.add(64).cast::<i32>().read_unaligned()))
+            }
+            n => _mm512_maskz_loadu_epi8(mask(n), p.add(64).cast()),
         };
-        (a, _mm512_zextsi128_si512(b))
+        (a, b)
     }
 }
 
@@ -219,25 +260,70 @@ impl UnitFormat for Q4_0 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit {
-        let (mut lo, mut hi) = ([0i8; 64], [0i8; 64]);
-        for (j, b) in blocks.iter().enumerate() {
-            lo[16 * j..16 * (j + 1)].copy_from_slice(&b.qs[..16]);
-            hi[16 * j..16 * (j + 1)].copy_from_slice(&b.qs[16..]);
-        }
-        // SAFETY: lo and hi are 64 bytes each.
-        let (q0, q1) = unsafe {
-            (
-                _mm512_loadu_si512(lo.as_ptr().cast()),
-                _mm512_loadu_si512(hi.as_ptr().cast()),
-            )
-        };
-        let base = minus_offset_sum(_mm512_setzero_si512(), Self::OFFSET, q0);
-        Unit {
-            q0,
-            q1,
-            base: minus_offset_sum(base, Self::OFFSET, q1),
-            d: act_scales(blocks, 4),
-        }
+        prep_nibble_order(blocks, Self::OFFSET)
+    }
+}
+
+/// The unit of up to 4 activation blocks facing a weight whose quants are in
+/// nibble order (Q4_0, Q5_0: byte i holds elements i and i + 16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn prep_nibble_order(blocks: &[BlockQ8_0], offset: i8) -> Unit {
+    let (mut lo, mut hi) = ([0i8; 64], [0i8; 64]);
+    for (j, b) in blocks.iter().enumerate() {
+        lo[16 * j..16 * (j + 1)].copy_from_slice(&b.qs[..16]);
+        hi[16 * j..16 * (j + 1)].copy_from_slice(&b.qs[16..]);
+    }
+    // SAFETY: lo and hi are 64 bytes each.
+    let (q0, q1) = unsafe {
+        (
+            _mm512_loadu_si512(lo.as_ptr().cast()),
+            _mm512_loadu_si512(hi.as_ptr().cast()),
+        )
+    };
+    let base = minus_offset_sum(_mm512_setzero_si512(), offset, q0);
+    Unit {
+        q0,
+        q1,
+        base: minus_offset_sum(base, offset, q1),
+        d: act_scales(blocks, 4),
+    }
+}
+
+impl UnitFormat for Q5_0 {
+    const BLOCKS: usize = 4;
+    const BLOCK_BYTES: usize = 22;
+    const OFFSET: i8 = 16;
+    const TWO: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512) {
+        // SAFETY: forwarded caller contract.
+        let (a, b) = unsafe { load_unit::<PART>(p, 88, 22 * n) };
+        let qs = _mm512_permutex2var_epi16(a, idx(&Q5_QS), b);
+        // Words 0..16: the lanes' f16 scales; 16..24: the 4 blocks' `qh`
+        // halves, the 5th bits of the low then of the high nibbles, which
+        // as two u64 are the byte masks of the two quant vectors.
+        let dh = _mm512_permutex2var_epi16(a, idx(&Q5_DH), b);
+        let d = _mm512_cvtph_ps(_mm512_castsi512_si256(dh));
+        let qh = _mm512_extracti32x4_epi32::<2>(dh);
+        let k_lo = _cvtu64_mask64(_mm_cvtsi128_si64(qh) as u64);
+        let k_hi = _cvtu64_mask64(_mm_extract_epi64::<1>(qh) as u64);
+        let (m4, b4) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x10));
+        let lo = _mm512_and_si512(qs, m4);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(qs), m4);
+        (
+            _mm512_mask_add_epi8(lo, k_lo, lo, b4),
+            _mm512_mask_add_epi8(hi, k_hi, hi, b4),
+            d,
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit {
+        prep_nibble_order(blocks, Self::OFFSET)
     }
 }
 
@@ -387,6 +473,91 @@ fn gemv_tile<F: UnitFormat>(
     }
 }
 
+/// Expands `$m!(r)` for the 16 rows of a GEMV tile, `r` a constant (so the
+/// accumulator array lives in registers; a loop over rows kept it on the
+/// stack, a load and a store per step).
+macro_rules! rows16 {
+    ($m:ident) => {
+        $m!(0);
+        $m!(1);
+        $m!(2);
+        $m!(3);
+        $m!(4);
+        $m!(5);
+        $m!(6);
+        $m!(7);
+        $m!(8);
+        $m!(9);
+        $m!(10);
+        $m!(11);
+        $m!(12);
+        $m!(13);
+        $m!(14);
+        $m!(15);
+    };
+}
+
+/// [`gemv_tile`] of a whole tile (16 rows), its accumulators in registers,
+/// that also prefetches the bytes `ahead` of each weight unit it reads (the
+/// same unit of the tile it runs next): decode streams weights from memory,
+/// and 16 interleaved row streams (page-crossing, 4 KiB pages) leave the
+/// hardware prefetchers behind. Sums exactly as [`gemv_tile`] does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemv_tile16<F: UnitFormat>(
+    kc: &KChunk,
+    w: &[u8],
+    wrb: usize,
+    x: &[Unit],
+    out: &mut [f32],
+    ahead: isize,
+) {
+    let ub = F::BLOCKS * F::BLOCK_BYTES;
+    let part = kc.last_blocks < F::BLOCKS;
+    // The whole units of the chunk, then (maybe) its partial last one.
+    let whole = kc.units - usize::from(part);
+    assert!(
+        w.len() >= RV * wrb && x.len() >= kc.units && out.len() >= RV,
+        "gemv tile: operand sizes"
+    );
+    assert!((kc.u0 + kc.units - 1) * ub < wrb, "gemv tile: chunk");
+    let base = w.as_ptr().wrapping_add(kc.u0 * ub);
+    let mut acc = [_mm512_setzero_ps(); RV];
+    for (u, xu) in x[..whole].iter().enumerate() {
+        macro_rules! row {
+            ($r:expr) => {{
+                let p = base.wrapping_add($r * wrb + u * ub);
+                // A unit is 68 to 88 bytes: its first byte and the one 64
+                // later name every line it touches but, at most, the one the
+                // next unit's first byte names. Prefetches never fault: the
+                // addresses are only computed (wrapping), never dereferenced.
+                let q = p.wrapping_offset(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(q.cast());
+                _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(64).cast());
+                // SAFETY: unit u of row r lies whole in the row (u < whole
+                // units of the chunk, asserted above); AVX-512 is ours.
+                let wv = unsafe { F::weight::<false>(p, F::BLOCKS) };
+                step::<F>(wv, xu, &mut acc[$r]);
+            }};
+        }
+        rows16!(row);
+    }
+    if part {
+        let u = kc.units - 1;
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row r is whole; AVX-512 is this function's.
+            let wv = unsafe { weight_unit::<F>(&w[r * wrb..][..wrb], kc, u) };
+            step::<F>(wv, &x[u], acc);
+        }
+    }
+    let mut o = [0f32; 16];
+    // SAFETY: o is 16 f32.
+    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(&acc)) };
+    for (d, &v) in out[..RV].iter_mut().zip(&o) {
+        put(d, v, kc.first);
+    }
+}
+
 /// `out[t·ldo + r] (+)=` for the `nr ≤ 4` rows at `w` and the `nt ≤ 4`
 /// tokens whose units start at `x` (token t at `x[t·stride..]`).
 #[inline]
@@ -502,7 +673,23 @@ fn gemm_units<F: UnitFormat>(
                 let o = &mut out[(p0 + multi) * ldo..];
                 for r0 in (0..n_rows).step_by(RV) {
                     let nr = RV.min(n_rows - r0);
-                    gemv_tile::<F>(&kc, &w[r0 * wrb..], wrb, nr, xt, &mut o[r0..]);
+                    if nr < RV {
+                        gemv_tile::<F>(&kc, &w[r0 * wrb..], wrb, nr, xt, &mut o[r0..]);
+                        continue;
+                    }
+                    // What this tile prefetches: the same units of the next
+                    // full tile, else the next k-chunk's first tile, else
+                    // nothing (its own bytes: a no-op).
+                    let here = r0 * wrb + u0 * F::BLOCKS * F::BLOCK_BYTES;
+                    let next = if r0 + 2 * RV <= n_rows {
+                        here + RV * wrb
+                    } else if u0 + units < nu && n_rows >= RV {
+                        (u0 + units) * F::BLOCKS * F::BLOCK_BYTES
+                    } else {
+                        here
+                    };
+                    let ahead = next as isize - here as isize;
+                    gemv_tile16::<F>(&kc, &w[r0 * wrb..], wrb, xt, &mut o[r0..], ahead);
                 }
             }
         }
@@ -536,5 +723,6 @@ macro_rules! entry_points {
 
 entry_points! {
     Q4_0 => dot_q4_0_q8_0, gemm_q4_0_q8_0;
+    Q5_0 => dot_q5_0_q8_0, gemm_q5_0_q8_0;
     Q8_0 => dot_q8_0_q8_0, gemm_q8_0_q8_0;
 }

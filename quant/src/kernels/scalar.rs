@@ -9,7 +9,7 @@
 
 use crate::block::bf16::bf16_to_f32;
 use crate::block::{
-    as_blocks, f16_to_f32, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
+    as_blocks, f16_to_f32, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
     BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
@@ -247,6 +247,31 @@ pub fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     }
     for s in sums {
         sumf += s;
+    }
+    sumf
+}
+
+/// Q2_K·Q8_K (ggml's generic kernel): per block the exact integer sums
+/// Σ scale·Σq·y and Σ min·bsum, then d·y.d·isum − dmin·y.d·summs in f32.
+pub fn dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (wb, ab) = pair::<BlockQ2K, BlockQ8K>(w, a);
+    debug_assert_eq!(wb.len() * 256, n);
+    let mut sumf = 0f32;
+    for (x, y) in wb.iter().zip(ab) {
+        let summs: i32 = (0..16)
+            .map(|j| y.bsum(j) as i32 * (x.scales[j] >> 4) as i32)
+            .sum();
+        let q = crate::block::unpack_q2k(x);
+        let mut isum = 0i32;
+        for j in 0..16 {
+            let s: i32 = (16 * j..16 * j + 16)
+                .map(|e| y.qs[e] as i32 * q[e] as i32)
+                .sum();
+            isum += (x.scales[j] & 0x0f) as i32 * s;
+        }
+        let dall = y.d() * f16_to_f32(x.d);
+        let dmin = y.d() * f16_to_f32(x.dmin);
+        sumf += dall * isum as f32 - dmin * summs as f32;
     }
     sumf
 }

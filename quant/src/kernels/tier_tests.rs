@@ -96,15 +96,21 @@ fn random_bytes_row(ty: GgmlType, k: usize, g: &mut Lcg) -> Vec<u8> {
     let mut row: Vec<u8> = (0..ty.row_bytes(k as u64).unwrap_or(0))
         .map(|_| g.next() as u8)
         .collect();
-    // The f16 fields lead every block of the 32-element formats: d, then m for
-    // Q4_1/Q5_1; Q3_K stores its d last.
+    // The f16 fields lead every block of the 32-element formats and of
+    // Q4_K/Q5_K: d, then m (Q4_1/Q5_1) or dmin (Q4_K/Q5_K); Q3_K and Q6_K store
+    // their d last, Q2_K its d and dmin.
     let halves = match ty {
-        GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => 2,
         _ => 1,
     };
     let size = ty.type_size();
     for b in row.chunks_exact_mut(size) {
-        if ty == GgmlType::Q3_K {
+        if matches!(ty, GgmlType::Q3_K | GgmlType::Q6_K) {
+            b[size - 2..].copy_from_slice(&f32_to_f16(g.f32(0.1)));
+            continue;
+        }
+        if ty == GgmlType::Q2_K {
+            b[size - 4..size - 2].copy_from_slice(&f32_to_f16(g.f32(0.1)));
             b[size - 2..].copy_from_slice(&f32_to_f16(g.f32(0.1)));
             continue;
         }
@@ -138,6 +144,21 @@ const BLOCK_FORMATS: [GgmlType; 5] = [
     GgmlType::Q8_0,
 ];
 
+/// The types whose weight rows are also tested as random bytes (every quant,
+/// scale and minimum pattern; finite f16 fields).
+const RANDOM_BYTE_FORMATS: [GgmlType; 10] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 #[test]
 fn simd_dots_match_scalar_twins() {
     let scalar = KernelTable::scalar();
@@ -157,7 +178,7 @@ fn simd_dots_match_scalar_twins() {
                         rows.push((quant(ty, &w), quant(at, &a)));
                     }
                 }
-                if BLOCK_FORMATS.contains(&ty) || ty == GgmlType::Q3_K {
+                if RANDOM_BYTE_FORMATS.contains(&ty) {
                     let a = quant(at, &cases(k, 3)[0]);
                     rows.push((random_bytes_row(ty, k, &mut g), a));
                 }
@@ -199,7 +220,7 @@ fn simd_gemms_match_gemm_by_dots() {
                 let (wcases, acases) = (cases(k, 11), cases(k, 12));
                 let wrows: Vec<Vec<u8>> = (0..max_n)
                     .map(|r| {
-                        if BLOCK_FORMATS.contains(&ty) && r % 4 == 3 {
+                        if RANDOM_BYTE_FORMATS.contains(&ty) && r % 4 == 3 {
                             random_bytes_row(ty, k, &mut g)
                         } else {
                             let x: Vec<f32> = wcases[r % wcases.len()]
@@ -219,6 +240,11 @@ fn simd_gemms_match_gemm_by_dots() {
                         quant(at, &x)
                     })
                     .collect();
+                // Σ|w·a| of each (row, token): the same for every shape below.
+                let mags: Vec<Vec<f64>> = wrows
+                    .iter()
+                    .map(|w| arows.iter().map(|a| magnitude(ty, k, w, a)).collect())
+                    .collect();
                 for n_rows in 1..=max_n {
                     for n_tok in 1..=max_n {
                         let w = wrows[..n_rows].concat();
@@ -233,25 +259,101 @@ fn simd_gemms_match_gemm_by_dots() {
                         for t in 0..n_tok {
                             for r in 0..ldo {
                                 let (g, e) = (got[t * ldo + r], want[t * ldo + r]);
-                                let at = format!(
-                                    "{} {ty} k={k} rows={n_rows} toks={n_tok} r={r} t={t}",
-                                    tier.isa
-                                );
+                                // Built only for a failure message.
+                                let at = || {
+                                    format!(
+                                        "{} {ty} k={k} rows={n_rows} toks={n_tok} r={r} t={t}",
+                                        tier.isa
+                                    )
+                                };
                                 if r >= n_rows {
-                                    assert_eq!(g, f32::MAX, "{at}: wrote past n_rows");
+                                    assert_eq!(g, f32::MAX, "{}: wrote past n_rows", at());
                                     continue;
                                 }
-                                let mag = magnitude(ty, k, &wrows[r], &arows[t]);
+                                let mag = mags[r][t];
                                 assert!(
                                     g == e || ((g - e) as f64).abs() <= tolerance(k, mag),
-                                    "{at}: {g} vs scalar {e} (Σ|w·a| {mag})"
+                                    "{}: {g} vs scalar {e} (Σ|w·a| {mag})",
+                                    at()
                                 );
                                 if BLOCK_FORMATS.contains(&ty) {
                                     // Same per-pair operations whatever the
                                     // tile shape: bit-identical to the dot.
-                                    assert_eq!(g, own[t * ldo + r], "{at}: tile vs own dot");
+                                    assert_eq!(g, own[t * ldo + r], "{}: tile vs own dot", at());
                                 }
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One token against many rows, as decode runs it: whole 16-row GEMV tiles
+/// (with their prefetch of the next tile or the next k-chunk), a partial
+/// last tile, k with a partial last unit and k spanning several k-chunks,
+/// on random-byte and edge rows. Every output equals the scalar dot within
+/// the rounding bound and, for the 32-element block formats, the tier's own
+/// dot bit for bit.
+#[test]
+fn simd_gemv_tiles_match_scalar_twins() {
+    let scalar = KernelTable::scalar();
+    for tier in simd_tiers() {
+        for id in 0..SLOTS {
+            let Some(gemm) = tier.gemms[id] else {
+                continue;
+            };
+            let ty = GgmlType::from_id(id as u32).unwrap();
+            let dot = scalar.dots[id].expect("a GEMM slot without a scalar dot");
+            let own_dot = tier.dots[id].expect("a GEMM slot without a dot");
+            let at = vec_dot_type(ty);
+            let unit = ty.block_size().max(32);
+            // 1 unit; 13 blocks (a partial last unit of the 4-block units);
+            // 1280 (decode's width); 4192 (several k-chunks, partial tail).
+            let ks: Vec<usize> = [unit, 13 * unit, 1280, 4192]
+                .into_iter()
+                .filter(|k| k % unit == 0)
+                .collect();
+            for k in ks {
+                let wrb = ty.row_bytes(k as u64).unwrap() as usize;
+                let arb = at.row_bytes(k as u64).unwrap() as usize;
+                let mut g = Lcg(99 + k as u64);
+                let wcases = cases(k, 21);
+                let n_max = 50;
+                let w: Vec<u8> = (0..n_max)
+                    .flat_map(|r| {
+                        if BLOCK_FORMATS.contains(&ty) && r % 3 == 1 {
+                            random_bytes_row(ty, k, &mut g)
+                        } else {
+                            let x: Vec<f32> = wcases[r % wcases.len()]
+                                .iter()
+                                .map(|v| v * (1.0 + 0.25 * r as f32))
+                                .collect();
+                            quant(ty, &x)
+                        }
+                    })
+                    .collect();
+                let a = quant(at, &cases(k, 22)[0]);
+                for n_rows in [16usize, 17, 32, 47, 50] {
+                    let mut got = vec![f32::MAX; n_rows + 3];
+                    gemm(k, &w[..n_rows * wrb], n_rows, &a, 1, &mut got, n_rows);
+                    for r in 0..n_rows + 3 {
+                        let at = format!("{} {ty} k={k} rows={n_rows} r={r}", tier.isa);
+                        if r >= n_rows {
+                            assert_eq!(got[r], f32::MAX, "{at}: wrote past n_rows");
+                            continue;
+                        }
+                        let row = &w[r * wrb..][..wrb];
+                        let e = dot(k, row, &a[..arb]);
+                        let mag = magnitude(ty, k, row, &a);
+                        assert!(
+                            got[r] == e || ((got[r] - e) as f64).abs() <= tolerance(k, mag),
+                            "{at}: {} vs scalar {e} (Σ|w·a| {mag})",
+                            got[r]
+                        );
+                        if BLOCK_FORMATS.contains(&ty) {
+                            assert_eq!(got[r], own_dot(k, row, &a), "{at}: tile vs own dot");
                         }
                     }
                 }

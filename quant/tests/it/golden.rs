@@ -77,7 +77,7 @@ const SIMPLE: [GgmlType; 7] = [
     GgmlType::Q8_0,
 ];
 
-const ALL: [GgmlType; 13] = [
+const ALL: [GgmlType; 14] = [
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q4_0,
@@ -86,6 +86,7 @@ const ALL: [GgmlType; 13] = [
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q8_1,
+    GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::Q4_K,
     GgmlType::Q5_K,
@@ -115,6 +116,7 @@ fn quantizers_match_ggml_c_bytes() {
 #[test]
 fn dequantizers_match_gguf_package_bit_for_bit() {
     for ty in SIMPLE.into_iter().chain([
+        GgmlType::Q2_K,
         GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
@@ -154,6 +156,7 @@ fn dequantizers_match_gguf_package_bit_for_bit() {
 /// | q4_1 | 8.42e-2 | 1.05e-1 |
 /// | q5_0 | 4.79e-2 | 6.0e-2 |
 /// | q5_1 | 4.04e-2 | 5.0e-2 |
+/// | q2_K | 3.27e-1 | 4.1e-1 |
 /// | q3_K | 1.73e-1 | 2.2e-1 |
 /// | q4_K | 7.71e-2 | 9.7e-2 |
 /// | q5_K | 3.84e-2 | 4.8e-2 |
@@ -184,7 +187,7 @@ fn round_trip_error_within_budget() {
     println!("{report}");
 }
 
-const ROUND_TRIP_BOUNDS: [(GgmlType, f64); 13] = [
+const ROUND_TRIP_BOUNDS: [(GgmlType, f64); 14] = [
     (GgmlType::F16, 3.0e-4),
     (GgmlType::BF16, 2.1e-3),
     (GgmlType::Q8_0, 8.0e-3),
@@ -194,6 +197,7 @@ const ROUND_TRIP_BOUNDS: [(GgmlType, f64); 13] = [
     (GgmlType::Q4_1, 1.05e-1),
     (GgmlType::Q5_0, 6.0e-2),
     (GgmlType::Q5_1, 5.0e-2),
+    (GgmlType::Q2_K, 4.1e-1),
     (GgmlType::Q3_K, 2.2e-1),
     (GgmlType::Q4_K, 9.7e-2),
     (GgmlType::Q5_K, 4.8e-2),
@@ -237,7 +241,7 @@ fn dequantize_row_vec(ty: GgmlType, q: &[u8], n: usize) -> Vec<f32> {
 #[test]
 fn dot_products_match_dequantized_reference() {
     // (type, bound vs the exact f32 dot, relative to Σ|w·a|)
-    let cases: [(GgmlType, f64); 12] = [
+    let cases: [(GgmlType, f64); 13] = [
         (GgmlType::F32, 1e-6),
         (GgmlType::F16, 2e-3),
         (GgmlType::BF16, 1e-2),
@@ -246,6 +250,7 @@ fn dot_products_match_dequantized_reference() {
         (GgmlType::Q4_1, 0.15),
         (GgmlType::Q5_0, 0.08),
         (GgmlType::Q5_1, 0.08),
+        (GgmlType::Q2_K, 0.4),
         (GgmlType::Q3_K, 0.25),
         (GgmlType::Q4_K, 0.15),
         (GgmlType::Q5_K, 0.08),
@@ -305,6 +310,7 @@ fn dot_products_match_ggml_cpu_kernels() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q2_K,
         GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::experts::{ExpertError, ExpertStore};
 use crate::loader::{Gating, TopkMethod, Weight};
 use crate::ops::{
-    matmul, matmul_gate_up_silu, matmul_view, quantize_activations, rows_per_task, silu_mul,
+    matmul, matmul_gate_up_silu, matmul_view, quantize_activations, rows_per_gemv_task, silu_mul,
     softmax, MatView,
 };
 
@@ -255,8 +255,10 @@ struct ExpertJob<'a> {
     weight: Option<f32>,
 }
 
-/// Hidden rows per stack buffer in the gate/up pass.
-const SUB_ROWS: usize = 64;
+/// Hidden rows per stack buffer in the gate/up pass: long kernel calls, as
+/// each call's first tile misses the kernel's prefetch (see
+/// [`rows_per_gemv_task`]).
+const SUB_ROWS: usize = 512;
 
 /// Every expert of one token in two parallel regions instead of three per
 /// expert: (1) the gate/up rows of all experts, split into equal row chunks,
@@ -287,7 +289,8 @@ fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mu
     // one (job, first row).
     let widths_gcd = jobs.iter().fold(0, |g, j| gcd(g, j.gate.n));
     let total: usize = jobs.iter().map(|j| j.gate.n).sum();
-    let target = (total / (rayon::current_num_threads() * 4).max(1)).max(1);
+    // Two tasks per worker, as `rows_per_gemv_task`.
+    let target = (total / (rayon::current_num_threads() * 2).max(1)).max(1);
     let chunk = (1..=widths_gcd.min(target))
         .rev()
         .find(|c| widths_gcd.is_multiple_of(*c))
@@ -334,8 +337,7 @@ fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mu
     }
     // (2) Output rows; each task sums every expert's rows for its slice.
     let h_act = &sc.h_act;
-    let down_bytes: usize = jobs.iter().map(|j| j.down.row_bytes()).sum();
-    let rpt = rows_per_task(out.len(), down_bytes).min(MAX_DOWN_ROWS);
+    let rpt = rows_per_gemv_task(out.len()).min(MAX_DOWN_ROWS);
     out.par_chunks_mut(rpt).enumerate().for_each(|(ci, o)| {
         let r0 = ci * rpt;
         let rows = o.len();
@@ -367,7 +369,7 @@ fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mu
 }
 
 /// Output rows per task of the decode down pass (a stack buffer).
-const MAX_DOWN_ROWS: usize = 256;
+const MAX_DOWN_ROWS: usize = 1024;
 
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {

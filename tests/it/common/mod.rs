@@ -43,6 +43,30 @@ pub fn converted(name: &str, recipe: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, out)
 }
 
+/// [`converted`] plus the cold-expert sidecar (`cold-model.gguf`, the routed experts again in
+/// `cold`, with the converter's block-size fallback), as `pocketvl convert --cold-experts`
+/// writes it.
+pub fn converted_with_cold(
+    name: &str,
+    recipe: &str,
+    cold: quant::GgmlType,
+) -> (tempfile::TempDir, PathBuf) {
+    let (dir, out) = converted(name, recipe);
+    let opts = ConvertOptions {
+        input: fixture(name).join("hf"),
+        output: out.clone(),
+        quant: Some(recipe.to_string()),
+        overrides: Vec::new(),
+        force: false,
+        threads: Some(2),
+        progress: false,
+    };
+    let (ck, plan) = convert::write::plan(&opts).unwrap();
+    let fp = convert::write::plan_cold(&plan, cold).unwrap();
+    convert::write::execute_cold(&ck, &fp, &opts).unwrap();
+    (dir, out)
+}
+
 /// The conversation of a case as template messages.
 pub fn messages(case: &Value) -> Vec<Message> {
     case["conversation"]
