@@ -1,8 +1,8 @@
 //! Offload to a GPU (or another ggml device) of the parts of the model that gain most from
 //! one: the vision tower and projector (about 0.67 TFLOP per tile on the real model), and
-//! the language model's attention with its KV cache and its dense and shared-expert MLPs.
-//! Routed experts stay on the CPU in this version. The CPU path stays the reference; an
-//! offloaded part is tested against it (tests/it/backend_offload.rs).
+//! the language model's attention with its KV cache, its dense and shared-expert MLPs and
+//! its routed experts (those that fit; the CPU keeps the rest). The CPU path stays the
+//! reference; an offloaded part is tested against it (tests/it/backend_offload.rs).
 //!
 //! The flags and their checks ([`options`]) are pure Rust and always built. The device code
 //! (`ggml/`) exists only with the `ggml-cpu`, `vulkan` or `metal` features; without them
@@ -34,8 +34,6 @@ pub enum BackendError {
          (or `metal`, `ggml-cpu`) to use --gpu/--offload or list devices"
     )]
     NotBuilt,
-    #[error("--offload {0}: not supported yet (this version offloads: vision, attn, dense)")]
-    NotSupported(String),
     #[error("{0}")]
     Device(String),
     #[error("{0} (give a larger --gpu-mem, or --offload none)")]
@@ -102,18 +100,14 @@ pub fn devices() -> Result<Vec<DeviceInfo>, BackendError> {
     }
 }
 
-/// Checks `opts` before anything is loaded: a build with a device backend, parts this version
-/// can offload (`all` means every part it can), and a device that exists.
+/// Checks `opts` before anything is loaded: a build with a device backend and a device that
+/// exists.
 pub fn check(opts: &BackendOptions) -> Result<(), BackendError> {
     if !opts.wants_device() {
         return Ok(());
     }
     if cfg!(not(feature = "ggml-cpu")) {
         return Err(BackendError::NotBuilt);
-    }
-    let o = opts.offload;
-    if o != Offload::ALL && o.experts {
-        return Err(BackendError::NotSupported("experts".to_owned()));
     }
     #[cfg(feature = "ggml-cpu")]
     ggml::device::find(opts.device.as_ref())?;
@@ -129,20 +123,12 @@ pub fn decoder_offload(
 ) -> Result<Option<Arc<dyn LayerOffload>>, BackendError> {
     check(opts)?;
     let o = opts.offload;
-    if !(o.attn || o.dense) {
+    if !(o.attn || o.dense || o.experts) {
         return Ok(None);
     }
     #[cfg(feature = "ggml-cpu")]
     {
-        ggml::decoder::offload(
-            lm,
-            opts.device.as_ref(),
-            opts.gpu_mem,
-            threads,
-            o.attn,
-            o.dense,
-        )
-        .map(Some)
+        ggml::decoder::offload(lm, opts.device.as_ref(), opts.gpu_mem, threads, o).map(Some)
     }
     #[cfg(not(feature = "ggml-cpu"))]
     {

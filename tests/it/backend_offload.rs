@@ -6,11 +6,12 @@
 //! - the vision tower and projector, one ggml graph per tile: each stage within the f32
 //!   tolerance of tests/it/vision_fixtures (1e-4 absolute) of the CPU path and the
 //!   reference, and the fixtures' greedy tokens with vision offloaded through the library;
-//! - the language model's attention (with its KV cache on the device) and dense and
-//!   shared-expert MLPs: logits at every position within the f32 logits tolerance of
-//!   tests/it/decoder_oracle (1e-3) of the CPU path and the reference, prefilled at once and
-//!   in chunks down to single tokens, and the 16 greedy tokens of every case; also with a
-//!   `--gpu-mem` that fits only some layers (the CPU runs the rest).
+//! - the language model's attention (with its KV cache on the device), dense and
+//!   shared-expert MLPs, and routed experts (`ggml_mul_mat_id`): logits at every position
+//!   within the f32 logits tolerance of tests/it/decoder_oracle (1e-3) of the CPU path and
+//!   the reference, prefilled at once and in chunks down to single tokens, and the 16 greedy
+//!   tokens of every case; also with a `--gpu-mem` that fits only some layer parts (the CPU
+//!   runs the rest).
 //!
 //! Without a ggml feature: the flags are refused with a clear error.
 
@@ -71,7 +72,7 @@ mod with_ggml {
     use std::sync::Arc;
 
     use convert::write::mmproj_path;
-    use pocketvl::backend::{BackendOptions, DeviceChoice, GgmlDecoder, GgmlVision};
+    use pocketvl::backend::{BackendOptions, DeviceChoice, GgmlDecoder, GgmlVision, Offload};
     use pocketvl::image_io::load_rgb;
     use pocketvl::loader::ModelFile;
     use pocketvl::model::deepseek_vl2::layer_offload::LayerOffload;
@@ -88,6 +89,12 @@ mod with_ggml {
 
     /// The f32 tolerance of the CPU path against the reference (tests/it/vision_fixtures).
     const TOL: f32 = 1e-4;
+
+    /// ggml CPU-backend workers per device (when the device under test is ggml's CPU): one.
+    /// ggml's workers spin at a barrier after every graph node; with tests running in
+    /// parallel on a loaded 2-core machine, more spinning workers than cores turned each
+    /// barrier into a wait for a descheduled thread (a single attention test took over 300 s).
+    const GGML_THREADS: usize = 1;
 
     /// The device under test: `POCKETVL_TEST_GPU` (a name or index), else ggml's CPU.
     fn device() -> DeviceChoice {
@@ -106,7 +113,7 @@ mod with_ggml {
     fn stages(fx: &str) {
         let (_dir, path) = converted(fx, "f32");
         let vision = VisionModel::load(&mmproj_path(&path)).unwrap();
-        let gpu = GgmlVision::new(&vision, Some(&device()), None, 2).unwrap();
+        let gpu = GgmlVision::new(&vision, Some(&device()), None, GGML_THREADS).unwrap();
         let (w, c) = gpu.device_bytes();
         println!("{fx}: device holds {w} weight bytes + {c} compute bytes");
         let golden = Golden::open(fx);
@@ -236,10 +243,17 @@ mod with_ggml {
         pocketvl::sampler::argmax(x) as u32
     }
 
+    /// Chunk sizes of the chunked prefill: a few short chunks (two single tokens among them)
+    /// to start, then chunks of an odd size, so each case writes the device cache in chunks
+    /// of every kind (and single tokens again in the greedy steps) with a few dozen calls
+    /// rather than one per position (the image prompts are 640 to 1306 positions).
+    const CHUNKS: [usize; 4] = [3, 2, 1, 1];
+    const LATER_CHUNK: usize = 97;
+
     /// `dev` (some layer parts offloaded) against `cpu` and the reference on every case of
     /// `fx`, the reference's `inputs_embeds` as input: all logits of one prefill, the last
-    /// logits after a prefill in chunks (3 positions, then 2, then single tokens through the
-    /// device cache), and the 16 greedy tokens.
+    /// logits after a prefill in chunks ([`CHUNKS`], then [`LATER_CHUNK`] positions at a
+    /// time, the cache carrying over), and the 16 greedy tokens one position at a time.
     fn compare_layers(fx: &str, what: &str, dev: &LanguageModel, cpu: &LanguageModel) {
         let golden = Golden::open(fx);
         let cases: Value = common::load_json(&fixture(fx).join("cases.json"));
@@ -269,7 +283,7 @@ mod with_ggml {
             // The same prompt in chunks, the cache carrying over between calls.
             let mut p0 = 0;
             let mut last = Vec::new();
-            for m in [3usize, 2].into_iter().chain(std::iter::repeat(1)) {
+            for m in CHUNKS.into_iter().chain(std::iter::repeat(LATER_CHUNK)) {
                 if p0 >= t {
                     break;
                 }
@@ -301,19 +315,25 @@ mod with_ggml {
         );
     }
 
-    /// Attention (`attn`) and/or MLPs (`mlp`) of every layer that fits `budget` on the
-    /// device, against the CPU path.
-    fn layers(fx: &str, attn: bool, mlp: bool, budget: Option<u64>) -> (usize, usize) {
+    /// The decoder parts `parts` names (`attn`, `dense`, `experts`).
+    fn parts(list: &str) -> Offload {
+        list.parse().unwrap()
+    }
+
+    /// The decoder `parts` of every layer that fits `budget` on the device, against the CPU
+    /// path. Returns the layers whose (attention, MLP, routed experts) went to the device.
+    fn layers(fx: &str, parts: Offload, budget: Option<u64>) -> (usize, usize, usize) {
         let (_dir, path) = converted(fx, "f32");
         let file = ModelFile::open(&path).unwrap();
         let cpu = LanguageModel::load(&file).unwrap();
         let mut dev = LanguageModel::load(&file).unwrap();
-        let off = GgmlDecoder::new(&dev, Some(&device()), budget, 2, attn, mlp).unwrap();
+        let off = GgmlDecoder::new(&dev, Some(&device()), budget, GGML_THREADS, parts).unwrap();
         let on = off.layers_on_device();
         let what = format!(
-            "attn on {} / mlp on {} of {} layers ({} bytes on {})",
+            "attn on {} / mlp on {} / experts on {} of {} layers ({} bytes on {})",
             on.0,
             on.1,
+            on.2,
             dev.hp.n_layer,
             off.device_bytes(),
             off.device()
@@ -325,47 +345,76 @@ mod with_ggml {
 
     #[test]
     fn attention_on_device_tiny_mha() {
-        assert!(layers("tiny-mha", true, false, None).0 > 0);
+        assert!(layers("tiny-mha", parts("attn"), None).0 > 0);
     }
 
     #[test]
     fn attention_on_device_tiny_mla() {
-        assert!(layers("tiny-mla", true, false, None).0 > 0);
+        assert!(layers("tiny-mla", parts("attn"), None).0 > 0);
     }
 
     #[test]
     fn dense_and_shared_mlps_on_device_tiny_mha() {
-        assert!(layers("tiny-mha", false, true, None).1 > 0);
+        assert!(layers("tiny-mha", parts("dense"), None).1 > 0);
     }
 
     #[test]
     fn attention_and_mlps_on_device_tiny_mla() {
-        let on = layers("tiny-mla", true, true, None);
+        let on = layers("tiny-mla", parts("attn,dense"), None);
         assert!(on.0 > 0 && on.1 > 0);
     }
 
-    /// A `--gpu-mem` that fits about half of what offloading everything needs: the first
-    /// layers go to the device, the CPU runs the rest, and the results do not change.
+    /// Routed experts alone through `ggml_mul_mat_id` (the router and the shared experts on
+    /// the CPU): every MoE layer's stacks on the device.
+    #[test]
+    fn routed_experts_on_device_tiny_mha() {
+        assert_eq!(layers("tiny-mha", parts("experts"), None), (0, 0, 2));
+    }
+
+    #[test]
+    fn routed_experts_on_device_tiny_mla() {
+        assert_eq!(layers("tiny-mla", parts("experts"), None), (0, 0, 2));
+    }
+
+    /// A `--gpu-mem` that fits about half of what offloading every decoder part needs: the
+    /// first layers' attention and MLPs go to the device, then routed experts while they
+    /// fit, the CPU runs the rest, and the results do not change. Then a budget that leaves
+    /// room for one MoE layer's experts after the attention and MLPs: that layer's experts
+    /// on the device, the other's on the CPU.
     #[test]
     fn layers_that_do_not_fit_stay_on_the_cpu() {
+        let decoder = parts("attn,dense,experts");
         for fx in ["tiny-mha", "tiny-mla"] {
             let (_dir, path) = converted(fx, "f32");
             let lm = LanguageModel::load(&ModelFile::open(&path).unwrap()).unwrap();
-            let all = GgmlDecoder::new(&lm, Some(&device()), None, 2, true, true).unwrap();
+            let all = GgmlDecoder::new(&lm, Some(&device()), None, GGML_THREADS, decoder).unwrap();
             let n = lm.hp.n_layer;
-            assert_eq!(all.layers_on_device().0, n);
-            let half = all.device_bytes() / 2;
+            assert_eq!(all.layers_on_device(), (n, n, n - 1));
+            let (full, half) = (all.device_bytes(), all.device_bytes() / 2);
             drop(all);
-            let (a, m) = layers(fx, true, true, Some(half));
+            let (a, m, e) = layers(fx, decoder, Some(half));
             assert!(
-                a + m > 0 && a + m < 2 * n,
-                "{fx}: {a} + {m} parts of {n} layers"
+                a + m + e > 0 && a + m + e < 3 * n - 1,
+                "{fx}: {a} + {m} + {e} parts of {n} layers"
             );
+            let no_experts = GgmlDecoder::new(
+                &lm,
+                Some(&device()),
+                None,
+                GGML_THREADS,
+                parts("attn,dense"),
+            )
+            .unwrap()
+            .device_bytes();
+            let one_layer = (full - no_experts) / 2;
+            let on = layers(fx, decoder, Some(no_experts + one_layer + one_layer / 2));
+            assert_eq!(on, (n, n, 1), "{fx}");
         }
     }
 
-    /// Everything offloaded through the library API (`--gpu` alone): vision, attention and
-    /// MLPs on the device, the reference's greedy tokens for every image case.
+    /// Everything offloaded through the library API (`--gpu` alone): vision, attention,
+    /// MLPs and routed experts on the device, the reference's greedy tokens for every image
+    /// case.
     #[test]
     fn greedy_tokens_with_everything_offloaded_tiny_mla() {
         greedy_with(
@@ -395,7 +444,7 @@ mod with_ggml {
     }
 
     #[test]
-    fn unknown_devices_and_parts_not_offloadable_yet_are_clear_errors() {
+    fn unknown_devices_and_budgets_too_small_are_clear_errors() {
         let m = common::s(common::tiny_mha_f32());
         let (code, _, stderr) = pocketvl(&["run", "-m", m, "-p", "hi", "--gpu", "NoSuchGpu"]);
         assert_eq!(code, Some(1));
@@ -412,16 +461,19 @@ mod with_ggml {
             m,
             "-p",
             "hi",
+            "-n",
+            "1",
             "--gpu",
             "CPU",
             "--offload",
-            "vision,experts",
+            "experts",
+            "--gpu-mem",
+            "1KiB",
         ]);
-        assert_eq!(code, Some(1));
-        assert_eq!(
-            stderr,
-            "error: --offload experts: not supported yet (this version offloads: vision, attn, \
-             dense)\n"
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("no layer's routed-expert stack fits in 0 MiB on CPU (--gpu-mem)"),
+            "{stderr}"
         );
         let img = fixture("tiny-mha").join("images/giraffe.jpg");
         let (code, _, stderr) = pocketvl(&[

@@ -1,24 +1,27 @@
-//! The language model's attention (with its KV cache rows) and its dense and shared-expert
-//! MLPs as ggml graphs on a device, one graph per layer part and forward pass, built on
-//! weights uploaded once from the mapped file and kept resident (DEEPSEEK-VL2.md §7).
+//! The language model's attention (with its KV cache rows), its dense and shared-expert
+//! MLPs and its routed experts (experts.rs) as ggml graphs on a device, one graph per layer
+//! part and forward pass, built on weights uploaded once from the mapped file (the expert
+//! store for routed experts) and kept resident (DEEPSEEK-VL2.md §7).
 //!
 //! The graphs follow the CPU path (src/model/deepseek_vl2/attention.rs, moe.rs): MHA with
 //! adjacent-pair RoPE over whole heads and grouped kv heads; MLA in the absorbed form, the
 //! cache holding `[rms_norm(c) ; rope(k_rope)]` per position, queries mapped into the
 //! latent space with `W_UKᵀ`, the score split as latent part + rope part, the attended
-//! latent mapped back with `W_UV`, scale `1/sqrt(nope + rope)`; SiLU-gated MLPs. Layers
-//! are taken in order while their weights and one sequence's cache rows fit the memory
-//! budget; the CPU runs the rest.
+//! latent mapped back with `W_UV`, scale `1/sqrt(nope + rope)`; SiLU-gated MLPs. Layers'
+//! attention and MLPs are taken in order while their weights and one sequence's cache rows
+//! fit the memory budget, then the layers' routed experts (the largest part) in order with
+//! what is left; the CPU runs the rest.
 
 use std::sync::{Arc, Mutex};
 
 use super::device::{self, Backend};
+use super::experts::{self, ExpertsW};
 use super::graph::{Allocator, Graph, Ops, Resident, Tensor, WeightUpload};
-use crate::backend::{BackendError, DeviceChoice};
+use crate::backend::{BackendError, DeviceChoice, Offload};
 use crate::loader::Weight;
 use crate::model::deepseek_vl2::attention::{QProj, MLA_NORM_EPS};
 use crate::model::deepseek_vl2::layer_offload::{AttnWeights, DeviceCache, LayerOffload};
-use crate::model::deepseek_vl2::moe::Mlp;
+use crate::model::deepseek_vl2::moe::{Mlp, Routing};
 use crate::model::deepseek_vl2::LanguageModel;
 
 /// Nodes of the largest per-call graph (MLA attention has about 40).
@@ -85,6 +88,29 @@ struct MlpW {
 struct LayerW {
     attn: Option<AttnW>,
     mlp: Option<MlpW>,
+    experts: Option<ExpertsW>,
+}
+
+/// What goes to the device, per layer.
+#[derive(Clone, Copy, Default)]
+struct Plan {
+    attn: bool,
+    mlp: bool,
+    experts: bool,
+}
+
+/// A graph input and the values it gets before each run.
+enum Input<'d> {
+    F32(Tensor, &'d [f32]),
+    I32(Tensor, &'d [i32]),
+}
+
+/// What a graph builder returns: the cache writes to run first, the output `[D, n]`, and
+/// its inputs besides `x`.
+struct Built<'d> {
+    writes: Vec<Tensor>,
+    y: Tensor,
+    inputs: Vec<Input<'d>>,
 }
 
 /// The backend and the compute buffer every graph is allocated in, used under one lock.
@@ -234,24 +260,25 @@ fn upload_attn<'a>(
 }
 
 impl GgmlDecoder {
-    /// Uploads the parts `attn` / `mlp` ask for, layer by layer while they fit in `budget`
-    /// bytes (default: the device's free memory) with one sequence's cache rows, to the
-    /// device `choice` names; fails when nothing fits or the device lacks an operation.
+    /// Uploads the layer parts `parts` asks for (`attn`, `dense`: dense and shared-expert
+    /// MLPs, `experts`: routed experts), layer by layer while they fit in `budget` bytes
+    /// (default: the device's free memory) with one sequence's cache rows, to the device
+    /// `choice` names; fails when nothing fits or the device lacks an operation.
     pub fn new(
         lm: &LanguageModel,
         choice: Option<&DeviceChoice>,
         budget: Option<u64>,
         threads: usize,
-        attn: bool,
-        mlp: bool,
+        parts: Offload,
     ) -> Result<GgmlDecoder, BackendError> {
         let (dev, info) = device::find(choice)?;
         let backend = Backend::open(dev, info, threads)?;
         let hp = &lm.hp;
         let allowed = budget.unwrap_or(backend.info.memory_free);
-        // Which parts fit, in layer order.
+        let (attn, mlp) = (parts.attn, parts.dense);
+        // Which parts fit: attention and MLPs in layer order, then routed experts.
         let (mut used, mut cache_bytes) = (0u64, 0u64);
-        let mut plan = vec![(false, false); hp.n_layer];
+        let mut plan = vec![Plan::default(); hp.n_layer];
         for (il, p) in plan.iter_mut().enumerate() {
             if attn {
                 let a = lm.attention_weights(il);
@@ -262,7 +289,7 @@ impl GgmlDecoder {
                 let kv = ((kw + vw) * hp.n_ctx * F32) as u64;
                 let need = attn_bytes(a) + kv;
                 if used + need <= allowed {
-                    p.0 = true;
+                    p.attn = true;
                     used += need;
                     cache_bytes += kv;
                 }
@@ -270,15 +297,33 @@ impl GgmlDecoder {
             if let Some(m) = lm.mlp_weights(il).filter(|_| mlp) {
                 let need = mlp_bytes(m);
                 if used + need <= allowed {
-                    p.1 = true;
+                    p.mlp = true;
                     used += need;
                 }
             }
         }
-        if !plan.iter().any(|&(a, m)| a || m) {
+        if parts.experts {
+            for (il, p) in plan.iter_mut().enumerate() {
+                if !lm.has_routed_experts(il) {
+                    continue;
+                }
+                let need = experts::layer_bytes(lm, il)?;
+                if used + need <= allowed {
+                    p.experts = true;
+                    used += need;
+                }
+            }
+        }
+        if !plan.iter().any(|p| p.attn || p.mlp || p.experts) {
             return Err(BackendError::Memory(format!(
                 "no layer's {} fits in {} MiB on {} ({})",
-                if attn { "attention" } else { "MLP" },
+                if attn {
+                    "attention"
+                } else if mlp {
+                    "MLP"
+                } else {
+                    "routed-expert stack"
+                },
                 allowed >> 20,
                 backend.info.name,
                 if budget.is_some() {
@@ -288,12 +333,12 @@ impl GgmlDecoder {
                 }
             )));
         }
-        let n_tensors: usize = 16 * hp.n_layer;
+        let n_tensors: usize = 19 * hp.n_layer;
         let mut up = WeightUpload::new(n_tensors)?;
         let mut layers = Vec::with_capacity(hp.n_layer);
-        for (il, &(a, m)) in plan.iter().enumerate() {
+        for (il, p) in plan.iter().enumerate() {
             let mut l = LayerW::default();
-            if a {
+            if p.attn {
                 l.attn = Some(upload_attn(
                     &mut up,
                     il,
@@ -301,7 +346,7 @@ impl GgmlDecoder {
                     hp.rope_dim,
                 )?);
             }
-            if let Some(w) = lm.mlp_weights(il).filter(|_| m) {
+            if let Some(w) = lm.mlp_weights(il).filter(|_| p.mlp) {
                 let name = |s: &str| format!("layer {il} {s}");
                 l.mlp = Some(MlpW {
                     gate: matrix(&mut up, &name("ffn_gate"), &w.gate)?,
@@ -309,9 +354,17 @@ impl GgmlDecoder {
                     down: matrix(&mut up, &name("ffn_down"), &w.down)?,
                 });
             }
+            if p.experts {
+                l.experts = Some(experts::declare(&mut up, lm, il)?);
+            }
             layers.push(l);
         }
         let weights = up.upload(&backend)?;
+        for (il, l) in layers.iter().enumerate() {
+            if let Some(w) = &l.experts {
+                experts::fill(&weights, lm, il, w)?;
+            }
+        }
         let device = format!("{} ({})", backend.info.name, backend.info.description);
         let runner = Runner {
             alloc: Allocator::new(&backend)?,
@@ -330,39 +383,46 @@ impl GgmlDecoder {
         })
     }
 
-    /// Layers whose (attention, MLP) run on the device.
-    pub fn layers_on_device(&self) -> (usize, usize) {
-        let a = self.layers.iter().filter(|l| l.attn.is_some()).count();
-        let m = self.layers.iter().filter(|l| l.mlp.is_some()).count();
-        (a, m)
+    /// Layers whose (attention, MLP, routed experts) run on the device.
+    pub fn layers_on_device(&self) -> (usize, usize, usize) {
+        let count = |f: fn(&LayerW) -> bool| self.layers.iter().filter(|l| f(l)).count();
+        (
+            count(|l| l.attn.is_some()),
+            count(|l| l.mlp.is_some()),
+            count(|l| l.experts.is_some()),
+        )
     }
 
-    /// Builds a graph with `build` on the input `x` `[n, D]` (and, with `pos0`, the
-    /// positions `pos0..pos0+n`), runs it and reads its output into `out` `[n, D]`.
-    fn run(
+    /// Builds a graph with `build` on the input `x` `[n, D]`, sets its inputs, runs it and
+    /// reads its output into `out` `[n, D]`.
+    fn run<'d>(
         &self,
         x: &[f32],
         n: usize,
-        pos0: Option<usize>,
         out: &mut [f32],
-        build: impl FnOnce(&Ops<'_>, Tensor, Option<Tensor>) -> (Vec<Tensor>, Tensor),
+        build: impl FnOnce(&Ops<'_>, Tensor) -> Built<'d>,
     ) -> Result<(), String> {
         let r = self.runner.lock().unwrap_or_else(|p| p.into_inner());
         let mut io = None;
         let graph = Graph::new(&r.backend, &r.alloc, MAX_NODES, |o| {
             let xin = o.input(&[self.n_embd, n as i64]);
-            let pos = pos0.map(|_| o.input_i32(&[n as i64]));
-            let (mut writes, y) = build(o, xin, pos);
-            io = Some((xin, pos, y));
+            let Built {
+                mut writes,
+                y,
+                inputs,
+            } = build(o, xin);
+            io = Some((xin, y, inputs));
             writes.push(y);
             writes
         })
         .map_err(|e| e.to_string())?;
-        let (xin, pos, y) = io.expect("the graph builder ran");
+        let (xin, y, inputs) = io.expect("the graph builder ran");
         graph.set_input(xin, x);
-        if let (Some(p), Some(p0)) = (pos, pos0) {
-            let positions: Vec<i32> = (p0..p0 + n).map(|p| p as i32).collect();
-            graph.set_input_i32(p, &positions);
+        for input in inputs {
+            match input {
+                Input::F32(t, v) => graph.set_input(t, v),
+                Input::I32(t, v) => graph.set_input_i32(t, v),
+            }
         }
         graph.compute(&r.backend).map_err(|e| e.to_string())?;
         graph.get_output(y, out);
@@ -578,12 +638,18 @@ impl LayerOffload for GgmlDecoder {
             ));
         }
         let rope = (self.rope_dim, self.rope_theta);
+        let positions: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
         let (n, p0) = (n as i64, pos0 as i64);
-        self.run(x, n as usize, Some(pos0), out, |o, x, pos| {
-            let pos = pos.expect("positions were asked for");
-            match (w, vc) {
+        self.run(x, n as usize, out, |o, x| {
+            let pos = o.input_i32(&[n]);
+            let (writes, y) = match (w, vc) {
                 (AttnW::Mha { .. }, Some(vc)) => mha(o, w, x, pos, (kc, vc), n, p0, rope),
                 _ => mla(o, w, x, pos, kc, n, p0, rope),
+            };
+            Built {
+                writes,
+                y,
+                inputs: vec![Input::I32(pos, &positions)],
             }
         })
     }
@@ -592,9 +658,52 @@ impl LayerOffload for GgmlDecoder {
         let Some(w) = &self.layers[il].mlp else {
             return Err(format!("layer {il}: the MLP is not on the device"));
         };
-        self.run(x, n, None, out, |o, x, _| {
+        self.run(x, n, out, |o, x| {
             let hidden = o.mul(o.silu(o.mul_mat(w.gate, x)), o.mul_mat(w.up, x));
-            (vec![], o.mul_mat(w.down, hidden))
+            Built {
+                writes: vec![],
+                y: o.mul_mat(w.down, hidden),
+                inputs: vec![],
+            }
+        })
+    }
+
+    fn experts_on_device(&self, il: usize) -> bool {
+        self.layers.get(il).is_some_and(|l| l.experts.is_some())
+    }
+
+    fn experts(
+        &self,
+        il: usize,
+        x: &[f32],
+        n: usize,
+        routing: &Routing,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let Some(w) = &self.layers[il].experts else {
+            return Err(format!(
+                "layer {il}: the routed experts are not on the device"
+            ));
+        };
+        let k = routing.ids.first().map_or(0, Vec::len);
+        if routing.ids.len() != n || routing.ids.iter().any(|ids| ids.len() != k) || k == 0 {
+            return Err(format!(
+                "layer {il}: a routing of {} tokens for {n}",
+                routing.ids.len()
+            ));
+        }
+        // [K, n] ids and [1, K, n] weights, token-major as the router gives them.
+        let ids: Vec<i32> = routing.ids.iter().flatten().map(|&e| e as i32).collect();
+        let wts: Vec<f32> = routing.weights.iter().flatten().copied().collect();
+        let (n, k) = (n as i64, k as i64);
+        self.run(x, n as usize, out, |o, x| {
+            let ids_in = o.input_i32(&[k, n]);
+            let wts_in = o.input(&[1, k, n]);
+            Built {
+                writes: vec![],
+                y: experts::routed(o, w, x, ids_in, wts_in),
+                inputs: vec![Input::I32(ids_in, &ids), Input::F32(wts_in, &wts)],
+            }
         })
     }
 }
@@ -605,10 +714,9 @@ pub(crate) fn offload(
     choice: Option<&DeviceChoice>,
     budget: Option<u64>,
     threads: usize,
-    attn: bool,
-    mlp: bool,
+    parts: Offload,
 ) -> Result<Arc<dyn LayerOffload>, BackendError> {
     Ok(Arc::new(GgmlDecoder::new(
-        lm, choice, budget, threads, attn, mlp,
+        lm, choice, budget, threads, parts,
     )?))
 }

@@ -102,6 +102,8 @@ pub(super) struct Ops<'a> {
 /// One-line wrappers: each calls the ggml builder of the same name on live handles.
 macro_rules! op {
     ($name:ident ( $($arg:ident : $ty:ty),* ) => $sys:ident ( $($call:expr),* )) => {
+        // ggml's view builders take one argument per size and stride (view_3d: seven).
+        #[allow(clippy::too_many_arguments)]
         pub fn $name(&self, $($arg: $ty),*) -> Tensor {
             // SAFETY: a live context and tensors made in it (or in the weight context that
             // outlives it); ggml validates the shapes and aborts on a mismatch.
@@ -137,6 +139,8 @@ impl Ops<'_> {
     op!(rms_norm(a: Tensor, eps: f32) => ggml_rms_norm(a.ptr(), eps));
     op!(cpy(a: Tensor, b: Tensor) => ggml_cpy(a.ptr(), b.ptr()));
     op!(diag_mask_inf(a: Tensor, n_past: i32) => ggml_diag_mask_inf(a.ptr(), n_past));
+    op!(mul_mat_id(stack: Tensor, b: Tensor, ids: Tensor)
+        => ggml_mul_mat_id(stack.ptr(), b.ptr(), ids.ptr()));
 
     /// An f32 graph input of shape `ne` (allocated apart from the intermediates).
     pub fn input(&self, ne: &[i64]) -> Tensor {
@@ -267,6 +271,26 @@ impl<'a> WeightUpload<'a> {
         self.ctx.new_tensor(sys::GGML_TYPE_F32, ne)
     }
 
+    /// A `[k, n, n_mat]` stack of matrices of type `ty` with no data yet: each matrix is
+    /// written with [`Resident::write`] once allocated (routed experts, which come one by
+    /// one from the expert store rather than as one mapped slice).
+    pub fn stack(
+        &mut self,
+        what: &str,
+        ty: GgmlType,
+        [k, n, n_mat]: [usize; 3],
+    ) -> Result<Tensor, BackendError> {
+        let t = ggml_type(ty);
+        // SAFETY: a size query on a type id the GGUF loader accepted.
+        let block = unsafe { sys::ggml_blck_size(t) } as usize;
+        if block == 0 || !k.is_multiple_of(block) {
+            return Err(BackendError::Ggml(format!(
+                "{what}: rows of {k} are not whole {ty:?} blocks"
+            )));
+        }
+        Ok(self.ctx.new_tensor(t, &[k as i64, n as i64, n_mat as i64]))
+    }
+
     /// An f32 tensor of shape `ne` from `values`.
     pub fn floats(&mut self, values: &[f32], ne: &[i64]) -> Tensor {
         debug_assert_eq!(values.len() as i64, ne.iter().product::<i64>());
@@ -310,6 +334,24 @@ impl Resident {
     pub fn bytes(&self) -> usize {
         // SAFETY: a live buffer.
         unsafe { sys::ggml_backend_buffer_get_size(self.buffer) }
+    }
+
+    /// Copies `bytes` into tensor `t` of this buffer at byte `offset`; fails when they do
+    /// not lie inside it.
+    pub fn write(&self, t: Tensor, offset: usize, bytes: &[u8]) -> Result<(), BackendError> {
+        if offset + bytes.len() > t.n_bytes() {
+            return Err(BackendError::Ggml(format!(
+                "{} bytes at {offset} overrun a tensor of {}",
+                bytes.len(),
+                t.n_bytes()
+            )));
+        }
+        // SAFETY: `t` was allocated in this buffer (made in the context it was allocated
+        // from) and the range lies inside its data, checked above.
+        unsafe {
+            sys::ggml_backend_tensor_set(t.ptr(), bytes.as_ptr().cast(), offset, bytes.len())
+        };
+        Ok(())
     }
 }
 

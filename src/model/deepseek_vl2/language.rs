@@ -18,7 +18,9 @@ use thiserror::Error;
 
 use super::attention::{AttnScratch, MhaWeights, MlaWeights, QProj};
 use super::layer_offload::{AttnWeights, DeviceCache, LayerOffload};
-use super::moe::{moe_forward, Mlp, MoeScratch, MoeWeights, RouterConfig};
+use super::moe::{
+    add_shared, moe_forward, route_tokens, Mlp, MoeScratch, MoeWeights, RouterConfig,
+};
 use crate::experts::{ExpertError, ExpertOptions, ExpertStore, LayerExperts};
 use crate::kv_cache::KvCache;
 use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Weight};
@@ -363,6 +365,11 @@ impl LanguageModel {
         }
     }
 
+    /// Whether layer `il` has routed experts (an MoE layer).
+    pub fn has_routed_experts(&self, il: usize) -> bool {
+        matches!(self.layers[il].ffn, Ffn::Moe(_))
+    }
+
     /// Replaces the expert store (e.g. by one with a memory budget).
     pub fn set_expert_store(&mut self, store: Box<dyn ExpertStore>) {
         self.experts = store;
@@ -470,6 +477,7 @@ impl LanguageModel {
         let off = self.offload.as_deref();
         let on_device = |il: usize| off.filter(|o| o.attention_on_device(il));
         let mlp_on_device = |il: usize| off.filter(|o| o.mlp_on_device(il));
+        let experts_on_device = |il: usize| off.filter(|o| o.experts_on_device(il));
         if device_cache.is_none() {
             if let Some(o) = (0..self.hp.n_layer).find_map(on_device) {
                 *device_cache = Some(o.new_cache(self.hp.n_ctx).map_err(ModelError::Offload)?);
@@ -507,17 +515,28 @@ impl LanguageModel {
                     // Shared experts on the device are added after the routed ones, the
                     // order the CPU path adds them in.
                     let shared = w.shared.as_ref().filter(|_| mlp_dev.is_none());
-                    let routing = moe_forward(
-                        il,
-                        w,
-                        shared,
-                        &self.router,
-                        self.experts.as_ref(),
-                        xn,
-                        n,
-                        y,
-                        &mut sc.moe,
-                    )?;
+                    let routing = match experts_on_device(il) {
+                        Some(o) => {
+                            let routing = route_tokens(w, &self.router, xn, n, &mut sc.moe);
+                            o.experts(il, xn, n, &routing, y)
+                                .map_err(ModelError::Offload)?;
+                            if let Some(sh) = shared {
+                                add_shared(sh, xn, n, y, &mut sc.moe);
+                            }
+                            routing
+                        }
+                        None => moe_forward(
+                            il,
+                            w,
+                            shared,
+                            &self.router,
+                            self.experts.as_ref(),
+                            xn,
+                            n,
+                            y,
+                            &mut sc.moe,
+                        )?,
+                    };
                     if let (Some(o), Some(_)) = (mlp_dev, &w.shared) {
                         sc.shared.resize(n * d, 0.0);
                         o.mlp(il, xn, n, &mut sc.shared)

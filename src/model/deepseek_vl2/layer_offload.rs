@@ -1,12 +1,14 @@
 //! The seam through which a device (a ggml backend, src/backend) takes over parts of the
-//! language model's layers: a layer's attention with its KV cache rows, and its dense MLP
-//! or shared experts. The decoder keeps its one loop (language.rs) and asks, per layer and
+//! language model's layers: a layer's attention with its KV cache rows, its dense MLP or
+//! shared experts, and its routed experts (the router stays on the CPU and hands the device
+//! each token's experts and weights). The decoder keeps its one loop (language.rs) and asks, per layer and
 //! part, whether the device runs it; the CPU code of every part stays the reference the
 //! device is tested against (tests/it/backend_offload.rs).
 
 use std::any::Any;
 
 use super::attention::{MhaWeights, MlaWeights};
+use super::moe::Routing;
 
 /// A layer's attention weights, as a device uploads them.
 #[derive(Clone, Copy)]
@@ -44,4 +46,17 @@ pub trait LayerOffload: Send + Sync {
     ) -> Result<(), String>;
     /// Layer `il`'s dense MLP (or its shared experts' MLP) for `x` `[n, D]`; `out` `[n, D]`.
     fn mlp(&self, il: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), String>;
+    /// Whether layer `il`'s routed experts run on the device.
+    fn experts_on_device(&self, il: usize) -> bool;
+    /// Layer `il`'s routed experts for `x` `[n, D]`: `out` `[n, D]` = Σ over each token's
+    /// chosen experts of weight × expert(x), as `routing` gives them (the shared experts are
+    /// not included).
+    fn experts(
+        &self,
+        il: usize,
+        x: &[f32],
+        n: usize,
+        routing: &Routing,
+        out: &mut [f32],
+    ) -> Result<(), String>;
 }

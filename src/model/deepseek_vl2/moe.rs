@@ -171,18 +171,13 @@ pub fn moe_forward(
 ) -> Result<Routing, ExpertError> {
     let d = out.len() / n.max(1);
     let e_count = cfg.n_expert;
-    sc.logits.resize(n * e_count, 0.0);
-    matmul(&w.gate_inp, x, n, &mut sc.logits);
-    let mut routing = Routing::default();
+    let routing = route_tokens(w, cfg, x, n, sc);
     sc.assigned.resize(e_count, Vec::new());
     sc.assigned.iter_mut().for_each(Vec::clear);
-    for t in 0..n {
-        let (ids, weights) = route(cfg, &sc.logits[t * e_count..][..e_count], w.bias.as_deref());
-        for (&e, &wt) in ids.iter().zip(&weights) {
+    for (t, (ids, weights)) in routing.ids.iter().zip(&routing.weights).enumerate() {
+        for (&e, &wt) in ids.iter().zip(weights) {
             sc.assigned[e].push((t, wt));
         }
-        routing.ids.push(ids);
-        routing.weights.push(weights);
     }
     // The picked experts, ascending (the order they are fetched in).
     let picked: Vec<usize> = (0..e_count)
@@ -239,11 +234,36 @@ pub fn moe_forward(
         }
     }
     if let Some(sh) = shared {
-        sc.y.resize(n * d, 0.0);
-        sh.forward(x, n, &mut sc.y, &mut sc.hidden);
-        out.iter_mut().zip(&sc.y).for_each(|(o, s)| *o += s);
+        add_shared(sh, x, n, out, sc);
     }
     Ok(routing)
+}
+
+/// The router of one MoE layer for `x` `[n, D]`: each token's experts and weights.
+pub fn route_tokens(
+    w: &MoeWeights,
+    cfg: &RouterConfig,
+    x: &[f32],
+    n: usize,
+    sc: &mut MoeScratch,
+) -> Routing {
+    let e_count = cfg.n_expert;
+    sc.logits.resize(n * e_count, 0.0);
+    matmul(&w.gate_inp, x, n, &mut sc.logits);
+    let mut routing = Routing::default();
+    for t in 0..n {
+        let (ids, weights) = route(cfg, &sc.logits[t * e_count..][..e_count], w.bias.as_deref());
+        routing.ids.push(ids);
+        routing.weights.push(weights);
+    }
+    routing
+}
+
+/// `out += shared(x)` for `x` `[n, D]`: the shared experts, added after the routed ones.
+pub fn add_shared(sh: &Mlp, x: &[f32], n: usize, out: &mut [f32], sc: &mut MoeScratch) {
+    sc.y.resize(out.len(), 0.0);
+    sh.forward(x, n, &mut sc.y, &mut sc.hidden);
+    out.iter_mut().zip(&sc.y).for_each(|(o, s)| *o += s);
 }
 
 /// One expert MLP of a decode step: routed (`weight` Some) or shared (added
