@@ -13,8 +13,11 @@
 #
 # Usage: scripts/test-vulkan.sh [extra cargo test args]
 # TEST_VULKAN_PROFILE=release builds and tests in the release profile (default: dev, which
-# shares the dependencies `scripts/test.sh` built). Only the binary and the `it` test target
-# are built: ggml (C++ and ~1000 Vulkan shaders) is most of the time.
+# shares the dependencies `scripts/test.sh` built; ggml itself is built optimised in both, as
+# the dev profile's package override gives it opt-level 2 and cmake a Release build). Only the
+# binary and the `it` test target are built: ggml (C++ and ~1000 Vulkan shaders) is most of
+# the time. Where a profile's ggml is already built (e.g. by `cargo build --release --features
+# vulkan`), use that profile: nothing of ggml is rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -61,6 +64,18 @@ export CPATH="$root/usr/include${CPATH:+:$CPATH}"
 
 # ggml lists CPU-type Vulkan devices (lavapipe) only when named here.
 export GGML_VK_VISIBLE_DEVICES="${GGML_VK_VISIBLE_DEVICES:-0}"
+# On a device with 16-bit float support (lavapipe has it) ggml-vulkan's f32 matrix products
+# stage their operands in f16 (its default, for speed): the decoder's logits then differ from
+# the CPU path by 2.5e-3 to 4.9e-3, beyond the f32 tolerance (1e-3) the tests hold. Its f32
+# shaders are what f32 parity can be tested on. (Seen on Debian 12's Mesa 22.3.6 lavapipe:
+# the vision tests pass this way, max diff 4e-6, but the decoder tests abort with heap
+# corruption inside a lavapipe worker thread; see the branch report.)
+# TEST_VULKAN_F16=1 keeps ggml-vulkan's default (f16 operands) instead.
+if [ "${TEST_VULKAN_F16:-0}" = 1 ]; then
+    unset GGML_VK_DISABLE_F16
+else
+    export GGML_VK_DISABLE_F16=1
+fi
 # Only lavapipe, even where a GPU driver is installed.
 lvp=$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json | head -n1)
 export VK_ICD_FILENAMES="$lvp"
