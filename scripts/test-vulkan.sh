@@ -12,6 +12,12 @@
 # first on the include and CMake search paths.
 #
 # Usage: scripts/test-vulkan.sh [extra cargo test args]
+# TEST_VULKAN_PROFILE=release builds and tests in the release profile (default: dev, which
+# shares the dependencies `scripts/test.sh` built; ggml itself is built optimised in both, as
+# the dev profile's package override gives it opt-level 2 and cmake a Release build). Only the
+# binary and the `it` test target are built: ggml (C++ and ~1000 Vulkan shaders) is most of
+# the time. Where a profile's ggml is already built (e.g. by `cargo build --release --features
+# vulkan`), use that profile: nothing of ggml is rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -58,14 +64,32 @@ export CPATH="$root/usr/include${CPATH:+:$CPATH}"
 
 # ggml lists CPU-type Vulkan devices (lavapipe) only when named here.
 export GGML_VK_VISIBLE_DEVICES="${GGML_VK_VISIBLE_DEVICES:-0}"
+# On a device with 16-bit float support (lavapipe has it) ggml-vulkan's f32 matrix products
+# stage their operands in f16 (its default, for speed): the decoder's logits then differ from
+# the CPU path by 2.5e-3 to 4.9e-3, beyond the f32 tolerance (1e-3) the tests hold. Its f32
+# shaders are what f32 parity can be tested on. (Seen on Debian 12's Mesa 22.3.6 lavapipe:
+# the vision tests pass this way, max diff 4e-6; the attention tests still miss by 2e-3 to
+# 4e-3, as ggml-vulkan converts strided operands to f16; the MLP tests abort with heap
+# corruption inside a lavapipe worker thread. README "GPU offload" has the details.)
+# TEST_VULKAN_F16=1 keeps ggml-vulkan's default (f16 operands) instead.
+if [ "${TEST_VULKAN_F16:-0}" = 1 ]; then
+    unset GGML_VK_DISABLE_F16
+else
+    export GGML_VK_DISABLE_F16=1
+fi
 # Only lavapipe, even where a GPU driver is installed.
 lvp=$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json | head -n1)
 export VK_ICD_FILENAMES="$lvp"
 export VK_DRIVER_FILES="$lvp"
 
-cargo build --features vulkan --tests --bins
-echo "[test-vulkan] built in $(( $(date +%s) - start )) s"
-"${CARGO_TARGET_DIR:-target}/debug/pocketvl" devices
+profile="${TEST_VULKAN_PROFILE:-dev}"
+case "$profile" in dev) out=debug ;; *) out="$profile" ;; esac
+cargo build --profile "$profile" --features vulkan --bin pocketvl
+cargo test --profile "$profile" --features vulkan --test it --no-run
+built=$(date +%s)
+echo "[test-vulkan] built in $(( built - start )) s"
+"${CARGO_TARGET_DIR:-target}/$out/pocketvl" devices
 export POCKETVL_TEST_GPU="${POCKETVL_TEST_GPU:-Vulkan0}"
-cargo test --features vulkan --test it backend_offload:: "$@" -- --nocapture --test-threads 1
-echo "[test-vulkan] passed in $(( $(date +%s) - start )) s"
+cargo test --profile "$profile" --features vulkan --test it backend_offload:: "$@" \
+    -- --nocapture --test-threads 1
+echo "[test-vulkan] tests ran in $(( $(date +%s) - built )) s; passed in $(( $(date +%s) - start )) s"

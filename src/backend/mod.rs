@@ -1,7 +1,8 @@
 //! Offload to a GPU (or another ggml device) of the parts of the model that gain most from
-//! one: today the vision tower and projector (about 0.67 TFLOP per tile on the real model).
-//! The CPU path stays the reference; an offloaded part is tested against it
-//! (tests/it/backend_offload.rs).
+//! one: the vision tower and projector (about 0.67 TFLOP per tile on the real model), and
+//! the language model's attention with its KV cache, its dense and shared-expert MLPs and
+//! its routed experts (those that fit; the CPU keeps the rest). The CPU path stays the
+//! reference; an offloaded part is tested against it (tests/it/backend_offload.rs).
 //!
 //! The flags and their checks ([`options`]) are pure Rust and always built. The device code
 //! (`ggml/`) exists only with the `ggml-cpu`, `vulkan` or `metal` features; without them
@@ -16,8 +17,12 @@ use std::sync::Arc;
 
 pub use options::{BackendOptions, DeviceChoice, Offload};
 
+use crate::model::deepseek_vl2::layer_offload::LayerOffload;
 use crate::model::deepseek_vl2::vision::{TileEncoder, VisionModel};
+use crate::model::deepseek_vl2::LanguageModel;
 
+#[cfg(feature = "ggml-cpu")]
+pub use ggml::decoder::GgmlDecoder;
 #[cfg(feature = "ggml-cpu")]
 pub use ggml::vision::GgmlVision;
 
@@ -29,8 +34,6 @@ pub enum BackendError {
          (or `metal`, `ggml-cpu`) to use --gpu/--offload or list devices"
     )]
     NotBuilt,
-    #[error("--offload {0}: not supported yet (this version offloads: vision)")]
-    NotSupported(String),
     #[error("{0}")]
     Device(String),
     #[error("{0} (give a larger --gpu-mem, or --offload none)")]
@@ -97,8 +100,8 @@ pub fn devices() -> Result<Vec<DeviceInfo>, BackendError> {
     }
 }
 
-/// Checks `opts` before anything is loaded: a build with a device backend, parts this version
-/// can offload (`all` means every part it can), and a device that exists.
+/// Checks `opts` before anything is loaded: a build with a device backend and a device that
+/// exists.
 pub fn check(opts: &BackendOptions) -> Result<(), BackendError> {
     if !opts.wants_device() {
         return Ok(());
@@ -106,14 +109,32 @@ pub fn check(opts: &BackendOptions) -> Result<(), BackendError> {
     if cfg!(not(feature = "ggml-cpu")) {
         return Err(BackendError::NotBuilt);
     }
-    let o = opts.offload;
-    if o != Offload::ALL && (o.attn || o.dense || o.experts) {
-        let unsupported = Offload { vision: false, ..o };
-        return Err(BackendError::NotSupported(unsupported.to_string()));
-    }
     #[cfg(feature = "ggml-cpu")]
     ggml::device::find(opts.device.as_ref())?;
     Ok(())
+}
+
+/// The layer offload `opts` asks for on `lm` (`None`: every layer on the CPU), its weights
+/// uploaded. `threads` are ggml's CPU workers when the device is ggml's CPU backend.
+pub fn decoder_offload(
+    opts: &BackendOptions,
+    lm: &LanguageModel,
+    threads: usize,
+) -> Result<Option<Arc<dyn LayerOffload>>, BackendError> {
+    check(opts)?;
+    let o = opts.offload;
+    if !(o.attn || o.dense || o.experts) {
+        return Ok(None);
+    }
+    #[cfg(feature = "ggml-cpu")]
+    {
+        ggml::decoder::offload(lm, opts.device.as_ref(), opts.gpu_mem, threads, o).map(Some)
+    }
+    #[cfg(not(feature = "ggml-cpu"))]
+    {
+        let _ = (lm, threads);
+        Err(BackendError::NotBuilt)
+    }
 }
 
 /// The tile encoder `opts` asks for on `vision` (`None`: the CPU path), its weights uploaded.

@@ -86,6 +86,9 @@ pub struct ModelBenchResult {
     pub model: PathBuf,
     pub mmproj: Option<PathBuf>,
     pub threads: usize,
+    /// The parts run on a ggml device (`--offload`) and that device.
+    pub offload: String,
+    pub device: Option<String>,
     pub reps: usize,
     pub n_prompt: usize,
     pub n_gen: usize,
@@ -186,8 +189,26 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     };
     let file =
         ModelFile::open(&o.model).with_context(|| format!("opening {}", o.model.display()))?;
-    let model = LanguageModel::load_with(&file, &o.experts)
+    let mut model = LanguageModel::load_with(&file, &o.experts)
         .with_context(|| format!("loading {}", o.model.display()))?;
+    let mut device = None;
+    // The vision tower gets what the layers leave of --gpu-mem (as `Model::load` does).
+    let mut vision_backend = o.backend.clone();
+    if let Some(off) =
+        crate::backend::decoder_offload(&o.backend, &model, o.threads).context("layer offload")?
+    {
+        vision_backend.gpu_mem = o
+            .backend
+            .gpu_mem
+            .map(|m| m.saturating_sub(off.device_bytes()));
+        say(&format!(
+            "layer parts {} on {}",
+            o.backend.offload,
+            off.device()
+        ));
+        device = Some(off.device());
+        model.set_offload(off);
+    }
     let n_ctx = model.hp.n_ctx;
     if o.n_prompt > n_ctx || o.n_gen > n_ctx {
         return Err(ModelBenchError::Args(format!(
@@ -201,10 +222,11 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         Some(p) => {
             let mut v = VisionModel::load(p)
                 .with_context(|| format!("loading the vision model {}", p.display()))?;
-            if let Some(enc) = crate::backend::vision_encoder(&o.backend, &v, o.threads)
+            if let Some(enc) = crate::backend::vision_encoder(&vision_backend, &v, o.threads)
                 .context("vision offload")?
             {
                 say(&format!("vision tower and projector on {}", enc.device()));
+                device = Some(enc.device());
                 v.set_offload(enc);
             }
             Some(v)
@@ -312,6 +334,8 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         model: o.model.clone(),
         mmproj,
         threads: o.threads,
+        offload: o.backend.offload.to_string(),
+        device,
         reps: o.reps,
         n_prompt: o.n_prompt,
         n_gen: o.n_gen,
@@ -419,6 +443,9 @@ impl ModelBenchResult {
             self.file_mb,
             self.threads
         );
+        if let Some(d) = &self.device {
+            s += &format!("offloaded: {} on {d}\n", self.offload);
+        }
         s += &line(
             &format!("prefill ({} tok)", self.n_prompt),
             "tok/s",

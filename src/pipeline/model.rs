@@ -61,6 +61,7 @@ struct Inner {
     vision: Mutex<Option<Arc<VisionModel>>>,
     pool: Option<Arc<ThreadPool>>,
     exif_rotate: bool,
+    /// The vision tower's offload (`--gpu-mem` less what the layers took).
     backend: BackendOptions,
 }
 
@@ -93,6 +94,19 @@ impl Model {
         if let Some(pool) = &opts.pool {
             lm.set_thread_pool(pool.clone());
         }
+        let threads = opts
+            .pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        let mut vision_backend = opts.backend.clone();
+        if let Some(off) = backend::decoder_offload(&opts.backend, &lm, threads)? {
+            // The vision tower gets what the layers left of --gpu-mem.
+            vision_backend.gpu_mem = opts
+                .backend
+                .gpu_mem
+                .map(|m| m.saturating_sub(off.device_bytes()));
+            lm.set_offload(off);
+        }
         let mmproj = opts
             .mmproj
             .unwrap_or_else(|| convert::write::mmproj_path(path));
@@ -105,7 +119,7 @@ impl Model {
                 vision: Mutex::new(None),
                 pool: opts.pool,
                 exif_rotate: opts.exif_rotate,
-                backend: opts.backend,
+                backend: vision_backend,
             }),
         })
     }

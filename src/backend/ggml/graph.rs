@@ -102,6 +102,8 @@ pub(super) struct Ops<'a> {
 /// One-line wrappers: each calls the ggml builder of the same name on live handles.
 macro_rules! op {
     ($name:ident ( $($arg:ident : $ty:ty),* ) => $sys:ident ( $($call:expr),* )) => {
+        // ggml's view builders take one argument per size and stride (view_3d: seven).
+        #[allow(clippy::too_many_arguments)]
         pub fn $name(&self, $($arg: $ty),*) -> Tensor {
             // SAFETY: a live context and tensors made in it (or in the weight context that
             // outlives it); ggml validates the shapes and aborts on a mismatch.
@@ -130,6 +132,15 @@ impl Ops<'_> {
         => ggml_reshape_4d(a.ptr(), n0, n1, n2, n3));
     op!(view_3d(a: Tensor, n0: i64, n1: i64, n2: i64, nb1: usize, nb2: usize, offset: usize)
         => ggml_view_3d(a.ptr(), n0, n1, n2, nb1, nb2, offset));
+    op!(view_2d(a: Tensor, n0: i64, n1: i64, nb1: usize, offset: usize)
+        => ggml_view_2d(a.ptr(), n0, n1, nb1, offset));
+    op!(transpose(a: Tensor) => ggml_transpose(a.ptr()));
+    op!(silu(a: Tensor) => ggml_silu(a.ptr()));
+    op!(rms_norm(a: Tensor, eps: f32) => ggml_rms_norm(a.ptr(), eps));
+    op!(cpy(a: Tensor, b: Tensor) => ggml_cpy(a.ptr(), b.ptr()));
+    op!(diag_mask_inf(a: Tensor, n_past: i32) => ggml_diag_mask_inf(a.ptr(), n_past));
+    op!(mul_mat_id(stack: Tensor, b: Tensor, ids: Tensor)
+        => ggml_mul_mat_id(stack.ptr(), b.ptr(), ids.ptr()));
 
     /// An f32 graph input of shape `ne` (allocated apart from the intermediates).
     pub fn input(&self, ne: &[i64]) -> Tensor {
@@ -139,12 +150,51 @@ impl Ops<'_> {
         t
     }
 
+    /// An i32 graph input of shape `ne` (positions, expert ids).
+    pub fn input_i32(&self, ne: &[i64]) -> Tensor {
+        let t = self.ctx.new_tensor(sys::GGML_TYPE_I32, ne);
+        // SAFETY: a live tensor of this context.
+        unsafe { sys::ggml_set_input(t.ptr()) };
+        t
+    }
+
+    /// Adjacent-pair RoPE ("NORM", the CPU path's `RopeLayout::Adjacent`) over the first
+    /// `n_dims` of each row of `a` `[.., heads, tokens]`, at positions `pos` `[tokens]` (i32),
+    /// base `theta`, no scaling.
+    pub fn rope(&self, a: Tensor, pos: Tensor, n_dims: i32, theta: f32) -> Tensor {
+        // SAFETY: as in `op!`; a null frequency-factor tensor is allowed. ext_factor 0
+        // turns YaRN off; its corner dims (from n_ctx_orig and beta_*) are then unused, but
+        // are given finite values all the same. attn_factor 1 leaves magnitudes alone.
+        Context::wrap(unsafe {
+            sys::ggml_rope_ext(
+                self.ctx.ptr(),
+                a.ptr(),
+                pos.ptr(),
+                std::ptr::null_mut(),
+                n_dims,
+                0,
+                4096,
+                theta,
+                1.0,
+                0.0,
+                1.0,
+                32.0,
+                1.0,
+            )
+        })
+    }
+
     /// `softmax(scale * a)` over rows, no mask.
     pub fn soft_max_scaled(&self, a: Tensor, scale: f32) -> Tensor {
         // SAFETY: as in `op!`; a null mask is allowed.
         Context::wrap(unsafe {
             sys::ggml_soft_max_ext(self.ctx.ptr(), a.ptr(), std::ptr::null_mut(), scale, 0.0)
         })
+    }
+
+    /// RMSNorm with a weight: `x / rms(x) * w` over rows.
+    pub fn rms_norm_w(&self, x: Tensor, w: Tensor, eps: f32) -> Tensor {
+        self.mul(self.rms_norm(x, eps), w)
     }
 
     /// LayerNorm with an affine: `norm(x) * w + b` over rows.
@@ -172,7 +222,8 @@ fn ggml_type(ty: GgmlType) -> sys::ggml_type {
     ty as sys::ggml_type
 }
 
-/// Tensors to create in a weight context and the bytes each gets once it is allocated.
+/// Tensors to create in a resident context (weights, KV caches) and the bytes each gets once
+/// it is allocated.
 pub(super) struct WeightUpload<'a> {
     ctx: Context,
     data: Vec<(Tensor, std::borrow::Cow<'a, [u8]>)>,
@@ -212,6 +263,32 @@ impl<'a> WeightUpload<'a> {
         let t = self.ctx.new_tensor(ty, &[k as i64, n as i64]);
         self.data.push((t, std::borrow::Cow::Borrowed(view.data)));
         Ok(t)
+    }
+
+    /// An f32 tensor of shape `ne` with no data yet (a KV cache: rows are written by the
+    /// graphs before any graph reads them).
+    pub fn empty(&mut self, ne: &[i64]) -> Tensor {
+        self.ctx.new_tensor(sys::GGML_TYPE_F32, ne)
+    }
+
+    /// A `[k, n, n_mat]` stack of matrices of type `ty` with no data yet: each matrix is
+    /// written with [`Resident::write`] once allocated (routed experts, which come one by
+    /// one from the expert store rather than as one mapped slice).
+    pub fn stack(
+        &mut self,
+        what: &str,
+        ty: GgmlType,
+        [k, n, n_mat]: [usize; 3],
+    ) -> Result<Tensor, BackendError> {
+        let t = ggml_type(ty);
+        // SAFETY: a size query on a type id the GGUF loader accepted.
+        let block = unsafe { sys::ggml_blck_size(t) } as usize;
+        if block == 0 || !k.is_multiple_of(block) {
+            return Err(BackendError::Ggml(format!(
+                "{what}: rows of {k} are not whole {ty:?} blocks"
+            )));
+        }
+        Ok(self.ctx.new_tensor(t, &[k as i64, n as i64, n_mat as i64]))
     }
 
     /// An f32 tensor of shape `ne` from `values`.
@@ -258,6 +335,24 @@ impl Resident {
         // SAFETY: a live buffer.
         unsafe { sys::ggml_backend_buffer_get_size(self.buffer) }
     }
+
+    /// Copies `bytes` into tensor `t` of this buffer at byte `offset`; fails when they do
+    /// not lie inside it.
+    pub fn write(&self, t: Tensor, offset: usize, bytes: &[u8]) -> Result<(), BackendError> {
+        if offset + bytes.len() > t.n_bytes() {
+            return Err(BackendError::Ggml(format!(
+                "{} bytes at {offset} overrun a tensor of {}",
+                bytes.len(),
+                t.n_bytes()
+            )));
+        }
+        // SAFETY: `t` was allocated in this buffer (made in the context it was allocated
+        // from) and the range lies inside its data, checked above.
+        unsafe {
+            sys::ggml_backend_tensor_set(t.ptr(), bytes.as_ptr().cast(), offset, bytes.len())
+        };
+        Ok(())
+    }
 }
 
 impl Drop for Resident {
@@ -268,20 +363,53 @@ impl Drop for Resident {
     }
 }
 
-/// A graph with fixed shapes, allocated once on a backend and run many times.
+/// A graph allocator: one compute buffer on a backend, planned for each graph allocated
+/// through it and grown when a graph needs more. A graph's intermediates are valid until the
+/// allocator allocates the next one.
+pub(super) struct Allocator(NonNull<sys::ggml_gallocr>);
+
+impl Allocator {
+    pub fn new(backend: &Backend) -> Result<Allocator, BackendError> {
+        // SAFETY: the backend's default buffer type lives as long as the backend, which the
+        // allocator's owner keeps alive longer (field order).
+        let p = unsafe {
+            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.ptr()))
+        };
+        NonNull::new(p)
+            .map(Allocator)
+            .ok_or_else(|| BackendError::Ggml("ggml_gallocr_new failed".to_owned()))
+    }
+
+    /// Bytes of the compute buffer.
+    pub fn bytes(&self) -> usize {
+        // SAFETY: a live allocator with one buffer.
+        unsafe { sys::ggml_gallocr_get_buffer_size(self.0.as_ptr(), 0) }
+    }
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        // SAFETY: freed once; graphs allocated through it are not computed after.
+        unsafe { sys::ggml_gallocr_free(self.0.as_ptr()) };
+    }
+}
+
+/// A graph with fixed shapes, allocated on a backend through an [`Allocator`] and run one or
+/// more times.
 pub(super) struct Graph {
     graph: NonNull<sys::ggml_cgraph>,
-    galloc: sys::ggml_gallocr_t,
-    /// Dropped after the allocator: holds the graph's and the nodes' metadata.
+    /// Holds the graph's and the nodes' metadata.
     _ctx: Context,
 }
 
 impl Graph {
-    /// Builds with `build` in a fresh context of `max_nodes`, ending at `outputs`, and
-    /// allocates the intermediate buffers on `backend` (every node is checked first to be
-    /// supported there).
+    /// Builds with `build` in a fresh context of `max_nodes`, ending at `outputs` (expanded
+    /// in their order, so a cache write listed first runs before the reads after it), and
+    /// allocates the intermediates through `alloc` (every node is checked first to be
+    /// supported on `backend`).
     pub fn new(
         backend: &Backend,
+        alloc: &Allocator,
         max_nodes: usize,
         build: impl FnOnce(&Ops<'_>) -> Vec<Tensor>,
     ) -> Result<Graph, BackendError> {
@@ -317,36 +445,29 @@ impl Graph {
                 )));
             }
         }
-        // SAFETY: the backend's default buffer type lives as long as the backend.
-        let galloc = unsafe {
-            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.ptr()))
-        };
-        if galloc.is_null() {
-            return Err(BackendError::Ggml("ggml_gallocr_new failed".to_owned()));
-        }
-        let g = Graph {
-            graph,
-            galloc,
-            _ctx: ctx,
-        };
         // SAFETY: a live allocator and graph.
-        if !unsafe { sys::ggml_gallocr_alloc_graph(g.galloc, g.graph.as_ptr()) } {
+        if !unsafe { sys::ggml_gallocr_alloc_graph(alloc.0.as_ptr(), graph.as_ptr()) } {
             return Err(BackendError::Ggml(format!(
                 "{}: not enough device memory for the compute buffers",
                 backend.info.name
             )));
         }
-        Ok(g)
-    }
-
-    /// Bytes of the compute buffer.
-    pub fn bytes(&self) -> usize {
-        // SAFETY: a live allocator with one buffer.
-        unsafe { sys::ggml_gallocr_get_buffer_size(self.galloc, 0) }
+        Ok(Graph { graph, _ctx: ctx })
     }
 
     /// Copies `values` into input `t` (an f32 tensor of this graph).
     pub fn set_input(&self, t: Tensor, values: &[f32]) {
+        assert_eq!(
+            t.n_bytes(),
+            std::mem::size_of_val(values),
+            "graph input size"
+        );
+        // SAFETY: `t` is allocated (the graph is) with exactly that many bytes.
+        unsafe { sys::ggml_backend_tensor_set(t.ptr(), values.as_ptr().cast(), 0, t.n_bytes()) };
+    }
+
+    /// Copies `values` into input `t` (an i32 tensor of this graph).
+    pub fn set_input_i32(&self, t: Tensor, values: &[i32]) {
         assert_eq!(
             t.n_bytes(),
             std::mem::size_of_val(values),
@@ -373,12 +494,5 @@ impl Graph {
             )));
         }
         Ok(())
-    }
-}
-
-impl Drop for Graph {
-    fn drop(&mut self) {
-        // SAFETY: freed once; `ctx` (the graph's metadata) is dropped after this.
-        unsafe { sys::ggml_gallocr_free(self.galloc) };
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::device::{self, Backend};
-use super::graph::{Graph, Ops, Resident, Tensor, WeightUpload};
+use super::graph::{Allocator, Graph, Ops, Resident, Tensor, WeightUpload};
 use crate::backend::{BackendError, DeviceChoice};
 use crate::model::deepseek_vl2::vision::{unfold_patches, TileEncoder, VisionModel};
 use crate::model::deepseek_vl2::vision_config::{VisionError, VisionHparams};
@@ -177,14 +177,15 @@ fn build(o: &Ops<'_>, wt: &Weights, patches: Tensor, s: Shape) -> (Tensor, Tenso
     (tower, projector(o, wt, tower, s))
 }
 
-/// What runs under the lock: the graph, the weights it reads, the backend (dropped in
-/// that order).
+/// What runs under the lock: the graph, the weights it reads, its compute buffer, the
+/// backend (dropped in that order).
 struct State {
     graph: Graph,
     patches: Tensor,
     tower_out: Tensor,
     proj_out: Tensor,
     _weights: Resident,
+    _alloc: Allocator,
     backend: Backend,
 }
 
@@ -232,7 +233,8 @@ impl GgmlVision {
         };
         let (weights, resident) = upload(vision, &backend)?;
         let mut io = None;
-        let graph = Graph::new(&backend, 64 * (hp.n_layer + 2), |o| {
+        let alloc = Allocator::new(&backend)?;
+        let graph = Graph::new(&backend, &alloc, 64 * (hp.n_layer + 2), |o| {
             let patches = o.input(&[shape.k, shape.np]);
             let (tower, proj) = build(o, &weights, patches, shape);
             io = Some((patches, tower, proj));
@@ -240,7 +242,7 @@ impl GgmlVision {
         })?;
         let (patches, tower_out, proj_out) = io.expect("the graph builder ran");
         debug_assert_eq!(proj_out.ne()[..2], [shape.n_out, shape.side * shape.side]);
-        let (weight_bytes, compute_bytes) = (resident.bytes(), graph.bytes());
+        let (weight_bytes, compute_bytes) = (resident.bytes(), alloc.bytes());
         let need = (weight_bytes + compute_bytes) as u64;
         let allowed = budget.unwrap_or(backend.info.memory_free);
         if need > allowed {
@@ -267,6 +269,7 @@ impl GgmlVision {
                 tower_out,
                 proj_out,
                 _weights: resident,
+                _alloc: alloc,
                 backend,
             }),
             hp,

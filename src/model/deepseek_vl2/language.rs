@@ -17,7 +17,10 @@ use rayon::ThreadPool;
 use thiserror::Error;
 
 use super::attention::{AttnScratch, MhaWeights, MlaWeights, QProj};
-use super::moe::{moe_forward, Mlp, MoeScratch, MoeWeights, RouterConfig};
+use super::layer_offload::{AttnWeights, DeviceCache, LayerOffload};
+use super::moe::{
+    add_shared, moe_forward, route_tokens, Mlp, MoeScratch, MoeWeights, RouterConfig,
+};
 use crate::experts::{ExpertError, ExpertOptions, ExpertStore, LayerExperts};
 use crate::kv_cache::KvCache;
 use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Weight};
@@ -39,6 +42,8 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, n_vocab: usize },
     #[error("embeddings of {len} floats are not whole rows of {n_embd}")]
     EmbedShape { len: usize, n_embd: usize },
+    #[error("offloaded layers: {0}")]
+    Offload(String),
 }
 
 /// Which logits a forward pass returns.
@@ -92,12 +97,17 @@ pub struct LanguageModel {
     rope: Rope,
     /// The workers forward passes run in (`None`: the caller's pool).
     pool: Option<Arc<ThreadPool>>,
+    /// Runs the parts of layers it says it runs instead of the CPU (`--offload attn,dense`).
+    offload: Option<Arc<dyn LayerOffload>>,
 }
 
 /// What one sequence (a conversation) owns: its KV cache, the activation buffers its forward
 /// passes reuse, and its trace. Many states can run against one [`LanguageModel`] at once.
 pub struct DecoderState {
     cache: KvCache,
+    /// The KV cache rows of the layers whose attention is offloaded, made on the first
+    /// forward pass that needs them (the CPU cache still counts the positions).
+    device_cache: Option<DeviceCache>,
     scratch: Scratch,
     /// Named intermediate dumps (off by default).
     pub trace: Trace,
@@ -125,6 +135,8 @@ struct Scratch {
     logits: Vec<f32>,
     /// Dense MLP hidden rows.
     hidden: Vec<f32>,
+    /// Shared experts' output when they run on a device.
+    shared: Vec<f32>,
     attn: AttnScratch,
     moe: MoeScratch,
 }
@@ -306,6 +318,7 @@ impl LanguageModel {
             router,
             rope,
             pool: None,
+            offload: None,
         }
     }
 
@@ -318,9 +331,43 @@ impl LanguageModel {
         };
         DecoderState {
             cache: KvCache::new(self.hp.n_layer, kw, vw, self.hp.n_ctx),
+            device_cache: None,
             scratch: Scratch::default(),
             trace: Trace::off(),
         }
+    }
+
+    /// Runs the parts `offload` takes on its device in every later forward pass (states
+    /// made before keep working: their device cache is made when first needed).
+    pub fn set_offload(&mut self, offload: Arc<dyn LayerOffload>) {
+        self.offload = Some(offload);
+    }
+
+    /// The device offloaded layer parts run on, if any.
+    pub fn offload_device(&self) -> Option<String> {
+        self.offload.as_ref().map(|o| o.device())
+    }
+
+    /// Layer `il`'s attention weights (what a device uploads).
+    pub fn attention_weights(&self, il: usize) -> AttnWeights<'_> {
+        match &self.layers[il].attn {
+            Attn::Mha(w) => AttnWeights::Mha(w),
+            Attn::Mla(w) => AttnWeights::Mla(w),
+        }
+    }
+
+    /// Layer `il`'s dense MLP, or its shared experts' MLP (`None`: an MoE layer without
+    /// shared experts).
+    pub fn mlp_weights(&self, il: usize) -> Option<&Mlp> {
+        match &self.layers[il].ffn {
+            Ffn::Dense(m) => Some(m),
+            Ffn::Moe(w) => w.shared.as_ref(),
+        }
+    }
+
+    /// Whether layer `il` has routed experts (an MoE layer).
+    pub fn has_routed_experts(&self, il: usize) -> bool {
+        matches!(self.layers[il].ffn, Ffn::Moe(_))
     }
 
     /// Replaces the expert store (e.g. by one with a memory budget).
@@ -410,6 +457,7 @@ impl LanguageModel {
         let n = embeds.len() / d;
         let DecoderState {
             cache,
+            device_cache,
             scratch: sc,
             trace,
         } = st;
@@ -426,6 +474,15 @@ impl LanguageModel {
             });
         }
         cache.truncate(pos0);
+        let off = self.offload.as_deref();
+        let on_device = |il: usize| off.filter(|o| o.attention_on_device(il));
+        let mlp_on_device = |il: usize| off.filter(|o| o.mlp_on_device(il));
+        let experts_on_device = |il: usize| off.filter(|o| o.experts_on_device(il));
+        if device_cache.is_none() {
+            if let Some(o) = (0..self.hp.n_layer).find_map(on_device) {
+                *device_cache = Some(o.new_cache(self.hp.n_ctx).map_err(ModelError::Offload)?);
+            }
+        }
         trace.next_call();
         let eps = self.hp.rms_eps;
         // h: [n, D] residual stream; xn, y: [n, D].
@@ -439,27 +496,53 @@ impl LanguageModel {
             rms_norm(h, &layer.attn_norm, eps, xn);
             trace.tap("attn_norm", Some(il), &[n, d], xn);
             let a = &mut sc.attn;
-            match &layer.attn {
-                Attn::Mha(w) => w.forward(&self.rope, cache, il, xn, n, pos0, y, a),
-                Attn::Mla(w) => w.forward(&self.rope, cache, il, xn, n, pos0, y, a),
+            match (&layer.attn, on_device(il), device_cache.as_mut()) {
+                (_, Some(o), Some(dc)) => o
+                    .attention(dc, il, xn, n, pos0, y)
+                    .map_err(ModelError::Offload)?,
+                (Attn::Mha(w), ..) => w.forward(&self.rope, cache, il, xn, n, pos0, y, a),
+                (Attn::Mla(w), ..) => w.forward(&self.rope, cache, il, xn, n, pos0, y, a),
             }
             trace.tap("attn_out", Some(il), &[n, d], y);
             h.iter_mut().zip(y.iter()).for_each(|(h, y)| *h += y);
             rms_norm(h, &layer.ffn_norm, eps, xn);
             trace.tap("ffn_norm", Some(il), &[n, d], xn);
-            match &layer.ffn {
-                Ffn::Dense(mlp) => mlp.forward(xn, n, y, &mut sc.hidden),
-                Ffn::Moe(w) => {
-                    moe_forward(
-                        il,
-                        w,
-                        &self.router,
-                        self.experts.as_ref(),
-                        xn,
-                        n,
-                        y,
-                        &mut sc.moe,
-                    )?;
+            let mlp_dev = mlp_on_device(il);
+            match (&layer.ffn, mlp_dev) {
+                (Ffn::Dense(_), Some(o)) => o.mlp(il, xn, n, y).map_err(ModelError::Offload)?,
+                (Ffn::Dense(mlp), None) => mlp.forward(xn, n, y, &mut sc.hidden),
+                (Ffn::Moe(w), _) => {
+                    // Shared experts on the device are added after the routed ones, the
+                    // order the CPU path adds them in.
+                    let shared = w.shared.as_ref().filter(|_| mlp_dev.is_none());
+                    match experts_on_device(il) {
+                        Some(o) => {
+                            route_tokens(w, &self.router, xn, n, &mut sc.moe);
+                            let routing = sc.moe.routing(self.router.n_used);
+                            o.experts(il, xn, n, routing, y)
+                                .map_err(ModelError::Offload)?;
+                            if let Some(sh) = shared {
+                                add_shared(sh, xn, n, y, &mut sc.moe);
+                            }
+                        }
+                        None => moe_forward(
+                            il,
+                            w,
+                            shared,
+                            &self.router,
+                            self.experts.as_ref(),
+                            xn,
+                            n,
+                            y,
+                            &mut sc.moe,
+                        )?,
+                    }
+                    if let (Some(o), Some(_)) = (mlp_dev, &w.shared) {
+                        sc.shared.resize(n * d, 0.0);
+                        o.mlp(il, xn, n, &mut sc.shared)
+                            .map_err(ModelError::Offload)?;
+                        y.iter_mut().zip(&sc.shared).for_each(|(y, s)| *y += s);
+                    }
                     if trace.enabled() {
                         let k = self.router.n_used;
                         let ids: Vec<f32> = sc.moe.routed_ids.iter().map(|&e| e as f32).collect();

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod language;
+pub mod layer_offload;
 pub mod moe;
 pub mod preprocess;
 pub mod projector;

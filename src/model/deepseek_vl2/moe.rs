@@ -155,6 +155,16 @@ pub struct MoeWeights {
     pub shared: Option<Mlp>,
 }
 
+/// The experts chosen for each token of a batch and their weights, `[n, k]` row-major,
+/// borrowed from the scratch [`route_tokens`] filled.
+#[derive(Clone, Copy, Debug)]
+pub struct Routing<'a> {
+    /// Experts per token.
+    pub k: usize,
+    pub ids: &'a [usize],
+    pub weights: &'a [f32],
+}
+
 /// Buffers of the MoE layer kept between forward passes (the model owns one
 /// set), so that decode allocates no activations.
 #[derive(Default)]
@@ -179,8 +189,21 @@ pub struct MoeScratch {
     h_act: Vec<u8>,
 }
 
+impl MoeScratch {
+    /// The routing of the last [`route_tokens`] (or [`moe_forward`]) call, `k` experts per
+    /// token.
+    pub fn routing(&self, k: usize) -> Routing<'_> {
+        Routing {
+            k,
+            ids: &self.routed_ids,
+            weights: &self.routed_weights,
+        }
+    }
+}
+
 /// `out = Σ_k w_k expert_k(x) + shared(x)` for `x` `[n, D]` (the
-/// post-attention-norm output). Tokens are grouped by expert so that each
+/// post-attention-norm output); `shared` is `w.shared`, or `None` when the shared experts
+/// run elsewhere (a device adds them after). Tokens are grouped by expert so that each
 /// routed expert runs one matmul over just the tokens routed to it; a single
 /// token runs every chosen expert and the shared ones together
 /// ([`experts_one_token`]).
@@ -188,6 +211,7 @@ pub struct MoeScratch {
 pub fn moe_forward(
     layer: usize,
     w: &MoeWeights,
+    shared: Option<&Mlp>,
     cfg: &RouterConfig,
     store: &dyn ExpertStore,
     x: &[f32],
@@ -197,21 +221,16 @@ pub fn moe_forward(
 ) -> Result<(), ExpertError> {
     let d = out.len() / n.max(1);
     let e_count = cfg.n_expert;
-    sc.logits.resize(n * e_count, 0.0);
-    matmul(&w.gate_inp, x, n, &mut sc.logits);
+    route_tokens(w, cfg, x, n, sc);
     sc.assigned.resize(e_count, Vec::new());
     sc.assigned.iter_mut().for_each(Vec::clear);
-    sc.routed_ids.clear();
-    sc.routed_weights.clear();
-    for t in 0..n {
-        let logits = &sc.logits[t * e_count..][..e_count];
-        let first = sc.routed_ids.len();
-        let (ids, wts) = (&mut sc.routed_ids, &mut sc.routed_weights);
-        route(cfg, logits, w.bias.as_deref(), &mut sc.route, ids, wts);
-        for (&e, &wt) in sc.routed_ids[first..]
-            .iter()
-            .zip(&sc.routed_weights[first..])
-        {
+    for (t, (ids, weights)) in sc
+        .routed_ids
+        .chunks(cfg.n_used)
+        .zip(sc.routed_weights.chunks(cfg.n_used))
+        .enumerate()
+    {
+        for (&e, &wt) in ids.iter().zip(weights) {
             sc.assigned[e].push((t, wt));
         }
     }
@@ -251,7 +270,7 @@ pub fn moe_forward(
             down: ex.down(),
             weight: Some(*wt),
         });
-        let shared = w.shared.iter().map(|sh| ExpertJob {
+        let shared = shared.iter().map(|sh| ExpertJob {
             gate: sh.gate.view(),
             up: sh.up.view(),
             down: sh.down.view(),
@@ -287,10 +306,8 @@ pub fn moe_forward(
             }
         }
     }
-    if let Some(sh) = &w.shared {
-        sc.y.resize(n * d, 0.0);
-        sh.forward(x, n, &mut sc.y, &mut sc.hidden);
-        out.iter_mut().zip(&sc.y).for_each(|(o, s)| *o += s);
+    if let Some(sh) = shared {
+        add_shared(sh, x, n, out, sc);
     }
     Ok(())
 }
@@ -299,6 +316,28 @@ pub fn moe_forward(
 /// a model routing to more than `MAX_ONE_TOKEN_JOBS - 1` experts take the
 /// batch path (same sums, more parallel regions).
 const MAX_ONE_TOKEN_JOBS: usize = 16;
+
+/// The router of one MoE layer for `x` `[n, D]`: each token's experts and weights, into
+/// `sc.routed_ids` / `sc.routed_weights` (read them through [`MoeScratch::routing`]).
+pub fn route_tokens(w: &MoeWeights, cfg: &RouterConfig, x: &[f32], n: usize, sc: &mut MoeScratch) {
+    let e_count = cfg.n_expert;
+    sc.logits.resize(n * e_count, 0.0);
+    matmul(&w.gate_inp, x, n, &mut sc.logits);
+    sc.routed_ids.clear();
+    sc.routed_weights.clear();
+    for t in 0..n {
+        let logits = &sc.logits[t * e_count..][..e_count];
+        let (ids, wts) = (&mut sc.routed_ids, &mut sc.routed_weights);
+        route(cfg, logits, w.bias.as_deref(), &mut sc.route, ids, wts);
+    }
+}
+
+/// `out += shared(x)` for `x` `[n, D]`: the shared experts, added after the routed ones.
+pub fn add_shared(sh: &Mlp, x: &[f32], n: usize, out: &mut [f32], sc: &mut MoeScratch) {
+    sc.y.resize(out.len(), 0.0);
+    sh.forward(x, n, &mut sc.y, &mut sc.hidden);
+    out.iter_mut().zip(&sc.y).for_each(|(o, s)| *o += s);
+}
 
 /// One expert MLP of a decode step: routed (`weight` Some) or shared (added
 /// with weight 1 after the routed ones).
@@ -568,11 +607,23 @@ mod tests {
         let x = vals(8, 2 * d);
         let mut sc = MoeScratch::default();
         let mut batch = vec![0.0f32; 2 * d];
-        moe_forward(0, &w, &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
+        let sh = w.shared.as_ref();
+        moe_forward(0, &w, sh, &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
         let batch_ids = sc.routed_ids.clone();
         for t in 0..2 {
             let mut one = vec![0.0f32; d];
-            moe_forward(0, &w, &c, &store, &x[t * d..][..d], 1, &mut one, &mut sc).unwrap();
+            moe_forward(
+                0,
+                &w,
+                sh,
+                &c,
+                &store,
+                &x[t * d..][..d],
+                1,
+                &mut one,
+                &mut sc,
+            )
+            .unwrap();
             assert_eq!(sc.routed_ids, batch_ids[t * 3..][..3]);
             assert_eq!(one, batch[t * d..][..d], "token {t}");
         }
