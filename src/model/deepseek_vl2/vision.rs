@@ -23,10 +23,6 @@ use crate::ops::MatView;
 /// (`TILE_CHUNK * 729 * n_ff` floats for the MLP) while keeping matmuls wide.
 const TILE_CHUNK: usize = 4;
 
-/// Query rows per block of the attention (scores `[64, 729]` = 182 KiB, plus their copy as
-/// the next product's activations, stay in L2).
-const ATTN_ROWS: usize = 64;
-
 /// Types accepted for vectors (biases, norms, position embedding, tile tags): `--quant f16`
 /// and `bf16` store every tensor in that type, and both widen to f32 exactly.
 const VECTOR_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16];
@@ -250,22 +246,13 @@ fn full_attention(
                     vt[(d * n + i) * 4..][..4].copy_from_slice(&v.to_le_bytes());
                 }
             }
-            // Blocks of query rows: scores, softmax and P·v of one block stay in L2 (the
-            // whole [n, n] score matrix, 2 MiB per head, went to memory and back 4 times).
-            let qb = ATTN_ROWS.min(n);
-            let mut scores = vec![0.0f32; qb * n];
-            let mut probs = Vec::with_capacity(qb * n * 4);
+            let mut scores = vec![0.0f32; n * n];
+            gemm(GgmlType::F32, hd, &k, n, &q, n, &mut scores, n);
+            softmax_rows(&mut scores, n, scale);
+            let mut probs = Vec::with_capacity(n * n * 4);
+            extend_bytes(&mut probs, &scores);
             let mut o = vec![0.0f32; n * hd];
-            for q0 in (0..n).step_by(qb) {
-                let m = qb.min(n - q0);
-                let s = &mut scores[..m * n];
-                gemm(GgmlType::F32, hd, &k, n, &q[q0 * hd * 4..], m, s, n);
-                softmax_rows(s, n, scale);
-                probs.clear();
-                extend_bytes(&mut probs, s);
-                let dst = &mut o[q0 * hd..(q0 + m) * hd];
-                gemm(GgmlType::F32, n, &vt, hd, &probs, m, dst, hd);
-            }
+            gemm(GgmlType::F32, n, &vt, hd, &probs, n, &mut o, hd);
             o
         })
         .collect();
