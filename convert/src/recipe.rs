@@ -3,7 +3,7 @@
 //! `--quant f32|f16|bf16` stores every tensor in that type (`--quant f32` reproduces the
 //! checkpoint exactly, since bf16 widens exactly). `--quant q8_0|q4_0|q4_k|q5_k|q6_k` sets the
 //! routed-expert type; attention, dense MLP, shared experts, token_embd and output default to
-//! the recipe's `others` (q8_0), vision and projector matrices to `vision` (f16), and norms,
+//! the recipe's `others` (q8_0), vision and projector matrices to `vision` (bf16), and norms,
 //! biases, routers, exp_probs_b, the position embedding and tile tags stay f32. Per-role
 //! overrides replace any of these. A tensor whose `ne[0]` does not divide by the chosen type's
 //! block size falls back as llama.cpp's quantizer does (`llama-quant.cpp`): Q4_K→Q5_0,

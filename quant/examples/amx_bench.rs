@@ -4,14 +4,14 @@
 //! that is missing), so other processes on a busy machine count less. One thread; the
 //! token counts are what one of the tower's tasks gets (4 tiles of 729 tokens over 4 tasks
 //! on 2 threads), and the attention products are one (tile, head) job.
-//! Run: `cargo run --release -p pocketvl-quant --example amx_bench [names…]`
+//! Run: `[POCKETVL_AMX_SPLIT=1] cargo run --release -p pocketvl-quant --example amx_bench [names…]`
 //! (names from the list below; default: all). Last line: the tile unit's peak in the same
 //! run (`tdpbf16ps` with operands in registers) and the shapes' rate as a share of it.
 //! Prints nothing useful without AMX.
 
 use std::time::Instant;
 
-use quant::kernels::{amx_bf16_spin, gemm_bf16_rounded};
+use quant::kernels::{amx_bf16_spin, gemm_bf16_rounded, gemm_bf16_split};
 
 /// (name, k, weight rows, tokens).
 const SHAPES: [(&str, usize, usize, usize); 6] = [
@@ -40,7 +40,15 @@ fn cpu_seconds(start: Instant) -> f64 {
 
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    let Some(g) = gemm_bf16_rounded() else {
+    // `POCKETVL_AMX_SPLIT=1`: the split-activation product (what the tower runs; twice the
+    // tile products per flop counted here).
+    let split = std::env::var("POCKETVL_AMX_SPLIT").is_ok_and(|v| v == "1");
+    let pick = if split {
+        gemm_bf16_split()
+    } else {
+        gemm_bf16_rounded()
+    };
+    let Some(g) = pick else {
         println!("no AMX-BF16 product on this CPU (or POCKETVL_FORCE_SCALAR is set)");
         return;
     };

@@ -11,8 +11,11 @@
 //!   k-steps are one sequential stream. A super-block is sized to stay in L2
 //!   (~1 MiB) while every weight block sweeps it;
 //! - B tiles are 16 column pairs x 16 weight rows (AMX's "VNNI" pair layout): each block
-//!   of 32 weight rows is packed once per super-block into `[k-step][2 halves][16 pairs]
-//!   [16 rows]` (16 x 16 transposes of u32 pairs, zero-padded in k and rows);
+//!   of 32 weight rows is packed into `[k-step][2 halves][16 pairs][16 rows]` (16 x 16
+//!   transposes of u32 pairs, zero-padded in k and rows) once per product, before any
+//!   token is touched ([`pack_block`]; a caller splitting one product over threads packs
+//!   once and shares it: packing per super-block and per task repeated it ~16 times per
+//!   tower matrix);
 //! - k-blocking: the k-steps are taken [`KC_STEPS`] at a time (256 columns); over one
 //!   k-block the packed weight block is 16 KiB and stays in L1 while the token blocks sweep
 //!   it, and the 2 x 2 accumulator tiles (32 tokens x 32 rows, the most the eight tile
@@ -34,8 +37,11 @@ use std::sync::OnceLock;
 /// Bytes of packed activations per super-block (fits L2 beside one packed weight block).
 const A_BYTES: usize = 1 << 20;
 
-/// Fewest tokens per super-block: below it each packed weight block serves too few tokens.
-const MIN_SUPER: usize = 128;
+/// Fewest tokens per super-block (one A tile pair). With the weights packed once per product
+/// a small super-block costs only a re-read of the packed weights, while one over L2 costs
+/// every A tile load: the split `down` product (k = 4304, 60 tokens fit A_BYTES) ran at
+/// ~0.7x with a floor of 128 tokens (2.2 MiB of packed activations) instead of 32.
+const MIN_SUPER: usize = 32;
 
 /// k-steps (32 columns each) per k-block: 32 rows of 256 bf16 columns = 16 KiB, in L1
 /// beside the token block's 2 x 16 KiB of activations.
@@ -103,8 +109,88 @@ pub(crate) fn gemm_bf16_rounded(
     out: &mut [f32],
     ldo: usize,
 ) {
+    gemm_bf16(k, w, n_rows, a, n_tok, out, ldo, false)
+}
+
+/// The split product, same contract as the scalar twin
+/// [`scalar::gemm_bf16_split`](super::scalar::gemm_bf16_split): each activation is
+/// `hi + lo` with `hi = bf16(a)`, `lo = bf16(a - hi)` (16 significant bits of the f32), and
+/// both halves go through the tile unit against the same weight tiles (twice the products,
+/// the same weight traffic). Only reachable after [`detected`].
+pub(crate) fn gemm_bf16_split(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    gemm_bf16(k, w, n_rows, a, n_tok, out, ldo, true)
+}
+
+/// [`gemm_bf16_rounded`] (`split = false`) or [`gemm_bf16_split`]: packs the weights, then
+/// [`gemm_packed`].
+#[allow(clippy::too_many_arguments)]
+fn gemm_bf16(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+    split: bool,
+) {
+    assert!(w.len() >= n_rows * 2 * k, "gemm: input sizes");
+    let bb = block_bytes(k);
+    let mut buf = vec![0u8; n_rows.div_ceil(32) * bb + 64];
+    let packed = aligned(&mut buf, n_rows.div_ceil(32) * bb);
+    if k > 0 {
+        for (b, dst) in packed.chunks_exact_mut(bb).enumerate() {
+            pack_block(k, w, n_rows, b, dst);
+        }
+    }
+    gemm_packed(k, packed, n_rows, a, n_tok, out, ldo, split)
+}
+
+/// Bytes of one packed block of 32 weight rows of `k` columns (the B layout of
+/// [`pack_weights`]).
+pub(crate) fn block_bytes(k: usize) -> usize {
+    k.div_ceil(32) * 2048
+}
+
+/// Packs rows `32 b..` (at most 32, fewer in the last block) of the `n_rows` BF16 rows of
+/// `k` in `w` into `dst` (`block_bytes(k)` bytes) for [`gemm_packed`].
+pub(crate) fn pack_block(k: usize, w: &[u8], n_rows: usize, b: usize, dst: &mut [u8]) {
+    let (r0, bb) = (32 * b, block_bytes(k));
     assert!(
-        w.len() >= n_rows * 2 * k && a.len() >= n_tok * k,
+        r0 < n_rows && w.len() >= n_rows * 2 * k && dst.len() >= bb,
+        "pack: sizes"
+    );
+    assert!(detected(), "AMX packing called without AMX");
+    let nr = 32.min(n_rows - r0);
+    // SAFETY: AVX-512 F/BW/BF16 (`detected`); `dst` holds the block's bytes and the rows
+    // lie inside `w` (asserted).
+    unsafe { pack_weights(&w[r0 * 2 * k..(r0 + nr) * 2 * k], nr, k, dst) }
+}
+
+/// The product over weights packed by [`pack_block`] (`packed` holds every block of
+/// `n_rows`, in order; 64-byte aligned for full-speed tile loads); `split` as
+/// [`gemm_bf16_split`]. Same contract as the scalar twins otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_packed(
+    k: usize,
+    packed: &[u8],
+    n_rows: usize,
+    a: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+    split: bool,
+) {
+    assert!(
+        packed.len() >= n_rows.div_ceil(32) * block_bytes(k) && a.len() >= n_tok * k,
         "gemm: input sizes"
     );
     assert!(
@@ -123,7 +209,7 @@ pub(crate) fn gemm_bf16_rounded(
     assert!(detected(), "AMX kernel called without AMX");
     // SAFETY: `detected()` holds (AMX-TILE/BF16, AVX-512 F/BW/BF16, tile state granted);
     // the sizes are asserted above.
-    unsafe { gemm_amx(k, w, n_rows, a, n_tok, out, ldo) }
+    unsafe { gemm_amx(k, packed, n_rows, a, n_tok, out, ldo, split) }
 }
 
 /// The AMX roofline: `iters` x 4 `tdpbf16ps` on four independent accumulators with
@@ -177,32 +263,34 @@ impl TileConfig {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn gemm_amx(
     k: usize,
-    w: &[u8],
+    packed: &[u8],
     n_rows: usize,
     a: &[f32],
     n_tok: usize,
     out: &mut [f32],
     ldo: usize,
+    split: bool,
 ) {
     let steps = k.div_ceil(32);
+    // Planes of packed activations: hi, and lo when split (same layout, `lo_off` bytes on).
+    let planes = 1 + usize::from(split);
     // Super-blocks: as many tokens as fit A_BYTES (at least MIN_SUPER), then balanced so
     // the last one is not a sliver (each super-block packs every weight block once).
-    let fit = (A_BYTES / (steps * 64)).max(MIN_SUPER);
+    let fit = (A_BYTES / (steps * 64 * planes)).max(MIN_SUPER);
     let n_super = n_tok.div_ceil(fit);
     let ts = n_tok.div_ceil(n_super).div_ceil(32) * 32;
     // Tile rows are 64 bytes: aligned buffers keep each in one cache line (unaligned, every
     // tile load touched 32 lines instead of 16; the `tdpbf16ps` spin with tile loads from
     // an unaligned buffer ran at ~0.7x the aligned rate).
-    let (mut ap_buf, mut bp_buf) = (
-        vec![0u8; steps * ts * 64 + 64],
-        vec![0u8; steps * 2048 + 64],
-    );
+    let mut ap_buf = vec![0u8; planes * steps * ts * 64 + 64];
     let mut c_buf = vec![0f32; ts * 32 + 16];
-    let ap = aligned(&mut ap_buf, steps * ts * 64); // [token block][step][32 tokens][32 bf16]
-    let bp = aligned(&mut bp_buf, steps * 2048); // [step][half][16 pairs][16 rows][2 bf16]
+    // [plane][token block][step][32 tokens][32 bf16]
+    let ap = aligned(&mut ap_buf, planes * steps * ts * 64);
+    let lo_off = steps * ts * 64;
     let c = aligned(&mut c_buf, ts * 32); // [token][32 rows]
     let cfg = TileConfig::all_16x64();
     // SAFETY: AMX is usable (caller); the config is a valid palette-1 config.
@@ -211,11 +299,20 @@ unsafe fn gemm_amx(
         let nt = ts.min(n_tok - t0);
         let ntp = nt.div_ceil(32) * 32;
         // SAFETY: AVX-512 F/BW/BF16 (caller); `ap` holds steps * ts * 64 ≥ steps * ntp * 64.
-        unsafe { pack_acts(&a[t0 * k..(t0 + nt) * k], nt, ntp, k, ap) };
+        unsafe {
+            pack_acts(
+                &a[t0 * k..(t0 + nt) * k],
+                nt,
+                ntp,
+                k,
+                ap,
+                split.then_some(lo_off),
+            )
+        };
         for r0 in (0..n_rows).step_by(32) {
             let nr = 32.min(n_rows - r0);
-            // SAFETY: as above; `bp` holds steps * 2048 bytes.
-            unsafe { pack_weights(&w[r0 * 2 * k..(r0 + nr) * 2 * k], nr, k, bp) };
+            // [step][half][16 pairs][16 rows][2 bf16] of this block.
+            let bp = &packed[r0 / 32 * steps * 2048..][..steps * 2048];
             for s0 in (0..steps).step_by(KC_STEPS) {
                 let s1 = (s0 + KC_STEPS).min(steps);
                 for tb in (0..ntp).step_by(32) {
@@ -256,10 +353,13 @@ unsafe fn gemm_amx(
                             );
                         }
                         for s in s0..s1 {
-                            dp_2x2(
-                                ap.as_ptr().add((tb * steps + 32 * s) * 64),
-                                bp.as_ptr().add(2048 * s),
-                            );
+                            let a_hi = ap.as_ptr().add((tb * steps + 32 * s) * 64);
+                            let b = bp.as_ptr().add(2048 * s);
+                            if split {
+                                dp_2x2_split(a_hi, a_hi.add(lo_off), b);
+                            } else {
+                                dp_2x2(a_hi, b);
+                            }
                         }
                         asm!(
                             "tilestored [{c} + {s}], tmm0",
@@ -320,6 +420,40 @@ unsafe fn dp_2x2(a: *const u8, b: *const u8) {
     }
 }
 
+/// [`dp_2x2`] for split activations: the same B tiles against the hi tiles at `a` and the
+/// lo tiles at `lo` (each accumulator gets both products; the two tdp on one accumulator
+/// are four instructions apart).
+///
+/// # Safety
+/// AMX configured as in [`gemm_amx`]; 2 KiB readable at `a`, `lo` and `b`.
+#[inline(always)]
+unsafe fn dp_2x2_split(a: *const u8, lo: *const u8, b: *const u8) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!(
+            "tileloadd tmm6, [{b} + {s64}]",
+            "tileloadd tmm4, [{a} + {s64}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b} + {s64} + 1024]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a} + {s64} + 1024]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "tileloadd tmm4, [{lo} + {s64}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{lo} + {s64} + 1024]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a = in(reg) a,
+            lo = in(reg) lo,
+            b = in(reg) b,
+            s64 = in(reg) 64usize,
+            options(nostack, readonly)
+        );
+    }
+}
+
 /// The `nr ≤ 32` bf16 rows of `k` in `rows` to the B layout `[steps][2][16 pairs][16 rows]`
 /// (u32 = the row's two bf16 of columns 2 p, 2 p + 1 of the step; each half's tile is 1 KiB
 /// of contiguous lines), zero beyond `k` and `nr`.
@@ -354,19 +488,25 @@ unsafe fn pack_weights(rows: &[u8], nr: usize, k: usize, bp: &mut [u8]) {
 
 /// `nt` f32 rows of `k` rounded to bf16 in the A layout `[ntp / 32][steps][32][32]` (a
 /// token block's k-steps are one contiguous stream for the prefetchers), zero beyond `k`
-/// and for tokens `nt..ntp`.
+/// and for tokens `nt..ntp`. With `lo = Some(off)` the residuals `bf16(a - hi)` go to the
+/// same layout `off` bytes on.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_acts(a: &[f32], nt: usize, ntp: usize, k: usize, ap: &mut [u8]) {
+unsafe fn pack_acts(a: &[f32], nt: usize, ntp: usize, k: usize, ap: &mut [u8], lo: Option<usize>) {
     let steps = k.div_ceil(32);
-    debug_assert!(ap.len() >= steps * ntp * 64 && a.len() >= nt * k);
+    debug_assert!(ap.len() >= lo.unwrap_or(0) + steps * ntp * 64 && a.len() >= nt * k);
     for t in 0..ntp {
         for s in 0..steps {
             let dst = ap
                 .as_mut_ptr()
                 .add(((t / 32 * steps + s) * 32 + t % 32) * 64);
             if t >= nt {
-                // SAFETY: token t < ntp of step s, inside `ap`.
-                unsafe { _mm512_storeu_si512(dst.cast(), _mm512_setzero_si512()) };
+                // SAFETY: token t < ntp of step s, inside `ap` (in both planes).
+                unsafe {
+                    _mm512_storeu_si512(dst.cast(), _mm512_setzero_si512());
+                    if let Some(off) = lo {
+                        _mm512_storeu_si512(dst.add(off).cast(), _mm512_setzero_si512());
+                    }
+                }
                 continue;
             }
             let load = |c: usize| {
@@ -376,11 +516,28 @@ unsafe fn pack_acts(a: &[f32], nt: usize, ntp: usize, k: usize, ap: &mut [u8]) {
                 unsafe { _mm512_maskz_loadu_ps(m, a.as_ptr().add(t * k + c)) }
             };
             // 32 bf16 in column order: the low half from the first 16 columns.
-            let bh: __m512bh = _mm512_cvtne2ps_pbh(load(32 * s + 16), load(32 * s));
+            let (x0, x1) = (load(32 * s), load(32 * s + 16));
+            let bh: __m512bh = _mm512_cvtne2ps_pbh(x1, x0);
             // SAFETY: token t of step s, 64 bytes inside `ap`; the bits are stored as they are.
-            unsafe {
-                _mm512_storeu_si512(dst.cast(), std::mem::transmute::<__m512bh, __m512i>(bh))
-            };
+            let hi = unsafe { std::mem::transmute::<__m512bh, __m512i>(bh) };
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_si512(dst.cast(), hi) };
+            if let Some(off) = lo {
+                // hi back to f32 (bf16 bits in the upper half of each f32), x - hi exactly.
+                let widen = |h: __m256i| {
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                };
+                let r0 = _mm512_sub_ps(x0, widen(_mm512_castsi512_si256(hi)));
+                let r1 = _mm512_sub_ps(x1, widen(_mm512_extracti64x4_epi64::<1>(hi)));
+                let lb = _mm512_cvtne2ps_pbh(r1, r0);
+                // SAFETY: the lo plane's token t of step s, inside `ap` (caller's size).
+                unsafe {
+                    _mm512_storeu_si512(
+                        dst.add(off).cast(),
+                        std::mem::transmute::<__m512bh, __m512i>(lb),
+                    )
+                };
+            }
         }
     }
 }
@@ -432,7 +589,10 @@ unsafe fn transpose16(p: *const f32) -> [__m512; 16] {
 
 #[cfg(test)]
 mod tests {
+    use super::super::scalar;
     use super::*;
+
+    type Gemm = fn(usize, &[u8], usize, &[f32], usize, &mut [f32], usize);
 
     fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
         let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -473,7 +633,8 @@ mod tests {
         }
     }
 
-    /// Against the scalar twin on random, zero, ±large and tiny data; sizes around the
+    /// Both products (rounded and split) against their scalar twins on random, zero, ±large
+    /// and tiny data; sizes around the
     /// 16/32 tile edges, k-tails, super-block edges and the tower's shapes (k = 588, 1152,
     /// 4304). Same bound as the f32 kernels: the sums differ only in f32 rounding order.
     #[test]
@@ -512,29 +673,34 @@ mod tests {
                 };
                 let w = bf16_bytes(&wf);
                 let ldo = n_rows + 3;
-                let mut got = vec![f32::NAN; n_tok * ldo];
-                let mut want = vec![f32::NAN; n_tok * ldo];
-                gemm_bf16_rounded(k, &w, n_rows, &a, n_tok, &mut got, ldo);
-                super::super::scalar::gemm_bf16_rounded(k, &w, n_rows, &a, n_tok, &mut want, ldo);
-                for t in 0..n_tok {
-                    for r in 0..ldo {
-                        let (g, x) = (got[t * ldo + r], want[t * ldo + r]);
-                        if r >= n_rows {
-                            assert!(g.is_nan(), "wrote padding column {r}");
-                            continue;
-                        }
-                        let mag: f64 = (0..k)
-                            .map(|i| {
-                                let wv = half::bf16::from_f32(wf[r * k + i]).to_f32();
-                                let av = half::bf16::from_f32(a[t * k + i]).to_f32();
-                                (f64::from(wv) * f64::from(av)).abs()
-                            })
-                            .sum();
-                        assert!(
-                            ((g - x) as f64).abs() <= 1e-5 * mag + 1e-30,
-                            "k={k} rows={n_rows} tok={n_tok} case {case} (t {t}, r {r}): \
+                let twins: [(Gemm, Gemm); 2] = [
+                    (gemm_bf16_rounded, scalar::gemm_bf16_rounded),
+                    (gemm_bf16_split, scalar::gemm_bf16_split),
+                ];
+                for (kernel, twin) in twins {
+                    let mut got = vec![f32::NAN; n_tok * ldo];
+                    let mut want = vec![f32::NAN; n_tok * ldo];
+                    kernel(k, &w, n_rows, &a, n_tok, &mut got, ldo);
+                    twin(k, &w, n_rows, &a, n_tok, &mut want, ldo);
+                    for t in 0..n_tok {
+                        for r in 0..ldo {
+                            let (g, x) = (got[t * ldo + r], want[t * ldo + r]);
+                            if r >= n_rows {
+                                assert!(g.is_nan(), "wrote padding column {r}");
+                                continue;
+                            }
+                            let mag: f64 = (0..k)
+                                .map(|i| {
+                                    let wv = half::bf16::from_f32(wf[r * k + i]).to_f32();
+                                    (f64::from(wv) * f64::from(a[t * k + i])).abs() * 1.01
+                                })
+                                .sum();
+                            assert!(
+                                ((g - x) as f64).abs() <= 1e-5 * mag + 1e-30,
+                                "k={k} rows={n_rows} tok={n_tok} case {case} (t {t}, r {r}): \
                              {g} vs {x}"
-                        );
+                            );
+                        }
                     }
                 }
             }

@@ -324,6 +324,100 @@ pub fn gemm_bf16_rounded() -> Option<Bf16RoundedGemmFn> {
     })
 }
 
+/// The AMX-BF16 product with split activations (`float_gemm_amx.rs`; scalar twin
+/// [`scalar::gemm_bf16_split`]): each f32 activation is taken as two bf16, `hi + lo`, so it
+/// keeps 16 significant bits (relative error ≤ 2^-17) and only the weights' own bf16
+/// rounding stays, at twice the tile products of [`gemm_bf16_rounded`]. Same availability.
+pub fn gemm_bf16_split() -> Option<Bf16RoundedGemmFn> {
+    #[cfg(target_arch = "x86_64")]
+    if gemm_bf16_rounded().is_some() {
+        return Some(float_gemm_amx::gemm_bf16_split as Bf16RoundedGemmFn);
+    }
+    None
+}
+
+/// The AMX-BF16 product in two steps, for callers that split one product over threads:
+/// pack the weights once ([`Bf16Tiles::pack_block`], one 32-row block at a time, so blocks
+/// can be packed in parallel), then run any number of token ranges against them
+/// ([`Bf16Tiles::gemm`]). Same arithmetic as [`gemm_bf16_rounded`] / [`gemm_bf16_split`].
+#[derive(Clone, Copy)]
+pub struct Bf16Tiles {
+    pack_block: fn(usize, &[u8], usize, usize, &mut [u8]),
+    #[allow(clippy::type_complexity)]
+    gemm: fn(usize, &[u8], usize, &[f32], usize, &mut [f32], usize, bool),
+}
+
+/// BF16 weights packed for [`Bf16Tiles::gemm`]: every 32-row block in order, 64-byte
+/// aligned.
+pub struct PackedBf16 {
+    buf: Vec<u8>,
+    off: usize,
+    k: usize,
+    n_rows: usize,
+}
+
+impl PackedBf16 {
+    /// The packed blocks (`block_bytes` each), for [`Bf16Tiles::pack_block`] to fill.
+    pub fn blocks_mut(&mut self) -> &mut [u8] {
+        let len = self.n_rows.div_ceil(32) * self.block_bytes();
+        &mut self.buf[self.off..self.off + len]
+    }
+
+    /// Bytes of one packed block of 32 rows.
+    pub fn block_bytes(&self) -> usize {
+        self.k.div_ceil(32) * 2048
+    }
+}
+
+/// [`Bf16Tiles`] where [`gemm_bf16_rounded`] is available (AMX-BF16), else `None`.
+pub fn bf16_tiles() -> Option<Bf16Tiles> {
+    #[cfg(target_arch = "x86_64")]
+    if gemm_bf16_rounded().is_some() {
+        return Some(Bf16Tiles {
+            pack_block: float_gemm_amx::pack_block,
+            gemm: float_gemm_amx::gemm_packed,
+        });
+    }
+    None
+}
+
+impl Bf16Tiles {
+    /// A zeroed buffer for `n_rows` BF16 rows of `k`.
+    pub fn buffer(self, k: usize, n_rows: usize) -> PackedBf16 {
+        let len = n_rows.div_ceil(32) * k.div_ceil(32) * 2048;
+        let buf = vec![0u8; len + 64];
+        let off = buf.as_ptr().align_offset(64);
+        PackedBf16 {
+            buf,
+            off,
+            k,
+            n_rows,
+        }
+    }
+
+    /// Packs block `b` (rows `32 b..`) of the `n_rows` BF16 rows of `k` in `w` into `dst`,
+    /// block `b` of [`PackedBf16::blocks_mut`] of a buffer of the same shape.
+    pub fn pack_block(self, k: usize, w: &[u8], n_rows: usize, b: usize, dst: &mut [u8]) {
+        (self.pack_block)(k, w, n_rows, b, dst)
+    }
+
+    /// `out[t * ldo + r] = Σ_i w[r, i] · a'[t, i]` over the packed weights, `a'` the
+    /// activations rounded to bf16, or split into two bf16 with `split` (see
+    /// [`gemm_bf16_split`]).
+    pub fn gemm(
+        self,
+        w: &PackedBf16,
+        a: &[f32],
+        n_tok: usize,
+        out: &mut [f32],
+        ldo: usize,
+        split: bool,
+    ) {
+        let data = &w.buf[w.off..];
+        (self.gemm)(w.k, data, w.n_rows, a, n_tok, out, ldo, split)
+    }
+}
+
 /// `iters` x 4 AMX-BF16 tile products with the operands in registers, returning the flops
 /// done (`None` without AMX): the tile unit's peak for benchmarks to time beside
 /// [`gemm_bf16_rounded`].

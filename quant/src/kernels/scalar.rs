@@ -317,6 +317,42 @@ pub fn dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     sumf
 }
 
+/// BF16 weights times f32 activations split into two bf16, the twin of the AMX split
+/// kernel (`float_gemm_amx.rs`): `out[t * ldo + r] = Σ_i w[r, i] · (hi + lo)` with
+/// `hi = bf16(a[t, i])`, `lo = bf16(a[t, i] - hi)` (nearest-even both), summed in f64.
+pub fn gemm_bf16_split(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let split: Vec<f32> = a[..n_tok * k]
+        .iter()
+        .flat_map(|&v| {
+            let hi = half::bf16::from_f32(v).to_f32();
+            [hi, half::bf16::from_f32(v - hi).to_f32()]
+        })
+        .collect();
+    for t in 0..n_tok {
+        for r in 0..n_rows {
+            let row = &w[r * 2 * k..(r + 1) * 2 * k];
+            let sum: f64 = row
+                .chunks_exact(2)
+                .zip(split[2 * t * k..2 * (t + 1) * k].chunks_exact(2))
+                .map(|(b, y)| {
+                    let wv =
+                        f64::from(half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32());
+                    wv * f64::from(y[0]) + wv * f64::from(y[1])
+                })
+                .sum();
+            out[t * ldo + r] = sum as f32;
+        }
+    }
+}
+
 /// BF16 weights times f32 activations rounded to bf16, the twin of the AMX kernel
 /// (`float_gemm_amx.rs`): `out[t * ldo + r] = Σ_i w[r, i] · bf16(a[t, i])` (activations rounded
 /// to nearest-even bf16 as `vcvtne2ps2bf16` does), summed in f64.
