@@ -49,7 +49,9 @@ die() { echo "[compare_reference] ERROR: $*" >&2; exit 1; }
 [ -f "$GGUF" ] || die "no such file: $GGUF"
 
 # --- the reference's venv --------------------------------------------------------------------
-if ! "$REF_VENV/bin/python" -c "import torch, transformers, timm, einops, attrdict" 2>/dev/null; then
+# attrdict is only looked up, not imported: it imports collections.Mapping, which Python >= 3.10
+# no longer has, so importing it fails on every run and would rebuild the venv each time.
+if ! "$REF_VENV/bin/python" -c "import importlib.util, torch, transformers, timm, einops; assert importlib.util.find_spec('attrdict')" 2>/dev/null; then
     log "creating $REF_VENV (torch 2.0.1+cpu, transformers 4.38.2)"
     python3 -m venv "$REF_VENV"
     pip=("$REF_VENV/bin/python" -m pip install -q)
