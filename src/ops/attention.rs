@@ -121,20 +121,6 @@ pub fn causal_attention(
         });
 }
 
-/// Whether [`attend_block`] runs its AVX-512F build (checked once; not with
-/// `POCKETVL_FORCE_SCALAR=1`).
-fn use_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            !quant::kernels::force_scalar() && std::arch::is_x86_feature_detected!("avx512f")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 /// Queries `t0..t0 + rows` of head `h` (kv head `g`) into `dst`
 /// `[rows, d_v]`: [`attend_block_body`] in the widest build this CPU runs. The
 /// builds do the same f32 operations in the same order (no reassociation, no
@@ -156,8 +142,8 @@ fn attend_block(
     dst: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if use_avx512() {
-        // SAFETY: the CPU has AVX-512F (checked once in `use_avx512`).
+    if super::use_avx512f() {
+        // SAFETY: the CPU has AVX-512F (checked once in `use_avx512f`).
         return unsafe {
             attend_block_avx512(q, t0, rows, h, n_head, g, kv, pos0, scale, tile, dst)
         };

@@ -26,3 +26,14 @@ pub use matmul::{
 };
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};
+
+/// Whether the AVX-512F builds of the f32 loops run (prefill attention's block here, the
+/// vision tower's softmax and GELU): detected once, never with `POCKETVL_FORCE_SCALAR=1`.
+/// Those builds do the same f32 operations in the same order as their baseline twins.
+#[cfg(target_arch = "x86_64")]
+pub fn use_avx512f() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        !quant::kernels::force_scalar() && std::arch::is_x86_feature_detected!("avx512f")
+    })
+}

@@ -95,6 +95,35 @@ fn cases(n: usize, seed: u64) -> Vec<Vec<f32>> {
     ]
 }
 
+/// `n` weight rows of `ty` for the GEMM tests: the rows `random_row` picks hold random bytes
+/// when `random` (the format takes any bytes), the others are `wcases` (cycled) scaled by
+/// `1 + step·r` and quantized.
+#[allow(clippy::too_many_arguments)]
+fn weight_rows(
+    ty: GgmlType,
+    k: usize,
+    n: usize,
+    g: &mut Lcg,
+    wcases: &[Vec<f32>],
+    random: bool,
+    random_row: impl Fn(usize) -> bool,
+    step: f32,
+) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|r| {
+            if random && random_row(r) {
+                random_bytes_row(ty, k, g)
+            } else {
+                let x: Vec<f32> = wcases[r % wcases.len()]
+                    .iter()
+                    .map(|v| v * (1.0 + step * r as f32))
+                    .collect();
+                quant(ty, &x)
+            }
+        })
+        .collect()
+}
+
 /// Weight rows whose bytes are random (every quant pattern, −128 included for
 /// Q8_0), with finite random scales/minimums.
 fn random_bytes_row(ty: GgmlType, k: usize, g: &mut Lcg) -> Vec<u8> {
@@ -223,19 +252,8 @@ fn simd_gemms_match_gemm_by_dots() {
                 let mut g = Lcg(7 + k as u64);
                 let max_n = if k > 1024 { 5 } else { 9 };
                 let (wcases, acases) = (cases(k, 11), cases(k, 12));
-                let wrows: Vec<Vec<u8>> = (0..max_n)
-                    .map(|r| {
-                        if RANDOM_BYTE_FORMATS.contains(&ty) && r % 4 == 3 {
-                            random_bytes_row(ty, k, &mut g)
-                        } else {
-                            let x: Vec<f32> = wcases[r % wcases.len()]
-                                .iter()
-                                .map(|v| v * (1.0 + r as f32))
-                                .collect();
-                            quant(ty, &x)
-                        }
-                    })
-                    .collect();
+                let random = RANDOM_BYTE_FORMATS.contains(&ty);
+                let wrows = weight_rows(ty, k, max_n, &mut g, &wcases, random, |r| r % 4 == 3, 1.0);
                 let arows: Vec<Vec<u8>> = (0..max_n)
                     .map(|t| {
                         let x: Vec<f32> = acases[(t + 2) % acases.len()]
@@ -326,19 +344,9 @@ fn simd_gemv_tiles_match_scalar_twins() {
                 let mut g = Lcg(99 + k as u64);
                 let wcases = cases(k, 21);
                 let n_max = 50;
-                let w: Vec<u8> = (0..n_max)
-                    .flat_map(|r| {
-                        if BLOCK_FORMATS.contains(&ty) && r % 3 == 1 {
-                            random_bytes_row(ty, k, &mut g)
-                        } else {
-                            let x: Vec<f32> = wcases[r % wcases.len()]
-                                .iter()
-                                .map(|v| v * (1.0 + 0.25 * r as f32))
-                                .collect();
-                            quant(ty, &x)
-                        }
-                    })
-                    .collect();
+                let random = BLOCK_FORMATS.contains(&ty);
+                let w = weight_rows(ty, k, n_max, &mut g, &wcases, random, |r| r % 3 == 1, 0.25)
+                    .concat();
                 let a = quant(at, &cases(k, 22)[0]);
                 for n_rows in [16usize, 17, 32, 47, 50] {
                     let mut got = vec![f32::MAX; n_rows + 3];
@@ -395,19 +403,9 @@ fn simd_batch_gemms_match_scalar_twins() {
                 let mut g = Lcg(31 + k as u64);
                 let (wcases, acases) = (cases(k, 41), cases(k, 42));
                 let n_max = 33;
-                let w: Vec<u8> = (0..n_max)
-                    .flat_map(|r| {
-                        if RANDOM_BYTE_FORMATS.contains(&ty) && r % 3 == 1 {
-                            random_bytes_row(ty, k, &mut g)
-                        } else {
-                            let x: Vec<f32> = wcases[r % wcases.len()]
-                                .iter()
-                                .map(|v| v * (1.0 + 0.25 * r as f32))
-                                .collect();
-                            quant(ty, &x)
-                        }
-                    })
-                    .collect();
+                let random = RANDOM_BYTE_FORMATS.contains(&ty);
+                let w = weight_rows(ty, k, n_max, &mut g, &wcases, random, |r| r % 3 == 1, 0.25)
+                    .concat();
                 let t_max = 35;
                 let a: Vec<u8> = (0..t_max)
                     .flat_map(|t| {

@@ -51,24 +51,11 @@ fn exp_approx(x: f32) -> f32 {
     p * scale
 }
 
-/// Whether the AVX-512F builds of the loops below run (detected once).
-fn use_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            !quant::kernels::force_scalar() && std::arch::is_x86_feature_detected!("avx512f")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 /// Row-wise `softmax(scale * row)` in place over rows of `n`.
 pub(super) fn softmax_rows(x: &mut [f32], n: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if use_avx512() {
-        // SAFETY: the CPU has AVX-512F (checked once above).
+    if crate::ops::use_avx512f() {
+        // SAFETY: the CPU has AVX-512F (checked once in `use_avx512f`).
         return unsafe { softmax_rows_avx512(x, n, scale) };
     }
     softmax_rows_body(x, n, scale)
@@ -125,8 +112,8 @@ pub(super) fn gelu_tanh(x: &mut [f32]) {
 
 fn gelu_tanh_chunk(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if use_avx512() {
-        // SAFETY: the CPU has AVX-512F (checked once in `use_avx512`).
+    if crate::ops::use_avx512f() {
+        // SAFETY: the CPU has AVX-512F (checked once in `use_avx512f`).
         return unsafe { gelu_tanh_avx512(x) };
     }
     gelu_tanh_body(x)
@@ -253,6 +240,7 @@ mod tests {
 
     /// Random rows of mixed magnitudes plus edge values (zeros, ±huge, tiny, a row of one
     /// repeated value, lengths off the vector width).
+    #[cfg(target_arch = "x86_64")]
     fn edge_rows(n: usize, rows: usize) -> Vec<f32> {
         let mut s = 0x2545_F491_4F6C_DD1Du64;
         (0..n * rows)
