@@ -173,9 +173,10 @@ mod tests {
             r.choose(&t(Role::Attn, &[128, 512, 16])),
             (GgmlType::Q8_0, None)
         );
+        // The tower is stored bf16 by default (lossless for the bf16 releases).
         assert_eq!(
             r.choose(&t(Role::Vision, &[4304, 1152])),
-            (GgmlType::F16, None)
+            (GgmlType::BF16, None)
         );
         assert_eq!(r.choose(&t(Role::KeepF32, &[1152])), (GgmlType::F32, None));
         let r = Recipe::new(&db, "q8_0", &[(Role::Vision, GgmlType::Q8_0)]).unwrap();

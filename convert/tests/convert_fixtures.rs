@@ -338,10 +338,11 @@ fn metadata_of_mla_file() {
         mm.tensor("v.patch_embd.weight").unwrap().ne,
         vec![14, 14, 3, 64]
     );
-    // Vision fc2 (ne[0] = 239) cannot take a block type: f16, not a fallback from f16.
+    // Vision fc2 (ne[0] = 239) takes the default vision type bf16 as is: not a block type,
+    // so no fallback.
     assert_eq!(
         mm.tensor("v.blk.0.ffn_down.weight").unwrap().ty,
-        GgmlType::F16
+        GgmlType::BF16
     );
 }
 
