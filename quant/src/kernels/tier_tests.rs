@@ -231,19 +231,50 @@ fn simd_dots_match_scalar_twins() {
     }
 }
 
+/// One GEMM slot of a SIMD tier, with what its tests compare it against.
+struct GemmSlot {
+    gemm: GemmFn,
+    ty: GgmlType,
+    /// The scalar table's dot (the reference).
+    dot: DotFn,
+    /// The tier's own dot (the 32-element block formats' GEMMs sum as it does).
+    own_dot: DotFn,
+    /// The activation type and the k granule of the format.
+    at: GgmlType,
+    unit: usize,
+}
+
+/// Every format `tier` has a GEMM kernel for.
+fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
+    (0..SLOTS)
+        .filter_map(|id| {
+            let gemm = tier.gemms[id]?;
+            let ty = GgmlType::from_id(id as u32).unwrap();
+            Some(GemmSlot {
+                gemm,
+                ty,
+                dot: scalar.dots[id].expect("a GEMM slot without a scalar dot"),
+                own_dot: tier.dots[id].expect("a GEMM slot without a dot"),
+                at: vec_dot_type(ty),
+                unit: ty.block_size().max(32),
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn simd_gemms_match_gemm_by_dots() {
     let scalar = KernelTable::scalar();
     for tier in simd_tiers() {
-        for id in 0..SLOTS {
-            let Some(gemm) = tier.gemms[id] else {
-                continue;
-            };
-            let ty = GgmlType::from_id(id as u32).unwrap();
-            let dot = scalar.dots[id].expect("a GEMM slot without a scalar dot");
-            let own_dot = tier.dots[id].expect("a GEMM slot without a dot");
-            let at = vec_dot_type(ty);
-            let unit = ty.block_size().max(32);
+        for GemmSlot {
+            gemm,
+            ty,
+            dot,
+            own_dot,
+            at,
+            unit,
+        } in gemm_slots(&tier, &scalar)
+        {
             for k in [unit, 2 * unit, 3 * unit, 4096.max(unit)] {
                 let (wrb, arb) = (
                     ty.row_bytes(k as u64).unwrap() as usize,
@@ -323,15 +354,15 @@ fn simd_gemms_match_gemm_by_dots() {
 fn simd_gemv_tiles_match_scalar_twins() {
     let scalar = KernelTable::scalar();
     for tier in simd_tiers() {
-        for id in 0..SLOTS {
-            let Some(gemm) = tier.gemms[id] else {
-                continue;
-            };
-            let ty = GgmlType::from_id(id as u32).unwrap();
-            let dot = scalar.dots[id].expect("a GEMM slot without a scalar dot");
-            let own_dot = tier.dots[id].expect("a GEMM slot without a dot");
-            let at = vec_dot_type(ty);
-            let unit = ty.block_size().max(32);
+        for GemmSlot {
+            gemm,
+            ty,
+            dot,
+            own_dot,
+            at,
+            unit,
+        } in gemm_slots(&tier, &scalar)
+        {
             // 1 unit; 13 blocks (a partial last unit of the 4-block units);
             // 1280 (decode's width); 4192 (several k-chunks, partial tail).
             let ks: Vec<usize> = [unit, 13 * unit, 1280, 4192]
@@ -383,14 +414,15 @@ fn simd_gemv_tiles_match_scalar_twins() {
 fn simd_batch_gemms_match_scalar_twins() {
     let scalar = KernelTable::scalar();
     for tier in simd_tiers() {
-        for id in 0..SLOTS {
-            let Some(gemm) = tier.gemms[id] else {
-                continue;
-            };
-            let ty = GgmlType::from_id(id as u32).unwrap();
-            let dot = scalar.dots[id].expect("a GEMM slot without a scalar dot");
-            let at = vec_dot_type(ty);
-            let unit = ty.block_size().max(32);
+        for GemmSlot {
+            gemm,
+            ty,
+            dot,
+            at,
+            unit,
+            ..
+        } in gemm_slots(&tier, &scalar)
+        {
             let ks: Vec<usize> = [unit, 13 * unit, 1280]
                 .into_iter()
                 .filter(|k| k % unit == 0)
