@@ -484,7 +484,7 @@ fn gemv_tile<F: UnitFormat>(
 /// tile row after row (one sequential stream) and prefetching into L2
 /// (`T1`, no L1 miss buffer held) 8 KiB ahead gave 18–24 GB/s; 2–4 KiB
 /// ahead was too short, 16 KiB no better.
-const PREFETCH_BYTES: usize = 8 << 10;
+pub(super) const PREFETCH_BYTES: usize = 8 << 10;
 
 /// [`gemv_tile`] of a whole tile (16 rows), read as one stream: each row's
 /// units in order into its own accumulator, then the next row (the rows of
