@@ -521,7 +521,7 @@ fn gemv_tile16<F: UnitFormat>(
             // The unit's first byte and the one 64 later: along the stream
             // the points lie at most 64 apart, so they name every line
             // (one prefetch per unit, skipping a line in 4 to 17, measured
-            // 0.6× as fast: each skipped line is a demand miss to DRAM).
+            // 0.45–0.6× as fast: each skipped line is a demand miss).
             // Prefetches never fault: the address is only computed.
             _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead).cast());
             _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + 64).cast());
