@@ -89,8 +89,9 @@ pub fn rows_per_task(n: usize, row_bytes: usize) -> usize {
 /// Weight rows per parallel task of a one-token product (decode): two tasks
 /// per worker (one left to steal on a shared machine), whole 16-row tiles.
 /// Unlike a batch, decode streams weights at the memory's pace only inside a
-/// task: the GEMV kernels prefetch each tile's successor, so a task's first
-/// tile arrives at demand-miss speed, and few long tasks keep those rare.
+/// task: the GEMV kernels prefetch a few KiB ahead of their reads, so a
+/// task's first KiBs arrive at demand-miss speed, and few long tasks keep
+/// those rare.
 pub fn rows_per_gemv_task(n: usize) -> usize {
     let tasks = rayon::current_num_threads().max(1) * 2;
     (n.div_ceil(tasks).div_ceil(16) * 16).max(16).min(n.max(1))

@@ -26,6 +26,7 @@ use super::kquant_avx2::{
     block_bytes, check, k4_scales_mins, Shape, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
     ZERO_Q8K,
 };
+use super::q0_avx512_units::PREFETCH_BYTES;
 
 /// `vpermw` indices spreading a super-block's scales over the i16 lanes of
 /// `maddubs` on 64-element chunk c: lane i covers elements 64c + 2i and
@@ -269,81 +270,130 @@ fn store_tile<const T: usize>(facc: __m512, nr: usize, nt: usize, out: &mut [f32
     }
 }
 
-/// `out[r] = dot(w row r, a row 0)` for `r < nr ≤ R`, `R` ∈ {1, 16}: with
-/// one token nothing is reused, so each row is decoded into registers and
-/// consumed at once; `R` rows keep enough loads in flight.
+/// Row `r`'s super-block `ib` against one token's block `x` (chunks `av`):
+/// the integer sum in units of d·d_a, the min sum (Q4_K, Q5_K; zero for
+/// Q6_K) in units of dmin·d_a, both lane-spread, and d·d_a, dmin·d_a.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-fn gemv_tile<const F: u8, const R: usize>(
-    sh: &Shape,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    out: &mut [f32],
-    prefetch_rows: usize,
-) {
-    debug_assert!(R == 1 || R == 16);
+fn row_block<const F: u8>(
+    b: &[u8],
+    x: &Act,
+    av: &[__m512i; 4],
+    row: &mut RowDec,
+) -> (__m512i, __m512i, f32, f32) {
+    decode::<F>(b, row);
+    let mut acc = _mm512_setzero_si512();
+    for ((&u, &sc), &ac) in row.u.iter().zip(&row.s).zip(av) {
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, ac), sc);
+    }
+    let mins = if F == Q6K {
+        acc = _mm512_dpwssd_epi32(acc, row.off, x.bsums);
+        _mm512_setzero_si512()
+    } else {
+        _mm512_madd_epi16(row.off, x.bsums)
+    };
+    (acc, mins, row.d * x.d, row.dmin * x.d)
+}
+
+/// `out[0] = dot(w row 0, a row 0)`: the dot kernel (nothing to reuse).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+fn gemv_row<const F: u8>(sh: &Shape, w: &[u8], a: &[u8], out: &mut [f32]) {
     let bb = block_bytes(F);
-    // Decode streams weights from memory; the 16 rows' interleaved streams
-    // (4 KiB pages) leave the hardware prefetchers behind, so each row's
-    // super-block prefetches the same super-block of the row 16 below (the
-    // next tile's), for its first `prefetch_rows` rows.
-    let ahead = 16 * sh.wrb;
-    let (mut facc, mut sum1) = (_mm512_setzero_ps(), 0f32);
-    // Lane r: d·d_a and dmin·d_a of the super-block (padding lanes stay 0).
-    let (mut dw, mut dm) = ([0f32; 16], [0f32; 16]);
+    let mut sum = 0f32;
     // SAFETY: all-zero bits are valid vectors and f32.
     let mut row: RowDec = unsafe { std::mem::zeroed() };
     for ib in 0..sh.nb {
         let x = act(sh, a, 0, 1, ib);
         let av: [__m512i; 4] = std::array::from_fn(|c| act_chunk(&x, c));
-        // Per row: the integer sum in units of d·d_a, the min sum (Q4_K,
-        // Q5_K) in units of dmin·d_a, lane-spread.
-        let mut main = [_mm512_setzero_si512(); 16];
-        let mut mins = [_mm512_setzero_si512(); 16];
-        for r in 0..nr {
-            if r < prefetch_rows {
-                let p = w.as_ptr().wrapping_add(ahead + r * sh.wrb + ib * bb);
-                // Points at most 64 apart, first and last byte included:
-                // every line of the super-block. Prefetches never fault; the
-                // addresses are only computed (wrapping), never dereferenced.
-                for o in (0..bb).step_by(64).chain([bb - 1]) {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o).cast());
-                }
-            }
-            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], &mut row);
-            let mut acc = _mm512_setzero_si512();
-            for ((&u, &sc), &ac) in row.u.iter().zip(&row.s).zip(&av) {
-                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, ac), sc);
-            }
-            if F == Q6K {
-                acc = _mm512_dpwssd_epi32(acc, row.off, x.bsums);
-            } else {
-                mins[r] = _mm512_madd_epi16(row.off, x.bsums);
-            }
-            main[r] = acc;
-            dw[r] = row.d * x.d;
-            dm[r] = row.dmin * x.d;
-        }
-        if R == 1 {
-            sum1 += dw[0] * _mm512_reduce_add_epi32(main[0]) as f32;
-            if F != Q6K {
-                sum1 -= dm[0] * _mm512_reduce_add_epi32(mins[0]) as f32;
-            }
-            continue;
-        }
-        // SAFETY: dw and dm are 16 f32.
-        let (dwv, dmv) = unsafe { (_mm512_loadu_ps(dw.as_ptr()), _mm512_loadu_ps(dm.as_ptr())) };
-        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&main)), dwv, facc);
+        let (main, mins, dw, dm) = row_block::<F>(&w[ib * bb..][..bb], &x, &av, &mut row);
+        sum += dw * _mm512_reduce_add_epi32(main) as f32;
         if F != Q6K {
-            facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(reduce16(&mins)), dmv, facc);
+            sum -= dm * _mm512_reduce_add_epi32(mins) as f32;
         }
     }
-    if R == 1 {
-        out[0] = sum1;
-    } else {
-        store_tile::<1>(facc, nr, 1, out, 1);
+    out[0] = sum;
+}
+
+/// Super-blocks per row a GEMV tile reads before reducing their sums.
+const GEMV_GROUP: usize = 8;
+
+/// What a GEMV tile keeps of each (super-block of the group, row): the sums
+/// of [`row_block`]. 17 KiB, made once per call and reused by its tiles.
+struct GemvSums {
+    main: [[__m512i; 16]; GEMV_GROUP],
+    mins: [[__m512i; 16]; GEMV_GROUP],
+    dw: [[f32; 16]; GEMV_GROUP],
+    dm: [[f32; 16]; GEMV_GROUP],
+}
+
+/// `out[r] = dot(w row r, a row 0)` for `r < nr ≤ 16` (one token: nothing
+/// is reused, so each row is decoded into registers and consumed at once).
+/// Per group of super-blocks the rows are read one after the other (the
+/// tile's rows are adjacent in memory: one sequential stream), each
+/// super-block prefetching the same one whole rows further (what the group
+/// reads [`PREFETCH_BYTES`] later) into L2, as the Q4_0/Q8_0 GEMV does;
+/// then each super-block's 16 row sums are reduced together and scaled in
+/// f32, in super-block order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+fn gemv_tile<const F: u8>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    out: &mut [f32],
+    sums: &mut GemvSums,
+) {
+    let bb = block_bytes(F);
+    let mut facc = _mm512_setzero_ps();
+    // SAFETY: all-zero bits are valid vectors and f32.
+    let mut row: RowDec = unsafe { std::mem::zeroed() };
+    for g0 in (0..sh.nb).step_by(GEMV_GROUP) {
+        let gn = GEMV_GROUP.min(sh.nb - g0);
+        let ahead = PREFETCH_BYTES.div_ceil(gn * bb) * sh.wrb;
+        let xs: [Act; GEMV_GROUP] = std::array::from_fn(|j| act(sh, a, 0, 1, g0 + j.min(gn - 1)));
+        let avs: [[__m512i; 4]; GEMV_GROUP] =
+            std::array::from_fn(|j| std::array::from_fn(|c| act_chunk(&xs[j], c)));
+        for r in 0..16 {
+            for j in 0..gn {
+                if r >= nr {
+                    // Padding rows add nothing.
+                    sums.main[j][r] = _mm512_setzero_si512();
+                    sums.mins[j][r] = _mm512_setzero_si512();
+                    (sums.dw[j][r], sums.dm[j][r]) = (0.0, 0.0);
+                    continue;
+                }
+                let off = r * sh.wrb + (g0 + j) * bb;
+                let p = w.as_ptr().wrapping_add(off + ahead);
+                // Points at most 64 apart, first and last byte included:
+                // every line of the super-block. Prefetches never fault;
+                // the addresses are only computed, never dereferenced.
+                for o in (0..bb).step_by(64).chain([bb - 1]) {
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o).cast());
+                }
+                let b = &w[off..][..bb];
+                (
+                    sums.main[j][r],
+                    sums.mins[j][r],
+                    sums.dw[j][r],
+                    sums.dm[j][r],
+                ) = row_block::<F>(b, &xs[j], &avs[j], &mut row);
+            }
+        }
+        for j in 0..gn {
+            let (dw, dm) = (&sums.dw[j], &sums.dm[j]);
+            // SAFETY: dw and dm are 16 f32.
+            let (dwv, dmv) =
+                unsafe { (_mm512_loadu_ps(dw.as_ptr()), _mm512_loadu_ps(dm.as_ptr())) };
+            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&sums.main[j])), dwv, facc);
+            if F != Q6K {
+                let m = reduce16(&sums.mins[j]);
+                facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(m), dmv, facc);
+            }
+        }
     }
+    store_tile::<1>(facc, nr, 1, out, 1);
 }
 
 /// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ 4`, `t < nt ≤ 4`:
@@ -464,11 +514,17 @@ fn gemm_tiles<const F: u8>(
         }
         if multi < tb {
             let t = t0 + multi;
+            let zero = _mm512_setzero_si512();
+            let mut sums = GemvSums {
+                main: [[zero; 16]; GEMV_GROUP],
+                mins: [[zero; 16]; GEMV_GROUP],
+                dw: [[0.0; 16]; GEMV_GROUP],
+                dm: [[0.0; 16]; GEMV_GROUP],
+            };
             for r0 in (0..n_rows).step_by(16) {
                 let nr = 16.min(n_rows - r0);
                 let o = &mut out[t * ldo + r0..];
-                let pf = n_rows.saturating_sub(r0 + 16).min(16);
-                gemv_tile::<F, 16>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o, pf);
+                gemv_tile::<F>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o, &mut sums);
             }
         }
         t0 += tb;
@@ -498,7 +554,7 @@ fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
     let sh = check::<F>(n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx512::detected()`.
-    unsafe { gemv_tile::<F, 1>(&sh, w, 1, a, &mut o, 0) };
+    unsafe { gemv_row::<F>(&sh, w, a, &mut o) };
     o[0]
 }
 

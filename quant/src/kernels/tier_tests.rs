@@ -345,7 +345,7 @@ fn simd_gemms_match_gemm_by_dots() {
 }
 
 /// One token against many rows, as decode runs it: whole 16-row GEMV tiles
-/// (with their prefetch of the next tile or the next k-chunk), a partial
+/// (read row after row, prefetching the rows ahead), a partial
 /// last tile, k with a partial last unit and k spanning several k-chunks,
 /// on random-byte and edge rows. Every output equals the scalar dot within
 /// the rounding bound and, for the 32-element block formats, the tier's own

@@ -350,7 +350,7 @@ struct ExpertJob<'a> {
 }
 
 /// Hidden rows per stack buffer in the gate/up pass: long kernel calls, as
-/// each call's first tile misses the kernel's prefetch (see
+/// each call's first KiBs miss the kernel's prefetch (see
 /// [`rows_per_gemv_task`]).
 const SUB_ROWS: usize = 512;
 
