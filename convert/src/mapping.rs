@@ -615,7 +615,12 @@ pub fn input_spans<'a>(
         return Ok(Vec::new());
     }
     // The rows [first, end) of a per-head layout touched by output rows of heads h0..=h1.
-    let heads = |per_head: usize| (row0 / per_head.max(1), (row0 + n_rows - 1) / per_head.max(1));
+    let heads = |per_head: usize| {
+        (
+            row0 / per_head.max(1),
+            (row0 + n_rows - 1) / per_head.max(1),
+        )
+    };
     Ok(match &m.source {
         Source::Copy(name) => vec![(name.as_str(), row0 * ne0, n_rows * ne0)],
         Source::PermuteRope { name, n_head } => {
@@ -642,7 +647,11 @@ pub fn input_spans<'a>(
         Source::KvbV { name, nope, v, .. } => {
             let (h0, h1) = heads(*v);
             let first = h0 * (nope + v) + nope;
-            vec![(name.as_str(), first * ne0, (h1 * (nope + v) + nope + v - first) * ne0)]
+            vec![(
+                name.as_str(),
+                first * ne0,
+                (h1 * (nope + v) + nope + v - first) * ne0,
+            )]
         }
         Source::KvbK {
             name,

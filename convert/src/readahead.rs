@@ -87,14 +87,17 @@ impl ChunkInput {
             reads.push((path, a0, total, (a1 - a0) as usize, (to - a0) as usize));
             total += (a1 - a0) as usize;
         }
-        self.buf
-            .set_len(total)
-            .map_err(|e| ConvertError::Quant {
-                context: format!("{}: read-ahead buffer of {total} bytes", m.name),
-                message: e.to_string(),
-            })?;
+        self.buf.set_len(total).map_err(|e| ConvertError::Quant {
+            context: format!("{}: read-ahead buffer of {total} bytes", m.name),
+            message: e.to_string(),
+        })?;
         for (path, offset, at, len, need) in reads {
-            files.read(path, offset, &mut self.buf.as_mut_slice()[at..at + len], need)?;
+            files.read(
+                path,
+                offset,
+                &mut self.buf.as_mut_slice()[at..at + len],
+                need,
+            )?;
         }
         Ok(())
     }
@@ -116,9 +119,10 @@ impl TensorSource for Staged<'_> {
     }
 
     fn read_f32(&self, name: &str, start: usize, out: &mut [f32]) -> Result<()> {
-        let hit = self.input.spans.iter().find(|s| {
-            s.name == name && start >= s.first && start + out.len() <= s.first + s.count
-        });
+        let hit =
+            self.input.spans.iter().find(|s| {
+                s.name == name && start >= s.first && start + out.len() <= s.first + s.count
+            });
         let Some(s) = hit else {
             return self.src.read_f32(name, start, out);
         };
@@ -155,10 +159,8 @@ impl Files {
     fn read(&mut self, path: &Path, offset: u64, buf: &mut [u8], need: usize) -> Result<()> {
         if !self.0.contains_key(path) {
             let plain = File::open(path).map_err(|e| ConvertError::io(path, e))?;
-            self.0.insert(
-                path.to_path_buf(),
-                (direct_io::open(path, false), plain),
-            );
+            self.0
+                .insert(path.to_path_buf(), (direct_io::open(path, false), plain));
         }
         let Some((direct, plain)) = self.0.get_mut(path) else {
             return Ok(());

@@ -528,9 +528,10 @@ fn write_file(
     std::thread::scope(|s| {
         let ctx = &ctx;
         s.spawn(move || {
-            let all = fp.tensors.iter().flat_map(|t| {
-                chunks(t).map(move |(row0, rows)| (&t.mapped, row0, rows))
-            });
+            let all = fp
+                .tensors
+                .iter()
+                .flat_map(|t| chunks(t).map(move |(row0, rows)| (&t.mapped, row0, rows)));
             readahead::read_ahead(ck, all, &loaded_tx, &spent_rx);
         });
         let writer = s.spawn(move || -> Result<GgufDataWriter> {
@@ -582,7 +583,10 @@ fn write_tensor(
         let input = loaded
             .recv()
             .map_err(|_| quant_err(&m.name, "the read-ahead stopped"))??;
-        let src = Staged { src: ck, input: &input };
+        let src = Staged {
+            src: ck,
+            input: &input,
+        };
         // A recycled buffer keeps its old bytes: every byte is overwritten below.
         let mut out = empty.try_recv().unwrap_or_default();
         out.resize(nr * row_bytes, 0u8);

@@ -133,6 +133,9 @@ mod tests {
         b.set_len(0).unwrap();
         assert!(b.is_empty());
         assert!(AlignedBuf::default().as_slice().is_empty());
-        assert_eq!((align_down(8191), align_up(4097), align_up(0)), (4096, 8192, 0));
+        assert_eq!(
+            (align_down(8191), align_up(4097), align_up(0)),
+            (4096, 8192, 0)
+        );
     }
 }

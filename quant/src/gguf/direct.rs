@@ -114,7 +114,11 @@ mod tests {
                 w.write_all(c).unwrap();
             }
             w.finish().unwrap().sync_all().unwrap();
-            assert_eq!(std::fs::read(&path).unwrap(), data, "total {total} step {step}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                data,
+                "total {total} step {step}"
+            );
         }
     }
 }
