@@ -5,6 +5,7 @@ pub mod hf_config;
 pub mod mapping;
 pub mod metadata;
 pub mod models;
+pub mod readahead;
 pub mod recipe;
 pub mod safetensors;
 pub mod source;

@@ -600,6 +600,74 @@ fn map_vision(cfg: &VlConfig, b: &mut Builder<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The element ranges of checkpoint tensors that [`fill_rows`] reads for output rows
+/// `row0 .. row0 + n_rows` of `m`: (name, first element, element count), one per input tensor
+/// touched (one per expert for a stack). Each range covers every read `fill_rows` makes of that
+/// tensor for those rows, so the read-ahead can load exactly these bytes first.
+pub fn input_spans<'a>(
+    ck: &dyn TensorSource,
+    m: &'a MappedTensor,
+    row0: usize,
+    n_rows: usize,
+) -> Result<Vec<(&'a str, usize, usize)>> {
+    let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
+    if ne0 == 0 || n_rows == 0 {
+        return Ok(Vec::new());
+    }
+    // The rows [first, end) of a per-head layout touched by output rows of heads h0..=h1.
+    let heads = |per_head: usize| {
+        (
+            row0 / per_head.max(1),
+            (row0 + n_rows - 1) / per_head.max(1),
+        )
+    };
+    Ok(match &m.source {
+        Source::Copy(name) => vec![(name.as_str(), row0 * ne0, n_rows * ne0)],
+        Source::PermuteRope { name, n_head } => {
+            let rows_total = ck.info(name)?.0.first().copied().unwrap_or(0);
+            let hd = (rows_total / (*n_head).max(1)).max(1);
+            let (h0, h1) = heads(hd);
+            vec![(name.as_str(), h0 * hd * ne0, (h1 + 1 - h0) * hd * ne0)]
+        }
+        Source::Stack(names) => {
+            let rows_per = (m.ne.get(1).copied().unwrap_or(1) as usize).max(1);
+            let mut spans = Vec::new();
+            let mut k = 0;
+            while k < n_rows {
+                let r = row0 + k;
+                let (e, er) = (r / rows_per, r % rows_per);
+                let run = (rows_per - er).min(n_rows - k);
+                if let Some(name) = names.get(e) {
+                    spans.push((name.as_str(), er * ne0, run * ne0));
+                }
+                k += run;
+            }
+            spans
+        }
+        Source::KvbV { name, nope, v, .. } => {
+            let (h0, h1) = heads(*v);
+            let first = h0 * (nope + v) + nope;
+            vec![(
+                name.as_str(),
+                first * ne0,
+                (h1 * (nope + v) + nope + v - first) * ne0,
+            )]
+        }
+        Source::KvbK {
+            name,
+            nope,
+            v,
+            kv_lora,
+            ..
+        } => {
+            let (h0, h1) = heads(*kv_lora);
+            let first = h0 * (nope + v) * kv_lora;
+            let end = (h1 * (nope + v) + nope) * kv_lora;
+            vec![(name.as_str(), first, end - first)]
+        }
+    })
+}
+
 /// Produces output rows `[row0, row0 + out.len() / ne0)` of a mapped tensor as f32.
 pub fn fill_rows(
     ck: &dyn TensorSource,

@@ -576,25 +576,12 @@ impl Checkpoint {
         shard.tensor(name)
     }
 
-    /// Faults bytes `[from, to)` of tensor `name`'s data into memory (page cache and this
-    /// process's page tables; `MADV_POPULATE_READ`), blocking until they are there, so that
-    /// a thread running ahead of the converters takes the disk waits instead of them. Best
-    /// effort: a range outside the tensor, an unknown name or a kernel without the advice
-    /// (before Linux 5.14) does nothing and the converters fault the pages themselves.
-    pub fn prefetch(&self, name: &str, from: usize, to: usize) {
-        let Some(shard) = self.location.get(name).and_then(|&i| self.shards.get(i)) else {
-            return;
-        };
-        let Some(e) = shard.tensors.get(name) else {
-            return;
-        };
-        let (start, end) = (e.start + from, (e.start + to).min(e.end));
-        if start < end {
-            #[cfg(target_os = "linux")]
-            let _ = shard
-                .mmap
-                .advise_range(memmap2::Advice::PopulateRead, start, end - start);
-        }
+    /// The shard file holding tensor `name` and the byte offset of its data in it (`None`
+    /// if absent): where the converter's read-ahead reads it with direct I/O.
+    pub fn file_span(&self, name: &str) -> Option<(&Path, u64)> {
+        let shard = self.location.get(name).and_then(|&i| self.shards.get(i))?;
+        let e = shard.tensors.get(name)?;
+        Some((shard.path(), e.start as u64))
     }
 
     /// Data bytes of tensor `name` (0 if absent).

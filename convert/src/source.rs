@@ -7,6 +7,8 @@
 //! without its (tens of gigabytes) bf16 checkpoint ever touching the disk — through the same
 //! conversion code, so both routes give the same bytes.
 
+use std::path::Path;
+
 use crate::error::Result;
 use crate::safetensors::{Checkpoint, Dtype};
 
@@ -29,9 +31,12 @@ pub trait TensorSource: Sync {
     /// Total bytes of tensor data.
     fn data_bytes(&self) -> u64;
 
-    /// Hint that bytes `[from, to)` of `name` will be read soon (a source backed by storage
-    /// may fault them in); the default does nothing.
-    fn prefetch(&self, _name: &str, _from: usize, _to: usize) {}
+    /// The file holding `name`'s bytes as stored, and their byte offset in it: the converter
+    /// then reads them ahead with direct I/O (`readahead.rs`). `None` (the default) for a
+    /// source not backed by files, read through [`read_f32`](Self::read_f32) alone.
+    fn file_span(&self, _name: &str) -> Option<(&Path, u64)> {
+        None
+    }
 }
 
 impl TensorSource for Checkpoint {
@@ -56,7 +61,7 @@ impl TensorSource for Checkpoint {
         Checkpoint::data_bytes(self)
     }
 
-    fn prefetch(&self, name: &str, from: usize, to: usize) {
-        Checkpoint::prefetch(self, name, from, to)
+    fn file_span(&self, name: &str) -> Option<(&Path, u64)> {
+        Checkpoint::file_span(self, name)
     }
 }

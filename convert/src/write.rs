@@ -9,15 +9,15 @@
 //! `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
 //! both succeeded; any error leaves no partial file.
 //!
-//! Disk and CPU overlap, so conversion runs near what the disk allows: a prefetch thread
-//! faults the checkpoint in ahead of the converters (at most [`PREFETCH_AHEAD`] bytes ahead,
-//! so memory stays bounded), and a writer thread writes chunk N while chunk N + 1 is
-//! quantized (at most [`WRITE_QUEUE`] chunks queued; buffers are recycled, not re-zeroed).
+//! Disk and CPU overlap, so conversion runs near what the disk allows: a read-ahead thread
+//! loads the next chunks' checkpoint bytes with direct I/O while chunk N is quantized (at most
+//! [`READ_AHEAD`] chunks ahead, see `readahead.rs`), and a writer thread writes chunk N − 1
+//! (at most [`WRITE_QUEUE`] chunks queued; written past the page cache too, see
+//! `quant::direct_io`). Buffers are recycled, not re-zeroed.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -30,19 +30,17 @@ use crate::hf_config::{ProcessorConfig, VlConfig};
 use crate::mapping::{self, MappedTensor, Role};
 use crate::metadata::{self, Metadata};
 use crate::models::ModelsDb;
+use crate::readahead::{self, ChunkInput, Staged, READ_AHEAD};
 use crate::recipe::Recipe;
 use crate::safetensors::Checkpoint;
 use crate::source::TensorSource;
 use crate::tokenizer;
 
-/// f32 elements materialised per chunk (16 MiB of f32).
-pub const CHUNK_ELEMS: usize = 4 << 20;
+/// Elements per chunk (4 MiB of f32 output, 2 MiB of bf16 input): what bounds memory, with
+/// [`WRITE_QUEUE`] and `readahead::READ_AHEAD` chunks queued.
+pub const CHUNK_ELEMS: usize = 1 << 20;
 /// f32 elements per parallel task inside a chunk.
 const TASK_ELEMS: usize = 64 << 10;
-/// Checkpoint bytes the prefetch thread may fault in ahead of the converters.
-pub const PREFETCH_AHEAD: u64 = 256 << 20;
-/// Checkpoint bytes one prefetch call faults in.
-const PREFETCH_STEP: usize = 16 << 20;
 /// Filled output chunks waiting for the writer thread.
 pub const WRITE_QUEUE: usize = 2;
 
@@ -242,9 +240,8 @@ pub fn execute_cold(
     fp: &FilePlan,
     opts: &ConvertOptions,
 ) -> Result<(PathBuf, u64)> {
-    let consumed = AtomicU64::new(0);
     let bar = ProgressBar::hidden();
-    let run = || write_file(ck, fp, opts.force, &bar, &consumed);
+    let run = || write_file(ck, fp, opts.force, &bar);
     let pending = match opts.threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -427,18 +424,12 @@ pub fn execute(ck: &dyn TensorSource, plan: &Plan, opts: &ConvertOptions) -> Res
         ProgressBar::hidden()
     };
     let run = || -> Result<(PendingFile, Option<PendingFile>)> {
-        let consumed = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| prefetch(ck, plan, &consumed, &stop));
-            let _stop = StopOnDrop(&stop);
-            let lm = write_file(ck, &plan.language, opts.force, &bar, &consumed)?;
-            let mm = match &plan.mmproj {
-                Some(fp) => Some(write_file(ck, fp, opts.force, &bar, &consumed)?),
-                None => None,
-            };
-            Ok((lm, mm))
-        })
+        let lm = write_file(ck, &plan.language, opts.force, &bar)?;
+        let mm = match &plan.mmproj {
+            Some(fp) => Some(write_file(ck, fp, opts.force, &bar)?),
+            None => None,
+        };
+        Ok((lm, mm))
     };
     let (lm, mm) = match opts.threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
@@ -492,51 +483,26 @@ pub fn execute(ck: &dyn TensorSource, plan: &Plan, opts: &ConvertOptions) -> Res
     })
 }
 
-/// Sets the flag when dropped: stops the prefetch thread however the conversion ends.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
+/// The chunks of output rows `t` is produced in: (first row, rows), in order. A chunk is a
+/// whole number of parallel tasks ([`rows_per_task`]) of about [`CHUNK_ELEMS`] elements.
+fn chunks(t: &PlannedTensor) -> impl Iterator<Item = (usize, usize)> {
+    let ne0 = t.mapped.ne.first().copied().unwrap_or(1) as usize;
+    let numel: u64 = t.mapped.ne.iter().product();
+    let n_rows = if ne0 == 0 {
+        0
+    } else {
+        (numel / ne0 as u64) as usize
+    };
+    let per_task = rows_per_task(ne0);
+    let per_chunk = ((CHUNK_ELEMS / ne0.max(1)).max(1) / per_task).max(1) * per_task;
+    (0..n_rows)
+        .step_by(per_chunk)
+        .map(move |r| (r, per_chunk.min(n_rows - r)))
 }
 
-/// Checkpoint bytes a planned tensor reads.
-fn input_bytes(ck: &dyn TensorSource, t: &PlannedTensor) -> u64 {
-    let inputs = t.mapped.source.inputs();
-    inputs.iter().map(|n| ck.tensor_bytes(n) as u64).sum()
-}
-
-/// Faults the checkpoint tensors in, in the order the converters will read them, staying at
-/// most [`PREFETCH_AHEAD`] bytes ahead of `consumed` (what the converters finished).
-fn prefetch(ck: &dyn TensorSource, plan: &Plan, consumed: &AtomicU64, stop: &AtomicBool) {
-    let mut issued = 0u64;
-    for t in plan
-        .language
-        .tensors
-        .iter()
-        .chain(plan.mmproj.iter().flat_map(|m| &m.tensors))
-    {
-        for name in t.mapped.source.inputs() {
-            let len = ck.tensor_bytes(name);
-            let mut from = 0;
-            while from < len {
-                while issued > consumed.load(Ordering::Relaxed) + PREFETCH_AHEAD {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let to = (from + PREFETCH_STEP).min(len);
-                ck.prefetch(name, from, to);
-                issued += (to - from) as u64;
-                from = to;
-            }
-        }
-    }
+/// Rows of `ne0` elements per parallel task: about [`TASK_ELEMS`] elements, at least a row.
+fn rows_per_task(ne0: usize) -> usize {
+    (TASK_ELEMS / ne0.max(1)).max(1)
 }
 
 fn write_file(
@@ -544,7 +510,6 @@ fn write_file(
     fp: &FilePlan,
     force: bool,
     bar: &ProgressBar,
-    consumed: &AtomicU64,
 ) -> Result<PendingFile> {
     let ctx = fp.path.display().to_string();
     let mut w = GgufWriter::new();
@@ -558,8 +523,17 @@ fn write_file(
     let mut dw = w.create(&fp.path, force).map_err(|e| quant_err(&ctx, e))?;
     let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    let (loaded_tx, loaded_rx) = mpsc::sync_channel::<Result<ChunkInput>>(READ_AHEAD);
+    let (spent_tx, spent_rx) = mpsc::channel::<ChunkInput>();
     std::thread::scope(|s| {
         let ctx = &ctx;
+        s.spawn(move || {
+            let all = fp
+                .tensors
+                .iter()
+                .flat_map(|t| chunks(t).map(move |(row0, rows)| (&t.mapped, row0, rows)));
+            readahead::read_ahead(ck, all, &loaded_tx, &spent_rx);
+        });
         let writer = s.spawn(move || -> Result<GgufDataWriter> {
             for buf in full_rx {
                 dw.write(&buf).map_err(|e| quant_err(ctx, e))?;
@@ -571,9 +545,11 @@ fn write_file(
         });
         let produced = fp.tensors.iter().try_for_each(|t| {
             bar.set_message(t.mapped.name.clone());
-            write_tensor(ck, t, &full_tx, &empty_rx, consumed)
+            write_tensor(ck, t, &full_tx, &empty_rx, &loaded_rx, &spent_tx)
         });
         drop(full_tx);
+        // Stops the read-ahead thread if the conversion failed early.
+        drop(loaded_rx);
         let written = match writer.join() {
             Ok(w) => w,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -586,31 +562,31 @@ fn write_file(
     })
 }
 
-/// Streams one tensor: chunks of rows, each chunk filled and quantized in parallel, then
-/// handed to the writer thread.
+/// Streams one tensor: chunks of rows, each chunk's input taken from the read-ahead
+/// (`loaded`, in the order of [`chunks`]; returned through `spent`), filled and quantized in
+/// parallel, then handed to the writer thread.
 fn write_tensor(
     ck: &dyn TensorSource,
     t: &PlannedTensor,
     full: &SyncSender<Vec<u8>>,
     empty: &Receiver<Vec<u8>>,
-    consumed: &AtomicU64,
+    loaded: &Receiver<Result<ChunkInput>>,
+    spent: &Sender<ChunkInput>,
 ) -> Result<()> {
     let m = &t.mapped;
     let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
-    let numel: u64 = m.ne.iter().product();
-    if ne0 == 0 || numel == 0 {
-        return Ok(());
-    }
-    let n_rows = (numel / ne0 as u64) as usize;
     let row_bytes =
         t.ty.row_bytes(ne0 as u64)
             .ok_or_else(|| quant_err(&m.name, "row size overflows"))? as usize;
-    let rows_per_task = (TASK_ELEMS / ne0).max(1);
-    let rows_per_chunk = ((CHUNK_ELEMS / ne0).max(1) / rows_per_task).max(1) * rows_per_task;
-    let input = input_bytes(ck, t);
-    let mut row0 = 0;
-    while row0 < n_rows {
-        let nr = rows_per_chunk.min(n_rows - row0);
+    let rows_per_task = rows_per_task(ne0);
+    for (row0, nr) in chunks(t) {
+        let input = loaded
+            .recv()
+            .map_err(|_| quant_err(&m.name, "the read-ahead stopped"))??;
+        let src = Staged {
+            src: ck,
+            input: &input,
+        };
         // A recycled buffer keeps its old bytes: every byte is overwritten below.
         let mut out = empty.try_recv().unwrap_or_default();
         out.resize(nr * row_bytes, 0u8);
@@ -625,7 +601,7 @@ fn write_tensor(
                         scratch.resize(rows * ne0, 0.0);
                     }
                     let f = &mut scratch[..rows * ne0];
-                    mapping::fill_rows(ck, m, r, f)?;
+                    mapping::fill_rows(&src, m, r, f)?;
                     for (src, d) in f.chunks_exact(ne0).zip(dst.chunks_exact_mut(row_bytes)) {
                         quant::block::quantize_row(t.ty, src, d)
                             .map_err(|e| quant_err(&m.name, e))?;
@@ -633,11 +609,10 @@ fn write_tensor(
                     Ok(())
                 })
             })?;
+        // The read-ahead may be done already; the buffer is just dropped then.
+        let _ = spent.send(input);
         full.send(out)
             .map_err(|_| quant_err(&m.name, "the writer stopped"))?;
-        let share = |rows: usize| (input as u128 * rows as u128 / n_rows as u128) as u64;
-        consumed.fetch_add(share(row0 + nr) - share(row0), Ordering::Relaxed);
-        row0 += nr;
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
 pub mod block;
+pub mod direct_io;
 pub mod formats;
 pub mod gguf;
 pub mod kernels;

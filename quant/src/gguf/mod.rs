@@ -14,6 +14,7 @@
 //! metadata count, the key/value pairs, the tensor infos, zero padding to the
 //! alignment, then the tensor data, each tensor padded to the alignment.
 
+mod direct;
 mod error;
 mod reader;
 mod value;

@@ -4,7 +4,8 @@
 //! runtime state check: [`GgufWriter`] collects and validates metadata and
 //! tensor infos; [`GgufWriter::create`] writes the header into a temporary
 //! file beside the destination and returns a [`GgufDataWriter`] that streams
-//! tensor bytes (any chunking) through a bounded buffer and pads each tensor;
+//! tensor bytes (any chunking) through a bounded buffer (written past the page
+//! cache where possible, see `direct.rs`) and pads each tensor;
 //! [`GgufDataWriter::finish`] fsyncs and returns a [`PendingFile`] whose
 //! [`commit`](PendingFile::commit) renames it into place. Dropping either of
 //! the last two without committing deletes the temporary file, so a failed
@@ -12,20 +13,17 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::direct::DirectFile;
 use super::error::GgufError;
 use super::reader::{tensor_n_bytes, TensorInfo};
 use super::value::{Value, ValueType};
 use super::{align_up, GGUF_MAGIC, MAX_DIMS, MAX_NAME_LEN, MAX_STRING_LEN};
 use crate::schema;
 use crate::GgmlType;
-
-/// Buffer between the caller and the file; tensor data never accumulates
-/// beyond this.
-const BUF_CAPACITY: usize = 1 << 20;
 
 /// Distinguishes temporary files of several writers in one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -156,8 +154,10 @@ impl GgufWriter {
         let infos = self.tensor_infos()?;
         let (tmp, file) = TempFile::create(path)?;
         // `tmp` is armed: any early return from here deletes the file.
+        let w = DirectFile::new(file, &tmp.path)
+            .map_err(|e| GgufError::io("allocate the write buffer for", &tmp.path, e))?;
         let mut out = Out {
-            w: BufWriter::with_capacity(BUF_CAPACITY, file),
+            w,
             pos: 0,
             path: tmp.path.clone(),
         };
@@ -300,8 +300,8 @@ impl GgufDataWriter {
         } = self;
         let file = out
             .w
-            .into_inner()
-            .map_err(|e| GgufError::io("flush", &tmp.path, e.into_error()))?;
+            .finish()
+            .map_err(|e| GgufError::io("flush", &tmp.path, e))?;
         file.sync_all()
             .map_err(|e| GgufError::io("fsync", &tmp.path, e))?;
         drop(file);
@@ -415,10 +415,11 @@ impl Drop for TempFile {
     }
 }
 
-/// The buffered output with a running byte position.
+/// The buffered output with a running byte position; tensor data never
+/// accumulates beyond its staging buffer.
 #[derive(Debug)]
 struct Out {
-    w: BufWriter<File>,
+    w: DirectFile,
     pos: u64,
     path: PathBuf,
 }
