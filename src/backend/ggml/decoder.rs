@@ -76,10 +76,7 @@ impl AttnW {
                 head_dim,
                 v_head_dim,
                 ..
-            } => [
-                [head_dim, n_ctx, n_head_kv],
-                [v_head_dim, n_ctx, n_head_kv],
-            ],
+            } => [[head_dim, n_ctx, n_head_kv], [v_head_dim, n_ctx, n_head_kv]],
             AttnW::Mla { r, rope, .. } => [[r, n_ctx, 1], [rope, n_ctx, 1]],
         }
     }
@@ -548,7 +545,7 @@ fn mla(
     let c = o.rms_norm_w(o.view_2d(kva, r, n, kvrow, 0), kv_a_norm, MLA_NORM_EPS);
     let k_pe = o.view_3d(kva, dr, 1, n, kvrow, kvrow, r as usize * F32);
     let k_pe = o.rope(k_pe, pos, rope_dim, theta); // [dr, 1, n]
-    // Rows `from..from+len` of cache `c`.
+                                                   // Rows `from..from+len` of cache `c`.
     let rows = |c: Tensor, from: i64, len: i64| {
         let nb = c.nb();
         o.view_2d(c, c.ne()[0], len, nb[1], from as usize * nb[1])
