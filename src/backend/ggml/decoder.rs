@@ -64,16 +64,20 @@ enum AttnW {
 }
 
 impl AttnW {
-    /// Floats per position of the key and value cache rows (MLA: `[c ; k_rope]`, no values).
-    fn cache_widths(&self) -> (i64, i64) {
-        match self {
+    /// Shapes of the two cache tensors of one sequence of `n_ctx` positions, each laid out
+    /// so that every matrix product reads a slice of it as a contiguous f32 matrix (ggml's
+    /// Vulkan backend converts a matrix-product operand whose rows are strided to f16 first):
+    /// MHA keys and values one `[dim, n_ctx]` matrix per kv head; MLA the latent `c` and the
+    /// rope key `k_rope` apart (no values: the latent is the value).
+    fn cache_shapes(&self, n_ctx: i64) -> [[i64; 3]; 2] {
+        match *self {
             AttnW::Mha {
                 n_head_kv,
                 head_dim,
                 v_head_dim,
                 ..
-            } => (n_head_kv * head_dim, n_head_kv * v_head_dim),
-            AttnW::Mla { r, rope, .. } => (r + rope, 0),
+            } => [[head_dim, n_ctx, n_head_kv], [v_head_dim, n_ctx, n_head_kv]],
+            AttnW::Mla { r, rope, .. } => [[r, n_ctx, 1], [rope, n_ctx, 1]],
         }
     }
 }
@@ -126,8 +130,9 @@ unsafe impl Send for Runner {}
 
 /// One sequence's KV cache rows on the device, per layer whose attention is offloaded.
 struct Kv {
-    /// `[k_width, n_ctx]` and `[v_width, n_ctx]` (MLA: no value tensor).
-    layers: Vec<Option<(Tensor, Option<Tensor>)>>,
+    /// The two tensors of [`AttnW::cache_shapes`]: MHA keys and values, MLA `c` and
+    /// `k_rope`.
+    layers: Vec<Option<[Tensor; 2]>>,
     n_ctx: usize,
     _buffer: Resident,
     /// Keeps the backend alive while the buffer is (a cache can outlive the model).
@@ -431,14 +436,15 @@ impl GgmlDecoder {
 }
 
 /// MHA for `x` `[D, n]` at `pos`: writes the new keys/values into rows `pos0..` of
-/// `kc`/`vc`, attends causally over rows `0..pos0+n`. Returns (cache writes, output).
+/// `kc`/`vc` (`[dim, n_ctx, Hkv]`), attends causally over rows `0..pos0+n`. Returns (cache
+/// writes, output).
 #[allow(clippy::too_many_arguments)]
 fn mha(
     o: &Ops<'_>,
     w: &AttnW,
     x: Tensor,
     pos: Tensor,
-    (kc, vc): (Tensor, Tensor),
+    [kc, vc]: [Tensor; 2],
     n: i64,
     pos0: i64,
     (rope_dim, theta): (i32, f32),
@@ -468,40 +474,39 @@ fn mha(
         rope_dim,
         theta,
     );
-    let v = o.mul_mat(v, x); // [Hkv*vd, n]
-    let (krow, vrow) = (kc.nb()[1], vc.nb()[1]);
-    let at = |row: usize| pos0 as usize * row;
+    let v = o.reshape_3d(o.mul_mat(v, x), vd, hkv, n);
+    // Rows `from..from+len` of every kv head of cache `c`.
+    let rows = |c: Tensor, dim: i64, from: i64, len: i64| {
+        let nb = c.nb();
+        o.view_3d(c, dim, len, hkv, nb[1], nb[2], from as usize * nb[1])
+    };
     let writes = vec![
-        o.cpy(
-            o.reshape_2d(k, hkv * hd, n),
-            o.view_2d(kc, hkv * hd, n, krow, at(krow)),
-        ),
-        o.cpy(v, o.view_2d(vc, hkv * vd, n, vrow, at(vrow))),
+        o.cpy(o.permute(k, 0, 2, 1, 3), rows(kc, hd, pos0, n)),
+        o.cpy(o.permute(v, 0, 2, 1, 3), rows(vc, vd, pos0, n)),
     ];
     let kv = pos0 + n;
-    let keys = o.view_3d(kc, hd, kv, hkv, krow, hd as usize * F32, 0); // [hd, kv, Hkv]
-    let scores = o.mul_mat(keys, o.permute(q, 0, 2, 1, 3)); // [kv, n, H]
+    let keys = rows(kc, hd, 0, kv); // [hd, kv, Hkv]
+    let scores = o.mul_mat(keys, o.cont(o.permute(q, 0, 2, 1, 3))); // [kv, n, H]
     let probs = o.soft_max_scaled(
         o.diag_mask_inf(scores, pos0 as i32),
         1.0 / (hd as f32).sqrt(),
     );
-    // vᵀ per kv head: [kv, vd, Hkv].
-    let values = o.view_3d(vc, vd, hkv, kv, vd as usize * F32, vrow, 0);
-    let vt = o.cont(o.permute(values, 1, 2, 0, 3));
+    let vt = o.cont(o.transpose(rows(vc, vd, 0, kv))); // vᵀ per kv head: [kv, vd, Hkv]
     let heads = o.mul_mat(vt, probs); // [vd, n, H]
     let merged = o.reshape_2d(o.cont(o.permute(heads, 0, 2, 1, 3)), vd * h, n);
     (writes, o.mul_mat(wo, merged))
 }
 
-/// Absorbed MLA for `x` `[D, n]` at `pos`: writes `[rms_norm(c) ; rope(k_rope)]` into rows
-/// `pos0..` of `kc`, attends over rows `0..pos0+n`. Returns (cache writes, output).
+/// Absorbed MLA for `x` `[D, n]` at `pos`: writes `rms_norm(c)` and `rope(k_rope)` into rows
+/// `pos0..` of `cc` `[r, n_ctx]` and `rc` `[rope, n_ctx]`, attends over rows `0..pos0+n`.
+/// Returns (cache writes, output).
 #[allow(clippy::too_many_arguments)]
 fn mla(
     o: &Ops<'_>,
     w: &AttnW,
     x: Tensor,
     pos: Tensor,
-    kc: Tensor,
+    [cc, rc]: [Tensor; 2],
     n: i64,
     pos0: i64,
     (rope_dim, theta): (i32, f32),
@@ -540,14 +545,14 @@ fn mla(
     let c = o.rms_norm_w(o.view_2d(kva, r, n, kvrow, 0), kv_a_norm, MLA_NORM_EPS);
     let k_pe = o.view_3d(kva, dr, 1, n, kvrow, kvrow, r as usize * F32);
     let k_pe = o.rope(k_pe, pos, rope_dim, theta); // [dr, 1, n]
-    let krow = kc.nb()[1];
-    let at = pos0 as usize * krow;
+                                                   // Rows `from..from+len` of cache `c`.
+    let rows = |c: Tensor, from: i64, len: i64| {
+        let nb = c.nb();
+        o.view_2d(c, c.ne()[0], len, nb[1], from as usize * nb[1])
+    };
     let writes = vec![
-        o.cpy(c, o.view_2d(kc, r, n, krow, at)),
-        o.cpy(
-            o.reshape_2d(k_pe, dr, n),
-            o.view_2d(kc, dr, n, krow, at + r as usize * F32),
-        ),
+        o.cpy(c, rows(cc, pos0, n)),
+        o.cpy(o.reshape_2d(k_pe, dr, n), rows(rc, pos0, n)),
     ];
     let kv = pos0 + n;
     // Queries in the latent space: [r, n, H] = W_UKᵀ q_nope per head.
@@ -555,18 +560,16 @@ fn mla(
         o.reshape_3d(k_b, nope, r, h),
         o.cont(o.permute(q_nope, 0, 2, 1, 3)),
     );
-    let k_lat = o.view_3d(kc, r, kv, 1, krow, krow * kv as usize, 0);
-    let k_rope = o.view_3d(kc, dr, kv, 1, krow, krow * kv as usize, r as usize * F32);
     let scores = o.add(
-        o.mul_mat(k_lat, q_lat),
-        o.mul_mat(k_rope, o.permute(q_pe, 0, 2, 1, 3)),
+        o.mul_mat(rows(cc, 0, kv), q_lat),
+        o.mul_mat(rows(rc, 0, kv), o.cont(o.permute(q_pe, 0, 2, 1, 3))),
     ); // [kv, n, H]
     let probs = o.soft_max_scaled(
         o.diag_mask_inf(scores, pos0 as i32),
         1.0 / (dq as f32).sqrt(),
     );
     // The value is the latent: o_lat [r, n, H] = probs · cᵀ.
-    let ct = o.cont(o.transpose(o.view_2d(kc, r, kv, krow, 0))); // [kv, r]
+    let ct = o.cont(o.transpose(rows(cc, 0, kv))); // [kv, r]
     let o_lat = o.mul_mat(ct, probs);
     let heads = o.mul_mat(o.reshape_3d(v_b, r, vd, h), o_lat); // [vd, n, H]
     let merged = o.reshape_2d(o.cont(o.permute(heads, 0, 2, 1, 3)), vd * h, n);
@@ -596,12 +599,9 @@ impl LayerOffload for GgmlDecoder {
             .layers
             .iter()
             .map(|l| {
-                l.attn.as_ref().map(|a| {
-                    let (kw, vw) = a.cache_widths();
-                    let k = up.empty(&[kw, n_ctx as i64]);
-                    let v = (vw > 0).then(|| up.empty(&[vw, n_ctx as i64]));
-                    (k, v)
-                })
+                l.attn
+                    .as_ref()
+                    .map(|a| a.cache_shapes(n_ctx as i64).map(|ne| up.empty(&ne)))
             })
             .collect();
         let r = self.runner.lock().unwrap_or_else(|p| p.into_inner());
@@ -626,7 +626,7 @@ impl LayerOffload for GgmlDecoder {
         let kv = cache
             .downcast_mut::<Kv>()
             .ok_or("a sequence state made for another device")?;
-        let (w, (kc, vc)) = match (&self.layers[il].attn, kv.layers[il]) {
+        let (w, cache) = match (&self.layers[il].attn, kv.layers[il]) {
             (Some(w), Some(c)) => (w, c),
             _ => return Err(format!("layer {il}: attention is not on the device")),
         };
@@ -642,9 +642,9 @@ impl LayerOffload for GgmlDecoder {
         let (n, p0) = (n as i64, pos0 as i64);
         self.run(x, n as usize, out, |o, x| {
             let pos = o.input_i32(&[n]);
-            let (writes, y) = match (w, vc) {
-                (AttnW::Mha { .. }, Some(vc)) => mha(o, w, x, pos, (kc, vc), n, p0, rope),
-                _ => mla(o, w, x, pos, kc, n, p0, rope),
+            let (writes, y) = match w {
+                AttnW::Mha { .. } => mha(o, w, x, pos, cache, n, p0, rope),
+                AttnW::Mla { .. } => mla(o, w, x, pos, cache, n, p0, rope),
             };
             Built {
                 writes,
