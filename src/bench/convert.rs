@@ -176,7 +176,7 @@ impl ConvertBench {
         format!(
             "checkpoint        {}\n\
              shards            {} files, {:.2} GB\n\
-             read cold         {:8.0} MB/s  ({:.1} s; resident after drop {})\n\
+             read cold         {:8.0} MB/s  ({:.1} s; the faster of buffered {:.0} and direct {} MB/s; resident after drop {})\n\
              read warm         {:8.0} MB/s  ({:.1} s)\n\
              convert {:<9} {:8.0} MB/s  ({:.1} s, {:.2} GB in -> {:.2} GB out, {} threads; resident at start {})\n\
              ratio             {:.2} of cold read, {:.2} of warm read\n\
@@ -186,6 +186,9 @@ impl ConvertBench {
             self.shard_bytes as f64 / 1e9,
             r.cold.mb_per_s,
             r.cold.seconds,
+            r.cold_buffered.mb_per_s,
+            r.cold_direct
+                .map_or_else(|| "refused".to_string(), |d| format!("{:.0}", d.mb_per_s)),
             pct(r.resident_after_drop),
             r.warm.mb_per_s,
             r.warm.seconds,
