@@ -18,10 +18,10 @@
 //! (`vision_tower_recipes`), which is why this stays f32.
 //!
 //! The two products are [`Products`]: explicit AVX-512F register tiles, and their scalar
-//! twins ([`Scalar`], `f32::mul_add` in the same order, so the same bits: tested). The
-//! block loop around them is one body compiled three times (baseline with the twins;
-//! AVX2+FMA with the twins, which then run as `vfmadd`; AVX-512F with its tiles), picked at
-//! run time. Left to the auto-vectoriser, the products came out as gathers over the query
+//! twins ([`Scalar`], `f32::mul_add` in the same order, so the same bits: tested), and
+//! AVX2+FMA tiles of half the width. The block loop around them is one body compiled three
+//! times (baseline with the twins, AVX2+FMA, AVX-512F, each with its tiles), picked at run
+//! time. Left to the auto-vectoriser, the products came out as gathers over the query
 //! index at a fraction of the FMA rate (`perf annotate`). The previous version (two
 //! packed `gemm` calls per (tile, head), with per-job copies of q, k, vᵀ and the full score
 //! matrix) spent ~9% of the tower's time copying and allocating (`perf`, BENCHMARKS.md).
@@ -208,11 +208,11 @@ fn attend_avx512(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
     attend_body::<avx512::Tiles>(task, s, out)
 }
 
-/// [`attend_body`] compiled with AVX2 and FMA (the twins' `mul_add` is one instruction).
+/// [`attend_body`] compiled with AVX2 and FMA, with its register tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn attend_avx2(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
-    attend_body::<Scalar>(task, s, out)
+    attend_body::<avx2::Tiles>(task, s, out)
 }
 
 /// The two matrix products of a query block, see [`Scalar`]'s methods for the contract.
@@ -378,7 +378,7 @@ mod avx512 {
     #[inline]
     fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
         let n = pt.len() / QB;
-        assert!(v.len() >= n * hdp && o.len() >= QB * hdp && hdp % DL == 0);
+        assert!(v.len() >= n * hdp && o.len() >= QB * hdp && hdp.is_multiple_of(DL));
         let n_c = hdp / DL;
         let mut c = 0;
         while c + 2 <= n_c {
@@ -424,6 +424,90 @@ mod avx512 {
                 let dst = &mut o[i * hdp + (c + u) * DL..][..DL];
                 // SAFETY: `dst` is 16 writable floats.
                 unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), a) };
+            }
+        }
+    }
+}
+
+/// The AVX2+FMA register tiles of [`Products`]: 8 queries x 8 keys (or value columns), 8
+/// accumulators of the 16 ymm registers.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Products, KB, QB};
+
+    /// Lanes of a ymm vector of f32.
+    const L: usize = 8;
+
+    pub(super) struct Tiles;
+
+    impl Products for Tiles {
+        #[inline(always)]
+        fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
+            // SAFETY: only reached from `attend_avx2`, after AVX2 and FMA were detected.
+            unsafe { scores(qt, kt, hd, n_pad, s) }
+        }
+        #[inline(always)]
+        fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+            // SAFETY: as above.
+            unsafe { p_times_v(pt, v, hdp, o) }
+        }
+    }
+
+    /// [`super::Scalar::scores`], one half key block (8 keys) at a time.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
+        let n_kb = kt.len() / (hd * KB);
+        assert!(qt.len() >= hd * QB && s.len() >= (QB - 1) * n_pad + n_kb * KB);
+        let (q, k) = (qt.as_ptr(), kt.as_ptr());
+        for half in 0..2 * n_kb {
+            let (b, off) = (half / 2, (half % 2) * L);
+            let mut acc = [_mm256_setzero_ps(); QB];
+            for d in 0..hd {
+                // SAFETY: block b < n_kb holds hd x KB floats, so column d's 8 floats at
+                // off are inside kt; qt holds hd x QB floats (both asserted above).
+                unsafe {
+                    let kv = _mm256_loadu_ps(k.add((b * hd + d) * KB + off));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm256_set1_ps(*q.add(d * QB + i));
+                        *acc = _mm256_fmadd_ps(x, kv, *acc);
+                    }
+                }
+            }
+            for (i, &a) in acc.iter().enumerate() {
+                let dst = &mut s[i * n_pad + b * KB + off..][..L];
+                // SAFETY: `dst` is 8 writable floats.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), a) };
+            }
+        }
+    }
+
+    /// [`super::Scalar::p_times_v`], 8 value columns at a time.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+        let n = pt.len() / QB;
+        assert!(v.len() >= n * hdp && o.len() >= QB * hdp && hdp.is_multiple_of(L));
+        let (p, vp) = (pt.as_ptr(), v.as_ptr());
+        for c in (0..hdp).step_by(L) {
+            let mut acc = [_mm256_setzero_ps(); QB];
+            for j in 0..n {
+                // SAFETY: row j < n of v is hdp floats at j * hdp, columns c..c + 8 inside
+                // it; pt holds n x QB floats (both asserted above).
+                unsafe {
+                    let vv = _mm256_loadu_ps(vp.add(j * hdp + c));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm256_set1_ps(*p.add(j * QB + i));
+                        *acc = _mm256_fmadd_ps(x, vv, *acc);
+                    }
+                }
+            }
+            for (i, &a) in acc.iter().enumerate() {
+                let dst = &mut o[i * hdp + c..][..L];
+                // SAFETY: `dst` is 8 writable floats.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), a) };
             }
         }
     }
