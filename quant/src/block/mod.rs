@@ -316,6 +316,15 @@ fn each_block_out<B: ByteBlock, const N: usize>(
 mod tests {
     use super::*;
 
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn f32_bytes_are_the_little_endian_encoding() {
+        let x = [1.0f32, -2.5, f32::MIN_POSITIVE, f32::NAN];
+        let want: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(f32_bytes(&x), &want[..]);
+        assert!(f32_bytes(&[]).is_empty());
+    }
+
     #[test]
     fn nearest_int_rounds_half_to_even() {
         assert_eq!(nearest_int(0.5), 0);
