@@ -17,8 +17,8 @@ use quant::GgmlType;
 /// (k, weight rows): attention/expert input projection, and the dense MLP.
 const SHAPES: [(usize, usize); 2] = [(1280, 896), (1280, 6848)];
 const TOKENS: [usize; 4] = [1, 8, 64, 512];
-/// (k, weight rows) of one vision-tower task (`ops::rows_per_task` of the qkv and `down`
-/// products) over the tokens of four tiles.
+/// (k, weight rows) of vision-tower tasks over the tokens of four tiles: a qkv task
+/// (`ops::rows_per_task` gives 224 rows) and a `down` task of whole 32-row panels.
 const TOWER_SHAPES: [(usize, usize); 2] = [(1152, 224), (4304, 96)];
 const TOWER_TOKENS: [usize; 1] = [4 * 729];
 
