@@ -4,8 +4,9 @@
 //! weight bytes streamed. One thread. Times are the thread's own CPU time
 //! (`/proc/thread-self/schedstat`, wall time where that is missing) so that
 //! other processes on a busy machine do not count.
-//! Run: `cargo run --release -p pocketvl-quant --example gemm_bench [types…]`
-//! (types like `q4_0 q8_0`; default: the five 32-element block formats).
+//! Run: `cargo run --release -p pocketvl-quant --example gemm_bench [types…] [tower]`
+//! (types like `q4_0 q8_0`; default: the five 32-element block formats; `tower`: the
+//! shapes one vision-tower task sees instead, e.g. `bf16 tower`).
 
 use std::time::Instant;
 
@@ -16,6 +17,10 @@ use quant::GgmlType;
 /// (k, weight rows): attention/expert input projection, and the dense MLP.
 const SHAPES: [(usize, usize); 2] = [(1280, 896), (1280, 6848)];
 const TOKENS: [usize; 4] = [1, 8, 64, 512];
+/// (k, weight rows) of vision-tower tasks over the tokens of four tiles: a qkv task
+/// (`ops::rows_per_task` gives 224 rows) and a `down` task of whole 32-row panels.
+const TOWER_SHAPES: [(usize, usize); 2] = [(1152, 224), (4304, 96)];
+const TOWER_TOKENS: [usize; 1] = [4 * 729];
 
 fn row_of(seed: usize, k: usize) -> Vec<f32> {
     (0..k)
@@ -75,7 +80,14 @@ fn time(
 }
 
 fn main() {
-    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let mut wanted: Vec<String> = std::env::args().skip(1).collect();
+    let tower = wanted.iter().any(|w| w == "tower");
+    wanted.retain(|w| w != "tower");
+    let (shapes, tokens): (&[(usize, usize)], &[usize]) = if tower {
+        (&TOWER_SHAPES, &TOWER_TOKENS)
+    } else {
+        (&SHAPES, &TOKENS)
+    };
     use GgmlType::*;
     let types: Vec<GgmlType> = [
         Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32,
@@ -93,11 +105,11 @@ fn main() {
     .collect();
     let tiers = tiers();
     for ty in types {
-        for (k, rows) in SHAPES {
+        for &(k, rows) in shapes {
             let w = quantize_rows(ty, k, rows);
-            let a = quantize_rows(vec_dot_type(ty), k, *TOKENS.last().unwrap_or(&1));
-            let arb = a.len() / TOKENS.last().unwrap_or(&1);
-            for toks in TOKENS {
+            let a = quantize_rows(vec_dot_type(ty), k, *tokens.last().unwrap_or(&1));
+            let arb = a.len() / tokens.last().unwrap_or(&1);
+            for &toks in tokens {
                 let mut line = format!("{ty:>5} k={k:<5} rows={rows:<5} tok={toks:<4}");
                 for t in &tiers {
                     // The scalar tier is too slow for the big prefill shapes.

@@ -107,8 +107,15 @@ pub fn matmul_view(w: &MatView<'_>, x: &[f32], n_tokens: usize, out: &mut [f32])
         return;
     }
     with_scratch(|s| {
+        let act_ty = vec_dot_type(w.ty);
+        // F32 activations (float weights: the vision tower) are read in place rather than
+        // copied (up to 50 MB per product in the tower's MLP).
+        #[cfg(target_endian = "little")]
+        if act_ty == GgmlType::F32 {
+            return matmul_quantized(w, quant::block::f32_bytes(x), n_tokens, out, &mut s.blocks);
+        }
         // Activations once in the format the weight's kernel pairs with.
-        quantize_activations(vec_dot_type(w.ty), x, n_tokens, k, &mut s.act);
+        quantize_activations(act_ty, x, n_tokens, k, &mut s.act);
         matmul_quantized(w, &s.act, n_tokens, out, &mut s.blocks);
     })
 }

@@ -37,3 +37,15 @@ pub fn use_avx512f() -> bool {
         !quant::kernels::force_scalar() && std::arch::is_x86_feature_detected!("avx512f")
     })
 }
+
+/// Whether the AVX2+FMA builds of the f32 loops run (the vision tower's attention, on CPUs
+/// without AVX-512F): as [`use_avx512f`].
+#[cfg(target_arch = "x86_64")]
+pub fn use_avx2_fma() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        !quant::kernels::force_scalar()
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    })
+}

@@ -88,6 +88,15 @@ pub fn as_blocks<B: ByteBlock>(bytes: &[u8]) -> Option<&[B]> {
     Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) })
 }
 
+/// Views f32 values as their bytes: on a little-endian target, the F32 activation rows the
+/// [`GemmFn`](crate::kernels::GemmFn) kernels take, without a copy.
+#[cfg(target_endian = "little")]
+pub fn f32_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: u8 has alignment 1 and every byte of an f32 is initialised; the view covers
+    // exactly `x`'s memory (4 bytes per value) for `x`'s lifetime, read-only.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), std::mem::size_of_val(x)) }
+}
+
 /// Mutable twin of [`as_blocks`].
 pub fn as_blocks_mut<B: ByteBlock>(bytes: &mut [u8]) -> Option<&mut [B]> {
     let size = std::mem::size_of::<B>();
@@ -306,6 +315,15 @@ fn each_block_out<B: ByteBlock, const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn f32_bytes_are_the_little_endian_encoding() {
+        let x = [1.0f32, -2.5, f32::MIN_POSITIVE, f32::NAN];
+        let want: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(f32_bytes(&x), &want[..]);
+        assert!(f32_bytes(&[]).is_empty());
+    }
 
     #[test]
     fn nearest_int_rounds_half_to_even() {

@@ -11,6 +11,7 @@ pub mod projector;
 pub mod prompt;
 pub mod resample;
 pub mod vision;
+mod vision_attention;
 pub mod vision_config;
 mod vision_math;
 

@@ -7,15 +7,15 @@
 //! then the final LayerNorm. The attention-pool head is not run.
 //!
 //! All tiles of a request are batched through each matmul (weights read once per chunk of
-//! tiles); attention runs per (tile, head) in parallel.
+//! tiles); attention (`vision_attention.rs`) runs per (tile, range of queries) in parallel.
 
-use quant::kernels::gemm;
 use quant::schema::vtensor as vt;
 use quant::GgmlType;
 use rayon::prelude::*;
 
+use super::vision_attention::full_attention;
 use super::vision_config::{VisionError, VisionHparams};
-use super::vision_math::{add_bias, add_into, gelu_tanh, layer_norm, softmax_rows, tower_matmul};
+use super::vision_math::{add_bias, add_into, gelu_tanh, layer_norm, tower_matmul};
 use crate::loader::{LoaderError, ModelFile, Weight};
 use crate::ops::MatView;
 
@@ -157,13 +157,14 @@ impl VisionTower {
         let mut attn = vec![0.0f32; n_tok * w];
         let mut proj = vec![0.0f32; n_tok * w];
         let mut ff = vec![0.0f32; n_tok * hp.n_ff];
+        let mut panels = Vec::new(); // attention's packed k and v, reused by every layer
         for b in &self.blocks {
             // x = x + proj(attn(LN1(x)))
             layer_norm(&x, &b.ln1_w, &b.ln1_b, hp.eps, &mut h);
             tower_matmul(&b.qkv.view(), &h, n_tok, &mut qkv); // [n_tok, 3W]
             add_bias(&mut qkv, &b.qkv_b);
             let (nh, hd) = (hp.n_head, hp.head_dim());
-            full_attention(&qkv, n_tiles, np, nh, hd, &mut attn); // [n_tok, W]
+            full_attention(&qkv, n_tiles, np, nh, hd, &mut panels, &mut attn); // [n_tok, W]
             tower_matmul(&b.out.view(), &attn, n_tok, &mut proj);
             add_bias(&mut proj, &b.out_b);
             add_into(&mut x, &proj);
@@ -206,68 +207,6 @@ pub(crate) fn unfold_patches(pixels: &[f32], n_tiles: usize, s: usize, p: usize)
             }
         });
     out
-}
-
-/// Bidirectional multi-head attention inside each tile: `softmax(q k^T / sqrt(d)) v` per
-/// head. `qkv` is `[n_tiles * n, 3W]` with columns `[q | k | v]`, each head-major; `out` is
-/// `[n_tiles * n, W]`, heads concatenated.
-///
-/// Each (tile, head) job is two f32 matrix products through the kernel table's tiled `gemm`:
-/// scores `[n, n]` = q·kᵀ (k's rows as the "weights"), then `[n, hd]` = P·v with vᵀ (`hd`
-/// rows of `n`) as the weights. They stay f32 for every recipe: rounding k and v to bf16
-/// (as the AMX product would) moved the fixtures' logits by 2e-3-1e-2 and flipped greedy
-/// ids even with the other matrices exact (`vision_tower_recipes`). Jobs run in parallel,
-/// so each product is one thread's.
-fn full_attention(
-    qkv: &[f32],
-    n_tiles: usize,
-    n: usize,
-    n_head: usize,
-    hd: usize,
-    out: &mut [f32],
-) {
-    let w = n_head * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let results: Vec<Vec<f32>> = (0..n_tiles * n_head)
-        .into_par_iter()
-        .map(|job| {
-            let (t, h) = (job / n_head, job % n_head);
-            let col = |i: usize, part: usize| (t * n + i) * 3 * w + part * w + h * hd;
-            // q and k rows as f32 bytes ([n, hd] each), v transposed ([hd, n]).
-            let (mut q, mut k) = (
-                Vec::with_capacity(n * hd * 4),
-                Vec::with_capacity(n * hd * 4),
-            );
-            let mut vt = vec![0u8; hd * n * 4];
-            for i in 0..n {
-                extend_bytes(&mut q, &qkv[col(i, 0)..][..hd]);
-                extend_bytes(&mut k, &qkv[col(i, 1)..][..hd]);
-                for (d, &v) in qkv[col(i, 2)..][..hd].iter().enumerate() {
-                    vt[(d * n + i) * 4..][..4].copy_from_slice(&v.to_le_bytes());
-                }
-            }
-            let mut scores = vec![0.0f32; n * n];
-            gemm(GgmlType::F32, hd, &k, n, &q, n, &mut scores, n);
-            softmax_rows(&mut scores, n, scale);
-            let mut probs = Vec::with_capacity(n * n * 4);
-            extend_bytes(&mut probs, &scores);
-            let mut o = vec![0.0f32; n * hd];
-            gemm(GgmlType::F32, n, &vt, hd, &probs, n, &mut o, hd);
-            o
-        })
-        .collect();
-    for (job, o) in results.iter().enumerate() {
-        let (t, h) = (job / n_head, job % n_head);
-        for i in 0..n {
-            let r = (t * n + i) * w + h * hd;
-            out[r..r + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
-        }
-    }
-}
-
-/// Appends `src` as little-endian f32 bytes (the F32 activation format of `gemm`).
-fn extend_bytes(dst: &mut Vec<u8>, src: &[f32]) {
-    dst.extend(src.iter().flat_map(|v| v.to_le_bytes()));
 }
 
 /// Tower + projector run elsewhere (a ggml device, src/backend) on whole tiles. The CPU
@@ -377,35 +316,5 @@ mod tests {
         // tile 1, patch (1, 0), channel 2, (ky, kx) = (1, 1): pixel (c2, y3, x1).
         let want = pixels[3 * s * s + 2 * s * s + 3 * s + 1];
         assert_eq!(u[(4 + 2) * k + 2 * p * p + p + 1], want);
-    }
-
-    #[test]
-    fn attention_against_a_direct_formula() {
-        let (n, n_head, hd) = (5, 2, 3);
-        let w = n_head * hd;
-        let qkv: Vec<f32> = (0..n * 3 * w)
-            .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.1)
-            .collect();
-        let mut out = vec![0.0f32; n * w];
-        full_attention(&qkv, 1, n, n_head, hd, &mut out);
-        for h in 0..n_head {
-            for i in 0..n {
-                let q = |r: usize, part: usize, d: usize| {
-                    f64::from(qkv[r * 3 * w + part * w + h * hd + d])
-                };
-                let s: Vec<f64> = (0..n)
-                    .map(|j| {
-                        (0..hd).map(|d| q(i, 0, d) * q(j, 1, d)).sum::<f64>() / (hd as f64).sqrt()
-                    })
-                    .collect();
-                let m = s.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for d in 0..hd {
-                    let want: f64 = (0..n).map(|j| e[j] / z * q(j, 2, d)).sum();
-                    assert!((f64::from(out[i * w + h * hd + d]) - want).abs() < 1e-5);
-                }
-            }
-        }
     }
 }

@@ -4,9 +4,10 @@
 //! and GELU(tanh) of the MLP (729 x 4304 per tile and layer) call `exp` ~300 M times per
 //! tile, which as scalar libm calls cost more than the matrix products.
 //!
-//! The softmax and GELU loops are compiled twice from one body: for the baseline target
-//! (SSE2 on x86_64, the scalar twin) and with AVX-512F enabled (16 lanes), picked once at run
-//! time (`POCKETVL_FORCE_SCALAR=1` keeps the baseline). The bodies use no reassociation the
+//! The GELU loop is compiled twice from one body: for the baseline target (SSE2 on x86_64,
+//! the scalar twin) and with AVX-512F enabled (16 lanes), picked once at run time
+//! (`POCKETVL_FORCE_SCALAR=1` keeps the baseline); the softmax body is inlined into the
+//! fused attention's builds (`vision_attention.rs`). The bodies use no reassociation the
 //! compiler could do differently, so both give the same bits (tested); profiled on the bf16
 //! tower the baseline build of the softmax took ~15% of the tower's time.
 //!
@@ -51,26 +52,11 @@ fn exp_approx(x: f32) -> f32 {
     p * scale
 }
 
-/// Row-wise `softmax(scale * row)` in place over rows of `n`.
-pub(super) fn softmax_rows(x: &mut [f32], n: usize, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::ops::use_avx512f() {
-        // SAFETY: the CPU has AVX-512F (checked once in `use_avx512f`).
-        return unsafe { softmax_rows_avx512(x, n, scale) };
-    }
-    softmax_rows_body(x, n, scale)
-}
-
-/// [`softmax_rows_body`] compiled with AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn softmax_rows_avx512(x: &mut [f32], n: usize, scale: f32) {
-    softmax_rows_body(x, n, scale)
-}
-
-/// The softmax loop itself; inlined into each build so it is vectorised for that target.
+/// Row-wise `softmax(scale * row)` in place over rows of `n`: the loop itself, inlined
+/// into each build of its caller (the fused attention, `vision_attention.rs`) so it is
+/// vectorised for that target.
 #[inline(always)]
-fn softmax_rows_body(x: &mut [f32], n: usize, scale: f32) {
+pub(super) fn softmax_rows_body(x: &mut [f32], n: usize, scale: f32) {
     for row in x.chunks_exact_mut(n) {
         let max = max_of(row);
         let shift = max * scale;
@@ -232,7 +218,7 @@ mod tests {
                 e.into_iter().map(move |v| (v / s) as f32)
             })
             .collect();
-        softmax_rows(&mut x, 21, 0.5);
+        softmax_rows_body(&mut x, 21, 0.5);
         for (g, w) in x.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-6, "{g} vs {w}");
         }
@@ -257,7 +243,8 @@ mod tests {
             .collect()
     }
 
-    /// The AVX-512F builds against the baseline builds (the scalar twins): the same bits.
+    /// The AVX-512F build of GELU against the baseline build (the scalar twin): the same bits
+    /// (the softmax's builds are tested with the attention's, `vision_attention.rs`).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_builds_match_the_baseline_bit_for_bit() {
@@ -267,13 +254,6 @@ mod tests {
         }
         for n in [1usize, 7, 8, 15, 16, 17, 100, 729] {
             let x = edge_rows(n, 8);
-            let (mut a, mut b) = (x.clone(), x.clone());
-            softmax_rows_body(&mut a, n, 0.117_851_13);
-            // SAFETY: AVX-512F detected above.
-            unsafe { softmax_rows_avx512(&mut b, n, 0.117_851_13) };
-            for (g, w) in b.iter().zip(&a) {
-                assert_eq!(g.to_bits(), w.to_bits(), "softmax n={n}: {g} vs {w}");
-            }
             let (mut a, mut b) = (x.clone(), x);
             gelu_tanh_body(&mut a);
             // SAFETY: AVX-512F detected above.

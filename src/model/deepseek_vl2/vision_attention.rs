@@ -1,0 +1,668 @@
+//! The vision tower's bidirectional multi-head attention, fused:
+//! `softmax(q kᵀ / sqrt(d)) v` per tile and head without an `[n, n]` score matrix.
+//!
+//! Two parallel phases per call:
+//! 1. per (tile, head), k and v are packed once into [`HeadPanels`]: kᵀ in blocks of
+//!    [`KB`] keys (`[hd][KB]`, so one vector load gives a column of 16 keys) and v in rows
+//!    padded to whole vectors (`[n][hdp]`);
+//! 2. per (tile, range of queries), for every head and every block of [`QB`] queries: the
+//!    block's scores against all keys (`QB x n`, 23 KiB at n = 729, in L1) by a register
+//!    tile of `QB x KB` sums, the exact two-pass softmax of each row (the tower's
+//!    [`softmax_rows_body`]: with whole rows in L1 the online form's rescaling buys
+//!    nothing), then `P·v` by a register tile of `QB` queries x 16 value columns, written
+//!    straight into the output rows the task owns.
+//!
+//! Every score and output is a chain of f32 fused multiply-adds in a fixed order (d, then
+//! key, ascending), so the arithmetic is that of the plain definition up to f32 rounding;
+//! the rounding-to-bf16 of k and v measured 2e-3-1e-2 on the fixtures' logits
+//! (`vision_tower_recipes`), which is why this stays f32.
+//!
+//! The two products are [`Products`]: explicit AVX-512F register tiles, and their scalar
+//! twins ([`Scalar`], `f32::mul_add` in the same order, so the same bits: tested), and
+//! AVX2+FMA tiles of half the width. The block loop around them is one body compiled three
+//! times (baseline with the twins, AVX2+FMA, AVX-512F, each with its tiles), picked at run
+//! time. Left to the auto-vectoriser, the products came out as gathers over the query
+//! index at a fraction of the FMA rate (`perf annotate`). The previous version (two
+//! packed `gemm` calls per (tile, head), with per-job copies of q, k, vᵀ and the full score
+//! matrix) spent ~9% of the tower's time copying and allocating (`perf`, BENCHMARKS.md).
+
+use rayon::prelude::*;
+
+use super::vision_math::softmax_rows_body;
+
+/// Keys per block of packed kᵀ: one 16-lane vector of scores.
+const KB: usize = 16;
+/// Queries per register tile: `QB` accumulators of [`KB`] scores, or of [`DL`] outputs.
+const QB: usize = 8;
+/// Value columns per accumulator of the `P·v` tile.
+const DL: usize = 16;
+/// Queries per parallel task, whole [`QB`] blocks: large enough that a head's panels
+/// (~450 KiB at n = 729) are reused from L2 by several blocks, small enough that one
+/// tile gives each of two workers several tasks.
+const TASK_QUERIES: usize = 12 * QB;
+
+/// The shape of one head's packed panels.
+#[derive(Clone, Copy)]
+struct HeadPanels {
+    /// Tokens (keys) per tile.
+    n: usize,
+    /// Head width.
+    hd: usize,
+}
+
+impl HeadPanels {
+    /// Key blocks (the last padded with zero keys).
+    fn n_kb(self) -> usize {
+        self.n.div_ceil(KB)
+    }
+    /// Value row stride: `hd` rounded up to whole [`DL`] vectors.
+    fn hdp(self) -> usize {
+        self.hd.div_ceil(DL) * DL
+    }
+    /// Floats of packed kᵀ.
+    fn kt_len(self) -> usize {
+        self.n_kb() * self.hd * KB
+    }
+    /// Floats of one head's panels: kᵀ, then v.
+    fn len(self) -> usize {
+        self.kt_len() + self.n * self.hdp()
+    }
+    /// Score row stride: all key blocks, padding included.
+    fn n_pad(self) -> usize {
+        self.n_kb() * KB
+    }
+}
+
+/// `out = attention(qkv)` inside each tile: `qkv` is `[n_tiles * n, 3W]` with columns
+/// `[q | k | v]`, each head-major; `out` is `[n_tiles * n, W]`, heads concatenated.
+/// `panels` is scratch, resized here and kept by the caller across layers.
+pub(super) fn full_attention(
+    qkv: &[f32],
+    n_tiles: usize,
+    n: usize,
+    n_head: usize,
+    hd: usize,
+    panels: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let w = n_head * hd;
+    assert_eq!(qkv.len(), n_tiles * n * 3 * w, "attention: qkv shape");
+    assert_eq!(out.len(), n_tiles * n * w, "attention: output shape");
+    if n_tiles == 0 || n == 0 || w == 0 {
+        return;
+    }
+    let shape = HeadPanels { n, hd };
+    let hl = shape.len();
+    panels.resize(n_tiles * n_head * hl, 0.0);
+    panels
+        .par_chunks_mut(hl)
+        .enumerate()
+        .for_each(|(job, dst)| {
+            let (t, h) = (job / n_head, job % n_head);
+            pack_head(&qkv[t * n * 3 * w..][..n * 3 * w], w, h, shape, dst);
+        });
+    let scale = 1.0 / (hd as f32).sqrt();
+    let panels = &panels[..];
+    out.par_chunks_mut(n * w)
+        .zip(qkv.par_chunks(n * 3 * w))
+        .zip(panels.par_chunks(n_head * hl))
+        .for_each(|((tile_out, tile_qkv), tile_panels)| {
+            tile_out
+                .par_chunks_mut(TASK_QUERIES * w)
+                .enumerate()
+                .for_each_init(
+                    || Scratch::new(shape),
+                    |s, (b, o)| {
+                        let q0 = b * TASK_QUERIES;
+                        let task = Task {
+                            qkv: &tile_qkv[q0 * 3 * w..],
+                            w,
+                            n_head,
+                            shape,
+                            panels: tile_panels,
+                            scale,
+                        };
+                        attend(&task, s, o);
+                    },
+                );
+        });
+}
+
+/// Packs head `h` of one tile (`qkv` rows of `3 w`) into `dst` (`shape.len()` floats).
+fn pack_head(qkv: &[f32], w: usize, h: usize, shape: HeadPanels, dst: &mut [f32]) {
+    let (n, hd, hdp) = (shape.n, shape.hd, shape.hdp());
+    let (kt, v) = dst.split_at_mut(shape.kt_len());
+    // Padding keys score 0 and are never read past `n`; zero them so nothing is stale.
+    kt.fill(0.0);
+    for (j, (row, vr)) in qkv
+        .chunks_exact(3 * w)
+        .zip(v.chunks_exact_mut(hdp))
+        .enumerate()
+    {
+        let blk = &mut kt[(j / KB) * hd * KB..][..hd * KB];
+        for (d, &x) in row[w + h * hd..][..hd].iter().enumerate() {
+            blk[d * KB + j % KB] = x;
+        }
+        vr[..hd].copy_from_slice(&row[2 * w + h * hd..][..hd]);
+        vr[hd..].fill(0.0);
+    }
+    debug_assert_eq!(v.len(), n * hdp);
+}
+
+/// Per-worker buffers of the query phase, sized once per call.
+struct Scratch {
+    /// One query block transposed: `qt[d * QB + i]`, zero rows past the block's end.
+    qt: Vec<f32>,
+    /// The block's scores, then probabilities: `[QB][n_pad]`.
+    s: Vec<f32>,
+    /// The probabilities transposed for `P·v`: `[n][QB]`.
+    pt: Vec<f32>,
+    /// The block's outputs, `[QB][hdp]`.
+    o: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(shape: HeadPanels) -> Self {
+        Scratch {
+            qt: vec![0.0; shape.hd * QB],
+            s: vec![0.0; QB * shape.n_pad()],
+            pt: vec![0.0; shape.n * QB],
+            o: vec![0.0; QB * shape.hdp()],
+        }
+    }
+}
+
+/// One query-phase task: the queries of `out`'s rows (from the first row of `qkv`) against
+/// every head of their tile.
+struct Task<'a> {
+    /// The tile's rows from the task's first query on.
+    qkv: &'a [f32],
+    w: usize,
+    n_head: usize,
+    shape: HeadPanels,
+    /// The tile's packed heads, `shape.len()` floats each.
+    panels: &'a [f32],
+    scale: f32,
+}
+
+/// [`attend_body`] in the widest build this CPU runs.
+fn attend(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::ops::use_avx512f() {
+            // SAFETY: the CPU has AVX-512F (checked once in `use_avx512f`).
+            return unsafe { attend_avx512(task, s, out) };
+        }
+        if crate::ops::use_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked once in `use_avx2_fma`).
+            return unsafe { attend_avx2(task, s, out) };
+        }
+    }
+    attend_body::<Scalar>(task, s, out)
+}
+
+/// [`attend_body`] compiled with AVX-512F, with its register tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_avx512(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+    attend_body::<avx512::Tiles>(task, s, out)
+}
+
+/// [`attend_body`] compiled with AVX2 and FMA, with its register tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn attend_avx2(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+    attend_body::<avx2::Tiles>(task, s, out)
+}
+
+/// The two matrix products of a query block, see [`Scalar`]'s methods for the contract.
+trait Products {
+    fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]);
+    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]);
+}
+
+/// The scalar twins of the products: the reference order of operations.
+struct Scalar;
+
+impl Products for Scalar {
+    /// `s[i * n_pad + j] = Σ_d qt[d * QB + i] · kᵀ[d][j]` (fused, d ascending) for every
+    /// (padded) key `j` of the packed `kt` (blocks of `[hd][KB]`).
+    #[inline(always)]
+    fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
+        for (b, kblk) in kt.chunks_exact(hd * KB).enumerate() {
+            for i in 0..QB {
+                for l in 0..KB {
+                    let mut acc = 0.0f32;
+                    for d in 0..hd {
+                        acc = qt[d * QB + i].mul_add(kblk[d * KB + l], acc);
+                    }
+                    s[i * n_pad + b * KB + l] = acc;
+                }
+            }
+        }
+    }
+
+    /// `o[i * hdp + c] = Σ_j pt[j * QB + i] · v[j * hdp + c]` (fused, j ascending) over the
+    /// `pt.len() / QB` keys.
+    #[inline(always)]
+    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+        for i in 0..QB {
+            for c in 0..hdp {
+                let mut acc = 0.0f32;
+                for (p, vr) in pt.chunks_exact(QB).zip(v.chunks_exact(hdp)) {
+                    acc = p[i].mul_add(vr[c], acc);
+                }
+                o[i * hdp + c] = acc;
+            }
+        }
+    }
+}
+
+/// The query phase's loops; inlined into each build so they are vectorised for it.
+#[inline(always)]
+fn attend_body<P: Products>(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+    let (w, shape) = (task.w, task.shape);
+    let (n, hd, hdp, n_pad) = (shape.n, shape.hd, shape.hdp(), shape.n_pad());
+    let nq = out.len() / w;
+    for h in 0..task.n_head {
+        let head = &task.panels[h * shape.len()..][..shape.len()];
+        let (kt, v) = head.split_at(shape.kt_len());
+        for q0 in (0..nq).step_by(QB) {
+            let rows = QB.min(nq - q0);
+            // q block, transposed so each column d is QB consecutive floats.
+            for i in 0..QB {
+                let q = (i < rows).then(|| &task.qkv[(q0 + i) * 3 * w + h * hd..][..hd]);
+                for d in 0..hd {
+                    s.qt[d * QB + i] = q.map_or(0.0, |q| q[d]);
+                }
+            }
+            P::scores(&s.qt, kt, hd, n_pad, &mut s.s);
+            for row in s.s.chunks_exact_mut(n_pad).take(rows) {
+                softmax_rows_body(&mut row[..n], n, task.scale);
+            }
+            for (j, p) in s.pt.chunks_exact_mut(QB).enumerate() {
+                for (i, p) in p.iter_mut().enumerate() {
+                    *p = if i < rows { s.s[i * n_pad + j] } else { 0.0 };
+                }
+            }
+            P::p_times_v(&s.pt, v, hdp, &mut s.o);
+            for (i, o) in s.o.chunks_exact(hdp).take(rows).enumerate() {
+                out[(q0 + i) * w + h * hd..][..hd].copy_from_slice(&o[..hd]);
+            }
+        }
+    }
+}
+
+/// The AVX-512F register tiles of [`Products`].
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Products, DL, KB, QB};
+
+    pub(super) struct Tiles;
+
+    impl Products for Tiles {
+        #[inline(always)]
+        fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
+            // SAFETY: only reached from `attend_avx512`, after AVX-512F was detected.
+            unsafe { scores(qt, kt, hd, n_pad, s) }
+        }
+        #[inline(always)]
+        fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+            // SAFETY: as above.
+            unsafe { p_times_v(pt, v, hdp, o) }
+        }
+    }
+
+    /// [`super::Scalar::scores`]: QB queries x two key blocks (16 accumulators; per d, two
+    /// kᵀ loads and QB broadcasts feed 16 FMAs), then one block for an odd last one.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
+        let n_kb = kt.len() / (hd * KB);
+        assert!(qt.len() >= hd * QB && s.len() >= (QB - 1) * n_pad + n_kb * KB);
+        let mut b = 0;
+        while b + 2 <= n_kb {
+            scores_tile::<2>(qt, kt, hd, n_pad, b, s);
+            b += 2;
+        }
+        if b < n_kb {
+            scores_tile::<1>(qt, kt, hd, n_pad, b, s);
+        }
+    }
+
+    /// Key blocks `b..b + NB` of [`scores`].
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn scores_tile<const NB: usize>(
+        qt: &[f32],
+        kt: &[f32],
+        hd: usize,
+        n_pad: usize,
+        b: usize,
+        s: &mut [f32],
+    ) {
+        debug_assert!(kt.len() >= (b + NB) * hd * KB);
+        let mut acc = [[_mm512_setzero_ps(); NB]; QB];
+        let (q, k) = (qt.as_ptr(), kt.as_ptr());
+        for d in 0..hd {
+            // SAFETY: block b + u < n_kb holds hd x KB floats (kt.len() checked by the
+            // caller), so column d is 16 floats at ((b + u) * hd + d) * KB; qt holds hd x QB
+            // floats (asserted by the caller). Unaligned loads.
+            unsafe {
+                let mut kv = [_mm512_setzero_ps(); NB];
+                for (u, kv) in kv.iter_mut().enumerate() {
+                    *kv = _mm512_loadu_ps(k.add(((b + u) * hd + d) * KB));
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*q.add(d * QB + i));
+                    for u in 0..NB {
+                        acc[u] = _mm512_fmadd_ps(x, kv[u], acc[u]);
+                    }
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (u, &a) in acc.iter().enumerate() {
+                let dst = &mut s[i * n_pad + (b + u) * KB..][..KB];
+                // SAFETY: `dst` is 16 writable floats.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), a) };
+            }
+        }
+    }
+
+    /// [`super::Scalar::p_times_v`]: QB queries x two 16-column chunks (16 accumulators;
+    /// per key, two v loads and QB broadcasts feed 16 FMAs), then one chunk for an odd last.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+        let n = pt.len() / QB;
+        assert!(v.len() >= n * hdp && o.len() >= QB * hdp && hdp.is_multiple_of(DL));
+        let n_c = hdp / DL;
+        let mut c = 0;
+        while c + 2 <= n_c {
+            pv_tile::<2>(pt, v, n, hdp, c, o);
+            c += 2;
+        }
+        if c < n_c {
+            pv_tile::<1>(pt, v, n, hdp, c, o);
+        }
+    }
+
+    /// Column chunks `c..c + NC` of [`p_times_v`].
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn pv_tile<const NC: usize>(
+        pt: &[f32],
+        v: &[f32],
+        n: usize,
+        hdp: usize,
+        c: usize,
+        o: &mut [f32],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NC]; QB];
+        let (p, vp) = (pt.as_ptr(), v.as_ptr());
+        for j in 0..n {
+            // SAFETY: row j < n of v is hdp floats at j * hdp and chunk c + u < hdp / DL
+            // lies inside it; pt holds n x QB floats (both checked by the caller).
+            unsafe {
+                let mut vv = [_mm512_setzero_ps(); NC];
+                for (u, vv) in vv.iter_mut().enumerate() {
+                    *vv = _mm512_loadu_ps(vp.add(j * hdp + (c + u) * DL));
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*p.add(j * QB + i));
+                    for u in 0..NC {
+                        acc[u] = _mm512_fmadd_ps(x, vv[u], acc[u]);
+                    }
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (u, &a) in acc.iter().enumerate() {
+                let dst = &mut o[i * hdp + (c + u) * DL..][..DL];
+                // SAFETY: `dst` is 16 writable floats.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), a) };
+            }
+        }
+    }
+}
+
+/// The AVX2+FMA register tiles of [`Products`]: 8 queries x 8 keys (or value columns), 8
+/// accumulators of the 16 ymm registers.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Products, KB, QB};
+
+    /// Lanes of a ymm vector of f32.
+    const L: usize = 8;
+
+    pub(super) struct Tiles;
+
+    impl Products for Tiles {
+        #[inline(always)]
+        fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
+            // SAFETY: only reached from `attend_avx2`, after AVX2 and FMA were detected.
+            unsafe { scores(qt, kt, hd, n_pad, s) }
+        }
+        #[inline(always)]
+        fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+            // SAFETY: as above.
+            unsafe { p_times_v(pt, v, hdp, o) }
+        }
+    }
+
+    /// [`super::Scalar::scores`], one half key block (8 keys) at a time.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
+        let n_kb = kt.len() / (hd * KB);
+        assert!(qt.len() >= hd * QB && s.len() >= (QB - 1) * n_pad + n_kb * KB);
+        let (q, k) = (qt.as_ptr(), kt.as_ptr());
+        for half in 0..2 * n_kb {
+            let (b, off) = (half / 2, (half % 2) * L);
+            let mut acc = [_mm256_setzero_ps(); QB];
+            for d in 0..hd {
+                // SAFETY: block b < n_kb holds hd x KB floats, so column d's 8 floats at
+                // off are inside kt; qt holds hd x QB floats (both asserted above).
+                unsafe {
+                    let kv = _mm256_loadu_ps(k.add((b * hd + d) * KB + off));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm256_set1_ps(*q.add(d * QB + i));
+                        *acc = _mm256_fmadd_ps(x, kv, *acc);
+                    }
+                }
+            }
+            for (i, &a) in acc.iter().enumerate() {
+                let dst = &mut s[i * n_pad + b * KB + off..][..L];
+                // SAFETY: `dst` is 8 writable floats.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), a) };
+            }
+        }
+    }
+
+    /// [`super::Scalar::p_times_v`], 8 value columns at a time.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+        let n = pt.len() / QB;
+        assert!(v.len() >= n * hdp && o.len() >= QB * hdp && hdp.is_multiple_of(L));
+        let (p, vp) = (pt.as_ptr(), v.as_ptr());
+        for c in (0..hdp).step_by(L) {
+            let mut acc = [_mm256_setzero_ps(); QB];
+            for j in 0..n {
+                // SAFETY: row j < n of v is hdp floats at j * hdp, columns c..c + 8 inside
+                // it; pt holds n x QB floats (both asserted above).
+                unsafe {
+                    let vv = _mm256_loadu_ps(vp.add(j * hdp + c));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm256_set1_ps(*p.add(j * QB + i));
+                        *acc = _mm256_fmadd_ps(x, vv, *acc);
+                    }
+                }
+            }
+            for (i, &a) in acc.iter().enumerate() {
+                let dst = &mut o[i * hdp + c..][..L];
+                // SAFETY: `dst` is 8 writable floats.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), a) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// The definition in f64, one (tile, head, query) at a time.
+    fn reference(qkv: &[f32], n_tiles: usize, n: usize, n_head: usize, hd: usize) -> Vec<f64> {
+        let w = n_head * hd;
+        let mut out = vec![0.0f64; n_tiles * n * w];
+        let x = |t: usize, r: usize, part: usize, h: usize, d: usize| {
+            f64::from(qkv[(t * n + r) * 3 * w + part * w + h * hd + d])
+        };
+        for t in 0..n_tiles {
+            for h in 0..n_head {
+                for i in 0..n {
+                    let s: Vec<f64> = (0..n)
+                        .map(|j| {
+                            let dot: f64 =
+                                (0..hd).map(|d| x(t, i, 0, h, d) * x(t, j, 1, h, d)).sum();
+                            dot / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let m = s.iter().copied().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        let o: f64 = (0..n).map(|j| e[j] / z * x(t, j, 2, h, d)).sum();
+                        out[(t * n + i) * w + h * hd + d] = o;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Odd shapes around the block edges (n off the key and query blocks and the task size,
+    /// hd off the vector width, one head, several tiles) and the tower's own head width.
+    const SHAPES: [(usize, usize, usize, usize); 6] = [
+        (1, 1, 1, 1),
+        (1, 5, 2, 3),
+        (2, 17, 3, 16),
+        (1, 100, 2, 17),
+        (3, 9, 1, 72),
+        (1, 129, 2, 72),
+    ];
+
+    #[test]
+    fn matches_the_definition() {
+        for (case, &(n_tiles, n, n_head, hd)) in SHAPES.iter().enumerate() {
+            let w = n_head * hd;
+            let qkv = lcg(case as u64, n_tiles * n * 3 * w, 2.0);
+            let mut out = vec![f32::NAN; n_tiles * n * w];
+            full_attention(&qkv, n_tiles, n, n_head, hd, &mut Vec::new(), &mut out);
+            let want = reference(&qkv, n_tiles, n, n_head, hd);
+            for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - r).abs() <= 1e-5 * r.abs().max(1.0),
+                    "shape {case}: out[{i}] = {g}, definition {r}"
+                );
+            }
+        }
+    }
+
+    /// Large scores (a softmax of one dominant key) and equal scores (a uniform softmax).
+    #[test]
+    fn extreme_and_flat_scores() {
+        let (n, n_head, hd) = (37, 1, 4);
+        let w = n_head * hd;
+        for big in [0.0f32, 30.0] {
+            let qkv: Vec<f32> = (0..n * 3 * w)
+                .map(|i| {
+                    let (r, c) = (i / (3 * w), i % (3 * w));
+                    match c / w {
+                        0 => big,
+                        1 => {
+                            if r == 5 {
+                                big
+                            } else {
+                                0.0
+                            }
+                        }
+                        _ => r as f32,
+                    }
+                })
+                .collect();
+            let mut out = vec![f32::NAN; n * w];
+            full_attention(&qkv, 1, n, n_head, hd, &mut Vec::new(), &mut out);
+            let want = reference(&qkv, 1, n, n_head, hd);
+            for (g, r) in out.iter().zip(&want) {
+                assert!(
+                    (f64::from(*g) - r).abs() <= 1e-5 * r.abs().max(1.0),
+                    "{g} vs {r}"
+                );
+            }
+        }
+    }
+
+    /// The AVX2 and AVX-512F builds against the baseline build (the scalar twin): same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_builds_match_the_baseline_bit_for_bit() {
+        for &(_, n, n_head, hd) in &SHAPES {
+            let w = n_head * hd;
+            let shape = HeadPanels { n, hd };
+            let qkv = lcg(n as u64, n * 3 * w, 3.0);
+            let mut panels = vec![0.0; n_head * shape.len()];
+            for (h, dst) in panels.chunks_exact_mut(shape.len()).enumerate() {
+                pack_head(&qkv, w, h, shape, dst);
+            }
+            let task = Task {
+                qkv: &qkv,
+                w,
+                n_head,
+                shape,
+                panels: &panels,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            let mut want = vec![0.0f32; n * w];
+            attend_body::<Scalar>(&task, &mut Scratch::new(shape), &mut want);
+            let mut builds: Vec<(&str, Vec<f32>)> = Vec::new();
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let mut got = vec![0.0f32; n * w];
+                // SAFETY: AVX2 and FMA detected above.
+                unsafe { attend_avx2(&task, &mut Scratch::new(shape), &mut got) };
+                builds.push(("avx2", got));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let mut got = vec![0.0f32; n * w];
+                // SAFETY: AVX-512F detected above.
+                unsafe { attend_avx512(&task, &mut Scratch::new(shape), &mut got) };
+                builds.push(("avx512f", got));
+            }
+            for (isa, got) in builds {
+                for (g, r) in got.iter().zip(&want) {
+                    assert_eq!(g.to_bits(), r.to_bits(), "{isa} n={n} hd={hd}: {g} vs {r}");
+                }
+            }
+        }
+    }
+}
