@@ -11,14 +11,18 @@
 //! The loaded ranges come from [`mapping::input_spans`], which covers what
 //! [`mapping::fill_rows`] reads; a read outside them (or any read of a source without files,
 //! such as `synth`'s generated weights) goes to the underlying source, so the bytes converted
-//! are the same either way. Memory: at most [`READ_AHEAD`] + 2 chunk inputs exist (queued, in
-//! use, being loaded), each about `CHUNK_ELEMS` checkpoint elements.
+//! are the same either way.
+//!
+//! [`READERS`] threads read, taking turns chunk by chunk, so that that many reads are in
+//! flight: on the development VM (virtio disk) one synchronous reader left the disk idle
+//! between its requests. Memory: at most `READERS` × ([`READ_AHEAD`] + 1) + 1 chunk inputs
+//! exist (queued, being loaded, in use), each about `CHUNK_ELEMS` checkpoint elements.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
 use quant::direct_io::{self, AlignedBuf};
 
@@ -27,8 +31,10 @@ use crate::mapping::{self, MappedTensor};
 use crate::safetensors::{Dtype, TensorView};
 use crate::source::TensorSource;
 
-/// Loaded chunk inputs queued ahead of the converters.
+/// Loaded chunk inputs queued ahead of the converters, per reader.
 pub const READ_AHEAD: usize = 2;
+/// Reader threads, each loading every `READERS`-th chunk.
+pub const READERS: usize = 2;
 
 /// One loaded range of a checkpoint tensor.
 #[derive(Debug)]
@@ -198,7 +204,7 @@ fn read_at_least(f: &File, offset: u64, buf: &mut [u8], need: usize) -> std::io:
 /// Loads the inputs of every chunk of `chunks` (tensor, first row, rows), in order, into
 /// buffers taken from `empty` (or new ones) and sends them to `full`; stops at the first error
 /// (sent on) or when the receiver is gone.
-pub fn read_ahead<'a>(
+fn read_ahead<'a>(
     ck: &dyn TensorSource,
     chunks: impl Iterator<Item = (&'a MappedTensor, usize, usize)>,
     full: &SyncSender<Result<ChunkInput>>,
@@ -212,6 +218,66 @@ pub fn read_ahead<'a>(
         if full.send(loaded).is_err() || failed {
             return;
         }
+    }
+}
+
+/// The converters' end of the readers: hands out the chunk inputs in chunk order, taking them
+/// from the readers in turn, and returns spent buffers to the reader that loaded them.
+pub struct ReadAhead {
+    loaded: Vec<Receiver<Result<ChunkInput>>>,
+    spent: Vec<Sender<ChunkInput>>,
+    /// Index of the next chunk.
+    next: usize,
+}
+
+impl ReadAhead {
+    /// Starts [`READERS`] threads in `scope` loading the inputs of `chunks` (a function, so
+    /// that each reader walks its own copy of the list).
+    pub fn start<'scope, 'env, I>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        ck: &'env dyn TensorSource,
+        chunks: impl Fn() -> I + Send + Sync + Copy + 'env,
+    ) -> ReadAhead
+    where
+        I: Iterator<Item = (&'env MappedTensor, usize, usize)>,
+    {
+        let mut ra = ReadAhead {
+            loaded: Vec::new(),
+            spent: Vec::new(),
+            next: 0,
+        };
+        for reader in 0..READERS {
+            let (loaded_tx, loaded_rx) = mpsc::sync_channel(READ_AHEAD);
+            let (spent_tx, spent_rx) = mpsc::channel();
+            scope.spawn(move || {
+                let mine = chunks()
+                    .enumerate()
+                    .filter(|(k, _)| k % READERS == reader)
+                    .map(|(_, c)| c);
+                read_ahead(ck, mine, &loaded_tx, &spent_rx);
+            });
+            ra.loaded.push(loaded_rx);
+            ra.spent.push(spent_tx);
+        }
+        ra
+    }
+
+    /// The next chunk's input (an error if its reader failed or stopped).
+    pub fn next_input(&mut self) -> Result<ChunkInput> {
+        let reader = self.next % READERS;
+        self.next += 1;
+        self.loaded[reader]
+            .recv()
+            .map_err(|_| ConvertError::Quant {
+                context: "read-ahead".into(),
+                message: "the reader stopped".into(),
+            })?
+    }
+
+    /// Returns the buffer of the chunk last handed out, for reuse.
+    pub fn give_back(&self, input: ChunkInput) {
+        // The reader may be done already; the buffer is just dropped then.
+        let _ = self.spent[(self.next + READERS - 1) % READERS].send(input);
     }
 }
 

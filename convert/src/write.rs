@@ -9,15 +9,15 @@
 //! `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
 //! both succeeded; any error leaves no partial file.
 //!
-//! Disk and CPU overlap, so conversion runs near what the disk allows: a read-ahead thread
-//! loads the next chunks' checkpoint bytes with direct I/O while chunk N is quantized (at most
-//! [`READ_AHEAD`] chunks ahead, see `readahead.rs`), and a writer thread writes chunk N − 1
+//! Disk and CPU overlap, so conversion runs near what the disk allows: read-ahead threads
+//! load the next chunks' checkpoint bytes with direct I/O while chunk N is quantized (at most
+//! `READ_AHEAD` chunks ahead per reader, see `readahead.rs`), and a writer thread writes chunk N − 1
 //! (at most [`WRITE_QUEUE`] chunks queued; written past the page cache too, see
 //! `quant::direct_io`). Buffers are recycled, not re-zeroed.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -30,15 +30,17 @@ use crate::hf_config::{ProcessorConfig, VlConfig};
 use crate::mapping::{self, MappedTensor, Role};
 use crate::metadata::{self, Metadata};
 use crate::models::ModelsDb;
-use crate::readahead::{self, ChunkInput, Staged, READ_AHEAD};
+use crate::readahead::{ReadAhead, Staged};
 use crate::recipe::Recipe;
 use crate::safetensors::Checkpoint;
 use crate::source::TensorSource;
 use crate::tokenizer;
 
-/// Elements per chunk (4 MiB of f32 output, 2 MiB of bf16 input): what bounds memory, with
-/// [`WRITE_QUEUE`] and `readahead::READ_AHEAD` chunks queued.
-pub const CHUNK_ELEMS: usize = 1 << 20;
+/// Elements per chunk (8 MiB of bf16 input, 8 MiB of f16 output): what bounds memory, with
+/// [`WRITE_QUEUE`] and `readahead::READ_AHEAD` (per reader) chunks queued. Large because each
+/// chunk's input is one read request: on the development VM 8 MiB requests converted q8_0 in
+/// 4.7-4.9 s against 7.6-8.0 s with 2 MiB ones (BENCHMARKS.md, "Larger reads in flight").
+pub const CHUNK_ELEMS: usize = 1 << 22;
 /// f32 elements per parallel task inside a chunk.
 const TASK_ELEMS: usize = 64 << 10;
 /// Filled output chunks waiting for the writer thread.
@@ -523,16 +525,12 @@ fn write_file(
     let mut dw = w.create(&fp.path, force).map_err(|e| quant_err(&ctx, e))?;
     let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-    let (loaded_tx, loaded_rx) = mpsc::sync_channel::<Result<ChunkInput>>(READ_AHEAD);
-    let (spent_tx, spent_rx) = mpsc::channel::<ChunkInput>();
     std::thread::scope(|s| {
         let ctx = &ctx;
-        s.spawn(move || {
-            let all = fp
-                .tensors
+        let mut reads = ReadAhead::start(s, ck, || {
+            fp.tensors
                 .iter()
-                .flat_map(|t| chunks(t).map(move |(row0, rows)| (&t.mapped, row0, rows)));
-            readahead::read_ahead(ck, all, &loaded_tx, &spent_rx);
+                .flat_map(|t| chunks(t).map(move |(row0, rows)| (&t.mapped, row0, rows)))
         });
         let writer = s.spawn(move || -> Result<GgufDataWriter> {
             for buf in full_rx {
@@ -545,11 +543,11 @@ fn write_file(
         });
         let produced = fp.tensors.iter().try_for_each(|t| {
             bar.set_message(t.mapped.name.clone());
-            write_tensor(ck, t, &full_tx, &empty_rx, &loaded_rx, &spent_tx)
+            write_tensor(ck, t, &full_tx, &empty_rx, &mut reads)
         });
         drop(full_tx);
-        // Stops the read-ahead thread if the conversion failed early.
-        drop(loaded_rx);
+        // Stops the readers if the conversion failed early.
+        drop(reads);
         let written = match writer.join() {
             Ok(w) => w,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -562,16 +560,15 @@ fn write_file(
     })
 }
 
-/// Streams one tensor: chunks of rows, each chunk's input taken from the read-ahead
-/// (`loaded`, in the order of [`chunks`]; returned through `spent`), filled and quantized in
-/// parallel, then handed to the writer thread.
+/// Streams one tensor: chunks of rows, each chunk's input taken from the read-ahead (in the
+/// order of [`chunks`], then given back), filled and quantized in parallel, then handed to the
+/// writer thread.
 fn write_tensor(
     ck: &dyn TensorSource,
     t: &PlannedTensor,
     full: &SyncSender<Vec<u8>>,
     empty: &Receiver<Vec<u8>>,
-    loaded: &Receiver<Result<ChunkInput>>,
-    spent: &Sender<ChunkInput>,
+    reads: &mut ReadAhead,
 ) -> Result<()> {
     let m = &t.mapped;
     let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
@@ -580,9 +577,7 @@ fn write_tensor(
             .ok_or_else(|| quant_err(&m.name, "row size overflows"))? as usize;
     let rows_per_task = rows_per_task(ne0);
     for (row0, nr) in chunks(t) {
-        let input = loaded
-            .recv()
-            .map_err(|_| quant_err(&m.name, "the read-ahead stopped"))??;
+        let input = reads.next_input()?;
         let src = Staged {
             src: ck,
             input: &input,
@@ -609,8 +604,7 @@ fn write_tensor(
                     Ok(())
                 })
             })?;
-        // The read-ahead may be done already; the buffer is just dropped then.
-        let _ = spent.send(input);
+        reads.give_back(input);
         full.send(out)
             .map_err(|_| quant_err(&m.name, "the writer stopped"))?;
     }
