@@ -332,7 +332,8 @@ mod avx512 {
         }
     }
 
-    /// Key blocks `b..b + NB` of [`scores`].
+    /// Key blocks `b..b + NB` of [`scores`]: kᵀ block `b + u`, column `d` is 16 floats at
+    /// `((b + u) * hd + d) * KB`, so a step (d) is KB floats and a chunk (u) `hd * KB`.
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn scores_tile<const NB: usize>(
@@ -343,33 +344,15 @@ mod avx512 {
         b: usize,
         s: &mut [f32],
     ) {
-        debug_assert!(kt.len() >= (b + NB) * hd * KB);
-        let mut acc = [[_mm512_setzero_ps(); NB]; QB];
-        let (q, k) = (qt.as_ptr(), kt.as_ptr());
-        for d in 0..hd {
-            // SAFETY: block b + u < n_kb holds hd x KB floats (kt.len() checked by the
-            // caller), so column d is 16 floats at ((b + u) * hd + d) * KB; qt holds hd x QB
-            // floats (asserted by the caller). Unaligned loads.
-            unsafe {
-                let mut kv = [_mm512_setzero_ps(); NB];
-                for (u, kv) in kv.iter_mut().enumerate() {
-                    *kv = _mm512_loadu_ps(k.add(((b + u) * hd + d) * KB));
-                }
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*q.add(d * QB + i));
-                    for u in 0..NB {
-                        acc[u] = _mm512_fmadd_ps(x, kv[u], acc[u]);
-                    }
-                }
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            for (u, &a) in acc.iter().enumerate() {
-                let dst = &mut s[i * n_pad + (b + u) * KB..][..KB];
-                // SAFETY: `dst` is 16 writable floats.
-                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), a) };
-            }
-        }
+        bcast_tile::<NB>(
+            qt,
+            &kt[b * hd * KB..],
+            hd,
+            KB,
+            hd * KB,
+            &mut s[b * KB..],
+            n_pad,
+        );
     }
 
     /// [`super::Scalar::p_times_v`]: QB queries x two 16-column chunks (16 accumulators;
@@ -382,48 +365,58 @@ mod avx512 {
         let n_c = hdp / DL;
         let mut c = 0;
         while c + 2 <= n_c {
-            pv_tile::<2>(pt, v, n, hdp, c, o);
+            bcast_tile::<2>(pt, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp);
             c += 2;
         }
         if c < n_c {
-            pv_tile::<1>(pt, v, n, hdp, c, o);
+            bcast_tile::<1>(pt, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp);
         }
     }
 
-    /// Column chunks `c..c + NC` of [`p_times_v`].
+    /// The one register tile of both products: QB rows x NC chunks of 16 columns,
+    /// `out[i][u] = Σ_t a[t * QB + i] · b[t * b_step + u * b_chunk ..][..16]`, summed over the
+    /// `steps` in order (the scalar twin's order), row `i` stored at `i * out_row + u * 16`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn pv_tile<const NC: usize>(
-        pt: &[f32],
-        v: &[f32],
-        n: usize,
-        hdp: usize,
-        c: usize,
-        o: &mut [f32],
+    fn bcast_tile<const NC: usize>(
+        a: &[f32],
+        b: &[f32],
+        steps: usize,
+        b_step: usize,
+        b_chunk: usize,
+        out: &mut [f32],
+        out_row: usize,
     ) {
+        if steps > 0 {
+            assert!(
+                a.len() >= steps * QB && b.len() >= (steps - 1) * b_step + (NC - 1) * b_chunk + 16
+            );
+        }
+        assert!(out.len() >= (QB - 1) * out_row + NC * 16);
         let mut acc = [[_mm512_setzero_ps(); NC]; QB];
-        let (p, vp) = (pt.as_ptr(), v.as_ptr());
-        for j in 0..n {
-            // SAFETY: row j < n of v is hdp floats at j * hdp and chunk c + u < hdp / DL
-            // lies inside it; pt holds n x QB floats (both checked by the caller).
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for t in 0..steps {
+            // SAFETY: step t < steps of `a` is QB floats at t * QB, and chunk u < NC of `b`
+            // is 16 floats at t * b_step + u * b_chunk: both inside (asserted above).
+            // Unaligned loads.
             unsafe {
-                let mut vv = [_mm512_setzero_ps(); NC];
-                for (u, vv) in vv.iter_mut().enumerate() {
-                    *vv = _mm512_loadu_ps(vp.add(j * hdp + (c + u) * DL));
+                let mut bv = [_mm512_setzero_ps(); NC];
+                for (u, bv) in bv.iter_mut().enumerate() {
+                    *bv = _mm512_loadu_ps(bp.add(t * b_step + u * b_chunk));
                 }
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*p.add(j * QB + i));
+                    let x = _mm512_set1_ps(*ap.add(t * QB + i));
                     for u in 0..NC {
-                        acc[u] = _mm512_fmadd_ps(x, vv[u], acc[u]);
+                        acc[u] = _mm512_fmadd_ps(x, bv[u], acc[u]);
                     }
                 }
             }
         }
         for (i, acc) in acc.iter().enumerate() {
-            for (u, &a) in acc.iter().enumerate() {
-                let dst = &mut o[i * hdp + (c + u) * DL..][..DL];
+            for (u, &r) in acc.iter().enumerate() {
+                let dst = &mut out[i * out_row + u * 16..][..16];
                 // SAFETY: `dst` is 16 writable floats.
-                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), a) };
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), r) };
             }
         }
     }
@@ -455,32 +448,23 @@ mod avx2 {
         }
     }
 
-    /// [`super::Scalar::scores`], one half key block (8 keys) at a time.
+    /// [`super::Scalar::scores`], one half key block (8 keys) at a time: kᵀ block `b`,
+    /// column `d` is at `(b * hd + d) * KB`, so a step (d) is KB floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
         let n_kb = kt.len() / (hd * KB);
         assert!(qt.len() >= hd * QB && s.len() >= (QB - 1) * n_pad + n_kb * KB);
-        let (q, k) = (qt.as_ptr(), kt.as_ptr());
         for half in 0..2 * n_kb {
             let (b, off) = (half / 2, (half % 2) * L);
-            let mut acc = [_mm256_setzero_ps(); QB];
-            for d in 0..hd {
-                // SAFETY: block b < n_kb holds hd x KB floats, so column d's 8 floats at
-                // off are inside kt; qt holds hd x QB floats (both asserted above).
-                unsafe {
-                    let kv = _mm256_loadu_ps(k.add((b * hd + d) * KB + off));
-                    for (i, acc) in acc.iter_mut().enumerate() {
-                        let x = _mm256_set1_ps(*q.add(d * QB + i));
-                        *acc = _mm256_fmadd_ps(x, kv, *acc);
-                    }
-                }
-            }
-            for (i, &a) in acc.iter().enumerate() {
-                let dst = &mut s[i * n_pad + b * KB + off..][..L];
-                // SAFETY: `dst` is 8 writable floats.
-                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), a) };
-            }
+            bcast_col(
+                qt,
+                &kt[b * hd * KB + off..],
+                hd,
+                KB,
+                &mut s[b * KB + off..],
+                n_pad,
+            );
         }
     }
 
@@ -490,25 +474,45 @@ mod avx2 {
     fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
         let n = pt.len() / QB;
         assert!(v.len() >= n * hdp && o.len() >= QB * hdp && hdp.is_multiple_of(L));
-        let (p, vp) = (pt.as_ptr(), v.as_ptr());
         for c in (0..hdp).step_by(L) {
-            let mut acc = [_mm256_setzero_ps(); QB];
-            for j in 0..n {
-                // SAFETY: row j < n of v is hdp floats at j * hdp, columns c..c + 8 inside
-                // it; pt holds n x QB floats (both asserted above).
-                unsafe {
-                    let vv = _mm256_loadu_ps(vp.add(j * hdp + c));
-                    for (i, acc) in acc.iter_mut().enumerate() {
-                        let x = _mm256_set1_ps(*p.add(j * QB + i));
-                        *acc = _mm256_fmadd_ps(x, vv, *acc);
-                    }
+            bcast_col(pt, &v[c..], n, hdp, &mut o[c..], hdp);
+        }
+    }
+
+    /// The one register tile of both products: QB rows x 8 columns,
+    /// `out[i] = Σ_t a[t * QB + i] · b[t * b_step ..][..8]`, summed over the `steps` in order
+    /// (the scalar twin's order), row `i` stored at `i * out_row`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn bcast_col(
+        a: &[f32],
+        b: &[f32],
+        steps: usize,
+        b_step: usize,
+        out: &mut [f32],
+        out_row: usize,
+    ) {
+        if steps > 0 {
+            assert!(a.len() >= steps * QB && b.len() >= (steps - 1) * b_step + L);
+        }
+        assert!(out.len() >= (QB - 1) * out_row + L);
+        let mut acc = [_mm256_setzero_ps(); QB];
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for t in 0..steps {
+            // SAFETY: step t < steps of `a` is QB floats at t * QB and of `b` 8 floats at
+            // t * b_step: both inside (asserted above). Unaligned loads.
+            unsafe {
+                let bv = _mm256_loadu_ps(bp.add(t * b_step));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*ap.add(t * QB + i));
+                    *acc = _mm256_fmadd_ps(x, bv, *acc);
                 }
             }
-            for (i, &a) in acc.iter().enumerate() {
-                let dst = &mut o[i * hdp + c..][..L];
-                // SAFETY: `dst` is 8 writable floats.
-                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), a) };
-            }
+        }
+        for (i, &r) in acc.iter().enumerate() {
+            let dst = &mut out[i * out_row..][..L];
+            // SAFETY: `dst` is 8 writable floats.
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), r) };
         }
     }
 }
