@@ -18,6 +18,7 @@
 //! between its requests. Memory: at most `READERS` × ([`READ_AHEAD`] + 1) + 1 chunk inputs
 //! exist (queued, being loaded, in use), each about `CHUNK_ELEMS` checkpoint elements.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -163,13 +164,12 @@ impl Files {
     /// Reads `buf.len()` bytes at `offset` (both aligned) of which the first `need` must
     /// exist (the rest may lie past the end of the file).
     fn read(&mut self, path: &Path, offset: u64, buf: &mut [u8], need: usize) -> Result<()> {
-        if !self.0.contains_key(path) {
-            let plain = File::open(path).map_err(|e| ConvertError::io(path, e))?;
-            self.0
-                .insert(path.to_path_buf(), (direct_io::open(path, false), plain));
-        }
-        let Some((direct, plain)) = self.0.get_mut(path) else {
-            return Ok(());
+        let (direct, plain) = match self.0.entry(path.to_path_buf()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let plain = File::open(path).map_err(|err| ConvertError::io(path, err))?;
+                e.insert((direct_io::open(path, false), plain))
+            }
         };
         if let Some(d) = direct {
             match read_at_least(d, offset, buf, need) {
