@@ -105,9 +105,13 @@ impl ModelsDb {
         self.variant.iter().find(|v| v.name == name)
     }
 
-    /// A recipe by name.
+    /// A recipe by name, in any letter case (`q4_k`, ggml's `q4_K`, llama.cpp's `Q4_K`).
     pub fn recipe(&self, name: &str) -> Result<&RecipeSpec> {
-        self.recipe.get(name).ok_or_else(|| {
+        let found = self
+            .recipe
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name));
+        found.map(|(_, spec)| spec).ok_or_else(|| {
             let known: Vec<&str> = self.recipe.keys().map(String::as_str).collect();
             ConvertError::Recipe(format!(
                 "unknown --quant '{name}' (known: {})",
@@ -177,6 +181,7 @@ mod tests {
         assert!(db.match_config(&l).is_none());
         assert_eq!(db.default_quant(&l), "q8_0");
         assert!(db.recipe("q4_k").is_ok());
+        assert!(db.recipe("q4_K").is_ok() && db.recipe("Q8_0").is_ok());
         assert!(db.recipe("q3_x").is_err());
     }
 }
