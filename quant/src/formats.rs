@@ -122,7 +122,7 @@ pub static FORMATS: [Format; 15] = [
         avx512: Kernels { dot: None, gemm: x86!(float_gemm_avx512::gemm_bf16) }),
     entry!(Q4_0, storable: true, codec(quantize_q4_0, dequantize_q4_0), pairs: Q8_0,
         scalar: dot(scalar::dot_q4_0_q8_0),
-        avx2: Kernels { dot: x86!(avx2::dot_q4_0_q8_0), gemm: x86!(avx2::gemm_q4_0_q8_0) },
+        avx2: Kernels { dot: x86!(q0_avx2_groups::dot_q4_0_q8_0), gemm: x86!(q0_avx2_groups::gemm_q4_0_q8_0) },
         avx512: Kernels { dot: x86!(q0_avx512_units::dot_q4_0_q8_0), gemm: x86!(q0_avx512_units::gemm_q4_0_q8_0) }),
     entry!(Q4_1, storable: true, codec(quantize_q4_1, dequantize_q4_1), pairs: Q8_1,
         scalar: dot(scalar::dot_q4_1_q8_1),
@@ -138,7 +138,7 @@ pub static FORMATS: [Format; 15] = [
         avx512: Kernels { dot: x86!(avx512::dot_q5_1_q8_1), gemm: x86!(avx512::gemm_q5_1_q8_1) }),
     entry!(Q8_0, storable: true, codec(quantize_q8_0, dequantize_q8_0), pairs: Q8_0,
         scalar: dot(scalar::dot_q8_0_q8_0),
-        avx2: Kernels { dot: x86!(avx2::dot_q8_0_q8_0), gemm: x86!(avx2::gemm_q8_0_q8_0) },
+        avx2: Kernels { dot: x86!(q0_avx2_groups::dot_q8_0_q8_0), gemm: x86!(q0_avx2_groups::gemm_q8_0_q8_0) },
         avx512: Kernels { dot: x86!(q0_avx512_units::dot_q8_0_q8_0), gemm: x86!(q0_avx512_units::gemm_q8_0_q8_0) }),
     // Q2_K, Q3_K: the low-bit fallback copy of cold routed experts (`convert --cold-experts`).
     entry!(Q2_K, storable: true, codec(quantize_q2_k, dequantize_q2_k), pairs: Q8_K,
