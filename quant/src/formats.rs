@@ -130,7 +130,7 @@ pub static FORMATS: [Format; 15] = [
         avx512: Kernels { dot: x86!(avx512::dot_q4_1_q8_1), gemm: x86!(avx512::gemm_q4_1_q8_1) }),
     entry!(Q5_0, storable: true, codec(quantize_q5_0, dequantize_q5_0), pairs: Q8_0,
         scalar: dot(scalar::dot_q5_0_q8_0),
-        avx2: Kernels { dot: x86!(avx2::dot_q5_0_q8_0), gemm: x86!(avx2::gemm_q5_0_q8_0) },
+        avx2: Kernels { dot: x86!(q0_avx2_groups::dot_q5_0_q8_0), gemm: x86!(q0_avx2_groups::gemm_q5_0_q8_0) },
         avx512: Kernels { dot: x86!(q0_avx512_units::dot_q5_0_q8_0), gemm: x86!(q0_avx512_units::gemm_q5_0_q8_0) }),
     entry!(Q5_1, storable: true, codec(quantize_q5_1, dequantize_q5_1), pairs: Q8_1,
         scalar: dot(scalar::dot_q5_1_q8_1),

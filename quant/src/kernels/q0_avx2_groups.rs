@@ -1,4 +1,4 @@
-//! AVX2 (+ FMA, F16C) GEMV and GEMM for Q4_0 and Q8_0 weights against Q8_0
+//! AVX2 (+ FMA, F16C) GEMV and GEMM for Q4_0, Q5_0 and Q8_0 weights against Q8_0
 //! activations, in *groups* of 4 blocks (128 elements), the activations laid
 //! out once per call in the weight's element order.
 //!
@@ -6,13 +6,15 @@
 //! Q5_1) paid per block and row a scalar f16 scale conversion, a broadcast,
 //! the nibble split with a lane insert, the `−8` and the sign trick on both
 //! operands, a convert and a multiply: ~17 vector operations per 18 Q4_0
-//! bytes, 8.5 GB/s with the rows in L2 on an AMD Zen 4, so decode was
+//! bytes, 8.5 GB/s with the rows in cache on an AMD Zen 4, so decode was
 //! compute-bound at ~0.2 of the memory's speed. Here, per group and row:
 //!
 //! - Q4_0: two 16 + 16-byte loads, the nibble masks (the *unsigned* nibbles
 //!   0..15 go straight into `maddubs`, 2·15·128 < 2¹⁵, and `−8·Σa` is one
-//!   subtraction of a per-lane value prepared with the activations); Q8_0:
-//!   the sign trick (|w| × sign(w)·a) per block;
+//!   subtraction of a per-lane value prepared with the activations; Q5_0
+//!   adds its 5th bits, spread from `qh` by one shuffle and compare per
+//!   vector, and subtracts 16·Σa); Q8_0: the sign trick (|w| × sign(w)·a)
+//!   per block;
 //! - `maddubs` / `madd` into i32 lanes, `hadd` until one vector holds the 4
 //!   blocks' exact integer sums (two lanes per block for Q4_0, two for Q8_0);
 //! - the 4 weight scales in one `vcvtph2ps` and one lane permute, one
@@ -93,6 +95,7 @@ trait GroupFormat {
 }
 
 struct Q4_0;
+struct Q5_0;
 struct Q8_0;
 
 /// The f16 scales of the 4 blocks at `p` (stride `bb`), lane l taking block
@@ -144,81 +147,172 @@ fn pairs(v: __m256i) -> __m256i {
     _mm256_madd_epi16(v, _mm256_set1_epi16(1))
 }
 
+/// Σ u·a − OFFSET·Σa of a group in nibble order (Q4_0, Q5_0: vector 2i + h
+/// holds elements 16h..16h + 16 of blocks 2i and 2i + 1): unit i's madd
+/// lanes are blocks [2i ×4, 2i + 1 ×4], and `hadd` takes pairs from unit 0
+/// then unit 1 in each half, so the lanes are blocks [0 0 2 2 1 1 3 3].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble_order_sums(w: &Weights, x: &Group) -> __m256i {
+    // u ≤ 31, |a| ≤ 128: each maddubs pair ≤ 7936, two added ≤ 15872 < 2¹⁵.
+    let unit = |i: usize| {
+        pairs(_mm256_add_epi16(
+            _mm256_maddubs_epi16(w.m[2 * i], x.q[2 * i]),
+            _mm256_maddubs_epi16(w.m[2 * i + 1], x.q[2 * i + 1]),
+        ))
+    };
+    _mm256_add_epi32(_mm256_hadd_epi32(unit(0), unit(1)), x.base)
+}
+
+/// Lanes of [`nibble_order_sums`].
+const NIBBLE_LANES: [i32; 8] = [0, 0, 2, 2, 1, 1, 3, 3];
+
+/// The group of `blocks` facing weights in nibble order whose signed quant is
+/// `u − offset`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prep_nibble_order(blocks: &[BlockQ8_0], offset: i8) -> Group {
+    let mut q = [[0i8; 32]; 4];
+    for (j, b) in blocks.iter().enumerate() {
+        let (u, lane) = (j / 2, j % 2);
+        q[2 * u][16 * lane..16 * lane + 16].copy_from_slice(&b.qs[..16]);
+        q[2 * u + 1][16 * lane..16 * lane + 16].copy_from_slice(&b.qs[16..]);
+    }
+    // SAFETY: each q[i] is 32 bytes.
+    let q = q.map(|v| unsafe { _mm256_loadu_si256(v.as_ptr().cast()) });
+    let offsets = Weights {
+        m: [_mm256_set1_epi8(offset); 4],
+        s: [_mm256_setzero_si256(); 4],
+        d: _mm256_setzero_ps(),
+    };
+    let no_base = Group {
+        q,
+        base: _mm256_setzero_si256(),
+        d: _mm256_setzero_ps(),
+    };
+    Group {
+        q,
+        base: _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            nibble_order_sums(&offsets, &no_base),
+        ),
+        d: act_scales(blocks, NIBBLE_LANES),
+    }
+}
+
+/// The 16 nibble pairs of blocks i (low half) and j (high half) of a
+/// nibble-order group: low nibbles, then high nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(lo: __m128i, hi: __m128i) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let v = _mm256_set_m128i(hi, lo);
+    (
+        _mm256_and_si256(v, m4),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+    )
+}
+
 impl GroupFormat for Q4_0 {
     const BLOCK_BYTES: usize = 18;
 
-    /// Unit a (blocks 0, 1 in the two 128-bit halves) and b (2, 3) give
-    /// madd lanes of blocks [0 0 0 0 1 1 1 1] and [2 2 2 2 3 3 3 3]; `hadd`
-    /// takes pairs from a then b in each half.
     #[inline]
     fn lanes() -> [i32; 8] {
-        [0, 0, 2, 2, 1, 1, 3, 3]
+        NIBBLE_LANES
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> Weights {
         // SAFETY: block i's 16 quant bytes lie at 18i + 2 (caller).
-        let half = |i: usize| unsafe { load16(p.add(18 * i + 2)) };
-        let m4 = _mm256_set1_epi8(0x0f);
-        let a = _mm256_set_m128i(half(1), half(0));
-        let b = _mm256_set_m128i(half(3), half(2));
+        let qs = |i: usize| unsafe { load16(p.add(18 * i + 2)) };
+        let (a0, a1) = nibbles(qs(0), qs(1));
+        let (b0, b1) = nibbles(qs(2), qs(3));
         Weights {
-            m: [
-                _mm256_and_si256(a, m4),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(a), m4),
-                _mm256_and_si256(b, m4),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(b), m4),
-            ],
+            m: [a0, a1, b0, b1],
             s: [_mm256_setzero_si256(); 4],
             // SAFETY: 4 blocks at p (caller).
-            d: unsafe { weight_scales(p, 18, Self::lanes()) },
+            d: unsafe { weight_scales(p, 18, NIBBLE_LANES) },
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
-        // u ≤ 15, |a| ≤ 128: each maddubs pair ≤ 3840, two added ≤ 7680.
-        let unit = |i: usize| {
-            pairs(_mm256_add_epi16(
-                _mm256_maddubs_epi16(w.m[2 * i], x.q[2 * i]),
-                _mm256_maddubs_epi16(w.m[2 * i + 1], x.q[2 * i + 1]),
-            ))
-        };
-        _mm256_add_epi32(_mm256_hadd_epi32(unit(0), unit(1)), x.base)
+        nibble_order_sums(w, x)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
-        // Vector 2u + h: the elements 16h..16h + 16 of blocks 2u and 2u + 1,
-        // facing the low (h = 0) or high (h = 1) nibbles.
-        let mut q = [[0i8; 32]; 4];
-        for (j, b) in blocks.iter().enumerate() {
-            let (u, lane) = (j / 2, j % 2);
-            q[2 * u][16 * lane..16 * lane + 16].copy_from_slice(&b.qs[..16]);
-            q[2 * u + 1][16 * lane..16 * lane + 16].copy_from_slice(&b.qs[16..]);
-        }
-        // SAFETY: each q[i] is 32 bytes.
-        let q = q.map(|v| unsafe { _mm256_loadu_si256(v.as_ptr().cast()) });
-        let eight = Weights {
-            m: [_mm256_set1_epi8(8); 4],
+        prep_nibble_order(blocks, 8)
+    }
+}
+
+/// The 5th bits of a Q5_0 nibble pair vector: byte l of half h is 0x10 when
+/// bit `shift + l` of `qh[h]` is set (`shift` 0 for the low nibbles, 16 for
+/// the high ones).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth_bits<const SHIFT: i8>(qh: __m256i) -> __m256i {
+    // Byte l takes byte (SHIFT + l) / 8 of its half's qh, then tests bit l % 8.
+    let (b0, b1) = (SHIFT / 8, SHIFT / 8 + 1);
+    let pick = _mm256_setr_epi8(
+        b0, b0, b0, b0, b0, b0, b0, b0, b1, b1, b1, b1, b1, b1, b1, b1, b0, b0, b0, b0, b0, b0, b0,
+        b0, b1, b1, b1, b1, b1, b1, b1, b1,
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, pick), bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+impl GroupFormat for Q5_0 {
+    const BLOCK_BYTES: usize = 22;
+
+    #[inline]
+    fn lanes() -> [i32; 8] {
+        NIBBLE_LANES
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8) -> Weights {
+        // SAFETY: block i's 4 high-bit bytes lie at 22i + 2 and its 16 quant
+        // bytes at 22i + 6 (caller).
+        let qs = |i: usize| unsafe { load16(p.add(22 * i + 6)) };
+        let qh = |i: usize| {
+            // SAFETY: as above.
+            let h = unsafe { p.add(22 * i + 2).cast::<i32>().read_unaligned() };
+            _mm_set1_epi32(h)
+        };
+        let m: [__m256i; 4] = std::array::from_fn(|u| {
+            let (i, j) = (2 * (u / 2), 2 * (u / 2) + 1);
+            let (lo, hi) = nibbles(qs(i), qs(j));
+            let h = _mm256_set_m128i(qh(j), qh(i));
+            if u % 2 == 0 {
+                _mm256_or_si256(lo, fifth_bits::<0>(h))
+            } else {
+                _mm256_or_si256(hi, fifth_bits::<16>(h))
+            }
+        });
+        Weights {
+            m,
             s: [_mm256_setzero_si256(); 4],
-            d: _mm256_setzero_ps(),
-        };
-        let zero = Group {
-            q,
-            base: _mm256_setzero_si256(),
-            d: _mm256_setzero_ps(),
-        };
-        // SAFETY: AVX2 is this function's.
-        let eight_sums = unsafe { Self::sums(&eight, &zero) };
-        Group {
-            q,
-            base: _mm256_sub_epi32(_mm256_setzero_si256(), eight_sums),
-            d: act_scales(blocks, Self::lanes()),
+            // SAFETY: 4 blocks at p (caller).
+            d: unsafe { weight_scales(p, 22, NIBBLE_LANES) },
         }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
+        nibble_order_sums(w, x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
+        prep_nibble_order(blocks, 16)
     }
 }
 
@@ -311,6 +405,7 @@ unsafe fn weight_group<F: GroupFormat>(row: &[u8], kc: &KChunk, g: usize) -> Wei
     let off = (kc.g0 + g) * gb;
     if g + 1 == kc.groups && kc.last_blocks < BLOCKS {
         let mut pad = [0u8; BLOCKS * 34];
+        debug_assert!(F::BLOCK_BYTES <= 34);
         let n = kc.last_blocks * F::BLOCK_BYTES;
         pad[..n].copy_from_slice(&row[off..off + n]);
         // SAFETY: pad holds 4 blocks; the features are the caller's.
@@ -518,5 +613,6 @@ macro_rules! entry_points {
 
 entry_points! {
     Q4_0 => dot_q4_0_q8_0, gemm_q4_0_q8_0;
+    Q5_0 => dot_q5_0_q8_0, gemm_q5_0_q8_0;
     Q8_0 => dot_q8_0_q8_0, gemm_q8_0_q8_0;
 }
