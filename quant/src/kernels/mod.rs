@@ -228,8 +228,7 @@ pub fn tier_allowed(isa: &str) -> bool {
 fn select() -> KernelTable {
     tiers()
         .into_iter()
-        .filter(|t| tier_allowed(t.isa))
-        .next_back()
+        .rfind(|t| tier_allowed(t.isa))
         .unwrap_or_else(KernelTable::scalar)
 }
 
