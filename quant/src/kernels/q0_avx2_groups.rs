@@ -2,7 +2,7 @@
 //! activations, in *groups* of 4 blocks (128 elements), the activations laid
 //! out once per call in the weight's element order.
 //!
-//! Why: the block-at-a-time tiles (`avx2.rs`, which still serve Q4_1, Q5_0,
+//! Why: the block-at-a-time tiles (`avx2.rs`, which still serve Q4_1 and
 //! Q5_1) paid per block and row a scalar f16 scale conversion, a broadcast,
 //! the nibble split with a lane insert, the `−8` and the sign trick on both
 //! operands, a convert and a multiply: ~17 vector operations per 18 Q4_0
@@ -21,7 +21,8 @@
 //!   convert, one multiply by the activation scales (prepared per lane) and
 //!   one FMA into the row's accumulator.
 //!
-//! That is ~26 vector operations per 72 Q4_0 bytes (~2.6× fewer). Decode
+//! That is ~33 instructions per 72 Q4_0 bytes (was ~68): 22–25 GB/s with
+//! the rows in cache, Q8_0 21 → 34 (BENCHMARKS.md). Decode
 //! (one token) reads the rows one after the other, each group prefetching
 //! the same group `PREFETCH_BYTES` further into L2, so a call is one
 //! sequential stream (as `q0_avx512_units.rs`, whose measurements chose it).
@@ -50,7 +51,8 @@ const RM: usize = 2;
 const TN: usize = 4;
 
 /// One group of prepared activations: the quants facing the weight's 4
-/// quant vectors, `−OFFSET·Σa` per i32 lane of the group's sums (Q4_0), and
+/// quant vectors, `−OFFSET·Σa` per i32 lane of the group's sums (Q4_0,
+/// Q5_0), and
 /// the activation scale of each lane's block.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
