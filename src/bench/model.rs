@@ -107,6 +107,8 @@ pub struct ModelBenchResult {
     pub bandwidth_gb_s: f64,
     pub fma_gflops: f64,
     pub fma_isa: &'static str,
+    /// The quantized kernels' tier (`quant::kernels::table().isa`; `POCKETVL_MAX_TIER` caps it).
+    pub kernel_isa: &'static str,
     /// Weight bytes one decode step reads (see [`decode_bytes_per_token`]).
     pub decode_weight_mb: f64,
     pub decode_roofline_tok_s: f64,
@@ -350,6 +352,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         bandwidth_gb_s,
         fma_gflops,
         fma_isa,
+        kernel_isa: quant::kernels::table().isa,
         decode_weight_mb: decode_bytes as f64 / 1e6,
         decode_roofline_tok_s,
         decode_fraction_of_roofline: decode_tok_s.map(|d| d / decode_roofline_tok_s),
@@ -459,8 +462,8 @@ impl ModelBenchResult {
         s += &line("vision per tile", "ms", &self.spread.vision_ms_per_tile);
         s += &line("ttft (2x2 image)", "ms", &self.spread.ttft_ms);
         s += &format!(
-            "roofline: read bandwidth {:.2} GB/s, FMA peak {:.1} GFLOP/s ({})\n",
-            self.bandwidth_gb_s, self.fma_gflops, self.fma_isa
+            "roofline: read bandwidth {:.2} GB/s, FMA peak {:.1} GFLOP/s ({}); kernels: {}\n",
+            self.bandwidth_gb_s, self.fma_gflops, self.fma_isa, self.kernel_isa
         );
         s += &format!(
             "decode reads {:.1} MB of weights per token: roofline {:.2} tok/s",

@@ -28,23 +28,25 @@ pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};
 
 /// Whether the AVX-512F builds of the f32 loops run (prefill attention's block here, the
-/// vision tower's softmax and GELU): detected once, never with `POCKETVL_FORCE_SCALAR=1`.
+/// vision tower's softmax and GELU): detected once, never with `POCKETVL_FORCE_SCALAR=1`
+/// nor under `POCKETVL_MAX_TIER` below `avx512-vnni`.
 /// Those builds do the same f32 operations in the same order as their baseline twins.
 #[cfg(target_arch = "x86_64")]
 pub fn use_avx512f() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
-        !quant::kernels::force_scalar() && std::arch::is_x86_feature_detected!("avx512f")
+        quant::kernels::tier_allowed("avx512-vnni")
+            && std::arch::is_x86_feature_detected!("avx512f")
     })
 }
 
 /// Whether the AVX2+FMA builds of the f32 loops run (the vision tower's attention, on CPUs
-/// without AVX-512F): as [`use_avx512f`].
+/// without AVX-512F or capped below it): as [`use_avx512f`], the tier `avx2`.
 #[cfg(target_arch = "x86_64")]
 pub fn use_avx2_fma() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
-        !quant::kernels::force_scalar()
+        quant::kernels::tier_allowed("avx2")
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
     })

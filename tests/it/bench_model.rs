@@ -123,3 +123,36 @@ fn bad_arguments_are_clear_errors() {
     assert!(e.contains("junk.gguf"), "{e}");
     assert!(Path::new(m).is_file());
 }
+
+/// `POCKETVL_MAX_TIER` caps the kernel tier the run reports (`kernel_isa`); `scalar` works on
+/// every CPU, `avx2` where the CPU has AVX2, and an unknown name is reported and ignored.
+#[test]
+fn max_tier_caps_the_kernels_and_unknown_names_are_reported() {
+    let (_dir, model) = common::converted("tiny-mha", "q8_0");
+    let run = |tier: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pocketvl"))
+            .args(["bench", "model", "-m", s(&model), "--no-vision"])
+            .args(["-t", "1", "-p", "0", "-n", "2", "--reps", "1", "--json"])
+            .env("POCKETVL_MAX_TIER", tier)
+            .env_remove("POCKETVL_FORCE_SCALAR")
+            .output()
+            .expect("run pocketvl")
+    };
+    let o = run("scalar");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(last_json(&o)["kernel_isa"], "scalar");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        let o = run("avx2");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(last_json(&o)["kernel_isa"], "avx2");
+    }
+    let o = run("avx9000");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("POCKETVL_MAX_TIER=\"avx9000\" is not one of scalar"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+}

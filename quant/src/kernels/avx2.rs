@@ -1,6 +1,6 @@
 //! AVX2 + FMA (+ F16C) versions of the hottest dot products (F32, F16, BF16,
 //! Q2_K, Q3_K, Q4_K, Q6_K) and the dots and tiled GEMMs of the 32-element block formats
-//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, decoded by `q0_x86`). Each computes the
+//! Q4_1, Q5_1 (decoded by `q0_x86`; Q4_0, Q5_0 and Q8_0: `q0_avx2_groups.rs`). Each computes the
 //! same integer block sums as its scalar twin in `scalar.rs` and differs only in
 //! the order of the f32 additions; `tier_tests` checks them against the scalar
 //! kernels on random and edge data.
@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::q0_x86::{h2f, hsum_ps, load32, ActBlock, Q0Format, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use super::q0_x86::{h2f, hsum_ps, load32, ActBlock, Q0Format, Q4_1, Q5_1};
 use crate::block::{as_blocks, q3k_scale, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ6K, BlockQ8K};
 
 /// Whether this CPU runs every kernel of this file.
@@ -190,11 +190,8 @@ macro_rules! entry_points {
 }
 
 entry_points! {
-    Q4_0 => dot_q4_0_q8_0, gemm_q4_0_q8_0;
     Q4_1 => dot_q4_1_q8_1, gemm_q4_1_q8_1;
-    Q5_0 => dot_q5_0_q8_0, gemm_q5_0_q8_0;
     Q5_1 => dot_q5_1_q8_1, gemm_q5_1_q8_1;
-    Q8_0 => dot_q8_0_q8_0, gemm_q8_0_q8_0;
 }
 
 pub(crate) fn dot_f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {

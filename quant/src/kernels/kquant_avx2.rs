@@ -10,11 +10,14 @@
 //! exact i32 sums. The offsets (Q4_K/Q5_K mins, Q6_K's −32) come from the
 //! activation's per-16 `bsums`. The integer block sums equal the scalar twins'
 //! (`scalar.rs`); only the order of the f32 additions differs. [`gemv_tile`]
-//! (one token) decodes 8 rows one after the other and uses each at once.
+//! (one token) decodes 8 rows one after the other and uses each at once,
+//! reading them as one L2-prefetched stream.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
+
+use super::q0_avx512_units::PREFETCH_BYTES;
 
 /// Which K-quant a kernel reads (a const generic, so each format's decode is
 /// compiled into its own kernel).
@@ -269,9 +272,18 @@ fn store_tile<const T: usize>(facc: __m256, nr: usize, nt: usize, out: &mut [f32
     }
 }
 
+/// Super-blocks per group of the GEMV: each row reads this many in a row.
+const GEMV_GROUP: usize = 8;
+
 /// `out[r] = dot(w row r, a row 0)` for `r < nr ≤ R`, `R` ∈ {1, 8}: with one
 /// token nothing is reused, so each row is decoded into registers and
-/// consumed at once; `R` rows keep enough loads in flight.
+/// consumed at once. Per group of super-blocks the rows are read one after
+/// the other (a tile's rows are adjacent: one sequential stream, where 8
+/// rows read side by side were 8 streams whose misses waited in turn), each
+/// super-block prefetching the same one whole rows further (what the group
+/// reads `PREFETCH_BYTES` later) into L2, as the Q4_0/Q8_0 GEMV does; then
+/// each super-block's row sums are reduced together and scaled in f32, in
+/// super-block order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemv_tile<const F: u8, const R: usize>(
@@ -284,43 +296,63 @@ fn gemv_tile<const F: u8, const R: usize>(
     debug_assert!(R == 1 || R == 8);
     let bb = block_bytes(F);
     let (mut facc, mut sum1) = (_mm256_setzero_ps(), 0f32);
-    // Lane r: d·d_a and dmin·d_a of the super-block (padding lanes stay 0).
-    let (mut dw, mut dm) = ([0f32; 8], [0f32; 8]);
+    // Per super-block j of the group, lane r: the integer sum in units of
+    // d·d_a, the min sum (Q4_K, Q5_K) in units of dmin·d_a, and those
+    // scales (padding rows stay 0, so they add nothing).
+    let mut main = [[_mm256_setzero_si256(); 8]; GEMV_GROUP];
+    let mut mins = [[_mm256_setzero_si256(); 8]; GEMV_GROUP];
+    let (mut dw, mut dm) = ([[0f32; 8]; GEMV_GROUP], [[0f32; 8]; GEMV_GROUP]);
     // SAFETY: all-zero bits are valid vectors and f32.
     let mut row: RowDec = unsafe { std::mem::zeroed() };
-    for ib in 0..sh.nb {
-        let (p, bsums, da) = act(sh, a, 0, 1, ib);
-        // Per row: the integer sum in units of d·d_a, the min sum (Q4_K,
-        // Q5_K) in units of dmin·d_a, lane-spread.
-        let mut main = [_mm256_setzero_si256(); 8];
-        let mut mins = [_mm256_setzero_si256(); 8];
+    for g0 in (0..sh.nb).step_by(GEMV_GROUP) {
+        let gn = GEMV_GROUP.min(sh.nb - g0);
+        let ahead = PREFETCH_BYTES.div_ceil(gn * bb) * sh.wrb;
+        let xs: [(*const u8, __m256i, f32); GEMV_GROUP] =
+            std::array::from_fn(|j| act(sh, a, 0, 1, g0 + j.min(gn - 1)));
         for r in 0..nr {
-            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], &mut row);
-            let mut acc = _mm256_madd_epi16(row.off, bsums);
-            if F != Q6K {
-                mins[r] = acc;
-                acc = _mm256_setzero_si256();
+            for (j, &(p, bsums, da)) in xs.iter().enumerate().take(gn) {
+                let off = r * sh.wrb + (g0 + j) * bb;
+                let pf = w.as_ptr().wrapping_add(off + ahead);
+                // Points at most 64 apart, the last byte included: every
+                // line of the super-block. Prefetches never fault; the
+                // addresses are only computed, never dereferenced.
+                for o in (0..bb).step_by(64).chain([bb - 1]) {
+                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(o).cast());
+                }
+                decode::<F>(&w[off..][..bb], &mut row);
+                let mut acc = _mm256_madd_epi16(row.off, bsums);
+                if F != Q6K {
+                    mins[j][r] = acc;
+                    acc = _mm256_setzero_si256();
+                }
+                for c in 0..8 {
+                    let q = _mm256_maddubs_epi16(row.u[c], act_chunk(p, c));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q, row.s[c]));
+                }
+                main[j][r] = acc;
+                dw[j][r] = row.d * da;
+                dm[j][r] = row.dmin * da;
             }
-            for c in 0..8 {
-                let q = _mm256_maddubs_epi16(row.u[c], act_chunk(p, c));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q, row.s[c]));
-            }
-            main[r] = acc;
-            dw[r] = row.d * da;
-            dm[r] = row.dmin * da;
         }
-        if R == 1 {
-            sum1 += dw[0] * hsum(main[0]) as f32;
-            if F != Q6K {
-                sum1 -= dm[0] * hsum(mins[0]) as f32;
+        for j in 0..gn {
+            if R == 1 {
+                sum1 += dw[j][0] * hsum(main[j][0]) as f32;
+                if F != Q6K {
+                    sum1 -= dm[j][0] * hsum(mins[j][0]) as f32;
+                }
+                continue;
             }
-            continue;
-        }
-        // SAFETY: dw and dm are 8 f32.
-        let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
-        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main)), dwv, facc);
-        if F != Q6K {
-            facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
+            // SAFETY: dw[j] and dm[j] are 8 f32.
+            let (dwv, dmv) = unsafe {
+                (
+                    _mm256_loadu_ps(dw[j].as_ptr()),
+                    _mm256_loadu_ps(dm[j].as_ptr()),
+                )
+            };
+            facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main[j])), dwv, facc);
+            if F != Q6K {
+                facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins[j])), dmv, facc);
+            }
         }
     }
     if R == 1 {

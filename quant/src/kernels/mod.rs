@@ -4,7 +4,8 @@
 //! The runtime calls [`vec_dot`] in its matmul inner loop, so the kernel table is
 //! chosen once, at first use (`OnceLock`), from runtime CPU feature detection;
 //! a call costs one table read and an indirect call, nothing more.
-//! `POCKETVL_FORCE_SCALAR=1` forces the scalar reference kernels.
+//! `POCKETVL_FORCE_SCALAR=1` forces the scalar reference kernels;
+//! `POCKETVL_MAX_TIER=NAME` caps the tier ([`TIER_NAMES`], e.g. `avx2`).
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
@@ -36,6 +37,8 @@ pub(crate) mod neon_kquant_i8mm;
 pub(crate) mod neon_sdot_gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_amx;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod q0_avx2_groups;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx512_units;
 #[cfg(target_arch = "x86_64")]
@@ -168,38 +171,69 @@ impl KernelTable {
 
 static TABLE: OnceLock<KernelTable> = OnceLock::new();
 
-/// Whether `POCKETVL_FORCE_SCALAR` asks for the scalar kernels.
 /// Whether `POCKETVL_FORCE_SCALAR=1` asks for the portable code everywhere (kernels outside
 /// this crate, like the vision tower's element-wise loops, follow it too).
 pub fn force_scalar() -> bool {
     std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1")
 }
 
-/// Picks the best table for this CPU: the scalar reference table, with the
-/// AVX2 (+ AVX-512) kernels swapped in where the CPU has them; on aarch64 the
-/// NEON table, with `sdot` (+ `smmla`) where the CPU has them.
-fn select() -> KernelTable {
+/// The tiers of this architecture, lowest first, by [`KernelTable::isa`] name: the values
+/// `POCKETVL_MAX_TIER` takes.
+#[cfg(target_arch = "x86_64")]
+pub const TIER_NAMES: [&str; 4] = ["scalar", "avx2", "avx512-vnni", "avx512-amx"];
+#[cfg(target_arch = "aarch64")]
+pub const TIER_NAMES: [&str; 4] = ["scalar", "neon", "neon-dotprod", "neon-i8mm"];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const TIER_NAMES: [&str; 1] = ["scalar"];
+
+/// The highest tier `POCKETVL_MAX_TIER` allows (an index into [`TIER_NAMES`]); `None` when
+/// it is unset. It lets one machine run what a CPU with fewer features would (e.g.
+/// `POCKETVL_MAX_TIER=avx2` measures the AVX2 kernels on an AVX-512 CPU). An unknown value
+/// is reported once on stderr and ignored (the best tier runs), so a typo never stops a run.
+fn max_tier_rank() -> Option<usize> {
+    static RANK: OnceLock<Option<usize>> = OnceLock::new();
+    *RANK.get_or_init(|| {
+        let v = std::env::var("POCKETVL_MAX_TIER").ok()?;
+        let rank = TIER_NAMES.iter().position(|&n| n == v.trim());
+        if rank.is_none() {
+            eprintln!(
+                "pocketvl: POCKETVL_MAX_TIER={v:?} is not one of {}; ignoring it",
+                TIER_NAMES.join(", ")
+            );
+        }
+        rank
+    })
+}
+
+/// Whether the tier called `isa` (a [`TIER_NAMES`] entry) may run: not above
+/// `POCKETVL_MAX_TIER`, and only `scalar` with `POCKETVL_FORCE_SCALAR=1`. Code outside the
+/// kernel table that picks an instruction set itself (the AVX-512 f32 loops, the AMX float
+/// GEMM) asks this too. Whether the CPU has the features is the caller's check.
+pub fn tier_allowed(isa: &str) -> bool {
     if force_scalar() {
-        return KernelTable::scalar();
+        return isa == "scalar";
     }
-    #[cfg(target_arch = "x86_64")]
-    if q0_amx::detected() {
-        return KernelTable::amx();
+    let rank = TIER_NAMES.iter().position(|&n| n == isa);
+    match (rank, max_tier_rank()) {
+        (Some(r), Some(cap)) => r <= cap,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
-    #[cfg(target_arch = "x86_64")]
-    if avx2::detected() && avx512::detected() {
-        return KernelTable::avx512();
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2::detected() {
-        return KernelTable::avx2();
-    }
-    // Elsewhere the best of this CPU's tiers (aarch64: NEON, sdot, smmla).
-    tiers().pop().unwrap_or_else(KernelTable::scalar)
+}
+
+/// Picks the best table for this CPU: the scalar reference table, with the
+/// AVX2 (+ AVX-512, + AMX) kernels swapped in where the CPU has them; on aarch64 the
+/// NEON table, with `sdot` (+ `smmla`) where the CPU has them; never above
+/// `POCKETVL_MAX_TIER` ([`tier_allowed`]).
+fn select() -> KernelTable {
+    tiers()
+        .into_iter()
+        .rfind(|t| tier_allowed(t.isa))
+        .unwrap_or_else(KernelTable::scalar)
 }
 
 /// Every tier this CPU runs, scalar first and the one [`table`] would pick
-/// (without `POCKETVL_FORCE_SCALAR`) last: for benchmarks and tests that
+/// (without `POCKETVL_FORCE_SCALAR` or `POCKETVL_MAX_TIER`) last: for benchmarks and tests that
 /// compare tiers in one process.
 pub fn tiers() -> Vec<KernelTable> {
     #[allow(unused_mut)]
@@ -313,11 +347,8 @@ pub type Bf16RoundedGemmFn =
 pub fn gemm_bf16_rounded() -> Option<Bf16RoundedGemmFn> {
     static PICK: OnceLock<Option<Bf16RoundedGemmFn>> = OnceLock::new();
     *PICK.get_or_init(|| {
-        if force_scalar() {
-            return None;
-        }
         #[cfg(target_arch = "x86_64")]
-        if float_gemm_amx::detected() {
+        if tier_allowed("avx512-amx") && float_gemm_amx::detected() {
             return Some(float_gemm_amx::gemm_bf16_rounded as Bf16RoundedGemmFn);
         }
         None

@@ -1,0 +1,620 @@
+//! AVX2 (+ FMA, F16C) GEMV and GEMM for Q4_0, Q5_0 and Q8_0 weights against Q8_0
+//! activations, in *groups* of 4 blocks (128 elements), the activations laid
+//! out once per call in the weight's element order.
+//!
+//! Why: the block-at-a-time tiles (`avx2.rs`, which still serve Q4_1 and
+//! Q5_1) paid per block and row a scalar f16 scale conversion, a broadcast,
+//! the nibble split with a lane insert, the `−8` and the sign trick on both
+//! operands, a convert and a multiply: ~17 vector operations per 18 Q4_0
+//! bytes, 8.5 GB/s with the rows in cache on an AMD Zen 4, so decode was
+//! compute-bound at ~0.2 of the memory's speed. Here, per group and row:
+//!
+//! - Q4_0: two 16 + 16-byte loads, the nibble masks (the *unsigned* nibbles
+//!   0..15 go straight into `maddubs`, 2·15·128 < 2¹⁵, and `−8·Σa` is one
+//!   subtraction of a per-lane value prepared with the activations; Q5_0
+//!   adds its 5th bits, spread from `qh` by one shuffle and compare per
+//!   vector, and subtracts 16·Σa); Q8_0: the sign trick (|w| × sign(w)·a)
+//!   per block;
+//! - `maddubs` / `madd` into i32 lanes, `hadd` until one vector holds the 4
+//!   blocks' exact integer sums (two lanes per block for Q4_0, two for Q8_0);
+//! - the 4 weight scales in one `vcvtph2ps` and one lane permute, one
+//!   convert, one multiply by the activation scales (prepared per lane) and
+//!   one FMA into the row's accumulator.
+//!
+//! That is ~33 instructions per 72 Q4_0 bytes (was ~68): 22–25 GB/s with
+//! the rows in cache, Q8_0 21 → 34 (BENCHMARKS.md). Decode
+//! (one token) reads the rows one after the other, each group prefetching
+//! the same group `PREFETCH_BYTES` further into L2, so a call is one
+//! sequential stream (as `q0_avx512_units.rs`, whose measurements chose it).
+//!
+//! The integer block sums equal the scalar twins' exactly; every output,
+//! whatever the tile, sums the same f32 terms in the same order (lanes per
+//! group, then `hsum_ps`, then k-chunks in order), so the GEMM is
+//! bit-identical to the dot of the same row and token.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use super::q0_avx512_units::PREFETCH_BYTES;
+use super::q0_x86::{h2f, hsum_ps};
+use crate::block::{as_blocks, BlockQ8_0};
+
+/// Blocks of 32 elements per group.
+const BLOCKS: usize = 4;
+/// Groups of prepared activations per pass (24 KB: they stay in L1 beside a
+/// weight tile while every row tile runs over them).
+const GROUPS: usize = 128;
+/// Weight rows × tokens of the GEMM tile (8 accumulators of 16 registers).
+const RM: usize = 2;
+const TN: usize = 4;
+
+/// One group of prepared activations: the quants facing the weight's 4
+/// quant vectors, `−OFFSET·Σa` per i32 lane of the group's sums (Q4_0,
+/// Q5_0), and
+/// the activation scale of each lane's block.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Group {
+    q: [__m256i; 4],
+    base: __m256i,
+    d: __m256,
+}
+
+/// One weight group decoded for a tile's tokens.
+#[derive(Clone, Copy)]
+struct Weights {
+    /// Unsigned quants, one vector per `maddubs` (Q4_0: nibbles; Q8_0: |w|).
+    m: [__m256i; 4],
+    /// Q8_0: the signed quants, whose signs go onto the activations.
+    s: [__m256i; 4],
+    /// The scale of each lane's block.
+    d: __m256,
+}
+
+/// A weight format served here.
+trait GroupFormat {
+    /// Bytes of one weight block.
+    const BLOCK_BYTES: usize;
+    /// The block (0..4) of each i32 lane of [`GroupFormat::sums`].
+    fn lanes() -> [i32; 8];
+    /// The group of 4 blocks at `p`.
+    ///
+    /// # Safety
+    /// AVX2 + FMA + F16C; `p` points at 4 readable weight blocks.
+    unsafe fn decode(p: *const u8) -> Weights;
+    /// The exact integer sums Σ w·a of the group, lanes as [`GroupFormat::lanes`].
+    ///
+    /// # Safety
+    /// AVX2 + FMA + F16C.
+    unsafe fn sums(w: &Weights, x: &Group) -> __m256i;
+    /// The group of the activation `blocks` (1..=4; missing ones are zero).
+    ///
+    /// # Safety
+    /// AVX2 + FMA + F16C.
+    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group;
+}
+
+struct Q4_0;
+struct Q5_0;
+struct Q8_0;
+
+/// The f16 scales of the 4 blocks at `p` (stride `bb`), lane l taking block
+/// `lanes[l]`'s: word i of the 16 bytes at `p + (bb − 2)·i` is block i's
+/// scale, so three word blends of overlapping loads gather the four (fewer
+/// operations than assembling them in a general register).
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `p` points at 4 readable blocks of `bb` ≥ 18 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weight_scales(p: *const u8, bb: usize, lanes: [i32; 8]) -> __m256 {
+    debug_assert!(bb >= 18);
+    // SAFETY: load i covers bytes (bb − 2)·i .. (bb − 2)·i + 16 ≤ 4·bb (caller).
+    let at = |i: usize| unsafe { load16(p.add((bb - 2) * i)) };
+    let h = _mm_blend_epi16::<0b0010>(at(0), at(1));
+    let h = _mm_blend_epi16::<0b0100>(h, at(2));
+    let h = _mm_blend_epi16::<0b1000>(h, at(3));
+    // SAFETY: lanes is 8 i32.
+    let idx = unsafe { _mm256_loadu_si256(lanes.as_ptr().cast()) };
+    _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(h)), idx)
+}
+
+/// The activation scales of `blocks` (missing ones 0), lane l taking block `lanes[l]`'s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn act_scales(blocks: &[BlockQ8_0], lanes: [i32; 8]) -> __m256 {
+    let d: [f32; 8] =
+        std::array::from_fn(|l| blocks.get(lanes[l] as usize).map_or(0.0, |b| h2f(b.d)));
+    // SAFETY: d is 8 f32.
+    unsafe { _mm256_loadu_ps(d.as_ptr()) }
+}
+
+/// 16 bytes at `p`.
+///
+/// # Safety
+/// AVX2; `p` points at 16 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load16(p: *const u8) -> __m128i {
+    // SAFETY: caller; loadu has no alignment requirement.
+    unsafe { _mm_loadu_si128(p.cast()) }
+}
+
+/// Pairs of i16 lanes summed into i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pairs(v: __m256i) -> __m256i {
+    _mm256_madd_epi16(v, _mm256_set1_epi16(1))
+}
+
+/// Σ u·a − OFFSET·Σa of a group in nibble order (Q4_0, Q5_0: vector 2i + h
+/// holds elements 16h..16h + 16 of blocks 2i and 2i + 1): unit i's madd
+/// lanes are blocks [2i ×4, 2i + 1 ×4], and `hadd` takes pairs from unit 0
+/// then unit 1 in each half, so the lanes are blocks [0 0 2 2 1 1 3 3].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble_order_sums(w: &Weights, x: &Group) -> __m256i {
+    // u ≤ 31, |a| ≤ 128: each maddubs pair ≤ 7936, two added ≤ 15872 < 2¹⁵.
+    let unit = |i: usize| {
+        pairs(_mm256_add_epi16(
+            _mm256_maddubs_epi16(w.m[2 * i], x.q[2 * i]),
+            _mm256_maddubs_epi16(w.m[2 * i + 1], x.q[2 * i + 1]),
+        ))
+    };
+    _mm256_add_epi32(_mm256_hadd_epi32(unit(0), unit(1)), x.base)
+}
+
+/// Lanes of [`nibble_order_sums`].
+const NIBBLE_LANES: [i32; 8] = [0, 0, 2, 2, 1, 1, 3, 3];
+
+/// The group of `blocks` facing weights in nibble order whose signed quant is
+/// `u − offset`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prep_nibble_order(blocks: &[BlockQ8_0], offset: i8) -> Group {
+    let mut q = [[0i8; 32]; 4];
+    for (j, b) in blocks.iter().enumerate() {
+        let (u, lane) = (j / 2, j % 2);
+        q[2 * u][16 * lane..16 * lane + 16].copy_from_slice(&b.qs[..16]);
+        q[2 * u + 1][16 * lane..16 * lane + 16].copy_from_slice(&b.qs[16..]);
+    }
+    // SAFETY: each q[i] is 32 bytes.
+    let q = q.map(|v| unsafe { _mm256_loadu_si256(v.as_ptr().cast()) });
+    let offsets = Weights {
+        m: [_mm256_set1_epi8(offset); 4],
+        s: [_mm256_setzero_si256(); 4],
+        d: _mm256_setzero_ps(),
+    };
+    let no_base = Group {
+        q,
+        base: _mm256_setzero_si256(),
+        d: _mm256_setzero_ps(),
+    };
+    Group {
+        q,
+        base: _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            nibble_order_sums(&offsets, &no_base),
+        ),
+        d: act_scales(blocks, NIBBLE_LANES),
+    }
+}
+
+/// The 16 nibble pairs of blocks i (low half) and j (high half) of a
+/// nibble-order group: low nibbles, then high nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(lo: __m128i, hi: __m128i) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let v = _mm256_set_m128i(hi, lo);
+    (
+        _mm256_and_si256(v, m4),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+    )
+}
+
+impl GroupFormat for Q4_0 {
+    const BLOCK_BYTES: usize = 18;
+
+    #[inline]
+    fn lanes() -> [i32; 8] {
+        NIBBLE_LANES
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8) -> Weights {
+        // SAFETY: block i's 16 quant bytes lie at 18i + 2 (caller).
+        let qs = |i: usize| unsafe { load16(p.add(18 * i + 2)) };
+        let (a0, a1) = nibbles(qs(0), qs(1));
+        let (b0, b1) = nibbles(qs(2), qs(3));
+        Weights {
+            m: [a0, a1, b0, b1],
+            s: [_mm256_setzero_si256(); 4],
+            // SAFETY: 4 blocks at p (caller).
+            d: unsafe { weight_scales(p, 18, NIBBLE_LANES) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
+        nibble_order_sums(w, x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
+        prep_nibble_order(blocks, 8)
+    }
+}
+
+/// The 5th bits of a Q5_0 nibble pair vector: byte l of half h is 0x10 when
+/// bit `shift + l` of `qh[h]` is set (`shift` 0 for the low nibbles, 16 for
+/// the high ones).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth_bits<const SHIFT: i8>(qh: __m256i) -> __m256i {
+    // Byte l takes byte (SHIFT + l) / 8 of its half's qh, then tests bit l % 8.
+    let (b0, b1) = (SHIFT / 8, SHIFT / 8 + 1);
+    let pick = _mm256_setr_epi8(
+        b0, b0, b0, b0, b0, b0, b0, b0, b1, b1, b1, b1, b1, b1, b1, b1, b0, b0, b0, b0, b0, b0, b0,
+        b0, b1, b1, b1, b1, b1, b1, b1, b1,
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, pick), bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+impl GroupFormat for Q5_0 {
+    const BLOCK_BYTES: usize = 22;
+
+    #[inline]
+    fn lanes() -> [i32; 8] {
+        NIBBLE_LANES
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8) -> Weights {
+        // SAFETY: block i's 4 high-bit bytes lie at 22i + 2 and its 16 quant
+        // bytes at 22i + 6 (caller).
+        let qs = |i: usize| unsafe { load16(p.add(22 * i + 6)) };
+        let qh = |i: usize| {
+            // SAFETY: as above.
+            let h = unsafe { p.add(22 * i + 2).cast::<i32>().read_unaligned() };
+            _mm_set1_epi32(h)
+        };
+        let m: [__m256i; 4] = std::array::from_fn(|u| {
+            let (i, j) = (2 * (u / 2), 2 * (u / 2) + 1);
+            let (lo, hi) = nibbles(qs(i), qs(j));
+            let h = _mm256_set_m128i(qh(j), qh(i));
+            if u % 2 == 0 {
+                _mm256_or_si256(lo, fifth_bits::<0>(h))
+            } else {
+                _mm256_or_si256(hi, fifth_bits::<16>(h))
+            }
+        });
+        Weights {
+            m,
+            s: [_mm256_setzero_si256(); 4],
+            // SAFETY: 4 blocks at p (caller).
+            d: unsafe { weight_scales(p, 22, NIBBLE_LANES) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
+        nibble_order_sums(w, x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
+        prep_nibble_order(blocks, 16)
+    }
+}
+
+impl GroupFormat for Q8_0 {
+    const BLOCK_BYTES: usize = 34;
+
+    /// Block i's madd lanes are all i; `hadd(hadd(0, 1), hadd(2, 3))`.
+    #[inline]
+    fn lanes() -> [i32; 8] {
+        [0, 1, 2, 3, 0, 1, 2, 3]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8) -> Weights {
+        // SAFETY: block i's 32 quant bytes lie at 34i + 2 (caller).
+        let s: [__m256i; 4] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_si256(p.add(34 * i + 2).cast()) });
+        Weights {
+            // |−128| reads as the unsigned byte 128.
+            m: s.map(|v| _mm256_sign_epi8(v, v)),
+            s,
+            // SAFETY: 4 blocks at p (caller).
+            d: unsafe { weight_scales(p, 34, Self::lanes()) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
+        // |w| ≤ 128, |sign(w)·a| ≤ 127: each maddubs pair ≤ 32512 < 2¹⁵.
+        let block = |i: usize| {
+            pairs(_mm256_maddubs_epi16(
+                w.m[i],
+                _mm256_sign_epi8(x.q[i], w.s[i]),
+            ))
+        };
+        _mm256_hadd_epi32(
+            _mm256_hadd_epi32(block(0), block(1)),
+            _mm256_hadd_epi32(block(2), block(3)),
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
+        let q = std::array::from_fn(|i| match blocks.get(i) {
+            // SAFETY: qs is 32 bytes.
+            Some(b) => unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) },
+            None => _mm256_setzero_si256(),
+        });
+        Group {
+            q,
+            base: _mm256_setzero_si256(),
+            d: act_scales(blocks, Self::lanes()),
+        }
+    }
+}
+
+/// `acc += d_w·d_a·Σ(w·a)` per lane of one weight group and one token's group.
+#[inline(always)]
+fn step<F: GroupFormat>(w: &Weights, x: &Group, acc: &mut __m256) {
+    // SAFETY: only reached from functions compiled with AVX2 + FMA + F16C
+    // (the `target_feature` callers below), which this inlines into.
+    unsafe {
+        let s = _mm256_cvtepi32_ps(F::sums(w, x));
+        *acc = _mm256_fmadd_ps(s, _mm256_mul_ps(w.d, x.d), *acc);
+    }
+}
+
+/// Where a k-chunk sits in the row: its first group, its groups, the blocks
+/// of its last group (`BLOCKS` unless the row ends in a partial one), and
+/// whether it is the row's first chunk.
+#[derive(Clone, Copy)]
+struct KChunk {
+    g0: usize,
+    groups: usize,
+    last_blocks: usize,
+    first: bool,
+}
+
+/// Weight group `g` (chunk-relative) of the row at `row`: a partial last
+/// group is copied beside zero blocks first, so no read passes the row.
+///
+/// # Safety
+/// AVX2 + FMA + F16C.
+#[inline(always)]
+unsafe fn weight_group<F: GroupFormat>(row: &[u8], kc: &KChunk, g: usize) -> Weights {
+    let gb = BLOCKS * F::BLOCK_BYTES;
+    let off = (kc.g0 + g) * gb;
+    if g + 1 == kc.groups && kc.last_blocks < BLOCKS {
+        let mut pad = [0u8; BLOCKS * 34];
+        debug_assert!(F::BLOCK_BYTES <= 34);
+        let n = kc.last_blocks * F::BLOCK_BYTES;
+        pad[..n].copy_from_slice(&row[off..off + n]);
+        // SAFETY: pad holds 4 blocks; the features are the caller's.
+        return unsafe { F::decode(pad.as_ptr()) };
+    }
+    let p = row[off..off + gb].as_ptr();
+    // SAFETY: the group's 4 blocks lie in the row (sliced above).
+    unsafe { F::decode(p) }
+}
+
+/// Adds (or, in the first k-chunk, stores) `v` to `*o`.
+#[inline(always)]
+fn put(o: &mut f32, v: f32, first: bool) {
+    *o = if first { v } else { *o + v };
+}
+
+/// `out[r] (+)=` the k-chunk's sums of each of the `n_rows` rows at `w`
+/// against the one token whose groups are `x`, read as one stream: each row's
+/// groups in order into its own accumulator, then the next row (rows are
+/// adjacent), each group prefetching the bytes `ahead` further (the same
+/// group of a later row: what this chunk reads that much later) into L2
+/// (`prefetcht1`: no L1 miss buffer held while DRAM answers). The points lie
+/// at most 64 bytes apart along the stream, so every line is named.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemv_rows<F: GroupFormat>(
+    kc: &KChunk,
+    w: &[u8],
+    wrb: usize,
+    n_rows: usize,
+    x: &[Group],
+    out: &mut [f32],
+    ahead: usize,
+) {
+    let gb = BLOCKS * F::BLOCK_BYTES;
+    let whole = kc.groups - usize::from(kc.last_blocks < BLOCKS);
+    assert!(
+        w.len() >= n_rows * wrb && x.len() >= kc.groups && out.len() >= n_rows,
+        "gemv rows: operand sizes"
+    );
+    assert!((kc.g0 + whole) * gb <= wrb, "gemv rows: chunk");
+    for (r, o) in out[..n_rows].iter_mut().enumerate() {
+        let row = &w[r * wrb..][..wrb];
+        let base = row.as_ptr().wrapping_add(kc.g0 * gb);
+        let mut acc = _mm256_setzero_ps();
+        for (g, xg) in x[..whole].iter().enumerate() {
+            let p = base.wrapping_add(g * gb);
+            let mut at = 0;
+            while at < gb {
+                // Prefetches never fault: the address is only computed.
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + at).cast());
+                at += 64;
+            }
+            // SAFETY: group g < whole lies in the row (asserted above);
+            // AVX2 is this function's.
+            let wv = unsafe { F::decode(p) };
+            step::<F>(&wv, xg, &mut acc);
+        }
+        if whole < kc.groups {
+            // SAFETY: AVX2 is this function's.
+            let wv = unsafe { weight_group::<F>(row, kc, whole) };
+            step::<F>(&wv, &x[whole], &mut acc);
+        }
+        put(o, hsum_ps(acc), kc.first);
+    }
+}
+
+/// `out[t·ldo + r] (+)=` for the `nr ≤ RM` rows at `w` and the `nt ≤ TN`
+/// tokens whose groups start at `x` (token t at `x[t·stride..]`): each
+/// weight group is decoded once and used by the tile's tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn tile<F: GroupFormat>(
+    kc: &KChunk,
+    w: &[u8],
+    wrb: usize,
+    nr: usize,
+    x: &[Group],
+    stride: usize,
+    nt: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); TN]; RM];
+    for g in 0..kc.groups {
+        for (r, acc) in acc.iter_mut().enumerate().take(nr) {
+            // SAFETY: row r is whole; AVX2 is this function's.
+            let wv = unsafe { weight_group::<F>(&w[r * wrb..][..wrb], kc, g) };
+            for (t, acc) in acc.iter_mut().enumerate().take(nt) {
+                step::<F>(&wv, &x[t * stride + g], acc);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate().take(nr) {
+        for (t, &v) in acc.iter().enumerate().take(nt) {
+            put(&mut out[t * ldo + r], hsum_ps(v), kc.first);
+        }
+    }
+}
+
+/// The [`super::GemmFn`] of format `F`: per k-chunk (at most `GROUPS / TN`
+/// groups, the same chunks for every call shape), tokens in passes whose
+/// groups fill `GROUPS`; in a pass every `RM`-row weight tile meets the
+/// pass's tokens `TN` at a time (fewer in the last tile), a lone last token
+/// (all of decode) runs [`gemv_rows`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm_groups<F: GroupFormat>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let nb = k / 32;
+    let ng = nb.div_ceil(BLOCKS);
+    let wrb = nb * F::BLOCK_BYTES;
+    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    assert!(
+        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
+        "gemm: operand sizes"
+    );
+    assert!(
+        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
+        "gemm: output size"
+    );
+    if n_rows == 0 || n_tok == 0 || nb == 0 {
+        return;
+    }
+    let mut buf = [const { MaybeUninit::<Group>::uninit() }; GROUPS];
+    let kg = ng.min(GROUPS / TN);
+    for g0 in (0..ng).step_by(kg) {
+        let groups = kg.min(ng - g0);
+        let kc = KChunk {
+            g0,
+            groups,
+            last_blocks: if g0 + groups == ng {
+                nb - (ng - 1) * BLOCKS
+            } else {
+                BLOCKS
+            },
+            first: g0 == 0,
+        };
+        let pass = (GROUPS / groups) / TN * TN;
+        for p0 in (0..n_tok).step_by(pass) {
+            let np = pass.min(n_tok - p0);
+            for t in 0..np {
+                let blocks = &ab[(p0 + t) * nb..][..nb];
+                for g in 0..groups {
+                    let b0 = (g0 + g) * BLOCKS;
+                    let b1 = (b0 + BLOCKS).min(nb);
+                    // SAFETY: AVX2 is this function's.
+                    buf[t * groups + g].write(unsafe { F::prep(&blocks[b0..b1]) });
+                }
+            }
+            // SAFETY: the first np·groups groups were written just above;
+            // MaybeUninit<Group> has Group's layout.
+            let x: &[Group] =
+                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<Group>(), np * groups) };
+            let multi = if np % TN == 1 { np - 1 } else { np };
+            for r0 in (0..n_rows).step_by(RM) {
+                let nr = RM.min(n_rows - r0);
+                let wr = &w[r0 * wrb..];
+                for t0 in (0..multi).step_by(TN) {
+                    let nt = TN.min(multi - t0);
+                    let o = &mut out[(p0 + t0) * ldo + r0..];
+                    tile::<F>(&kc, wr, wrb, nr, &x[t0 * groups..], groups, nt, o, ldo);
+                }
+            }
+            if multi < np {
+                // The rows `PREFETCH_BYTES` of this chunk's stream ahead.
+                let ahead = PREFETCH_BYTES.div_ceil(groups * BLOCKS * F::BLOCK_BYTES) * wrb;
+                let o = &mut out[(p0 + multi) * ldo..];
+                gemv_rows::<F>(&kc, w, wrb, n_rows, &x[multi * groups..], o, ahead);
+            }
+        }
+    }
+}
+
+/// Safe [`super::DotFn`] / [`super::GemmFn`] wrappers for the kernel table;
+/// the dot is the GEMM of one row and one token (the same bits).
+macro_rules! entry_points {
+    ($($fmt:ident => $dot:ident, $gemm:ident;)*) => {$(
+        pub(crate) fn $dot(k: usize, w: &[u8], a: &[u8]) -> f32 {
+            let mut o = [0f32];
+            $gemm(k, w, 1, a, 1, &mut o, 1);
+            o[0]
+        }
+        pub(crate) fn $gemm(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            // SAFETY: only installed in the kernel table after `avx2::detected()`.
+            unsafe { gemm_groups::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
+        }
+    )*};
+}
+
+entry_points! {
+    Q4_0 => dot_q4_0_q8_0, gemm_q4_0_q8_0;
+    Q5_0 => dot_q5_0_q8_0, gemm_q5_0_q8_0;
+    Q8_0 => dot_q8_0_q8_0, gemm_q8_0_q8_0;
+}
