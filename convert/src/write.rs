@@ -4,9 +4,10 @@
 //!
 //! Memory stays bounded by [`CHUNK_ELEMS`] per tensor chunk, never a whole model: a tensor is
 //! produced a chunk of rows at a time (an expert stack expert by expert, since rows are filled
-//! from one expert matrix at a time), each chunk's rows are converted to f32 (in a per-thread
-//! scratch buffer), transformed and quantized in parallel, and appended through
-//! `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
+//! from one expert matrix at a time), each chunk's rows are converted in parallel straight from
+//! the stored values to the output type (`quant::block::convert_row`; only sources that
+//! transpose, or dtypes without a row converter, go through f32 rows in a per-thread scratch
+//! buffer), and appended through `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
 //! both succeeded; any error leaves no partial file.
 //!
 //! Disk and CPU overlap, so conversion runs near what the disk allows: read-ahead threads
@@ -47,8 +48,9 @@ const TASK_ELEMS: usize = 64 << 10;
 pub const WRITE_QUEUE: usize = 2;
 
 thread_local! {
-    /// Each converting thread's f32 rows, reused from task to task (never shrunk; at most
-    /// `TASK_ELEMS` or one row).
+    /// Each converting thread's f32 rows for the sources [`mapping::convert_rows`] cannot
+    /// convert directly, reused from task to task (never shrunk; at most `TASK_ELEMS` or one
+    /// row).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -590,6 +592,9 @@ fn write_tensor(
             .try_for_each(|(k, dst)| -> Result<()> {
                 let r = row0 + k * rows_per_task;
                 let rows = dst.len() / row_bytes;
+                if mapping::convert_rows(&src, m, r, t.ty, dst)? {
+                    return Ok(());
+                }
                 SCRATCH.with(|scratch| -> Result<()> {
                     let mut scratch = scratch.borrow_mut();
                     if scratch.len() < rows * ne0 {
