@@ -443,7 +443,7 @@ fn rows_written_in_place_equal_copied_bytes() {
                 run,
                 |first, dst: &mut [u8]| -> Result<(), GgufError> {
                     calls += 1;
-                    assert!(!dst.is_empty() && dst.len() % row_bytes == 0);
+                    assert!(!dst.is_empty() && dst.len().is_multiple_of(row_bytes));
                     for (k, row) in dst.chunks_exact_mut(row_bytes).enumerate() {
                         for (j, b) in row.iter_mut().enumerate() {
                             *b = byte(t, r0 + first + k, j);
