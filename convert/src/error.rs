@@ -100,3 +100,13 @@ impl ConvertError {
         }
     }
 }
+
+/// GGUF writing errors name their file and operation themselves.
+impl From<quant::gguf::GgufError> for ConvertError {
+    fn from(e: quant::gguf::GgufError) -> Self {
+        ConvertError::Quant {
+            context: "GGUF output".into(),
+            message: e.to_string(),
+        }
+    }
+}

@@ -14,6 +14,7 @@ use quant::schema::{tensor as t, vtensor as vt};
 
 use crate::error::{ConvertError, Result};
 use crate::hf_config::VlConfig;
+use crate::safetensors::Dtype;
 use crate::source::TensorSource;
 
 /// Checkpoint tensors deliberately not converted: the SigLIP MAP head, built by the
@@ -668,6 +669,119 @@ pub fn input_spans<'a>(
     })
 }
 
+/// Where output rows of a mapped tensor come from.
+enum RowsFrom<'m> {
+    /// A run of stored rows: input tensor, first element, how many consecutive output rows
+    /// it holds.
+    Stored(&'m str, usize, usize),
+    /// `KvbK`'s transposed rows (the source's fields).
+    Transposed {
+        name: &'m str,
+        nope: usize,
+        v: usize,
+        kv_lora: usize,
+    },
+}
+
+/// Where output row `r` of `m` (and up to `left - 1` rows after it) come from.
+fn stored_run<'m>(
+    ck: &dyn TensorSource,
+    m: &'m MappedTensor,
+    r: usize,
+    left: usize,
+) -> Result<RowsFrom<'m>> {
+    let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
+    let (name, start, run) = match &m.source {
+        Source::Copy(name) => (name.as_str(), r * ne0, left),
+        Source::PermuteRope { name, n_head } => {
+            let rows_total = ck.info(name)?.0.first().copied().unwrap_or(0);
+            let hd = rows_total / (*n_head).max(1);
+            let (head, j) = (r / hd.max(1), r % hd.max(1));
+            let half = hd / 2;
+            let old = head * hd
+                + if j.is_multiple_of(2) {
+                    j / 2
+                } else {
+                    half + j / 2
+                };
+            (name.as_str(), old * ne0, 1)
+        }
+        // An expert's rows are contiguous in its matrix: one run per expert touched.
+        Source::Stack(names) => {
+            let rows_per = (m.ne.get(1).copied().unwrap_or(1) as usize).max(1);
+            let (e, er) = (r / rows_per, r % rows_per);
+            let name = names.get(e).ok_or_else(|| {
+                ConvertError::MissingTensor(format!("{}: expert row {r}", m.name))
+            })?;
+            (name.as_str(), er * ne0, (rows_per - er).min(left))
+        }
+        Source::KvbV { name, nope, v, .. } => {
+            let (head, dv) = (r / (*v).max(1), r % (*v).max(1));
+            (name.as_str(), (head * (nope + v) + nope + dv) * ne0, 1)
+        }
+        Source::KvbK {
+            name,
+            nope,
+            v,
+            kv_lora,
+            ..
+        } => {
+            return Ok(RowsFrom::Transposed {
+                name,
+                nope: *nope,
+                v: *v,
+                kv_lora: *kv_lora,
+            })
+        }
+    };
+    Ok(RowsFrom::Stored(name, start, run))
+}
+
+/// Produces output rows `[row0, row0 + dst.len() / row_bytes)` of a mapped tensor as `ty`
+/// bytes straight from the stored values (`quant::block::convert_row`: no f32 rows), or
+/// returns `false` having written nothing useful when they cannot be (a transposing source,
+/// a stored dtype without a row converter, values not in memory): [`fill_rows`] and
+/// `quantize_row` then make the same bytes.
+pub fn convert_rows(
+    ck: &dyn TensorSource,
+    m: &MappedTensor,
+    row0: usize,
+    ty: quant::GgmlType,
+    dst: &mut [u8],
+) -> Result<bool> {
+    let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
+    let row_bytes = ty.row_bytes(ne0 as u64).unwrap_or(0) as usize;
+    if ne0 == 0 || row_bytes == 0 {
+        return Ok(false);
+    }
+    let n_rows = dst.len() / row_bytes;
+    let mut k = 0;
+    while k < n_rows {
+        let RowsFrom::Stored(name, start, run) = stored_run(ck, m, row0 + k, n_rows - k)? else {
+            return Ok(false);
+        };
+        let Some((dtype, src)) = ck.stored(name, start, run * ne0) else {
+            return Ok(false);
+        };
+        let src_ty = match dtype {
+            Dtype::Bf16 => quant::GgmlType::BF16,
+            Dtype::F16 => quant::GgmlType::F16,
+            Dtype::F32 => quant::GgmlType::F32,
+            _ => return Ok(false),
+        };
+        let rows = src.chunks_exact(src.len() / run);
+        let out = dst[k * row_bytes..(k + run) * row_bytes].chunks_exact_mut(row_bytes);
+        for (s, d) in rows.zip(out) {
+            quant::block::convert_row(ty, src_ty, s, d).map_err(|e| ConvertError::Quant {
+                context: m.name.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        k += run;
+    }
+    Ok(true)
+}
+
 /// Produces output rows `[row0, row0 + out.len() / ne0)` of a mapped tensor as f32.
 pub fn fill_rows(
     ck: &dyn TensorSource,
@@ -679,74 +793,38 @@ pub fn fill_rows(
     if ne0 == 0 {
         return Ok(());
     }
-    match &m.source {
-        Source::Copy(name) => ck.read_f32(name, row0 * ne0, out),
-        Source::PermuteRope { name, n_head } => {
-            let rows_total = ck.info(name)?.0.first().copied().unwrap_or(0);
-            let hd = rows_total / (*n_head).max(1);
-            let half = hd / 2;
-            for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
-                let r = row0 + k;
-                let (head, j) = (r / hd.max(1), r % hd.max(1));
-                let old = head * hd
-                    + if j.is_multiple_of(2) {
-                        j / 2
-                    } else {
-                        half + j / 2
-                    };
-                ck.read_f32(name, old * ne0, row)?;
-            }
-            Ok(())
-        }
-        Source::Stack(names) => {
-            let rows_per = m.ne.get(1).copied().unwrap_or(1) as usize;
-            // An expert's rows are contiguous in its matrix: read each expert's run of rows
-            // with one lookup and one call.
-            let mut k = 0;
-            let n_rows = out.len() / ne0;
-            while k < n_rows {
-                let r = row0 + k;
-                let (e, er) = (r / rows_per.max(1), r % rows_per.max(1));
-                let name = names.get(e).ok_or_else(|| {
-                    ConvertError::MissingTensor(format!("{}: expert row {r}", m.name))
-                })?;
-                let run = (rows_per.max(1) - er).min(n_rows - k);
-                ck.read_f32(name, er * ne0, &mut out[k * ne0..(k + run) * ne0])?;
+    let n_rows = out.len() / ne0;
+    let mut k = 0;
+    while k < n_rows {
+        match stored_run(ck, m, row0 + k, n_rows - k)? {
+            RowsFrom::Stored(name, start, run) => {
+                ck.read_f32(name, start, &mut out[k * ne0..(k + run) * ne0])?;
                 k += run;
             }
-            Ok(())
-        }
-        Source::KvbV { name, nope, v, .. } => {
-            for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
-                let r = row0 + k;
-                let (head, dv) = (r / (*v).max(1), r % (*v).max(1));
-                ck.read_f32(name, (head * (nope + v) + nope + dv) * ne0, row)?;
-            }
-            Ok(())
-        }
-        Source::KvbK {
-            name,
-            nope,
-            v,
-            kv_lora,
-            ..
-        } => {
-            // Output row (head, c) holds W_UK[head][0..nope][c]: read the head's nope rows
-            // once per head touched and transpose.
-            let mut block = vec![0f32; nope * kv_lora];
-            let mut loaded = usize::MAX;
-            for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
-                let r = row0 + k;
-                let (head, c) = (r / (*kv_lora).max(1), r % (*kv_lora).max(1));
-                if head != loaded {
-                    ck.read_f32(name, head * (nope + v) * kv_lora, &mut block)?;
-                    loaded = head;
+            RowsFrom::Transposed {
+                name,
+                nope,
+                v,
+                kv_lora,
+            } => {
+                // Output row (head, c) holds W_UK[head][0..nope][c]: read the head's nope
+                // rows once per head touched and transpose.
+                let mut block = vec![0f32; nope * kv_lora];
+                let mut loaded = usize::MAX;
+                for (k, row) in out.chunks_exact_mut(ne0).enumerate() {
+                    let r = row0 + k;
+                    let (head, c) = (r / kv_lora.max(1), r % kv_lora.max(1));
+                    if head != loaded {
+                        ck.read_f32(name, head * (nope + v) * kv_lora, &mut block)?;
+                        loaded = head;
+                    }
+                    for (dd, o) in row.iter_mut().enumerate() {
+                        *o = block.get(dd * kv_lora + c).copied().unwrap_or(0.0);
+                    }
                 }
-                for (dd, o) in row.iter_mut().enumerate() {
-                    *o = block.get(dd * kv_lora + c).copied().unwrap_or(0.0);
-                }
+                return Ok(());
             }
-            Ok(())
         }
     }
+    Ok(())
 }

@@ -116,6 +116,26 @@ pub struct Staged<'a> {
     pub input: &'a ChunkInput,
 }
 
+impl Staged<'_> {
+    /// The staged span holding elements `start .. start + count` of `name`, if one does.
+    fn span(&self, name: &str, start: usize, count: usize) -> Option<&Span> {
+        self.input
+            .spans
+            .iter()
+            .find(|s| s.name == name && start >= s.first && start + count <= s.first + s.count)
+    }
+
+    /// The staged elements of span `s`, as a tensor of their own.
+    fn view<'v>(&'v self, s: &'v Span) -> TensorView<'v> {
+        TensorView {
+            name: &s.name,
+            dtype: s.dtype,
+            shape: &[],
+            data: &self.input.buf.as_slice()[s.at..s.at + s.count * s.dtype.size()],
+        }
+    }
+}
+
 impl TensorSource for Staged<'_> {
     fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         self.src.names()
@@ -126,21 +146,17 @@ impl TensorSource for Staged<'_> {
     }
 
     fn read_f32(&self, name: &str, start: usize, out: &mut [f32]) -> Result<()> {
-        let hit =
-            self.input.spans.iter().find(|s| {
-                s.name == name && start >= s.first && start + out.len() <= s.first + s.count
-            });
-        let Some(s) = hit else {
-            return self.src.read_f32(name, start, out);
-        };
-        let es = s.dtype.size();
-        let view = TensorView {
-            name,
-            dtype: s.dtype,
-            shape: &[],
-            data: &self.input.buf.as_slice()[s.at..s.at + s.count * es],
-        };
-        view.read_f32(start - s.first, out)
+        match self.span(name, start, out.len()) {
+            Some(s) => self.view(s).read_f32(start - s.first, out),
+            None => self.src.read_f32(name, start, out),
+        }
+    }
+
+    fn stored(&self, name: &str, start: usize, count: usize) -> Option<(Dtype, &[u8])> {
+        match self.span(name, start, count) {
+            Some(s) => self.view(s).stored(start - s.first, count),
+            None => self.src.stored(name, start, count),
+        }
     }
 
     fn tensor_bytes(&self, name: &str) -> usize {

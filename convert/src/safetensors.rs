@@ -344,6 +344,14 @@ impl<'a> TensorView<'a> {
         Ok(out)
     }
 
+    /// The bytes of elements `start .. start + count` as stored (`None` past the end).
+    pub fn stored(&self, start: usize, count: usize) -> Option<(Dtype, &'a [u8])> {
+        let es = self.dtype.size();
+        let from = start.checked_mul(es)?;
+        let to = from.checked_add(count.checked_mul(es)?)?;
+        Some((self.dtype, self.data.get(from..to)?))
+    }
+
     /// Converts `out.len()` elements starting at element `start` to f32 (streaming access
     /// for converters that work a few rows at a time).
     pub fn read_f32(&self, start: usize, out: &mut [f32]) -> Result<()> {

@@ -25,6 +25,14 @@ pub trait TensorSource: Sync {
     /// Elements `start .. start + out.len()` of `name` (row-major), widened to f32.
     fn read_f32(&self, name: &str, start: usize, out: &mut [f32]) -> Result<()>;
 
+    /// Elements `start .. start + count` of `name` as stored (little-endian values of the
+    /// returned dtype), where they lie in memory: the converter then converts them straight to
+    /// the output type (`quant::block::convert_row`). `None` (the default) when they do not,
+    /// or are out of range: [`read_f32`](Self::read_f32) then gives them.
+    fn stored(&self, _name: &str, _start: usize, _count: usize) -> Option<(Dtype, &[u8])> {
+        None
+    }
+
     /// Bytes of `name`'s data as stored (0 if absent): the converter's measure of input read.
     fn tensor_bytes(&self, name: &str) -> usize;
 
@@ -51,6 +59,10 @@ impl TensorSource for Checkpoint {
 
     fn read_f32(&self, name: &str, start: usize, out: &mut [f32]) -> Result<()> {
         self.tensor(name)?.read_f32(start, out)
+    }
+
+    fn stored(&self, name: &str, start: usize, count: usize) -> Option<(Dtype, &[u8])> {
+        self.tensor(name).ok()?.stored(start, count)
     }
 
     fn tensor_bytes(&self, name: &str) -> usize {

@@ -4,20 +4,20 @@
 //!
 //! Memory stays bounded by [`CHUNK_ELEMS`] per tensor chunk, never a whole model: a tensor is
 //! produced a chunk of rows at a time (an expert stack expert by expert, since rows are filled
-//! from one expert matrix at a time), each chunk's rows are converted to f32 (in a per-thread
-//! scratch buffer), transformed and quantized in parallel, and appended through
-//! `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
+//! from one expert matrix at a time), each chunk's rows are converted in parallel straight from
+//! the stored values to the output type (`quant::block::convert_row`; only sources that
+//! transpose, or dtypes without a row converter, go through f32 rows in a per-thread scratch
+//! buffer), and appended through `GgufDataWriter`. Both files are written to temporaries and renamed into place only when
 //! both succeeded; any error leaves no partial file.
 //!
 //! Disk and CPU overlap, so conversion runs near what the disk allows: read-ahead threads
 //! load the next chunks' checkpoint bytes with direct I/O while chunk N is quantized (at most
-//! `READ_AHEAD` chunks ahead per reader, see `readahead.rs`), and a writer thread writes chunk N − 1
-//! (at most [`WRITE_QUEUE`] chunks queued; written past the page cache too, see
-//! `quant::direct_io`). Buffers are recycled, not re-zeroed.
+//! `READ_AHEAD` chunks ahead per reader, see `readahead.rs`); the rows land directly in the GGUF
+//! writer's aligned buffers, which its own thread writes past the page cache while the next
+//! fills (`quant::gguf`, `quant::direct_io`). Buffers are recycled, not re-zeroed.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -36,19 +36,18 @@ use crate::safetensors::Checkpoint;
 use crate::source::TensorSource;
 use crate::tokenizer;
 
-/// Elements per chunk (8 MiB of bf16 input, 8 MiB of f16 output): what bounds memory, with
-/// [`WRITE_QUEUE`] and `readahead::READ_AHEAD` (per reader) chunks queued. Large because each
+/// Elements per chunk (8 MiB of bf16 input): what bounds memory, with `readahead::READ_AHEAD`
+/// (per reader) chunks queued and the GGUF writer's buffers. Large because each
 /// chunk's input is one read request: on the development VM 8 MiB requests converted q8_0 in
 /// 4.7-4.9 s against 7.6-8.0 s with 2 MiB ones (BENCHMARKS.md, "Larger reads in flight").
 pub const CHUNK_ELEMS: usize = 1 << 22;
 /// f32 elements per parallel task inside a chunk.
 const TASK_ELEMS: usize = 64 << 10;
-/// Filled output chunks waiting for the writer thread.
-pub const WRITE_QUEUE: usize = 2;
 
 thread_local! {
-    /// Each converting thread's f32 rows, reused from task to task (never shrunk; at most
-    /// `TASK_ELEMS` or one row).
+    /// Each converting thread's f32 rows for the sources [`mapping::convert_rows`] cannot
+    /// convert directly, reused from task to task (never shrunk; at most `TASK_ELEMS` or one
+    /// row).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -523,52 +522,33 @@ fn write_file(
             .map_err(|e| quant_err(&ctx, e))?;
     }
     let mut dw = w.create(&fp.path, force).map_err(|e| quant_err(&ctx, e))?;
-    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE);
-    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
-        let ctx = &ctx;
         let mut reads = ReadAhead::start(s, ck, || {
             fp.tensors
                 .iter()
                 .flat_map(|t| chunks(t).map(move |(row0, rows)| (&t.mapped, row0, rows)))
         });
-        let writer = s.spawn(move || -> Result<GgufDataWriter> {
-            for buf in full_rx {
-                dw.write(&buf).map_err(|e| quant_err(ctx, e))?;
-                bar.inc(buf.len() as u64);
-                // The producer may be gone already (it failed); the buffer is just dropped.
-                let _ = empty_tx.send(buf);
-            }
-            Ok(dw)
-        });
         let produced = fp.tensors.iter().try_for_each(|t| {
             bar.set_message(t.mapped.name.clone());
-            write_tensor(ck, t, &full_tx, &empty_rx, &mut reads)
+            write_tensor(ck, t, &mut dw, &mut reads, bar)
         });
-        drop(full_tx);
         // Stops the readers if the conversion failed early.
         drop(reads);
-        let written = match writer.join() {
-            Ok(w) => w,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        // A write error stops the writer, which fails the producer's next send: report the
-        // write error, the cause.
-        let dw = written?;
         produced?;
-        dw.finish().map_err(|e| quant_err(ctx, e))
+        dw.finish().map_err(|e| quant_err(&ctx, e))
     })
 }
 
 /// Streams one tensor: chunks of rows, each chunk's input taken from the read-ahead (in the
-/// order of [`chunks`], then given back), filled and quantized in parallel, then handed to the
-/// writer thread.
+/// order of [`chunks`], then given back) and its rows converted in parallel straight into the
+/// GGUF writer's buffer (`GgufDataWriter::write_rows`, which writes full buffers on its own
+/// thread).
 fn write_tensor(
     ck: &dyn TensorSource,
     t: &PlannedTensor,
-    full: &SyncSender<Vec<u8>>,
-    empty: &Receiver<Vec<u8>>,
+    dw: &mut GgufDataWriter,
     reads: &mut ReadAhead,
+    bar: &ProgressBar,
 ) -> Result<()> {
     let m = &t.mapped;
     let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
@@ -582,33 +562,46 @@ fn write_tensor(
             src: ck,
             input: &input,
         };
-        // A recycled buffer keeps its old bytes: every byte is overwritten below.
-        let mut out = empty.try_recv().unwrap_or_default();
-        out.resize(nr * row_bytes, 0u8);
-        out.par_chunks_mut(rows_per_task * row_bytes)
-            .enumerate()
-            .try_for_each(|(k, dst)| -> Result<()> {
-                let r = row0 + k * rows_per_task;
-                let rows = dst.len() / row_bytes;
-                SCRATCH.with(|scratch| -> Result<()> {
-                    let mut scratch = scratch.borrow_mut();
-                    if scratch.len() < rows * ne0 {
-                        scratch.resize(rows * ne0, 0.0);
-                    }
-                    let f = &mut scratch[..rows * ne0];
-                    mapping::fill_rows(&src, m, r, f)?;
-                    for (src, d) in f.chunks_exact(ne0).zip(dst.chunks_exact_mut(row_bytes)) {
-                        quant::block::quantize_row(t.ty, src, d)
-                            .map_err(|e| quant_err(&m.name, e))?;
-                    }
-                    Ok(())
+        dw.write_rows(row_bytes, nr, |first, out: &mut [u8]| -> Result<()> {
+            out.par_chunks_mut(rows_per_task * row_bytes)
+                .enumerate()
+                .try_for_each(|(k, dst)| {
+                    convert_task(&src, t, row0 + first + k * rows_per_task, row_bytes, dst)
                 })
-            })?;
+        })?;
         reads.give_back(input);
-        full.send(out)
-            .map_err(|_| quant_err(&m.name, "the writer stopped"))?;
+        bar.inc((nr * row_bytes) as u64);
     }
     Ok(())
+}
+
+/// Output rows `r ..` of `t` into `dst` (whole rows of `row_bytes`): straight from the stored
+/// values where the source allows, else through f32 rows.
+fn convert_task(
+    src: &dyn TensorSource,
+    t: &PlannedTensor,
+    r: usize,
+    row_bytes: usize,
+    dst: &mut [u8],
+) -> Result<()> {
+    let m = &t.mapped;
+    if mapping::convert_rows(src, m, r, t.ty, dst)? {
+        return Ok(());
+    }
+    let ne0 = m.ne.first().copied().unwrap_or(1) as usize;
+    let rows = dst.len() / row_bytes;
+    SCRATCH.with(|scratch| -> Result<()> {
+        let mut scratch = scratch.borrow_mut();
+        if scratch.len() < rows * ne0 {
+            scratch.resize(rows * ne0, 0.0);
+        }
+        let f = &mut scratch[..rows * ne0];
+        mapping::fill_rows(src, m, r, f)?;
+        for (src, d) in f.chunks_exact(ne0).zip(dst.chunks_exact_mut(row_bytes)) {
+            quant::block::quantize_row(t.ty, src, d).map_err(|e| quant_err(&m.name, e))?;
+        }
+        Ok(())
+    })
 }
 
 /// Plans and converts in one call.

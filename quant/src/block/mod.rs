@@ -168,6 +168,50 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
     Ok(())
 }
 
+/// Converts one row of stored floats — `src` holds little-endian `src_ty` values (F32, F16 or
+/// BF16), as a checkpoint stores them — to `ty`, byte for byte what [`quantize_row`] makes of
+/// the row widened to f32, without that f32 row: bf16 rows to F16 / BF16 / Q8_0 / Q4_0 go
+/// through fused kernels that widen each block in registers; every other pair is widened a
+/// small group at a time into a stack buffer and quantized from there.
+pub fn convert_row(
+    ty: GgmlType,
+    src_ty: GgmlType,
+    src: &[u8],
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let table = simd_quantize::table();
+    let widen: simd_quantize::WidenFn = match src_ty {
+        GgmlType::F32 => codec::dequantize_f32,
+        GgmlType::F16 => f16::dequantize,
+        GgmlType::BF16 => table.bf16_to_f32,
+        _ => {
+            return Err(QuantError::Unsupported {
+                ty: src_ty,
+                op: "row source",
+            })
+        }
+    };
+    let in_size = src_ty.type_size();
+    check_row(src_ty, src.len() / in_size, src.len())?;
+    let n = src.len() / in_size;
+    let quantize = crate::formats::format(ty).and_then(|f| f.quantize);
+    let (Some(quantize), true) = (
+        quantize,
+        simd_quantize::GROUP.is_multiple_of(ty.block_size()),
+    ) else {
+        return Err(QuantError::Unsupported {
+            ty,
+            op: "row converter",
+        });
+    };
+    check_row(ty, n, dst.len())?;
+    match table.from_bf16.get(ty) {
+        Some(fused) if src_ty == GgmlType::BF16 => fused(src, dst),
+        _ => simd_quantize::widened(src, in_size, dst, ty, widen, quantize),
+    }
+    Ok(())
+}
+
 /// Dequantizes one row (ggml's `dequantize_row_*`). `dst.len()` is the element count.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     let Some(dequantize) = crate::formats::format(ty).and_then(|f| f.dequantize) else {
@@ -403,5 +447,52 @@ mod tests {
                 dequantize_row(ty, &q, &mut y).unwrap();
             }
         }
+    }
+
+    /// `convert_row` from every source encoding to every type with a quantizer equals
+    /// `quantize_row` of the widened row: random values (bf16 also random bit patterns, so
+    /// NaN, ±inf, subnormals), rows of one to several groups plus a partial one.
+    #[test]
+    fn convert_row_equals_quantize_of_the_widened_row() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for n in [256usize, 512 + 32, 3 * 256 + 64] {
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            let bits: Vec<u8> = (0..2 * n).map(|_| rng.gen()).collect();
+            let sources: [(GgmlType, Vec<u8>); 4] = [
+                (
+                    GgmlType::F32,
+                    x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
+                (
+                    GgmlType::F16,
+                    x.iter().flat_map(|&v| f32_to_f16(v)).collect(),
+                ),
+                (
+                    GgmlType::BF16,
+                    x.iter()
+                        .flat_map(|&v| bf16::f32_to_bf16(v).to_le_bytes())
+                        .collect(),
+                ),
+                (GgmlType::BF16, bits),
+            ];
+            for ty in &crate::types::ALL_TYPES {
+                if !has_quantizer(*ty) || !n.is_multiple_of(ty.block_size()) {
+                    continue;
+                }
+                for (src_ty, raw) in &sources {
+                    let mut wide = vec![0f32; n];
+                    dequantize_row(*src_ty, raw, &mut wide).unwrap();
+                    let mut want = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
+                    quantize_row(*ty, &wide, &mut want).unwrap();
+                    let mut got = vec![0u8; want.len()];
+                    convert_row(*ty, *src_ty, raw, &mut got).unwrap();
+                    assert_eq!(got, want, "{src_ty} → {ty}, n {n}");
+                }
+            }
+        }
+        assert!(convert_row(GgmlType::Q8_0, GgmlType::Q8_0, &[0; 34], &mut [0; 34]).is_err());
+        assert!(convert_row(GgmlType::Q8_0, GgmlType::BF16, &[0; 63], &mut [0; 34]).is_err());
+        assert!(convert_row(GgmlType::Q8_0, GgmlType::BF16, &[0; 64], &mut [0; 33]).is_err());
     }
 }

@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::simd_quantize::RowQuantizers;
+use super::simd_quantize::{FromBf16, RowQuantizers};
 use super::{
     as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q8_0, q8_1, q8_k, BlockQ4_0, BlockQ8K, BlockQ8_0,
     BlockQ8_1,
@@ -27,6 +27,12 @@ pub(super) fn quantizers() -> RowQuantizers {
         q8_0: |s, d| unsafe { q8_0_row(s, d) },
         q8_1: |s, d| unsafe { q8_1_row(s, d) },
         q8_k: |s, d| unsafe { q8_k_row(s, d) },
+        from_bf16: FromBf16 {
+            f16: |s, d| unsafe { bf16_to_f16_row(s, d) },
+            bf16: |s, d| unsafe { bf16_to_bf16_row(s, d) },
+            q8_0: |s, d| unsafe { bf16_to_q8_0_row(s, d) },
+            q4_0: |s, d| unsafe { bf16_to_q4_0_row(s, d) },
+        },
     }
 }
 
@@ -147,21 +153,98 @@ fn store32(dst: &mut [i8], v: __m256i) {
     unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) }
 }
 
+/// One Q8_0 block of `x`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn q8_0_block(b: &mut BlockQ8_0, x: &[f32; 32]) {
+    match q8_block(x) {
+        Some((d, qs, _)) => {
+            b.d = f32_to_f16(d);
+            store32(&mut b.qs, qs);
+        }
+        None => *b = q8_0::quantize_block(x),
+    }
+}
+
 #[target_feature(enable = "avx2,f16c")]
 fn q8_0_row(src: &[f32], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ8_0>(dst).unwrap_or_default();
     for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
-        let Ok(x) = <&[f32; 32]>::try_from(x) else {
-            continue;
-        };
-        match q8_block(x) {
-            Some((d, qs, _)) => {
-                b.d = f32_to_f16(d);
-                store32(&mut b.qs, qs);
-            }
-            None => *b = q8_0::quantize_block(x),
+        if let Ok(x) = <&[f32; 32]>::try_from(x) {
+            q8_0_block(b, x);
         }
     }
+}
+
+/// The 32 bf16 values at `src[..64]` widened to f32 (exact): a block, kept in registers by
+/// the fused converters below (it is never stored as a row).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn widen_bf16_block(src: &[u8]) -> [f32; 32] {
+    assert!(src.len() >= 64);
+    let mut x = [0f32; 32];
+    for k in 0..4 {
+        // SAFETY: 16 bytes read at 16k < 64 ≤ src.len() (checked) and 8 floats written at
+        // 8k inside x; unaligned loads and stores.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(16 * k).cast());
+            let w = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+            _mm256_storeu_si256(x.as_mut_ptr().add(8 * k).cast(), w);
+        }
+    }
+    x
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn bf16_to_q8_0_row(src: &[u8], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ8_0>(dst).unwrap_or_default();
+    for (b, s) in blocks.iter_mut().zip(src.chunks_exact(64)) {
+        q8_0_block(b, &widen_bf16_block(s));
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn bf16_to_q4_0_row(src: &[u8], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
+    for (b, s) in blocks.iter_mut().zip(src.chunks_exact(64)) {
+        q4_0_block(b, &widen_bf16_block(s));
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn bf16_to_f16_row(src: &[u8], dst: &mut [u8]) {
+    let n = (src.len() / 2).min(dst.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n keeps the 16 bytes read and 16 bytes written in bounds.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(2 * i).cast());
+            let v = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
+            let o = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm_storeu_si128(dst.as_mut_ptr().add(2 * i).cast(), o);
+        }
+        i += 8;
+    }
+    (FromBf16::scalar().f16)(&src[2 * i..2 * n], &mut dst[2 * i..2 * n]);
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn bf16_to_bf16_row(src: &[u8], dst: &mut [u8]) {
+    let n = (src.len() / 2).min(dst.len() / 2);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 ≤ n keeps the 32 bytes read and written in bounds.
+        unsafe {
+            let v = _mm256_loadu_si256(src.as_ptr().add(2 * i).cast());
+            // Widening then rounding back is exact except for NaN, which is made quiet.
+            let abs = _mm256_and_si256(v, _mm256_set1_epi16(0x7fff));
+            let nan = _mm256_cmpgt_epi16(abs, _mm256_set1_epi16(0x7f80));
+            let o = _mm256_or_si256(v, _mm256_and_si256(nan, _mm256_set1_epi16(0x40)));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(2 * i).cast(), o);
+        }
+        i += 16;
+    }
+    (FromBf16::scalar().bf16)(&src[2 * i..2 * n], &mut dst[2 * i..2 * n]);
 }
 
 #[target_feature(enable = "avx2,f16c")]
@@ -186,42 +269,48 @@ fn q8_1_row(src: &[f32], dst: &mut [u8]) {
 fn q4_0_row(src: &[f32], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
     for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
-        let Ok(x) = <&[f32; 32]>::try_from(x) else {
-            continue;
-        };
-        let amax = amax_bits(x);
-        let max = if amax == 0 {
-            0.0
-        } else {
-            first_with_abs(x, amax)
-        };
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        if amax >= 0x7f80_0000 || !id.is_finite() {
-            *b = q4_0::quantize_block(x);
-            continue;
+        if let Ok(x) = <&[f32; 32]>::try_from(x) {
+            q4_0_block(b, x);
         }
-        let (idv, half, fifteen) = (
-            _mm256_set1_ps(id),
-            _mm256_set1_ps(8.5),
-            _mm256_set1_epi32(15),
-        );
-        // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
-        let q: [__m256i; 4] = std::array::from_fn(|k| {
-            let v = _mm256_add_ps(_mm256_mul_ps(load8(x, k), idv), half);
-            _mm256_min_epi32(_mm256_cvttps_epi32(v), fifteen)
-        });
-        let lo = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
-        let hi = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
-        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
-        let bytes = _mm_packus_epi16(
-            _mm256_castsi256_si128(words),
-            _mm256_extracti128_si256::<1>(words),
-        );
-        // SAFETY: qs is exactly 16 writable bytes.
-        unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().cast(), bytes) };
-        b.d = f32_to_f16(d);
     }
+}
+
+/// One Q4_0 block of `x`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn q4_0_block(b: &mut BlockQ4_0, x: &[f32; 32]) {
+    let amax = amax_bits(x);
+    let max = if amax == 0 {
+        0.0
+    } else {
+        first_with_abs(x, amax)
+    };
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    if amax >= 0x7f80_0000 || !id.is_finite() {
+        *b = q4_0::quantize_block(x);
+        return;
+    }
+    let (idv, half, fifteen) = (
+        _mm256_set1_ps(id),
+        _mm256_set1_ps(8.5),
+        _mm256_set1_epi32(15),
+    );
+    // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
+    let q: [__m256i; 4] = std::array::from_fn(|k| {
+        let v = _mm256_add_ps(_mm256_mul_ps(load8(x, k), idv), half);
+        _mm256_min_epi32(_mm256_cvttps_epi32(v), fifteen)
+    });
+    let lo = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
+    let hi = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
+    let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
+    let bytes = _mm_packus_epi16(
+        _mm256_castsi256_si128(words),
+        _mm256_extracti128_si256::<1>(words),
+    );
+    // SAFETY: qs is exactly 16 writable bytes.
+    unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().cast(), bytes) };
+    b.d = f32_to_f16(d);
 }
 
 #[target_feature(enable = "avx2,f16c")]

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::simd_quantize::RowQuantizers;
+use super::simd_quantize::{FromBf16, RowQuantizers};
 use super::{
     as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q8_0, q8_1, q8_k, BlockQ4_0, BlockQ8K, BlockQ8_0,
     BlockQ8_1,
@@ -31,6 +31,12 @@ pub(super) fn quantizers() -> RowQuantizers {
         q8_0: |s, d| unsafe { q8_0_row(s, d) },
         q8_1: |s, d| unsafe { q8_1_row(s, d) },
         q8_k: |s, d| unsafe { q8_k_row(s, d) },
+        from_bf16: FromBf16 {
+            f16: |s, d| unsafe { bf16_to_f16_row(s, d) },
+            bf16: |s, d| unsafe { bf16_to_bf16_row(s, d) },
+            q8_0: |s, d| unsafe { bf16_to_q8_0_row(s, d) },
+            q4_0: |s, d| unsafe { bf16_to_q4_0_row(s, d) },
+        },
     }
 }
 
@@ -121,22 +127,100 @@ fn q8_block(x: &[f32; 32]) -> Option<(f32, [__m512i; 2], i32)> {
     Some((d, q, sum))
 }
 
+/// One Q8_0 block of `x`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q8_0_block(b: &mut BlockQ8_0, x: &[f32; 32]) {
+    match q8_block(x) {
+        Some((d, q, _)) => {
+            b.d = f32_to_f16(d);
+            store16(&mut b.qs[..16], q[0]);
+            store16(&mut b.qs[16..], q[1]);
+        }
+        None => *b = q8_0::quantize_block(x),
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn q8_0_row(src: &[f32], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ8_0>(dst).unwrap_or_default();
     for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
-        let Ok(x) = <&[f32; 32]>::try_from(x) else {
-            continue;
-        };
-        match q8_block(x) {
-            Some((d, q, _)) => {
-                b.d = f32_to_f16(d);
-                store16(&mut b.qs[..16], q[0]);
-                store16(&mut b.qs[16..], q[1]);
-            }
-            None => *b = q8_0::quantize_block(x),
+        if let Ok(x) = <&[f32; 32]>::try_from(x) {
+            q8_0_block(b, x);
         }
     }
+}
+
+/// The 32 bf16 values at `src[..64]` widened to f32 (exact): a block, kept in registers by
+/// the fused converters below (it is never stored as a row).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn widen_bf16_block(src: &[u8]) -> [f32; 32] {
+    assert!(src.len() >= 64);
+    let mut x = [0f32; 32];
+    for k in 0..2 {
+        // SAFETY: 32 bytes read at 32k < 64 ≤ src.len() (checked) and 16 floats written at
+        // 16k inside x; unaligned loads and stores.
+        unsafe {
+            let h = _mm256_loadu_si256(src.as_ptr().add(32 * k).cast());
+            let w = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
+            _mm512_storeu_si512(x.as_mut_ptr().add(16 * k).cast(), w);
+        }
+    }
+    x
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn bf16_to_q8_0_row(src: &[u8], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ8_0>(dst).unwrap_or_default();
+    for (b, s) in blocks.iter_mut().zip(src.chunks_exact(64)) {
+        q8_0_block(b, &widen_bf16_block(s));
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn bf16_to_q4_0_row(src: &[u8], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
+    for (b, s) in blocks.iter_mut().zip(src.chunks_exact(64)) {
+        q4_0_block(b, &widen_bf16_block(s));
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn bf16_to_f16_row(src: &[u8], dst: &mut [u8]) {
+    let n = (src.len() / 2).min(dst.len() / 2);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 ≤ n keeps the 32 bytes read and 32 bytes written in bounds.
+        unsafe {
+            let h = _mm256_loadu_si256(src.as_ptr().add(2 * i).cast());
+            let v = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+            let o = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm256_storeu_si256(dst.as_mut_ptr().add(2 * i).cast(), o);
+        }
+        i += 16;
+    }
+    (FromBf16::scalar().f16)(&src[2 * i..2 * n], &mut dst[2 * i..2 * n]);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn bf16_to_bf16_row(src: &[u8], dst: &mut [u8]) {
+    let n = (src.len() / 2).min(dst.len() / 2);
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: i + 32 ≤ n keeps the 64 bytes read and written in bounds.
+        unsafe {
+            let v = _mm512_loadu_si512(src.as_ptr().add(2 * i).cast());
+            // Widening then rounding back is exact except for NaN, which is made quiet.
+            let abs = _mm512_and_si512(v, _mm512_set1_epi16(0x7fff));
+            let nan = _mm512_cmpgt_epi16_mask(abs, _mm512_set1_epi16(0x7f80));
+            let quiet = _mm512_or_si512(v, _mm512_set1_epi16(0x40));
+            let o = _mm512_mask_blend_epi16(nan, v, quiet);
+            _mm512_storeu_si512(dst.as_mut_ptr().add(2 * i).cast(), o);
+        }
+        i += 32;
+    }
+    (FromBf16::scalar().bf16)(&src[2 * i..2 * n], &mut dst[2 * i..2 * n]);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -162,36 +246,42 @@ fn q8_1_row(src: &[f32], dst: &mut [u8]) {
 fn q4_0_row(src: &[f32], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
     for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
-        let Ok(x) = <&[f32; 32]>::try_from(x) else {
-            continue;
-        };
-        let amax = amax_bits(x);
-        let max = if amax == 0 {
-            0.0
-        } else {
-            first_with_abs(x, amax)
-        };
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        if amax >= 0x7f80_0000 || !id.is_finite() {
-            *b = q4_0::quantize_block(x);
-            continue;
+        if let Ok(x) = <&[f32; 32]>::try_from(x) {
+            q4_0_block(b, x);
         }
-        let (idv, half, fifteen) = (
-            _mm512_set1_ps(id),
-            _mm512_set1_ps(8.5),
-            _mm512_set1_epi32(15),
-        );
-        // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
-        let q = [0, 1].map(|k| {
-            let v = _mm512_add_ps(_mm512_mul_ps(load16(x, k), idv), half);
-            _mm512_min_epi32(_mm512_cvttps_epi32(v), fifteen)
-        });
-        let packed = _mm512_or_si512(q[0], _mm512_slli_epi32::<4>(q[1]));
-        // SAFETY: qs is exactly 16 writable bytes.
-        unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(packed)) };
-        b.d = f32_to_f16(d);
     }
+}
+
+/// One Q4_0 block of `x`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q4_0_block(b: &mut BlockQ4_0, x: &[f32; 32]) {
+    let amax = amax_bits(x);
+    let max = if amax == 0 {
+        0.0
+    } else {
+        first_with_abs(x, amax)
+    };
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    if amax >= 0x7f80_0000 || !id.is_finite() {
+        *b = q4_0::quantize_block(x);
+        return;
+    }
+    let (idv, half, fifteen) = (
+        _mm512_set1_ps(id),
+        _mm512_set1_ps(8.5),
+        _mm512_set1_epi32(15),
+    );
+    // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
+    let q = [0, 1].map(|k| {
+        let v = _mm512_add_ps(_mm512_mul_ps(load16(x, k), idv), half);
+        _mm512_min_epi32(_mm512_cvttps_epi32(v), fifteen)
+    });
+    let packed = _mm512_or_si512(q[0], _mm512_slli_epi32::<4>(q[1]));
+    // SAFETY: qs is exactly 16 writable bytes.
+    unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(packed)) };
+    b.d = f32_to_f16(d);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]

@@ -1,7 +1,10 @@
 //! SIMD twins of the row quantizers that convert and the runtime call most: f32 → F16 / BF16,
 //! bf16 → f32 widening, Q4_0 and Q8_0 (what convert writes), Q8_0 / Q8_1 / Q8_K (the
 //! activation formats quantized before every matmul); on aarch64 the activation formats only
-//! (`simd_neon.rs`).
+//! (`simd_neon.rs`). The converter's bf16 rows go straight to F16 / BF16 / Q8_0 / Q4_0 bytes
+//! ([`FromBf16`]): each block is widened in registers and quantized at once, so no f32 row
+//! exists in memory; their scalar twins are the definition, the widening followed by the
+//! scalar quantizer, a group of [`GROUP`] elements at a time ([`widened`]).
 //!
 //! Every twin produces the very bytes of the scalar reference next to its format (itself
 //! byte-identical to ggml's): the same f32 operations on the same values, exact integer
@@ -15,11 +18,16 @@
 use std::sync::OnceLock;
 
 use super::{bf16, each_block, f16, q4_0, q8_0, q8_1, q8_k};
+use crate::types::GgmlType;
 
 /// Quantizes a row whose sizes `check_row` validated (whole blocks, exact byte count).
 pub(super) type QuantizeFn = fn(&[f32], &mut [u8]);
 /// Widens `dst.len()` little-endian 16-bit floats of `src` to f32.
 pub(super) type WidenFn = fn(&[u8], &mut [f32]);
+
+/// Converts a row of little-endian 16-bit floats (`src`) to a format's bytes (`dst`), sizes
+/// validated by the caller (whole blocks, exact byte counts).
+pub(super) type ConvertFn = fn(&[u8], &mut [u8]);
 
 /// One tier's row quantizers.
 #[derive(Clone, Copy)]
@@ -31,6 +39,74 @@ pub(super) struct RowQuantizers {
     pub q8_0: QuantizeFn,
     pub q8_1: QuantizeFn,
     pub q8_k: QuantizeFn,
+    pub from_bf16: FromBf16,
+}
+
+/// One tier's fused bf16 → format row converters: the formats convert writes from bf16
+/// checkpoints. Each is byte-identical to widening the row to f32 and quantizing it.
+#[derive(Clone, Copy)]
+pub(super) struct FromBf16 {
+    pub f16: ConvertFn,
+    pub bf16: ConvertFn,
+    pub q8_0: ConvertFn,
+    pub q4_0: ConvertFn,
+}
+
+impl FromBf16 {
+    /// The converter for output `ty`, if this table has one.
+    pub fn get(&self, ty: GgmlType) -> Option<ConvertFn> {
+        match ty {
+            GgmlType::F16 => Some(self.f16),
+            GgmlType::BF16 => Some(self.bf16),
+            GgmlType::Q8_0 => Some(self.q8_0),
+            GgmlType::Q4_0 => Some(self.q4_0),
+            _ => None,
+        }
+    }
+
+    /// The scalar twins: the definition (exact widening, then the scalar reference quantizer).
+    pub fn scalar() -> FromBf16 {
+        FromBf16 {
+            f16: |s, d| widened(s, 2, d, GgmlType::F16, bf16::dequantize, f16::quantize),
+            bf16: |s, d| widened(s, 2, d, GgmlType::BF16, bf16::dequantize, bf16::quantize),
+            q8_0: |s, d| {
+                let q: QuantizeFn = |s, d| each_block(s, d, q8_0::quantize_block);
+                widened(s, 2, d, GgmlType::Q8_0, bf16::dequantize, q)
+            },
+            q4_0: |s, d| {
+                let q: QuantizeFn = |s, d| each_block(s, d, q4_0::quantize_block);
+                widened(s, 2, d, GgmlType::Q4_0, bf16::dequantize, q)
+            },
+        }
+    }
+}
+
+/// Elements [`widened`] takes at a time: a whole number of blocks of every format (blocks are
+/// 1, 32 or 256 elements), and 1 KiB of f32, which stays in L1.
+pub(super) const GROUP: usize = 256;
+
+/// Converts a row of `in_size`-byte values to `ty` by widening [`GROUP`] elements at a time
+/// into a stack buffer and quantizing each group into its place in `dst` (every quantizer
+/// works block by block, so the groups give the bytes of the whole row). Sizes validated by
+/// the caller; `ty`'s block divides [`GROUP`].
+pub(super) fn widened(
+    src: &[u8],
+    in_size: usize,
+    dst: &mut [u8],
+    ty: GgmlType,
+    widen: WidenFn,
+    quantize: QuantizeFn,
+) {
+    let mut buf = [0f32; GROUP];
+    let out_per_group = GROUP / ty.block_size() * ty.type_size();
+    for (s, d) in src
+        .chunks(GROUP * in_size)
+        .zip(dst.chunks_mut(out_per_group.max(1)))
+    {
+        let x = &mut buf[..s.len() / in_size];
+        widen(s, x);
+        quantize(x, d);
+    }
 }
 
 impl RowQuantizers {
@@ -44,6 +120,7 @@ impl RowQuantizers {
             q8_0: |s, d| each_block(s, d, q8_0::quantize_block),
             q8_1: |s, d| each_block(s, d, q8_1::quantize_block),
             q8_k: |s, d| each_block(s, d, q8_k::quantize_block),
+            from_bf16: FromBf16::scalar(),
         }
     }
 
@@ -290,6 +367,90 @@ mod tests {
                 (scalar.bf16_to_f32)(&raw, &mut want);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{name} bf16 → f32 n {n}");
+            }
+        }
+    }
+
+    /// bf16 rows for the fused converters: the edge rows rounded and truncated to bf16, every
+    /// bit pattern's neighbourhood (random u16, so NaN payloads, ±inf, subnormals, ±0), and
+    /// bf16 signalling NaNs.
+    fn bf16_rows(n: usize) -> Vec<Vec<u8>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut rows: Vec<Vec<u8>> = Vec::new();
+        for x in edge_rows(n) {
+            rows.push(
+                x.iter()
+                    .flat_map(|&v| bf16::f32_to_bf16(v).to_le_bytes())
+                    .collect(),
+            );
+            rows.push(
+                x.iter()
+                    .flat_map(|&v| v.to_bits().to_le_bytes()[2..].to_vec())
+                    .collect(),
+            );
+        }
+        for _ in 0..8 {
+            rows.push((0..2 * n).map(|_| rng.gen()).collect());
+        }
+        rows.push(
+            (0..n)
+                .flat_map(|i| (0x7f81u16 + (i % 63) as u16).to_le_bytes())
+                .collect(),
+        );
+        rows.push(
+            (0..n)
+                .flat_map(|i| [0x8000u16, 0, 0xff80, 0x7f80][i % 4].to_le_bytes())
+                .collect(),
+        );
+        rows
+    }
+
+    /// What the fused converters must equal: the row widened to f32, then the scalar reference.
+    fn widened_then_quantized(ty: GgmlType, raw: &[u8]) -> Vec<u8> {
+        let mut x = vec![0f32; raw.len() / 2];
+        bf16::dequantize(raw, &mut x);
+        quantize_with(&RowQuantizers::scalar(), ty, &x)
+    }
+
+    #[test]
+    fn fused_bf16_converters_match_widen_then_quantize() {
+        let tiers = std::iter::once(("scalar", RowQuantizers::scalar()))
+            .chain(RowQuantizers::simd_tiers())
+            .collect::<Vec<_>>();
+        let rows_at = |n: usize| bf16_rows(n).into_iter().map(move |r| (n, r));
+        // Whole blocks (the quantized formats) at several sizes, including odd block counts.
+        let sizes = [32usize, 96, 256, 1056, 4096 + 32];
+        for (n, raw) in sizes.into_iter().flat_map(rows_at) {
+            for ty in [
+                GgmlType::F16,
+                GgmlType::BF16,
+                GgmlType::Q8_0,
+                GgmlType::Q4_0,
+            ] {
+                let want = widened_then_quantized(ty, &raw);
+                for (name, t) in &tiers {
+                    let mut got = vec![0u8; want.len()];
+                    (t.from_bf16.get(ty).unwrap())(&raw, &mut got);
+                    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                        panic!(
+                            "{name} bf16 → {ty}, n {n}: byte {i}: {} vs {}",
+                            got[i], want[i]
+                        );
+                    }
+                }
+            }
+        }
+        // Any length for the float outputs (the vector loops' tails).
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for n in (0..70).chain([255, 1001, 4099]) {
+            let raw: Vec<u8> = (0..2 * n).map(|_| rng.gen()).collect();
+            for ty in [GgmlType::F16, GgmlType::BF16] {
+                let want = widened_then_quantized(ty, &raw);
+                for (name, t) in &tiers {
+                    let mut got = vec![0u8; want.len()];
+                    (t.from_bf16.get(ty).unwrap())(&raw, &mut got);
+                    assert_eq!(got, want, "{name} bf16 → {ty} n {n}");
+                }
             }
         }
     }

@@ -168,6 +168,10 @@ pub enum GgufError {
     #[error("too many tensor bytes: {extra} bytes after the last tensor ({last:?}) was complete")]
     TooManyBytes { last: String, extra: u64 },
 
+    /// `write_rows` was given more bytes than the current tensor still takes.
+    #[error("{rows} bytes of rows do not fit tensor {name:?}: {left} bytes left")]
+    RowsPastTensor { name: String, rows: u64, left: u64 },
+
     /// `finish` was called before every tensor got exactly its bytes.
     #[error("tensor {name:?} is incomplete: {written} of {expected} bytes written")]
     IncompleteTensor {

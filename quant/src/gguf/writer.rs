@@ -242,15 +242,83 @@ impl GgufDataWriter {
             let k = usize::try_from(want).map_or(bytes.len(), |w| w.min(bytes.len()));
             let (now, rest) = bytes.split_at(k);
             self.out.bytes(now)?;
-            self.written += k as u64;
             bytes = rest;
-            if self.written == n_bytes {
-                self.out.pad(self.alignment)?;
-                self.current += 1;
-                self.written = 0;
-                self.skip_empty();
+            self.wrote(k as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Counts `k` bytes written to the current tensor; pads and moves on once it is complete.
+    fn wrote(&mut self, k: u64) -> Result<(), GgufError> {
+        self.written += k;
+        if self
+            .tensors
+            .get(self.current)
+            .is_some_and(|t| t.1 == self.written)
+        {
+            self.out.pad(self.alignment)?;
+            self.current += 1;
+            self.written = 0;
+            self.skip_empty();
+        }
+        Ok(())
+    }
+
+    /// Appends `rows` rows of `row_bytes` bytes to the current tensor, made in place in the
+    /// write buffer rather than copied into it: `fill(first, dst)` must write rows `first ..`
+    /// into `dst` (a whole number of rows, at least one); it is called for consecutive runs
+    /// of rows until all are written. A row that would straddle two write buffers is made in a
+    /// side buffer and copied. The rows must fit in the current tensor.
+    pub fn write_rows<E: From<GgufError>>(
+        &mut self,
+        row_bytes: usize,
+        rows: usize,
+        mut fill: impl FnMut(usize, &mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.check_ok()?;
+        let len = row_bytes as u64 * rows as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        let (name, left) = self
+            .pending()
+            .map(|(n, left)| (n.to_string(), left))
+            .unwrap_or_default();
+        if len > left {
+            self.failed = true;
+            return Err(GgufError::RowsPastTensor {
+                name,
+                rows: len,
+                left,
+            }
+            .into());
+        }
+        let mut done = 0;
+        let mut side = Vec::new();
+        while done < rows {
+            let space = self.out.w.space();
+            let run = (space.len() / row_bytes).min(rows - done);
+            let step = if run > 0 {
+                fill(done, &mut space[..run * row_bytes]).and_then(|()| {
+                    self.out.advance(run * row_bytes)?;
+                    Ok(run)
+                })
+            } else {
+                side.resize(row_bytes, 0);
+                fill(done, &mut side).and_then(|()| {
+                    self.out.bytes(&side)?;
+                    Ok(1)
+                })
+            };
+            match step {
+                Ok(k) => done += k,
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
             }
         }
+        self.wrote(len).inspect_err(|_| self.failed = true)?;
         Ok(())
     }
 
@@ -425,6 +493,15 @@ struct Out {
 }
 
 impl Out {
+    /// Appends the first `k` bytes of `w.space()`, filled in place.
+    fn advance(&mut self, k: usize) -> Result<(), GgufError> {
+        self.w
+            .advance(k)
+            .map_err(|e| GgufError::io("write", &self.path, e))?;
+        self.pos += k as u64;
+        Ok(())
+    }
+
     fn bytes(&mut self, b: &[u8]) -> Result<(), GgufError> {
         self.w
             .write_all(b)

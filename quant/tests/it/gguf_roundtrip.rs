@@ -403,3 +403,93 @@ fn data_writer_refuses_work_after_an_error() {
     assert!(dw.finish().is_err());
     assert!(dir_entries(dir.path()).is_empty());
 }
+
+/// Rows made in place (`write_rows`) give the very file `write` gives: tensors larger than
+/// several write buffers (8 MiB) with rows of 1,258 bytes, so rows straddle buffer
+/// boundaries, in runs of varying length, with a small tensor and its padding between.
+#[test]
+fn rows_written_in_place_equal_copied_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let row_bytes = 37 * 34; // 37 Q8_0 blocks
+    let rows = [20_000usize, 3, 7_001];
+    let mut w = GgufWriter::new();
+    for (i, &n) in rows.iter().enumerate() {
+        w.add_tensor(&format!("t{i}"), GgmlType::Q8_0, &[37 * 32, n as u64])
+            .unwrap();
+    }
+    let byte = |t: usize, r: usize, j: usize| (t * 131 + r * 7 + j * 13 + r / 255) as u8;
+    let copied = dir.path().join("copied.gguf");
+    let mut dw = w.clone().create(&copied, false).unwrap();
+    for (t, &n) in rows.iter().enumerate() {
+        let data: Vec<u8> = (0..n)
+            .flat_map(|r| (0..row_bytes).map(move |j| byte(t, r, j)))
+            .collect();
+        dw.write(&data).unwrap();
+    }
+    dw.finish().unwrap().commit().unwrap();
+
+    let in_place = dir.path().join("in_place.gguf");
+    let mut dw = w.create(&in_place, false).unwrap();
+    let mut calls = 0;
+    for (t, &n) in rows.iter().enumerate() {
+        let mut r0 = 0;
+        for run in [1usize, 5_000, 2, 9_000].into_iter().cycle() {
+            let run = run.min(n - r0);
+            if run == 0 {
+                break;
+            }
+            dw.write_rows(
+                row_bytes,
+                run,
+                |first, dst: &mut [u8]| -> Result<(), GgufError> {
+                    calls += 1;
+                    assert!(!dst.is_empty() && dst.len().is_multiple_of(row_bytes));
+                    for (k, row) in dst.chunks_exact_mut(row_bytes).enumerate() {
+                        for (j, b) in row.iter_mut().enumerate() {
+                            *b = byte(t, r0 + first + k, j);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            r0 += run;
+        }
+    }
+    dw.finish().unwrap().commit().unwrap();
+    assert!(calls > 8, "runs split at buffer boundaries: {calls} calls");
+    assert!(std::fs::read(&copied).unwrap() == std::fs::read(&in_place).unwrap());
+}
+
+/// `write_rows` refuses rows past the current tensor, and a failing fill fails the writer:
+/// neither leaves a file behind.
+#[test]
+fn write_rows_refuses_overruns_and_stops_at_fill_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.gguf");
+    let mut w = GgufWriter::new();
+    w.add_tensor("a", GgmlType::F16, &[4, 2]).unwrap();
+    let ok = |_: usize, _: &mut [u8]| -> Result<(), GgufError> { Ok(()) };
+
+    let mut dw = w.clone().create(&path, false).unwrap();
+    dw.write_rows(8, 1, ok).unwrap();
+    match dw.write_rows(8, 2, ok).unwrap_err() {
+        GgufError::RowsPastTensor { name, rows, left } => {
+            assert_eq!((name.as_str(), rows, left), ("a", 16, 8))
+        }
+        e => panic!("{e}"),
+    }
+    assert!(dw.write(&[0; 8]).is_err(), "the writer stays failed");
+    drop(dw);
+
+    let mut dw = w.create(&path, false).unwrap();
+    let failing = |_: usize, _: &mut [u8]| -> Result<(), GgufError> {
+        Err(GgufError::TooManyBytes {
+            last: "x".into(),
+            extra: 1,
+        })
+    };
+    assert!(dw.write_rows(8, 2, failing).is_err());
+    assert!(dw.finish().is_err());
+    assert!(dir_entries(dir.path()).is_empty());
+}
