@@ -19,8 +19,9 @@ use quant::GgmlType;
 /// (k, weight rows): attention/expert input projection, and the dense MLP.
 const SHAPES: [(usize, usize); 2] = [(1280, 896), (1280, 6848)];
 const TOKENS: [usize; 4] = [1, 8, 64, 512];
-/// (k, weight rows) of vision-tower tasks over the tokens of four tiles: a qkv task
-/// (`ops::rows_per_task` gives 224 rows) and a `down` task of whole 32-row panels.
+/// (k, weight rows) of row-split tasks over the tokens of four tiles, as the vision tower ran
+/// them through `ops::matmul_view` before `FloatPanels`: a qkv task (`ops::rows_per_task`
+/// gives 224 rows) and a `down` task of whole 32-row panels.
 const TOWER_SHAPES: [(usize, usize); 2] = [(1152, 224), (4304, 96)];
 const TOWER_TOKENS: [usize; 1] = [4 * 729];
 /// (k, weight rows) of whole vision-tower products (qkv, up, down) and the tokens of one of

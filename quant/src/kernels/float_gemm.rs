@@ -15,6 +15,11 @@
 //! products of the widened values, summed in f32 (FMA) per k-block, so results equal the
 //! scalar twins' f64 sums up to f32 rounding; `tests` check that on random and edge data.
 //!
+//! A caller that splits one product over threads by tokens (the vision tower) packs the
+//! whole matrix once and shares it ([`FloatPanels`]): each task then writes its own token
+//! rows of the output in place, 256 weight rows at a time through every k-block. The same
+//! tiles in the same order per output, so the same bits as the one-call form (tested).
+//!
 //! Below [`MIN_TOKENS`] tokens packing costs more than it saves and the calls go to the
 //! tier's dot kernels instead. The ISA-specific parts (widening, microkernels) live in
 //! `float_gemm_avx2.rs`, `float_gemm_avx512.rs` and `neon_float_gemm.rs`.
