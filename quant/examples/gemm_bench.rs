@@ -6,21 +6,28 @@
 //! other processes on a busy machine do not count.
 //! Run: `cargo run --release -p pocketvl-quant --example gemm_bench [types…] [tower]`
 //! (types like `q4_0 q8_0`; default: the five 32-element block formats; `tower`: the
-//! shapes one vision-tower task sees instead, e.g. `bf16 tower`).
+//! shapes one vision-tower task sees instead, e.g. `bf16 tower`; for float types it then also
+//! times the two-step product the tower runs, `FloatPanels`: whole tower matrices packed once,
+//! one task's 729 tokens against every row).
 
 use std::time::Instant;
 
 use quant::block::quantize_row;
-use quant::kernels::{gemm_by_dots, tiers, vec_dot_type, KernelTable};
+use quant::kernels::{float_panels, gemm_by_dots, tiers, vec_dot_type, KernelTable, PackedFloat};
 use quant::GgmlType;
 
 /// (k, weight rows): attention/expert input projection, and the dense MLP.
 const SHAPES: [(usize, usize); 2] = [(1280, 896), (1280, 6848)];
 const TOKENS: [usize; 4] = [1, 8, 64, 512];
-/// (k, weight rows) of vision-tower tasks over the tokens of four tiles: a qkv task
-/// (`ops::rows_per_task` gives 224 rows) and a `down` task of whole 32-row panels.
+/// (k, weight rows) of row-split tasks over the tokens of four tiles, as the vision tower ran
+/// them through `ops::matmul_view` before `FloatPanels`: a qkv task (`ops::rows_per_task`
+/// gives 224 rows) and a `down` task of whole 32-row panels.
 const TOWER_SHAPES: [(usize, usize); 2] = [(1152, 224), (4304, 96)];
 const TOWER_TOKENS: [usize; 1] = [4 * 729];
+/// (k, weight rows) of whole vision-tower products (qkv, up, down) and the tokens of one of
+/// their tasks (two per thread over four tiles on two threads: one tile's).
+const TOWER_PRODUCTS: [(usize, usize); 3] = [(1152, 3456), (1152, 4304), (4304, 1152)];
+const TOWER_TASK_TOKENS: usize = 729;
 
 fn row_of(seed: usize, k: usize) -> Vec<f32> {
     (0..k)
@@ -79,6 +86,47 @@ fn time(
     per_call
 }
 
+/// The tower's two-step product at its shapes: CPU seconds of packing a whole matrix, and
+/// GFLOP/s of one task's tokens against it (packing excluded).
+fn time_panels(ty: GgmlType) {
+    let Some(panels) = float_panels(ty) else {
+        return println!("{ty:>5} panels: no FMA tier");
+    };
+    for (k, rows) in TOWER_PRODUCTS {
+        let w = quantize_rows(ty, k, rows);
+        let a = quantize_rows(GgmlType::F32, k, TOWER_TASK_TOKENS);
+        let mut packed = PackedFloat::default();
+        panels.shape(k, rows, &mut packed);
+        let len = packed.panel_len();
+        // The tower reuses its buffer: time a second packing, into memory already faulted in.
+        let start = Instant::now();
+        let mut pack_s = 0.0;
+        for _ in 0..2 {
+            let c0 = cpu_seconds(start);
+            for (c, dst) in packed.panels_mut().chunks_exact_mut(len).enumerate() {
+                panels.pack_panel(k, &w, rows, c, dst);
+            }
+            pack_s = cpu_seconds(start) - c0;
+        }
+        let mut out = vec![0f32; TOWER_TASK_TOKENS * rows];
+        let c0 = cpu_seconds(start);
+        let mut calls = 0;
+        while calls == 0 || cpu_seconds(start) - c0 < 1.0 {
+            panels.gemm(&packed, &a, TOWER_TASK_TOKENS, &mut out, rows);
+            calls += 1;
+        }
+        let s = (cpu_seconds(start) - c0) / calls as f64;
+        std::hint::black_box(&out);
+        let gflops = 2.0 * (k * rows * TOWER_TASK_TOKENS) as f64 / s / 1e9;
+        println!(
+            "{ty:>5} k={k:<5} rows={rows:<5} tok={TOWER_TASK_TOKENS}  panels {gflops:7.1}  \
+             (packing {:.1} ms = {:.1}% of the product over 4 tiles)",
+            pack_s * 1e3,
+            100.0 * pack_s / (pack_s + 4.0 * s)
+        );
+    }
+}
+
 fn main() {
     let mut wanted: Vec<String> = std::env::args().skip(1).collect();
     let tower = wanted.iter().any(|w| w == "tower");
@@ -126,6 +174,9 @@ fn main() {
                 }
                 println!("{line}");
             }
+        }
+        if tower && matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) {
+            time_panels(ty);
         }
     }
 }

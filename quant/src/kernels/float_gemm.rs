@@ -15,11 +15,14 @@
 //! products of the widened values, summed in f32 (FMA) per k-block, so results equal the
 //! scalar twins' f64 sums up to f32 rounding; `tests` check that on random and edge data.
 //!
+//! A caller that splits one product over threads by tokens (the vision tower) packs the
+//! whole matrix once and shares it ([`FloatPanels`]): each task then writes its own token
+//! rows of the output in place, 256 weight rows at a time through every k-block. The same
+//! tiles in the same order per output, so the same bits as the one-call form (tested).
+//!
 //! Below [`MIN_TOKENS`] tokens packing costs more than it saves and the calls go to the
 //! tier's dot kernels instead. The ISA-specific parts (widening, microkernels) live in
 //! `float_gemm_avx2.rs`, `float_gemm_avx512.rs` and `neon_float_gemm.rs`.
-
-#![cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 
 use super::{gemm_by_dots, DotFn};
 
@@ -29,6 +32,9 @@ pub(super) const MIN_TOKENS: usize = 4;
 
 /// Widest k-block (see the module doc: a 32-row panel of it is 32 KiB, L1 with room).
 const KC_MAX: usize = 256;
+
+/// Most weight rows per panel of any tier (AVX-512F: 32).
+const MAX_NR: usize = 32;
 
 /// The float weight types this module packs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +80,98 @@ pub(super) struct Tile<'a> {
     pub accumulate: bool,
 }
 
+/// The k-blocks of a product over `k` columns: (count, columns per block), balanced so the
+/// last block is not a sliver.
+fn k_blocks(k: usize) -> (usize, usize) {
+    let n_kb = k.div_ceil(KC_MAX);
+    (n_kb, k.div_ceil(n_kb))
+}
+
+/// Columns a panel is widened by at a time: `nr` rows of them (at most 32 x 16 floats,
+/// 2 KiB) stay in L1 while they are written out transposed, so the panel's stores are
+/// sequential. Widening whole rows and storing each value `nr` floats from the last missed
+/// L1 on every store (~9 cycles per value, ~5% of the tower's products).
+const PACK_COLS: usize = 16;
+
+/// Widens rows `nr p ..` of `w` (`n_rows` rows of `k` elements of `ty`), columns
+/// `k0 .. k0 + kc`, into the transposed panel `dst` (`dst[i * nr + j]`, `kc * nr` floats);
+/// rows past `n_rows` are zeros.
+#[allow(clippy::too_many_arguments)]
+fn pack_panel(
+    isa: &Isa,
+    ty: Float,
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    p: usize,
+    (k0, kc): (usize, usize),
+    dst: &mut [f32],
+) {
+    let (nr, es) = (isa.nr, ty.size());
+    assert!(nr <= MAX_NR, "gemm: panel wider than MAX_NR");
+    let live = nr.min(n_rows - p * nr);
+    let mut cols = [0.0f32; MAX_NR * PACK_COLS];
+    for c0 in (0..kc).step_by(PACK_COLS) {
+        let cn = PACK_COLS.min(kc - c0);
+        for (j, c) in cols.chunks_exact_mut(PACK_COLS).take(live).enumerate() {
+            let r = p * nr + j;
+            (isa.widen)(ty, &w[(r * k + k0 + c0) * es..][..cn * es], &mut c[..cn]);
+        }
+        for (i, d) in dst[c0 * nr..][..cn * nr].chunks_exact_mut(nr).enumerate() {
+            for (j, d) in d[..live].iter_mut().enumerate() {
+                *d = cols[j * PACK_COLS + i];
+            }
+            d[live..].fill(0.0);
+        }
+    }
+}
+
+/// One k-block's panels, packed: panel `p` is `b[p * stride..][..kc * nr]`.
+struct KBlock<'a> {
+    k0: usize,
+    kc: usize,
+    b: &'a [f32],
+    stride: usize,
+}
+
+/// Every tile of up to `mt` of the `n_tok` tokens in `a` (rows of `k` f32, as bytes) against
+/// panels `panels` of the k-block `kb`, the tokens outer so a tile stays in L1 while it
+/// sweeps the panels: `out[t * ldo + r]` (`=` for the first k-block, `+=` after) for the
+/// panels' rows below `n_rows`.
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    isa: &Isa,
+    kb: &KBlock<'_>,
+    panels: std::ops::Range<usize>,
+    k: usize,
+    a: &[u8],
+    n_tok: usize,
+    n_rows: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let (nr, arb, kc) = (isa.nr, k * 4, kb.kc);
+    let mut t0 = 0;
+    while t0 < n_tok {
+        let nt = isa.mt.min(n_tok - t0);
+        for p in panels.clone() {
+            let tile = Tile {
+                nt,
+                kc,
+                a: &a[t0 * arb + kb.k0 * 4..(t0 + nt - 1) * arb + (kb.k0 + kc) * 4],
+                lda: k,
+                b: &kb.b[p * kb.stride..][..kc * nr],
+                rows: nr.min(n_rows - p * nr),
+                accumulate: kb.k0 > 0,
+            };
+            let o0 = t0 * ldo + p * nr;
+            let o1 = (t0 + nt - 1) * ldo + p * nr + tile.rows;
+            (isa.tile)(&tile, &mut out[o0..o1], ldo);
+        }
+        t0 += nt;
+    }
+}
+
 /// `out[t * ldo + r] = Σ_i w[r, i] · a[t, i]` for `n_rows` weight rows of type `ty` and
 /// `n_tok` f32 activation rows (the [`GemmFn`](super::GemmFn) contract), packed as the
 /// module doc describes; `dot` serves calls of fewer than [`MIN_TOKENS`] tokens.
@@ -90,8 +188,7 @@ pub(super) fn gemm_packed(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let es = ty.size();
-    let (wrb, arb) = (k * es, k * 4);
+    let (wrb, arb) = (k * ty.size(), k * 4);
     if n_tok < MIN_TOKENS || k == 0 || n_rows == 0 {
         return gemm_by_dots(dot, wrb, arb, k, w, n_rows, a, n_tok, out, ldo);
     }
@@ -103,46 +200,145 @@ pub(super) fn gemm_packed(
     assert!(out.len() >= (n_tok - 1) * ldo + n_rows, "gemm: output size");
     let nr = isa.nr;
     let n_pan = n_rows.div_ceil(nr);
-    let n_kb = k.div_ceil(KC_MAX);
-    let kcb = k.div_ceil(n_kb); // balanced k-blocks
+    let (n_kb, kcb) = k_blocks(k);
     let mut packed = vec![0.0f32; n_pan * nr * kcb];
-    let mut row = vec![0.0f32; kcb];
     for kb in 0..n_kb {
         let k0 = kb * kcb;
         let kc = kcb.min(k - k0);
         for (p, panel) in packed.chunks_exact_mut(nr * kcb).enumerate() {
-            for j in 0..nr {
-                let r = p * nr + j;
-                if r < n_rows {
-                    (isa.widen)(ty, &w[r * wrb + k0 * es..][..kc * es], &mut row[..kc]);
-                    for (i, &v) in row[..kc].iter().enumerate() {
-                        panel[i * nr + j] = v;
-                    }
-                } else {
-                    for i in 0..kc {
-                        panel[i * nr + j] = 0.0;
-                    }
-                }
-            }
+            pack_panel(isa, ty, k, w, n_rows, p, (k0, kc), panel);
         }
-        let mut t0 = 0;
-        while t0 < n_tok {
-            let nt = isa.mt.min(n_tok - t0);
-            for (p, panel) in packed.chunks_exact(nr * kcb).enumerate() {
-                let tile = Tile {
-                    nt,
-                    kc,
-                    a: &a[t0 * arb + k0 * 4..(t0 + nt - 1) * arb + (k0 + kc) * 4],
-                    lda: k,
-                    b: &panel[..kc * nr],
-                    rows: nr.min(n_rows - p * nr),
-                    accumulate: kb > 0,
+        let kb = KBlock {
+            k0,
+            kc,
+            b: &packed,
+            stride: nr * kcb,
+        };
+        sweep(isa, &kb, 0..n_pan, k, a, n_tok, n_rows, out, ldo);
+    }
+}
+
+/// Weight rows a token range runs through all k-blocks before the next rows: their packed
+/// k-block (256 KiB) stays in L2 while the token tiles stream past, as in [`gemm_packed`]
+/// (whose callers hand it at most 256 rows).
+const SWEEP_ROWS: usize = 256;
+
+/// The packed float product in two steps, for callers that split one product over threads
+/// by tokens: pack the weights once ([`FloatPanels::pack_panel`], one panel of one k-block at
+/// a time, so panels can be packed in parallel), then run any number of token ranges against
+/// them ([`FloatPanels::gemm`]), each writing its own rows of the output. Same arithmetic,
+/// and the same bits, as the tier's [`GemmFn`](super::GemmFn) for the type.
+#[derive(Clone, Copy)]
+pub struct FloatPanels {
+    isa: &'static Isa,
+    ty: Float,
+}
+
+/// Weights packed for [`FloatPanels::gemm`]: k-block by k-block, each the rows' panels in
+/// order (`panel_len` floats each). Reusable: [`FloatPanels::shape`] keeps the capacity.
+#[derive(Default)]
+pub struct PackedFloat {
+    buf: Vec<f32>,
+    k: usize,
+    n_rows: usize,
+    panel_len: usize,
+}
+
+impl PackedFloat {
+    /// The packed panels (`panel_len` floats each), for [`FloatPanels::pack_panel`] to fill.
+    pub fn panels_mut(&mut self) -> &mut [f32] {
+        &mut self.buf
+    }
+
+    /// Floats per packed panel (one k-block of `nr` rows).
+    pub fn panel_len(&self) -> usize {
+        self.panel_len
+    }
+}
+
+impl FloatPanels {
+    pub(super) fn new(isa: &'static Isa, ty: Float) -> Self {
+        FloatPanels { isa, ty }
+    }
+
+    /// Shapes `dst` for `n_rows` weight rows of `k` (its capacity is kept, so a buffer
+    /// reused across products allocates once).
+    pub fn shape(self, k: usize, n_rows: usize, dst: &mut PackedFloat) {
+        let (n_kb, kcb) = k_blocks(k);
+        dst.panel_len = self.isa.nr * kcb;
+        dst.buf
+            .resize(n_kb * n_rows.div_ceil(self.isa.nr) * dst.panel_len, 0.0);
+        (dst.k, dst.n_rows) = (k, n_rows);
+    }
+
+    /// Packs panel `c` of [`PackedFloat::panels_mut`] (k-block `c / n_panels`, panel
+    /// `c % n_panels`) of the `n_rows` weight rows of `k` elements in `w` into `dst`, for a
+    /// buffer given the same shape by [`FloatPanels::shape`].
+    pub fn pack_panel(self, k: usize, w: &[u8], n_rows: usize, c: usize, dst: &mut [f32]) {
+        let (_, kcb) = k_blocks(k);
+        let n_pan = n_rows.div_ceil(self.isa.nr);
+        let (kb, p) = (c / n_pan, c % n_pan);
+        let k0 = kb * kcb;
+        let kc = kcb.min(k - k0);
+        assert!(w.len() >= n_rows * k * self.ty.size(), "gemm: input sizes");
+        pack_panel(self.isa, self.ty, k, w, n_rows, p, (k0, kc), dst);
+    }
+
+    /// Tokens per microkernel tile: token ranges of a multiple of it leave no partial tiles.
+    pub fn tile_tokens(self) -> usize {
+        self.isa.mt
+    }
+
+    /// `out[t * ldo + r] = Σ_i w[r, i] · a[t, i]` for the `n_tok` f32 activation rows in `a`
+    /// (as bytes) against every row of the packed weights `w`.
+    pub fn gemm(self, w: &PackedFloat, a: &[u8], n_tok: usize, out: &mut [f32], ldo: usize) {
+        self.gemm_then(w, a, n_tok, out, ldo, &mut |_, _| {})
+    }
+
+    /// [`FloatPanels::gemm`], calling `then(out, rows)` as soon as the output columns `rows`
+    /// are final for all `n_tok` tokens (at most 256 columns at a time, while they are still
+    /// in L2): an epilogue such as a bias or an activation, fused without another pass over
+    /// `out`.
+    pub fn gemm_then(
+        self,
+        w: &PackedFloat,
+        a: &[u8],
+        n_tok: usize,
+        out: &mut [f32],
+        ldo: usize,
+        then: &mut dyn FnMut(&mut [f32], std::ops::Range<usize>),
+    ) {
+        let (k, n_rows, nr) = (w.k, w.n_rows, self.isa.nr);
+        if n_tok == 0 || k == 0 || n_rows == 0 {
+            return;
+        }
+        assert!(a.len() >= n_tok * k * 4, "gemm: input sizes");
+        assert!(out.len() >= (n_tok - 1) * ldo + n_rows, "gemm: output size");
+        let n_pan = n_rows.div_ceil(nr);
+        let (n_kb, kcb) = k_blocks(k);
+        let per_sweep = (SWEEP_ROWS / nr).max(1);
+        for p0 in (0..n_pan).step_by(per_sweep) {
+            let panels = p0..(p0 + per_sweep).min(n_pan);
+            for kb in 0..n_kb {
+                let blk = KBlock {
+                    k0: kb * kcb,
+                    kc: kcb.min(k - kb * kcb),
+                    b: &w.buf[kb * n_pan * w.panel_len..][..n_pan * w.panel_len],
+                    stride: w.panel_len,
                 };
-                let o0 = t0 * ldo + p * nr;
-                let o1 = (t0 + nt - 1) * ldo + p * nr + tile.rows;
-                (isa.tile)(&tile, &mut out[o0..o1], ldo);
+                sweep(
+                    self.isa,
+                    &blk,
+                    panels.clone(),
+                    k,
+                    a,
+                    n_tok,
+                    n_rows,
+                    out,
+                    ldo,
+                );
             }
-            t0 += nt;
+            then(out, p0 * nr..(panels.end * nr).min(n_rows));
         }
     }
 }
@@ -150,6 +346,7 @@ pub(super) fn gemm_packed(
 #[cfg(test)]
 pub(super) mod tests {
     use super::super::{gemm_by_dots, scalar, DotFn, GemmFn};
+    use super::{FloatPanels, PackedFloat};
     use crate::block::quantize_row;
     use crate::GgmlType;
 
@@ -169,6 +366,50 @@ pub(super) mod tests {
         let mut q = vec![0u8; ty.row_bytes(x.len() as u64).unwrap_or(0) as usize];
         quantize_row(ty, x, &mut q).unwrap();
         q
+    }
+
+    /// Checks the two-step product (`panels`: pack once, then token ranges) against the
+    /// one-step `gemm` of the same tier (itself checked against the scalar twin by
+    /// [`check_against_scalar`]): the same bits for every token range, also past one sweep
+    /// of rows and across k-blocks, with the output's padding columns untouched.
+    pub fn check_panels_match_gemm(panels: FloatPanels, gemm: GemmFn, ty: GgmlType) {
+        for &(k, n_rows, n_tok) in &[
+            (1usize, 1usize, 4usize),
+            (17, 33, 9),
+            (72, 72, 23),
+            (300, 290, 13),
+            (1030, 17, 21),
+            (513, 530, 6),
+        ] {
+            let w = encode(ty, &lcg(k as u64, n_rows * k, 1.0));
+            let a: Vec<u8> = lcg(5, n_tok * k, 2.0)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            let ldo = n_rows + 3;
+            let mut want = vec![f32::NAN; n_tok * ldo];
+            gemm(k, &w, n_rows, &a, n_tok, &mut want, ldo);
+            let mut packed = PackedFloat::default();
+            panels.shape(k, n_rows, &mut packed);
+            let len = packed.panel_len();
+            for (c, dst) in packed.panels_mut().chunks_exact_mut(len).enumerate() {
+                dst.fill(f32::NAN);
+                panels.pack_panel(k, &w, n_rows, c, dst);
+            }
+            for split in [0, 1, n_tok / 2, n_tok - 1] {
+                let mut got = vec![f32::NAN; n_tok * ldo];
+                let (lo, hi) = got.split_at_mut(split * ldo);
+                panels.gemm(&packed, &a[..split * k * 4], split, lo, ldo);
+                panels.gemm(&packed, &a[split * k * 4..], n_tok - split, hi, ldo);
+                for (i, (g, x)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        x.to_bits(),
+                        "{ty} k={k} rows={n_rows} tok={n_tok} split {split}: element {i}"
+                    );
+                }
+            }
+        }
     }
 
     /// Checks `gemm` against `gemm_by_dots` over the scalar twin on random, zero and ±max

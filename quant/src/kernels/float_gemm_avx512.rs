@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use super::float_gemm::{gemm_packed, Float, Isa, Tile};
 use super::{avx2, float_gemm_avx2, DotFn};
 
-const ISA: Isa = Isa {
+pub(super) const ISA: Isa = Isa {
     nr: 32,
     mt: 8,
     widen: float_gemm_avx2::widen,
@@ -117,6 +117,7 @@ fn tile_fma<const NT: usize, const NV: usize>(t: &Tile<'_>, out: &mut [f32], ldo
 
 #[cfg(test)]
 mod tests {
+    use super::super::float_gemm::{Float, FloatPanels};
     use crate::GgmlType;
 
     #[test]
@@ -129,5 +130,10 @@ mod tests {
         check(super::gemm_f32, GgmlType::F32);
         check(super::gemm_f16, GgmlType::F16);
         check(super::gemm_bf16, GgmlType::BF16);
+        let panels = super::super::float_gemm::tests::check_panels_match_gemm;
+        let isa = |ty| FloatPanels::new(&super::ISA, ty);
+        panels(isa(Float::F32), super::gemm_f32, GgmlType::F32);
+        panels(isa(Float::F16), super::gemm_f16, GgmlType::F16);
+        panels(isa(Float::BF16), super::gemm_bf16, GgmlType::BF16);
     }
 }

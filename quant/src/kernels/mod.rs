@@ -11,7 +11,6 @@
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod float_gemm;
 #[cfg(target_arch = "x86_64")]
 mod float_gemm_amx;
@@ -48,6 +47,8 @@ pub mod scalar;
 mod tier_tests;
 
 use std::sync::OnceLock;
+
+pub use float_gemm::{FloatPanels, PackedFloat};
 
 use crate::formats::{Format, Kernels, FORMATS};
 use crate::types::GgmlType;
@@ -331,6 +332,39 @@ pub fn gemm(
             debug_assert!(false, "gemm: no kernel for {ty}");
             out.iter_mut().for_each(|v| *v = f32::NAN);
         }
+    }
+}
+
+/// [`FloatPanels`] for F32, F16 and BF16 weights: the same microkernel and arithmetic as the
+/// table's [`GemmFn`] for them (AVX-512F, AVX2+FMA or NEON), split in packing and token
+/// ranges. `None` for other types, under `POCKETVL_FORCE_SCALAR=1` and on CPUs without
+/// those tiers (callers then use [`gemm`]).
+pub fn float_panels(ty: GgmlType) -> Option<FloatPanels> {
+    use float_gemm::Float;
+    let f = match ty {
+        GgmlType::F32 => Float::F32,
+        GgmlType::F16 => Float::F16,
+        GgmlType::BF16 => Float::BF16,
+        _ => return None,
+    };
+    if force_scalar() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected() {
+        let isa = if avx512::detected() {
+            &float_gemm_avx512::ISA
+        } else {
+            &float_gemm_avx2::ISA
+        };
+        return Some(FloatPanels::new(isa, f));
+    }
+    #[cfg(target_arch = "aarch64")]
+    return Some(FloatPanels::new(&neon_float_gemm::ISA, f));
+    #[allow(unreachable_code)]
+    {
+        let _ = f;
+        None
     }
 }
 

@@ -17,7 +17,7 @@ use std::arch::aarch64::*;
 use super::float_gemm::{gemm_packed, Float, Isa, Tile};
 use super::{neon, DotFn};
 
-const ISA: Isa = Isa {
+pub(super) const ISA: Isa = Isa {
     nr: 16,
     mt: 6,
     widen,
@@ -139,6 +139,7 @@ unsafe fn tile_fma<const NT: usize>(t: &Tile<'_>, out: &mut [f32], ldo: usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::float_gemm::{Float, FloatPanels};
     use crate::GgmlType;
 
     #[test]
@@ -147,5 +148,10 @@ mod tests {
         check(super::gemm_f32, GgmlType::F32);
         check(super::gemm_f16, GgmlType::F16);
         check(super::gemm_bf16, GgmlType::BF16);
+        let panels = super::super::float_gemm::tests::check_panels_match_gemm;
+        let isa = |ty| FloatPanels::new(&super::ISA, ty);
+        panels(isa(Float::F32), super::gemm_f32, GgmlType::F32);
+        panels(isa(Float::F16), super::gemm_f16, GgmlType::F16);
+        panels(isa(Float::BF16), super::gemm_bf16, GgmlType::BF16);
     }
 }

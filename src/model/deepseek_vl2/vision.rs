@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::vision_attention::full_attention;
 use super::vision_config::{VisionError, VisionHparams};
-use super::vision_math::{add_bias, add_into, gelu_tanh, layer_norm, tower_matmul};
+use super::vision_math::{layer_norm, tower_matmul, tower_matmul_then, Then};
 use crate::loader::{LoaderError, ModelFile, Weight};
 use crate::ops::MatView;
 
@@ -161,21 +161,18 @@ impl VisionTower {
         for b in &self.blocks {
             // x = x + proj(attn(LN1(x)))
             layer_norm(&x, &b.ln1_w, &b.ln1_b, hp.eps, &mut h);
-            tower_matmul(&b.qkv.view(), &h, n_tok, &mut qkv); // [n_tok, 3W]
-            add_bias(&mut qkv, &b.qkv_b);
+            let qkv_b = Then::Bias(&b.qkv_b);
+            tower_matmul_then(&b.qkv.view(), &h, n_tok, &mut qkv, qkv_b); // [n_tok, 3W]
             let (nh, hd) = (hp.n_head, hp.head_dim());
             full_attention(&qkv, n_tiles, np, nh, hd, &mut panels, &mut attn); // [n_tok, W]
-            tower_matmul(&b.out.view(), &attn, n_tok, &mut proj);
-            add_bias(&mut proj, &b.out_b);
-            add_into(&mut x, &proj);
+            let into_x = Then::BiasInto(&b.out_b, &mut x);
+            tower_matmul_then(&b.out.view(), &attn, n_tok, &mut proj, into_x);
             // x = x + fc2(gelu_tanh(fc1(LN2(x))))
             layer_norm(&x, &b.ln2_w, &b.ln2_b, hp.eps, &mut h);
-            tower_matmul(&b.up.view(), &h, n_tok, &mut ff); // [n_tok, n_ff]
-            add_bias(&mut ff, &b.up_b);
-            gelu_tanh(&mut ff);
-            tower_matmul(&b.down.view(), &ff, n_tok, &mut proj);
-            add_bias(&mut proj, &b.down_b);
-            add_into(&mut x, &proj);
+            let up_b = Then::BiasGelu(&b.up_b);
+            tower_matmul_then(&b.up.view(), &h, n_tok, &mut ff, up_b); // [n_tok, n_ff]
+            let into_x = Then::BiasInto(&b.down_b, &mut x);
+            tower_matmul_then(&b.down.view(), &ff, n_tok, &mut proj, into_x);
         }
         layer_norm(&x, &self.post_w, &self.post_b, hp.eps, out);
         Ok(())

@@ -15,7 +15,7 @@
 //! std's over the range used (tested below); GELU(tanh) is computed as the identical
 //! `z · sigmoid(2y)` = `0.5 z (1 + tanh y)`, which needs one `exp` and no cancellation.
 
-use quant::kernels::bf16_tiles;
+use quant::kernels::{bf16_tiles, float_panels, Bf16Tiles, FloatPanels, PackedFloat};
 use quant::GgmlType;
 use rayon::prelude::*;
 
@@ -148,30 +148,75 @@ pub(super) fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out:
         .for_each(|(o, x)| crate::ops::layer_norm(x, weight, bias, eps, o));
 }
 
+/// What the tower does with a product's output right after it: fused into the product where
+/// the FMA panels run it (per task, on 256 output columns at a time while they are in L2),
+/// separate passes elsewhere. Either way the same f32 operations in the same order.
+pub(super) enum Then<'a> {
+    /// Nothing.
+    Done,
+    /// `out += bias` on every row.
+    Bias(&'a [f32]),
+    /// `out = gelu_tanh(out + bias)`.
+    BiasGelu(&'a [f32]),
+    /// `residual += out + bias` (`out` is then scratch).
+    BiasInto(&'a [f32], &'a mut [f32]),
+}
+
 /// `out = x · Wᵀ` for the tower and projector (`[n_tok, k]` -> `[n_tok, n]`).
+pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    tower_matmul_then(w, x, n_tok, out, Then::Done)
+}
+
+/// [`tower_matmul`], then `then`.
 ///
 /// BF16 weights on an AMX CPU take the tile product with the activations split into two
 /// bf16 (`hi + lo`, 16 significant bits), so the only rounding beyond f32 arithmetic is the
 /// weights' own, which a bf16 checkpoint does not have. Measured on the fixtures
 /// (`vision_tower_recipes`): activations rounded to one bf16 moved the logits by
 /// 1.4e-2-2.0e-2 and flipped greedy ids (87/96 on tiny-mla); split, 1.7e-5-1.9e-5 and
-/// 96/96, next to f16 weights' 6e-6-8e-6. The weights are packed once per call (blocks in
-/// parallel), then the tokens are split over the pool: each task splits and packs its own
-/// tokens once and sweeps the packed weights (two tasks per thread balance a shared
-/// machine). Everything else goes through [`matmul_view`] with exact f32 activations.
-pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
-    let tiles = (w.ty == GgmlType::BF16 && w.k > 0)
-        .then(bf16_tiles)
-        .flatten();
-    let Some(tiles) = tiles else {
-        return matmul_view(w, x, n_tok, out);
-    };
+/// 96/96, next to f16 weights' 6e-6-8e-6. Float weights elsewhere take the FMA panels
+/// ([`panels_matmul`]) with exact f32 activations; without those (`POCKETVL_FORCE_SCALAR`)
+/// [`matmul_view`].
+pub(super) fn tower_matmul_then(
+    w: &MatView<'_>,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    then: Then<'_>,
+) {
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), n_tok * k, "tower matmul: activation shape");
     assert_eq!(out.len(), n_tok * n, "tower matmul: output shape");
     if n_tok == 0 || n == 0 {
         return;
     }
+    let tiles = (w.ty == GgmlType::BF16 && k > 0).then(bf16_tiles).flatten();
+    match (tiles, float_panels(w.ty)) {
+        (Some(tiles), _) => amx_matmul(tiles, w, x, n_tok, out),
+        #[cfg(target_endian = "little")]
+        (None, Some(panels)) => return panels_matmul(panels, w, x, n_tok, out, then),
+        _ => matmul_view(w, x, n_tok, out),
+    }
+    match then {
+        Then::Done => {}
+        Then::Bias(b) => add_bias(out, b),
+        Then::BiasGelu(b) => {
+            add_bias(out, b);
+            gelu_tanh(out);
+        }
+        Then::BiasInto(b, residual) => {
+            add_bias(out, b);
+            add_into(residual, out);
+        }
+    }
+}
+
+/// The AMX-BF16 product with split activations: the weights are packed once per call
+/// (blocks in parallel), then the tokens are split over the pool: each task splits and packs
+/// its own tokens once and sweeps the packed weights (two tasks per thread balance a shared
+/// machine).
+fn amx_matmul(tiles: Bf16Tiles, w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    let (k, n) = (w.k, w.n);
     let mut packed = tiles.buffer(k, n);
     let bb = packed.block_bytes();
     packed
@@ -184,6 +229,89 @@ pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [
     out.par_chunks_mut(per * n)
         .zip(x.par_chunks(per * k))
         .for_each(|(o, a)| tiles.gemm(&packed, a, o.len() / n, o, n, true));
+}
+
+thread_local! {
+    /// The packed weights of [`panels_matmul`], kept by the calling thread between products
+    /// (the largest, a 4304 x 1152 MLP matrix, is 20 MB of f32): allocated and faulted in
+    /// once, not per product.
+    static PANELS: std::cell::Cell<PackedFloat> = std::cell::Cell::new(PackedFloat::default());
+}
+
+/// The FMA product with the weights widened and packed once per call (panels in parallel)
+/// and the tokens split over the pool, two tasks per thread (balance on a shared machine):
+/// each task writes its own rows of `out` at their final place (no blocks to scatter), all
+/// weight panels whole (no half panels of a row split), and runs `then` on each 256 columns
+/// of its rows as soon as they are final.
+#[cfg(target_endian = "little")]
+fn panels_matmul(
+    panels: FloatPanels,
+    w: &MatView<'_>,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    then: Then<'_>,
+) {
+    let (k, n) = (w.k, w.n);
+    let mut packed = PANELS.with(|c| c.take());
+    panels.shape(k, n, &mut packed);
+    let len = packed.panel_len();
+    packed
+        .panels_mut()
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(c, dst)| panels.pack_panel(k, w.data, n, c, dst));
+    let (bias, gelu, residual) = match then {
+        Then::Done => (None, false, None),
+        Then::Bias(b) => (Some(b), false, None),
+        Then::BiasGelu(b) => (Some(b), true, None),
+        Then::BiasInto(b, r) => (Some(b), false, Some(r)),
+    };
+    let tasks = 2 * rayon::current_num_threads();
+    let mt = panels.tile_tokens();
+    let per = n_tok.div_ceil(tasks).div_ceil(mt) * mt;
+    let task = |o: &mut [f32], a: &[f32], mut residual: Option<&mut [f32]>| {
+        let a = quant::block::f32_bytes(a);
+        panels.gemm_then(&packed, a, o.len() / n, o, n, &mut |o, cols| {
+            let b = bias.map(|b| &b[cols.clone()]);
+            for (t, row) in o.chunks_exact_mut(n).enumerate() {
+                let r = residual
+                    .as_deref_mut()
+                    .map(|r| &mut r[t * n..][cols.clone()]);
+                finish(&mut row[cols.clone()], b, gelu, r);
+            }
+        });
+    };
+    let chunks = out.par_chunks_mut(per * n).zip(x.par_chunks(per * k));
+    match residual {
+        // Each task's residual rows beside its output rows.
+        Some(r) => chunks
+            .zip(r.par_chunks_mut(per * n))
+            .for_each(|((o, a), r)| task(o, a, Some(r))),
+        None => chunks.for_each(|(o, a)| task(o, a, None)),
+    }
+    PANELS.with(|c| c.set(packed));
+}
+
+/// [`Then`] on the columns of one output row: `+= bias`, then GELU; or, given the residual
+/// row's same columns, `residual += row + bias` (`row` left as is).
+fn finish(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Option<&mut [f32]>) {
+    match (residual, bias) {
+        (Some(r), Some(b)) => r
+            .iter_mut()
+            .zip(row.iter())
+            .zip(b)
+            .for_each(|((r, v), b)| *r += v + b),
+        (Some(r), None) => r.iter_mut().zip(row.iter()).for_each(|(r, v)| *r += v),
+        (None, b) => {
+            if let Some(b) = b {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            if gelu {
+                gelu_tanh_chunk(row);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
