@@ -6,7 +6,7 @@
 //! several passes each, so a shared machine's load cancels out).
 //! One thread. Not a test; numbers depend on the machine.
 //! Run: `cargo run --release -p pocketvl-quant --example gemv_stream [types…]`
-//! (types like `q4_0 q8_0 q4_K q5_0`; `GS_MB=512` sets the buffer size,
+//! (types like `q4_0 q8_0 q4_K q5_K q5_0`; `GS_MB=512` sets the buffer size,
 //! `GS_TIER=avx512-vnni` one tier).
 
 use std::hint::black_box;
@@ -98,7 +98,7 @@ fn main() {
         .unwrap_or(320);
     let only_tier = std::env::var("GS_TIER").ok();
     use GgmlType::*;
-    let types: Vec<GgmlType> = [Q4_0, Q8_0, Q4_K, Q5_0, Q6_K]
+    let types: Vec<GgmlType> = [Q4_0, Q8_0, Q4_K, Q5_K, Q5_0, Q6_K]
         .into_iter()
         .filter(|ty| {
             wanted.is_empty()
