@@ -551,22 +551,37 @@ fn gemv_tile<const F: u8>(
         }
         let len = gn * bb;
         let ahead = PREFETCH_BYTES.div_ceil(len) * sh.wrb;
-        for (r, acc_r) in accs.iter_mut().enumerate().take(nr) {
-            let piece = &w[r * sh.wrb + g0 * bb..][..len];
-            let pf = piece.as_ptr().wrapping_add(ahead);
-            // The piece's lines `ahead` bytes on: per super-block one
-            // prefetch per 64 bytes (consecutive blocks so leave no line
-            // out), then the piece's last byte. Prefetches never fault; the
-            // addresses are only computed, never dereferenced.
-            let (mut acc, mut macc) = (_mm512_setzero_ps(), _mm_setzero_ps());
-            for (j, (b, x)) in piece.chunks_exact(bb).zip(&xs[..gn]).enumerate() {
+        // Two rows side by side: the activation vectors are loaded once for
+        // both (one row at a time read 17 % less per second with the data
+        // in L2). A lone last row is read twice (the second sum unused).
+        for r in (0..nr).step_by(2) {
+            let r1 = (r + 1).min(nr - 1);
+            let p0 = &w[r * sh.wrb + g0 * bb..][..len];
+            let p1 = &w[r1 * sh.wrb + g0 * bb..][..len];
+            let (mut a0, mut m0) = (_mm512_setzero_ps(), _mm_setzero_ps());
+            let (mut a1, mut m1) = (_mm512_setzero_ps(), _mm_setzero_ps());
+            for (j, x) in xs[..gn].iter().enumerate() {
+                // The same bytes `ahead` further, one prefetch per 64 bytes
+                // (consecutive blocks so leave no line out).
                 for o in (0..bb).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(j * bb + o).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(
+                        p0.as_ptr().wrapping_add(ahead + j * bb + o).cast(),
+                    );
+                    _mm_prefetch::<_MM_HINT_T1>(
+                        p1.as_ptr().wrapping_add(ahead + j * bb + o).cast(),
+                    );
                 }
-                (acc, macc) = gemv_block::<F>(b, x, acc, macc);
+                (a0, m0) = gemv_block::<F>(&p0[j * bb..][..bb], x, a0, m0);
+                (a1, m1) = gemv_block::<F>(&p1[j * bb..][..bb], x, a1, m1);
             }
-            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(len - 1).cast());
-            *acc_r = _mm512_add_ps(*acc_r, _mm512_add_ps(acc, _mm512_zextps128_ps512(macc)));
+            // And the rows' last bytes. Prefetches never fault; the
+            // addresses are only computed, never dereferenced.
+            _mm_prefetch::<_MM_HINT_T1>(p0.as_ptr().wrapping_add(ahead + len - 1).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p1.as_ptr().wrapping_add(ahead + len - 1).cast());
+            accs[r] = _mm512_add_ps(accs[r], _mm512_add_ps(a0, _mm512_zextps128_ps512(m0)));
+            if r1 > r {
+                accs[r1] = _mm512_add_ps(accs[r1], _mm512_add_ps(a1, _mm512_zextps128_ps512(m1)));
+            }
         }
     }
     store_tile::<1>(reduce16_ps(&accs), nr, 1, out, 1);
