@@ -283,8 +283,9 @@ struct GemvAct {
     /// elements 0..32 ∪ 64..96, 32..64 ∪ 96..128, 128..160 ∪ 192..224,
     /// 160..192 ∪ 224..256; Q6_K: element order.
     q: [__m512i; 4],
-    /// Q4_K/Q5_K: the 8 32-group sums (i16, low half); Q6_K: the 16
-    /// 16-group sums negated (i16), the factors of −32·scale.
+    /// Q4_K/Q5_K: the 8 32-group sums (i16) in each half (one per row of a
+    /// pair); Q6_K: the 16 16-group sums negated (i16), the factors of
+    /// −32·scale.
     sums: __m256i,
     /// d_a in all 4 lanes.
     d: __m128,
@@ -311,7 +312,8 @@ fn gemv_act<const F: u8>(blk: &[u8]) -> GemvAct {
         // The sum of two bsums (≤ 32·128) fits an i16.
         let pairs = _mm256_madd_epi16(bsums, _mm256_set1_epi16(1));
         let q = [join(0, 64), join(32, 96), join(128, 192), join(160, 224)];
-        (q, _mm256_zextsi128_si256(_mm256_cvtepi32_epi16(pairs)))
+        let sums = _mm256_cvtepi32_epi16(pairs);
+        (q, _mm256_set_m128i(sums, sums))
     };
     GemvAct {
         q,
@@ -321,33 +323,39 @@ fn gemv_act<const F: u8>(blk: &[u8]) -> GemvAct {
 }
 
 /// The 8 scales (bytes 0..8) and 8 mins (bytes 8..16) of a Q4_K/Q5_K
-/// super-block from its 12 scale bytes (the low 12 of `q`), as
-/// [`k4_scales_mins`] unpacks them, in 8 vector instructions: bytes 0..4 of
-/// each half are the low 6 bits of q[0..4] / q[4..8]; bytes 4..8 the low /
-/// high nibbles of q[8..12] with the top 2 bits of q[0..4] / q[4..8] above.
+/// super-block from its 12 scale bytes (the low 12 of each 128-bit half of
+/// `q`: two rows' blocks at once), as [`k4_scales_mins`] unpacks them, in 8
+/// vector instructions: bytes 0..4 of each 8 are the low 6 bits of
+/// q[0..4] / q[4..8]; bytes 4..8 the low / high nibbles of q[8..12] with the
+/// top 2 bits of q[0..4] / q[4..8] above.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn k4_scale_bytes(q: __m128i) -> __m128i {
-    let low = _mm_shuffle_epi8(
+fn k4_scale_bytes(q: __m256i) -> __m256i {
+    let twice = |v: __m128i| _mm256_set_m128i(v, v);
+    let low = _mm256_shuffle_epi8(
         q,
-        _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11),
+        twice(_mm_setr_epi8(
+            0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11,
+        )),
     );
     // Words 6, 7 (the mins' high nibbles) down by 4.
-    let low = _mm_srlv_epi16(low, _mm_setr_epi16(0, 0, 0, 0, 0, 0, 4, 4));
-    let low = _mm_and_si128(
+    let low = _mm256_srlv_epi16(low, twice(_mm_setr_epi16(0, 0, 0, 0, 0, 0, 4, 4)));
+    let low = _mm256_and_si256(
         low,
-        _mm_setr_epi8(
+        twice(_mm_setr_epi8(
             63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15,
-        ),
+        )),
     );
     let z = -128;
-    let top = _mm_shuffle_epi8(
+    let top = _mm256_shuffle_epi8(
         q,
-        _mm_setr_epi8(z, z, z, z, 0, 1, 2, 3, z, z, z, z, 4, 5, 6, 7),
+        twice(_mm_setr_epi8(
+            z, z, z, z, 0, 1, 2, 3, z, z, z, z, 4, 5, 6, 7,
+        )),
     );
     // Bits 6-7 to 4-5.
-    let top = _mm_and_si128(_mm_srli_epi16::<2>(top), _mm_set1_epi8(0x30));
-    _mm_or_si128(low, top)
+    let top = _mm256_and_si256(_mm256_srli_epi16::<2>(top), _mm256_set1_epi8(0x30));
+    _mm256_or_si256(low, top)
 }
 
 /// `vpshufb` indices (per 128-bit block, i16 lanes) spreading the scales over
@@ -389,15 +397,14 @@ const fn q6_spread() -> [i8; 64] {
 /// (high 32) of qh[l].
 const Q5_BITS: [u32; 4] = [0, 1, 4, 5];
 
-/// `(acc, macc)` plus one weight super-block `b` against `x`: `acc` gathers
-/// the scaled quant sums (×d·d_a, 16 lanes), `macc` the min sums (×dmin·d_a,
-/// subtracted, 4 lanes; Q6_K folds its −32 into `acc`). Per 64 quants one
-/// `vpdpbusd` of the unsigned quants; the i32 lanes (|·| ≤ 4·63·128 < 2¹⁵)
-/// are packed to i16 in pairs of vectors, and one `vpdpwssd` per pair applies
-/// the scales, so the super-block is one exact i32 vector and one FMA.
+/// The quants of a weight super-block (see [`GemvAct::q`]) against the
+/// token's: one `vpdpbusd` per 64 unsigned quants, whose i32 lanes
+/// (|·| ≤ 4·63·128 < 2¹⁵) are packed to i16 in pairs of vectors, so one
+/// `vpdpwssd` per pair can apply the scales. Q6_K's quants are 0..64
+/// (its −32 is applied through the bsums).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn gemv_block<const F: u8>(b: &[u8], x: &GemvAct, acc: __m512, macc: __m128) -> (__m512, __m128) {
+fn quant_sums<const F: u8>(b: &[u8], x: &GemvAct) -> (__m512i, __m512i) {
     assert_eq!(b.len(), block_bytes(F));
     let p = b.as_ptr();
     let m4 = _mm512_set1_epi8(0x0f);
@@ -454,64 +461,106 @@ fn gemv_block<const F: u8>(b: &[u8], x: &GemvAct, acc: __m512, macc: __m128) -> 
     }
     let z = _mm512_setzero_si512();
     let s: [__m512i; 4] = std::array::from_fn(|c| _mm512_dpbusd_epi32(z, u[c], x.q[c]));
-    let (q01, q23) = (
+    (
         _mm512_packs_epi32(s[0], s[1]),
         _mm512_packs_epi32(s[2], s[3]),
-    );
-    // SAFETY: the spread tables are 64 bytes; loadu is unaligned.
-    let table = |t: &[i8; 64]| unsafe { _mm512_loadu_si512(t.as_ptr().cast()) };
-    if F == Q6K {
-        // SAFETY: the 16 scale bytes (192..208) and d (208..210) lie in the block.
-        let (sc, d) = unsafe {
-            (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast())),
-                _mm_cvtsi32_si128(p.add(208).cast::<u16>().read_unaligned() as i32),
-            )
-        };
-        let scz = _mm512_zextsi256_si512(sc);
-        let idx = table(&Q6_SPREAD);
-        let s01 = _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x00>(scz, scz), idx);
-        let s23 = _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x55>(scz, scz), idx);
-        let mut i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, s01), q23, s23);
-        // −32·scale·bsum per 16-group (|32·scale| ≤ 4096 fits an i16).
-        i = _mm512_dpwssd_epi32(
-            i,
-            _mm512_zextsi256_si512(_mm256_slli_epi16::<5>(sc)),
-            _mm512_zextsi256_si512(x.sums),
-        );
-        let dd = _mm_mul_ps(_mm_cvtph_ps(d), x.d);
-        return (
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc),
-            macc,
-        );
-    }
-    // SAFETY: d, dmin (bytes 0..4) and the 12 scale bytes (4..16, read as
-    // 4..20) lie in the block.
-    let (d, q) = unsafe {
+    )
+}
+
+/// Loads a 64-byte `vpshufb` table.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn table(t: &[i8; 64]) -> __m512i {
+    // SAFETY: t is 64 bytes; loadu is unaligned.
+    unsafe { _mm512_loadu_si512(t.as_ptr().cast()) }
+}
+
+/// `acc` plus one Q6_K super-block `b` against `x` (×d·d_a, 16 lanes; the
+/// −32 folded into the integer sum through the bsums).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q6_block(b: &[u8], x: &GemvAct, acc: __m512) -> __m512 {
+    let (q01, q23) = quant_sums::<Q6K>(b, x);
+    let p = b.as_ptr();
+    // SAFETY: the 16 scale bytes (192..208) and d (208..210) lie in the
+    // 210-byte block (checked by `quant_sums`).
+    let (sc, d) = unsafe {
         (
-            _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()),
-            _mm_loadu_si128(p.add(4).cast()),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast())),
+            _mm_cvtsi32_si128(p.add(208).cast::<u16>().read_unaligned() as i32),
         )
     };
-    let sm = k4_scale_bytes(q);
-    let smz = _mm512_broadcast_i32x4(sm);
-    let s01 = _mm512_shuffle_epi8(smz, table(&K4_SPREAD[0]));
-    let s23 = _mm512_shuffle_epi8(smz, table(&K4_SPREAD[1]));
-    let i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, s01), q23, s23);
-    // The 8 mins as i16 against the 8 32-group sums.
-    let none = -128;
-    let mins = _mm_shuffle_epi8(
-        sm,
-        _mm_setr_epi8(
-            8, none, 9, none, 10, none, 11, none, 12, none, 13, none, 14, none, 15, none,
-        ),
+    let scz = _mm512_zextsi256_si512(sc);
+    let idx = table(&Q6_SPREAD);
+    let s01 = _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x00>(scz, scz), idx);
+    let s23 = _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x55>(scz, scz), idx);
+    let mut i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, s01), q23, s23);
+    // −32·scale·bsum per 16-group (|32·scale| ≤ 4096 fits an i16).
+    i = _mm512_dpwssd_epi32(
+        i,
+        _mm512_zextsi256_si512(_mm256_slli_epi16::<5>(sc)),
+        _mm512_zextsi256_si512(x.sums),
     );
-    let m = _mm_madd_epi16(mins, _mm256_castsi256_si128(x.sums));
     let dd = _mm_mul_ps(_mm_cvtph_ps(d), x.d);
-    (
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc),
-        _mm_fnmadd_ps(_mm_cvtepi32_ps(m), _mm_permute_ps::<0x55>(dd), macc),
-    )
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc)
+}
+
+/// `acc[i]` plus the Q4_K/Q5_K super-block `b[i]` of two rows against `x`
+/// (×d·d_a, 16 lanes each), `macc` minus their min sums (×dmin·d_a, row i
+/// in 128-bit half i). The two rows' scale bytes, mins and f16 scales are
+/// unpacked and applied together (one 256-bit operation serves both).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn k4_pair<const F: u8>(b: [&[u8]; 2], x: &GemvAct, acc: &mut [__m512; 2], macc: &mut __m256) {
+    let q = [quant_sums::<F>(b[0], x), quant_sums::<F>(b[1], x)];
+    let (p0, p1) = (b[0].as_ptr(), b[1].as_ptr());
+    // SAFETY: d, dmin (bytes 0..4) and the 12 scale bytes (4..16, read as
+    // 4..20) lie in each block (checked by `quant_sums`); reads are unaligned.
+    let (d, sq) = unsafe {
+        (
+            _mm_setr_epi32(
+                p0.cast::<i32>().read_unaligned(),
+                p1.cast::<i32>().read_unaligned(),
+                0,
+                0,
+            ),
+            _mm256_set_m128i(
+                _mm_loadu_si128(p1.add(4).cast()),
+                _mm_loadu_si128(p0.add(4).cast()),
+            ),
+        )
+    };
+    let sm = k4_scale_bytes(sq);
+    let smz = _mm512_castsi256_si512(sm);
+    let (t01, t23) = (table(&K4_SPREAD[0]), table(&K4_SPREAD[1]));
+    // [d0·d_a, dmin0·d_a, d1·d_a, dmin1·d_a]
+    let dd = _mm_mul_ps(_mm_cvtph_ps(d), x.d);
+    let ddz = _mm512_castps128_ps512(dd);
+    for (r, (acc, (q01, q23))) in acc.iter_mut().zip(q).enumerate() {
+        let (smr, dr) = if r == 0 {
+            (
+                _mm512_shuffle_i32x4::<0x00>(smz, smz),
+                _mm512_broadcastss_ps(dd),
+            )
+        } else {
+            (
+                _mm512_shuffle_i32x4::<0x55>(smz, smz),
+                _mm512_permutexvar_ps(_mm512_set1_epi32(2), ddz),
+            )
+        };
+        let s01 = _mm512_shuffle_epi8(smr, t01);
+        let s23 = _mm512_shuffle_epi8(smr, t23);
+        let i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, s01), q23, s23);
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), dr, *acc);
+    }
+    // The 8 mins (i16) of each row against the 8 32-group sums.
+    let mins = _mm256_unpackhi_epi8(sm, _mm256_setzero_si256());
+    let m = _mm256_madd_epi16(mins, x.sums);
+    let dmin = _mm256_permutexvar_ps(
+        _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3),
+        _mm256_castps128_ps256(dd),
+    );
+    *macc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(m), dmin, *macc);
 }
 
 /// Lays out super-blocks `g0..g0 + n` of the token `a` into `xs`.
@@ -558,8 +607,8 @@ fn gemv_tile<const F: u8>(
             let r1 = (r + 1).min(nr - 1);
             let p0 = &w[r * sh.wrb + g0 * bb..][..len];
             let p1 = &w[r1 * sh.wrb + g0 * bb..][..len];
-            let (mut a0, mut m0) = (_mm512_setzero_ps(), _mm_setzero_ps());
-            let (mut a1, mut m1) = (_mm512_setzero_ps(), _mm_setzero_ps());
+            let mut acc = [_mm512_setzero_ps(); 2];
+            let mut macc = _mm256_setzero_ps();
             for (j, x) in xs[..gn].iter().enumerate() {
                 // The same bytes `ahead` further, one prefetch per 64 bytes
                 // (consecutive blocks so leave no line out).
@@ -571,16 +620,24 @@ fn gemv_tile<const F: u8>(
                         p1.as_ptr().wrapping_add(ahead + j * bb + o).cast(),
                     );
                 }
-                (a0, m0) = gemv_block::<F>(&p0[j * bb..][..bb], x, a0, m0);
-                (a1, m1) = gemv_block::<F>(&p1[j * bb..][..bb], x, a1, m1);
+                let b = [&p0[j * bb..][..bb], &p1[j * bb..][..bb]];
+                if F == Q6K {
+                    acc = [q6_block(b[0], x, acc[0]), q6_block(b[1], x, acc[1])];
+                } else {
+                    k4_pair::<F>(b, x, &mut acc, &mut macc);
+                }
             }
             // And the rows' last bytes. Prefetches never fault; the
             // addresses are only computed, never dereferenced.
             _mm_prefetch::<_MM_HINT_T1>(p0.as_ptr().wrapping_add(ahead + len - 1).cast());
             _mm_prefetch::<_MM_HINT_T1>(p1.as_ptr().wrapping_add(ahead + len - 1).cast());
-            accs[r] = _mm512_add_ps(accs[r], _mm512_add_ps(a0, _mm512_zextps128_ps512(m0)));
-            if r1 > r {
-                accs[r1] = _mm512_add_ps(accs[r1], _mm512_add_ps(a1, _mm512_zextps128_ps512(m1)));
+            let m = [
+                _mm256_castps256_ps128(macc),
+                _mm256_extractf128_ps::<1>(macc),
+            ];
+            for (i, rr) in [r, r1].into_iter().enumerate().take(r1 + 1 - r) {
+                let s = _mm512_add_ps(acc[i], _mm512_zextps128_ps512(m[i]));
+                accs[rr] = _mm512_add_ps(accs[rr], s);
             }
         }
     }
@@ -816,16 +873,24 @@ mod tests {
                 (s >> 56) as u8
             }));
         }
-        for q in cases {
-            let (sc, mn) = k4_scales_mins(&q[..12]);
-            let mut got = [0u8; 16];
-            // SAFETY: AVX-512 detected above; q and got are 16 bytes.
+        // Each case in the low half, the next one in the high half.
+        for (q, q1) in cases.iter().zip(cases.iter().cycle().skip(1)) {
+            let mut got = [0u8; 32];
+            // SAFETY: AVX-512 detected above; q, q1 are 16 bytes, got 32.
             unsafe {
-                let v = k4_scale_bytes(_mm_loadu_si128(q.as_ptr().cast()));
-                _mm_storeu_si128(got.as_mut_ptr().cast(), v);
+                let (lo, hi) = (
+                    _mm_loadu_si128(q.as_ptr().cast()),
+                    _mm_loadu_si128(q1.as_ptr().cast()),
+                );
+                let v = k4_scale_bytes(_mm256_set_m128i(hi, lo));
+                _mm256_storeu_si256(got.as_mut_ptr().cast(), v);
             }
-            let want = (sc as u128) | (mn as u128) << 64;
-            assert_eq!(u128::from_le_bytes(got), want, "scale bytes {q:?}");
+            for (q, got) in [q, q1].into_iter().zip(got.chunks_exact(16)) {
+                let (sc, mn) = k4_scales_mins(&q[..12]);
+                let want = (sc as u128) | (mn as u128) << 64;
+                let got = u128::from_le_bytes(got.try_into().expect("16 bytes"));
+                assert_eq!(got, want, "scale bytes {q:?}");
+            }
         }
     }
 
