@@ -14,9 +14,15 @@
 //! (row, token) and scaled in f32. The integer block sums equal the scalar
 //! twins' (`scalar.rs`); only the order of the f32 additions differs.
 //!
-//! [`gemv_tile`] (one token: n_tok = 1, a last lone token, and the dots)
-//! decodes each row into registers and uses it at once, 16 rows per tile so
-//! their loads overlap. Padding rows/tokens of tail tiles are zeros.
+//! [`gemv`] (one token: n_tok = 1, a last lone token, and the dots) has
+//! nothing to reuse but the token, so it spends as few instructions per
+//! weight byte as it can: the token's blocks laid out once per call in the
+//! weight's nibble order, one `vpdpbusd` per 64 quants, the lanes packed to
+//! i16 so one `vpdpwssd` per two vectors applies the scales, one FMA per
+//! super-block into the row's accumulator, two rows side by side sharing
+//! the activation loads and (Q4_K/Q5_K) the scale unpacking; each 16-row
+//! tile is read as one stream with an L2 prefetch ahead. Padding rows/tokens
+//! of tail tiles are zeros.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -572,11 +578,11 @@ fn gemv_acts<const F: u8>(a: &[u8], g0: usize, xs: &mut [GemvAct]) {
     }
 }
 
-/// `out[r] = dot(w row r, a)` for `r < nr ≤ 16`: each row's super-blocks in
-/// order into its own accumulators, then the next row (the tile's rows are
-/// adjacent in memory: one sequential stream), each row prefetching the
-/// same bytes [`PREFETCH_BYTES`] (whole rows) further into L2, as the
-/// Q4_0/Q8_0 GEMV does; then [`reduce16_ps`]. `xs` holds the token's laid-out
+/// `out[r] = dot(w row r, a)` for `r < nr ≤ 16`: two rows' super-blocks at
+/// a time in order into their own accumulators, then the next two (the
+/// tile's rows are adjacent in memory: one stream), prefetching the same
+/// bytes [`PREFETCH_BYTES`] (whole rows) further into L2, as the Q4_0/Q8_0
+/// GEMV does; then [`reduce16_ps`]. `xs` holds the token's laid-out
 /// blocks when the row fits one pass (`relay` false); otherwise each pass of
 /// [`GEMV_SB`] super-blocks lays out its own.
 #[inline]
