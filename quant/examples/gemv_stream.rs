@@ -6,8 +6,10 @@
 //! several passes each, so a shared machine's load cancels out).
 //! One thread. Not a test; numbers depend on the machine.
 //! Run: `cargo run --release -p pocketvl-quant --example gemv_stream [types…]`
-//! (types like `q4_0 q8_0 q4_K q5_0`; `GS_MB=512` sets the buffer size,
-//! `GS_TIER=avx512-vnni` one tier).
+//! (types like `q4_0 q8_0 q4_K q5_K q5_0`; `GS_MB=512` sets the buffer size, fractions
+//! too: `GS_MB=0.25` keeps it in L2 and measures the kernel's own speed,
+//! `GS_TIER=avx512-vnni` one tier, `GS_PASSES=20` more passes of each (the
+//! best counts) where other work shares the machine).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -92,13 +94,17 @@ fn gemv_pass(
 
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    let mb: usize = std::env::var("GS_MB")
+    let mb: f64 = std::env::var("GS_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(320);
+        .unwrap_or(320.0);
     let only_tier = std::env::var("GS_TIER").ok();
+    let passes: usize = std::env::var("GS_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     use GgmlType::*;
-    let types: Vec<GgmlType> = [Q4_0, Q8_0, Q4_K, Q5_0, Q6_K]
+    let types: Vec<GgmlType> = [Q4_0, Q8_0, Q4_K, Q5_K, Q5_0, Q6_K]
         .into_iter()
         .filter(|ty| {
             wanted.is_empty()
@@ -118,7 +124,7 @@ fn main() {
             // One quantized block of rows, copied until the buffer is full
             // (the caches cannot tell copies apart).
             let seed = quantize(ty, &values(1, k * rows_per_call * 4), k);
-            let calls = (mb << 20) / (wrb * rows_per_call);
+            let calls = ((mb * (1 << 20) as f64) as usize / (wrb * rows_per_call)).max(1);
             let mut buf = Vec::with_capacity(calls * wrb * rows_per_call);
             while buf.len() < calls * wrb * rows_per_call {
                 let n = seed.len().min(calls * wrb * rows_per_call - buf.len());
@@ -131,7 +137,7 @@ fn main() {
                     continue;
                 }
                 let (mut best_g, mut best_r) = (f64::MAX, f64::MAX);
-                for _ in 0..4 {
+                for _ in 0..passes {
                     best_g = best_g.min(gemv_pass(&t, ty, k, &buf, rows_per_call, &a, &mut out));
                     best_r = best_r.min(read_pass(&buf));
                 }

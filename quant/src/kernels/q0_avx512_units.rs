@@ -367,7 +367,7 @@ impl UnitFormat for Q8_0 {
 /// the same tree (so a lone row and a tile row give the same bits).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn reduce16(v: &[__m512; 16]) -> __m512 {
+pub(super) fn reduce16(v: &[__m512; 16]) -> __m512 {
     let mut s = [_mm512_setzero_ps(); 8];
     for i in 0..8 {
         let (a, b) = (v[2 * i], v[2 * i + 1]);

@@ -364,8 +364,9 @@ fn simd_gemv_tiles_match_scalar_twins() {
         } in gemm_slots(&tier, &scalar)
         {
             // 1 unit; 13 blocks (a partial last unit of the 4-block units);
-            // 1280 (decode's width); 4192 (several k-chunks, partial tail).
-            let ks: Vec<usize> = [unit, 13 * unit, 1280, 4192]
+            // 1280 (decode's width); 4192 (several k-chunks, partial tail);
+            // 17 super-blocks (the K-quant GEMV's second pass).
+            let ks: Vec<usize> = [unit, 13 * unit, 1280, 4192, 17 * 256]
                 .into_iter()
                 .filter(|k| k % unit == 0)
                 .collect();
