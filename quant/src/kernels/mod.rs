@@ -338,7 +338,7 @@ pub fn gemm(
 /// [`FloatPanels`] for F32, F16 and BF16 weights: the same microkernel and arithmetic as the
 /// table's [`GemmFn`] for them (AVX-512F, AVX2+FMA or NEON), split in packing and token
 /// ranges. `None` for other types, under `POCKETVL_FORCE_SCALAR=1` and on CPUs without
-/// those tiers (callers then use [`gemm`]).
+/// those tiers (callers then use [`gemm`]); never above `POCKETVL_MAX_TIER`.
 pub fn float_panels(ty: GgmlType) -> Option<FloatPanels> {
     use float_gemm::Float;
     let f = match ty {
@@ -347,12 +347,9 @@ pub fn float_panels(ty: GgmlType) -> Option<FloatPanels> {
         GgmlType::BF16 => Float::BF16,
         _ => return None,
     };
-    if force_scalar() {
-        return None;
-    }
     #[cfg(target_arch = "x86_64")]
-    if avx2::detected() {
-        let isa = if avx512::detected() {
+    if avx2::detected() && tier_allowed("avx2") {
+        let isa = if avx512::detected() && tier_allowed("avx512-vnni") {
             &float_gemm_avx512::ISA
         } else {
             &float_gemm_avx2::ISA
@@ -360,7 +357,9 @@ pub fn float_panels(ty: GgmlType) -> Option<FloatPanels> {
         return Some(FloatPanels::new(isa, f));
     }
     #[cfg(target_arch = "aarch64")]
-    return Some(FloatPanels::new(&neon_float_gemm::ISA, f));
+    if tier_allowed("neon") {
+        return Some(FloatPanels::new(&neon_float_gemm::ISA, f));
+    }
     #[allow(unreachable_code)]
     {
         let _ = f;
