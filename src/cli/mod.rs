@@ -47,6 +47,9 @@ pub enum Command {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(e) = quant::kernels::max_tier_error() {
+        anyhow::bail!(e);
+    }
     match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),

@@ -196,13 +196,23 @@ fn max_tier_rank() -> Option<usize> {
     *RANK.get_or_init(|| {
         let v = std::env::var("POCKETVL_MAX_TIER").ok()?;
         let rank = TIER_NAMES.iter().position(|&n| n == v.trim());
-        if rank.is_none() {
-            eprintln!(
-                "pocketvl: POCKETVL_MAX_TIER={v:?} is not one of {}; ignoring it",
-                TIER_NAMES.join(", ")
-            );
+        if let Some(e) = max_tier_error() {
+            eprintln!("pocketvl: {e}; ignoring it");
         }
         rank
+    })
+}
+
+/// What is wrong with `POCKETVL_MAX_TIER`, if anything: an unknown tier name. The CLI refuses
+/// such a run up front (it would measure other kernels than asked for); inside a library the
+/// table falls back to the best tier with the warning of [`max_tier_rank`].
+pub fn max_tier_error() -> Option<String> {
+    let v = std::env::var("POCKETVL_MAX_TIER").ok()?;
+    (!TIER_NAMES.contains(&v.trim())).then(|| {
+        format!(
+            "POCKETVL_MAX_TIER={v:?} is not one of {}",
+            TIER_NAMES.join(", ")
+        )
     })
 }
 
