@@ -50,10 +50,11 @@ fn read_bandwidth_with(bytes: usize) -> f64 {
 }
 
 /// An anonymous mapping of `bytes`, asking for transparent huge pages where the kernel offers
-/// them. The weights are a file mapping, which recent kernels map with 2 MiB folios (Linux 6.18
-/// on ext4 mapped 98 % of a model's mapping so, unasked); reading 4 KiB pages instead ran
-/// 20-25 % slower on one thread of an AMD Zen 4 VM (23 against 28-29 GB/s, and no difference
-/// on a Xeon), so a probe on small pages under-read the memory the weights sit in.
+/// them. The weights are a file mapping, which recent kernels map largely with 2 MiB folios
+/// unasked (Linux 6.18 on ext4: `FilePmdMapped` 1.06 of 1.72 GB resident during a `bench
+/// model` run); on one thread of an AMD Zen 4 VM this probe read 20.4-23.4 GB/s on 4 KiB pages
+/// and 24.8-27.8 GB/s on huge pages in alternating `bench model` runs, so a probe on small
+/// pages under-read the memory the weights sit in.
 fn huge_page_buffer(bytes: usize) -> Option<memmap2::MmapMut> {
     let map = memmap2::MmapMut::map_anon(bytes).ok()?;
     // Best effort: without THP (or outside Linux) the probe reads normal pages, as the weights
