@@ -364,14 +364,18 @@ fn k4_scale_bytes(q: __m256i) -> __m256i {
     _mm256_or_si256(low, top)
 }
 
-/// `vpshufb` indices (per 128-bit block, i16 lanes) spreading the scales over
-/// the words of `packs(P0, P1)` and `packs(P2, P3)`, P_c the `vpdpbusd`
-/// lanes of weight vector c: block k holds lanes 4k..4k+4 of P0 (words 0..4)
-/// and of P1 (words 4..8). Q4_K/Q5_K (scale bytes, zero-extended): P0 is
-/// 32-group 0 in blocks 0-1 and 2 in blocks 2-3, P1 groups 1 / 3, P2 4 / 6,
-/// P3 5 / 7. Q6_K (i16 scales, 8 per 128-bit block): P0's block k is
-/// 16-group k, P1's 4 + k (then P2's 8 + k, P3's 12 + k from the high 8).
-static K4_SPREAD: [[i8; 64]; 2] = [k4_spread(0), k4_spread(4)];
+/// `vpshufb` indices (per 128-bit block, i16 lanes) spreading scales over
+/// the words of `packs(P, P')`, P (P') the `vpdpbusd` lanes of one weight
+/// vector of the first (second) row of a pair: block k holds lanes
+/// 4k..4k+4 of P (words 0..4) and of P' (words 4..8).
+///
+/// Q4_K/Q5_K (`K4_SPREAD[c]`, weight vector c; the source block holds the
+/// first row's 8 scale bytes, then the second row's): vector c's lanes
+/// 0..8 are 32-group `[0, 1, 4, 5][c]`, lanes 8..16 that + 2. Q6_K (i16
+/// scales, 8 per 128-bit block; one row, `packs(P0, P1)` and
+/// `packs(P2, P3)`): P0's block k is 16-group k, P1's 4 + k (then P2's
+/// 8 + k, P3's 12 + k from the high 8).
+static K4_SPREAD: [[i8; 64]; 4] = [k4_spread(0), k4_spread(1), k4_spread(4), k4_spread(5)];
 static Q6_SPREAD: [i8; 64] = q6_spread();
 
 const fn k4_spread(first: i8) -> [i8; 64] {
@@ -379,7 +383,7 @@ const fn k4_spread(first: i8) -> [i8; 64] {
     let mut i = 0;
     while i < 64 {
         let (blk, word) = (i / 16, (i % 16) / 2);
-        let group = first + if blk < 2 { 0 } else { 2 } + if word < 4 { 0 } else { 1 };
+        let group = first + if blk < 2 { 0 } else { 2 } + if word < 4 { 0 } else { 8 };
         s[i] = if i % 2 == 0 { group } else { -128 };
         i += 1;
     }
@@ -404,13 +408,13 @@ const fn q6_spread() -> [i8; 64] {
 const Q5_BITS: [u32; 4] = [0, 1, 4, 5];
 
 /// The quants of a weight super-block (see [`GemvAct::q`]) against the
-/// token's: one `vpdpbusd` per 64 unsigned quants, whose i32 lanes
-/// (|·| ≤ 4·63·128 < 2¹⁵) are packed to i16 in pairs of vectors, so one
-/// `vpdpwssd` per pair can apply the scales. Q6_K's quants are 0..64
-/// (its −32 is applied through the bsums).
+/// token's: one `vpdpbusd` per 64 unsigned quants (weight vector c), whose
+/// i32 lanes (|·| ≤ 4·63·128 < 2¹⁵) the callers pack to i16 in pairs of
+/// vectors, so one `vpdpwssd` per pair can apply the scales. Q6_K's quants
+/// are 0..64 (its −32 is applied through the bsums).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn quant_sums<const F: u8>(b: &[u8], x: &GemvAct) -> (__m512i, __m512i) {
+fn quant_dots<const F: u8>(b: &[u8], x: &GemvAct) -> [__m512i; 4] {
     assert_eq!(b.len(), block_bytes(F));
     let p = b.as_ptr();
     let m4 = _mm512_set1_epi8(0x0f);
@@ -466,11 +470,7 @@ fn quant_sums<const F: u8>(b: &[u8], x: &GemvAct) -> (__m512i, __m512i) {
         }
     }
     let z = _mm512_setzero_si512();
-    let s: [__m512i; 4] = std::array::from_fn(|c| _mm512_dpbusd_epi32(z, u[c], x.q[c]));
-    (
-        _mm512_packs_epi32(s[0], s[1]),
-        _mm512_packs_epi32(s[2], s[3]),
-    )
+    std::array::from_fn(|c| _mm512_dpbusd_epi32(z, u[c], x.q[c]))
 }
 
 /// Loads a 64-byte `vpshufb` table.
@@ -486,10 +486,14 @@ fn table(t: &[i8; 64]) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn q6_block(b: &[u8], x: &GemvAct, acc: __m512) -> __m512 {
-    let (q01, q23) = quant_sums::<Q6K>(b, x);
+    let s = quant_dots::<Q6K>(b, x);
+    let (q01, q23) = (
+        _mm512_packs_epi32(s[0], s[1]),
+        _mm512_packs_epi32(s[2], s[3]),
+    );
     let p = b.as_ptr();
     // SAFETY: the 16 scale bytes (192..208) and d (208..210) lie in the
-    // 210-byte block (checked by `quant_sums`).
+    // 210-byte block (checked by `quant_dots`).
     let (sc, d) = unsafe {
         (
             _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast())),
@@ -511,17 +515,19 @@ fn q6_block(b: &[u8], x: &GemvAct, acc: __m512) -> __m512 {
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc)
 }
 
-/// `acc[i]` plus the Q4_K/Q5_K super-block `b[i]` of two rows against `x`
-/// (×d·d_a, 16 lanes each), `macc` minus their min sums (×dmin·d_a, row i
-/// in 128-bit half i). The two rows' scale bytes, mins and f16 scales are
-/// unpacked and applied together (one 256-bit operation serves both).
+/// `acc` plus the Q4_K/Q5_K super-blocks `b[0]`, `b[1]` of two rows against
+/// `x` (×d·d_a; the first row in i32 lanes 0, 1 of each 128-bit block, the
+/// second in lanes 2, 3), `macc` minus their min sums (×dmin·d_a, row i in
+/// 128-bit half i). The two rows' quant sums are packed into the same i16
+/// vectors, so each scale multiply, the convert and the FMA serve both; the
+/// scale bytes, mins and f16 scales are unpacked together too.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn k4_pair<const F: u8>(b: [&[u8]; 2], x: &GemvAct, acc: &mut [__m512; 2], macc: &mut __m256) {
-    let q = [quant_sums::<F>(b[0], x), quant_sums::<F>(b[1], x)];
+fn k4_pair<const F: u8>(b: [&[u8]; 2], x: &GemvAct, acc: &mut __m512, macc: &mut __m256) {
+    let (s0, s1) = (quant_dots::<F>(b[0], x), quant_dots::<F>(b[1], x));
     let (p0, p1) = (b[0].as_ptr(), b[1].as_ptr());
     // SAFETY: d, dmin (bytes 0..4) and the 12 scale bytes (4..16, read as
-    // 4..20) lie in each block (checked by `quant_sums`); reads are unaligned.
+    // 4..20) lie in each block (checked by `quant_dots`); reads are unaligned.
     let (d, sq) = unsafe {
         (
             _mm_setr_epi32(
@@ -537,28 +543,25 @@ fn k4_pair<const F: u8>(b: [&[u8]; 2], x: &GemvAct, acc: &mut [__m512; 2], macc:
         )
     };
     let sm = k4_scale_bytes(sq);
-    let smz = _mm512_castsi256_si512(sm);
-    let (t01, t23) = (table(&K4_SPREAD[0]), table(&K4_SPREAD[1]));
+    // Both rows' 8 scale bytes (qwords 0 and 2 of `sm`) in every 128-bit
+    // block, spread over the words of the packed pairs.
+    let sc = _mm512_permutexvar_epi64(
+        _mm512_set_epi64(2, 0, 2, 0, 2, 0, 2, 0),
+        _mm512_castsi256_si512(sm),
+    );
+    let w: [__m512i; 4] = std::array::from_fn(|c| _mm512_packs_epi32(s0[c], s1[c]));
+    let sw: [__m512i; 4] = std::array::from_fn(|c| _mm512_shuffle_epi8(sc, table(&K4_SPREAD[c])));
+    let mut i = _mm512_madd_epi16(w[0], sw[0]);
+    for c in 1..4 {
+        i = _mm512_dpwssd_epi32(i, w[c], sw[c]);
+    }
     // [d0·d_a, dmin0·d_a, d1·d_a, dmin1·d_a]
     let dd = _mm_mul_ps(_mm_cvtph_ps(d), x.d);
-    let ddz = _mm512_castps128_ps512(dd);
-    for (r, (acc, (q01, q23))) in acc.iter_mut().zip(q).enumerate() {
-        let (smr, dr) = if r == 0 {
-            (
-                _mm512_shuffle_i32x4::<0x00>(smz, smz),
-                _mm512_broadcastss_ps(dd),
-            )
-        } else {
-            (
-                _mm512_shuffle_i32x4::<0x55>(smz, smz),
-                _mm512_permutexvar_ps(_mm512_set1_epi32(2), ddz),
-            )
-        };
-        let s01 = _mm512_shuffle_epi8(smr, t01);
-        let s23 = _mm512_shuffle_epi8(smr, t23);
-        let i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, s01), q23, s23);
-        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), dr, *acc);
-    }
+    let dr = _mm512_permutexvar_ps(
+        _mm512_set_epi32(2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0),
+        _mm512_castps128_ps512(dd),
+    );
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), dr, *acc);
     // The 8 mins (i16) of each row against the 8 32-group sums.
     let mins = _mm256_unpackhi_epi8(sm, _mm256_setzero_si256());
     let m = _mm256_madd_epi16(mins, x.sums);
@@ -613,6 +616,7 @@ fn gemv_tile<const F: u8>(
             let r1 = (r + 1).min(nr - 1);
             let p0 = &w[r * sh.wrb + g0 * bb..][..len];
             let p1 = &w[r1 * sh.wrb + g0 * bb..][..len];
+            // Q6_K: one accumulator per row; Q4_K/Q5_K: both rows in acc[0].
             let mut acc = [_mm512_setzero_ps(); 2];
             let mut macc = _mm256_setzero_ps();
             for (j, x) in xs[..gn].iter().enumerate() {
@@ -630,7 +634,7 @@ fn gemv_tile<const F: u8>(
                 if F == Q6K {
                     acc = [q6_block(b[0], x, acc[0]), q6_block(b[1], x, acc[1])];
                 } else {
-                    k4_pair::<F>(b, x, &mut acc, &mut macc);
+                    k4_pair::<F>(b, x, &mut acc[0], &mut macc);
                 }
             }
             // And the rows' last bytes. Prefetches never fault; the
@@ -641,6 +645,14 @@ fn gemv_tile<const F: u8>(
                 _mm256_castps256_ps128(macc),
                 _mm256_extractf128_ps::<1>(macc),
             ];
+            if F != Q6K {
+                // The pair's lanes: the first row in i32 lanes 0, 1 of each
+                // 128-bit block, the second in lanes 2, 3.
+                acc = [
+                    _mm512_maskz_mov_ps(0x3333, acc[0]),
+                    _mm512_maskz_mov_ps(0xcccc, acc[0]),
+                ];
+            }
             for (i, rr) in [r, r1].into_iter().enumerate().take(r1 + 1 - r) {
                 let s = _mm512_add_ps(acc[i], _mm512_zextps128_ps512(m[i]));
                 accs[rr] = _mm512_add_ps(accs[rr], s);

@@ -40,7 +40,7 @@ use super::q0_x86::h2f;
 use crate::block::{as_blocks, BlockQ8_0};
 
 /// One unit of prepared activations: the quants facing the weight's first
-/// and second quant vector (`q1` unused for Q8_0), the `vpdpbusd` start value
+/// and second quant vector, the `vpdpbusd` start value
 /// `−OFFSET·Σa` per i32 lane, and the activation scale of each lane's block.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -68,9 +68,7 @@ trait UnitFormat {
     const BLOCK_BYTES: usize;
     /// Signed quant = unsigned quant − OFFSET.
     const OFFSET: i8;
-    /// Whether a unit has two quant vectors (low and high nibbles).
-    const TWO: bool;
-    /// The unit's unsigned quants (one or two vectors) and each lane's block
+    /// The unit's unsigned quants (two vectors) and each lane's block
     /// scale, from the `n` blocks (`n < BLOCKS` only for a row's last unit)
     /// at `p`.
     ///
@@ -109,13 +107,19 @@ static Q4_D: [i16; 32] = {
     }
     s
 };
-/// As `Q4_QS` for 4 Q5_0 blocks of 22 bytes (quants at word 11j + 3; the
-/// last block's lie in the second vector, words 32..).
+/// Where word `w` of a Q5_0 unit (88 bytes) lies in the vector pair that
+/// [`Q5_0::weight`] loads: words 0..32 in the first (bytes 0..64), the rest
+/// in the second, which holds bytes 24..88 (words 12..44) so that both loads
+/// are whole 64-byte loads inside the unit.
+const fn q5_word(w: usize) -> i16 {
+    (if w < 32 { w } else { w + 20 }) as i16
+}
+/// As `Q4_QS` for 4 Q5_0 blocks of 22 bytes (quants at word 11j + 3).
 static Q5_QS: [i16; 32] = {
     let mut s = [0i16; 32];
     let mut i = 0;
     while i < 32 {
-        s[i] = (11 * (i / 8) + 3 + i % 8) as i16;
+        s[i] = q5_word(11 * (i / 8) + 3 + i % 8);
         i += 1;
     }
     s
@@ -127,80 +131,79 @@ static Q5_DH: [i16; 32] = {
     let mut s = [0i16; 32];
     let mut i = 0;
     while i < 24 {
-        s[i] = if i < 16 {
+        s[i] = q5_word(if i < 16 {
             11 * (i / 4)
         } else if i < 20 {
             11 * (i - 16) + 1
         } else {
             11 * (i - 20) + 2
-        } as i16;
+        });
         i += 1;
     }
     s
 };
-/// As `Q4_QS` for 2 Q8_0 blocks (quants at word 17j + 1 of 68 bytes).
-static Q8_QS: [i16; 32] = {
+/// `vpshufb` indices spreading the `qh` bytes (bytes 32..48 of [`Q5_DH`]'s
+/// result, broadcast to every 128-bit block) over the quant bytes: byte i of
+/// block j of the low-nibble vector takes byte i/8 of block j's low `qh`
+/// half (byte 2j + i/8), of the high-nibble vector byte 2j + i/8 of the high
+/// halves (8 + 2j + i/8).
+static Q5_QH_LO: [i8; 64] = q5_qh_spread(0);
+static Q5_QH_HI: [i8; 64] = q5_qh_spread(8);
+
+const fn q5_qh_spread(first: usize) -> [i8; 64] {
+    let mut s = [0i8; 64];
+    let mut i = 0;
+    while i < 64 {
+        s[i] = (first + 2 * (i / 16) + (i % 16) / 8) as i8;
+        i += 1;
+    }
+    s
+}
+/// Byte i of every 8 selects bit i (`vptestmb` against the spread `qh`).
+const Q5_BIT: i64 = 0x8040_2010_0804_0201u64 as i64;
+
+/// 4 Q8_0 blocks (136 bytes) as two quant vectors in `Q4_QS`'s layout:
+/// `Q8_LO` gathers each block's first 16 quants (word 17j + 1 + i of the
+/// vectors at bytes 0 and 64), `Q8_HI` its last 16 (word 17j + 5 + i of the
+/// vectors at bytes 8 and 72, which reach the unit's last byte).
+static Q8_LO: [i16; 32] = q8_quants(1);
+static Q8_HI: [i16; 32] = q8_quants(5);
+
+const fn q8_quants(first: usize) -> [i16; 32] {
     let mut s = [0i16; 32];
     let mut i = 0;
     while i < 32 {
-        s[i] = (17 * (i / 16) + 1 + i % 16) as i16;
+        s[i] = (17 * (i / 8) + first + i % 8) as i16;
         i += 1;
     }
     s
-};
-/// As `Q4_D`: block i/8's scale (word 17·(i/8)) in word i.
+}
+/// As `Q4_D`: block i/4's scale (word 17·(i/4) of the vectors at bytes 0
+/// and 64) in word i.
 static Q8_D: [i16; 32] = {
     let mut s = [0i16; 32];
     let mut i = 0;
     while i < 16 {
-        s[i] = (17 * (i / 8)) as i16;
+        s[i] = (17 * (i / 4)) as i16;
         i += 1;
     }
     s
 };
 
-/// The first 64 bytes at `p` and the rest of a unit of `bytes` bytes (≤ 128)
-/// as a second vector; only `n_bytes` of them when `PART`.
+/// The 64 bytes at `p + off` of a row's last, partial unit, of which the
+/// `n_bytes` at `p` are readable: the bytes past them read as zeros.
 ///
 /// # Safety
-/// AVX-512 F/BW; `p` points at `bytes` (`n_bytes` when `PART`) readable bytes.
+/// AVX-512 F/BW; `p` points at `n_bytes` readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn load_unit<const PART: bool>(
-    p: *const u8,
-    bytes: usize,
-    n_bytes: usize,
-) -> (__m512i, __m512i) {
-    debug_assert!(bytes > 64 && bytes <= 128 && (!PART || n_bytes < bytes));
-    let mask = |n: usize| if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
-    if PART {
-        // A row's last, partial unit: masked loads never touch the bytes
-        // past the mask (no fault, no read past the row).
-        // SAFETY: the masks cover the `n_bytes` readable bytes only.
-        return unsafe {
-            let a = _mm512_maskz_loadu_epi8(mask(n_bytes), p.cast());
-            let b = if n_bytes > 64 {
-                _mm512_maskz_loadu_epi8(mask(n_bytes - 64), p.add(64).cast())
-            } else {
-                _mm512_setzero_si512()
-            };
-            (a, b)
-        };
-    }
-    // SAFETY: bytes 0..64 and 64..bytes are readable (caller); the tail is
-    // read as 8 (Q4_0) or 4 (Q8_0) bytes, or under a mask (Q5_0), exactly
-    // what is left.
-    unsafe {
-        let a = _mm512_loadu_si512(p.cast());
-        let b = match bytes - 64 {
-            8 => _mm512_zextsi128_si512(_mm_loadl_epi64(p.add(64).cast())),
-            4 => {
-                _mm512_zextsi128_si512(_mm_cvtsi32_si128(p.add(64).cast::<i32>().read_unaligned()))
-            }
-            n => _mm512_maskz_loadu_epi8(mask(n), p.add(64).cast()),
-        };
-        (a, b)
-    }
+unsafe fn load_part(p: *const u8, n_bytes: usize, off: usize) -> __m512i {
+    let n = n_bytes.saturating_sub(off);
+    let mask = if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
+    // SAFETY: a masked load never touches the bytes past its mask, which
+    // covers readable bytes only (none when n = 0; the address is then
+    // only computed).
+    unsafe { _mm512_maskz_loadu_epi8(mask, p.wrapping_add(off).cast()) }
 }
 
 /// Loads a 32-entry i16 index table.
@@ -227,13 +230,13 @@ fn minus_offset_sum(acc: __m512i, offset: i8, q: __m512i) -> __m512i {
     _mm512_sub_epi32(acc, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(offset), q))
 }
 
-/// 16 f32: `d` of block j in lanes `per·j .. per·(j + 1)`.
+/// 16 f32: `d` of block j in lanes `4j .. 4j + 4`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn act_scales(blocks: &[BlockQ8_0], per: usize) -> __m512 {
+fn act_scales(blocks: &[BlockQ8_0]) -> __m512 {
     let mut d = [0f32; 16];
     for (j, b) in blocks.iter().enumerate() {
-        d[per * j..per * (j + 1)].fill(h2f(b.d));
+        d[4 * j..4 * (j + 1)].fill(h2f(b.d));
     }
     // SAFETY: d is 16 f32.
     unsafe { _mm512_loadu_ps(d.as_ptr()) }
@@ -243,13 +246,22 @@ impl UnitFormat for Q4_0 {
     const BLOCKS: usize = 4;
     const BLOCK_BYTES: usize = 18;
     const OFFSET: i8 = 8;
-    const TWO: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512) {
-        // SAFETY: forwarded caller contract.
-        let (a, b) = unsafe { load_unit::<PART>(p, 72, 18 * n) };
+        // SAFETY: the unit's 72 bytes (`18n` when `PART`) are readable
+        // (caller); the tail is read as its 8 bytes.
+        let (a, b) = unsafe {
+            if PART {
+                (load_part(p, 18 * n, 0), load_part(p, 18 * n, 64))
+            } else {
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_zextsi128_si512(_mm_loadl_epi64(p.add(64).cast())),
+                )
+            }
+        };
         let qs = _mm512_permutex2var_epi16(a, idx(&Q4_QS), b);
         let m4 = _mm512_set1_epi8(0x0f);
         let lo = _mm512_and_si512(qs, m4);
@@ -286,7 +298,7 @@ fn prep_nibble_order(blocks: &[BlockQ8_0], offset: i8) -> Unit {
         q0,
         q1,
         base: minus_offset_sum(base, offset, q1),
-        d: act_scales(blocks, 4),
+        d: act_scales(blocks),
     }
 }
 
@@ -294,22 +306,45 @@ impl UnitFormat for Q5_0 {
     const BLOCKS: usize = 4;
     const BLOCK_BYTES: usize = 22;
     const OFFSET: i8 = 16;
-    const TWO: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512) {
-        // SAFETY: forwarded caller contract.
-        let (a, b) = unsafe { load_unit::<PART>(p, 88, 22 * n) };
+        // Bytes 0..64 and 24..88 (see `q5_word`): two whole loads, no
+        // masked tail (a masked load needs its mask in a k register, which
+        // the loop then reloads from a general register every unit).
+        // SAFETY: the unit's 88 bytes (`22n` when `PART`) are readable
+        // (caller).
+        let (a, b) = unsafe {
+            if PART {
+                (load_part(p, 22 * n, 0), load_part(p, 22 * n, 24))
+            } else {
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_loadu_si512(p.add(24).cast()),
+                )
+            }
+        };
         let qs = _mm512_permutex2var_epi16(a, idx(&Q5_QS), b);
         // Words 0..16: the lanes' f16 scales; 16..24: the 4 blocks' `qh`
-        // halves, the 5th bits of the low then of the high nibbles, which
-        // as two u64 are the byte masks of the two quant vectors.
+        // halves, the 5th bits of the low then of the high nibbles.
         let dh = _mm512_permutex2var_epi16(a, idx(&Q5_DH), b);
         let d = _mm512_cvtph_ps(_mm512_castsi512_si256(dh));
-        let qh = _mm512_extracti32x4_epi32::<2>(dh);
-        let k_lo = _cvtu64_mask64(_mm_cvtsi128_si64(qh) as u64);
-        let k_hi = _cvtu64_mask64(_mm_extract_epi64::<1>(qh) as u64);
+        // The `qh` bytes in every 128-bit block, each spread over the 8
+        // quant bytes it holds the 5th bits of, tested bit by bit: the byte
+        // masks stay in vector registers (moving them through general
+        // registers into k registers cost more than these four operations).
+        let qh = _mm512_shuffle_i32x4::<0b10_10_10_10>(dh, dh);
+        // SAFETY: the `Q5_QH_*` tables are 64 bytes; loadu is unaligned.
+        let (t_lo, t_hi) = unsafe {
+            (
+                _mm512_loadu_si512(Q5_QH_LO.as_ptr().cast()),
+                _mm512_loadu_si512(Q5_QH_HI.as_ptr().cast()),
+            )
+        };
+        let bit = _mm512_set1_epi64(Q5_BIT);
+        let k_lo = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, t_lo), bit);
+        let k_hi = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, t_hi), bit);
         let (m4, b4) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x10));
         let lo = _mm512_and_si512(qs, m4);
         let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(qs), m4);
@@ -328,38 +363,42 @@ impl UnitFormat for Q5_0 {
 }
 
 impl UnitFormat for Q8_0 {
-    const BLOCKS: usize = 2;
+    const BLOCKS: usize = 4;
     const BLOCK_BYTES: usize = 34;
     /// `qs ^ 0x80` is `qs + 128` as an unsigned byte.
     const OFFSET: i8 = -128;
-    const TWO: bool = false;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512) {
-        // SAFETY: forwarded caller contract.
-        let (a, b) = unsafe { load_unit::<PART>(p, 68, 34 * n) };
-        let qs = _mm512_permutex2var_epi16(a, idx(&Q8_QS), b);
-        let u = _mm512_xor_si512(qs, _mm512_set1_epi8(-128));
-        (u, _mm512_setzero_si512(), scales(a, &Q8_D))
+        // The 136 bytes as the vectors at bytes 0, 64 (first halves and
+        // scales) and 8, 72 (second halves): whole loads inside the unit.
+        // SAFETY: the unit's 136 bytes (`34n` when `PART`) are readable
+        // (caller).
+        let [v0, v1, v8, v72] = unsafe {
+            if PART {
+                [0, 64, 8, 72].map(|off| load_part(p, 34 * n, off))
+            } else {
+                [0, 64, 8, 72].map(|off| _mm512_loadu_si512(p.add(off).cast()))
+            }
+        };
+        let flip = _mm512_set1_epi8(-128);
+        let lo = _mm512_permutex2var_epi16(v0, idx(&Q8_LO), v1);
+        let hi = _mm512_permutex2var_epi16(v8, idx(&Q8_HI), v72);
+        let d = _mm512_permutex2var_epi16(v0, idx(&Q8_D), v1);
+        (
+            _mm512_xor_si512(lo, flip),
+            _mm512_xor_si512(hi, flip),
+            _mm512_cvtph_ps(_mm512_castsi512_si256(d)),
+        )
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit {
-        let mut q = [0i8; 64];
-        for (j, b) in blocks.iter().enumerate() {
-            q[32 * j..32 * (j + 1)].copy_from_slice(&b.qs);
-        }
-        // SAFETY: q is 64 bytes.
-        let q0 = unsafe { _mm512_loadu_si512(q.as_ptr().cast()) };
-        Unit {
-            q0,
-            q1: _mm512_setzero_si512(),
-            // −128 as the unsigned byte 128.
-            base: minus_offset_sum(_mm512_setzero_si512(), Self::OFFSET, q0),
-            d: act_scales(blocks, 8),
-        }
+        // Elements 0..16 of each block face the first vector, 16..32 the
+        // second, as Q4_0's low and high nibbles do.
+        prep_nibble_order(blocks, Self::OFFSET)
     }
 }
 
@@ -395,10 +434,8 @@ fn step<F: UnitFormat>(w: (__m512i, __m512i, __m512), x: &Unit, acc: &mut __m512
     // SAFETY: only reached from functions compiled with AVX-512 F/BW/VL +
     // VNNI (the `target_feature` callers below), which this inlines into.
     unsafe {
-        let mut s = _mm512_dpbusd_epi32(x.base, w.0, x.q0);
-        if F::TWO {
-            s = _mm512_dpbusd_epi32(s, w.1, x.q1);
-        }
+        let s = _mm512_dpbusd_epi32(x.base, w.0, x.q0);
+        let s = _mm512_dpbusd_epi32(s, w.1, x.q1);
         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.2, x.d), *acc);
     }
 }
@@ -523,8 +560,9 @@ fn gemv_tile16<F: UnitFormat>(
             // (one prefetch per unit, skipping a line in 4 to 17, measured
             // 0.45–0.6× as fast: each skipped line is a demand miss).
             // Prefetches never fault: the address is only computed.
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead).cast());
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + 64).cast());
+            for o in (0..ub).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + o).cast());
+            }
             // SAFETY: unit u of row r lies whole in the row (u < whole
             // units of the chunk, asserted above); AVX-512 is ours.
             let wv = unsafe { F::weight::<false>(p, F::BLOCKS) };
