@@ -4,8 +4,10 @@
 //! the weight's nibble order.
 //!
 //! Q5_0 is Q4_0 plus a 5th bit: one more `vpermt2w` gathers the 4 blocks'
-//! `qh` words, which read as two u64 are byte masks that add 16 to the
-//! nibbles they mark (OFFSET 16); a unit is 88 bytes, its tail masked-loaded.
+//! `qh` words, whose bytes `vpshufb` spreads over the quant bytes they hold
+//! the bits of; `vptestmb` turns them into byte masks that add 16 to the
+//! nibbles they mark (OFFSET 16). A unit is 88 bytes, read as the two whole
+//! vectors at bytes 0 and 24.
 //!
 //! Why: the first AVX-512 kernels (`avx512.rs`, which still serve Q4_1,
 //! Q5_0, Q5_1) decoded every block on its own (a 16-byte load, two nibble
@@ -40,7 +42,7 @@ use super::q0_x86::h2f;
 use crate::block::{as_blocks, BlockQ8_0};
 
 /// One unit of prepared activations: the quants facing the weight's first
-/// and second quant vector, the `vpdpbusd` start value
+/// and second quant vector (`q1` unused for Q8_0), the `vpdpbusd` start value
 /// `−OFFSET·Σa` per i32 lane, and the activation scale of each lane's block.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -68,7 +70,9 @@ trait UnitFormat {
     const BLOCK_BYTES: usize;
     /// Signed quant = unsigned quant − OFFSET.
     const OFFSET: i8;
-    /// The unit's unsigned quants (two vectors) and each lane's block
+    /// Whether a unit has two quant vectors (low and high nibbles).
+    const TWO: bool;
+    /// The unit's unsigned quants (one or two vectors) and each lane's block
     /// scale, from the `n` blocks (`n < BLOCKS` only for a row's last unit)
     /// at `p`.
     ///
@@ -162,29 +166,22 @@ const fn q5_qh_spread(first: usize) -> [i8; 64] {
 /// Byte i of every 8 selects bit i (`vptestmb` against the spread `qh`).
 const Q5_BIT: i64 = 0x8040_2010_0804_0201u64 as i64;
 
-/// 4 Q8_0 blocks (136 bytes) as two quant vectors in `Q4_QS`'s layout:
-/// `Q8_LO` gathers each block's first 16 quants (word 17j + 1 + i of the
-/// vectors at bytes 0 and 64), `Q8_HI` its last 16 (word 17j + 5 + i of the
-/// vectors at bytes 8 and 72, which reach the unit's last byte).
-static Q8_LO: [i16; 32] = q8_quants(1);
-static Q8_HI: [i16; 32] = q8_quants(5);
-
-const fn q8_quants(first: usize) -> [i16; 32] {
+/// As `Q4_QS` for 2 Q8_0 blocks (quants at word 17j + 1 of 68 bytes).
+static Q8_QS: [i16; 32] = {
     let mut s = [0i16; 32];
     let mut i = 0;
     while i < 32 {
-        s[i] = (17 * (i / 8) + first + i % 8) as i16;
+        s[i] = (17 * (i / 16) + 1 + i % 16) as i16;
         i += 1;
     }
     s
-}
-/// As `Q4_D`: block i/4's scale (word 17·(i/4) of the vectors at bytes 0
-/// and 64) in word i.
+};
+/// As `Q4_D`: block i/8's scale (word 17·(i/8)) in word i.
 static Q8_D: [i16; 32] = {
     let mut s = [0i16; 32];
     let mut i = 0;
     while i < 16 {
-        s[i] = (17 * (i / 4)) as i16;
+        s[i] = (17 * (i / 8)) as i16;
         i += 1;
     }
     s
@@ -230,13 +227,13 @@ fn minus_offset_sum(acc: __m512i, offset: i8, q: __m512i) -> __m512i {
     _mm512_sub_epi32(acc, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(offset), q))
 }
 
-/// 16 f32: `d` of block j in lanes `4j .. 4j + 4`.
+/// 16 f32: `d` of block j in lanes `per·j .. per·(j + 1)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn act_scales(blocks: &[BlockQ8_0]) -> __m512 {
+fn act_scales(blocks: &[BlockQ8_0], per: usize) -> __m512 {
     let mut d = [0f32; 16];
     for (j, b) in blocks.iter().enumerate() {
-        d[4 * j..4 * (j + 1)].fill(h2f(b.d));
+        d[per * j..per * (j + 1)].fill(h2f(b.d));
     }
     // SAFETY: d is 16 f32.
     unsafe { _mm512_loadu_ps(d.as_ptr()) }
@@ -246,6 +243,7 @@ impl UnitFormat for Q4_0 {
     const BLOCKS: usize = 4;
     const BLOCK_BYTES: usize = 18;
     const OFFSET: i8 = 8;
+    const TWO: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -298,7 +296,7 @@ fn prep_nibble_order(blocks: &[BlockQ8_0], offset: i8) -> Unit {
         q0,
         q1,
         base: minus_offset_sum(base, offset, q1),
-        d: act_scales(blocks),
+        d: act_scales(blocks, 4),
     }
 }
 
@@ -306,6 +304,7 @@ impl UnitFormat for Q5_0 {
     const BLOCKS: usize = 4;
     const BLOCK_BYTES: usize = 22;
     const OFFSET: i8 = 16;
+    const TWO: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -363,42 +362,49 @@ impl UnitFormat for Q5_0 {
 }
 
 impl UnitFormat for Q8_0 {
-    const BLOCKS: usize = 4;
+    const BLOCKS: usize = 2;
     const BLOCK_BYTES: usize = 34;
     /// `qs ^ 0x80` is `qs + 128` as an unsigned byte.
     const OFFSET: i8 = -128;
+    const TWO: bool = false;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512) {
-        // The 136 bytes as the vectors at bytes 0, 64 (first halves and
-        // scales) and 8, 72 (second halves): whole loads inside the unit.
-        // SAFETY: the unit's 136 bytes (`34n` when `PART`) are readable
-        // (caller).
-        let [v0, v1, v8, v72] = unsafe {
+        // SAFETY: the unit's 68 bytes (`34n` when `PART`) are readable
+        // (caller); the tail is read as its 4 bytes.
+        let (a, b) = unsafe {
             if PART {
-                [0, 64, 8, 72].map(|off| load_part(p, 34 * n, off))
+                (load_part(p, 34 * n, 0), load_part(p, 34 * n, 64))
             } else {
-                [0, 64, 8, 72].map(|off| _mm512_loadu_si512(p.add(off).cast()))
+                let tail = p.add(64).cast::<i32>().read_unaligned();
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_zextsi128_si512(_mm_cvtsi32_si128(tail)),
+                )
             }
         };
-        let flip = _mm512_set1_epi8(-128);
-        let lo = _mm512_permutex2var_epi16(v0, idx(&Q8_LO), v1);
-        let hi = _mm512_permutex2var_epi16(v8, idx(&Q8_HI), v72);
-        let d = _mm512_permutex2var_epi16(v0, idx(&Q8_D), v1);
-        (
-            _mm512_xor_si512(lo, flip),
-            _mm512_xor_si512(hi, flip),
-            _mm512_cvtph_ps(_mm512_castsi512_si256(d)),
-        )
+        let qs = _mm512_permutex2var_epi16(a, idx(&Q8_QS), b);
+        let u = _mm512_xor_si512(qs, _mm512_set1_epi8(-128));
+        (u, _mm512_setzero_si512(), scales(a, &Q8_D))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit {
-        // Elements 0..16 of each block face the first vector, 16..32 the
-        // second, as Q4_0's low and high nibbles do.
-        prep_nibble_order(blocks, Self::OFFSET)
+        let mut q = [0i8; 64];
+        for (j, b) in blocks.iter().enumerate() {
+            q[32 * j..32 * (j + 1)].copy_from_slice(&b.qs);
+        }
+        // SAFETY: q is 64 bytes.
+        let q0 = unsafe { _mm512_loadu_si512(q.as_ptr().cast()) };
+        Unit {
+            q0,
+            q1: _mm512_setzero_si512(),
+            // −128 as the unsigned byte 128.
+            base: minus_offset_sum(_mm512_setzero_si512(), Self::OFFSET, q0),
+            d: act_scales(blocks, 8),
+        }
     }
 }
 
@@ -434,8 +440,10 @@ fn step<F: UnitFormat>(w: (__m512i, __m512i, __m512), x: &Unit, acc: &mut __m512
     // SAFETY: only reached from functions compiled with AVX-512 F/BW/VL +
     // VNNI (the `target_feature` callers below), which this inlines into.
     unsafe {
-        let s = _mm512_dpbusd_epi32(x.base, w.0, x.q0);
-        let s = _mm512_dpbusd_epi32(s, w.1, x.q1);
+        let mut s = _mm512_dpbusd_epi32(x.base, w.0, x.q0);
+        if F::TWO {
+            s = _mm512_dpbusd_epi32(s, w.1, x.q1);
+        }
         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.2, x.d), *acc);
     }
 }
@@ -560,9 +568,8 @@ fn gemv_tile16<F: UnitFormat>(
             // (one prefetch per unit, skipping a line in 4 to 17, measured
             // 0.45–0.6× as fast: each skipped line is a demand miss).
             // Prefetches never fault: the address is only computed.
-            for o in (0..ub).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + o).cast());
-            }
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead).cast());
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + 64).cast());
             // SAFETY: unit u of row r lies whole in the row (u < whole
             // units of the chunk, asserted above); AVX-512 is ours.
             let wv = unsafe { F::weight::<false>(p, F::BLOCKS) };
