@@ -18,11 +18,13 @@
 //! nothing to reuse but the token, so it spends as few instructions per
 //! weight byte as it can: the token's blocks laid out once per call in the
 //! weight's nibble order, one `vpdpbusd` per 64 quants, the lanes packed to
-//! i16 so one `vpdpwssd` per two vectors applies the scales, one FMA per
-//! super-block into the row's accumulator, two rows side by side sharing
-//! the activation loads and (Q4_K/Q5_K) the scale unpacking; each 16-row
-//! tile is read as one stream with an L2 prefetch ahead. Padding rows/tokens
-//! of tail tiles are zeros.
+//! i16 so one `vpdpwssd` per two vectors applies the scales, two rows side
+//! by side sharing the activation loads; Q4_K/Q5_K pack the two rows' lanes
+//! into the same vectors (one scale multiply per weight vector, one convert
+//! and one FMA per super-block for both rows) and unpack their scale bytes
+//! together, Q6_K has one FMA per super-block and row; each 16-row tile is
+//! read as one stream with an L2 prefetch ahead. Padding rows/tokens of
+//! tail tiles are zeros.
 
 #![cfg(target_arch = "x86_64")]
 
