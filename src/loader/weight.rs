@@ -52,6 +52,26 @@ impl Weight {
         }
     }
 
+    /// An in-memory tensor of type `ty` and shape `ne` (ggml order), each row
+    /// of `values` quantized with the format's reference quantizer (tests of
+    /// paths that mix weight types).
+    #[cfg(test)]
+    pub(crate) fn quantized(ty: GgmlType, ne: &[u64], values: &[f32]) -> Weight {
+        let k = ne[0] as usize;
+        let rb = ty.row_bytes(ne[0]).expect("whole blocks") as usize;
+        let mut bytes = vec![0u8; values.len() / k * rb];
+        for (dst, row) in bytes.chunks_mut(rb).zip(values.chunks(k)) {
+            quant::block::quantize_row(ty, row, dst).expect("quantizable row");
+        }
+        Weight {
+            inner: Arc::new(Storage::Owned {
+                ty,
+                ne: ne.to_vec(),
+                bytes,
+            }),
+        }
+    }
+
     /// The tensor's name in its file (`None` for in-memory weights).
     pub fn name(&self) -> Option<&str> {
         match &*self.inner {

@@ -355,8 +355,8 @@ struct ExpertJob<'a> {
 const SUB_ROWS: usize = 512;
 
 /// Every expert of one token in two parallel regions instead of three per
-/// expert: (1) the gate/up rows of all experts, split into equal row chunks,
-/// writing `silu(g) * u`; (2) the output rows, each task summing all experts'
+/// expert: (1) the gate/up rows of all experts, split into ranges of equal
+/// weight bytes ([`gate_up_cuts`]), writing `silu(g) * u`; (2) the output rows, each task summing all experts'
 /// down rows for its slice of `out` (routed in job order, then shared, as
 /// the batch path adds them).
 fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mut MoeScratch) {
@@ -379,40 +379,48 @@ fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mu
             .find(|(a, _)| *a == t)
             .map_or(&[][..], |(_, b)| b)
     };
-    // (1) Row chunks that divide every expert's width, so chunk c maps to
-    // one (job, first row).
-    let widths_gcd = jobs.iter().fold(0, |g, j| gcd(g, j.gate.n));
+    // (1) The gate/up rows of all jobs, back to back in `hidden`, cut into tasks of about
+    // equal weight bytes.
     let total: usize = jobs.iter().map(|j| j.gate.n).sum();
-    // Two tasks per worker, as `rows_per_gemv_task`.
-    let target = (total / (rayon::current_num_threads() * 2).max(1)).max(1);
-    let chunk = (1..=widths_gcd.min(target))
-        .rev()
-        .find(|c| widths_gcd.is_multiple_of(*c))
-        .unwrap_or(1);
     sc.hidden.resize(total, 0.0);
-    sc.hidden
-        .par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(ci, h)| {
-            let mut r0 = ci * chunk;
-            let mut jb = 0;
-            while r0 >= jobs[jb].gate.n {
-                r0 -= jobs[jb].gate.n;
-                jb += 1;
-            }
+    let mut cuts = [0usize; MAX_GATE_UP_TASKS + 1];
+    let n_tasks = gate_up_cuts(jobs, rayon::current_num_threads() * 2, &mut cuts);
+    let mut tasks: [Option<(usize, &mut [f32])>; MAX_GATE_UP_TASKS] = std::array::from_fn(|_| None);
+    let mut rest = &mut sc.hidden[..];
+    for (t, c) in tasks.iter_mut().zip(cuts.windows(2)).take(n_tasks) {
+        let (h, tail) = std::mem::take(&mut rest).split_at_mut(c[1] - c[0]);
+        *t = Some((c[0], h));
+        rest = tail;
+    }
+    tasks[..n_tasks].par_iter_mut().for_each(|t| {
+        let Some((first, h)) = t.take().filter(|(_, h)| !h.is_empty()) else {
+            return;
+        };
+        // The task's rows, job by job, in pieces of at most SUB_ROWS.
+        let (mut jb, mut r) = (0, first);
+        while r >= jobs[jb].gate.n {
+            r -= jobs[jb].gate.n;
+            jb += 1;
+        }
+        let mut u = [0.0f32; SUB_ROWS];
+        let mut done = 0;
+        while done < h.len() {
             let j = &jobs[jb];
+            let rows = (j.gate.n - r).min(SUB_ROWS).min(h.len() - done);
             let (grb, urb) = (j.gate.row_bytes(), j.up.row_bytes());
-            let mut u = [0.0f32; SUB_ROWS];
-            for (si, hs) in h.chunks_mut(SUB_ROWS).enumerate() {
-                let r = r0 + si * SUB_ROWS;
-                let rows = hs.len();
-                let gw = &j.gate.data[r * grb..(r + rows) * grb];
-                let uw = &j.up.data[r * urb..(r + rows) * urb];
-                gemm(j.gate.ty, k, gw, rows, act(j.gate.ty), 1, hs, rows);
-                gemm(j.up.ty, k, uw, rows, act(j.up.ty), 1, &mut u[..rows], rows);
-                silu_mul(hs, &u[..rows]);
+            let gw = &j.gate.data[r * grb..(r + rows) * grb];
+            let uw = &j.up.data[r * urb..(r + rows) * urb];
+            let hs = &mut h[done..done + rows];
+            gemm(j.gate.ty, k, gw, rows, act(j.gate.ty), 1, hs, rows);
+            gemm(j.up.ty, k, uw, rows, act(j.up.ty), 1, &mut u[..rows], rows);
+            silu_mul(hs, &u[..rows]);
+            done += rows;
+            r += rows;
+            if r == j.gate.n {
+                (jb, r) = (jb + 1, 0);
             }
-        });
+        }
+    });
     // Hidden rows quantized for their down matrices, back to back.
     let down_act = |j: &ExpertJob<'_>| {
         let t = vec_dot_type(j.down.ty);
@@ -465,12 +473,47 @@ fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mu
 /// Output rows per task of the decode down pass (a stack buffer).
 const MAX_DOWN_ROWS: usize = 1024;
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
+/// Tasks of the decode gate/up pass at most (a stack array).
+const MAX_GATE_UP_TASKS: usize = 64;
+
+/// Cuts the jobs' hidden rows, back to back, into at most `tasks` (and
+/// [`MAX_GATE_UP_TASKS`]) ranges of about equal gate + up weight bytes, cut
+/// only between 16-row tiles of a job or at a job's end; `cuts[..=n]`
+/// receives the first row of every range and then the total row count, and
+/// `n` is returned.
+///
+/// Bytes, not rows, because decode streams bytes and a recipe's shared
+/// experts may be of a wider type than its routed ones: in Tiny Q4_0 the
+/// routed experts' 896-row chunks are 1.3 MB of Q4_0 and the shared experts'
+/// 2.4 MB of Q8_0, so equal-row tasks left one of two threads waiting on
+/// ~40 % of every layer's weight bytes.
+fn gate_up_cuts(
+    jobs: &[ExpertJob<'_>],
+    tasks: usize,
+    cuts: &mut [usize; MAX_GATE_UP_TASKS + 1],
+) -> usize {
+    let row_bytes = |j: &ExpertJob<'_>| j.gate.row_bytes() + j.up.row_bytes();
+    let bytes: usize = jobs.iter().map(|j| j.gate.n * row_bytes(j)).sum();
+    let tasks = tasks.clamp(1, MAX_GATE_UP_TASKS);
+    cuts[0] = 0;
+    let mut n = 1;
+    let (mut row0, mut before) = (0, 0);
+    for j in jobs {
+        let mut r = 0;
+        while r < j.gate.n {
+            // A cut where the bytes before this tile reach the next range's start.
+            if n < tasks && before >= (bytes * n).div_ceil(tasks) {
+                cuts[n] = row0 + r;
+                n += 1;
+            }
+            let rows = 16.min(j.gate.n - r);
+            before += rows * row_bytes(j);
+            r += rows;
+        }
+        row0 += j.gate.n;
     }
+    cuts[n] = row0;
+    n
 }
 
 #[cfg(test)]
@@ -626,6 +669,119 @@ mod tests {
             .unwrap();
             assert_eq!(sc.routed_ids, batch_ids[t * 3..][..3]);
             assert_eq!(one, batch[t * d..][..d], "token {t}");
+        }
+    }
+    /// Routed Q4_0 and shared Q8_0 experts (the q4_0 recipe's mix): the gate/up
+    /// ranges carry equal bytes, not equal rows, and the one-token path still
+    /// gives the batch path's bits for any number of ranges.
+    #[test]
+    fn one_token_path_with_mixed_types_equals_batch_path() {
+        use crate::experts::{LayerExperts, MmapExperts};
+        let (d, f, e) = (64usize, 96usize, 8usize);
+        let vals = |seed: usize, len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((((i + seed * 131) * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.4)
+                .collect()
+        };
+        let (du, fu, eu) = (d as u64, f as u64, e as u64);
+        let q = |ty, ne: &[u64], seed| {
+            Weight::quantized(ty, ne, &vals(seed, ne.iter().product::<u64>() as usize))
+        };
+        let store = MmapExperts::new(vec![Some(LayerExperts {
+            gate: q(GgmlType::Q4_0, &[du, fu, eu], 1),
+            up: q(GgmlType::Q4_0, &[du, fu, eu], 2),
+            down: q(GgmlType::Q4_0, &[fu, du, eu], 3),
+        })]);
+        let shared = Mlp {
+            gate: q(GgmlType::Q8_0, &[du, 2 * fu], 5),
+            up: q(GgmlType::Q8_0, &[du, 2 * fu], 6),
+            down: q(GgmlType::Q8_0, &[2 * fu, du], 7),
+        };
+        let w = MoeWeights {
+            gate_inp: Weight::from_f32(&[du, eu], &vals(4, d * e)),
+            bias: None,
+            shared: Some(shared.clone()),
+        };
+        let c = RouterConfig {
+            n_used: 3,
+            ..cfg(Gating::Softmax, TopkMethod::Greedy)
+        };
+        let x = vals(8, 2 * d);
+        let mut sc = MoeScratch::default();
+        let mut batch = vec![0.0f32; 2 * d];
+        moe_forward(0, &w, Some(&shared), &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
+        let batch_ids = sc.routed_ids.clone();
+        // 1 to 13 workers: 2 to 26 gate/up ranges over the 3 x 96 + 192 hidden rows.
+        for threads in [1usize, 2, 3, 5, 13] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for t in 0..2 {
+                let mut one = vec![0.0f32; d];
+                let xt = &x[t * d..][..d];
+                pool.install(|| {
+                    moe_forward(0, &w, Some(&shared), &c, &store, xt, 1, &mut one, &mut sc)
+                })
+                .unwrap();
+                assert_eq!(sc.routed_ids, batch_ids[t * 3..][..3]);
+                assert_eq!(one, batch[t * d..][..d], "{threads} threads, token {t}");
+            }
+        }
+    }
+
+    /// The gate/up ranges cover every row once, cut only at 16-row tiles or a
+    /// job's end, and each holds at most its share of the bytes plus one tile.
+    #[test]
+    fn gate_up_cuts_balance_bytes_at_tile_boundaries() {
+        let mat = |ty: GgmlType, n: usize, bytes: &'static [u8]| MatView {
+            ty,
+            k: 256,
+            n,
+            data: bytes,
+        };
+        static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+        let job = |ty, n| ExpertJob {
+            gate: mat(ty, n, &ZEROS),
+            up: mat(ty, n, &ZEROS),
+            down: mat(ty, 0, &ZEROS),
+            weight: None,
+        };
+        // Tiny's decode: 6 routed Q4_0 experts of 896 rows, the shared pair
+        // of 1792 Q8_0 rows; and an odd width.
+        let mut jobs = vec![job(GgmlType::Q4_0, 896); 6];
+        jobs.push(job(GgmlType::Q8_0, 1792));
+        jobs.push(job(GgmlType::Q4_0, 40));
+        let rb = |j: &ExpertJob<'_>| j.gate.row_bytes() + j.up.row_bytes();
+        let total_bytes: usize = jobs.iter().map(|j| j.gate.n * rb(j)).sum();
+        let mut ends = vec![0usize];
+        for j in &jobs {
+            ends.push(ends.last().unwrap() + j.gate.n);
+        }
+        for tasks in [1usize, 2, 4, 7, 16, 64, 200] {
+            let mut cuts = [0usize; MAX_GATE_UP_TASKS + 1];
+            let n = gate_up_cuts(&jobs, tasks, &mut cuts);
+            assert!(n >= 1 && n <= tasks.min(MAX_GATE_UP_TASKS), "{tasks}: {n}");
+            assert_eq!((cuts[0], cuts[n]), (0, *ends.last().unwrap()));
+            let share = total_bytes.div_ceil(tasks.min(MAX_GATE_UP_TASKS));
+            for w in cuts[..=n].windows(2) {
+                assert!(w[0] < w[1], "{tasks}: empty range at {}", w[0]);
+                let job_start = *ends.iter().filter(|&&s| s <= w[0]).last().unwrap();
+                assert!(
+                    (w[0] - job_start).is_multiple_of(16) || ends.contains(&w[0]),
+                    "{tasks}: cut {} inside a tile",
+                    w[0]
+                );
+                // The range's bytes: row by row through the jobs.
+                let bytes: usize = (w[0]..w[1])
+                    .map(|r| {
+                        let jb = ends.iter().rposition(|&s| s <= r).unwrap();
+                        rb(&jobs[jb])
+                    })
+                    .sum();
+                let tile = 16 * jobs.iter().map(rb).max().unwrap();
+                assert!(bytes <= share + tile, "{tasks}: {bytes} > {share} + {tile}");
+            }
         }
     }
 }
