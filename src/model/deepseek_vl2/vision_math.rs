@@ -154,8 +154,9 @@ pub(super) fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out:
 }
 
 /// What the tower does with a product's output right after it: fused into the product where
-/// the FMA panels run it (per task, on 256 output columns at a time while they are in L2),
-/// separate passes elsewhere. Either way the same f32 operations in the same order.
+/// the FMA panels run it (per task, on 256 output columns of ~96 tokens at a time, while
+/// they are in L2), separate passes elsewhere. Either way the same f32 operations in the
+/// same order.
 pub(super) enum Then<'a> {
     /// Nothing.
     Done,
@@ -247,7 +248,7 @@ thread_local! {
 /// and the tokens split over the pool, two tasks per thread (balance on a shared machine):
 /// each task writes its own rows of `out` at their final place (no blocks to scatter), all
 /// weight panels whole (no half panels of a row split), and runs `then` on each 256 columns
-/// of its rows as soon as they are final.
+/// of each group of its rows as soon as they are final (`FloatPanels::gemm_then`).
 #[cfg(target_endian = "little")]
 fn panels_matmul(
     panels: FloatPanels,
@@ -277,13 +278,13 @@ fn panels_matmul(
     let per = n_tok.div_ceil(tasks).div_ceil(mt) * mt;
     let task = |o: &mut [f32], a: &[f32], mut residual: Option<&mut [f32]>| {
         let a = quant::block::f32_bytes(a);
-        panels.gemm_then(&packed, a, o.len() / n, o, n, &mut |o, cols| {
+        panels.gemm_then(&packed, a, o.len() / n, o, n, &mut |o, tokens, cols| {
             let b = bias.map(|b| &b[cols.clone()]);
-            for (t, row) in o.chunks_exact_mut(n).enumerate() {
+            for t in tokens {
                 let r = residual
                     .as_deref_mut()
                     .map(|r| &mut r[t * n..][cols.clone()]);
-                finish(&mut row[cols.clone()], b, gelu, r);
+                finish(&mut o[t * n..][cols.clone()], b, gelu, r);
             }
         });
     };
