@@ -88,11 +88,14 @@ fn k_blocks(k: usize) -> (usize, usize) {
     (n_kb, k.div_ceil(n_kb))
 }
 
-/// Columns a panel is widened by at a time: `nr` rows of them (at most 32 x 16 floats,
-/// 2 KiB) stay in L1 while they are written out transposed, so the panel's stores are
+/// Columns a panel is widened by at a time: `nr` rows of them (at most 32 x 64 floats,
+/// 8 KiB) stay in L1 while they are written out transposed, so the panel's stores are
 /// sequential. Widening whole rows and storing each value `nr` floats from the last missed
-/// L1 on every store (~9 cycles per value, ~5% of the tower's products).
-const PACK_COLS: usize = 16;
+/// L1 on every store (~9 cycles per value, ~5% of the tower's products). 64 columns
+/// rather than 16: a quarter of the widening calls (one per row and 16 values was most of
+/// the widening's time); the tower's matrices packed in ~25% less time (`gemm_bench bf16
+/// tower`, BENCHMARKS.md "sixth pass").
+const PACK_COLS: usize = 64;
 
 /// Widens rows `nr p ..` of `w` (`n_rows` rows of `k` elements of `ty`), columns
 /// `k0 .. k0 + kc`, into the transposed panel `dst` (`dst[i * nr + j]`, `kc * nr` floats);
