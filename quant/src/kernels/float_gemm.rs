@@ -25,6 +25,8 @@
 //! tier's dot kernels instead. The ISA-specific parts (widening, microkernels) live in
 //! `float_gemm_avx2.rs`, `float_gemm_avx512.rs` and `neon_float_gemm.rs`.
 
+use std::ops::Range;
+
 use super::{gemm_by_dots, DotFn};
 
 /// Fewer tokens than this run one dot per (row, token): a packed panel would be used by
@@ -146,7 +148,7 @@ struct KBlock<'a> {
 fn sweep(
     isa: &Isa,
     kb: &KBlock<'_>,
-    panels: std::ops::Range<usize>,
+    panels: Range<usize>,
     k: usize,
     a: &[u8],
     n_tok: usize,
@@ -245,6 +247,9 @@ pub struct FloatPanels {
     ty: Float,
 }
 
+/// What [`FloatPanels::gemm_then`] calls on final outputs: `(out, tokens, columns)`.
+pub type Epilogue<'a> = dyn FnMut(&mut [f32], Range<usize>, Range<usize>) + 'a;
+
 /// Weights packed for [`FloatPanels::gemm`]: k-block by k-block, each the rows' panels in
 /// order (`panel_len` floats each). Reusable: [`FloatPanels::shape`] keeps the capacity.
 #[derive(Default)]
@@ -317,7 +322,7 @@ impl FloatPanels {
         n_tok: usize,
         out: &mut [f32],
         ldo: usize,
-        then: &mut dyn FnMut(&mut [f32], std::ops::Range<usize>, std::ops::Range<usize>),
+        then: &mut Epilogue<'_>,
     ) {
         let (k, n_rows, nr) = (w.k, w.n_rows, self.isa.nr);
         if n_tok == 0 || k == 0 || n_rows == 0 {

@@ -33,10 +33,9 @@ use super::vision_math::softmax_rows_body;
 
 /// Keys per block of packed kᵀ: one 16-lane vector of scores.
 const KB: usize = 16;
-/// Queries per register tile: `QB` accumulators of [`KB`] scores, or of [`DL`] outputs.
+/// Queries per register tile: `QB` accumulators of [`KB`] scores, or of a vector of
+/// outputs.
 const QB: usize = 8;
-/// Value columns per accumulator of the `P·v` tile.
-const DL: usize = 16;
 /// Value rows are padded to whole vectors of this many columns: a 72-wide head takes four
 /// 16-column accumulators and one of 8 (a ymm FMA, half a zmm one on AMD Zen 4), not five
 /// of 16 (10% of the `P·v` FMAs on padding).
@@ -296,7 +295,10 @@ fn attend_body<P: Products>(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Products, DL, KB, QB, VL};
+    use super::{Products, KB, QB, VL};
+
+    /// Value columns per accumulator of the `P·v` tile.
+    const DL: usize = 16;
 
     pub(super) struct Tiles;
 
