@@ -17,12 +17,15 @@
 //!
 //! A caller that splits one product over threads by tokens (the vision tower) packs the
 //! whole matrix once and shares it ([`FloatPanels`]): each task then writes its own token
-//! rows of the output in place, 256 weight rows at a time through every k-block. The same
-//! tiles in the same order per output, so the same bits as the one-call form (tested).
+//! rows of the output in place, 256 weight rows at a time through every k-block, in groups
+//! of [`GROUP_TILES`] token tiles. The same tiles in the same order per output, so the same
+//! bits as the one-call form (tested).
 //!
 //! Below [`MIN_TOKENS`] tokens packing costs more than it saves and the calls go to the
 //! tier's dot kernels instead. The ISA-specific parts (widening, microkernels) live in
 //! `float_gemm_avx2.rs`, `float_gemm_avx512.rs` and `neon_float_gemm.rs`.
+
+use std::ops::Range;
 
 use super::{gemm_by_dots, DotFn};
 
@@ -87,11 +90,14 @@ fn k_blocks(k: usize) -> (usize, usize) {
     (n_kb, k.div_ceil(n_kb))
 }
 
-/// Columns a panel is widened by at a time: `nr` rows of them (at most 32 x 16 floats,
-/// 2 KiB) stay in L1 while they are written out transposed, so the panel's stores are
+/// Columns a panel is widened by at a time: `nr` rows of them (at most 32 x 64 floats,
+/// 8 KiB) stay in L1 while they are written out transposed, so the panel's stores are
 /// sequential. Widening whole rows and storing each value `nr` floats from the last missed
-/// L1 on every store (~9 cycles per value, ~5% of the tower's products).
-const PACK_COLS: usize = 16;
+/// L1 on every store (~9 cycles per value, ~5% of the tower's products). 64 columns
+/// rather than 16: a quarter of the widening calls (one per row and 16 values was most of
+/// the widening's time); the tower's matrices packed in ~25% less time (`gemm_bench bf16
+/// tower`, BENCHMARKS.md "sixth pass").
+const PACK_COLS: usize = 64;
 
 /// Widens rows `nr p ..` of `w` (`n_rows` rows of `k` elements of `ty`), columns
 /// `k0 .. k0 + kc`, into the transposed panel `dst` (`dst[i * nr + j]`, `kc * nr` floats);
@@ -142,7 +148,7 @@ struct KBlock<'a> {
 fn sweep(
     isa: &Isa,
     kb: &KBlock<'_>,
-    panels: std::ops::Range<usize>,
+    panels: Range<usize>,
     k: usize,
     a: &[u8],
     n_tok: usize,
@@ -223,6 +229,13 @@ pub(super) fn gemm_packed(
 /// (whose callers hand it at most 256 rows).
 const SWEEP_ROWS: usize = 256;
 
+/// Token tiles that go through all k-blocks of a sweep's rows before the next tiles: their
+/// outputs (96 tokens x 256 columns = 96 KiB on AVX-512) stay in L2 between k-blocks and
+/// for the caller's epilogue, instead of coming back from L3 once per k-block (a task's
+/// 729 tokens are 729 KiB). Measured with two products at once (the tower's two threads
+/// sharing L3): ~2% faster at one task's shapes (`gemm_bench bf16 tower`, BENCHMARKS.md).
+const GROUP_TILES: usize = 12;
+
 /// The packed float product in two steps, for callers that split one product over threads
 /// by tokens: pack the weights once ([`FloatPanels::pack_panel`], one panel of one k-block at
 /// a time, so panels can be packed in parallel), then run any number of token ranges against
@@ -233,6 +246,9 @@ pub struct FloatPanels {
     isa: &'static Isa,
     ty: Float,
 }
+
+/// What [`FloatPanels::gemm_then`] calls on final outputs: `(out, tokens, columns)`.
+pub type Epilogue<'a> = dyn FnMut(&mut [f32], Range<usize>, Range<usize>) + 'a;
 
 /// Weights packed for [`FloatPanels::gemm`]: k-block by k-block, each the rows' panels in
 /// order (`panel_len` floats each). Reusable: [`FloatPanels::shape`] keeps the capacity.
@@ -292,13 +308,13 @@ impl FloatPanels {
     /// `out[t * ldo + r] = Σ_i w[r, i] · a[t, i]` for the `n_tok` f32 activation rows in `a`
     /// (as bytes) against every row of the packed weights `w`.
     pub fn gemm(self, w: &PackedFloat, a: &[u8], n_tok: usize, out: &mut [f32], ldo: usize) {
-        self.gemm_then(w, a, n_tok, out, ldo, &mut |_, _| {})
+        self.gemm_then(w, a, n_tok, out, ldo, &mut |_, _, _| {})
     }
 
-    /// [`FloatPanels::gemm`], calling `then(out, rows)` as soon as the output columns `rows`
-    /// are final for all `n_tok` tokens (at most 256 columns at a time, while they are still
-    /// in L2): an epilogue such as a bias or an activation, fused without another pass over
-    /// `out`.
+    /// [`FloatPanels::gemm`], calling `then(out, tokens, columns)` as soon as those output
+    /// columns are final for those tokens (at most 256 columns of [`GROUP_TILES`] tiles of
+    /// tokens at a time, while they are still in L2): an epilogue such as a bias or an
+    /// activation, fused without another pass over `out`.
     pub fn gemm_then(
         self,
         w: &PackedFloat,
@@ -306,7 +322,7 @@ impl FloatPanels {
         n_tok: usize,
         out: &mut [f32],
         ldo: usize,
-        then: &mut dyn FnMut(&mut [f32], std::ops::Range<usize>),
+        then: &mut Epilogue<'_>,
     ) {
         let (k, n_rows, nr) = (w.k, w.n_rows, self.isa.nr);
         if n_tok == 0 || k == 0 || n_rows == 0 {
@@ -317,28 +333,23 @@ impl FloatPanels {
         let n_pan = n_rows.div_ceil(nr);
         let (n_kb, kcb) = k_blocks(k);
         let per_sweep = (SWEEP_ROWS / nr).max(1);
+        let group = GROUP_TILES * self.isa.mt;
         for p0 in (0..n_pan).step_by(per_sweep) {
             let panels = p0..(p0 + per_sweep).min(n_pan);
-            for kb in 0..n_kb {
-                let blk = KBlock {
-                    k0: kb * kcb,
-                    kc: kcb.min(k - kb * kcb),
-                    b: &w.buf[kb * n_pan * w.panel_len..][..n_pan * w.panel_len],
-                    stride: w.panel_len,
-                };
-                sweep(
-                    self.isa,
-                    &blk,
-                    panels.clone(),
-                    k,
-                    a,
-                    n_tok,
-                    n_rows,
-                    out,
-                    ldo,
-                );
+            for g0 in (0..n_tok).step_by(group) {
+                let gn = group.min(n_tok - g0);
+                for kb in 0..n_kb {
+                    let blk = KBlock {
+                        k0: kb * kcb,
+                        kc: kcb.min(k - kb * kcb),
+                        b: &w.buf[kb * n_pan * w.panel_len..][..n_pan * w.panel_len],
+                        stride: w.panel_len,
+                    };
+                    let (a, o) = (&a[g0 * k * 4..], &mut out[g0 * ldo..]);
+                    sweep(self.isa, &blk, panels.clone(), k, a, gn, n_rows, o, ldo);
+                }
+                then(out, g0..g0 + gn, p0 * nr..(panels.end * nr).min(n_rows));
             }
-            then(out, p0 * nr..(panels.end * nr).min(n_rows));
         }
     }
 }
@@ -349,6 +360,7 @@ pub(super) mod tests {
     use super::{FloatPanels, PackedFloat};
     use crate::block::quantize_row;
     use crate::GgmlType;
+    use std::ops::Range;
 
     fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
         let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -371,7 +383,8 @@ pub(super) mod tests {
     /// Checks the two-step product (`panels`: pack once, then token ranges) against the
     /// one-step `gemm` of the same tier (itself checked against the scalar twin by
     /// [`check_against_scalar`]): the same bits for every token range, also past one sweep
-    /// of rows and across k-blocks, with the output's padding columns untouched.
+    /// of rows, across k-blocks and across token groups, with the output's padding columns
+    /// untouched; and the epilogue of `gemm_then` called once on every output, when final.
     pub fn check_panels_match_gemm(panels: FloatPanels, gemm: GemmFn, ty: GgmlType) {
         for &(k, n_rows, n_tok) in &[
             (1usize, 1usize, 4usize),
@@ -380,6 +393,8 @@ pub(super) mod tests {
             (300, 290, 13),
             (1030, 17, 21),
             (513, 530, 6),
+            (40, 300, 203),
+            (513, 70, 110),
         ] {
             let w = encode(ty, &lcg(k as u64, n_rows * k, 1.0));
             let a: Vec<u8> = lcg(5, n_tok * k, 2.0)
@@ -400,7 +415,20 @@ pub(super) mod tests {
                 let mut got = vec![f32::NAN; n_tok * ldo];
                 let (lo, hi) = got.split_at_mut(split * ldo);
                 panels.gemm(&packed, &a[..split * k * 4], split, lo, ldo);
-                panels.gemm(&packed, &a[split * k * 4..], n_tok - split, hi, ldo);
+                let mut seen = vec![0u8; (n_tok - split) * n_rows];
+                let hi_want = &want[split * ldo..];
+                let mut check = |o: &mut [f32], toks: Range<usize>, cols: Range<usize>| {
+                    for t in toks {
+                        for c in cols.clone() {
+                            let (g, x) = (o[t * ldo + c], hi_want[t * ldo + c]);
+                            assert_eq!(g.to_bits(), x.to_bits(), "{ty} epilogue ({t}, {c})");
+                            seen[t * n_rows + c] += 1;
+                        }
+                    }
+                };
+                let a_hi = &a[split * k * 4..];
+                panels.gemm_then(&packed, a_hi, n_tok - split, hi, ldo, &mut check);
+                assert!(seen.iter().all(|&s| s == 1), "{ty}: epilogue coverage");
                 for (i, (g, x)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(
                         g.to_bits(),

@@ -4,13 +4,14 @@
 //! Two parallel phases per call:
 //! 1. per (tile, head), k and v are packed once into [`HeadPanels`]: kᵀ in blocks of
 //!    [`KB`] keys (`[hd][KB]`, so one vector load gives a column of 16 keys) and v in rows
-//!    padded to whole vectors (`[n][hdp]`);
+//!    padded to whole 8-lane vectors (`[n][hdp]`: 72 columns stay 72);
 //! 2. per (tile, range of queries), for every head and every block of [`QB`] queries: the
 //!    block's scores against all keys (`QB x n`, 23 KiB at n = 729, in L1) by a register
 //!    tile of `QB x KB` sums, the exact two-pass softmax of each row (the tower's
 //!    [`softmax_rows_body`]: with whole rows in L1 the online form's rescaling buys
-//!    nothing), then `P·v` by a register tile of `QB` queries x 16 value columns, written
-//!    straight into the output rows the task owns.
+//!    nothing), then `P·v` by a register tile of `QB` queries x 16 value columns (8 for
+//!    the last ones of a 72-wide head), broadcasting the probabilities from the score rows
+//!    in place, written straight into the output rows the task owns.
 //!
 //! Every score and output is a chain of f32 fused multiply-adds in a fixed order (d, then
 //! key, ascending), so the arithmetic is that of the plain definition up to f32 rounding;
@@ -32,10 +33,13 @@ use super::vision_math::softmax_rows_body;
 
 /// Keys per block of packed kᵀ: one 16-lane vector of scores.
 const KB: usize = 16;
-/// Queries per register tile: `QB` accumulators of [`KB`] scores, or of [`DL`] outputs.
+/// Queries per register tile: `QB` accumulators of [`KB`] scores, or of a vector of
+/// outputs.
 const QB: usize = 8;
-/// Value columns per accumulator of the `P·v` tile.
-const DL: usize = 16;
+/// Value rows are padded to whole vectors of this many columns: a 72-wide head takes four
+/// 16-column accumulators and one of 8 (a ymm FMA, half a zmm one on AMD Zen 4), not five
+/// of 16 (10% of the `P·v` FMAs on padding).
+const VL: usize = 8;
 /// Queries per parallel task, whole [`QB`] blocks: large enough that a head's panels
 /// (~450 KiB at n = 729) are reused from L2 by several blocks, small enough that one
 /// tile gives each of two workers several tasks.
@@ -55,9 +59,9 @@ impl HeadPanels {
     fn n_kb(self) -> usize {
         self.n.div_ceil(KB)
     }
-    /// Value row stride: `hd` rounded up to whole [`DL`] vectors.
+    /// Value row stride: `hd` rounded up to whole [`VL`] vectors.
     fn hdp(self) -> usize {
-        self.hd.div_ceil(DL) * DL
+        self.hd.div_ceil(VL) * VL
     }
     /// Floats of packed kᵀ.
     fn kt_len(self) -> usize {
@@ -153,10 +157,9 @@ fn pack_head(qkv: &[f32], w: usize, h: usize, shape: HeadPanels, dst: &mut [f32]
 struct Scratch {
     /// One query block transposed: `qt[d * QB + i]`, zero rows past the block's end.
     qt: Vec<f32>,
-    /// The block's scores, then probabilities: `[QB][n_pad]`.
+    /// The block's scores, then probabilities: `[QB][n_pad]` (rows past the block's end
+    /// hold stale values, and so do their outputs, which are never read).
     s: Vec<f32>,
-    /// The probabilities transposed for `P·v`: `[n][QB]`.
-    pt: Vec<f32>,
     /// The block's outputs, `[QB][hdp]`.
     o: Vec<f32>,
 }
@@ -166,7 +169,6 @@ impl Scratch {
         Scratch {
             qt: vec![0.0; shape.hd * QB],
             s: vec![0.0; QB * shape.n_pad()],
-            pt: vec![0.0; shape.n * QB],
             o: vec![0.0; QB * shape.hdp()],
         }
     }
@@ -218,7 +220,7 @@ fn attend_avx2(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
 /// The two matrix products of a query block, see [`Scalar`]'s methods for the contract.
 trait Products {
     fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]);
-    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]);
+    fn p_times_v(p: &[f32], n_pad: usize, v: &[f32], hdp: usize, o: &mut [f32]);
 }
 
 /// The scalar twins of the products: the reference order of operations.
@@ -242,15 +244,15 @@ impl Products for Scalar {
         }
     }
 
-    /// `o[i * hdp + c] = Σ_j pt[j * QB + i] · v[j * hdp + c]` (fused, j ascending) over the
-    /// `pt.len() / QB` keys.
+    /// `o[i * hdp + c] = Σ_j p[i * n_pad + j] · v[j * hdp + c]` (fused, j ascending) over
+    /// the `v.len() / hdp` keys.
     #[inline(always)]
-    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+    fn p_times_v(p: &[f32], n_pad: usize, v: &[f32], hdp: usize, o: &mut [f32]) {
         for i in 0..QB {
             for c in 0..hdp {
                 let mut acc = 0.0f32;
-                for (p, vr) in pt.chunks_exact(QB).zip(v.chunks_exact(hdp)) {
-                    acc = p[i].mul_add(vr[c], acc);
+                for (p, vr) in p[i * n_pad..].iter().zip(v.chunks_exact(hdp)) {
+                    acc = p.mul_add(vr[c], acc);
                 }
                 o[i * hdp + c] = acc;
             }
@@ -280,12 +282,7 @@ fn attend_body<P: Products>(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
             for row in s.s.chunks_exact_mut(n_pad).take(rows) {
                 softmax_rows_body(&mut row[..n], n, task.scale);
             }
-            for (j, p) in s.pt.chunks_exact_mut(QB).enumerate() {
-                for (i, p) in p.iter_mut().enumerate() {
-                    *p = if i < rows { s.s[i * n_pad + j] } else { 0.0 };
-                }
-            }
-            P::p_times_v(&s.pt, v, hdp, &mut s.o);
+            P::p_times_v(&s.s, n_pad, v, hdp, &mut s.o);
             for (i, o) in s.o.chunks_exact(hdp).take(rows).enumerate() {
                 out[(q0 + i) * w + h * hd..][..hd].copy_from_slice(&o[..hd]);
             }
@@ -298,7 +295,10 @@ fn attend_body<P: Products>(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Products, DL, KB, QB};
+    use super::{Products, KB, QB, VL};
+
+    /// Value columns per accumulator of the `P·v` tile.
+    const DL: usize = 16;
 
     pub(super) struct Tiles;
 
@@ -309,9 +309,9 @@ mod avx512 {
             unsafe { scores(qt, kt, hd, n_pad, s) }
         }
         #[inline(always)]
-        fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+        fn p_times_v(p: &[f32], n_pad: usize, v: &[f32], hdp: usize, o: &mut [f32]) {
             // SAFETY: as above.
-            unsafe { p_times_v(pt, v, hdp, o) }
+            unsafe { p_times_v(p, n_pad, v, hdp, o) }
         }
     }
 
@@ -345,7 +345,7 @@ mod avx512 {
         s: &mut [f32],
     ) {
         bcast_tile::<NB>(
-            qt,
+            (qt, QB, 1),
             &kt[b * hd * KB..],
             hd,
             KB,
@@ -356,30 +356,38 @@ mod avx512 {
     }
 
     /// [`super::Scalar::p_times_v`]: QB queries x two 16-column chunks (16 accumulators;
-    /// per key, two v loads and QB broadcasts feed 16 FMAs), then one chunk for an odd last.
+    /// per key, two v loads and QB broadcasts from the probability rows feed 16 FMAs), then
+    /// one chunk for an odd last, then 8 columns of ymm for a last half chunk.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
-        let n = pt.len() / QB;
-        assert!(v.len() >= n * hdp && o.len() >= QB * hdp && hdp.is_multiple_of(DL));
+    fn p_times_v(p: &[f32], n_pad: usize, v: &[f32], hdp: usize, o: &mut [f32]) {
+        let n = v.len() / hdp;
+        assert!(o.len() >= QB * hdp && hdp.is_multiple_of(VL));
+        let a = (p, 1, n_pad);
         let n_c = hdp / DL;
         let mut c = 0;
         while c + 2 <= n_c {
-            bcast_tile::<2>(pt, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp);
+            bcast_tile::<2>(a, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp);
             c += 2;
         }
         if c < n_c {
-            bcast_tile::<1>(pt, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp);
+            bcast_tile::<1>(a, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp);
+        }
+        if !hdp.is_multiple_of(DL) {
+            // AVX-512F implies AVX2 and FMA: the AVX2 build's 8-column tile.
+            let c = n_c * DL;
+            super::avx2::bcast_col(a, &v[c..], n, hdp, &mut o[c..], hdp);
         }
     }
 
     /// The one register tile of both products: QB rows x NC chunks of 16 columns,
-    /// `out[i][u] = Σ_t a[t * QB + i] · b[t * b_step + u * b_chunk ..][..16]`, summed over the
-    /// `steps` in order (the scalar twin's order), row `i` stored at `i * out_row + u * 16`.
+    /// `out[i][u] = Σ_t a[t * a_step + i * a_row] · b[t * b_step + u * b_chunk ..][..16]`
+    /// for `a` = `(a, a_step, a_row)`, summed over the `steps` in order (the scalar twin's
+    /// order), row `i` stored at `i * out_row + u * 16`.
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn bcast_tile<const NC: usize>(
-        a: &[f32],
+        (a, a_step, a_row): (&[f32], usize, usize),
         b: &[f32],
         steps: usize,
         b_step: usize,
@@ -389,23 +397,24 @@ mod avx512 {
     ) {
         if steps > 0 {
             assert!(
-                a.len() >= steps * QB && b.len() >= (steps - 1) * b_step + (NC - 1) * b_chunk + 16
+                a.len() > (steps - 1) * a_step + (QB - 1) * a_row
+                    && b.len() >= (steps - 1) * b_step + (NC - 1) * b_chunk + 16
             );
         }
         assert!(out.len() >= (QB - 1) * out_row + NC * 16);
         let mut acc = [[_mm512_setzero_ps(); NC]; QB];
         let (ap, bp) = (a.as_ptr(), b.as_ptr());
         for t in 0..steps {
-            // SAFETY: step t < steps of `a` is QB floats at t * QB, and chunk u < NC of `b`
-            // is 16 floats at t * b_step + u * b_chunk: both inside (asserted above).
-            // Unaligned loads.
+            // SAFETY: row i < QB of step t < steps of `a` is at t * a_step + i * a_row, and
+            // chunk u < NC of `b` is 16 floats at t * b_step + u * b_chunk: both inside
+            // (asserted above). Unaligned loads.
             unsafe {
                 let mut bv = [_mm512_setzero_ps(); NC];
                 for (u, bv) in bv.iter_mut().enumerate() {
                     *bv = _mm512_loadu_ps(bp.add(t * b_step + u * b_chunk));
                 }
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*ap.add(t * QB + i));
+                    let x = _mm512_set1_ps(*ap.add(t * a_step + i * a_row));
                     for u in 0..NC {
                         acc[u] = _mm512_fmadd_ps(x, bv[u], acc[u]);
                     }
@@ -428,10 +437,7 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Products, KB, QB};
-
-    /// Lanes of a ymm vector of f32.
-    const L: usize = 8;
+    use super::{Products, KB, QB, VL as L};
 
     pub(super) struct Tiles;
 
@@ -442,9 +448,9 @@ mod avx2 {
             unsafe { scores(qt, kt, hd, n_pad, s) }
         }
         #[inline(always)]
-        fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
+        fn p_times_v(p: &[f32], n_pad: usize, v: &[f32], hdp: usize, o: &mut [f32]) {
             // SAFETY: as above.
-            unsafe { p_times_v(pt, v, hdp, o) }
+            unsafe { p_times_v(p, n_pad, v, hdp, o) }
         }
     }
 
@@ -458,7 +464,7 @@ mod avx2 {
         for half in 0..2 * n_kb {
             let (b, off) = (half / 2, (half % 2) * L);
             bcast_col(
-                qt,
+                (qt, QB, 1),
                 &kt[b * hd * KB + off..],
                 hd,
                 KB,
@@ -471,21 +477,22 @@ mod avx2 {
     /// [`super::Scalar::p_times_v`], 8 value columns at a time.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn p_times_v(pt: &[f32], v: &[f32], hdp: usize, o: &mut [f32]) {
-        let n = pt.len() / QB;
-        assert!(v.len() >= n * hdp && o.len() >= QB * hdp && hdp.is_multiple_of(L));
+    fn p_times_v(p: &[f32], n_pad: usize, v: &[f32], hdp: usize, o: &mut [f32]) {
+        let n = v.len() / hdp;
+        assert!(o.len() >= QB * hdp && hdp.is_multiple_of(L));
         for c in (0..hdp).step_by(L) {
-            bcast_col(pt, &v[c..], n, hdp, &mut o[c..], hdp);
+            bcast_col((p, 1, n_pad), &v[c..], n, hdp, &mut o[c..], hdp);
         }
     }
 
     /// The one register tile of both products: QB rows x 8 columns,
-    /// `out[i] = Σ_t a[t * QB + i] · b[t * b_step ..][..8]`, summed over the `steps` in order
-    /// (the scalar twin's order), row `i` stored at `i * out_row`.
+    /// `out[i] = Σ_t a[t * a_step + i * a_row] · b[t * b_step ..][..8]` for `a` = `(a,
+    /// a_step, a_row)`, summed over the `steps` in order (the scalar twin's order), row `i`
+    /// stored at `i * out_row`. Also the AVX-512 build's tile for a last 8 value columns.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn bcast_col(
-        a: &[f32],
+    pub(super) fn bcast_col(
+        (a, a_step, a_row): (&[f32], usize, usize),
         b: &[f32],
         steps: usize,
         b_step: usize,
@@ -493,18 +500,22 @@ mod avx2 {
         out_row: usize,
     ) {
         if steps > 0 {
-            assert!(a.len() >= steps * QB && b.len() >= (steps - 1) * b_step + L);
+            assert!(
+                a.len() > (steps - 1) * a_step + (QB - 1) * a_row
+                    && b.len() >= (steps - 1) * b_step + L
+            );
         }
         assert!(out.len() >= (QB - 1) * out_row + L);
         let mut acc = [_mm256_setzero_ps(); QB];
         let (ap, bp) = (a.as_ptr(), b.as_ptr());
         for t in 0..steps {
-            // SAFETY: step t < steps of `a` is QB floats at t * QB and of `b` 8 floats at
-            // t * b_step: both inside (asserted above). Unaligned loads.
+            // SAFETY: row i < QB of step t < steps of `a` is at t * a_step + i * a_row, and
+            // step t of `b` is 8 floats at t * b_step: both inside (asserted above).
+            // Unaligned loads.
             unsafe {
                 let bv = _mm256_loadu_ps(bp.add(t * b_step));
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_ps(*ap.add(t * QB + i));
+                    let x = _mm256_set1_ps(*ap.add(t * a_step + i * a_row));
                     *acc = _mm256_fmadd_ps(x, bv, *acc);
                 }
             }
