@@ -93,11 +93,18 @@ ours_run() {
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
+# Each run starts after the same pause: on the 2-core VM, pocketvl started the moment the
+# reference (~13 GB) exited ran 3.8-4.0 s per tile, and 3.4 s a minute later (the cause was not
+# pinned down: no CPU was busy in between). Both programs get the pause, so neither inherits the
+# other's aftermath.
+SETTLE_S="${SETTLE_S:-30}"
 printf '%-6s %-10s %18s %18s %12s\n' round stage "pytorch f32" pocketvl "speed-up" 
 for r in $(seq 1 "$ROUNDS"); do
-    log "round $r/$ROUNDS: reference"
+    log "round $r/$ROUNDS: reference (after ${SETTLE_S} s)"
+    sleep "$SETTLE_S"
     ref="$(ref_run)"
-    log "round $r/$ROUNDS: pocketvl"
+    log "round $r/$ROUNDS: pocketvl (after ${SETTLE_S} s)"
+    sleep "$SETTLE_S"
     ours="$(ours_run)"
     for key in vision_ms_per_tile ttft_ms; do
         a="$(field "$ref" "$key")"; b="$(field "$ours" "$key")"
