@@ -766,7 +766,7 @@ mod tests {
             let share = total_bytes.div_ceil(tasks.min(MAX_GATE_UP_TASKS));
             for w in cuts[..=n].windows(2) {
                 assert!(w[0] < w[1], "{tasks}: empty range at {}", w[0]);
-                let job_start = *ends.iter().filter(|&&s| s <= w[0]).last().unwrap();
+                let job_start = ends[ends.iter().rposition(|&s| s <= w[0]).unwrap()];
                 assert!(
                     (w[0] - job_start).is_multiple_of(16) || ends.contains(&w[0]),
                     "{tasks}: cut {} inside a tile",
