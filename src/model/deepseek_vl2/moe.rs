@@ -617,87 +617,45 @@ mod tests {
         assert_eq!(ids, vec![0, 1, 6]);
     }
 
-    /// The one-token path (all experts in two parallel regions) gives the
-    /// same bits as the batch path (grouped per expert) for the same token.
-    #[test]
-    fn one_token_path_equals_batch_path() {
+    /// Runs two tokens through the batch path and each alone through the
+    /// one-token path (under pools of each of `threads` workers) and asserts
+    /// the same experts and the same bits: `d` model width, `f` expert width,
+    /// 8 experts of which 3 are used, shared experts of width `2f`; routed and
+    /// shared matrices in `routed` and `shared` types.
+    fn one_token_equals_batch(
+        routed: GgmlType,
+        shared_ty: GgmlType,
+        d: usize,
+        f: usize,
+        threads: &[usize],
+    ) {
         use crate::experts::{LayerExperts, MmapExperts};
-        let (d, f, e) = (32usize, 48usize, 8usize);
+        let e = 8usize;
         let vals = |seed: usize, len: usize| -> Vec<f32> {
             (0..len)
                 .map(|i| ((((i + seed * 131) * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.4)
                 .collect()
         };
         let (du, fu, eu) = (d as u64, f as u64, e as u64);
-        let store = MmapExperts::new(vec![Some(LayerExperts {
-            gate: Weight::from_f32(&[du, fu, eu], &vals(1, d * f * e)),
-            up: Weight::from_f32(&[du, fu, eu], &vals(2, d * f * e)),
-            down: Weight::from_f32(&[fu, du, eu], &vals(3, d * f * e)),
-        })]);
-        let w = MoeWeights {
-            gate_inp: Weight::from_f32(&[du, eu], &vals(4, d * e)),
-            bias: None,
-            shared: Some(Mlp {
-                gate: Weight::from_f32(&[du, 2 * fu], &vals(5, 2 * d * f)),
-                up: Weight::from_f32(&[du, 2 * fu], &vals(6, 2 * d * f)),
-                down: Weight::from_f32(&[2 * fu, du], &vals(7, 2 * d * f)),
-            }),
-        };
-        let c = RouterConfig {
-            n_used: 3,
-            ..cfg(Gating::Softmax, TopkMethod::Greedy)
-        };
-        let x = vals(8, 2 * d);
-        let mut sc = MoeScratch::default();
-        let mut batch = vec![0.0f32; 2 * d];
-        let sh = w.shared.as_ref();
-        moe_forward(0, &w, sh, &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
-        let batch_ids = sc.routed_ids.clone();
-        for t in 0..2 {
-            let mut one = vec![0.0f32; d];
-            moe_forward(
-                0,
-                &w,
-                sh,
-                &c,
-                &store,
-                &x[t * d..][..d],
-                1,
-                &mut one,
-                &mut sc,
-            )
-            .unwrap();
-            assert_eq!(sc.routed_ids, batch_ids[t * 3..][..3]);
-            assert_eq!(one, batch[t * d..][..d], "token {t}");
-        }
-    }
-    /// Routed Q4_0 and shared Q8_0 experts (the q4_0 recipe's mix): the gate/up
-    /// ranges carry equal bytes, not equal rows, and the one-token path still
-    /// gives the batch path's bits for any number of ranges.
-    #[test]
-    fn one_token_path_with_mixed_types_equals_batch_path() {
-        use crate::experts::{LayerExperts, MmapExperts};
-        let (d, f, e) = (64usize, 96usize, 8usize);
-        let vals = |seed: usize, len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((((i + seed * 131) * 7919) % 1013) as f32 / 1013.0 - 0.5) * 0.4)
-                .collect()
-        };
-        let (du, fu, eu) = (d as u64, f as u64, e as u64);
-        let q = |ty, ne: &[u64], seed| {
-            Weight::quantized(ty, ne, &vals(seed, ne.iter().product::<u64>() as usize))
+        let w = |ty, ne: &[u64], seed| {
+            let v = vals(seed, ne.iter().product::<u64>() as usize);
+            if ty == GgmlType::F32 {
+                Weight::from_f32(ne, &v)
+            } else {
+                Weight::quantized(ty, ne, &v)
+            }
         };
         let store = MmapExperts::new(vec![Some(LayerExperts {
-            gate: q(GgmlType::Q4_0, &[du, fu, eu], 1),
-            up: q(GgmlType::Q4_0, &[du, fu, eu], 2),
-            down: q(GgmlType::Q4_0, &[fu, du, eu], 3),
+            gate: w(routed, &[du, fu, eu], 1),
+            up: w(routed, &[du, fu, eu], 2),
+            down: w(routed, &[fu, du, eu], 3),
         })]);
         let shared = Mlp {
-            gate: q(GgmlType::Q8_0, &[du, 2 * fu], 5),
-            up: q(GgmlType::Q8_0, &[du, 2 * fu], 6),
-            down: q(GgmlType::Q8_0, &[2 * fu, du], 7),
+            gate: w(shared_ty, &[du, 2 * fu], 5),
+            up: w(shared_ty, &[du, 2 * fu], 6),
+            down: w(shared_ty, &[2 * fu, du], 7),
         };
-        let w = MoeWeights {
+        let weights = MoeWeights {
             gate_inp: Weight::from_f32(&[du, eu], &vals(4, d * e)),
             bias: None,
             shared: Some(shared.clone()),
@@ -709,25 +667,39 @@ mod tests {
         let x = vals(8, 2 * d);
         let mut sc = MoeScratch::default();
         let mut batch = vec![0.0f32; 2 * d];
-        moe_forward(0, &w, Some(&shared), &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
+        let sh = Some(&shared);
+        moe_forward(0, &weights, sh, &c, &store, &x, 2, &mut batch, &mut sc).unwrap();
         let batch_ids = sc.routed_ids.clone();
-        // 1 to 13 workers: 2 to 26 gate/up ranges over the 3 x 96 + 192 hidden rows.
-        for threads in [1usize, 2, 3, 5, 13] {
+        for &n in threads {
             let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
+                .num_threads(n)
                 .build()
                 .unwrap();
             for t in 0..2 {
                 let mut one = vec![0.0f32; d];
                 let xt = &x[t * d..][..d];
-                pool.install(|| {
-                    moe_forward(0, &w, Some(&shared), &c, &store, xt, 1, &mut one, &mut sc)
-                })
-                .unwrap();
+                pool.install(|| moe_forward(0, &weights, sh, &c, &store, xt, 1, &mut one, &mut sc))
+                    .unwrap();
                 assert_eq!(sc.routed_ids, batch_ids[t * 3..][..3]);
-                assert_eq!(one, batch[t * d..][..d], "{threads} threads, token {t}");
+                assert_eq!(one, batch[t * d..][..d], "{n} threads, token {t}");
             }
         }
+    }
+
+    /// The one-token path (all experts in two parallel regions) gives the
+    /// same bits as the batch path (grouped per expert) for the same token.
+    #[test]
+    fn one_token_path_equals_batch_path() {
+        one_token_equals_batch(GgmlType::F32, GgmlType::F32, 32, 48, &[2]);
+    }
+
+    /// Routed Q4_0 and shared Q8_0 experts (the q4_0 recipe's mix): the gate/up
+    /// ranges carry equal bytes, not equal rows, and the one-token path still
+    /// gives the batch path's bits for any number of ranges (1 to 13 workers:
+    /// 2 to 26 ranges over the 3 x 96 + 192 hidden rows).
+    #[test]
+    fn one_token_path_with_mixed_types_equals_batch_path() {
+        one_token_equals_batch(GgmlType::Q4_0, GgmlType::Q8_0, 64, 96, &[1, 2, 3, 5, 13]);
     }
 
     /// The gate/up ranges cover every row once, cut only at 16-row tiles or a
