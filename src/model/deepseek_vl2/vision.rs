@@ -20,8 +20,11 @@ use crate::loader::{LoaderError, ModelFile, Weight};
 use crate::ops::MatView;
 
 /// Tiles pushed through the tower together: bounds activation memory
-/// (`TILE_CHUNK * 729 * n_ff` floats for the MLP) while keeping matmuls wide.
-const TILE_CHUNK: usize = 4;
+/// (`TILE_CHUNK * 729 * n_ff` floats for the MLP) while keeping matmuls wide. Five, so that
+/// the common 2x2 layout (global view + 4 local tiles) and 3x3 one (1 + 9) are whole
+/// chunks: every chunk packs each layer's weights again, and a 2x2 request cut 4 + 1 did
+/// so twice (2-4 % of its tower time on the 2-core Zen 4 VM; BENCHMARKS.md).
+const TILE_CHUNK: usize = 5;
 
 /// Types accepted for vectors (biases, norms, position embedding, tile tags): `--quant f16`
 /// and `bf16` store every tensor in that type, and both widen to f32 exactly.
