@@ -356,9 +356,9 @@ const SUB_ROWS: usize = 512;
 
 /// Every expert of one token in two parallel regions instead of three per
 /// expert: (1) the gate/up rows of all experts, split into ranges of equal
-/// weight bytes ([`gate_up_cuts`]), writing `silu(g) * u`; (2) the output rows, each task summing all experts'
-/// down rows for its slice of `out` (routed in job order, then shared, as
-/// the batch path adds them).
+/// weight bytes ([`gate_up_cuts`]), writing `silu(g) * u`; (2) the output
+/// rows, each task summing all experts' down rows for its slice of `out`
+/// (routed in job order, then shared, as the batch path adds them).
 fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mut MoeScratch) {
     let k = x.len();
     // The token once per activation format (routed and shared types may differ).

@@ -168,6 +168,19 @@ pub(super) enum Then<'a> {
     BiasInto(&'a [f32], &'a mut [f32]),
 }
 
+impl<'a> Then<'a> {
+    /// The steps, in the order they apply: the bias, GELU, the add into a residual (which
+    /// never comes with GELU).
+    fn parts(self) -> (Option<&'a [f32]>, bool, Option<&'a mut [f32]>) {
+        match self {
+            Then::Done => (None, false, None),
+            Then::Bias(b) => (Some(b), false, None),
+            Then::BiasGelu(b) => (Some(b), true, None),
+            Then::BiasInto(b, r) => (Some(b), false, Some(r)),
+        }
+    }
+}
+
 /// `out = x · Wᵀ` for the tower and projector (`[n_tok, k]` -> `[n_tok, n]`).
 pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     tower_matmul_then(w, x, n_tok, out, Then::Done)
@@ -203,17 +216,16 @@ pub(super) fn tower_matmul_then(
         (None, Some(panels)) => return panels_matmul(panels, w, x, n_tok, out, then),
         _ => matmul_view(w, x, n_tok, out),
     }
-    match then {
-        Then::Done => {}
-        Then::Bias(b) => add_bias(out, b),
-        Then::BiasGelu(b) => {
-            add_bias(out, b);
-            gelu_tanh(out);
-        }
-        Then::BiasInto(b, residual) => {
-            add_bias(out, b);
-            add_into(residual, out);
-        }
+    // The same steps as the panels' fused `finish`, here as passes over the whole output.
+    let (bias, gelu, residual) = then.parts();
+    if let Some(b) = bias {
+        add_bias(out, b);
+    }
+    if gelu {
+        gelu_tanh(out);
+    }
+    if let Some(r) = residual {
+        add_into(r, out);
     }
 }
 
@@ -267,12 +279,7 @@ fn panels_matmul(
         .par_chunks_mut(len)
         .enumerate()
         .for_each(|(c, dst)| panels.pack_panel(k, w.data, n, c, dst));
-    let (bias, gelu, residual) = match then {
-        Then::Done => (None, false, None),
-        Then::Bias(b) => (Some(b), false, None),
-        Then::BiasGelu(b) => (Some(b), true, None),
-        Then::BiasInto(b, r) => (Some(b), false, Some(r)),
-    };
+    let (bias, gelu, residual) = then.parts();
     let tasks = 2 * rayon::current_num_threads();
     let mt = panels.tile_tokens();
     let per = n_tok.div_ceil(tasks).div_ceil(mt) * mt;
