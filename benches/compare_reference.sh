@@ -26,6 +26,7 @@
 #   THREADS    threads on both sides (default 2)
 #   ROUNDS     alternating rounds (default 2); each side runs REPS repetitions per round
 #   REPS       repetitions per side and round (default 2)
+#   SETTLE_S   seconds to wait before each program's run (default 30; 0: none)
 #   PIP_CPU_INDEX  PyTorch's CPU wheel index, if reachable (unset: PyPI only)
 set -euo pipefail
 
@@ -37,6 +38,7 @@ REF_VENV="${REF_VENV:-$ROOT/target/reference-venv}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-2}"
 REPS="${REPS:-2}"
+SETTLE_S="${SETTLE_S:-30}"
 PIP_CPU_INDEX="${PIP_CPU_INDEX:-}"
 
 log() { echo "[compare_reference] $*" >&2; }
@@ -47,6 +49,7 @@ die() { echo "[compare_reference] ERROR: $*" >&2; exit 1; }
     || die "$REF is not a DeepSeek-VL2 checkout (no deepseek_vl2/models/modeling_deepseek_vl_v2.py)"
 [ -f "$HF_DIR/config.json" ] || die "$HF_DIR has no config.json"
 [ -f "$GGUF" ] || die "no such file: $GGUF"
+[[ "$SETTLE_S" =~ ^[0-9]+$ ]] || die "SETTLE_S must be a whole number of seconds, not '$SETTLE_S'"
 
 # --- the reference's venv --------------------------------------------------------------------
 # attrdict is only looked up, not imported: it imports collections.Mapping, which Python >= 3.10
@@ -97,7 +100,6 @@ field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]
 # reference (~13 GB) exited ran 3.8-4.0 s per tile, and 3.4 s a minute later (the cause was not
 # pinned down: no CPU was busy in between). Both programs get the pause, so neither inherits the
 # other's aftermath.
-SETTLE_S="${SETTLE_S:-30}"
 printf '%-6s %-10s %18s %18s %12s\n' round stage "pytorch f32" pocketvl "speed-up" 
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r/$ROUNDS: reference (after ${SETTLE_S} s)"
