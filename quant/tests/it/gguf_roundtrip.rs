@@ -493,3 +493,71 @@ fn write_rows_refuses_overruns_and_stops_at_fill_errors() {
     assert!(dw.finish().is_err());
     assert!(dir_entries(dir.path()).is_empty());
 }
+
+/// `advise_huge_pages` marks the mapping for huge pages (`hg` in the kernel's `VmFlags`) around
+/// the excepted tensor and leaves that tensor's pages unmarked; the bytes read the same.
+#[cfg(target_os = "linux")]
+#[test]
+fn huge_page_advice_skips_the_excepted_tensors() {
+    if !Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+        println!("skipped: this kernel has no transparent huge pages");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.gguf");
+    let mut w = GgufWriter::new();
+    // Page-aligned tensors of four pages each, so the advice's page bounds are the tensors'.
+    w.add_kv("general.alignment", Value::U32(4096)).unwrap();
+    let names = ["first", "embedding", "last"];
+    for name in names {
+        w.add_tensor(name, GgmlType::F32, &[4096]).unwrap();
+    }
+    let mut dw = w.create(&path, false).unwrap();
+    let datas: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 4 * 4096]).collect();
+    for d in &datas {
+        dw.write(d).unwrap();
+    }
+    dw.finish().unwrap().commit().unwrap();
+
+    let f = GgufFile::open(&path).unwrap();
+    let embedding = f.tensor("embedding").unwrap();
+    f.advise_huge_pages(&[embedding]);
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    // (start, end, flags) of every mapping of this process.
+    let mut vmas = Vec::new();
+    let mut lines = smaps.lines();
+    while let Some(line) = lines.next() {
+        let Some((range, _)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        let flags = lines
+            .by_ref()
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .unwrap_or_default();
+        vmas.push((a, b, flags.split_whitespace().any(|f| f == "hg")));
+    }
+    for (name, data) in names.iter().zip(&datas) {
+        let bytes = f.tensor_data(f.tensor(name).unwrap());
+        assert_eq!(bytes, &data[..], "{name}");
+        let (start, end) = (
+            bytes.as_ptr() as usize,
+            bytes.as_ptr() as usize + bytes.len(),
+        );
+        let marked: Vec<bool> = vmas
+            .iter()
+            .filter(|(a, b, _)| *a < end && start < *b)
+            .map(|v| v.2)
+            .collect();
+        let want = *name != "embedding";
+        assert!(
+            !marked.is_empty() && marked.iter().all(|&m| m == want),
+            "{name}: huge-page flags of its mappings {marked:?}, want all {want}"
+        );
+    }
+}

@@ -159,6 +159,12 @@ impl LanguageModel {
         experts: &ExpertOptions,
     ) -> Result<LanguageModel, ModelError> {
         let hp = LmHparams::from_file(file)?;
+        if experts.budget.is_none() {
+            // Every matrix but the embedding table is streamed whole per token; under a
+            // budget the paging store decides residency in normal pages itself.
+            let g = file.gguf();
+            g.advise_huge_pages(&g.tensor(tn::TOKEN_EMBD).into_iter().collect::<Vec<_>>());
+        }
         let d = u(hp.n_embd);
         let v = u(hp.n_vocab);
         let token_embd = file.weight(tn::TOKEN_EMBD, &[d, v])?;
