@@ -239,6 +239,8 @@ impl VisionModel {
     }
 
     pub fn from_file(file: &ModelFile) -> Result<Self, VisionError> {
+        // Every tower and projector matrix is read whole per image (packed per product).
+        file.gguf().advise_huge_pages(&[]);
         let hparams = VisionHparams::from_file(file)?;
         let config = super::preprocess::PreprocessConfig::from_mmproj(file, &hparams)?;
         let tower = VisionTower::load(file, &hparams)?;
