@@ -96,11 +96,7 @@ fn max_of(x: &[f32]) -> f32 {
     chunks.remainder().iter().copied().fold(m, f32::max)
 }
 
-/// `0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))` in place, in parallel.
-pub(super) fn gelu_tanh(x: &mut [f32]) {
-    x.par_chunks_mut(PAR_MIN).for_each(gelu_tanh_chunk);
-}
-
+/// `0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))` in place.
 fn gelu_tanh_chunk(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::ops::use_avx512f() {
@@ -137,13 +133,6 @@ pub(super) fn add_bias(x: &mut [f32], b: &[f32]) {
     });
 }
 
-/// `x += y` element-wise, in parallel.
-pub(super) fn add_into(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(PAR_MIN)
-        .zip(y.par_chunks(PAR_MIN))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
-}
-
 /// `crate::ops::layer_norm` over rows of `weight.len()`, in parallel chunks of rows.
 pub(super) fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len().max(1);
@@ -155,8 +144,8 @@ pub(super) fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out:
 
 /// What the tower does with a product's output right after it: fused into the product where
 /// the FMA panels run it (per task, on 256 output columns of ~96 tokens at a time, while
-/// they are in L2), separate passes elsewhere. Either way the same f32 operations in the
-/// same order.
+/// they are in L2), one pass over the output after the product elsewhere. Either way the
+/// same f32 operations in the same order.
 pub(super) enum Then<'a> {
     /// Nothing.
     Done,
@@ -216,16 +205,29 @@ pub(super) fn tower_matmul_then(
         (None, Some(panels)) => return panels_matmul(panels, w, x, n_tok, out, then),
         _ => matmul_view(w, x, n_tok, out),
     }
-    // The same steps as the panels' fused `finish`, here as passes over the whole output.
+    // The panels' fused `finish`, here as one pass over the output's rows in parallel chunks
+    // (separate passes for the bias, GELU and the residual read and wrote the whole output up
+    // to three times: ~63 MB each for the MLP's `up` of five tiles).
     let (bias, gelu, residual) = then.parts();
-    if let Some(b) = bias {
-        add_bias(out, b);
+    if bias.is_none() && !gelu && residual.is_none() {
+        return;
     }
-    if gelu {
-        gelu_tanh(out);
-    }
-    if let Some(r) = residual {
-        add_into(r, out);
+    let rows = (PAR_MIN / n).max(1) * n;
+    let finish_rows = |o: &mut [f32], r: Option<&mut [f32]>| match r {
+        Some(r) => o
+            .chunks_exact_mut(n)
+            .zip(r.chunks_exact_mut(n))
+            .for_each(|(o, r)| finish(o, bias, gelu, Some(r))),
+        None => o
+            .chunks_exact_mut(n)
+            .for_each(|o| finish(o, bias, gelu, None)),
+    };
+    match residual {
+        Some(r) => out
+            .par_chunks_mut(rows)
+            .zip(r.par_chunks_mut(rows))
+            .for_each(|(o, r)| finish_rows(o, Some(r))),
+        None => out.par_chunks_mut(rows).for_each(|o| finish_rows(o, None)),
     }
 }
 
@@ -413,7 +415,7 @@ mod tests {
     fn gelu_matches_the_tanh_formula() {
         let z: Vec<f32> = (0..40_000).map(|i| (i as f32 - 20_000.0) * 1e-3).collect();
         let mut got = z.clone();
-        gelu_tanh(&mut got);
+        gelu_tanh_chunk(&mut got);
         let mut want = z.clone();
         crate::ops::gelu_tanh(&mut want);
         for ((g, w), z) in got.iter().zip(&want).zip(&z) {
