@@ -7,7 +7,7 @@
 //! (from zero, or from the value already in `out`), so [`scalar_tile`] (`f32::mul_add` in
 //! the same order) gives the same bits as the vector tiles: the callers' twin tests check it.
 //! Left to the auto-vectoriser, such products came out as gathers at a fraction of the FMA
-//! rate (`perf annotate`, BENCHMARKS.md).
+//! rate (`perf annotate`).
 
 /// The broadcast operand: `(a, step, row)`, element (step `t`, row `r`) at
 /// `a[t * step + r * row]`.
