@@ -17,9 +17,9 @@
 //!   `d_v`, broadcasting the probabilities. Before, each (query, key) took a dot product
 //!   with a horizontal sum, a libm `exp` and an axpy: ~9% of a 1,034-token TTFT's samples
 //!   for arithmetic worth ~1% at the FMA rate.
-//! - decode and short chunks: one task per (query, head), a dot product per key, the exact
-//!   two-pass softmax and axpys over the value rows; at one query the tiles' lanes would
-//!   be mostly empty.
+//! - decode and short chunks: one task per head, its queries one at a time: a dot product
+//!   per key, the exact two-pass softmax and axpys over the value rows; at one query the
+//!   tiles' lanes would be mostly empty.
 //!
 //! Both are one body compiled three times (baseline with the tiles' scalar twins,
 //! AVX2+FMA, AVX-512F), picked at run time; every build does the same f32 operations in
@@ -92,9 +92,9 @@ type Build = fn(&Job<'_>, Task, &mut Scratch, &mut [f32]);
 /// One task: its output is `dst`, `[rows, d_v]`.
 #[derive(Clone, Copy)]
 enum Task {
-    /// Query `t` of head `h`.
-    Query { t: usize, h: usize },
-    /// Queries `t0..t0 + QB` (fewer at the end) of head `h`.
+    /// Queries `t0..t0 + rows` of head `h`, one at a time (per-query path).
+    Queries { t0: usize, h: usize },
+    /// Queries `t0..t0 + rows` (`QB`, fewer at the end) of head `h` as one block.
     Block { t0: usize, h: usize },
 }
 
@@ -103,8 +103,8 @@ enum Task {
 ///
 /// `q` is `[n_tokens, n_head, d_k]`, `out` is `[n_tokens, n_head, d_v]`; the
 /// cache must hold at least `pos0 + n_tokens` rows (caller's invariant).
-/// Parallel over (query block, head) or (query, head), so decode (one token) still uses
-/// a task per head.
+/// Parallel over (query block, head), or over heads (each task's queries one at a time),
+/// so decode (one token) still uses a task per head.
 pub fn causal_attention(
     q: &[f32],
     n_tokens: usize,
@@ -150,24 +150,33 @@ fn run_tasks(
         attend(&job, task, &mut s, dst);
         SCRATCH.with(|c| c.set(s));
     };
-    if n_tokens < TILED_MIN {
-        out.par_chunks_mut(d_v).enumerate().for_each(|(th, dst)| {
-            let (t, h) = (th / n_head, th % n_head);
-            run(Task::Query { t, h }, dst)
-        });
+    if n_tokens == 1 {
+        out.par_chunks_mut(d_v)
+            .enumerate()
+            .for_each(|(h, dst)| run(Task::Queries { t0: 0, h }, dst));
         return;
     }
-    // A block's rows are strided in `out`, so each task fills its own block of a
-    // head-major copy `[n_head, n_tokens, d_v]`, copied out per token afterwards. Head-major
-    // also keeps a worker on one head's cache rows (in L2) for consecutive tasks.
+    // A task's rows are strided in `out`, so each task fills its own block of a head-major
+    // copy `[n_head, n_tokens, d_v]`, copied out per token afterwards. Head-major also keeps
+    // a worker on one head's cache rows (in L2) for consecutive queries and tasks.
+    let tiled = n_tokens >= TILED_MIN;
+    let per_task = if tiled { QB } else { n_tokens };
     let mut blocks = vec![0.0f32; n_tokens * n_head * d_v];
     blocks
         .par_chunks_mut(n_tokens * d_v)
         .enumerate()
         .for_each(|(h, head)| {
-            head.par_chunks_mut(QB * d_v)
+            head.par_chunks_mut(per_task * d_v)
                 .enumerate()
-                .for_each(|(b, dst)| run(Task::Block { t0: b * QB, h }, dst))
+                .for_each(|(b, dst)| {
+                    let t0 = b * per_task;
+                    let task = if tiled {
+                        Task::Block { t0, h }
+                    } else {
+                        Task::Queries { t0, h }
+                    };
+                    run(task, dst)
+                })
         });
     out.par_chunks_mut(n_head * d_v)
         .enumerate()
@@ -247,7 +256,11 @@ impl Tile for Scalar {
 #[inline(always)]
 fn attend_body<P: Tile>(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
     match task {
-        Task::Query { t, h } => attend_query(job, t, h, &mut s.s, dst),
+        Task::Queries { t0, h } => {
+            for (i, dst) in dst.chunks_exact_mut(job.kv.d_v).enumerate() {
+                attend_query(job, t0 + i, h, &mut s.s, dst)
+            }
+        }
         Task::Block { t0, h } => attend_block::<P>(job, t0, h, s, dst),
     }
 }
