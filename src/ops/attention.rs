@@ -5,8 +5,31 @@
 //! key `[c; k_rope]` and the latent `c` as the value (DEEPSEEK-VL2.md §7.10):
 //! there the value is a prefix of the key row, which [`KvView`]'s strides
 //! express without copying.
+//!
+//! Two paths:
+//! - prefill ([`TILED_MIN`] queries or more): per task a block of [`QB`] queries of one
+//!   head, flash-style (online softmax over steps of [`KS`] keys, no score matrix over the
+//!   sequence). The block's queries are transposed once (`qt[d][i]`), so the score tile is
+//!   a register tile of [`R`] keys x 32 queries that broadcasts `k[j][d]` straight from the
+//!   cache rows and loads a vector of 16 queries' `q[i][d]` (no packing of the cache); the
+//!   softmax then works on whole vectors of queries (max, `exp`, sums lane-wise, no
+//!   horizontal reductions), and `P·V` is a register tile of [`R`] queries x vectors of
+//!   `d_v`, broadcasting the probabilities. Before, each (query, key) took a dot product
+//!   with a horizontal sum, a libm `exp` and an axpy: ~9% of a 1,034-token TTFT's samples
+//!   for arithmetic worth ~1% at the FMA rate.
+//! - decode and short chunks: one task per head, its queries one at a time: a dot product
+//!   per key, the exact two-pass softmax and axpys over the value rows; at one query the
+//!   tiles' lanes would be mostly empty.
+//!
+//! Both are one body compiled three times (baseline with the tiles' scalar twins,
+//! AVX2+FMA, AVX-512F), picked at run time; every build does the same f32 operations in
+//! the same order (fused multiply-adds in the products, `t` ascending, and the shared
+//! [`exp_approx`]), so they give the same bits (tested).
 
 use rayon::prelude::*;
+
+use super::exp_approx;
+use super::tiles::{scalar_tile, Bcast};
 
 /// Keys and values for positions `0..len`, row-major with arbitrary strides.
 #[derive(Clone, Copy, Debug)]
@@ -23,25 +46,56 @@ pub struct KvView<'a> {
     pub d_v: usize,
 }
 
-/// Query rows per task: the key rows of a block are reused by this many
-/// queries while in L1.
-const Q_BLOCK: usize = 16;
-/// Key rows per online-softmax step: the score tile is `Q_BLOCK × K_BLOCK`.
-const K_BLOCK: usize = 64;
+/// Queries per prefill task: the lanes of two 16-float vectors of scores per key.
+const QB: usize = 32;
+/// Keys per online-softmax step: a `KS x QB` score tile (8 KiB, in L1 with the block's
+/// accumulators).
+const KS: usize = 64;
+/// Rows of the register tiles: keys of the score tile, queries of the `P·V` tile (with two
+/// 16-float chunks, 16 accumulators of the 32 zmm registers).
+const R: usize = 8;
+/// Calls with fewer queries take the per-query path: a block of `QB` lanes would be mostly
+/// padding (per key, the tiles cost about as much as 16 single-query dot products).
+const TILED_MIN: usize = 16;
 
-/// Per-task buffers (score tile, running max and sum, output accumulators),
-/// kept per worker thread between calls; taken out while in use so a nested
+/// Per-worker buffers, kept per thread between calls; taken out while in use so a nested
 /// call on the same thread cannot alias them.
 #[derive(Default)]
-struct Tile {
-    scores: Vec<f32>,
-    max: Vec<f32>,
-    sum: Vec<f32>,
+struct Scratch {
+    /// The block's queries transposed, `qt[d * QB + i]` (per-query path: unused).
+    qt: Vec<f32>,
+    /// Scores, then probabilities: `[KS][QB]` per step (per-query path: one per key).
+    s: Vec<f32>,
+    /// Unnormalised outputs, `[QB][d_v]`.
     acc: Vec<f32>,
 }
 
 thread_local! {
-    static TILE: std::cell::Cell<Tile> = std::cell::Cell::new(Tile::default());
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+/// What every task of one call reads.
+struct Job<'a> {
+    q: &'a [f32],
+    n_tokens: usize,
+    n_head: usize,
+    /// Query heads per kv head.
+    group: usize,
+    kv: &'a KvView<'a>,
+    pos0: usize,
+    scale: f32,
+}
+
+/// A build of [`attend_body`]: runs one task into its output.
+type Build = fn(&Job<'_>, Task, &mut Scratch, &mut [f32]);
+
+/// One task: its output is `dst`, `[rows, d_v]`.
+#[derive(Clone, Copy)]
+enum Task {
+    /// Queries `t0..t0 + rows` of head `h`, one at a time (per-query path).
+    Queries { t0: usize, h: usize },
+    /// Queries `t0..t0 + rows` (`QB`, fewer at the end) of head `h` as one block.
+    Block { t0: usize, h: usize },
 }
 
 /// `out[t, h] = softmax_s(scale * q[t, h] · k[s, g(h)]) · v[s, g(h)]` over
@@ -49,12 +103,8 @@ thread_local! {
 ///
 /// `q` is `[n_tokens, n_head, d_k]`, `out` is `[n_tokens, n_head, d_v]`; the
 /// cache must hold at least `pos0 + n_tokens` rows (caller's invariant).
-///
-/// Flash-style: no score matrix over the whole sequence. Each task takes a
-/// block of [`Q_BLOCK`] queries of one head and walks the keys in blocks of
-/// [`K_BLOCK`], keeping a running max and sum per query (online softmax) and
-/// rescaling its output accumulators when the max grows. Parallel over
-/// (query block, head), so decode (one token) still uses a task per head.
+/// Parallel over (query block, head), or over heads (each task's queries one at a time),
+/// so decode (one token) still uses a task per head.
 pub fn causal_attention(
     q: &[f32],
     n_tokens: usize,
@@ -64,182 +114,178 @@ pub fn causal_attention(
     scale: f32,
     out: &mut [f32],
 ) {
-    let (d_k, d_v) = (kv.d_k, kv.d_v);
-    debug_assert_eq!(q.len(), n_tokens * n_head * d_k);
+    run_tasks(q, n_tokens, n_head, kv, pos0, scale, out, attend)
+}
+
+/// [`causal_attention`] with each task run by `attend` (a build of [`attend_body`]).
+#[allow(clippy::too_many_arguments)]
+fn run_tasks(
+    q: &[f32],
+    n_tokens: usize,
+    n_head: usize,
+    kv: &KvView<'_>,
+    pos0: usize,
+    scale: f32,
+    out: &mut [f32],
+    attend: Build,
+) {
+    let d_v = kv.d_v;
+    debug_assert_eq!(q.len(), n_tokens * n_head * kv.d_k);
     debug_assert_eq!(out.len(), n_tokens * n_head * d_v);
     debug_assert!(kv.n_kv_head > 0 && n_head.is_multiple_of(kv.n_kv_head));
-    if n_tokens == 0 || n_head == 0 {
+    if n_tokens == 0 || n_head == 0 || d_v == 0 {
         return;
     }
-    let group = n_head / kv.n_kv_head;
-    let n_qb = n_tokens.div_ceil(Q_BLOCK);
-    // Task (qb, h) writes rows t0..t1 of head h: strided in `out`, so each
-    // task fills its own `[rows, d_v]` block and the blocks are copied out
-    // per token afterwards. Blocks in task order: (qb, h) at qb*n_head + h.
-    let mut blocks: Vec<f32> = Vec::new();
-    let direct = n_tokens == 1;
-    if !direct {
-        blocks.resize(n_tokens * n_head * d_v, 0.0);
-    }
-    let task = |qb: usize, h: usize, dst: &mut [f32]| {
-        let t0 = qb * Q_BLOCK;
-        let rows = Q_BLOCK.min(n_tokens - t0);
-        let g = h / group;
-        let mut tile = TILE.with(|c| c.take());
-        attend_block(q, t0, rows, h, n_head, g, kv, pos0, scale, &mut tile, dst);
-        TILE.with(|c| c.set(tile));
+    let job = Job {
+        q,
+        n_tokens,
+        n_head,
+        group: n_head / kv.n_kv_head,
+        kv,
+        pos0,
+        scale,
     };
-    if direct {
+    let run = |task: Task, dst: &mut [f32]| {
+        let mut s = SCRATCH.with(|c| c.take());
+        attend(&job, task, &mut s, dst);
+        SCRATCH.with(|c| c.set(s));
+    };
+    if n_tokens == 1 {
         out.par_chunks_mut(d_v)
             .enumerate()
-            .for_each(|(h, dst)| task(0, h, dst));
+            .for_each(|(h, dst)| run(Task::Queries { t0: 0, h }, dst));
         return;
     }
-    // Block of (qb, h) starts at (qb * Q_BLOCK * n_head + h * rows) * d_v.
-    let mut chunks: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(n_qb * n_head);
-    let mut rest = &mut blocks[..];
-    for qb in 0..n_qb {
-        let rows = Q_BLOCK.min(n_tokens - qb * Q_BLOCK);
-        for h in 0..n_head {
-            let (a, b) = rest.split_at_mut(rows * d_v);
-            chunks.push((qb, h, a));
-            rest = b;
-        }
-    }
-    chunks
-        .into_par_iter()
-        .for_each(|(qb, h, dst)| task(qb, h, dst));
+    // A task's rows are strided in `out`, so each task fills its own block of a head-major
+    // copy `[n_head, n_tokens, d_v]`, copied out per token afterwards. Head-major also keeps
+    // a worker on one head's cache rows (in L2) for consecutive queries and tasks.
+    let tiled = n_tokens >= TILED_MIN;
+    let per_task = if tiled { QB } else { n_tokens };
+    let mut blocks = vec![0.0f32; n_tokens * n_head * d_v];
+    blocks
+        .par_chunks_mut(n_tokens * d_v)
+        .enumerate()
+        .for_each(|(h, head)| {
+            head.par_chunks_mut(per_task * d_v)
+                .enumerate()
+                .for_each(|(b, dst)| {
+                    let t0 = b * per_task;
+                    let task = if tiled {
+                        Task::Block { t0, h }
+                    } else {
+                        Task::Queries { t0, h }
+                    };
+                    run(task, dst)
+                })
+        });
     out.par_chunks_mut(n_head * d_v)
         .enumerate()
         .for_each(|(t, ot)| {
-            let (qb, i) = (t / Q_BLOCK, t % Q_BLOCK);
-            let rows = Q_BLOCK.min(n_tokens - qb * Q_BLOCK);
-            let base = qb * Q_BLOCK * n_head * d_v;
-            for h in 0..n_head {
-                ot[h * d_v..][..d_v].copy_from_slice(&blocks[base + (h * rows + i) * d_v..][..d_v]);
+            for (h, o) in ot.chunks_exact_mut(d_v).enumerate() {
+                o.copy_from_slice(&blocks[(h * n_tokens + t) * d_v..][..d_v]);
             }
         });
 }
 
-/// Queries `t0..t0 + rows` of head `h` (kv head `g`) into `dst`
-/// `[rows, d_v]`: [`attend_block_body`] in the widest build this CPU runs. The
-/// builds do the same f32 operations in the same order (no reassociation, no
-/// contraction), so they give the same bits; AVX-512 only does 16 lanes at a
-/// time where the baseline build does 4 (prefill attention was ~15% of a
-/// 512-token prefill in the baseline build).
-#[allow(clippy::too_many_arguments)]
-fn attend_block(
-    q: &[f32],
-    t0: usize,
-    rows: usize,
-    h: usize,
-    n_head: usize,
-    g: usize,
-    kv: &KvView<'_>,
-    pos0: usize,
-    scale: f32,
-    tile: &mut Tile,
-    dst: &mut [f32],
-) {
+/// [`attend_body`] in the widest build this CPU runs.
+fn attend(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::use_avx512f() {
-        // SAFETY: the CPU has AVX-512F (checked once in `use_avx512f`).
-        return unsafe {
-            attend_block_avx512(q, t0, rows, h, n_head, g, kv, pos0, scale, tile, dst)
-        };
-    }
-    attend_block_body(q, t0, rows, h, n_head, g, kv, pos0, scale, tile, dst)
-}
-
-/// [`attend_block_body`] compiled with AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-fn attend_block_avx512(
-    q: &[f32],
-    t0: usize,
-    rows: usize,
-    h: usize,
-    n_head: usize,
-    g: usize,
-    kv: &KvView<'_>,
-    pos0: usize,
-    scale: f32,
-    tile: &mut Tile,
-    dst: &mut [f32],
-) {
-    attend_block_body(q, t0, rows, h, n_head, g, kv, pos0, scale, tile, dst)
-}
-
-/// The online-softmax loop itself; inlined into each build so it is vectorised
-/// for that target.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_block_body(
-    q: &[f32],
-    t0: usize,
-    rows: usize,
-    h: usize,
-    n_head: usize,
-    g: usize,
-    kv: &KvView<'_>,
-    pos0: usize,
-    scale: f32,
-    tile: &mut Tile,
-    dst: &mut [f32],
-) {
-    let (d_k, d_v) = (kv.d_k, kv.d_v);
-    tile.scores.resize(rows * K_BLOCK, 0.0);
-    tile.max.clear();
-    tile.max.resize(rows, f32::NEG_INFINITY);
-    tile.sum.clear();
-    tile.sum.resize(rows, 0.0);
-    tile.acc.clear();
-    tile.acc.resize(rows * d_v, 0.0);
-    // Keys visible to the last query of the block.
-    let n_kv = pos0 + t0 + rows;
-    for s0 in (0..n_kv).step_by(K_BLOCK) {
-        let nk = K_BLOCK.min(n_kv - s0);
-        for i in 0..rows {
-            // Causal: query t0 + i sees keys 0..=pos0 + t0 + i.
-            let visible = (pos0 + t0 + i + 1).saturating_sub(s0).min(nk);
-            if visible == 0 {
-                continue;
-            }
-            let qi = &q[((t0 + i) * n_head + h) * d_k..][..d_k];
-            let sc = &mut tile.scores[i * K_BLOCK..][..visible];
-            let mut bmax = f32::NEG_INFINITY;
-            for (j, sj) in sc.iter_mut().enumerate() {
-                let kj = &kv.k[(s0 + j) * kv.k_stride + g * d_k..][..d_k];
-                *sj = dot(qi, kj) * scale;
-                bmax = bmax.max(*sj);
-            }
-            let m_old = tile.max[i];
-            let m_new = m_old.max(bmax);
-            // exp(-inf) = 0 on the first block: nothing to rescale.
-            let corr = (m_old - m_new).exp();
-            let acc = &mut tile.acc[i * d_v..][..d_v];
-            if corr != 1.0 {
-                acc.iter_mut().for_each(|a| *a *= corr);
-            }
-            let mut bsum = 0.0f32;
-            for (j, sj) in sc.iter().enumerate() {
-                let p = (sj - m_new).exp();
-                bsum += p;
-                let vj = &kv.v[(s0 + j) * kv.v_stride + g * d_v..][..d_v];
-                acc.iter_mut().zip(vj).for_each(|(a, v)| *a += p * v);
-            }
-            tile.sum[i] = tile.sum[i] * corr + bsum;
-            tile.max[i] = m_new;
+    {
+        if super::use_avx512f() {
+            // SAFETY: the CPU has AVX-512F (checked once in `use_avx512f`).
+            return unsafe { attend_avx512(job, task, s, dst) };
+        }
+        if super::use_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked once in `use_avx2_fma`).
+            return unsafe { attend_avx2(job, task, s, dst) };
         }
     }
-    for i in 0..rows {
-        let inv = 1.0 / tile.sum[i];
-        dst[i * d_v..][..d_v]
-            .iter_mut()
-            .zip(&tile.acc[i * d_v..][..d_v])
-            .for_each(|(o, a)| *o = a * inv);
+    attend_body::<Scalar>(job, task, s, dst)
+}
+
+/// [`attend_body`] compiled with AVX-512F, with its tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_avx512(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
+    attend_body::<avx512::Tiles>(job, task, s, dst)
+}
+
+/// [`attend_body`] compiled with AVX2 and FMA, with its tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn attend_avx2(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
+    attend_body::<avx2::Tiles>(job, task, s, dst)
+}
+
+/// The products of a query block: [`Scalar::tile`] is the contract.
+trait Tile {
+    #[allow(clippy::too_many_arguments)]
+    fn tile<const ROWS: usize>(
+        a: Bcast<'_>,
+        b: &[f32],
+        steps: usize,
+        b_step: usize,
+        cols: usize,
+        out: &mut [f32],
+        out_row: usize,
+        accumulate: bool,
+    );
+}
+
+/// The scalar twins: the reference order of operations.
+struct Scalar;
+
+impl Tile for Scalar {
+    /// [`scalar_tile`] for `ROWS` rows and columns `0..cols` (contiguous in `b` and `out`).
+    #[inline(always)]
+    fn tile<const ROWS: usize>(
+        a: Bcast<'_>,
+        b: &[f32],
+        steps: usize,
+        b_step: usize,
+        cols: usize,
+        out: &mut [f32],
+        out_row: usize,
+        accumulate: bool,
+    ) {
+        scalar_tile(ROWS, a, b, steps, b_step, cols, out, out_row, accumulate)
     }
+}
+
+/// One task's loops; inlined into each build so they are vectorised for it.
+#[inline(always)]
+fn attend_body<P: Tile>(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
+    match task {
+        Task::Queries { t0, h } => {
+            for (i, dst) in dst.chunks_exact_mut(job.kv.d_v).enumerate() {
+                attend_query(job, t0 + i, h, &mut s.s, dst)
+            }
+        }
+        Task::Block { t0, h } => attend_block::<P>(job, t0, h, s, dst),
+    }
+}
+
+/// Query `t` of head `h` into `dst` (`d_v`): scores, the exact softmax, then the value
+/// rows weighted by it.
+#[inline(always)]
+fn attend_query(job: &Job<'_>, t: usize, h: usize, p: &mut Vec<f32>, dst: &mut [f32]) {
+    let kv = job.kv;
+    let (d_k, d_v, g) = (kv.d_k, kv.d_v, h / job.group);
+    let q = &job.q[(t * job.n_head + h) * d_k..][..d_k];
+    p.clear();
+    p.extend(
+        (0..=job.pos0 + t).map(|s| dot(q, &kv.k[s * kv.k_stride + g * d_k..][..d_k]) * job.scale),
+    );
+    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    p.iter_mut().for_each(|x| *x = exp_approx(*x - max));
+    let sum: f32 = p.iter().sum();
+    dst.fill(0.0);
+    for (s, &ps) in p.iter().enumerate() {
+        let v = &kv.v[s * kv.v_stride + g * d_v..][..d_v];
+        dst.iter_mut().zip(v).for_each(|(o, v)| *o += ps * v);
+    }
+    let inv = 1.0 / sum;
+    dst.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Inner product with 16 independent partial sums, so the compiler can keep
@@ -261,6 +307,213 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += v;
     }
     s
+}
+
+/// Queries `t0..t0 + rows` of head `h` into `dst` (`[rows, d_v]`), online softmax over
+/// steps of [`KS`] keys; lanes past `rows` compute on zero queries and are never stored.
+#[inline(always)]
+fn attend_block<P: Tile>(job: &Job<'_>, t0: usize, h: usize, s: &mut Scratch, dst: &mut [f32]) {
+    let kv = job.kv;
+    let (d_k, d_v, g) = (kv.d_k, kv.d_v, h / job.group);
+    let rows = QB.min(job.n_tokens - t0);
+    s.qt.clear();
+    s.qt.resize(d_k * QB, 0.0);
+    for i in 0..rows {
+        let q = &job.q[((t0 + i) * job.n_head + h) * d_k..][..d_k];
+        for (d, &x) in q.iter().enumerate() {
+            s.qt[d * QB + i] = x;
+        }
+    }
+    s.s.resize(KS * QB, 0.0);
+    s.acc.clear();
+    s.acc.resize(QB * d_v, 0.0);
+    let mut max = [f32::NEG_INFINITY; QB];
+    let mut sum = [0.0f32; QB];
+    // Causal: lane i (query t0 + i) sees keys 0..=last0 + i.
+    let last0 = job.pos0 + t0;
+    let n_kv = last0 + rows;
+    for s0 in (0..n_kv).step_by(KS) {
+        let nk = KS.min(n_kv - s0);
+        // Lanes 0..first(j) do not see key s0 + j.
+        let first = |j: usize| (s0 + j).saturating_sub(last0).min(QB);
+        let sc = &mut s.s[..nk * QB];
+        // sc[j * QB + i] = q_i · k_j: rows are keys (R at a time from the cache rows),
+        // columns the block's queries.
+        let k = &kv.k[s0 * kv.k_stride + g * d_k..];
+        let mut j = 0;
+        while j + R <= nk {
+            let a = (&k[j * kv.k_stride..], 1, kv.k_stride);
+            P::tile::<R>(a, &s.qt, d_k, QB, QB, &mut sc[j * QB..], QB, false);
+            j += R;
+        }
+        for j in j..nk {
+            let a = (&k[j * kv.k_stride..], 1, kv.k_stride);
+            P::tile::<1>(a, &s.qt, d_k, QB, QB, &mut sc[j * QB..], QB, false);
+        }
+        // Scale, mask (probability 0, left out of the max) and the running max.
+        let mut m_new = max;
+        for (j, row) in sc.chunks_exact_mut(QB).enumerate() {
+            let (masked, seen) = row.split_at_mut(first(j));
+            masked.fill(0.0);
+            for (x, m) in seen.iter_mut().zip(&mut m_new[first(j)..]) {
+                *x *= job.scale;
+                *m = m.max(*x);
+            }
+        }
+        // exp(-inf - m) on the first step: a tiny factor times zero sums and outputs.
+        let mut corr = [0.0f32; QB];
+        for ((c, &m_old), &m) in corr.iter_mut().zip(&max).zip(&m_new) {
+            *c = exp_approx(m_old - m);
+        }
+        let mut step_sum = [0.0f32; QB];
+        for (j, row) in sc.chunks_exact_mut(QB).enumerate() {
+            let f = first(j);
+            for ((x, &m), b) in row[f..].iter_mut().zip(&m_new[f..]).zip(&mut step_sum[f..]) {
+                *x = exp_approx(*x - m);
+                *b += *x;
+            }
+        }
+        for ((l, &c), &b) in sum.iter_mut().zip(&corr).zip(&step_sum) {
+            *l = *l * c + b;
+        }
+        for (acc, &c) in s.acc.chunks_exact_mut(d_v).zip(&corr) {
+            acc.iter_mut().for_each(|a| *a *= c);
+        }
+        max = m_new;
+        // acc[i] += Σ_j p[j][i] v_j: rows are queries (R at a time), columns d_v.
+        let v = &kv.v[s0 * kv.v_stride + g * d_v..];
+        for r0 in (0..rows).step_by(R) {
+            let a = (&sc[r0..], QB, 1);
+            P::tile::<R>(
+                a,
+                v,
+                nk,
+                kv.v_stride,
+                d_v,
+                &mut s.acc[r0 * d_v..],
+                d_v,
+                true,
+            );
+        }
+    }
+    for ((o, acc), &l) in dst
+        .chunks_exact_mut(d_v)
+        .zip(s.acc.chunks_exact(d_v))
+        .zip(&sum)
+    {
+        let inv = 1.0 / l;
+        o.iter_mut().zip(acc).for_each(|(o, a)| *o = a * inv);
+    }
+}
+
+/// The AVX-512F tiles: pairs of 16-float column chunks, then one, then 8 columns of ymm,
+/// then the scalar twin for a last few (only odd test widths have them).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{scalar_tile, Bcast, Tile};
+    use crate::ops::tiles::{avx2::bcast_col, avx512::bcast_tile};
+
+    pub(super) struct Tiles;
+
+    impl Tile for Tiles {
+        #[inline(always)]
+        fn tile<const ROWS: usize>(
+            a: Bcast<'_>,
+            b: &[f32],
+            steps: usize,
+            b_step: usize,
+            cols: usize,
+            out: &mut [f32],
+            out_row: usize,
+            accumulate: bool,
+        ) {
+            // SAFETY: only reached from `attend_avx512`, after AVX-512F was detected.
+            unsafe { tile::<ROWS>(a, b, steps, b_step, cols, out, out_row, accumulate) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn tile<const ROWS: usize>(
+        a: Bcast<'_>,
+        b: &[f32],
+        steps: usize,
+        b_step: usize,
+        cols: usize,
+        out: &mut [f32],
+        out_row: usize,
+        acc: bool,
+    ) {
+        let mut c = 0;
+        while c + 32 <= cols {
+            bcast_tile::<ROWS, 2>(a, &b[c..], steps, b_step, 16, &mut out[c..], out_row, acc);
+            c += 32;
+        }
+        if c + 16 <= cols {
+            bcast_tile::<ROWS, 1>(a, &b[c..], steps, b_step, 16, &mut out[c..], out_row, acc);
+            c += 16;
+        }
+        if c + 8 <= cols {
+            // AVX-512F implies AVX2 and FMA.
+            bcast_col::<ROWS>(a, &b[c..], steps, b_step, &mut out[c..], out_row, acc);
+            c += 8;
+        }
+        if c < cols {
+            let (b, out) = (&b[c..], &mut out[c..]);
+            scalar_tile(ROWS, a, b, steps, b_step, cols - c, out, out_row, acc);
+        }
+    }
+}
+
+/// The AVX2+FMA tiles: 8-float column chunks, then the scalar twin for a last few.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{scalar_tile, Bcast, Tile};
+    use crate::ops::tiles::avx2::bcast_col;
+
+    pub(super) struct Tiles;
+
+    impl Tile for Tiles {
+        #[inline(always)]
+        fn tile<const ROWS: usize>(
+            a: Bcast<'_>,
+            b: &[f32],
+            steps: usize,
+            b_step: usize,
+            cols: usize,
+            out: &mut [f32],
+            out_row: usize,
+            accumulate: bool,
+        ) {
+            // SAFETY: only reached from `attend_avx2`, after AVX2 and FMA were detected.
+            unsafe { tile::<ROWS>(a, b, steps, b_step, cols, out, out_row, accumulate) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn tile<const ROWS: usize>(
+        a: Bcast<'_>,
+        b: &[f32],
+        steps: usize,
+        b_step: usize,
+        cols: usize,
+        out: &mut [f32],
+        out_row: usize,
+        acc: bool,
+    ) {
+        let mut c = 0;
+        while c + 8 <= cols {
+            bcast_col::<ROWS>(a, &b[c..], steps, b_step, &mut out[c..], out_row, acc);
+            c += 8;
+        }
+        if c < cols {
+            let (b, out) = (&b[c..], &mut out[c..]);
+            scalar_tile(ROWS, a, b, steps, b_step, cols - c, out, out_row, acc);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +646,267 @@ mod tests {
                         assert!((got as f64 - want).abs() < 1e-5, "t {t} h {hh} i {i}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Layout of one twin-test case: `n` queries at `pos0` over `pos0 + n` cache rows of
+    /// `hkv` kv heads (`k_stride`, values a prefix of the key rows when `prefix`).
+    #[derive(Clone, Copy, Debug)]
+    struct Case {
+        n: usize,
+        pos0: usize,
+        h: usize,
+        hkv: usize,
+        dk: usize,
+        dv: usize,
+        prefix: bool,
+    }
+
+    /// Odd sizes around the blocks (queries off `QB` and `TILED_MIN`, keys off `KS` and
+    /// `R`, widths off the vector widths), cache offsets, grouped heads, prefix values, the
+    /// model's head width.
+    const CASES: [Case; 9] = [
+        Case {
+            n: 1,
+            pos0: 0,
+            h: 1,
+            hkv: 1,
+            dk: 1,
+            dv: 1,
+            prefix: false,
+        },
+        Case {
+            n: 1,
+            pos0: 130,
+            h: 4,
+            hkv: 2,
+            dk: 20,
+            dv: 12,
+            prefix: true,
+        },
+        Case {
+            n: 5,
+            pos0: 3,
+            h: 3,
+            hkv: 3,
+            dk: 37,
+            dv: 13,
+            prefix: false,
+        },
+        Case {
+            n: 16,
+            pos0: 0,
+            h: 2,
+            hkv: 1,
+            dk: 8,
+            dv: 8,
+            prefix: false,
+        },
+        Case {
+            n: 17,
+            pos0: 70,
+            h: 4,
+            hkv: 2,
+            dk: 20,
+            dv: 12,
+            prefix: true,
+        },
+        Case {
+            n: 33,
+            pos0: 0,
+            h: 2,
+            hkv: 2,
+            dk: 24,
+            dv: 40,
+            prefix: false,
+        },
+        Case {
+            n: 70,
+            pos0: 9,
+            h: 2,
+            hkv: 1,
+            dk: 53,
+            dv: 51,
+            prefix: true,
+        },
+        Case {
+            n: 100,
+            pos0: 0,
+            h: 1,
+            hkv: 1,
+            dk: 128,
+            dv: 128,
+            prefix: false,
+        },
+        Case {
+            n: 40,
+            pos0: 200,
+            h: 2,
+            hkv: 2,
+            dk: 16,
+            dv: 24,
+            prefix: false,
+        },
+    ];
+
+    fn lcg(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// A case's queries and cache (values: their own rows, or the key rows' prefix).
+    fn data(c: Case, q: Vec<f32>, k: Vec<f32>, v: Vec<f32>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        assert_eq!(q.len(), c.n * c.h * c.dk);
+        assert_eq!(k.len(), (c.pos0 + c.n) * c.hkv * c.dk);
+        let v = if c.prefix { Vec::new() } else { v };
+        (q, k, v)
+    }
+
+    fn view<'a>(c: Case, k: &'a [f32], v: &'a [f32]) -> KvView<'a> {
+        let (v, v_stride) = if c.prefix {
+            (k, c.hkv * c.dk)
+        } else {
+            (v, c.hkv * c.dv)
+        };
+        KvView {
+            k,
+            k_stride: c.hkv * c.dk,
+            v,
+            v_stride,
+            n_kv_head: c.hkv,
+            d_k: c.dk,
+            d_v: c.dv,
+        }
+    }
+
+    /// The definition in f64 for any [`KvView`].
+    fn definition(q: &[f32], c: Case, kv: &KvView<'_>, scale: f32) -> Vec<f64> {
+        let mut out = vec![0.0f64; c.n * c.h * c.dv];
+        for t in 0..c.n {
+            for hh in 0..c.h {
+                let g = hh / (c.h / c.hkv);
+                let qh = &q[(t * c.h + hh) * c.dk..][..c.dk];
+                let sc: Vec<f64> = (0..=c.pos0 + t)
+                    .map(|s| {
+                        let ks = &kv.k[s * kv.k_stride + g * c.dk..][..c.dk];
+                        let d: f64 = qh.iter().zip(ks).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        d * scale as f64
+                    })
+                    .collect();
+                let m = sc.iter().copied().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..c.dv {
+                    out[(t * c.h + hh) * c.dv + i] = e
+                        .iter()
+                        .enumerate()
+                        .map(|(s, p)| p / z * kv.v[s * kv.v_stride + g * c.dv + i] as f64)
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    /// The builds this CPU runs, with their names.
+    fn builds() -> Vec<(&'static str, Build)> {
+        let mut b: Vec<(&str, Build)> = vec![("scalar", attend_body::<Scalar>)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            fn avx2(j: &Job<'_>, t: Task, s: &mut Scratch, d: &mut [f32]) {
+                // SAFETY: listed only after AVX2 and FMA were detected.
+                unsafe { attend_avx2(j, t, s, d) }
+            }
+            fn avx512(j: &Job<'_>, t: Task, s: &mut Scratch, d: &mut [f32]) {
+                // SAFETY: listed only after AVX-512F was detected.
+                unsafe { attend_avx512(j, t, s, d) }
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                b.push(("avx2", avx2));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                b.push(("avx512f", avx512));
+            }
+        }
+        b
+    }
+
+    /// Every build on `c`: the same bits as the scalar twins, and the definition within
+    /// 1e-5 (relative above 1).
+    fn check(c: Case, q: &[f32], k: &[f32], v: &[f32], scale: f32) {
+        let kv = view(c, k, v);
+        let want = definition(q, c, &kv, scale);
+        let mut first: Option<Vec<f32>> = None;
+        for (isa, build) in builds() {
+            let mut out = vec![f32::NAN; c.n * c.h * c.dv];
+            run_tasks(q, c.n, c.h, &kv, c.pos0, scale, &mut out, build);
+            for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - r).abs() <= 1e-5 * r.abs().max(1.0),
+                    "{isa} {c:?}: out[{i}] = {g}, definition {r}"
+                );
+            }
+            match &first {
+                None => first = Some(out),
+                Some(base) => {
+                    for (i, (g, r)) in out.iter().zip(base).enumerate() {
+                        assert_eq!(g.to_bits(), r.to_bits(), "{isa} {c:?}: out[{i}] {g} vs {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn builds_match_the_scalar_twins_and_the_definition() {
+        for (i, &c) in CASES.iter().enumerate() {
+            let seed = 10 * i as u64;
+            let rows = c.pos0 + c.n;
+            let (q, k, v) = data(
+                c,
+                lcg(seed, c.n * c.h * c.dk, 1.5),
+                lcg(seed + 1, rows * c.hkv * c.dk, 1.5),
+                lcg(seed + 2, rows * c.hkv * c.dv, 2.0),
+            );
+            check(c, &q, &k, &v, 1.0 / (c.dk as f32).sqrt());
+        }
+    }
+
+    /// Edge data: one dominant key per query (large scores, a softmax of ~one key), equal
+    /// scores (a uniform softmax), all-zero queries.
+    #[test]
+    fn extreme_and_flat_scores() {
+        for (i, &c) in CASES.iter().enumerate() {
+            let rows = c.pos0 + c.n;
+            let v = lcg(i as u64, rows * c.hkv * c.dv, 3.0);
+            for (big, flat) in [(30.0f32, false), (0.0, true), (1.0, true)] {
+                // Keys: row s is `big` in dim s % dk (dominant for queries that point
+                // there), or all `big` (equal scores for any query when `flat`).
+                let k: Vec<f32> = (0..rows * c.hkv * c.dk)
+                    .map(|x| {
+                        let (s, d) = (x / (c.hkv * c.dk), x % c.dk);
+                        if flat || d == s % c.dk {
+                            big
+                        } else {
+                            -0.25
+                        }
+                    })
+                    .collect();
+                let q: Vec<f32> = (0..c.n * c.h * c.dk)
+                    .map(|x| if flat || x % 7 == 0 { big / 8.0 } else { 0.0 })
+                    .collect();
+                let (q, k, v) = data(c, q, k, v.clone());
+                check(c, &q, &k, &v, 1.0 / (c.dk as f32).sqrt());
             }
         }
     }

@@ -8,16 +8,19 @@
 
 mod act;
 mod attention;
+mod exp;
 mod gelu;
 mod layer_norm;
 mod matmul;
 mod norm;
 mod rope;
+pub(crate) mod tiles;
 
 /// The matrix view every op takes (defined below the loader, in [`crate::tensor`]).
 pub use crate::tensor::{MatView, MatViewError};
 pub use act::{silu, silu_mul, softmax};
 pub use attention::{causal_attention, KvView};
+pub use exp::exp_approx;
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use layer_norm::layer_norm;
 pub use matmul::{
@@ -27,8 +30,8 @@ pub use matmul::{
 pub use norm::rms_norm;
 pub use rope::{Rope, RopeLayout};
 
-/// Whether the AVX-512F builds of the f32 loops run (prefill attention's block here, the
-/// vision tower's softmax and GELU): detected once, never with `POCKETVL_FORCE_SCALAR=1`
+/// Whether the AVX-512F builds of the f32 loops run (the attention here, the vision
+/// tower's attention, softmax and GELU): detected once, never with `POCKETVL_FORCE_SCALAR=1`
 /// nor under `POCKETVL_MAX_TIER` below `avx512-vnni`.
 /// Those builds do the same f32 operations in the same order as their baseline twins.
 #[cfg(target_arch = "x86_64")]
@@ -40,7 +43,7 @@ pub fn use_avx512f() -> bool {
     })
 }
 
-/// Whether the AVX2+FMA builds of the f32 loops run (the vision tower's attention, on CPUs
+/// Whether the AVX2+FMA builds of the f32 loops run (both attentions, on CPUs
 /// without AVX-512F or capped below it): as [`use_avx512f`], the tier `avx2`.
 #[cfg(target_arch = "x86_64")]
 pub fn use_avx2_fma() -> bool {

@@ -18,7 +18,8 @@
 //! the rounding-to-bf16 of k and v measured 2e-3-1e-2 on the fixtures' logits
 //! (`vision_tower_recipes`), which is why this stays f32.
 //!
-//! The two products are [`Products`]: explicit AVX-512F register tiles, and their scalar
+//! The two products are [`Products`]: explicit AVX-512F register tiles (the broadcast tiles
+//! of `crate::ops::tiles`, shared with the language model's attention), and their scalar
 //! twins ([`Scalar`], `f32::mul_add` in the same order, so the same bits: tested), and
 //! AVX2+FMA tiles of half the width. The block loop around them is one body compiled three
 //! times (baseline with the twins, AVX2+FMA, AVX-512F, each with its tiles), picked at run
@@ -293,9 +294,8 @@ fn attend_body<P: Products>(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
 /// The AVX-512F register tiles of [`Products`].
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use std::arch::x86_64::*;
-
     use super::{Products, KB, QB, VL};
+    use crate::ops::tiles::{avx2::bcast_col, avx512::bcast_tile};
 
     /// Value columns per accumulator of the `P·v` tile.
     const DL: usize = 16;
@@ -344,7 +344,7 @@ mod avx512 {
         b: usize,
         s: &mut [f32],
     ) {
-        bcast_tile::<NB>(
+        bcast_tile::<QB, NB>(
             (qt, QB, 1),
             &kt[b * hd * KB..],
             hd,
@@ -352,6 +352,7 @@ mod avx512 {
             hd * KB,
             &mut s[b * KB..],
             n_pad,
+            false,
         );
     }
 
@@ -367,66 +368,16 @@ mod avx512 {
         let n_c = hdp / DL;
         let mut c = 0;
         while c + 2 <= n_c {
-            bcast_tile::<2>(a, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp);
+            bcast_tile::<QB, 2>(a, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp, false);
             c += 2;
         }
         if c < n_c {
-            bcast_tile::<1>(a, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp);
+            bcast_tile::<QB, 1>(a, &v[c * DL..], n, hdp, DL, &mut o[c * DL..], hdp, false);
         }
         if !hdp.is_multiple_of(DL) {
             // AVX-512F implies AVX2 and FMA: the AVX2 build's 8-column tile.
             let c = n_c * DL;
-            super::avx2::bcast_col(a, &v[c..], n, hdp, &mut o[c..], hdp);
-        }
-    }
-
-    /// The one register tile of both products: QB rows x NC chunks of 16 columns,
-    /// `out[i][u] = Σ_t a[t * a_step + i * a_row] · b[t * b_step + u * b_chunk ..][..16]`
-    /// for `a` = `(a, a_step, a_row)`, summed over the `steps` in order (the scalar twin's
-    /// order), row `i` stored at `i * out_row + u * 16`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn bcast_tile<const NC: usize>(
-        (a, a_step, a_row): (&[f32], usize, usize),
-        b: &[f32],
-        steps: usize,
-        b_step: usize,
-        b_chunk: usize,
-        out: &mut [f32],
-        out_row: usize,
-    ) {
-        if steps > 0 {
-            assert!(
-                a.len() > (steps - 1) * a_step + (QB - 1) * a_row
-                    && b.len() >= (steps - 1) * b_step + (NC - 1) * b_chunk + 16
-            );
-        }
-        assert!(out.len() >= (QB - 1) * out_row + NC * 16);
-        let mut acc = [[_mm512_setzero_ps(); NC]; QB];
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        for t in 0..steps {
-            // SAFETY: row i < QB of step t < steps of `a` is at t * a_step + i * a_row, and
-            // chunk u < NC of `b` is 16 floats at t * b_step + u * b_chunk: both inside
-            // (asserted above). Unaligned loads.
-            unsafe {
-                let mut bv = [_mm512_setzero_ps(); NC];
-                for (u, bv) in bv.iter_mut().enumerate() {
-                    *bv = _mm512_loadu_ps(bp.add(t * b_step + u * b_chunk));
-                }
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*ap.add(t * a_step + i * a_row));
-                    for u in 0..NC {
-                        acc[u] = _mm512_fmadd_ps(x, bv[u], acc[u]);
-                    }
-                }
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            for (u, &r) in acc.iter().enumerate() {
-                let dst = &mut out[i * out_row + u * 16..][..16];
-                // SAFETY: `dst` is 16 writable floats.
-                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), r) };
-            }
+            bcast_col::<QB>(a, &v[c..], n, hdp, &mut o[c..], hdp, false);
         }
     }
 }
@@ -435,9 +386,8 @@ mod avx512 {
 /// accumulators of the 16 ymm registers.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::*;
-
     use super::{Products, KB, QB, VL as L};
+    use crate::ops::tiles::avx2::bcast_col;
 
     pub(super) struct Tiles;
 
@@ -463,13 +413,14 @@ mod avx2 {
         assert!(qt.len() >= hd * QB && s.len() >= (QB - 1) * n_pad + n_kb * KB);
         for half in 0..2 * n_kb {
             let (b, off) = (half / 2, (half % 2) * L);
-            bcast_col(
+            bcast_col::<QB>(
                 (qt, QB, 1),
                 &kt[b * hd * KB + off..],
                 hd,
                 KB,
                 &mut s[b * KB + off..],
                 n_pad,
+                false,
             );
         }
     }
@@ -481,49 +432,7 @@ mod avx2 {
         let n = v.len() / hdp;
         assert!(o.len() >= QB * hdp && hdp.is_multiple_of(L));
         for c in (0..hdp).step_by(L) {
-            bcast_col((p, 1, n_pad), &v[c..], n, hdp, &mut o[c..], hdp);
-        }
-    }
-
-    /// The one register tile of both products: QB rows x 8 columns,
-    /// `out[i] = Σ_t a[t * a_step + i * a_row] · b[t * b_step ..][..8]` for `a` = `(a,
-    /// a_step, a_row)`, summed over the `steps` in order (the scalar twin's order), row `i`
-    /// stored at `i * out_row`. Also the AVX-512 build's tile for a last 8 value columns.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub(super) fn bcast_col(
-        (a, a_step, a_row): (&[f32], usize, usize),
-        b: &[f32],
-        steps: usize,
-        b_step: usize,
-        out: &mut [f32],
-        out_row: usize,
-    ) {
-        if steps > 0 {
-            assert!(
-                a.len() > (steps - 1) * a_step + (QB - 1) * a_row
-                    && b.len() >= (steps - 1) * b_step + L
-            );
-        }
-        assert!(out.len() >= (QB - 1) * out_row + L);
-        let mut acc = [_mm256_setzero_ps(); QB];
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        for t in 0..steps {
-            // SAFETY: row i < QB of step t < steps of `a` is at t * a_step + i * a_row, and
-            // step t of `b` is 8 floats at t * b_step: both inside (asserted above).
-            // Unaligned loads.
-            unsafe {
-                let bv = _mm256_loadu_ps(bp.add(t * b_step));
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_ps(*ap.add(t * a_step + i * a_row));
-                    *acc = _mm256_fmadd_ps(x, bv, *acc);
-                }
-            }
-        }
-        for (i, &r) in acc.iter().enumerate() {
-            let dst = &mut out[i * out_row..][..L];
-            // SAFETY: `dst` is 8 writable floats.
-            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), r) };
+            bcast_col::<QB>((p, 1, n_pad), &v[c..], n, hdp, &mut o[c..], hdp, false);
         }
     }
 }
