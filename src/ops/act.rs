@@ -1,9 +1,12 @@
 //! Element-wise activations and softmax, in float32 as the reference computes them.
 
-/// SiLU, `z * sigmoid(z)`, in place.
+use super::exp_approx;
+
+/// SiLU, `z * sigmoid(z)`, in place. `exp` is the shared vectorisable [`exp_approx`] (2 ulp):
+/// a libm call per element was ~2 % of a 1,024-token prefill's samples.
 pub fn silu(x: &mut [f32]) {
     for v in x.iter_mut() {
-        *v = *v / (1.0 + (-*v).exp());
+        *v = *v / (1.0 + exp_approx(-*v));
     }
 }
 
@@ -12,7 +15,7 @@ pub fn silu(x: &mut [f32]) {
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     debug_assert_eq!(gate.len(), up.len());
     for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = *g / (1.0 + exp_approx(-*g)) * u;
     }
 }
 
