@@ -410,7 +410,7 @@ pub(super) fn aligned<T>(buf: &mut [T], len: usize) -> &mut [T] {
 /// AMX configured with [`TileConfig::all_16x64`]; 32 rows of 32 f32 at stride `cs`
 /// writable at `c`; the steps' A tiles (both planes) and B tiles readable.
 #[inline(always)]
-pub(super) unsafe fn block_2x2(
+unsafe fn block_2x2(
     c: *mut f32,
     cs: usize,
     zero: bool,
