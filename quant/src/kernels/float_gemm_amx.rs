@@ -249,10 +249,10 @@ pub(crate) fn tdp_spin(iters: usize) -> u64 {
 
 /// Tile configuration (palette 1): all eight tiles 16 rows x 64 bytes.
 #[repr(C, align(64))]
-struct TileConfig([u8; 64]);
+pub(super) struct TileConfig(pub(super) [u8; 64]);
 
 impl TileConfig {
-    fn all_16x64() -> TileConfig {
+    pub(super) fn all_16x64() -> TileConfig {
         let mut c = [0u8; 64];
         c[0] = 1; // palette
         for t in 0..8 {
@@ -309,88 +309,157 @@ unsafe fn gemm_amx(
                 split.then_some(lo_off),
             )
         };
-        for r0 in (0..n_rows).step_by(32) {
-            let nr = 32.min(n_rows - r0);
-            // [step][half][16 pairs][16 rows][2 bf16] of this block.
-            let bp = &packed[r0 / 32 * steps * 2048..][..steps * 2048];
-            for s0 in (0..steps).step_by(KC_STEPS) {
-                let s1 = (s0 + KC_STEPS).min(steps);
-                for tb in (0..ntp).step_by(32) {
-                    // A block of 32 tokens x 32 rows inside `out` accumulates there (tile
-                    // stride = ldo floats); edge blocks in `c` (stride 32 floats), copied
-                    // out below. (Copying every block out took ~18% of the tower's time.)
-                    let direct = nr == 32 && tb + 32 <= nt;
-                    let (cp, cs) = if direct {
-                        (out.as_mut_ptr().add((t0 + tb) * ldo + r0), ldo * 4)
-                    } else {
-                        (c.as_mut_ptr().add(tb * 32), 128)
-                    };
-                    // SAFETY: C: direct, tokens t0 + tb..+ 32 ≤ n_tok and rows r0..r0 + 32 ≤
-                    // n_rows ≤ ldo lie inside `out` (its size is asserted by the caller);
-                    // else `c` rows tb..tb + 32 ≤ ntp ≤ ts. Each is 2 x 2 tiles of 16 x 16
-                    // f32 at stride cs. A: token block tb / 32 < ntp / 32, step s < steps
-                    // of `ap` is 2 KiB; B: step s of `bp` is 2 KiB.
-                    unsafe {
-                        let c2 = cp.cast::<u8>().add(16 * cs);
-                        if s0 == 0 {
-                            asm!(
-                                "tilezero tmm0",
-                                "tilezero tmm1",
-                                "tilezero tmm2",
-                                "tilezero tmm3",
-                                options(nostack, nomem)
-                            );
-                        } else {
-                            asm!(
-                                "tileloadd tmm0, [{c} + {s}]",
-                                "tileloadd tmm1, [{c} + {s} + 64]",
-                                "tileloadd tmm2, [{c2} + {s}]",
-                                "tileloadd tmm3, [{c2} + {s} + 64]",
-                                c = in(reg) cp,
-                                c2 = in(reg) c2,
-                                s = in(reg) cs,
-                                options(nostack, readonly)
-                            );
-                        }
-                        for s in s0..s1 {
-                            let a_hi = ap.as_ptr().add((tb * steps + 32 * s) * 64);
-                            let b = bp.as_ptr().add(2048 * s);
-                            if split {
-                                dp_2x2_split(a_hi, a_hi.add(lo_off), b);
-                            } else {
-                                dp_2x2(a_hi, b);
-                            }
-                        }
-                        asm!(
-                            "tilestored [{c} + {s}], tmm0",
-                            "tilestored [{c} + {s} + 64], tmm1",
-                            "tilestored [{c2} + {s}], tmm2",
-                            "tilestored [{c2} + {s} + 64], tmm3",
-                            c = in(reg) cp,
-                            c2 = in(reg) c2,
-                            s = in(reg) cs,
-                            options(nostack)
-                        );
-                    }
-                }
-            }
-            // The edge blocks: every token when the row block is short, else the tail.
-            let first = if nr == 32 { nt / 32 * 32 } else { 0 };
-            for t in first..nt {
-                let o = (t0 + t) * ldo + r0;
-                out[o..o + nr].copy_from_slice(&c[t * 32..t * 32 + nr]);
-            }
-        }
+        let lo = split.then_some(lo_off);
+        // SAFETY: AMX configured above; `ap` holds the ntp / 32 token blocks of `steps`
+        // (both planes); `packed` every block of n_rows (asserted by the caller); `out`
+        // from token t0 holds nt rows of n_rows ≤ ldo; `c` holds ts * 32 ≥ ntp * 32 floats.
+        unsafe {
+            gemm_blocks(
+                steps,
+                ap,
+                lo,
+                nt,
+                packed,
+                n_rows,
+                &mut out[t0 * ldo..],
+                ldo,
+                c,
+            )
+        };
     }
     // SAFETY: releases the tile state this call configured.
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
+/// The blocked loop of the AMX products: `out` (`nt` rows of `n_rows` at stride `ldo`)
+/// = the packed A token blocks `ap` (`[nt / 32 rounded up][steps][32 rows][32 bf16]`, the
+/// lo plane `lo` bytes on) times the packed B blocks `packed` ([`pack_weights`]' layout,
+/// `n_rows` rows). Per 32-row B block and k-block of [`KC_STEPS`] (16 KiB of B, in L1),
+/// every token block's 2 x 2 tiles accumulate in place in `out` ([`block_2x2`]); blocks
+/// past `nt` or `n_rows` go through `c` (32 floats per packed token) and are copied out.
+///
+/// # Safety
+/// AVX-512 F/BW/BF16 and AMX configured with [`TileConfig::all_16x64`]; `ap`, `packed` and
+/// `out` (`(nt - 1) * ldo + n_rows` floats, `ldo ≥ n_rows`) hold what is said above, and
+/// `c` `32 * nt.div_ceil(32) * 32` floats where `nt` or `n_rows` is not a multiple of 32.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn gemm_blocks(
+    steps: usize,
+    ap: &[u8],
+    lo: Option<usize>,
+    nt: usize,
+    packed: &[u8],
+    n_rows: usize,
+    out: &mut [f32],
+    ldo: usize,
+    c: &mut [f32],
+) {
+    let ntp = nt.div_ceil(32) * 32;
+    for r0 in (0..n_rows).step_by(32) {
+        let nr = 32.min(n_rows - r0);
+        // [step][half][16 pairs][16 rows][2 bf16] of this block.
+        let bp = &packed[r0 / 32 * steps * 2048..][..steps * 2048];
+        for s0 in (0..steps).step_by(KC_STEPS) {
+            let s1 = (s0 + KC_STEPS).min(steps);
+            for tb in (0..ntp).step_by(32) {
+                // A block of 32 tokens x 32 rows inside `out` accumulates there (tile stride
+                // = ldo floats); edge blocks in `c` (stride 32 floats), copied out below.
+                // (Copying every block out took ~18% of the tower's time.)
+                let direct = nr == 32 && tb + 32 <= nt;
+                let (cp, cs) = if direct {
+                    (out.as_mut_ptr().add(tb * ldo + r0), ldo * 4)
+                } else {
+                    (c.as_mut_ptr().add(tb * 32), 128)
+                };
+                // SAFETY: C: direct, tokens tb..tb + 32 ≤ nt and rows r0..r0 + 32 ≤ n_rows
+                // ≤ ldo lie inside `out`; else `c` rows tb..tb + 32 ≤ ntp. Each is 2 x 2
+                // tiles of 16 x 16 f32 at stride cs. A: token block tb / 32 < ntp / 32,
+                // step s < steps of `ap` is 2 KiB (the lo plane `lo` on); B: step s of
+                // `bp` is 2 KiB (the caller's contract).
+                unsafe {
+                    let a = ap.as_ptr().add(tb * steps * 64);
+                    block_2x2(cp, cs, s0 == 0, s0..s1, a, lo, bp.as_ptr())
+                };
+            }
+        }
+        // The edge blocks: every token when the row block is short, else the tail.
+        let first = if nr == 32 { nt / 32 * 32 } else { 0 };
+        for t in first..nt {
+            let o = t * ldo + r0;
+            out[o..o + nr].copy_from_slice(&c[t * 32..t * 32 + nr]);
+        }
+    }
+}
+
 /// The first `len` elements of `buf` from its first 64-byte-aligned one (`buf` holds at
 /// least `len + 64` bytes' worth).
-fn aligned<T>(buf: &mut [T], len: usize) -> &mut [T] {
+pub(super) fn aligned<T>(buf: &mut [T], len: usize) -> &mut [T] {
     let off = buf.as_ptr().align_offset(64);
     &mut buf[off..off + len]
+}
+
+/// One block of 2 x 2 accumulator tiles (32 A rows x 32 B rows of f32 at `c`, row stride
+/// `cs` bytes): zeroed if `zero`, else loaded from `c`; then, for each k-step `s` of
+/// `steps`, plus A step `s` (2 KiB at `a + 2048 s`: rows 0-15, then 16-31, 64 bytes each)
+/// times B step `s` (2 KiB at `b + 2048 s`, [`pack_weights`]' layout), and with
+/// `lo = Some(off)` plus the A plane `off` bytes on times the same B; stored back to `c`.
+/// Tile registers 0-7 are used as [`dp_2x2`] says.
+///
+/// # Safety
+/// AMX configured with [`TileConfig::all_16x64`]; 32 rows of 32 f32 at stride `cs`
+/// writable at `c`; the steps' A tiles (both planes) and B tiles readable.
+#[inline(always)]
+unsafe fn block_2x2(
+    c: *mut f32,
+    cs: usize,
+    zero: bool,
+    steps: std::ops::Range<usize>,
+    a: *const u8,
+    lo: Option<usize>,
+    b: *const u8,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let c2 = c.cast::<u8>().add(16 * cs);
+        if zero {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+        } else {
+            asm!(
+                "tileloadd tmm0, [{c} + {s}]",
+                "tileloadd tmm1, [{c} + {s} + 64]",
+                "tileloadd tmm2, [{c2} + {s}]",
+                "tileloadd tmm3, [{c2} + {s} + 64]",
+                c = in(reg) c,
+                c2 = in(reg) c2,
+                s = in(reg) cs,
+                options(nostack, readonly)
+            );
+        }
+        for s in steps {
+            let (a, b) = (a.add(2048 * s), b.add(2048 * s));
+            match lo {
+                Some(off) => dp_2x2_split(a, a.add(off), b),
+                None => dp_2x2(a, b),
+            }
+        }
+        asm!(
+            "tilestored [{c} + {s}], tmm0",
+            "tilestored [{c} + {s} + 64], tmm1",
+            "tilestored [{c2} + {s}], tmm2",
+            "tilestored [{c2} + {s} + 64], tmm3",
+            c = in(reg) c,
+            c2 = in(reg) c2,
+            s = in(reg) cs,
+            options(nostack)
+        );
+    }
 }
 
 /// One k-step of 32 columns: the 2 x 2 accumulators (tmm0..3: tokens 16 i.., rows 16 j..
@@ -458,7 +527,7 @@ unsafe fn dp_2x2_split(a: *const u8, lo: *const u8, b: *const u8) {
 /// (u32 = the row's two bf16 of columns 2 p, 2 p + 1 of the step; each half's tile is 1 KiB
 /// of contiguous lines), zero beyond `k` and `nr`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_weights(rows: &[u8], nr: usize, k: usize, bp: &mut [u8]) {
+pub(super) unsafe fn pack_weights(rows: &[u8], nr: usize, k: usize, bp: &mut [u8]) {
     let steps = k.div_ceil(32);
     debug_assert!(rows.len() >= nr * 2 * k && bp.len() >= steps * 2048);
     for s in 0..steps {
@@ -516,30 +585,33 @@ unsafe fn pack_acts(a: &[f32], nt: usize, ntp: usize, k: usize, ap: &mut [u8], l
                 unsafe { _mm512_maskz_loadu_ps(m, a.as_ptr().add(t * k + c)) }
             };
             // 32 bf16 in column order: the low half from the first 16 columns.
-            let (x0, x1) = (load(32 * s), load(32 * s + 16));
-            let bh: __m512bh = _mm512_cvtne2ps_pbh(x1, x0);
-            // SAFETY: token t of step s, 64 bytes inside `ap`; the bits are stored as they are.
-            let hi = unsafe { std::mem::transmute::<__m512bh, __m512i>(bh) };
-            // SAFETY: as above.
-            unsafe { _mm512_storeu_si512(dst.cast(), hi) };
-            if let Some(off) = lo {
-                // hi back to f32 (bf16 bits in the upper half of each f32), x - hi exactly.
-                let widen = |h: __m256i| {
-                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-                };
-                let r0 = _mm512_sub_ps(x0, widen(_mm512_castsi512_si256(hi)));
-                let r1 = _mm512_sub_ps(x1, widen(_mm512_extracti64x4_epi64::<1>(hi)));
-                let lb = _mm512_cvtne2ps_pbh(r1, r0);
-                // SAFETY: the lo plane's token t of step s, inside `ap` (caller's size).
-                unsafe {
-                    _mm512_storeu_si512(
-                        dst.add(off).cast(),
-                        std::mem::transmute::<__m512bh, __m512i>(lb),
-                    )
-                };
+            let ((h0, l0), (h1, l1)) = (split16(load(32 * s)), split16(load(32 * s + 16)));
+            let join =
+                |x0: __m256i, x1: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x0), x1);
+            // SAFETY: token t of step s, 64 bytes inside `ap` (and in the lo plane, `off`
+            // bytes on: the caller's size); the bits are stored as they are.
+            unsafe {
+                _mm512_storeu_si512(dst.cast(), join(h0, h1));
+                if let Some(off) = lo {
+                    _mm512_storeu_si512(dst.add(off).cast(), join(l0, l1));
+                }
             }
         }
     }
+}
+
+/// 16 f32 as two vectors of 16 bf16: `hi = bf16(x)` (round to nearest even) and
+/// `lo = bf16(x - hi)` (`x - hi` is exact in f32), so `hi + lo` keeps 16 significant bits
+/// of `x`. The one split of every AMX product that splits its operands.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[inline]
+pub(super) fn split16(x: __m512) -> (__m256i, __m256i) {
+    // SAFETY: the bf16 vectors' bits are reinterpreted as they are.
+    let bits = |v: __m256bh| unsafe { std::mem::transmute::<__m256bh, __m256i>(v) };
+    let hi = bits(_mm512_cvtneps_pbh(x));
+    // hi back to f32: the bf16 bits in the upper half of each f32.
+    let wide = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)));
+    (hi, bits(_mm512_cvtneps_pbh(_mm512_sub_ps(x, wide))))
 }
 
 /// The 16 x 16 transpose of the 32-bit values at `p` (row-major, 256 values), as 16

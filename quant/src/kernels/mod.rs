@@ -43,6 +43,8 @@ pub(crate) mod q0_avx512_units;
 #[cfg(target_arch = "x86_64")]
 mod q0_x86;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod split_amx;
 #[cfg(test)]
 mod tier_tests;
 
@@ -489,6 +491,97 @@ impl Bf16Tiles {
     ) {
         let data = &w.buf[w.off..];
         (self.gemm)(w.k, data, w.n_rows, a, n_tok, out, ldo, split)
+    }
+}
+
+/// Products of two f32 matrices with both operands split into two bf16 on AMX-BF16 tiles
+/// (`split_amx.rs`; scalar twin [`scalar::split_product`]): `hi·hi + hi·lo + lo·hi` in
+/// f32 accumulators, so each operand keeps 16 significant bits, for products of two
+/// activations (the vision tower's attention). Both operands are packed once
+/// ([`SplitTiles::pack_a`], [`SplitTiles::pack_b`]) into 64-byte aligned bytes
+/// ([`AlignedBytes`]), then multiplied in whole blocks of 32 rows.
+#[derive(Clone, Copy)]
+pub struct SplitTiles {
+    packed_bytes: fn(usize, usize) -> usize,
+    pack_a: fn(&[f32], usize, usize, usize, &mut [u8]),
+    pack_b: fn(&[f32], usize, usize, usize, &mut [u8]),
+    #[allow(clippy::type_complexity)]
+    product: fn(usize, &[u8], usize, &[u8], usize, &mut [f32], usize),
+}
+
+/// [`SplitTiles`] where [`gemm_bf16_rounded`] is available (AMX-BF16), else `None`.
+pub fn split_tiles() -> Option<SplitTiles> {
+    #[cfg(target_arch = "x86_64")]
+    if gemm_bf16_rounded().is_some() {
+        return Some(SplitTiles {
+            packed_bytes: split_amx::packed_bytes,
+            pack_a: split_amx::pack_a,
+            pack_b: split_amx::pack_b,
+            product: split_amx::product,
+        });
+    }
+    None
+}
+
+impl SplitTiles {
+    /// Bytes of `n_rows` rows of `k` packed as either operand (a multiple of 2 KiB).
+    pub fn packed_bytes(self, k: usize, n_rows: usize) -> usize {
+        (self.packed_bytes)(k, n_rows)
+    }
+
+    /// Packs `n_rows` rows of `k` (row `r` at `x[r * ld..]`) into `dst`
+    /// (`packed_bytes(k, n_rows)`, 64-byte aligned) as the left operand.
+    pub fn pack_a(self, x: &[f32], ld: usize, n_rows: usize, k: usize, dst: &mut [u8]) {
+        (self.pack_a)(x, ld, n_rows, k, dst)
+    }
+
+    /// Packs `n_rows` rows of `k` (row `r` at `x[r * ld..]`) into `dst`
+    /// (`packed_bytes(k, n_rows)`, 64-byte aligned) as the right operand.
+    pub fn pack_b(self, x: &[f32], ld: usize, n_rows: usize, k: usize, dst: &mut [u8]) {
+        (self.pack_b)(x, ld, n_rows, k, dst)
+    }
+
+    /// `c[i * ldc + j] = a row i · b row j` for the `n_a` rows of packed `a` and the `n_b`
+    /// rows of packed `b`, each rounded up to 32 (padding rows are zero, and so are their
+    /// products), both packed for `k`; `ldc` is at least the columns written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        self,
+        k: usize,
+        a: &[u8],
+        n_a: usize,
+        b: &[u8],
+        n_b: usize,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        (self.product)(k, a, n_a, b, n_b, c, ldc)
+    }
+}
+
+/// A byte buffer whose slice starts on 64 bytes (tile rows are one cache line each),
+/// resized in place and kept by callers across calls.
+#[derive(Default)]
+pub struct AlignedBytes {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// `len` aligned bytes (contents unspecified: every user packs over them).
+    pub fn resize(&mut self, len: usize) -> &mut [u8] {
+        if self.buf.len() < len + 64 {
+            self.buf = vec![0u8; len + 64];
+            self.off = self.buf.as_ptr().align_offset(64);
+        }
+        self.len = len;
+        &mut self.buf[self.off..self.off + len]
+    }
+
+    /// The bytes of the last [`AlignedBytes::resize`].
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
     }
 }
 

@@ -331,10 +331,7 @@ pub fn gemm_bf16_split(
 ) {
     let split: Vec<f32> = a[..n_tok * k]
         .iter()
-        .flat_map(|&v| {
-            let hi = half::bf16::from_f32(v).to_f32();
-            [hi, half::bf16::from_f32(v - hi).to_f32()]
-        })
+        .flat_map(|&v| <[f32; 2]>::from(split_bf16(v)))
         .collect();
     for t in 0..n_tok {
         for r in 0..n_rows {
@@ -349,6 +346,32 @@ pub fn gemm_bf16_split(
                 })
                 .sum();
             out[t * ldo + r] = sum as f32;
+        }
+    }
+}
+
+/// `x` as two bf16 (as f32): `hi = bf16(x)`, `lo = bf16(x - hi)` (nearest even).
+fn split_bf16(x: f32) -> (f32, f32) {
+    let hi = half::bf16::from_f32(x).to_f32();
+    (hi, half::bf16::from_f32(x - hi).to_f32())
+}
+
+/// Two f32 matrices, both split into two bf16 ([`split_bf16`]), the twin of the AMX split
+/// product (`split_amx.rs`): `out[i * n_b + j] = Σ_d hi·hi + hi·lo + lo·hi` of `a` row
+/// `i` and `b` row `j` (rows of `k`; `lo·lo` left out as there), summed in f64.
+pub fn split_product(k: usize, a: &[f32], n_a: usize, b: &[f32], n_b: usize, out: &mut [f32]) {
+    for i in 0..n_a {
+        for j in 0..n_b {
+            let sum: f64 = a[i * k..(i + 1) * k]
+                .iter()
+                .zip(&b[j * k..(j + 1) * k])
+                .map(|(&x, &y)| {
+                    let ((xh, xl), (yh, yl)) = (split_bf16(x), split_bf16(y));
+                    let p = |u: f32, v: f32| f64::from(u) * f64::from(v);
+                    p(xh, yh) + p(xh, yl) + p(xl, yh)
+                })
+                .sum();
+            out[i * n_b + j] = sum as f32;
         }
     }
 }

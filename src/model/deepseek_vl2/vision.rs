@@ -9,11 +9,12 @@
 //! All tiles of a request are batched through each matmul (weights read once per chunk of
 //! tiles); attention (`vision_attention.rs`) runs per (tile, range of queries) in parallel.
 
+use quant::kernels::split_tiles;
 use quant::schema::vtensor as vt;
 use quant::GgmlType;
 use rayon::prelude::*;
 
-use super::vision_attention::full_attention;
+use super::vision_attention::{full_attention, Panels};
 use super::vision_config::{VisionError, VisionHparams};
 use super::vision_math::{layer_norm, tower_matmul, tower_matmul_then, Then};
 use crate::loader::{LoaderError, ModelFile, Weight};
@@ -160,14 +161,16 @@ impl VisionTower {
         let mut attn = vec![0.0f32; n_tok * w];
         let mut proj = vec![0.0f32; n_tok * w];
         let mut ff = vec![0.0f32; n_tok * hp.n_ff];
-        let mut panels = Vec::new(); // attention's packed k and v, reused by every layer
+        let mut panels = Panels::default(); // attention's packed k and v, reused by every layer
         for b in &self.blocks {
             // x = x + proj(attn(LN1(x)))
             layer_norm(&x, &b.ln1_w, &b.ln1_b, hp.eps, &mut h);
             let qkv_b = Then::Bias(&b.qkv_b);
             tower_matmul_then(&b.qkv.view(), &h, n_tok, &mut qkv, qkv_b); // [n_tok, 3W]
             let (nh, hd) = (hp.n_head, hp.head_dim());
-            full_attention(&qkv, n_tiles, np, nh, hd, &mut panels, &mut attn); // [n_tok, W]
+            // A tower whose matrices run on AMX (bf16) takes its attention there too.
+            let split = (b.qkv.ty() == GgmlType::BF16).then(split_tiles).flatten();
+            full_attention(&qkv, n_tiles, np, nh, hd, split, &mut panels, &mut attn); // [n_tok, W]
             let into_x = Then::BiasInto(&b.out_b, &mut x);
             tower_matmul_then(&b.out.view(), &attn, n_tok, &mut proj, into_x);
             // x = x + fc2(gelu_tanh(fc1(LN2(x))))

@@ -16,7 +16,8 @@
 //! Every score and output is a chain of f32 fused multiply-adds in a fixed order (d, then
 //! key, ascending), so the arithmetic is that of the plain definition up to f32 rounding;
 //! the rounding-to-bf16 of k and v measured 2e-3-1e-2 on the fixtures' logits
-//! (`vision_tower_recipes`), which is why this stays f32.
+//! (`vision_tower_recipes`), which is why this stays f32. A tower of bf16 matrices on an
+//! AMX CPU takes `vision_attention_split.rs` instead (both operands split into two bf16).
 //!
 //! The two products are [`Products`]: explicit AVX-512F register tiles (the broadcast tiles
 //! of `crate::ops::tiles`, shared with the language model's attention), and their scalar
@@ -28,8 +29,10 @@
 //! packed `gemm` calls per (tile, head), with per-job copies of q, k, vᵀ and the full score
 //! matrix) spent ~9% of the tower's time copying and allocating (`perf`, BENCHMARKS.md).
 
+use quant::kernels::SplitTiles;
 use rayon::prelude::*;
 
+use super::vision_attention_split::split_attention;
 use super::vision_math::softmax_rows_body;
 
 /// Keys per block of packed kᵀ: one 16-lane vector of scores.
@@ -78,16 +81,27 @@ impl HeadPanels {
     }
 }
 
+/// The attention's scratch, kept by the caller across layers: the FMA path's packed k and
+/// v, or the AMX path's per-head outputs.
+#[derive(Default)]
+pub(super) struct Panels {
+    f32: Vec<f32>,
+    heads: Vec<f32>,
+}
+
 /// `out = attention(qkv)` inside each tile: `qkv` is `[n_tiles * n, 3W]` with columns
 /// `[q | k | v]`, each head-major; `out` is `[n_tiles * n, W]`, heads concatenated.
-/// `panels` is scratch, resized here and kept by the caller across layers.
+/// With `split` (a tower of bf16 matrices on an AMX CPU) both products run on AMX tiles
+/// with split operands ([`split_attention`]), else on the f32 FMA register tiles here.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn full_attention(
     qkv: &[f32],
     n_tiles: usize,
     n: usize,
     n_head: usize,
     hd: usize,
-    panels: &mut Vec<f32>,
+    split: Option<SplitTiles>,
+    panels: &mut Panels,
     out: &mut [f32],
 ) {
     let w = n_head * hd;
@@ -96,6 +110,10 @@ pub(super) fn full_attention(
     if n_tiles == 0 || n == 0 || w == 0 {
         return;
     }
+    if let Some(tiles) = split {
+        return split_attention(tiles, qkv, n_tiles, n, n_head, hd, &mut panels.heads, out);
+    }
+    let panels = &mut panels.f32;
     let shape = HeadPanels { n, hd };
     let hl = shape.len();
     panels.resize(n_tiles * n_head * hl, 0.0);
@@ -494,13 +512,26 @@ mod tests {
         (1, 129, 2, 72),
     ];
 
+    /// The AMX path's bound against the definition, relative (see
+    /// [`split_products_match_the_definition`]; 1.75e-5 measured on `SHAPES`).
+    const SPLIT_TOL: f64 = 5e-5;
+
     #[test]
     fn matches_the_definition() {
         for (case, &(n_tiles, n, n_head, hd)) in SHAPES.iter().enumerate() {
             let w = n_head * hd;
             let qkv = lcg(case as u64, n_tiles * n * 3 * w, 2.0);
             let mut out = vec![f32::NAN; n_tiles * n * w];
-            full_attention(&qkv, n_tiles, n, n_head, hd, &mut Vec::new(), &mut out);
+            full_attention(
+                &qkv,
+                n_tiles,
+                n,
+                n_head,
+                hd,
+                None,
+                &mut Panels::default(),
+                &mut out,
+            );
             let want = reference(&qkv, n_tiles, n, n_head, hd);
             for (i, (g, r)) in out.iter().zip(&want).enumerate() {
                 assert!(
@@ -509,6 +540,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The AMX path (both products on split bf16 operands) against the definition. Each
+    /// operand keeps 16 significant bits and `lo·lo` is left out, so a score is off by up
+    /// to ~2^-15 of `Σ|q||k|` (here up to 288 before the 1/sqrt(d) scale) where the FMA path
+    /// is off by f32 rounding: hence its own bound, not the f32 one above.
+    #[test]
+    fn split_products_match_the_definition() {
+        let Some(tiles) = quant::kernels::split_tiles() else {
+            println!("skipped: CPU lacks AMX-BF16");
+            return;
+        };
+        let mut worst = 0.0f64;
+        for (case, &(n_tiles, n, n_head, hd)) in SHAPES.iter().enumerate() {
+            let w = n_head * hd;
+            let qkv = lcg(case as u64, n_tiles * n * 3 * w, 2.0);
+            let mut out = vec![f32::NAN; n_tiles * n * w];
+            let mut panels = Panels::default();
+            full_attention(
+                &qkv,
+                n_tiles,
+                n,
+                n_head,
+                hd,
+                Some(tiles),
+                &mut panels,
+                &mut out,
+            );
+            let want = reference(&qkv, n_tiles, n, n_head, hd);
+            for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+                let err = (f64::from(*g) - r).abs() / r.abs().max(1.0);
+                worst = worst.max(err);
+                assert!(
+                    err <= SPLIT_TOL,
+                    "shape {case}: out[{i}] = {g}, definition {r}"
+                );
+            }
+        }
+        println!("split attention: worst relative error {worst:.2e}");
     }
 
     /// Large scores (a softmax of one dominant key) and equal scores (a uniform softmax).
@@ -533,14 +603,18 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut out = vec![f32::NAN; n * w];
-            full_attention(&qkv, 1, n, n_head, hd, &mut Vec::new(), &mut out);
             let want = reference(&qkv, 1, n, n_head, hd);
-            for (g, r) in out.iter().zip(&want) {
-                assert!(
-                    (f64::from(*g) - r).abs() <= 1e-5 * r.abs().max(1.0),
-                    "{g} vs {r}"
-                );
+            // The FMA path, and the AMX path where the CPU has it, each with its bound.
+            let mut paths = vec![(None, 1e-5)];
+            paths.extend(quant::kernels::split_tiles().map(|t| (Some(t), SPLIT_TOL)));
+            for (split, tol) in paths {
+                let mut out = vec![f32::NAN; n * w];
+                let mut panels = Panels::default();
+                full_attention(&qkv, 1, n, n_head, hd, split, &mut panels, &mut out);
+                for (g, r) in out.iter().zip(&want) {
+                    let ok = (f64::from(*g) - r).abs() <= tol * r.abs().max(1.0);
+                    assert!(ok, "split {}: {g} vs {r}", split.is_some());
+                }
             }
         }
     }
