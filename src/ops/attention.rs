@@ -818,6 +818,8 @@ mod tests {
 
     /// The builds this CPU runs, with their names.
     fn builds() -> Vec<(&'static str, Build)> {
+        // Only x86 adds builds to the scalar one.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut b: Vec<(&str, Build)> = vec![("scalar", attend_body::<Scalar>)];
         #[cfg(target_arch = "x86_64")]
         {
