@@ -519,6 +519,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::lcg;
 
     /// Direct evaluation of the definition in f64, one query at a time.
     #[allow(clippy::too_many_arguments)]
@@ -749,18 +750,6 @@ mod tests {
             prefix: false,
         },
     ];
-
-    fn lcg(seed: u64, len: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
 
     /// A case's queries and cache (values: their own rows, or the key rows' prefix).
     fn data(c: Case, q: Vec<f32>, k: Vec<f32>, v: Vec<f32>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {

@@ -54,3 +54,18 @@ pub fn use_avx2_fma() -> bool {
             && std::arch::is_x86_feature_detected!("fma")
     })
 }
+
+/// Deterministic pseudo-random data for the twin tests (the attention and tile tests share it): `n` values in
+/// `[-scale, scale)` from a 64-bit LCG seeded with `seed`.
+#[cfg(test)]
+pub(crate) fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}

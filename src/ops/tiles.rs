@@ -168,18 +168,7 @@ pub(crate) mod avx2 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-
-    fn lcg(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-            })
-            .collect()
-    }
+    use crate::ops::lcg;
 
     /// The vector tiles against [`scalar_tile`], bit for bit: from zero and accumulating,
     /// strided operands, zero and odd step counts.
@@ -189,9 +178,9 @@ mod tests {
         let (a_step, a_row, b_step, out_row) = (3, 41, 37, 35);
         for steps in [0usize, 1, 7, 64] {
             for accumulate in [false, true] {
-                let a = lcg(steps as u64, steps.max(1) * a_step + R * a_row);
-                let b = lcg(steps as u64 + 1, steps.max(1) * b_step + 32);
-                let init = lcg(steps as u64 + 2, R * out_row);
+                let a = lcg(steps as u64, steps.max(1) * a_step + R * a_row, 2.0);
+                let b = lcg(steps as u64 + 1, steps.max(1) * b_step + 32, 2.0);
+                let init = lcg(steps as u64 + 2, R * out_row, 2.0);
                 let want = |cols: usize| {
                     let mut o = init.clone();
                     scalar_tile(

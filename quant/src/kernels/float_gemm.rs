@@ -356,23 +356,12 @@ impl FloatPanels {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::super::lcg;
     use super::super::{gemm_by_dots, scalar, DotFn, GemmFn};
     use super::{FloatPanels, PackedFloat};
     use crate::block::quantize_row;
     use crate::GgmlType;
     use std::ops::Range;
-
-    fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
 
     fn encode(ty: GgmlType, x: &[f32]) -> Vec<u8> {
         let mut q = vec![0u8; ty.row_bytes(x.len() as u64).unwrap_or(0) as usize];

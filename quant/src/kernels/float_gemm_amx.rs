@@ -661,22 +661,11 @@ unsafe fn transpose16(p: *const f32) -> [__m512; 16] {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lcg;
     use super::super::scalar;
     use super::*;
 
     type Gemm = fn(usize, &[u8], usize, &[f32], usize, &mut [f32], usize);
-
-    fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
 
     fn bf16_bytes(x: &[f32]) -> Vec<u8> {
         x.iter()

@@ -48,6 +48,21 @@ mod split_amx;
 #[cfg(test)]
 mod tier_tests;
 
+/// Deterministic pseudo-random data for the twin tests (every kernel module's tests share it): `n` values in
+/// `[-scale, scale)` from a 64-bit LCG seeded with `seed`.
+#[cfg(test)]
+pub(crate) fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
 use std::sync::OnceLock;
 
 pub use float_gemm::{FloatPanels, PackedFloat};

@@ -177,20 +177,9 @@ unsafe fn split_row(x: Option<&[f32]>, k: usize, parts: Parts, dst: *mut u8, ste
 #[cfg(test)]
 mod tests {
     use super::super::float_gemm_amx::aligned;
+    use super::super::lcg;
     use super::super::scalar;
     use super::*;
-
-    fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
 
     /// The AMX product against its scalar twin on random, zero, ±large and tiny data, for
     /// A of 1-96 rows, B of 1-80 rows, k around the 16/32 edges and the tower's

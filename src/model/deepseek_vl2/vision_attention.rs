@@ -458,18 +458,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: u64, len: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::ops::lcg;
 
     /// The definition in f64, one (tile, head, query) at a time.
     fn reference(qkv: &[f32], n_tiles: usize, n: usize, n_head: usize, hd: usize) -> Vec<f64> {
