@@ -7,7 +7,7 @@
 //! then the final LayerNorm. The attention-pool head is not run.
 //!
 //! All tiles of a request are batched through each matmul (weights read once per chunk of
-//! tiles); attention (`vision_attention.rs`) runs per (tile, range of queries) in parallel.
+//! tiles); attention (`vision_attention.rs`) runs per tile in parallel tasks.
 
 use quant::kernels::split_tiles;
 use quant::schema::vtensor as vt;
