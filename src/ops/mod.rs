@@ -55,8 +55,8 @@ pub fn use_avx2_fma() -> bool {
     })
 }
 
-/// Deterministic pseudo-random data for the twin tests (the attention and tile tests share it): `n` values in
-/// `[-scale, scale)` from a 64-bit LCG seeded with `seed`.
+/// Deterministic pseudo-random data for the twin tests (the attention and tile tests share
+/// it): `n` values in `[-scale, scale)` from a 64-bit LCG seeded with `seed`.
 #[cfg(test)]
 pub(crate) fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -163,7 +163,7 @@ impl LanguageModel {
             // Every matrix but the embedding table is streamed whole per token; under a
             // budget the paging store decides residency in normal pages itself.
             let g = file.gguf();
-            g.advise_huge_pages(&g.tensor(tn::TOKEN_EMBD).into_iter().collect::<Vec<_>>());
+            g.advise_huge_pages(g.tensor(tn::TOKEN_EMBD).as_slice());
         }
         let d = u(hp.n_embd);
         let v = u(hp.n_vocab);
