@@ -29,6 +29,7 @@
 use rayon::prelude::*;
 
 use super::exp_approx;
+use super::spin_region::for_each_chunk;
 use super::tiles::{scalar_tile, Bcast};
 
 /// Keys and values for positions `0..len`, row-major with arbitrary strides.
@@ -151,9 +152,7 @@ fn run_tasks(
         SCRATCH.with(|c| c.set(s));
     };
     if n_tokens == 1 {
-        out.par_chunks_mut(d_v)
-            .enumerate()
-            .for_each(|(h, dst)| run(Task::Queries { t0: 0, h }, dst));
+        for_each_chunk(out, d_v, |h, dst| run(Task::Queries { t0: 0, h }, dst));
         return;
     }
     // A task's rows are strided in `out`, so each task fills its own block of a head-major

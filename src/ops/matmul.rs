@@ -12,6 +12,7 @@ use quant::GgmlType;
 use rayon::prelude::*;
 
 use super::silu_mul;
+use super::spin_region::for_each_chunk;
 use crate::loader::Weight;
 use crate::tensor::MatView;
 
@@ -87,7 +88,8 @@ pub fn rows_per_task(n: usize, row_bytes: usize) -> usize {
 }
 
 /// Weight rows per parallel task of a one-token product (decode): two tasks
-/// per worker (one left to steal on a shared machine), whole 16-row tiles.
+/// per worker (claimed as the workers get to them, see
+/// [`for_each_chunk`]), whole 16-row tiles.
 /// Unlike a batch, decode streams weights at the memory's pace only inside a
 /// task: the GEMV kernels prefetch a few KiB ahead of their reads, so a
 /// task's first KiBs arrive at demand-miss speed, and few long tasks keep
@@ -146,7 +148,7 @@ pub fn matmul_quantized(
     if n_tokens == 1 {
         // One token: a task's block is its own slice of `out`.
         let rpt = rows_per_gemv_task(n);
-        out.par_chunks_mut(rpt).enumerate().for_each(|(ci, chunk)| {
+        for_each_chunk(out, rpt, |ci, chunk| {
             let r0 = ci * rpt;
             let rows = chunk.len();
             gemm(

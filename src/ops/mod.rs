@@ -4,7 +4,9 @@
 //! Nothing here knows a tensor name or a model: callers hand in slices and
 //! shapes. Hot loops are plain indexed loops; parallelism is rayon over the
 //! outer dimension (weight rows, or (query block, head) pairs for attention),
-//! in whatever pool the caller runs in (the model installs its own).
+//! in whatever pool the caller runs in (the model installs its own); one-token
+//! (decode) regions go through [`spin_region`], whose threads spin between
+//! tasks instead of parking.
 
 mod act;
 mod attention;
@@ -14,6 +16,7 @@ mod layer_norm;
 mod matmul;
 mod norm;
 mod rope;
+pub mod spin_region;
 pub(crate) mod tiles;
 
 /// The matrix view every op takes (defined below the loader, in [`crate::tensor`]).

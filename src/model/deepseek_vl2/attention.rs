@@ -8,11 +8,10 @@
 //!   over the shared latent key, and the attended latent is mapped back with
 //!   `W_UV` (`attn_v_b`). The softmax scale stays `1/sqrt(nope + rope)`.
 
-use rayon::prelude::*;
-
 use crate::kv_cache::KvCache;
 use crate::loader::Weight;
 
+use crate::ops::spin_region::for_each_chunk;
 use crate::ops::{causal_attention, matmul, matmul_view, matvec_serial, rms_norm, KvView, Rope};
 
 /// eps of the MLA-internal norms (`q_a_layernorm`, `kv_a_layernorm`): the
@@ -217,15 +216,12 @@ impl MlaWeights {
         if n == 1 {
             // Decode: one GEMV per head over the latent, all heads in one
             // parallel region.
-            q_abs
-                .par_chunks_mut(r + dr)
-                .enumerate()
-                .for_each(|(hh, dst)| {
-                    let qh = &q[hh * dq..][..dq];
-                    matvec_serial(&kb.rows(hh * r, r), &qh[..nope], &mut dst[..r]);
-                    dst[r..].copy_from_slice(&qh[nope..]);
-                    rope.apply(&mut dst[r..], pos0);
-                });
+            for_each_chunk(q_abs, r + dr, |hh, dst| {
+                let qh = &q[hh * dq..][..dq];
+                matvec_serial(&kb.rows(hh * r, r), &qh[..nope], &mut dst[..r]);
+                dst[r..].copy_from_slice(&qh[nope..]);
+                rope.apply(&mut dst[r..], pos0);
+            });
         } else {
             for hh in 0..h {
                 for t in 0..n {
@@ -259,7 +255,7 @@ impl MlaWeights {
         head_in.resize(n * r, 0.0);
         head_out.resize(n * vd, 0.0);
         if n == 1 {
-            att.par_chunks_mut(vd).enumerate().for_each(|(hh, dst)| {
+            for_each_chunk(att, vd, |hh, dst| {
                 matvec_serial(&vb.rows(hh * vd, vd), &o_lat[hh * r..][..r], dst);
             });
         } else {

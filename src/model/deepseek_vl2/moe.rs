@@ -9,10 +9,10 @@
 use quant::block::quantize_row;
 use quant::kernels::{gemm, vec_dot_type};
 use quant::GgmlType;
-use rayon::prelude::*;
 
 use crate::experts::{Expert, ExpertError, ExpertStore};
 use crate::loader::{Gating, TopkMethod, Weight};
+use crate::ops::spin_region::for_each_chunk;
 use crate::ops::{
     matmul, matmul_gate_up_silu, matmul_view, quantize_activations, rows_per_gemv_task, silu_mul,
     softmax, MatView,
@@ -392,8 +392,8 @@ fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mu
         *t = Some((c[0], h));
         rest = tail;
     }
-    tasks[..n_tasks].par_iter_mut().for_each(|t| {
-        let Some((first, h)) = t.take().filter(|(_, h)| !h.is_empty()) else {
+    for_each_chunk(&mut tasks[..n_tasks], 1, |_, t| {
+        let Some((first, h)) = t[0].take().filter(|(_, h)| !h.is_empty()) else {
             return;
         };
         // The task's rows, job by job, in pieces of at most SUB_ROWS.
@@ -440,7 +440,7 @@ fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mu
     // (2) Output rows; each task sums every expert's rows for its slice.
     let h_act = &sc.h_act;
     let rpt = rows_per_gemv_task(out.len()).min(MAX_DOWN_ROWS);
-    out.par_chunks_mut(rpt).enumerate().for_each(|(ci, o)| {
+    for_each_chunk(out, rpt, |ci, o| {
         let r0 = ci * rpt;
         let rows = o.len();
         let mut y = [0.0f32; MAX_DOWN_ROWS];

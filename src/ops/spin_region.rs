@@ -1,0 +1,135 @@
+//! One parallel region of a decode step: `task(i, chunk_i)` over the chunks of an output
+//! slice on the current rayon pool, the tasks claimed one at a time from a shared iterator
+//! by the calling thread and one claim loop per other worker, and every thread spinning,
+//! not parking, until the region's last task is done.
+//!
+//! Why: a decoded token is ~100 regions of 50-400 µs. With rayon's fixed splits a thread
+//! that is done first waits on a latch, and rayon parks a waiting or idle thread after a few
+//! microseconds without work; waking it costs ~10-15 µs on the 2-vCPU VMs (a `futex` wake,
+//! then the halted vCPU's own wake-up), often twice per region: the caller parked on its
+//! latch, then the helper parked between regions. Here a thread that starts late takes
+//! fewer tasks instead of holding up a fixed share; the caller's wait is for the tasks still
+//! running elsewhere; and the helpers leave the region when it ends, so the next region,
+//! a few microseconds of serial work later, finds them still looking for work. On the
+//! 2-vCPU Xeon VM this took Tiny Q4_0 decode at 2 threads from 50.8 to 54.5 tok/s (4
+//! alternating pairs; BENCHMARKS.md).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Spin-loop hints between yields while a thread waits for the region's last tasks: on a
+/// machine with more runnable threads than cores, the task waited for may need this core.
+const SPINS_PER_YIELD: u32 = 4096;
+
+/// Runs `task(i, c)` for every chunk `c` of `out` (the `i`-th, `chunk` long, the last one
+/// possibly shorter), each exactly once, on the current rayon pool; returns when all ran.
+/// A panic in a task is re-raised here once the other threads are out of the region.
+pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize, &mut [T]) + Sync) {
+    let chunk = chunk.max(1);
+    let n = out.len().div_ceil(chunk);
+    let threads = rayon::current_num_threads();
+    if n <= 1 || threads <= 1 {
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| task(i, c));
+        return;
+    }
+    let chunks = Mutex::new(out.chunks_mut(chunk).enumerate());
+    // Tasks finished or abandoned by a panic: the wait below ends either way.
+    let done = AtomicUsize::new(0);
+    let claim_and_wait = || {
+        loop {
+            // The lock is held only for `next()`, which cannot panic; a poisoned lock
+            // still guards a sound iterator.
+            let next = chunks.lock().unwrap_or_else(|e| e.into_inner()).next();
+            let Some((i, c)) = next else { break };
+            let _count = Finished(&done);
+            task(i, c);
+        }
+        // Every task is claimed; the ones still running wait on nothing, so this ends.
+        let mut spins = 0u32;
+        while done.load(Ordering::Acquire) < n {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(SPINS_PER_YIELD) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    };
+    rayon::join(&claim_and_wait, || claimers(threads - 1, &claim_and_wait));
+}
+
+/// Counts a claimed task as done when dropped, also while unwinding from its panic.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// `count` claim loops as a tree of `rayon::join`s (stack jobs: nothing is allocated per
+/// region), each free to be taken by an idle worker; the ones no worker takes run on this
+/// thread once the tasks are all claimed, and return at once.
+fn claimers(count: usize, claim: &(impl Fn() + Sync)) {
+    match count {
+        0 => {}
+        1 => claim(),
+        _ => {
+            let half = count / 2;
+            rayon::join(|| claimers(half, claim), || claimers(count - half, claim));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("test pool")
+    }
+
+    /// Every chunk exactly once with its own index, for lengths at, around and below whole
+    /// chunks, on pools of 1 to 5 threads (more threads than tasks included).
+    #[test]
+    fn every_chunk_runs_once_with_its_index() {
+        for threads in 1..=5 {
+            pool(threads).install(|| {
+                for (len, chunk) in [
+                    (0usize, 4usize),
+                    (1, 4),
+                    (4, 4),
+                    (5, 4),
+                    (37, 3),
+                    (1000, 16),
+                ] {
+                    let mut out = vec![0u32; len];
+                    for_each_chunk(&mut out, chunk, |i, c| {
+                        for (j, v) in c.iter_mut().enumerate() {
+                            *v += (i * chunk + j) as u32 + 1;
+                        }
+                    });
+                    let want: Vec<u32> = (1..=len as u32).collect();
+                    assert_eq!(out, want, "{threads} threads, len {len}, chunk {chunk}");
+                }
+            });
+        }
+    }
+
+    /// A panicking task neither hangs the region (the others' wait counts it) nor is lost.
+    #[test]
+    fn a_task_panic_is_re_raised() {
+        let r = std::panic::catch_unwind(|| {
+            pool(3).install(|| {
+                let mut out = vec![0u8; 64];
+                for_each_chunk(&mut out, 4, |i, _| assert!(i != 5, "task 5 fails"));
+            })
+        });
+        assert!(r.is_err());
+    }
+}
