@@ -57,7 +57,7 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize,
             }
         }
     };
-    rayon::join(&claim_and_wait, || claimers(threads - 1, &claim_and_wait));
+    rayon::join(claim_and_wait, || claimers(threads - 1, &claim_and_wait));
 }
 
 /// Counts a claimed task as done when dropped, also while unwinding from its panic.
