@@ -9,7 +9,10 @@
 //! (types like `q4_0 q8_0 q4_K q5_K q5_0`; `GS_MB=512` sets the buffer size, fractions
 //! too: `GS_MB=0.25` keeps it in L2 and measures the kernel's own speed,
 //! `GS_TIER=avx512-vnni` one tier, `GS_PASSES=20` more passes of each (the
-//! best counts) where other work shares the machine).
+//! best counts) where other work shares the machine, `GS_ROWS=N` rows per
+//! kernel call (default 128), `GS_SHUFFLE=1` calls in a scattered order, so
+//! that each call starts on memory the previous one did not lead into, as
+//! decode's calls do when they go from one expert or matrix to the next).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -67,8 +70,18 @@ fn gemv_pass(
 ) -> f64 {
     let wrb = ty.row_bytes(k as u64).expect("row bytes") as usize;
     let arb = a.len();
+    let calls = buf.len() / (wrb * rows_per_call);
+    // 7919 is prime, so `c · 7919 mod calls` visits every call once unless
+    // `calls` is a multiple of it.
+    let stride = if scattered() && calls % 7919 != 0 {
+        7919
+    } else {
+        1
+    };
     let start = Instant::now();
-    for chunk in buf.chunks_exact(wrb * rows_per_call) {
+    for c in 0..calls {
+        let at = (c * stride) % calls * wrb * rows_per_call;
+        let chunk = &buf[at..at + wrb * rows_per_call];
         match t.gemm(ty) {
             Some(g) => g(k, chunk, rows_per_call, a, 1, out, rows_per_call),
             None => {
@@ -92,6 +105,11 @@ fn gemv_pass(
     start.elapsed().as_secs_f64()
 }
 
+/// `GS_SHUFFLE=1`: calls in a scattered order.
+fn scattered() -> bool {
+    std::env::var("GS_SHUFFLE").is_ok_and(|v| v == "1")
+}
+
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
     let mb: f64 = std::env::var("GS_MB")
@@ -113,8 +131,12 @@ fn main() {
                     .any(|w| w.eq_ignore_ascii_case(&ty.to_string()))
         })
         .collect();
-    // Rows per call: decode's usual task size at k = 1280.
-    let rows_per_call = 128;
+    // Rows per call: decode's usual task size at k = 1280 unless set.
+    let rows_per_call: usize = std::env::var("GS_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(128);
     for ty in types {
         for k in [1280usize, 896] {
             // K-quants take k in whole 256-element super-blocks.
