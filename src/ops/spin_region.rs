@@ -11,8 +11,9 @@
 //! fewer tasks instead of holding up a fixed share; the caller's wait is for the tasks still
 //! running elsewhere; and the helpers leave the region when it ends, so the next region,
 //! a few microseconds of serial work later, finds them still looking for work. On the
-//! 2-vCPU Xeon VM this took Tiny Q4_0 decode at 2 threads from 50.8 to 54.5 tok/s (4
-//! alternating pairs; BENCHMARKS.md).
+//! 2-vCPU Xeon VM, Tiny decode at 2 threads went from 47.7-50.1 to 55.6-56.3 tok/s (Q4_0;
+//! Q8_0 and Q4_K alike) with this and the session's attention loops; on a 2-vCPU Zen 4 VM
+//! the two builds stayed within their runs' spread (BENCHMARKS.md, eighth session).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
