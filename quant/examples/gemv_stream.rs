@@ -73,7 +73,7 @@ fn gemv_pass(
     let calls = buf.len() / (wrb * rows_per_call);
     // 7919 is prime, so `c · 7919 mod calls` visits every call once unless
     // `calls` is a multiple of it.
-    let stride = if scattered() && calls % 7919 != 0 {
+    let stride = if scattered() && !calls.is_multiple_of(7919) {
         7919
     } else {
         1
