@@ -65,6 +65,7 @@ fn gemv_pass(
     k: usize,
     buf: &[u8],
     rows_per_call: usize,
+    scattered: bool,
     a: &[u8],
     out: &mut [f32],
 ) -> f64 {
@@ -73,7 +74,7 @@ fn gemv_pass(
     let calls = buf.len() / (wrb * rows_per_call);
     // 7919 is prime, so `c · 7919 mod calls` visits every call once unless
     // `calls` is a multiple of it.
-    let stride = if scattered() && !calls.is_multiple_of(7919) {
+    let stride = if scattered && !calls.is_multiple_of(7919) {
         7919
     } else {
         1
@@ -105,22 +106,29 @@ fn gemv_pass(
     start.elapsed().as_secs_f64()
 }
 
-/// `GS_SHUFFLE=1`: calls in a scattered order.
-fn scattered() -> bool {
-    std::env::var("GS_SHUFFLE").is_ok_and(|v| v == "1")
+/// The value of environment variable `name`, or `default` when it is unset; a value that
+/// does not parse (or is not positive) ends the program with a message naming it, rather
+/// than measuring something other than what was asked for.
+fn env_or<T: std::str::FromStr + PartialOrd + Default>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => match v.parse::<T>() {
+            Ok(x) if x > T::default() => x,
+            _ => {
+                eprintln!("gemv_stream: {name}={v:?} is not a positive number");
+                std::process::exit(2);
+            }
+        },
+    }
 }
 
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    let mb: f64 = std::env::var("GS_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(320.0);
+    let mb: f64 = env_or("GS_MB", 320.0);
     let only_tier = std::env::var("GS_TIER").ok();
-    let passes: usize = std::env::var("GS_PASSES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let passes: usize = env_or("GS_PASSES", 4);
+    // `GS_SHUFFLE=1`: calls in a scattered order.
+    let scattered = std::env::var("GS_SHUFFLE").is_ok_and(|v| v == "1");
     use GgmlType::*;
     let types: Vec<GgmlType> = [Q4_0, Q8_0, Q4_K, Q5_K, Q5_0, Q6_K]
         .into_iter()
@@ -132,11 +140,7 @@ fn main() {
         })
         .collect();
     // Rows per call: decode's usual task size at k = 1280 unless set.
-    let rows_per_call: usize = std::env::var("GS_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&r| r > 0)
-        .unwrap_or(128);
+    let rows_per_call: usize = env_or("GS_ROWS", 128);
     for ty in types {
         for k in [1280usize, 896] {
             // K-quants take k in whole 256-element super-blocks.
@@ -160,7 +164,16 @@ fn main() {
                 }
                 let (mut best_g, mut best_r) = (f64::MAX, f64::MAX);
                 for _ in 0..passes {
-                    best_g = best_g.min(gemv_pass(&t, ty, k, &buf, rows_per_call, &a, &mut out));
+                    best_g = best_g.min(gemv_pass(
+                        &t,
+                        ty,
+                        k,
+                        &buf,
+                        rows_per_call,
+                        scattered,
+                        &a,
+                        &mut out,
+                    ));
                     best_r = best_r.min(read_pass(&buf));
                 }
                 let gb = buf.len() as f64 / 1e9;
