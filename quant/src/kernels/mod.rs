@@ -39,7 +39,11 @@ pub(crate) mod q0_amx;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx2_groups;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod q0_avx512_rows;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx512_units;
+#[cfg(target_arch = "x86_64")]
+mod q0_rows16;
 #[cfg(target_arch = "x86_64")]
 mod q0_x86;
 pub mod scalar;
