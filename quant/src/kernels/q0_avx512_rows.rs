@@ -26,7 +26,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::q0_rows16::{aligned, pack_weights, B_BYTES};
+use super::q0_rows16::{aligned, pack_weights, prefetch_part, B_BYTES};
 use super::q0_x86::{h2f, Q0Format, Q4_0, Q5_0, Q8_0};
 use crate::block::{as_blocks, BlockQ8_0};
 
@@ -160,8 +160,12 @@ unsafe fn gemm_rows<F: Q0Format<A = BlockQ8_0>>(
             }
         });
         pack_weights::<F, false>(&rows, nr, nb, bp, dw);
+        // The next group's weights, spread over this group's token tiles.
+        let next = &w[(r0 + nr) * wrb..(r0 + nr + 16).min(n_rows) * wrb];
+        let tiles = n_tok.div_ceil(TT);
         let mask: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
         for t0 in (0..n_tok).step_by(TT) {
+            prefetch_part(next, t0 / TT, tiles);
             let nt = TT.min(n_tok - t0);
             let (bp, dw) = (bp.as_ptr(), dw.as_ptr());
             let ap = a[t0 * arb..].as_ptr();

@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::kquant_avx2::k4_scales_mins;
-use super::q0_rows16::{aligned, transpose};
+use super::q0_rows16::{aligned, prefetch_part, transpose};
 use crate::block::{as_blocks, BlockQ4K, BlockQ8K};
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
@@ -275,8 +275,12 @@ unsafe fn gemm_rows(
             }
         });
         pack(&rows, nr, nsb, bp);
+        // The next group's weights, spread over this group's token tiles.
+        let next = &w[(r0 + nr) * wrb..(r0 + nr + 16).min(n_rows) * wrb];
+        let tiles = n_tok.div_ceil(TT);
         let mask: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
         for t0 in (0..n_tok).step_by(TT) {
+            prefetch_part(next, t0 / TT, tiles);
             let nt = TT.min(n_tok - t0);
             let bp = bp.as_ptr();
             let ap = a[t0 * arb..].as_ptr();
