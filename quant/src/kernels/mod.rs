@@ -39,6 +39,8 @@ pub(crate) mod q0_amx;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx2_groups;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod q0_avx2_rows;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx512_rows;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx512_units;

@@ -262,16 +262,21 @@ fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
         .collect()
 }
 
-/// Whether the tier's GEMM of `n_tok` tokens sums each output's terms as its dot does
-/// (bit-identical): every tile shape of the units and groups kernels does; the AVX-512
-/// batch kernels (`q0_avx512_rows`, and AMX's tiles from 10 tokens) sum whole blocks in
-/// block order instead, within the rounding bound.
-fn sums_as_dot(isa: &str, n_tok: usize) -> bool {
+/// Whether the tier's GEMM of `n_tok` tokens of `ty` sums each output's terms as its dot
+/// does (bit-identical): every tile shape of the units and groups kernels does; the batch
+/// kernels with the rows in the lanes (`q0_avx512_rows`, `q0_avx2_rows`) and AMX's tiles
+/// (from 10 tokens) sum whole blocks in block order instead, within the rounding bound.
+fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if isa.starts_with("avx512") {
-        return n_tok < q0_avx512_rows::MIN_TOKENS;
+    {
+        if isa.starts_with("avx512") {
+            return n_tok < q0_avx512_rows::MIN_TOKENS;
+        }
+        if isa == "avx2" && matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
+            return n_tok < q0_avx2_rows::MIN_TOKENS;
+        }
     }
-    let _ = (isa, n_tok);
+    let _ = (isa, ty, n_tok);
     true
 }
 
@@ -343,7 +348,7 @@ fn simd_gemms_match_gemm_by_dots() {
                                     "{}: {g} vs scalar {e} (Σ|w·a| {mag})",
                                     at()
                                 );
-                                if BLOCK_FORMATS.contains(&ty) && sums_as_dot(tier.isa, n_tok) {
+                                if BLOCK_FORMATS.contains(&ty) && sums_as_dot(tier.isa, ty, n_tok) {
                                     // Same per-pair operations whatever the
                                     // tile shape: bit-identical to the dot.
                                     assert_eq!(g, own[t * ldo + r], "{}: tile vs own dot", at());

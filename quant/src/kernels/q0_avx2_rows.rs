@@ -1,0 +1,307 @@
+//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_0 and Q5_0 weights against Q8_0
+//! activations, with 8 weight rows in the 8 lanes: the AVX2 counterpart of
+//! `q0_avx512_rows` (see there for why) for CPUs without AVX-512 (most laptops).
+//!
+//! Each 8-row group is decoded once per call into a per-thread scratch: per block of 32,
+//! 8 vectors of 32 bytes whose 32-bit lane r holds row r's 4 unsigned quants (signed +
+//! `OFFSET`) of that vector's 4 elements (an 8 x 8 dword transpose of the rows' decoded
+//! blocks), and the 8 rows' scales. Per token and block, `maddubs` of each vector against
+//! the token's 4 quants broadcast from the activation row gives i16 pair sums; [`RUN`] of
+//! them add up in i16 without overflow (the unsigned quants are small: 2·15·128 per pair
+//! for Q4_0, 2·31·128 for Q5_0), one `madd` by ones widens them, and the lane holds the
+//! row's exact integer block sum from `−OFFSET·Σa`; one convert, one multiply of the 8
+//! rows' scales by the token's and one FMA finish the block for all 8 rows. Q8_0 (quants
+//! up to 255 unsigned, which `maddubs` would saturate) keeps `q0_avx2_groups`.
+//!
+//! Each output sums its blocks' f32 terms in block order (the tier tests hold it within
+//! the rounding bound of the scalar twin). Fewer than [`MIN_TOKENS`] tokens run
+//! `q0_avx2_groups`.
+//!
+//! [`RUN`]: RowsFormat::RUN
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+use std::cell::Cell;
+
+use super::q0_x86::{h2f, Q0Format, Q4_0, Q5_0};
+use crate::block::{as_blocks, BlockQ8_0};
+
+/// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
+pub(super) const MIN_TOKENS: usize = 5;
+/// Tokens per register tile (AVX2 has 16 vector registers).
+const TT: usize = 4;
+/// Bytes of one block's decoded 8 rows (8 vectors of 32 bytes).
+const B_BYTES: usize = 256;
+/// How far ahead in each row the decoding prefetches (bytes), as `q0_rows16`'s.
+const PACK_AHEAD: usize = 256;
+
+/// A format served here.
+trait RowsFormat: Q0Format<A = BlockQ8_0> + Sized {
+    /// How many `maddubs` results one i16 lane sums without overflow.
+    const RUN: usize;
+}
+
+impl RowsFormat for Q4_0 {
+    /// 8 · 2 · 15 · 128 = 30,720 < 2¹⁵.
+    const RUN: usize = 8;
+}
+
+impl RowsFormat for Q5_0 {
+    /// 4 · 2 · 31 · 128 = 31,744 < 2¹⁵.
+    const RUN: usize = 4;
+}
+
+/// What the kernel needs of one token's activation block besides its quants.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct ActBlock {
+    /// `−OFFSET·Σa`.
+    base: i32,
+    d: f32,
+}
+
+/// Per-thread scratch, reused between calls: one 8-row group's decoded blocks (32-byte
+/// aligned within), their scales, and every token's [`ActBlock`]s.
+#[derive(Default)]
+struct Scratch {
+    b: Vec<u8>,
+    dw: Vec<f32>,
+    act: Vec<ActBlock>,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+}
+
+/// 8 rows of 8 dwords (`x[r]`) → 8 columns (`y[c]` = dword c of every row).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose8(x: &[__m256i; 8]) -> [__m256i; 8] {
+    // Per 128-bit half: dwords 0/1 (lo) and 2/3 (hi) of row pairs, then of row quads.
+    let t: [__m256i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (x[2 * (i / 2)], x[2 * (i / 2) + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    // u[4h + c]: dword c (and c + 4 in the high half) of rows 4h..4h + 4.
+    let u: [__m256i; 8] = std::array::from_fn(|i| {
+        let (h, c) = (i / 4, i % 4);
+        let (a, b) = (t[4 * h + c / 2], t[4 * h + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    std::array::from_fn(|c| {
+        if c < 4 {
+            _mm256_permute2x128_si256::<0x20>(u[c], u[4 + c])
+        } else {
+            _mm256_permute2x128_si256::<0x31>(u[c - 4], u[c])
+        }
+    })
+}
+
+/// Decodes the `nr ≤ 8` rows (`rows[r]`, `nb` blocks each) into `bp` (`nb · B_BYTES`,
+/// 32-byte aligned) as unsigned quants, and their scales into `dw` (`[block][8 rows]`);
+/// rows past `nr` are zero bytes with scale 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8], dw: &mut [f32]) {
+    assert!(bp.len() >= nb * B_BYTES && dw.len() >= nb * 8 && nr <= 8);
+    let bb = std::mem::size_of::<F::W>();
+    let ahead = PACK_AHEAD.div_ceil(bb) * bb;
+    for b in 0..nb {
+        for r in rows.iter().take(nr) {
+            // Prefetches never fault: the address is only computed.
+            _mm_prefetch::<_MM_HINT_T0>(
+                r.as_ptr().cast::<u8>().wrapping_add(b * bb + ahead).cast(),
+            );
+        }
+        let x: [__m256i; 8] = std::array::from_fn(|r| {
+            if r < nr {
+                // SAFETY: AVX2 is this function's; block b exists (rows hold nb blocks).
+                unsafe { F::unsigned(&rows[r][b]) }
+            } else {
+                _mm256_setzero_si256()
+            }
+        });
+        for (c, y) in transpose8(&x).iter().enumerate() {
+            let dst = &mut bp[b * B_BYTES + 32 * c..][..32];
+            // SAFETY: dst is 32 writable bytes; storeu has no alignment requirement.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), *y) };
+        }
+        for (r, d) in dw[8 * b..][..8].iter_mut().enumerate() {
+            *d = if r < nr { h2f(F::d(&rows[r][b])) } else { 0.0 };
+        }
+    }
+}
+
+/// `out[t·ldo + r] = Σ_b` over the 8 decoded rows at `bp` (scales `dw`) and the `NT`
+/// tokens whose rows start at `a` (stride `arb`, [`ActBlock`]s at `act`, stride `nb`);
+/// only lanes in `mask` are stored.
+///
+/// # Safety
+/// AVX2 + FMA; `bp` holds `nb` decoded blocks (32-byte aligned), `dw` `8·nb` f32; the
+/// `NT` token rows hold `nb` Q8_0 blocks each and `act` their `NT·nb` entries;
+/// `out + t·ldo` has the masked lanes writable for every t < NT.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<F: RowsFormat, const NT: usize>(
+    nb: usize,
+    bp: *const u8,
+    dw: *const f32,
+    a: *const u8,
+    arb: usize,
+    act: *const ActBlock,
+    out: *mut f32,
+    ldo: usize,
+    mask: __m256i,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); NT];
+    for b in 0..nb {
+        // SAFETY: block b < nb of the scratch (caller), 32-byte aligned.
+        let (w, d): ([__m256i; 8], __m256) = unsafe {
+            let p = bp.add(B_BYTES * b);
+            (
+                std::array::from_fn(|j| _mm256_load_si256(p.add(32 * j).cast())),
+                _mm256_loadu_ps(dw.add(8 * b)),
+            )
+        };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: token t < NT's block b: its quants are the 32 bytes after the f16
+            // scale at byte 34b, its ActBlock entry t·nb + b (caller).
+            unsafe {
+                let q = a.add(t * arb + 34 * b + 2);
+                let x = *act.add(t * nb + b);
+                let mut s = _mm256_set1_epi32(x.base);
+                for (ci, run) in w.chunks_exact(F::RUN).enumerate() {
+                    let j0 = ci * F::RUN;
+                    let mut s16 = _mm256_setzero_si256();
+                    for (j, w) in run.iter().enumerate() {
+                        let aq =
+                            _mm256_set1_epi32(q.add(4 * (j0 + j)).cast::<i32>().read_unaligned());
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq));
+                    }
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(s16, ones));
+                }
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
+            }
+        }
+    }
+    for (t, v) in acc.iter().enumerate() {
+        // SAFETY: the masked lanes of token t's outputs are writable (caller).
+        unsafe { _mm256_maskstore_ps(out.add(t * ldo), mask, *v) };
+    }
+}
+
+/// The batch product for `n_tok ≥ MIN_TOKENS` (see the module comment).
+///
+/// # Safety
+/// AVX2 + FMA + F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_rows<F: RowsFormat>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let nb = k / 32;
+    let wrb = nb * std::mem::size_of::<F::W>();
+    let arb = nb * std::mem::size_of::<BlockQ8_0>();
+    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    assert!(
+        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
+        "gemm: operand sizes"
+    );
+    assert!(
+        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
+        "gemm: output size"
+    );
+    if n_rows == 0 || n_tok == 0 || nb == 0 {
+        return;
+    }
+    let mut s = SCRATCH.with(Cell::take);
+    let Scratch { b, dw, act } = &mut s;
+    act.clear();
+    act.extend(ab[..n_tok * nb].iter().map(|blk| ActBlock {
+        base: -i32::from(F::OFFSET) * blk.qs.iter().map(|&q| i32::from(q)).sum::<i32>(),
+        d: h2f(blk.d),
+    }));
+    dw.resize(nb * 8, 0.0);
+    b.resize(nb * B_BYTES + 32, 0);
+    let off = b.as_ptr().align_offset(32);
+    let bp = &mut b[off..off + nb * B_BYTES];
+    for r0 in (0..n_rows).step_by(8) {
+        let nr = 8.min(n_rows - r0);
+        let rows: [&[F::W]; 8] = std::array::from_fn(|r| {
+            if r < nr {
+                as_blocks::<F::W>(&w[(r0 + r) * wrb..(r0 + r + 1) * wrb]).unwrap_or(&[])
+            } else {
+                &[]
+            }
+        });
+        pack::<F>(&rows, nr, nb, bp, dw);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes);
+        for t0 in (0..n_tok).step_by(TT) {
+            let nt = TT.min(n_tok - t0);
+            let (bp, dw) = (bp.as_ptr(), dw.as_ptr());
+            let ap = a[t0 * arb..].as_ptr();
+            let xp = act[t0 * nb..].as_ptr();
+            // Rows r0.. of token t0: the tile writes rows r0..r0 + nr of its tokens.
+            let op = out[t0 * ldo + r0..].as_mut_ptr();
+            macro_rules! run {
+                ($($n:literal)*) => {
+                    match nt {
+                        // SAFETY: the scratch holds nb decoded blocks and their scales;
+                        // tokens t0..t0 + nt < n_tok have nb blocks in `a` and entries in
+                        // `act`; rows r0..r0 + nr ≤ n_rows of those tokens lie in `out`
+                        // (asserted above).
+                        $($n => unsafe { tile::<F, $n>(nb, bp, dw, ap, arb, xp, op, ldo, mask) },)*
+                        _ => unreachable!("a tile has 1..=TT tokens"),
+                    }
+                };
+            }
+            run!(1 2 3 4);
+        }
+    }
+    SCRATCH.with(|c| c.set(s));
+}
+
+/// Safe [`super::GemmFn`] entry points: this kernel from [`MIN_TOKENS`] tokens, the groups
+/// kernel below.
+macro_rules! entry_points {
+    ($($fmt:ident => $gemm:ident, $groups:path;)*) => {$(
+        pub(crate) fn $gemm(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            if n_tok < MIN_TOKENS {
+                return $groups(k, w, n_rows, a, n_tok, out, ldo);
+            }
+            // SAFETY: only installed in the kernel table after `avx2::detected()`.
+            unsafe { gemm_rows::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
+        }
+    )*};
+}
+
+entry_points! {
+    Q4_0 => gemm_q4_0_q8_0, super::q0_avx2_groups::gemm_q4_0_q8_0;
+    Q5_0 => gemm_q5_0_q8_0, super::q0_avx2_groups::gemm_q5_0_q8_0;
+}
