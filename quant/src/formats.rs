@@ -138,7 +138,7 @@ pub static FORMATS: [Format; 15] = [
         avx512: Kernels { dot: x86!(avx512::dot_q5_1_q8_1), gemm: x86!(avx512::gemm_q5_1_q8_1) }),
     entry!(Q8_0, storable: true, codec(quantize_q8_0, dequantize_q8_0), pairs: Q8_0,
         scalar: dot(scalar::dot_q8_0_q8_0),
-        avx2: Kernels { dot: x86!(q0_avx2_groups::dot_q8_0_q8_0), gemm: x86!(q0_avx2_groups::gemm_q8_0_q8_0) },
+        avx2: Kernels { dot: x86!(q0_avx2_groups::dot_q8_0_q8_0), gemm: x86!(q0_avx2_rows::gemm_q8_0_q8_0) },
         avx512: Kernels { dot: x86!(q0_avx512_units::dot_q8_0_q8_0), gemm: x86!(q0_avx512_rows::gemm_q8_0_q8_0) }),
     // Q2_K, Q3_K: the low-bit fallback copy of cold routed experts (`convert --cold-experts`).
     entry!(Q2_K, storable: true, codec(quantize_q2_k, dequantize_q2_k), pairs: Q8_K,

@@ -10,12 +10,14 @@
 //! them add up in i16 without overflow (the unsigned quants are small: 2·15·128 per pair
 //! for Q4_0, 2·31·128 for Q5_0), one `madd` by ones widens them, and the lane holds the
 //! row's exact integer block sum from `−OFFSET·Σa`; one convert, one multiply of the 8
-//! rows' scales by the token's and one FMA finish the block for all 8 rows. Q8_0 (quants
-//! up to 255 unsigned, which `maddubs` would saturate) keeps `q0_avx2_groups`.
+//! rows' scales by the token's and one FMA finish the block for all 8 rows. Q8_0, whose
+//! quants as unsigned bytes (up to 255) would saturate `maddubs`, takes the sign trick
+//! instead: signed quants and their magnitudes decoded side by side, `maddubs(|w|,
+//! sign(w)·a)` one vector at a time.
 //!
 //! Each output sums its blocks' f32 terms in block order (the tier tests hold it within
-//! the rounding bound of the scalar twin). Fewer than [`MIN_TOKENS`] tokens run
-//! `q0_avx2_groups`.
+//! the rounding bound of the scalar twin). Fewer than [`MIN_TOKENS`] tokens
+//! ([`MIN_TOKENS_Q8_0`] for Q8_0) run `q0_avx2_groups`.
 //!
 //! [`RUN`]: RowsFormat::RUN
 
@@ -24,15 +26,25 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::q0_x86::{h2f, Q0Format, Q4_0, Q5_0};
+use super::q0_x86::{h2f, Q0Format, Q4_0, Q5_0, Q8_0};
 use crate::block::{as_blocks, BlockQ8_0};
 
-/// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
+/// Fewest tokens this kernel serves for Q4_0 and Q5_0, and for Q8_0, whose sign trick
+/// costs more per vector (measured with `examples/gemm_bench.rs`: Q4_0/Q5_0 ahead from 5
+/// tokens, Q8_0 equal at 8-10 and ahead from 12).
 pub(super) const MIN_TOKENS: usize = 5;
+pub(super) const MIN_TOKENS_Q8_0: usize = 10;
 /// Tokens per register tile (AVX2 has 16 vector registers).
 const TT: usize = 4;
-/// Bytes of one block's decoded 8 rows (8 vectors of 32 bytes).
-const B_BYTES: usize = 256;
+/// Bytes of one block's decoded 8 rows: 8 vectors of 32 bytes, and for the sign trick 8
+/// more of their magnitudes.
+const fn b_bytes<F: RowsFormat>() -> usize {
+    if F::SIGN_TRICK {
+        512
+    } else {
+        256
+    }
+}
 /// How far ahead in each row the decoding prefetches (bytes), as `q0_rows16`'s.
 const PACK_AHEAD: usize = 256;
 
@@ -40,6 +52,11 @@ const PACK_AHEAD: usize = 256;
 trait RowsFormat: Q0Format<A = BlockQ8_0> + Sized {
     /// How many `maddubs` results one i16 lane sums without overflow.
     const RUN: usize;
+    /// Fewest tokens the format runs here.
+    const MIN: usize = MIN_TOKENS;
+    /// Whether the quants are decoded signed, with their magnitudes beside them, for the
+    /// sign trick (`maddubs(|w|, sign(w)·a)`): for quants too large as unsigned bytes.
+    const SIGN_TRICK: bool = false;
 }
 
 impl RowsFormat for Q4_0 {
@@ -50,6 +67,13 @@ impl RowsFormat for Q4_0 {
 impl RowsFormat for Q5_0 {
     /// 4 · 2 · 31 · 128 = 31,744 < 2¹⁵.
     const RUN: usize = 4;
+}
+
+impl RowsFormat for Q8_0 {
+    /// 2 · 128 · 127 = 32,512: one product pair per lane already nearly fills an i16.
+    const RUN: usize = 1;
+    const MIN: usize = MIN_TOKENS_Q8_0;
+    const SIGN_TRICK: bool = true;
 }
 
 /// What the kernel needs of one token's activation block besides its quants.
@@ -112,7 +136,8 @@ fn transpose8(x: &[__m256i; 8]) -> [__m256i; 8] {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8], dw: &mut [f32]) {
-    assert!(bp.len() >= nb * B_BYTES && dw.len() >= nb * 8 && nr <= 8);
+    let bsz = b_bytes::<F>();
+    assert!(bp.len() >= nb * bsz && dw.len() >= nb * 8 && nr <= 8);
     let bb = std::mem::size_of::<F::W>();
     let ahead = PACK_AHEAD.div_ceil(bb) * bb;
     for b in 0..nb {
@@ -125,15 +150,27 @@ fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8],
         let x: [__m256i; 8] = std::array::from_fn(|r| {
             if r < nr {
                 // SAFETY: AVX2 is this function's; block b exists (rows hold nb blocks).
-                unsafe { F::unsigned(&rows[r][b]) }
+                unsafe {
+                    if F::SIGN_TRICK {
+                        F::signed(&rows[r][b])
+                    } else {
+                        F::unsigned(&rows[r][b])
+                    }
+                }
             } else {
                 _mm256_setzero_si256()
             }
         });
         for (c, y) in transpose8(&x).iter().enumerate() {
-            let dst = &mut bp[b * B_BYTES + 32 * c..][..32];
-            // SAFETY: dst is 32 writable bytes; storeu has no alignment requirement.
-            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), *y) };
+            let dst = &mut bp[b * bsz + 32 * c..];
+            // SAFETY: dst holds 32 (with the magnitudes 256 + 32) writable bytes; storeu has
+            // no alignment requirement.
+            unsafe {
+                _mm256_storeu_si256(dst.as_mut_ptr().cast(), *y);
+                if F::SIGN_TRICK {
+                    _mm256_storeu_si256(dst[256..].as_mut_ptr().cast(), _mm256_abs_epi8(*y));
+                }
+            }
         }
         for (r, d) in dw[8 * b..][..8].iter_mut().enumerate() {
             *d = if r < nr { h2f(F::d(&rows[r][b])) } else { 0.0 };
@@ -164,15 +201,22 @@ unsafe fn tile<F: RowsFormat, const NT: usize>(
     mask: __m256i,
 ) {
     let ones = _mm256_set1_epi16(1);
+    let bsz = b_bytes::<F>();
     let mut acc = [_mm256_setzero_ps(); NT];
     for b in 0..nb {
-        // SAFETY: block b < nb of the scratch (caller), 32-byte aligned.
-        let (w, d): ([__m256i; 8], __m256) = unsafe {
-            let p = bp.add(B_BYTES * b);
-            (
-                std::array::from_fn(|j| _mm256_load_si256(p.add(32 * j).cast())),
-                _mm256_loadu_ps(dw.add(8 * b)),
-            )
+        // SAFETY: block b < nb of the scratch (caller), 32-byte aligned; with the sign
+        // trick its magnitudes are the 256 bytes after its quants.
+        let (w, mag, d): ([__m256i; 8], [__m256i; 8], __m256) = unsafe {
+            let p = bp.add(bsz * b);
+            let load = |off: usize| -> [__m256i; 8] {
+                std::array::from_fn(|j| _mm256_load_si256(p.add(off + 32 * j).cast()))
+            };
+            let mag = if F::SIGN_TRICK {
+                load(256)
+            } else {
+                [_mm256_setzero_si256(); 8]
+            };
+            (load(0), mag, _mm256_loadu_ps(dw.add(8 * b)))
         };
         for (t, acc) in acc.iter_mut().enumerate() {
             // SAFETY: token t < NT's block b: its quants are the 32 bytes after the f16
@@ -187,7 +231,12 @@ unsafe fn tile<F: RowsFormat, const NT: usize>(
                     for (j, w) in run.iter().enumerate() {
                         let aq =
                             _mm256_set1_epi32(q.add(4 * (j0 + j)).cast::<i32>().read_unaligned());
-                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq));
+                        let p = if F::SIGN_TRICK {
+                            _mm256_maddubs_epi16(mag[j0 + j], _mm256_sign_epi8(aq, *w))
+                        } else {
+                            _mm256_maddubs_epi16(*w, aq)
+                        };
+                        s16 = _mm256_add_epi16(s16, p);
                     }
                     s = _mm256_add_epi32(s, _mm256_madd_epi16(s16, ones));
                 }
@@ -202,7 +251,7 @@ unsafe fn tile<F: RowsFormat, const NT: usize>(
     }
 }
 
-/// The batch product for `n_tok ≥ MIN_TOKENS` (see the module comment).
+/// The batch product for `n_tok ≥ F::MIN` (see the module comment).
 ///
 /// # Safety
 /// AVX2 + FMA + F16C.
@@ -234,14 +283,21 @@ unsafe fn gemm_rows<F: RowsFormat>(
     let mut s = SCRATCH.with(Cell::take);
     let Scratch { b, dw, act } = &mut s;
     act.clear();
+    // The sign trick multiplies the signed quants: no offset to take back.
+    let offset = if F::SIGN_TRICK {
+        0
+    } else {
+        i32::from(F::OFFSET)
+    };
     act.extend(ab[..n_tok * nb].iter().map(|blk| ActBlock {
-        base: -i32::from(F::OFFSET) * blk.qs.iter().map(|&q| i32::from(q)).sum::<i32>(),
+        base: -offset * blk.qs.iter().map(|&q| i32::from(q)).sum::<i32>(),
         d: h2f(blk.d),
     }));
     dw.resize(nb * 8, 0.0);
-    b.resize(nb * B_BYTES + 32, 0);
+    let bsz = b_bytes::<F>();
+    b.resize(nb * bsz + 32, 0);
     let off = b.as_ptr().align_offset(32);
-    let bp = &mut b[off..off + nb * B_BYTES];
+    let bp = &mut b[off..off + nb * bsz];
     for r0 in (0..n_rows).step_by(8) {
         let nr = 8.min(n_rows - r0);
         let rows: [&[F::W]; 8] = std::array::from_fn(|r| {
@@ -279,8 +335,8 @@ unsafe fn gemm_rows<F: RowsFormat>(
     SCRATCH.with(|c| c.set(s));
 }
 
-/// Safe [`super::GemmFn`] entry points: this kernel from [`MIN_TOKENS`] tokens, the groups
-/// kernel below.
+/// Safe [`super::GemmFn`] entry points: this kernel from the format's `MIN` tokens, the
+/// groups kernel below.
 macro_rules! entry_points {
     ($($fmt:ident => $gemm:ident, $groups:path;)*) => {$(
         pub(crate) fn $gemm(
@@ -292,7 +348,7 @@ macro_rules! entry_points {
             out: &mut [f32],
             ldo: usize,
         ) {
-            if n_tok < MIN_TOKENS {
+            if n_tok < <$fmt as RowsFormat>::MIN {
                 return $groups(k, w, n_rows, a, n_tok, out, ldo);
             }
             // SAFETY: only installed in the kernel table after `avx2::detected()`.
@@ -304,4 +360,5 @@ macro_rules! entry_points {
 entry_points! {
     Q4_0 => gemm_q4_0_q8_0, super::q0_avx2_groups::gemm_q4_0_q8_0;
     Q5_0 => gemm_q5_0_q8_0, super::q0_avx2_groups::gemm_q5_0_q8_0;
+    Q8_0 => gemm_q8_0_q8_0, super::q0_avx2_groups::gemm_q8_0_q8_0;
 }

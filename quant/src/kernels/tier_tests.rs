@@ -275,6 +275,9 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
         if isa == "avx2" && matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
             return n_tok < q0_avx2_rows::MIN_TOKENS;
         }
+        if isa == "avx2" && ty == GgmlType::Q8_0 {
+            return n_tok < q0_avx2_rows::MIN_TOKENS_Q8_0;
+        }
     }
     let _ = (isa, ty, n_tok);
     true
