@@ -32,7 +32,7 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 use super::q0_rows16::{aligned, gather_scales, pack_weights, strides, B_BYTES};
-use super::q0_x86::{Q0Format, Q4_0, Q5_0, Q8_0};
+use super::q0_x86::{q0_shape, Q0Format, Q4_0, Q5_0, Q8_0};
 use crate::block::{as_blocks, BlockQ8_0};
 
 /// Fewest tokens the tiles serve; fewer run the VNNI kernels (measured with
@@ -193,21 +193,9 @@ unsafe fn gemm_amx<F: Q0Format<A = BlockQ8_0>>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let nb = k / 32;
-    let wrb = nb * std::mem::size_of::<F::W>();
-    let arb = nb * std::mem::size_of::<BlockQ8_0>();
-    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
-    assert!(
-        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
-        "gemm: operand sizes"
-    );
-    assert!(
-        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
-        "gemm: output size"
-    );
-    if n_rows == 0 || n_tok == 0 || nb == 0 {
+    let Some((nb, wrb, arb, _)) = q0_shape::<F>(k, w, n_rows, a, n_tok, out, ldo) else {
         return;
-    }
+    };
     let mut s = SCRATCH.with(Cell::take);
     let tiles = n_tok.div_ceil(16);
     let a_idx = strides(arb);

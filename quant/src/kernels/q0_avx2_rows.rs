@@ -26,7 +26,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::q0_x86::{h2f, Q0Format, Q4_0, Q5_0, Q8_0};
+use super::q0_x86::{act_sums, h2f, q0_shape, ActSums, Q0Format, Q4_0, Q5_0, Q8_0};
 use crate::block::{as_blocks, BlockQ8_0};
 
 /// Fewest tokens this kernel serves for Q4_0 and Q5_0, and for Q8_0, whose sign trick
@@ -76,22 +76,13 @@ impl RowsFormat for Q8_0 {
     const SIGN_TRICK: bool = true;
 }
 
-/// What the kernel needs of one token's activation block besides its quants.
-#[derive(Clone, Copy, Default)]
-#[repr(C)]
-struct ActBlock {
-    /// `−OFFSET·Σa`.
-    base: i32,
-    d: f32,
-}
-
 /// Per-thread scratch, reused between calls: one 8-row group's decoded blocks (32-byte
-/// aligned within), their scales, and every token's [`ActBlock`]s.
+/// aligned within), their scales, and every token's [`ActSums`]s.
 #[derive(Default)]
 struct Scratch {
     b: Vec<u8>,
     dw: Vec<f32>,
-    act: Vec<ActBlock>,
+    act: Vec<ActSums>,
 }
 
 thread_local! {
@@ -179,7 +170,7 @@ fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8],
 }
 
 /// `out[t·ldo + r] = Σ_b` over the 8 decoded rows at `bp` (scales `dw`) and the `NT`
-/// tokens whose rows start at `a` (stride `arb`, [`ActBlock`]s at `act`, stride `nb`);
+/// tokens whose rows start at `a` (stride `arb`, [`ActSums`]s at `act`, stride `nb`);
 /// only lanes in `mask` are stored.
 ///
 /// # Safety
@@ -195,7 +186,7 @@ unsafe fn tile<F: RowsFormat, const NT: usize>(
     dw: *const f32,
     a: *const u8,
     arb: usize,
-    act: *const ActBlock,
+    act: *const ActSums,
     out: *mut f32,
     ldo: usize,
     mask: __m256i,
@@ -220,7 +211,7 @@ unsafe fn tile<F: RowsFormat, const NT: usize>(
         };
         for (t, acc) in acc.iter_mut().enumerate() {
             // SAFETY: token t < NT's block b: its quants are the 32 bytes after the f16
-            // scale at byte 34b, its ActBlock entry t·nb + b (caller).
+            // scale at byte 34b, its ActSums entry t·nb + b (caller).
             unsafe {
                 let q = a.add(t * arb + 34 * b + 2);
                 let x = *act.add(t * nb + b);
@@ -265,34 +256,18 @@ unsafe fn gemm_rows<F: RowsFormat>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let nb = k / 32;
-    let wrb = nb * std::mem::size_of::<F::W>();
-    let arb = nb * std::mem::size_of::<BlockQ8_0>();
-    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
-    assert!(
-        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
-        "gemm: operand sizes"
-    );
-    assert!(
-        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
-        "gemm: output size"
-    );
-    if n_rows == 0 || n_tok == 0 || nb == 0 {
+    let Some((nb, wrb, arb, ab)) = q0_shape::<F>(k, w, n_rows, a, n_tok, out, ldo) else {
         return;
-    }
+    };
     let mut s = SCRATCH.with(Cell::take);
     let Scratch { b, dw, act } = &mut s;
-    act.clear();
     // The sign trick multiplies the signed quants: no offset to take back.
     let offset = if F::SIGN_TRICK {
         0
     } else {
         i32::from(F::OFFSET)
     };
-    act.extend(ab[..n_tok * nb].iter().map(|blk| ActBlock {
-        base: -offset * blk.qs.iter().map(|&q| i32::from(q)).sum::<i32>(),
-        d: h2f(blk.d),
-    }));
+    act_sums(&ab[..n_tok * nb], offset, act);
     dw.resize(nb * 8, 0.0);
     let bsz = b_bytes::<F>();
     b.resize(nb * bsz + 32, 0);

@@ -27,7 +27,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::q0_rows16::{aligned, pack_weights, prefetch_part, B_BYTES};
-use super::q0_x86::{h2f, Q0Format, Q4_0, Q5_0, Q8_0};
+use super::q0_x86::{act_sums, q0_shape, ActSums, Q0Format, Q4_0, Q5_0, Q8_0};
 use crate::block::{as_blocks, BlockQ8_0};
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
@@ -35,23 +35,13 @@ pub(super) const MIN_TOKENS: usize = 5;
 /// Tokens per register tile: 8 accumulators beside the block's 8 quant vectors.
 const TT: usize = 8;
 
-/// What the kernel needs of one token's activation block besides its quants: the start
-/// value of its `vpdpbusd` chain and its scale.
-#[derive(Clone, Copy, Default)]
-#[repr(C)]
-struct ActBlock {
-    /// `−OFFSET·Σa`: the unsigned weight quants exceed the signed ones by `OFFSET`.
-    base: i32,
-    d: f32,
-}
-
 /// Per-thread scratch, reused between calls: one 16-row group's decoded blocks (64-byte
-/// aligned within), their scales, and every token's [`ActBlock`]s.
+/// aligned within), their scales, and every token's [`ActSums`]s.
 #[derive(Default)]
 struct Scratch {
     b: Vec<u8>,
     dw: Vec<f32>,
-    act: Vec<ActBlock>,
+    act: Vec<ActSums>,
 }
 
 thread_local! {
@@ -59,7 +49,7 @@ thread_local! {
 }
 
 /// `out[t·ldo + r] = Σ_b` over the 16 decoded rows at `bp` (scales `dw`) and the `NT`
-/// tokens whose rows start at `a` (stride `arb`, [`ActBlock`]s at `act`, stride `nb`);
+/// tokens whose rows start at `a` (stride `arb`, [`ActSums`]s at `act`, stride `nb`);
 /// lanes past `mask` are not stored.
 ///
 /// # Safety
@@ -75,7 +65,7 @@ unsafe fn tile<const NT: usize>(
     dw: *const f32,
     a: *const u8,
     arb: usize,
-    act: *const ActBlock,
+    act: *const ActSums,
     out: *mut f32,
     ldo: usize,
     mask: __mmask16,
@@ -92,7 +82,7 @@ unsafe fn tile<const NT: usize>(
         };
         for (t, acc) in acc.iter_mut().enumerate() {
             // SAFETY: token t < NT's block b: its quants are the 32 bytes after the f16
-            // scale at byte 34b, its ActBlock entry t·nb + b (caller).
+            // scale at byte 34b, its ActSums entry t·nb + b (caller).
             unsafe {
                 let q = a.add(t * arb + 34 * b + 2);
                 let x = *act.add(t * nb + b);
@@ -126,28 +116,12 @@ unsafe fn gemm_rows<F: Q0Format<A = BlockQ8_0>>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let nb = k / 32;
-    let wrb = nb * std::mem::size_of::<F::W>();
-    let arb = nb * std::mem::size_of::<BlockQ8_0>();
-    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
-    assert!(
-        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
-        "gemm: operand sizes"
-    );
-    assert!(
-        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
-        "gemm: output size"
-    );
-    if n_rows == 0 || n_tok == 0 || nb == 0 {
+    let Some((nb, wrb, arb, ab)) = q0_shape::<F>(k, w, n_rows, a, n_tok, out, ldo) else {
         return;
-    }
+    };
     let mut s = SCRATCH.with(Cell::take);
     let Scratch { b, dw, act } = &mut s;
-    act.clear();
-    act.extend(ab[..n_tok * nb].iter().map(|blk| ActBlock {
-        base: -i32::from(F::OFFSET) * blk.qs.iter().map(|&q| i32::from(q)).sum::<i32>(),
-        d: h2f(blk.d),
-    }));
+    act_sums(&ab[..n_tok * nb], i32::from(F::OFFSET), act);
     dw.resize(nb * 16, 0.0);
     let bp = aligned(b, nb * B_BYTES);
     for r0 in (0..n_rows).step_by(16) {

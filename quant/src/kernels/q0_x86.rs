@@ -256,3 +256,53 @@ impl Q0Format for Q8_0 {
         load32(&b.qs)
     }
 }
+
+/// The shape of a GEMM call on a Q8_0-paired format `F`: blocks per row, weight and
+/// activation row bytes, and the activation blocks. Checks the [`super::GemmFn`] contract
+/// once per call (a violation is a caller bug; the kernels then read through raw
+/// pointers, so it panics with the reason); `None` when there is nothing to compute.
+pub(super) fn q0_shape<'a, F: Q0Format<A = BlockQ8_0>>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &'a [u8],
+    n_tok: usize,
+    out: &[f32],
+    ldo: usize,
+) -> Option<(usize, usize, usize, &'a [BlockQ8_0])> {
+    let nb = k / 32;
+    let wrb = nb * std::mem::size_of::<F::W>();
+    let arb = nb * std::mem::size_of::<BlockQ8_0>();
+    let ab = crate::block::as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    assert!(
+        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
+        "gemm: operand sizes"
+    );
+    assert!(
+        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
+        "gemm: output size"
+    );
+    (n_rows > 0 && n_tok > 0 && nb > 0).then_some((nb, wrb, arb, ab))
+}
+
+/// What the row-lane batch kernels (`q0_avx512_rows`, `q0_avx2_rows`) need of one
+/// token's activation block besides its quants: the start value of its integer sums and
+/// its scale.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub(super) struct ActSums {
+    /// `−offset·Σa`: the weight quants the kernel multiplies exceed the signed ones by
+    /// `offset` (0 where it multiplies the signed ones).
+    pub base: i32,
+    pub d: f32,
+}
+
+/// `out` = the [`ActSums`] of `blocks` for a weight offset of `offset`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn act_sums(blocks: &[BlockQ8_0], offset: i32, out: &mut Vec<ActSums>) {
+    out.clear();
+    out.extend(blocks.iter().map(|b| ActSums {
+        base: -offset * b.qs.iter().map(|&q| i32::from(q)).sum::<i32>(),
+        d: h2f(b.d),
+    }));
+}

@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::kquant_avx2::k4_scales_mins;
+use super::kquant_avx2::{check, k4_scales_mins, Shape, Q4K};
 use super::q0_rows16::{aligned, prefetch_part, transpose};
 use crate::block::{as_blocks, BlockQ4K, BlockQ8K};
 
@@ -239,21 +239,11 @@ unsafe fn gemm_rows(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let nsb = k / 256;
-    let wrb = nsb * std::mem::size_of::<BlockQ4K>();
-    let arb = nsb * std::mem::size_of::<BlockQ8K>();
-    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
-    assert!(
-        k.is_multiple_of(256) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nsb,
-        "gemm: operand sizes"
-    );
-    assert!(
-        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
-        "gemm: output size"
-    );
+    let Shape { nb: nsb, wrb, arb } = check::<Q4K>(k, w, n_rows, a, n_tok, out, ldo);
     if n_rows == 0 || n_tok == 0 || nsb == 0 {
         return;
     }
+    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
     let mut s = SCRATCH.with(Cell::take);
     let Scratch { b, act } = &mut s;
     act.clear();
