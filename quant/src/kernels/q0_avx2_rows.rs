@@ -1,5 +1,5 @@
-//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_0 and Q5_0 weights against Q8_0
-//! activations, with 8 weight rows in the 8 lanes: the AVX2 counterpart of
+//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_0, Q5_0 and Q8_0 weights against
+//! Q8_0 activations, with 8 weight rows in the 8 lanes: the AVX2 counterpart of
 //! `q0_avx512_rows` (see there for why) for CPUs without AVX-512 (most laptops).
 //!
 //! Each 8-row group is decoded once per call into a per-thread scratch: per block of 32,
@@ -121,9 +121,10 @@ fn transpose8(x: &[__m256i; 8]) -> [__m256i; 8] {
     })
 }
 
-/// Decodes the `nr ≤ 8` rows (`rows[r]`, `nb` blocks each) into `bp` (`nb · B_BYTES`,
-/// 32-byte aligned) as unsigned quants, and their scales into `dw` (`[block][8 rows]`);
-/// rows past `nr` are zero bytes with scale 0.
+/// Decodes the `nr ≤ 8` rows (`rows[r]`, `nb` blocks each) into `bp` (`nb · b_bytes::<F>()`,
+/// 32-byte aligned) as unsigned quants (with the sign trick: signed ones, then their
+/// magnitudes), and their scales into `dw` (`[block][8 rows]`); rows past `nr` are zero
+/// bytes with scale 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8], dw: &mut [f32]) {
