@@ -31,9 +31,9 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::q0_rows16::{aligned, gather_scales, pack_weights, strides, B_BYTES};
-use super::q0_x86::{q0_shape, Q0Format, Q4_0, Q5_0, Q8_0};
-use crate::block::{as_blocks, BlockQ8_0};
+use super::q0_rows16::{gather_scales, pack_weights, strides, B_BYTES};
+use super::q0_x86::{aligned, group_rows, q0_shape, Q0Format, Q4_0, Q5_0, Q8_0};
+use crate::block::BlockQ8_0;
 
 /// Fewest tokens the tiles serve; fewer run the VNNI kernels (measured with
 /// `examples/gemm_bench.rs`).
@@ -215,13 +215,7 @@ unsafe fn gemm_amx<F: Q0Format<A = BlockQ8_0>>(
     unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
     for r0 in (0..n_rows).step_by(16) {
         let nr = 16.min(n_rows - r0);
-        let rows: [&[F::W]; 16] = std::array::from_fn(|r| {
-            if r < nr {
-                as_blocks::<F::W>(&w[(r0 + r) * wrb..(r0 + r + 1) * wrb]).unwrap_or(&[])
-            } else {
-                &[]
-            }
-        });
+        let rows = group_rows::<F::W, 16>(w, r0, nr, wrb);
         pack_weights::<F, true>(&rows, nr, nb, bp, dw);
         for tile in 0..tiles {
             let (ap, nt) = if tile < full {

@@ -26,8 +26,11 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::q0_x86::{act_sums, h2f, q0_shape, ActSums, Q0Format, Q4_0, Q5_0, Q8_0};
-use crate::block::{as_blocks, BlockQ8_0};
+use super::q0_x86::{
+    act_sums, aligned, group_rows, h2f, prefetch_ahead, q0_shape, ActSums, Q0Format, Q4_0, Q5_0,
+    Q8_0,
+};
+use crate::block::BlockQ8_0;
 
 /// Fewest tokens this kernel serves for Q4_0 and Q5_0, and for Q8_0, whose sign trick
 /// costs more per vector (measured with `examples/gemm_bench.rs`: Q4_0/Q5_0 ahead from 5
@@ -45,9 +48,6 @@ const fn b_bytes<F: RowsFormat>() -> usize {
         256
     }
 }
-/// How far ahead in each row the decoding prefetches (bytes), as `q0_rows16`'s.
-const PACK_AHEAD: usize = 256;
-
 /// A format served here.
 trait RowsFormat: Q0Format<A = BlockQ8_0> + Sized {
     /// How many `maddubs` results one i16 lane sums without overflow.
@@ -130,15 +130,8 @@ fn transpose8(x: &[__m256i; 8]) -> [__m256i; 8] {
 fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8], dw: &mut [f32]) {
     let bsz = b_bytes::<F>();
     assert!(bp.len() >= nb * bsz && dw.len() >= nb * 8 && nr <= 8);
-    let bb = std::mem::size_of::<F::W>();
-    let ahead = PACK_AHEAD.div_ceil(bb) * bb;
     for b in 0..nb {
-        for r in rows.iter().take(nr) {
-            // Prefetches never fault: the address is only computed.
-            _mm_prefetch::<_MM_HINT_T0>(
-                r.as_ptr().cast::<u8>().wrapping_add(b * bb + ahead).cast(),
-            );
-        }
+        prefetch_ahead(rows, nr, b);
         let x: [__m256i; 8] = std::array::from_fn(|r| {
             if r < nr {
                 // SAFETY: AVX2 is this function's; block b exists (rows hold nb blocks).
@@ -271,18 +264,10 @@ unsafe fn gemm_rows<F: RowsFormat>(
     act_sums(&ab[..n_tok * nb], offset, act);
     dw.resize(nb * 8, 0.0);
     let bsz = b_bytes::<F>();
-    b.resize(nb * bsz + 32, 0);
-    let off = b.as_ptr().align_offset(32);
-    let bp = &mut b[off..off + nb * bsz];
+    let bp = aligned(b, nb * bsz);
     for r0 in (0..n_rows).step_by(8) {
         let nr = 8.min(n_rows - r0);
-        let rows: [&[F::W]; 8] = std::array::from_fn(|r| {
-            if r < nr {
-                as_blocks::<F::W>(&w[(r0 + r) * wrb..(r0 + r + 1) * wrb]).unwrap_or(&[])
-            } else {
-                &[]
-            }
-        });
+        let rows = group_rows::<F::W, 8>(w, r0, nr, wrb);
         pack::<F>(&rows, nr, nb, bp, dw);
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes);

@@ -26,9 +26,9 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::q0_rows16::{aligned, pack_weights, prefetch_part, B_BYTES};
-use super::q0_x86::{act_sums, q0_shape, ActSums, Q0Format, Q4_0, Q5_0, Q8_0};
-use crate::block::{as_blocks, BlockQ8_0};
+use super::q0_rows16::{pack_weights, prefetch_part, B_BYTES};
+use super::q0_x86::{act_sums, aligned, group_rows, q0_shape, ActSums, Q0Format, Q4_0, Q5_0, Q8_0};
+use crate::block::BlockQ8_0;
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
 pub(super) const MIN_TOKENS: usize = 5;
@@ -126,13 +126,7 @@ unsafe fn gemm_rows<F: Q0Format<A = BlockQ8_0>>(
     let bp = aligned(b, nb * B_BYTES);
     for r0 in (0..n_rows).step_by(16) {
         let nr = 16.min(n_rows - r0);
-        let rows: [&[F::W]; 16] = std::array::from_fn(|r| {
-            if r < nr {
-                as_blocks::<F::W>(&w[(r0 + r) * wrb..(r0 + r + 1) * wrb]).unwrap_or(&[])
-            } else {
-                &[]
-            }
-        });
+        let rows = group_rows::<F::W, 16>(w, r0, nr, wrb);
         pack_weights::<F, false>(&rows, nr, nb, bp, dw);
         // The next group's weights, spread over this group's token tiles.
         let next = &w[(r0 + nr) * wrb..(r0 + nr + 16).min(n_rows) * wrb];

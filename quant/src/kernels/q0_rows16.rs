@@ -11,14 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::q0_x86::Q0Format;
-
-/// How far ahead in each row [`pack_weights`] prefetches (bytes, into L1). Measured on
-/// the Zen 4 VM (prefill, Q4_0, 512 tokens): with only [`prefetch_part`] the decoding's
-/// row loads still waited on memory in the first group of a call and in calls of few
-/// tokens (most expert batches); 256 bytes ahead took prefill from 259-290 to 281-286
-/// tok/s on one thread and 405-447 to 426-437 on two.
-const PACK_AHEAD: usize = 256;
+use super::q0_x86::{prefetch_ahead, Q0Format};
 
 /// Bytes of one block's decoded 16 rows (8 vectors of 64 bytes).
 pub(super) const B_BYTES: usize = 512;
@@ -117,16 +110,8 @@ pub(super) fn pack_weights<F: Q0Format, const SIGNED: bool>(
     let idx = strides(wrb);
     let mask: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
     assert!(bp.len() >= nb * B_BYTES && dw.len() >= nb * 16 && nr <= 16);
-    // Bytes of a block, and the distance ahead its rows' blocks are prefetched.
-    let bb = std::mem::size_of::<F::W>();
-    let ahead = PACK_AHEAD.div_ceil(bb) * bb;
     for b in 0..nb {
-        for r in rows.iter().take(nr) {
-            // Prefetches never fault: the address is only computed.
-            _mm_prefetch::<_MM_HINT_T0>(
-                r.as_ptr().cast::<u8>().wrapping_add(b * bb + ahead).cast(),
-            );
-        }
+        prefetch_ahead(rows, nr, b);
         let quants = |r: usize| {
             if r < nr {
                 // SAFETY: AVX2 is this function's; block b exists (rows hold nb blocks).
@@ -200,14 +185,6 @@ pub(super) unsafe fn gather_scales(base: *const u8, idx: __m512i, mask: __mmask1
     let v =
         unsafe { _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, idx, base.cast()) };
     _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
-}
-
-/// The first `len` elements of `buf` from its first 64-byte-aligned one, `buf` resized
-/// to hold them.
-pub(super) fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
-    buf.resize(len + 64, 0);
-    let off = buf.as_ptr().align_offset(64);
-    &mut buf[off..off + len]
 }
 
 #[cfg(test)]

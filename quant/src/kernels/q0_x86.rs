@@ -306,3 +306,49 @@ pub(super) fn act_sums(blocks: &[BlockQ8_0], offset: i32, out: &mut Vec<ActSums>
         d: h2f(b.d),
     }));
 }
+
+/// The `N` rows of a group of a GEMM call as blocks: rows `r0..r0 + nr` of `w` (`wrb`
+/// bytes each), the slots past `nr` empty (the batch kernels decode them as zeros).
+pub(super) fn group_rows<W: ByteBlock, const N: usize>(
+    w: &[u8],
+    r0: usize,
+    nr: usize,
+    wrb: usize,
+) -> [&[W]; N] {
+    std::array::from_fn(|r| {
+        if r < nr {
+            crate::block::as_blocks::<W>(&w[(r0 + r) * wrb..][..wrb]).unwrap_or(&[])
+        } else {
+            &[]
+        }
+    })
+}
+
+/// How far ahead in each row the batch kernels' decoding prefetches (bytes, into L1).
+/// Measured on the Zen 4 VM (prefill, Q4_0, 512 tokens, AVX-512 row kernel): with only
+/// `q0_rows16::prefetch_part` the decoding's row loads still waited on memory in the
+/// first group of a call and in calls of few tokens (most expert batches); 256 bytes
+/// ahead took prefill from 259-290 to 281-286 tok/s on one thread and 405-447 to 426-437
+/// on two.
+const PACK_AHEAD: usize = 256;
+
+/// Prefetches, for each of the first `nr` rows, the block [`PACK_AHEAD`] bytes (rounded
+/// up to whole blocks) past block `b`: called once per block as a group is decoded.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn prefetch_ahead<W>(rows: &[&[W]], nr: usize, b: usize) {
+    let bb = std::mem::size_of::<W>();
+    let ahead = PACK_AHEAD.div_ceil(bb) * bb;
+    for r in rows.iter().take(nr) {
+        // Prefetches never fault: the address is only computed.
+        _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().cast::<u8>().wrapping_add(b * bb + ahead).cast());
+    }
+}
+
+/// The first `len` bytes of `buf` from its first 64-byte-aligned one, `buf` resized to
+/// hold them (the batch kernels' decoding scratch).
+pub(super) fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    buf.resize(len + 64, 0);
+    let off = buf.as_ptr().align_offset(64);
+    &mut buf[off..off + len]
+}

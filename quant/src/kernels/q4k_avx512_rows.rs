@@ -22,7 +22,8 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::kquant_avx2::{check, k4_scales_mins, Shape, Q4K};
-use super::q0_rows16::{aligned, prefetch_part, transpose};
+use super::q0_rows16::{prefetch_part, transpose};
+use super::q0_x86::{aligned, group_rows};
 use crate::block::{as_blocks, BlockQ4K, BlockQ8K};
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
@@ -257,13 +258,7 @@ unsafe fn gemm_rows(
     let bp = aligned(b, nsb * SB_BYTES);
     for r0 in (0..n_rows).step_by(16) {
         let nr = 16.min(n_rows - r0);
-        let rows: [&[BlockQ4K]; 16] = std::array::from_fn(|r| {
-            if r < nr {
-                as_blocks::<BlockQ4K>(&w[(r0 + r) * wrb..(r0 + r + 1) * wrb]).unwrap_or(&[])
-            } else {
-                &[]
-            }
-        });
+        let rows = group_rows::<BlockQ4K, 16>(w, r0, nr, wrb);
         pack(&rows, nr, nsb, bp);
         // The next group's weights, spread over this group's token tiles.
         let next = &w[(r0 + nr) * wrb..(r0 + nr + 16).min(n_rows) * wrb];
