@@ -20,8 +20,12 @@
 #   REPS      repetitions inside each program's run (default 2)
 #   N_PROMPT  prompt tokens (default 512); N_GEN decode tokens (default 64)
 #   LLAMACPP_DIR, LLAMACPP_JOBS: passed to scripts/llamacpp-interop.sh
-#   LLAMA_BENCH_BUILD  llama-bench's build directory (default $LLAMACPP_DIR/bench-build); the
-#                      binary is $LLAMA_BENCH_BUILD/bin/llama-bench, built once
+#   LLAMA_BENCH_BUILD  llama-bench's build directory (default $LLAMACPP_DIR/bench-build, or
+#                      bench-build-avx2 with ISA=avx2); the binary is
+#                      $LLAMA_BENCH_BUILD/bin/llama-bench, built once
+#   ISA       "avx2" compares both programs as an AVX2-only CPU runs them (most laptops: Intel
+#             client cores, AMD before Zen 4): llama-bench built without AVX-512, pocketvl with
+#             POCKETVL_MAX_TIER=avx2. Default: each program's best for this CPU.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,13 +44,20 @@ die() { echo "[compare_llamacpp] ERROR: $*" >&2; exit 1; }
 for f in "${FILES[@]}"; do [ -f "$f" ] || die "no such file: $f"; done
 
 LLAMACPP_DIR="${LLAMACPP_DIR:-$ROOT/target/llamacpp}"
-LLAMA_BENCH_BUILD="${LLAMA_BENCH_BUILD:-$LLAMACPP_DIR/bench-build}"
+ISA="${ISA:-native}"
+case "$ISA" in
+    native) BUILD_NAME=bench-build ;;
+    avx2) BUILD_NAME=bench-build-avx2; export POCKETVL_MAX_TIER=avx2 ;;
+    *) die "ISA must be native or avx2, not '$ISA'" ;;
+esac
+LLAMA_BENCH_BUILD="${LLAMA_BENCH_BUILD:-$LLAMACPP_DIR/$BUILD_NAME}"
 LLAMA_BENCH="$LLAMA_BENCH_BUILD/bin/llama-bench"
 if [ ! -x "$LLAMA_BENCH" ]; then
     LLAMA_SRC="$(LLAMACPP_DIR="$LLAMACPP_DIR" "$ROOT/scripts/llamacpp-interop.sh" --fetch-only)" \
         || die "fetching llama.cpp's source failed"
     AVX512=OFF
-    grep -q avx512_vnni /proc/cpuinfo 2>/dev/null && grep -q avx512_bf16 /proc/cpuinfo && AVX512=ON
+    [ "$ISA" = native ] && grep -q avx512_vnni /proc/cpuinfo 2>/dev/null \
+        && grep -q avx512_bf16 /proc/cpuinfo && AVX512=ON
     log "configuring llama-bench in $LLAMA_BENCH_BUILD (AVX-512: $AVX512)"
     cmake -S "$LLAMA_SRC" -B "$LLAMA_BENCH_BUILD" -DCMAKE_BUILD_TYPE=Release \
         -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
