@@ -60,6 +60,29 @@ pub(super) fn k4_scales_mins(q: &[u8]) -> (u64, u64) {
     )
 }
 
+/// What the row-lane Q4_K kernels (`q4k_avx512_rows`, `q4k_avx2_rows`) need of one
+/// token's Q8_K super-block besides its quants.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub(super) struct ActSuper {
+    /// Pair i: the sums of sub-blocks 2i (low i16) and 2i + 1 (high i16) of the quants
+    /// (each at most 32 · 128 in magnitude, so an i16 holds it).
+    pub sums: [i32; 4],
+    pub d: f32,
+}
+
+/// The [`ActSuper`] of each block of `blocks`, into `out` (cleared first).
+pub(super) fn act_supers(blocks: &[crate::block::BlockQ8K], out: &mut Vec<ActSuper>) {
+    out.clear();
+    out.extend(blocks.iter().map(|blk| {
+        let sub = |j: usize| i32::from(blk.bsum(2 * j)) + i32::from(blk.bsum(2 * j + 1));
+        ActSuper {
+            sums: std::array::from_fn(|i| (sub(2 * i) & 0xffff) | (sub(2 * i + 1) << 16)),
+            d: blk.d(),
+        }
+    }));
+}
+
 /// The shapes a K-quant GEMM call was given, checked against the slices once
 /// per call so the kernels can read through raw pointers.
 pub(super) struct Shape {

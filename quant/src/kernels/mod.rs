@@ -49,6 +49,8 @@ mod q0_rows16;
 #[cfg(target_arch = "x86_64")]
 mod q0_x86;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod q4k_avx2_rows;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod q4k_avx512_rows;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

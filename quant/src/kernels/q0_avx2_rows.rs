@@ -92,7 +92,7 @@ thread_local! {
 /// 8 rows of 8 dwords (`x[r]`) → 8 columns (`y[c]` = dword c of every row).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn transpose8(x: &[__m256i; 8]) -> [__m256i; 8] {
+pub(super) fn transpose8(x: &[__m256i; 8]) -> [__m256i; 8] {
     // Per 128-bit half: dwords 0/1 (lo) and 2/3 (hi) of row pairs, then of row quads.
     let t: [__m256i; 8] = std::array::from_fn(|i| {
         let (a, b) = (x[2 * (i / 2)], x[2 * (i / 2) + 1]);

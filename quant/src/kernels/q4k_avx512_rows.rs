@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::kquant_avx2::{check, k4_scales_mins, Shape, Q4K};
+use super::kquant_avx2::{act_supers, check, k4_scales_mins, ActSuper, Shape, Q4K};
 use super::q0_rows16::{prefetch_part, transpose};
 use super::q0_x86::{aligned, group_rows};
 use crate::block::{as_blocks, BlockQ4K, BlockQ8K};
@@ -38,15 +38,6 @@ const MINS: usize = SCALES + 8 * 64; // 4 vectors of i16 pairs
 const D: usize = MINS + 4 * 64; // f32
 const DMIN: usize = D + 64; // f32
 const SB_BYTES: usize = DMIN + 64;
-
-/// What the kernel needs of one token's Q8_K super-block besides its quants.
-#[derive(Clone, Copy, Default)]
-#[repr(C)]
-struct ActSuper {
-    /// Pair i: the sums of sub-blocks 2i (low i16) and 2i + 1 (high i16) of the quants.
-    sums: [i32; 4],
-    d: f32,
-}
 
 /// Per-thread scratch, reused between calls: one 16-row group's decoded super-blocks
 /// (64-byte aligned within) and every token's [`ActSuper`]s.
@@ -247,14 +238,7 @@ unsafe fn gemm_rows(
     let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
     let mut s = SCRATCH.with(Cell::take);
     let Scratch { b, act } = &mut s;
-    act.clear();
-    act.extend(ab[..n_tok * nsb].iter().map(|blk| {
-        let sub = |j: usize| i32::from(blk.bsum(2 * j)) + i32::from(blk.bsum(2 * j + 1));
-        ActSuper {
-            sums: std::array::from_fn(|i| (sub(2 * i) & 0xffff) | (sub(2 * i + 1) << 16)),
-            d: blk.d(),
-        }
-    }));
+    act_supers(&ab[..n_tok * nsb], act);
     let bp = aligned(b, nsb * SB_BYTES);
     for r0 in (0..n_rows).step_by(16) {
         let nr = 16.min(n_rows - r0);

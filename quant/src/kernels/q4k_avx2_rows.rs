@@ -1,0 +1,270 @@
+//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_K weights (the Q4_K recipe's gate
+//! and up experts) and Q8_K activations, with 8 weight rows in the 8 lanes: the AVX2
+//! counterpart of `q4k_avx512_rows` for CPUs without AVX-512 (most laptops), built as
+//! `q0_avx2_rows` builds its 32-element formats.
+//!
+//! Each 8-row group is decoded once per call into a per-thread scratch, per super-block
+//! of 256: its 8 sub-blocks' nibbles as 8 vectors each whose 32-bit lane r holds row r's 4
+//! quants of that vector's 4 elements (an 8 x 8 dword transpose), the rows' 6-bit scales
+//! as i16 pairs (the scale twice per lane), their 6-bit minimums as i16 pairs (two
+//! sub-blocks per lane), and `d`, `dmin` as f32 vectors. Per token and sub-block, 8
+//! `maddubs` against the token's quants broadcast 4 bytes at a time add up in i16 without
+//! overflow (8 · 2 · 15 · 128 = 30,720 < 2¹⁵), and one `madd` by the scale pairs (instead
+//! of by ones) leaves each lane `sc · Σq·a` exactly; 4 `madd` of the minimum pairs against
+//! the token's sub-block sums (from Q8_K's `bsums`) give `Σ m·Σa`. Two converts, two
+//! multiplies and two FMAs finish the super-block for all 8 rows.
+//!
+//! Each output sums its super-blocks in order (the integers exactly, then
+//! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32), the same f32 operations as
+//! `q4k_avx512_rows`; the tier tests hold it within the rounding bound of the scalar
+//! twin. Fewer than [`MIN_TOKENS`] tokens run `kquant_avx2`'s tiles.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+use std::cell::Cell;
+
+use super::kquant_avx2::{act_supers, check, k4_scales_mins, ActSuper, Shape, Q4K};
+use super::q0_avx2_rows::transpose8;
+use super::q0_x86::{aligned, group_rows, h2f, prefetch_ahead};
+use crate::block::{as_blocks, BlockQ4K, BlockQ8K};
+
+/// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
+pub(super) const MIN_TOKENS: usize = 5;
+/// Tokens per register tile (AVX2 has 16 vector registers).
+const TT: usize = 4;
+
+/// Layout of one super-block's decoded 8 rows in the scratch (byte offsets).
+const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
+const SCALES: usize = 8 * 256; // 8 vectors of i16 pairs (sc, sc)
+const MINS: usize = SCALES + 8 * 32; // 4 vectors of i16 pairs (m_2i, m_2i+1)
+const D: usize = MINS + 4 * 32; // f32
+const DMIN: usize = D + 32; // f32
+const SB_BYTES: usize = DMIN + 32;
+
+/// Per-thread scratch, reused between calls: one 8-row group's decoded super-blocks
+/// (32-byte aligned within) and every token's [`ActSuper`]s.
+#[derive(Default)]
+struct Scratch {
+    b: Vec<u8>,
+    act: Vec<ActSuper>,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+}
+
+/// Decodes the `nr ≤ 8` rows (`rows[r]`, `nsb` super-blocks each) into `bp`
+/// (`nsb · SB_BYTES`, 32-byte aligned); rows past `nr` are zero.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack(rows: &[&[BlockQ4K]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
+    assert!(bp.len() >= nsb * SB_BYTES && nr <= 8);
+    let m4 = _mm256_set1_epi8(0x0f);
+    let store = |dst: &mut [u8], v: __m256i| {
+        let dst = &mut dst[..32];
+        // SAFETY: dst is 32 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+    };
+    for s in 0..nsb {
+        prefetch_ahead(rows, nr, s);
+        let sb = &mut bp[s * SB_BYTES..][..SB_BYTES];
+        // Chunk c of 64 elements: the low nibbles of qs[32c..32c + 32] are sub-block 2c,
+        // the high ones sub-block 2c + 1.
+        for c in 0..4 {
+            let q: [__m256i; 8] = std::array::from_fn(|r| {
+                if r >= nr {
+                    return _mm256_setzero_si256();
+                }
+                let qs = &rows[r][s].qs[32 * c..][..32];
+                // SAFETY: qs is 32 readable bytes; loadu has no alignment requirement.
+                unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+            });
+            let low = q.map(|q| _mm256_and_si256(q, m4));
+            let high = q.map(|q| _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
+            for (h, x) in [low, high].iter().enumerate() {
+                let j = 2 * c + h;
+                for (v, y) in transpose8(x).into_iter().enumerate() {
+                    store(&mut sb[QUANTS + 256 * j + 32 * v..], y);
+                }
+            }
+        }
+        // Per sub-block the 8 rows' scale as an i16 pair, per pair of sub-blocks their
+        // minimums as one; rows past nr stay zero.
+        let (mut sc, mut mn) = ([[0i32; 8]; 8], [[0i32; 8]; 4]);
+        let (mut d, mut dmin) = ([0f32; 8], [0f32; 8]);
+        for r in 0..nr {
+            let blk = &rows[r][s];
+            let (scales, mins) = k4_scales_mins(&blk.scales);
+            let byte = |v: u64, j: usize| ((v >> (8 * j)) & 0xff) as i32;
+            for (j, sc) in sc.iter_mut().enumerate() {
+                sc[r] = byte(scales, j) | byte(scales, j) << 16;
+            }
+            for (i, mn) in mn.iter_mut().enumerate() {
+                mn[r] = byte(mins, 2 * i) | byte(mins, 2 * i + 1) << 16;
+            }
+            d[r] = h2f(blk.d);
+            dmin[r] = h2f(blk.dmin);
+        }
+        let lanes = |v: &[i32; 8]| {
+            // SAFETY: v is 8 i32; loadu has no alignment requirement.
+            unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+        };
+        for (j, v) in sc.iter().enumerate() {
+            store(&mut sb[SCALES + 32 * j..], lanes(v));
+        }
+        for (i, v) in mn.iter().enumerate() {
+            store(&mut sb[MINS + 32 * i..], lanes(v));
+        }
+        // SAFETY: d and dmin are 8 f32 each; loadu has no alignment requirement.
+        let (d, dmin) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(dmin.as_ptr())) };
+        store(&mut sb[D..], _mm256_castps_si256(d));
+        store(&mut sb[DMIN..], _mm256_castps_si256(dmin));
+    }
+}
+
+/// `out[t·ldo + r] = Σ_s` over the 8 decoded rows at `bp` and the `NT` tokens whose rows
+/// start at `a` (stride `arb`, [`ActSuper`]s at `act`, stride `nsb`); only lanes in `mask`
+/// are stored.
+///
+/// # Safety
+/// AVX2 + FMA; `bp` holds `nsb` decoded super-blocks (32-byte aligned); the `NT` token
+/// rows hold `nsb` Q8_K blocks each and `act` their `NT·nsb` entries; `out + t·ldo` has
+/// the masked lanes writable for every t < NT.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const NT: usize>(
+    nsb: usize,
+    bp: *const u8,
+    a: *const u8,
+    arb: usize,
+    act: *const ActSuper,
+    out: *mut f32,
+    ldo: usize,
+    mask: __m256i,
+) {
+    let mut acc = [_mm256_setzero_ps(); NT];
+    for s in 0..nsb {
+        // SAFETY: super-block s < nsb of the scratch (caller), 32-byte aligned.
+        let p = unsafe { bp.add(SB_BYTES * s) };
+        let mut isum = [_mm256_setzero_si256(); NT];
+        for j in 0..8 {
+            // SAFETY: sub-block j's 8 vectors and scale vector lie in super-block s.
+            let (w, sc): ([__m256i; 8], __m256i) = unsafe {
+                (
+                    std::array::from_fn(|i| _mm256_load_si256(p.add(256 * j + 32 * i).cast())),
+                    _mm256_load_si256(p.add(SCALES + 32 * j).cast()),
+                )
+            };
+            for (t, isum) in isum.iter_mut().enumerate() {
+                // SAFETY: token t < NT's super-block s: its quants start after the f32
+                // scale at byte 292s (caller); sub-block j's 32 are at 32j.
+                unsafe {
+                    let q = a.add(t * arb + 292 * s + 4 + 32 * j);
+                    let mut s16 = _mm256_setzero_si256();
+                    for (i, w) in w.iter().enumerate() {
+                        let aq = _mm256_set1_epi32(q.add(4 * i).cast::<i32>().read_unaligned());
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq));
+                    }
+                    *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(s16, sc));
+                }
+            }
+        }
+        // SAFETY: the mins, d and dmin vectors lie in super-block s.
+        let (m, d, dmin): ([__m256i; 4], __m256, __m256) = unsafe {
+            (
+                std::array::from_fn(|i| _mm256_load_si256(p.add(MINS + 32 * i).cast())),
+                _mm256_load_ps(p.add(D).cast()),
+                _mm256_load_ps(p.add(DMIN).cast()),
+            )
+        };
+        for (t, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
+            // SAFETY: token t's entry t·nsb + s lies in `act` (caller).
+            let x = unsafe { *act.add(t * nsb + s) };
+            let mut ms = _mm256_setzero_si256();
+            for (i, m) in m.iter().enumerate() {
+                ms = _mm256_add_epi32(ms, _mm256_madd_epi16(*m, _mm256_set1_epi32(x.sums[i])));
+            }
+            let da = _mm256_set1_ps(x.d);
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum), _mm256_mul_ps(d, da), *acc);
+            *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
+        }
+    }
+    for (t, v) in acc.iter().enumerate() {
+        // SAFETY: the masked lanes of token t's outputs are writable (caller).
+        unsafe { _mm256_maskstore_ps(out.add(t * ldo), mask, *v) };
+    }
+}
+
+/// The batch product for `n_tok ≥ MIN_TOKENS` (see the module comment).
+///
+/// # Safety
+/// AVX2 + FMA + F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_rows(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let Shape { nb: nsb, wrb, arb } = check::<Q4K>(k, w, n_rows, a, n_tok, out, ldo);
+    if n_rows == 0 || n_tok == 0 || nsb == 0 {
+        return;
+    }
+    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
+    let mut s = SCRATCH.with(Cell::take);
+    let Scratch { b, act } = &mut s;
+    act_supers(&ab[..n_tok * nsb], act);
+    let bp = aligned(b, nsb * SB_BYTES);
+    for r0 in (0..n_rows).step_by(8) {
+        let nr = 8.min(n_rows - r0);
+        let rows = group_rows::<BlockQ4K, 8>(w, r0, nr, wrb);
+        pack(&rows, nr, nsb, bp);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes);
+        for t0 in (0..n_tok).step_by(TT) {
+            let nt = TT.min(n_tok - t0);
+            let bp = bp.as_ptr();
+            let ap = a[t0 * arb..].as_ptr();
+            let xp = act[t0 * nsb..].as_ptr();
+            // Rows r0.. of token t0: the tile writes rows r0..r0 + nr of its tokens.
+            let op = out[t0 * ldo + r0..].as_mut_ptr();
+            macro_rules! run {
+                ($($n:literal)*) => {
+                    match nt {
+                        // SAFETY: the scratch holds nsb decoded super-blocks; tokens
+                        // t0..t0 + nt < n_tok have nsb blocks in `a` and entries in `act`;
+                        // rows r0..r0 + nr ≤ n_rows of those tokens lie in `out`
+                        // (asserted above).
+                        $($n => unsafe { tile::<$n>(nsb, bp, ap, arb, xp, op, ldo, mask) },)*
+                        _ => unreachable!("a tile has 1..=TT tokens"),
+                    }
+                };
+            }
+            run!(1 2 3 4);
+        }
+    }
+    SCRATCH.with(|c| c.set(s));
+}
+
+/// The safe [`super::GemmFn`] entry point: this kernel from [`MIN_TOKENS`] tokens,
+/// `kquant_avx2`'s tiles below.
+pub(crate) fn gemm_q4_k_q8_k(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    if n_tok < MIN_TOKENS {
+        return super::kquant_avx2::gemm_q4_k_q8_k(k, w, n_rows, a, n_tok, out, ldo);
+    }
+    // SAFETY: only installed in the kernel table after `avx2::detected()`.
+    unsafe { gemm_rows(k, w, n_rows, a, n_tok, out, ldo) }
+}
