@@ -60,8 +60,98 @@ pub(super) fn k4_scales_mins(q: &[u8]) -> (u64, u64) {
     )
 }
 
-/// What the row-lane Q4_K kernels (`q4k_avx512_rows`, `q4k_avx2_rows`) need of one
-/// token's Q8_K super-block besides its quants.
+/// A K-quant super-block the row-lane kernels (`kquant_avx2_rows`, `kquant_avx512_rows`)
+/// decode: Q4_K, or Q5_K (Q4_K's nibbles and scales plus a 5th bit per element).
+pub(super) trait RowBlock: crate::block::ByteBlock {
+    /// How many `maddubs` results one i16 lane sums without overflow (AVX2): 8 · 2 · 15 ·
+    /// 128 = 30,720 for 4-bit quants, 4 · 2 · 31 · 128 = 31,744 for 5-bit ones.
+    const RUN: usize;
+    /// [`check`] for this format.
+    fn shape(
+        k: usize,
+        w: &[u8],
+        n_rows: usize,
+        a: &[u8],
+        n_tok: usize,
+        out: &[f32],
+        ldo: usize,
+    ) -> Shape;
+    fn d(&self) -> [u8; 2];
+    fn dmin(&self) -> [u8; 2];
+    fn scales(&self) -> &[u8; 12];
+    /// Element 64c + i's low 4 bits in the low nibble of byte 32c + i, element 64c + 32 + i's
+    /// in the high one.
+    fn qs(&self) -> &[u8; 128];
+    /// Whether the format has 5th bits ([`RowBlock::qh`] is `Some`).
+    const HIGH_BIT: bool;
+    /// The 5th bits, if the format has them: element i of sub-block j is bit j of byte i.
+    fn qh(&self) -> Option<&[u8; 32]>;
+}
+
+impl RowBlock for crate::block::BlockQ4K {
+    const RUN: usize = 8;
+    const HIGH_BIT: bool = false;
+    fn shape(
+        k: usize,
+        w: &[u8],
+        n_rows: usize,
+        a: &[u8],
+        n_tok: usize,
+        out: &[f32],
+        ldo: usize,
+    ) -> Shape {
+        check::<Q4K>(k, w, n_rows, a, n_tok, out, ldo)
+    }
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    fn dmin(&self) -> [u8; 2] {
+        self.dmin
+    }
+    fn scales(&self) -> &[u8; 12] {
+        &self.scales
+    }
+    fn qs(&self) -> &[u8; 128] {
+        &self.qs
+    }
+    fn qh(&self) -> Option<&[u8; 32]> {
+        None
+    }
+}
+
+impl RowBlock for crate::block::BlockQ5K {
+    const RUN: usize = 4;
+    const HIGH_BIT: bool = true;
+    fn shape(
+        k: usize,
+        w: &[u8],
+        n_rows: usize,
+        a: &[u8],
+        n_tok: usize,
+        out: &[f32],
+        ldo: usize,
+    ) -> Shape {
+        check::<Q5K>(k, w, n_rows, a, n_tok, out, ldo)
+    }
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    fn dmin(&self) -> [u8; 2] {
+        self.dmin
+    }
+    fn scales(&self) -> &[u8; 12] {
+        &self.scales
+    }
+    fn qs(&self) -> &[u8; 128] {
+        &self.qs
+    }
+    fn qh(&self) -> Option<&[u8; 32]> {
+        Some(&self.qh)
+    }
+}
+
+/// What the row-lane K-quant kernels (`kquant_avx2_rows`, `kquant_avx512_rows`) need of
+/// one token's Q8_K super-block besides its quants.
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 pub(super) struct ActSuper {

@@ -21,7 +21,11 @@ pub(crate) mod float_gemm_avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod kquant_avx2;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod kquant_avx2_rows;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod kquant_avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod kquant_avx512_rows;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 #[cfg(target_arch = "aarch64")]
@@ -48,10 +52,6 @@ pub(crate) mod q0_avx512_units;
 mod q0_rows16;
 #[cfg(target_arch = "x86_64")]
 mod q0_x86;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod q4k_avx2_rows;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod q4k_avx512_rows;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod split_amx;

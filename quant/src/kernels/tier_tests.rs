@@ -264,7 +264,7 @@ fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
 
 /// Whether the tier's GEMM of `n_tok` tokens of `ty` sums each output's terms as its dot
 /// does (bit-identical): every tile shape of the units and groups kernels does; the batch
-/// kernels with the rows in the lanes (`q0_avx512_rows`, `q0_avx2_rows`, `q4k_avx2_rows`) and AMX's tiles
+/// kernels with the rows in the lanes (`q0_avx512_rows`, `q0_avx2_rows`, `kquant_avx2_rows`) and AMX's tiles
 /// (from 10 tokens) sum whole blocks in block order instead, within the rounding bound.
 fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -279,7 +279,10 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
             return n_tok < q0_avx2_rows::MIN_TOKENS_Q8_0;
         }
         if isa == "avx2" && ty == GgmlType::Q4_K {
-            return n_tok < q4k_avx2_rows::MIN_TOKENS;
+            return n_tok < kquant_avx2_rows::MIN_TOKENS;
+        }
+        if isa == "avx2" && ty == GgmlType::Q5_K {
+            return n_tok < kquant_avx2_rows::MIN_TOKENS_Q5_K;
         }
     }
     let _ = (isa, ty, n_tok);

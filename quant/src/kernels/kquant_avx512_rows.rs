@@ -1,10 +1,10 @@
-//! AVX-512 VNNI GEMM for batches of tokens on Q4_K weights (the Q4_K recipe's gate and up
-//! experts) and Q8_K activations, with the weight rows in the vector lanes, as
-//! `q0_avx512_rows` does for the 32-element formats (see there for why).
+//! AVX-512 VNNI GEMM for batches of tokens on Q4_K and Q5_K weights (the Q4_K and Q5_K
+//! recipes' gate and up experts) and Q8_K activations, with the weight rows in the vector
+//! lanes, as `q0_avx512_rows` does for the 32-element formats (see there for why).
 //!
 //! Each 16-row group is decoded once per call into a per-thread scratch, per super-block
-//! of 256: its 8 sub-blocks' nibbles as dword-interleaved blocks (`q0_rows16`'s layout,
-//! lane r = row r), the rows' 6-bit scales as one i32 vector per sub-block, their 6-bit
+//! of 256: its 8 sub-blocks' unsigned quants (Q5_K: the nibble plus 16 times its 5th bit)
+//! as dword-interleaved blocks (`q0_rows16`'s layout, lane r = row r), the rows' 6-bit scales as one i32 vector per sub-block, their 6-bit
 //! minimums as i16 pairs (two sub-blocks per vector), and `d`, `dmin` as f32 vectors.
 //! Per token and sub-block 8 `vpdpbusd` give each row's exact integer sub-block sum, one
 //! `vpmulld` by the scales and an add gather the super-block's `Σ sc·Σq·a`; 4 `vpdpwssd`
@@ -21,10 +21,10 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::kquant_avx2::{act_supers, check, k4_scales_mins, ActSuper, Shape, Q4K};
+use super::kquant_avx2::{act_supers, k4_scales_mins, ActSuper, RowBlock, Shape};
 use super::q0_rows16::{prefetch_part, transpose};
 use super::q0_x86::{aligned, group_rows};
-use crate::block::{as_blocks, BlockQ4K, BlockQ8K};
+use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ8K};
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
 pub(super) const MIN_TOKENS: usize = 5;
@@ -66,9 +66,9 @@ fn byte_column(lo: __m512i, hi: __m512i, j: usize) -> __m512i {
 /// (`nsb · SB_BYTES`, 64-byte aligned); rows past `nr` are zero.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn pack(rows: &[&[BlockQ4K]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
+fn pack<B: RowBlock>(rows: &[&[B]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
     assert!(bp.len() >= nsb * SB_BYTES && nr <= 16);
-    let m4 = _mm512_set1_epi8(0x0f);
+    let (m4, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
     let store = |dst: &mut [u8], v: __m512i| {
         let dst = &mut dst[..64];
         // SAFETY: dst is 64 writable bytes; storeu has no alignment requirement.
@@ -76,22 +76,35 @@ fn pack(rows: &[&[BlockQ4K]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
     };
     for s in 0..nsb {
         let sb = &mut bp[s * SB_BYTES..][..SB_BYTES];
+        let half = |r: usize, b: Option<&[u8]>| match b {
+            // SAFETY: b is at least 32 readable bytes; loadu has no alignment requirement.
+            Some(b) if r < nr => unsafe { _mm256_loadu_si256(b[..32].as_ptr().cast()) },
+            _ => _mm256_setzero_si256(),
+        };
+        // Rows 2i and 2i + 1 in the two halves of vector i.
+        let pairs = |f: &dyn Fn(usize) -> __m256i| -> [__m512i; 8] {
+            std::array::from_fn(|i| {
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(f(2 * i)), f(2 * i + 1))
+            })
+        };
+        let qh = pairs(&|r| half(r, rows.get(r).and_then(|b| b.get(s)?.qh().map(|h| &h[..]))));
         // Chunk c of 64 elements: the low nibbles of qs[32c..32c + 32] are sub-block 2c,
-        // the high ones sub-block 2c + 1.
+        // the high ones sub-block 2c + 1; sub-block j's 5th bits are bit j of qh.
         for c in 0..4 {
-            let chunk = |r: usize| {
-                if r >= nr {
-                    return _mm256_setzero_si256();
+            let pairs =
+                pairs(&|r| half(r, rows.get(r).and_then(|b| Some(&b.get(s)?.qs()[32 * c..]))));
+            let mut low = pairs.map(|q| _mm512_and_si512(q, m4));
+            let mut high = pairs.map(|q| _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
+            if B::HIGH_BIT {
+                // 16 where sub-block j's 5th bit is set: bit j of qh moved to bit 4.
+                for (x, j) in [(&mut low, 2 * c), (&mut high, 2 * c + 1)] {
+                    let n = _mm_cvtsi32_si128(j as i32);
+                    for (x, h) in x.iter_mut().zip(&qh) {
+                        let bit = _mm512_and_si512(_mm512_srl_epi16(*h, n), one);
+                        *x = _mm512_add_epi8(*x, _mm512_slli_epi16::<4>(bit));
+                    }
                 }
-                let qs = &rows[r][s].qs[32 * c..][..32];
-                // SAFETY: qs is 32 readable bytes; loadu has no alignment requirement.
-                unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
-            };
-            let pairs: [__m512i; 8] = std::array::from_fn(|i| {
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(chunk(2 * i)), chunk(2 * i + 1))
-            });
-            let low = pairs.map(|q| _mm512_and_si512(q, m4));
-            let high = pairs.map(|q| _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
+            }
             for (h, x) in [low, high].iter().enumerate() {
                 let j = 2 * c + h;
                 for (v, y) in transpose(x).into_iter().enumerate() {
@@ -105,9 +118,9 @@ fn pack(rows: &[&[BlockQ4K]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
         let (mut d, mut dmin) = ([0u16; 16], [0u16; 16]);
         for r in 0..nr {
             let blk = &rows[r][s];
-            (sc[r], mn[r]) = k4_scales_mins(&blk.scales);
-            d[r] = u16::from_le_bytes(blk.d);
-            dmin[r] = u16::from_le_bytes(blk.dmin);
+            (sc[r], mn[r]) = k4_scales_mins(blk.scales());
+            d[r] = u16::from_le_bytes(blk.d());
+            dmin[r] = u16::from_le_bytes(blk.dmin());
         }
         // SAFETY: sc and mn are 16 u64 each (two vectors), d and dmin 16 u16 each.
         let (sc, mn, d, dmin) = unsafe {
@@ -222,7 +235,7 @@ unsafe fn tile<const NT: usize>(
 /// # Safety
 /// AVX-512 F/BW/VL + VNNI (and AVX2/FMA/F16C).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn gemm_rows(
+unsafe fn gemm_rows<B: RowBlock>(
     k: usize,
     w: &[u8],
     n_rows: usize,
@@ -231,7 +244,7 @@ unsafe fn gemm_rows(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let Shape { nb: nsb, wrb, arb } = check::<Q4K>(k, w, n_rows, a, n_tok, out, ldo);
+    let Shape { nb: nsb, wrb, arb } = B::shape(k, w, n_rows, a, n_tok, out, ldo);
     if n_rows == 0 || n_tok == 0 || nsb == 0 {
         return;
     }
@@ -242,7 +255,7 @@ unsafe fn gemm_rows(
     let bp = aligned(b, nsb * SB_BYTES);
     for r0 in (0..n_rows).step_by(16) {
         let nr = 16.min(n_rows - r0);
-        let rows = group_rows::<BlockQ4K, 16>(w, r0, nr, wrb);
+        let rows = group_rows::<B, 16>(w, r0, nr, wrb);
         pack(&rows, nr, nsb, bp);
         // The next group's weights, spread over this group's token tiles.
         let next = &w[(r0 + nr) * wrb..(r0 + nr + 16).min(n_rows) * wrb];
@@ -274,21 +287,30 @@ unsafe fn gemm_rows(
     SCRATCH.with(|c| c.set(s));
 }
 
-/// The safe [`super::GemmFn`] entry point: this kernel from [`MIN_TOKENS`] tokens,
+/// Safe [`super::GemmFn`] entry points: this kernel from [`MIN_TOKENS`] tokens,
 /// `kquant_avx512`'s below.
-pub(crate) fn gemm_q4_k_q8_k(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    if n_tok < MIN_TOKENS {
-        return super::kquant_avx512::gemm_q4_k_q8_k(k, w, n_rows, a, n_tok, out, ldo);
-    }
-    // SAFETY: only installed in the kernel table after `avx512::detected()` (and
-    // `avx2::detected()`).
-    unsafe { gemm_rows(k, w, n_rows, a, n_tok, out, ldo) }
+macro_rules! entry_points {
+    ($($block:ty => $gemm:ident;)*) => {$(
+        pub(crate) fn $gemm(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            if n_tok < MIN_TOKENS {
+                return super::kquant_avx512::$gemm(k, w, n_rows, a, n_tok, out, ldo);
+            }
+            // SAFETY: only installed in the kernel table after `avx512::detected()` (and
+            // `avx2::detected()`).
+            unsafe { gemm_rows::<$block>(k, w, n_rows, a, n_tok, out, ldo) }
+        }
+    )*};
+}
+
+entry_points! {
+    BlockQ4K => gemm_q4_k_q8_k;
+    BlockQ5K => gemm_q5_k_q8_k;
 }

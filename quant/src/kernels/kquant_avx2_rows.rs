@@ -1,36 +1,51 @@
-//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_K weights (the Q4_K recipe's gate
-//! and up experts) and Q8_K activations, with 8 weight rows in the 8 lanes: the AVX2
-//! counterpart of `q4k_avx512_rows` for CPUs without AVX-512 (most laptops), built as
-//! `q0_avx2_rows` builds its 32-element formats.
+//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_K and Q5_K weights (the Q4_K and
+//! Q5_K recipes' gate and up experts) and Q8_K activations, with 8 weight rows in the 8
+//! lanes: the AVX2 counterpart of `kquant_avx512_rows` for CPUs without AVX-512 (most
+//! laptops), built as `q0_avx2_rows` builds its 32-element formats.
 //!
 //! Each 8-row group is decoded once per call into a per-thread scratch, per super-block
-//! of 256: its 8 sub-blocks' nibbles as 8 vectors each whose 32-bit lane r holds row r's 4
-//! quants of that vector's 4 elements (an 8 x 8 dword transpose), the rows' 6-bit scales
+//! of 256: its 8 sub-blocks' unsigned quants (Q5_K: the nibble plus 16 times its 5th bit)
+//! as 8 vectors each whose 32-bit lane r holds row r's 4 quants of that vector's 4
+//! elements (an 8 x 8 dword transpose), the rows' 6-bit scales
 //! as i16 pairs (the scale twice per lane), their 6-bit minimums as i16 pairs (two
 //! sub-blocks per lane), and `d`, `dmin` as f32 vectors. Per token and sub-block, 8
 //! `maddubs` against the token's quants broadcast 4 bytes at a time add up in i16 without
-//! overflow (8 · 2 · 15 · 128 = 30,720 < 2¹⁵), and one `madd` by the scale pairs (instead
-//! of by ones) leaves each lane `sc · Σq·a` exactly; 4 `madd` of the minimum pairs against
+//! overflow ([`RowBlock::RUN`] at a time: all 8 for Q4_K, 4 for Q5_K), and a `madd` by the
+//! scale pairs (instead of by ones) leaves each lane `sc · Σq·a` exactly; 4 `madd` of the
+//! minimum pairs against
 //! the token's sub-block sums (from Q8_K's `bsums`) give `Σ m·Σa`. Two converts, two
 //! multiplies and two FMAs finish the super-block for all 8 rows.
 //!
 //! Each output sums its super-blocks in order (the integers exactly, then
 //! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32), the same f32 operations as
-//! `q4k_avx512_rows`; the tier tests hold it within the rounding bound of the scalar
-//! twin. Fewer than [`MIN_TOKENS`] tokens run `kquant_avx2`'s tiles.
+//! `kquant_avx512_rows`; the tier tests hold it within the rounding bound of the scalar
+//! twin. Fewer than [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q5_K`] for Q5_K) run `kquant_avx2`'s
+//! tiles.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::kquant_avx2::{act_supers, check, k4_scales_mins, ActSuper, Shape, Q4K};
+use super::kquant_avx2::{act_supers, k4_scales_mins, ActSuper, RowBlock, Shape};
 use super::q0_avx2_rows::transpose8;
 use super::q0_x86::{aligned, group_rows, h2f, prefetch_ahead};
-use crate::block::{as_blocks, BlockQ4K, BlockQ8K};
+use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ8K};
 
-/// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
+/// Fewest tokens this kernel serves for Q4_K, and for Q5_K, whose 5th bits make the
+/// decoding dearer (measured with `examples/gemm_bench.rs`: Q4_K ahead from 5 tokens, Q5_K
+/// behind at 5, equal at 8, ahead at 12).
 pub(super) const MIN_TOKENS: usize = 5;
+pub(super) const MIN_TOKENS_Q5_K: usize = 10;
+
+/// The fewest tokens format `B` runs here.
+const fn min_tokens<B: RowBlock>() -> usize {
+    if B::HIGH_BIT {
+        MIN_TOKENS_Q5_K
+    } else {
+        MIN_TOKENS
+    }
+}
 /// Tokens per register tile (AVX2 has 16 vector registers).
 const TT: usize = 4;
 
@@ -58,9 +73,9 @@ thread_local! {
 /// (`nsb · SB_BYTES`, 32-byte aligned); rows past `nr` are zero.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn pack(rows: &[&[BlockQ4K]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
+fn pack<B: RowBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
     assert!(bp.len() >= nsb * SB_BYTES && nr <= 8);
-    let m4 = _mm256_set1_epi8(0x0f);
+    let (m4, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
     let store = |dst: &mut [u8], v: __m256i| {
         let dst = &mut dst[..32];
         // SAFETY: dst is 32 writable bytes; storeu has no alignment requirement.
@@ -69,19 +84,32 @@ fn pack(rows: &[&[BlockQ4K]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
     for s in 0..nsb {
         prefetch_ahead(rows, nr, s);
         let sb = &mut bp[s * SB_BYTES..][..SB_BYTES];
+        let load = |r: usize, b: Option<&[u8]>| match b {
+            // SAFETY: b is at least 32 readable bytes; loadu has no alignment requirement.
+            Some(b) if r < nr => unsafe { _mm256_loadu_si256(b[..32].as_ptr().cast()) },
+            _ => _mm256_setzero_si256(),
+        };
+        let qh: [__m256i; 8] = std::array::from_fn(|r| {
+            load(r, rows.get(r).and_then(|b| b.get(s)?.qh().map(|h| &h[..])))
+        });
         // Chunk c of 64 elements: the low nibbles of qs[32c..32c + 32] are sub-block 2c,
-        // the high ones sub-block 2c + 1.
+        // the high ones sub-block 2c + 1; sub-block j's 5th bits are bit j of qh.
         for c in 0..4 {
             let q: [__m256i; 8] = std::array::from_fn(|r| {
-                if r >= nr {
-                    return _mm256_setzero_si256();
-                }
-                let qs = &rows[r][s].qs[32 * c..][..32];
-                // SAFETY: qs is 32 readable bytes; loadu has no alignment requirement.
-                unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+                load(r, rows.get(r).and_then(|b| Some(&b.get(s)?.qs()[32 * c..])))
             });
-            let low = q.map(|q| _mm256_and_si256(q, m4));
-            let high = q.map(|q| _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
+            let mut low = q.map(|q| _mm256_and_si256(q, m4));
+            let mut high = q.map(|q| _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
+            if B::HIGH_BIT {
+                // 16 where sub-block j's 5th bit is set: bit j of qh moved to bit 4.
+                for (x, j) in [(&mut low, 2 * c), (&mut high, 2 * c + 1)] {
+                    let n = _mm_cvtsi32_si128(j as i32);
+                    for (x, h) in x.iter_mut().zip(&qh) {
+                        let bit = _mm256_and_si256(_mm256_srl_epi16(*h, n), one);
+                        *x = _mm256_add_epi8(*x, _mm256_slli_epi16::<4>(bit));
+                    }
+                }
+            }
             for (h, x) in [low, high].iter().enumerate() {
                 let j = 2 * c + h;
                 for (v, y) in transpose8(x).into_iter().enumerate() {
@@ -95,7 +123,7 @@ fn pack(rows: &[&[BlockQ4K]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
         let (mut d, mut dmin) = ([0f32; 8], [0f32; 8]);
         for r in 0..nr {
             let blk = &rows[r][s];
-            let (scales, mins) = k4_scales_mins(&blk.scales);
+            let (scales, mins) = k4_scales_mins(blk.scales());
             let byte = |v: u64, j: usize| ((v >> (8 * j)) & 0xff) as i32;
             for (j, sc) in sc.iter_mut().enumerate() {
                 sc[r] = byte(scales, j) | byte(scales, j) << 16;
@@ -103,8 +131,8 @@ fn pack(rows: &[&[BlockQ4K]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
             for (i, mn) in mn.iter_mut().enumerate() {
                 mn[r] = byte(mins, 2 * i) | byte(mins, 2 * i + 1) << 16;
             }
-            d[r] = h2f(blk.d);
-            dmin[r] = h2f(blk.dmin);
+            d[r] = h2f(blk.d());
+            dmin[r] = h2f(blk.dmin());
         }
         let lanes = |v: &[i32; 8]| {
             // SAFETY: v is 8 i32; loadu has no alignment requirement.
@@ -134,7 +162,7 @@ fn pack(rows: &[&[BlockQ4K]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const NT: usize>(
+unsafe fn tile<B: RowBlock, const NT: usize>(
     nsb: usize,
     bp: *const u8,
     a: *const u8,
@@ -162,12 +190,15 @@ unsafe fn tile<const NT: usize>(
                 // scale at byte 292s (caller); sub-block j's 32 are at 32j.
                 unsafe {
                     let q = a.add(t * arb + 292 * s + 4 + 32 * j);
-                    let mut s16 = _mm256_setzero_si256();
-                    for (i, w) in w.iter().enumerate() {
-                        let aq = _mm256_set1_epi32(q.add(4 * i).cast::<i32>().read_unaligned());
-                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq));
+                    for (ci, run) in w.chunks_exact(B::RUN).enumerate() {
+                        let mut s16 = _mm256_setzero_si256();
+                        for (i, w) in run.iter().enumerate() {
+                            let at = q.add(4 * (ci * B::RUN + i));
+                            let aq = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
+                            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq));
+                        }
+                        *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(s16, sc));
                     }
-                    *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(s16, sc));
                 }
             }
         }
@@ -202,7 +233,7 @@ unsafe fn tile<const NT: usize>(
 /// # Safety
 /// AVX2 + FMA + F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_rows(
+unsafe fn gemm_rows<B: RowBlock>(
     k: usize,
     w: &[u8],
     n_rows: usize,
@@ -211,7 +242,7 @@ unsafe fn gemm_rows(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let Shape { nb: nsb, wrb, arb } = check::<Q4K>(k, w, n_rows, a, n_tok, out, ldo);
+    let Shape { nb: nsb, wrb, arb } = B::shape(k, w, n_rows, a, n_tok, out, ldo);
     if n_rows == 0 || n_tok == 0 || nsb == 0 {
         return;
     }
@@ -222,7 +253,7 @@ unsafe fn gemm_rows(
     let bp = aligned(b, nsb * SB_BYTES);
     for r0 in (0..n_rows).step_by(8) {
         let nr = 8.min(n_rows - r0);
-        let rows = group_rows::<BlockQ4K, 8>(w, r0, nr, wrb);
+        let rows = group_rows::<B, 8>(w, r0, nr, wrb);
         pack(&rows, nr, nsb, bp);
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes);
@@ -240,7 +271,7 @@ unsafe fn gemm_rows(
                         // t0..t0 + nt < n_tok have nsb blocks in `a` and entries in `act`;
                         // rows r0..r0 + nr ≤ n_rows of those tokens lie in `out`
                         // (asserted above).
-                        $($n => unsafe { tile::<$n>(nsb, bp, ap, arb, xp, op, ldo, mask) },)*
+                        $($n => unsafe { tile::<B, $n>(nsb, bp, ap, arb, xp, op, ldo, mask) },)*
                         _ => unreachable!("a tile has 1..=TT tokens"),
                     }
                 };
@@ -251,20 +282,29 @@ unsafe fn gemm_rows(
     SCRATCH.with(|c| c.set(s));
 }
 
-/// The safe [`super::GemmFn`] entry point: this kernel from [`MIN_TOKENS`] tokens,
+/// Safe [`super::GemmFn`] entry points: this kernel from the format's [`min_tokens`],
 /// `kquant_avx2`'s tiles below.
-pub(crate) fn gemm_q4_k_q8_k(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    if n_tok < MIN_TOKENS {
-        return super::kquant_avx2::gemm_q4_k_q8_k(k, w, n_rows, a, n_tok, out, ldo);
-    }
-    // SAFETY: only installed in the kernel table after `avx2::detected()`.
-    unsafe { gemm_rows(k, w, n_rows, a, n_tok, out, ldo) }
+macro_rules! entry_points {
+    ($($block:ty => $gemm:ident;)*) => {$(
+        pub(crate) fn $gemm(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            if n_tok < min_tokens::<$block>() {
+                return super::kquant_avx2::$gemm(k, w, n_rows, a, n_tok, out, ldo);
+            }
+            // SAFETY: only installed in the kernel table after `avx2::detected()`.
+            unsafe { gemm_rows::<$block>(k, w, n_rows, a, n_tok, out, ldo) }
+        }
+    )*};
+}
+
+entry_points! {
+    BlockQ4K => gemm_q4_k_q8_k;
+    BlockQ5K => gemm_q5_k_q8_k;
 }
