@@ -82,73 +82,56 @@ pub(super) trait RowBlock: crate::block::ByteBlock {
     /// Element 64c + i's low 4 bits in the low nibble of byte 32c + i, element 64c + 32 + i's
     /// in the high one.
     fn qs(&self) -> &[u8; 128];
-    /// Whether the format has 5th bits ([`RowBlock::qh`] is `Some`).
+    /// Whether the format has 5th bits ([`RowBlock::qh`] is `Some`; both from one
+    /// `row_block!` argument).
     const HIGH_BIT: bool;
     /// The 5th bits, if the format has them: element i of sub-block j is bit j of byte i.
     fn qh(&self) -> Option<&[u8; 32]>;
 }
 
-impl RowBlock for crate::block::BlockQ4K {
-    const RUN: usize = 8;
-    const HIGH_BIT: bool = false;
-    fn shape(
-        k: usize,
-        w: &[u8],
-        n_rows: usize,
-        a: &[u8],
-        n_tok: usize,
-        out: &[f32],
-        ldo: usize,
-    ) -> Shape {
-        check::<Q4K>(k, w, n_rows, a, n_tok, out, ldo)
-    }
-    fn d(&self) -> [u8; 2] {
-        self.d
-    }
-    fn dmin(&self) -> [u8; 2] {
-        self.dmin
-    }
-    fn scales(&self) -> &[u8; 12] {
-        &self.scales
-    }
-    fn qs(&self) -> &[u8; 128] {
-        &self.qs
-    }
-    fn qh(&self) -> Option<&[u8; 32]> {
-        None
-    }
+/// [`RowBlock`] for a block type with fields `d`, `dmin`, `scales`, `qs` (and `qh` for the
+/// 5-bit format), checked as format `$f`.
+macro_rules! row_block {
+    ($block:ty, $f:ident, run: $run:literal, $($qh:ident)?) => {
+        impl RowBlock for $block {
+            const RUN: usize = $run;
+            const HIGH_BIT: bool = row_block!(@has $($qh)?);
+            fn shape(
+                k: usize,
+                w: &[u8],
+                n_rows: usize,
+                a: &[u8],
+                n_tok: usize,
+                out: &[f32],
+                ldo: usize,
+            ) -> Shape {
+                check::<$f>(k, w, n_rows, a, n_tok, out, ldo)
+            }
+            fn d(&self) -> [u8; 2] {
+                self.d
+            }
+            fn dmin(&self) -> [u8; 2] {
+                self.dmin
+            }
+            fn scales(&self) -> &[u8; 12] {
+                &self.scales
+            }
+            fn qs(&self) -> &[u8; 128] {
+                &self.qs
+            }
+            fn qh(&self) -> Option<&[u8; 32]> {
+                row_block!(@qh self $($qh)?)
+            }
+        }
+    };
+    (@has) => { false };
+    (@has $qh:ident) => { true };
+    (@qh $s:ident) => { None };
+    (@qh $s:ident $qh:ident) => { Some(&$s.$qh) };
 }
 
-impl RowBlock for crate::block::BlockQ5K {
-    const RUN: usize = 4;
-    const HIGH_BIT: bool = true;
-    fn shape(
-        k: usize,
-        w: &[u8],
-        n_rows: usize,
-        a: &[u8],
-        n_tok: usize,
-        out: &[f32],
-        ldo: usize,
-    ) -> Shape {
-        check::<Q5K>(k, w, n_rows, a, n_tok, out, ldo)
-    }
-    fn d(&self) -> [u8; 2] {
-        self.d
-    }
-    fn dmin(&self) -> [u8; 2] {
-        self.dmin
-    }
-    fn scales(&self) -> &[u8; 12] {
-        &self.scales
-    }
-    fn qs(&self) -> &[u8; 128] {
-        &self.qs
-    }
-    fn qh(&self) -> Option<&[u8; 32]> {
-        Some(&self.qh)
-    }
-}
+row_block!(crate::block::BlockQ4K, Q4K, run: 8,);
+row_block!(crate::block::BlockQ5K, Q5K, run: 4, qh);
 
 /// What the row-lane K-quant kernels (`kquant_avx2_rows`, `kquant_avx512_rows`) need of
 /// one token's Q8_K super-block besides its quants.

@@ -69,6 +69,18 @@ thread_local! {
     static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
 }
 
+/// 32 bytes of super-block `s` of each row, picked by `bytes` (zero for the rows past the
+/// group's, which `group_rows` leaves empty).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn row_bytes<B: RowBlock>(rows: &[&[B]; 8], s: usize, bytes: impl Fn(&B) -> &[u8]) -> [__m256i; 8] {
+    std::array::from_fn(|r| match rows[r].get(s) {
+        // SAFETY: the slice holds at least 32 bytes; loadu has no alignment requirement.
+        Some(b) => unsafe { _mm256_loadu_si256(bytes(b)[..32].as_ptr().cast()) },
+        None => _mm256_setzero_si256(),
+    })
+}
+
 /// Decodes the `nr ≤ 8` rows (`rows[r]`, `nsb` super-blocks each) into `bp`
 /// (`nsb · SB_BYTES`, 32-byte aligned); rows past `nr` are zero.
 #[inline]
@@ -84,20 +96,15 @@ fn pack<B: RowBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
     for s in 0..nsb {
         prefetch_ahead(rows, nr, s);
         let sb = &mut bp[s * SB_BYTES..][..SB_BYTES];
-        let load = |r: usize, b: Option<&[u8]>| match b {
-            // SAFETY: b is at least 32 readable bytes; loadu has no alignment requirement.
-            Some(b) if r < nr => unsafe { _mm256_loadu_si256(b[..32].as_ptr().cast()) },
-            _ => _mm256_setzero_si256(),
+        let qh = if B::HIGH_BIT {
+            row_bytes(rows, s, |b| b.qh().map_or(&[], |h| &h[..]))
+        } else {
+            [_mm256_setzero_si256(); 8]
         };
-        let qh: [__m256i; 8] = std::array::from_fn(|r| {
-            load(r, rows.get(r).and_then(|b| b.get(s)?.qh().map(|h| &h[..])))
-        });
         // Chunk c of 64 elements: the low nibbles of qs[32c..32c + 32] are sub-block 2c,
         // the high ones sub-block 2c + 1; sub-block j's 5th bits are bit j of qh.
         for c in 0..4 {
-            let q: [__m256i; 8] = std::array::from_fn(|r| {
-                load(r, rows.get(r).and_then(|b| Some(&b.get(s)?.qs()[32 * c..])))
-            });
+            let q = row_bytes(rows, s, |b| &b.qs()[32 * c..]);
             let mut low = q.map(|q| _mm256_and_si256(q, m4));
             let mut high = q.map(|q| _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
             if B::HIGH_BIT {

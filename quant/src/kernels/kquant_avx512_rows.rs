@@ -62,6 +62,25 @@ fn byte_column(lo: __m512i, hi: __m512i, j: usize) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(pick(lo)), pick(hi))
 }
 
+/// 32 bytes of super-block `s` of each row, picked by `bytes` (zero for the rows past the
+/// group's, which `group_rows` leaves empty), rows 2i and 2i + 1 in the halves of vector i.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn row_pairs<B: RowBlock>(
+    rows: &[&[B]; 16],
+    s: usize,
+    bytes: impl Fn(&B) -> &[u8],
+) -> [__m512i; 8] {
+    let half = |r: usize| match rows[r].get(s) {
+        // SAFETY: the slice holds at least 32 bytes; loadu has no alignment requirement.
+        Some(b) => unsafe { _mm256_loadu_si256(bytes(b)[..32].as_ptr().cast()) },
+        None => _mm256_setzero_si256(),
+    };
+    std::array::from_fn(|i| {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(2 * i)), half(2 * i + 1))
+    })
+}
+
 /// Decodes the `nr ≤ 16` rows (`rows[r]`, `nsb` super-blocks each) into `bp`
 /// (`nsb · SB_BYTES`, 64-byte aligned); rows past `nr` are zero.
 #[inline]
@@ -76,23 +95,15 @@ fn pack<B: RowBlock>(rows: &[&[B]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
     };
     for s in 0..nsb {
         let sb = &mut bp[s * SB_BYTES..][..SB_BYTES];
-        let half = |r: usize, b: Option<&[u8]>| match b {
-            // SAFETY: b is at least 32 readable bytes; loadu has no alignment requirement.
-            Some(b) if r < nr => unsafe { _mm256_loadu_si256(b[..32].as_ptr().cast()) },
-            _ => _mm256_setzero_si256(),
+        let qh = if B::HIGH_BIT {
+            row_pairs(rows, s, |b| b.qh().map_or(&[], |h| &h[..]))
+        } else {
+            [_mm512_setzero_si512(); 8]
         };
-        // Rows 2i and 2i + 1 in the two halves of vector i.
-        let pairs = |f: &dyn Fn(usize) -> __m256i| -> [__m512i; 8] {
-            std::array::from_fn(|i| {
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(f(2 * i)), f(2 * i + 1))
-            })
-        };
-        let qh = pairs(&|r| half(r, rows.get(r).and_then(|b| b.get(s)?.qh().map(|h| &h[..]))));
         // Chunk c of 64 elements: the low nibbles of qs[32c..32c + 32] are sub-block 2c,
         // the high ones sub-block 2c + 1; sub-block j's 5th bits are bit j of qh.
         for c in 0..4 {
-            let pairs =
-                pairs(&|r| half(r, rows.get(r).and_then(|b| Some(&b.get(s)?.qs()[32 * c..]))));
+            let pairs = row_pairs(rows, s, |b| &b.qs()[32 * c..]);
             let mut low = pairs.map(|q| _mm512_and_si512(q, m4));
             let mut high = pairs.map(|q| _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4));
             if B::HIGH_BIT {
