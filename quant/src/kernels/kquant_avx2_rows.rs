@@ -25,11 +25,12 @@
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
-use std::cell::Cell;
+use std::marker::PhantomData;
 
 use super::kquant_avx2::{act_supers, k4_scales_mins, ActSuper, RowBlock, Shape};
-use super::q0_avx2_rows::transpose8;
-use super::q0_x86::{aligned, group_rows, h2f, prefetch_ahead};
+use super::q0_avx2_rows::{lane_mask, transpose8};
+use super::q0_x86::{h2f, prefetch_ahead};
+use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
 use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ8K};
 
 /// Fewest tokens this kernel serves for Q4_K, and for Q5_K, whose 5th bits make the
@@ -46,9 +47,6 @@ const fn min_tokens<B: RowBlock>() -> usize {
         MIN_TOKENS
     }
 }
-/// Tokens per register tile (AVX2 has 16 vector registers).
-const TT: usize = 4;
-
 /// Layout of one super-block's decoded 8 rows in the scratch (byte offsets).
 const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
 const SCALES: usize = 8 * 256; // 8 vectors of i16 pairs (sc, sc)
@@ -56,18 +54,6 @@ const MINS: usize = SCALES + 8 * 32; // 4 vectors of i16 pairs (m_2i, m_2i+1)
 const D: usize = MINS + 4 * 32; // f32
 const DMIN: usize = D + 32; // f32
 const SB_BYTES: usize = DMIN + 32;
-
-/// Per-thread scratch, reused between calls: one 8-row group's decoded super-blocks
-/// (32-byte aligned within) and every token's [`ActSuper`]s.
-#[derive(Default)]
-struct Scratch {
-    b: Vec<u8>,
-    act: Vec<ActSuper>,
-}
-
-thread_local! {
-    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
-}
 
 /// 32 bytes of super-block `s` of each row, picked by `bytes` (zero for the rows past the
 /// group's, which `group_rows` leaves empty).
@@ -158,160 +144,106 @@ fn pack<B: RowBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
     }
 }
 
-/// `out[t·ldo + r] = Σ_s` over the 8 decoded rows at `bp` and the `NT` tokens whose rows
-/// start at `a` (stride `arb`, [`ActSuper`]s at `act`, stride `nsb`); only lanes in `mask`
-/// are stored.
-///
-/// # Safety
-/// AVX2 + FMA; `bp` holds `nsb` decoded super-blocks (32-byte aligned); the `NT` token
-/// rows hold `nsb` Q8_K blocks each and `act` their `NT·nsb` entries; `out + t·ldo` has
-/// the masked lanes writable for every t < NT.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<B: RowBlock, const NT: usize>(
-    nsb: usize,
-    bp: *const u8,
-    a: *const u8,
-    arb: usize,
-    act: *const ActSuper,
-    out: *mut f32,
-    ldo: usize,
-    mask: __m256i,
-) {
-    let mut acc = [_mm256_setzero_ps(); NT];
-    for s in 0..nsb {
-        // SAFETY: super-block s < nsb of the scratch (caller), 32-byte aligned.
-        let p = unsafe { bp.add(SB_BYTES * s) };
-        let mut isum = [_mm256_setzero_si256(); NT];
-        for j in 0..8 {
-            // SAFETY: sub-block j's 8 vectors and scale vector lie in super-block s.
-            let (w, sc): ([__m256i; 8], __m256i) = unsafe {
-                (
-                    std::array::from_fn(|i| _mm256_load_si256(p.add(256 * j + 32 * i).cast())),
-                    _mm256_load_si256(p.add(SCALES + 32 * j).cast()),
-                )
-            };
-            for (t, isum) in isum.iter_mut().enumerate() {
-                // SAFETY: token t < NT's super-block s: its quants start after the f32
-                // scale at byte 292s (caller); sub-block j's 32 are at 32j.
-                unsafe {
-                    let q = a.add(t * arb + 292 * s + 4 + 32 * j);
-                    for (ci, run) in w.chunks_exact(B::RUN).enumerate() {
-                        let mut s16 = _mm256_setzero_si256();
-                        for (i, w) in run.iter().enumerate() {
-                            let at = q.add(4 * (ci * B::RUN + i));
-                            let aq = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
-                            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq));
+/// This kernel on format `B`.
+pub(super) struct Rows<B>(PhantomData<B>);
+
+impl<B: RowBlock> RowLanes<8> for Rows<B> {
+    type W = B;
+    type Act = ActSuper;
+    /// AVX2 has 16 vector registers.
+    const TT: usize = 4;
+    const MIN_TOKENS: usize = min_tokens::<B>();
+    const BLOCK_BYTES: usize = SB_BYTES;
+    /// `d` and `dmin` sit with the integer lanes.
+    const BLOCK_F32: usize = 0;
+
+    fn shape(c: &Call) -> Option<Shape> {
+        let shape = B::shape(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
+        (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn act(a: &[u8], n: usize, out: &mut Vec<ActSuper>) {
+        act_supers(&as_blocks::<BlockQ8K>(a).unwrap_or(&[])[..n], out);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pack(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8], _: &mut [f32]) {
+        pack(rows, nr, nsb, bp);
+    }
+
+    /// Per token and sub-block 8 `maddubs` summed [`RowBlock::RUN`] at a time in i16 and
+    /// a `madd` by the scale pairs; per super-block 4 `madd` of the minimum pairs and two
+    /// FMAs.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const NT: usize>(t: Tile<ActSuper>) {
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for s in 0..t.nb {
+            // SAFETY: super-block s < nb of the scratch (caller), 32-byte aligned.
+            let p = unsafe { t.bp.add(SB_BYTES * s) };
+            let mut isum = [_mm256_setzero_si256(); NT];
+            for j in 0..8 {
+                // SAFETY: sub-block j's 8 vectors and scale vector lie in super-block s.
+                let (w, sc): ([__m256i; 8], __m256i) = unsafe {
+                    (
+                        std::array::from_fn(|i| _mm256_load_si256(p.add(256 * j + 32 * i).cast())),
+                        _mm256_load_si256(p.add(SCALES + 32 * j).cast()),
+                    )
+                };
+                for (i, isum) in isum.iter_mut().enumerate() {
+                    // SAFETY: token i < NT's super-block s: its quants start after the f32
+                    // scale at byte 292s (caller); sub-block j's 32 are at 32j.
+                    unsafe {
+                        let q = t.a.add(i * t.arb + 292 * s + 4 + 32 * j);
+                        for (ci, run) in w.chunks_exact(B::RUN).enumerate() {
+                            let mut s16 = _mm256_setzero_si256();
+                            for (v, w) in run.iter().enumerate() {
+                                let at = q.add(4 * (ci * B::RUN + v));
+                                let aq = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
+                                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq));
+                            }
+                            *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(s16, sc));
                         }
-                        *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(s16, sc));
                     }
                 }
             }
-        }
-        // SAFETY: the mins, d and dmin vectors lie in super-block s.
-        let (m, d, dmin): ([__m256i; 4], __m256, __m256) = unsafe {
-            (
-                std::array::from_fn(|i| _mm256_load_si256(p.add(MINS + 32 * i).cast())),
-                _mm256_load_ps(p.add(D).cast()),
-                _mm256_load_ps(p.add(DMIN).cast()),
-            )
-        };
-        for (t, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
-            // SAFETY: token t's entry t·nsb + s lies in `act` (caller).
-            let x = unsafe { *act.add(t * nsb + s) };
-            let mut ms = _mm256_setzero_si256();
-            for (i, m) in m.iter().enumerate() {
-                ms = _mm256_add_epi32(ms, _mm256_madd_epi16(*m, _mm256_set1_epi32(x.sums[i])));
+            // SAFETY: the mins, d and dmin vectors lie in super-block s.
+            let (m, d, dmin): ([__m256i; 4], __m256, __m256) = unsafe {
+                (
+                    std::array::from_fn(|i| _mm256_load_si256(p.add(MINS + 32 * i).cast())),
+                    _mm256_load_ps(p.add(D).cast()),
+                    _mm256_load_ps(p.add(DMIN).cast()),
+                )
+            };
+            for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
+                // SAFETY: token i's entry i·nb + s lies in `act` (caller).
+                let x = unsafe { *t.act.add(i * t.nb + s) };
+                let mut ms = _mm256_setzero_si256();
+                for (v, m) in m.iter().enumerate() {
+                    let pair = _mm256_set1_epi32(x.sums[v]);
+                    ms = _mm256_add_epi32(ms, _mm256_madd_epi16(*m, pair));
+                }
+                let da = _mm256_set1_ps(x.d);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum), _mm256_mul_ps(d, da), *acc);
+                *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
             }
-            let da = _mm256_set1_ps(x.d);
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum), _mm256_mul_ps(d, da), *acc);
-            *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
+        }
+        let mask = lane_mask(t.nr);
+        for (i, v) in acc.iter().enumerate() {
+            // SAFETY: rows ..nr of token i's outputs are writable (caller).
+            unsafe { _mm256_maskstore_ps(t.out.add(i * t.ldo), mask, *v) };
         }
     }
-    for (t, v) in acc.iter().enumerate() {
-        // SAFETY: the masked lanes of token t's outputs are writable (caller).
-        unsafe { _mm256_maskstore_ps(out.add(t * ldo), mask, *v) };
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run(c: Call) {
+        // SAFETY: the features are this function's.
+        unsafe { super::row_lanes::drive::<Self, 8>(c) }
     }
 }
 
-/// The batch product for `n_tok ≥ MIN_TOKENS` (see the module comment).
-///
-/// # Safety
-/// AVX2 + FMA + F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_rows<B: RowBlock>(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let Shape { nb: nsb, wrb, arb } = B::shape(k, w, n_rows, a, n_tok, out, ldo);
-    if n_rows == 0 || n_tok == 0 || nsb == 0 {
-        return;
-    }
-    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
-    let mut s = SCRATCH.with(Cell::take);
-    let Scratch { b, act } = &mut s;
-    act_supers(&ab[..n_tok * nsb], act);
-    let bp = aligned(b, nsb * SB_BYTES);
-    for r0 in (0..n_rows).step_by(8) {
-        let nr = 8.min(n_rows - r0);
-        let rows = group_rows::<B, 8>(w, r0, nr, wrb);
-        pack(&rows, nr, nsb, bp);
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes);
-        for t0 in (0..n_tok).step_by(TT) {
-            let nt = TT.min(n_tok - t0);
-            let bp = bp.as_ptr();
-            let ap = a[t0 * arb..].as_ptr();
-            let xp = act[t0 * nsb..].as_ptr();
-            // Rows r0.. of token t0: the tile writes rows r0..r0 + nr of its tokens.
-            let op = out[t0 * ldo + r0..].as_mut_ptr();
-            macro_rules! run {
-                ($($n:literal)*) => {
-                    match nt {
-                        // SAFETY: the scratch holds nsb decoded super-blocks; tokens
-                        // t0..t0 + nt < n_tok have nsb blocks in `a` and entries in `act`;
-                        // rows r0..r0 + nr ≤ n_rows of those tokens lie in `out`
-                        // (asserted above).
-                        $($n => unsafe { tile::<B, $n>(nsb, bp, ap, arb, xp, op, ldo, mask) },)*
-                        _ => unreachable!("a tile has 1..=TT tokens"),
-                    }
-                };
-            }
-            run!(1 2 3 4);
-        }
-    }
-    SCRATCH.with(|c| c.set(s));
-}
-
-/// Safe [`super::GemmFn`] entry points: this kernel from the format's [`min_tokens`],
-/// `kquant_avx2`'s tiles below.
-macro_rules! entry_points {
-    ($($block:ty => $gemm:ident;)*) => {$(
-        pub(crate) fn $gemm(
-            k: usize,
-            w: &[u8],
-            n_rows: usize,
-            a: &[u8],
-            n_tok: usize,
-            out: &mut [f32],
-            ldo: usize,
-        ) {
-            if n_tok < min_tokens::<$block>() {
-                return super::kquant_avx2::$gemm(k, w, n_rows, a, n_tok, out, ldo);
-            }
-            // SAFETY: only installed in the kernel table after `avx2::detected()`.
-            unsafe { gemm_rows::<$block>(k, w, n_rows, a, n_tok, out, ldo) }
-        }
-    )*};
-}
-
-entry_points! {
-    BlockQ4K => gemm_q4_k_q8_k;
-    BlockQ5K => gemm_q5_k_q8_k;
+row_lane_gemms! {
+    gemm_q4_k_q8_k => Rows<BlockQ4K>, 8, super::kquant_avx2::gemm_q4_k_q8_k;
+    gemm_q5_k_q8_k => Rows<BlockQ5K>, 8, super::kquant_avx2::gemm_q5_k_q8_k;
 }

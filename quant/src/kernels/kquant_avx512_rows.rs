@@ -19,18 +19,15 @@
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
-use std::cell::Cell;
+use std::marker::PhantomData;
 
 use super::kquant_avx2::{act_supers, k4_scales_mins, ActSuper, RowBlock, Shape};
-use super::q0_rows16::{prefetch_part, transpose};
-use super::q0_x86::{aligned, group_rows};
+use super::q0_rows16::transpose;
+use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
 use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ8K};
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
 pub(super) const MIN_TOKENS: usize = 5;
-/// Tokens per register tile.
-const TT: usize = 8;
-
 /// Layout of one super-block's decoded 16 rows in the scratch (byte offsets).
 const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
 const SCALES: usize = 8 * 512; // 8 vectors of i32
@@ -38,18 +35,6 @@ const MINS: usize = SCALES + 8 * 64; // 4 vectors of i16 pairs
 const D: usize = MINS + 4 * 64; // f32
 const DMIN: usize = D + 64; // f32
 const SB_BYTES: usize = DMIN + 64;
-
-/// Per-thread scratch, reused between calls: one 16-row group's decoded super-blocks
-/// (64-byte aligned within) and every token's [`ActSuper`]s.
-#[derive(Default)]
-struct Scratch {
-    b: Vec<u8>,
-    act: Vec<ActSuper>,
-}
-
-thread_local! {
-    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
-}
 
 /// Byte `j` of each of 16 rows' u64 (rows 0..8 in `lo`, 8..16 in `hi`) as i32 lane r.
 #[inline]
@@ -167,161 +152,104 @@ fn pack<B: RowBlock>(rows: &[&[B]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
     }
 }
 
-/// `out[t·ldo + r] = Σ_s` over the 16 decoded rows at `bp` and the `NT` tokens whose
-/// rows start at `a` (stride `arb`, [`ActSuper`]s at `act`, stride `nsb`); lanes past
-/// `mask` are not stored.
-///
-/// # Safety
-/// AVX-512 F/BW/VL + VNNI; `bp` holds `nsb` decoded super-blocks (64-byte aligned); the
-/// `NT` token rows hold `nsb` Q8_K blocks each and `act` their `NT·nsb` entries;
-/// `out + t·ldo` has the masked lanes writable for every t < NT.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const NT: usize>(
-    nsb: usize,
-    bp: *const u8,
-    a: *const u8,
-    arb: usize,
-    act: *const ActSuper,
-    out: *mut f32,
-    ldo: usize,
-    mask: __mmask16,
-) {
-    let mut acc = [_mm512_setzero_ps(); NT];
-    for s in 0..nsb {
-        // SAFETY: super-block s < nsb of the scratch (caller), 64-byte aligned.
-        let p = unsafe { bp.add(SB_BYTES * s) };
-        let mut isum = [_mm512_setzero_si512(); NT];
-        for j in 0..8 {
-            // SAFETY: sub-block j's 8 vectors and scale vector lie in super-block s.
-            let (w, sc): ([__m512i; 8], __m512i) = unsafe {
-                (
-                    std::array::from_fn(|i| _mm512_load_si512(p.add(512 * j + 64 * i).cast())),
-                    _mm512_load_si512(p.add(SCALES + 64 * j).cast()),
-                )
-            };
-            for (t, isum) in isum.iter_mut().enumerate() {
-                // SAFETY: token t < NT's super-block s: its quants start after the f32
-                // scale at byte 292s (caller); sub-block j's 32 are at 32j.
-                unsafe {
-                    let q = a.add(t * arb + 292 * s + 4 + 32 * j);
-                    let mut sj = _mm512_setzero_si512();
-                    for (i, w) in w.iter().enumerate() {
-                        let aq = _mm512_set1_epi32(q.add(4 * i).cast::<i32>().read_unaligned());
-                        sj = _mm512_dpbusd_epi32(sj, *w, aq);
+/// This kernel on format `B`.
+pub(super) struct Rows<B>(PhantomData<B>);
+
+impl<B: RowBlock> RowLanes<16> for Rows<B> {
+    type W = B;
+    type Act = ActSuper;
+    const TT: usize = 8;
+    const MIN_TOKENS: usize = MIN_TOKENS;
+    const BLOCK_BYTES: usize = SB_BYTES;
+    /// `d` and `dmin` sit with the integer lanes.
+    const BLOCK_F32: usize = 0;
+
+    fn shape(c: &Call) -> Option<Shape> {
+        let shape = B::shape(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
+        (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn act(a: &[u8], n: usize, out: &mut Vec<ActSuper>) {
+        act_supers(&as_blocks::<BlockQ8K>(a).unwrap_or(&[])[..n], out);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn pack(rows: &[&[B]; 16], nr: usize, nsb: usize, bp: &mut [u8], _: &mut [f32]) {
+        pack(rows, nr, nsb, bp);
+    }
+
+    /// Per sub-block 8 `vpdpbusd` per token and a `vpmulld` by the scales; per
+    /// super-block 4 `vpdpwssd` of the minimums and two FMAs.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tile<const NT: usize>(t: Tile<ActSuper>) {
+        let mut acc = [_mm512_setzero_ps(); NT];
+        for s in 0..t.nb {
+            // SAFETY: super-block s < nb of the scratch (caller), 64-byte aligned.
+            let p = unsafe { t.bp.add(SB_BYTES * s) };
+            let mut isum = [_mm512_setzero_si512(); NT];
+            for j in 0..8 {
+                // SAFETY: sub-block j's 8 vectors and scale vector lie in super-block s.
+                let (w, sc): ([__m512i; 8], __m512i) = unsafe {
+                    (
+                        std::array::from_fn(|i| _mm512_load_si512(p.add(512 * j + 64 * i).cast())),
+                        _mm512_load_si512(p.add(SCALES + 64 * j).cast()),
+                    )
+                };
+                for (i, isum) in isum.iter_mut().enumerate() {
+                    // SAFETY: token i < NT's super-block s: its quants start after the f32
+                    // scale at byte 292s (caller); sub-block j's 32 are at 32j.
+                    unsafe {
+                        let q = t.a.add(i * t.arb + 292 * s + 4 + 32 * j);
+                        let mut sj = _mm512_setzero_si512();
+                        for (v, w) in w.iter().enumerate() {
+                            let aq = _mm512_set1_epi32(q.add(4 * v).cast::<i32>().read_unaligned());
+                            sj = _mm512_dpbusd_epi32(sj, *w, aq);
+                        }
+                        *isum = _mm512_add_epi32(*isum, _mm512_mullo_epi32(sj, sc));
                     }
-                    *isum = _mm512_add_epi32(*isum, _mm512_mullo_epi32(sj, sc));
                 }
             }
+            // SAFETY: the mins, d and dmin vectors lie in super-block s.
+            let (m, d, dmin): ([__m512i; 4], __m512, __m512) = unsafe {
+                (
+                    std::array::from_fn(|i| _mm512_load_si512(p.add(MINS + 64 * i).cast())),
+                    _mm512_load_ps(p.add(D).cast()),
+                    _mm512_load_ps(p.add(DMIN).cast()),
+                )
+            };
+            for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
+                // SAFETY: token i's entry i·nb + s lies in `act` (caller).
+                let x = unsafe { *t.act.add(i * t.nb + s) };
+                let mut ms = _mm512_setzero_si512();
+                for (v, m) in m.iter().enumerate() {
+                    ms = _mm512_dpwssd_epi32(ms, *m, _mm512_set1_epi32(x.sums[v]));
+                }
+                let da = _mm512_set1_ps(x.d);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*isum), _mm512_mul_ps(d, da), *acc);
+                *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_mul_ps(dmin, da), *acc);
+            }
         }
-        // SAFETY: the mins, d and dmin vectors lie in super-block s.
-        let (m, d, dmin): ([__m512i; 4], __m512, __m512) = unsafe {
-            (
-                std::array::from_fn(|i| _mm512_load_si512(p.add(MINS + 64 * i).cast())),
-                _mm512_load_ps(p.add(D).cast()),
-                _mm512_load_ps(p.add(DMIN).cast()),
-            )
+        let mask: __mmask16 = if t.nr == 16 {
+            0xffff
+        } else {
+            (1u16 << t.nr) - 1
         };
-        for (t, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
-            // SAFETY: token t's entry t·nsb + s lies in `act` (caller).
-            let x = unsafe { *act.add(t * nsb + s) };
-            let mut ms = _mm512_setzero_si512();
-            for (i, m) in m.iter().enumerate() {
-                ms = _mm512_dpwssd_epi32(ms, *m, _mm512_set1_epi32(x.sums[i]));
-            }
-            let da = _mm512_set1_ps(x.d);
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*isum), _mm512_mul_ps(d, da), *acc);
-            *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_mul_ps(dmin, da), *acc);
+        for (i, v) in acc.iter().enumerate() {
+            // SAFETY: rows ..nr of token i's outputs are writable (caller).
+            unsafe { _mm512_mask_storeu_ps(t.out.add(i * t.ldo), mask, *v) };
         }
     }
-    for (t, v) in acc.iter().enumerate() {
-        // SAFETY: the masked lanes of token t's outputs are writable (caller).
-        unsafe { _mm512_mask_storeu_ps(out.add(t * ldo), mask, *v) };
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn run(c: Call) {
+        // SAFETY: the features are this function's.
+        unsafe { super::row_lanes::drive::<Self, 16>(c) }
     }
 }
 
-/// The batch product for `n_tok ≥ MIN_TOKENS` (see the module comment).
-///
-/// # Safety
-/// AVX-512 F/BW/VL + VNNI (and AVX2/FMA/F16C).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn gemm_rows<B: RowBlock>(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let Shape { nb: nsb, wrb, arb } = B::shape(k, w, n_rows, a, n_tok, out, ldo);
-    if n_rows == 0 || n_tok == 0 || nsb == 0 {
-        return;
-    }
-    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
-    let mut s = SCRATCH.with(Cell::take);
-    let Scratch { b, act } = &mut s;
-    act_supers(&ab[..n_tok * nsb], act);
-    let bp = aligned(b, nsb * SB_BYTES);
-    for r0 in (0..n_rows).step_by(16) {
-        let nr = 16.min(n_rows - r0);
-        let rows = group_rows::<B, 16>(w, r0, nr, wrb);
-        pack(&rows, nr, nsb, bp);
-        // The next group's weights, spread over this group's token tiles.
-        let next = &w[(r0 + nr) * wrb..(r0 + nr + 16).min(n_rows) * wrb];
-        let tiles = n_tok.div_ceil(TT);
-        let mask: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
-        for t0 in (0..n_tok).step_by(TT) {
-            prefetch_part(next, t0 / TT, tiles);
-            let nt = TT.min(n_tok - t0);
-            let bp = bp.as_ptr();
-            let ap = a[t0 * arb..].as_ptr();
-            let xp = act[t0 * nsb..].as_ptr();
-            // Rows r0.. of token t0: the tile writes rows r0..r0 + nr of its tokens.
-            let op = out[t0 * ldo + r0..].as_mut_ptr();
-            macro_rules! run {
-                ($($n:literal)*) => {
-                    match nt {
-                        // SAFETY: the scratch holds nsb decoded super-blocks; tokens
-                        // t0..t0 + nt < n_tok have nsb blocks in `a` and entries in `act`;
-                        // rows r0..r0 + nr ≤ n_rows of those tokens lie in `out`
-                        // (asserted above).
-                        $($n => unsafe { tile::<$n>(nsb, bp, ap, arb, xp, op, ldo, mask) },)*
-                        _ => unreachable!("a tile has 1..=TT tokens"),
-                    }
-                };
-            }
-            run!(1 2 3 4 5 6 7 8);
-        }
-    }
-    SCRATCH.with(|c| c.set(s));
-}
-
-/// Safe [`super::GemmFn`] entry points: this kernel from [`MIN_TOKENS`] tokens,
-/// `kquant_avx512`'s below.
-macro_rules! entry_points {
-    ($($block:ty => $gemm:ident;)*) => {$(
-        pub(crate) fn $gemm(
-            k: usize,
-            w: &[u8],
-            n_rows: usize,
-            a: &[u8],
-            n_tok: usize,
-            out: &mut [f32],
-            ldo: usize,
-        ) {
-            if n_tok < MIN_TOKENS {
-                return super::kquant_avx512::$gemm(k, w, n_rows, a, n_tok, out, ldo);
-            }
-            // SAFETY: only installed in the kernel table after `avx512::detected()` (and
-            // `avx2::detected()`).
-            unsafe { gemm_rows::<$block>(k, w, n_rows, a, n_tok, out, ldo) }
-        }
-    )*};
-}
-
-entry_points! {
-    BlockQ4K => gemm_q4_k_q8_k;
-    BlockQ5K => gemm_q5_k_q8_k;
+row_lane_gemms! {
+    gemm_q4_k_q8_k => Rows<BlockQ4K>, 16, super::kquant_avx512::gemm_q4_k_q8_k;
+    gemm_q5_k_q8_k => Rows<BlockQ5K>, 16, super::kquant_avx512::gemm_q5_k_q8_k;
 }

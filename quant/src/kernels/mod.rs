@@ -52,6 +52,8 @@ pub(crate) mod q0_avx512_units;
 mod q0_rows16;
 #[cfg(target_arch = "x86_64")]
 mod q0_x86;
+#[cfg(target_arch = "x86_64")]
+mod row_lanes;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod split_amx;

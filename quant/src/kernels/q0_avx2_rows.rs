@@ -24,21 +24,18 @@
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
-use std::cell::Cell;
+use std::marker::PhantomData;
 
-use super::q0_x86::{
-    act_sums, aligned, group_rows, h2f, prefetch_ahead, q0_shape, ActSums, Q0Format, Q4_0, Q5_0,
-    Q8_0,
-};
-use crate::block::BlockQ8_0;
+use super::kquant_avx2::Shape;
+use super::q0_x86::{act_sums, h2f, prefetch_ahead, q0_shape, ActSums, Q0Format, Q4_0, Q5_0, Q8_0};
+use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
+use crate::block::{as_blocks, BlockQ8_0};
 
 /// Fewest tokens this kernel serves for Q4_0 and Q5_0, and for Q8_0, whose sign trick
 /// costs more per vector (measured with `examples/gemm_bench.rs`: Q4_0/Q5_0 ahead from 5
 /// tokens, Q8_0 equal at 8-10 and ahead from 12).
 pub(super) const MIN_TOKENS: usize = 5;
 pub(super) const MIN_TOKENS_Q8_0: usize = 10;
-/// Tokens per register tile (AVX2 has 16 vector registers).
-const TT: usize = 4;
 /// Bytes of one block's decoded 8 rows: 8 vectors of 32 bytes, and for the sign trick 8
 /// more of their magnitudes.
 const fn b_bytes<F: RowsFormat>() -> usize {
@@ -74,19 +71,6 @@ impl RowsFormat for Q8_0 {
     const RUN: usize = 1;
     const MIN: usize = MIN_TOKENS_Q8_0;
     const SIGN_TRICK: bool = true;
-}
-
-/// Per-thread scratch, reused between calls: one 8-row group's decoded blocks (32-byte
-/// aligned within), their scales, and every token's [`ActSums`]s.
-#[derive(Default)]
-struct Scratch {
-    b: Vec<u8>,
-    dw: Vec<f32>,
-    act: Vec<ActSums>,
-}
-
-thread_local! {
-    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
 }
 
 /// 8 rows of 8 dwords (`x[r]`) → 8 columns (`y[c]` = dword c of every row).
@@ -163,163 +147,115 @@ fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8],
     }
 }
 
-/// `out[t·ldo + r] = Σ_b` over the 8 decoded rows at `bp` (scales `dw`) and the `NT`
-/// tokens whose rows start at `a` (stride `arb`, [`ActSums`]s at `act`, stride `nb`);
-/// only lanes in `mask` are stored.
-///
-/// # Safety
-/// AVX2 + FMA; `bp` holds `nb` decoded blocks (32-byte aligned), `dw` `8·nb` f32; the
-/// `NT` token rows hold `nb` Q8_0 blocks each and `act` their `NT·nb` entries;
-/// `out + t·ldo` has the masked lanes writable for every t < NT.
+/// This kernel on format `F`.
+pub(super) struct Rows<F>(PhantomData<F>);
+
+impl<F: RowsFormat> RowLanes<8> for Rows<F> {
+    type W = F::W;
+    type Act = ActSums;
+    /// AVX2 has 16 vector registers.
+    const TT: usize = 4;
+    const MIN_TOKENS: usize = F::MIN;
+    const BLOCK_BYTES: usize = b_bytes::<F>();
+    const BLOCK_F32: usize = 8;
+
+    fn shape(c: &Call) -> Option<Shape> {
+        let (nb, wrb, arb, _) = q0_shape::<F>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo)?;
+        Some(Shape { nb, wrb, arb })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn act(a: &[u8], n: usize, out: &mut Vec<ActSums>) {
+        // The sign trick multiplies the signed quants: no offset to take back.
+        let offset = if F::SIGN_TRICK {
+            0
+        } else {
+            i32::from(F::OFFSET)
+        };
+        act_sums(&as_blocks::<BlockQ8_0>(a).unwrap_or(&[])[..n], offset, out);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pack(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8], dw: &mut [f32]) {
+        pack::<F>(rows, nr, nb, bp, dw);
+    }
+
+    /// Per token and block, `maddubs` of each vector against the token's 4 broadcast
+    /// quants summed [`RowsFormat::RUN`] at a time in i16, widened by one `madd`; one
+    /// convert, one scale multiply and one FMA finish the block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const NT: usize>(t: Tile<ActSums>) {
+        let ones = _mm256_set1_epi16(1);
+        let bsz = b_bytes::<F>();
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for b in 0..t.nb {
+            // SAFETY: block b < nb of the scratch (caller), 32-byte aligned, and its 8
+            // scales; with the sign trick its magnitudes are the 256 bytes after its
+            // quants.
+            let (w, mag, d): ([__m256i; 8], [__m256i; 8], __m256) = unsafe {
+                let p = t.bp.add(bsz * b);
+                let load = |off: usize| -> [__m256i; 8] {
+                    std::array::from_fn(|j| _mm256_load_si256(p.add(off + 32 * j).cast()))
+                };
+                let mag = if F::SIGN_TRICK {
+                    load(256)
+                } else {
+                    [_mm256_setzero_si256(); 8]
+                };
+                (load(0), mag, _mm256_loadu_ps(t.dw.add(8 * b)))
+            };
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: token i < NT's block b: its quants are the 32 bytes after the
+                // f16 scale at byte 34b, its ActSums entry i·nb + b (caller).
+                unsafe {
+                    let q = t.a.add(i * t.arb + 34 * b + 2);
+                    let x = *t.act.add(i * t.nb + b);
+                    let mut s = _mm256_set1_epi32(x.base);
+                    for (ci, run) in w.chunks_exact(F::RUN).enumerate() {
+                        let j0 = ci * F::RUN;
+                        let mut s16 = _mm256_setzero_si256();
+                        for (j, w) in run.iter().enumerate() {
+                            let at = q.add(4 * (j0 + j));
+                            let aq = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
+                            let p = if F::SIGN_TRICK {
+                                _mm256_maddubs_epi16(mag[j0 + j], _mm256_sign_epi8(aq, *w))
+                            } else {
+                                _mm256_maddubs_epi16(*w, aq)
+                            };
+                            s16 = _mm256_add_epi16(s16, p);
+                        }
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(s16, ones));
+                    }
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
+                }
+            }
+        }
+        let mask = lane_mask(t.nr);
+        for (i, v) in acc.iter().enumerate() {
+            // SAFETY: rows ..nr of token i's outputs are writable (caller).
+            unsafe { _mm256_maskstore_ps(t.out.add(i * t.ldo), mask, *v) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run(c: Call) {
+        // SAFETY: the features are this function's.
+        unsafe { super::row_lanes::drive::<Self, 8>(c) }
+    }
+}
+
+/// All ones in the 32-bit lanes below `nr` (the `maskstore` mask of a group's rows).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<F: RowsFormat, const NT: usize>(
-    nb: usize,
-    bp: *const u8,
-    dw: *const f32,
-    a: *const u8,
-    arb: usize,
-    act: *const ActSums,
-    out: *mut f32,
-    ldo: usize,
-    mask: __m256i,
-) {
-    let ones = _mm256_set1_epi16(1);
-    let bsz = b_bytes::<F>();
-    let mut acc = [_mm256_setzero_ps(); NT];
-    for b in 0..nb {
-        // SAFETY: block b < nb of the scratch (caller), 32-byte aligned; with the sign
-        // trick its magnitudes are the 256 bytes after its quants.
-        let (w, mag, d): ([__m256i; 8], [__m256i; 8], __m256) = unsafe {
-            let p = bp.add(bsz * b);
-            let load = |off: usize| -> [__m256i; 8] {
-                std::array::from_fn(|j| _mm256_load_si256(p.add(off + 32 * j).cast()))
-            };
-            let mag = if F::SIGN_TRICK {
-                load(256)
-            } else {
-                [_mm256_setzero_si256(); 8]
-            };
-            (load(0), mag, _mm256_loadu_ps(dw.add(8 * b)))
-        };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: token t < NT's block b: its quants are the 32 bytes after the f16
-            // scale at byte 34b, its ActSums entry t·nb + b (caller).
-            unsafe {
-                let q = a.add(t * arb + 34 * b + 2);
-                let x = *act.add(t * nb + b);
-                let mut s = _mm256_set1_epi32(x.base);
-                for (ci, run) in w.chunks_exact(F::RUN).enumerate() {
-                    let j0 = ci * F::RUN;
-                    let mut s16 = _mm256_setzero_si256();
-                    for (j, w) in run.iter().enumerate() {
-                        let aq =
-                            _mm256_set1_epi32(q.add(4 * (j0 + j)).cast::<i32>().read_unaligned());
-                        let p = if F::SIGN_TRICK {
-                            _mm256_maddubs_epi16(mag[j0 + j], _mm256_sign_epi8(aq, *w))
-                        } else {
-                            _mm256_maddubs_epi16(*w, aq)
-                        };
-                        s16 = _mm256_add_epi16(s16, p);
-                    }
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(s16, ones));
-                }
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
-            }
-        }
-    }
-    for (t, v) in acc.iter().enumerate() {
-        // SAFETY: the masked lanes of token t's outputs are writable (caller).
-        unsafe { _mm256_maskstore_ps(out.add(t * ldo), mask, *v) };
-    }
+pub(super) fn lane_mask(nr: usize) -> __m256i {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes)
 }
 
-/// The batch product for `n_tok ≥ F::MIN` (see the module comment).
-///
-/// # Safety
-/// AVX2 + FMA + F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_rows<F: RowsFormat>(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let Some((nb, wrb, arb, ab)) = q0_shape::<F>(k, w, n_rows, a, n_tok, out, ldo) else {
-        return;
-    };
-    let mut s = SCRATCH.with(Cell::take);
-    let Scratch { b, dw, act } = &mut s;
-    // The sign trick multiplies the signed quants: no offset to take back.
-    let offset = if F::SIGN_TRICK {
-        0
-    } else {
-        i32::from(F::OFFSET)
-    };
-    act_sums(&ab[..n_tok * nb], offset, act);
-    dw.resize(nb * 8, 0.0);
-    let bsz = b_bytes::<F>();
-    let bp = aligned(b, nb * bsz);
-    for r0 in (0..n_rows).step_by(8) {
-        let nr = 8.min(n_rows - r0);
-        let rows = group_rows::<F::W, 8>(w, r0, nr, wrb);
-        pack::<F>(&rows, nr, nb, bp, dw);
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes);
-        for t0 in (0..n_tok).step_by(TT) {
-            let nt = TT.min(n_tok - t0);
-            let (bp, dw) = (bp.as_ptr(), dw.as_ptr());
-            let ap = a[t0 * arb..].as_ptr();
-            let xp = act[t0 * nb..].as_ptr();
-            // Rows r0.. of token t0: the tile writes rows r0..r0 + nr of its tokens.
-            let op = out[t0 * ldo + r0..].as_mut_ptr();
-            macro_rules! run {
-                ($($n:literal)*) => {
-                    match nt {
-                        // SAFETY: the scratch holds nb decoded blocks and their scales;
-                        // tokens t0..t0 + nt < n_tok have nb blocks in `a` and entries in
-                        // `act`; rows r0..r0 + nr ≤ n_rows of those tokens lie in `out`
-                        // (asserted above).
-                        $($n => unsafe { tile::<F, $n>(nb, bp, dw, ap, arb, xp, op, ldo, mask) },)*
-                        _ => unreachable!("a tile has 1..=TT tokens"),
-                    }
-                };
-            }
-            run!(1 2 3 4);
-        }
-    }
-    SCRATCH.with(|c| c.set(s));
-}
-
-/// Safe [`super::GemmFn`] entry points: this kernel from the format's `MIN` tokens, the
-/// groups kernel below.
-macro_rules! entry_points {
-    ($($fmt:ident => $gemm:ident, $groups:path;)*) => {$(
-        pub(crate) fn $gemm(
-            k: usize,
-            w: &[u8],
-            n_rows: usize,
-            a: &[u8],
-            n_tok: usize,
-            out: &mut [f32],
-            ldo: usize,
-        ) {
-            if n_tok < <$fmt as RowsFormat>::MIN {
-                return $groups(k, w, n_rows, a, n_tok, out, ldo);
-            }
-            // SAFETY: only installed in the kernel table after `avx2::detected()`.
-            unsafe { gemm_rows::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
-        }
-    )*};
-}
-
-entry_points! {
-    Q4_0 => gemm_q4_0_q8_0, super::q0_avx2_groups::gemm_q4_0_q8_0;
-    Q5_0 => gemm_q5_0_q8_0, super::q0_avx2_groups::gemm_q5_0_q8_0;
-    Q8_0 => gemm_q8_0_q8_0, super::q0_avx2_groups::gemm_q8_0_q8_0;
+row_lane_gemms! {
+    gemm_q4_0_q8_0 => Rows<Q4_0>, 8, super::q0_avx2_groups::gemm_q4_0_q8_0;
+    gemm_q5_0_q8_0 => Rows<Q5_0>, 8, super::q0_avx2_groups::gemm_q5_0_q8_0;
+    gemm_q8_0_q8_0 => Rows<Q8_0>, 8, super::q0_avx2_groups::gemm_q8_0_q8_0;
 }

@@ -146,25 +146,6 @@ pub(super) fn pack_weights<F: Q0Format, const SIGNED: bool>(
     }
 }
 
-/// Prefetches into L2 part `part` of `parts` equal slices of `next` (the weight bytes of
-/// the next 16-row group), one prefetch per 64-byte line.
-///
-/// Why: the batch kernels read a group block by block across its 16 rows (16 interleaved
-/// streams 1 row apart), which the hardware prefetchers did not follow: profiled on a
-/// Zen 4, the decoding's weight loads took most of its time, waiting on memory. The
-/// caller spreads the next group's lines over its token tiles, so they arrive while the
-/// current group computes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) fn prefetch_part(next: &[u8], part: usize, parts: usize) {
-    let lines = next.len().div_ceil(64);
-    let (l0, l1) = (lines * part / parts, lines * (part + 1) / parts);
-    for l in l0..l1 {
-        // Prefetches never fault: the address is only computed.
-        _mm_prefetch::<_MM_HINT_T1>(next.as_ptr().wrapping_add(64 * l).cast());
-    }
-}
-
 /// `i · stride` in lane i.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
