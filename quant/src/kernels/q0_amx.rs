@@ -31,6 +31,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
+use super::kquant_avx2::Shape;
 use super::q0_rows16::{gather_scales, pack_weights, strides, B_BYTES};
 use super::q0_x86::{aligned, group_rows, q0_shape, Q0Format, Q4_0, Q5_0, Q8_0};
 use crate::block::BlockQ8_0;
@@ -193,7 +194,7 @@ unsafe fn gemm_amx<F: Q0Format<A = BlockQ8_0>>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let Some((nb, wrb, arb, _)) = q0_shape::<F>(k, w, n_rows, a, n_tok, out, ldo) else {
+    let Some(Shape { nb, wrb, arb }) = q0_shape::<F>(k, w, n_rows, a, n_tok, out, ldo) else {
         return;
     };
     let mut s = SCRATCH.with(Cell::take);

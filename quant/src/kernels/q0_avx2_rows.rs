@@ -1,6 +1,7 @@
 //! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_0, Q5_0 and Q8_0 weights against
-//! Q8_0 activations, with 8 weight rows in the 8 lanes: the AVX2 counterpart of
-//! `q0_avx512_rows` (see there for why) for CPUs without AVX-512 (most laptops).
+//! Q8_0 activations and Q4_1, Q5_1 against Q8_1, with 8 weight rows in the 8 lanes: the
+//! AVX2 counterpart of `q0_avx512_rows` (see there for why) for CPUs without AVX-512 (most
+//! laptops).
 //!
 //! Each 8-row group is decoded once per call into a per-thread scratch: per block of 32,
 //! 8 vectors of 32 bytes whose 32-bit lane r holds row r's 4 unsigned quants (signed +
@@ -8,16 +9,18 @@
 //! blocks), and the 8 rows' scales. Per token and block, `maddubs` of each vector against
 //! the token's 4 quants broadcast from the activation row gives i16 pair sums; [`RUN`] of
 //! them add up in i16 without overflow (the unsigned quants are small: 2·15·128 per pair
-//! for Q4_0, 2·31·128 for Q5_0), one `madd` by ones widens them, and the lane holds the
-//! row's exact integer block sum from `−OFFSET·Σa`; one convert, one multiply of the 8
-//! rows' scales by the token's and one FMA finish the block for all 8 rows. Q8_0, whose
+//! for Q4_0 and Q4_1, 2·31·128 for Q5_0 and Q5_1), one `madd` by ones widens them, and
+//! the lane holds the row's exact integer block sum from `−OFFSET·Σa`; one convert, one
+//! multiply of the 8 rows' scales by the token's and one FMA finish the block for all 8
+//! rows (Q4_1 and Q5_1 add their minimums times the token's `s` with one more). Q8_0, whose
 //! quants as unsigned bytes (up to 255) would saturate `maddubs`, takes the sign trick
 //! instead: signed quants and their magnitudes decoded side by side, `maddubs(|w|,
 //! sign(w)·a)` one vector at a time.
 //!
 //! Each output sums its blocks' f32 terms in block order (the tier tests hold it within
 //! the rounding bound of the scalar twin). Fewer than [`MIN_TOKENS`] tokens
-//! ([`MIN_TOKENS_Q8_0`] for Q8_0) run `q0_avx2_groups`.
+//! ([`MIN_TOKENS_Q8_0`] for Q8_0) run `q0_avx2_groups`, fewer than
+//! [`MIN_TOKENS_Q4_1_Q5_1`] of Q4_1 or Q5_1 `avx2`'s tiles.
 //!
 //! [`RUN`]: RowsFormat::RUN
 
@@ -27,15 +30,20 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant_avx2::Shape;
-use super::q0_x86::{act_sums, h2f, prefetch_ahead, q0_shape, ActSums, Q0Format, Q4_0, Q5_0, Q8_0};
+use super::q0_x86::{
+    act_sums, h2f, prefetch_ahead, q0_shape, ActBlock, ActSums, Q0Format, Q4_0, Q4_1, Q5_0, Q5_1,
+    Q8_0,
+};
 use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
-use crate::block::{as_blocks, BlockQ8_0};
+use crate::block::as_blocks;
 
-/// Fewest tokens this kernel serves for Q4_0 and Q5_0, and for Q8_0, whose sign trick
-/// costs more per vector (measured with `examples/gemm_bench.rs`: Q4_0/Q5_0 ahead from 5
-/// tokens, Q8_0 equal at 8-10 and ahead from 12).
+/// Fewest tokens this kernel serves for Q4_0 and Q5_0, for Q8_0, whose sign trick costs
+/// more per vector, and for Q4_1 and Q5_1, whose fallback (`avx2`'s 2 x 4 tiles) is slower
+/// than `q0_avx2_groups` (measured with `examples/gemm_bench.rs`: Q4_0/Q5_0 ahead from 5
+/// tokens, Q8_0 equal at 8-10 and ahead from 12, Q4_1/Q5_1 equal at 2 and ahead from 3).
 pub(super) const MIN_TOKENS: usize = 5;
 pub(super) const MIN_TOKENS_Q8_0: usize = 10;
+pub(super) const MIN_TOKENS_Q4_1_Q5_1: usize = 3;
 /// Bytes of one block's decoded 8 rows: 8 vectors of 32 bytes, and for the sign trick 8
 /// more of their magnitudes.
 const fn b_bytes<F: RowsFormat>() -> usize {
@@ -45,8 +53,17 @@ const fn b_bytes<F: RowsFormat>() -> usize {
         256
     }
 }
+/// f32 values per block in the scratch: the 8 rows' scales, and their minimums for a
+/// format with them.
+const fn dw_per_block<F: RowsFormat>() -> usize {
+    if F::HAS_MIN {
+        16
+    } else {
+        8
+    }
+}
 /// A format served here.
-trait RowsFormat: Q0Format<A = BlockQ8_0> + Sized {
+trait RowsFormat: Q0Format + Sized {
     /// How many `maddubs` results one i16 lane sums without overflow.
     const RUN: usize;
     /// Fewest tokens the format runs here.
@@ -61,9 +78,21 @@ impl RowsFormat for Q4_0 {
     const RUN: usize = 8;
 }
 
+impl RowsFormat for Q4_1 {
+    /// As Q4_0's.
+    const RUN: usize = 8;
+    const MIN: usize = MIN_TOKENS_Q4_1_Q5_1;
+}
+
 impl RowsFormat for Q5_0 {
     /// 4 · 2 · 31 · 128 = 31,744 < 2¹⁵.
     const RUN: usize = 4;
+}
+
+impl RowsFormat for Q5_1 {
+    /// As Q5_0's.
+    const RUN: usize = 4;
+    const MIN: usize = MIN_TOKENS_Q4_1_Q5_1;
 }
 
 impl RowsFormat for Q8_0 {
@@ -107,13 +136,13 @@ pub(super) fn transpose8(x: &[__m256i; 8]) -> [__m256i; 8] {
 
 /// Decodes the `nr ≤ 8` rows (`rows[r]`, `nb` blocks each) into `bp` (`nb · b_bytes::<F>()`,
 /// 32-byte aligned) as unsigned quants (with the sign trick: signed ones, then their
-/// magnitudes), and their scales into `dw` (`[block][8 rows]`); rows past `nr` are zero
-/// bytes with scale 0.
+/// magnitudes), and their scales into `dw` (`[block][8 rows]`, for a format with minimums
+/// `[block][d or m][8 rows]`); rows past `nr` are zero bytes with scale 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8], dw: &mut [f32]) {
-    let bsz = b_bytes::<F>();
-    assert!(bp.len() >= nb * bsz && dw.len() >= nb * 8 && nr <= 8);
+    let (bsz, per) = (b_bytes::<F>(), dw_per_block::<F>());
+    assert!(bp.len() >= nb * bsz && dw.len() >= nb * per && nr <= 8);
     for b in 0..nb {
         prefetch_ahead(rows, nr, b);
         let x: [__m256i; 8] = std::array::from_fn(|r| {
@@ -141,8 +170,16 @@ fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8],
                 }
             }
         }
-        for (r, d) in dw[8 * b..][..8].iter_mut().enumerate() {
-            *d = if r < nr { h2f(F::d(&rows[r][b])) } else { 0.0 };
+        let dw = &mut dw[per * b..][..per];
+        for r in 0..nr {
+            dw[r] = h2f(F::d(&rows[r][b]));
+            if F::HAS_MIN {
+                dw[8 + r] = h2f(F::m(&rows[r][b]));
+            }
+        }
+        dw[nr..8].fill(0.0);
+        if F::HAS_MIN {
+            dw[8 + nr..].fill(0.0);
         }
     }
 }
@@ -157,11 +194,10 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
     const TT: usize = 4;
     const MIN_TOKENS: usize = F::MIN;
     const BLOCK_BYTES: usize = b_bytes::<F>();
-    const BLOCK_F32: usize = 8;
+    const BLOCK_F32: usize = dw_per_block::<F>();
 
     fn shape(c: &Call) -> Option<Shape> {
-        let (nb, wrb, arb, _) = q0_shape::<F>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo)?;
-        Some(Shape { nb, wrb, arb })
+        q0_shape::<F>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -172,7 +208,7 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
         } else {
             i32::from(F::OFFSET)
         };
-        act_sums(&as_blocks::<BlockQ8_0>(a).unwrap_or(&[])[..n], offset, out);
+        act_sums(&as_blocks::<F::A>(a).unwrap_or(&[])[..n], offset, out);
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -182,18 +218,20 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
 
     /// Per token and block, `maddubs` of each vector against the token's 4 broadcast
     /// quants summed [`RowsFormat::RUN`] at a time in i16, widened by one `madd`; one
-    /// convert, one scale multiply and one FMA finish the block.
+    /// convert, one scale multiply and one FMA finish the block (one more FMA adds the
+    /// minimums times the token's `s`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const NT: usize>(t: Tile<ActSums>) {
         let ones = _mm256_set1_epi16(1);
-        let bsz = b_bytes::<F>();
+        let (bsz, per) = (b_bytes::<F>(), dw_per_block::<F>());
+        let abytes = std::mem::size_of::<F::A>();
         let mut acc = [_mm256_setzero_ps(); NT];
         for b in 0..t.nb {
             // SAFETY: block b < nb of the scratch (caller), 32-byte aligned, and its 8
-            // scales; with the sign trick its magnitudes are the 256 bytes after its
-            // quants.
-            let (w, mag, d): ([__m256i; 8], [__m256i; 8], __m256) = unsafe {
+            // scales (and minimums); with the sign trick its magnitudes are the 256 bytes
+            // after its quants.
+            let (w, mag, d, m): ([__m256i; 8], [__m256i; 8], __m256, __m256) = unsafe {
                 let p = t.bp.add(bsz * b);
                 let load = |off: usize| -> [__m256i; 8] {
                     std::array::from_fn(|j| _mm256_load_si256(p.add(off + 32 * j).cast()))
@@ -203,13 +241,18 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
                 } else {
                     [_mm256_setzero_si256(); 8]
                 };
-                (load(0), mag, _mm256_loadu_ps(t.dw.add(8 * b)))
+                let m = if F::HAS_MIN {
+                    _mm256_loadu_ps(t.dw.add(per * b + 8))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                (load(0), mag, _mm256_loadu_ps(t.dw.add(per * b)), m)
             };
             for (i, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: token i < NT's block b: its quants are the 32 bytes after the
-                // f16 scale at byte 34b, its ActSums entry i·nb + b (caller).
+                // SAFETY: token i < NT's block b: its quants are its last 32 bytes, its
+                // ActSums entry i·nb + b (caller).
                 unsafe {
-                    let q = t.a.add(i * t.arb + 34 * b + 2);
+                    let q = t.a.add(i * t.arb + abytes * b + F::A::QS_BYTE);
                     let x = *t.act.add(i * t.nb + b);
                     let mut s = _mm256_set1_epi32(x.base);
                     for (ci, run) in w.chunks_exact(F::RUN).enumerate() {
@@ -229,6 +272,9 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
                     }
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
+                    if F::HAS_MIN {
+                        *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), *acc);
+                    }
                 }
             }
         }
@@ -256,6 +302,8 @@ pub(super) fn lane_mask(nr: usize) -> __m256i {
 
 row_lane_gemms! {
     gemm_q4_0_q8_0 => Rows<Q4_0>, 8, super::q0_avx2_groups::gemm_q4_0_q8_0;
+    gemm_q4_1_q8_1 => Rows<Q4_1>, 8, super::avx2::gemm_q4_1_q8_1;
     gemm_q5_0_q8_0 => Rows<Q5_0>, 8, super::q0_avx2_groups::gemm_q5_0_q8_0;
+    gemm_q5_1_q8_1 => Rows<Q5_1>, 8, super::avx2::gemm_q5_1_q8_1;
     gemm_q8_0_q8_0 => Rows<Q8_0>, 8, super::q0_avx2_groups::gemm_q8_0_q8_0;
 }

@@ -1,6 +1,7 @@
 //! AVX-512 VNNI GEMM for batches of tokens (prefill, the MoE experts' batches) on the
-//! Q8_0-paired 32-element formats (Q4_0, Q5_0, Q8_0), with the weight rows in the vector
-//! lanes: CPUs with VNNI but without AMX (AMD Zen 4, Intel Ice Lake).
+//! 32-element formats (Q4_0, Q5_0, Q8_0 against Q8_0 activations; Q4_1, Q5_1 against
+//! Q8_1), with the weight rows in the vector lanes: CPUs with VNNI but without AMX (AMD
+//! Zen 4, Intel Ice Lake).
 //!
 //! Why: `q0_avx512_units` puts 2–4 blocks of one row in a vector, so every `vpdpbusd`
 //! (64 multiply-adds) needs its own convert, scale multiply and FMA, the blocks' scales
@@ -12,14 +13,17 @@
 //! against the token's quants, 4 bytes at a time broadcast from the activation row, start
 //! from `−OFFSET·Σa` and leave lane r holding row r's exact integer block sum; one
 //! convert, one multiply of the 16 rows' scales by the token's and one FMA then finish the
-//! block for all 16 rows: 8 integer instructions per scale step instead of 1–2.
+//! block for all 16 rows: 8 integer instructions per scale step instead of 1–2. Q4_1 and
+//! Q5_1 (offset 0) add their 16 rows' minimums times the token's `s = d·Σa` with one more
+//! FMA.
 //!
 //! Tokens run 8 at a time against a group's blocks held in registers, so each decoded
 //! block is read from the scratch once per 8 tokens (the driver, `row_lanes`, walks the
 //! groups and token tiles). Each output sums its blocks' f32
 //! terms in block order (a different order from the units kernel's lane sums, as the AMX
 //! tiles'; both are within the tier tests' rounding bound of the scalar twin). Fewer than
-//! [`MIN_TOKENS`] tokens (decode, small expert batches) run `q0_avx512_units`.
+//! [`MIN_TOKENS`] tokens (decode, small expert batches) run `q0_avx512_units`, fewer than
+//! [`MIN_TOKENS_Q4_1_Q5_1`] of Q4_1 or Q5_1 `avx512`'s tiles.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -27,34 +31,42 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant_avx2::Shape;
-use super::q0_rows16::{pack_weights, B_BYTES};
-use super::q0_x86::{act_sums, q0_shape, ActSums, Q0Format, Q4_0, Q5_0, Q8_0};
+use super::q0_rows16::{dw_per_block, pack_weights, B_BYTES};
+use super::q0_x86::{
+    act_sums, q0_shape, ActBlock, ActSums, Q0Format, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+};
 use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
-use crate::block::{as_blocks, BlockQ8_0};
+use crate::block::as_blocks;
 
-/// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
+/// Fewest tokens this kernel serves, and for Q4_1 and Q5_1, whose fallback (`avx512`'s
+/// 4 x 4 tiles) is slower than `q0_avx512_units` (measured with `examples/gemm_bench.rs`:
+/// ahead from 5 tokens; Q4_1/Q5_1 ahead from 2).
 pub(super) const MIN_TOKENS: usize = 5;
+pub(super) const MIN_TOKENS_Q4_1_Q5_1: usize = 2;
 
 /// This kernel on format `F`.
 pub(super) struct Rows<F>(PhantomData<F>);
 
-impl<F: Q0Format<A = BlockQ8_0>> RowLanes<16> for Rows<F> {
+impl<F: Q0Format> RowLanes<16> for Rows<F> {
     type W = F::W;
     type Act = ActSums;
     /// 8 accumulators beside the block's 8 quant vectors.
     const TT: usize = 8;
-    const MIN_TOKENS: usize = MIN_TOKENS;
+    const MIN_TOKENS: usize = if F::HAS_MIN {
+        MIN_TOKENS_Q4_1_Q5_1
+    } else {
+        MIN_TOKENS
+    };
     const BLOCK_BYTES: usize = B_BYTES;
-    const BLOCK_F32: usize = 16;
+    const BLOCK_F32: usize = dw_per_block::<F>();
 
     fn shape(c: &Call) -> Option<Shape> {
-        let (nb, wrb, arb, _) = q0_shape::<F>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo)?;
-        Some(Shape { nb, wrb, arb })
+        q0_shape::<F>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn act(a: &[u8], n: usize, out: &mut Vec<ActSums>) {
-        let blocks = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+        let blocks = as_blocks::<F::A>(a).unwrap_or(&[]);
         act_sums(&blocks[..n], i32::from(F::OFFSET), out);
     }
 
@@ -64,26 +76,34 @@ impl<F: Q0Format<A = BlockQ8_0>> RowLanes<16> for Rows<F> {
     }
 
     /// Per block, 8 `vpdpbusd` per token from `−OFFSET·Σa` leave lane r holding row r's
-    /// integer block sum; one convert, one scale multiply and one FMA finish the block.
+    /// integer block sum; one convert, one scale multiply and one FMA finish the block
+    /// (and for a format with minimums one more FMA, of them by the token's `s`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile<const NT: usize>(t: Tile<ActSums>) {
+        let (abytes, per) = (std::mem::size_of::<F::A>(), dw_per_block::<F>());
         let mut acc = [_mm512_setzero_ps(); NT];
         for b in 0..t.nb {
             // SAFETY: block b < nb of the scratch (caller), 64-byte aligned, and its 16
-            // scales.
-            let (w, d): ([__m512i; 8], __m512) = unsafe {
+            // scales (and minimums).
+            let (w, d, m): ([__m512i; 8], __m512, __m512) = unsafe {
                 let p = t.bp.add(B_BYTES * b);
+                let m = if F::HAS_MIN {
+                    _mm512_loadu_ps(t.dw.add(per * b + 16))
+                } else {
+                    _mm512_setzero_ps()
+                };
                 (
                     std::array::from_fn(|j| _mm512_load_si512(p.add(64 * j).cast())),
-                    _mm512_loadu_ps(t.dw.add(16 * b)),
+                    _mm512_loadu_ps(t.dw.add(per * b)),
+                    m,
                 )
             };
             for (i, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: token i < NT's block b: its quants are the 32 bytes after the
-                // f16 scale at byte 34b, its ActSums entry i·nb + b (caller).
+                // SAFETY: token i < NT's block b: its quants are its last 32 bytes, its
+                // ActSums entry i·nb + b (caller).
                 unsafe {
-                    let q = t.a.add(i * t.arb + 34 * b + 2);
+                    let q = t.a.add(i * t.arb + abytes * b + F::A::QS_BYTE);
                     let x = *t.act.add(i * t.nb + b);
                     let mut s = _mm512_set1_epi32(x.base);
                     for (j, w) in w.iter().enumerate() {
@@ -92,6 +112,9 @@ impl<F: Q0Format<A = BlockQ8_0>> RowLanes<16> for Rows<F> {
                     }
                     let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d));
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *acc);
+                    if F::HAS_MIN {
+                        *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), *acc);
+                    }
                 }
             }
         }
@@ -115,6 +138,8 @@ impl<F: Q0Format<A = BlockQ8_0>> RowLanes<16> for Rows<F> {
 
 row_lane_gemms! {
     gemm_q4_0_q8_0 => Rows<Q4_0>, 16, super::q0_avx512_units::gemm_q4_0_q8_0;
+    gemm_q4_1_q8_1 => Rows<Q4_1>, 16, super::avx512::gemm_q4_1_q8_1;
     gemm_q5_0_q8_0 => Rows<Q5_0>, 16, super::q0_avx512_units::gemm_q5_0_q8_0;
+    gemm_q5_1_q8_1 => Rows<Q5_1>, 16, super::avx512::gemm_q5_1_q8_1;
     gemm_q8_0_q8_0 => Rows<Q8_0>, 16, super::q0_avx512_units::gemm_q8_0_q8_0;
 }

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::q0_x86::{prefetch_ahead, Q0Format};
+use super::q0_x86::{prefetch_ahead, Q0Format, M_BYTE};
 
 /// Bytes of one block's decoded 16 rows (8 vectors of 64 bytes).
 pub(super) const B_BYTES: usize = 512;
@@ -95,8 +95,9 @@ pub(super) fn transpose(x: &[__m512i; 8]) -> [__m512i; 8] {
 
 /// Decodes the `nr ≤ 16` rows (`rows[r]`, each `nb` blocks) into `nb` interleaved blocks
 /// at `bp` (64-byte aligned, `nb · B_BYTES`), as signed quants (`SIGNED`) or as unsigned
-/// ones (signed + `F::OFFSET`), and their scales into `dw` (`[block][16 rows]`); rows past
-/// `nr` are zero bytes with scale 0.
+/// ones (signed + `F::OFFSET`), and their scales into `dw` (`[block][16 rows]`, for a
+/// format with a minimum `[block][d or m][16 rows]`); rows past `nr` are zero bytes with
+/// scale 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) fn pack_weights<F: Q0Format, const SIGNED: bool>(
@@ -109,7 +110,8 @@ pub(super) fn pack_weights<F: Q0Format, const SIGNED: bool>(
     let wrb = nb * std::mem::size_of::<F::W>();
     let idx = strides(wrb);
     let mask: __mmask16 = if nr == 16 { 0xffff } else { (1u16 << nr) - 1 };
-    assert!(bp.len() >= nb * B_BYTES && dw.len() >= nb * 16 && nr <= 16);
+    let per = dw_per_block::<F>();
+    assert!(bp.len() >= nb * B_BYTES && dw.len() >= nb * per && nr <= 16);
     for b in 0..nb {
         prefetch_ahead(rows, nr, b);
         let quants = |r: usize| {
@@ -136,13 +138,30 @@ pub(super) fn pack_weights<F: Q0Format, const SIGNED: bool>(
             unsafe { _mm512_storeu_si512(bp.as_mut_ptr().add(b * B_BYTES + 64 * c).cast(), *y) };
         }
         // SAFETY: the nr rows are consecutive in memory (`wrb` apart, the first at
-        // rows[0]), block b of each starts with its f16 scale and has ≥ 4 bytes; the mask
-        // reads only those rows; dw holds nb · 16 f32.
+        // rows[0]), block b of each starts with its f16 scale (and minimum) and has ≥ 6
+        // bytes; the mask reads only those rows; dw holds nb · per f32.
         unsafe {
-            let first = rows[0].as_ptr().cast::<u8>();
-            let d = gather_scales(first.add(b * std::mem::size_of::<F::W>()), idx, mask);
-            _mm512_storeu_ps(dw.as_mut_ptr().add(16 * b), d);
+            let block = rows[0]
+                .as_ptr()
+                .cast::<u8>()
+                .add(b * std::mem::size_of::<F::W>());
+            let d = gather_scales(block, idx, mask);
+            _mm512_storeu_ps(dw.as_mut_ptr().add(per * b), d);
+            if F::HAS_MIN {
+                let m = gather_scales(block.add(M_BYTE), idx, mask);
+                _mm512_storeu_ps(dw.as_mut_ptr().add(per * b + 16), m);
+            }
         }
+    }
+}
+
+/// f32 values [`pack_weights`] writes per block: the 16 rows' scales, and their minimums
+/// for a format with them.
+pub(super) const fn dw_per_block<F: Q0Format>() -> usize {
+    if F::HAS_MIN {
+        32
+    } else {
+        16
     }
 }
 

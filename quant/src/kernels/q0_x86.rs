@@ -13,6 +13,7 @@
 
 use std::arch::x86_64::*;
 
+use super::kquant_avx2::Shape;
 use crate::block::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, ByteBlock};
 
 /// f16 → f32 with the F16C instruction (exact, like `half`, without its
@@ -82,6 +83,8 @@ fn fifth_bits(qh: [u8; 4]) -> __m256i {
 
 /// An activation block (Q8_0 or Q8_1): scale, quants, and for Q8_1 `s = d·Σq`.
 pub(super) trait ActBlock: ByteBlock {
+    /// Byte offset of the quants, the block's last 32 bytes.
+    const QS_BYTE: usize = std::mem::size_of::<Self>() - 32;
     fn d(&self) -> [u8; 2];
     fn qs(&self) -> &[i8; 32];
     /// `s` of Q8_1 (f16 bytes); Q8_0 has none and is never asked.
@@ -124,7 +127,8 @@ pub(super) trait Q0Format {
     type A: ActBlock;
     /// Signed quant = unsigned quant − OFFSET (0 for the formats with a minimum).
     const OFFSET: u8;
-    /// Whether the block has a minimum `m` (value = q·d + m; dot adds m_w·s_a).
+    /// Whether the block has a minimum `m` (value = q·d + m; dot adds m_w·s_a): the f16
+    /// after the scale `d`, at byte [`M_BYTE`] of the block.
     const HAS_MIN: bool;
     fn d(b: &Self::W) -> [u8; 2];
     /// The minimum (f16 bytes) of a format with `HAS_MIN`.
@@ -144,6 +148,12 @@ pub(super) trait Q0Format {
         unsafe { _mm256_sub_epi8(Self::unsigned(b), _mm256_set1_epi8(Self::OFFSET as i8)) }
     }
 }
+
+/// Byte offset of the minimum `m` in the blocks of the formats with one.
+pub(super) const M_BYTE: usize = 2;
+const _: () = assert!(
+    std::mem::offset_of!(BlockQ4_1, m) == M_BYTE && std::mem::offset_of!(BlockQ5_1, m) == M_BYTE
+);
 
 pub(super) struct Q4_0;
 pub(super) struct Q4_1;
@@ -257,37 +267,36 @@ impl Q0Format for Q8_0 {
     }
 }
 
-/// The shape of a GEMM call on a Q8_0-paired format `F`: blocks per row, weight and
-/// activation row bytes, and the activation blocks. Checks the [`super::GemmFn`] contract
-/// once per call (a violation is a caller bug; the kernels then read through raw
-/// pointers, so it panics with the reason); `None` when there is nothing to compute.
-pub(super) fn q0_shape<'a, F: Q0Format<A = BlockQ8_0>>(
+/// The shape of a GEMM call on a 32-element format `F`: blocks per row, weight and
+/// activation row bytes. Checks the [`super::GemmFn`] contract once per call (a violation
+/// is a caller bug; the kernels then read through raw pointers, so it panics with the
+/// reason); `None` when there is nothing to compute.
+pub(super) fn q0_shape<F: Q0Format>(
     k: usize,
     w: &[u8],
     n_rows: usize,
-    a: &'a [u8],
+    a: &[u8],
     n_tok: usize,
     out: &[f32],
     ldo: usize,
-) -> Option<(usize, usize, usize, &'a [BlockQ8_0])> {
+) -> Option<Shape> {
     let nb = k / 32;
     let wrb = nb * std::mem::size_of::<F::W>();
-    let arb = nb * std::mem::size_of::<BlockQ8_0>();
-    let ab = crate::block::as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    let arb = nb * std::mem::size_of::<F::A>();
     assert!(
-        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
+        k.is_multiple_of(32) && w.len() >= n_rows * wrb && a.len() >= n_tok * arb,
         "gemm: operand sizes"
     );
     assert!(
         n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
         "gemm: output size"
     );
-    (n_rows > 0 && n_tok > 0 && nb > 0).then_some((nb, wrb, arb, ab))
+    (n_rows > 0 && n_tok > 0 && nb > 0).then_some(Shape { nb, wrb, arb })
 }
 
 /// What the row-lane batch kernels (`q0_avx512_rows`, `q0_avx2_rows`) need of one
 /// token's activation block besides its quants: the start value of its integer sums and
-/// its scale.
+/// its scale, and for the formats with a minimum the block's `s`.
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 pub(super) struct ActSums {
@@ -295,15 +304,18 @@ pub(super) struct ActSums {
     /// `offset` (0 where it multiplies the signed ones).
     pub base: i32,
     pub d: f32,
+    /// Q8_1's `s = d·Σa` (0 for Q8_0): the weights' minimums multiply it.
+    pub s: f32,
 }
 
 /// `out` = the [`ActSums`] of `blocks` for a weight offset of `offset`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn act_sums(blocks: &[BlockQ8_0], offset: i32, out: &mut Vec<ActSums>) {
+pub(super) fn act_sums<A: ActBlock>(blocks: &[A], offset: i32, out: &mut Vec<ActSums>) {
     out.clear();
     out.extend(blocks.iter().map(|b| ActSums {
-        base: -offset * b.qs.iter().map(|&q| i32::from(q)).sum::<i32>(),
-        d: h2f(b.d),
+        base: -offset * b.qs().iter().map(|&q| i32::from(q)).sum::<i32>(),
+        d: h2f(b.d()),
+        s: h2f(b.s()),
     }));
 }
 
