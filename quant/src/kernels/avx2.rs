@@ -1,7 +1,6 @@
 //! AVX2 + FMA (+ F16C) versions of the hottest dot products (F32, F16, BF16,
-//! Q2_K, Q3_K, Q4_K, Q6_K) and the dots and tiled GEMMs of the 32-element block formats
-//! Q4_1, Q5_1 (decoded by `q0_x86`; Q4_0, Q5_0 and Q8_0: `q0_avx2_groups.rs`). Each computes the
-//! same integer block sums as its scalar twin in `scalar.rs` and differs only in
+//! Q2_K, Q3_K, Q4_K, Q6_K; the 32-element block formats are `q0_avx2_groups.rs`'s).
+//! Each computes the same integer block sums as its scalar twin in `scalar.rs` and differs only in
 //! the order of the f32 additions; `tier_tests` checks them against the scalar
 //! kernels on random and edge data.
 //!
@@ -12,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::q0_x86::{h2f, hsum_ps, load32, ActBlock, Q0Format, Q4_1, Q5_1};
+use super::q0_x86::{h2f, hsum_ps};
 use crate::block::{as_blocks, q3k_scale, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ6K, BlockQ8K};
 
 /// Whether this CPU runs every kernel of this file.
@@ -20,178 +19,6 @@ pub fn detected() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
-}
-
-/// Weight rows × tokens of the GEMM tile (8 accumulators of 16 registers).
-const RM: usize = 4;
-const TN: usize = 2;
-/// Weight rows in flight for a lone token (GEMV, decode).
-const RV: usize = 4;
-/// Activation bytes per token chunk of the GEMM: stays in L1 (with the
-/// weight tile) while every weight tile passes over it (24 KB measured
-/// faster than 256 KB at 64 and 512 tokens).
-const CHUNK_BYTES: usize = 24 * 1024;
-
-/// `out[t·ldo + r] = Σ_b d_w·d_a·Σ(q_w·q_a) (+ m_w·s_a)` for the `R` weight rows
-/// in `w` and the `T` activation rows in `a`, `nb` blocks each. Every weight
-/// block is decoded once and used for the `T` tokens. Offset formats multiply
-/// |w| (unsigned) by sign(w)·a; formats with a minimum multiply their unsigned
-/// quants directly (≤ 31, so `maddubs` cannot saturate: 2·31·128 < 2¹⁵).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn tile<F: Q0Format, const R: usize, const T: usize>(
-    w: &[F::W],
-    nb: usize,
-    a: &[F::A],
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let rows: [&[F::W]; R] = std::array::from_fn(|r| &w[r * nb..][..nb]);
-    let toks: [&[F::A]; T] = std::array::from_fn(|t| &a[t * nb..][..nb]);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    for b in 0..nb {
-        let mut av = [_mm256_setzero_si256(); T];
-        let mut da = [_mm256_setzero_ps(); T];
-        // s_a in lane 0 only, so m_w·s_a is added once per block.
-        let mut sa = [_mm256_setzero_ps(); T];
-        for t in 0..T {
-            let y = &toks[t][b];
-            av[t] = load32(y.qs());
-            da[t] = _mm256_set1_ps(h2f(y.d()));
-            if F::HAS_MIN {
-                sa[t] = _mm256_zextps128_ps256(_mm_set_ss(h2f(y.s())));
-            }
-        }
-        for r in 0..R {
-            let x = &rows[r][b];
-            let dw = _mm256_set1_ps(h2f(F::d(x)));
-            // SAFETY: this function's target features are AVX2 + FMA + F16C.
-            let (mag, sgn) = unsafe {
-                if F::HAS_MIN {
-                    (F::unsigned(x), _mm256_setzero_si256())
-                } else {
-                    let q = F::signed(x);
-                    (_mm256_sign_epi8(q, q), q)
-                }
-            };
-            let mw = if F::HAS_MIN {
-                _mm256_set1_ps(h2f(F::m(x)))
-            } else {
-                _mm256_setzero_ps()
-            };
-            for t in 0..T {
-                let y = if F::HAS_MIN {
-                    av[t]
-                } else {
-                    _mm256_sign_epi8(av[t], sgn)
-                };
-                let s = _mm256_madd_epi16(_mm256_maddubs_epi16(mag, y), ones);
-                acc[r][t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da[t]), acc[r][t]);
-                if F::HAS_MIN {
-                    acc[r][t] = _mm256_fmadd_ps(mw, sa[t], acc[r][t]);
-                }
-            }
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        for (t, &v) in acc.iter().enumerate() {
-            out[t * ldo + r] = hsum_ps(v);
-        }
-    }
-}
-
-/// The [`super::GemmFn`] of format `F`. Tokens go in chunks whose
-/// activations stay in L1 (`CHUNK_BYTES`); inside a chunk every RM-row weight
-/// tile (a few KB, in L1) meets all the chunk's tokens, TN at a time, the row
-/// tail one row at a time. Tokens past the last whole TN (all of them for
-/// GEMV) run one at a time over groups of RV rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn gemm_q0<F: Q0Format>(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let nb = k / 32;
-    let wb = as_blocks::<F::W>(w).unwrap_or(&[]);
-    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
-    debug_assert!(k.is_multiple_of(32) && wb.len() >= n_rows * nb && ab.len() >= n_tok * nb);
-    let whole_t = n_tok / TN * TN;
-    let whole_r = n_rows / RM * RM;
-    let chunk = (CHUNK_BYTES / (nb * size_of::<F::A>()).max(1) / TN).max(1) * TN;
-    for c0 in (0..whole_t).step_by(chunk) {
-        let c1 = (c0 + chunk).min(whole_t);
-        for r0 in (0..whole_r).step_by(RM) {
-            let wr = &wb[r0 * nb..(r0 + RM) * nb];
-            for t0 in (c0..c1).step_by(TN) {
-                let o = &mut out[t0 * ldo + r0..];
-                tile::<F, RM, TN>(wr, nb, &ab[t0 * nb..(t0 + TN) * nb], o, ldo);
-            }
-        }
-        for r0 in whole_r..n_rows {
-            let wr = &wb[r0 * nb..(r0 + 1) * nb];
-            for t0 in (c0..c1).step_by(TN) {
-                let o = &mut out[t0 * ldo + r0..];
-                tile::<F, 1, TN>(wr, nb, &ab[t0 * nb..(t0 + TN) * nb], o, ldo);
-            }
-        }
-    }
-    let whole_v = n_rows / RV * RV;
-    for t0 in whole_t..n_tok {
-        let at = &ab[t0 * nb..(t0 + 1) * nb];
-        for r0 in (0..whole_v).step_by(RV) {
-            let o = &mut out[t0 * ldo + r0..];
-            tile::<F, RV, 1>(&wb[r0 * nb..(r0 + RV) * nb], nb, at, o, ldo);
-        }
-        for r0 in whole_v..n_rows {
-            let o = &mut out[t0 * ldo + r0..];
-            tile::<F, 1, 1>(&wb[r0 * nb..(r0 + 1) * nb], nb, at, o, ldo);
-        }
-    }
-}
-
-/// One row times one activation row through the 1×1 tile.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q0<F: Q0Format>(k: usize, w: &[u8], a: &[u8]) -> f32 {
-    let wb = as_blocks::<F::W>(w).unwrap_or(&[]);
-    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
-    let nb = (k / 32).min(wb.len()).min(ab.len());
-    debug_assert!(nb * 32 == k);
-    let mut out = [0f32];
-    tile::<F, 1, 1>(wb, nb, ab, &mut out, 1);
-    out[0]
-}
-
-/// Safe [`super::DotFn`] / [`super::GemmFn`] wrappers for the kernel table.
-macro_rules! entry_points {
-    ($($fmt:ident => $dot:ident, $gemm:ident;)*) => {$(
-        pub(crate) fn $dot(k: usize, w: &[u8], a: &[u8]) -> f32 {
-            // SAFETY: only installed in the kernel table after `detected()`.
-            unsafe { dot_q0::<$fmt>(k, w, a) }
-        }
-        pub(crate) fn $gemm(
-            k: usize,
-            w: &[u8],
-            n_rows: usize,
-            a: &[u8],
-            n_tok: usize,
-            out: &mut [f32],
-            ldo: usize,
-        ) {
-            // SAFETY: as above.
-            unsafe { gemm_q0::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
-        }
-    )*};
-}
-
-entry_points! {
-    Q4_1 => dot_q4_1_q8_1, gemm_q4_1_q8_1;
-    Q5_1 => dot_q5_1_q8_1, gemm_q5_1_q8_1;
 }
 
 pub(crate) fn dot_f32_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {

@@ -1,9 +1,10 @@
 //! AVX2 (+ FMA, F16C) GEMV and GEMM for Q4_0, Q5_0 and Q8_0 weights against Q8_0
-//! activations, in *groups* of 4 blocks (128 elements), the activations laid
-//! out once per call in the weight's element order.
+//! activations and Q4_1, Q5_1 against Q8_1, in *groups* of 4 blocks (128
+//! elements), the activations laid out once per call in the weight's element
+//! order.
 //!
-//! Why: the block-at-a-time tiles (`avx2.rs`, which still serve Q4_1 and
-//! Q5_1) paid per block and row a scalar f16 scale conversion, a broadcast,
+//! Why: the block-at-a-time tiles (`avx2.rs`, now only Q2_K/Q3_K/Q6_K and the
+//! float dots) paid per block and row a scalar f16 scale conversion, a broadcast,
 //! the nibble split with a lane insert, the `−8` and the sign trick on both
 //! operands, a convert and a multiply: ~17 vector operations per 18 Q4_0
 //! bytes, 8.5 GB/s with the rows in cache on an AMD Zen 4, so decode was
@@ -19,7 +20,9 @@
 //!   blocks' exact integer sums (two lanes per block for Q4_0, two for Q8_0);
 //! - the 4 weight scales in one `vcvtph2ps` and one lane permute, one
 //!   convert, one multiply by the activation scales (prepared per lane) and
-//!   one FMA into the row's accumulator.
+//!   one FMA into the row's accumulator; Q4_1 and Q5_1 (unsigned quants, no
+//!   offset) add their 4 minimums, gathered as the scales are, times the
+//!   activation blocks' `s = d·Σa` with one more FMA.
 //!
 //! That is ~33 instructions per 72 Q4_0 bytes (was ~68): 22–25 GB/s with
 //! the rows in cache, Q8_0 21 → 34 (BENCHMARKS.md). Decode
@@ -38,8 +41,8 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::q0_avx512_units::PREFETCH_BYTES;
-use super::q0_x86::{h2f, hsum_ps};
-use crate::block::{as_blocks, BlockQ8_0};
+use super::q0_x86::{h2f, hsum_ps, ActBlock, M_BYTE};
+use crate::block::{as_blocks, BlockQ8_0, BlockQ8_1};
 
 /// Blocks of 32 elements per group.
 const BLOCKS: usize = 4;
@@ -51,13 +54,16 @@ const RM: usize = 2;
 const TN: usize = 4;
 
 /// One group of prepared activations: the quants facing the weight's 4
-/// quant vectors, `−OFFSET·Σa` per i32 lane of the group's sums (Q4_0,
-/// Q5_0), and
-/// the activation scale of each lane's block.
+/// quant vectors, the `base` of each i32 lane of the group's sums, and the
+/// activation scale of each lane's block.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
 struct Group {
     q: [__m256i; 4],
+    /// `−OFFSET·Σa` per lane (Q4_0, Q5_0); for the formats with minimums
+    /// (Q4_1, Q5_1, no offset) instead the f32 bits of Q8_1's `s = d·Σa` in
+    /// the first lane of each block (0 in its second), which the weights'
+    /// minimums multiply: the group stays 192 bytes, 24 KB per pass in L1.
     base: __m256i,
     d: __m256,
 }
@@ -71,10 +77,16 @@ struct Weights {
     s: [__m256i; 4],
     /// The scale of each lane's block.
     d: __m256,
+    /// Q4_1, Q5_1: the minimum of each lane's block (else 0).
+    min: __m256,
 }
 
 /// A weight format served here.
 trait GroupFormat {
+    /// The activation block it pairs with.
+    type A: ActBlock;
+    /// Whether the blocks have minimums (see [`Group::base`]).
+    const HAS_MIN: bool = false;
     /// Bytes of one weight block.
     const BLOCK_BYTES: usize;
     /// The block (0..4) of each i32 lane of [`GroupFormat::sums`].
@@ -93,11 +105,13 @@ trait GroupFormat {
     ///
     /// # Safety
     /// AVX2 + FMA + F16C.
-    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group;
+    unsafe fn prep(blocks: &[Self::A]) -> Group;
 }
 
 struct Q4_0;
+struct Q4_1;
 struct Q5_0;
+struct Q5_1;
 struct Q8_0;
 
 /// The f16 scales of the 4 blocks at `p` (stride `bb`), lane l taking block
@@ -124,9 +138,9 @@ unsafe fn weight_scales(p: *const u8, bb: usize, lanes: [i32; 8]) -> __m256 {
 /// The activation scales of `blocks` (missing ones 0), lane l taking block `lanes[l]`'s.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn act_scales(blocks: &[BlockQ8_0], lanes: [i32; 8]) -> __m256 {
+fn act_scales<A: ActBlock>(blocks: &[A], lanes: [i32; 8]) -> __m256 {
     let d: [f32; 8] =
-        std::array::from_fn(|l| blocks.get(lanes[l] as usize).map_or(0.0, |b| h2f(b.d)));
+        std::array::from_fn(|l| blocks.get(lanes[l] as usize).map_or(0.0, |b| h2f(b.d())));
     // SAFETY: d is 8 f32.
     unsafe { _mm256_loadu_ps(d.as_ptr()) }
 }
@@ -149,7 +163,7 @@ fn pairs(v: __m256i) -> __m256i {
     _mm256_madd_epi16(v, _mm256_set1_epi16(1))
 }
 
-/// Σ u·a − OFFSET·Σa of a group in nibble order (Q4_0, Q5_0: vector 2i + h
+/// Σ u·a of a group in nibble order (Q4_0, Q4_1, Q5_0, Q5_1: vector 2i + h
 /// holds elements 16h..16h + 16 of blocks 2i and 2i + 1): unit i's madd
 /// lanes are blocks [2i ×4, 2i + 1 ×4], and `hadd` takes pairs from unit 0
 /// then unit 1 in each half, so the lanes are blocks [0 0 2 2 1 1 3 3].
@@ -163,41 +177,50 @@ fn nibble_order_sums(w: &Weights, x: &Group) -> __m256i {
             _mm256_maddubs_epi16(w.m[2 * i + 1], x.q[2 * i + 1]),
         ))
     };
-    _mm256_add_epi32(_mm256_hadd_epi32(unit(0), unit(1)), x.base)
+    _mm256_hadd_epi32(unit(0), unit(1))
 }
 
 /// Lanes of [`nibble_order_sums`].
 const NIBBLE_LANES: [i32; 8] = [0, 0, 2, 2, 1, 1, 3, 3];
 
 /// The group of `blocks` facing weights in nibble order whose signed quant is
-/// `u − offset`.
+/// `u − offset`, or (`F::HAS_MIN`) whose value is `u·d + m`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn prep_nibble_order(blocks: &[BlockQ8_0], offset: i8) -> Group {
+fn prep_nibble_order<F: GroupFormat>(blocks: &[F::A], offset: i8) -> Group {
     let mut q = [[0i8; 32]; 4];
     for (j, b) in blocks.iter().enumerate() {
         let (u, lane) = (j / 2, j % 2);
-        q[2 * u][16 * lane..16 * lane + 16].copy_from_slice(&b.qs[..16]);
-        q[2 * u + 1][16 * lane..16 * lane + 16].copy_from_slice(&b.qs[16..]);
+        q[2 * u][16 * lane..16 * lane + 16].copy_from_slice(&b.qs()[..16]);
+        q[2 * u + 1][16 * lane..16 * lane + 16].copy_from_slice(&b.qs()[16..]);
     }
     // SAFETY: each q[i] is 32 bytes.
     let q = q.map(|v| unsafe { _mm256_loadu_si256(v.as_ptr().cast()) });
-    let offsets = Weights {
-        m: [_mm256_set1_epi8(offset); 4],
-        s: [_mm256_setzero_si256(); 4],
-        d: _mm256_setzero_ps(),
-    };
-    let no_base = Group {
-        q,
-        base: _mm256_setzero_si256(),
-        d: _mm256_setzero_ps(),
+    let base = if F::HAS_MIN {
+        // s in the first of each block's two lanes ([0 0 2 2 1 1 3 3]).
+        let s: [f32; 8] = std::array::from_fn(|l| match blocks.get(NIBBLE_LANES[l] as usize) {
+            Some(b) if l % 2 == 0 => h2f(b.s()),
+            _ => 0.0,
+        });
+        // SAFETY: s is 8 f32.
+        _mm256_castps_si256(unsafe { _mm256_loadu_ps(s.as_ptr()) })
+    } else {
+        let offsets = Weights {
+            m: [_mm256_set1_epi8(offset); 4],
+            s: [_mm256_setzero_si256(); 4],
+            d: _mm256_setzero_ps(),
+            min: _mm256_setzero_ps(),
+        };
+        let x = Group {
+            q,
+            base: _mm256_setzero_si256(),
+            d: _mm256_setzero_ps(),
+        };
+        _mm256_sub_epi32(_mm256_setzero_si256(), nibble_order_sums(&offsets, &x))
     };
     Group {
         q,
-        base: _mm256_sub_epi32(
-            _mm256_setzero_si256(),
-            nibble_order_sums(&offsets, &no_base),
-        ),
+        base,
         d: act_scales(blocks, NIBBLE_LANES),
     }
 }
@@ -215,7 +238,57 @@ fn nibbles(lo: __m128i, hi: __m128i) -> (__m256i, __m256i) {
     )
 }
 
+/// The quants of the 4 nibble-format blocks at `p` (`bb` bytes each, their 16
+/// quant bytes at `qs`) as unsigned vectors in nibble order.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `p` points at 4 readable blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_quants(p: *const u8, bb: usize, qs: usize) -> [__m256i; 4] {
+    // SAFETY: block i's 16 quant bytes lie at bb·i + qs (caller).
+    let q = |i: usize| unsafe { load16(p.add(bb * i + qs)) };
+    let (a0, a1) = nibbles(q(0), q(1));
+    let (b0, b1) = nibbles(q(2), q(3));
+    [a0, a1, b0, b1]
+}
+
+/// [`Weights`] of a format without minimums or signed quants.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unsigned_weights(m: [__m256i; 4], d: __m256) -> Weights {
+    Weights {
+        m,
+        s: [_mm256_setzero_si256(); 4],
+        d,
+        min: _mm256_setzero_ps(),
+    }
+}
+
+/// [`Weights`] of a format with minimums (the f16 `M_BYTE` into each block).
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `p` points at 4 readable blocks of `bb` bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weights_with_min(p: *const u8, bb: usize, m: [__m256i; 4]) -> Weights {
+    // SAFETY: weight_scales' loads from p + M_BYTE end at 3·bb + 14 < 4·bb (caller).
+    let (d, min) = unsafe {
+        (
+            weight_scales(p, bb, NIBBLE_LANES),
+            weight_scales(p.add(M_BYTE), bb, NIBBLE_LANES),
+        )
+    };
+    Weights {
+        m,
+        s: [_mm256_setzero_si256(); 4],
+        d,
+        min,
+    }
+}
+
 impl GroupFormat for Q4_0 {
+    type A = BlockQ8_0;
     const BLOCK_BYTES: usize = 18;
 
     #[inline]
@@ -226,16 +299,38 @@ impl GroupFormat for Q4_0 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> Weights {
-        // SAFETY: block i's 16 quant bytes lie at 18i + 2 (caller).
-        let qs = |i: usize| unsafe { load16(p.add(18 * i + 2)) };
-        let (a0, a1) = nibbles(qs(0), qs(1));
-        let (b0, b1) = nibbles(qs(2), qs(3));
-        Weights {
-            m: [a0, a1, b0, b1],
-            s: [_mm256_setzero_si256(); 4],
-            // SAFETY: 4 blocks at p (caller).
-            d: unsafe { weight_scales(p, 18, NIBBLE_LANES) },
-        }
+        // SAFETY: 4 blocks at p (caller), quants after the f16 scale.
+        unsafe { unsigned_weights(q4_quants(p, 18, 2), weight_scales(p, 18, NIBBLE_LANES)) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
+        _mm256_add_epi32(nibble_order_sums(w, x), x.base)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
+        prep_nibble_order::<Self>(blocks, 8)
+    }
+}
+
+impl GroupFormat for Q4_1 {
+    type A = BlockQ8_1;
+    const HAS_MIN: bool = true;
+    const BLOCK_BYTES: usize = 20;
+
+    #[inline]
+    fn lanes() -> [i32; 8] {
+        NIBBLE_LANES
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8) -> Weights {
+        // SAFETY: 4 blocks at p (caller), quants after the f16 scale and minimum.
+        unsafe { weights_with_min(p, 20, q4_quants(p, 20, 4)) }
     }
 
     #[inline]
@@ -246,8 +341,8 @@ impl GroupFormat for Q4_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
-        prep_nibble_order(blocks, 8)
+    unsafe fn prep(blocks: &[BlockQ8_1]) -> Group {
+        prep_nibble_order::<Self>(blocks, 0)
     }
 }
 
@@ -268,7 +363,31 @@ fn fifth_bits<const SHIFT: i8>(qh: __m256i) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
+/// The quants of the 4 Q5 blocks at `$p` (`$bb` bytes each, their 4 high-bit
+/// bytes at `$qh`, their 16 quant bytes at `$qs`) as unsigned vectors in
+/// nibble order, in an `unsafe` AVX2 context whose `$p` points at 4 readable
+/// blocks. A macro, not a function: as an `#[inline]` function it stayed a
+/// call in the decode loop, which then ran at a third of its speed.
+macro_rules! q5_quants {
+    ($p:expr, $bb:expr, $qh:expr, $qs:expr) => {{
+        let q = |i: usize| load16($p.add($bb * i + $qs));
+        let h = |i: usize| _mm_set1_epi32($p.add($bb * i + $qh).cast::<i32>().read_unaligned());
+        let m: [__m256i; 4] = std::array::from_fn(|u| {
+            let (i, j) = (2 * (u / 2), 2 * (u / 2) + 1);
+            let (lo, hi) = nibbles(q(i), q(j));
+            let bits = _mm256_set_m128i(h(j), h(i));
+            if u % 2 == 0 {
+                _mm256_or_si256(lo, fifth_bits::<0>(bits))
+            } else {
+                _mm256_or_si256(hi, fifth_bits::<16>(bits))
+            }
+        });
+        m
+    }};
+}
+
 impl GroupFormat for Q5_0 {
+    type A = BlockQ8_0;
     const BLOCK_BYTES: usize = 22;
 
     #[inline]
@@ -279,30 +398,39 @@ impl GroupFormat for Q5_0 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> Weights {
-        // SAFETY: block i's 4 high-bit bytes lie at 22i + 2 and its 16 quant
-        // bytes at 22i + 6 (caller).
-        let qs = |i: usize| unsafe { load16(p.add(22 * i + 6)) };
-        let qh = |i: usize| {
-            // SAFETY: as above.
-            let h = unsafe { p.add(22 * i + 2).cast::<i32>().read_unaligned() };
-            _mm_set1_epi32(h)
-        };
-        let m: [__m256i; 4] = std::array::from_fn(|u| {
-            let (i, j) = (2 * (u / 2), 2 * (u / 2) + 1);
-            let (lo, hi) = nibbles(qs(i), qs(j));
-            let h = _mm256_set_m128i(qh(j), qh(i));
-            if u % 2 == 0 {
-                _mm256_or_si256(lo, fifth_bits::<0>(h))
-            } else {
-                _mm256_or_si256(hi, fifth_bits::<16>(h))
-            }
-        });
-        Weights {
-            m,
-            s: [_mm256_setzero_si256(); 4],
-            // SAFETY: 4 blocks at p (caller).
-            d: unsafe { weight_scales(p, 22, NIBBLE_LANES) },
-        }
+        // SAFETY: 4 blocks at p (caller): scale, 4 high-bit bytes, 16 quant bytes.
+        unsafe { unsigned_weights(q5_quants!(p, 22, 2, 6), weight_scales(p, 22, NIBBLE_LANES)) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
+        _mm256_add_epi32(nibble_order_sums(w, x), x.base)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
+        prep_nibble_order::<Self>(blocks, 16)
+    }
+}
+
+impl GroupFormat for Q5_1 {
+    type A = BlockQ8_1;
+    const HAS_MIN: bool = true;
+    const BLOCK_BYTES: usize = 24;
+
+    #[inline]
+    fn lanes() -> [i32; 8] {
+        NIBBLE_LANES
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8) -> Weights {
+        // SAFETY: 4 blocks at p (caller): scale, minimum, 4 high-bit bytes, 16 quant
+        // bytes.
+        unsafe { weights_with_min(p, 24, q5_quants!(p, 24, 4, 8)) }
     }
 
     #[inline]
@@ -313,12 +441,13 @@ impl GroupFormat for Q5_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
-        prep_nibble_order(blocks, 16)
+    unsafe fn prep(blocks: &[BlockQ8_1]) -> Group {
+        prep_nibble_order::<Self>(blocks, 0)
     }
 }
 
 impl GroupFormat for Q8_0 {
+    type A = BlockQ8_0;
     const BLOCK_BYTES: usize = 34;
 
     /// Block i's madd lanes are all i; `hadd(hadd(0, 1), hadd(2, 3))`.
@@ -339,6 +468,7 @@ impl GroupFormat for Q8_0 {
             s,
             // SAFETY: 4 blocks at p (caller).
             d: unsafe { weight_scales(p, 34, Self::lanes()) },
+            min: _mm256_setzero_ps(),
         }
     }
 
@@ -374,7 +504,8 @@ impl GroupFormat for Q8_0 {
     }
 }
 
-/// `acc += d_w·d_a·Σ(w·a)` per lane of one weight group and one token's group.
+/// `acc += d_w·d_a·Σ(w·a)` per lane of one weight group and one token's group
+/// (and `+ m_w·s_a` for the formats with minimums).
 #[inline(always)]
 fn step<F: GroupFormat>(w: &Weights, x: &Group, acc: &mut __m256) {
     // SAFETY: only reached from functions compiled with AVX2 + FMA + F16C
@@ -382,6 +513,9 @@ fn step<F: GroupFormat>(w: &Weights, x: &Group, acc: &mut __m256) {
     unsafe {
         let s = _mm256_cvtepi32_ps(F::sums(w, x));
         *acc = _mm256_fmadd_ps(s, _mm256_mul_ps(w.d, x.d), *acc);
+        if F::HAS_MIN {
+            *acc = _mm256_fmadd_ps(w.min, _mm256_castsi256_ps(x.base), *acc);
+        }
     }
 }
 
@@ -527,7 +661,7 @@ fn gemm_groups<F: GroupFormat>(
     let nb = k / 32;
     let ng = nb.div_ceil(BLOCKS);
     let wrb = nb * F::BLOCK_BYTES;
-    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
     assert!(
         k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
         "gemm: operand sizes"
@@ -615,6 +749,8 @@ macro_rules! entry_points {
 
 entry_points! {
     Q4_0 => dot_q4_0_q8_0, gemm_q4_0_q8_0;
+    Q4_1 => dot_q4_1_q8_1, gemm_q4_1_q8_1;
     Q5_0 => dot_q5_0_q8_0, gemm_q5_0_q8_0;
+    Q5_1 => dot_q5_1_q8_1, gemm_q5_1_q8_1;
     Q8_0 => dot_q8_0_q8_0, gemm_q8_0_q8_0;
 }

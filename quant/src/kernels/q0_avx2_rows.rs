@@ -19,8 +19,7 @@
 //!
 //! Each output sums its blocks' f32 terms in block order (the tier tests hold it within
 //! the rounding bound of the scalar twin). Fewer than [`MIN_TOKENS`] tokens
-//! ([`MIN_TOKENS_Q8_0`] for Q8_0) run `q0_avx2_groups`, fewer than
-//! [`MIN_TOKENS_Q4_1_Q5_1`] of Q4_1 or Q5_1 `avx2`'s tiles.
+//! ([`MIN_TOKENS_Q8_0`] for Q8_0) run `q0_avx2_groups`.
 //!
 //! [`RUN`]: RowsFormat::RUN
 
@@ -37,13 +36,12 @@ use super::q0_x86::{
 use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
 use crate::block::as_blocks;
 
-/// Fewest tokens this kernel serves for Q4_0 and Q5_0, for Q8_0, whose sign trick costs
-/// more per vector, and for Q4_1 and Q5_1, whose fallback (`avx2`'s 2 x 4 tiles) is slower
-/// than `q0_avx2_groups` (measured with `examples/gemm_bench.rs`: Q4_0/Q5_0 ahead from 5
-/// tokens, Q8_0 equal at 8-10 and ahead from 12, Q4_1/Q5_1 equal at 2 and ahead from 3).
+/// Fewest tokens this kernel serves for Q4_0, Q4_1, Q5_0 and Q5_1, and for Q8_0, whose
+/// sign trick costs more per vector (measured with `examples/gemm_bench.rs`: the 4- and
+/// 5-bit formats behind at 4 tokens and level or ahead from 5-6, Q8_0 equal at 8-10 and
+/// ahead from 12).
 pub(super) const MIN_TOKENS: usize = 5;
 pub(super) const MIN_TOKENS_Q8_0: usize = 10;
-pub(super) const MIN_TOKENS_Q4_1_Q5_1: usize = 3;
 /// Bytes of one block's decoded 8 rows: 8 vectors of 32 bytes, and for the sign trick 8
 /// more of their magnitudes.
 const fn b_bytes<F: RowsFormat>() -> usize {
@@ -81,7 +79,6 @@ impl RowsFormat for Q4_0 {
 impl RowsFormat for Q4_1 {
     /// As Q4_0's.
     const RUN: usize = 8;
-    const MIN: usize = MIN_TOKENS_Q4_1_Q5_1;
 }
 
 impl RowsFormat for Q5_0 {
@@ -92,7 +89,6 @@ impl RowsFormat for Q5_0 {
 impl RowsFormat for Q5_1 {
     /// As Q5_0's.
     const RUN: usize = 4;
-    const MIN: usize = MIN_TOKENS_Q4_1_Q5_1;
 }
 
 impl RowsFormat for Q8_0 {
@@ -302,8 +298,8 @@ pub(super) fn lane_mask(nr: usize) -> __m256i {
 
 row_lane_gemms! {
     gemm_q4_0_q8_0 => Rows<Q4_0>, 8, super::q0_avx2_groups::gemm_q4_0_q8_0;
-    gemm_q4_1_q8_1 => Rows<Q4_1>, 8, super::avx2::gemm_q4_1_q8_1;
+    gemm_q4_1_q8_1 => Rows<Q4_1>, 8, super::q0_avx2_groups::gemm_q4_1_q8_1;
     gemm_q5_0_q8_0 => Rows<Q5_0>, 8, super::q0_avx2_groups::gemm_q5_0_q8_0;
-    gemm_q5_1_q8_1 => Rows<Q5_1>, 8, super::avx2::gemm_q5_1_q8_1;
+    gemm_q5_1_q8_1 => Rows<Q5_1>, 8, super::q0_avx2_groups::gemm_q5_1_q8_1;
     gemm_q8_0_q8_0 => Rows<Q8_0>, 8, super::q0_avx2_groups::gemm_q8_0_q8_0;
 }

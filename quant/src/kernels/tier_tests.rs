@@ -277,10 +277,7 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
         if isa.starts_with("avx512") {
             return n_tok < q0_avx512_rows::MIN_TOKENS;
         }
-        if isa == "avx2" && q4_1_q5_1 {
-            return n_tok < q0_avx2_rows::MIN_TOKENS_Q4_1_Q5_1;
-        }
-        if isa == "avx2" && matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
+        if isa == "avx2" && (q4_1_q5_1 || matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0)) {
             return n_tok < q0_avx2_rows::MIN_TOKENS;
         }
         if isa == "avx2" && ty == GgmlType::Q8_0 {
