@@ -3,8 +3,8 @@
 //! elements), the activations laid out once per call in the weight's element
 //! order.
 //!
-//! Why: the block-at-a-time tiles (`avx2.rs`, now only Q2_K/Q3_K/Q6_K and the
-//! float dots) paid per block and row a scalar f16 scale conversion, a broadcast,
+//! Why: the block-at-a-time tiles this replaced (since removed) paid per
+//! block and row a scalar f16 scale conversion, a broadcast,
 //! the nibble split with a lane insert, the `−8` and the sign trick on both
 //! operands, a convert and a multiply: ~17 vector operations per 18 Q4_0
 //! bytes, 8.5 GB/s with the rows in cache on an AMD Zen 4, so decode was

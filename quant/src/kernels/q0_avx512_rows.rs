@@ -22,8 +22,7 @@
 //! groups and token tiles). Each output sums its blocks' f32
 //! terms in block order (a different order from the units kernel's lane sums, as the AMX
 //! tiles'; both are within the tier tests' rounding bound of the scalar twin). Fewer than
-//! [`MIN_TOKENS`] tokens (decode, small expert batches) run `q0_avx512_units`, fewer than
-//! [`MIN_TOKENS_Q4_1_Q5_1`] of Q4_1 or Q5_1 `avx512`'s tiles.
+//! [`MIN_TOKENS`] tokens (decode, small expert batches) run `q0_avx512_units`.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -38,11 +37,9 @@ use super::q0_x86::{
 use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
 use crate::block::as_blocks;
 
-/// Fewest tokens this kernel serves, and for Q4_1 and Q5_1, whose fallback (`avx512`'s
-/// 4 x 4 tiles) is slower than `q0_avx512_units` (measured with `examples/gemm_bench.rs`:
-/// ahead from 5 tokens; Q4_1/Q5_1 ahead from 2).
+/// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`: behind the
+/// units kernel at 4 tokens, level or ahead from 5-6, for every format).
 pub(super) const MIN_TOKENS: usize = 5;
-pub(super) const MIN_TOKENS_Q4_1_Q5_1: usize = 2;
 
 /// This kernel on format `F`.
 pub(super) struct Rows<F>(PhantomData<F>);
@@ -52,11 +49,7 @@ impl<F: Q0Format> RowLanes<16> for Rows<F> {
     type Act = ActSums;
     /// 8 accumulators beside the block's 8 quant vectors.
     const TT: usize = 8;
-    const MIN_TOKENS: usize = if F::HAS_MIN {
-        MIN_TOKENS_Q4_1_Q5_1
-    } else {
-        MIN_TOKENS
-    };
+    const MIN_TOKENS: usize = MIN_TOKENS;
     const BLOCK_BYTES: usize = B_BYTES;
     const BLOCK_F32: usize = dw_per_block::<F>();
 
@@ -138,8 +131,8 @@ impl<F: Q0Format> RowLanes<16> for Rows<F> {
 
 row_lane_gemms! {
     gemm_q4_0_q8_0 => Rows<Q4_0>, 16, super::q0_avx512_units::gemm_q4_0_q8_0;
-    gemm_q4_1_q8_1 => Rows<Q4_1>, 16, super::avx512::gemm_q4_1_q8_1;
+    gemm_q4_1_q8_1 => Rows<Q4_1>, 16, super::q0_avx512_units::gemm_q4_1_q8_1;
     gemm_q5_0_q8_0 => Rows<Q5_0>, 16, super::q0_avx512_units::gemm_q5_0_q8_0;
-    gemm_q5_1_q8_1 => Rows<Q5_1>, 16, super::avx512::gemm_q5_1_q8_1;
+    gemm_q5_1_q8_1 => Rows<Q5_1>, 16, super::q0_avx512_units::gemm_q5_1_q8_1;
     gemm_q8_0_q8_0 => Rows<Q8_0>, 16, super::q0_avx512_units::gemm_q8_0_q8_0;
 }

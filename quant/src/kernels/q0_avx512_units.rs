@@ -1,7 +1,8 @@
 //! AVX-512 (F, BW, VL + VNNI) GEMV and GEMM for Q4_0, Q8_0 and Q5_0 weights
 //! (the two 32-element formats the speed targets name, and the Q4_K recipe's
-//! down experts), on activations laid out once per call in *units* that match
-//! the weight's nibble order.
+//! down experts) and Q4_1, Q5_1 (the Q5_K recipe's down experts), on
+//! activations laid out once per call in *units* that match the weight's
+//! nibble order.
 //!
 //! Q5_0 is Q4_0 plus a 5th bit: one more `vpermt2w` gathers the 4 blocks'
 //! `qh` words, whose bytes `vpshufb` spreads over the quant bytes they hold
@@ -9,10 +10,14 @@
 //! nibbles they mark (OFFSET 16). A unit is 88 bytes, read as the two whole
 //! vectors at bytes 0 and 24.
 //!
-//! Why: the first AVX-512 kernels (`avx512.rs`, which still serve Q4_1,
-//! Q5_0, Q5_1) decoded every block on its own (a 16-byte load, two nibble
-//! masks, a lane insert, a scalar f16 scale, a broadcast and a join per
-//! block and row) and paid ~11 instructions per Q4_0 block and row; decode
+//! Q4_1 and Q5_1 multiply their unsigned quants directly (no offset) and add
+//! `m_w·s_a` per block: their minimums gathered as the scales are, Q8_1's
+//! `s = d·Σa` in the first lane of each block of the activation unit, one
+//! more FMA per unit. A Q5_1 unit is 96 bytes, read at bytes 0 and 32.
+//!
+//! Why: the first AVX-512 kernels (block-at-a-time tiles, since removed)
+//! decoded every block on its own (a 16-byte load, two nibble masks, a lane
+//! insert, a scalar f16 scale, a broadcast and a join per block and row) and paid ~11 instructions per Q4_0 block and row; decode
 //! was instruction-bound, not memory-bound. Here one unit covers 4 Q4_0
 //! blocks (2 Q8_0 blocks), i.e. one 64-byte vector of quants:
 //!
@@ -38,8 +43,8 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::q0_x86::h2f;
-use crate::block::{as_blocks, BlockQ8_0};
+use super::q0_x86::{h2f, ActBlock};
+use crate::block::{as_blocks, BlockQ8_0, BlockQ8_1};
 
 /// One unit of prepared activations: the quants facing the weight's first
 /// and second quant vector (`q1` unused for Q8_0), the `vpdpbusd` start value
@@ -49,8 +54,21 @@ use crate::block::{as_blocks, BlockQ8_0};
 struct Unit {
     q0: __m512i,
     q1: __m512i,
+    /// For the formats with minimums (Q4_1, Q5_1, no offset) instead the f32
+    /// bits of Q8_1's `s` in the first lane of each block (0 in the other
+    /// three), which the weights' minimums multiply: a unit stays 256 bytes.
     base: __m512i,
     d: __m512,
+}
+
+/// One weight unit decoded: its unsigned quants (one or two vectors), each
+/// lane's block scale, and (Q4_1, Q5_1) its block minimum.
+#[derive(Clone, Copy)]
+struct Weights {
+    q0: __m512i,
+    q1: __m512i,
+    d: __m512,
+    min: __m512,
 }
 
 /// Units of prepared activations per pass (24 KB: they stay in L1 beside a
@@ -65,6 +83,10 @@ const RV: usize = 16;
 
 /// A weight format served here.
 trait UnitFormat {
+    /// The activation block it pairs with.
+    type A: ActBlock;
+    /// Whether the blocks have minimums (see [`Unit::base`]).
+    const HAS_MIN: bool = false;
     /// Blocks per unit and weight bytes per block.
     const BLOCKS: usize;
     const BLOCK_BYTES: usize;
@@ -78,16 +100,18 @@ trait UnitFormat {
     ///
     /// # Safety
     /// AVX-512 F/BW/VL; `p` points at `n` readable weight blocks.
-    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512);
+    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> Weights;
     /// The unit of `blocks` (1..=BLOCKS activation blocks; missing ones are zero).
     ///
     /// # Safety
     /// AVX-512 F/BW/VL + VNNI.
-    unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit;
+    unsafe fn prep(blocks: &[Self::A]) -> Unit;
 }
 
 struct Q4_0;
+struct Q4_1;
 struct Q5_0;
+struct Q5_1;
 struct Q8_0;
 
 /// `vpermt2w` indices gathering 4 Q4_0 blocks' quant bytes (word 9j + 1 + i
@@ -187,6 +211,60 @@ static Q8_D: [i16; 32] = {
     s
 };
 
+/// `vpermt2w` indices of a unit of 4 blocks of `stride` words whose second
+/// vector is loaded from word `second` of the unit: entry i < `n` takes word
+/// `stride·(i/per) + first` of block i/per, plus `i%per` for a run of
+/// consecutive words (quants), not for a repeated one (a scale per lane);
+/// entries past `n` take word 0.
+const fn unit_words(
+    stride: usize,
+    first: usize,
+    per: usize,
+    n: usize,
+    second: usize,
+    run: bool,
+) -> [i16; 32] {
+    let mut s = [0i16; 32];
+    let mut i = 0;
+    while i < n {
+        let w = stride * (i / per) + first + if run { i % per } else { 0 };
+        s[i] = (if w < 32 { w } else { 32 + w - second }) as i16;
+        i += 1;
+    }
+    s
+}
+/// Q4_1 (20-byte blocks: scale, minimum, 16 quant bytes; a unit of 80
+/// bytes read at bytes 0 and 64): the quants, and each lane's block scale and
+/// minimum in words 0..16.
+static Q41_QS: [i16; 32] = unit_words(10, 2, 8, 32, 32, true);
+static Q41_D: [i16; 32] = unit_words(10, 0, 4, 16, 32, false);
+static Q41_M: [i16; 32] = unit_words(10, 1, 4, 16, 32, false);
+/// Q5_1 (24-byte blocks: scale, minimum, 4 high-bit bytes, 16 quant bytes; a
+/// unit of 96 bytes read at bytes 0 and 32): the quants, the minimums, and
+/// as [`Q5_DH`] the scales in words 0..16 and the `qh` halves in 16..24.
+static Q51_QS: [i16; 32] = unit_words(12, 4, 8, 32, 16, true);
+static Q51_M: [i16; 32] = unit_words(12, 1, 4, 16, 16, false);
+static Q51_DH: [i16; 32] = {
+    let (d, lo, hi) = (
+        unit_words(12, 0, 4, 16, 16, false),
+        unit_words(12, 2, 1, 4, 16, false),
+        unit_words(12, 3, 1, 4, 16, false),
+    );
+    let mut s = [0i16; 32];
+    let mut i = 0;
+    while i < 24 {
+        s[i] = if i < 16 {
+            d[i]
+        } else if i < 20 {
+            lo[i - 16]
+        } else {
+            hi[i - 20]
+        };
+        i += 1;
+    }
+    s
+};
+
 /// The 64 bytes at `p + off` of a row's last, partial unit, of which the
 /// `n_bytes` at `p` are readable: the bytes past them read as zeros.
 ///
@@ -219,6 +297,65 @@ fn scales(a: __m512i, table: &[i16; 32]) -> __m512 {
     _mm512_cvtph_ps(_mm512_castsi512_si256(w))
 }
 
+/// As [`scales`], from the unit's two vectors (`vpermt2w`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn scales2(a: __m512i, b: __m512i, table: &[i16; 32]) -> __m512 {
+    let w = _mm512_permutex2var_epi16(a, idx(table), b);
+    _mm512_cvtph_ps(_mm512_castsi512_si256(w))
+}
+
+/// [`Weights`] of a format without minimums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn weights(q0: __m512i, q1: __m512i, d: __m512) -> Weights {
+    Weights {
+        q0,
+        q1,
+        d,
+        min: _mm512_setzero_ps(),
+    }
+}
+
+/// The low and high nibbles of `qs`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibbles(qs: __m512i) -> (__m512i, __m512i) {
+    let m4 = _mm512_set1_epi8(0x0f);
+    (
+        _mm512_and_si512(qs, m4),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(qs), m4),
+    )
+}
+
+/// The 5-bit quants of a Q5 unit: the nibbles of `qs` plus 16 where the `qh`
+/// halves in words 16..24 of `dh` (as [`Q5_DH`] gathers them) set the bit.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn five_bit(qs: __m512i, dh: __m512i) -> (__m512i, __m512i) {
+    // The `qh` bytes in every 128-bit block, each spread over the 8 quant
+    // bytes it holds the 5th bits of, tested bit by bit: the byte masks stay
+    // in vector registers (moving them through general registers into k
+    // registers cost more than these four operations).
+    let qh = _mm512_shuffle_i32x4::<0b10_10_10_10>(dh, dh);
+    // SAFETY: the `Q5_QH_*` tables are 64 bytes; loadu is unaligned.
+    let (t_lo, t_hi) = unsafe {
+        (
+            _mm512_loadu_si512(Q5_QH_LO.as_ptr().cast()),
+            _mm512_loadu_si512(Q5_QH_HI.as_ptr().cast()),
+        )
+    };
+    let bit = _mm512_set1_epi64(Q5_BIT);
+    let k_lo = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, t_lo), bit);
+    let k_hi = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, t_hi), bit);
+    let b4 = _mm512_set1_epi8(0x10);
+    let (lo, hi) = nibbles(qs);
+    (
+        _mm512_mask_add_epi8(lo, k_lo, lo, b4),
+        _mm512_mask_add_epi8(hi, k_hi, hi, b4),
+    )
+}
+
 /// `−offset·Σa` per i32 lane of `q` (the start value of `vpdpbusd`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -230,16 +367,17 @@ fn minus_offset_sum(acc: __m512i, offset: i8, q: __m512i) -> __m512i {
 /// 16 f32: `d` of block j in lanes `per·j .. per·(j + 1)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn act_scales(blocks: &[BlockQ8_0], per: usize) -> __m512 {
+fn act_scales<A: ActBlock>(blocks: &[A], per: usize) -> __m512 {
     let mut d = [0f32; 16];
     for (j, b) in blocks.iter().enumerate() {
-        d[per * j..per * (j + 1)].fill(h2f(b.d));
+        d[per * j..per * (j + 1)].fill(h2f(b.d()));
     }
     // SAFETY: d is 16 f32.
     unsafe { _mm512_loadu_ps(d.as_ptr()) }
 }
 
 impl UnitFormat for Q4_0 {
+    type A = BlockQ8_0;
     const BLOCKS: usize = 4;
     const BLOCK_BYTES: usize = 18;
     const OFFSET: i8 = 8;
@@ -247,7 +385,7 @@ impl UnitFormat for Q4_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512) {
+    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> Weights {
         // SAFETY: the unit's 72 bytes (`18n` when `PART`) are readable
         // (caller); the tail is read as its 8 bytes.
         let (a, b) = unsafe {
@@ -260,29 +398,65 @@ impl UnitFormat for Q4_0 {
                 )
             }
         };
-        let qs = _mm512_permutex2var_epi16(a, idx(&Q4_QS), b);
-        let m4 = _mm512_set1_epi8(0x0f);
-        let lo = _mm512_and_si512(qs, m4);
-        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(qs), m4);
-        (lo, hi, scales(a, &Q4_D))
+        let (lo, hi) = nibbles(_mm512_permutex2var_epi16(a, idx(&Q4_QS), b));
+        weights(lo, hi, scales(a, &Q4_D))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit {
-        prep_nibble_order(blocks, Self::OFFSET)
+        prep_nibble_order::<Self>(blocks)
+    }
+}
+
+impl UnitFormat for Q4_1 {
+    type A = BlockQ8_1;
+    const HAS_MIN: bool = true;
+    const BLOCKS: usize = 4;
+    const BLOCK_BYTES: usize = 20;
+    const OFFSET: i8 = 0;
+    const TWO: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> Weights {
+        // SAFETY: the unit's 80 bytes (`20n` when `PART`) are readable
+        // (caller); the tail is read as its 16 bytes.
+        let (a, b) = unsafe {
+            if PART {
+                (load_part(p, 20 * n, 0), load_part(p, 20 * n, 64))
+            } else {
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_zextsi128_si512(_mm_loadu_si128(p.add(64).cast())),
+                )
+            }
+        };
+        let (lo, hi) = nibbles(_mm512_permutex2var_epi16(a, idx(&Q41_QS), b));
+        Weights {
+            q0: lo,
+            q1: hi,
+            d: scales(a, &Q41_D),
+            min: scales(a, &Q41_M),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prep(blocks: &[BlockQ8_1]) -> Unit {
+        prep_nibble_order::<Self>(blocks)
     }
 }
 
 /// The unit of up to 4 activation blocks facing a weight whose quants are in
-/// nibble order (Q4_0, Q5_0: byte i holds elements i and i + 16).
+/// nibble order (Q4_0, Q4_1, Q5_0, Q5_1: byte i holds elements i and i + 16).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn prep_nibble_order(blocks: &[BlockQ8_0], offset: i8) -> Unit {
+fn prep_nibble_order<F: UnitFormat>(blocks: &[F::A]) -> Unit {
     let (mut lo, mut hi) = ([0i8; 64], [0i8; 64]);
     for (j, b) in blocks.iter().enumerate() {
-        lo[16 * j..16 * (j + 1)].copy_from_slice(&b.qs[..16]);
-        hi[16 * j..16 * (j + 1)].copy_from_slice(&b.qs[16..]);
+        lo[16 * j..16 * (j + 1)].copy_from_slice(&b.qs()[..16]);
+        hi[16 * j..16 * (j + 1)].copy_from_slice(&b.qs()[16..]);
     }
     // SAFETY: lo and hi are 64 bytes each.
     let (q0, q1) = unsafe {
@@ -291,16 +465,27 @@ fn prep_nibble_order(blocks: &[BlockQ8_0], offset: i8) -> Unit {
             _mm512_loadu_si512(hi.as_ptr().cast()),
         )
     };
-    let base = minus_offset_sum(_mm512_setzero_si512(), offset, q0);
+    let base = if F::HAS_MIN {
+        let mut s = [0f32; 16];
+        for (j, b) in blocks.iter().enumerate() {
+            s[4 * j] = h2f(b.s());
+        }
+        // SAFETY: s is 16 f32.
+        _mm512_castps_si512(unsafe { _mm512_loadu_ps(s.as_ptr()) })
+    } else {
+        let base = minus_offset_sum(_mm512_setzero_si512(), F::OFFSET, q0);
+        minus_offset_sum(base, F::OFFSET, q1)
+    };
     Unit {
         q0,
         q1,
-        base: minus_offset_sum(base, offset, q1),
+        base,
         d: act_scales(blocks, 4),
     }
 }
 
 impl UnitFormat for Q5_0 {
+    type A = BlockQ8_0;
     const BLOCKS: usize = 4;
     const BLOCK_BYTES: usize = 22;
     const OFFSET: i8 = 16;
@@ -308,7 +493,7 @@ impl UnitFormat for Q5_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512) {
+    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> Weights {
         // Bytes 0..64 and 24..88 (see `q5_word`): two whole loads, no
         // masked tail (a masked load needs its mask in a k register, which
         // the loop then reloads from a general register every unit).
@@ -329,39 +514,61 @@ impl UnitFormat for Q5_0 {
         // halves, the 5th bits of the low then of the high nibbles.
         let dh = _mm512_permutex2var_epi16(a, idx(&Q5_DH), b);
         let d = _mm512_cvtph_ps(_mm512_castsi512_si256(dh));
-        // The `qh` bytes in every 128-bit block, each spread over the 8
-        // quant bytes it holds the 5th bits of, tested bit by bit: the byte
-        // masks stay in vector registers (moving them through general
-        // registers into k registers cost more than these four operations).
-        let qh = _mm512_shuffle_i32x4::<0b10_10_10_10>(dh, dh);
-        // SAFETY: the `Q5_QH_*` tables are 64 bytes; loadu is unaligned.
-        let (t_lo, t_hi) = unsafe {
-            (
-                _mm512_loadu_si512(Q5_QH_LO.as_ptr().cast()),
-                _mm512_loadu_si512(Q5_QH_HI.as_ptr().cast()),
-            )
-        };
-        let bit = _mm512_set1_epi64(Q5_BIT);
-        let k_lo = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, t_lo), bit);
-        let k_hi = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, t_hi), bit);
-        let (m4, b4) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x10));
-        let lo = _mm512_and_si512(qs, m4);
-        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(qs), m4);
-        (
-            _mm512_mask_add_epi8(lo, k_lo, lo, b4),
-            _mm512_mask_add_epi8(hi, k_hi, hi, b4),
-            d,
-        )
+        let (lo, hi) = five_bit(qs, dh);
+        weights(lo, hi, d)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit {
-        prep_nibble_order(blocks, Self::OFFSET)
+        prep_nibble_order::<Self>(blocks)
+    }
+}
+
+impl UnitFormat for Q5_1 {
+    type A = BlockQ8_1;
+    const HAS_MIN: bool = true;
+    const BLOCKS: usize = 4;
+    const BLOCK_BYTES: usize = 24;
+    const OFFSET: i8 = 0;
+    const TWO: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> Weights {
+        // Bytes 0..64 and 32..96: two whole loads inside the unit.
+        // SAFETY: the unit's 96 bytes (`24n` when `PART`) are readable
+        // (caller).
+        let (a, b) = unsafe {
+            if PART {
+                (load_part(p, 24 * n, 0), load_part(p, 24 * n, 32))
+            } else {
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_loadu_si512(p.add(32).cast()),
+                )
+            }
+        };
+        let qs = _mm512_permutex2var_epi16(a, idx(&Q51_QS), b);
+        let dh = _mm512_permutex2var_epi16(a, idx(&Q51_DH), b);
+        let (lo, hi) = five_bit(qs, dh);
+        Weights {
+            q0: lo,
+            q1: hi,
+            d: _mm512_cvtph_ps(_mm512_castsi512_si256(dh)),
+            min: scales2(a, b, &Q51_M),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prep(blocks: &[BlockQ8_1]) -> Unit {
+        prep_nibble_order::<Self>(blocks)
     }
 }
 
 impl UnitFormat for Q8_0 {
+    type A = BlockQ8_0;
     const BLOCKS: usize = 2;
     const BLOCK_BYTES: usize = 34;
     /// `qs ^ 0x80` is `qs + 128` as an unsigned byte.
@@ -370,7 +577,7 @@ impl UnitFormat for Q8_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> (__m512i, __m512i, __m512) {
+    unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> Weights {
         // SAFETY: the unit's 68 bytes (`34n` when `PART`) are readable
         // (caller); the tail is read as its 4 bytes.
         let (a, b) = unsafe {
@@ -386,7 +593,7 @@ impl UnitFormat for Q8_0 {
         };
         let qs = _mm512_permutex2var_epi16(a, idx(&Q8_QS), b);
         let u = _mm512_xor_si512(qs, _mm512_set1_epi8(-128));
-        (u, _mm512_setzero_si512(), scales(a, &Q8_D))
+        weights(u, _mm512_setzero_si512(), scales(a, &Q8_D))
     }
 
     #[inline]
@@ -434,17 +641,26 @@ pub(super) fn reduce16(v: &[__m512; 16]) -> __m512 {
     pair(pair(x[0], x[1]), pair(x[2], x[3]))
 }
 
-/// `acc += d_w·d_a·(Σ u·q − OFFSET·Σq)` of one weight unit and one token's unit.
+/// `acc += d_w·d_a·(Σ u·q − OFFSET·Σq)` of one weight unit and one token's unit
+/// (`+ m_w·s_a` for the formats with minimums).
 #[inline(always)]
-fn step<F: UnitFormat>(w: (__m512i, __m512i, __m512), x: &Unit, acc: &mut __m512) {
+fn step<F: UnitFormat>(w: Weights, x: &Unit, acc: &mut __m512) {
     // SAFETY: only reached from functions compiled with AVX-512 F/BW/VL +
     // VNNI (the `target_feature` callers below), which this inlines into.
     unsafe {
-        let mut s = _mm512_dpbusd_epi32(x.base, w.0, x.q0);
+        let start = if F::HAS_MIN {
+            _mm512_setzero_si512()
+        } else {
+            x.base
+        };
+        let mut s = _mm512_dpbusd_epi32(start, w.q0, x.q0);
         if F::TWO {
-            s = _mm512_dpbusd_epi32(s, w.1, x.q1);
+            s = _mm512_dpbusd_epi32(s, w.q1, x.q1);
         }
-        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.2, x.d), *acc);
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(w.d, x.d), *acc);
+        if F::HAS_MIN {
+            *acc = _mm512_fmadd_ps(w.min, _mm512_castsi512_ps(x.base), *acc);
+        }
     }
 }
 
@@ -463,11 +679,7 @@ struct KChunk {
 /// # Safety
 /// AVX-512 F/BW/VL + VNNI; `row` is a whole weight row.
 #[inline(always)]
-unsafe fn weight_unit<F: UnitFormat>(
-    row: &[u8],
-    kc: &KChunk,
-    u: usize,
-) -> (__m512i, __m512i, __m512) {
+unsafe fn weight_unit<F: UnitFormat>(row: &[u8], kc: &KChunk, u: usize) -> Weights {
     let off = (kc.u0 + u) * F::BLOCKS * F::BLOCK_BYTES;
     debug_assert!(off < row.len());
     let p = row[off..].as_ptr();
@@ -649,7 +861,7 @@ fn gemm_units<F: UnitFormat>(
     let nb = k / 32;
     let nu = nb.div_ceil(F::BLOCKS);
     let wrb = nb * F::BLOCK_BYTES;
-    let ab = as_blocks::<BlockQ8_0>(a).unwrap_or(&[]);
+    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
     assert!(
         k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
         "gemm: operand sizes"
@@ -746,6 +958,8 @@ macro_rules! entry_points {
 
 entry_points! {
     Q4_0 => dot_q4_0_q8_0, gemm_q4_0_q8_0;
+    Q4_1 => dot_q4_1_q8_1, gemm_q4_1_q8_1;
     Q5_0 => dot_q5_0_q8_0, gemm_q5_0_q8_0;
+    Q5_1 => dot_q5_1_q8_1, gemm_q5_1_q8_1;
     Q8_0 => dot_q8_0_q8_0, gemm_q8_0_q8_0;
 }

@@ -270,14 +270,16 @@ fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
 fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let q4_1_q5_1 = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
-        if isa.starts_with("avx512") && q4_1_q5_1 {
-            return n_tok < q0_avx512_rows::MIN_TOKENS_Q4_1_Q5_1;
-        }
         if isa.starts_with("avx512") {
             return n_tok < q0_avx512_rows::MIN_TOKENS;
         }
-        if isa == "avx2" && (q4_1_q5_1 || matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0)) {
+        let nibble_formats = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+        ];
+        if isa == "avx2" && nibble_formats.contains(&ty) {
             return n_tok < q0_avx2_rows::MIN_TOKENS;
         }
         if isa == "avx2" && ty == GgmlType::Q8_0 {
