@@ -89,23 +89,48 @@ trait GroupFormat {
     const HAS_MIN: bool = false;
     /// Bytes of one weight block.
     const BLOCK_BYTES: usize;
-    /// The block (0..4) of each i32 lane of [`GroupFormat::sums`].
-    fn lanes() -> [i32; 8];
+    /// Signed quant = unsigned quant − OFFSET (the nibble formats without
+    /// minimums).
+    const OFFSET: i8 = 0;
+    /// The block (0..4) of each i32 lane of [`GroupFormat::sums`]: nibble
+    /// order unless a format says otherwise.
+    #[inline]
+    fn lanes() -> [i32; 8] {
+        NIBBLE_LANES
+    }
     /// The group of 4 blocks at `p`.
     ///
     /// # Safety
     /// AVX2 + FMA + F16C; `p` points at 4 readable weight blocks.
     unsafe fn decode(p: *const u8) -> Weights;
-    /// The exact integer sums Σ w·a of the group, lanes as [`GroupFormat::lanes`].
+    /// The exact integer sums Σ w·a of the group (from `−OFFSET·Σa`), lanes as
+    /// [`GroupFormat::lanes`]; a nibble format's unless a format says
+    /// otherwise.
     ///
     /// # Safety
     /// AVX2 + FMA + F16C.
-    unsafe fn sums(w: &Weights, x: &Group) -> __m256i;
-    /// The group of the activation `blocks` (1..=4; missing ones are zero).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
+        if Self::HAS_MIN {
+            nibble_order_sums(w, x)
+        } else {
+            _mm256_add_epi32(nibble_order_sums(w, x), x.base)
+        }
+    }
+    /// The group of the activation `blocks` (1..=4; missing ones are zero);
+    /// a nibble format's unless a format says otherwise.
     ///
     /// # Safety
     /// AVX2 + FMA + F16C.
-    unsafe fn prep(blocks: &[Self::A]) -> Group;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prep(blocks: &[Self::A]) -> Group
+    where
+        Self: Sized,
+    {
+        prep_nibble_order::<Self>(blocks)
+    }
 }
 
 struct Q4_0;
@@ -187,7 +212,7 @@ const NIBBLE_LANES: [i32; 8] = [0, 0, 2, 2, 1, 1, 3, 3];
 /// `u − offset`, or (`F::HAS_MIN`) whose value is `u·d + m`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn prep_nibble_order<F: GroupFormat>(blocks: &[F::A], offset: i8) -> Group {
+fn prep_nibble_order<F: GroupFormat>(blocks: &[F::A]) -> Group {
     let mut q = [[0i8; 32]; 4];
     for (j, b) in blocks.iter().enumerate() {
         let (u, lane) = (j / 2, j % 2);
@@ -206,7 +231,7 @@ fn prep_nibble_order<F: GroupFormat>(blocks: &[F::A], offset: i8) -> Group {
         _mm256_castps_si256(unsafe { _mm256_loadu_ps(s.as_ptr()) })
     } else {
         let offsets = Weights {
-            m: [_mm256_set1_epi8(offset); 4],
+            m: [_mm256_set1_epi8(F::OFFSET); 4],
             s: [_mm256_setzero_si256(); 4],
             d: _mm256_setzero_ps(),
             min: _mm256_setzero_ps(),
@@ -289,30 +314,14 @@ unsafe fn weights_with_min(p: *const u8, bb: usize, m: [__m256i; 4]) -> Weights 
 
 impl GroupFormat for Q4_0 {
     type A = BlockQ8_0;
+    const OFFSET: i8 = 8;
     const BLOCK_BYTES: usize = 18;
-
-    #[inline]
-    fn lanes() -> [i32; 8] {
-        NIBBLE_LANES
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> Weights {
         // SAFETY: 4 blocks at p (caller), quants after the f16 scale.
         unsafe { unsigned_weights(q4_quants(p, 18, 2), weight_scales(p, 18, NIBBLE_LANES)) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
-        _mm256_add_epi32(nibble_order_sums(w, x), x.base)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
-        prep_nibble_order::<Self>(blocks, 8)
     }
 }
 
@@ -322,27 +331,10 @@ impl GroupFormat for Q4_1 {
     const BLOCK_BYTES: usize = 20;
 
     #[inline]
-    fn lanes() -> [i32; 8] {
-        NIBBLE_LANES
-    }
-
-    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> Weights {
         // SAFETY: 4 blocks at p (caller), quants after the f16 scale and minimum.
         unsafe { weights_with_min(p, 20, q4_quants(p, 20, 4)) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
-        nibble_order_sums(w, x)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prep(blocks: &[BlockQ8_1]) -> Group {
-        prep_nibble_order::<Self>(blocks, 0)
     }
 }
 
@@ -388,30 +380,14 @@ macro_rules! q5_quants {
 
 impl GroupFormat for Q5_0 {
     type A = BlockQ8_0;
+    const OFFSET: i8 = 16;
     const BLOCK_BYTES: usize = 22;
-
-    #[inline]
-    fn lanes() -> [i32; 8] {
-        NIBBLE_LANES
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> Weights {
         // SAFETY: 4 blocks at p (caller): scale, 4 high-bit bytes, 16 quant bytes.
         unsafe { unsigned_weights(q5_quants!(p, 22, 2, 6), weight_scales(p, 22, NIBBLE_LANES)) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
-        _mm256_add_epi32(nibble_order_sums(w, x), x.base)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prep(blocks: &[BlockQ8_0]) -> Group {
-        prep_nibble_order::<Self>(blocks, 16)
     }
 }
 
@@ -421,28 +397,11 @@ impl GroupFormat for Q5_1 {
     const BLOCK_BYTES: usize = 24;
 
     #[inline]
-    fn lanes() -> [i32; 8] {
-        NIBBLE_LANES
-    }
-
-    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> Weights {
         // SAFETY: 4 blocks at p (caller): scale, minimum, 4 high-bit bytes, 16 quant
         // bytes.
         unsafe { weights_with_min(p, 24, q5_quants!(p, 24, 4, 8)) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn sums(w: &Weights, x: &Group) -> __m256i {
-        nibble_order_sums(w, x)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prep(blocks: &[BlockQ8_1]) -> Group {
-        prep_nibble_order::<Self>(blocks, 0)
     }
 }
 

@@ -101,11 +101,19 @@ trait UnitFormat {
     /// # Safety
     /// AVX-512 F/BW/VL; `p` points at `n` readable weight blocks.
     unsafe fn weight<const PART: bool>(p: *const u8, n: usize) -> Weights;
-    /// The unit of `blocks` (1..=BLOCKS activation blocks; missing ones are zero).
+    /// The unit of `blocks` (1..=BLOCKS activation blocks; missing ones are
+    /// zero); a nibble format's unless a format says otherwise.
     ///
     /// # Safety
     /// AVX-512 F/BW/VL + VNNI.
-    unsafe fn prep(blocks: &[Self::A]) -> Unit;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prep(blocks: &[Self::A]) -> Unit
+    where
+        Self: Sized,
+    {
+        prep_nibble_order::<Self>(blocks)
+    }
 }
 
 struct Q4_0;
@@ -401,12 +409,6 @@ impl UnitFormat for Q4_0 {
         let (lo, hi) = nibbles(_mm512_permutex2var_epi16(a, idx(&Q4_QS), b));
         weights(lo, hi, scales(a, &Q4_D))
     }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit {
-        prep_nibble_order::<Self>(blocks)
-    }
 }
 
 impl UnitFormat for Q4_1 {
@@ -439,12 +441,6 @@ impl UnitFormat for Q4_1 {
             d: scales(a, &Q41_D),
             min: scales(a, &Q41_M),
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn prep(blocks: &[BlockQ8_1]) -> Unit {
-        prep_nibble_order::<Self>(blocks)
     }
 }
 
@@ -517,12 +513,6 @@ impl UnitFormat for Q5_0 {
         let (lo, hi) = five_bit(qs, dh);
         weights(lo, hi, d)
     }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn prep(blocks: &[BlockQ8_0]) -> Unit {
-        prep_nibble_order::<Self>(blocks)
-    }
 }
 
 impl UnitFormat for Q5_1 {
@@ -558,12 +548,6 @@ impl UnitFormat for Q5_1 {
             d: _mm512_cvtph_ps(_mm512_castsi512_si256(dh)),
             min: scales2(a, b, &Q51_M),
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn prep(blocks: &[BlockQ8_1]) -> Unit {
-        prep_nibble_order::<Self>(blocks)
     }
 }
 
