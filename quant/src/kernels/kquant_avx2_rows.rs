@@ -28,9 +28,9 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant_avx2::{act_supers, k4_scales_mins, ActSuper, RowBlock, Shape};
-use super::q0_avx2_rows::{lane_mask, transpose8};
+use super::q0_avx2_rows::transpose8;
 use super::q0_x86::{h2f, prefetch_ahead};
-use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
+use super::row_lanes::{row_lane_gemms, store8, Call, RowLanes, Tile};
 use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ8K};
 
 /// Fewest tokens this kernel serves for Q4_K, and for Q5_K, whose 5th bits make the
@@ -229,11 +229,8 @@ impl<B: RowBlock> RowLanes<8> for Rows<B> {
                 *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
             }
         }
-        let mask = lane_mask(t.nr);
-        for (i, v) in acc.iter().enumerate() {
-            // SAFETY: rows ..nr of token i's outputs are writable (caller).
-            unsafe { _mm256_maskstore_ps(t.out.add(i * t.ldo), mask, *v) };
-        }
+        // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
+        unsafe { store8(&t, &acc) };
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

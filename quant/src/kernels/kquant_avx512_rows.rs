@@ -23,7 +23,7 @@ use std::marker::PhantomData;
 
 use super::kquant_avx2::{act_supers, k4_scales_mins, ActSuper, RowBlock, Shape};
 use super::q0_rows16::transpose;
-use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
+use super::row_lanes::{row_lane_gemms, store16, Call, RowLanes, Tile};
 use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ8K};
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
@@ -231,15 +231,8 @@ impl<B: RowBlock> RowLanes<16> for Rows<B> {
                 *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_mul_ps(dmin, da), *acc);
             }
         }
-        let mask: __mmask16 = if t.nr == 16 {
-            0xffff
-        } else {
-            (1u16 << t.nr) - 1
-        };
-        for (i, v) in acc.iter().enumerate() {
-            // SAFETY: rows ..nr of token i's outputs are writable (caller).
-            unsafe { _mm512_mask_storeu_ps(t.out.add(i * t.ldo), mask, *v) };
-        }
+        // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
+        unsafe { store16(&t, &acc) };
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]

@@ -33,7 +33,7 @@ use super::q0_x86::{
     act_sums, h2f, prefetch_ahead, q0_shape, ActBlock, ActSums, Q0Format, Q4_0, Q4_1, Q5_0, Q5_1,
     Q8_0,
 };
-use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
+use super::row_lanes::{row_lane_gemms, store8, Call, RowLanes, Tile};
 use crate::block::as_blocks;
 
 /// Fewest tokens this kernel serves for Q4_0, Q4_1, Q5_0 and Q5_1, and for Q8_0, whose
@@ -274,11 +274,8 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
                 }
             }
         }
-        let mask = lane_mask(t.nr);
-        for (i, v) in acc.iter().enumerate() {
-            // SAFETY: rows ..nr of token i's outputs are writable (caller).
-            unsafe { _mm256_maskstore_ps(t.out.add(i * t.ldo), mask, *v) };
-        }
+        // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
+        unsafe { store8(&t, &acc) };
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -286,14 +283,6 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
         // SAFETY: the features are this function's.
         unsafe { super::row_lanes::drive::<Self, 8>(c) }
     }
-}
-
-/// All ones in the 32-bit lanes below `nr` (the `maskstore` mask of a group's rows).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn lane_mask(nr: usize) -> __m256i {
-    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes)
 }
 
 row_lane_gemms! {

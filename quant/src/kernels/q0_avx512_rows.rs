@@ -34,7 +34,7 @@ use super::q0_rows16::{dw_per_block, pack_weights, B_BYTES};
 use super::q0_x86::{
     act_sums, q0_shape, ActBlock, ActSums, Q0Format, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 };
-use super::row_lanes::{row_lane_gemms, Call, RowLanes, Tile};
+use super::row_lanes::{row_lane_gemms, store16, Call, RowLanes, Tile};
 use crate::block::as_blocks;
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`: behind the
@@ -111,15 +111,8 @@ impl<F: Q0Format> RowLanes<16> for Rows<F> {
                 }
             }
         }
-        let mask: __mmask16 = if t.nr == 16 {
-            0xffff
-        } else {
-            (1u16 << t.nr) - 1
-        };
-        for (i, v) in acc.iter().enumerate() {
-            // SAFETY: rows ..nr of token i's outputs are writable (caller).
-            unsafe { _mm512_mask_storeu_ps(t.out.add(i * t.ldo), mask, *v) };
-        }
+        // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
+        unsafe { store16(&t, &acc) };
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]

@@ -231,6 +231,39 @@ pub(super) unsafe fn drive<K: RowLanes<R>, const R: usize>(c: Call) {
     SCRATCH.with(|c| c.set(s));
 }
 
+/// Stores a 16-row tile's accumulators: `acc[i]` to token i's outputs, rows `..t.nr`.
+///
+/// # Safety
+/// AVX-512 F; rows `..t.nr` of the outputs of `acc.len()` tokens are writable at `t.out`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn store16<A>(t: &Tile<A>, acc: &[__m512]) {
+    let mask: __mmask16 = if t.nr == 16 {
+        0xffff
+    } else {
+        (1u16 << t.nr) - 1
+    };
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: rows ..nr of token i's outputs are writable (caller).
+        unsafe { _mm512_mask_storeu_ps(t.out.add(i * t.ldo), mask, *v) };
+    }
+}
+
+/// Stores an 8-row tile's accumulators: `acc[i]` to token i's outputs, rows `..t.nr`.
+///
+/// # Safety
+/// AVX2; rows `..t.nr` of the outputs of `acc.len()` tokens are writable at `t.out`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn store8<A>(t: &Tile<A>, acc: &[__m256]) {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(t.nr as i32), lanes);
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: rows ..nr of token i's outputs are writable (caller).
+        unsafe { _mm256_maskstore_ps(t.out.add(i * t.ldo), mask, *v) };
+    }
+}
+
 /// Prefetches into L2 part `part` of `parts` equal slices of `next` (the weight bytes of
 /// the next group), one prefetch per 64-byte line.
 ///
