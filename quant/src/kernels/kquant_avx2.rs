@@ -144,6 +144,28 @@ pub(super) struct ActSuper {
     pub d: f32,
 }
 
+/// What the Q6_K row-lane kernels need of one token's Q8_K super-block besides its quants:
+/// pair i holds the sums of its 16-element groups 2i (low i16) and 2i + 1 (high i16), as
+/// Q8_K's `bsums` (each at most 16 · 128 in magnitude).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub(super) struct ActSums16 {
+    pub sums: [i32; 8],
+    pub d: f32,
+}
+
+/// The [`ActSums16`] of each block of `blocks`, into `out` (cleared first).
+pub(super) fn act_sums16(blocks: &[crate::block::BlockQ8K], out: &mut Vec<ActSums16>) {
+    out.clear();
+    out.extend(blocks.iter().map(|blk| {
+        let sum = |j: usize| i32::from(blk.bsum(j));
+        ActSums16 {
+            sums: std::array::from_fn(|i| (sum(2 * i) & 0xffff) | (sum(2 * i + 1) << 16)),
+            d: blk.d(),
+        }
+    }));
+}
+
 /// The [`ActSuper`] of each block of `blocks`, into `out` (cleared first).
 pub(super) fn act_supers(blocks: &[crate::block::BlockQ8K], out: &mut Vec<ActSuper>) {
     out.clear();

@@ -1,4 +1,4 @@
-//! AVX-512 VNNI GEMM for batches of tokens on Q4_K and Q5_K weights (the Q4_K and Q5_K
+//! AVX-512 VNNI GEMM for batches of tokens on Q4_K, Q5_K and Q6_K weights (the K-quant
 //! recipes' gate and up experts) and Q8_K activations, with the weight rows in the vector
 //! lanes, as `q0_avx512_rows` does for the 32-element formats (see there for why).
 //!
@@ -13,21 +13,32 @@
 //!
 //! Each output sums its super-blocks in order (the integers exactly, then
 //! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32); the tier tests hold it within the
-//! rounding bound of the scalar twin. Fewer than [`MIN_TOKENS`] tokens run
-//! `kquant_avx512`'s kernel.
+//! rounding bound of the scalar twin. Fewer than [`MIN_TOKENS`] tokens
+//! ([`MIN_TOKENS_Q6_K`] for Q6_K) run `kquant_avx512`'s kernel.
+//!
+//! Q6_K ([`RowsQ6`]) has 16 sub-blocks of 16 with signed 8-bit scales and no minimums:
+//! its 6-bit quants unsigned (signed + 32) in the same layout, per 32-element chunk two
+//! sub-blocks of 4 `vpdpbusd` each and a `vpmulld` by each one's scales; the offset comes
+//! back per super-block as `32·Σ sc·Σa` from 8 `vpdpwssd` of the scale pairs against the
+//! token's 16-element sums.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
-use super::kquant_avx2::{act_supers, k4_scales_mins, ActSuper, RowBlock, Shape};
+use super::kquant_avx2::{
+    act_sums16, act_supers, check, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape, Q6K,
+};
 use super::q0_rows16::transpose;
 use super::row_lanes::{row_lane_gemms, store16, Call, RowLanes, Tile};
-use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ8K};
+use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
 pub(super) const MIN_TOKENS: usize = 5;
+/// Fewest tokens of Q6_K, whose decoding (16 scales per row and super-block) costs more
+/// (measured with `examples/gemm_bench.rs`: behind `kquant_avx512` at 8 tokens, ahead at 12).
+pub(super) const MIN_TOKENS_Q6_K: usize = 10;
 /// Layout of one super-block's decoded 16 rows in the scratch (byte offsets).
 const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
 const SCALES: usize = 8 * 512; // 8 vectors of i32
@@ -51,11 +62,7 @@ fn byte_column(lo: __m512i, hi: __m512i, j: usize) -> __m512i {
 /// group's, which `group_rows` leaves empty), rows 2i and 2i + 1 in the halves of vector i.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn row_pairs<B: RowBlock>(
-    rows: &[&[B]; 16],
-    s: usize,
-    bytes: impl Fn(&B) -> &[u8],
-) -> [__m512i; 8] {
+fn row_pairs<B>(rows: &[&[B]; 16], s: usize, bytes: impl Fn(&B) -> &[u8]) -> [__m512i; 8] {
     let half = |r: usize| match rows[r].get(s) {
         // SAFETY: the slice holds at least 32 bytes; loadu has no alignment requirement.
         Some(b) => unsafe { _mm256_loadu_si256(bytes(b)[..32].as_ptr().cast()) },
@@ -242,7 +249,178 @@ impl<B: RowBlock> RowLanes<16> for Rows<B> {
     }
 }
 
+/// Layout of one super-block's decoded 16 rows of Q6_K in the scratch (byte offsets).
+const Q6_QUANTS: usize = 0; // 8 chunks of 32 elements x 8 vectors
+const Q6_SCALES: usize = 8 * 512; // 16 vectors of i32: the rows' scales of sub-block j
+const Q6_PAIRS: usize = Q6_SCALES + 16 * 64; // 8 vectors of i16 pairs (sc_2i, sc_2i+1)
+const Q6_D: usize = Q6_PAIRS + 8 * 64; // f32
+const Q6_BYTES: usize = Q6_D + 64;
+
+/// Decodes the `nr ≤ 16` Q6_K rows (`rows[r]`, `nsb` super-blocks each) into `bp`
+/// (`nsb · Q6_BYTES`, 64-byte aligned): per 32-element chunk the unsigned 6-bit quants
+/// (the signed ones + 32) dword-interleaved, the rows' 16 scales as i32 vectors and as
+/// i16 pairs, and `d`; rows past `nr` are zero.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn pack_q6(rows: &[&[BlockQ6K]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
+    assert!(bp.len() >= nsb * Q6_BYTES && nr <= 16);
+    let (m4, m2) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(3));
+    let store = |dst: &mut [u8], v: __m512i| {
+        let dst = &mut dst[..64];
+        // SAFETY: dst is 64 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
+    };
+    for s in 0..nsb {
+        let sb = &mut bp[s * Q6_BYTES..][..Q6_BYTES];
+        // Chunk c = 4n + m of 32 elements (ggml's layout): the low (m < 2) or high nibbles
+        // of ql[64n + 32(m % 2)..][..32], and bits 2m, 2m + 1 of qh[32n..][..32].
+        for c in 0..8 {
+            let (n, m) = (c / 4, c % 4);
+            let ql = row_pairs(rows, s, |b| &b.ql[64 * n + 32 * (m % 2)..]);
+            let qh = row_pairs(rows, s, |b| &b.qh[32 * n..]);
+            let shift = _mm_cvtsi32_si128(2 * m as i32);
+            let u: [__m512i; 8] = std::array::from_fn(|i| {
+                let low = if m < 2 {
+                    _mm512_and_si512(ql[i], m4)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql[i]), m4)
+                };
+                let high = _mm512_and_si512(_mm512_srl_epi16(qh[i], shift), m2);
+                _mm512_or_si512(low, _mm512_slli_epi16::<4>(high))
+            });
+            for (v, y) in transpose(&u).into_iter().enumerate() {
+                store(&mut sb[Q6_QUANTS + 512 * c + 64 * v..], y);
+            }
+        }
+        let (mut sc, mut d) = ([[0i32; 16]; 16], [0u16; 16]);
+        for r in 0..nr {
+            let blk = &rows[r][s];
+            for (j, sc) in sc.iter_mut().enumerate() {
+                sc[r] = i32::from(blk.scales[j]);
+            }
+            d[r] = u16::from_le_bytes(blk.d);
+        }
+        // SAFETY: each sc[j] is 16 i32; loadu has no alignment requirement.
+        let lanes = |v: &[i32; 16]| unsafe { _mm512_loadu_si512(v.as_ptr().cast()) };
+        for (j, v) in sc.iter().enumerate() {
+            store(&mut sb[Q6_SCALES + 64 * j..], lanes(v));
+        }
+        for i in 0..8 {
+            let (lo, hi) = (lanes(&sc[2 * i]), lanes(&sc[2 * i + 1]));
+            let pair = _mm512_or_si512(
+                _mm512_and_si512(lo, _mm512_set1_epi32(0xffff)),
+                _mm512_slli_epi32::<16>(hi),
+            );
+            store(&mut sb[Q6_PAIRS + 64 * i..], pair);
+        }
+        // SAFETY: d is 16 u16.
+        let d = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().cast())) };
+        store(&mut sb[Q6_D..], _mm512_castps_si512(d));
+    }
+}
+
+/// This kernel on Q6_K: 16-element sub-blocks with signed 8-bit scales and an offset of
+/// 32, no minimums.
+pub(super) struct RowsQ6;
+
+impl RowLanes<16> for RowsQ6 {
+    type W = BlockQ6K;
+    type Act = ActSums16;
+    const TT: usize = 8;
+    const MIN_TOKENS: usize = MIN_TOKENS_Q6_K;
+    const BLOCK_BYTES: usize = Q6_BYTES;
+    /// `d` sits with the integer lanes.
+    const BLOCK_F32: usize = 0;
+
+    fn shape(c: &Call) -> Option<Shape> {
+        let shape = check::<Q6K>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
+        (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn act(a: &[u8], n: usize, out: &mut Vec<ActSums16>) {
+        act_sums16(&as_blocks::<BlockQ8K>(a).unwrap_or(&[])[..n], out);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn pack(rows: &[&[BlockQ6K]; 16], nr: usize, nsb: usize, bp: &mut [u8], _: &mut [f32]) {
+        pack_q6(rows, nr, nsb, bp);
+    }
+
+    /// Per 32-element chunk 4 + 4 `vpdpbusd` per token (one sub-block each) and two
+    /// `vpmulld` by the scales; per super-block 8 `vpdpwssd` of the scale pairs against the
+    /// token's 16-element sums take back the offset (32·Σ sc·Σa), one FMA finishes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tile<const NT: usize>(t: Tile<ActSums16>) {
+        let mut acc = [_mm512_setzero_ps(); NT];
+        for s in 0..t.nb {
+            // SAFETY: super-block s < nb of the scratch (caller), 64-byte aligned.
+            let p = unsafe { t.bp.add(Q6_BYTES * s) };
+            let mut isum = [_mm512_setzero_si512(); NT];
+            for c in 0..8 {
+                // SAFETY: chunk c's 8 vectors and its two scale vectors lie in super-block s.
+                let (w, s0, s1): ([__m512i; 8], __m512i, __m512i) = unsafe {
+                    (
+                        std::array::from_fn(|i| _mm512_load_si512(p.add(512 * c + 64 * i).cast())),
+                        _mm512_load_si512(p.add(Q6_SCALES + 128 * c).cast()),
+                        _mm512_load_si512(p.add(Q6_SCALES + 128 * c + 64).cast()),
+                    )
+                };
+                for (i, isum) in isum.iter_mut().enumerate() {
+                    // SAFETY: token i < NT's super-block s: its quants start after the f32
+                    // scale at byte 292s (caller); chunk c's 32 are at 32c.
+                    unsafe {
+                        let q = t.a.add(i * t.arb + 292 * s + 4 + 32 * c);
+                        let aq = |v: usize| {
+                            _mm512_set1_epi32(q.add(4 * v).cast::<i32>().read_unaligned())
+                        };
+                        let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                        for v in 0..4 {
+                            lo = _mm512_dpbusd_epi32(lo, w[v], aq(v));
+                            hi = _mm512_dpbusd_epi32(hi, w[4 + v], aq(4 + v));
+                        }
+                        let both = _mm512_add_epi32(
+                            _mm512_mullo_epi32(lo, s0),
+                            _mm512_mullo_epi32(hi, s1),
+                        );
+                        *isum = _mm512_add_epi32(*isum, both);
+                    }
+                }
+            }
+            // SAFETY: the scale pairs and d lie in super-block s.
+            let (pairs, d): ([__m512i; 8], __m512) = unsafe {
+                (
+                    std::array::from_fn(|i| _mm512_load_si512(p.add(Q6_PAIRS + 64 * i).cast())),
+                    _mm512_load_ps(p.add(Q6_D).cast()),
+                )
+            };
+            for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
+                // SAFETY: token i's entry i·nb + s lies in `act` (caller).
+                let x = unsafe { *t.act.add(i * t.nb + s) };
+                let mut ms = _mm512_setzero_si512();
+                for (v, pair) in pairs.iter().enumerate() {
+                    ms = _mm512_dpwssd_epi32(ms, *pair, _mm512_set1_epi32(x.sums[v]));
+                }
+                // Σ sc·Σ(u − 32)·a = Σ sc·Σ u·a − 32·Σ sc·Σa, exact in i32.
+                let total = _mm512_sub_epi32(*isum, _mm512_slli_epi32::<5>(ms));
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), scale, *acc);
+            }
+        }
+        // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
+        unsafe { store16(&t, &acc) };
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn run(c: Call) {
+        // SAFETY: the features are this function's.
+        unsafe { super::row_lanes::drive::<Self, 16>(c) }
+    }
+}
+
 row_lane_gemms! {
     gemm_q4_k_q8_k => Rows<BlockQ4K>, 16, super::kquant_avx512::gemm_q4_k_q8_k;
     gemm_q5_k_q8_k => Rows<BlockQ5K>, 16, super::kquant_avx512::gemm_q5_k_q8_k;
+    gemm_q6_k_q8_k => RowsQ6, 16, super::kquant_avx512::gemm_q6_k_q8_k;
 }

@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::kquant_avx2::{ActSuper, Shape};
+use super::kquant_avx2::{ActSums16, ActSuper, Shape};
 use super::q0_x86::{aligned, group_rows, ActSums};
 use crate::block::ByteBlock;
 
@@ -70,6 +70,12 @@ impl ActEntry for ActSuper {
     }
 }
 
+impl ActEntry for ActSums16 {
+    fn buf(s: &mut Scratch) -> &mut Vec<Self> {
+        &mut s.sums16
+    }
+}
+
 /// Per-thread scratch, reused between calls of every row-lane kernel: one group's
 /// decoded blocks and f32 values, and every token's per-block activation entries.
 #[derive(Default)]
@@ -78,6 +84,7 @@ pub(super) struct Scratch {
     dw: Vec<f32>,
     sums: Vec<ActSums>,
     supers: Vec<ActSuper>,
+    sums16: Vec<ActSums16>,
 }
 
 thread_local! {

@@ -270,6 +270,9 @@ fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
 fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
+        if isa.starts_with("avx512") && ty == GgmlType::Q6_K {
+            return n_tok < kquant_avx512_rows::MIN_TOKENS_Q6_K;
+        }
         if isa.starts_with("avx512") {
             return n_tok < q0_avx512_rows::MIN_TOKENS;
         }
