@@ -1,5 +1,5 @@
-//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_K and Q5_K weights (the Q4_K and
-//! Q5_K recipes' gate and up experts) and Q8_K activations, with 8 weight rows in the 8
+//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_K, Q5_K and Q6_K weights (the
+//! K-quant recipes' gate and up experts) and Q8_K activations, with 8 weight rows in the 8
 //! lanes: the AVX2 counterpart of `kquant_avx512_rows` for CPUs without AVX-512 (most
 //! laptops), built as `q0_avx2_rows` builds its 32-element formats.
 //!
@@ -19,25 +19,31 @@
 //! Each output sums its super-blocks in order (the integers exactly, then
 //! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32), the same f32 operations as
 //! `kquant_avx512_rows`; the tier tests hold it within the rounding bound of the scalar
-//! twin. Fewer than [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q5_K`] for Q5_K) run `kquant_avx2`'s
-//! tiles.
+//! twin. Fewer than [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q5_K`] for Q5_K,
+//! [`MIN_TOKENS_Q6_K`] for Q6_K) run `kquant_avx2`'s tiles. Q6_K ([`RowsQ6`]) decodes as
+//! `kquant_avx512_rows` describes, and runs 2 `maddubs` per i16 sum (6-bit quants) with a
+//! `madd` by each 16-element sub-block's scale pair.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
-use super::kquant_avx2::{act_supers, k4_scales_mins, ActSuper, RowBlock, Shape};
+use super::kquant_avx2::{
+    act_sums16, act_supers, check, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape, Q6K,
+};
 use super::q0_avx2_rows::transpose8;
 use super::q0_x86::{h2f, prefetch_ahead};
 use super::row_lanes::{row_lane_gemms, store8, Call, RowLanes, Tile};
-use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ8K};
+use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// Fewest tokens this kernel serves for Q4_K, and for Q5_K, whose 5th bits make the
 /// decoding dearer (measured with `examples/gemm_bench.rs`: Q4_K ahead from 5 tokens, Q5_K
 /// behind at 5, equal at 8, ahead at 12).
 pub(super) const MIN_TOKENS: usize = 5;
 pub(super) const MIN_TOKENS_Q5_K: usize = 10;
+/// Fewest tokens of Q6_K (measured as for Q5_K; see `kquant_avx512_rows::MIN_TOKENS_Q6_K`).
+pub(super) const MIN_TOKENS_Q6_K: usize = 10;
 
 /// The fewest tokens format `B` runs here.
 const fn min_tokens<B: RowBlock>() -> usize {
@@ -59,7 +65,7 @@ const SB_BYTES: usize = DMIN + 32;
 /// group's, which `group_rows` leaves empty).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn row_bytes<B: RowBlock>(rows: &[&[B]; 8], s: usize, bytes: impl Fn(&B) -> &[u8]) -> [__m256i; 8] {
+fn row_bytes<B>(rows: &[&[B]; 8], s: usize, bytes: impl Fn(&B) -> &[u8]) -> [__m256i; 8] {
     std::array::from_fn(|r| match rows[r].get(s) {
         // SAFETY: the slice holds at least 32 bytes; loadu has no alignment requirement.
         Some(b) => unsafe { _mm256_loadu_si256(bytes(b)[..32].as_ptr().cast()) },
@@ -240,7 +246,180 @@ impl<B: RowBlock> RowLanes<8> for Rows<B> {
     }
 }
 
+/// Layout of one super-block's decoded 8 rows of Q6_K in the scratch (byte offsets).
+const Q6_QUANTS: usize = 0; // 8 chunks of 32 elements x 8 vectors
+const Q6_SCALES: usize = 8 * 256; // 16 vectors of i16 pairs (sc, sc) per sub-block
+const Q6_PAIRS: usize = Q6_SCALES + 16 * 32; // 8 vectors of i16 pairs (sc_2i, sc_2i+1)
+const Q6_D: usize = Q6_PAIRS + 8 * 32; // f32
+const Q6_BYTES: usize = Q6_D + 32;
+
+/// Decodes the `nr ≤ 8` Q6_K rows (`rows[r]`, `nsb` super-blocks each) into `bp`
+/// (`nsb · Q6_BYTES`, 32-byte aligned), as `kquant_avx512_rows`' Q6_K decoding does for 16
+/// rows; the scales also as `(sc, sc)` pairs for `madd`. Rows past `nr` are zero.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_q6(rows: &[&[BlockQ6K]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
+    assert!(bp.len() >= nsb * Q6_BYTES && nr <= 8);
+    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    let store = |dst: &mut [u8], v: __m256i| {
+        let dst = &mut dst[..32];
+        // SAFETY: dst is 32 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+    };
+    for s in 0..nsb {
+        prefetch_ahead(rows, nr, s);
+        let sb = &mut bp[s * Q6_BYTES..][..Q6_BYTES];
+        // Chunk c = 4n + m of 32 elements (ggml's layout): the low (m < 2) or high nibbles
+        // of ql[64n + 32(m % 2)..][..32], and bits 2m, 2m + 1 of qh[32n..][..32].
+        for c in 0..8 {
+            let (n, m) = (c / 4, c % 4);
+            let ql = row_bytes(rows, s, |b| &b.ql[64 * n + 32 * (m % 2)..]);
+            let qh = row_bytes(rows, s, |b| &b.qh[32 * n..]);
+            let shift = _mm_cvtsi32_si128(2 * m as i32);
+            let u: [__m256i; 8] = std::array::from_fn(|i| {
+                let low = if m < 2 {
+                    _mm256_and_si256(ql[i], m4)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql[i]), m4)
+                };
+                let high = _mm256_and_si256(_mm256_srl_epi16(qh[i], shift), m2);
+                _mm256_or_si256(low, _mm256_slli_epi16::<4>(high))
+            });
+            for (v, y) in transpose8(&u).into_iter().enumerate() {
+                store(&mut sb[Q6_QUANTS + 256 * c + 32 * v..], y);
+            }
+        }
+        let (mut sc, mut pairs) = ([[0i32; 8]; 16], [[0i32; 8]; 8]);
+        let mut d = [0f32; 8];
+        for r in 0..nr {
+            let blk = &rows[r][s];
+            let scale = |j: usize| i32::from(blk.scales[j]);
+            for (j, sc) in sc.iter_mut().enumerate() {
+                sc[r] = (scale(j) & 0xffff) | scale(j) << 16;
+            }
+            for (i, pair) in pairs.iter_mut().enumerate() {
+                pair[r] = (scale(2 * i) & 0xffff) | scale(2 * i + 1) << 16;
+            }
+            d[r] = h2f(blk.d);
+        }
+        // SAFETY: v is 8 i32; loadu has no alignment requirement.
+        let lanes = |v: &[i32; 8]| unsafe { _mm256_loadu_si256(v.as_ptr().cast()) };
+        for (j, v) in sc.iter().enumerate() {
+            store(&mut sb[Q6_SCALES + 32 * j..], lanes(v));
+        }
+        for (i, v) in pairs.iter().enumerate() {
+            store(&mut sb[Q6_PAIRS + 32 * i..], lanes(v));
+        }
+        // SAFETY: d is 8 f32.
+        let d = unsafe { _mm256_loadu_ps(d.as_ptr()) };
+        store(&mut sb[Q6_D..], _mm256_castps_si256(d));
+    }
+}
+
+/// This kernel on Q6_K (see `kquant_avx512_rows::RowsQ6`).
+pub(super) struct RowsQ6;
+
+impl RowLanes<8> for RowsQ6 {
+    type W = BlockQ6K;
+    type Act = ActSums16;
+    /// AVX2 has 16 vector registers.
+    const TT: usize = 4;
+    const MIN_TOKENS: usize = MIN_TOKENS_Q6_K;
+    const BLOCK_BYTES: usize = Q6_BYTES;
+    /// `d` sits with the integer lanes.
+    const BLOCK_F32: usize = 0;
+
+    fn shape(c: &Call) -> Option<Shape> {
+        let shape = check::<Q6K>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
+        (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn act(a: &[u8], n: usize, out: &mut Vec<ActSums16>) {
+        act_sums16(&as_blocks::<BlockQ8K>(a).unwrap_or(&[])[..n], out);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pack(rows: &[&[BlockQ6K]; 8], nr: usize, nsb: usize, bp: &mut [u8], _: &mut [f32]) {
+        pack_q6(rows, nr, nsb, bp);
+    }
+
+    /// Per 16-element sub-block two runs of 2 `maddubs` (6-bit quants: 2·63·128 per pair,
+    /// two pairs still fit an i16) and a `madd` of each by the `(sc, sc)` pairs; per
+    /// super-block 8 `madd` of the scale pairs against the token's 16-element sums take
+    /// back the offset (32·Σ sc·Σa), one FMA finishes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const NT: usize>(t: Tile<ActSums16>) {
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for s in 0..t.nb {
+            // SAFETY: super-block s < nb of the scratch (caller), 32-byte aligned.
+            let p = unsafe { t.bp.add(Q6_BYTES * s) };
+            let mut isum = [_mm256_setzero_si256(); NT];
+            for c in 0..8 {
+                // SAFETY: chunk c's 8 vectors lie in super-block s.
+                let w: [__m256i; 8] = unsafe {
+                    std::array::from_fn(|i| _mm256_load_si256(p.add(256 * c + 32 * i).cast()))
+                };
+                for (i, isum) in isum.iter_mut().enumerate() {
+                    // SAFETY: token i < NT's super-block s: its quants start after the f32
+                    // scale at byte 292s (caller); chunk c's 32 are at 32c. Sub-block 2c + h's
+                    // scale pairs lie in super-block s.
+                    unsafe {
+                        let q = t.a.add(i * t.arb + 292 * s + 4 + 32 * c);
+                        let aq = |v: usize| {
+                            _mm256_set1_epi32(q.add(4 * v).cast::<i32>().read_unaligned())
+                        };
+                        for h in 0..2 {
+                            let sc = _mm256_load_si256(p.add(Q6_SCALES + 32 * (2 * c + h)).cast());
+                            for run in 0..2 {
+                                let v = 4 * h + 2 * run;
+                                let s16 = _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(w[v], aq(v)),
+                                    _mm256_maddubs_epi16(w[v + 1], aq(v + 1)),
+                                );
+                                *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(s16, sc));
+                            }
+                        }
+                    }
+                }
+            }
+            // SAFETY: the scale pairs and d lie in super-block s.
+            let (pairs, d): ([__m256i; 8], __m256) = unsafe {
+                (
+                    std::array::from_fn(|i| _mm256_load_si256(p.add(Q6_PAIRS + 32 * i).cast())),
+                    _mm256_load_ps(p.add(Q6_D).cast()),
+                )
+            };
+            for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
+                // SAFETY: token i's entry i·nb + s lies in `act` (caller).
+                let x = unsafe { *t.act.add(i * t.nb + s) };
+                let mut ms = _mm256_setzero_si256();
+                for (v, pair) in pairs.iter().enumerate() {
+                    ms = _mm256_add_epi32(
+                        ms,
+                        _mm256_madd_epi16(*pair, _mm256_set1_epi32(x.sums[v])),
+                    );
+                }
+                // Σ sc·Σ(u − 32)·a = Σ sc·Σ u·a − 32·Σ sc·Σa, exact in i32.
+                let total = _mm256_sub_epi32(*isum, _mm256_slli_epi32::<5>(ms));
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, *acc);
+            }
+        }
+        // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
+        unsafe { store8(&t, &acc) };
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run(c: Call) {
+        // SAFETY: the features are this function's.
+        unsafe { super::row_lanes::drive::<Self, 8>(c) }
+    }
+}
+
 row_lane_gemms! {
     gemm_q4_k_q8_k => Rows<BlockQ4K>, 8, super::kquant_avx2::gemm_q4_k_q8_k;
     gemm_q5_k_q8_k => Rows<BlockQ5K>, 8, super::kquant_avx2::gemm_q5_k_q8_k;
+    gemm_q6_k_q8_k => RowsQ6, 8, super::kquant_avx2::gemm_q6_k_q8_k;
 }

@@ -294,6 +294,9 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
         if isa == "avx2" && ty == GgmlType::Q5_K {
             return n_tok < kquant_avx2_rows::MIN_TOKENS_Q5_K;
         }
+        if isa == "avx2" && ty == GgmlType::Q6_K {
+            return n_tok < kquant_avx2_rows::MIN_TOKENS_Q6_K;
+        }
     }
     let _ = (isa, ty, n_tok);
     true
