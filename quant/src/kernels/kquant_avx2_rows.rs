@@ -19,8 +19,8 @@
 //! Each output sums its super-blocks in order (the integers exactly, then
 //! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32), the same f32 operations as
 //! `kquant_avx512_rows`; the tier tests hold it within the rounding bound of the scalar
-//! twin. Fewer than [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q5_K`] for Q5_K,
-//! [`MIN_TOKENS_Q6_K`] for Q6_K) run `kquant_avx2`'s tiles. Q6_K ([`RowsQ6`]) decodes as
+//! twin. Fewer than [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q6_K`] for Q6_K) run
+//! `kquant_avx2`'s tiles. Q6_K ([`RowsQ6`]) decodes as
 //! `kquant_avx512_rows` describes, and runs 2 `maddubs` per i16 sum (6-bit quants) with a
 //! `madd` by each 16-element sub-block's scale pair.
 
@@ -37,22 +37,13 @@ use super::q0_x86::{h2f, prefetch_ahead};
 use super::row_lanes::{row_lane_gemms, store8, Call, RowLanes, Tile};
 use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
-/// Fewest tokens this kernel serves for Q4_K, and for Q5_K, whose 5th bits make the
-/// decoding dearer (measured with `examples/gemm_bench.rs`: Q4_K ahead from 5 tokens, Q5_K
-/// behind at 5, equal at 8, ahead at 12).
+/// Fewest tokens this kernel serves for Q4_K and Q5_K, and for Q6_K, whose decoding (16
+/// scales per row and super-block) costs more (measured with `examples/gemm_bench.rs`
+/// against `kquant_avx2`'s tiles: Q4_K and Q5_K behind at 4 tokens, ahead from 5 (Q5_K
+/// 81-84 against 70-77 GOP/s), Q6_K behind at 8, ahead at 10).
 pub(super) const MIN_TOKENS: usize = 5;
-pub(super) const MIN_TOKENS_Q5_K: usize = 10;
-/// Fewest tokens of Q6_K (measured as for Q5_K; see `kquant_avx512_rows::MIN_TOKENS_Q6_K`).
 pub(super) const MIN_TOKENS_Q6_K: usize = 10;
 
-/// The fewest tokens format `B` runs here.
-const fn min_tokens<B: RowBlock>() -> usize {
-    if B::HIGH_BIT {
-        MIN_TOKENS_Q5_K
-    } else {
-        MIN_TOKENS
-    }
-}
 /// Layout of one super-block's decoded 8 rows in the scratch (byte offsets).
 const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
 const SCALES: usize = 8 * 256; // 8 vectors of i16 pairs (sc, sc)
@@ -158,7 +149,7 @@ impl<B: RowBlock> RowLanes<8> for Rows<B> {
     type Act = ActSuper;
     /// AVX2 has 16 vector registers.
     const TT: usize = 4;
-    const MIN_TOKENS: usize = min_tokens::<B>();
+    const MIN_TOKENS: usize = MIN_TOKENS;
     const BLOCK_BYTES: usize = SB_BYTES;
     /// `d` and `dmin` sit with the integer lanes.
     const BLOCK_F32: usize = 0;

@@ -34,10 +34,11 @@ use super::q0_rows16::transpose;
 use super::row_lanes::{row_lane_gemms, store16, Call, RowLanes, Tile};
 use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
-/// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`).
-pub(super) const MIN_TOKENS: usize = 5;
-/// Fewest tokens of Q6_K, whose decoding (16 scales per row and super-block) costs more
-/// (measured with `examples/gemm_bench.rs`: behind `kquant_avx512` at 8 tokens, ahead at 12).
+/// Fewest tokens this kernel serves for Q4_K and Q5_K, and for Q6_K, whose decoding (16
+/// scales per row and super-block) costs more (measured with `examples/gemm_bench.rs`
+/// against `kquant_avx512`'s tiles: Q4_K and Q5_K ahead from 2 tokens, 56-79 against 43-46
+/// GOP/s at 2; Q6_K behind at 8, ahead at 10).
+pub(super) const MIN_TOKENS: usize = 2;
 pub(super) const MIN_TOKENS_Q6_K: usize = 10;
 /// Layout of one super-block's decoded 16 rows in the scratch (byte offsets).
 const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors

@@ -22,7 +22,8 @@
 //! groups and token tiles). Each output sums its blocks' f32
 //! terms in block order (a different order from the units kernel's lane sums, as the AMX
 //! tiles'; both are within the tier tests' rounding bound of the scalar twin). Fewer than
-//! [`MIN_TOKENS`] tokens (decode, small expert batches) run `q0_avx512_units`.
+//! [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q8_0`] for Q8_0; decode, small expert batches) run
+//! `q0_avx512_units`.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -37,19 +38,35 @@ use super::q0_x86::{
 use super::row_lanes::{row_lane_gemms, store16, Call, RowLanes, Tile};
 use crate::block::as_blocks;
 
-/// Fewest tokens this kernel serves (measured with `examples/gemm_bench.rs`: behind the
-/// units kernel at 4 tokens, level or ahead from 5-6, for every format).
+/// Fewest tokens this kernel serves for the 4- and 5-bit formats, and for Q8_0, whose units
+/// kernel decodes 2 blocks per vector instead of 4 (measured with `examples/gemm_bench.rs`
+/// against `q0_avx512_units`: the 4- and 5-bit formats behind at 4 tokens, level or ahead
+/// from 5; Q8_0 level at 2, ahead from 3, 81-89 against 76-81 GOP/s).
 pub(super) const MIN_TOKENS: usize = 5;
+pub(super) const MIN_TOKENS_Q8_0: usize = 3;
+
+/// A format served here, and the fewest tokens it runs here from.
+trait RowsFormat: Q0Format {
+    const MIN: usize = MIN_TOKENS;
+}
+
+impl RowsFormat for Q4_0 {}
+impl RowsFormat for Q4_1 {}
+impl RowsFormat for Q5_0 {}
+impl RowsFormat for Q5_1 {}
+impl RowsFormat for Q8_0 {
+    const MIN: usize = MIN_TOKENS_Q8_0;
+}
 
 /// This kernel on format `F`.
 pub(super) struct Rows<F>(PhantomData<F>);
 
-impl<F: Q0Format> RowLanes<16> for Rows<F> {
+impl<F: RowsFormat> RowLanes<16> for Rows<F> {
     type W = F::W;
     type Act = ActSums;
     /// 8 accumulators beside the block's 8 quant vectors.
     const TT: usize = 8;
-    const MIN_TOKENS: usize = MIN_TOKENS;
+    const MIN_TOKENS: usize = F::MIN;
     const BLOCK_BYTES: usize = B_BYTES;
     const BLOCK_F32: usize = dw_per_block::<F>();
 
