@@ -143,7 +143,7 @@ fn main() {
     };
     use GgmlType::*;
     let types: Vec<GgmlType> = [
-        Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32,
+        Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32,
     ]
     .into_iter()
     .filter(|ty| {
