@@ -66,16 +66,8 @@ pub(super) trait RowBlock: crate::block::ByteBlock {
     /// How many `maddubs` results one i16 lane sums without overflow (AVX2): 8 · 2 · 15 ·
     /// 128 = 30,720 for 4-bit quants, 4 · 2 · 31 · 128 = 31,744 for 5-bit ones.
     const RUN: usize;
-    /// [`check`] for this format.
-    fn shape(
-        k: usize,
-        w: &[u8],
-        n_rows: usize,
-        a: &[u8],
-        n_tok: usize,
-        out: &[f32],
-        ldo: usize,
-    ) -> Shape;
+    /// The format ([`Q4K`], [`Q5K`]) [`check`] takes.
+    const FORMAT: u8;
     fn d(&self) -> [u8; 2];
     fn dmin(&self) -> [u8; 2];
     fn scales(&self) -> &[u8; 12];
@@ -96,17 +88,7 @@ macro_rules! row_block {
         impl RowBlock for $block {
             const RUN: usize = $run;
             const HIGH_BIT: bool = row_block!(@has $($qh)?);
-            fn shape(
-                k: usize,
-                w: &[u8],
-                n_rows: usize,
-                a: &[u8],
-                n_tok: usize,
-                out: &[f32],
-                ldo: usize,
-            ) -> Shape {
-                check::<$f>(k, w, n_rows, a, n_tok, out, ldo)
-            }
+            const FORMAT: u8 = $f;
             fn d(&self) -> [u8; 2] {
                 self.d
             }
@@ -178,19 +160,23 @@ pub(super) fn act_supers(blocks: &[crate::block::BlockQ8K], out: &mut Vec<ActSup
     }));
 }
 
-/// The shapes a K-quant GEMM call was given, checked against the slices once
-/// per call so the kernels can read through raw pointers.
+/// The shapes a quantized GEMM call was given (K-quant here, the 32-element formats in
+/// `q0_x86::q0_shape`), checked against the slices once per call so the kernels can read
+/// through raw pointers.
 pub(super) struct Shape {
-    /// Super-blocks per row.
+    /// Blocks (K-quants: super-blocks) per row.
     pub nb: usize,
     /// Bytes per weight row and per activation row.
     pub wrb: usize,
     pub arb: usize,
 }
 
-/// Checks the GEMM contract ([`super::GemmFn`]); a violation is a caller bug,
-/// and reading past a slice would be unsound, so it panics with the reason.
-pub(super) fn check<const F: u8>(
+/// Checks the GEMM contract ([`super::GemmFn`]) of a call on K-quant format `f`; a
+/// violation is a caller bug, and reading past a slice would be unsound, so it panics with
+/// the reason.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check(
+    f: u8,
     k: usize,
     w: &[u8],
     n_rows: usize,
@@ -204,7 +190,7 @@ pub(super) fn check<const F: u8>(
         "K-quant gemm: k = {k} is not a multiple of 256"
     );
     let nb = k / 256;
-    let (wrb, arb) = (nb * block_bytes(F), nb * Q8K_BYTES);
+    let (wrb, arb) = (nb * block_bytes(f), nb * Q8K_BYTES);
     assert!(
         w.len() >= n_rows * wrb,
         "K-quant gemm: weight slice too short"
@@ -594,7 +580,7 @@ fn gemm_k<const F: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let sh = check::<F>(k, w, n_rows, a, n_tok, out, ldo);
+    let sh = check(F, k, w, n_rows, a, n_tok, out, ldo);
     if n_rows == 0 || n_tok == 0 {
         return;
     }
@@ -639,7 +625,7 @@ pub(crate) fn gemm_q6_k_q8_k(
 /// Q5_K·Q8_K (AVX2 had no Q5_K dot): one 1 × 1 tile.
 pub(crate) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
-    let sh = check::<Q5K>(n, w, 1, a, 1, &o, 1);
+    let sh = check(Q5K, n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx2::detected()`.
     unsafe { gemv_tile::<Q5K, 1>(&sh, w, 1, a, &mut o) };
     o[0]

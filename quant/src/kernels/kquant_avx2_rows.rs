@@ -30,11 +30,11 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant_avx2::{
-    act_sums16, act_supers, check, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape, Q6K,
+    act_sums16, act_supers, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape, Q6K,
 };
 use super::q0_avx2_rows::transpose8;
 use super::q0_x86::{h2f, prefetch_ahead};
-use super::row_lanes::{row_lane_gemms, store8, Call, RowLanes, Tile};
+use super::row_lanes::{kquant_shape, row_lane_gemms, store8, Call, RowLanes, Tile};
 use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// Fewest tokens this kernel serves for Q4_K and Q5_K, and for Q6_K, whose decoding (16
@@ -155,8 +155,7 @@ impl<B: RowBlock> RowLanes<8> for Rows<B> {
     const BLOCK_F32: usize = 0;
 
     fn shape(c: &Call) -> Option<Shape> {
-        let shape = B::shape(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
-        (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
+        kquant_shape(B::FORMAT, c)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -321,8 +320,7 @@ impl RowLanes<8> for RowsQ6 {
     const BLOCK_F32: usize = 0;
 
     fn shape(c: &Call) -> Option<Shape> {
-        let shape = check::<Q6K>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
-        (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
+        kquant_shape(Q6K, c)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

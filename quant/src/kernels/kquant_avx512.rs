@@ -814,7 +814,7 @@ fn gemm_k<const F: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let sh = check::<F>(k, w, n_rows, a, n_tok, out, ldo);
+    let sh = check(F, k, w, n_rows, a, n_tok, out, ldo);
     if n_rows == 0 || n_tok == 0 {
         return;
     }
@@ -825,7 +825,7 @@ fn gemm_k<const F: u8>(
 /// Safe entry of the dots: one 1 × 1 tile.
 fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
-    let sh = check::<F>(n, w, 1, a, 1, &o, 1);
+    let sh = check(F, n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx512::detected()`.
     unsafe { gemv::<F>(&sh, w, 1, a, &mut o) };
     o[0]

@@ -28,10 +28,10 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant_avx2::{
-    act_sums16, act_supers, check, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape, Q6K,
+    act_sums16, act_supers, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape, Q6K,
 };
 use super::q0_rows16::transpose;
-use super::row_lanes::{row_lane_gemms, store16, Call, RowLanes, Tile};
+use super::row_lanes::{kquant_shape, row_lane_gemms, store16, Call, RowLanes, Tile};
 use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// Fewest tokens this kernel serves for Q4_K and Q5_K, and for Q6_K, whose decoding (16
@@ -173,8 +173,7 @@ impl<B: RowBlock> RowLanes<16> for Rows<B> {
     const BLOCK_F32: usize = 0;
 
     fn shape(c: &Call) -> Option<Shape> {
-        let shape = B::shape(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
-        (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
+        kquant_shape(B::FORMAT, c)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -334,8 +333,7 @@ impl RowLanes<16> for RowsQ6 {
     const BLOCK_F32: usize = 0;
 
     fn shape(c: &Call) -> Option<Shape> {
-        let shape = check::<Q6K>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
-        (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
+        kquant_shape(Q6K, c)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]

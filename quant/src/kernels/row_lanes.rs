@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::kquant_avx2::{ActSums16, ActSuper, Shape};
+use super::kquant_avx2::{check, ActSums16, ActSuper, Shape};
 use super::q0_x86::{aligned, group_rows, ActSums};
 use crate::block::ByteBlock;
 
@@ -132,6 +132,13 @@ pub(super) trait RowLanes<const R: usize> {
     /// # Safety
     /// The kernel's tier's CPU features.
     unsafe fn run(c: Call);
+}
+
+/// The shape of a K-quant call of format `f` ([`check`], which panics where it breaks the
+/// contract); `None` when there is nothing to compute.
+pub(super) fn kquant_shape(f: u8, c: &Call) -> Option<Shape> {
+    let shape = check(f, c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo);
+    (c.n_rows > 0 && c.n_tok > 0 && shape.nb > 0).then_some(shape)
 }
 
 /// Safe [`super::GemmFn`] entry points, `name => kernel, R, fallback;`: the row-lane kernel from
