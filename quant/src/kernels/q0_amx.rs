@@ -194,7 +194,8 @@ unsafe fn gemm_amx<F: Q0Format<A = BlockQ8_0>>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let Some(Shape { nb, wrb, arb }) = q0_shape::<F>(k, w, n_rows, a, n_tok, out, ldo) else {
+    let Some(Shape { nb, wrb, arb }) = q0_shape::<F::W, F::A>(k, w, n_rows, a, n_tok, out, ldo)
+    else {
         return;
     };
     let mut s = SCRATCH.with(Cell::take);

@@ -40,9 +40,12 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
+use super::kquant_avx2::Shape;
 use super::q0_avx512_units::PREFETCH_BYTES;
-use super::q0_x86::{h2f, hsum_ps, ActBlock, M_BYTE};
-use crate::block::{as_blocks, BlockQ8_0, BlockQ8_1};
+use super::q0_x86::{h2f, hsum_ps, q0_shape, ActBlock, M_BYTE};
+use crate::block::{
+    as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, ByteBlock,
+};
 
 /// Blocks of 32 elements per group.
 const BLOCKS: usize = 4;
@@ -87,8 +90,9 @@ trait GroupFormat {
     type A: ActBlock;
     /// Whether the blocks have minimums (see [`Group::base`]).
     const HAS_MIN: bool = false;
-    /// Bytes of one weight block.
-    const BLOCK_BYTES: usize;
+    /// The weight block, and its bytes.
+    type W: ByteBlock;
+    const BLOCK_BYTES: usize = std::mem::size_of::<Self::W>();
     /// Signed quant = unsigned quant − OFFSET (the nibble formats without
     /// minimums).
     const OFFSET: i8 = 0;
@@ -315,7 +319,7 @@ unsafe fn weights_with_min(p: *const u8, bb: usize, m: [__m256i; 4]) -> Weights 
 impl GroupFormat for Q4_0 {
     type A = BlockQ8_0;
     const OFFSET: i8 = 8;
-    const BLOCK_BYTES: usize = 18;
+    type W = BlockQ4_0;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -328,7 +332,7 @@ impl GroupFormat for Q4_0 {
 impl GroupFormat for Q4_1 {
     type A = BlockQ8_1;
     const HAS_MIN: bool = true;
-    const BLOCK_BYTES: usize = 20;
+    type W = BlockQ4_1;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -381,7 +385,7 @@ macro_rules! q5_quants {
 impl GroupFormat for Q5_0 {
     type A = BlockQ8_0;
     const OFFSET: i8 = 16;
-    const BLOCK_BYTES: usize = 22;
+    type W = BlockQ5_0;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -394,7 +398,7 @@ impl GroupFormat for Q5_0 {
 impl GroupFormat for Q5_1 {
     type A = BlockQ8_1;
     const HAS_MIN: bool = true;
-    const BLOCK_BYTES: usize = 24;
+    type W = BlockQ5_1;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -407,7 +411,7 @@ impl GroupFormat for Q5_1 {
 
 impl GroupFormat for Q8_0 {
     type A = BlockQ8_0;
-    const BLOCK_BYTES: usize = 34;
+    type W = BlockQ8_0;
 
     /// Block i's madd lanes are all i; `hadd(hadd(0, 1), hadd(2, 3))`.
     #[inline]
@@ -617,21 +621,12 @@ fn gemm_groups<F: GroupFormat>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let nb = k / 32;
-    let ng = nb.div_ceil(BLOCKS);
-    let wrb = nb * F::BLOCK_BYTES;
-    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
-    assert!(
-        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
-        "gemm: operand sizes"
-    );
-    assert!(
-        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
-        "gemm: output size"
-    );
-    if n_rows == 0 || n_tok == 0 || nb == 0 {
+    let Some(Shape { nb, wrb, .. }) = q0_shape::<F::W, F::A>(k, w, n_rows, a, n_tok, out, ldo)
+    else {
         return;
-    }
+    };
+    let ng = nb.div_ceil(BLOCKS);
+    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
     let mut buf = [const { MaybeUninit::<Group>::uninit() }; GROUPS];
     let kg = ng.min(GROUPS / TN);
     for g0 in (0..ng).step_by(kg) {

@@ -193,7 +193,7 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
     const BLOCK_F32: usize = dw_per_block::<F>();
 
     fn shape(c: &Call) -> Option<Shape> {
-        q0_shape::<F>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo)
+        q0_shape::<F::W, F::A>(c.k, c.w, c.n_rows, c.a, c.n_tok, c.out, c.ldo)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -43,8 +43,11 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::q0_x86::{h2f, ActBlock};
-use crate::block::{as_blocks, BlockQ8_0, BlockQ8_1};
+use super::kquant_avx2::Shape;
+use super::q0_x86::{h2f, q0_shape, ActBlock};
+use crate::block::{
+    as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, ByteBlock,
+};
 
 /// One unit of prepared activations: the quants facing the weight's first
 /// and second quant vector (`q1` unused for Q8_0), the `vpdpbusd` start value
@@ -89,7 +92,9 @@ trait UnitFormat {
     const HAS_MIN: bool = false;
     /// Blocks per unit and weight bytes per block.
     const BLOCKS: usize;
-    const BLOCK_BYTES: usize;
+    /// The weight block, and its bytes.
+    type W: ByteBlock;
+    const BLOCK_BYTES: usize = std::mem::size_of::<Self::W>();
     /// Signed quant = unsigned quant − OFFSET.
     const OFFSET: i8;
     /// Whether a unit has two quant vectors (low and high nibbles).
@@ -387,7 +392,7 @@ fn act_scales<A: ActBlock>(blocks: &[A], per: usize) -> __m512 {
 impl UnitFormat for Q4_0 {
     type A = BlockQ8_0;
     const BLOCKS: usize = 4;
-    const BLOCK_BYTES: usize = 18;
+    type W = BlockQ4_0;
     const OFFSET: i8 = 8;
     const TWO: bool = true;
 
@@ -415,7 +420,7 @@ impl UnitFormat for Q4_1 {
     type A = BlockQ8_1;
     const HAS_MIN: bool = true;
     const BLOCKS: usize = 4;
-    const BLOCK_BYTES: usize = 20;
+    type W = BlockQ4_1;
     const OFFSET: i8 = 0;
     const TWO: bool = true;
 
@@ -483,7 +488,7 @@ fn prep_nibble_order<F: UnitFormat>(blocks: &[F::A]) -> Unit {
 impl UnitFormat for Q5_0 {
     type A = BlockQ8_0;
     const BLOCKS: usize = 4;
-    const BLOCK_BYTES: usize = 22;
+    type W = BlockQ5_0;
     const OFFSET: i8 = 16;
     const TWO: bool = true;
 
@@ -519,7 +524,7 @@ impl UnitFormat for Q5_1 {
     type A = BlockQ8_1;
     const HAS_MIN: bool = true;
     const BLOCKS: usize = 4;
-    const BLOCK_BYTES: usize = 24;
+    type W = BlockQ5_1;
     const OFFSET: i8 = 0;
     const TWO: bool = true;
 
@@ -554,7 +559,7 @@ impl UnitFormat for Q5_1 {
 impl UnitFormat for Q8_0 {
     type A = BlockQ8_0;
     const BLOCKS: usize = 2;
-    const BLOCK_BYTES: usize = 34;
+    type W = BlockQ8_0;
     /// `qs ^ 0x80` is `qs + 128` as an unsigned byte.
     const OFFSET: i8 = -128;
     const TWO: bool = false;
@@ -842,21 +847,12 @@ fn gemm_units<F: UnitFormat>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let nb = k / 32;
-    let nu = nb.div_ceil(F::BLOCKS);
-    let wrb = nb * F::BLOCK_BYTES;
-    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
-    assert!(
-        k.is_multiple_of(32) && w.len() >= n_rows * wrb && ab.len() >= n_tok * nb,
-        "gemm: operand sizes"
-    );
-    assert!(
-        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
-        "gemm: output size"
-    );
-    if n_rows == 0 || n_tok == 0 || nb == 0 {
+    let Some(Shape { nb, wrb, .. }) = q0_shape::<F::W, F::A>(k, w, n_rows, a, n_tok, out, ldo)
+    else {
         return;
-    }
+    };
+    let nu = nb.div_ceil(F::BLOCKS);
+    let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
     let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
     let kg = nu.min(UNITS / TN);
     for u0 in (0..nu).step_by(kg) {

@@ -267,11 +267,12 @@ impl Q0Format for Q8_0 {
     }
 }
 
-/// The shape of a GEMM call on a 32-element format `F`: blocks per row, weight and
-/// activation row bytes. Checks the [`super::GemmFn`] contract once per call (a violation
-/// is a caller bug; the kernels then read through raw pointers, so it panics with the
-/// reason); `None` when there is nothing to compute.
-pub(super) fn q0_shape<F: Q0Format>(
+/// The shape of a GEMM call on a 32-element format, weight blocks `W` against activation
+/// blocks `A`: blocks per row, weight and activation row bytes. Checks the
+/// [`super::GemmFn`] contract once per call (a violation is a caller bug; the kernels then
+/// read through raw pointers, so it panics with the reason); `None` when there is nothing
+/// to compute.
+pub(super) fn q0_shape<W: ByteBlock, A: ActBlock>(
     k: usize,
     w: &[u8],
     n_rows: usize,
@@ -281,8 +282,8 @@ pub(super) fn q0_shape<F: Q0Format>(
     ldo: usize,
 ) -> Option<Shape> {
     let nb = k / 32;
-    let wrb = nb * std::mem::size_of::<F::W>();
-    let arb = nb * std::mem::size_of::<F::A>();
+    let wrb = nb * std::mem::size_of::<W>();
+    let arb = nb * std::mem::size_of::<A>();
     assert!(
         k.is_multiple_of(32) && w.len() >= n_rows * wrb && a.len() >= n_tok * arb,
         "gemm: operand sizes"
