@@ -270,37 +270,33 @@ fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
 fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K);
-        let nibble_formats = [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-        ];
-        if isa.starts_with("avx512") {
-            return n_tok
-                < match ty {
-                    GgmlType::Q6_K => kquant_avx512_rows::MIN_TOKENS_Q6_K,
-                    GgmlType::Q8_0 => q0_avx512_rows::MIN_TOKENS_Q8_0,
-                    _ if k_quant => kquant_avx512_rows::MIN_TOKENS,
-                    _ => q0_avx512_rows::MIN_TOKENS,
-                };
-        }
-        if isa == "avx2" && nibble_formats.contains(&ty) {
-            return n_tok < q0_avx2_rows::MIN_TOKENS;
-        }
-        if isa == "avx2" && ty == GgmlType::Q8_0 {
-            return n_tok < q0_avx2_rows::MIN_TOKENS_Q8_0;
-        }
-        if isa == "avx2" && k_quant {
-            return n_tok < kquant_avx2_rows::MIN_TOKENS;
-        }
-        if isa == "avx2" && ty == GgmlType::Q6_K {
-            return n_tok < kquant_avx2_rows::MIN_TOKENS_Q6_K;
-        }
+        use GgmlType::*;
+        // The fewest tokens the tier's row-lane kernel for `ty` serves.
+        let from = if isa.starts_with("avx512") {
+            match ty {
+                Q6_K => kquant_avx512_rows::MIN_TOKENS_Q6_K,
+                Q8_0 => q0_avx512_rows::MIN_TOKENS_Q8_0,
+                Q4_K | Q5_K => kquant_avx512_rows::MIN_TOKENS,
+                _ => q0_avx512_rows::MIN_TOKENS,
+            }
+        } else if isa == "avx2" {
+            match ty {
+                Q4_0 | Q4_1 | Q5_0 | Q5_1 => q0_avx2_rows::MIN_TOKENS,
+                Q8_0 => q0_avx2_rows::MIN_TOKENS_Q8_0,
+                Q4_K | Q5_K => kquant_avx2_rows::MIN_TOKENS,
+                Q6_K => kquant_avx2_rows::MIN_TOKENS_Q6_K,
+                _ => return true,
+            }
+        } else {
+            return true;
+        };
+        n_tok < from
     }
-    let _ = (isa, ty, n_tok);
-    true
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, ty, n_tok);
+        true
+    }
 }
 
 #[test]
