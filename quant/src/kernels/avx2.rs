@@ -1,5 +1,6 @@
 //! AVX2 + FMA (+ F16C) versions of the hottest dot products (F32, F16, BF16,
-//! Q2_K, Q3_K, Q4_K, Q6_K; the 32-element block formats are `q0_avx2_groups.rs`'s).
+//! Q4_K, Q6_K; the 32-element block formats are `q0_avx2_groups.rs`'s, Q2_K, Q3_K and Q5_K
+//! `kquant_avx2.rs`'s).
 //! Each computes the same integer block sums as its scalar twin in `scalar.rs` and differs only in
 //! the order of the f32 additions; `tier_tests` checks them against the scalar
 //! kernels on random and edge data.
@@ -12,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::q0_x86::{h2f, hsum_ps};
-use crate::block::{as_blocks, q3k_scale, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ6K, BlockQ8K};
+use crate::block::{as_blocks, BlockQ4K, BlockQ6K, BlockQ8K};
 
 /// Whether this CPU runs every kernel of this file.
 pub fn detected() -> bool {
@@ -235,117 +236,6 @@ fn q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 let sc = _mm256_set_m128i(
                     _mm_set1_epi16(x.scales[s + 1] as i16),
                     _mm_set1_epi16(x.scales[s] as i16),
-                );
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
-            }
-        }
-        let d = _mm256_set1_ps(h2f(x.d) * y.d());
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_ps(acc)
-}
-
-pub(crate) fn dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    // SAFETY: only installed in the kernel table after `detected()`.
-    unsafe { q2_k_q8_k(n, w, a) }
-}
-
-/// Q2_K·Q8_K: each 32-element group's quants (0..=3, unsigned) times the
-/// activations with `maddubs` (2·3·128 < 2¹⁵, no saturation), the two
-/// 16-element sub-block scales through `madd`; the block's integer sum is
-/// exact, so the f32 tail is the scalar twin's, term for term (bit-identical).
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let wb = as_blocks::<BlockQ2K>(w).unwrap_or(&[]);
-    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
-    debug_assert!(wb.len() == ab.len() && wb.len() * 256 == n);
-    let three = _mm256_set1_epi8(3);
-    let mut sumf = 0f32;
-    for (x, y) in wb.iter().zip(ab) {
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            // SAFETY: qs[32h..32h+32] is in bounds (qs holds 64 bytes).
-            let qs = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * h).cast()) };
-            let low = [
-                qs,
-                _mm256_srli_epi16::<2>(qs),
-                _mm256_srli_epi16::<4>(qs),
-                _mm256_srli_epi16::<6>(qs),
-            ];
-            for (g, l) in low.into_iter().enumerate() {
-                let e = 128 * h + 32 * g;
-                let q = _mm256_and_si256(l, three);
-                // SAFETY: y.qs[e..e+32] is in bounds (e + 32 ≤ 256).
-                let yv = unsafe { _mm256_loadu_si256(y.qs.as_ptr().add(e).cast()) };
-                let p = _mm256_maddubs_epi16(q, yv);
-                let s = e / 16;
-                let sc = _mm256_set_m128i(
-                    _mm_set1_epi16((x.scales[s + 1] & 0x0f) as i16),
-                    _mm_set1_epi16((x.scales[s] & 0x0f) as i16),
-                );
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
-            }
-        }
-        let s4 = _mm_add_epi32(
-            _mm256_castsi256_si128(sumi),
-            _mm256_extracti128_si256::<1>(sumi),
-        );
-        let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
-        let isum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)));
-        let summs: i32 = (0..16)
-            .map(|j| y.bsum(j) as i32 * (x.scales[j] >> 4) as i32)
-            .sum();
-        let dall = y.d() * h2f(x.d);
-        let dmin = y.d() * h2f(x.dmin);
-        sumf += dall * isum as f32 - dmin * summs as f32;
-    }
-    sumf
-}
-
-pub(crate) fn dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    // SAFETY: only installed in the kernel table after `detected()`.
-    unsafe { q3_k_q8_k(n, w, a) }
-}
-
-/// Q3_K·Q8_K: each 32-element group's quants q ∈ 0..=7 (2 low bits from `qs`,
-/// the high bit from `hmask`) as unsigned bytes, so (q − 4)·y = q·y − 4·y with
-/// two `maddubs` (neither saturates: 2·7·127, 2·4·127 < 2¹⁵), then the two
-/// 16-element sub-block scales through `madd`.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let wb = as_blocks::<BlockQ3K>(w).unwrap_or(&[]);
-    let ab = as_blocks::<BlockQ8K>(a).unwrap_or(&[]);
-    debug_assert!(wb.len() == ab.len() && wb.len() * 256 == n);
-    let three = _mm256_set1_epi8(3);
-    let four = _mm256_set1_epi8(4);
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in wb.iter().zip(ab) {
-        // SAFETY: hmask holds exactly 32 bytes; unaligned load.
-        let hm = unsafe { _mm256_loadu_si256(x.hmask.as_ptr().cast()) };
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            // SAFETY: qs[32h..32h+32] is in bounds (qs holds 64 bytes).
-            let qs = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * h).cast()) };
-            let low = [
-                qs,
-                _mm256_srli_epi16::<2>(qs),
-                _mm256_srli_epi16::<4>(qs),
-                _mm256_srli_epi16::<6>(qs),
-            ];
-            for (g, l) in low.into_iter().enumerate() {
-                let e = 128 * h + 32 * g;
-                // High bit of element e + i is bit e/32 of hmask[i]: 4 where set.
-                let bit = _mm256_set1_epi8((1u8 << (e / 32)) as i8);
-                let hi = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
-                let q = _mm256_or_si256(_mm256_and_si256(l, three), hi);
-                // SAFETY: y.qs[e..e+32] is in bounds (e + 32 ≤ 256).
-                let yv = unsafe { _mm256_loadu_si256(y.qs.as_ptr().add(e).cast()) };
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, yv), _mm256_maddubs_epi16(four, yv));
-                let s = e / 16;
-                let sc = _mm256_set_m128i(
-                    _mm_set1_epi16(q3k_scale(s + 1, &x.scales) as i16),
-                    _mm_set1_epi16(q3k_scale(s, &x.scales) as i16),
                 );
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }

@@ -1,14 +1,16 @@
-//! AVX2 (+FMA) dot products and GEMMs for the K-quants (Q4_K, Q5_K, Q6_K
+//! AVX2 (+FMA) dot products and GEMMs for the K-quants (Q2_K to Q6_K
 //! weights against Q8_K activations), read straight from the GGUF block layout,
-//! plus the layout helpers the AVX-512 twin (`kquant_avx512.rs`) shares.
+//! plus the layout helpers the AVX-512 twins (`kquant_avx512.rs`, the row-lane
+//! kernels) share. The AVX-512 tier runs these for Q2_K and Q3_K (the cold
+//! experts' low-bit copies) below its row-lane kernel's tokens.
 //!
 //! [`tile2x4`] computes 2 weight rows × 4 tokens in registers: per
-//! super-block, each row's quants are unpacked to unsigned bytes (0..15, 0..31
-//! or 0..63) and its scales spread to one i16 per lane once, then reused for
-//! the tile's tokens: `maddubs` (unsigned quant × signed activation, pairs of
-//! at most 63·128·2 < 2¹⁵, never saturating) and `madd` with the scales give
-//! exact i32 sums. The offsets (Q4_K/Q5_K mins, Q6_K's −32) come from the
-//! activation's per-16 `bsums`. The integer block sums equal the scalar twins'
+//! super-block, each row's quants are unpacked to unsigned bytes (0..3, 0..7,
+//! 0..15, 0..31 or 0..63) and its scales spread to one i16 per lane once, then
+//! reused for the tile's tokens: `maddubs` (unsigned quant × signed activation,
+//! pairs of at most 63·128·2 < 2¹⁵, never saturating) and `madd` with the
+//! scales give exact i32 sums. The offsets (Q2_K/Q4_K/Q5_K mins, Q6_K's −32,
+//! Q3_K's −4) come from the activation's per-16 `bsums`. The integer block sums equal the scalar twins'
 //! (`scalar.rs`); only the order of the f32 additions differs. [`gemv_tile`]
 //! (one token) decodes 8 rows one after the other and uses each at once,
 //! reading them as one L2-prefetched stream.
@@ -24,6 +26,9 @@ use super::q0_avx512_units::PREFETCH_BYTES;
 pub(super) const Q4K: u8 = 0;
 pub(super) const Q5K: u8 = 1;
 pub(super) const Q6K: u8 = 2;
+/// The low-bit formats of the cold experts' fallback copies.
+pub(super) const Q3K: u8 = 3;
+pub(super) const Q2K: u8 = 4;
 
 /// Bytes of one Q8_K block: d (f32), 256 qs, 16 i16 bsums.
 pub(super) const Q8K_BYTES: usize = 292;
@@ -38,8 +43,39 @@ pub(super) const fn block_bytes(f: u8) -> usize {
     match f {
         Q4K => 144,
         Q5K => 176,
-        _ => 210,
+        Q6K => 210,
+        Q3K => 110,
+        Q2K => 84,
+        _ => panic!("not a K-quant format"),
     }
+}
+
+/// Whether format `f` stores signed quants with an offset (Q6_K's 32, Q3_K's 4), taken back
+/// inside the integer sum as `offset·scale` per 16-element group; the others (Q4_K, Q5_K,
+/// Q2_K) have minimums, a second integer sum scaled by `dmin`.
+pub(super) const fn folds_offset(f: u8) -> bool {
+    f == Q6K || f == Q3K
+}
+
+/// The 16 six-bit scales of a Q3_K super-block from its 12 scale bytes `q`, still + 32, one
+/// per byte in sub-block order: sub-block j takes its low 4 bits from byte j (j < 8) or the
+/// high nibble of byte j − 8, and its top 2 bits from bits 2·(j/4) of byte 8 + j % 4.
+#[inline]
+pub(super) fn q3k_scale_bytes(q: &[u8; 12]) -> [u8; 16] {
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (w0, w1, top) = (word(0), word(1), word(2));
+    let (low4, top2) = (0x0f0f_0f0f, 0x0303_0303);
+    let words = [
+        (w0 & low4) | ((top & top2) << 4),
+        (w1 & low4) | (((top >> 2) & top2) << 4),
+        ((w0 >> 4) & low4) | (((top >> 4) & top2) << 4),
+        ((w1 >> 4) & low4) | (((top >> 6) & top2) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (o, w) in out.chunks_exact_mut(4).zip(words) {
+        o.copy_from_slice(&w.to_le_bytes());
+    }
+    out
 }
 
 /// The 8 six-bit scales and 8 six-bit mins of a Q4_K/Q5_K super-block from
@@ -114,6 +150,132 @@ macro_rules! row_block {
 
 row_block!(crate::block::BlockQ4K, Q4K, run: 8,);
 row_block!(crate::block::BlockQ5K, Q5K, run: 4, qh);
+
+/// A K-quant super-block of 16 sub-blocks of 16 elements (Q6_K, Q3_K, Q2_K) as the row-lane
+/// kernels decode it: chunk c of 32 elements holds unsigned quants, byte l of the chunk being
+/// `(low[l] >> ls) & lm | ((high[l] >> hs) & hm) << hp` with [`SixteenBlock::low`] and
+/// [`SixteenBlock::high`] (where the format has high bits) and their bit positions.
+pub(super) trait SixteenBlock: crate::block::ByteBlock {
+    /// The format ([`Q6K`], [`Q3K`], [`Q2K`]) [`check`] takes.
+    const FORMAT: u8;
+    /// Signed formats ([`folds_offset`]): log2 of the offset the quants are stored with.
+    const OFFSET_SHIFT: i32;
+    /// How many `maddubs` results one i16 lane sums without overflow (AVX2), at most a
+    /// sub-block's 4: 2 · 2 · 63 · 128 = 32,256 for 6-bit quants, 4 · 2 · 7 · 128 for 3-bit.
+    const RUN: usize;
+    /// Whether chunks have high bits ([`SixteenBlock::high`]).
+    const HIGH: bool;
+    /// Chunk c's low bits: their bytes (32), shift and mask.
+    fn low(&self, c: usize) -> &[u8];
+    fn low_bits(c: usize) -> (i32, i8);
+    /// Chunk c's high bits: their bytes (32), shift, mask and position in the quant.
+    fn high(&self, c: usize) -> &[u8];
+    fn high_bits(c: usize) -> (i32, i8, i32);
+    /// The sub-blocks' integer scales, and minimums (zero where the format has none).
+    fn scales(&self) -> [i32; 16];
+    fn mins(&self) -> [i32; 16];
+    fn d(&self) -> [u8; 2];
+    fn dmin(&self) -> [u8; 2];
+}
+
+impl SixteenBlock for crate::block::BlockQ6K {
+    const FORMAT: u8 = Q6K;
+    const OFFSET_SHIFT: i32 = 5;
+    const RUN: usize = 2;
+    const HIGH: bool = true;
+    /// Chunk 4n + m: the low (m < 2) or high nibbles of ql[64n + 32(m % 2)..].
+    fn low(&self, c: usize) -> &[u8] {
+        &self.ql[64 * (c / 4) + 32 * (c % 2)..][..32]
+    }
+    fn low_bits(c: usize) -> (i32, i8) {
+        (4 * (c % 4 / 2) as i32, 0x0f)
+    }
+    /// Chunk 4n + m: bits 2m, 2m + 1 of qh[32n..].
+    fn high(&self, c: usize) -> &[u8] {
+        &self.qh[32 * (c / 4)..][..32]
+    }
+    fn high_bits(c: usize) -> (i32, i8, i32) {
+        (2 * (c % 4) as i32, 3, 4)
+    }
+    fn scales(&self) -> [i32; 16] {
+        self.scales.map(i32::from)
+    }
+    fn mins(&self) -> [i32; 16] {
+        [0; 16]
+    }
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    fn dmin(&self) -> [u8; 2] {
+        [0; 2]
+    }
+}
+
+impl SixteenBlock for crate::block::BlockQ3K {
+    const FORMAT: u8 = Q3K;
+    const OFFSET_SHIFT: i32 = 2;
+    const RUN: usize = 4;
+    const HIGH: bool = true;
+    /// Chunk 4n + m: bits 2m, 2m + 1 of qs[32n..].
+    fn low(&self, c: usize) -> &[u8] {
+        &self.qs[32 * (c / 4)..][..32]
+    }
+    fn low_bits(c: usize) -> (i32, i8) {
+        (2 * (c % 4) as i32, 3)
+    }
+    /// Chunk c: bit c of hmask.
+    fn high(&self, _: usize) -> &[u8] {
+        &self.hmask
+    }
+    fn high_bits(c: usize) -> (i32, i8, i32) {
+        (c as i32, 1, 2)
+    }
+    fn scales(&self) -> [i32; 16] {
+        q3k_scale_bytes(&self.scales).map(|v| i32::from(v) - 32)
+    }
+    fn mins(&self) -> [i32; 16] {
+        [0; 16]
+    }
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    fn dmin(&self) -> [u8; 2] {
+        [0; 2]
+    }
+}
+
+impl SixteenBlock for crate::block::BlockQ2K {
+    const FORMAT: u8 = Q2K;
+    /// Unsigned quants with minimums: no offset.
+    const OFFSET_SHIFT: i32 = 0;
+    const RUN: usize = 4;
+    const HIGH: bool = false;
+    /// Chunk 4n + m: bits 2m, 2m + 1 of qs[32n..].
+    fn low(&self, c: usize) -> &[u8] {
+        &self.qs[32 * (c / 4)..][..32]
+    }
+    fn low_bits(c: usize) -> (i32, i8) {
+        (2 * (c % 4) as i32, 3)
+    }
+    fn high(&self, _: usize) -> &[u8] {
+        &[]
+    }
+    fn high_bits(_: usize) -> (i32, i8, i32) {
+        (0, 0, 0)
+    }
+    fn scales(&self) -> [i32; 16] {
+        self.scales.map(|v| i32::from(v & 0x0f))
+    }
+    fn mins(&self) -> [i32; 16] {
+        self.scales.map(|v| i32::from(v >> 4))
+    }
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    fn dmin(&self) -> [u8; 2] {
+        self.dmin
+    }
+}
 
 /// What the row-lane K-quant kernels (`kquant_avx2_rows`, `kquant_avx512_rows`) need of
 /// one token's Q8_K super-block besides its quants.
@@ -231,12 +393,10 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
     };
     let m4 = _mm256_set1_epi8(0x0f);
     let top2 = _mm256_set1_epi8(0x30);
-    if F == Q6K {
-        row.d = h2f(208);
-        // SAFETY: the 16 scale bytes lie at 192..208 of the 210-byte block.
-        let g = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192).cast()) });
-        // Chunk c covers 16-groups 2c (i16 lanes 0..8) and 2c + 1 (8..16):
-        // broadcast i32 c = that pair, then each half picks its i16.
+    // The 16-element formats: chunk c covers 16-groups 2c (i16 lanes 0..8) and 2c + 1
+    // (8..16): broadcast i32 c of the 16 i16 scales `g` (that pair), then each half picks
+    // its i16.
+    let spread16 = |g: __m256i, row: &mut RowDec| {
         let halves = _mm256_setr_epi8(
             0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2,
             3, 2, 3,
@@ -245,6 +405,60 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
             let pair = _mm256_permutevar8x32_epi32(g, _mm256_set1_epi32(c as i32));
             row.s[c] = _mm256_shuffle_epi8(pair, halves);
         }
+    };
+    if F == Q3K || F == Q2K {
+        // Chunk c = 4h + m: bits 2m, 2m + 1 of qs[32h..32h + 32] (Q3_K's at byte 32, Q2_K's
+        // at 16); Q3_K's third bit of element 32c + l is bit c of hmask[l] (bytes 0..32).
+        let qs = if F == Q3K { 32 } else { 16 };
+        let (three, bit2) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+        let hm = if F == Q3K {
+            // SAFETY: hmask = bytes 0..32 of the 110-byte block; loadu is unaligned.
+            unsafe { _mm256_loadu_si256(p.cast()) }
+        } else {
+            _mm256_setzero_si256()
+        };
+        for h in 0..2 {
+            // SAFETY: qs[32h..32h + 32] lies in the block.
+            let q = unsafe { _mm256_loadu_si256(p.add(qs + 32 * h).cast()) };
+            for m in 0..4 {
+                let c = 4 * h + m;
+                let low =
+                    _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * m as i32)), three);
+                row.u[c] = if F == Q3K {
+                    let moved = if c <= 2 {
+                        _mm256_sll_epi16(hm, _mm_cvtsi32_si128(2 - c as i32))
+                    } else {
+                        _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32 - 2))
+                    };
+                    _mm256_or_si256(low, _mm256_and_si256(moved, bit2))
+                } else {
+                    low
+                };
+            }
+        }
+        if F == Q3K {
+            row.d = h2f(108);
+            let sc = q3k_scale_bytes(b[96..108].try_into().expect("12 scale bytes"));
+            // SAFETY: sc is 16 bytes.
+            let g = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            let g = _mm256_sub_epi16(g, _mm256_set1_epi16(32));
+            spread16(g, row);
+            // (u − 4)·a: −4·scale per 16-group times the activation's bsum.
+            row.off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<2>(g));
+        } else {
+            (row.d, row.dmin) = (h2f(80), h2f(82));
+            // SAFETY: the 16 scale bytes lie at 0..16 of the 84-byte block.
+            let sm = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(p.cast()) });
+            spread16(_mm256_and_si256(sm, _mm256_set1_epi16(0x0f)), row);
+            row.off = _mm256_srli_epi16::<4>(sm);
+        }
+        return;
+    }
+    if F == Q6K {
+        row.d = h2f(208);
+        // SAFETY: the 16 scale bytes lie at 192..208 of the 210-byte block.
+        let g = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192).cast()) });
+        spread16(g, row);
         row.off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(g));
         for h in 0..2 {
             // SAFETY: ql[64h..64h+64] and qh[32h..32h+32] (offset 128) lie in
@@ -425,7 +639,7 @@ fn gemv_tile<const F: u8, const R: usize>(
                 }
                 decode::<F>(&w[off..][..bb], &mut row);
                 let mut acc = _mm256_madd_epi16(row.off, bsums);
-                if F != Q6K {
+                if !folds_offset(F) {
                     mins[j][r] = acc;
                     acc = _mm256_setzero_si256();
                 }
@@ -441,7 +655,7 @@ fn gemv_tile<const F: u8, const R: usize>(
         for j in 0..gn {
             if R == 1 {
                 sum1 += dw[j][0] * hsum(main[j][0]) as f32;
-                if F != Q6K {
+                if !folds_offset(F) {
                     sum1 -= dm[j][0] * hsum(mins[j][0]) as f32;
                 }
                 continue;
@@ -454,7 +668,7 @@ fn gemv_tile<const F: u8, const R: usize>(
                 )
             };
             facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main[j])), dwv, facc);
-            if F != Q6K {
+            if !folds_offset(F) {
                 facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins[j])), dmv, facc);
             }
         }
@@ -509,7 +723,7 @@ fn tile2x4<const F: u8>(
         for r in 0..2 {
             for t in 0..4 {
                 let o = _mm256_madd_epi16(rows[r].off, x[t].1);
-                if F == Q6K {
+                if folds_offset(F) {
                     main[4 * r + t] = _mm256_add_epi32(acc[r][t], o);
                 } else {
                     (main[4 * r + t], mins[4 * r + t]) = (acc[r][t], o);
@@ -521,7 +735,7 @@ fn tile2x4<const F: u8>(
         // SAFETY: dw and dm are 8 f32.
         let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
         facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main)), dwv, facc);
-        if F != Q6K {
+        if !folds_offset(F) {
             facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
         }
     }
@@ -622,13 +836,45 @@ pub(crate) fn gemm_q6_k_q8_k(
     gemm_k::<Q6K>(k, w, nr, a, nt, o, ldo)
 }
 
-/// Q5_K·Q8_K (AVX2 had no Q5_K dot): one 1 × 1 tile.
-pub(crate) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(crate) fn gemm_q3_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q3K>(k, w, nr, a, nt, o, ldo)
+}
+pub(crate) fn gemm_q2_k_q8_k(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    nt: usize,
+    o: &mut [f32],
+    ldo: usize,
+) {
+    gemm_k::<Q2K>(k, w, nr, a, nt, o, ldo)
+}
+
+/// One 1 × 1 tile of format `F`: the dots of the formats without a dot of their own.
+fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
-    let sh = check(Q5K, n, w, 1, a, 1, &o, 1);
+    let sh = check(F, n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx2::detected()`.
-    unsafe { gemv_tile::<Q5K, 1>(&sh, w, 1, a, &mut o) };
+    unsafe { gemv_tile::<F, 1>(&sh, w, 1, a, &mut o) };
     o[0]
+}
+pub(crate) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_k::<Q5K>(n, w, a)
+}
+pub(crate) fn dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_k::<Q3K>(n, w, a)
+}
+pub(crate) fn dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_k::<Q2K>(n, w, a)
 }
 
 #[cfg(test)]
@@ -643,9 +889,13 @@ mod tests {
             return;
         }
         check_dot::<Q5K>("avx2 q5_k", dot_q5_k_q8_k);
+        check_dot::<Q3K>("avx2 q3_k", dot_q3_k_q8_k);
+        check_dot::<Q2K>("avx2 q2_k", dot_q2_k_q8_k);
         check_gemm::<Q4K>("avx2 q4_k", gemm_q4_k_q8_k);
         check_gemm::<Q5K>("avx2 q5_k", gemm_q5_k_q8_k);
         check_gemm::<Q6K>("avx2 q6_k", gemm_q6_k_q8_k);
+        check_gemm::<Q3K>("avx2 q3_k", gemm_q3_k_q8_k);
+        check_gemm::<Q2K>("avx2 q2_k", gemm_q2_k_q8_k);
     }
 }
 
@@ -653,26 +903,32 @@ mod tests {
 /// AVX-512) must pass against its scalar twin and `gemm_by_dots`.
 #[cfg(test)]
 pub(super) mod testkit {
-    use super::{block_bytes, k4_scales_mins, Q4K, Q5K, Q6K, Q8K_BYTES};
-    use crate::block::{as_blocks, f32_to_f16, unpack_q6k, BlockQ6K};
+    use super::{
+        block_bytes, folds_offset, k4_scales_mins, q3k_scale_bytes, Q2K, Q3K, Q4K, Q5K, Q6K,
+        Q8K_BYTES,
+    };
+    use crate::block::{
+        as_blocks, f32_to_f16, q3k_scale, unpack_q2k, unpack_q3k, unpack_q6k, BlockQ2K, BlockQ3K,
+        BlockQ6K,
+    };
     use crate::kernels::{gemm_by_dots, scalar, DotFn, GemmFn};
 
     /// The scale, offset factor and block scales of one weight super-block in the
     /// form every kernel consumes.
     pub struct Scales {
         /// Per 16-element group: the integer scale (Q4_K/Q5_K: its 32-group's
-        /// 6-bit scale; Q6_K: the signed 8-bit scale).
+        /// 6-bit scale; Q6_K: the signed 8-bit scale; Q3_K: the signed 6-bit one;
+        /// Q2_K: the 4-bit one).
         pub groups: [i16; 16],
-        /// Per 16-element group: the factor of the activation's bsum (Q4_K/Q5_K:
-        /// the 6-bit min, subtracted times `dmin`; Q6_K: −32·scale, added to the
-        /// integer sum, whose unit is `d`).
+        /// Per 16-element group: the factor of the activation's bsum (Q4_K/Q5_K/Q2_K:
+        /// the min, subtracted times `dmin`; Q6_K: −32·scale, Q3_K: −4·scale, added to
+        /// the integer sum, whose unit is `d`).
         pub offsets: [i16; 16],
         pub d: f32,
         pub dmin: f32,
     }
 
-    /// Decodes the f16 scale(s) and the 12 (Q4_K/Q5_K) or 16 (Q6_K) scale bytes
-    /// of the super-block at `b`.
+    /// Decodes the f16 scale(s) and the scale bytes of the super-block at `b`.
     #[inline]
     pub fn block_scales<const F: u8>(b: &[u8]) -> Scales {
         let h = |o: usize| crate::block::f16_to_f32([b[o], b[o + 1]]);
@@ -682,7 +938,20 @@ pub(super) mod testkit {
             d: 0.0,
             dmin: 0.0,
         };
-        if F == Q6K {
+        if F == Q3K {
+            s.d = h(108);
+            let q: &[u8; 12] = b[96..108].try_into().expect("12 scale bytes");
+            for j in 0..16 {
+                let sc = q3k_scale(j, q) as i16;
+                s.groups[j] = sc;
+                s.offsets[j] = -4 * sc;
+            }
+        } else if F == Q2K {
+            (s.d, s.dmin) = (h(80), h(82));
+            for (j, &v) in b[..16].iter().enumerate() {
+                (s.groups[j], s.offsets[j]) = ((v & 0x0f) as i16, (v >> 4) as i16);
+            }
+        } else if F == Q6K {
             s.d = h(208);
             for j in 0..16 {
                 let sc = b[192 + j] as i8 as i16;
@@ -776,10 +1045,11 @@ pub(super) mod testkit {
         if fill == Fill::Zero {
             return vec![0; b.len()];
         }
-        let (d_at, sc) = if F == Q6K {
-            (208, 192..208)
-        } else {
-            (0, 4..16)
+        let (d_at, dmin_at, sc) = match F {
+            Q6K => (208, None, 192..208),
+            Q3K => (108, None, 96..108),
+            Q2K => (80, Some(82), 0..16),
+            _ => (0, Some(2), 4..16),
         };
         let mut d = f32_to_f16(rng.unit() * 0.1);
         let mut dmin = f32_to_f16(rng.unit() * 0.1);
@@ -791,36 +1061,60 @@ pub(super) mod testkit {
                     b[j] = if i % 2 == 0 { 127 } else { 0x80 };
                 }
             }
+            // Q3_K: every scale −32 (stored 0), its largest magnitude.
+            Fill::MaxScales if F == Q3K => b[sc].fill(0),
             Fill::MaxScales => b[sc].fill(0xff),
             Fill::MaxQuants => {
-                let q = if F == Q6K {
-                    0..192
-                } else if F == Q5K {
-                    16..176
-                } else {
-                    16..144
+                let q = match F {
+                    Q6K => 0..192,
+                    Q5K => 16..176,
+                    Q4K => 16..144,
+                    Q3K => 0..96,
+                    _ => 16..80,
                 };
                 b[q].fill(0xff);
             }
             Fill::Exact => {
                 (d, dmin) = (f32_to_f16(1.0), f32_to_f16(1.0));
+                if F == Q3K {
+                    // Scales −7..=7: stored values 25..=39, packed as the format packs them.
+                    let v: [u8; 16] = std::array::from_fn(|_| 25 + rng.byte() % 15);
+                    let mut packed = [0u8; 12];
+                    for (j, &v) in v.iter().enumerate() {
+                        packed[j % 8] |= (v & 0x0f) << (4 * (j / 8));
+                        packed[8 + j % 4] |= (v >> 4) << (2 * (j / 4));
+                    }
+                    b[sc.clone()].copy_from_slice(&packed);
+                }
                 for (i, j) in sc.enumerate() {
-                    b[j] = if F == Q6K {
-                        ((rng.byte() % 15) as i8 - 7) as u8
-                    } else if i < 8 {
-                        b[j] & 0x07
-                    } else {
-                        b[j] & 0x77
+                    b[j] = match F {
+                        Q6K => ((rng.byte() % 15) as i8 - 7) as u8,
+                        Q3K => b[j],
+                        Q2K => b[j] & 0x77,
+                        _ if i < 8 => b[j] & 0x07,
+                        _ => b[j] & 0x77,
                     };
                 }
             }
             _ => {}
         }
         b[d_at..d_at + 2].copy_from_slice(&d);
-        if F != Q6K {
-            b[2..4].copy_from_slice(&dmin);
+        if let Some(at) = dmin_at {
+            b[at..at + 2].copy_from_slice(&dmin);
         }
         b
+    }
+
+    #[test]
+    fn q3k_scale_bytes_unpack_like_q3k_scale() {
+        let mut rng = Rng::new(11);
+        for _ in 0..200 {
+            let q: [u8; 12] = std::array::from_fn(|_| rng.byte());
+            let got = q3k_scale_bytes(&q);
+            for (j, &g) in got.iter().enumerate() {
+                assert_eq!(g as i8 - 32, q3k_scale(j, &q), "sub-block {j} of {q:?}");
+            }
+        }
     }
 
     fn act_block(rng: &mut Rng, fill: Fill) -> Vec<u8> {
@@ -865,6 +1159,13 @@ pub(super) mod testkit {
     /// The unsigned quants of one weight block in element order.
     fn quants<const F: u8>(b: &[u8]) -> [i32; 256] {
         let mut u = [0i32; 256];
+        if F == Q3K {
+            let q = unpack_q3k(&as_blocks::<BlockQ3K>(b).expect("one block")[0]);
+            return q.map(|v| v as i32 + 4);
+        }
+        if F == Q2K {
+            return unpack_q2k(&as_blocks::<BlockQ2K>(b).expect("one block")[0]).map(i32::from);
+        }
         if F == Q6K {
             let q = unpack_q6k(&as_blocks::<BlockQ6K>(b).expect("one block")[0]);
             for (o, &v) in u.iter_mut().zip(&q) {
@@ -903,7 +1204,7 @@ pub(super) mod testkit {
                 let bsum = i16::from_le_bytes([ab[260 + 2 * j], ab[261 + 2 * j]]) as f64;
                 off += (s.offsets[j] as f64 * bsum).abs();
             }
-            let dm = if F == Q6K { s.d } else { s.dmin } as f64;
+            let dm = if folds_offset(F) { s.d } else { s.dmin } as f64;
             m += (s.d as f64 * da).abs() * main + (dm * da).abs() * off;
         }
         m
@@ -913,7 +1214,9 @@ pub(super) mod testkit {
         match F {
             Q4K => scalar::dot_q4_k_q8_k,
             Q5K => scalar::dot_q5_k_q8_k,
-            _ => scalar::dot_q6_k_q8_k,
+            Q6K => scalar::dot_q6_k_q8_k,
+            Q3K => scalar::dot_q3_k_q8_k,
+            _ => scalar::dot_q2_k_q8_k,
         }
     }
 

@@ -1,5 +1,6 @@
-//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on Q4_K, Q5_K and Q6_K weights (the
-//! K-quant recipes' gate and up experts) and Q8_K activations, with 8 weight rows in the 8
+//! AVX2 (+ FMA, F16C) GEMM for batches of tokens on K-quant weights (Q4_K, Q5_K, Q6_K: the
+//! K-quant recipes' gate and up experts; Q3_K, Q2_K: the cold experts' low-bit copies) and
+//! Q8_K activations, with 8 weight rows in the 8
 //! lanes: the AVX2 counterpart of `kquant_avx512_rows` for CPUs without AVX-512 (most
 //! laptops), built as `q0_avx2_rows` builds its 32-element formats.
 //!
@@ -19,10 +20,11 @@
 //! Each output sums its super-blocks in order (the integers exactly, then
 //! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32), the same f32 operations as
 //! `kquant_avx512_rows`; the tier tests hold it within the rounding bound of the scalar
-//! twin. Fewer than [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q6_K`] for Q6_K) run
-//! `kquant_avx2`'s tiles. Q6_K ([`RowsQ6`]) decodes as
-//! `kquant_avx512_rows` describes, and runs 2 `maddubs` per i16 sum (6-bit quants) with a
-//! `madd` by each 16-element sub-block's scale pair.
+//! twin. Fewer than [`MIN_TOKENS`] tokens ([`MIN_TOKENS_16`] for the 16-element formats) run
+//! `kquant_avx2`'s tiles. The 16-element formats ([`Rows16`]: Q6_K, Q3_K, Q2_K) decode as
+//! `kquant_avx512_rows` describes, and run `SixteenBlock::RUN` `maddubs` per i16 sum (2
+//! for 6-bit quants, a sub-block's 4 for 2- and 3-bit ones) with a `madd` by each
+//! 16-element sub-block's scale pair.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -30,19 +32,21 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant_avx2::{
-    act_sums16, act_supers, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape, Q6K,
+    act_sums16, act_supers, folds_offset, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape,
+    SixteenBlock,
 };
 use super::q0_avx2_rows::transpose8;
 use super::q0_x86::{h2f, prefetch_ahead};
 use super::row_lanes::{kquant_shape, row_lane_gemms, store8, Call, RowLanes, Tile};
-use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::block::{as_blocks, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
-/// Fewest tokens this kernel serves for Q4_K and Q5_K, and for Q6_K, whose decoding (16
-/// scales per row and super-block) costs more (measured with `examples/gemm_bench.rs`
-/// against `kquant_avx2`'s tiles: Q4_K and Q5_K behind at 4 tokens, ahead from 5 (Q5_K
-/// 81-84 against 70-77 GOP/s), Q6_K behind at 8, ahead at 10).
+/// Fewest tokens this kernel serves for Q4_K and Q5_K, and for the 16-element formats, whose
+/// decoding (16 scales per row and super-block) costs more (measured with
+/// `examples/gemm_bench.rs` against `kquant_avx2`'s tiles: Q4_K and Q5_K behind at 4 tokens,
+/// ahead from 5 (Q5_K 81-84 against 70-77 GOP/s); Q6_K, Q3_K and Q2_K behind at 8, ahead at
+/// 10 (Q3_K 93-94 against 75-81, Q2_K 110-112 against 90)).
 pub(super) const MIN_TOKENS: usize = 5;
-pub(super) const MIN_TOKENS_Q6_K: usize = 10;
+pub(super) const MIN_TOKENS_16: usize = 10;
 
 /// Layout of one super-block's decoded 8 rows in the scratch (byte offsets).
 const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
@@ -236,91 +240,98 @@ impl<B: RowBlock> RowLanes<8> for Rows<B> {
     }
 }
 
-/// Layout of one super-block's decoded 8 rows of Q6_K in the scratch (byte offsets).
-const Q6_QUANTS: usize = 0; // 8 chunks of 32 elements x 8 vectors
-const Q6_SCALES: usize = 8 * 256; // 16 vectors of i16 pairs (sc, sc) per sub-block
-const Q6_PAIRS: usize = Q6_SCALES + 16 * 32; // 8 vectors of i16 pairs (sc_2i, sc_2i+1)
-const Q6_D: usize = Q6_PAIRS + 8 * 32; // f32
-const Q6_BYTES: usize = Q6_D + 32;
+/// Layout of one super-block's decoded 8 rows of a 16-element format in the scratch (byte
+/// offsets).
+const S16_QUANTS: usize = 0; // 8 chunks of 32 elements x 8 vectors
+const S16_SCALES: usize = 8 * 256; // 16 vectors of i16 pairs (sc, sc) per sub-block
+const S16_PAIRS: usize = S16_SCALES + 16 * 32; // 8 vectors of i16 pairs (x_2i, x_2i+1)
+const S16_D: usize = S16_PAIRS + 8 * 32; // f32
+const S16_DMIN: usize = S16_D + 32; // f32
+const S16_BYTES: usize = S16_DMIN + 32;
 
-/// Decodes the `nr ≤ 8` Q6_K rows (`rows[r]`, `nsb` super-blocks each) into `bp`
-/// (`nsb · Q6_BYTES`, 32-byte aligned), as `kquant_avx512_rows`' Q6_K decoding does for 16
-/// rows; the scales also as `(sc, sc)` pairs for `madd`. Rows past `nr` are zero.
+/// Decodes the `nr ≤ 8` rows (`rows[r]`, `nsb` super-blocks each) of a 16-element format
+/// into `bp` (`nsb · S16_BYTES`, 32-byte aligned), as `kquant_avx512_rows`' decoding does
+/// for 16 rows; the scales as `(sc, sc)` pairs for `madd`. Rows past `nr` are zero.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn pack_q6(rows: &[&[BlockQ6K]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
-    assert!(bp.len() >= nsb * Q6_BYTES && nr <= 8);
-    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+fn pack16<B: SixteenBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
+    assert!(bp.len() >= nsb * S16_BYTES && nr <= 8);
     let store = |dst: &mut [u8], v: __m256i| {
         let dst = &mut dst[..32];
         // SAFETY: dst is 32 writable bytes; storeu has no alignment requirement.
         unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
     };
+    let count = |n: i32| _mm_cvtsi32_si128(n);
     for s in 0..nsb {
         prefetch_ahead(rows, nr, s);
-        let sb = &mut bp[s * Q6_BYTES..][..Q6_BYTES];
-        // Chunk c = 4n + m of 32 elements (ggml's layout): the low (m < 2) or high nibbles
-        // of ql[64n + 32(m % 2)..][..32], and bits 2m, 2m + 1 of qh[32n..][..32].
+        let sb = &mut bp[s * S16_BYTES..][..S16_BYTES];
         for c in 0..8 {
-            let (n, m) = (c / 4, c % 4);
-            let ql = row_bytes(rows, s, |b| &b.ql[64 * n + 32 * (m % 2)..]);
-            let qh = row_bytes(rows, s, |b| &b.qh[32 * n..]);
-            let shift = _mm_cvtsi32_si128(2 * m as i32);
-            let u: [__m256i; 8] = std::array::from_fn(|i| {
-                let low = if m < 2 {
-                    _mm256_and_si256(ql[i], m4)
-                } else {
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql[i]), m4)
-                };
-                let high = _mm256_and_si256(_mm256_srl_epi16(qh[i], shift), m2);
-                _mm256_or_si256(low, _mm256_slli_epi16::<4>(high))
-            });
+            let (ls, lm) = B::low_bits(c);
+            let low = row_bytes(rows, s, |b| b.low(c));
+            let mut u =
+                low.map(|q| _mm256_and_si256(_mm256_srl_epi16(q, count(ls)), _mm256_set1_epi8(lm)));
+            if B::HIGH {
+                let (hs, hm, hp) = B::high_bits(c);
+                let high = row_bytes(rows, s, |b| b.high(c));
+                for (u, h) in u.iter_mut().zip(high) {
+                    let bits =
+                        _mm256_and_si256(_mm256_srl_epi16(h, count(hs)), _mm256_set1_epi8(hm));
+                    *u = _mm256_or_si256(*u, _mm256_sll_epi16(bits, count(hp)));
+                }
+            }
             for (v, y) in transpose8(&u).into_iter().enumerate() {
-                store(&mut sb[Q6_QUANTS + 256 * c + 32 * v..], y);
+                store(&mut sb[S16_QUANTS + 256 * c + 32 * v..], y);
             }
         }
         let (mut sc, mut pairs) = ([[0i32; 8]; 16], [[0i32; 8]; 8]);
-        let mut d = [0f32; 8];
+        let (mut d, mut dmin) = ([0f32; 8], [0f32; 8]);
         for r in 0..nr {
             let blk = &rows[r][s];
-            let scale = |j: usize| i32::from(blk.scales[j]);
+            let scales = blk.scales();
+            // The bsums' factors: the scales themselves (times the offset) or the minimums.
+            let factors = if folds_offset(B::FORMAT) {
+                scales
+            } else {
+                blk.mins()
+            };
             for (j, sc) in sc.iter_mut().enumerate() {
-                sc[r] = (scale(j) & 0xffff) | scale(j) << 16;
+                sc[r] = (scales[j] & 0xffff) | scales[j] << 16;
             }
             for (i, pair) in pairs.iter_mut().enumerate() {
-                pair[r] = (scale(2 * i) & 0xffff) | scale(2 * i + 1) << 16;
+                pair[r] = (factors[2 * i] & 0xffff) | factors[2 * i + 1] << 16;
             }
-            d[r] = h2f(blk.d);
+            (d[r], dmin[r]) = (h2f(blk.d()), h2f(blk.dmin()));
         }
         // SAFETY: v is 8 i32; loadu has no alignment requirement.
         let lanes = |v: &[i32; 8]| unsafe { _mm256_loadu_si256(v.as_ptr().cast()) };
         for (j, v) in sc.iter().enumerate() {
-            store(&mut sb[Q6_SCALES + 32 * j..], lanes(v));
+            store(&mut sb[S16_SCALES + 32 * j..], lanes(v));
         }
         for (i, v) in pairs.iter().enumerate() {
-            store(&mut sb[Q6_PAIRS + 32 * i..], lanes(v));
+            store(&mut sb[S16_PAIRS + 32 * i..], lanes(v));
         }
-        // SAFETY: d is 8 f32.
-        let d = unsafe { _mm256_loadu_ps(d.as_ptr()) };
-        store(&mut sb[Q6_D..], _mm256_castps_si256(d));
+        // SAFETY: d and dmin are 8 f32.
+        let f = |v: &[f32; 8]| unsafe { _mm256_castps_si256(_mm256_loadu_ps(v.as_ptr())) };
+        store(&mut sb[S16_D..], f(&d));
+        store(&mut sb[S16_DMIN..], f(&dmin));
     }
 }
 
-/// This kernel on Q6_K (see `kquant_avx512_rows::RowsQ6`).
-pub(super) struct RowsQ6;
+/// This kernel on a format of 16-element sub-blocks (see `kquant_avx512_rows::Rows16`).
+pub(super) struct Rows16<B>(PhantomData<B>);
 
-impl RowLanes<8> for RowsQ6 {
-    type W = BlockQ6K;
+impl<B: SixteenBlock> RowLanes<8> for Rows16<B> {
+    type W = B;
     type Act = ActSums16;
     /// AVX2 has 16 vector registers.
     const TT: usize = 4;
-    const MIN_TOKENS: usize = MIN_TOKENS_Q6_K;
-    const BLOCK_BYTES: usize = Q6_BYTES;
-    /// `d` sits with the integer lanes.
+    const MIN_TOKENS: usize = MIN_TOKENS_16;
+    const BLOCK_BYTES: usize = S16_BYTES;
+    /// `d` and `dmin` sit with the integer lanes.
     const BLOCK_F32: usize = 0;
 
     fn shape(c: &Call) -> Option<Shape> {
-        kquant_shape(Q6K, c)
+        kquant_shape(B::FORMAT, c)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -329,21 +340,22 @@ impl RowLanes<8> for RowsQ6 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pack(rows: &[&[BlockQ6K]; 8], nr: usize, nsb: usize, bp: &mut [u8], _: &mut [f32]) {
-        pack_q6(rows, nr, nsb, bp);
+    unsafe fn pack(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8], _: &mut [f32]) {
+        pack16(rows, nr, nsb, bp);
     }
 
-    /// Per 16-element sub-block two runs of 2 `maddubs` (6-bit quants: 2·63·128 per pair,
-    /// two pairs still fit an i16) and a `madd` of each by the `(sc, sc)` pairs; per
-    /// super-block 8 `madd` of the scale pairs against the token's 16-element sums take
-    /// back the offset (32·Σ sc·Σa), one FMA finishes.
+    /// Per 16-element sub-block runs of [`SixteenBlock::RUN`] `maddubs` (Q6_K: two runs of
+    /// 2, 2·63·128 per pair; the 2- and 3-bit formats: one run of 4) and a `madd` of each by
+    /// the `(sc, sc)` pairs; per super-block 8 `madd` of the factor pairs against the token's
+    /// 16-element sums give the offset (taken back in i32, one FMA finishes) or `Σ m·Σa`
+    /// (two FMAs).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const NT: usize>(t: Tile<ActSums16>) {
         let mut acc = [_mm256_setzero_ps(); NT];
         for s in 0..t.nb {
             // SAFETY: super-block s < nb of the scratch (caller), 32-byte aligned.
-            let p = unsafe { t.bp.add(Q6_BYTES * s) };
+            let p = unsafe { t.bp.add(S16_BYTES * s) };
             let mut isum = [_mm256_setzero_si256(); NT];
             for c in 0..8 {
                 // SAFETY: chunk c's 8 vectors lie in super-block s.
@@ -360,24 +372,25 @@ impl RowLanes<8> for RowsQ6 {
                             _mm256_set1_epi32(q.add(4 * v).cast::<i32>().read_unaligned())
                         };
                         for h in 0..2 {
-                            let sc = _mm256_load_si256(p.add(Q6_SCALES + 32 * (2 * c + h)).cast());
-                            for run in 0..2 {
-                                let v = 4 * h + 2 * run;
-                                let s16 = _mm256_add_epi16(
-                                    _mm256_maddubs_epi16(w[v], aq(v)),
-                                    _mm256_maddubs_epi16(w[v + 1], aq(v + 1)),
-                                );
+                            let sc = _mm256_load_si256(p.add(S16_SCALES + 32 * (2 * c + h)).cast());
+                            for run in (0..4).step_by(B::RUN) {
+                                let mut s16 = _mm256_setzero_si256();
+                                let v0 = 4 * h + run;
+                                for (v, w) in w.iter().enumerate().skip(v0).take(B::RUN) {
+                                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq(v)));
+                                }
                                 *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(s16, sc));
                             }
                         }
                     }
                 }
             }
-            // SAFETY: the scale pairs and d lie in super-block s.
-            let (pairs, d): ([__m256i; 8], __m256) = unsafe {
+            // SAFETY: the factor pairs, d and dmin lie in super-block s.
+            let (pairs, d, dmin): ([__m256i; 8], __m256, __m256) = unsafe {
                 (
-                    std::array::from_fn(|i| _mm256_load_si256(p.add(Q6_PAIRS + 32 * i).cast())),
-                    _mm256_load_ps(p.add(Q6_D).cast()),
+                    std::array::from_fn(|i| _mm256_load_si256(p.add(S16_PAIRS + 32 * i).cast())),
+                    _mm256_load_ps(p.add(S16_D).cast()),
+                    _mm256_load_ps(p.add(S16_DMIN).cast()),
                 )
             };
             for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
@@ -390,10 +403,16 @@ impl RowLanes<8> for RowsQ6 {
                         _mm256_madd_epi16(*pair, _mm256_set1_epi32(x.sums[v])),
                     );
                 }
-                // Σ sc·Σ(u − 32)·a = Σ sc·Σ u·a − 32·Σ sc·Σa, exact in i32.
-                let total = _mm256_sub_epi32(*isum, _mm256_slli_epi32::<5>(ms));
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, *acc);
+                let da = _mm256_set1_ps(x.d);
+                if folds_offset(B::FORMAT) {
+                    // Σ sc·Σ(u − o)·a = Σ sc·Σ u·a − o·Σ sc·Σa, exact in i32.
+                    let off = _mm256_sll_epi32(ms, _mm_cvtsi32_si128(B::OFFSET_SHIFT));
+                    let total = _mm256_sub_epi32(*isum, off);
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, da), *acc);
+                } else {
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum), _mm256_mul_ps(d, da), *acc);
+                    *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
+                }
             }
         }
         // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
@@ -410,5 +429,7 @@ impl RowLanes<8> for RowsQ6 {
 row_lane_gemms! {
     gemm_q4_k_q8_k => Rows<BlockQ4K>, 8, super::kquant_avx2::gemm_q4_k_q8_k;
     gemm_q5_k_q8_k => Rows<BlockQ5K>, 8, super::kquant_avx2::gemm_q5_k_q8_k;
-    gemm_q6_k_q8_k => RowsQ6, 8, super::kquant_avx2::gemm_q6_k_q8_k;
+    gemm_q6_k_q8_k => Rows16<BlockQ6K>, 8, super::kquant_avx2::gemm_q6_k_q8_k;
+    gemm_q3_k_q8_k => Rows16<BlockQ3K>, 8, super::kquant_avx2::gemm_q3_k_q8_k;
+    gemm_q2_k_q8_k => Rows16<BlockQ2K>, 8, super::kquant_avx2::gemm_q2_k_q8_k;
 }

@@ -1,5 +1,6 @@
-//! AVX-512 VNNI GEMM for batches of tokens on Q4_K, Q5_K and Q6_K weights (the K-quant
-//! recipes' gate and up experts) and Q8_K activations, with the weight rows in the vector
+//! AVX-512 VNNI GEMM for batches of tokens on K-quant weights (Q4_K, Q5_K, Q6_K: the K-quant
+//! recipes' gate and up experts; Q3_K, Q2_K: the cold experts' low-bit copies) and Q8_K
+//! activations, with the weight rows in the vector
 //! lanes, as `q0_avx512_rows` does for the 32-element formats (see there for why).
 //!
 //! Each 16-row group is decoded once per call into a per-thread scratch, per super-block
@@ -14,13 +15,16 @@
 //! Each output sums its super-blocks in order (the integers exactly, then
 //! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32); the tier tests hold it within the
 //! rounding bound of the scalar twin. Fewer than [`MIN_TOKENS`] tokens
-//! ([`MIN_TOKENS_Q6_K`] for Q6_K) run `kquant_avx512`'s kernel.
+//! ([`MIN_TOKENS_Q6_K`] and its neighbours for the 16-element formats) run `kquant_avx512`'s
+//! kernel (Q2_K, Q3_K: `kquant_avx2`'s).
 //!
-//! Q6_K ([`RowsQ6`]) has 16 sub-blocks of 16 with signed 8-bit scales and no minimums:
-//! its 6-bit quants unsigned (signed + 32) in the same layout, per 32-element chunk two
-//! sub-blocks of 4 `vpdpbusd` each and a `vpmulld` by each one's scales; the offset comes
-//! back per super-block as `32·Σ sc·Σa` from 8 `vpdpwssd` of the scale pairs against the
-//! token's 16-element sums.
+//! The 16-element formats ([`Rows16`] over `SixteenBlock`) have 16 sub-blocks of 16 with
+//! their own scales: Q6_K and Q3_K signed ones (8- and 6-bit) and quants stored with an
+//! offset (32, 4), Q2_K 4-bit scales and minimums. Their quants decode unsigned in the same
+//! layout, per 32-element chunk two sub-blocks of 4 `vpdpbusd` each and a `vpmulld` by each
+//! one's scales; per super-block 8 `vpdpwssd` of i16 pairs against the token's 16-element
+//! sums give the offset's `Σ sc·Σa` (taken back in i32 before the one FMA) or Q2_K's
+//! `Σ m·Σa` (scaled by `dmin`, as Q4_K's).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -28,18 +32,24 @@ use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
 use super::kquant_avx2::{
-    act_sums16, act_supers, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape, Q6K,
+    act_sums16, act_supers, folds_offset, k4_scales_mins, ActSums16, ActSuper, RowBlock, Shape,
+    SixteenBlock, Q2K, Q3K,
 };
 use super::q0_rows16::transpose;
 use super::row_lanes::{kquant_shape, row_lane_gemms, store16, Call, RowLanes, Tile};
-use crate::block::{as_blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::block::{as_blocks, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
-/// Fewest tokens this kernel serves for Q4_K and Q5_K, and for Q6_K, whose decoding (16
-/// scales per row and super-block) costs more (measured with `examples/gemm_bench.rs`
-/// against `kquant_avx512`'s tiles: Q4_K and Q5_K ahead from 2 tokens, 56-79 against 43-46
-/// GOP/s at 2; Q6_K behind at 8, ahead at 10).
+/// Fewest tokens this kernel serves for Q4_K and Q5_K, and for the 16-element formats,
+/// whose decoding (16 scales per row and super-block) costs more (measured with
+/// `examples/gemm_bench.rs` against the tiles of `kquant_avx512` (Q4_K to Q6_K) and
+/// `kquant_avx2` (Q2_K, Q3_K): Q4_K and Q5_K ahead from 2 tokens, 56-79 against 43-46 GOP/s
+/// at 2; Q6_K behind at 8, ahead at 10; Q3_K behind at 4, ahead from 5 (81 against 76-79
+/// GOP/s); Q2_K behind at 5, ahead from 6 (90 against 76-81)).
 pub(super) const MIN_TOKENS: usize = 2;
 pub(super) const MIN_TOKENS_Q6_K: usize = 10;
+pub(super) const MIN_TOKENS_Q3_K: usize = 5;
+pub(super) const MIN_TOKENS_Q2_K: usize = 6;
+
 /// Layout of one super-block's decoded 16 rows in the scratch (byte offsets).
 const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
 const SCALES: usize = 8 * 512; // 8 vectors of i32
@@ -249,91 +259,101 @@ impl<B: RowBlock> RowLanes<16> for Rows<B> {
     }
 }
 
-/// Layout of one super-block's decoded 16 rows of Q6_K in the scratch (byte offsets).
-const Q6_QUANTS: usize = 0; // 8 chunks of 32 elements x 8 vectors
-const Q6_SCALES: usize = 8 * 512; // 16 vectors of i32: the rows' scales of sub-block j
-const Q6_PAIRS: usize = Q6_SCALES + 16 * 64; // 8 vectors of i16 pairs (sc_2i, sc_2i+1)
-const Q6_D: usize = Q6_PAIRS + 8 * 64; // f32
-const Q6_BYTES: usize = Q6_D + 64;
+/// Layout of one super-block's decoded 16 rows of a 16-element format in the scratch (byte
+/// offsets).
+const S16_QUANTS: usize = 0; // 8 chunks of 32 elements x 8 vectors
+const S16_SCALES: usize = 8 * 512; // 16 vectors of i32: the rows' scales of sub-block j
+const S16_PAIRS: usize = S16_SCALES + 16 * 64; // 8 vectors of i16 pairs (x_2i, x_2i+1)
+const S16_D: usize = S16_PAIRS + 8 * 64; // f32
+const S16_DMIN: usize = S16_D + 64; // f32
+const S16_BYTES: usize = S16_DMIN + 64;
 
-/// Decodes the `nr ≤ 16` Q6_K rows (`rows[r]`, `nsb` super-blocks each) into `bp`
-/// (`nsb · Q6_BYTES`, 64-byte aligned): per 32-element chunk the unsigned 6-bit quants
-/// (the signed ones + 32) dword-interleaved, the rows' 16 scales as i32 vectors and as
-/// i16 pairs, and `d`; rows past `nr` are zero.
+/// Decodes the `nr ≤ 16` rows (`rows[r]`, `nsb` super-blocks each) of a 16-element format
+/// into `bp` (`nsb · S16_BYTES`, 64-byte aligned): per 32-element chunk the unsigned quants
+/// dword-interleaved, the rows' 16 scales as i32 vectors, as i16 pairs the scales (signed
+/// formats: the offset's factors) or the minimums, and `d`, `dmin`; rows past `nr` are zero.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn pack_q6(rows: &[&[BlockQ6K]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
-    assert!(bp.len() >= nsb * Q6_BYTES && nr <= 16);
-    let (m4, m2) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(3));
+fn pack16<B: SixteenBlock>(rows: &[&[B]; 16], nr: usize, nsb: usize, bp: &mut [u8]) {
+    assert!(bp.len() >= nsb * S16_BYTES && nr <= 16);
     let store = |dst: &mut [u8], v: __m512i| {
         let dst = &mut dst[..64];
         // SAFETY: dst is 64 writable bytes; storeu has no alignment requirement.
         unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
     };
+    let count = |n: i32| _mm_cvtsi32_si128(n);
     for s in 0..nsb {
-        let sb = &mut bp[s * Q6_BYTES..][..Q6_BYTES];
-        // Chunk c = 4n + m of 32 elements (ggml's layout): the low (m < 2) or high nibbles
-        // of ql[64n + 32(m % 2)..][..32], and bits 2m, 2m + 1 of qh[32n..][..32].
+        let sb = &mut bp[s * S16_BYTES..][..S16_BYTES];
         for c in 0..8 {
-            let (n, m) = (c / 4, c % 4);
-            let ql = row_pairs(rows, s, |b| &b.ql[64 * n + 32 * (m % 2)..]);
-            let qh = row_pairs(rows, s, |b| &b.qh[32 * n..]);
-            let shift = _mm_cvtsi32_si128(2 * m as i32);
-            let u: [__m512i; 8] = std::array::from_fn(|i| {
-                let low = if m < 2 {
-                    _mm512_and_si512(ql[i], m4)
-                } else {
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql[i]), m4)
-                };
-                let high = _mm512_and_si512(_mm512_srl_epi16(qh[i], shift), m2);
-                _mm512_or_si512(low, _mm512_slli_epi16::<4>(high))
-            });
+            let (ls, lm) = B::low_bits(c);
+            let low = row_pairs(rows, s, |b| b.low(c));
+            let mut u =
+                low.map(|q| _mm512_and_si512(_mm512_srl_epi16(q, count(ls)), _mm512_set1_epi8(lm)));
+            if B::HIGH {
+                let (hs, hm, hp) = B::high_bits(c);
+                let high = row_pairs(rows, s, |b| b.high(c));
+                for (u, h) in u.iter_mut().zip(high) {
+                    let bits =
+                        _mm512_and_si512(_mm512_srl_epi16(h, count(hs)), _mm512_set1_epi8(hm));
+                    *u = _mm512_or_si512(*u, _mm512_sll_epi16(bits, count(hp)));
+                }
+            }
             for (v, y) in transpose(&u).into_iter().enumerate() {
-                store(&mut sb[Q6_QUANTS + 512 * c + 64 * v..], y);
+                store(&mut sb[S16_QUANTS + 512 * c + 64 * v..], y);
             }
         }
-        let (mut sc, mut d) = ([[0i32; 16]; 16], [0u16; 16]);
+        let (mut sc, mut mn) = ([[0i32; 16]; 16], [[0i32; 16]; 16]);
+        let (mut d, mut dmin) = ([0u16; 16], [0u16; 16]);
         for r in 0..nr {
             let blk = &rows[r][s];
-            for (j, sc) in sc.iter_mut().enumerate() {
-                sc[r] = i32::from(blk.scales[j]);
+            let (scales, mins) = (blk.scales(), blk.mins());
+            for j in 0..16 {
+                (sc[j][r], mn[j][r]) = (scales[j], mins[j]);
             }
-            d[r] = u16::from_le_bytes(blk.d);
+            d[r] = u16::from_le_bytes(blk.d());
+            dmin[r] = u16::from_le_bytes(blk.dmin());
         }
-        // SAFETY: each sc[j] is 16 i32; loadu has no alignment requirement.
+        // SAFETY: each v is 16 i32; loadu has no alignment requirement.
         let lanes = |v: &[i32; 16]| unsafe { _mm512_loadu_si512(v.as_ptr().cast()) };
         for (j, v) in sc.iter().enumerate() {
-            store(&mut sb[Q6_SCALES + 64 * j..], lanes(v));
+            store(&mut sb[S16_SCALES + 64 * j..], lanes(v));
         }
+        // The bsums' factors: the scales themselves (times the offset) or the minimums.
+        let factors = if folds_offset(B::FORMAT) { &sc } else { &mn };
         for i in 0..8 {
-            let (lo, hi) = (lanes(&sc[2 * i]), lanes(&sc[2 * i + 1]));
+            let (lo, hi) = (lanes(&factors[2 * i]), lanes(&factors[2 * i + 1]));
             let pair = _mm512_or_si512(
                 _mm512_and_si512(lo, _mm512_set1_epi32(0xffff)),
                 _mm512_slli_epi32::<16>(hi),
             );
-            store(&mut sb[Q6_PAIRS + 64 * i..], pair);
+            store(&mut sb[S16_PAIRS + 64 * i..], pair);
         }
-        // SAFETY: d is 16 u16.
-        let d = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().cast())) };
-        store(&mut sb[Q6_D..], _mm512_castps_si512(d));
+        // SAFETY: d and dmin are 16 u16.
+        let h = |v: &[u16; 16]| unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().cast())) };
+        store(&mut sb[S16_D..], _mm512_castps_si512(h(&d)));
+        store(&mut sb[S16_DMIN..], _mm512_castps_si512(h(&dmin)));
     }
 }
 
-/// This kernel on Q6_K: 16-element sub-blocks with signed 8-bit scales and an offset of
-/// 32, no minimums.
-pub(super) struct RowsQ6;
+/// This kernel on a format of 16-element sub-blocks: Q6_K and Q3_K (signed 8- and 6-bit
+/// scales, offsets of 32 and 4), Q2_K (4-bit scales and minimums).
+pub(super) struct Rows16<B>(PhantomData<B>);
 
-impl RowLanes<16> for RowsQ6 {
-    type W = BlockQ6K;
+impl<B: SixteenBlock> RowLanes<16> for Rows16<B> {
+    type W = B;
     type Act = ActSums16;
     const TT: usize = 8;
-    const MIN_TOKENS: usize = MIN_TOKENS_Q6_K;
-    const BLOCK_BYTES: usize = Q6_BYTES;
-    /// `d` sits with the integer lanes.
+    const MIN_TOKENS: usize = match B::FORMAT {
+        Q3K => MIN_TOKENS_Q3_K,
+        Q2K => MIN_TOKENS_Q2_K,
+        _ => MIN_TOKENS_Q6_K,
+    };
+    const BLOCK_BYTES: usize = S16_BYTES;
+    /// `d` and `dmin` sit with the integer lanes.
     const BLOCK_F32: usize = 0;
 
     fn shape(c: &Call) -> Option<Shape> {
-        kquant_shape(Q6K, c)
+        kquant_shape(B::FORMAT, c)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -342,28 +362,30 @@ impl RowLanes<16> for RowsQ6 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn pack(rows: &[&[BlockQ6K]; 16], nr: usize, nsb: usize, bp: &mut [u8], _: &mut [f32]) {
-        pack_q6(rows, nr, nsb, bp);
+    unsafe fn pack(rows: &[&[B]; 16], nr: usize, nsb: usize, bp: &mut [u8], _: &mut [f32]) {
+        pack16(rows, nr, nsb, bp);
     }
 
     /// Per 32-element chunk 4 + 4 `vpdpbusd` per token (one sub-block each) and two
-    /// `vpmulld` by the scales; per super-block 8 `vpdpwssd` of the scale pairs against the
-    /// token's 16-element sums take back the offset (32·Σ sc·Σa), one FMA finishes.
+    /// `vpmulld` by the scales; per super-block 8 `vpdpwssd` of the factor pairs against the
+    /// token's 16-element sums give the offset (signed formats: `offset·Σ sc·Σa`, taken
+    /// back in i32, one FMA finishes) or `Σ m·Σa` (Q2_K: two FMAs, as the minimums of
+    /// Q4_K).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile<const NT: usize>(t: Tile<ActSums16>) {
         let mut acc = [_mm512_setzero_ps(); NT];
         for s in 0..t.nb {
             // SAFETY: super-block s < nb of the scratch (caller), 64-byte aligned.
-            let p = unsafe { t.bp.add(Q6_BYTES * s) };
+            let p = unsafe { t.bp.add(S16_BYTES * s) };
             let mut isum = [_mm512_setzero_si512(); NT];
             for c in 0..8 {
                 // SAFETY: chunk c's 8 vectors and its two scale vectors lie in super-block s.
                 let (w, s0, s1): ([__m512i; 8], __m512i, __m512i) = unsafe {
                     (
                         std::array::from_fn(|i| _mm512_load_si512(p.add(512 * c + 64 * i).cast())),
-                        _mm512_load_si512(p.add(Q6_SCALES + 128 * c).cast()),
-                        _mm512_load_si512(p.add(Q6_SCALES + 128 * c + 64).cast()),
+                        _mm512_load_si512(p.add(S16_SCALES + 128 * c).cast()),
+                        _mm512_load_si512(p.add(S16_SCALES + 128 * c + 64).cast()),
                     )
                 };
                 for (i, isum) in isum.iter_mut().enumerate() {
@@ -387,11 +409,12 @@ impl RowLanes<16> for RowsQ6 {
                     }
                 }
             }
-            // SAFETY: the scale pairs and d lie in super-block s.
-            let (pairs, d): ([__m512i; 8], __m512) = unsafe {
+            // SAFETY: the factor pairs, d and dmin lie in super-block s.
+            let (pairs, d, dmin): ([__m512i; 8], __m512, __m512) = unsafe {
                 (
-                    std::array::from_fn(|i| _mm512_load_si512(p.add(Q6_PAIRS + 64 * i).cast())),
-                    _mm512_load_ps(p.add(Q6_D).cast()),
+                    std::array::from_fn(|i| _mm512_load_si512(p.add(S16_PAIRS + 64 * i).cast())),
+                    _mm512_load_ps(p.add(S16_D).cast()),
+                    _mm512_load_ps(p.add(S16_DMIN).cast()),
                 )
             };
             for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
@@ -401,10 +424,16 @@ impl RowLanes<16> for RowsQ6 {
                 for (v, pair) in pairs.iter().enumerate() {
                     ms = _mm512_dpwssd_epi32(ms, *pair, _mm512_set1_epi32(x.sums[v]));
                 }
-                // Σ sc·Σ(u − 32)·a = Σ sc·Σ u·a − 32·Σ sc·Σa, exact in i32.
-                let total = _mm512_sub_epi32(*isum, _mm512_slli_epi32::<5>(ms));
-                let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), scale, *acc);
+                let da = _mm512_set1_ps(x.d);
+                if folds_offset(B::FORMAT) {
+                    // Σ sc·Σ(u − o)·a = Σ sc·Σ u·a − o·Σ sc·Σa, exact in i32.
+                    let off = _mm512_sll_epi32(ms, _mm_cvtsi32_si128(B::OFFSET_SHIFT));
+                    let total = _mm512_sub_epi32(*isum, off);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, da), *acc);
+                } else {
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*isum), _mm512_mul_ps(d, da), *acc);
+                    *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_mul_ps(dmin, da), *acc);
+                }
             }
         }
         // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
@@ -421,5 +450,7 @@ impl RowLanes<16> for RowsQ6 {
 row_lane_gemms! {
     gemm_q4_k_q8_k => Rows<BlockQ4K>, 16, super::kquant_avx512::gemm_q4_k_q8_k;
     gemm_q5_k_q8_k => Rows<BlockQ5K>, 16, super::kquant_avx512::gemm_q5_k_q8_k;
-    gemm_q6_k_q8_k => RowsQ6, 16, super::kquant_avx512::gemm_q6_k_q8_k;
+    gemm_q6_k_q8_k => Rows16<BlockQ6K>, 16, super::kquant_avx512::gemm_q6_k_q8_k;
+    gemm_q3_k_q8_k => Rows16<BlockQ3K>, 16, super::kquant_avx2::gemm_q3_k_q8_k;
+    gemm_q2_k_q8_k => Rows16<BlockQ2K>, 16, super::kquant_avx2::gemm_q2_k_q8_k;
 }

@@ -275,6 +275,8 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
         let from = if isa.starts_with("avx512") {
             match ty {
                 Q6_K => kquant_avx512_rows::MIN_TOKENS_Q6_K,
+                Q3_K => kquant_avx512_rows::MIN_TOKENS_Q3_K,
+                Q2_K => kquant_avx512_rows::MIN_TOKENS_Q2_K,
                 Q8_0 => q0_avx512_rows::MIN_TOKENS_Q8_0,
                 Q4_K | Q5_K => kquant_avx512_rows::MIN_TOKENS,
                 _ => q0_avx512_rows::MIN_TOKENS,
@@ -284,7 +286,7 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
                 Q4_0 | Q4_1 | Q5_0 | Q5_1 => q0_avx2_rows::MIN_TOKENS,
                 Q8_0 => q0_avx2_rows::MIN_TOKENS_Q8_0,
                 Q4_K | Q5_K => kquant_avx2_rows::MIN_TOKENS,
-                Q6_K => kquant_avx2_rows::MIN_TOKENS_Q6_K,
+                Q2_K | Q3_K | Q6_K => kquant_avx2_rows::MIN_TOKENS_16,
                 _ => return true,
             }
         } else {
