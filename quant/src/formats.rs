@@ -272,6 +272,13 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
             arm!(neon_sdot_gemm::gemm_q8_0_q8_0_dotprod),
             arm!(neon::gemm_q8_0_q8_0_i8mm),
         ),
+        Q2_K => tiers(
+            arm!(neon_kquant::dot_q2_k_q8_k),
+            arm!(neon_kquant::dot_q2_k_q8_k_dotprod),
+            None,
+            None,
+            None,
+        ),
         Q3_K => tiers(
             arm!(neon_kquant::dot_q3_k_q8_k),
             arm!(neon_kquant::dot_q3_k_q8_k_dotprod),
