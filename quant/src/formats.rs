@@ -276,14 +276,14 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
             arm!(neon_kquant::dot_q2_k_q8_k),
             arm!(neon_kquant::dot_q2_k_q8_k_dotprod),
             None,
-            None,
+            arm!(neon_kquant_gemm::gemm_q2_k_q8_k_dotprod),
             None,
         ),
         Q3_K => tiers(
             arm!(neon_kquant::dot_q3_k_q8_k),
             arm!(neon_kquant::dot_q3_k_q8_k_dotprod),
             None,
-            None,
+            arm!(neon_kquant_gemm::gemm_q3_k_q8_k_dotprod),
             None,
         ),
         Q4_K => tiers(

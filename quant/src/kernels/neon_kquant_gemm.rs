@@ -1,13 +1,14 @@
-//! `sdot` GEMM tiles of the K-quants (Q4_K, Q5_K, Q6_K against Q8_K) for the
+//! `sdot` GEMM tiles of the K-quants (Q2_K to Q6_K against Q8_K) for the
 //! neon-dotprod tier (Cortex-A76 = Raspberry Pi 5) and the i8mm tier above it.
 //!
 //! [`tile`] holds `NR` weight rows × up to 4 tokens: per super-block and
 //! 64-element chunk each row is decoded once into four 16-byte vectors of
 //! signed quants (the [`KFormat`] decode) and meets the tile's tokens; per
-//! scale group (Q4_K/Q5_K: 32 elements, Q6_K: 16) `sdot` forms the exact
-//! integer sum and `mla` weighs it by the group's scale, so each (row, token)
-//! gets the same integers as the scalar twin: Σ scale·Σq_w·q_a and, for
-//! Q4_K/Q5_K, Σ min·bsum from the activation's 32-element sums. Those are
+//! scale group (Q4_K/Q5_K: 32 elements, Q2_K/Q3_K/Q6_K: 16) `sdot` forms the
+//! exact integer sum and `mla` weighs it by the group's scale, so each (row,
+//! token) gets the same integers as the scalar twin: Σ scale·Σq_w·q_a and, for
+//! Q2_K/Q4_K/Q5_K, Σ min·bsum from the activation's 32-element (16-element for
+//! Q2_K) sums. Those are
 //! gathered four tokens to a vector by a pairwise add tree and scaled in f32,
 //! `d·d_a·Σ − dmin·d_a·Σmin`; only the order of the f32 additions differs
 //! from the scalar twins (`tier_tests` bounds it).
@@ -18,7 +19,8 @@ use std::arch::aarch64::*;
 
 use super::neon::{gemm_entry_points, h2f, load16, nibbles, Dot4, Sdot};
 use crate::block::{
-    as_blocks, get_scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, ByteBlock,
+    as_blocks, get_scale_min_k4, q3k_scale, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K,
+    BlockQ8K, ByteBlock,
 };
 
 /// Weight rows × tokens (lanes) of a GEMM tile: 8 weight vectors, 8 integer
@@ -36,17 +38,20 @@ const CHUNK_BYTES: usize = 64 * 1024;
 pub(super) struct Head {
     pub(super) d: f32,
     pub(super) dmin: f32,
-    /// Scale of each scale group (Q4_K/Q5_K: 8, Q6_K: 16).
+    /// Scale of each scale group (Q4_K/Q5_K: 8, the others 16).
     pub(super) scales: [i32; 16],
-    /// The 8 minimums of Q4_K/Q5_K as i16 (zero for Q6_K).
-    pub(super) mins: int16x8_t,
+    /// The minimums as i16: Q4_K/Q5_K's 8 in the first vector, Q2_K's 16 in both (zero
+    /// for the formats without).
+    pub(super) mins: [int16x8_t; 2],
 }
 
 /// A K-quant as the tiles read it.
 pub(super) trait KFormat {
     type W: ByteBlock;
-    /// Whether the format subtracts `dmin·Σ min·bsum` (Q4_K, Q5_K).
+    /// Whether the format subtracts `dmin·Σ min·bsum` (Q2_K, Q4_K, Q5_K).
     const HAS_MIN: bool;
+    /// Whether its minimums are per 16 elements (Q2_K) rather than per 32.
+    const MINS16: bool = false;
     /// Vectors (of 16 quants) per scale group.
     const GROUP: usize;
     /// # Safety
@@ -63,6 +68,8 @@ pub(super) trait KFormat {
     fn group(c: usize, v: usize) -> usize;
 }
 
+pub(super) struct Q2K;
+pub(super) struct Q3K;
 pub(super) struct Q4K;
 pub(super) struct Q5K;
 pub(super) struct Q6K;
@@ -85,7 +92,7 @@ unsafe fn head45(d: [u8; 2], dmin: [u8; 2], s: &[u8; 12]) -> Head {
         dmin: h2f(dmin),
         scales,
         // SAFETY: mins is 8 readable i16.
-        mins: unsafe { vld1q_s16(mins.as_ptr()) },
+        mins: [unsafe { vld1q_s16(mins.as_ptr()) }, vdupq_n_s16(0)],
     }
 }
 
@@ -169,7 +176,7 @@ impl KFormat for Q6K {
             d: h2f(b.d),
             dmin: 0.0,
             scales: b.scales.map(i32::from),
-            mins: vdupq_n_s16(0),
+            mins: [vdupq_n_s16(0); 2],
         }
     }
     #[inline(always)]
@@ -196,12 +203,107 @@ impl KFormat for Q6K {
     }
     #[inline(always)]
     fn offsets(c: usize) -> [usize; 4] {
-        let (h, o) = (c / 2, 16 * (c % 2));
-        [0, 1, 2, 3].map(|g| 128 * h + 32 * g + o)
+        offsets16(c)
     }
     #[inline(always)]
     fn group(c: usize, v: usize) -> usize {
-        (128 * (c / 2) + 32 * v + 16 * (c % 2)) / 16
+        group16(c, v)
+    }
+}
+
+/// The 16-element formats' chunk c = (half h = c / 2, part p = c % 2): vector g holds
+/// elements 128h + 32g + 16p + l, l < 16, one 16-element scale group each.
+fn offsets16(c: usize) -> [usize; 4] {
+    let (h, o) = (c / 2, 16 * (c % 2));
+    [0, 1, 2, 3].map(|g| 128 * h + 32 * g + o)
+}
+fn group16(c: usize, v: usize) -> usize {
+    (128 * (c / 2) + 32 * v + 16 * (c % 2)) / 16
+}
+
+/// Chunk c's 2-bit quants (Q2_K, Q3_K's low bits): element 128h + 32g + 16p + l is bits
+/// 2g, 2g + 1 of qs[32h + 16p + l].
+///
+/// # Safety
+/// NEON only: part of every aarch64 CPU.
+#[inline(always)]
+unsafe fn two_bits(qs: &[u8; 64], c: usize) -> [uint8x16_t; 4] {
+    let (h, o) = (c / 2, 16 * (c % 2));
+    let q = vreinterpretq_u8_s8(load16(&qs[32 * h + o..]));
+    let three = vdupq_n_u8(3);
+    [
+        vandq_u8(q, three),
+        vandq_u8(vshrq_n_u8::<2>(q), three),
+        vandq_u8(vshrq_n_u8::<4>(q), three),
+        vshrq_n_u8::<6>(q),
+    ]
+}
+
+/// Q3_K: the 2 low bits from `qs`, the third from `hmask` (element 32g' + l: bit g' of
+/// hmask[l]), less 4; 6-bit scales less 32.
+impl KFormat for Q3K {
+    type W = BlockQ3K;
+    const HAS_MIN: bool = false;
+    const GROUP: usize = 1;
+    #[inline(always)]
+    unsafe fn head(b: &BlockQ3K) -> Head {
+        Head {
+            d: h2f(b.d),
+            dmin: 0.0,
+            scales: std::array::from_fn(|j| q3k_scale(j, &b.scales) as i32),
+            mins: [vdupq_n_s16(0); 2],
+        }
+    }
+    #[inline(always)]
+    unsafe fn chunk(b: &BlockQ3K, c: usize) -> [int8x16_t; 4] {
+        let (h, o) = (c / 2, 16 * (c % 2));
+        let hm = vreinterpretq_u8_s8(load16(&b.hmask[o..]));
+        let low = two_bits(&b.qs, c);
+        std::array::from_fn(|g| {
+            let bit = vdupq_n_u8(1 << (4 * h + g));
+            let high = vandq_u8(vtstq_u8(hm, bit), vdupq_n_u8(4));
+            vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low[g], high)), vdupq_n_s8(4))
+        })
+    }
+    #[inline(always)]
+    fn offsets(c: usize) -> [usize; 4] {
+        offsets16(c)
+    }
+    #[inline(always)]
+    fn group(c: usize, v: usize) -> usize {
+        group16(c, v)
+    }
+}
+
+/// Q2_K: 2-bit quants, 4-bit scales and minimums per 16 elements.
+impl KFormat for Q2K {
+    type W = BlockQ2K;
+    const HAS_MIN: bool = true;
+    const MINS16: bool = true;
+    const GROUP: usize = 1;
+    #[inline(always)]
+    unsafe fn head(b: &BlockQ2K) -> Head {
+        // The minimums are the high nibbles of the 16 scale bytes.
+        let mins = vshrq_n_u8::<4>(vreinterpretq_u8_s8(load16(&b.scales)));
+        let mins = [vmovl_u8(vget_low_u8(mins)), vmovl_high_u8(mins)];
+        Head {
+            d: h2f(b.d),
+            dmin: h2f(b.dmin),
+            scales: b.scales.map(|v| i32::from(v & 0x0f)),
+            mins: mins.map(|m| vreinterpretq_s16_u16(m)),
+        }
+    }
+    #[inline(always)]
+    unsafe fn chunk(b: &BlockQ2K, c: usize) -> [int8x16_t; 4] {
+        two_bits(&b.qs, c).map(|v| vreinterpretq_s8_u8(v))
+    }
+    #[inline(always)]
+    fn offsets(c: usize) -> [usize; 4] {
+        offsets16(c)
+    }
+    #[inline(always)]
+    fn group(c: usize, v: usize) -> usize {
+        group16(c, v)
     }
 }
 
@@ -214,24 +316,43 @@ pub(super) unsafe fn sum_lanes(p: [int32x4_t; 4]) -> int32x4_t {
     vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]))
 }
 
-/// The 8 sums of 32 activations of a Q8_K block (≤ 4064: no i16 overflow).
+/// The sums of activations of a Q8_K block that format `F`'s minimums multiply: the 16
+/// sums of 16 (Q2_K), or the 8 sums of 32 (≤ 4064: no i16 overflow) in the first vector.
 ///
 /// # Safety
 /// NEON only: part of every aarch64 CPU.
 #[inline(always)]
-pub(super) unsafe fn bsums32(y: &BlockQ8K) -> int16x8_t {
+pub(super) unsafe fn min_sums<F: KFormat>(y: &BlockQ8K) -> [int16x8_t; 2] {
     let b0 = vreinterpretq_s16_s8(load16(&y.bsums[..16]));
     let b1 = vreinterpretq_s16_s8(load16(&y.bsums[16..]));
-    vpaddq_s16(b0, b1)
+    if F::MINS16 {
+        [b0, b1]
+    } else {
+        [vpaddq_s16(b0, b1), vdupq_n_s16(0)]
+    }
 }
 
-/// Σ_j mins_j·bsums_j in the lanes of an i32 vector.
+/// Σ_j mins_j·sums_j of format `F` ([`min_sums`], [`Head::mins`]) in the lanes of an i32
+/// vector.
 ///
 /// # Safety
 /// NEON only: part of every aarch64 CPU.
 #[inline(always)]
-pub(super) unsafe fn min_lanes(b: int16x8_t, m: int16x8_t) -> int32x4_t {
-    vmlal_high_s16(vmull_s16(vget_low_s16(b), vget_low_s16(m)), b, m)
+pub(super) unsafe fn min_lanes<F: KFormat>(b: &[int16x8_t; 2], m: &[int16x8_t; 2]) -> int32x4_t {
+    let p = vmlal_high_s16(
+        vmull_s16(vget_low_s16(b[0]), vget_low_s16(m[0])),
+        b[0],
+        m[0],
+    );
+    if F::MINS16 {
+        vmlal_high_s16(
+            vmlal_s16(p, vget_low_s16(b[1]), vget_low_s16(m[1])),
+            b[1],
+            m[1],
+        )
+    } else {
+        p
+    }
 }
 
 /// `out[t·ldo + r] = dot(rows[r], toks[t])` for `NR` rows and `NT ≤ 4` tokens.
@@ -277,11 +398,11 @@ unsafe fn tile<F: KFormat, const NR: usize, const NT: usize>(
         }
         // SAFETY: da is 4 readable f32.
         let da = unsafe { vld1q_f32(da.as_ptr()) };
-        let bs: [int16x8_t; NT] = std::array::from_fn(|t| {
+        let bs: [[int16x8_t; 2]; NT] = std::array::from_fn(|t| {
             if F::HAS_MIN {
-                bsums32(&toks[t][b])
+                min_sums::<F>(&toks[t][b])
             } else {
-                vdupq_n_s16(0)
+                [vdupq_n_s16(0); 2]
             }
         });
         for r in 0..NR {
@@ -291,7 +412,7 @@ unsafe fn tile<F: KFormat, const NR: usize, const NT: usize>(
             if F::HAS_MIN {
                 let mut m = [vdupq_n_s32(0); 4];
                 for t in 0..NT {
-                    m[t] = min_lanes(bs[t], h.mins);
+                    m[t] = min_lanes::<F>(&bs[t], &h.mins);
                 }
                 let summ = vcvtq_f32_s32(sum_lanes(m));
                 v = vsubq_f32(v, vmulq_f32(vmulq_n_f32(da, h.dmin), summ));
@@ -342,8 +463,8 @@ unsafe fn gemv<F: KFormat>(rows: [&[F::W]; RV], tok: &[BlockQ8K], out: &mut [f32
         let d = unsafe { vld1q_f32(dl.as_ptr()) };
         let mut v = vmulq_f32(vmulq_n_f32(d, yd), vcvtq_f32_s32(sum_lanes(acc)));
         if F::HAS_MIN {
-            let bs = bsums32(y);
-            let summ = sum_lanes(heads.each_ref().map(|h| min_lanes(bs, h.mins)));
+            let bs = min_sums::<F>(y);
+            let summ = sum_lanes(heads.each_ref().map(|h| min_lanes::<F>(&bs, &h.mins)));
             // SAFETY: ml is 4 readable f32.
             let dmin = unsafe { vld1q_f32(ml.as_ptr()) };
             v = vsubq_f32(v, vmulq_f32(vmulq_n_f32(dmin, yd), vcvtq_f32_s32(summ)));
@@ -440,6 +561,8 @@ pub(super) unsafe fn gemm_k_sdot<F: KFormat>(
 
 gemm_entry_points! {
     "dotprod", gemm_k_sdot;
+    Q2K => gemm_q2_k_q8_k_dotprod;
+    Q3K => gemm_q3_k_q8_k_dotprod;
     Q4K => gemm_q4_k_q8_k_dotprod;
     Q5K => gemm_q5_k_q8_k_dotprod;
     Q6K => gemm_q6_k_q8_k_dotprod;

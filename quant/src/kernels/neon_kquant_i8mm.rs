@@ -18,7 +18,7 @@ use std::arch::aarch64::*;
 
 use super::neon::{gemm_entry_points, load16, pair_chunks, smmla};
 use super::neon_kquant_gemm::{
-    bsums32, gemm_k_sdot, min_lanes, sum_lanes, Head, KFormat, Q4K, Q5K, Q6K,
+    gemm_k_sdot, min_lanes, min_sums, sum_lanes, Head, KFormat, Q4K, Q5K, Q6K,
 };
 use crate::block::{as_blocks, BlockQ8K};
 
@@ -100,11 +100,11 @@ unsafe fn tile<F: KFormat>(
             }
         }
         let da: [f32; 2 * TP] = std::array::from_fn(|t| toks[t][b].d());
-        let bs: [int16x8_t; 2 * TP] = std::array::from_fn(|t| {
+        let bs: [[int16x8_t; 2]; 2 * TP] = std::array::from_fn(|t| {
             if F::HAS_MIN {
-                bsums32(&toks[t][b])
+                min_sums::<F>(&toks[t][b])
             } else {
-                vdupq_n_s16(0)
+                [vdupq_n_s16(0); 2]
             }
         });
         for p in 0..RP {
@@ -114,12 +114,12 @@ unsafe fn tile<F: KFormat>(
                 let sumi = vcvtq_f32_s32(acc[p][q]);
                 let mut v = vmulq_f32(vmulq_f32(row_lanes(h0.d, h1.d), da), sumi);
                 if F::HAS_MIN {
-                    let (b0, b1) = (bs[2 * q], bs[2 * q + 1]);
+                    let (b0, b1) = (&bs[2 * q], &bs[2 * q + 1]);
                     let m = [
-                        min_lanes(b0, h0.mins),
-                        min_lanes(b1, h0.mins),
-                        min_lanes(b0, h1.mins),
-                        min_lanes(b1, h1.mins),
+                        min_lanes::<F>(b0, &h0.mins),
+                        min_lanes::<F>(b1, &h0.mins),
+                        min_lanes::<F>(b0, &h1.mins),
+                        min_lanes::<F>(b1, &h1.mins),
                     ];
                     let summ = vcvtq_f32_s32(sum_lanes(m));
                     let dmin = vmulq_f32(row_lanes(h0.dmin, h1.dmin), da);
