@@ -163,19 +163,27 @@ pub(super) trait SixteenBlock: crate::block::ByteBlock {
     /// How many `maddubs` results one i16 lane sums without overflow (AVX2), at most a
     /// sub-block's 4: 2 · 2 · 63 · 128 = 32,256 for 6-bit quants, 4 · 2 · 7 · 128 for 3-bit.
     const RUN: usize;
-    /// Whether chunks have high bits ([`SixteenBlock::high`]).
-    const HIGH: bool;
     /// Chunk c's low bits: their bytes (32), shift and mask.
     fn low(&self, c: usize) -> &[u8];
     fn low_bits(c: usize) -> (i32, i8);
-    /// Chunk c's high bits: their bytes (32), shift, mask and position in the quant.
-    fn high(&self, c: usize) -> &[u8];
-    fn high_bits(c: usize) -> (i32, i8, i32);
-    /// The sub-blocks' integer scales, and minimums (zero where the format has none).
+    /// Whether chunks have high bits, and chunk c's: their bytes (32), shift, mask and
+    /// position in the quant.
+    const HIGH: bool = false;
+    fn high(&self, _c: usize) -> &[u8] {
+        &[]
+    }
+    fn high_bits(_c: usize) -> (i32, i8, i32) {
+        (0, 0, 0)
+    }
+    /// The sub-blocks' integer scales, and minimums (the signed formats have none).
     fn scales(&self) -> [i32; 16];
-    fn mins(&self) -> [i32; 16];
+    fn mins(&self) -> [i32; 16] {
+        [0; 16]
+    }
     fn d(&self) -> [u8; 2];
-    fn dmin(&self) -> [u8; 2];
+    fn dmin(&self) -> [u8; 2] {
+        [0; 2]
+    }
 }
 
 impl SixteenBlock for crate::block::BlockQ6K {
@@ -200,14 +208,8 @@ impl SixteenBlock for crate::block::BlockQ6K {
     fn scales(&self) -> [i32; 16] {
         self.scales.map(i32::from)
     }
-    fn mins(&self) -> [i32; 16] {
-        [0; 16]
-    }
     fn d(&self) -> [u8; 2] {
         self.d
-    }
-    fn dmin(&self) -> [u8; 2] {
-        [0; 2]
     }
 }
 
@@ -233,14 +235,8 @@ impl SixteenBlock for crate::block::BlockQ3K {
     fn scales(&self) -> [i32; 16] {
         q3k_scale_bytes(&self.scales).map(|v| i32::from(v) - 32)
     }
-    fn mins(&self) -> [i32; 16] {
-        [0; 16]
-    }
     fn d(&self) -> [u8; 2] {
         self.d
-    }
-    fn dmin(&self) -> [u8; 2] {
-        [0; 2]
     }
 }
 
@@ -249,19 +245,12 @@ impl SixteenBlock for crate::block::BlockQ2K {
     /// Unsigned quants with minimums: no offset.
     const OFFSET_SHIFT: i32 = 0;
     const RUN: usize = 4;
-    const HIGH: bool = false;
     /// Chunk 4n + m: bits 2m, 2m + 1 of qs[32n..].
     fn low(&self, c: usize) -> &[u8] {
         &self.qs[32 * (c / 4)..][..32]
     }
     fn low_bits(c: usize) -> (i32, i8) {
         (2 * (c % 4) as i32, 3)
-    }
-    fn high(&self, _: usize) -> &[u8] {
-        &[]
-    }
-    fn high_bits(_: usize) -> (i32, i8, i32) {
-        (0, 0, 0)
     }
     fn scales(&self) -> [i32; 16] {
         self.scales.map(|v| i32::from(v & 0x0f))
@@ -802,61 +791,38 @@ fn gemm_k<const F: u8>(
     unsafe { gemm_tiles::<F>(&sh, w, n_rows, a, n_tok, out, ldo) }
 }
 
-pub(crate) fn gemm_q4_k_q8_k(
-    k: usize,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    o: &mut [f32],
-    ldo: usize,
-) {
-    gemm_k::<Q4K>(k, w, nr, a, nt, o, ldo)
+/// Safe [`super::GemmFn`] (and [`super::DotFn`]) entry points of the K-quant tiles,
+/// `FORMAT => gemm[, dot];`: each calls the invoking module's `gemm_k::<FORMAT>` (and
+/// `dot_k::<FORMAT>`).
+macro_rules! kquant_entry_points {
+    ($($f:ident => $gemm:ident $(, $dot:ident)?;)*) => {$(
+        pub(crate) fn $gemm(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            gemm_k::<$f>(k, w, n_rows, a, n_tok, out, ldo)
+        }
+        $(
+            pub(crate) fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                dot_k::<$f>(n, w, a)
+            }
+        )?
+    )*};
 }
-pub(crate) fn gemm_q5_k_q8_k(
-    k: usize,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    o: &mut [f32],
-    ldo: usize,
-) {
-    gemm_k::<Q5K>(k, w, nr, a, nt, o, ldo)
-}
-pub(crate) fn gemm_q6_k_q8_k(
-    k: usize,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    o: &mut [f32],
-    ldo: usize,
-) {
-    gemm_k::<Q6K>(k, w, nr, a, nt, o, ldo)
-}
+pub(super) use kquant_entry_points;
 
-pub(crate) fn gemm_q3_k_q8_k(
-    k: usize,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    o: &mut [f32],
-    ldo: usize,
-) {
-    gemm_k::<Q3K>(k, w, nr, a, nt, o, ldo)
-}
-pub(crate) fn gemm_q2_k_q8_k(
-    k: usize,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    o: &mut [f32],
-    ldo: usize,
-) {
-    gemm_k::<Q2K>(k, w, nr, a, nt, o, ldo)
+// Q4_K and Q6_K have their dots in `avx2.rs`.
+kquant_entry_points! {
+    Q4K => gemm_q4_k_q8_k;
+    Q5K => gemm_q5_k_q8_k, dot_q5_k_q8_k;
+    Q6K => gemm_q6_k_q8_k;
+    Q3K => gemm_q3_k_q8_k, dot_q3_k_q8_k;
+    Q2K => gemm_q2_k_q8_k, dot_q2_k_q8_k;
 }
 
 /// One 1 × 1 tile of format `F`: the dots of the formats without a dot of their own.
@@ -866,15 +832,6 @@ fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // SAFETY: only installed in the kernel table after `avx2::detected()`.
     unsafe { gemv_tile::<F, 1>(&sh, w, 1, a, &mut o) };
     o[0]
-}
-pub(crate) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_k::<Q5K>(n, w, a)
-}
-pub(crate) fn dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_k::<Q3K>(n, w, a)
-}
-pub(crate) fn dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_k::<Q2K>(n, w, a)
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@
 use std::arch::x86_64::*;
 
 use super::kquant_avx2::{
-    block_bytes, check, k4_scales_mins, Shape, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
-    ZERO_Q8K,
+    block_bytes, check, k4_scales_mins, kquant_entry_points, Shape, Q4K, Q5K, Q6K, Q8K_BSUMS,
+    Q8K_BYTES, Q8K_QS, ZERO_Q8K,
 };
 use super::q0_avx512_units::{reduce16 as reduce16_ps, PREFETCH_BYTES};
 
@@ -831,47 +831,10 @@ fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     o[0]
 }
 
-pub(crate) fn gemm_q4_k_q8_k(
-    k: usize,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    o: &mut [f32],
-    ldo: usize,
-) {
-    gemm_k::<Q4K>(k, w, nr, a, nt, o, ldo)
-}
-pub(crate) fn gemm_q5_k_q8_k(
-    k: usize,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    o: &mut [f32],
-    ldo: usize,
-) {
-    gemm_k::<Q5K>(k, w, nr, a, nt, o, ldo)
-}
-pub(crate) fn gemm_q6_k_q8_k(
-    k: usize,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    o: &mut [f32],
-    ldo: usize,
-) {
-    gemm_k::<Q6K>(k, w, nr, a, nt, o, ldo)
-}
-pub(crate) fn dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_k::<Q4K>(n, w, a)
-}
-pub(crate) fn dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_k::<Q5K>(n, w, a)
-}
-pub(crate) fn dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_k::<Q6K>(n, w, a)
+kquant_entry_points! {
+    Q4K => gemm_q4_k_q8_k, dot_q4_k_q8_k;
+    Q5K => gemm_q5_k_q8_k, dot_q5_k_q8_k;
+    Q6K => gemm_q6_k_q8_k, dot_q6_k_q8_k;
 }
 
 #[cfg(test)]

@@ -59,13 +59,22 @@ pub(super) trait KFormat {
     unsafe fn head(b: &Self::W) -> Head;
     /// The 4 weight vectors of chunk `c` (< 4) as signed quants, their
     /// elements' offsets in the super-block and their scale group (for
-    /// vectors `0, GROUP, ..`).
+    /// vectors `0, GROUP, ..`); by default the 16-element formats' layout:
+    /// chunk c = (half h = c / 2, part p = c % 2), vector g holds elements
+    /// 128h + 32g + 16p + l, l < 16, one 16-element scale group each.
     ///
     /// # Safety
     /// NEON only: part of every aarch64 CPU.
     unsafe fn chunk(b: &Self::W, c: usize) -> [int8x16_t; 4];
-    fn offsets(c: usize) -> [usize; 4];
-    fn group(c: usize, v: usize) -> usize;
+    #[inline(always)]
+    fn offsets(c: usize) -> [usize; 4] {
+        let (h, o) = (c / 2, 16 * (c % 2));
+        [0, 1, 2, 3].map(|g| 128 * h + 32 * g + o)
+    }
+    #[inline(always)]
+    fn group(c: usize, v: usize) -> usize {
+        (128 * (c / 2) + 32 * v + 16 * (c % 2)) / 16
+    }
 }
 
 pub(super) struct Q2K;
@@ -164,8 +173,7 @@ impl KFormat for Q5K {
     }
 }
 
-/// Q6_K chunk c = (half h = c / 2, part p = c % 2): vector g holds elements
-/// 128h + 32g + 16p + l, l < 16, one 16-element scale group each.
+/// Q6_K: 6-bit quants less 32 in the 16-element layout, i8 scales.
 impl KFormat for Q6K {
     type W = BlockQ6K;
     const HAS_MIN: bool = false;
@@ -201,24 +209,6 @@ impl KFormat for Q6K {
         ]
         .map(|q| vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(32)))
     }
-    #[inline(always)]
-    fn offsets(c: usize) -> [usize; 4] {
-        offsets16(c)
-    }
-    #[inline(always)]
-    fn group(c: usize, v: usize) -> usize {
-        group16(c, v)
-    }
-}
-
-/// The 16-element formats' chunk c = (half h = c / 2, part p = c % 2): vector g holds
-/// elements 128h + 32g + 16p + l, l < 16, one 16-element scale group each.
-fn offsets16(c: usize) -> [usize; 4] {
-    let (h, o) = (c / 2, 16 * (c % 2));
-    [0, 1, 2, 3].map(|g| 128 * h + 32 * g + o)
-}
-fn group16(c: usize, v: usize) -> usize {
-    (128 * (c / 2) + 32 * v + 16 * (c % 2)) / 16
 }
 
 /// Chunk c's 2-bit quants (Q2_K, Q3_K's low bits): element 128h + 32g + 16p + l is bits
@@ -265,14 +255,6 @@ impl KFormat for Q3K {
             vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low[g], high)), vdupq_n_s8(4))
         })
     }
-    #[inline(always)]
-    fn offsets(c: usize) -> [usize; 4] {
-        offsets16(c)
-    }
-    #[inline(always)]
-    fn group(c: usize, v: usize) -> usize {
-        group16(c, v)
-    }
 }
 
 /// Q2_K: 2-bit quants, 4-bit scales and minimums per 16 elements.
@@ -296,14 +278,6 @@ impl KFormat for Q2K {
     #[inline(always)]
     unsafe fn chunk(b: &BlockQ2K, c: usize) -> [int8x16_t; 4] {
         two_bits(&b.qs, c).map(|v| vreinterpretq_s8_u8(v))
-    }
-    #[inline(always)]
-    fn offsets(c: usize) -> [usize; 4] {
-        offsets16(c)
-    }
-    #[inline(always)]
-    fn group(c: usize, v: usize) -> usize {
-        group16(c, v)
     }
 }
 
