@@ -96,6 +96,38 @@ pub(super) fn k4_scales_mins(q: &[u8]) -> (u64, u64) {
     )
 }
 
+/// [`q3k_scale_bytes`] of the 110-byte Q3_K block `b` in vector instructions: the 16
+/// scales (still + 32) as the bytes of the result, in sub-block order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q3k_scales(b: &[u8]) -> __m128i {
+    assert_eq!(b.len(), 110);
+    // SAFETY: bytes 94..110 lie in the block (the 12 scale bytes are 2..14 of them);
+    // loadu has no alignment requirement.
+    let raw = unsafe { _mm_loadu_si128(b.as_ptr().add(94).cast()) };
+    // u32 lanes [w0, w1, w0, w1] (scale bytes 0..4, 4..8), their low nibbles or (>> 4) high
+    // ones, and w2 (bytes 8..12) in every lane, its bit pairs 0, 2, 4, 6 as bits 4-5.
+    let words = _mm_shuffle_epi8(
+        raw,
+        _mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9),
+    );
+    let low = _mm_and_si128(
+        _mm_srlv_epi32(words, _mm_setr_epi32(0, 0, 4, 4)),
+        _mm_set1_epi8(0x0f),
+    );
+    let top = _mm_shuffle_epi8(
+        raw,
+        _mm_setr_epi8(
+            10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13,
+        ),
+    );
+    let top = _mm_and_si128(
+        _mm_srlv_epi32(top, _mm_setr_epi32(0, 2, 4, 6)),
+        _mm_set1_epi8(3),
+    );
+    _mm_or_si128(low, _mm_slli_epi32::<4>(top))
+}
+
 /// A K-quant super-block the row-lane kernels (`kquant_avx2_rows`, `kquant_avx512_rows`)
 /// decode: Q4_K, or Q5_K (Q4_K's nibbles and scales plus a 5th bit per element).
 pub(super) trait RowBlock: crate::block::ByteBlock {
@@ -427,9 +459,7 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
         }
         if F == Q3K {
             row.d = h2f(108);
-            let sc = q3k_scale_bytes(b[96..108].try_into().expect("12 scale bytes"));
-            // SAFETY: sc is 16 bytes.
-            let g = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            let g = _mm256_cvtepu8_epi16(q3k_scales(b));
             let g = _mm256_sub_epi16(g, _mm256_set1_epi16(32));
             spread16(g, row);
             // (u − 4)·a: −4·scale per 16-group times the activation's bsum.
@@ -861,14 +891,15 @@ mod tests {
 #[cfg(test)]
 pub(super) mod testkit {
     use super::{
-        block_bytes, folds_offset, k4_scales_mins, q3k_scale_bytes, Q2K, Q3K, Q4K, Q5K, Q6K,
-        Q8K_BYTES,
+        block_bytes, folds_offset, k4_scales_mins, q3k_scale_bytes, q3k_scales, Q2K, Q3K, Q4K, Q5K,
+        Q6K, Q8K_BYTES,
     };
     use crate::block::{
         as_blocks, f32_to_f16, q3k_scale, unpack_q2k, unpack_q3k, unpack_q6k, BlockQ2K, BlockQ3K,
         BlockQ6K,
     };
     use crate::kernels::{gemm_by_dots, scalar, DotFn, GemmFn};
+    use std::arch::x86_64::*;
 
     /// The scale, offset factor and block scales of one weight super-block in the
     /// form every kernel consumes.
@@ -1070,6 +1101,17 @@ pub(super) mod testkit {
             let got = q3k_scale_bytes(&q);
             for (j, &g) in got.iter().enumerate() {
                 assert_eq!(g as i8 - 32, q3k_scale(j, &q), "sub-block {j} of {q:?}");
+            }
+            if super::super::avx2::detected() {
+                let mut block: Vec<u8> = (0..110).map(|_| rng.byte()).collect();
+                block[96..108].copy_from_slice(&q);
+                let mut simd = [0u8; 16];
+                // SAFETY: AVX2 was detected; simd is 16 writable bytes.
+                unsafe {
+                    let v = q3k_scales(&block);
+                    _mm_storeu_si128(simd.as_mut_ptr().cast(), v);
+                }
+                assert_eq!(simd, got, "q3k_scales of {q:?}");
             }
         }
     }

@@ -31,8 +31,8 @@
 use std::arch::x86_64::*;
 
 use super::kquant_avx2::{
-    block_bytes, check, k4_scales_mins, kquant_entry_points, Shape, Q4K, Q5K, Q6K, Q8K_BSUMS,
-    Q8K_BYTES, Q8K_QS, ZERO_Q8K,
+    block_bytes, check, k4_scales_mins, kquant_entry_points, q3k_scales, Shape, Q2K, Q3K, Q4K, Q5K,
+    Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, ZERO_Q8K,
 };
 use super::q0_avx512_units::{reduce16 as reduce16_ps, PREFETCH_BYTES};
 
@@ -289,11 +289,11 @@ struct GemvAct {
     /// The quants facing the weight's four 64-quant vectors. Q4_K/Q5_K: the
     /// low, then high nibbles of qs[0..64], then of qs[64..128], i.e.
     /// elements 0..32 ∪ 64..96, 32..64 ∪ 96..128, 128..160 ∪ 192..224,
-    /// 160..192 ∪ 224..256; Q6_K: element order.
+    /// 160..192 ∪ 224..256; the 16-element formats: element order.
     q: [__m512i; 4],
     /// Q4_K/Q5_K: the 8 32-group sums (i16) in each half (one per row of a
-    /// pair); Q6_K: the 16 16-group sums negated (i16), the factors of
-    /// −32·scale.
+    /// pair); the 16-element formats: the 16 16-group sums negated (i16), the
+    /// factors of −offset·scale (Q6_K, Q3_K) or of the minimums (Q2_K).
     sums: __m256i,
     /// d_a in all 4 lanes.
     d: __m128,
@@ -312,7 +312,7 @@ fn gemv_act<const F: u8>(blk: &[u8]) -> GemvAct {
     let bsums = unsafe { _mm256_loadu_si256(p.add(Q8K_BSUMS).cast()) };
     let join =
         |lo: usize, hi: usize| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(lo)), half(hi));
-    let (q, sums) = if F == Q6K {
+    let (q, sums) = if sixteens(F) {
         // |bsum| ≤ 16·128: its negation fits an i16.
         let q = [join(0, 32), join(64, 96), join(128, 160), join(192, 224)];
         (q, _mm256_sub_epi16(_mm256_setzero_si256(), bsums))
@@ -421,7 +421,39 @@ fn quant_dots<const F: u8>(b: &[u8], x: &GemvAct) -> [__m512i; 4] {
     let p = b.as_ptr();
     let m4 = _mm512_set1_epi8(0x0f);
     let mut u = [_mm512_setzero_si512(); 4];
-    if F == Q6K {
+    if F == Q3K || F == Q2K {
+        // Vector c holds chunks 2c (low 32 bytes) and 2c + 1 of 32 elements; chunk
+        // C = 4h + m takes bits 2m, 2m + 1 of qs[32h..32h + 32] (Q3_K's at byte 32,
+        // Q2_K's at 16) and, for Q3_K, 4 where bit C of hmask[l] (bytes 0..32) is set.
+        let qs = if F == Q3K { 32 } else { 16 };
+        let three = _mm512_set1_epi8(3);
+        // SAFETY: hmask is bytes 0..32 of the 110-byte Q3_K block; loadu is unaligned.
+        let hm =
+            (F == Q3K).then(|| unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.cast())) });
+        for (c, u) in u.iter_mut().enumerate() {
+            // SAFETY: qs[32h..32h + 32] lies in the block; loadu is unaligned.
+            let q = unsafe {
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(qs + 32 * (c / 2)).cast()))
+            };
+            let m = 2 * (c % 2) as i64;
+            let shifts = _mm512_set_epi64(
+                2 * m + 2,
+                2 * m + 2,
+                2 * m + 2,
+                2 * m + 2,
+                2 * m,
+                2 * m,
+                2 * m,
+                2 * m,
+            );
+            *u = _mm512_and_si512(_mm512_srlv_epi64(q, shifts), three);
+            if let Some(hm) = hm {
+                let (lo, hi) = (bytes8(1 << (2 * c)), bytes8(2 << (2 * c)));
+                let k = _mm512_test_epi8_mask(hm, _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo));
+                *u = _mm512_mask_add_epi8(*u, k, *u, _mm512_set1_epi8(4));
+            }
+        }
+    } else if F == Q6K {
         // Vector 2h + 0 / 1: the low / high nibbles of ql[64h..64h+64] with
         // qh[32h + l] bits 0-1 / 4-5 (low 32 bytes) or 2-3 / 6-7 (high 32)
         // as bits 4-5.
@@ -483,38 +515,74 @@ fn table(t: &[i8; 64]) -> __m512i {
     unsafe { _mm512_loadu_si512(t.as_ptr().cast()) }
 }
 
-/// `acc` plus one Q6_K super-block `b` against `x` (×d·d_a, 16 lanes; the
-/// −32 folded into the integer sum through the bsums).
+/// Whether `F` is a format of 16-element sub-blocks (Q6_K, Q3_K, Q2_K), whose GEMV runs
+/// [`block16`] on one row at a time.
+const fn sixteens(f: u8) -> bool {
+    f == Q6K || f == Q3K || f == Q2K
+}
+
+/// `acc` plus one super-block `b` of a 16-element format against `x` (×d·d_a, 16
+/// lanes): Q6_K and Q3_K with their offset (32, 4) folded into the integer sum through
+/// the bsums, Q2_K with its minimums (×dmin·d_a) as a second integer sum.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn q6_block(b: &[u8], x: &GemvAct, acc: __m512) -> __m512 {
-    let s = quant_dots::<Q6K>(b, x);
+fn block16<const F: u8>(b: &[u8], x: &GemvAct, acc: __m512) -> __m512 {
+    let s = quant_dots::<F>(b, x);
     let (q01, q23) = (
         _mm512_packs_epi32(s[0], s[1]),
         _mm512_packs_epi32(s[2], s[3]),
     );
     let p = b.as_ptr();
-    // SAFETY: the 16 scale bytes (192..208) and d (208..210) lie in the
-    // 210-byte block (checked by `quant_dots`).
-    let (sc, d) = unsafe {
-        (
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast())),
-            _mm_cvtsi32_si128(p.add(208).cast::<u16>().read_unaligned() as i32),
-        )
+    let f16 = |o: usize| {
+        // SAFETY: the f16 at byte o lies in the block (checked by `quant_dots`).
+        _mm_cvtsi32_si128(unsafe { p.add(o).cast::<u16>().read_unaligned() } as i32)
+    };
+    // The 16 scales as i16, the bsums' factors (offset·scale or the minimums) and the
+    // f16 scales [d, dmin].
+    let (sc, factors, d) = match F {
+        Q6K => {
+            // SAFETY: the 16 scale bytes lie at 192..208 of the 210-byte block.
+            let sc = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192).cast()) });
+            // |32·scale| ≤ 4096 fits an i16.
+            (sc, _mm256_slli_epi16::<5>(sc), f16(208))
+        }
+        Q3K => {
+            let sc = _mm256_cvtepu8_epi16(q3k_scales(b));
+            let sc = _mm256_sub_epi16(sc, _mm256_set1_epi16(32));
+            (sc, _mm256_slli_epi16::<2>(sc), f16(108))
+        }
+        _ => {
+            // SAFETY: the 16 scale bytes lie at 0..16 of the 84-byte block.
+            let sm = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(p.cast()) });
+            let sc = _mm256_and_si256(sm, _mm256_set1_epi16(0x0f));
+            (
+                sc,
+                _mm256_srli_epi16::<4>(sm),
+                _mm_unpacklo_epi16(f16(80), f16(82)),
+            )
+        }
     };
     let scz = _mm512_zextsi256_si512(sc);
     let idx = table(&Q6_SPREAD);
     let s01 = _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x00>(scz, scz), idx);
     let s23 = _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x55>(scz, scz), idx);
-    let mut i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, s01), q23, s23);
-    // −32·scale·bsum per 16-group (|32·scale| ≤ 4096 fits an i16).
-    i = _mm512_dpwssd_epi32(
-        i,
-        _mm512_zextsi256_si512(_mm256_slli_epi16::<5>(sc)),
+    let i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, s01), q23, s23);
+    // The factors against the negated bsums: −offset·scale·bsum (into the integer sum)
+    // or −min·bsum (a sum of its own).
+    let (factors, sums) = (
+        _mm512_zextsi256_si512(factors),
         _mm512_zextsi256_si512(x.sums),
     );
     let dd = _mm_mul_ps(_mm_cvtph_ps(d), x.d);
-    _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc)
+    if F == Q2K {
+        let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc);
+        let m = _mm512_madd_epi16(factors, sums);
+        let dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dd));
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(m), dmin, acc)
+    } else {
+        let i = _mm512_dpwssd_epi32(i, factors, sums);
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc)
+    }
 }
 
 /// `acc` plus the Q4_K/Q5_K super-blocks `b[0]`, `b[1]` of two rows against
@@ -633,8 +701,8 @@ fn gemv_tile<const F: u8>(
                     );
                 }
                 let b = [&p0[j * bb..][..bb], &p1[j * bb..][..bb]];
-                if F == Q6K {
-                    acc = [q6_block(b[0], x, acc[0]), q6_block(b[1], x, acc[1])];
+                if sixteens(F) {
+                    acc = [block16::<F>(b[0], x, acc[0]), block16::<F>(b[1], x, acc[1])];
                 } else {
                     k4_pair::<F>(b, x, &mut acc[0], &mut macc);
                 }
@@ -647,7 +715,7 @@ fn gemv_tile<const F: u8>(
                 _mm256_castps256_ps128(macc),
                 _mm256_extractf128_ps::<1>(macc),
             ];
-            if F != Q6K {
+            if !sixteens(F) {
                 // The pair's lanes: the first row in i32 lanes 0, 1 of each
                 // 128-bit block, the second in lanes 2, 3.
                 acc = [
@@ -837,6 +905,61 @@ kquant_entry_points! {
     Q6K => gemm_q6_k_q8_k, dot_q6_k_q8_k;
 }
 
+/// Q2_K and Q3_K (the cold experts' low-bit copies) below the row-lane kernel's tokens:
+/// one token through this tier's [`gemv`], more through `kquant_avx2`'s tiles (this tier's
+/// 4 × 4 tile has no decoding of them).
+fn gemm_low<const F: u8>(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    if n_tok != 1 {
+        let tiles = if F == Q3K {
+            super::kquant_avx2::gemm_q3_k_q8_k
+        } else {
+            super::kquant_avx2::gemm_q2_k_q8_k
+        };
+        return tiles(k, w, n_rows, a, n_tok, out, ldo);
+    }
+    let sh = check(F, k, w, n_rows, a, n_tok, out, ldo);
+    if n_rows > 0 {
+        // SAFETY: only installed in the kernel table after `avx512::detected()`.
+        unsafe { gemv::<F>(&sh, w, n_rows, a, out) }
+    }
+}
+pub(crate) fn gemm_q3_k_q8_k(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    gemm_low::<Q3K>(k, w, n_rows, a, n_tok, out, ldo)
+}
+pub(crate) fn gemm_q2_k_q8_k(
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    gemm_low::<Q2K>(k, w, n_rows, a, n_tok, out, ldo)
+}
+pub(crate) fn dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_k::<Q3K>(n, w, a)
+}
+pub(crate) fn dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_k::<Q2K>(n, w, a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::kquant_avx2::testkit::{check_dot, check_gemm};
@@ -886,6 +1009,8 @@ mod tests {
         check_dot::<Q4K>("avx512 q4_k", dot_q4_k_q8_k);
         check_dot::<Q5K>("avx512 q5_k", dot_q5_k_q8_k);
         check_dot::<Q6K>("avx512 q6_k", dot_q6_k_q8_k);
+        check_dot::<Q3K>("avx512 q3_k", dot_q3_k_q8_k);
+        check_dot::<Q2K>("avx512 q2_k", dot_q2_k_q8_k);
     }
 
     #[test]
@@ -897,5 +1022,7 @@ mod tests {
         check_gemm::<Q4K>("avx512 q4_k", gemm_q4_k_q8_k);
         check_gemm::<Q5K>("avx512 q5_k", gemm_q5_k_q8_k);
         check_gemm::<Q6K>("avx512 q6_k", gemm_q6_k_q8_k);
+        check_gemm::<Q3K>("avx512 q3_k", gemm_q3_k_q8_k);
+        check_gemm::<Q2K>("avx512 q2_k", gemm_q2_k_q8_k);
     }
 }

@@ -451,6 +451,6 @@ row_lane_gemms! {
     gemm_q4_k_q8_k => Rows<BlockQ4K>, 16, super::kquant_avx512::gemm_q4_k_q8_k;
     gemm_q5_k_q8_k => Rows<BlockQ5K>, 16, super::kquant_avx512::gemm_q5_k_q8_k;
     gemm_q6_k_q8_k => Rows16<BlockQ6K>, 16, super::kquant_avx512::gemm_q6_k_q8_k;
-    gemm_q3_k_q8_k => Rows16<BlockQ3K>, 16, super::kquant_avx2::gemm_q3_k_q8_k;
-    gemm_q2_k_q8_k => Rows16<BlockQ2K>, 16, super::kquant_avx2::gemm_q2_k_q8_k;
+    gemm_q3_k_q8_k => Rows16<BlockQ3K>, 16, super::kquant_avx512::gemm_q3_k_q8_k;
+    gemm_q2_k_q8_k => Rows16<BlockQ2K>, 16, super::kquant_avx512::gemm_q2_k_q8_k;
 }
