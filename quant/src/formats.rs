@@ -277,14 +277,14 @@ const fn neon_kernels(ty: GgmlType) -> Neon {
             arm!(neon_kquant::dot_q2_k_q8_k_dotprod),
             None,
             arm!(neon_kquant_gemm::gemm_q2_k_q8_k_dotprod),
-            None,
+            arm!(neon_kquant_i8mm::gemm_q2_k_q8_k_i8mm),
         ),
         Q3_K => tiers(
             arm!(neon_kquant::dot_q3_k_q8_k),
             arm!(neon_kquant::dot_q3_k_q8_k_dotprod),
             None,
             arm!(neon_kquant_gemm::gemm_q3_k_q8_k_dotprod),
-            None,
+            arm!(neon_kquant_i8mm::gemm_q3_k_q8_k_i8mm),
         ),
         Q4_K => tiers(
             arm!(neon_kquant::dot_q4_k_q8_k),

@@ -1,4 +1,4 @@
-//! `smmla` GEMM tiles of the K-quants (Q4_K, Q5_K, Q6_K against Q8_K) for the
+//! `smmla` GEMM tiles of the K-quants (Q2_K to Q6_K against Q8_K) for the
 //! neon-i8mm tier (FEAT_I8MM: Neoverse V1/N2, Cortex-A710 and later).
 //!
 //! One `smmla` multiplies a pair of weight rows by a pair of tokens over 8
@@ -18,7 +18,7 @@ use std::arch::aarch64::*;
 
 use super::neon::{gemm_entry_points, load16, pair_chunks, smmla};
 use super::neon_kquant_gemm::{
-    gemm_k_sdot, min_lanes, min_sums, sum_lanes, Head, KFormat, Q4K, Q5K, Q6K,
+    gemm_k_sdot, min_lanes, min_sums, sum_lanes, Head, KFormat, Q2K, Q3K, Q4K, Q5K, Q6K,
 };
 use crate::block::{as_blocks, BlockQ8K};
 
@@ -213,6 +213,8 @@ unsafe fn gemm_k_i8mm<F: KFormat>(
 
 gemm_entry_points! {
     "dotprod,i8mm", gemm_k_i8mm;
+    Q2K => gemm_q2_k_q8_k_i8mm;
+    Q3K => gemm_q3_k_q8_k_i8mm;
     Q4K => gemm_q4_k_q8_k_i8mm;
     Q5K => gemm_q5_k_q8_k_i8mm;
     Q6K => gemm_q6_k_q8_k_i8mm;
