@@ -65,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn main() -> ExitCode {
     quiet_on_closed_pipe();
     explain_sigbus();
+    remove_temp_files_on_termination();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +114,62 @@ fn quiet_on_closed_pipe() {
     // disposition, and runs before any other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP delete the live temporary files before the process ends.
+///
+/// Outputs are written through hidden temporary files beside their destinations
+/// (`quant::temp_file`); a writer that fails deletes its own, but a process ended by a signal
+/// never runs that code, and an interrupted conversion left a hidden file of up to the model's
+/// size beside its output. Here the three signals are blocked before any other thread exists
+/// (every thread inherits the mask, and `std::process::Command` resets it for children), and
+/// one thread waits for them: it deletes the files, then ends the process by the same signal
+/// with its default disposition, so the exit status and the shell's report are what they were.
+fn remove_temp_files_on_termination() {
+    #[cfg(unix)]
+    {
+        /// The set of `sigs`.
+        fn set_of(sigs: &[libc::c_int]) -> libc::sigset_t {
+            // SAFETY: `sigemptyset` makes the zeroed value a valid empty set before
+            // `sigaddset` adds to it; both only write the local.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                for &sig in sigs {
+                    libc::sigaddset(&mut set, sig);
+                }
+                set
+            }
+        }
+        let set = set_of(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+        // SAFETY: changes this thread's signal mask only; no other thread exists yet.
+        if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut sig = 0;
+                // SAFETY: `set` is a valid signal set and `sig` a writable int.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                quant::temp_file::remove_live();
+                let one = set_of(&[sig]);
+                // SAFETY: restoring the default disposition, unblocking the signal in this
+                // thread and raising it there ends the process as the signal would have.
+                unsafe {
+                    libc::signal(sig, libc::SIG_DFL);
+                    libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                    libc::raise(sig);
+                }
+            });
+        if spawned.is_err() {
+            // No thread to take them: let the signals end the process as before.
+            // SAFETY: changes this thread's signal mask only.
+            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+        }
     }
 }
 

@@ -8,13 +8,13 @@
 //! built-in 5×7 font, which stays legible on any photo without a font file.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
+use quant::temp_file::TempFile;
 
 use super::font::{self, ADVANCE, GLYPH_H};
 use super::{GroundingError, PixelBox};
@@ -162,24 +162,6 @@ fn label_chip(canvas: &mut RgbImage, label: &str, b: &PixelBox, color: Rgb<u8>, 
     }
 }
 
-/// Distinguishes temporary files of concurrent writers in one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Removes the temporary file unless the write completed and it was renamed into place.
-struct TempGuard {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            // Best effort: the original error is what the caller needs to see.
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Encodes `image` as PNG into a fresh temporary file in `out`'s directory, syncs it and renames
 /// it to `out` (a rename within one directory is atomic on the platforms we target).
 fn write_png_atomic(image: &RgbImage, out: &Path) -> Result<(), GroundingError> {
@@ -187,28 +169,7 @@ fn write_png_atomic(image: &RgbImage, out: &Path) -> Result<(), GroundingError> 
         let path = out.to_path_buf();
         move |source| GroundingError::Io { path, what, source }
     };
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "grounding".to_string());
-    let temp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .map_err(io_err("creating the temporary file"))?;
-    let mut guard = TempGuard {
-        path: temp,
-        armed: true,
-    };
+    let (mut guard, file) = TempFile::create(out).map_err(io_err("creating the temporary file"))?;
 
     let mut writer = BufWriter::new(file);
     PngEncoder::new(&mut writer)
@@ -230,8 +191,8 @@ fn write_png_atomic(image: &RgbImage, out: &Path) -> Result<(), GroundingError> 
         .map_err(|e| io_err("writing the PNG")(e.into_error()))?;
     file.sync_all().map_err(io_err("syncing the PNG"))?;
     drop(file);
-    fs::rename(&guard.path, out).map_err(io_err("renaming the temporary file into place"))?;
-    guard.armed = false;
+    fs::rename(guard.path(), out).map_err(io_err("renaming the temporary file into place"))?;
+    guard.keep();
     Ok(())
 }
 

@@ -7,14 +7,15 @@
 //! relative to the data section) plus an optional `"__metadata__"` string map, then the data.
 //! Like the Python writer we pad the JSON with spaces so that the data section starts 8-byte
 //! aligned, and lay tensors out in name order, so offsets increase with the (sorted) keys and the
-//! data is contiguous with no gaps. The file is written as `<name>.tmp` and renamed into place by
-//! [`SafetensorsWriter::finish`]; an abandoned writer removes its temporary.
+//! data is contiguous with no gaps. The file is written through a [`TempFile`] and renamed into
+//! place by [`SafetensorsWriter::finish`]; an abandoned writer removes its temporary.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use quant::temp_file::TempFile;
 use serde_json::{json, Map, Value};
 
 use super::SynthError;
@@ -84,8 +85,9 @@ fn header_json(entries: &[HeaderEntry], metadata: &BTreeMap<String, String>) -> 
 
 /// Streams one safetensors file.
 pub struct SafetensorsWriter {
+    /// Declared before `tmp`: the file is closed before its guard deletes it.
     out: Option<BufWriter<File>>,
-    tmp: PathBuf,
+    tmp: TempFile,
     path: PathBuf,
     entries: Vec<HeaderEntry>,
     /// Index of the tensor currently being written and bytes of it written so far.
@@ -110,12 +112,9 @@ impl SafetensorsWriter {
             });
         }
         let header = header_json(&entries, metadata);
-        let mut tmp_name = path.as_os_str().to_os_string();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        let file = File::create(&tmp).map_err(|e| SynthError::io(&tmp, e))?;
+        let (tmp, file) = TempFile::create(path).map_err(|e| SynthError::io(path, e))?;
         let mut out = BufWriter::with_capacity(8 << 20, file);
-        let io = |e| SynthError::io(&tmp, e);
+        let io = |e| SynthError::io(tmp.path(), e);
         out.write_all(&(header.len() as u64).to_le_bytes())
             .map_err(io)?;
         out.write_all(&header).map_err(io)?;
@@ -172,7 +171,7 @@ impl SafetensorsWriter {
         };
         if let Err(e) = out.write_all(data) {
             self.out = None;
-            return Err(SynthError::io(&self.tmp, e));
+            return Err(SynthError::io(self.tmp.path(), e));
         }
         self.written += data.len() as u64;
         self.skip_empty();
@@ -194,12 +193,12 @@ impl SafetensorsWriter {
         };
         let file = out
             .into_inner()
-            .map_err(|e| SynthError::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| SynthError::io(&self.tmp, e))?;
+            .map_err(|e| SynthError::io(self.tmp.path(), e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| SynthError::io(self.tmp.path(), e))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| SynthError::io(&self.path, e))?;
-        // Renamed: nothing left for Drop to clean up.
-        self.tmp = PathBuf::new();
+        std::fs::rename(self.tmp.path(), &self.path).map_err(|e| SynthError::io(&self.path, e))?;
+        self.tmp.keep();
         Ok(self.path.clone())
     }
 
@@ -207,15 +206,6 @@ impl SafetensorsWriter {
         SynthError::Writer {
             path: self.path.clone(),
             reason,
-        }
-    }
-}
-
-impl Drop for SafetensorsWriter {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            self.out = None;
-            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Faults from outside: `convert` killed at any point, a full disk, a model file truncated or
-//! replaced while a process has it mapped, and `run` leaving its input files untouched.
+//! Faults from outside: `convert` killed at any point, a write interrupted by a signal, a full
+//! disk, a model file truncated or replaced while a process has it mapped, and `run` leaving its
+//! input files untouched.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,58 @@ fn convert_killed_at_any_point_never_leaves_a_partial_output() {
     // Process start-up is part of `full`, so the machine's load decides the split; enough
     // kills must land before the commit for the test to mean anything.
     assert!(none >= 4, "too few kills landed during the conversion");
+}
+
+/// SIGINT (Ctrl-C), SIGTERM (`kill`) and SIGHUP (a closed terminal) in the middle of writing a
+/// GGUF file: the process deletes its hidden temporary file and ends by that signal, as it did
+/// before it handled them. (SIGKILL cannot be handled: the test above shows what it leaves.)
+/// The writer is `synth` of the Tiny shapes, seconds of writing, so that the signal lands
+/// while the temporary file grows.
+#[cfg(unix)]
+#[test]
+fn signals_mid_write_delete_the_temporary_file() {
+    use std::os::unix::process::ExitStatusExt;
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.gguf");
+        let mut child = pocketvl()
+            .args(["synth", "--variant", "deepseek-vl2-tiny", "--quant", "q4_0"])
+            .args(["--no-vision", "--threads", "1", "-o", s(&out)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let started = loop {
+            let names = listing(dir.path());
+            if names.iter().any(|n| n.starts_with(".x.gguf.tmp-")) {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if !started {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "synth never started writing (signal {sig}): {:?} {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: `kill` only sends a signal to our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(sig),
+            "signal {sig}: ended with {status:?}"
+        );
+        assert_eq!(listing(dir.path()), Vec::<String>::new(), "signal {sig}");
+    }
 }
 
 /// A tmpfs of `kib` KiB mounted on a fresh directory, unmounted on drop; `None` (after

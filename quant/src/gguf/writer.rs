@@ -12,10 +12,9 @@
 //! conversion never leaves a truncated model behind.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::direct::DirectFile;
 use super::error::GgufError;
@@ -23,10 +22,8 @@ use super::reader::{tensor_n_bytes, TensorInfo};
 use super::value::{Value, ValueType};
 use super::{align_up, GGUF_MAGIC, MAX_DIMS, MAX_NAME_LEN, MAX_STRING_LEN};
 use crate::schema;
+use crate::temp_file::{parent_dir, TempFile};
 use crate::GgmlType;
-
-/// Distinguishes temporary files of several writers in one process.
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Collects metadata and tensor infos for one GGUF file.
 #[derive(Debug, Clone)]
@@ -152,14 +149,15 @@ impl GgufWriter {
             });
         }
         let infos = self.tensor_infos()?;
-        let (tmp, file) = TempFile::create(path)?;
+        let (tmp, file) = TempFile::create(path)
+            .map_err(|e| GgufError::io("create a temporary file beside", path, e))?;
         // `tmp` is armed: any early return from here deletes the file.
-        let w = DirectFile::new(file, &tmp.path)
-            .map_err(|e| GgufError::io("allocate the write buffer for", &tmp.path, e))?;
+        let w = DirectFile::new(file, tmp.path())
+            .map_err(|e| GgufError::io("allocate the write buffer for", tmp.path(), e))?;
         let mut out = Out {
             w,
             pos: 0,
-            path: tmp.path.clone(),
+            path: tmp.path().to_path_buf(),
         };
         out.bytes(&GGUF_MAGIC)?;
         out.bytes(&schema::GGUF_VERSION.to_le_bytes())?;
@@ -333,7 +331,7 @@ impl GgufDataWriter {
         if self.failed {
             return Err(GgufError::io(
                 "write to",
-                &self.tmp.path,
+                self.tmp.path(),
                 std::io::Error::other("an earlier write failed; start again"),
             ));
         }
@@ -369,9 +367,9 @@ impl GgufDataWriter {
         let file = out
             .w
             .finish()
-            .map_err(|e| GgufError::io("flush", &tmp.path, e))?;
+            .map_err(|e| GgufError::io("flush", tmp.path(), e))?;
         file.sync_all()
-            .map_err(|e| GgufError::io("fsync", &tmp.path, e))?;
+            .map_err(|e| GgufError::io("fsync", tmp.path(), e))?;
         drop(file);
         Ok(PendingFile {
             tmp,
@@ -393,7 +391,7 @@ impl PendingFile {
     /// Path of the complete temporary file (e.g. to verify it with
     /// [`GgufFile::open`](super::GgufFile::open) before committing).
     pub fn path(&self) -> &Path {
-        &self.tmp.path
+        self.tmp.path()
     }
 
     /// Where [`commit`](Self::commit) will put the file.
@@ -407,10 +405,10 @@ impl PendingFile {
     pub fn commit(mut self) -> Result<PathBuf, GgufError> {
         let dest = self.dest.clone();
         if self.overwrite {
-            fs::rename(&self.tmp.path, &dest).map_err(|e| GgufError::io("rename", &dest, e))?;
-            self.tmp.armed = false;
+            fs::rename(self.tmp.path(), &dest).map_err(|e| GgufError::io("rename", &dest, e))?;
+            self.tmp.keep();
         } else {
-            match fs::hard_link(&self.tmp.path, &dest) {
+            match fs::hard_link(self.tmp.path(), &dest) {
                 // The temporary name is removed when `self.tmp` drops.
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -421,9 +419,9 @@ impl PendingFile {
                     if path_exists(&dest)? {
                         return Err(GgufError::FileExists { path: dest });
                     }
-                    fs::rename(&self.tmp.path, &dest)
+                    fs::rename(self.tmp.path(), &dest)
                         .map_err(|e| GgufError::io("rename", &dest, e))?;
-                    self.tmp.armed = false;
+                    self.tmp.keep();
                 }
             }
         }
@@ -432,54 +430,6 @@ impl PendingFile {
             .and_then(|d| d.sync_all())
             .map_err(|e| GgufError::io("fsync directory", dir, e))?;
         Ok(dest)
-    }
-}
-
-/// The temporary file's path; deletes the file on drop unless disarmed.
-#[derive(Debug)]
-struct TempFile {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    /// Creates `.<file>.tmp-<pid>-<n>` beside `dest`. The guard exists only
-    /// once the file was created by us, so a name clash can never make us
-    /// delete a file we did not create.
-    fn create(dest: &Path) -> Result<(TempFile, File), GgufError> {
-        let file_name = dest.file_name().ok_or_else(|| {
-            GgufError::io(
-                "create",
-                dest,
-                std::io::Error::new(ErrorKind::InvalidInput, "destination has no file name"),
-            )
-        })?;
-        let dir = parent_dir(dest);
-        let mut attempts = 0;
-        loop {
-            let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let name = format!(
-                ".{}.tmp-{}-{n}",
-                file_name.to_string_lossy(),
-                std::process::id()
-            );
-            let path = dir.join(name);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok((TempFile { path, armed: true }, file)),
-                // A stale file from a crashed process that had our pid.
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempts < 16 => attempts += 1,
-                Err(e) => return Err(GgufError::io("create", path, e)),
-            }
-        }
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            // Best effort: the file may not exist if creating it failed.
-            let _ = fs::remove_file(&self.path);
-        }
     }
 }
 
@@ -595,13 +545,5 @@ fn path_exists(path: &Path) -> Result<bool, GgufError> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(GgufError::io("stat", path, e)),
-    }
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }

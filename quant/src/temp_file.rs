@@ -1,0 +1,166 @@
+//! The temporary files every output is written through.
+//!
+//! Outputs (GGUF files, synthesized checkpoints, annotated images) are written under a hidden
+//! temporary name beside their destination and renamed into place once complete, so an output
+//! path never holds a partial file. This module owns those temporary files: it names them,
+//! deletes them when their writer fails or is dropped, and keeps the list of the live ones so
+//! that a process ended by a signal (Ctrl-C, `kill`, a closed terminal) deletes them too
+//! ([`remove_live`], which the CLI calls from its signal thread). Without that an interrupted
+//! conversion left its hidden `.<name>.tmp-<pid>-<n>` of up to the model's size beside the
+//! output: one such leftover of 4 GB, from a synthesis stopped by a timeout, filled the disk of
+//! a later CI run.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Distinguishes the temporary files of several writers in one process.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// The temporary files that exist and are still ours to delete.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The live list; a writer thread that panicked while holding the lock left it whole (each
+/// change is one push or one removal).
+fn live() -> MutexGuard<'static, Vec<PathBuf>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A temporary file beside its destination, deleted on drop unless [`kept`](TempFile::keep).
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    /// Creates `.<file>.tmp-<pid>-<n>` in `dest`'s directory, exclusively: the guard exists
+    /// only once the file was created by us, so a name clash (a stale file of a crashed process
+    /// that had our pid) never makes us delete a file we did not create.
+    pub fn create(dest: &Path) -> io::Result<(TempFile, File)> {
+        let file_name = dest.file_name().ok_or_else(|| {
+            io::Error::new(ErrorKind::InvalidInput, "destination has no file name")
+        })?;
+        let dir = parent_dir(dest);
+        let mut attempts = 0;
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let name = format!(
+                ".{}.tmp-{}-{n}",
+                file_name.to_string_lossy(),
+                std::process::id()
+            );
+            let path = dir.join(name);
+            // Listed before it exists, so that no moment has the file on disk and off the
+            // list; a signal in between finds nothing to delete at that name.
+            live().push(path.clone());
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => return Ok((TempFile { path, armed: true }, file)),
+                Err(e) => {
+                    unlist(&path);
+                    if e.kind() != ErrorKind::AlreadyExists || attempts == 16 {
+                        return Err(e);
+                    }
+                    attempts += 1;
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file was renamed into place (or must stay): neither dropping the guard nor
+    /// [`remove_live`] deletes anything at its temporary name any more.
+    pub fn keep(&mut self) {
+        if self.armed {
+            self.armed = false;
+            unlist(&self.path);
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort: the error that dropped the writer is what the caller needs to see.
+            let _ = fs::remove_file(&self.path);
+            unlist(&self.path);
+        }
+    }
+}
+
+fn unlist(path: &Path) {
+    let mut live = live();
+    if let Some(i) = live.iter().position(|p| p == path) {
+        live.swap_remove(i);
+    }
+}
+
+/// Deletes every live temporary file and returns how many there were: for a process that is
+/// about to end by a signal, whose writers will not get to drop their guards.
+pub fn remove_live() -> usize {
+    let mut live = live();
+    for path in live.iter() {
+        let _ = fs::remove_file(path);
+    }
+    let n = live.len();
+    live.clear();
+    n
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pvl-temp-file-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn listed(path: &Path) -> bool {
+        live().iter().any(|p| p == path)
+    }
+
+    // `remove_live` deletes every live file of the process, the other tests' included, so it
+    // is tested from outside: `tests/it/signals.rs` stops the CLI mid-write.
+
+    #[test]
+    fn dropped_guards_delete_their_files_and_kept_ones_do_not() {
+        let dir = scratch("drop");
+        let dest = dir.join("out.gguf");
+        let (tmp, _file) = TempFile::create(&dest).unwrap();
+        let path = tmp.path().to_path_buf();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".out.gguf.tmp-"), "{name}");
+        assert!(path.exists() && listed(&path));
+        drop(tmp);
+        assert!(!path.exists() && !listed(&path));
+
+        let (mut tmp, _file) = TempFile::create(&dest).unwrap();
+        fs::rename(tmp.path(), &dest).unwrap();
+        tmp.keep();
+        let path = tmp.path().to_path_buf();
+        drop(tmp);
+        assert!(dest.exists() && !listed(&path));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_destination_without_a_file_name_is_an_error() {
+        let err = TempFile::create(Path::new("/")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+}
