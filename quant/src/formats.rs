@@ -151,7 +151,7 @@ pub static FORMATS: [Format; 15] = [
         avx512: Kernels { dot: x86!(kquant_avx512::dot_q3_k_q8_k), gemm: x86!(kquant_avx512_rows::gemm_q3_k_q8_k) }),
     entry!(Q4_K, storable: true, codec(quantize_q4_k, dequantize_q4_k), pairs: Q8_K,
         scalar: dot(scalar::dot_q4_k_q8_k),
-        avx2: Kernels { dot: x86!(avx2::dot_q4_k_q8_k), gemm: x86!(kquant_avx2_rows::gemm_q4_k_q8_k) },
+        avx2: Kernels { dot: x86!(kquant_avx2::dot_q4_k_q8_k), gemm: x86!(kquant_avx2_rows::gemm_q4_k_q8_k) },
         avx512: Kernels { dot: x86!(kquant_avx512::dot_q4_k_q8_k), gemm: x86!(kquant_avx512_rows::gemm_q4_k_q8_k) }),
     entry!(Q5_K, storable: true, codec(quantize_q5_k, dequantize_q5_k), pairs: Q8_K,
         scalar: dot(scalar::dot_q5_k_q8_k),
@@ -159,7 +159,7 @@ pub static FORMATS: [Format; 15] = [
         avx512: Kernels { dot: x86!(kquant_avx512::dot_q5_k_q8_k), gemm: x86!(kquant_avx512_rows::gemm_q5_k_q8_k) }),
     entry!(Q6_K, storable: true, codec(quantize_q6_k, dequantize_q6_k), pairs: Q8_K,
         scalar: dot(scalar::dot_q6_k_q8_k),
-        avx2: Kernels { dot: x86!(avx2::dot_q6_k_q8_k), gemm: x86!(kquant_avx2_rows::gemm_q6_k_q8_k) },
+        avx2: Kernels { dot: x86!(kquant_avx2::dot_q6_k_q8_k), gemm: x86!(kquant_avx2_rows::gemm_q6_k_q8_k) },
         avx512: Kernels { dot: x86!(kquant_avx512::dot_q6_k_q8_k), gemm: x86!(kquant_avx512_rows::gemm_q6_k_q8_k) }),
     // Activation-only formats: quantized rows feed the dots, never stored.
     entry!(Q8_1, storable: false, codec(quantize_q8_1, dequantize_q8_1), pairs: F32,

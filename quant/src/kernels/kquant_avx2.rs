@@ -846,16 +846,15 @@ macro_rules! kquant_entry_points {
 }
 pub(super) use kquant_entry_points;
 
-// Q4_K and Q6_K have their dots in `avx2.rs`.
 kquant_entry_points! {
-    Q4K => gemm_q4_k_q8_k;
+    Q4K => gemm_q4_k_q8_k, dot_q4_k_q8_k;
     Q5K => gemm_q5_k_q8_k, dot_q5_k_q8_k;
-    Q6K => gemm_q6_k_q8_k;
+    Q6K => gemm_q6_k_q8_k, dot_q6_k_q8_k;
     Q3K => gemm_q3_k_q8_k, dot_q3_k_q8_k;
     Q2K => gemm_q2_k_q8_k, dot_q2_k_q8_k;
 }
 
-/// One 1 × 1 tile of format `F`: the dots of the formats without a dot of their own.
+/// One 1 × 1 tile of format `F`: the dots.
 fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
     let sh = check(F, n, w, 1, a, 1, &o, 1);
@@ -875,7 +874,9 @@ mod tests {
             println!("skipped: CPU lacks AVX2/FMA/F16C");
             return;
         }
+        check_dot::<Q4K>("avx2 q4_k", dot_q4_k_q8_k);
         check_dot::<Q5K>("avx2 q5_k", dot_q5_k_q8_k);
+        check_dot::<Q6K>("avx2 q6_k", dot_q6_k_q8_k);
         check_dot::<Q3K>("avx2 q3_k", dot_q3_k_q8_k);
         check_dot::<Q2K>("avx2 q2_k", dot_q2_k_q8_k);
         check_gemm::<Q4K>("avx2 q4_k", gemm_q4_k_q8_k);
