@@ -822,10 +822,10 @@ fn gemm_k<const F: u8>(
 }
 
 /// Safe [`super::GemmFn`] (and [`super::DotFn`]) entry points of the K-quant tiles,
-/// `FORMAT => gemm[, dot];`: each calls the invoking module's `gemm_k::<FORMAT>` (and
-/// `dot_k::<FORMAT>`).
+/// `FORMAT => gemm[, dot] [(via f)];`: each calls the invoking module's `gemm_k::<FORMAT>` (or
+/// `f::<FORMAT>`) and `dot_k::<FORMAT>`.
 macro_rules! kquant_entry_points {
-    ($($f:ident => $gemm:ident $(, $dot:ident)?;)*) => {$(
+    ($($f:ident => $gemm:ident $(, $dot:ident)? $((via $via:ident))?;)*) => {$(
         pub(crate) fn $gemm(
             k: usize,
             w: &[u8],
@@ -835,7 +835,7 @@ macro_rules! kquant_entry_points {
             out: &mut [f32],
             ldo: usize,
         ) {
-            gemm_k::<$f>(k, w, n_rows, a, n_tok, out, ldo)
+            kquant_entry_points!(@gemm $f $($via)?)(k, w, n_rows, a, n_tok, out, ldo)
         }
         $(
             pub(crate) fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
@@ -843,6 +843,8 @@ macro_rules! kquant_entry_points {
             }
         )?
     )*};
+    (@gemm $f:ident) => { gemm_k::<$f> };
+    (@gemm $f:ident $via:ident) => { $via::<$f> };
 }
 pub(super) use kquant_entry_points;
 

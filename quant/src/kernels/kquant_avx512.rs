@@ -899,15 +899,9 @@ fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     o[0]
 }
 
-kquant_entry_points! {
-    Q4K => gemm_q4_k_q8_k, dot_q4_k_q8_k;
-    Q5K => gemm_q5_k_q8_k, dot_q5_k_q8_k;
-    Q6K => gemm_q6_k_q8_k, dot_q6_k_q8_k;
-}
-
-/// Q2_K and Q3_K (the cold experts' low-bit copies) below the row-lane kernel's tokens:
-/// one token through this tier's [`gemv`], more through `kquant_avx2`'s tiles (this tier's
-/// 4 × 4 tile has no decoding of them).
+/// Q2_K and Q3_K (the cold experts' low-bit copies; the row-lane kernel serves their larger
+/// batches) have no 4 × 4 tile decoding here: one token runs this tier's [`gemv`], more
+/// `kquant_avx2`'s tiles.
 fn gemm_low<const F: u8>(
     k: usize,
     w: &[u8],
@@ -931,33 +925,13 @@ fn gemm_low<const F: u8>(
         unsafe { gemv::<F>(&sh, w, n_rows, a, out) }
     }
 }
-pub(crate) fn gemm_q3_k_q8_k(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    gemm_low::<Q3K>(k, w, n_rows, a, n_tok, out, ldo)
-}
-pub(crate) fn gemm_q2_k_q8_k(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    gemm_low::<Q2K>(k, w, n_rows, a, n_tok, out, ldo)
-}
-pub(crate) fn dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_k::<Q3K>(n, w, a)
-}
-pub(crate) fn dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_k::<Q2K>(n, w, a)
+
+kquant_entry_points! {
+    Q4K => gemm_q4_k_q8_k, dot_q4_k_q8_k;
+    Q5K => gemm_q5_k_q8_k, dot_q5_k_q8_k;
+    Q6K => gemm_q6_k_q8_k, dot_q6_k_q8_k;
+    Q3K => gemm_q3_k_q8_k, dot_q3_k_q8_k (via gemm_low);
+    Q2K => gemm_q2_k_q8_k, dot_q2_k_q8_k (via gemm_low);
 }
 
 #[cfg(test)]
