@@ -10,8 +10,9 @@
 //! reused for the tile's tokens: `maddubs` (unsigned quant × signed activation,
 //! pairs of at most 63·128·2 < 2¹⁵, never saturating) and `madd` with the
 //! scales give exact i32 sums. The offsets (Q2_K/Q4_K/Q5_K mins, Q6_K's −32,
-//! Q3_K's −4) come from the activation's per-16 `bsums`. The integer block sums equal the scalar twins'
-//! (`scalar.rs`); only the order of the f32 additions differs. [`gemv_tile`]
+//! Q3_K's −4) come from the activation's per-16 `bsums`. The integer block sums
+//! equal the scalar twins' (`scalar.rs`); only the order of the f32 additions
+//! differs. [`gemv_tile`]
 //! (one token) decodes 8 rows one after the other and uses each at once,
 //! reading them as one L2-prefetched stream.
 
@@ -57,27 +58,6 @@ pub(super) const fn folds_offset(f: u8) -> bool {
     f == Q6K || f == Q3K
 }
 
-/// The 16 six-bit scales of a Q3_K super-block from its 12 scale bytes `q`, still + 32, one
-/// per byte in sub-block order: sub-block j takes its low 4 bits from byte j (j < 8) or the
-/// high nibble of byte j − 8, and its top 2 bits from bits 2·(j/4) of byte 8 + j % 4.
-#[inline]
-pub(super) fn q3k_scale_bytes(q: &[u8; 12]) -> [u8; 16] {
-    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
-    let (w0, w1, top) = (word(0), word(1), word(2));
-    let (low4, top2) = (0x0f0f_0f0f, 0x0303_0303);
-    let words = [
-        (w0 & low4) | ((top & top2) << 4),
-        (w1 & low4) | (((top >> 2) & top2) << 4),
-        ((w0 >> 4) & low4) | (((top >> 4) & top2) << 4),
-        ((w1 >> 4) & low4) | (((top >> 6) & top2) << 4),
-    ];
-    let mut out = [0u8; 16];
-    for (o, w) in out.chunks_exact_mut(4).zip(words) {
-        o.copy_from_slice(&w.to_le_bytes());
-    }
-    out
-}
-
 /// The 8 six-bit scales and 8 six-bit mins of a Q4_K/Q5_K super-block from
 /// its 12 scale bytes `q` (ggml's `get_scale_min_k4`), one per byte of the two
 /// u64: groups 0..4 sit in the low 6 bits of bytes 0..4 (scales) and 4..8
@@ -96,8 +76,10 @@ pub(super) fn k4_scales_mins(q: &[u8]) -> (u64, u64) {
     )
 }
 
-/// [`q3k_scale_bytes`] of the 110-byte Q3_K block `b` in vector instructions: the 16
-/// scales (still + 32) as the bytes of the result, in sub-block order.
+/// The 16 six-bit scales of the 110-byte Q3_K block `b`, still + 32, as the bytes of the
+/// result in sub-block order (`block::q3k_scale` in vector instructions): sub-block j takes
+/// its low 4 bits from scale byte j (j < 8) or the high nibble of byte j − 8, and its top 2
+/// bits from bits 2·(j/4) of byte 8 + j % 4.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q3k_scales(b: &[u8]) -> __m128i {
@@ -193,7 +175,8 @@ pub(super) trait SixteenBlock: crate::block::ByteBlock {
     /// Signed formats ([`folds_offset`]): log2 of the offset the quants are stored with.
     const OFFSET_SHIFT: i32;
     /// How many `maddubs` results one i16 lane sums without overflow (AVX2), at most a
-    /// sub-block's 4: 2 · 2 · 63 · 128 = 32,256 for 6-bit quants, 4 · 2 · 7 · 128 for 3-bit.
+    /// sub-block's 4: 2 · 2 · 63 · 128 = 32,256 for 6-bit quants, 4 · 2 · 7 · 128 = 7,168
+    /// for 3-bit ones.
     const RUN: usize;
     /// Chunk c's low bits: their bytes (32), shift and mask.
     fn low(&self, c: usize) -> &[u8];
@@ -265,7 +248,7 @@ impl SixteenBlock for crate::block::BlockQ3K {
         (c as i32, 1, 2)
     }
     fn scales(&self) -> [i32; 16] {
-        q3k_scale_bytes(&self.scales).map(|v| i32::from(v) - 32)
+        std::array::from_fn(|j| i32::from(crate::block::q3k_scale(j, &self.scales)))
     }
     fn d(&self) -> [u8; 2] {
         self.d
@@ -894,8 +877,7 @@ mod tests {
 #[cfg(test)]
 pub(super) mod testkit {
     use super::{
-        block_bytes, folds_offset, k4_scales_mins, q3k_scale_bytes, q3k_scales, Q2K, Q3K, Q4K, Q5K,
-        Q6K, Q8K_BYTES,
+        block_bytes, folds_offset, k4_scales_mins, q3k_scales, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K_BYTES,
     };
     use crate::block::{
         as_blocks, f32_to_f16, q3k_scale, unpack_q2k, unpack_q3k, unpack_q6k, BlockQ2K, BlockQ3K,
@@ -1097,24 +1079,20 @@ pub(super) mod testkit {
     }
 
     #[test]
-    fn q3k_scale_bytes_unpack_like_q3k_scale() {
+    fn q3k_scales_unpack_like_q3k_scale() {
+        if !super::super::avx2::detected() {
+            println!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        }
         let mut rng = Rng::new(11);
         for _ in 0..200 {
-            let q: [u8; 12] = std::array::from_fn(|_| rng.byte());
-            let got = q3k_scale_bytes(&q);
+            let block: Vec<u8> = (0..110).map(|_| rng.byte()).collect();
+            let mut got = [0u8; 16];
+            // SAFETY: AVX2 was detected; `got` is 16 writable bytes.
+            unsafe { _mm_storeu_si128(got.as_mut_ptr().cast(), q3k_scales(&block)) };
+            let q: &[u8; 12] = block[96..108].try_into().expect("12 scale bytes");
             for (j, &g) in got.iter().enumerate() {
-                assert_eq!(g as i8 - 32, q3k_scale(j, &q), "sub-block {j} of {q:?}");
-            }
-            if super::super::avx2::detected() {
-                let mut block: Vec<u8> = (0..110).map(|_| rng.byte()).collect();
-                block[96..108].copy_from_slice(&q);
-                let mut simd = [0u8; 16];
-                // SAFETY: AVX2 was detected; simd is 16 writable bytes.
-                unsafe {
-                    let v = q3k_scales(&block);
-                    _mm_storeu_si128(simd.as_mut_ptr().cast(), v);
-                }
-                assert_eq!(simd, got, "q3k_scales of {q:?}");
+                assert_eq!(g as i8 - 32, q3k_scale(j, q), "sub-block {j} of {q:?}");
             }
         }
     }
