@@ -1,6 +1,7 @@
-//! AVX-512 (F, BW, VL + VNNI) dot products and GEMMs for the K-quants (Q4_K,
-//! Q5_K, Q6_K weights against Q8_K activations), straight from the GGUF block
-//! layout (no repacked copy).
+//! AVX-512 (F, BW, VL + VNNI) dot products and GEMMs for the K-quants (Q2_K to
+//! Q6_K weights against Q8_K activations), straight from the GGUF block layout
+//! (no repacked copy). Q2_K and Q3_K (the cold experts' low-bit copies) have
+//! only the GEMV here; their small batches run `kquant_avx2`'s tiles.
 //!
 //! [`tile4x4`] computes 4 rows × 4 tokens in registers: per super-block each
 //! row's quants are unpacked once to unsigned bytes (four 64-byte chunks) and
@@ -22,7 +23,8 @@
 //! by side sharing the activation loads; Q4_K/Q5_K pack the two rows' lanes
 //! into the same vectors (one scale multiply per weight vector, one convert
 //! and one FMA per super-block for both rows) and unpack their scale bytes
-//! together, Q6_K has one FMA per super-block and row; each 16-row tile is
+//! together; the 16-element formats (Q6_K, Q3_K, Q2_K: [`block16`]) have one
+//! FMA per super-block and row (Q2_K a second for its minimums); each 16-row tile is
 //! read as one stream with an L2 prefetch ahead. Padding rows/tokens of
 //! tail tiles are zeros.
 
