@@ -672,9 +672,10 @@ pub(crate) fn dot_bf16_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// Safe [`super::GemmFn`] entry points of the GEMM tiles (`neon_sdot_gemm`,
 /// `neon_kquant_gemm`, `neon_kquant_i8mm`): each `$gemm` runs the generic
-/// `$kernel::<$fmt>` inside a function compiled with `$features`.
+/// `$kernel::<$fmt, $m>` ($m: the tier's [`Dot4`]) inside a function compiled with
+/// `$features`.
 macro_rules! gemm_entry_points {
-    ($features:tt, $kernel:ident; $($fmt:ident => $gemm:ident;)*) => {$(
+    ($features:tt, $kernel:ident, $m:ty; $($fmt:ident => $gemm:ident;)*) => {$(
         pub(crate) fn $gemm(
             k: usize,
             w: &[u8],
@@ -695,10 +696,11 @@ macro_rules! gemm_entry_points {
                 ldo: usize,
             ) {
                 // SAFETY: this function is compiled with the features the kernel needs.
-                unsafe { $kernel::<$fmt>(k, w, n_rows, a, n_tok, out, ldo) }
+                unsafe { $kernel::<$fmt, $m>(k, w, n_rows, a, n_tok, out, ldo) }
             }
             // SAFETY: the kernel table installs these entry points only after detecting
-            // the features at run time (`has_dotprod()`, and `has_i8mm()` for i8mm).
+            // the features at run time (`has_dotprod()`, and `has_i8mm()` for i8mm; plain
+            // NEON is part of every aarch64 CPU).
             unsafe { gemm(k, w, n_rows, a, n_tok, out, ldo) }
         }
     )*};

@@ -1,5 +1,7 @@
-//! `sdot` GEMM tiles of the K-quants (Q2_K to Q6_K against Q8_K) for the
-//! neon-dotprod tier (Cortex-A76 = Raspberry Pi 5) and the i8mm tier above it.
+//! GEMM tiles of the K-quants (Q2_K to Q6_K against Q8_K) for the plain NEON
+//! tier (base NEON's widening multiplies: Cortex-A53/A72 = Raspberry Pi 3 and 4),
+//! the neon-dotprod tier (`sdot`: Cortex-A76 = Raspberry Pi 5) and the i8mm
+//! tier's tails, through the [`Dot4`] of each.
 //!
 //! [`tile`] holds `NR` weight rows × up to 4 tokens: per super-block and
 //! 64-element chunk each row is decoded once into four 16-byte vectors of
@@ -17,7 +19,7 @@
 
 use std::arch::aarch64::*;
 
-use super::neon::{gemm_entry_points, h2f, load16, nibbles, Dot4, Sdot};
+use super::neon::{gemm_entry_points, h2f, load16, nibbles, Dot4, Plain, Sdot};
 use crate::block::{
     as_blocks, get_scale_min_k4, q3k_scale, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K,
     BlockQ8K, ByteBlock,
@@ -332,9 +334,9 @@ pub(super) unsafe fn min_lanes<F: KFormat>(b: &[int16x8_t; 2], m: &[int16x8_t; 2
 /// `out[t·ldo + r] = dot(rows[r], toks[t])` for `NR` rows and `NT ≤ 4` tokens.
 ///
 /// # Safety
-/// The CPU must have FEAT_DotProd.
+/// The CPU must have `M`'s instructions.
 #[inline(always)]
-unsafe fn tile<F: KFormat, const NR: usize, const NT: usize>(
+unsafe fn tile<F: KFormat, M: Dot4, const NR: usize, const NT: usize>(
     rows: [&[F::W]; NR],
     toks: [&[BlockQ8K]; NT],
     out: &mut [f32],
@@ -358,8 +360,8 @@ unsafe fn tile<F: KFormat, const NR: usize, const NT: usize>(
                     for v in (0..4).step_by(F::GROUP) {
                         let mut p = vdupq_n_s32(0);
                         for i in v..v + F::GROUP {
-                            // SAFETY: FEAT_DotProd is the caller's contract.
-                            p = unsafe { Sdot::dot4(p, wv[r][i], av[i]) };
+                            // SAFETY: `M`'s instructions are the caller's contract.
+                            p = unsafe { M::dot4(p, wv[r][i], av[i]) };
                         }
                         acc[r][t] = vmlaq_n_s32(acc[r][t], p, sc[r][v]);
                     }
@@ -407,9 +409,9 @@ unsafe fn tile<F: KFormat, const NR: usize, const NT: usize>(
 /// `out[r] = dot(rows[r], tok)` for `RV` rows (lanes) and one token.
 ///
 /// # Safety
-/// The CPU must have FEAT_DotProd.
+/// The CPU must have `M`'s instructions.
 #[inline(always)]
-unsafe fn gemv<F: KFormat>(rows: [&[F::W]; RV], tok: &[BlockQ8K], out: &mut [f32]) {
+unsafe fn gemv<F: KFormat, M: Dot4>(rows: [&[F::W]; RV], tok: &[BlockQ8K], out: &mut [f32]) {
     let mut facc = vdupq_n_f32(0.0);
     for (b, y) in tok.iter().enumerate() {
         let heads: [Head; RV] = std::array::from_fn(|r| F::head(&rows[r][b]));
@@ -421,8 +423,8 @@ unsafe fn gemv<F: KFormat>(rows: [&[F::W]; RV], tok: &[BlockQ8K], out: &mut [f32
                 for v in (0..4).step_by(F::GROUP) {
                     let mut p = vdupq_n_s32(0);
                     for i in v..v + F::GROUP {
-                        // SAFETY: FEAT_DotProd is the caller's contract.
-                        p = unsafe { Sdot::dot4(p, wv[i], av[i]) };
+                        // SAFETY: `M`'s instructions are the caller's contract.
+                        p = unsafe { M::dot4(p, wv[i], av[i]) };
                     }
                     acc[r] = vmlaq_n_s32(acc[r], p, heads[r].scales[F::group(c, v)]);
                 }
@@ -457,10 +459,10 @@ unsafe fn gemv<F: KFormat>(rows: [&[F::W]; RV], tok: &[BlockQ8K], out: &mut [f32
 /// [`gemv`] tiles, the rows past them through a 1×1 tile.
 ///
 /// # Safety
-/// The CPU must have FEAT_DotProd.
+/// The CPU must have `M`'s instructions.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn gemm_k_sdot<F: KFormat>(
+pub(super) unsafe fn gemm_k<F: KFormat, M: Dot4>(
     k: usize,
     w: &[u8],
     n_rows: usize,
@@ -496,9 +498,9 @@ pub(super) unsafe fn gemm_k_sdot<F: KFormat>(
             for t0 in (c0..multi).step_by(T) {
                 macro_rules! go {
                     ($nr:literal, $nt:literal) => {
-                        // SAFETY: FEAT_DotProd is the caller's contract.
+                        // SAFETY: `M`'s instructions are the caller's contract.
                         unsafe {
-                            tile::<F, $nr, $nt>(
+                            tile::<F, M, $nr, $nt>(
                                 std::array::from_fn(|i| row(r0 + i)),
                                 std::array::from_fn(|j| tok(t0 + j)),
                                 &mut out[t0 * ldo + r0..],
@@ -522,19 +524,28 @@ pub(super) unsafe fn gemm_k_sdot<F: KFormat>(
             let whole = n_rows / RV * RV;
             for r0 in (0..whole).step_by(RV) {
                 let rows = std::array::from_fn(|i| row(r0 + i));
-                // SAFETY: FEAT_DotProd is the caller's contract.
-                unsafe { gemv::<F>(rows, tok(t), &mut out[t * ldo + r0..]) };
+                // SAFETY: `M`'s instructions are the caller's contract.
+                unsafe { gemv::<F, M>(rows, tok(t), &mut out[t * ldo + r0..]) };
             }
             for r in whole..n_rows {
-                // SAFETY: FEAT_DotProd is the caller's contract.
-                unsafe { tile::<F, 1, 1>([row(r)], [tok(t)], &mut out[t * ldo + r..], ldo) };
+                // SAFETY: `M`'s instructions are the caller's contract.
+                unsafe { tile::<F, M, 1, 1>([row(r)], [tok(t)], &mut out[t * ldo + r..], ldo) };
             }
         }
     }
 }
 
 gemm_entry_points! {
-    "dotprod", gemm_k_sdot;
+    "neon", gemm_k, Plain;
+    Q2K => gemm_q2_k_q8_k;
+    Q3K => gemm_q3_k_q8_k;
+    Q4K => gemm_q4_k_q8_k;
+    Q5K => gemm_q5_k_q8_k;
+    Q6K => gemm_q6_k_q8_k;
+}
+
+gemm_entry_points! {
+    "dotprod", gemm_k, Sdot;
     Q2K => gemm_q2_k_q8_k_dotprod;
     Q3K => gemm_q3_k_q8_k_dotprod;
     Q4K => gemm_q4_k_q8_k_dotprod;

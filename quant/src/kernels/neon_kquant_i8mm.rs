@@ -16,9 +16,9 @@
 
 use std::arch::aarch64::*;
 
-use super::neon::{gemm_entry_points, load16, pair_chunks, smmla};
+use super::neon::{gemm_entry_points, load16, pair_chunks, smmla, Dot4, Sdot};
 use super::neon_kquant_gemm::{
-    gemm_k_sdot, min_lanes, min_sums, sum_lanes, Head, KFormat, Q2K, Q3K, Q4K, Q5K, Q6K,
+    gemm_k, min_lanes, min_sums, sum_lanes, Head, KFormat, Q2K, Q3K, Q4K, Q5K, Q6K,
 };
 use crate::block::{as_blocks, BlockQ8K};
 
@@ -155,13 +155,13 @@ unsafe fn pair16(x: int8x16_t, y: int8x16_t) -> [int8x16_t; 2] {
 }
 
 /// The [`super::GemmFn`] of format `F` through 4 × 4 `smmla` tiles; the rows
-/// and tokens past the last whole tile go through the `sdot` GEMM.
+/// and tokens past the last whole tile go through the `M` (`sdot`) GEMM.
 ///
 /// # Safety
 /// The CPU must have FEAT_I8MM and FEAT_DotProd.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn gemm_k_i8mm<F: KFormat>(
+unsafe fn gemm_k_i8mm<F: KFormat, M: Dot4>(
     k: usize,
     w: &[u8],
     n_rows: usize,
@@ -202,17 +202,17 @@ unsafe fn gemm_k_i8mm<F: KFormat>(
     unsafe {
         if r_end < n_rows {
             let (w, o) = (&w[r_end * wrb..], &mut out[r_end..]);
-            gemm_k_sdot::<F>(k, w, n_rows - r_end, a, n_tok, o, ldo);
+            gemm_k::<F, M>(k, w, n_rows - r_end, a, n_tok, o, ldo);
         }
         if t_end < n_tok && r_end > 0 {
             let (a, o) = (&a[t_end * arb..], &mut out[t_end * ldo..]);
-            gemm_k_sdot::<F>(k, w, r_end, a, n_tok - t_end, o, ldo);
+            gemm_k::<F, M>(k, w, r_end, a, n_tok - t_end, o, ldo);
         }
     }
 }
 
 gemm_entry_points! {
-    "dotprod,i8mm", gemm_k_i8mm;
+    "dotprod,i8mm", gemm_k_i8mm, Sdot;
     Q2K => gemm_q2_k_q8_k_i8mm;
     Q3K => gemm_q3_k_q8_k_i8mm;
     Q4K => gemm_q4_k_q8_k_i8mm;

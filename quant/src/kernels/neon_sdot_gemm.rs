@@ -1,7 +1,9 @@
-//! `sdot` GEMM tiles of the 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0) for CPUs with FEAT_DotProd but without I8MM: the Cortex-A76 of the
-//! Raspberry Pi 5, Neoverse N1. Without them the neon-dotprod tier would run
-//! one dot per (row, token) and decode every weight block once per token.
+//! GEMM tiles of the 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) for
+//! the plain NEON tier (base NEON's widening multiplies: Cortex-A53/A72 of the
+//! Raspberry Pi 3 and 4) and, with `sdot`, the neon-dotprod tier (FEAT_DotProd
+//! without I8MM: the Cortex-A76 of the Raspberry Pi 5, Neoverse N1), the [`Dot4`]
+//! of each. Without them those tiers would run one dot per (row, token) and
+//! decode every weight block once per token.
 //!
 //! [`tile`] holds 4 weight rows × up to 4 tokens in registers: per block each
 //! row is decoded once (the `Q0Format` decode of `neon.rs`) and meets the
@@ -18,7 +20,8 @@
 use std::arch::aarch64::*;
 
 use super::neon::{
-    dot_q0, gemm_entry_points, load16, ActBlock, Dot4, Q0Format, Sdot, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    dot_q0, gemm_entry_points, load16, ActBlock, Dot4, Plain, Q0Format, Sdot, Q4_0, Q4_1, Q5_0,
+    Q5_1, Q8_0,
 };
 use crate::block::as_blocks;
 
@@ -67,9 +70,9 @@ fn scatter(v: float32x4_t, n: usize, out: &mut [f32], step: usize) {
 /// (lanes of the missing tokens are zero and not stored).
 ///
 /// # Safety
-/// The CPU must have FEAT_DotProd.
+/// The CPU must have `M`'s instructions.
 #[inline(always)]
-unsafe fn tile<F: Q0Format, const NR: usize, const NT: usize>(
+unsafe fn tile<F: Q0Format, M: Dot4, const NR: usize, const NT: usize>(
     rows: [&[F::W]; NR],
     toks: [&[F::A]; NT],
     out: &mut [f32],
@@ -99,8 +102,8 @@ unsafe fn tile<F: Q0Format, const NR: usize, const NT: usize>(
             let (q0, q1) = F::quants(x);
             let mut p = [vdupq_n_s32(0); 4];
             for t in 0..NT {
-                // SAFETY: FEAT_DotProd is the caller's contract.
-                p[t] = unsafe { Sdot::dot4(Sdot::dot4(p[t], q0, aq[t].0), q1, aq[t].1) };
+                // SAFETY: `M`'s instructions are the caller's contract.
+                p[t] = unsafe { M::dot4(M::dot4(p[t], q0, aq[t].0), q1, aq[t].1) };
             }
             let dw = super::neon::h2f(F::d(x));
             let v = vmulq_f32(vcvtq_f32_s32(sum_lanes(p)), vmulq_n_f32(da, dw));
@@ -120,9 +123,9 @@ unsafe fn tile<F: Q0Format, const NR: usize, const NT: usize>(
 /// `out[r] = dot(rows[r], tok)` for 4 rows (lanes) and one token.
 ///
 /// # Safety
-/// The CPU must have FEAT_DotProd.
+/// The CPU must have `M`'s instructions.
 #[inline(always)]
-unsafe fn gemv<F: Q0Format>(rows: [&[F::W]; R], tok: &[F::A], out: &mut [f32]) {
+unsafe fn gemv<F: Q0Format, M: Dot4>(rows: [&[F::W]; R], tok: &[F::A], out: &mut [f32]) {
     let mut acc = vdupq_n_f32(0.0);
     for (b, y) in tok.iter().enumerate() {
         let (a0, a1) = (load16(&y.qs()[..16]), load16(&y.qs()[16..]));
@@ -132,8 +135,8 @@ unsafe fn gemv<F: Q0Format>(rows: [&[F::W]; R], tok: &[F::A], out: &mut [f32]) {
         for r in 0..R {
             let x = &rows[r][b];
             let (q0, q1) = F::quants(x);
-            // SAFETY: FEAT_DotProd is the caller's contract.
-            p[r] = unsafe { Sdot::dot4(Sdot::dot4(p[r], q0, a0), q1, a1) };
+            // SAFETY: `M`'s instructions are the caller's contract.
+            p[r] = unsafe { M::dot4(M::dot4(p[r], q0, a0), q1, a1) };
             dh[r] = F::d(x);
             if F::HAS_MIN {
                 mh[r] = F::m(x);
@@ -157,10 +160,10 @@ unsafe fn gemv<F: Q0Format>(rows: [&[F::W]; R], tok: &[F::A], out: &mut [f32]) {
 /// a chunk's last odd one) goes through [`gemv`] and the dot.
 ///
 /// # Safety
-/// The CPU must have FEAT_DotProd.
+/// The CPU must have `M`'s instructions.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn gemm_q0_sdot<F: Q0Format>(
+unsafe fn gemm_q0<F: Q0Format, M: Dot4>(
     k: usize,
     w: &[u8],
     n_rows: usize,
@@ -195,11 +198,11 @@ unsafe fn gemm_q0_sdot<F: Q0Format>(
         for r0 in (0..n_rows).step_by(R) {
             let nr = R.min(n_rows - r0);
             for t0 in (c0..multi).step_by(T) {
-                // SAFETY: FEAT_DotProd is the caller's contract.
+                // SAFETY: `M`'s instructions are the caller's contract.
                 unsafe {
                     macro_rules! go {
                         ($nr:literal, $nt:literal, $r0:expr) => {
-                            tile::<F, $nr, $nt>(
+                            tile::<F, M, $nr, $nt>(
                                 std::array::from_fn(|i| row($r0 + i)),
                                 std::array::from_fn(|j| tok(t0 + j)),
                                 &mut out[t0 * ldo + $r0..],
@@ -227,9 +230,9 @@ unsafe fn gemm_q0_sdot<F: Q0Format>(
         if multi < c1 {
             let t = multi;
             for r0 in (0..whole_r).step_by(R) {
-                // SAFETY: FEAT_DotProd is the caller's contract.
+                // SAFETY: `M`'s instructions are the caller's contract.
                 unsafe {
-                    gemv::<F>(
+                    gemv::<F, M>(
                         std::array::from_fn(|i| row(r0 + i)),
                         tok(t),
                         &mut out[t * ldo + r0..],
@@ -238,15 +241,24 @@ unsafe fn gemm_q0_sdot<F: Q0Format>(
             }
             for r in whole_r..n_rows {
                 let (wr, at) = (&w[r * wrb..][..wrb], &a[t * arb..][..arb]);
-                // SAFETY: FEAT_DotProd is the caller's contract.
-                out[t * ldo + r] = unsafe { dot_q0::<F, Sdot>(k, wr, at) };
+                // SAFETY: `M`'s instructions are the caller's contract.
+                out[t * ldo + r] = unsafe { dot_q0::<F, M>(k, wr, at) };
             }
         }
     }
 }
 
 gemm_entry_points! {
-    "dotprod", gemm_q0_sdot;
+    "neon", gemm_q0, Plain;
+    Q4_0 => gemm_q4_0_q8_0;
+    Q4_1 => gemm_q4_1_q8_1;
+    Q5_0 => gemm_q5_0_q8_0;
+    Q5_1 => gemm_q5_1_q8_1;
+    Q8_0 => gemm_q8_0_q8_0;
+}
+
+gemm_entry_points! {
+    "dotprod", gemm_q0, Sdot;
     Q4_0 => gemm_q4_0_q8_0_dotprod;
     Q4_1 => gemm_q4_1_q8_1_dotprod;
     Q5_0 => gemm_q5_0_q8_0_dotprod;
