@@ -1,11 +1,13 @@
-//! The temporary files every output is written through.
+//! The temporary files every output is written through, and the temporary directories of
+//! support files.
 //!
 //! Outputs (GGUF files, synthesized checkpoints, annotated images) are written under a hidden
 //! temporary name beside their destination and renamed into place once complete, so an output
-//! path never holds a partial file. This module owns those temporary files: it names them,
-//! deletes them when their writer fails or is dropped, and keeps the list of the live ones so
-//! that a process ended by a signal (Ctrl-C, `kill`, a closed terminal) deletes them too
-//! ([`remove_live`], which the CLI calls from its signal thread). Without that an interrupted
+//! path never holds a partial file. This module owns those temporary files and directories
+//! (`synth`'s support files, `bench convert`'s output): it names them, deletes them when their
+//! owner fails or is dropped, and keeps the list of the live ones so that a process ended by a
+//! signal (Ctrl-C, `kill`, a closed terminal) deletes them too ([`remove_live`], which the CLI
+//! calls from its signal thread). Without that an interrupted
 //! conversion left its hidden `.<name>.tmp-<pid>-<n>` of up to the model's size beside the
 //! output: one such leftover of 4 GB, from a synthesis stopped by a timeout, filled the disk of
 //! a later CI run.
@@ -18,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Distinguishes the temporary files of several writers in one process.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-/// The temporary files that exist and are still ours to delete.
+/// The temporary files and directories that exist and are still ours to delete.
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// The live list; a writer thread that panicked while holding the lock left it whole (each
@@ -92,6 +94,52 @@ impl Drop for TempFile {
     }
 }
 
+/// A fresh directory in `parent`, deleted with its contents on drop and by [`remove_live`].
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<prefix><pid>-<n>` in `parent` (exclusively, as [`TempFile::create`]).
+    pub fn create(parent: &Path, prefix: &str) -> io::Result<TempDir> {
+        let mut attempts = 0;
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = parent.join(format!("{prefix}{}-{n}", std::process::id()));
+            live().push(path.clone());
+            match fs::create_dir(&path) {
+                Ok(()) => return Ok(TempDir { path }),
+                Err(e) => {
+                    unlist(&path);
+                    if e.kind() != ErrorKind::AlreadyExists || attempts == 16 {
+                        return Err(e);
+                    }
+                    attempts += 1;
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Deletes the directory now and says whether that worked (dropping it ignores a failure).
+    pub fn close(self) -> io::Result<()> {
+        // Drop then finds nothing to delete and only takes the path off the list.
+        fs::remove_dir_all(&self.path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Best effort, as for a file.
+        let _ = fs::remove_dir_all(&self.path);
+        unlist(&self.path);
+    }
+}
+
 fn unlist(path: &Path) {
     let mut live = live();
     if let Some(i) = live.iter().position(|p| p == path) {
@@ -99,12 +147,13 @@ fn unlist(path: &Path) {
     }
 }
 
-/// Deletes every live temporary file and returns how many there were: for a process that is
-/// about to end by a signal, whose writers will not get to drop their guards.
+/// Deletes every live temporary file and directory and returns how many there were: for a
+/// process that is about to end by a signal, whose owners will not get to drop their guards.
 pub fn remove_live() -> usize {
     let mut live = live();
     for path in live.iter() {
-        let _ = fs::remove_file(path);
+        // A directory refuses `remove_file`.
+        let _ = fs::remove_file(path).or_else(|_| fs::remove_dir_all(path));
     }
     let n = live.len();
     live.clear();
@@ -156,6 +205,27 @@ mod tests {
         drop(tmp);
         assert!(dest.exists() && !listed(&path));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temporary_directories_go_with_their_contents() {
+        let parent = scratch("dir");
+        let dir = TempDir::create(&parent, "support-").unwrap();
+        let path = dir.path().to_path_buf();
+        assert!(path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("support-"));
+        fs::write(path.join("config.json"), b"{}").unwrap();
+        assert!(listed(&path));
+        drop(dir);
+        assert!(!path.exists() && !listed(&path));
+        let dir = TempDir::create(&parent, "bench-").unwrap();
+        let path = dir.path().to_path_buf();
+        dir.close().unwrap();
+        assert!(!path.exists() && !listed(&path));
+        fs::remove_dir_all(&parent).unwrap();
     }
 
     #[test]

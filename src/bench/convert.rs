@@ -103,9 +103,7 @@ pub fn bench_convert(opts: &ConvertBenchOptions) -> Result<ConvertBench, BenchEr
     let read = readspeed::measure(&files)?;
 
     let tmp_parent = opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let tmp = tempfile::Builder::new()
-        .prefix("pocketvl-bench-")
-        .tempdir_in(&tmp_parent)
+    let tmp = quant::temp_file::TempDir::create(&tmp_parent, "pocketvl-bench-")
         .map_err(|e| BenchError::io(&tmp_parent, e))?;
     let output = tmp.path().join("model.gguf");
     let copts = ConvertOptions {

@@ -361,7 +361,7 @@ struct GgufJob {
     plan: convert::write::Plan,
     copts: convert::write::ConvertOptions,
     source: SynthSource,
-    _support: tempfile::TempDir,
+    _support: quant::temp_file::TempDir,
 }
 
 impl GgufJob {
@@ -373,10 +373,9 @@ impl GgufJob {
     ) -> Result<GgufJob, SynthError> {
         check_spec(spec)?;
         let tok_src = tokenizer_source(opts)?;
-        let support = tempfile::Builder::new()
-            .prefix("pocketvl-synth-")
-            .tempdir()
-            .map_err(|e| SynthError::io(std::env::temp_dir(), e))?;
+        let tmp = std::env::temp_dir();
+        let support = quant::temp_file::TempDir::create(&tmp, "pocketvl-synth-")
+            .map_err(|e| SynthError::io(tmp, e))?;
         write_support_files(support.path(), spec, &tok_src, opts.tokenizer.is_none())?;
         let copts = convert::write::ConvertOptions {
             input: support.path().to_path_buf(),

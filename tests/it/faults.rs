@@ -114,8 +114,8 @@ fn convert_killed_at_any_point_never_leaves_a_partial_output() {
 }
 
 /// SIGINT (Ctrl-C), SIGTERM (`kill`) and SIGHUP (a closed terminal) in the middle of writing a
-/// GGUF file: the process deletes its hidden temporary file and ends by that signal, as it did
-/// before it handled them. (SIGKILL cannot be handled: the test above shows what it leaves.)
+/// GGUF file: the process deletes its hidden temporary file and its directory of support files
+/// and ends by that signal, as it did before it handled them. (SIGKILL cannot be handled: the test above shows what it leaves.)
 /// The writer is `synth` of the Tiny shapes, seconds of writing, so that the signal lands
 /// while the temporary file grows.
 #[cfg(unix)]
@@ -162,6 +162,13 @@ fn signals_mid_write_delete_the_temporary_file() {
             "signal {sig}: ended with {status:?}"
         );
         assert_eq!(listing(dir.path()), Vec::<String>::new(), "signal {sig}");
+        // Nor its directory of support files (config, tokenizer) in the temporary directory.
+        let support = format!("pocketvl-synth-{pid}-");
+        let left: Vec<String> = listing(&std::env::temp_dir())
+            .into_iter()
+            .filter(|n| n.starts_with(&support))
+            .collect();
+        assert!(left.is_empty(), "signal {sig}: {left:?} left behind");
     }
 }
 
