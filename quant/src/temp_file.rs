@@ -38,36 +38,17 @@ pub struct TempFile {
 
 impl TempFile {
     /// Creates `.<file>.tmp-<pid>-<n>` in `dest`'s directory, exclusively: the guard exists
-    /// only once the file was created by us, so a name clash (a stale file of a crashed process
-    /// that had our pid) never makes us delete a file we did not create.
+    /// only once the file was created by us, so a name clash never makes us delete a file we
+    /// did not create.
     pub fn create(dest: &Path) -> io::Result<(TempFile, File)> {
         let file_name = dest.file_name().ok_or_else(|| {
             io::Error::new(ErrorKind::InvalidInput, "destination has no file name")
         })?;
-        let dir = parent_dir(dest);
-        let mut attempts = 0;
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let name = format!(
-                ".{}.tmp-{}-{n}",
-                file_name.to_string_lossy(),
-                std::process::id()
-            );
-            let path = dir.join(name);
-            // Listed before it exists, so that no moment has the file on disk and off the
-            // list; a signal in between finds nothing to delete at that name.
-            live().push(path.clone());
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok((TempFile { path, armed: true }, file)),
-                Err(e) => {
-                    unlist(&path);
-                    if e.kind() != ErrorKind::AlreadyExists || attempts == 16 {
-                        return Err(e);
-                    }
-                    attempts += 1;
-                }
-            }
-        }
+        let prefix = format!(".{}.tmp-", file_name.to_string_lossy());
+        let (path, file) = create_listed(&parent_dir(dest), &prefix, |path| {
+            OpenOptions::new().write(true).create_new(true).open(path)
+        })?;
+        Ok((TempFile { path, armed: true }, file))
     }
 
     pub fn path(&self) -> &Path {
@@ -103,22 +84,8 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `<prefix><pid>-<n>` in `parent` (exclusively, as [`TempFile::create`]).
     pub fn create(parent: &Path, prefix: &str) -> io::Result<TempDir> {
-        let mut attempts = 0;
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = parent.join(format!("{prefix}{}-{n}", std::process::id()));
-            live().push(path.clone());
-            match fs::create_dir(&path) {
-                Ok(()) => return Ok(TempDir { path }),
-                Err(e) => {
-                    unlist(&path);
-                    if e.kind() != ErrorKind::AlreadyExists || attempts == 16 {
-                        return Err(e);
-                    }
-                    attempts += 1;
-                }
-            }
-        }
+        let (path, ()) = create_listed(parent, prefix, |path| fs::create_dir(path))?;
+        Ok(TempDir { path })
     }
 
     pub fn path(&self) -> &Path {
@@ -137,6 +104,34 @@ impl Drop for TempDir {
         // Best effort, as for a file.
         let _ = fs::remove_dir_all(&self.path);
         unlist(&self.path);
+    }
+}
+
+/// Creates `<prefix><pid>-<n>` in `dir` with `create` (which must fail with `AlreadyExists` on
+/// an existing name), listed as live, trying the next `n` on a clash (a stale name of a crashed
+/// process that had our pid; never ours to delete).
+fn create_listed<T>(
+    dir: &Path,
+    prefix: &str,
+    create: impl Fn(&Path) -> io::Result<T>,
+) -> io::Result<(PathBuf, T)> {
+    let mut attempts = 0;
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{prefix}{}-{n}", std::process::id()));
+        // Listed before it exists, so that no moment has it on disk and off the list; a signal
+        // in between finds nothing to delete at that name.
+        live().push(path.clone());
+        match create(&path) {
+            Ok(made) => return Ok((path, made)),
+            Err(e) => {
+                unlist(&path);
+                if e.kind() != ErrorKind::AlreadyExists || attempts == 16 {
+                    return Err(e);
+                }
+                attempts += 1;
+            }
+        }
     }
 }
 
