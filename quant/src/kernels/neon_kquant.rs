@@ -1,5 +1,6 @@
 //! aarch64 NEON dots of the K-quants (Q2_K to Q6_K against Q8_K), plain
-//! NEON and `sdot` tiers through [`Dot4`]. Per block they form the same
+//! NEON and `sdot` tiers through [`Dot4`] (Q2_K's: one tile of
+//! `neon_kquant_gemm`). Per block they form the same
 //! integer sums as the scalar twins (Σ scale·Σq_w·q_a and, for Q2_K/Q4_K/Q5_K,
 //! Σ min·bsum) and combine them in f32 as `sum += d·Σ − dmin·Σmin`; the scalar
 //! twins keep eight lane sums instead, so results agree up to f32 rounding
@@ -10,9 +11,9 @@
 use std::arch::aarch64::*;
 
 use super::neon::{h2f, load16, nibbles, Dot4, Plain, Sdot};
+use super::neon_kquant_gemm::{gemm_k, Q2K};
 use crate::block::{
-    as_blocks, get_scale_min_k4, q3k_scale, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K,
-    BlockQ8K,
+    as_blocks, get_scale_min_k4, q3k_scale, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
 };
 
 /// The blocks of a weight row and an activation row (`nb` = the common count).
@@ -227,50 +228,17 @@ unsafe fn dot_q3_k<M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
     sum
 }
 
-/// Q2_K·Q8_K: 16 sub-blocks of 16, each Σq_w·q_a (q_w = 2 bits of `qs`, 0..=3) times its
-/// 4-bit scale, less `dmin`·Σ min·bsum over the 16 sub-blocks (as the scalar twin).
+/// Q2_K·Q8_K: one 1 × 1 tile of `neon_kquant_gemm`'s (its `KFormat` decode: 2-bit quants,
+/// 4-bit scales and minimums per 16 elements).
 ///
 /// # Safety
 /// The CPU must have `M`'s instructions.
 #[inline(always)]
 unsafe fn dot_q2_k<M: Dot4>(k: usize, w: &[u8], a: &[u8]) -> f32 {
-    let (wb, ab) = blocks::<BlockQ2K>(k, w, a);
-    let mut sum = 0f32;
-    let three = vdupq_n_u8(3);
-    for (x, y) in wb.iter().zip(ab) {
-        let mut acc = vdupq_n_s32(0);
-        for h in 0..2 {
-            // Elements 128h + 32g + l: bits 2g of qs[32h + l].
-            let qs = [load16(&x.qs[32 * h..]), load16(&x.qs[32 * h + 16..])]
-                .map(|v| vreinterpretq_u8_s8(v));
-            for g in 0..4 {
-                for (half, &bits) in qs.iter().enumerate() {
-                    let q = vandq_u8(vshlq_u8(bits, vdupq_n_s8(-2 * g as i8)), three);
-                    let e = 128 * h + 32 * g + 16 * half;
-                    // SAFETY: forwarded caller contract.
-                    let p = unsafe {
-                        M::dot4(vdupq_n_s32(0), vreinterpretq_s8_u8(q), load16(&y.qs[e..]))
-                    };
-                    acc = vmlaq_n_s32(acc, p, (x.scales[e / 16] & 0x0f) as i32);
-                }
-            }
-        }
-        // The 16 minimums (high nibbles) times the 16 sums of 16 activations.
-        let mins = vshrq_n_u8::<4>(vreinterpretq_u8_s8(load16(&x.scales)));
-        let (m0, m1) = (
-            vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(mins))),
-            vreinterpretq_s16_u16(vmovl_high_u8(mins)),
-        );
-        let b0 = vreinterpretq_s16_s8(load16(&y.bsums[..16]));
-        let b1 = vreinterpretq_s16_s8(load16(&y.bsums[16..]));
-        let p = vmull_s16(vget_low_s16(b0), vget_low_s16(m0));
-        let p = vmlal_high_s16(p, b0, m0);
-        let p = vmlal_s16(p, vget_low_s16(b1), vget_low_s16(m1));
-        let p = vmlal_high_s16(p, b1, m1);
-        let (dall, dmin) = (y.d() * h2f(x.d), y.d() * h2f(x.dmin));
-        sum += dall * vaddvq_s32(acc) as f32 - dmin * vaddvq_s32(p) as f32;
-    }
-    sum
+    let mut out = [0f32];
+    // SAFETY: forwarded caller contract.
+    unsafe { gemm_k::<Q2K, M>(k, w, 1, a, 1, &mut out, 1) };
+    out[0]
 }
 
 /// Safe [`super::DotFn`] wrappers for the kernel table, plain and `sdot`.
