@@ -7,10 +7,9 @@
 //! (`synth`'s support files, `bench convert`'s output): it names them, deletes them when their
 //! owner fails or is dropped, and keeps the list of the live ones so that a process ended by a
 //! signal (Ctrl-C, `kill`, a closed terminal) deletes them too ([`remove_live`], which the CLI
-//! calls from its signal thread). Without that an interrupted
-//! conversion left its hidden `.<name>.tmp-<pid>-<n>` of up to the model's size beside the
-//! output: one such leftover of 4 GB, from a synthesis stopped by a timeout, filled the disk of
-//! a later CI run.
+//! calls from its signal thread). Without that an interrupted conversion left its hidden
+//! `.<name>.tmp-<pid>-<n>` of up to the model's size beside the output: one such leftover of
+//! 4 GB, from a synthesis stopped by a timeout, filled the disk of a later CI run.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
@@ -179,7 +178,7 @@ mod tests {
     }
 
     // `remove_live` deletes every live file of the process, the other tests' included, so it
-    // is tested from outside: `tests/it/signals.rs` stops the CLI mid-write.
+    // is tested from outside: `tests/it/faults.rs` stops the CLI mid-write with signals.
 
     #[test]
     fn dropped_guards_delete_their_files_and_kept_ones_do_not() {

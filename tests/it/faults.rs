@@ -115,9 +115,9 @@ fn convert_killed_at_any_point_never_leaves_a_partial_output() {
 
 /// SIGINT (Ctrl-C), SIGTERM (`kill`) and SIGHUP (a closed terminal) in the middle of writing a
 /// GGUF file: the process deletes its hidden temporary file and its directory of support files
-/// and ends by that signal, as it did before it handled them. (SIGKILL cannot be handled: the test above shows what it leaves.)
-/// The writer is `synth` of the Tiny shapes, seconds of writing, so that the signal lands
-/// while the temporary file grows.
+/// and ends by that signal, as it did before it handled them. (SIGKILL cannot be handled: the
+/// test above shows what it leaves.) The writer is `synth` of the Tiny shapes, seconds of
+/// writing, so that the signal lands while the temporary file grows.
 #[cfg(unix)]
 #[test]
 fn signals_mid_write_delete_the_temporary_file() {
@@ -125,11 +125,13 @@ fn signals_mid_write_delete_the_temporary_file() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("x.gguf");
+        // stderr to a file, read only on failure: an unread pipe could stall the child.
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = pocketvl()
             .args(["synth", "--variant", "deepseek-vl2-tiny", "--quant", "q4_0"])
             .args(["--no-vision", "--threads", "1", "-o", s(&out)])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -145,12 +147,9 @@ fn signals_mid_write_delete_the_temporary_file() {
         };
         if !started {
             let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            panic!(
-                "synth never started writing (signal {sig}): {:?} {}",
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let status = child.wait().unwrap();
+            let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+            panic!("synth never started writing (signal {sig}): {status:?} {stderr}");
         }
         let pid = libc::pid_t::try_from(child.id()).unwrap();
         // SAFETY: `kill` only sends a signal to our own child, which has not been waited for.
