@@ -1,8 +1,8 @@
 //! AVX2 (+ FMA, F16C) GEMM for batches of tokens on K-quant weights (Q4_K, Q5_K, Q6_K: the
 //! K-quant recipes' gate and up experts; Q3_K, Q2_K: the cold experts' low-bit copies) and
-//! Q8_K activations, with 8 weight rows in the 8
-//! lanes: the AVX2 counterpart of `kquant_avx512_rows` for CPUs without AVX-512 (most
-//! laptops), built as `q0_avx2_rows` builds its 32-element formats.
+//! Q8_K activations, with 8 weight rows in the 8 lanes: the AVX2 counterpart of
+//! `kquant_avx512_rows` for CPUs without AVX-512 (most laptops), built as `q0_avx2_rows`
+//! builds its 32-element formats.
 //!
 //! Each 8-row group is decoded once per call into a per-thread scratch, per super-block
 //! of 256: its 8 sub-blocks' unsigned quants (Q5_K: the nibble plus 16 times its 5th bit)

@@ -1,7 +1,7 @@
 //! AVX-512 VNNI GEMM for batches of tokens on K-quant weights (Q4_K, Q5_K, Q6_K: the K-quant
 //! recipes' gate and up experts; Q3_K, Q2_K: the cold experts' low-bit copies) and Q8_K
-//! activations, with the weight rows in the vector
-//! lanes, as `q0_avx512_rows` does for the 32-element formats (see there for why).
+//! activations, with the weight rows in the vector lanes, as `q0_avx512_rows` does for the
+//! 32-element formats (see there for why).
 //!
 //! Each 16-row group is decoded once per call into a per-thread scratch, per super-block
 //! of 256: its 8 sub-blocks' unsigned quants (Q5_K: the nibble plus 16 times its 5th bit)
@@ -16,7 +16,7 @@
 //! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32); the tier tests hold it within the
 //! rounding bound of the scalar twin. Fewer than [`MIN_TOKENS`] tokens
 //! ([`MIN_TOKENS_Q6_K`] and its neighbours for the 16-element formats) run `kquant_avx512`'s
-//! kernel (Q2_K, Q3_K: `kquant_avx2`'s).
+//! kernel (Q2_K, Q3_K: its GEMV for one token, `kquant_avx2`'s tiles for more).
 //!
 //! The 16-element formats ([`Rows16`] over `SixteenBlock`) have 16 sub-blocks of 16 with
 //! their own scales: Q6_K and Q3_K signed ones (8- and 6-bit) and quants stored with an
