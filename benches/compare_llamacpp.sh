@@ -25,7 +25,12 @@
 #                      $LLAMA_BENCH_BUILD/bin/llama-bench, built once
 #   ISA       "avx2" compares both programs as an AVX2-only CPU runs them (most laptops: Intel
 #             client cores, AMD before Zen 4): llama-bench built without AVX-512, pocketvl with
-#             POCKETVL_MAX_TIER=avx2. Default: each program's best for this CPU.
+#             POCKETVL_MAX_TIER=avx2. "avx2-vnni" as a CPU with AVX-VNNI but no AVX-512 runs
+#             them (Intel Core 12th generation on): llama-bench built with GGML_AVX_VNNI,
+#             pocketvl with POCKETVL_MAX_TIER=avx2-vnni; needs a CPU with AVX-VNNI to run (the
+#             build works anywhere). Default: each program's best for this CPU.
+#   POCKETVL_BIN  a built pocketvl to time instead of building target/release/pocketvl (for a
+#             machine without the Rust toolchain)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,7 +53,8 @@ ISA="${ISA:-native}"
 case "$ISA" in
     native) BUILD_NAME=bench-build ;;
     avx2) BUILD_NAME=bench-build-avx2; export POCKETVL_MAX_TIER=avx2 ;;
-    *) die "ISA must be native or avx2, not '$ISA'" ;;
+    avx2-vnni) BUILD_NAME=bench-build-avx2-vnni; export POCKETVL_MAX_TIER=avx2-vnni ;;
+    *) die "ISA must be native, avx2 or avx2-vnni, not '$ISA'" ;;
 esac
 LLAMA_BENCH_BUILD="${LLAMA_BENCH_BUILD:-$LLAMACPP_DIR/$BUILD_NAME}"
 LLAMA_BENCH="$LLAMA_BENCH_BUILD/bin/llama-bench"
@@ -58,10 +64,12 @@ if [ ! -x "$LLAMA_BENCH" ]; then
     AVX512=OFF
     [ "$ISA" = native ] && grep -q avx512_vnni /proc/cpuinfo 2>/dev/null \
         && grep -q avx512_bf16 /proc/cpuinfo && AVX512=ON
-    log "configuring llama-bench in $LLAMA_BENCH_BUILD (AVX-512: $AVX512)"
+    AVX_VNNI=OFF
+    [ "$ISA" = avx2-vnni ] && AVX_VNNI=ON
+    log "configuring llama-bench in $LLAMA_BENCH_BUILD (AVX-512: $AVX512, AVX-VNNI: $AVX_VNNI)"
     cmake -S "$LLAMA_SRC" -B "$LLAMA_BENCH_BUILD" -DCMAKE_BUILD_TYPE=Release \
         -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
-        -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+        -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX_VNNI="$AVX_VNNI" \
         -DGGML_AVX512="$AVX512" -DGGML_AVX512_VNNI="$AVX512" -DGGML_AVX512_BF16="$AVX512" \
         -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENCL=OFF \
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
@@ -71,8 +79,16 @@ if [ ! -x "$LLAMA_BENCH" ]; then
         --target llama-bench >&2 || die "building llama-bench failed"
 fi
 [ -x "$LLAMA_BENCH" ] || die "no $LLAMA_BENCH after the build"
-(cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-POCKETVL="$ROOT/target/release/pocketvl"
+if [ "$ISA" = avx2-vnni ] && ! grep -qw avx_vnni /proc/cpuinfo; then
+    die "ISA=avx2-vnni: this CPU lacks AVX-VNNI ($LLAMA_BENCH is built; run it on one that has it)"
+fi
+if [ -n "${POCKETVL_BIN:-}" ]; then
+    POCKETVL="$POCKETVL_BIN"
+    [ -x "$POCKETVL" ] || die "POCKETVL_BIN=$POCKETVL is not an executable"
+else
+    (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+    POCKETVL="$ROOT/target/release/pocketvl"
+fi
 export GGML_NO_BACKTRACE=1
 
 TMP="$(mktemp -d)"

@@ -8,7 +8,8 @@
 //! (types like `q4_0 q8_0`; default: the five 32-element block formats; `tower`: the
 //! shapes one vision-tower task sees instead, e.g. `bf16 tower`; for float types it then also
 //! times the two-step product the tower runs, `FloatPanels`: whole tower matrices packed once,
-//! one task's 729 tokens against every row).
+//! one task's 729 tokens against every row). `GEMM_BENCH_TOKENS="2 3 4 5"` replaces the
+//! token counts (e.g. to find where a batch kernel overtakes its fallback).
 
 use std::time::Instant;
 
@@ -136,11 +137,22 @@ fn main() {
     let mut wanted: Vec<String> = std::env::args().skip(1).collect();
     let tower = wanted.iter().any(|w| w == "tower");
     wanted.retain(|w| w != "tower");
-    let (shapes, tokens): (&[(usize, usize)], &[usize]) = if tower {
+    let (shapes, default_tokens): (&[(usize, usize)], &[usize]) = if tower {
         (&TOWER_SHAPES, &TOWER_TOKENS)
     } else {
         (&SHAPES, &TOKENS)
     };
+    let tokens: Vec<usize> = match std::env::var("GEMM_BENCH_TOKENS") {
+        Ok(v) => v
+            .split_whitespace()
+            .map(|n| match n.parse() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("GEMM_BENCH_TOKENS: {n:?} is not a positive token count"),
+            })
+            .collect(),
+        Err(_) => default_tokens.to_vec(),
+    };
+    let tokens = &tokens;
     use GgmlType::*;
     let types: Vec<GgmlType> = [
         Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32,

@@ -42,6 +42,8 @@ pub struct Format {
     pub scalar: Kernels,
     /// AVX2 + FMA + F16C.
     pub avx2: Kernels,
+    /// AVX-VNNI on top of the AVX2 tier (GEMMs of batches only), for CPUs without AVX-512.
+    pub avx_vnni: Kernels,
     /// AVX-512 F/BW/VL + VNNI.
     pub avx512: Kernels,
     /// AMX-TILE + AMX-INT8 on top of the AVX-512 tier (GEMMs of batches only).
@@ -99,6 +101,7 @@ macro_rules! entry {
             scalar: $s,
             avx2: $a2,
             avx512: $a5,
+            avx_vnni: avx_vnni_kernels(GgmlType::$ty),
             amx: amx_kernels(GgmlType::$ty),
             neon: neon_kernels(GgmlType::$ty),
         }
@@ -177,6 +180,26 @@ macro_rules! arm {
         let k = None;
         k
     }};
+}
+
+/// The AVX-VNNI column of [`FORMATS`]: the AVX2 row-lane GEMMs with `vpdpbusd` for every
+/// quantized type (`kernels/q0_avxvnni_rows.rs`, `kernels/kquant_avxvnni_rows.rs`);
+/// `entry!` reads it.
+const fn avx_vnni_kernels(ty: GgmlType) -> Kernels {
+    let gemm: Option<GemmFn> = match ty {
+        GgmlType::Q4_0 => x86!(q0_avxvnni_rows::gemm_q4_0_q8_0),
+        GgmlType::Q4_1 => x86!(q0_avxvnni_rows::gemm_q4_1_q8_1),
+        GgmlType::Q5_0 => x86!(q0_avxvnni_rows::gemm_q5_0_q8_0),
+        GgmlType::Q5_1 => x86!(q0_avxvnni_rows::gemm_q5_1_q8_1),
+        GgmlType::Q8_0 => x86!(q0_avxvnni_rows::gemm_q8_0_q8_0),
+        GgmlType::Q2_K => x86!(kquant_avxvnni_rows::gemm_q2_k_q8_k),
+        GgmlType::Q3_K => x86!(kquant_avxvnni_rows::gemm_q3_k_q8_k),
+        GgmlType::Q4_K => x86!(kquant_avxvnni_rows::gemm_q4_k_q8_k),
+        GgmlType::Q5_K => x86!(kquant_avxvnni_rows::gemm_q5_k_q8_k),
+        GgmlType::Q6_K => x86!(kquant_avxvnni_rows::gemm_q6_k_q8_k),
+        _ => None,
+    };
+    Kernels { dot: None, gemm }
 }
 
 /// The AMX column of [`FORMATS`]: `tdpbssd` tiles for the Q8_0-paired 32-element formats
@@ -347,6 +370,7 @@ mod tests {
             // Every SIMD kernel has a scalar twin; a GEMM comes with a dot.
             for k in [
                 f.avx2,
+                f.avx_vnni,
                 f.avx512,
                 f.amx,
                 f.neon.plain,

@@ -11,6 +11,8 @@
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx_vnni;
 mod float_gemm;
 #[cfg(target_arch = "x86_64")]
 mod float_gemm_amx;
@@ -26,6 +28,8 @@ pub(crate) mod kquant_avx2_rows;
 pub(crate) mod kquant_avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod kquant_avx512_rows;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod kquant_avxvnni_rows;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 #[cfg(target_arch = "aarch64")]
@@ -48,6 +52,8 @@ pub(crate) mod q0_avx2_rows;
 pub(crate) mod q0_avx512_rows;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q0_avx512_units;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod q0_avxvnni_rows;
 #[cfg(target_arch = "x86_64")]
 mod q0_rows16;
 #[cfg(target_arch = "x86_64")]
@@ -138,6 +144,13 @@ impl KernelTable {
         KernelTable::build("avx2", &[|f| f.scalar, |f| f.avx2])
     }
 
+    /// The AVX2 table with the AVX-VNNI GEMMs swapped in (CPUs without AVX-512: the
+    /// AVX-512 tiers have their own). Only call after `avx_vnni::detected()`.
+    #[cfg(target_arch = "x86_64")]
+    fn avx_vnni() -> KernelTable {
+        KernelTable::build("avx2-vnni", &[|f| f.scalar, |f| f.avx2, |f| f.avx_vnni])
+    }
+
     /// The AVX2 table with the AVX-512 (F, BW, VL, VNNI) kernels swapped in.
     /// Only call after `avx2::detected()` and `avx512::detected()`.
     #[cfg(target_arch = "x86_64")]
@@ -210,7 +223,7 @@ pub fn force_scalar() -> bool {
 /// The tiers of this architecture, lowest first, by [`KernelTable::isa`] name: the values
 /// `POCKETVL_MAX_TIER` takes.
 #[cfg(target_arch = "x86_64")]
-pub const TIER_NAMES: [&str; 4] = ["scalar", "avx2", "avx512-vnni", "avx512-amx"];
+pub const TIER_NAMES: [&str; 5] = ["scalar", "avx2", "avx2-vnni", "avx512-vnni", "avx512-amx"];
 #[cfg(target_arch = "aarch64")]
 pub const TIER_NAMES: [&str; 4] = ["scalar", "neon", "neon-dotprod", "neon-i8mm"];
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -262,7 +275,7 @@ pub fn tier_allowed(isa: &str) -> bool {
 }
 
 /// Picks the best table for this CPU: the scalar reference table, with the
-/// AVX2 (+ AVX-512, + AMX) kernels swapped in where the CPU has them; on aarch64 the
+/// AVX2 (+ AVX-VNNI or AVX-512, + AMX) kernels swapped in where the CPU has them; on aarch64 the
 /// NEON table, with `sdot` (+ `smmla`) where the CPU has them; never above
 /// `POCKETVL_MAX_TIER` ([`tier_allowed`]).
 fn select() -> KernelTable {
@@ -281,6 +294,9 @@ pub fn tiers() -> Vec<KernelTable> {
     #[cfg(target_arch = "x86_64")]
     if avx2::detected() {
         tiers.push(KernelTable::avx2());
+        if avx_vnni::detected() {
+            tiers.push(KernelTable::avx_vnni());
+        }
         if avx512::detected() {
             tiers.push(KernelTable::avx512());
             if q0_amx::detected() {

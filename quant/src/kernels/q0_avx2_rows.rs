@@ -44,8 +44,8 @@ pub(super) const MIN_TOKENS: usize = 5;
 pub(super) const MIN_TOKENS_Q8_0: usize = 10;
 /// Bytes of one block's decoded 8 rows: 8 vectors of 32 bytes, and for the sign trick 8
 /// more of their magnitudes.
-const fn b_bytes<F: RowsFormat>() -> usize {
-    if F::SIGN_TRICK {
+const fn b_bytes(sign_trick: bool) -> usize {
+    if sign_trick {
         512
     } else {
         256
@@ -53,7 +53,7 @@ const fn b_bytes<F: RowsFormat>() -> usize {
 }
 /// f32 values per block in the scratch: the 8 rows' scales, and their minimums for a
 /// format with them.
-const fn dw_per_block<F: RowsFormat>() -> usize {
+pub(super) const fn dw_per_block<F: Q0Format>() -> usize {
     if F::HAS_MIN {
         16
     } else {
@@ -130,14 +130,22 @@ pub(super) fn transpose8(x: &[__m256i; 8]) -> [__m256i; 8] {
     })
 }
 
-/// Decodes the `nr ≤ 8` rows (`rows[r]`, `nb` blocks each) into `bp` (`nb · b_bytes::<F>()`,
-/// 32-byte aligned) as unsigned quants (with the sign trick: signed ones, then their
-/// magnitudes), and their scales into `dw` (`[block][8 rows]`, for a format with minimums
-/// `[block][d or m][8 rows]`); rows past `nr` are zero bytes with scale 0.
+/// Decodes the `nr ≤ 8` rows (`rows[r]`, `nb` blocks each) into `bp` (`nb ·
+/// b_bytes(sign_trick)`, 32-byte aligned) as unsigned quants (with the sign trick: signed
+/// ones, then their magnitudes), and their scales into `dw` (`[block][8 rows]`, for a format
+/// with minimums `[block][d or m][8 rows]`); rows past `nr` are zero bytes with scale 0.
+/// `q0_avxvnni_rows` runs its tiles on this layout too.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8], dw: &mut [f32]) {
-    let (bsz, per) = (b_bytes::<F>(), dw_per_block::<F>());
+pub(super) fn pack<F: Q0Format>(
+    rows: &[&[F::W]; 8],
+    nr: usize,
+    nb: usize,
+    bp: &mut [u8],
+    dw: &mut [f32],
+    sign_trick: bool,
+) {
+    let (bsz, per) = (b_bytes(sign_trick), dw_per_block::<F>());
     assert!(bp.len() >= nb * bsz && dw.len() >= nb * per && nr <= 8);
     for b in 0..nb {
         prefetch_ahead(rows, nr, b);
@@ -145,7 +153,7 @@ fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8],
             if r < nr {
                 // SAFETY: AVX2 is this function's; block b exists (rows hold nb blocks).
                 unsafe {
-                    if F::SIGN_TRICK {
+                    if sign_trick {
                         F::signed(&rows[r][b])
                     } else {
                         F::unsigned(&rows[r][b])
@@ -161,7 +169,7 @@ fn pack<F: RowsFormat>(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8],
             // no alignment requirement.
             unsafe {
                 _mm256_storeu_si256(dst.as_mut_ptr().cast(), *y);
-                if F::SIGN_TRICK {
+                if sign_trick {
                     _mm256_storeu_si256(dst[256..].as_mut_ptr().cast(), _mm256_abs_epi8(*y));
                 }
             }
@@ -189,7 +197,7 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
     /// AVX2 has 16 vector registers.
     const TT: usize = 4;
     const MIN_TOKENS: usize = F::MIN;
-    const BLOCK_BYTES: usize = b_bytes::<F>();
+    const BLOCK_BYTES: usize = b_bytes(F::SIGN_TRICK);
     const BLOCK_F32: usize = dw_per_block::<F>();
 
     fn shape(c: &Call) -> Option<Shape> {
@@ -209,7 +217,7 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pack(rows: &[&[F::W]; 8], nr: usize, nb: usize, bp: &mut [u8], dw: &mut [f32]) {
-        pack::<F>(rows, nr, nb, bp, dw);
+        pack::<F>(rows, nr, nb, bp, dw, F::SIGN_TRICK);
     }
 
     /// Per token and block, `maddubs` of each vector against the token's 4 broadcast
@@ -220,7 +228,7 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const NT: usize>(t: Tile<ActSums>) {
         let ones = _mm256_set1_epi16(1);
-        let (bsz, per) = (b_bytes::<F>(), dw_per_block::<F>());
+        let (bsz, per) = (b_bytes(F::SIGN_TRICK), dw_per_block::<F>());
         let abytes = std::mem::size_of::<F::A>();
         let mut acc = [_mm256_setzero_ps(); NT];
         for b in 0..t.nb {

@@ -154,7 +154,7 @@ macro_rules! row_lane_gemms {
             out: &mut [f32],
             ldo: usize,
         ) {
-            use super::row_lanes::{Call, RowLanes};
+            use $crate::kernels::row_lanes::{Call, RowLanes};
             if n_tok < <$k as RowLanes<$r>>::MIN_TOKENS {
                 return $fallback(k, w, n_rows, a, n_tok, out, ldo);
             }

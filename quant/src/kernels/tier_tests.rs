@@ -11,6 +11,42 @@
 use super::*;
 use crate::block::{dequantize_row, f32_to_f16, quantize_row};
 
+/// The AVX-VNNI tier with the emulated `vpdpbusd` (`avx_vnni::Emulated`): its tiles'
+/// layout and arithmetic checked on CPUs without the instruction.
+#[cfg(target_arch = "x86_64")]
+fn avx_vnni_emulated() -> KernelTable {
+    KernelTable::build(
+        "avx2-vnni (emulated)",
+        &[
+            |f| f.scalar,
+            |f| f.avx2,
+            |f| {
+                use GgmlType::*;
+                use {kquant_avxvnni_rows::emulated as k, q0_avxvnni_rows::emulated as q};
+                let gemm: GemmFn = match f.ty {
+                    Q4_0 => q::gemm_q4_0_q8_0,
+                    Q4_1 => q::gemm_q4_1_q8_1,
+                    Q5_0 => q::gemm_q5_0_q8_0,
+                    Q5_1 => q::gemm_q5_1_q8_1,
+                    Q8_0 => q::gemm_q8_0_q8_0,
+                    Q2_K => k::gemm_q2_k_q8_k,
+                    Q3_K => k::gemm_q3_k_q8_k,
+                    Q4_K => k::gemm_q4_k_q8_k,
+                    Q5_K => k::gemm_q5_k_q8_k,
+                    Q6_K => k::gemm_q6_k_q8_k,
+                    _ => return crate::formats::NONE,
+                };
+                // The emulation stands in for exactly the real tier's GEMMs.
+                assert!(f.avx_vnni.gemm.is_some(), "{}", f.ty);
+                crate::formats::Kernels {
+                    dot: None,
+                    gemm: Some(gemm),
+                }
+            },
+        ],
+    )
+}
+
 /// The SIMD tiers this CPU runs (with their names); prints the skipped ones.
 fn simd_tiers() -> Vec<KernelTable> {
     let mut tiers = Vec::new();
@@ -18,6 +54,14 @@ fn simd_tiers() -> Vec<KernelTable> {
     {
         if avx2::detected() {
             tiers.push(KernelTable::avx2());
+            if avx_vnni::detected() {
+                tiers.push(KernelTable::avx_vnni());
+            } else {
+                println!(
+                    "avx2-vnni tier: CPU lacks AVX-VNNI, its tiles run with vpdpbusd emulated"
+                );
+                tiers.push(avx_vnni_emulated());
+            }
             if avx512::detected() {
                 tiers.push(KernelTable::avx512());
                 if q0_amx::detected() {
@@ -265,7 +309,7 @@ fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
 /// Whether the tier's GEMM of `n_tok` tokens of `ty` sums each output's terms as its dot
 /// does (bit-identical): every tile shape of the units and groups kernels does; the batch
 /// kernels with the rows in the lanes (`q0_avx512_rows`, `q0_avx2_rows`, `kquant_avx2_rows`,
-/// `kquant_avx512_rows`) and AMX's tiles (from 10 tokens) sum whole blocks in block order
+/// `kquant_avx512_rows` and the AVX-VNNI ones) and AMX's tiles (from 10 tokens) sum whole blocks in block order
 /// instead, within the rounding bound.
 fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -280,6 +324,13 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
                 Q8_0 => q0_avx512_rows::MIN_TOKENS_Q8_0,
                 Q4_K | Q5_K => kquant_avx512_rows::MIN_TOKENS,
                 _ => q0_avx512_rows::MIN_TOKENS,
+            }
+        } else if isa.starts_with("avx2-vnni") {
+            match ty {
+                Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => q0_avxvnni_rows::MIN_TOKENS,
+                Q4_K | Q5_K => kquant_avxvnni_rows::MIN_TOKENS,
+                Q2_K | Q3_K | Q6_K => kquant_avxvnni_rows::MIN_TOKENS_16,
+                _ => return true,
             }
         } else if isa == "avx2" {
             match ty {
