@@ -182,9 +182,11 @@ macro_rules! arm {
     }};
 }
 
-/// The AVX-VNNI column of [`FORMATS`]: the AVX2 row-lane GEMMs with `vpdpbusd` for every
-/// quantized type (`kernels/q0_avxvnni_rows.rs`, `kernels/kquant_avxvnni_rows.rs`);
-/// `entry!` reads it.
+/// The AVX-VNNI column of [`FORMATS`]: the AVX2 row-lane GEMMs of the 32-element formats
+/// with `vpdpbusd` (`kernels/q0_avxvnni_rows.rs`); `entry!` reads it. The K-quants keep
+/// the AVX2 tier's: their tiles multiply each sub-block's sum by its scale, and a
+/// `vpmulld` (two instructions on the ports `vpdpbusd` needs) took what `vpdpbusd` saved
+/// (measured level with AVX2 on a Sapphire Rapids core, BENCHMARKS.md).
 const fn avx_vnni_kernels(ty: GgmlType) -> Kernels {
     let gemm: Option<GemmFn> = match ty {
         GgmlType::Q4_0 => x86!(q0_avxvnni_rows::gemm_q4_0_q8_0),
@@ -192,11 +194,6 @@ const fn avx_vnni_kernels(ty: GgmlType) -> Kernels {
         GgmlType::Q5_0 => x86!(q0_avxvnni_rows::gemm_q5_0_q8_0),
         GgmlType::Q5_1 => x86!(q0_avxvnni_rows::gemm_q5_1_q8_1),
         GgmlType::Q8_0 => x86!(q0_avxvnni_rows::gemm_q8_0_q8_0),
-        GgmlType::Q2_K => x86!(kquant_avxvnni_rows::gemm_q2_k_q8_k),
-        GgmlType::Q3_K => x86!(kquant_avxvnni_rows::gemm_q3_k_q8_k),
-        GgmlType::Q4_K => x86!(kquant_avxvnni_rows::gemm_q4_k_q8_k),
-        GgmlType::Q5_K => x86!(kquant_avxvnni_rows::gemm_q5_k_q8_k),
-        GgmlType::Q6_K => x86!(kquant_avxvnni_rows::gemm_q6_k_q8_k),
         _ => None,
     };
     Kernels { dot: None, gemm }

@@ -2,11 +2,11 @@
 //! (Intel Core 12th generation on, whose laptop and desktop parts have no AVX-512, and AMD
 //! Zen 5), and the driver that carries its target feature.
 //!
-//! The tier's kernels (`q0_avxvnni_rows`, `kquant_avxvnni_rows`) are the AVX2 row-lane
-//! tiles with each `maddubs` + `madd` sum replaced by `vpdpbusd`: unsigned weight bytes
+//! The tier's kernels (`q0_avxvnni_rows`) are the AVX2 row-lane tiles of the 32-element
+//! formats with each `maddubs` + `madd` sum replaced by `vpdpbusd`: unsigned weight bytes
 //! times signed activation bytes, four products summed into each i32 lane without the i16
 //! saturation that makes AVX2 split its sums into runs (and run Q8_0 with the sign trick).
-//! They are generic over [`Dpbusd`], so the same tiles also run with an exact emulation of
+//! The tiles are generic over [`Dpbusd`], so the same tiles also run with an exact emulation of
 //! the instruction: the tier tests check their layout and arithmetic against the scalar
 //! twins on every AVX2 CPU, and with the instruction itself where the CPU has it.
 

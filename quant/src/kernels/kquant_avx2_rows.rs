@@ -49,12 +49,12 @@ pub(super) const MIN_TOKENS: usize = 5;
 pub(super) const MIN_TOKENS_16: usize = 10;
 
 /// Layout of one super-block's decoded 8 rows in the scratch (byte offsets).
-pub(super) const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
-pub(super) const SCALES: usize = 8 * 256; // 8 vectors of i16 pairs (sc, sc)
+const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
+const SCALES: usize = 8 * 256; // 8 vectors of i16 pairs (sc, sc)
 const MINS: usize = SCALES + 8 * 32; // 4 vectors of i16 pairs (m_2i, m_2i+1)
 const D: usize = MINS + 4 * 32; // f32
 const DMIN: usize = D + 32; // f32
-pub(super) const SB_BYTES: usize = DMIN + 32;
+const SB_BYTES: usize = DMIN + 32;
 
 /// 32 bytes of super-block `s` of each row, picked by `bytes` (zero for the rows past the
 /// group's, which `group_rows` leaves empty).
@@ -72,7 +72,7 @@ fn row_bytes<B>(rows: &[&[B]; 8], s: usize, bytes: impl Fn(&B) -> &[u8]) -> [__m
 /// (`nsb · SB_BYTES`, 32-byte aligned); rows past `nr` are zero.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn pack<B: RowBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
+fn pack<B: RowBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
     assert!(bp.len() >= nsb * SB_BYTES && nr <= 8);
     let (m4, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
     let store = |dst: &mut [u8], v: __m256i| {
@@ -145,45 +145,6 @@ pub(super) fn pack<B: RowBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mu
     }
 }
 
-/// Adds super-block `s`'s terms to the `NT` tokens' accumulators: `d·d_a·isum − dmin·d_a·Σ
-/// m·Σa`, the minimums' sums by 4 `madd` of the minimum pairs against the token's sub-block
-/// sum pairs. `isum[i]` is token i's `Σ sc·Σq·a`, exact in i32. `kquant_avxvnni_rows`'
-/// tiles finish with it too.
-///
-/// # Safety
-/// `p` is super-block `s` (< `t.nb`) of the scratch, 32-byte aligned; `t` is a tile of at
-/// least `NT` tokens (the [`RowLanes::tile`] contract).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn finish<const NT: usize>(
-    p: *const u8,
-    t: &Tile<ActSuper>,
-    s: usize,
-    isum: &[__m256i; NT],
-    acc: &mut [__m256; NT],
-) {
-    // SAFETY: the mins, d and dmin vectors lie in super-block s (caller).
-    let (m, d, dmin): ([__m256i; 4], __m256, __m256) = unsafe {
-        (
-            std::array::from_fn(|i| _mm256_load_si256(p.add(MINS + 32 * i).cast())),
-            _mm256_load_ps(p.add(D).cast()),
-            _mm256_load_ps(p.add(DMIN).cast()),
-        )
-    };
-    for (i, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
-        // SAFETY: token i's entry i·nb + s lies in `act` (caller).
-        let x = unsafe { *t.act.add(i * t.nb + s) };
-        let mut ms = _mm256_setzero_si256();
-        for (v, m) in m.iter().enumerate() {
-            let pair = _mm256_set1_epi32(x.sums[v]);
-            ms = _mm256_add_epi32(ms, _mm256_madd_epi16(*m, pair));
-        }
-        let da = _mm256_set1_ps(x.d);
-        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum), _mm256_mul_ps(d, da), *acc);
-        *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
-    }
-}
-
 /// This kernel on format `B`.
 pub(super) struct Rows<B>(PhantomData<B>);
 
@@ -247,8 +208,26 @@ impl<B: RowBlock> RowLanes<8> for Rows<B> {
                     }
                 }
             }
-            // SAFETY: super-block s < nb (caller).
-            unsafe { finish(p, &t, s, &isum, &mut acc) };
+            // SAFETY: the mins, d and dmin vectors lie in super-block s.
+            let (m, d, dmin): ([__m256i; 4], __m256, __m256) = unsafe {
+                (
+                    std::array::from_fn(|i| _mm256_load_si256(p.add(MINS + 32 * i).cast())),
+                    _mm256_load_ps(p.add(D).cast()),
+                    _mm256_load_ps(p.add(DMIN).cast()),
+                )
+            };
+            for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
+                // SAFETY: token i's entry i·nb + s lies in `act` (caller).
+                let x = unsafe { *t.act.add(i * t.nb + s) };
+                let mut ms = _mm256_setzero_si256();
+                for (v, m) in m.iter().enumerate() {
+                    let pair = _mm256_set1_epi32(x.sums[v]);
+                    ms = _mm256_add_epi32(ms, _mm256_madd_epi16(*m, pair));
+                }
+                let da = _mm256_set1_ps(x.d);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum), _mm256_mul_ps(d, da), *acc);
+                *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
+            }
         }
         // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
         unsafe { store8(&t, &acc) };
@@ -263,19 +242,19 @@ impl<B: RowBlock> RowLanes<8> for Rows<B> {
 
 /// Layout of one super-block's decoded 8 rows of a 16-element format in the scratch (byte
 /// offsets).
-pub(super) const S16_QUANTS: usize = 0; // 8 chunks of 32 elements x 8 vectors
-pub(super) const S16_SCALES: usize = 8 * 256; // 16 vectors of i16 pairs (sc, sc) per sub-block
+const S16_QUANTS: usize = 0; // 8 chunks of 32 elements x 8 vectors
+const S16_SCALES: usize = 8 * 256; // 16 vectors of i16 pairs (sc, sc) per sub-block
 const S16_PAIRS: usize = S16_SCALES + 16 * 32; // 8 vectors of i16 pairs (x_2i, x_2i+1)
 const S16_D: usize = S16_PAIRS + 8 * 32; // f32
 const S16_DMIN: usize = S16_D + 32; // f32
-pub(super) const S16_BYTES: usize = S16_DMIN + 32;
+const S16_BYTES: usize = S16_DMIN + 32;
 
 /// Decodes the `nr ≤ 8` rows (`rows[r]`, `nsb` super-blocks each) of a 16-element format
 /// into `bp` (`nsb · S16_BYTES`, 32-byte aligned), as `kquant_avx512_rows`' decoding does
 /// for 16 rows; the scales as `(sc, sc)` pairs for `madd`. Rows past `nr` are zero.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn pack16<B: SixteenBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
+fn pack16<B: SixteenBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, bp: &mut [u8]) {
     assert!(bp.len() >= nsb * S16_BYTES && nr <= 8);
     let store = |dst: &mut [u8], v: __m256i| {
         let dst = &mut dst[..32];
@@ -335,50 +314,6 @@ pub(super) fn pack16<B: SixteenBlock>(rows: &[&[B]; 8], nr: usize, nsb: usize, b
         let f = |v: &[f32; 8]| unsafe { _mm256_castps_si256(_mm256_loadu_ps(v.as_ptr())) };
         store(&mut sb[S16_D..], f(&d));
         store(&mut sb[S16_DMIN..], f(&dmin));
-    }
-}
-
-/// Adds super-block `s`'s terms of a 16-element format to the `NT` tokens' accumulators:
-/// 8 `madd` of the factor pairs against the token's 16-element sums give the offset (taken
-/// back in i32, one FMA finishes) or `Σ m·Σa` (two FMAs). `isum[i]` is token i's `Σ
-/// sc·Σu·a`, exact in i32. `kquant_avxvnni_rows`' tiles finish with it too.
-///
-/// # Safety
-/// As [`finish`]'s, for the 16-element layout.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn finish16<B: SixteenBlock, const NT: usize>(
-    p: *const u8,
-    t: &Tile<ActSums16>,
-    s: usize,
-    isum: &[__m256i; NT],
-    acc: &mut [__m256; NT],
-) {
-    // SAFETY: the factor pairs, d and dmin lie in super-block s (caller).
-    let (pairs, d, dmin): ([__m256i; 8], __m256, __m256) = unsafe {
-        (
-            std::array::from_fn(|i| _mm256_load_si256(p.add(S16_PAIRS + 32 * i).cast())),
-            _mm256_load_ps(p.add(S16_D).cast()),
-            _mm256_load_ps(p.add(S16_DMIN).cast()),
-        )
-    };
-    for (i, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
-        // SAFETY: token i's entry i·nb + s lies in `act` (caller).
-        let x = unsafe { *t.act.add(i * t.nb + s) };
-        let mut ms = _mm256_setzero_si256();
-        for (v, pair) in pairs.iter().enumerate() {
-            ms = _mm256_add_epi32(ms, _mm256_madd_epi16(*pair, _mm256_set1_epi32(x.sums[v])));
-        }
-        let da = _mm256_set1_ps(x.d);
-        if folds_offset(B::FORMAT) {
-            // Σ sc·Σ(u − o)·a = Σ sc·Σ u·a − o·Σ sc·Σa, exact in i32.
-            let off = _mm256_sll_epi32(ms, _mm_cvtsi32_si128(B::OFFSET_SHIFT));
-            let total = _mm256_sub_epi32(*isum, off);
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, da), *acc);
-        } else {
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum), _mm256_mul_ps(d, da), *acc);
-            *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
-        }
     }
 }
 
@@ -450,8 +385,35 @@ impl<B: SixteenBlock> RowLanes<8> for Rows16<B> {
                     }
                 }
             }
-            // SAFETY: super-block s < nb (caller).
-            unsafe { finish16::<B, NT>(p, &t, s, &isum, &mut acc) };
+            // SAFETY: the factor pairs, d and dmin lie in super-block s.
+            let (pairs, d, dmin): ([__m256i; 8], __m256, __m256) = unsafe {
+                (
+                    std::array::from_fn(|i| _mm256_load_si256(p.add(S16_PAIRS + 32 * i).cast())),
+                    _mm256_load_ps(p.add(S16_D).cast()),
+                    _mm256_load_ps(p.add(S16_DMIN).cast()),
+                )
+            };
+            for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
+                // SAFETY: token i's entry i·nb + s lies in `act` (caller).
+                let x = unsafe { *t.act.add(i * t.nb + s) };
+                let mut ms = _mm256_setzero_si256();
+                for (v, pair) in pairs.iter().enumerate() {
+                    ms = _mm256_add_epi32(
+                        ms,
+                        _mm256_madd_epi16(*pair, _mm256_set1_epi32(x.sums[v])),
+                    );
+                }
+                let da = _mm256_set1_ps(x.d);
+                if folds_offset(B::FORMAT) {
+                    // Σ sc·Σ(u − o)·a = Σ sc·Σ u·a − o·Σ sc·Σa, exact in i32.
+                    let off = _mm256_sll_epi32(ms, _mm_cvtsi32_si128(B::OFFSET_SHIFT));
+                    let total = _mm256_sub_epi32(*isum, off);
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, da), *acc);
+                } else {
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum), _mm256_mul_ps(d, da), *acc);
+                    *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, da), *acc);
+                }
+            }
         }
         // SAFETY: rows ..nr of the NT tokens' outputs are writable (caller).
         unsafe { store8(&t, &acc) };

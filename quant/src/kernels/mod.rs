@@ -28,8 +28,6 @@ pub(crate) mod kquant_avx2_rows;
 pub(crate) mod kquant_avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod kquant_avx512_rows;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod kquant_avxvnni_rows;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 #[cfg(target_arch = "aarch64")]

@@ -21,19 +21,14 @@ fn avx_vnni_emulated() -> KernelTable {
             |f| f.scalar,
             |f| f.avx2,
             |f| {
+                use q0_avxvnni_rows::emulated as q;
                 use GgmlType::*;
-                use {kquant_avxvnni_rows::emulated as k, q0_avxvnni_rows::emulated as q};
                 let gemm: GemmFn = match f.ty {
                     Q4_0 => q::gemm_q4_0_q8_0,
                     Q4_1 => q::gemm_q4_1_q8_1,
                     Q5_0 => q::gemm_q5_0_q8_0,
                     Q5_1 => q::gemm_q5_1_q8_1,
                     Q8_0 => q::gemm_q8_0_q8_0,
-                    Q2_K => k::gemm_q2_k_q8_k,
-                    Q3_K => k::gemm_q3_k_q8_k,
-                    Q4_K => k::gemm_q4_k_q8_k,
-                    Q5_K => k::gemm_q5_k_q8_k,
-                    Q6_K => k::gemm_q6_k_q8_k,
                     _ => return crate::formats::NONE,
                 };
                 // The emulation stands in for exactly the real tier's GEMMs.
@@ -309,7 +304,7 @@ fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
 /// Whether the tier's GEMM of `n_tok` tokens of `ty` sums each output's terms as its dot
 /// does (bit-identical): every tile shape of the units and groups kernels does; the batch
 /// kernels with the rows in the lanes (`q0_avx512_rows`, `q0_avx2_rows`, `kquant_avx2_rows`,
-/// `kquant_avx512_rows` and the AVX-VNNI ones) and AMX's tiles (from 10 tokens) sum whole blocks in block order
+/// `kquant_avx512_rows`, `q0_avxvnni_rows`) and AMX's tiles (from 10 tokens) sum whole blocks in block order
 /// instead, within the rounding bound.
 fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -328,9 +323,8 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
         } else if isa.starts_with("avx2-vnni") {
             match ty {
                 Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => q0_avxvnni_rows::MIN_TOKENS,
-                Q4_K | Q5_K => kquant_avxvnni_rows::MIN_TOKENS,
-                Q2_K | Q3_K | Q6_K => kquant_avxvnni_rows::MIN_TOKENS_16,
-                _ => return true,
+                // The AVX2 tier's K-quant kernels.
+                _ => return sums_as_dot("avx2", ty, n_tok),
             }
         } else if isa == "avx2" {
             match ty {
