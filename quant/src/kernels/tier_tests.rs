@@ -23,20 +23,18 @@ fn avx_vnni_emulated() -> KernelTable {
             |f| {
                 use q0_avxvnni_rows::emulated as q;
                 use GgmlType::*;
-                let gemm: GemmFn = match f.ty {
-                    Q4_0 => q::gemm_q4_0_q8_0,
-                    Q4_1 => q::gemm_q4_1_q8_1,
-                    Q5_0 => q::gemm_q5_0_q8_0,
-                    Q5_1 => q::gemm_q5_1_q8_1,
-                    Q8_0 => q::gemm_q8_0_q8_0,
-                    _ => return crate::formats::NONE,
-                };
                 // The emulation stands in for exactly the real tier's GEMMs.
-                assert!(f.avx_vnni.gemm.is_some(), "{}", f.ty);
-                crate::formats::Kernels {
-                    dot: None,
-                    gemm: Some(gemm),
-                }
+                let gemm = f.avx_vnni.gemm.map(|_| -> GemmFn {
+                    match f.ty {
+                        Q4_0 => q::gemm_q4_0_q8_0,
+                        Q4_1 => q::gemm_q4_1_q8_1,
+                        Q5_0 => q::gemm_q5_0_q8_0,
+                        Q5_1 => q::gemm_q5_1_q8_1,
+                        Q8_0 => q::gemm_q8_0_q8_0,
+                        ty => panic!("{ty}: an avx2-vnni GEMM without its emulated twin"),
+                    }
+                });
+                crate::formats::Kernels { dot: None, gemm }
             },
         ],
     )
