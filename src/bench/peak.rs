@@ -129,7 +129,8 @@ fn read_scalar(c: &[u64]) -> u64 {
 }
 
 /// Peak f32 FMA throughput in GFLOP/s (2 flops per lane per FMA) with the current pool's
-/// threads, using the widest FMA the CPU reports at run time; and the instruction set used.
+/// threads, using the widest FMA the CPU reports at run time that the kernel tier cap allows
+/// ([`fma_kernel`]); and the instruction set used.
 pub fn fma_gflops() -> (f64, &'static str) {
     fma_gflops_with(FMA_ITERS)
 }
@@ -152,14 +153,17 @@ fn fma_gflops_with(iters: usize) -> (f64, &'static str) {
 /// of every lane (so nothing is optimised away, and twins can be compared).
 type FmaKernel = fn(usize, f32) -> f32;
 
-/// The widest kernel this CPU runs, its f32 lanes and its name.
+/// The widest kernel this CPU runs under the kernel tier cap, its f32 lanes and its name: the
+/// peak of the registers the model's float loops use (`POCKETVL_MAX_TIER=avx2` measures what
+/// an AVX2-only CPU reaches, `POCKETVL_FORCE_SCALAR=1` the scalar peak), so a capped run's
+/// figures read against its own roofline.
 fn fma_kernel() -> (FmaKernel, usize, &'static str) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        if crate::ops::use_avx512f() {
             return (x86::fma_avx512, 16, "avx512f");
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if crate::ops::use_avx2_fma() {
             return (x86::fma_avx2, 8, "avx2+fma");
         }
     }
@@ -263,12 +267,12 @@ mod x86 {
     }
 
     pub fn fma_avx512(iters: usize, seed: f32) -> f32 {
-        // SAFETY: chosen by `fma_kernel` only after `is_x86_feature_detected!("avx512f")`.
+        // SAFETY: chosen by `fma_kernel` only after `ops::use_avx512f()` detected avx512f.
         unsafe { fma_avx512_impl(iters, seed) }
     }
 
     pub fn fma_avx2(iters: usize, seed: f32) -> f32 {
-        // SAFETY: chosen by `fma_kernel` only after detecting avx2 and fma.
+        // SAFETY: chosen by `fma_kernel` only after `ops::use_avx2_fma()` detected avx2 and fma.
         unsafe { fma_avx2_impl(iters, seed) }
     }
 
