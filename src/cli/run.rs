@@ -405,6 +405,9 @@ fn json_line(r: &Reply, load_ms: f64, expert_stats: Option<ExpertStats>) -> Stri
             "prefill_ms": r.timings.prefill_ms,
             "prefill_tok_s": r.timings.prefill_tok_s(),
             "decode_tok_s": r.timings.decode_tok_s(),
+            // Which quantized kernels ran (`POCKETVL_MAX_TIER` caps them): a speed report
+            // needs it.
+            "kernels": quant::kernels::table().isa,
         },
         "expert_stats": expert_stats,
     })

@@ -133,6 +133,8 @@ fn png_case_matches_reference_through_cli() {
     assert_eq!(j["image_sizes"], serde_json::json!([[500, 300]]));
     assert_eq!(j["vision_cached"], 0);
     assert!(j["vision_ms"].as_f64().unwrap() > 0.0);
+    let kernels = j["timings"]["kernels"].as_str().unwrap_or_default();
+    assert!(quant::kernels::TIER_NAMES.contains(&kernels), "{j}");
     assert!(j["boxes"].as_array().unwrap().is_empty());
     let want = golden_ids("img_synth.gen_ids");
     let got = u64s(&j["tokens"]);
