@@ -149,20 +149,19 @@ pub(super) fn pack<F: Q0Format>(
     assert!(bp.len() >= nb * bsz && dw.len() >= nb * per && nr <= 8);
     for b in 0..nb {
         prefetch_ahead(rows, nr, b);
-        let x: [__m256i; 8] = std::array::from_fn(|r| {
-            if r < nr {
-                // SAFETY: AVX2 is this function's; block b exists (rows hold nb blocks).
-                unsafe {
-                    if sign_trick {
-                        F::signed(&rows[r][b])
-                    } else {
-                        F::unsigned(&rows[r][b])
-                    }
+        // A loop, not `array::from_fn`: its closure stayed out of line, one call per row and
+        // block without the decoding inlined (3% of an AVX2 prefill).
+        let mut x = [_mm256_setzero_si256(); 8];
+        for (x, row) in x.iter_mut().zip(rows).take(nr) {
+            // SAFETY: AVX2 is this function's; block b exists (rows hold nb blocks).
+            *x = unsafe {
+                if sign_trick {
+                    F::signed(&row[b])
+                } else {
+                    F::unsigned(&row[b])
                 }
-            } else {
-                _mm256_setzero_si256()
-            }
-        });
+            };
+        }
         for (c, y) in transpose8(&x).iter().enumerate() {
             let dst = &mut bp[b * bsz + 32 * c..];
             // SAFETY: dst holds 32 (with the magnitudes 256 + 32) writable bytes; storeu has
