@@ -15,7 +15,8 @@
 //! rows (Q4_1 and Q5_1 add their minimums times the token's `s` with one more). Q8_0, whose
 //! quants as unsigned bytes (up to 255) would saturate `maddubs`, takes the sign trick
 //! instead: signed quants and their magnitudes decoded side by side, `maddubs(|w|,
-//! sign(w)·a)` one vector at a time.
+//! sign(w)·a)` one vector at a time, in its own tile (`sign_trick_tile`: vectors outer,
+//! tokens inner, so the block's 16 vectors need not stay in registers).
 //!
 //! Each output sums its blocks' f32 terms in block order (the tier tests hold it within
 //! the rounding bound of the scalar twin). Fewer than [`MIN_TOKENS`] tokens
@@ -187,6 +188,53 @@ pub(super) fn pack<F: Q0Format>(
     }
 }
 
+/// The sign trick's tile: per block, each vector's signed quants and magnitudes loaded once
+/// and run against the `NT` tokens in turn (vectors outer, tokens inner), so only the
+/// tokens' sums stay in registers. With the tokens outer, as the other formats' tile, the
+/// block's 16 vectors spilled beside them: Q8_0 ran 102-108 GOP/s there against 115-124
+/// here (`examples/gemm_bench.rs`, 64-512 tokens). The same order for the other formats,
+/// whose 8 vectors fit, measured slower (their i16 run sums per token take the registers).
+///
+/// # Safety
+/// As [`RowLanes::tile`]'s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sign_trick_tile<F: RowsFormat, const NT: usize>(
+    t: &Tile<ActSums>,
+    acc: &mut [__m256; NT],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let bsz = b_bytes(true);
+    let abytes = std::mem::size_of::<F::A>();
+    for b in 0..t.nb {
+        // SAFETY: block b < nb of the scratch (caller), 32-byte aligned: its signed quants,
+        // then their magnitudes, and its 8 scales; token i < NT's block b has its quants as
+        // its last 32 bytes and its ActSums entry at i·nb + b (caller).
+        unsafe {
+            let p = t.bp.add(bsz * b);
+            let q: [*const u8; NT] =
+                std::array::from_fn(|i| t.a.add(i * t.arb + abytes * b + F::A::QS_BYTE));
+            // The sign trick multiplies the signed quants: no offset, so the sums start at 0.
+            let mut s = [_mm256_setzero_si256(); NT];
+            for j in 0..8 {
+                let w = _mm256_load_si256(p.add(32 * j).cast());
+                let mag = _mm256_load_si256(p.add(256 + 32 * j).cast());
+                for (s, q) in s.iter_mut().zip(&q) {
+                    let aq = _mm256_set1_epi32(q.add(4 * j).cast::<i32>().read_unaligned());
+                    let prod = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(aq, w));
+                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(prod, ones));
+                }
+            }
+            let d = _mm256_loadu_ps(t.dw.add(8 * b));
+            for (i, (acc, s)) in acc.iter_mut().zip(s).enumerate() {
+                let x = *t.act.add(i * t.nb + b);
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
+            }
+        }
+    }
+}
+
 /// This kernel on format `F`.
 pub(super) struct Rows<F>(PhantomData<F>);
 
@@ -230,26 +278,30 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
         let (bsz, per) = (b_bytes(F::SIGN_TRICK), dw_per_block::<F>());
         let abytes = std::mem::size_of::<F::A>();
         let mut acc = [_mm256_setzero_ps(); NT];
+        if F::SIGN_TRICK {
+            // SAFETY: forwarded caller contract; rows ..nr of the NT tokens' outputs are
+            // writable (caller).
+            unsafe {
+                sign_trick_tile::<F, NT>(&t, &mut acc);
+                store8(&t, &acc);
+            }
+            return;
+        }
         for b in 0..t.nb {
             // SAFETY: block b < nb of the scratch (caller), 32-byte aligned, and its 8
-            // scales (and minimums); with the sign trick its magnitudes are the 256 bytes
-            // after its quants.
-            let (w, mag, d, m): ([__m256i; 8], [__m256i; 8], __m256, __m256) = unsafe {
+            // scales (and minimums).
+            let (w, d, m): ([__m256i; 8], __m256, __m256) = unsafe {
                 let p = t.bp.add(bsz * b);
-                let load = |off: usize| -> [__m256i; 8] {
-                    std::array::from_fn(|j| _mm256_load_si256(p.add(off + 32 * j).cast()))
-                };
-                let mag = if F::SIGN_TRICK {
-                    load(256)
-                } else {
-                    [_mm256_setzero_si256(); 8]
-                };
                 let m = if F::HAS_MIN {
                     _mm256_loadu_ps(t.dw.add(per * b + 8))
                 } else {
                     _mm256_setzero_ps()
                 };
-                (load(0), mag, _mm256_loadu_ps(t.dw.add(per * b)), m)
+                (
+                    std::array::from_fn(|j| _mm256_load_si256(p.add(32 * j).cast())),
+                    _mm256_loadu_ps(t.dw.add(per * b)),
+                    m,
+                )
             };
             for (i, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: token i < NT's block b: its quants are its last 32 bytes, its
@@ -264,12 +316,7 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
                         for (j, w) in run.iter().enumerate() {
                             let at = q.add(4 * (j0 + j));
                             let aq = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
-                            let p = if F::SIGN_TRICK {
-                                _mm256_maddubs_epi16(mag[j0 + j], _mm256_sign_epi8(aq, *w))
-                            } else {
-                                _mm256_maddubs_epi16(*w, aq)
-                            };
-                            s16 = _mm256_add_epi16(s16, p);
+                            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, aq));
                         }
                         s = _mm256_add_epi32(s, _mm256_madd_epi16(s16, ones));
                     }
