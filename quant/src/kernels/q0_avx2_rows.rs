@@ -188,6 +188,36 @@ pub(super) fn pack<F: Q0Format>(
     }
 }
 
+/// Block `b` of a group decoded as unsigned quants (8 vectors, [`b_bytes`]`(false)` bytes a
+/// block), its 8 rows' scales and, for a format with them, their minimums: what this
+/// module's tile and `q0_avxvnni_rows`' load per block.
+///
+/// # Safety
+/// As [`RowLanes::tile`]'s, for a group decoded without the sign trick; `b < t.nb`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unsigned_block<F: Q0Format>(
+    t: &Tile<ActSums>,
+    b: usize,
+) -> ([__m256i; 8], __m256, __m256) {
+    let per = dw_per_block::<F>();
+    // SAFETY: block b < nb of the scratch, 32-byte aligned, and its 8 scales (and minimums)
+    // (caller).
+    unsafe {
+        let p = t.bp.add(b_bytes(false) * b);
+        let m = if F::HAS_MIN {
+            _mm256_loadu_ps(t.dw.add(per * b + 8))
+        } else {
+            _mm256_setzero_ps()
+        };
+        (
+            std::array::from_fn(|j| _mm256_load_si256(p.add(32 * j).cast())),
+            _mm256_loadu_ps(t.dw.add(per * b)),
+            m,
+        )
+    }
+}
+
 /// The sign trick's tile: per block, each vector's signed quants and magnitudes loaded once
 /// and run against the `NT` tokens in turn (vectors outer, tokens inner), so only the
 /// tokens' sums stay in registers. With the tokens outer, as the other formats' tile, the
@@ -275,7 +305,6 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const NT: usize>(t: Tile<ActSums>) {
         let ones = _mm256_set1_epi16(1);
-        let (bsz, per) = (b_bytes(F::SIGN_TRICK), dw_per_block::<F>());
         let abytes = std::mem::size_of::<F::A>();
         let mut acc = [_mm256_setzero_ps(); NT];
         if F::SIGN_TRICK {
@@ -288,21 +317,8 @@ impl<F: RowsFormat> RowLanes<8> for Rows<F> {
             return;
         }
         for b in 0..t.nb {
-            // SAFETY: block b < nb of the scratch (caller), 32-byte aligned, and its 8
-            // scales (and minimums).
-            let (w, d, m): ([__m256i; 8], __m256, __m256) = unsafe {
-                let p = t.bp.add(bsz * b);
-                let m = if F::HAS_MIN {
-                    _mm256_loadu_ps(t.dw.add(per * b + 8))
-                } else {
-                    _mm256_setzero_ps()
-                };
-                (
-                    std::array::from_fn(|j| _mm256_load_si256(p.add(32 * j).cast())),
-                    _mm256_loadu_ps(t.dw.add(per * b)),
-                    m,
-                )
-            };
+            // SAFETY: block b < nb (caller).
+            let (w, d, m) = unsafe { unsigned_block::<F>(&t, b) };
             for (i, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: token i < NT's block b: its quants are its last 32 bytes, its
                 // ActSums entry i·nb + b (caller).

@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 
 use super::avx_vnni::{AvxVnni, Dpbusd};
 use super::kquant_avx2::Shape;
-use super::q0_avx2_rows::{dw_per_block, pack};
+use super::q0_avx2_rows::{dw_per_block, pack, unsigned_block};
 use super::q0_x86::{
     act_sums, q0_shape, ActBlock, ActSums, Q0Format, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 };
@@ -70,24 +70,11 @@ impl<F: Q0Format, V: Dpbusd> RowLanes<8> for Rows<F, V> {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const NT: usize>(t: Tile<ActSums>) {
-        let (abytes, per) = (std::mem::size_of::<F::A>(), dw_per_block::<F>());
+        let abytes = std::mem::size_of::<F::A>();
         let mut acc = [_mm256_setzero_ps(); NT];
         for b in 0..t.nb {
-            // SAFETY: block b < nb of the scratch (caller), 32-byte aligned, and its 8
-            // scales (and minimums).
-            let (w, d, m): ([__m256i; 8], __m256, __m256) = unsafe {
-                let p = t.bp.add(B_BYTES * b);
-                let m = if F::HAS_MIN {
-                    _mm256_loadu_ps(t.dw.add(per * b + 8))
-                } else {
-                    _mm256_setzero_ps()
-                };
-                (
-                    std::array::from_fn(|j| _mm256_load_si256(p.add(32 * j).cast())),
-                    _mm256_loadu_ps(t.dw.add(per * b)),
-                    m,
-                )
-            };
+            // SAFETY: block b < nb (caller).
+            let (w, d, m) = unsafe { unsigned_block::<F>(&t, b) };
             for (i, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: token i < NT's block b: its quants are its last 32 bytes, its
                 // ActSums entry i·nb + b (caller); `V`'s features are the driver's.
