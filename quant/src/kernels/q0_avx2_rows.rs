@@ -38,11 +38,12 @@ use super::row_lanes::{row_lane_gemms, store8, Call, RowLanes, Tile};
 use crate::block::as_blocks;
 
 /// Fewest tokens this kernel serves for Q4_0, Q4_1, Q5_0 and Q5_1, and for Q8_0, whose
-/// sign trick costs more per vector (measured with `examples/gemm_bench.rs`: the 4- and
-/// 5-bit formats behind at 4 tokens and level or ahead from 5-6, Q8_0 equal at 8-10 and
-/// ahead from 12).
+/// sign trick costs more per vector (measured with `examples/gemm_bench.rs` against
+/// `q0_avx2_groups`: the 4- and 5-bit formats behind at 4 tokens and level or ahead from
+/// 5-6; Q8_0, since its own tile, behind at 4-5 tokens (51-66 against 54-73 GOP/s), level
+/// or ahead from 6 (72-88 against 46-77), two rounds on the Zen 4 VM).
 pub(super) const MIN_TOKENS: usize = 5;
-pub(super) const MIN_TOKENS_Q8_0: usize = 10;
+pub(super) const MIN_TOKENS_Q8_0: usize = 6;
 /// Bytes of one block's decoded 8 rows: 8 vectors of 32 bytes, and for the sign trick 8
 /// more of their magnitudes.
 const fn b_bytes(sign_trick: bool) -> usize {
