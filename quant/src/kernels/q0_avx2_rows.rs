@@ -256,7 +256,7 @@ unsafe fn sign_trick_tile<F: RowsFormat, const NT: usize>(
                     *s = _mm256_add_epi32(*s, _mm256_madd_epi16(prod, ones));
                 }
             }
-            let d = _mm256_loadu_ps(t.dw.add(8 * b));
+            let d = _mm256_loadu_ps(t.dw.add(dw_per_block::<F>() * b));
             for (i, (acc, s)) in acc.iter_mut().zip(s).enumerate() {
                 let x = *t.act.add(i * t.nb + b);
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
