@@ -147,7 +147,10 @@ fn main() {
             .split_whitespace()
             .map(|n| match n.parse() {
                 Ok(n) if n > 0 => n,
-                _ => panic!("GEMM_BENCH_TOKENS: {n:?} is not a positive token count"),
+                _ => {
+                    eprintln!("error: GEMM_BENCH_TOKENS: {n:?} is not a positive token count");
+                    std::process::exit(2);
+                }
             })
             .collect(),
         Err(_) => default_tokens.to_vec(),

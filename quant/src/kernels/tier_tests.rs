@@ -302,8 +302,8 @@ fn gemm_slots(tier: &KernelTable, scalar: &KernelTable) -> Vec<GemmSlot> {
 /// Whether the tier's GEMM of `n_tok` tokens of `ty` sums each output's terms as its dot
 /// does (bit-identical): every tile shape of the units and groups kernels does; the batch
 /// kernels with the rows in the lanes (`q0_avx512_rows`, `q0_avx2_rows`, `kquant_avx2_rows`,
-/// `kquant_avx512_rows`, `q0_avxvnni_rows`) and AMX's tiles (from 10 tokens) sum whole blocks in block order
-/// instead, within the rounding bound.
+/// `kquant_avx512_rows`, `q0_avxvnni_rows`) and AMX's tiles (from 10 tokens) sum whole blocks
+/// in block order instead, within the rounding bound.
 fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
