@@ -786,29 +786,33 @@ fn gemm_tiles<const F: u8>(
     }
 }
 
-/// Safe entry of the GEMMs: checks the contract, then runs the tiles.
-fn gemm_k<const F: u8>(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let sh = check(F, k, w, n_rows, a, n_tok, out, ldo);
-    if n_rows == 0 || n_tok == 0 {
-        return;
-    }
-    // SAFETY: only installed in the kernel table after `avx2::detected()`.
-    unsafe { gemm_tiles::<F>(&sh, w, n_rows, a, n_tok, out, ldo) }
-}
-
 /// Safe [`super::GemmFn`] (and [`super::DotFn`]) entry points of the K-quant tiles,
-/// `FORMAT => gemm[, dot] [(via f)];`: each calls the invoking module's `gemm_k::<FORMAT>` (or
-/// `f::<FORMAT>`) and `dot_k::<FORMAT>`.
+/// `FORMAT => gemm[, dot] [(via f)];`: each calls `gemm_k::<FORMAT>` (the contract check, then
+/// the invoking module's `gemm_tiles`, defined here once for both x86 tiers) or
+/// `f::<FORMAT>`, and the module's `dot_k::<FORMAT>`.
 macro_rules! kquant_entry_points {
-    ($($f:ident => $gemm:ident $(, $dot:ident)? $((via $via:ident))?;)*) => {$(
+    ($($f:ident => $gemm:ident $(, $dot:ident)? $((via $via:ident))?;)*) => {
+        /// Safe entry of the GEMMs: checks the contract, then runs the module's tiles.
+        fn gemm_k<const F: u8>(
+            k: usize,
+            w: &[u8],
+            n_rows: usize,
+            a: &[u8],
+            n_tok: usize,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            let sh = check(F, k, w, n_rows, a, n_tok, out, ldo);
+            if n_rows == 0 || n_tok == 0 {
+                return;
+            }
+            // SAFETY: the entry points are only installed in the kernel table after the
+            // invoking module's tier was detected.
+            unsafe { gemm_tiles::<F>(&sh, w, n_rows, a, n_tok, out, ldo) }
+        }
+        $(kquant_entry_points!(@entry $f => $gemm $(, $dot)? $((via $via))?);)*
+    };
+    (@entry $f:ident => $gemm:ident $(, $dot:ident)? $((via $via:ident))?) => {
         pub(crate) fn $gemm(
             k: usize,
             w: &[u8],
@@ -825,7 +829,7 @@ macro_rules! kquant_entry_points {
                 dot_k::<$f>(n, w, a)
             }
         )?
-    )*};
+    };
     (@gemm $f:ident) => { gemm_k::<$f> };
     (@gemm $f:ident $via:ident) => { $via::<$f> };
 }

@@ -874,24 +874,6 @@ fn gemm_tiles<const F: u8>(
     }
 }
 
-/// Safe entry of the GEMMs: checks the contract, then runs the tiles.
-fn gemm_k<const F: u8>(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let sh = check(F, k, w, n_rows, a, n_tok, out, ldo);
-    if n_rows == 0 || n_tok == 0 {
-        return;
-    }
-    // SAFETY: only installed in the kernel table after `avx512::detected()`.
-    unsafe { gemm_tiles::<F>(&sh, w, n_rows, a, n_tok, out, ldo) }
-}
-
 /// Safe entry of the dots: one 1 × 1 tile.
 fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
