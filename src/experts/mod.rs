@@ -148,6 +148,12 @@ pub trait ExpertStore: Send + Sync {
     /// The experts of `layer` the router just picked, ascending (the order
     /// the layer fetches them in): a store may start loading them.
     fn prefetch(&self, _layer: usize, _experts: &[usize]) {}
+    /// How many experts of one layer a batch (prefill) may hold at once: it fetches that
+    /// many, runs them together and drops them before fetching more. Unbounded for a
+    /// mapping; a paging store keeps it inside its budget.
+    fn batch_experts(&self) -> usize {
+        usize::MAX
+    }
     /// What the store did so far (`--stats`).
     fn stats(&self) -> ExpertStats;
 }

@@ -795,6 +795,12 @@ impl ExpertStore for PagedExperts {
         })
     }
 
+    /// The prefetch window: the experts a batch holds and the window read ahead of them
+    /// fill the cache between them.
+    fn batch_experts(&self) -> usize {
+        self.window
+    }
+
     fn prefetch(&self, layer: usize, experts: &[usize]) {
         if self.opts.prefetch == Prefetch::Off {
             return;

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod language;
 pub mod layer_offload;
 pub mod moe;
+mod moe_batch;
 pub mod preprocess;
 pub mod projector;
 pub mod prompt;

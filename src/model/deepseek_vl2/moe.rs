@@ -10,12 +10,13 @@ use quant::block::quantize_row;
 use quant::kernels::{gemm, vec_dot_type};
 use quant::GgmlType;
 
+use super::moe_batch::{self, BatchScratch, Job as BatchJob};
 use crate::experts::{Expert, ExpertError, ExpertStore};
 use crate::loader::{Gating, TopkMethod, Weight};
 use crate::ops::spin_region::for_each_chunk;
 use crate::ops::{
-    matmul, matmul_gate_up_silu, matmul_view, quantize_activations, rows_per_gemv_task, silu_mul,
-    softmax, MatView,
+    matmul, matmul_gate_up_silu, quantize_activations, rows_per_gemv_task, silu_mul, softmax,
+    MatView,
 };
 
 /// The routing rule of one model.
@@ -179,8 +180,9 @@ pub struct MoeScratch {
     picked: Vec<usize>,
     /// Per expert: (token, weight) pairs.
     assigned: Vec<Vec<(usize, f32)>>,
-    /// Gathered tokens of one expert, its hidden and output rows.
-    xs: Vec<f32>,
+    /// The batch path's buffers.
+    batch: BatchScratch,
+    /// Hidden rows: the shared experts beside a device, decode's experts.
     hidden: Vec<f32>,
     y: Vec<f32>,
     /// Decode: the token quantized once per activation type.
@@ -204,9 +206,9 @@ impl MoeScratch {
 /// `out = Σ_k w_k expert_k(x) + shared(x)` for `x` `[n, D]` (the
 /// post-attention-norm output); `shared` is `w.shared`, or `None` when the shared experts
 /// run elsewhere (a device adds them after). Tokens are grouped by expert so that each
-/// routed expert runs one matmul over just the tokens routed to it; a single
-/// token runs every chosen expert and the shared ones together
-/// ([`experts_one_token`]).
+/// routed expert runs over just the tokens routed to it, all experts in the same
+/// parallel regions ([`moe_batch`]); a single token runs every chosen expert and the
+/// shared ones together ([`experts_one_token`]).
 #[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
     layer: usize,
@@ -284,31 +286,40 @@ pub fn moe_forward(
         experts_one_token(&views[..len], x, out, sc);
         return Ok(());
     }
-    out.iter_mut().for_each(|v| *v = 0.0);
-    for (e, toks) in sc.assigned.iter().enumerate() {
-        if toks.is_empty() {
-            continue;
+    // Groups of as many experts as the store lets a batch hold, ascending (one group for
+    // a mapping); the shared experts run with the last.
+    let limit = store.batch_experts().max(1);
+    let groups: Vec<&[usize]> = if sc.picked.is_empty() {
+        vec![&[]]
+    } else {
+        sc.picked.chunks(limit).collect()
+    };
+    for (gi, group) in groups.iter().enumerate() {
+        let experts = group
+            .iter()
+            .map(|&e| store.expert(layer, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut jobs: Vec<BatchJob<'_>> = experts
+            .iter()
+            .zip(group.iter())
+            .map(|(ex, &e)| BatchJob {
+                gate: ex.gate(),
+                up: ex.up(),
+                down: ex.down(),
+                tokens: Some(&sc.assigned[e]),
+            })
+            .collect();
+        if gi + 1 == groups.len() {
+            jobs.extend(shared.map(|sh| BatchJob {
+                gate: sh.gate.view(),
+                up: sh.up.view(),
+                down: sh.down.view(),
+                tokens: None,
+            }));
         }
-        let expert = store.expert(layer, e)?;
-        let (m, f) = (toks.len(), expert.n_ff);
-        sc.xs.clear();
-        for &(t, _) in toks {
-            sc.xs.extend_from_slice(&x[t * d..][..d]);
-        }
-        sc.hidden.resize(m * f, 0.0);
-        sc.y.resize(m * d, 0.0);
-        matmul_gate_up_silu(&expert.gate(), &expert.up(), &sc.xs, m, &mut sc.hidden);
-        matmul_view(&expert.down(), &sc.hidden, m, &mut sc.y);
-        for (j, &(t, wt)) in toks.iter().enumerate() {
-            let o = &mut out[t * d..][..d];
-            for (o, v) in o.iter_mut().zip(&sc.y[j * d..][..d]) {
-                *o += wt * v;
-            }
-        }
+        moe_batch::run_group(&jobs, x, n, d, gi == 0, &mut sc.batch);
     }
-    if let Some(sh) = shared {
-        add_shared(sh, x, n, out, sc);
-    }
+    moe_batch::finish(&sc.batch, n, d, out);
     Ok(())
 }
 
@@ -617,18 +628,18 @@ mod tests {
         assert_eq!(ids, vec![0, 1, 6]);
     }
 
-    /// Runs two tokens through the batch path and each alone through the
-    /// one-token path (under pools of each of `threads` workers) and asserts
-    /// the same experts and the same bits: `d` model width, `f` expert width,
-    /// 8 experts of which 3 are used, shared experts of width `2f`; routed and
-    /// shared matrices in `routed` and `shared` types.
-    fn one_token_equals_batch(
-        routed: GgmlType,
-        shared_ty: GgmlType,
-        d: usize,
-        f: usize,
-        threads: &[usize],
-    ) {
+    /// One MoE layer of `d` model width: 8 experts of width `f` (3 used) in `routed`
+    /// type, shared experts of width `2f` in `shared_ty`, a softmax router; and `n`
+    /// tokens of input.
+    struct Layer {
+        store: crate::experts::MmapExperts,
+        shared: Mlp,
+        weights: MoeWeights,
+        cfg: RouterConfig,
+        x: Vec<f32>,
+    }
+
+    fn layer(routed: GgmlType, shared_ty: GgmlType, d: usize, f: usize, n: usize) -> Layer {
         use crate::experts::{LayerExperts, MmapExperts};
         let e = 8usize;
         let vals = |seed: usize, len: usize| -> Vec<f32> {
@@ -660,11 +671,36 @@ mod tests {
             bias: None,
             shared: Some(shared.clone()),
         };
-        let c = RouterConfig {
+        let cfg = RouterConfig {
             n_used: 3,
             ..cfg(Gating::Softmax, TopkMethod::Greedy)
         };
-        let x = vals(8, 2 * d);
+        Layer {
+            store,
+            shared,
+            weights,
+            cfg,
+            x: vals(8, n * d),
+        }
+    }
+
+    /// Runs two tokens through the batch path and each alone through the
+    /// one-token path (under pools of each of `threads` workers) and asserts
+    /// the same experts and the same bits (see [`layer`] for the shapes).
+    fn one_token_equals_batch(
+        routed: GgmlType,
+        shared_ty: GgmlType,
+        d: usize,
+        f: usize,
+        threads: &[usize],
+    ) {
+        let Layer {
+            store,
+            shared,
+            weights,
+            cfg: c,
+            x,
+        } = layer(routed, shared_ty, d, f, 2);
         let mut sc = MoeScratch::default();
         let mut batch = vec![0.0f32; 2 * d];
         let sh = Some(&shared);
@@ -682,6 +718,98 @@ mod tests {
                     .unwrap();
                 assert_eq!(sc.routed_ids, batch_ids[t * 3..][..3]);
                 assert_eq!(one, batch[t * d..][..d], "{n} threads, token {t}");
+            }
+        }
+    }
+
+    /// A store that lets a batch hold at most `limit` experts (a paging store's window).
+    struct Windowed<'a>(&'a dyn ExpertStore, usize);
+
+    impl ExpertStore for Windowed<'_> {
+        fn expert(&self, layer: usize, expert: usize) -> Result<Expert<'_>, ExpertError> {
+            self.0.expert(layer, expert)
+        }
+        fn batch_experts(&self) -> usize {
+            self.1
+        }
+        fn stats(&self) -> crate::experts::ExpertStats {
+            self.0.stats()
+        }
+    }
+
+    /// The layer as separate matmuls per routed expert over its tokens, summed in
+    /// ascending expert order, then the shared experts: the definition the batch path
+    /// keeps the bits of.
+    fn per_expert_matmuls(l: &Layer, n: usize, d: usize) -> Vec<f32> {
+        use crate::ops::matmul_view;
+        let mut sc = MoeScratch::default();
+        route_tokens(&l.weights, &l.cfg, &l.x, n, &mut sc);
+        let k = l.cfg.n_used;
+        let mut out = vec![0.0f32; n * d];
+        for e in 0..l.cfg.n_expert {
+            let toks: Vec<(usize, f32)> = (0..n)
+                .flat_map(|t| (0..k).map(move |i| (t, t * k + i)))
+                .filter(|&(_, i)| sc.routed_ids[i] == e)
+                .map(|(t, i)| (t, sc.routed_weights[i]))
+                .collect();
+            if toks.is_empty() {
+                continue;
+            }
+            let ex = l.store.expert(0, e).unwrap();
+            let m = toks.len();
+            let xs: Vec<f32> = toks
+                .iter()
+                .flat_map(|&(t, _)| l.x[t * d..][..d].iter().copied())
+                .collect();
+            let mut h = vec![0.0f32; m * ex.n_ff];
+            matmul_gate_up_silu(&ex.gate(), &ex.up(), &xs, m, &mut h);
+            let mut y = vec![0.0f32; m * d];
+            matmul_view(&ex.down(), &h, m, &mut y);
+            for (&(t, wt), y) in toks.iter().zip(y.chunks(d)) {
+                let o = &mut out[t * d..][..d];
+                o.iter_mut().zip(y).for_each(|(o, v)| *o += wt * v);
+            }
+        }
+        let mut y = vec![0.0f32; n * d];
+        l.shared.forward(&l.x, n, &mut y, &mut Vec::new());
+        out.iter_mut().zip(&y).for_each(|(o, s)| *o += s);
+        out
+    }
+
+    /// The batch path (every expert in shared parallel regions, in groups of a store's
+    /// window) gives the per-expert matmuls' bits: for 1 to 3 workers, one group or
+    /// groups of 1 and 3 experts, 9 tokens (experts with one token and with many), the
+    /// q4_0 recipe's mix (routed Q4_0, shared Q8_0), and K-quant routed experts (their
+    /// activations in Q8_K's 256-wide blocks) beside Q8_0 shared ones.
+    #[test]
+    fn batch_path_equals_per_expert_matmuls() {
+        let n = 9;
+        for (routed, shared_ty, d, f) in [
+            (GgmlType::Q4_0, GgmlType::Q8_0, 64, 96),
+            (GgmlType::Q4_K, GgmlType::Q8_0, 256, 256),
+            (GgmlType::F32, GgmlType::F32, 32, 48),
+        ] {
+            let l = layer(routed, shared_ty, d, f, n);
+            let want = per_expert_matmuls(&l, n, d);
+            for threads in [1usize, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for limit in [usize::MAX, 1, 3] {
+                    let store = Windowed(&l.store, limit);
+                    let mut sc = MoeScratch::default();
+                    let mut got = vec![f32::NAN; n * d];
+                    let sh = Some(&l.shared);
+                    pool.install(|| {
+                        moe_forward(
+                            0, &l.weights, sh, &l.cfg, &store, &l.x, n, &mut got, &mut sc,
+                        )
+                    })
+                    .unwrap();
+                    let ty = routed.name();
+                    assert_eq!(got, want, "{ty}: {threads} threads, {limit} experts held");
+                }
             }
         }
     }
