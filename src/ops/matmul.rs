@@ -11,8 +11,8 @@ use quant::kernels::{gemm, vec_dot_type};
 use quant::GgmlType;
 use rayon::prelude::*;
 
-use super::silu_mul;
 use super::spin_region::for_each_chunk;
+use super::{silu_mul, SERIAL_ELEMS};
 use crate::loader::Weight;
 use crate::tensor::MatView;
 
@@ -45,10 +45,6 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     r
 }
 
-/// Below this many activation values, quantizing them is cheaper than waking
-/// the workers (one decode row is ~1 µs of work).
-const SERIAL_QUANT_ELEMS: usize = 1 << 16;
-
 /// Converts `x` (`n_tokens` rows of `k`) to `act_ty` rows in `dst` (resized,
 /// capacity kept); returns the bytes per row.
 pub fn quantize_activations(
@@ -68,7 +64,7 @@ pub fn quantize_activations(
     let one = |(d, s): (&mut [u8], &[f32])| {
         let _ = quantize_row(act_ty, s, d);
     };
-    if n_tokens * k < SERIAL_QUANT_ELEMS {
+    if n_tokens * k < SERIAL_ELEMS {
         dst.chunks_mut(arb).zip(x.chunks(k)).for_each(one);
     } else {
         dst.par_chunks_mut(arb).zip(x.par_chunks(k)).for_each(one);
@@ -189,7 +185,7 @@ fn scatter_blocks(blocks: &[f32], n: usize, rpt: usize, n_tokens: usize, out: &m
             o[r0..r0 + rows].copy_from_slice(&blocks[r0 * n_tokens + t * rows..][..rows]);
         }
     };
-    if n_tokens * n < SERIAL_QUANT_ELEMS {
+    if n_tokens * n < SERIAL_ELEMS {
         out.chunks_mut(n).enumerate().for_each(one);
     } else {
         out.par_chunks_mut(n).enumerate().for_each(one);

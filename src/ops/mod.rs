@@ -9,6 +9,12 @@
 //! tasks instead of parking.
 
 mod act;
+
+/// Below this many values, a per-row loop over a batch (quantizing activations, norms,
+/// RoPE, residual sums) runs on the calling thread: waking the workers costs more than
+/// the loop (one decode row is ~1 µs of work).
+const SERIAL_ELEMS: usize = 1 << 16;
+
 mod attention;
 mod exp;
 mod gelu;
@@ -30,7 +36,7 @@ pub use matmul::{
     matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, matvec_serial,
     quantize_activations, row_to_f32, rows_per_gemv_task, rows_per_task,
 };
-pub use norm::rms_norm;
+pub use norm::{add_assign, rms_norm};
 pub use rope::{Rope, RopeLayout};
 
 /// Whether the AVX-512F builds of the f32 loops run (the attention here, the vision

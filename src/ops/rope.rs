@@ -9,6 +9,10 @@
 //! - [`RopeLayout::HalfSplit`] (ggml "NEOX", transformers' `rotate_half`):
 //!   pairs (i, i + d/2), what the reference applies to un-permuted MHA weights.
 
+use rayon::prelude::*;
+
+use super::SERIAL_ELEMS;
+
 /// Which elements form a rotated pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeLayout {
@@ -65,6 +69,17 @@ impl Rope {
         self.max_pos
     }
 
+    /// [`Rope::apply`] to each `row`-sized slice of `x` (one token's heads), the `t`-th
+    /// at position `pos0 + t`; a large batch in parallel.
+    pub fn apply_rows(&self, x: &mut [f32], row: usize, pos0: usize) {
+        let one = |(t, r): (usize, &mut [f32])| self.apply(r, pos0 + t);
+        if x.len() < SERIAL_ELEMS {
+            x.chunks_mut(row).enumerate().for_each(one);
+        } else {
+            x.par_chunks_mut(row).enumerate().for_each(one);
+        }
+    }
+
     /// Rotates every `dim`-sized vector in `x` (e.g. all heads of one token)
     /// for position `pos`. `pos < max_pos` is the caller's invariant (the
     /// context length is checked before a forward pass).
@@ -95,6 +110,24 @@ mod tests {
     /// Half-split RoPE on the reference's layout equals adjacent-pair RoPE on
     /// the converter's permuted layout (new index 2i = old i, 2i+1 = old i+d/2),
     /// element for element after un-permuting, and therefore in every q·k.
+    /// Rows of a batch large enough to run in parallel get their own positions: each
+    /// row's bits equal [`Rope::apply`] on it alone.
+    #[test]
+    fn apply_rows_equals_apply_per_row() {
+        let (dim, heads) = (64, 4);
+        let row = dim * heads;
+        let n = 2 * SERIAL_ELEMS / row + 5;
+        let rope = Rope::new(dim, 10000.0, RopeLayout::Adjacent, 4096);
+        let x = crate::ops::lcg(3, n * row, 2.0);
+        let mut batch = x.clone();
+        rope.apply_rows(&mut batch, row, 7);
+        for t in 0..n {
+            let mut one = x[t * row..][..row].to_vec();
+            rope.apply(&mut one, 7 + t);
+            assert_eq!(one, batch[t * row..][..row], "row {t}");
+        }
+    }
+
     #[test]
     fn half_split_equals_adjacent_on_permuted_rows() {
         let d = 16;

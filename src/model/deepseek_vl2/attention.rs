@@ -119,13 +119,9 @@ impl MhaWeights {
             let (kc, vc) = cache.rows_mut(il, pos0, n);
             matmul(&self.k, x, n, kc); // [n, Hkv, hd]
             matmul(&self.v, x, n, vc); // [n, Hkv, vd]
-            for t in 0..n {
-                rope.apply(&mut kc[t * hkv * hd..][..hkv * hd], pos0 + t);
-            }
+            rope.apply_rows(&mut kc[..n * hkv * hd], hkv * hd, pos0);
         }
-        for t in 0..n {
-            rope.apply(&mut q[t * h * hd..][..h * hd], pos0 + t);
-        }
+        rope.apply_rows(q, h * hd, pos0);
         let (k, v) = cache.rows(il, pos0 + n);
         let kv = KvView {
             k,

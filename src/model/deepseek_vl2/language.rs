@@ -24,7 +24,7 @@ use super::moe::{
 use crate::experts::{ExpertError, ExpertOptions, ExpertStore, LayerExperts};
 use crate::kv_cache::KvCache;
 use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Weight};
-use crate::ops::{matmul, rms_norm, row_to_f32, Rope, RopeLayout};
+use crate::ops::{add_assign, matmul, rms_norm, row_to_f32, Rope, RopeLayout};
 use crate::trace::Trace;
 
 /// Errors of a forward pass or of building the model.
@@ -510,7 +510,7 @@ impl LanguageModel {
                 (Attn::Mla(w), ..) => w.forward(&self.rope, cache, il, xn, n, pos0, y, a),
             }
             trace.tap("attn_out", Some(il), &[n, d], y);
-            h.iter_mut().zip(y.iter()).for_each(|(h, y)| *h += y);
+            add_assign(h, y);
             rms_norm(h, &layer.ffn_norm, eps, xn);
             trace.tap("ffn_norm", Some(il), &[n, d], xn);
             let mlp_dev = mlp_on_device(il);
@@ -563,7 +563,7 @@ impl LanguageModel {
                 }
             }
             trace.tap("ffn_out", Some(il), &[n, d], y);
-            h.iter_mut().zip(y.iter()).for_each(|(h, y)| *h += y);
+            add_assign(h, y);
             trace.tap("residual", Some(il), &[n, d], h);
         }
         cache.set_len(pos0 + n);

@@ -9,6 +9,7 @@
 use quant::block::quantize_row;
 use quant::kernels::{gemm, vec_dot_type};
 use quant::GgmlType;
+use rayon::prelude::*;
 
 use super::moe_batch::{self, BatchScratch, Job as BatchJob};
 use crate::experts::{Expert, ExpertError, ExpertStore};
@@ -64,14 +65,14 @@ pub struct RouteScratch {
 
 /// Routes one token: from the gate logits `[n_expert]` (and the selection
 /// bias of `noaux_tc`) to the chosen experts and their final weights, in
-/// selection order, appended to `ids` and `weights` (`n_used` each).
+/// selection order, into `ids` and `weights` (`n_used` each).
 pub fn route(
     cfg: &RouterConfig,
     logits: &[f32],
     bias: Option<&[f32]>,
     rs: &mut RouteScratch,
-    ids: &mut Vec<usize>,
-    weights: &mut Vec<f32>,
+    ids: &mut [usize],
+    weights: &mut [f32],
 ) {
     let scores = &mut rs.scores;
     scores.clear();
@@ -111,10 +112,11 @@ pub fn route(
             top_k_into(u, cfg.n_used, &mut rs.idx)
         }
     };
-    let first = weights.len();
-    ids.extend_from_slice(&rs.idx);
-    weights.extend(rs.idx.iter().map(|&i| scores[i]));
-    let weights = &mut weights[first..];
+    ids.copy_from_slice(&rs.idx);
+    weights
+        .iter_mut()
+        .zip(&rs.idx)
+        .for_each(|(w, &i)| *w = scores[i]);
     if cfg.n_used > 1 && cfg.norm {
         let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
         weights.iter_mut().for_each(|w| *w = *w / sum * cfg.scale);
@@ -334,14 +336,42 @@ pub fn route_tokens(w: &MoeWeights, cfg: &RouterConfig, x: &[f32], n: usize, sc:
     let e_count = cfg.n_expert;
     sc.logits.resize(n * e_count, 0.0);
     matmul(&w.gate_inp, x, n, &mut sc.logits);
-    sc.routed_ids.clear();
-    sc.routed_weights.clear();
-    for t in 0..n {
-        let logits = &sc.logits[t * e_count..][..e_count];
-        let (ids, wts) = (&mut sc.routed_ids, &mut sc.routed_weights);
-        route(cfg, logits, w.bias.as_deref(), &mut sc.route, ids, wts);
+    let k = cfg.n_used;
+    sc.routed_ids.resize(n * k, 0);
+    sc.routed_weights.resize(n * k, 0.0);
+    let bias = w.bias.as_deref();
+    if n < ROUTE_SERIAL_TOKENS {
+        let tokens = sc.logits.chunks(e_count).zip(
+            sc.routed_ids
+                .chunks_mut(k)
+                .zip(sc.routed_weights.chunks_mut(k)),
+        );
+        for (logits, (ids, wts)) in tokens {
+            route(cfg, logits, bias, &mut sc.route, ids, wts);
+        }
+    } else {
+        sc.logits
+            .par_chunks(e_count * ROUTE_SERIAL_TOKENS)
+            .zip(
+                sc.routed_ids
+                    .par_chunks_mut(k * ROUTE_SERIAL_TOKENS)
+                    .zip(sc.routed_weights.par_chunks_mut(k * ROUTE_SERIAL_TOKENS)),
+            )
+            .for_each(|(logits, (ids, wts))| {
+                let mut rs = RouteScratch::default();
+                for (logits, (ids, wts)) in logits
+                    .chunks(e_count)
+                    .zip(ids.chunks_mut(k).zip(wts.chunks_mut(k)))
+                {
+                    route(cfg, logits, bias, &mut rs, ids, wts);
+                }
+            });
     }
 }
+
+/// Tokens routed on the calling thread: a batch of more is routed in tasks of this many
+/// (a token's routing is ~1 µs: a softmax and a sort of the expert scores).
+const ROUTE_SERIAL_TOKENS: usize = 32;
 
 /// `out += shared(x)` for `x` `[n, D]`: the shared experts, added after the routed ones.
 pub fn add_shared(sh: &Mlp, x: &[f32], n: usize, out: &mut [f32], sc: &mut MoeScratch) {
@@ -546,7 +576,7 @@ mod tests {
 
     /// [`route`] of one token into fresh vectors.
     fn route1(cfg: &RouterConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<usize>, Vec<f32>) {
-        let (mut ids, mut w) = (Vec::new(), Vec::new());
+        let (mut ids, mut w) = (vec![0; cfg.n_used], vec![0.0; cfg.n_used]);
         route(
             cfg,
             logits,
@@ -719,6 +749,38 @@ mod tests {
                 assert_eq!(sc.routed_ids, batch_ids[t * 3..][..3]);
                 assert_eq!(one, batch[t * d..][..d], "{n} threads, token {t}");
             }
+        }
+    }
+
+    /// A batch routed in parallel tasks picks, per token, the experts and weights that
+    /// token routed alone gets (`noaux_tc` with groups and a bias: every step of `route`).
+    #[test]
+    fn batch_routing_equals_each_token_alone() {
+        let (d, e, n) = (16usize, 8usize, 3 * ROUTE_SERIAL_TOKENS + 5);
+        let c = RouterConfig {
+            n_group: 4,
+            n_group_used: 2,
+            n_used: 3,
+            ..cfg(Gating::Sigmoid, TopkMethod::NoauxTc)
+        };
+        let bias = crate::ops::lcg(5, e, 0.1);
+        let w = MoeWeights {
+            gate_inp: Weight::from_f32(&[d as u64, e as u64], &crate::ops::lcg(6, d * e, 1.0)),
+            bias: Some(bias.clone()),
+            shared: None,
+        };
+        let x = crate::ops::lcg(7, n * d, 1.0);
+        let mut sc = MoeScratch::default();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| route_tokens(&w, &c, &x, n, &mut sc));
+        for t in 0..n {
+            let logits = &sc.logits[t * e..][..e];
+            let (ids, wts) = route1(&c, logits, Some(&bias));
+            assert_eq!(sc.routed_ids[t * 3..][..3], ids[..], "token {t}");
+            assert_eq!(sc.routed_weights[t * 3..][..3], wts[..], "token {t}");
         }
     }
 
