@@ -863,10 +863,12 @@ mod tests {
                     let mut sc = MoeScratch::default();
                     let mut got = vec![f32::NAN; n * d];
                     let sh = Some(&l.shared);
+                    // A pass over other tokens first: nothing of it may leak into the next.
+                    let other: Vec<f32> = l.x.iter().rev().copied().collect();
                     pool.install(|| {
-                        moe_forward(
-                            0, &l.weights, sh, &l.cfg, &store, &l.x, n, &mut got, &mut sc,
-                        )
+                        let (w, c) = (&l.weights, &l.cfg);
+                        moe_forward(0, w, sh, c, &store, &other, n, &mut got, &mut sc)?;
+                        moe_forward(0, w, sh, c, &store, &l.x, n, &mut got, &mut sc)
                     })
                     .unwrap();
                     let ty = routed.name();

@@ -43,8 +43,9 @@ impl Job<'_> {
 /// Buffers of the batch path, kept between layers and forward passes.
 #[derive(Default)]
 pub(super) struct BatchScratch {
-    /// The batch quantized once per activation format of the gate and up matrices.
-    x_acts: Vec<(GgmlType, Vec<u8>)>,
+    /// The batch quantized once per activation format of the gate and up matrices, and
+    /// whether that is the current layer's (groups after the first reuse it).
+    x_acts: Vec<(GgmlType, Vec<u8>, bool)>,
     /// Each routed job's rows of those, gathered: gate's format, then up's if it differs.
     xs: Vec<u8>,
     /// `silu(gate) * up` per job: per task of rows `r0..r0 + rows`, `[tokens, rows]`.
@@ -86,6 +87,7 @@ pub(super) fn run_group(
     sc: &mut BatchScratch,
 ) {
     if first {
+        sc.x_acts.iter_mut().for_each(|a| a.2 = false);
         sc.down_rows = jobs
             .first()
             .map_or(d.max(1), |j| rows_per_task(d, j.down.row_bytes()));
@@ -98,26 +100,24 @@ pub(super) fn run_group(
     // The tokens once per activation format (routed and shared formats may differ).
     for j in jobs {
         for ty in [vec_dot_type(j.gate.ty), vec_dot_type(j.up.ty)] {
-            if !sc.x_acts.iter().any(|(t, _)| *t == ty) {
-                sc.x_acts.push((ty, Vec::new()));
+            let i = match sc.x_acts.iter().position(|a| a.0 == ty) {
+                Some(i) => i,
+                None => {
+                    sc.x_acts.push((ty, Vec::new(), false));
+                    sc.x_acts.len() - 1
+                }
+            };
+            let (ty, buf, current) = &mut sc.x_acts[i];
+            if !*current {
+                quantize_activations(*ty, x, n, d, buf);
+                *current = true;
             }
-        }
-    }
-    for (ty, buf) in sc.x_acts.iter_mut() {
-        if jobs
-            .iter()
-            .any(|j| vec_dot_type(j.gate.ty) == *ty || vec_dot_type(j.up.ty) == *ty)
-        {
-            quantize_activations(*ty, x, n, d, buf);
         }
     }
     let x_acts = &sc.x_acts;
     let x_act = |ty: GgmlType| -> &[u8] {
         let t = vec_dot_type(ty);
-        x_acts
-            .iter()
-            .find(|(a, _)| *a == t)
-            .map_or(&[][..], |(_, b)| b)
+        x_acts.iter().find(|a| a.0 == t).map_or(&[][..], |a| &a.1)
     };
     let act_row = |ty: GgmlType| vec_dot_type(ty).row_bytes(d as u64).unwrap_or(0) as usize;
     // Each routed job's token rows, gathered (a plain copy, a few MB per layer: serial).
