@@ -173,16 +173,24 @@ pub fn matmul_quantized(
             let wd = &w.data[r0 * rb..(r0 + rows) * rb];
             gemm(w.ty, k, wd, rows, act, n_tokens, blk, rows);
         });
-    scatter_blocks(blocks, n, rpt, n_tokens, out);
+    scatter_blocks(blocks, 1, n, rpt, n_tokens, out);
 }
 
-/// `out[t, r0 + j] = blocks[r0 * n_tokens + t * rows + j]` for the row
-/// chunks of [`matmul_quantized`].
-fn scatter_blocks(blocks: &[f32], n: usize, rpt: usize, n_tokens: usize, out: &mut [f32]) {
+/// `out[t, r0 + j] = blocks[per_row * r0 * n_tokens + t * rows + j]` for the row chunks of
+/// `rpt` rows of [`matmul_quantized`] (`per_row` 1) and [`matmul_gate_up_silu`] (2: each
+/// chunk's gate block, then its up block).
+fn scatter_blocks(
+    blocks: &[f32],
+    per_row: usize,
+    n: usize,
+    rpt: usize,
+    n_tokens: usize,
+    out: &mut [f32],
+) {
     let one = |(t, o): (usize, &mut [f32])| {
         for r0 in (0..n).step_by(rpt) {
             let rows = rpt.min(n - r0);
-            o[r0..r0 + rows].copy_from_slice(&blocks[r0 * n_tokens + t * rows..][..rows]);
+            o[r0..r0 + rows].copy_from_slice(&blocks[per_row * r0 * n_tokens + t * rows..][..rows]);
         }
     };
     if n_tokens * n < SERIAL_ELEMS {
@@ -244,14 +252,8 @@ pub fn matmul_gate_up_silu(
                 gemm(up.ty, k, uw, rows, ua, n_tokens, u, rows);
                 silu_mul(g, u);
             });
-        // Gather the gate halves (now silu(g)*u) into `out`.
-        for r0 in (0..n).step_by(rpt) {
-            let rows = rpt.min(n - r0);
-            let blk = &s.blocks[2 * r0 * n_tokens..][..rows * n_tokens];
-            for t in 0..n_tokens {
-                out[t * n + r0..][..rows].copy_from_slice(&blk[t * rows..][..rows]);
-            }
-        }
+        // The gate halves (now silu(g)*u) into `out`.
+        scatter_blocks(&s.blocks, 2, n, rpt, n_tokens, out);
     })
 }
 
@@ -320,7 +322,8 @@ mod tests {
     }
 
     /// The fused gate/up pass equals two matmuls and `silu_mul`, bit for bit,
-    /// for one token and for a batch spanning several row chunks.
+    /// for one token and for batches spanning several row chunks (the largest
+    /// scattered in parallel).
     #[test]
     fn gate_up_silu_matches_separate_matmuls() {
         let (k, n) = (64usize, 300usize);
@@ -342,7 +345,7 @@ mod tests {
             let (bg, bu) = (q(&wg), q(&wu));
             let g = MatView::new(ty, k, n, &bg).unwrap();
             let u = MatView::new(ty, k, n, &bu).unwrap();
-            for t in [1usize, 5] {
+            for t in [1usize, 5, 230] {
                 let x: Vec<f32> = (0..t * k).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
                 let mut want = vec![0.0f32; t * n];
                 let mut up = vec![0.0f32; t * n];
