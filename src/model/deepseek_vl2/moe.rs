@@ -839,7 +839,8 @@ mod tests {
     }
 
     /// The batch path (every expert in shared parallel regions, in groups of a store's
-    /// window) gives the per-expert matmuls' bits: for 1 to 3 workers, one group or
+    /// window, its gate/up tasks cut otherwise than each expert's matmul would cut its
+    /// rows) gives the per-expert matmuls' bits: for 1 to 3 workers, one group or
     /// groups of 1 and 3 experts, 9 tokens (experts with one token and with many), the
     /// q4_0 recipe's mix (routed Q4_0, shared Q8_0), and K-quant routed experts (their
     /// activations in Q8_K's 256-wide blocks) beside Q8_0 shared ones.

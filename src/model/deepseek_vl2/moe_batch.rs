@@ -10,9 +10,13 @@
 //! experts, the tasks of every expert share one region (a thread done with one expert's
 //! rows takes another's), and the weighted sum is the down pass's own epilogue.
 //!
-//! Every kernel call is the one the per-expert matmuls made (the same rows per call, the
-//! same tokens) and each output element adds the experts in ascending id order, then the
-//! shared experts: the per-expert loop's bits (tested against it below).
+//! The gate/up tasks are larger than one expert's matmul would cut (up to 256 rows: the
+//! region's parallelism comes from the experts, and each kernel call's fixed costs, such as
+//! the activation sums, are shared by more rows): 8-18% faster at 8 and 16 threads on the
+//! lent Xeon's AVX-512 and AVX2 tiers, level with AMX and on 2 cores (BENCHMARKS.md,
+//! fourteenth session). A row's result does not depend on the call that computes it, and
+//! each output element adds the experts in ascending id order, then the shared experts: the
+//! per-expert loop's bits (tested against it in `moe.rs`).
 
 use std::cell::Cell;
 
@@ -155,8 +159,9 @@ pub(super) fn run_group(
         };
         acts.push(pair);
     }
-    gate_up(jobs, &acts, n, d, &mut sc.hidden);
-    quantize_hidden(jobs, n, &sc.hidden, &mut sc.h_act);
+    let unit = task_unit(jobs, n);
+    gate_up(jobs, &acts, n, d, unit, &mut sc.hidden);
+    quantize_hidden(jobs, n, unit, &sc.hidden, &mut sc.h_act);
     down_and_sum(jobs, n, &sc.h_act, sc.down_rows, &mut sc.out_blocks);
 }
 
@@ -165,20 +170,39 @@ fn same_act(j: &Job<'_>) -> bool {
     vec_dot_type(j.gate.ty) == vec_dot_type(j.up.ty)
 }
 
-/// Hidden rows per gate/up task of a job: its own matmul's split.
-fn gate_up_rows(j: &Job<'_>) -> usize {
-    rows_per_task(j.gate.n, j.gate.row_bytes() + j.up.row_bytes())
+/// Hidden rows per gate/up task of a job of `m` tokens: about `unit` row-tokens (the
+/// region's share of one task), whole 16-row tiles, 16 to [`MAX_TASK_ROWS`].
+fn gate_up_rows(j: &Job<'_>, m: usize, unit: usize) -> usize {
+    let rows = (unit / m.max(1)).clamp(16, MAX_TASK_ROWS);
+    (rows.div_ceil(16) * 16).min(j.gate.n.max(1))
 }
+
+/// Row-tokens per gate/up task: about 8 tasks per worker over the whole region.
+fn task_unit(jobs: &[Job<'_>], n: usize) -> usize {
+    let total: usize = jobs.iter().map(|j| j.m(n) * j.gate.n).sum();
+    total / (rayon::current_num_threads() * 8).max(1)
+}
+
+/// Hidden rows per gate/up task at most.
+const MAX_TASK_ROWS: usize = 256;
 
 /// Region 1: every job's `silu(x·gate) * (x·up)` into `hidden`, tasks of a job's row
 /// range, the largest first (so the last ones to finish are short).
-fn gate_up(jobs: &[Job<'_>], acts: &[(&[u8], &[u8])], n: usize, d: usize, hidden: &mut Vec<f32>) {
+fn gate_up(
+    jobs: &[Job<'_>],
+    acts: &[(&[u8], &[u8])],
+    n: usize,
+    d: usize,
+    unit: usize,
+    hidden: &mut Vec<f32>,
+) {
     let total: usize = jobs.iter().map(|j| j.m(n) * j.gate.n).sum();
     hidden.resize(total, 0.0);
     let mut tasks = Vec::new();
     let mut rest = &mut hidden[..];
     for (ji, j) in jobs.iter().enumerate() {
-        let (m, f, rpt) = (j.m(n), j.gate.n, gate_up_rows(j));
+        let (m, f) = (j.m(n), j.gate.n);
+        let rpt = gate_up_rows(j, m, unit);
         for r0 in (0..f).step_by(rpt) {
             let rows = rpt.min(f - r0);
             let (blk, tail) = std::mem::take(&mut rest).split_at_mut(m * rows);
@@ -207,7 +231,7 @@ fn gate_up(jobs: &[Job<'_>], acts: &[(&[u8], &[u8])], n: usize, d: usize, hidden
 
 /// Region 2: each job's hidden rows (scattered over its gate/up tasks' blocks) quantized
 /// for its down matrix, in tasks of [`QUANT_TOKENS`] tokens.
-fn quantize_hidden(jobs: &[Job<'_>], n: usize, hidden: &[f32], h_act: &mut Vec<u8>) {
+fn quantize_hidden(jobs: &[Job<'_>], n: usize, unit: usize, hidden: &[f32], h_act: &mut Vec<u8>) {
     let row_bytes = |j: &Job<'_>| {
         vec_dot_type(j.down.ty)
             .row_bytes(j.gate.n as u64)
@@ -232,7 +256,8 @@ fn quantize_hidden(jobs: &[Job<'_>], n: usize, hidden: &[f32], h_act: &mut Vec<u
             return;
         };
         let j = &jobs[ji];
-        let (m, f, rpt, rb) = (j.m(n), j.gate.n, gate_up_rows(j), row_bytes(j));
+        let (m, f, rb) = (j.m(n), j.gate.n, row_bytes(j));
+        let rpt = gate_up_rows(j, m, unit);
         let h = &hidden[h0..h0 + m * f];
         with_task_buf(f, |row| {
             for (i, dst) in dst.chunks_mut(rb).enumerate() {
