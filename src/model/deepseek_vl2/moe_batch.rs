@@ -25,7 +25,7 @@ use quant::kernels::{gemm, vec_dot_type};
 use quant::GgmlType;
 
 use crate::ops::spin_region::for_each_chunk;
-use crate::ops::{quantize_activations, rows_per_task, silu_mul, MatView};
+use crate::ops::{quantize_activations, silu_mul, MatView};
 
 /// One expert MLP of the batch.
 #[derive(Clone, Copy)]
@@ -58,7 +58,7 @@ pub(super) struct BatchScratch {
     h_act: Vec<u8>,
     /// The layer's output, `[tokens, rows]` per chunk of `down_rows` output rows.
     out_blocks: Vec<f32>,
-    /// Output rows per chunk of `out_blocks`, fixed by the first group of a layer.
+    /// Output rows per chunk of `out_blocks` ([`down_chunk_rows`]).
     down_rows: usize,
 }
 
@@ -92,9 +92,7 @@ pub(super) fn run_group(
 ) {
     if first {
         sc.x_acts.iter_mut().for_each(|a| a.2 = false);
-        sc.down_rows = jobs
-            .first()
-            .map_or(d.max(1), |j| rows_per_task(d, j.down.row_bytes()));
+        sc.down_rows = down_chunk_rows(d);
         sc.out_blocks.clear();
         sc.out_blocks.resize(n * d, 0.0);
     }
@@ -163,6 +161,16 @@ pub(super) fn run_group(
     gate_up(jobs, &acts, n, d, unit, &mut sc.hidden);
     quantize_hidden(jobs, n, unit, &sc.hidden, &mut sc.h_act);
     down_and_sum(jobs, n, &sc.h_act, sc.down_rows, &mut sc.out_blocks);
+}
+
+/// Output rows per chunk of the down pass: 4 chunks per worker (equal work each: every
+/// chunk runs every job), whole 16-row tiles, at most 256. Each expert's own matmul split
+/// (the first version's) gave 16 chunks at any thread count up to 16, one per worker at 16;
+/// this measured level on 2 cores and ahead in 8 of 12 pairs at 8-16 threads on the lent
+/// Xeon (median +6%; BENCHMARKS.md, fourteenth session).
+fn down_chunk_rows(d: usize) -> usize {
+    let rows = d / (rayon::current_num_threads() * 4).max(1);
+    (rows.clamp(16, 256).div_ceil(16) * 16).min(d.max(1))
 }
 
 /// Whether a job's up matrix pairs with gate's activation format (its rows serve both).
