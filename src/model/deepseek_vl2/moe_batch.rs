@@ -122,20 +122,36 @@ pub(super) fn run_group(
         x_acts.iter().find(|a| a.0 == t).map_or(&[][..], |a| &a.1)
     };
     let act_row = |ty: GgmlType| vec_dot_type(ty).row_bytes(d as u64).unwrap_or(0) as usize;
-    // Each routed job's token rows, gathered (a plain copy, a few MB per layer: serial).
-    sc.xs.clear();
-    for j in jobs {
-        let Some(toks) = j.tokens else { continue };
-        for (ty, same) in [(j.gate.ty, false), (j.up.ty, same_act(j))] {
-            if same {
-                continue;
-            }
-            let (src, arb) = (x_act(ty), act_row(ty));
-            for &(t, _) in toks {
-                sc.xs.extend_from_slice(&src[t * arb..][..arb]);
-            }
-        }
+    // Each routed job's token rows, gathered: gate's format, then up's if it differs.
+    let parts = jobs
+        .iter()
+        .filter_map(|j| Some((j, j.tokens?)))
+        .flat_map(|(j, toks)| {
+            [(toks, j.gate.ty, false), (toks, j.up.ty, same_act(j))]
+                .into_iter()
+                .filter(|&(_, _, same)| !same)
+                .map(|(toks, ty, _)| (toks, ty))
+        });
+    let total: usize = parts
+        .clone()
+        .map(|(toks, ty)| toks.len() * act_row(ty))
+        .sum();
+    sc.xs.resize(total, 0);
+    let mut tasks = Vec::new();
+    let mut rest = &mut sc.xs[..];
+    for (toks, ty) in parts {
+        let (dst, tail) = std::mem::take(&mut rest).split_at_mut(toks.len() * act_row(ty));
+        tasks.push(Some((toks, x_act(ty), act_row(ty), dst)));
+        rest = tail;
     }
+    for_each_chunk(&mut tasks, 1, |_, t| {
+        let Some((toks, src, arb, dst)) = t[0].take() else {
+            return;
+        };
+        for (&(t, _), dst) in toks.iter().zip(dst.chunks_mut(arb.max(1))) {
+            dst.copy_from_slice(&src[t * arb..][..arb]);
+        }
+    });
     let mut acts = Vec::with_capacity(jobs.len());
     let mut at = 0;
     for j in jobs {
