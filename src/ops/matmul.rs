@@ -178,8 +178,8 @@ pub fn matmul_quantized(
 
 /// `out[t, r0 + j] = blocks[per_row * r0 * n_tokens + t * rows + j]` for the row chunks of
 /// `rpt` rows of [`matmul_quantized`] (`per_row` 1) and [`matmul_gate_up_silu`] (2: each
-/// chunk's gate block, then its up block).
-fn scatter_blocks(
+/// chunk's gate block, then its up block); `out` is `[n_tokens, n]`.
+pub(crate) fn scatter_blocks(
     blocks: &[f32],
     per_row: usize,
     n: usize,
@@ -187,16 +187,70 @@ fn scatter_blocks(
     n_tokens: usize,
     out: &mut [f32],
 ) {
-    let one = |(t, o): (usize, &mut [f32])| {
-        for r0 in (0..n).step_by(rpt) {
-            let rows = rpt.min(n - r0);
-            o[r0..r0 + rows].copy_from_slice(&blocks[per_row * r0 * n_tokens + t * rows..][..rows]);
-        }
-    };
+    let one = |(t, o): (usize, &mut [f32])| block_row(blocks, per_row, rpt, n_tokens, t, o);
     if n_tokens * n < SERIAL_ELEMS {
         out.chunks_mut(n).enumerate().for_each(one);
     } else {
         out.par_chunks_mut(n).enumerate().for_each(one);
+    }
+}
+
+/// Row `t` of [`scatter_blocks`]' output (`out.len()` values) from its blocks.
+pub(crate) fn block_row(
+    blocks: &[f32],
+    per_row: usize,
+    rpt: usize,
+    n_tokens: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    let n = out.len();
+    for r0 in (0..n).step_by(rpt) {
+        let rows = rpt.min(n - r0);
+        out[r0..r0 + rows].copy_from_slice(&blocks[per_row * r0 * n_tokens + t * rows..][..rows]);
+    }
+}
+
+/// One batch's activations quantized once per format its weights pair with (routed and
+/// shared experts may differ), kept between calls so that decode allocates nothing.
+#[derive(Default)]
+pub struct ActsByFormat {
+    /// (activation format, rows, whether they hold the current batch).
+    sets: Vec<(GgmlType, Vec<u8>, bool)>,
+}
+
+impl ActsByFormat {
+    /// A new batch: every format is quantized again when next asked for.
+    pub fn reset(&mut self) {
+        self.sets.iter_mut().for_each(|s| s.2 = false);
+    }
+
+    /// Quantizes `x` (`n_tokens` rows of `k`) for weights of type `weight_ty`, unless
+    /// that format was quantized since the last [`ActsByFormat::reset`].
+    pub fn ensure(&mut self, weight_ty: GgmlType, x: &[f32], n_tokens: usize, k: usize) {
+        let ty = vec_dot_type(weight_ty);
+        let i = match self.sets.iter().position(|s| s.0 == ty) {
+            Some(i) => i,
+            None => {
+                self.sets.push((ty, Vec::new(), false));
+                self.sets.len() - 1
+            }
+        };
+        let (ty, buf, current) = &mut self.sets[i];
+        if !*current {
+            quantize_activations(*ty, x, n_tokens, k, buf);
+            *current = true;
+        }
+    }
+
+    /// The rows for weights of type `weight_ty` ([`ActsByFormat::ensure`] first; empty if
+    /// it was not called).
+    pub fn get(&self, weight_ty: GgmlType) -> &[u8] {
+        let ty = vec_dot_type(weight_ty);
+        self.sets
+            .iter()
+            .find(|s| s.0 == ty && s.2)
+            .map_or(&[][..], |s| &s.1)
     }
 }
 

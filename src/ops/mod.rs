@@ -32,9 +32,10 @@ pub use attention::{causal_attention, KvView};
 pub use exp::exp_approx;
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use layer_norm::layer_norm;
+pub(crate) use matmul::{block_row, scatter_blocks};
 pub use matmul::{
     matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, matvec_serial,
-    quantize_activations, row_to_f32, rows_per_gemv_task, rows_per_task,
+    quantize_activations, row_to_f32, rows_per_gemv_task, rows_per_task, ActsByFormat,
 };
 pub use norm::{add_assign, rms_norm};
 pub use rope::{Rope, RopeLayout};

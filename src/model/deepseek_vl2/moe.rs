@@ -16,8 +16,7 @@ use crate::experts::{Expert, ExpertError, ExpertStore};
 use crate::loader::{Gating, TopkMethod, Weight};
 use crate::ops::spin_region::for_each_chunk;
 use crate::ops::{
-    matmul, matmul_gate_up_silu, quantize_activations, rows_per_gemv_task, silu_mul, softmax,
-    MatView,
+    matmul, matmul_gate_up_silu, rows_per_gemv_task, silu_mul, softmax, ActsByFormat, MatView,
 };
 
 /// The routing rule of one model.
@@ -188,7 +187,7 @@ pub struct MoeScratch {
     hidden: Vec<f32>,
     y: Vec<f32>,
     /// Decode: the token quantized once per activation type.
-    x_acts: Vec<(GgmlType, Vec<u8>)>,
+    x_acts: ActsByFormat,
     /// Decode: every expert's hidden row quantized for its down matrix.
     h_act: Vec<u8>,
 }
@@ -403,23 +402,12 @@ const SUB_ROWS: usize = 512;
 fn experts_one_token(jobs: &[ExpertJob<'_>], x: &[f32], out: &mut [f32], sc: &mut MoeScratch) {
     let k = x.len();
     // The token once per activation format (routed and shared types may differ).
+    sc.x_acts.reset();
     for j in jobs {
-        for ty in [vec_dot_type(j.gate.ty), vec_dot_type(j.up.ty)] {
-            if !sc.x_acts.iter().any(|(t, _)| *t == ty) {
-                sc.x_acts.push((ty, Vec::new()));
-            }
-        }
+        sc.x_acts.ensure(j.gate.ty, x, 1, k);
+        sc.x_acts.ensure(j.up.ty, x, 1, k);
     }
-    for (ty, buf) in sc.x_acts.iter_mut() {
-        quantize_activations(*ty, x, 1, k, buf);
-    }
-    let act = |ty: GgmlType| -> &[u8] {
-        let t = vec_dot_type(ty);
-        sc.x_acts
-            .iter()
-            .find(|(a, _)| *a == t)
-            .map_or(&[][..], |(_, b)| b)
-    };
+    let act = |ty: GgmlType| sc.x_acts.get(ty);
     // (1) The gate/up rows of all jobs, back to back in `hidden`, cut into tasks of about
     // equal weight bytes.
     let total: usize = jobs.iter().map(|j| j.gate.n).sum();
@@ -659,7 +647,7 @@ mod tests {
     }
 
     /// One MoE layer of `d` model width: 8 experts of width `f` (3 used) in `routed`
-    /// type, shared experts of width `2f` in `shared_ty`, a softmax router; and `n`
+    /// type (their up matrices in `routed_up`), shared experts of width `2f` in `shared_ty`, a softmax router; and `n`
     /// tokens of input.
     struct Layer {
         store: crate::experts::MmapExperts,
@@ -669,7 +657,14 @@ mod tests {
         x: Vec<f32>,
     }
 
-    fn layer(routed: GgmlType, shared_ty: GgmlType, d: usize, f: usize, n: usize) -> Layer {
+    fn layer(
+        routed: GgmlType,
+        routed_up: GgmlType,
+        shared_ty: GgmlType,
+        d: usize,
+        f: usize,
+        n: usize,
+    ) -> Layer {
         use crate::experts::{LayerExperts, MmapExperts};
         let e = 8usize;
         let vals = |seed: usize, len: usize| -> Vec<f32> {
@@ -688,7 +683,7 @@ mod tests {
         };
         let store = MmapExperts::new(vec![Some(LayerExperts {
             gate: w(routed, &[du, fu, eu], 1),
-            up: w(routed, &[du, fu, eu], 2),
+            up: w(routed_up, &[du, fu, eu], 2),
             down: w(routed, &[fu, du, eu], 3),
         })]);
         let shared = Mlp {
@@ -730,7 +725,7 @@ mod tests {
             weights,
             cfg: c,
             x,
-        } = layer(routed, shared_ty, d, f, 2);
+        } = layer(routed, routed, shared_ty, d, f, 2);
         let mut sc = MoeScratch::default();
         let mut batch = vec![0.0f32; 2 * d];
         let sh = Some(&shared);
@@ -843,16 +838,18 @@ mod tests {
     /// rows) gives the per-expert matmuls' bits: for 1 to 3 workers, one group or
     /// groups of 1 and 3 experts, 9 tokens (experts with one token and with many), the
     /// q4_0 recipe's mix (routed Q4_0, shared Q8_0), and K-quant routed experts (their
-    /// activations in Q8_K's 256-wide blocks) beside Q8_0 shared ones.
+    /// activations in Q8_K's 256-wide blocks) beside Q8_0 shared ones, and a gate and up
+    /// pairing with different activation formats (Q4_0 with Q8_0, Q4_K with Q8_K).
     #[test]
     fn batch_path_equals_per_expert_matmuls() {
         let n = 9;
-        for (routed, shared_ty, d, f) in [
-            (GgmlType::Q4_0, GgmlType::Q8_0, 64, 96),
-            (GgmlType::Q4_K, GgmlType::Q8_0, 256, 256),
-            (GgmlType::F32, GgmlType::F32, 32, 48),
+        for (routed, routed_up, shared_ty, d, f) in [
+            (GgmlType::Q4_0, GgmlType::Q4_0, GgmlType::Q8_0, 64, 96),
+            (GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q8_0, 256, 256),
+            (GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q8_0, 256, 256),
+            (GgmlType::F32, GgmlType::F32, GgmlType::F32, 32, 48),
         ] {
-            let l = layer(routed, shared_ty, d, f, n);
+            let l = layer(routed, routed_up, shared_ty, d, f, n);
             let want = per_expert_matmuls(&l, n, d);
             for threads in [1usize, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()

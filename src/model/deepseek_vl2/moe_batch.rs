@@ -19,13 +19,14 @@
 //! per-expert loop's bits (tested against it in `moe.rs`).
 
 use std::cell::Cell;
+use std::ops::Range;
 
 use quant::block::quantize_row;
 use quant::kernels::{gemm, vec_dot_type};
 use quant::GgmlType;
 
 use crate::ops::spin_region::for_each_chunk;
-use crate::ops::{quantize_activations, silu_mul, MatView};
+use crate::ops::{block_row, scatter_blocks, silu_mul, ActsByFormat, MatView};
 
 /// One expert MLP of the batch.
 #[derive(Clone, Copy)]
@@ -42,14 +43,21 @@ impl Job<'_> {
     fn m(&self, n: usize) -> usize {
         self.tokens.map_or(n, <[_]>::len)
     }
+
+    /// Bytes of one hidden row quantized for the down matrix.
+    fn down_act_bytes(&self) -> usize {
+        vec_dot_type(self.down.ty)
+            .row_bytes(self.gate.n as u64)
+            .unwrap_or(0) as usize
+    }
 }
 
 /// Buffers of the batch path, kept between layers and forward passes.
 #[derive(Default)]
 pub(super) struct BatchScratch {
-    /// The batch quantized once per activation format of the gate and up matrices, and
-    /// whether that is the current layer's (groups after the first reuse it).
-    x_acts: Vec<(GgmlType, Vec<u8>, bool)>,
+    /// The batch quantized once per activation format of the gate and up matrices (groups
+    /// after a layer's first reuse it).
+    x_acts: ActsByFormat,
     /// Each routed job's rows of those, gathered: gate's format, then up's if it differs.
     xs: Vec<u8>,
     /// `silu(gate) * up` per job: per task of rows `r0..r0 + rows`, `[tokens, rows]`.
@@ -91,7 +99,7 @@ pub(super) fn run_group(
     sc: &mut BatchScratch,
 ) {
     if first {
-        sc.x_acts.iter_mut().for_each(|a| a.2 = false);
+        sc.x_acts.reset();
         sc.down_rows = down_chunk_rows(d);
         sc.out_blocks.clear();
         sc.out_blocks.resize(n * d, 0.0);
@@ -99,50 +107,43 @@ pub(super) fn run_group(
     if jobs.is_empty() {
         return;
     }
-    // The tokens once per activation format (routed and shared formats may differ).
     for j in jobs {
-        for ty in [vec_dot_type(j.gate.ty), vec_dot_type(j.up.ty)] {
-            let i = match sc.x_acts.iter().position(|a| a.0 == ty) {
-                Some(i) => i,
-                None => {
-                    sc.x_acts.push((ty, Vec::new(), false));
-                    sc.x_acts.len() - 1
-                }
-            };
-            let (ty, buf, current) = &mut sc.x_acts[i];
-            if !*current {
-                quantize_activations(*ty, x, n, d, buf);
-                *current = true;
-            }
-        }
+        sc.x_acts.ensure(j.gate.ty, x, n, d);
+        sc.x_acts.ensure(j.up.ty, x, n, d);
     }
-    let x_acts = &sc.x_acts;
-    let x_act = |ty: GgmlType| -> &[u8] {
-        let t = vec_dot_type(ty);
-        x_acts.iter().find(|a| a.0 == t).map_or(&[][..], |a| &a.1)
-    };
     let act_row = |ty: GgmlType| vec_dot_type(ty).row_bytes(d as u64).unwrap_or(0) as usize;
-    // Each routed job's token rows, gathered: gate's format, then up's if it differs.
-    let parts = jobs
-        .iter()
-        .filter_map(|j| Some((j, j.tokens?)))
-        .flat_map(|(j, toks)| {
-            [(toks, j.gate.ty, false), (toks, j.up.ty, same_act(j))]
-                .into_iter()
-                .filter(|&(_, _, same)| !same)
-                .map(|(toks, ty, _)| (toks, ty))
-        });
-    let total: usize = parts
-        .clone()
-        .map(|(toks, ty)| toks.len() * act_row(ty))
-        .sum();
-    sc.xs.resize(total, 0);
+    // Where each routed job's token rows go in `xs`: gate's format, then up's if it differs.
+    let mut ranges = Vec::with_capacity(jobs.len());
+    let mut at = 0;
+    let mut next = |len: usize| {
+        at += len;
+        at - len..at
+    };
+    for j in jobs {
+        ranges.push(j.tokens.map(|toks| {
+            let g = next(toks.len() * act_row(j.gate.ty));
+            let u = match same_act(j) {
+                true => g.clone(),
+                false => next(toks.len() * act_row(j.up.ty)),
+            };
+            (g, u)
+        }));
+    }
+    // The rows gathered, a task per range.
+    sc.xs.resize(at, 0);
     let mut tasks = Vec::new();
     let mut rest = &mut sc.xs[..];
-    for (toks, ty) in parts {
-        let (dst, tail) = std::mem::take(&mut rest).split_at_mut(toks.len() * act_row(ty));
-        tasks.push(Some((toks, x_act(ty), act_row(ty), dst)));
-        rest = tail;
+    for (j, r) in jobs.iter().zip(&ranges) {
+        let (Some(toks), Some((g, u))) = (j.tokens, r) else {
+            continue;
+        };
+        let gate = (j.gate.ty, g.len());
+        let up = (j.up.ty, if same_act(j) { 0 } else { u.len() });
+        for (ty, len) in [gate, up].into_iter().filter(|&(_, len)| len > 0) {
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            tasks.push(Some((toks, sc.x_acts.get(ty), act_row(ty), dst)));
+            rest = tail;
+        }
     }
     for_each_chunk(&mut tasks, 1, |_, t| {
         let Some((toks, src, arb, dst)) = t[0].take() else {
@@ -152,31 +153,25 @@ pub(super) fn run_group(
             dst.copy_from_slice(&src[t * arb..][..arb]);
         }
     });
-    let mut acts = Vec::with_capacity(jobs.len());
-    let mut at = 0;
-    for j in jobs {
-        let m = j.m(n);
-        let pair = match j.tokens {
-            None => (x_act(j.gate.ty), x_act(j.up.ty)),
-            Some(_) => {
-                let ga = &sc.xs[at..at + m * act_row(j.gate.ty)];
-                at += ga.len();
-                let ua = if same_act(j) {
-                    ga
-                } else {
-                    let ua = &sc.xs[at..at + m * act_row(j.up.ty)];
-                    at += ua.len();
-                    ua
-                };
-                (ga, ua)
-            }
-        };
-        acts.push(pair);
-    }
+    let acts: Vec<(&[u8], &[u8])> = jobs
+        .iter()
+        .zip(&ranges)
+        .map(|(j, r)| match r {
+            Some((g, u)) => (&sc.xs[g.clone()], &sc.xs[u.clone()]),
+            None => (sc.x_acts.get(j.gate.ty), sc.x_acts.get(j.up.ty)),
+        })
+        .collect();
     let unit = task_unit(jobs, n);
     gate_up(jobs, &acts, n, d, unit, &mut sc.hidden);
-    quantize_hidden(jobs, n, unit, &sc.hidden, &mut sc.h_act);
-    down_and_sum(jobs, n, &sc.h_act, sc.down_rows, &mut sc.out_blocks);
+    let h_ranges = quantize_hidden(jobs, n, unit, &sc.hidden, &mut sc.h_act);
+    down_and_sum(
+        jobs,
+        n,
+        &sc.h_act,
+        &h_ranges,
+        sc.down_rows,
+        &mut sc.out_blocks,
+    );
 }
 
 /// Output rows per chunk of the down pass: 4 chunks per worker (equal work each: every
@@ -254,19 +249,22 @@ fn gate_up(
 }
 
 /// Region 2: each job's hidden rows (scattered over its gate/up tasks' blocks) quantized
-/// for its down matrix, in tasks of [`QUANT_TOKENS`] tokens.
-fn quantize_hidden(jobs: &[Job<'_>], n: usize, unit: usize, hidden: &[f32], h_act: &mut Vec<u8>) {
-    let row_bytes = |j: &Job<'_>| {
-        vec_dot_type(j.down.ty)
-            .row_bytes(j.gate.n as u64)
-            .unwrap_or(0) as usize
-    };
-    let total: usize = jobs.iter().map(|j| j.m(n) * row_bytes(j)).sum();
+/// for its down matrix, in tasks of [`QUANT_TOKENS`] tokens; returns each job's rows'
+/// range in `h_act`.
+fn quantize_hidden(
+    jobs: &[Job<'_>],
+    n: usize,
+    unit: usize,
+    hidden: &[f32],
+    h_act: &mut Vec<u8>,
+) -> Vec<Range<usize>> {
+    let total: usize = jobs.iter().map(|j| j.m(n) * j.down_act_bytes()).sum();
     h_act.resize(total, 0);
+    let mut ranges = Vec::with_capacity(jobs.len());
     let mut tasks = Vec::new();
-    let (mut rest, mut h0) = (&mut h_act[..], 0);
+    let (mut rest, mut h0, mut at) = (&mut h_act[..], 0, 0);
     for (ji, j) in jobs.iter().enumerate() {
-        let (m, rb) = (j.m(n), row_bytes(j));
+        let (m, rb) = (j.m(n), j.down_act_bytes());
         for t0 in (0..m).step_by(QUANT_TOKENS) {
             let count = QUANT_TOKENS.min(m - t0);
             let (dst, tail) = std::mem::take(&mut rest).split_at_mut(count * rb);
@@ -274,49 +272,43 @@ fn quantize_hidden(jobs: &[Job<'_>], n: usize, unit: usize, hidden: &[f32], h_ac
             rest = tail;
         }
         h0 += m * j.gate.n;
+        ranges.push(at..at + m * rb);
+        at += m * rb;
     }
     for_each_chunk(&mut tasks, 1, |_, t| {
         let Some((ji, h0, t0, dst)) = t[0].take() else {
             return;
         };
         let j = &jobs[ji];
-        let (m, f, rb) = (j.m(n), j.gate.n, row_bytes(j));
+        let (m, f) = (j.m(n), j.gate.n);
         let rpt = gate_up_rows(j, m, unit);
         let h = &hidden[h0..h0 + m * f];
         with_task_buf(f, |row| {
-            for (i, dst) in dst.chunks_mut(rb).enumerate() {
-                let tok = t0 + i;
-                for r0 in (0..f).step_by(rpt) {
-                    let rows = rpt.min(f - r0);
-                    row[r0..r0 + rows].copy_from_slice(&h[r0 * m + tok * rows..][..rows]);
-                }
+            for (i, dst) in dst.chunks_mut(j.down_act_bytes()).enumerate() {
+                block_row(h, 1, rpt, m, t0 + i, row);
                 // Cannot fail: the hidden width is the down matrix's row length.
                 let _ = quantize_row(vec_dot_type(j.down.ty), row, dst);
             }
         });
     });
+    ranges
 }
 
 /// Region 3: per chunk of `rpt` output rows, every job's down rows over its tokens, each
 /// token's outputs added into the chunk's `[tokens, rows]` block with the job's weight,
 /// in job order.
-fn down_and_sum(jobs: &[Job<'_>], n: usize, h_act: &[u8], rpt: usize, blocks: &mut [f32]) {
-    let row_bytes = |j: &Job<'_>| {
-        vec_dot_type(j.down.ty)
-            .row_bytes(j.gate.n as u64)
-            .unwrap_or(0) as usize
-    };
-    let mut offsets = Vec::with_capacity(jobs.len());
-    let mut at = 0;
-    for j in jobs {
-        let len = j.m(n) * row_bytes(j);
-        offsets.push(at..at + len);
-        at += len;
-    }
+fn down_and_sum(
+    jobs: &[Job<'_>],
+    n: usize,
+    h_act: &[u8],
+    offsets: &[Range<usize>],
+    rpt: usize,
+    blocks: &mut [f32],
+) {
     for_each_chunk(blocks, rpt * n, |ci, blk| {
         let r0 = ci * rpt;
         let rows = blk.len() / n;
-        for (j, act) in jobs.iter().zip(&offsets) {
+        for (j, act) in jobs.iter().zip(offsets) {
             let (m, rb) = (j.m(n), j.down.row_bytes());
             let dw = &j.down.data[r0 * rb..(r0 + rows) * rb];
             with_task_buf(m * rows, |y| {
@@ -346,15 +338,5 @@ fn down_and_sum(jobs: &[Job<'_>], n: usize, h_act: &[u8], rpt: usize, blocks: &m
 
 /// `out` (`[n, d]`) from the output blocks of the layer's groups.
 pub(super) fn finish(sc: &BatchScratch, n: usize, d: usize, out: &mut [f32]) {
-    let rpt = sc.down_rows;
-    let blocks = &sc.out_blocks;
-    for_each_chunk(out, d * QUANT_TOKENS, |ci, o| {
-        for (i, o) in o.chunks_mut(d).enumerate() {
-            let t = ci * QUANT_TOKENS + i;
-            for r0 in (0..d).step_by(rpt) {
-                let rows = rpt.min(d - r0);
-                o[r0..r0 + rows].copy_from_slice(&blocks[r0 * n + t * rows..][..rows]);
-            }
-        }
-    });
+    scatter_blocks(&sc.out_blocks, 1, d, sc.down_rows, n, out);
 }
