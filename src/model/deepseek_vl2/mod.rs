@@ -7,6 +7,7 @@ pub mod language;
 pub mod layer_offload;
 pub mod moe;
 mod moe_batch;
+mod moe_token;
 pub mod preprocess;
 pub mod projector;
 pub mod prompt;

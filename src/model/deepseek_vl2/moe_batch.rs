@@ -29,7 +29,8 @@ use quant::GgmlType;
 use crate::ops::spin_region::for_each_chunk;
 use crate::ops::{block_row, scatter_blocks, silu_mul, ActsByFormat, MatView};
 
-/// One expert MLP of the batch.
+/// One expert MLP and the tokens routed to it: the unit of the batch path and of decode
+/// ([`super::moe_token`], where a routed job holds its one token).
 #[derive(Clone, Copy)]
 pub(super) struct Job<'a> {
     pub gate: MatView<'a>,
@@ -46,7 +47,7 @@ impl Job<'_> {
     }
 
     /// Bytes of one hidden row quantized for the down matrix.
-    fn down_act_bytes(&self) -> usize {
+    pub(super) fn down_act_bytes(&self) -> usize {
         vec_dot_type(self.down.ty)
             .row_bytes(self.gate.n as u64)
             .unwrap_or(0) as usize
