@@ -19,6 +19,10 @@
 #   ROUNDS    alternating rounds per file and thread count (default 2)
 #   REPS      repetitions inside each program's run (default 2)
 #   N_PROMPT  prompt tokens (default 512); N_GEN decode tokens (default 64)
+#   DEPTH     tokens already in the context before both measurements (llama-bench's -d,
+#             `bench model -d`; default 0): an image chat decodes at a depth of ~1,000
+#   LLAMA_CACHE_TYPE  llama-bench's KV cache type for keys and values (-ctk/-ctv; default:
+#             its own default, f16). pocketvl's cache is f32; f32 here compares equal precision
 #   LLAMACPP_DIR, LLAMACPP_JOBS: passed to scripts/llamacpp-interop.sh
 #   LLAMA_BENCH_BUILD  llama-bench's build directory (default $LLAMACPP_DIR/bench-build, or
 #                      bench-build-avx2 with ISA=avx2); the binary is
@@ -39,6 +43,9 @@ ROUNDS="${ROUNDS:-2}"
 REPS="${REPS:-2}"
 N_PROMPT="${N_PROMPT:-512}"
 N_GEN="${N_GEN:-64}"
+DEPTH="${DEPTH:-0}"
+LLAMA_CACHE_TYPE="${LLAMA_CACHE_TYPE:-}"
+[[ "$DEPTH" =~ ^[0-9]+$ ]] || { echo "[compare_llamacpp] ERROR: DEPTH must be a whole number, not '$DEPTH'" >&2; exit 1; }
 FILES=("$@")
 if [ "${#FILES[@]}" -eq 0 ]; then
     FILES=(/work/models/tiny-q4_0.gguf /work/models/tiny-q8_0.gguf /work/models/tiny-q4_k.gguf)
@@ -95,8 +102,11 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 # llama-bench's JSON: one object per test; avg_ts is tokens/s.
+LLAMA_CACHE_ARGS=()
+[ -n "$LLAMA_CACHE_TYPE" ] && LLAMA_CACHE_ARGS=(-ctk "$LLAMA_CACHE_TYPE" -ctv "$LLAMA_CACHE_TYPE")
 llama_run() { # file threads -> "pp_tok_s tg_tok_s"
-    "$LLAMA_BENCH" -m "$1" -t "$2" -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" -o json \
+    "$LLAMA_BENCH" -m "$1" -t "$2" -p "$N_PROMPT" -n "$N_GEN" -d "$DEPTH" -r "$REPS" \
+        "${LLAMA_CACHE_ARGS[@]}" -o json \
         >"$TMP/llama.json" 2>"$TMP/llama.err" \
         || { tail -n 20 "$TMP/llama.err" >&2; die "llama-bench failed on $1"; }
     python3 - "$TMP/llama.json" <<'EOF'
@@ -112,7 +122,7 @@ EOF
 }
 
 ours_run() { # file threads -> "pp_tok_s tg_tok_s roofline_tok_s"
-    "$POCKETVL" bench model -m "$1" -t "$2" -p "$N_PROMPT" -n "$N_GEN" --reps "$REPS" \
+    "$POCKETVL" bench model -m "$1" -t "$2" -p "$N_PROMPT" -n "$N_GEN" -d "$DEPTH" --reps "$REPS" \
         --no-vision --json >"$TMP/ours.out" 2>"$TMP/ours.err" \
         || { tail -n 20 "$TMP/ours.err" >&2; die "pocketvl bench model failed on $1"; }
     tail -n 1 "$TMP/ours.out" | python3 -c "
@@ -121,8 +131,10 @@ j = json.load(sys.stdin)
 print(j['prefill_tok_s'], j['decode_tok_s'], j['decode_roofline_tok_s'])"
 }
 
+AT=""
+[ "$DEPTH" -gt 0 ] && AT="@d$DEPTH"
 printf '%-22s %3s %5s %12s %12s %7s %12s %12s %7s %9s\n' file thr round \
-    "llama pp$N_PROMPT" "ours pp$N_PROMPT" ratio "llama tg$N_GEN" "ours tg$N_GEN" ratio "roofline"
+    "llama pp$N_PROMPT$AT" "ours pp$N_PROMPT$AT" ratio "llama tg$N_GEN$AT" "ours tg$N_GEN$AT" ratio "roofline"
 for f in "${FILES[@]}"; do
     for t in $THREADS; do
         for r in $(seq 1 "$ROUNDS"); do

@@ -42,6 +42,10 @@ pub struct ModelBenchOptions {
     pub n_prompt: usize,
     /// Generated tokens of the decode measurement (0 = skip).
     pub n_gen: usize,
+    /// Tokens already in the context before each prefill and decode measurement
+    /// (llama-bench's `-d`): a chat's decode after an image prompt reads the KV cache of
+    /// ~1,000 positions beside the weights.
+    pub n_depth: usize,
     pub reps: usize,
     /// Print progress on stderr.
     pub progress: bool,
@@ -92,6 +96,7 @@ pub struct ModelBenchResult {
     pub reps: usize,
     pub n_prompt: usize,
     pub n_gen: usize,
+    pub n_depth: usize,
     pub prefill_tok_s: Option<f64>,
     pub decode_tok_s: Option<f64>,
     pub vision_ms_per_tile: Option<f64>,
@@ -111,6 +116,10 @@ pub struct ModelBenchResult {
     pub kernel_isa: &'static str,
     /// Weight bytes one decode step reads (see [`decode_bytes_per_token`]).
     pub decode_weight_mb: f64,
+    /// KV cache bytes one decode step reads, averaged over the measured steps (the cache's
+    /// f32 rows of every position up to the step's, in every layer). Not in the roofline,
+    /// which counts weights only (as issue 7 defines it): at depth 0 this is ~1% of them.
+    pub decode_kv_mb: Option<f64>,
     pub decode_roofline_tok_s: f64,
     /// decode_tok_s ÷ decode_roofline_tok_s.
     pub decode_fraction_of_roofline: Option<f64>,
@@ -212,10 +221,10 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         model.set_offload(off);
     }
     let n_ctx = model.hp.n_ctx;
-    if o.n_prompt > n_ctx || o.n_gen > n_ctx {
+    if o.n_depth + o.n_prompt > n_ctx || o.n_depth + o.n_gen > n_ctx {
         return Err(ModelBenchError::Args(format!(
-            "-p {} / -n {} exceed the model's context of {n_ctx} tokens",
-            o.n_prompt, o.n_gen
+            "-d {} + -p {} / -n {} tokens exceed the model's context of {n_ctx} tokens",
+            o.n_depth, o.n_prompt, o.n_gen
         )));
     }
     let decode_bytes = decode_bytes_per_token(&file, model.hp.n_expert_used);
@@ -245,9 +254,11 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         None => None,
     };
     let n_vocab = model.hp.n_vocab;
-    let prompt: Vec<u32> = (0..o.n_prompt.max(WARMUP_TOKENS))
+    // The depth's tokens, then the prompt's: deterministic ids.
+    let ids: Vec<u32> = (0..o.n_depth + o.n_prompt.max(WARMUP_TOKENS))
         .map(|i| ((i * 7919 + 13) % n_vocab) as u32)
         .collect();
+    let (depth, prompt) = ids.split_at(o.n_depth);
 
     say("warm-up");
     let mut session = Sequence::new(&model);
@@ -256,21 +267,30 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
 
     let (mut prefill, mut decode, mut vis, mut ttft) = (vec![], vec![], vec![], vec![]);
     let (mut tiles, mut ttft_tokens) = (None, None);
+    // An empty cache, then (untimed) the depth's tokens in it.
+    let fill = |session: &mut Sequence| -> Result<(), ModelBenchError> {
+        session.reset();
+        if !depth.is_empty() {
+            let emb = model.embed_tokens(depth)?;
+            model.forward(&mut session.state, &emb, 0, LogitsWanted::Last)?;
+        }
+        Ok(())
+    };
     for rep in 0..o.reps {
         if o.n_prompt > 0 {
-            session.reset();
+            fill(&mut session)?;
             let emb = model.embed_tokens(&prompt[..o.n_prompt])?;
             let t0 = Instant::now();
-            model.forward(&mut session.state, &emb, 0, LogitsWanted::Last)?;
+            model.forward(&mut session.state, &emb, o.n_depth, LogitsWanted::Last)?;
             prefill.push(o.n_prompt as f64 / t0.elapsed().as_secs_f64());
         }
         if o.n_gen > 0 {
-            session.reset();
+            fill(&mut session)?;
             let t0 = Instant::now();
             let mut id = prompt[0];
             // As the generation loop decodes: buffers reused, logits borrowed.
             let mut e = Vec::new();
-            for pos in 0..o.n_gen {
+            for pos in o.n_depth..o.n_depth + o.n_gen {
                 model.embed_tokens_into(&[id], &mut e)?;
                 let logits =
                     model.forward_logits(&mut session.state, &e, pos, LogitsWanted::Last)?;
@@ -310,6 +330,11 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         say(&format!("rep {}/{} done", rep + 1, o.reps));
     }
     let peak_rss = rss::status_field("VmHWM").or_else(rss::max_rss_bytes);
+    // The step at position p reads the rows of positions 0..=p.
+    let kv = session.state.cache();
+    let row_bytes = ((kv.k_width() + kv.v_width()) * 4 * model.hp.n_layer) as f64;
+    let mean_rows = o.n_depth as f64 + (o.n_gen as f64 + 1.0) / 2.0;
+    let decode_kv_mb = (o.n_gen > 0).then(|| mean_rows * row_bytes / 1e6);
     let expert_stats = model.experts().stats();
     // The rooflines' 512 MiB probe buffer must not stack on the model's memory (an expert
     // cache filled to its budget, the mapped pinned weights): under a memory limit that sum
@@ -341,6 +366,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         reps: o.reps,
         n_prompt: o.n_prompt,
         n_gen: o.n_gen,
+        n_depth: o.n_depth,
         prefill_tok_s: spread.prefill_tok_s.map(|s| s.median),
         decode_tok_s,
         vision_ms_per_tile: spread.vision_ms_per_tile.map(|s| s.median),
@@ -354,6 +380,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         fma_isa,
         kernel_isa: quant::kernels::table().isa,
         decode_weight_mb: decode_bytes as f64 / 1e6,
+        decode_kv_mb,
         decode_roofline_tok_s,
         decode_fraction_of_roofline: decode_tok_s.map(|d| d / decode_roofline_tok_s),
         spread,
@@ -449,13 +476,17 @@ impl ModelBenchResult {
         if let Some(d) = &self.device {
             s += &format!("offloaded: {} on {d}\n", self.offload);
         }
+        let at = match self.n_depth {
+            0 => String::new(),
+            d => format!(" @ d{d}"),
+        };
         s += &line(
-            &format!("prefill ({} tok)", self.n_prompt),
+            &format!("prefill ({} tok{at})", self.n_prompt),
             "tok/s",
             &self.spread.prefill_tok_s,
         );
         s += &line(
-            &format!("decode ({} tok)", self.n_gen),
+            &format!("decode ({} tok{at})", self.n_gen),
             "tok/s",
             &self.spread.decode_tok_s,
         );
@@ -471,6 +502,9 @@ impl ModelBenchResult {
         );
         if let Some(f) = self.decode_fraction_of_roofline {
             s += &format!(", decode at {:.0}% of it", f * 100.0);
+        }
+        if let Some(kv) = self.decode_kv_mb {
+            s += &format!(" (and {kv:.1} MB of KV cache per token)");
         }
         s += "\n";
         if let Some(r) = self.peak_rss_mb {

@@ -47,6 +47,11 @@ pub struct BenchModelArgs {
     /// Tokens of the decode measurement (0 = skip).
     #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
     pub n_gen: usize,
+    /// Tokens already in the context before each prefill and decode measurement (as
+    /// llama-bench's -d): decode after an image prompt (~1,000 tokens) also reads their
+    /// KV cache.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    pub n_depth: usize,
     /// Repetitions; medians and ranges are reported.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
@@ -110,6 +115,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 threads,
                 n_prompt: a.n_prompt,
                 n_gen: a.n_gen,
+                n_depth: a.n_depth,
                 reps: a.reps,
                 progress: true,
                 experts: a.experts.options(),

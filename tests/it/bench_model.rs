@@ -90,6 +90,65 @@ fn json_has_every_key_with_sane_values() {
     assert!(stdout.contains("decode (4 tok)"), "{stdout}");
 }
 
+/// `-d N` (llama-bench's depth) runs the prefill and decode after N tokens in the context:
+/// the decode's mean KV cache bytes per step follow from the checkpoint's own config (f32
+/// key and value rows of every position up to the step's, in every layer), and a depth that
+/// does not fit the context is a clear error.
+#[test]
+fn depth_fills_the_context_first_and_counts_its_cache() {
+    let (_dir, model) = common::converted("tiny-mha", "q8_0");
+    let cfg = common::load_json(&common::fixture("tiny-mha").join("hf/config.json"));
+    let l = &cfg["language_config"];
+    let n = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("{k} in {l}")) as f64;
+    let head_dim = n("hidden_size") / n("num_attention_heads");
+    // MHA: a key and a value row of n_kv_heads x head_dim floats per position and layer.
+    let row_bytes = 2.0 * n("num_key_value_heads") * head_dim * 4.0 * n("num_hidden_layers");
+    let o = pocketvl(&[
+        "bench",
+        "model",
+        "-m",
+        s(&model),
+        "--no-vision",
+        "-t",
+        "1",
+        "-d",
+        "8",
+        "-p",
+        "4",
+        "-n",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = last_json(&o);
+    assert_eq!(j["n_depth"], 8);
+    positive(&j, "prefill_tok_s");
+    positive(&j, "decode_tok_s");
+    // Steps at positions 8 and 9 read 9 and 10 rows.
+    let want = 9.5 * row_bytes / 1e6;
+    let kv = positive(&j, "decode_kv_mb");
+    assert!((kv - want).abs() < 1e-9, "{kv} MB, want {want}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("decode (2 tok @ d8)"), "{stdout}");
+    let ctx = n("max_position_embeddings") as usize;
+    let e = fails(&[
+        "bench",
+        "model",
+        "-m",
+        s(&model),
+        "--no-vision",
+        "-d",
+        &ctx.to_string(),
+        "-p",
+        "0",
+        "-n",
+        "1",
+    ]);
+    assert!(e.contains("exceed the model's context"), "{e}");
+}
+
 fn fails(args: &[&str]) -> String {
     let o = pocketvl(args);
     assert!(!o.status.success(), "expected failure for {args:?}");
