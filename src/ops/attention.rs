@@ -17,9 +17,18 @@
 //!   `d_v`, broadcasting the probabilities. Before, each (query, key) took a dot product
 //!   with a horizontal sum, a libm `exp` and an axpy: ~9% of a 1,034-token TTFT's samples
 //!   for arithmetic worth ~1% at the FMA rate.
-//! - decode and short chunks: one task per head, its queries one at a time: a dot product
-//!   per key, the exact two-pass softmax and axpys over the value rows; at one query the
-//!   tiles' lanes would be mostly empty.
+//! - short chunks, and decode over fewer than [`SPLIT_MIN`] positions: one task per head,
+//!   its queries one at a time: a dot product per key, the exact two-pass softmax and axpys
+//!   over the value rows; at one query the tiles' lanes would be mostly empty.
+//! - decode over a longer cache (a chat after an image prompt): tasks of [`SPLIT_CHUNK`]
+//!   positions with every head at once, in two parallel regions (scores and their maxima;
+//!   then probabilities and value sums), combined in chunk order. A task per head read one
+//!   head's slice of every cache row, a 512-byte piece every 5 KB for Tiny's MHA, which
+//!   the prefetchers do not follow: at 1,024 positions the cache was read at about half
+//!   the memory's speed. Here each task reads whole rows in order, once for all the heads
+//!   that share them (MLA's 16 heads read the one latent row once, not 16 times). The
+//!   scores, maxima and probabilities are the per-head path's; only the sums of the
+//!   probabilities and of the weighted values are added per chunk first.
 //!
 //! Both are one body compiled three times (baseline with the tiles' scalar twins,
 //! AVX2+FMA, AVX-512F), picked at run time; every build does the same f32 operations in
@@ -58,6 +67,12 @@ const R: usize = 8;
 /// Calls with fewer queries take the per-query path: a block of `QB` lanes would be mostly
 /// padding (per key, the tiles cost about as much as 16 single-query dot products).
 const TILED_MIN: usize = 16;
+/// One query over this many positions or more takes the position-split path (below it, a
+/// task per head is as fast: the rows are few and cached, and the split adds a region).
+const SPLIT_MIN: usize = 256;
+/// Positions per task of the position-split path: fixed, so results do not depend on the
+/// thread count.
+const SPLIT_CHUNK: usize = 64;
 
 /// Per-worker buffers, kept per thread between calls; taken out while in use so a nested
 /// call on the same thread cannot alias them.
@@ -88,15 +103,28 @@ struct Job<'a> {
 }
 
 /// A build of [`attend_body`]: runs one task into its output.
-type Build = fn(&Job<'_>, Task, &mut Scratch, &mut [f32]);
+type Build = fn(&Job<'_>, Task<'_>, &mut Scratch, &mut [f32]);
 
-/// One task: its output is `dst`, `[rows, d_v]`.
+/// One task and its output `dst`.
 #[derive(Clone, Copy)]
-enum Task {
-    /// Queries `t0..t0 + rows` of head `h`, one at a time (per-query path).
+enum Task<'a> {
+    /// Queries `t0..t0 + rows` of head `h`, one at a time (per-query path); `dst` is
+    /// `[rows, d_v]`.
     Queries { t0: usize, h: usize },
     /// Queries `t0..t0 + rows` (`QB`, fewer at the end) of head `h` as one block.
     Block { t0: usize, h: usize },
+    /// The one query's scores against positions `c * SPLIT_CHUNK..` (at most
+    /// [`SPLIT_CHUNK`]), every head: `dst` is `[positions][n_head]`, then the chunk's
+    /// maximum per head.
+    Scores { c: usize },
+    /// The same positions' probabilities against each head's maximum `max` (`scores`: this
+    /// chunk's part of [`Task::Scores`]' output): `dst` is their sum per head, then
+    /// `[n_head][d_v]` sums of the value rows they weight.
+    Values {
+        c: usize,
+        scores: &'a [f32],
+        max: &'a [f32],
+    },
 }
 
 /// `out[t, h] = softmax_s(scale * q[t, h] · k[s, g(h)]) · v[s, g(h)]` over
@@ -151,6 +179,9 @@ fn run_tasks(
         attend(&job, task, &mut s, dst);
         SCRATCH.with(|c| c.set(s));
     };
+    if n_tokens == 1 && pos0 + 1 >= SPLIT_MIN {
+        return split_positions(&job, out, &run);
+    }
     if n_tokens == 1 {
         for_each_chunk(out, d_v, |h, dst| run(Task::Queries { t0: 0, h }, dst));
         return;
@@ -186,8 +217,67 @@ fn run_tasks(
         });
 }
 
+/// Buffers of [`split_positions`], kept per calling thread between calls (decode allocates
+/// nothing once they have grown to the context).
+#[derive(Default)]
+struct SplitScratch {
+    /// Per chunk: `[SPLIT_CHUNK][n_head]` scores, then `n_head` maxima.
+    scores: Vec<f32>,
+    /// Per chunk: `n_head` sums, then `[n_head][d_v]` weighted value sums.
+    values: Vec<f32>,
+    /// Per head: the maximum score, then the sum of the probabilities.
+    max: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+thread_local! {
+    static SPLIT: std::cell::Cell<SplitScratch> = std::cell::Cell::new(SplitScratch::default());
+}
+
+/// One query (`job.n_tokens == 1`) over its `pos0 + 1` positions, split by positions: see
+/// the module doc. `out` is `[n_head, d_v]`.
+fn split_positions(job: &Job<'_>, out: &mut [f32], run: &(dyn Fn(Task<'_>, &mut [f32]) + Sync)) {
+    let (n_head, d_v) = (job.n_head, job.kv.d_v);
+    let chunks = (job.pos0 + 1).div_ceil(SPLIT_CHUNK);
+    let mut sp = SPLIT.with(|c| c.take());
+    let sc_len = (SPLIT_CHUNK + 1) * n_head;
+    sp.scores.resize(chunks * sc_len, 0.0);
+    for_each_chunk(&mut sp.scores, sc_len, |c, dst| {
+        run(Task::Scores { c }, dst)
+    });
+    // Each head's maximum over the chunks' maxima (exact in any order).
+    sp.max.clear();
+    sp.max.resize(n_head, f32::NEG_INFINITY);
+    for part in sp.scores.chunks_exact(sc_len) {
+        for (m, &x) in sp.max.iter_mut().zip(&part[SPLIT_CHUNK * n_head..]) {
+            *m = m.max(x);
+        }
+    }
+    let v_len = n_head * (1 + d_v);
+    sp.values.resize(chunks * v_len, 0.0);
+    let (scores, max) = (&sp.scores, &sp.max);
+    for_each_chunk(&mut sp.values, v_len, |c, dst| {
+        let scores = &scores[c * sc_len..][..SPLIT_CHUNK * n_head];
+        run(Task::Values { c, scores, max }, dst)
+    });
+    // The chunks' sums in chunk order, then normalised as the per-head path does.
+    out.fill(0.0);
+    sp.sums.clear();
+    sp.sums.resize(n_head, 0.0);
+    for part in sp.values.chunks_exact(v_len) {
+        let (l, acc) = part.split_at(n_head);
+        sp.sums.iter_mut().zip(l).for_each(|(s, l)| *s += l);
+        out.iter_mut().zip(acc).for_each(|(o, a)| *o += a);
+    }
+    for (o, &l) in out.chunks_exact_mut(d_v).zip(&sp.sums) {
+        let inv = 1.0 / l;
+        o.iter_mut().for_each(|o| *o *= inv);
+    }
+    SPLIT.with(|c| c.set(sp));
+}
+
 /// [`attend_body`] in the widest build this CPU runs.
-fn attend(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
+fn attend(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::use_avx512f() {
@@ -205,14 +295,14 @@ fn attend(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
 /// [`attend_body`] compiled with AVX-512F, with its tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn attend_avx512(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
+fn attend_avx512(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mut [f32]) {
     attend_body::<avx512::Tiles>(job, task, s, dst)
 }
 
 /// [`attend_body`] compiled with AVX2 and FMA, with its tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
+fn attend_avx2(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mut [f32]) {
     attend_body::<avx2::Tiles>(job, task, s, dst)
 }
 
@@ -253,7 +343,7 @@ impl Tile for Scalar {
 
 /// One task's loops; inlined into each build so they are vectorised for it.
 #[inline(always)]
-fn attend_body<P: Tile>(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f32]) {
+fn attend_body<P: Tile>(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mut [f32]) {
     match task {
         Task::Queries { t0, h } => {
             for (i, dst) in dst.chunks_exact_mut(job.kv.d_v).enumerate() {
@@ -261,6 +351,50 @@ fn attend_body<P: Tile>(job: &Job<'_>, task: Task, s: &mut Scratch, dst: &mut [f
             }
         }
         Task::Block { t0, h } => attend_block::<P>(job, t0, h, s, dst),
+        Task::Scores { c } => split_scores(job, c, dst),
+        Task::Values { c, scores, max } => split_values(job, c, scores, max, dst),
+    }
+}
+
+/// [`Task::Scores`]: per position of the chunk, every head's score (as [`attend_query`]
+/// computes it), and each head's maximum over the chunk.
+#[inline(always)]
+fn split_scores(job: &Job<'_>, c: usize, dst: &mut [f32]) {
+    let (kv, n_head) = (job.kv, job.n_head);
+    let s0 = c * SPLIT_CHUNK;
+    let n = SPLIT_CHUNK.min(job.pos0 + 1 - s0);
+    let (sc, max) = dst.split_at_mut(SPLIT_CHUNK * n_head);
+    max.fill(f32::NEG_INFINITY);
+    for (i, row) in sc.chunks_exact_mut(n_head).take(n).enumerate() {
+        let k = &kv.k[(s0 + i) * kv.k_stride..];
+        for (h, (x, m)) in row.iter_mut().zip(max.iter_mut()).enumerate() {
+            let q = &job.q[h * kv.d_k..][..kv.d_k];
+            *x = dot(q, &k[(h / job.group) * kv.d_k..][..kv.d_k]) * job.scale;
+            *m = m.max(*x);
+        }
+    }
+}
+
+/// [`Task::Values`]: per position of the chunk and head, the probability against the
+/// head's maximum (as [`attend_query`]), summed, and the value row it weights, summed.
+#[inline(always)]
+fn split_values(job: &Job<'_>, c: usize, scores: &[f32], max: &[f32], dst: &mut [f32]) {
+    let (kv, n_head, d_v) = (job.kv, job.n_head, job.kv.d_v);
+    let s0 = c * SPLIT_CHUNK;
+    let n = SPLIT_CHUNK.min(job.pos0 + 1 - s0);
+    let (sums, acc) = dst.split_at_mut(n_head);
+    sums.fill(0.0);
+    acc.fill(0.0);
+    for (i, row) in scores.chunks_exact(n_head).take(n).enumerate() {
+        let v = &kv.v[(s0 + i) * kv.v_stride..];
+        for (h, ((&x, &m), l)) in row.iter().zip(max).zip(sums.iter_mut()).enumerate() {
+            let p = exp_approx(x - m);
+            *l += p;
+            let v = &v[(h / job.group) * d_v..][..d_v];
+            for (o, v) in acc[h * d_v..][..d_v].iter_mut().zip(v) {
+                *o += p * v;
+            }
+        }
     }
 }
 
@@ -676,8 +810,10 @@ mod tests {
 
     /// Odd sizes around the blocks (queries off `QB` and `TILED_MIN`, keys off `KS` and
     /// `R`, widths off the vector widths), cache offsets, grouped heads, prefix values, the
-    /// model's head width.
-    const CASES: [Case; 9] = [
+    /// model's head width; one query over `SPLIT_MIN` positions or more (the position-split
+    /// path: exactly `SPLIT_MIN`, a last chunk short of `SPLIT_CHUNK`, Tiny's MHA heads at an
+    /// image prompt's depth, MLA's heads sharing one latent row).
+    const CASES: [Case; 13] = [
         Case {
             n: 1,
             pos0: 0,
@@ -759,6 +895,42 @@ mod tests {
             dv: 24,
             prefix: false,
         },
+        Case {
+            n: 1,
+            pos0: SPLIT_MIN - 1,
+            h: 3,
+            hkv: 3,
+            dk: 37,
+            dv: 13,
+            prefix: false,
+        },
+        Case {
+            n: 1,
+            pos0: 300,
+            h: 4,
+            hkv: 2,
+            dk: 20,
+            dv: 12,
+            prefix: true,
+        },
+        Case {
+            n: 1,
+            pos0: 1100,
+            h: 10,
+            hkv: 10,
+            dk: 128,
+            dv: 128,
+            prefix: false,
+        },
+        Case {
+            n: 1,
+            pos0: 700,
+            h: 16,
+            hkv: 1,
+            dk: 72,
+            dv: 64,
+            prefix: true,
+        },
     ];
 
     /// A case's queries and cache (values: their own rows, or the key rows' prefix).
@@ -822,11 +994,11 @@ mod tests {
         let mut b: Vec<(&str, Build)> = vec![("scalar", attend_body::<Scalar>)];
         #[cfg(target_arch = "x86_64")]
         {
-            fn avx2(j: &Job<'_>, t: Task, s: &mut Scratch, d: &mut [f32]) {
+            fn avx2(j: &Job<'_>, t: Task<'_>, s: &mut Scratch, d: &mut [f32]) {
                 // SAFETY: listed only after AVX2 and FMA were detected.
                 unsafe { attend_avx2(j, t, s, d) }
             }
-            fn avx512(j: &Job<'_>, t: Task, s: &mut Scratch, d: &mut [f32]) {
+            fn avx512(j: &Job<'_>, t: Task<'_>, s: &mut Scratch, d: &mut [f32]) {
                 // SAFETY: listed only after AVX-512F was detected.
                 unsafe { attend_avx512(j, t, s, d) }
             }
