@@ -22,7 +22,8 @@
 #   DEPTH     tokens already in the context before both measurements (llama-bench's -d,
 #             `bench model -d`; default 0): an image chat decodes at a depth of ~1,000
 #   LLAMA_CACHE_TYPE  llama-bench's KV cache type for keys and values (-ctk/-ctv; default:
-#             its own default, f16). pocketvl's cache is f32; f32 here compares equal precision
+#             its own default, f16; the pinned llama-bench takes f16, bf16, q8_0, q4_0, ...,
+#             not f32). pocketvl's cache is f32: at a depth it reads twice llama.cpp's bytes
 #   LLAMACPP_DIR, LLAMACPP_JOBS: passed to scripts/llamacpp-interop.sh
 #   LLAMA_BENCH_BUILD  llama-bench's build directory (default $LLAMACPP_DIR/bench-build, or
 #                      bench-build-avx2 with ISA=avx2); the binary is
