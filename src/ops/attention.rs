@@ -1055,6 +1055,42 @@ mod tests {
         }
     }
 
+    /// One query over a long cache gives the same bits under any number of workers (its
+    /// chunks are a fixed number of positions, not a share of the threads).
+    #[test]
+    fn position_split_is_the_same_at_any_thread_count() {
+        let c = CASES[11];
+        assert!(c.n == 1 && c.pos0 + 1 >= SPLIT_MIN, "{c:?}");
+        let rows = c.pos0 + c.n;
+        let (q, k, v) = data(
+            c,
+            lcg(7, c.n * c.h * c.dk, 1.5),
+            lcg(8, rows * c.hkv * c.dk, 1.5),
+            lcg(9, rows * c.hkv * c.dv, 2.0),
+        );
+        let kv = view(c, &k, &v);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut out = vec![0.0f32; c.h * c.dv];
+            pool.install(|| causal_attention(&q, 1, c.h, &kv, c.pos0, 0.09, &mut out));
+            out
+        };
+        let one = run(1);
+        for threads in [2, 3, 5] {
+            let out = run(threads);
+            for (i, (a, b)) in out.iter().zip(&one).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{threads} threads: out[{i}] {a} vs {b}"
+                );
+            }
+        }
+    }
+
     /// Edge data: one dominant key per query (large scores, a softmax of ~one key), equal
     /// scores (a uniform softmax), all-zero queries.
     #[test]
