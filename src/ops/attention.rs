@@ -17,18 +17,19 @@
 //!   `d_v`, broadcasting the probabilities. Before, each (query, key) took a dot product
 //!   with a horizontal sum, a libm `exp` and an axpy: ~9% of a 1,034-token TTFT's samples
 //!   for arithmetic worth ~1% at the FMA rate.
-//! - short chunks, and decode over fewer than [`SPLIT_MIN`] positions: one task per head,
-//!   its queries one at a time: a dot product per key, the exact two-pass softmax and axpys
-//!   over the value rows; at one query the tiles' lanes would be mostly empty.
-//! - decode over a longer cache (a chat after an image prompt): tasks of [`SPLIT_CHUNK`]
-//!   positions with every head at once, in two parallel regions (scores and their maxima;
-//!   then probabilities and value sums), combined in chunk order. A task per head read one
-//!   head's slice of every cache row, a 512-byte piece every 5 KB for Tiny's MHA, which
-//!   the prefetchers do not follow: at 1,024 positions the cache was read at about half
-//!   the memory's speed. Here each task reads whole rows in order, once for all the heads
-//!   that share them (MLA's 16 heads read the one latent row once, not 16 times). The
-//!   scores, maxima and probabilities are the per-head path's; only the sums of the
-//!   probabilities and of the weighted values are added per chunk first.
+//! - fewer than [`TILED_MIN`] queries over fewer than [`SPLIT_MIN`] positions: one task per
+//!   head, its queries one at a time: a dot product per key, the exact two-pass softmax and
+//!   axpys over the value rows; at one query the tiles' lanes would be mostly empty.
+//! - the same over a longer cache (decode, or a short chat turn, after an image prompt):
+//!   tasks of [`SPLIT_CHUNK`] positions with every query and head at once, in two parallel
+//!   regions (scores and their maxima; then probabilities and value sums), combined in
+//!   chunk order. A task per head read one head's slice of every cache row, a 512-byte
+//!   piece every 5 KB for Tiny's MHA, which the prefetchers do not follow, once per query:
+//!   at 1,024 positions decode read the cache at about half the memory's speed. Here each
+//!   task reads whole rows in order, once for all the queries and heads that share them
+//!   (MLA's 16 heads read the one latent row once, not 16 times). The scores, maxima and
+//!   probabilities are the per-head path's; only the sums of the probabilities and of the
+//!   weighted values are added per chunk first.
 //!
 //! Both are one body compiled three times (baseline with the tiles' scalar twins,
 //! AVX2+FMA, AVX-512F), picked at run time; every build does the same f32 operations in
@@ -67,8 +68,9 @@ const R: usize = 8;
 /// Calls with fewer queries take the per-query path: a block of `QB` lanes would be mostly
 /// padding (per key, the tiles cost about as much as 16 single-query dot products).
 const TILED_MIN: usize = 16;
-/// One query over this many positions or more takes the position-split path (below it, a
-/// task per head is as fast: the rows are few and cached, and the split adds a region).
+/// Fewer than [`TILED_MIN`] queries over this many positions or more take the
+/// position-split path (below it, a task per head is as fast: the rows are few and cached,
+/// and the split adds a region).
 const SPLIT_MIN: usize = 256;
 /// Positions per task of the position-split path: fixed, so results do not depend on the
 /// thread count.
@@ -113,13 +115,13 @@ enum Task<'a> {
     Queries { t0: usize, h: usize },
     /// Queries `t0..t0 + rows` (`QB`, fewer at the end) of head `h` as one block.
     Block { t0: usize, h: usize },
-    /// The one query's scores against positions `c * SPLIT_CHUNK..` (at most
-    /// [`SPLIT_CHUNK`]), every head: `dst` is `[positions][n_head]`, then the chunk's
-    /// maximum per head.
+    /// The queries' scores against positions `c * SPLIT_CHUNK..` (at most
+    /// [`SPLIT_CHUNK`]) that they see, every head: `dst` is `[positions][n_tokens * n_head]`,
+    /// then the chunk's maximum per query and head.
     Scores { c: usize },
-    /// The same positions' probabilities against each head's maximum `max` (`scores`: this
-    /// chunk's part of [`Task::Scores`]' output): `dst` is their sum per head, then
-    /// `[n_head][d_v]` sums of the value rows they weight.
+    /// The same positions' probabilities against each query and head's maximum `max`
+    /// (`scores`: this chunk's part of [`Task::Scores`]' output): `dst` is their sum per
+    /// query and head, then `[n_tokens * n_head][d_v]` sums of the value rows they weight.
     Values {
         c: usize,
         scores: &'a [f32],
@@ -179,7 +181,7 @@ fn run_tasks(
         attend(&job, task, &mut s, dst);
         SCRATCH.with(|c| c.set(s));
     };
-    if n_tokens == 1 && pos0 + 1 >= SPLIT_MIN {
+    if n_tokens < TILED_MIN && pos0 + n_tokens >= SPLIT_MIN {
         return split_positions(&job, out, &run);
     }
     if n_tokens == 1 {
@@ -221,11 +223,11 @@ fn run_tasks(
 /// nothing once they have grown to the context).
 #[derive(Default)]
 struct SplitScratch {
-    /// Per chunk: `[SPLIT_CHUNK][n_head]` scores, then `n_head` maxima.
+    /// Per chunk: `[SPLIT_CHUNK][n_tokens * n_head]` scores, then as many maxima.
     scores: Vec<f32>,
-    /// Per chunk: `n_head` sums, then `[n_head][d_v]` weighted value sums.
+    /// Per chunk: `n_tokens * n_head` sums, then `[n_tokens * n_head][d_v]` value sums.
     values: Vec<f32>,
-    /// Per head: the maximum score, then the sum of the probabilities.
+    /// Per query and head: the maximum score, then the sum of the probabilities.
     max: Vec<f32>,
     sums: Vec<f32>,
 }
@@ -234,38 +236,39 @@ thread_local! {
     static SPLIT: std::cell::Cell<SplitScratch> = std::cell::Cell::new(SplitScratch::default());
 }
 
-/// One query (`job.n_tokens == 1`) over its `pos0 + 1` positions, split by positions: see
-/// the module doc. `out` is `[n_head, d_v]`.
+/// The queries over their `pos0 + n_tokens` positions, split by positions: see the module
+/// doc. `out` is `[n_tokens, n_head, d_v]`.
 fn split_positions(job: &Job<'_>, out: &mut [f32], run: &(dyn Fn(Task<'_>, &mut [f32]) + Sync)) {
-    let (n_head, d_v) = (job.n_head, job.kv.d_v);
-    let chunks = (job.pos0 + 1).div_ceil(SPLIT_CHUNK);
+    // Output rows: one per query and head.
+    let (rows, d_v) = (job.n_tokens * job.n_head, job.kv.d_v);
+    let chunks = (job.pos0 + job.n_tokens).div_ceil(SPLIT_CHUNK);
     let mut sp = SPLIT.with(|c| c.take());
-    let sc_len = (SPLIT_CHUNK + 1) * n_head;
+    let sc_len = (SPLIT_CHUNK + 1) * rows;
     sp.scores.resize(chunks * sc_len, 0.0);
     for_each_chunk(&mut sp.scores, sc_len, |c, dst| {
         run(Task::Scores { c }, dst)
     });
-    // Each head's maximum over the chunks' maxima (exact in any order).
+    // Each query and head's maximum over the chunks' maxima (exact in any order).
     sp.max.clear();
-    sp.max.resize(n_head, f32::NEG_INFINITY);
+    sp.max.resize(rows, f32::NEG_INFINITY);
     for part in sp.scores.chunks_exact(sc_len) {
-        for (m, &x) in sp.max.iter_mut().zip(&part[SPLIT_CHUNK * n_head..]) {
+        for (m, &x) in sp.max.iter_mut().zip(&part[SPLIT_CHUNK * rows..]) {
             *m = m.max(x);
         }
     }
-    let v_len = n_head * (1 + d_v);
+    let v_len = rows * (1 + d_v);
     sp.values.resize(chunks * v_len, 0.0);
     let (scores, max) = (&sp.scores, &sp.max);
     for_each_chunk(&mut sp.values, v_len, |c, dst| {
-        let scores = &scores[c * sc_len..][..SPLIT_CHUNK * n_head];
+        let scores = &scores[c * sc_len..][..SPLIT_CHUNK * rows];
         run(Task::Values { c, scores, max }, dst)
     });
     // The chunks' sums in chunk order, then normalised as the per-head path does.
     out.fill(0.0);
     sp.sums.clear();
-    sp.sums.resize(n_head, 0.0);
+    sp.sums.resize(rows, 0.0);
     for part in sp.values.chunks_exact(v_len) {
-        let (l, acc) = part.split_at(n_head);
+        let (l, acc) = part.split_at(rows);
         sp.sums.iter_mut().zip(l).for_each(|(s, l)| *s += l);
         out.iter_mut().zip(acc).for_each(|(o, a)| *o += a);
     }
@@ -356,42 +359,57 @@ fn attend_body<P: Tile>(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mu
     }
 }
 
-/// [`Task::Scores`]: per position of the chunk, every head's score (as [`attend_query`]
-/// computes it), and each head's maximum over the chunk.
+/// [`Task::Scores`]: per position of the chunk, every query's and head's score (as
+/// [`attend_query`] computes it; `-inf` for a query that does not see the position), and
+/// their maxima over the chunk.
 #[inline(always)]
 fn split_scores(job: &Job<'_>, c: usize, dst: &mut [f32]) {
-    let (kv, n_head) = (job.kv, job.n_head);
+    let (kv, n_head, rows) = (job.kv, job.n_head, job.n_tokens * job.n_head);
     let s0 = c * SPLIT_CHUNK;
-    let n = SPLIT_CHUNK.min(job.pos0 + 1 - s0);
-    let (sc, max) = dst.split_at_mut(SPLIT_CHUNK * n_head);
+    let n = SPLIT_CHUNK.min(job.pos0 + job.n_tokens - s0);
+    let (sc, max) = dst.split_at_mut(SPLIT_CHUNK * rows);
     max.fill(f32::NEG_INFINITY);
-    for (i, row) in sc.chunks_exact_mut(n_head).take(n).enumerate() {
+    for (i, row) in sc.chunks_exact_mut(rows).take(n).enumerate() {
         let k = &kv.k[(s0 + i) * kv.k_stride..];
-        for (h, (x, m)) in row.iter_mut().zip(max.iter_mut()).enumerate() {
-            let q = &job.q[h * kv.d_k..][..kv.d_k];
+        // Query t sees positions up to pos0 + t.
+        let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens);
+        let (hidden, seen) = row.split_at_mut(first * n_head);
+        hidden.fill(f32::NEG_INFINITY);
+        let max = &mut max[first * n_head..];
+        for (j, (x, m)) in seen.iter_mut().zip(max.iter_mut()).enumerate() {
+            let (t, h) = (first + j / n_head, j % n_head);
+            let q = &job.q[(t * n_head + h) * kv.d_k..][..kv.d_k];
             *x = dot(q, &k[(h / job.group) * kv.d_k..][..kv.d_k]) * job.scale;
             *m = m.max(*x);
         }
     }
 }
 
-/// [`Task::Values`]: per position of the chunk and head, the probability against the
-/// head's maximum (as [`attend_query`]), summed, and the value row it weights, summed.
+/// [`Task::Values`]: per position of the chunk, query that sees it and head, the
+/// probability against the maximum (as [`attend_query`]), summed, and the value row it
+/// weights, summed.
 #[inline(always)]
 fn split_values(job: &Job<'_>, c: usize, scores: &[f32], max: &[f32], dst: &mut [f32]) {
     let (kv, n_head, d_v) = (job.kv, job.n_head, job.kv.d_v);
+    let rows = job.n_tokens * n_head;
     let s0 = c * SPLIT_CHUNK;
-    let n = SPLIT_CHUNK.min(job.pos0 + 1 - s0);
-    let (sums, acc) = dst.split_at_mut(n_head);
+    let n = SPLIT_CHUNK.min(job.pos0 + job.n_tokens - s0);
+    let (sums, acc) = dst.split_at_mut(rows);
     sums.fill(0.0);
     acc.fill(0.0);
-    for (i, row) in scores.chunks_exact(n_head).take(n).enumerate() {
+    for (i, row) in scores.chunks_exact(rows).take(n).enumerate() {
         let v = &kv.v[(s0 + i) * kv.v_stride..];
-        for (h, ((&x, &m), l)) in row.iter().zip(max).zip(sums.iter_mut()).enumerate() {
+        let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens) * n_head;
+        let seen = row[first..]
+            .iter()
+            .zip(&max[first..])
+            .zip(&mut sums[first..]);
+        for (j, ((&x, &m), l)) in seen.enumerate() {
             let p = exp_approx(x - m);
             *l += p;
+            let h = (first + j) % n_head;
             let v = &v[(h / job.group) * d_v..][..d_v];
-            for (o, v) in acc[h * d_v..][..d_v].iter_mut().zip(v) {
+            for (o, v) in acc[(first + j) * d_v..][..d_v].iter_mut().zip(v) {
                 *o += p * v;
             }
         }
@@ -810,11 +828,12 @@ mod tests {
 
     /// Odd sizes around the blocks (queries off `QB` and `TILED_MIN`, keys off `KS` and
     /// `R`, widths off the vector widths), cache offsets, grouped heads, prefix values, the
-    /// model's head width; one query over `SPLIT_MIN` positions or more (the position-split
-    /// path: exactly `SPLIT_MIN`, a last chunk short of `SPLIT_CHUNK`, Tiny's MHA heads at an
-    /// image prompt's depth, MLA's heads sharing one latent row).
+    /// model's head width; fewer than `TILED_MIN` queries over `SPLIT_MIN` positions or more
+    /// (the position-split path: exactly `SPLIT_MIN`, a last chunk short of `SPLIT_CHUNK`,
+    /// Tiny's MHA heads at an image prompt's depth, MLA's heads sharing one latent row,
+    /// several queries, some of them not seeing the first chunks' ends).
     #[rustfmt::skip]
-    const CASES: [Case; 13] = [
+    const CASES: [Case; 15] = [
         Case { n: 1, pos0: 0, h: 1, hkv: 1, dk: 1, dv: 1, prefix: false },
         Case { n: 1, pos0: 130, h: 4, hkv: 2, dk: 20, dv: 12, prefix: true },
         Case { n: 5, pos0: 3, h: 3, hkv: 3, dk: 37, dv: 13, prefix: false },
@@ -828,6 +847,8 @@ mod tests {
         Case { n: 1, pos0: 300, h: 4, hkv: 2, dk: 20, dv: 12, prefix: true },
         Case { n: 1, pos0: 1100, h: 10, hkv: 10, dk: 128, dv: 128, prefix: false },
         Case { n: 1, pos0: 700, h: 16, hkv: 1, dk: 72, dv: 64, prefix: true },
+        Case { n: 5, pos0: 300, h: 4, hkv: 2, dk: 20, dv: 12, prefix: true },
+        Case { n: 15, pos0: 250, h: 3, hkv: 3, dk: 37, dv: 13, prefix: false },
     ];
 
     /// A case's queries and cache (values: their own rows, or the key rows' prefix).
