@@ -221,7 +221,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         model.set_offload(off);
     }
     let n_ctx = model.hp.n_ctx;
-    if o.n_depth + o.n_prompt > n_ctx || o.n_depth + o.n_gen > n_ctx {
+    if o.n_depth.saturating_add(o.n_prompt.max(o.n_gen)) > n_ctx {
         return Err(ModelBenchError::Args(format!(
             "-d {} + -p {} / -n {} tokens exceed the model's context of {n_ctx} tokens",
             o.n_depth, o.n_prompt, o.n_gen

@@ -147,6 +147,19 @@ fn depth_fills_the_context_first_and_counts_its_cache() {
         "1",
     ]);
     assert!(e.contains("exceed the model's context"), "{e}");
+    let huge = usize::MAX.to_string();
+    let e = fails(&[
+        "bench",
+        "model",
+        "-m",
+        s(&model),
+        "--no-vision",
+        "-d",
+        &huge,
+        "-n",
+        "1",
+    ]);
+    assert!(e.contains("exceed the model's context"), "{e}");
 }
 
 fn fails(args: &[&str]) -> String {
