@@ -364,7 +364,8 @@ fn attend_body<P: Tile>(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mu
 /// their maxima over the chunk.
 #[inline(always)]
 fn split_scores(job: &Job<'_>, c: usize, dst: &mut [f32]) {
-    let (kv, n_head, rows) = (job.kv, job.n_head, job.n_tokens * job.n_head);
+    let (kv, n_head, d_k) = (job.kv, job.n_head, job.kv.d_k);
+    let rows = job.n_tokens * n_head;
     let s0 = c * SPLIT_CHUNK;
     let n = SPLIT_CHUNK.min(job.pos0 + job.n_tokens - s0);
     let (sc, max) = dst.split_at_mut(SPLIT_CHUNK * rows);
@@ -373,14 +374,18 @@ fn split_scores(job: &Job<'_>, c: usize, dst: &mut [f32]) {
         let k = &kv.k[(s0 + i) * kv.k_stride..];
         // Query t sees positions up to pos0 + t.
         let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens);
-        let (hidden, seen) = row.split_at_mut(first * n_head);
-        hidden.fill(f32::NEG_INFINITY);
-        let max = &mut max[first * n_head..];
-        for (j, (x, m)) in seen.iter_mut().zip(max.iter_mut()).enumerate() {
-            let (t, h) = (first + j / n_head, j % n_head);
-            let q = &job.q[(t * n_head + h) * kv.d_k..][..kv.d_k];
-            *x = dot(q, &k[(h / job.group) * kv.d_k..][..kv.d_k]) * job.scale;
-            *m = m.max(*x);
+        row[..first * n_head].fill(f32::NEG_INFINITY);
+        for t in first..job.n_tokens {
+            let q = &job.q[t * n_head * d_k..][..n_head * d_k];
+            let x = &mut row[t * n_head..][..n_head];
+            let m = &mut max[t * n_head..][..n_head];
+            for g in 0..kv.n_kv_head {
+                let kg = &k[g * d_k..][..d_k];
+                for h in g * job.group..(g + 1) * job.group {
+                    x[h] = dot(&q[h * d_k..][..d_k], kg) * job.scale;
+                    m[h] = m[h].max(x[h]);
+                }
+            }
         }
     }
 }
@@ -399,18 +404,18 @@ fn split_values(job: &Job<'_>, c: usize, scores: &[f32], max: &[f32], dst: &mut 
     acc.fill(0.0);
     for (i, row) in scores.chunks_exact(rows).take(n).enumerate() {
         let v = &kv.v[(s0 + i) * kv.v_stride..];
-        let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens) * n_head;
-        let seen = row[first..]
-            .iter()
-            .zip(&max[first..])
-            .zip(&mut sums[first..]);
-        for (j, ((&x, &m), l)) in seen.enumerate() {
-            let p = exp_approx(x - m);
-            *l += p;
-            let h = (first + j) % n_head;
-            let v = &v[(h / job.group) * d_v..][..d_v];
-            for (o, v) in acc[(first + j) * d_v..][..d_v].iter_mut().zip(v) {
-                *o += p * v;
+        let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens);
+        for t in first..job.n_tokens {
+            let r0 = t * n_head;
+            for g in 0..kv.n_kv_head {
+                let vg = &v[g * d_v..][..d_v];
+                for r in r0 + g * job.group..r0 + (g + 1) * job.group {
+                    let p = exp_approx(row[r] - max[r]);
+                    sums[r] += p;
+                    for (o, v) in acc[r * d_v..][..d_v].iter_mut().zip(vg) {
+                        *o += p * v;
+                    }
+                }
             }
         }
     }
