@@ -255,14 +255,21 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     };
     let n_vocab = model.hp.n_vocab;
     // The depth's tokens, then the prompt's: deterministic ids.
-    let ids: Vec<u32> = (0..o.n_depth + o.n_prompt.max(WARMUP_TOKENS))
+    let ids: Vec<u32> = (0..o.n_depth + o.n_prompt.max(o.n_gen).max(WARMUP_TOKENS))
         .map(|i| ((i * 7919 + 13) % n_vocab) as u32)
         .collect();
     let (depth, prompt) = ids.split_at(o.n_depth);
 
     say("warm-up");
     let mut session = Sequence::new(&model);
-    let warm = model.embed_tokens(&prompt[..WARMUP_TOKENS.min(n_ctx)])?;
+    // At a depth, over every position a measurement will hold: the KV cache grows to its
+    // size here, not inside the first timed repetition (llama.cpp allocates its cache for
+    // the whole context up front; ours grows with the sequence).
+    let warm_len = match o.n_depth {
+        0 => WARMUP_TOKENS,
+        d => d + o.n_prompt.max(o.n_gen),
+    };
+    let warm = model.embed_tokens(&ids[..warm_len.min(n_ctx)])?;
     model.forward(&mut session.state, &warm, 0, LogitsWanted::Last)?;
 
     let (mut prefill, mut decode, mut vis, mut ttft) = (vec![], vec![], vec![], vec![]);
