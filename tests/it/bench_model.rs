@@ -103,24 +103,16 @@ fn depth_fills_the_context_first_and_counts_its_cache() {
     let head_dim = n("hidden_size") / n("num_attention_heads");
     // MHA: a key and a value row of n_kv_heads x head_dim floats per position and layer.
     let row_bytes = 2.0 * n("num_key_value_heads") * head_dim * 4.0 * n("num_hidden_layers");
-    let o = pocketvl(&[
-        "bench",
-        "model",
-        "-m",
-        s(&model),
-        "--no-vision",
-        "-t",
-        "1",
-        "-d",
-        "8",
-        "-p",
-        "4",
-        "-n",
-        "2",
-        "--reps",
-        "1",
-        "--json",
-    ]);
+    let m = s(&model);
+    let args = |rest: &str| -> Vec<String> {
+        let head = ["bench", "model", "-m", m, "--no-vision"];
+        head.iter()
+            .map(|a| a.to_string())
+            .chain(rest.split(' ').map(String::from))
+            .collect()
+    };
+    let run = |rest: &str| pocketvl(&args(rest).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run("-t 1 -d 8 -p 4 -n 2 --reps 1 --json");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j = last_json(&o);
     assert_eq!(j["n_depth"], 8);
@@ -133,32 +125,10 @@ fn depth_fills_the_context_first_and_counts_its_cache() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("decode (2 tok @ d8)"), "{stdout}");
     let ctx = n("max_position_embeddings") as usize;
-    let e = fails(&[
-        "bench",
-        "model",
-        "-m",
-        s(&model),
-        "--no-vision",
-        "-d",
-        &ctx.to_string(),
-        "-p",
-        "0",
-        "-n",
-        "1",
-    ]);
+    let fails_with = |rest: &str| fails(&args(rest).iter().map(String::as_str).collect::<Vec<_>>());
+    let e = fails_with(&format!("-d {ctx} -p 0 -n 1"));
     assert!(e.contains("exceed the model's context"), "{e}");
-    let huge = usize::MAX.to_string();
-    let e = fails(&[
-        "bench",
-        "model",
-        "-m",
-        s(&model),
-        "--no-vision",
-        "-d",
-        &huge,
-        "-n",
-        "1",
-    ]);
+    let e = fails_with(&format!("-d {} -n 1", usize::MAX));
     assert!(e.contains("exceed the model's context"), "{e}");
 }
 
