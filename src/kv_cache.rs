@@ -12,6 +12,9 @@
 //! does not pay for 4096 positions. `truncate` keeps a prefix: a new chat turn
 //! reuses every position whose tokens did not change.
 
+/// Bytes of one cached value (rows are f32).
+const ELEM_BYTES: usize = std::mem::size_of::<f32>();
+
 /// Per-layer cache rows.
 #[derive(Debug, Default, Clone)]
 struct LayerKv {
@@ -106,8 +109,13 @@ impl KvCache {
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| (l.k.capacity() + l.v.capacity()) * 4)
+            .map(|l| (l.k.capacity() + l.v.capacity()) * ELEM_BYTES)
             .sum()
+    }
+
+    /// Bytes one position holds over all layers (what attention reads per cached position).
+    pub fn bytes_per_position(&self) -> usize {
+        (self.k_width + self.v_width) * ELEM_BYTES * self.layers.len()
     }
 }
 

@@ -338,8 +338,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     }
     let peak_rss = rss::status_field("VmHWM").or_else(rss::max_rss_bytes);
     // The step at position p reads the rows of positions 0..=p.
-    let kv = session.state.cache();
-    let row_bytes = ((kv.k_width() + kv.v_width()) * 4 * model.hp.n_layer) as f64;
+    let row_bytes = session.state.cache().bytes_per_position() as f64;
     let mean_rows = o.n_depth as f64 + (o.n_gen as f64 + 1.0) / 2.0;
     let decode_kv_mb = (o.n_gen > 0).then(|| mean_rows * row_bytes / 1e6);
     let expert_stats = model.experts().stats();

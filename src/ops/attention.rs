@@ -31,7 +31,7 @@
 //!   probabilities are the per-head path's; only the sums of the probabilities and of the
 //!   weighted values are added per chunk first.
 //!
-//! Both are one body compiled three times (baseline with the tiles' scalar twins,
+//! All three are one body compiled three times (baseline with the tiles' scalar twins,
 //! AVX2+FMA, AVX-512F), picked at run time; every build does the same f32 operations in
 //! the same order (fused multiply-adds in the products, `t` ascending, and the shared
 //! [`exp_approx`]), so they give the same bits (tested).
