@@ -20,6 +20,7 @@ use crate::model::deepseek_vl2::preprocess::select_best_resolution;
 use crate::model::deepseek_vl2::prompt::{build_chat, Message, Role, IMAGE_TAG};
 use crate::model::deepseek_vl2::vision::VisionModel;
 use crate::model::deepseek_vl2::{LanguageModel, LogitsWanted};
+use crate::ops::region_clock::{self, RegionTotals};
 use crate::tokenizer::Tokenizer;
 
 /// Most threads accepted: anything above is a typo, not a machine.
@@ -47,6 +48,8 @@ pub struct ModelBenchOptions {
     /// ~1,000 positions beside the weights.
     pub n_depth: usize,
     pub reps: usize,
+    /// Time the decode's parallel regions ([`region_clock`]): `decode_regions` in the result.
+    pub regions: bool,
     /// Print progress on stderr.
     pub progress: bool,
     /// The expert store (`--mem-budget` and the paging flags).
@@ -123,9 +126,57 @@ pub struct ModelBenchResult {
     pub decode_roofline_tok_s: f64,
     /// decode_tok_s ÷ decode_roofline_tok_s.
     pub decode_fraction_of_roofline: Option<f64>,
+    /// Where the decode's thread time went (`--regions`; its clock slows decode a little).
+    pub decode_regions: Option<RegionProfile>,
     pub spread: SpreadTable,
     /// The expert store's counters over the whole benchmark (warm-up included).
     pub expert_stats: Option<ExpertStats>,
+}
+
+/// The decode steps' time by the [`region_clock`]: per token, and the threads' time (wall
+/// time x threads) as four fractions that add up to 1.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RegionProfile {
+    /// Parallel regions per decoded token.
+    pub regions_per_token: f64,
+    /// Mean wall time of one region, µs.
+    pub region_us: f64,
+    /// Wall time of one decode step, ms.
+    pub step_ms: f64,
+    /// Fraction of the steps' wall time inside regions.
+    pub in_regions: f64,
+    /// Threads in tasks.
+    pub busy: f64,
+    /// Helpers not yet in (or never in) a region they were asked into.
+    pub absent: f64,
+    /// Threads in a region with no task left to claim.
+    pub waiting: f64,
+    /// Between regions (one thread at the serial work, the others idle).
+    pub outside: f64,
+}
+
+impl RegionProfile {
+    /// From the clock's totals over `tokens` decode steps that took `step_ns` in all, on a
+    /// pool of `threads`; `None` if nothing was timed.
+    pub fn of(t: &RegionTotals, tokens: u64, step_ns: u64, threads: usize) -> Option<Self> {
+        if tokens == 0 || step_ns == 0 || t.regions == 0 {
+            return None;
+        }
+        let all = step_ns as f64 * threads as f64;
+        // Regions end inside the steps, so their wall time is at most the steps'; the
+        // clamp guards only against clock granularity.
+        let outside_ns = step_ns.saturating_sub(t.wall_ns) as f64 * threads as f64;
+        Some(RegionProfile {
+            regions_per_token: t.regions as f64 / tokens as f64,
+            region_us: t.wall_ns as f64 / t.regions as f64 / 1e3,
+            step_ms: step_ns as f64 / tokens as f64 / 1e6,
+            in_regions: t.wall_ns as f64 / step_ns as f64,
+            busy: t.busy_ns as f64 / all,
+            absent: t.absent_ns as f64 / all,
+            waiting: t.waiting_ns() as f64 / all,
+            outside: outside_ns / all,
+        })
+    }
 }
 
 /// Every repeated measurement's median and range.
@@ -274,6 +325,8 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
 
     let (mut prefill, mut decode, mut vis, mut ttft) = (vec![], vec![], vec![], vec![]);
     let (mut tiles, mut ttft_tokens) = (None, None);
+    // The decode steps' region totals and wall time (`--regions`).
+    let (mut region_totals, mut decode_ns) = (RegionTotals::default(), 0u64);
     // An empty cache, then (untimed) the depth's tokens in it.
     let fill = |session: &mut Sequence| -> Result<(), ModelBenchError> {
         session.reset();
@@ -293,6 +346,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         }
         if o.n_gen > 0 {
             fill(&mut session)?;
+            let clock = o.regions.then(region_clock::record);
             let t0 = Instant::now();
             let mut id = prompt[0];
             // As the generation loop decodes: buffers reused, logits borrowed.
@@ -303,7 +357,12 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
                     model.forward_logits(&mut session.state, &e, pos, LogitsWanted::Last)?;
                 id = argmax(logits);
             }
-            decode.push(o.n_gen as f64 / t0.elapsed().as_secs_f64());
+            let took = t0.elapsed();
+            if let Some(c) = clock {
+                region_totals.add(&c.stop());
+                decode_ns += u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            }
+            decode.push(o.n_gen as f64 / took.as_secs_f64());
         }
         if let (Some(v), Some(img)) = (&vision, &image) {
             session.reset();
@@ -389,6 +448,12 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         decode_kv_mb,
         decode_roofline_tok_s,
         decode_fraction_of_roofline: decode_tok_s.map(|d| d / decode_roofline_tok_s),
+        decode_regions: RegionProfile::of(
+            &region_totals,
+            (o.n_gen * o.reps) as u64,
+            decode_ns,
+            o.threads,
+        ),
         spread,
         expert_stats: Some(expert_stats),
     })
@@ -513,6 +578,20 @@ impl ModelBenchResult {
             s += &format!(" (and {kv:.1} MB of KV cache per token)");
         }
         s += "\n";
+        if let Some(p) = &self.decode_regions {
+            s += &format!(
+                "decode regions: {:.1} per token of {:.1} µs, {:.0}% of a {:.2} ms step; \
+                 thread time: {:.0}% in tasks, {:.0}% absent, {:.0}% waiting, {:.0}% outside\n",
+                p.regions_per_token,
+                p.region_us,
+                p.in_regions * 100.0,
+                p.step_ms,
+                p.busy * 100.0,
+                p.absent * 100.0,
+                p.waiting * 100.0,
+                p.outside * 100.0
+            );
+        }
         if let Some(r) = self.peak_rss_mb {
             s += &format!("peak RSS {r:.0} MB (mapped weights included)\n");
         }
@@ -537,6 +616,25 @@ mod tests {
         assert_eq!(s.median, 2.5);
         assert!(Spread::of(&[]).is_none());
         assert!(Spread::of(&[f64::NAN]).is_none());
+    }
+
+    /// The four parts are shares of steps x threads: regions' thread time split by the
+    /// clock, the rest of the steps' wall time outside.
+    #[test]
+    fn region_profile_parts_add_up() {
+        let t = RegionTotals {
+            regions: 10,
+            wall_ns: 800,
+            thread_ns: 1600,
+            busy_ns: 1000,
+            absent_ns: 200,
+        };
+        let p = RegionProfile::of(&t, 2, 1000, 2).unwrap();
+        assert_eq!((p.busy, p.absent, p.waiting, p.outside), (0.5, 0.1, 0.2, 0.2));
+        assert_eq!((p.regions_per_token, p.in_regions), (5.0, 0.8));
+        assert_eq!((p.region_us, p.step_ms), (0.08, 0.0005));
+        assert!(RegionProfile::of(&RegionTotals::default(), 2, 1000, 2).is_none());
+        assert!(RegionProfile::of(&t, 0, 1000, 2).is_none());
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub struct BenchModelArgs {
     /// Repetitions; medians and ranges are reported.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Time the decode's parallel regions: regions per token and the threads' time in
+    /// tasks, absent (not yet woken into a region), waiting (no task left) and outside
+    /// regions (JSON: `decode_regions`). The clock slows decode a little.
+    #[arg(long)]
+    pub regions: bool,
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
@@ -117,6 +122,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 n_gen: a.n_gen,
                 n_depth: a.n_depth,
                 reps: a.reps,
+                regions: a.regions,
                 progress: true,
                 experts: a.experts.options(),
                 backend: a.gpu.options()?,

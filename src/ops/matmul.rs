@@ -293,19 +293,25 @@ pub fn matmul_gate_up_silu(
         };
         // Per task: [2, n_tokens, rows] (gate block, then up block).
         s.blocks.resize(2 * n_tokens * n, 0.0);
-        s.blocks
-            .par_chunks_mut(2 * rpt * n_tokens)
-            .enumerate()
-            .for_each(|(ci, blk)| {
-                let r0 = ci * rpt;
-                let rows = blk.len() / (2 * n_tokens);
-                let (g, u) = blk.split_at_mut(rows * n_tokens);
-                let gw = &gate.data[r0 * grb..(r0 + rows) * grb];
-                let uw = &up.data[r0 * urb..(r0 + rows) * urb];
-                gemm(gate.ty, k, gw, rows, ga, n_tokens, g, rows);
-                gemm(up.ty, k, uw, rows, ua, n_tokens, u, rows);
-                silu_mul(g, u);
-            });
+        let task = |ci: usize, blk: &mut [f32]| {
+            let r0 = ci * rpt;
+            let rows = blk.len() / (2 * n_tokens);
+            let (g, u) = blk.split_at_mut(rows * n_tokens);
+            let gw = &gate.data[r0 * grb..(r0 + rows) * grb];
+            let uw = &up.data[r0 * urb..(r0 + rows) * urb];
+            gemm(gate.ty, k, gw, rows, ga, n_tokens, g, rows);
+            gemm(up.ty, k, uw, rows, ua, n_tokens, u, rows);
+            silu_mul(g, u);
+        };
+        if n_tokens == 1 {
+            // Decode (the dense layers' MLP): a spin region, as every one-token product.
+            for_each_chunk(&mut s.blocks, 2 * rpt, task);
+        } else {
+            s.blocks
+                .par_chunks_mut(2 * rpt * n_tokens)
+                .enumerate()
+                .for_each(|(ci, blk)| task(ci, blk));
+        }
         // The gate halves (now silu(g)*u) into `out`.
         scatter_blocks(&s.blocks, 2, n, rpt, n_tokens, out);
     })

@@ -21,6 +21,7 @@ mod gelu;
 mod layer_norm;
 mod matmul;
 mod norm;
+pub mod region_clock;
 mod rope;
 pub mod spin_region;
 pub(crate) mod tiles;

@@ -17,6 +17,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
+
+use super::region_clock::RegionTimer;
 
 /// Spin-loop hints between yields while a thread waits for the region's last tasks: on a
 /// machine with more runnable threads than cores, the task waited for may need this core.
@@ -29,23 +32,43 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize,
     let chunk = chunk.max(1);
     let n = out.len().div_ceil(chunk);
     let threads = rayon::current_num_threads();
+    let timer = RegionTimer::start(threads);
+    // A task, timed when the clock is on.
+    let run = |i: usize, c: &mut [T]| match &timer {
+        Some(tm) => {
+            let t0 = Instant::now();
+            task(i, c);
+            tm.task_done(t0);
+        }
+        None => task(i, c),
+    };
     if n <= 1 || threads <= 1 {
         out.chunks_mut(chunk)
             .enumerate()
-            .for_each(|(i, c)| task(i, c));
+            .for_each(|(i, c)| run(i, c));
+        if let Some(tm) = timer {
+            tm.finish();
+        }
         return;
     }
     let chunks = Mutex::new(out.chunks_mut(chunk).enumerate());
     // Tasks finished or abandoned by a panic: the wait below ends either way.
     let done = AtomicUsize::new(0);
-    let claim_and_wait = || {
+    // `helper`: a thread the region asked in, not its caller (for the clock).
+    let claim_and_wait = |helper: bool| {
+        let entered = timer.as_ref().map(|_| Instant::now());
+        let mut first = true;
         loop {
             // The lock is held only for `next()`, which cannot panic; a poisoned lock
             // still guards a sound iterator.
             let next = chunks.lock().unwrap_or_else(|e| e.into_inner()).next();
             let Some((i, c)) = next else { break };
+            if let (Some(tm), Some(at), true) = (&timer, entered, helper && first) {
+                tm.arrived(at);
+            }
+            first = false;
             let _count = Finished(&done);
-            task(i, c);
+            run(i, c);
         }
         // Every task is claimed; the ones still running wait on nothing, so this ends.
         let mut spins = 0u32;
@@ -58,7 +81,13 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize,
             }
         }
     };
-    rayon::join(claim_and_wait, || claimers(threads - 1, &claim_and_wait));
+    rayon::join(
+        || claim_and_wait(false),
+        || claimers(threads - 1, &|| claim_and_wait(true)),
+    );
+    if let Some(tm) = timer {
+        tm.finish();
+    }
 }
 
 /// Counts a claimed task as done when dropped, also while unwinding from its panic.

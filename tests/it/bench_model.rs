@@ -132,6 +132,84 @@ fn depth_fills_the_context_first_and_counts_its_cache() {
     assert!(e.contains("exceed the model's context"), "{e}");
 }
 
+/// `--regions` splits the decode steps' thread time (wall time x threads) into parts that
+/// add up to it; every layer runs parallel products, and one thread has no helper to be
+/// absent. Without the flag there is no profile.
+#[test]
+fn regions_split_the_decode_threads_time() {
+    let (_dir, model) = common::converted("tiny-mha", "q8_0");
+    let cfg = common::load_json(&common::fixture("tiny-mha").join("hf/config.json"));
+    let layers = cfg["language_config"]["num_hidden_layers"]
+        .as_f64()
+        .expect("num_hidden_layers");
+    let m = s(&model);
+    for threads in ["1", "3"] {
+        let o = pocketvl(&[
+            "bench",
+            "model",
+            "-m",
+            m,
+            "--no-vision",
+            "-t",
+            threads,
+            "-p",
+            "0",
+            "-n",
+            "4",
+            "--reps",
+            "2",
+            "--regions",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j = last_json(&o);
+        let r = &j["decode_regions"];
+        let f = |k: &str| {
+            r[k].as_f64()
+                .unwrap_or_else(|| panic!("{k} missing in {r}"))
+        };
+        let parts = ["busy", "absent", "waiting", "outside"];
+        for k in parts {
+            assert!(
+                (0.0..=1.0).contains(&f(k)),
+                "{k} = {} ({threads} threads)",
+                f(k)
+            );
+        }
+        let sum: f64 = parts.iter().map(|k| f(k)).sum();
+        assert!((sum - 1.0).abs() < 1e-9, "parts sum to {sum}: {r}");
+        assert!(
+            f("busy") > 0.0 && f("step_ms") > 0.0 && f("region_us") > 0.0,
+            "{r}"
+        );
+        assert!(f("in_regions") > 0.0 && f("in_regions") <= 1.0, "{r}");
+        assert!(f("regions_per_token") >= layers, "{r}");
+        if threads == "1" {
+            assert_eq!(f("absent"), 0.0, "one thread has no helper: {r}");
+        }
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(stdout.contains("decode regions:"), "{stdout}");
+    }
+    let o = pocketvl(&[
+        "bench",
+        "model",
+        "-m",
+        m,
+        "--no-vision",
+        "-t",
+        "1",
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(last_json(&o)["decode_regions"].is_null());
+}
+
 fn fails(args: &[&str]) -> String {
     let o = pocketvl(args);
     assert!(!o.status.success(), "expected failure for {args:?}");
