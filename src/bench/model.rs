@@ -630,7 +630,10 @@ mod tests {
             absent_ns: 200,
         };
         let p = RegionProfile::of(&t, 2, 1000, 2).unwrap();
-        assert_eq!((p.busy, p.absent, p.waiting, p.outside), (0.5, 0.1, 0.2, 0.2));
+        assert_eq!(
+            (p.busy, p.absent, p.waiting, p.outside),
+            (0.5, 0.1, 0.2, 0.2)
+        );
         assert_eq!((p.regions_per_token, p.in_regions), (5.0, 0.8));
         assert_eq!((p.region_us, p.step_ms), (0.08, 0.0005));
         assert!(RegionProfile::of(&RegionTotals::default(), 2, 1000, 2).is_none());

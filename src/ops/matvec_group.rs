@@ -1,0 +1,141 @@
+//! One token's products of several matrices over the same input in one parallel region:
+//! decode's q, k and v projections (MHA), MLA's query and latent down-projections.
+//!
+//! Why: a decode region costs its threads time beyond its tasks (helpers arriving, the
+//! last task's wait). On 16 threads of the lent Xeon that was ~30 µs of each region's
+//! ~90 (`bench model --regions`, BENCHMARKS.md), while Tiny's q, k and v matrices are
+//! 0.9 MB each, ~9 µs of that machine's bandwidth: three regions cost more than the
+//! bytes they stream. Here the three are one region whose tasks are cut by weight bytes
+//! across all matrices. Each output row is the same kernel call on the same row and
+//! activations as in [`matmul_view`](super::matmul_view), so the results are the same
+//! bits (tested below).
+
+use quant::kernels::gemm;
+
+use super::matmul::ActsByFormat;
+use super::spin_region::for_each_chunk;
+use crate::tensor::MatView;
+
+/// Tasks of one group at most (a stack array: decode allocates nothing).
+const MAX_TASKS: usize = 64;
+
+thread_local! {
+    /// The input quantized once per activation format; taken out while in use, as
+    /// matmul's scratch.
+    static ACTS: std::cell::Cell<ActsByFormat> = std::cell::Cell::new(ActsByFormat::default());
+}
+
+/// `outs[i] = ws[i] · x` for one token (`x` of `k` values, every matrix `k` wide, `outs[i]`
+/// of `ws[i].n` values), in one parallel region. The weight types must have dot kernels
+/// (checked when weights are loaded).
+pub fn matvec_group<const N: usize>(ws: [&MatView<'_>; N], x: &[f32], outs: [&mut [f32]; N]) {
+    for (w, o) in ws.iter().zip(outs.iter()) {
+        assert_eq!(w.k, x.len(), "matvec group: activation shape");
+        assert_eq!(o.len(), w.n, "matvec group: output shape");
+    }
+    let mut acts = ACTS.with(|c| c.take());
+    acts.reset();
+    for w in &ws {
+        acts.ensure(w.ty, x, 1, x.len());
+    }
+    // Rows per task of each matrix: about equal weight bytes per task, whole 16-row tiles,
+    // two tasks per worker in all (each matrix may add one short task at its end).
+    let bytes: usize = ws.iter().map(|w| w.n * w.row_bytes()).sum();
+    let want = (rayon::current_num_threads() * 2).clamp(1, MAX_TASKS - N);
+    let per_task = bytes.div_ceil(want).max(1);
+    let rows_per = ws.map(|w| {
+        let rows = per_task.div_ceil(w.row_bytes().max(1));
+        (rows.div_ceil(16) * 16).clamp(16, w.n.max(16))
+    });
+    // (matrix, first row, output rows) per task.
+    let mut tasks: [Option<(usize, usize, &mut [f32])>; MAX_TASKS] = std::array::from_fn(|_| None);
+    let mut n_tasks = 0;
+    for (i, out) in outs.into_iter().enumerate() {
+        for (c, o) in out.chunks_mut(rows_per[i]).enumerate() {
+            tasks[n_tasks] = Some((i, c * rows_per[i], o));
+            n_tasks += 1;
+        }
+    }
+    let acts_ref = &acts;
+    for_each_chunk(&mut tasks[..n_tasks], 1, |_, t| {
+        let Some((i, r0, o)) = t[0].take() else {
+            return;
+        };
+        let w = ws[i];
+        let rb = w.row_bytes();
+        let rows = o.len();
+        let data = &w.data[r0 * rb..(r0 + rows) * rb];
+        gemm(w.ty, w.k, data, rows, acts_ref.get(w.ty), 1, o, rows);
+    });
+    ACTS.with(|c| c.set(acts));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::matmul_view;
+    use quant::block::quantize_row;
+    use quant::GgmlType;
+
+    fn quantized(ty: GgmlType, k: usize, n: usize, seed: usize) -> Vec<u8> {
+        let rb = ty.row_bytes(k as u64).unwrap() as usize;
+        let mut b = vec![0u8; rb * n];
+        for (r, d) in b.chunks_mut(rb).enumerate() {
+            let row: Vec<f32> = (0..k)
+                .map(|i| ((((r + seed) * 7919 + i * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 0.3)
+                .collect();
+            quantize_row(ty, &row, d).unwrap();
+        }
+        b
+    }
+
+    /// Every output row is the same bits as each matrix's own product, for matrices of
+    /// different types and row counts (odd counts, fewer rows than a tile, a count whose
+    /// tasks end in a short one), on pools of 1 to 5 threads and with an empty matrix.
+    #[test]
+    fn a_group_equals_each_product_alone() {
+        let k = 512;
+        let specs = [
+            (GgmlType::Q4_0, 1280usize),
+            (GgmlType::Q8_0, 37),
+            (GgmlType::Q4_K, 200),
+        ];
+        let data: Vec<Vec<u8>> = specs
+            .iter()
+            .enumerate()
+            .map(|(s, &(ty, n))| quantized(ty, k, n, s))
+            .collect();
+        let views: Vec<MatView<'_>> = specs
+            .iter()
+            .zip(&data)
+            .map(|(&(ty, n), d)| MatView::new(ty, k, n, d).unwrap())
+            .collect();
+        let x: Vec<f32> = (0..k).map(|i| ((i % 23) as f32 - 11.0) * 0.07).collect();
+        let want: Vec<Vec<f32>> = views
+            .iter()
+            .map(|w| {
+                let mut o = vec![0.0f32; w.n];
+                matmul_view(w, &x, 1, &mut o);
+                o
+            })
+            .collect();
+        for threads in 1..=5 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut o: Vec<Vec<f32>> = views.iter().map(|w| vec![f32::NAN; w.n]).collect();
+                let [a, b, c] = &mut o[..] else {
+                    unreachable!()
+                };
+                matvec_group([&views[0], &views[1], &views[2]], &x, [a, b, c]);
+                assert_eq!(o, want, "{threads} threads");
+                let empty = MatView::new(GgmlType::Q8_0, k, 0, &[]).unwrap();
+                let mut one = vec![f32::NAN; views[1].n];
+                matvec_group([&empty, &views[1]], &x, [&mut [], &mut one]);
+                assert_eq!(one, want[1], "{threads} threads, with an empty matrix");
+            });
+        }
+    }
+}
