@@ -81,10 +81,9 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize,
             }
         }
     };
-    rayon::join(
-        || claim_and_wait(false),
-        || claimers(threads - 1, &|| claim_and_wait(true)),
-    );
+    fan_out(threads - 1, &|| claim_and_wait(false), &|| {
+        claim_and_wait(true)
+    });
     if let Some(tm) = timer {
         tm.finish();
     }
@@ -99,10 +98,40 @@ impl Drop for Finished<'_> {
     }
 }
 
-/// `count` claim loops as a tree of `rayon::join`s (stack jobs: nothing is allocated per
-/// region), each free to be taken by an idle worker; the ones no worker takes run on this
-/// thread once the tasks are all claimed, and return at once.
-fn claimers(count: usize, claim: &(impl Fn() + Sync)) {
+/// Jobs the calling thread hands out itself at most: beyond, each job is a tree of claim
+/// loops ([`claimers`]), so that the caller's stack holds at most this many `join` frames.
+const FAN_OUT: usize = 64;
+
+/// Runs `caller` on this thread after handing out `helpers` claim loops (`claim`) as jobs
+/// on this thread's own deque, one `rayon::join` each (stack jobs: nothing is allocated
+/// per region), where every idle worker steals one directly.
+///
+/// Why not one tree of joins: there a helper reaches the region only after the helpers
+/// above it in the tree took their jobs and split them, ~4 steals in a row at 16 threads.
+/// On the lent Xeon's 16 threads (`bench model --regions`, Tiny Q4_0) the flat hand-out
+/// ran decode at 205-210 tok/s against the tree's 192-198, the threads' time waiting in
+/// regions at 11-12% against 17-19% (BENCHMARKS.md, sixteenth session); at 4 and 8
+/// threads the two were within their runs' spread.
+fn fan_out(helpers: usize, caller: &(dyn Fn() + Sync), claim: &(dyn Fn() + Sync)) {
+    /// `jobs` more jobs to hand out for `left` helpers, the first ones the bigger.
+    fn hand_out(jobs: usize, left: usize, caller: &(dyn Fn() + Sync), claim: &(dyn Fn() + Sync)) {
+        if jobs == 0 {
+            return caller();
+        }
+        let size = left.div_ceil(jobs);
+        // `join` pushes its second closure for a thief to take, then runs the first here.
+        rayon::join(
+            || hand_out(jobs - 1, left - size, caller, claim),
+            || claimers(size, claim),
+        );
+    }
+    hand_out(helpers.min(FAN_OUT), helpers, caller, claim)
+}
+
+/// `count` claim loops as a tree of `rayon::join`s, each free to be taken by an idle
+/// worker; the ones no worker takes run on this thread once the tasks are all claimed,
+/// and return at once.
+fn claimers(count: usize, claim: &(dyn Fn() + Sync)) {
     match count {
         0 => {}
         1 => claim(),
@@ -125,10 +154,11 @@ mod tests {
     }
 
     /// Every chunk exactly once with its own index, for lengths at, around and below whole
-    /// chunks, on pools of 1 to 5 threads (more threads than tasks included).
+    /// chunks, on pools of 1 to 5 threads (more threads than tasks included) and of more
+    /// helpers than the caller hands out itself (its jobs then trees of claim loops).
     #[test]
     fn every_chunk_runs_once_with_its_index() {
-        for threads in 1..=5 {
+        for threads in (1..=5).chain([FAN_OUT + 3]) {
             pool(threads).install(|| {
                 for (len, chunk) in [
                     (0usize, 4usize),
