@@ -21,6 +21,7 @@ use crate::model::deepseek_vl2::prompt::{build_chat, Message, Role, IMAGE_TAG};
 use crate::model::deepseek_vl2::vision::VisionModel;
 use crate::model::deepseek_vl2::{LanguageModel, LogitsWanted};
 use crate::ops::region_clock::{self, RegionTotals};
+use crate::sampler::argmax;
 use crate::tokenizer::Tokenizer;
 
 /// Most threads accepted: anything above is a typo, not a machine.
@@ -355,7 +356,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
                 model.embed_tokens_into(&[id], &mut e)?;
                 let logits =
                     model.forward_logits(&mut session.state, &e, pos, LogitsWanted::Last)?;
-                id = argmax(logits);
+                id = argmax(logits) as u32;
             }
             let took = t0.elapsed();
             if let Some(c) = clock {
@@ -465,16 +466,6 @@ fn first_token_params() -> GenerateOptions {
         max_new: 1,
         ..GenerateOptions::greedy()
     }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn file_len(p: &Path) -> u64 {
@@ -638,11 +629,5 @@ mod tests {
         assert_eq!((p.region_us, p.step_ms), (0.08, 0.0005));
         assert!(RegionProfile::of(&RegionTotals::default(), 2, 1000, 2).is_none());
         assert!(RegionProfile::of(&t, 0, 1000, 2).is_none());
-    }
-
-    #[test]
-    fn argmax_takes_the_first_maximum() {
-        assert_eq!(argmax(&[0.0, 2.0, 2.0, -1.0]), 1);
-        assert_eq!(argmax(&[]), 0);
     }
 }
