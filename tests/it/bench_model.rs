@@ -143,25 +143,24 @@ fn regions_split_the_decode_threads_time() {
         .as_f64()
         .expect("num_hidden_layers");
     let m = s(&model);
-    for threads in ["1", "3"] {
-        let o = pocketvl(&[
+    let bench = |rest: &str| {
+        let mut args = vec![
             "bench",
             "model",
             "-m",
             m,
             "--no-vision",
-            "-t",
-            threads,
             "-p",
             "0",
-            "-n",
-            "4",
-            "--reps",
-            "2",
-            "--regions",
             "--json",
-        ]);
+        ];
+        args.extend(rest.split(' '));
+        let o = pocketvl(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    for threads in ["1", "3"] {
+        let o = bench(&format!("-t {threads} -n 4 --reps 2 --regions"));
         let j = last_json(&o);
         let r = &j["decode_regions"];
         let f = |k: &str| {
@@ -190,24 +189,7 @@ fn regions_split_the_decode_threads_time() {
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert!(stdout.contains("decode regions:"), "{stdout}");
     }
-    let o = pocketvl(&[
-        "bench",
-        "model",
-        "-m",
-        m,
-        "--no-vision",
-        "-t",
-        "1",
-        "-p",
-        "0",
-        "-n",
-        "2",
-        "--reps",
-        "1",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(last_json(&o)["decode_regions"].is_null());
+    assert!(last_json(&bench("-t 1 -n 2 --reps 1"))["decode_regions"].is_null());
 }
 
 fn fails(args: &[&str]) -> String {
