@@ -20,7 +20,7 @@ use crate::model::deepseek_vl2::preprocess::select_best_resolution;
 use crate::model::deepseek_vl2::prompt::{build_chat, Message, Role, IMAGE_TAG};
 use crate::model::deepseek_vl2::vision::VisionModel;
 use crate::model::deepseek_vl2::{LanguageModel, LogitsWanted};
-use crate::ops::region_clock::{self, RegionTotals};
+use crate::ops::region_clock::{self, RegionTotals, SiteTotals};
 use crate::sampler::argmax;
 use crate::tokenizer::Tokenizer;
 
@@ -135,8 +135,8 @@ pub struct ModelBenchResult {
 }
 
 /// The decode steps' time by the [`region_clock`]: per token, and the threads' time (wall
-/// time x threads) as four fractions that add up to 1.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// time x threads) as four fractions that add up to 1; then per region site.
+#[derive(Debug, Clone, Serialize)]
 pub struct RegionProfile {
     /// Parallel regions per decoded token.
     pub regions_per_token: f64,
@@ -154,15 +154,50 @@ pub struct RegionProfile {
     pub waiting: f64,
     /// Between regions (one thread at the serial work, the others idle).
     pub outside: f64,
+    /// Each region site (the source line that opened its regions), the longest first.
+    pub sites: Vec<SiteProfile>,
+}
+
+/// One region site's part of the decode steps: its regions per token, their mean wall
+/// time, their share of the steps' wall time, and its own threads' time in three parts
+/// that add up to 1 (tasks, absent, waiting).
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteProfile {
+    pub site: String,
+    pub regions_per_token: f64,
+    pub region_us: f64,
+    pub of_step: f64,
+    pub busy: f64,
+    pub absent: f64,
+    pub waiting: f64,
 }
 
 impl RegionProfile {
-    /// From the clock's totals over `tokens` decode steps that took `step_ns` in all, on a
-    /// pool of `threads`; `None` if nothing was timed.
-    pub fn of(t: &RegionTotals, tokens: u64, step_ns: u64, threads: usize) -> Option<Self> {
+    /// From the clock's per-site totals over `tokens` decode steps that took `step_ns` in
+    /// all, on a pool of `threads`; `None` if nothing was timed.
+    pub fn of(sites: &[SiteTotals], tokens: u64, step_ns: u64, threads: usize) -> Option<Self> {
+        let mut t = RegionTotals::default();
+        sites.iter().for_each(|s| t.add(&s.totals));
         if tokens == 0 || step_ns == 0 || t.regions == 0 {
             return None;
         }
+        let mut sites: Vec<SiteProfile> = sites
+            .iter()
+            .filter(|s| s.totals.regions > 0 && s.totals.thread_ns > 0)
+            .map(|s| {
+                let (r, all) = (&s.totals, s.totals.thread_ns as f64);
+                SiteProfile {
+                    site: s.site.clone(),
+                    regions_per_token: r.regions as f64 / tokens as f64,
+                    region_us: r.wall_ns as f64 / r.regions as f64 / 1e3,
+                    of_step: r.wall_ns as f64 / step_ns as f64,
+                    busy: r.busy_ns as f64 / all,
+                    absent: r.absent_ns as f64 / all,
+                    waiting: r.waiting_ns() as f64 / all,
+                }
+            })
+            .collect();
+        sites.sort_by(|a, b| b.of_step.total_cmp(&a.of_step));
         let all = step_ns as f64 * threads as f64;
         // Regions end inside the steps, so their wall time is at most the steps'; the
         // clamp guards only against clock granularity.
@@ -176,6 +211,7 @@ impl RegionProfile {
             absent: t.absent_ns as f64 / all,
             waiting: t.waiting_ns() as f64 / all,
             outside: outside_ns / all,
+            sites,
         })
     }
 }
@@ -327,7 +363,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     let (mut prefill, mut decode, mut vis, mut ttft) = (vec![], vec![], vec![], vec![]);
     let (mut tiles, mut ttft_tokens) = (None, None);
     // The decode steps' region totals and wall time (`--regions`).
-    let (mut region_totals, mut decode_ns) = (RegionTotals::default(), 0u64);
+    let (mut region_sites, mut decode_ns) = (Vec::<SiteTotals>::new(), 0u64);
     // An empty cache, then (untimed) the depth's tokens in it.
     let fill = |session: &mut Sequence| -> Result<(), ModelBenchError> {
         session.reset();
@@ -360,7 +396,12 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
             }
             let took = t0.elapsed();
             if let Some(c) = clock {
-                region_totals.add(&c.stop());
+                for s in c.stop() {
+                    match region_sites.iter_mut().find(|r| r.site == s.site) {
+                        Some(r) => r.totals.add(&s.totals),
+                        None => region_sites.push(s),
+                    }
+                }
                 decode_ns += u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
             }
             decode.push(o.n_gen as f64 / took.as_secs_f64());
@@ -450,7 +491,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         decode_roofline_tok_s,
         decode_fraction_of_roofline: decode_tok_s.map(|d| d / decode_roofline_tok_s),
         decode_regions: RegionProfile::of(
-            &region_totals,
+            &region_sites,
             (o.n_gen * o.reps) as u64,
             decode_ns,
             o.threads,
@@ -582,6 +623,19 @@ impl ModelBenchResult {
                 p.waiting * 100.0,
                 p.outside * 100.0
             );
+            for x in &p.sites {
+                s += &format!(
+                    "  {}: {:.1} per token of {:.1} µs, {:.0}% of the step; {:.0}% in tasks, \
+                     {:.0}% absent, {:.0}% waiting\n",
+                    x.site,
+                    x.regions_per_token,
+                    x.region_us,
+                    x.of_step * 100.0,
+                    x.busy * 100.0,
+                    x.absent * 100.0,
+                    x.waiting * 100.0
+                );
+            }
         }
         if let Some(r) = self.peak_rss_mb {
             s += &format!("peak RSS {r:.0} MB (mapped weights included)\n");
@@ -620,14 +674,42 @@ mod tests {
             busy_ns: 1000,
             absent_ns: 200,
         };
-        let p = RegionProfile::of(&t, 2, 1000, 2).unwrap();
+        // Two sites that add up to `t`: the first 3 regions of 10, the second 7.
+        let a = RegionTotals {
+            regions: 3,
+            wall_ns: 200,
+            thread_ns: 400,
+            busy_ns: 100,
+            absent_ns: 100,
+        };
+        let mut b = t;
+        b.regions -= a.regions;
+        b.wall_ns -= a.wall_ns;
+        b.thread_ns -= a.thread_ns;
+        b.busy_ns -= a.busy_ns;
+        b.absent_ns -= a.absent_ns;
+        let site = |site: &str, totals| SiteTotals {
+            site: site.into(),
+            totals,
+        };
+        let sites = [site("a.rs:1", a), site("b.rs:2", b)];
+        let p = RegionProfile::of(&sites, 2, 1000, 2).unwrap();
         assert_eq!(
             (p.busy, p.absent, p.waiting, p.outside),
             (0.5, 0.1, 0.2, 0.2)
         );
         assert_eq!((p.regions_per_token, p.in_regions), (5.0, 0.8));
         assert_eq!((p.region_us, p.step_ms), (0.08, 0.0005));
-        assert!(RegionProfile::of(&RegionTotals::default(), 2, 1000, 2).is_none());
-        assert!(RegionProfile::of(&t, 0, 1000, 2).is_none());
+        // Per site, the longer first, each site's own thread time split in three.
+        let names: Vec<&str> = p.sites.iter().map(|s| s.site.as_str()).collect();
+        assert_eq!(names, ["b.rs:2", "a.rs:1"]);
+        let sa = &p.sites[1];
+        assert_eq!((sa.regions_per_token, sa.of_step), (1.5, 0.2));
+        assert_eq!((sa.busy, sa.absent, sa.waiting), (0.25, 0.25, 0.5));
+        for x in &p.sites {
+            assert!((x.busy + x.absent + x.waiting - 1.0).abs() < 1e-12, "{x:?}");
+        }
+        assert!(RegionProfile::of(&[], 2, 1000, 2).is_none());
+        assert!(RegionProfile::of(&sites, 0, 1000, 2).is_none());
     }
 }

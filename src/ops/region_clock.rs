@@ -14,21 +14,24 @@
 //! - `outside`: between regions, where one thread runs the serial work (norms, routing,
 //!   residuals) and the others idle.
 //!
-//! Off, a region pays one relaxed load. On, it pays two clock reads per task and a few
-//! shared additions per region (well under a µs); the totals are process-wide, so the
-//! clock is for one measurement at a time (the benchmark's own process).
+//! Each region counts under its *site*, the source line that opened it
+//! ([`for_each_chunk`] is `#[track_caller]`), so the parts can be read per kind of region.
+//!
+//! Off, a region pays one relaxed load. On, it pays two clock reads per task and one
+//! locked update of its site's totals per region (well under a µs); the totals are
+//! process-wide, so the clock is for one measurement at a time (the benchmark's own
+//! process).
 //!
 //! [`for_each_chunk`]: super::spin_region::for_each_chunk
 
+use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static ON: AtomicBool = AtomicBool::new(false);
-static REGIONS: AtomicU64 = AtomicU64::new(0);
-static WALL_NS: AtomicU64 = AtomicU64::new(0);
-static THREAD_NS: AtomicU64 = AtomicU64::new(0);
-static BUSY_NS: AtomicU64 = AtomicU64::new(0);
-static ABSENT_NS: AtomicU64 = AtomicU64::new(0);
+/// The totals of each region site (the code that opened the region), in first-seen order.
+static SITES: Mutex<Vec<(&'static Location<'static>, RegionTotals)>> = Mutex::new(Vec::new());
 
 /// What the regions of one recording added up to (nanoseconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,30 +64,42 @@ impl RegionTotals {
     }
 }
 
+/// One region site's totals: `site` is the source location that opened its regions
+/// (`file:line`; a product through `ops::matmul` is one site whatever its matrix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteTotals {
+    pub site: String,
+    pub totals: RegionTotals,
+}
+
 /// The clock, running while this lives: [`Recording::stop`] returns what it counted.
 pub struct Recording(());
+
+fn sites() -> std::sync::MutexGuard<'static, Vec<(&'static Location<'static>, RegionTotals)>> {
+    // Nothing panics while the lock is held; a poisoned table is still whole.
+    SITES.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Starts counting from zero. Only one recording at a time is meaningful (the totals are
 /// process-wide).
 pub fn record() -> Recording {
-    for c in [&REGIONS, &WALL_NS, &THREAD_NS, &BUSY_NS, &ABSENT_NS] {
-        c.store(0, Ordering::Relaxed);
-    }
+    sites().clear();
     ON.store(true, Ordering::Release);
     Recording(())
 }
 
 impl Recording {
-    /// Stops the clock and returns the totals of the regions that ended while it ran.
-    pub fn stop(self) -> RegionTotals {
+    /// Stops the clock and returns the totals of the regions that ended while it ran, per
+    /// site in the order the sites first ran.
+    pub fn stop(self) -> Vec<SiteTotals> {
         ON.store(false, Ordering::Release);
-        RegionTotals {
-            regions: REGIONS.load(Ordering::Acquire),
-            wall_ns: WALL_NS.load(Ordering::Acquire),
-            thread_ns: THREAD_NS.load(Ordering::Acquire),
-            busy_ns: BUSY_NS.load(Ordering::Acquire),
-            absent_ns: ABSENT_NS.load(Ordering::Acquire),
-        }
+        sites()
+            .iter()
+            .map(|(l, t)| SiteTotals {
+                site: format!("{}:{}", l.file(), l.line()),
+                totals: *t,
+            })
+            .collect()
     }
 }
 
@@ -96,31 +111,39 @@ impl Drop for Recording {
 
 /// One region's timer, made by the region's calling thread as it enters.
 pub(crate) struct RegionTimer {
+    site: &'static Location<'static>,
     start: Instant,
     threads: usize,
     /// Helpers that entered the region while it still had a task to claim.
     arrived: AtomicUsize,
+    busy_ns: AtomicU64,
+    absent_ns: AtomicU64,
 }
 
 impl RegionTimer {
-    /// A timer for a region on a pool of `threads`, if the clock is on.
-    pub(crate) fn start(threads: usize) -> Option<RegionTimer> {
+    /// A timer for a region opened at `site` on a pool of `threads`, if the clock is on.
+    pub(crate) fn start(site: &'static Location<'static>, threads: usize) -> Option<RegionTimer> {
         ON.load(Ordering::Relaxed).then(|| RegionTimer {
+            site,
             start: Instant::now(),
             threads,
             arrived: AtomicUsize::new(0),
+            busy_ns: AtomicU64::new(0),
+            absent_ns: AtomicU64::new(0),
         })
     }
 
     /// A helper entered the region at `at` and claimed its first task.
     pub(crate) fn arrived(&self, at: Instant) {
         self.arrived.fetch_add(1, Ordering::Relaxed);
-        ABSENT_NS.fetch_add(nanos(at - self.start), Ordering::Relaxed);
+        self.absent_ns
+            .fetch_add(nanos(at - self.start), Ordering::Relaxed);
     }
 
     /// A task that started at `t0` has ended.
     pub(crate) fn task_done(&self, t0: Instant) {
-        BUSY_NS.fetch_add(nanos(t0.elapsed()), Ordering::Relaxed);
+        self.busy_ns
+            .fetch_add(nanos(t0.elapsed()), Ordering::Relaxed);
     }
 
     /// The region ended (every task done, the helpers out or never in).
@@ -128,10 +151,18 @@ impl RegionTimer {
         let wall = nanos(self.start.elapsed());
         let helpers = self.threads.saturating_sub(1) as u64;
         let never = helpers.saturating_sub(self.arrived.load(Ordering::Relaxed) as u64);
-        REGIONS.fetch_add(1, Ordering::Relaxed);
-        WALL_NS.fetch_add(wall, Ordering::Relaxed);
-        THREAD_NS.fetch_add(wall * self.threads as u64, Ordering::Relaxed);
-        ABSENT_NS.fetch_add(never * wall, Ordering::Relaxed);
+        let t = RegionTotals {
+            regions: 1,
+            wall_ns: wall,
+            thread_ns: wall * self.threads as u64,
+            busy_ns: self.busy_ns.load(Ordering::Relaxed),
+            absent_ns: self.absent_ns.load(Ordering::Relaxed) + never * wall,
+        };
+        let mut sites = sites();
+        match sites.iter_mut().find(|(l, _)| *l == self.site) {
+            Some((_, s)) => s.add(&t),
+            None => sites.push((self.site, t)),
+        }
     }
 }
 

@@ -28,11 +28,12 @@ const SPINS_PER_YIELD: u32 = 4096;
 /// Runs `task(i, c)` for every chunk `c` of `out` (the `i`-th, `chunk` long, the last one
 /// possibly shorter), each exactly once, on the current rayon pool; returns when all ran.
 /// A panic in a task is re-raised here once the other threads are out of the region.
+#[track_caller]
 pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize, &mut [T]) + Sync) {
     let chunk = chunk.max(1);
     let n = out.len().div_ceil(chunk);
     let threads = rayon::current_num_threads();
-    let timer = RegionTimer::start(threads);
+    let timer = RegionTimer::start(std::panic::Location::caller(), threads);
     // A task, timed when the clock is on.
     let run = |i: usize, c: &mut [T]| match &timer {
         Some(tm) => {

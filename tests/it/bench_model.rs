@@ -186,6 +186,22 @@ fn regions_split_the_decode_threads_time() {
         if threads == "1" {
             assert_eq!(f("absent"), 0.0, "one thread has no helper: {r}");
         }
+        // Per site (the source line that opened the regions): parts of each site's own
+        // thread time, and the sites' regions add up to the total.
+        let sites = r["sites"].as_array().expect("sites");
+        assert!(!sites.is_empty(), "{r}");
+        let mut per_token = 0.0;
+        for x in sites {
+            let g = |k: &str| x[k].as_f64().unwrap_or_else(|| panic!("{k} in {x}"));
+            assert!(
+                x["site"].as_str().is_some_and(|s| s.contains(".rs:")),
+                "{x}"
+            );
+            let parts = g("busy") + g("absent") + g("waiting");
+            assert!((parts - 1.0).abs() < 1e-9, "{x}");
+            per_token += g("regions_per_token");
+        }
+        assert!((per_token - f("regions_per_token")).abs() < 1e-9, "{r}");
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert!(stdout.contains("decode regions:"), "{stdout}");
     }
