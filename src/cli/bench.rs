@@ -56,8 +56,9 @@ pub struct BenchModelArgs {
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// Time the decode's parallel regions: regions per token and the threads' time in
-    /// tasks, absent (not yet woken into a region), waiting (no task left) and outside
-    /// regions (JSON: `decode_regions`). The clock slows decode a little.
+    /// tasks, absent (a helper not yet in a region it was asked into), waiting (no task
+    /// left) and outside regions, overall and per region site (JSON: `decode_regions`).
+    /// The clock slows decode a little.
     #[arg(long)]
     pub regions: bool,
     /// Print one JSON object as the last stdout line.

@@ -7,12 +7,11 @@
 //! 0.9 MB each, ~9 µs of that machine's bandwidth: three regions cost more than the
 //! bytes they stream. Here the three are one region whose tasks are cut by weight bytes
 //! across all matrices. Each output row is the same kernel call on the same row and
-//! activations as in [`matmul_view`](super::matmul_view), so the results are the same
-//! bits (tested below).
+//! activations as in [`matmul_view`], so the results are the same bits (tested below).
 
 use quant::kernels::gemm;
 
-use super::matmul::ActsByFormat;
+use super::matmul::{matmul_view, ActsByFormat};
 use super::spin_region::for_each_chunk;
 use crate::tensor::MatView;
 
@@ -23,6 +22,24 @@ thread_local! {
     /// The input quantized once per activation format; taken out while in use, as
     /// matmul's scratch.
     static ACTS: std::cell::Cell<ActsByFormat> = std::cell::Cell::new(ActsByFormat::default());
+}
+
+/// `outs[i] = ws[i] · x` for `n_tokens` tokens (`x` `[n_tokens, k]`, `outs[i]` `[n_tokens,
+/// ws[i].n]`): one token in one parallel region ([`matvec_group`]), a batch as one
+/// [`matmul_view`] per matrix (its products are long enough to fill their own regions).
+pub fn matmul_group<const N: usize>(
+    ws: [&MatView<'_>; N],
+    x: &[f32],
+    n_tokens: usize,
+    outs: [&mut [f32]; N],
+) {
+    if n_tokens == 1 {
+        matvec_group(ws, x, outs);
+    } else {
+        for (w, o) in ws.into_iter().zip(outs) {
+            matmul_view(w, x, n_tokens, o);
+        }
+    }
 }
 
 /// `outs[i] = ws[i] · x` for one token (`x` of `k` values, every matrix `k` wide, `outs[i]`
@@ -75,7 +92,6 @@ pub fn matvec_group<const N: usize>(ws: [&MatView<'_>; N], x: &[f32], outs: [&mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::matmul_view;
     use quant::block::quantize_row;
     use quant::GgmlType;
 
@@ -93,7 +109,8 @@ mod tests {
 
     /// Every output row is the same bits as each matrix's own product, for matrices of
     /// different types and row counts (odd counts, fewer rows than a tile, a count whose
-    /// tasks end in a short one), on pools of 1 to 5 threads and with an empty matrix.
+    /// tasks end in a short one), on pools of 1 to 5 threads and with an empty matrix; and
+    /// [`matmul_group`] at one token and at three.
     #[test]
     fn a_group_equals_each_product_alone() {
         let k = 512;
@@ -138,6 +155,20 @@ mod tests {
                 matvec_group([&empty, &views[1]], &x, [&mut [], &mut one]);
                 assert_eq!(one, want[1], "{threads} threads, with an empty matrix");
             });
+        }
+        // matmul_group: one token through the group, a batch through each product.
+        let x3: Vec<f32> = (0..3 * k)
+            .map(|i| ((i % 29) as f32 - 14.0) * 0.05)
+            .collect();
+        for (xs, t) in [(&x, 1usize), (&x3, 3)] {
+            let mut a = vec![f32::NAN; t * views[0].n];
+            let mut b = vec![f32::NAN; t * views[1].n];
+            matmul_group([&views[0], &views[1]], xs, t, [&mut a, &mut b]);
+            for (w, got) in views.iter().zip([&a, &b]) {
+                let mut o = vec![0.0f32; t * w.n];
+                matmul_view(w, xs, t, &mut o);
+                assert_eq!(got, &o, "{t} tokens");
+            }
         }
     }
 }

@@ -39,7 +39,7 @@ pub use matmul::{
     matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, matvec_serial,
     quantize_activations, row_to_f32, rows_per_gemv_task, rows_per_task, ActsByFormat,
 };
-pub use matvec_group::matvec_group;
+pub use matvec_group::{matmul_group, matvec_group};
 pub use norm::{add_assign, rms_norm};
 pub use rope::{Rope, RopeLayout};
 

@@ -13,7 +13,7 @@ use crate::loader::Weight;
 
 use crate::ops::spin_region::for_each_chunk;
 use crate::ops::{
-    causal_attention, matmul, matmul_view, matvec_group, matvec_serial, rms_norm, KvView, Rope,
+    causal_attention, matmul, matmul_group, matmul_view, matvec_serial, rms_norm, KvView, Rope,
 };
 
 /// eps of the MLA-internal norms (`q_a_layernorm`, `kv_a_layernorm`): the
@@ -119,15 +119,9 @@ impl MhaWeights {
         {
             // k: [n, Hkv, hd], v: [n, Hkv, vd], in the cache.
             let (kc, vc) = cache.rows_mut(il, pos0, n);
-            if n == 1 {
-                // Decode: the three products in one parallel region.
-                let (wq, wk, wv) = (self.q.view(), self.k.view(), self.v.view());
-                matvec_group([&wq, &wk, &wv], x, [&mut q[..], &mut *kc, &mut *vc]);
-            } else {
-                matmul(&self.q, x, n, q);
-                matmul(&self.k, x, n, kc);
-                matmul(&self.v, x, n, vc);
-            }
+            // The three products (decode: in one parallel region).
+            let (wq, wk, wv) = (self.q.view(), self.k.view(), self.v.view());
+            matmul_group([&wq, &wk, &wv], x, n, [&mut q[..], &mut *kc, &mut *vc]);
             rope.apply_rows(&mut kc[..n * hkv * hd], hkv * hd, pos0);
         }
         rope.apply_rows(q, h * hd, pos0);
@@ -145,24 +139,6 @@ impl MhaWeights {
         att.resize(n * h * vd, 0.0);
         causal_attention(q, n, h, &kv, pos0, 1.0 / (hd as f32).sqrt(), att);
         matmul(&self.o, att, n, out);
-    }
-}
-
-/// `a_out = a·x` and `b_out = b·x` for `n` tokens; for one token (decode) in one parallel
-/// region ([`matvec_group`]).
-fn products_of_x(
-    a: &Weight,
-    b: &Weight,
-    x: &[f32],
-    n: usize,
-    a_out: &mut [f32],
-    b_out: &mut [f32],
-) {
-    if n == 1 {
-        matvec_group([&a.view(), &b.view()], x, [a_out, b_out]);
-    } else {
-        matmul(a, x, n, a_out);
-        matmul(b, x, n, b_out);
     }
 }
 
@@ -207,14 +183,16 @@ impl MlaWeights {
         } = sc;
         // q: [n, H, nope + rope]
         q.resize(n * h * dq, 0.0);
-        // Compressed kv: [n, r + rope], computed beside q's first product.
+        // Compressed kv: [n, r + rope], computed beside q's first product (decode: in one
+        // parallel region).
         kva.resize(n * (r + dr), 0.0);
+        let kv_a = self.kv_a.view();
         match &self.q {
-            QProj::Plain(w) => products_of_x(w, &self.kv_a, x, n, q, kva),
+            QProj::Plain(w) => matmul_group([&w.view(), &kv_a], x, n, [q, kva]),
             QProj::Lora { a, norm, b } => {
                 let rq = norm.len();
                 qa.resize(n * rq, 0.0);
-                products_of_x(a, &self.kv_a, x, n, qa, kva);
+                matmul_group([&a.view(), &kv_a], x, n, [qa, kva]);
                 qa_norm.resize(n * rq, 0.0);
                 rms_norm(qa, norm, MLA_NORM_EPS, qa_norm);
                 matmul(b, qa_norm, n, q);
