@@ -83,15 +83,25 @@ pub fn rows_per_task(n: usize, row_bytes: usize) -> usize {
     (rows.div_ceil(16) * 16).min(n.max(1))
 }
 
-/// Weight rows per parallel task of a one-token product (decode): two tasks
-/// per worker (claimed as the workers get to them, see
-/// [`for_each_chunk`]), whole 16-row tiles.
-/// Unlike a batch, decode streams weights at the memory's pace only inside a
-/// task: the GEMV kernels prefetch a few KiB ahead of their reads, so a
-/// task's first KiBs arrive at demand-miss speed, and few long tasks keep
-/// those rare.
-pub fn rows_per_gemv_task(n: usize) -> usize {
-    let tasks = rayon::current_num_threads().max(1) * 2;
+/// Weight bytes per parallel task of a one-token product (decode), about: small enough
+/// that the threads of a region finish together, as the tasks are claimed in runs of
+/// back-to-back ones ([`for_each_chunk`]) whose streams the GEMV's prefetch carries from
+/// one task into the next. With two tasks per thread, 2 threads of the Zen 4 VM spent
+/// 5-11 % of Small's decode waiting on the other's last task (`bench model --regions`).
+pub const GEMV_TASK_BYTES: usize = 128 << 10;
+
+/// Tasks for a one-token product over `bytes` of weights: [`GEMV_TASK_BYTES`] each, and at
+/// least two per worker.
+pub fn gemv_tasks(bytes: usize) -> usize {
+    let per_worker = rayon::current_num_threads().max(1) * 2;
+    bytes.div_ceil(GEMV_TASK_BYTES).max(per_worker)
+}
+
+/// Weight rows per parallel task of a one-token product of `n` rows of `row_bytes` (all
+/// the matrices a task reads for one output row): [`gemv_tasks`] of them, whole 16-row
+/// tiles.
+pub fn rows_per_gemv_task(n: usize, row_bytes: usize) -> usize {
+    let tasks = gemv_tasks(n * row_bytes);
     (n.div_ceil(tasks).div_ceil(16) * 16).max(16).min(n.max(1))
 }
 
@@ -143,7 +153,7 @@ pub fn matmul_quantized(
     let rb = w.row_bytes();
     if n_tokens == 1 {
         // One token: a task's block is its own slice of `out`.
-        let rpt = rows_per_gemv_task(n);
+        let rpt = rows_per_gemv_task(n, rb);
         for_each_chunk(out, rpt, |ci, chunk| {
             let r0 = ci * rpt;
             let rows = chunk.len();
@@ -287,7 +297,7 @@ pub fn matmul_gate_up_silu(
         };
         let (grb, urb) = (gate.row_bytes(), up.row_bytes());
         let rpt = if n_tokens == 1 {
-            rows_per_gemv_task(n)
+            rows_per_gemv_task(n, grb + urb)
         } else {
             rows_per_task(n, grb + urb)
         };
@@ -419,17 +429,22 @@ mod tests {
         }
     }
 
+    /// Whole 16-row tiles (or all of `n`), no more tasks than asked for, and none over
+    /// its byte share (the larger of GEMV_TASK_BYTES and two tasks per worker) by more
+    /// than a tile.
     #[test]
-    fn rows_per_gemv_task_is_whole_tiles_covering_n() {
+    fn rows_per_gemv_task_is_whole_tiles_of_bounded_bytes() {
+        let per_worker = 2 * rayon::current_num_threads().max(1);
         for n in [1usize, 7, 16, 17, 896, 1280, 6848, 129280] {
-            let r = rows_per_gemv_task(n);
-            assert!((1..=n).contains(&r), "{n}: {r}");
-            assert!(r == n || r.is_multiple_of(16), "{n}: {r}");
-            let tasks = n.div_ceil(r);
-            assert!(
-                tasks <= 2 * rayon::current_num_threads().max(1),
-                "{n}: {tasks} tasks"
-            );
+            for rb in [18usize, 720, 1088, 4 * 1360] {
+                let r = rows_per_gemv_task(n, rb);
+                assert!((1..=n).contains(&r), "{n} x {rb}: {r}");
+                assert!(r == n || r.is_multiple_of(16), "{n} x {rb}: {r}");
+                let tasks = n.div_ceil(r);
+                assert!(tasks <= gemv_tasks(n * rb), "{n} x {rb}: {tasks} tasks");
+                let share = GEMV_TASK_BYTES.max((n * rb).div_ceil(per_worker));
+                assert!(r * rb <= share + 16 * rb, "{n} x {rb}: {r} rows");
+            }
         }
     }
 

@@ -11,7 +11,7 @@
 
 use quant::kernels::gemm;
 
-use super::matmul::{matmul_view, ActsByFormat};
+use super::matmul::{gemv_tasks, matmul_view, ActsByFormat};
 use super::spin_region::for_each_chunk;
 use crate::tensor::MatView;
 
@@ -55,12 +55,12 @@ pub fn matvec_group<const N: usize>(ws: [&MatView<'_>; N], x: &[f32], outs: [&mu
     for w in &ws {
         acts.ensure(w.ty, x, 1, x.len());
     }
-    // Rows per task of each matrix: about two tasks per worker in all, each matrix cut into
-    // as many equal tasks (whole 16-row tiles) as its share of the weight bytes asks for,
-    // so that the tasks are near one size (a short task left at each matrix's end paired
-    // badly with the long ones: 2 threads over Tiny's q, k and v ran 3, 1, 3, 1, 3, 1).
+    // Rows per task of each matrix: `gemv_tasks` in all, each matrix cut into as many equal
+    // tasks (whole 16-row tiles) as its share of the weight bytes asks for, so that the
+    // tasks are near one size (a short task left at each matrix's end paired badly with the
+    // long ones: 2 threads over Tiny's q, k and v ran 3, 1, 3, 1, 3, 1).
     let bytes: usize = ws.iter().map(|w| w.n * w.row_bytes()).sum();
-    let want = (rayon::current_num_threads() * 2).clamp(1, MAX_TASKS - N);
+    let want = gemv_tasks(bytes).clamp(1, MAX_TASKS - N);
     let per_task = bytes.div_ceil(want).max(1);
     let rows_per = ws.map(|w| {
         let tasks = (w.n * w.row_bytes()).div_ceil(per_task).max(1);

@@ -36,8 +36,9 @@ pub use gelu::{gelu_erf, gelu_tanh};
 pub use layer_norm::layer_norm;
 pub(crate) use matmul::{block_row, scatter_blocks};
 pub use matmul::{
-    matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, matvec_serial,
+    gemv_tasks, matmul, matmul_gate_up_silu, matmul_quantized, matmul_view, matvec_serial,
     quantize_activations, row_to_f32, rows_per_gemv_task, rows_per_task, ActsByFormat,
+    GEMV_TASK_BYTES,
 };
 pub use matvec_group::{matmul_group, matvec_group};
 pub use norm::{add_assign, rms_norm};

@@ -16,7 +16,7 @@ use quant::GgmlType;
 
 use super::moe_batch::Job;
 use crate::ops::spin_region::for_each_chunk;
-use crate::ops::{rows_per_gemv_task, silu_mul, ActsByFormat};
+use crate::ops::{gemv_tasks, rows_per_gemv_task, silu_mul, ActsByFormat};
 
 /// Jobs (routed and shared experts) one token's fixed arrays hold: a model routing each
 /// token to more than `MAX_JOBS - 1` experts takes the batch path (same sums, more
@@ -34,9 +34,8 @@ pub(super) struct TokenScratch {
     h_act: Vec<u8>,
 }
 
-/// Hidden rows per stack buffer in the gate/up pass: long kernel calls, as
-/// each call's first KiBs miss the kernel's prefetch (see
-/// [`rows_per_gemv_task`]).
+/// Hidden rows of the stack buffer for `up` in the gate/up pass: a task's rows of
+/// one job go through the kernels in pieces of at most this many.
 const SUB_ROWS: usize = 512;
 
 /// Every expert of one token in two parallel regions instead of three per
@@ -58,7 +57,8 @@ pub(super) fn run(jobs: &[Job<'_>], x: &[f32], out: &mut [f32], sc: &mut TokenSc
     let total: usize = jobs.iter().map(|j| j.gate.n).sum();
     sc.hidden.resize(total, 0.0);
     let mut cuts = [0usize; MAX_GATE_UP_TASKS + 1];
-    let n_tasks = gate_up_cuts(jobs, rayon::current_num_threads() * 2, &mut cuts);
+    let bytes: usize = jobs.iter().map(|j| j.gate.n * gate_up_row_bytes(j)).sum();
+    let n_tasks = gate_up_cuts(jobs, gemv_tasks(bytes), &mut cuts);
     let mut tasks: [Option<(usize, &mut [f32])>; MAX_GATE_UP_TASKS] = std::array::from_fn(|_| None);
     let mut rest = &mut sc.hidden[..];
     for (t, c) in tasks.iter_mut().zip(cuts.windows(2)).take(n_tasks) {
@@ -109,7 +109,8 @@ pub(super) fn run(jobs: &[Job<'_>], x: &[f32], out: &mut [f32], sc: &mut TokenSc
     }
     // (2) Output rows; each task sums every expert's rows for its slice.
     let h_act = &sc.h_act;
-    let rpt = rows_per_gemv_task(out.len()).min(MAX_DOWN_ROWS);
+    let down_row_bytes: usize = jobs.iter().map(|j| j.down.row_bytes()).sum();
+    let rpt = rows_per_gemv_task(out.len(), down_row_bytes).min(MAX_DOWN_ROWS);
     for_each_chunk(out, rpt, |ci, o| {
         let r0 = ci * rpt;
         let rows = o.len();
@@ -144,8 +145,16 @@ pub(super) fn run(jobs: &[Job<'_>], x: &[f32], out: &mut [f32], sc: &mut TokenSc
 /// Output rows per task of the decode down pass (a stack buffer).
 const MAX_DOWN_ROWS: usize = 1024;
 
-/// Tasks of the decode gate/up pass at most (a stack array).
-const MAX_GATE_UP_TASKS: usize = 64;
+/// Tasks of the decode gate/up pass at most (a stack array): Small's ~26 MB of gate/up
+/// weights per token and layer in [`GEMV_TASK_BYTES`] is ~200.
+///
+/// [`GEMV_TASK_BYTES`]: crate::ops::GEMV_TASK_BYTES
+const MAX_GATE_UP_TASKS: usize = 256;
+
+/// A job's gate and up bytes per hidden row.
+fn gate_up_row_bytes(j: &Job<'_>) -> usize {
+    j.gate.row_bytes() + j.up.row_bytes()
+}
 
 /// Cuts the jobs' hidden rows, back to back, into at most `tasks` (and
 /// [`MAX_GATE_UP_TASKS`]) ranges of about equal gate + up weight bytes, cut
@@ -163,8 +172,7 @@ fn gate_up_cuts(
     tasks: usize,
     cuts: &mut [usize; MAX_GATE_UP_TASKS + 1],
 ) -> usize {
-    let row_bytes = |j: &Job<'_>| j.gate.row_bytes() + j.up.row_bytes();
-    let bytes: usize = jobs.iter().map(|j| j.gate.n * row_bytes(j)).sum();
+    let bytes: usize = jobs.iter().map(|j| j.gate.n * gate_up_row_bytes(j)).sum();
     let tasks = tasks.clamp(1, MAX_GATE_UP_TASKS);
     cuts[0] = 0;
     let mut n = 1;
@@ -178,7 +186,7 @@ fn gate_up_cuts(
                 n += 1;
             }
             let rows = 16.min(j.gate.n - r);
-            before += rows * row_bytes(j);
+            before += rows * gate_up_row_bytes(j);
             r += rows;
         }
         row0 += j.gate.n;
@@ -214,7 +222,7 @@ mod tests {
         let mut jobs = vec![job(GgmlType::Q4_0, 896); 6];
         jobs.push(job(GgmlType::Q8_0, 1792));
         jobs.push(job(GgmlType::Q4_0, 40));
-        let rb = |j: &Job<'_>| j.gate.row_bytes() + j.up.row_bytes();
+        let rb = gate_up_row_bytes;
         let total_bytes: usize = jobs.iter().map(|j| j.gate.n * rb(j)).sum();
         let mut ends = vec![0usize];
         for j in &jobs {
