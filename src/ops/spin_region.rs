@@ -101,8 +101,8 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize,
 /// would start each of them on memory nothing had prefetched, while its run's chunks lie
 /// back to back and the GEMV's prefetch runs ahead from one into the next. On the Zen 4
 /// VM at 2 threads (decode steps alternating the two schemes within one run), Small
-/// decoded 4-13 % faster (Q4_0, Q8_0) than with two whole tasks per thread claimed one at
-/// a time, Tiny within ±2 %; the small chunks claimed one at a time lost Tiny 6-12 %
+/// decoded 4-13 % faster (Q4_0, Q8_0; 11 of 12 reps) than with two whole tasks per thread
+/// claimed one at a time, Tiny within ±2 %; the small chunks claimed one at a time lost Tiny 6-12 %
 /// (BENCHMARKS.md, seventeenth session).
 ///
 /// [`GEMV_TASK_BYTES`]: super::GEMV_TASK_BYTES
