@@ -52,8 +52,7 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize,
         }
         return;
     }
-    // The chunks not yet claimed: the index of the first, and their elements.
-    let rest = Mutex::new((0usize, out));
+    let rest: Unclaimed<'_, T> = Mutex::new((0, out));
     // Chunks finished or abandoned by a panic: the wait below ends either way.
     let done = AtomicUsize::new(0);
     // `helper`: a thread the region asked in, not its caller (for the clock).
@@ -91,6 +90,9 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize,
     }
 }
 
+/// A region's chunks not yet claimed: the index of the first, and their elements.
+type Unclaimed<'a, T> = Mutex<(usize, &'a mut [T])>;
+
 /// Claims the next run of chunks from `rest` (the index of its first chunk and its
 /// elements), `None` once every chunk is claimed: a run of `ceil(left / (2 · threads))`
 /// consecutive chunks, so runs shrink as the region's work runs out (guided
@@ -102,13 +104,12 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize,
 /// back to back and the GEMV's prefetch runs ahead from one into the next. On the Zen 4
 /// VM at 2 threads (decode steps alternating the two schemes within one run), Small
 /// decoded 4-13 % faster (Q4_0, Q8_0; 11 of 12 reps) than with two whole tasks per thread
-/// claimed one at a time, Tiny within ±2 %; the small chunks claimed one at a time lost Tiny 6-12 %
-/// (BENCHMARKS.md, seventeenth session).
+/// claimed one at a time, Tiny within ±2 %; the small chunks claimed one at a time lost
+/// Tiny 6-12 % (BENCHMARKS.md, seventeenth session).
 ///
 /// [`GEMV_TASK_BYTES`]: super::GEMV_TASK_BYTES
-#[allow(clippy::type_complexity)]
 fn claim_run<'a, T>(
-    rest: &Mutex<(usize, &'a mut [T])>,
+    rest: &Unclaimed<'a, T>,
     chunk: usize,
     threads: usize,
 ) -> Option<(usize, &'a mut [T])> {
