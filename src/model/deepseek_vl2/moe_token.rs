@@ -57,8 +57,8 @@ pub(super) fn run(jobs: &[Job<'_>], x: &[f32], out: &mut [f32], sc: &mut TokenSc
     let total: usize = jobs.iter().map(|j| j.gate.n).sum();
     sc.hidden.resize(total, 0.0);
     let mut cuts = [0usize; MAX_GATE_UP_TASKS + 1];
-    let bytes: usize = jobs.iter().map(|j| j.gate.n * gate_up_row_bytes(j)).sum();
-    let n_tasks = gate_up_cuts(jobs, gemv_tasks(bytes), &mut cuts);
+    let bytes = gate_up_bytes(jobs);
+    let n_tasks = gate_up_cuts(jobs, bytes, gemv_tasks(bytes), &mut cuts);
     let mut tasks: [Option<(usize, &mut [f32])>; MAX_GATE_UP_TASKS] = std::array::from_fn(|_| None);
     let mut rest = &mut sc.hidden[..];
     for (t, c) in tasks.iter_mut().zip(cuts.windows(2)).take(n_tasks) {
@@ -156,8 +156,14 @@ fn gate_up_row_bytes(j: &Job<'_>) -> usize {
     j.gate.row_bytes() + j.up.row_bytes()
 }
 
+/// The gate and up weight bytes of all jobs.
+fn gate_up_bytes(jobs: &[Job<'_>]) -> usize {
+    jobs.iter().map(|j| j.gate.n * gate_up_row_bytes(j)).sum()
+}
+
 /// Cuts the jobs' hidden rows, back to back, into at most `tasks` (and
-/// [`MAX_GATE_UP_TASKS`]) ranges of about equal gate + up weight bytes, cut
+/// [`MAX_GATE_UP_TASKS`]) ranges of about equal gate + up weight bytes (`bytes`
+/// in all, [`gate_up_bytes`]), cut
 /// only between 16-row tiles of a job or at a job's end; `cuts[..=n]`
 /// receives the first row of every range and then the total row count, and
 /// `n` is returned.
@@ -169,10 +175,10 @@ fn gate_up_row_bytes(j: &Job<'_>) -> usize {
 /// ~40 % of every layer's weight bytes.
 fn gate_up_cuts(
     jobs: &[Job<'_>],
+    bytes: usize,
     tasks: usize,
     cuts: &mut [usize; MAX_GATE_UP_TASKS + 1],
 ) -> usize {
-    let bytes: usize = jobs.iter().map(|j| j.gate.n * gate_up_row_bytes(j)).sum();
     let tasks = tasks.clamp(1, MAX_GATE_UP_TASKS);
     cuts[0] = 0;
     let mut n = 1;
@@ -230,7 +236,7 @@ mod tests {
         }
         for tasks in [1usize, 2, 4, 7, 16, 64, 200] {
             let mut cuts = [0usize; MAX_GATE_UP_TASKS + 1];
-            let n = gate_up_cuts(&jobs, tasks, &mut cuts);
+            let n = gate_up_cuts(&jobs, gate_up_bytes(&jobs), tasks, &mut cuts);
             assert!(n >= 1 && n <= tasks.min(MAX_GATE_UP_TASKS), "{tasks}: {n}");
             assert_eq!((cuts[0], cuts[n]), (0, *ends.last().unwrap()));
             let share = total_bytes.div_ceil(tasks.min(MAX_GATE_UP_TASKS));
