@@ -12,7 +12,9 @@
 //! best counts) where other work shares the machine, `GS_ROWS=N` rows per
 //! kernel call (default 128), `GS_SHUFFLE=1` calls in a scattered order, so
 //! that each call starts on memory the previous one did not lead into, as
-//! decode's calls do when they go from one expert or matrix to the next).
+//! decode's calls do when they go from one expert or matrix to the next);
+//! with it, `GS_RUN=N` keeps runs of N consecutive calls together (a decode
+//! thread claims runs of adjacent tasks, then jumps).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -66,22 +68,24 @@ fn gemv_pass(
     buf: &[u8],
     rows_per_call: usize,
     scattered: bool,
+    run: usize,
     a: &[u8],
     out: &mut [f32],
 ) -> f64 {
     let wrb = ty.row_bytes(k as u64).expect("row bytes") as usize;
     let arb = a.len();
     let calls = buf.len() / (wrb * rows_per_call);
-    // 7919 is prime, so `c · 7919 mod calls` visits every call once unless
-    // `calls` is a multiple of it.
-    let stride = if scattered && !calls.is_multiple_of(7919) {
+    // Runs of `run` calls; 7919 is prime, so `r · 7919 mod runs` visits every
+    // run once unless `runs` is a multiple of it.
+    let runs = calls / run;
+    let stride = if scattered && !runs.is_multiple_of(7919) {
         7919
     } else {
         1
     };
     let start = Instant::now();
-    for c in 0..calls {
-        let at = (c * stride) % calls * wrb * rows_per_call;
+    for c in 0..runs * run {
+        let at = ((c / run * stride) % runs * run + c % run) * wrb * rows_per_call;
         let chunk = &buf[at..at + wrb * rows_per_call];
         match t.gemm(ty) {
             Some(g) => g(k, chunk, rows_per_call, a, 1, out, rows_per_call),
@@ -129,6 +133,7 @@ fn main() {
     let passes: usize = env_or("GS_PASSES", 4);
     // `GS_SHUFFLE=1`: calls in a scattered order.
     let scattered = std::env::var("GS_SHUFFLE").is_ok_and(|v| v == "1");
+    let run: usize = env_or("GS_RUN", 1);
     use GgmlType::*;
     let types: Vec<GgmlType> = [Q4_0, Q8_0, Q4_K, Q5_K, Q5_0, Q6_K]
         .into_iter()
@@ -150,7 +155,9 @@ fn main() {
             // One quantized block of rows, copied until the buffer is full
             // (the caches cannot tell copies apart).
             let seed = quantize(ty, &values(1, k * rows_per_call * 4), k);
-            let calls = ((mb * (1 << 20) as f64) as usize / (wrb * rows_per_call)).max(1);
+            // Whole runs of calls.
+            let calls =
+                ((mb * (1 << 20) as f64) as usize / (wrb * rows_per_call * run)).max(1) * run;
             let mut buf = Vec::with_capacity(calls * wrb * rows_per_call);
             while buf.len() < calls * wrb * rows_per_call {
                 let n = seed.len().min(calls * wrb * rows_per_call - buf.len());
@@ -171,6 +178,7 @@ fn main() {
                         &buf,
                         rows_per_call,
                         scattered,
+                        run,
                         &a,
                         &mut out,
                     ));
