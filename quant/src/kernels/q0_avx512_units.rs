@@ -732,16 +732,28 @@ fn gemv_tile<F: UnitFormat>(
 /// ahead was too short, 16 KiB no better.
 pub(super) const PREFETCH_BYTES: usize = 8 << 10;
 
-/// [`gemv_tile`] of a whole tile (16 rows), read as one stream: each row's
-/// units in order into its own accumulator, then the next row (the rows of
-/// a tile, and the tiles of a call, are adjacent in memory), each unit
-/// prefetching the same unit `ahead` bytes further (`ahead` rows below: what
-/// this k-chunk reads that much later) into L2. Sums exactly as
-/// [`gemv_tile`] does (each row's units in order, then [`reduce16`]).
+/// Most k-chunks a row of a lone token's GEMV spans in one pass ([`UNITS`] units
+/// in chunks of `UNITS / TN`).
+const MAX_KCHUNKS: usize = TN;
+
+/// [`gemv_tile`] of a whole tile (16 rows) over the k-chunks `kcs` (adjacent, in
+/// order; `x` holds the token's units from `kcs[0].u0` on), read as one stream:
+/// each row's units in order, chunk by chunk, each chunk into its own
+/// accumulator, then the next row (the rows of a tile, and the tiles of a call,
+/// are adjacent in memory), each unit prefetching the same unit `ahead` bytes
+/// further (`ahead` rows below: what this call reads that much later) into L2.
+/// Sums exactly as [`gemv_tile`] does chunk by chunk (each row's units of a
+/// chunk in order, then [`reduce16`], the chunks added to `out` in order).
+///
+/// Several chunks in one pass, rather than one pass over all rows per chunk:
+/// with Q8_0 rows of 2,048 (two chunks) the pass per chunk read each row in two
+/// strided sweeps and streamed at 0.58-0.68 of a plain read against 0.91-0.96
+/// at 1,536 (one chunk) on a Zen 4 (`gemv_stream`, BENCHMARKS.md, eighteenth
+/// session).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn gemv_tile16<F: UnitFormat>(
-    kc: &KChunk,
+    kcs: &[KChunk],
     w: &[u8],
     wrb: usize,
     x: &[Unit],
@@ -749,46 +761,120 @@ fn gemv_tile16<F: UnitFormat>(
     ahead: usize,
 ) {
     let ub = F::BLOCKS * F::BLOCK_BYTES;
-    let part = kc.last_blocks < F::BLOCKS;
-    // The whole units of the chunk, then (maybe) its partial last one.
-    let whole = kc.units - usize::from(part);
+    let (first, last) = (kcs[0], kcs[kcs.len() - 1]);
+    assert!(kcs.len() <= MAX_KCHUNKS, "gemv tile: chunks");
     assert!(
-        w.len() >= RV * wrb && x.len() >= kc.units && out.len() >= RV,
+        w.len() >= RV * wrb && x.len() >= last.u0 + last.units - first.u0 && out.len() >= RV,
         "gemv tile: operand sizes"
     );
-    assert!((kc.u0 + kc.units - 1) * ub < wrb, "gemv tile: chunk");
-    let base = w.as_ptr().wrapping_add(kc.u0 * ub);
-    let mut acc = [_mm512_setzero_ps(); RV];
-    for (r, acc) in acc.iter_mut().enumerate() {
-        let row = base.wrapping_add(r * wrb);
-        let mut a = _mm512_setzero_ps();
-        for (u, xu) in x[..whole].iter().enumerate() {
-            let p = row.wrapping_add(u * ub);
-            // The unit's first byte and the one 64 later: along the stream
-            // the points lie at most 64 apart, so they name every line
-            // (one prefetch per unit, skipping a line in 4 to 17, measured
-            // 0.45–0.6× as fast: each skipped line is a demand miss).
-            // Prefetches never fault: the address is only computed.
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead).cast());
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + 64).cast());
-            // SAFETY: unit u of row r lies whole in the row (u < whole
-            // units of the chunk, asserted above); AVX-512 is ours.
-            let wv = unsafe { F::weight::<false>(p, F::BLOCKS) };
-            step::<F>(wv, xu, &mut a);
+    assert!((last.u0 + last.units - 1) * ub < wrb, "gemv tile: chunk");
+    let mut acc = [[_mm512_setzero_ps(); RV]; MAX_KCHUNKS];
+    for r in 0..RV {
+        for (kc, acc) in kcs.iter().zip(acc.iter_mut()) {
+            let part = kc.last_blocks < F::BLOCKS;
+            // The whole units of the chunk, then (maybe) its partial last one.
+            let whole = kc.units - usize::from(part);
+            let xc = &x[kc.u0 - first.u0..][..kc.units];
+            let row = w.as_ptr().wrapping_add(r * wrb + kc.u0 * ub);
+            let mut a = _mm512_setzero_ps();
+            for (u, xu) in xc[..whole].iter().enumerate() {
+                let p = row.wrapping_add(u * ub);
+                // The unit's first byte and the one 64 later: along the stream
+                // the points lie at most 64 apart, so they name every line
+                // (one prefetch per unit, skipping a line in 4 to 17, measured
+                // 0.45–0.6× as fast: each skipped line is a demand miss).
+                // Prefetches never fault: the address is only computed.
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead).cast());
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + 64).cast());
+                // SAFETY: unit u of the chunk lies whole in row r (u < whole
+                // units of the chunk, asserted above); AVX-512 is ours.
+                let wv = unsafe { F::weight::<false>(p, F::BLOCKS) };
+                step::<F>(wv, xu, &mut a);
+            }
+            if part {
+                let u = kc.units - 1;
+                // SAFETY: row r is whole; AVX-512 is this function's.
+                let wv = unsafe { weight_unit::<F>(&w[r * wrb..][..wrb], kc, u) };
+                step::<F>(wv, &xc[u], &mut a);
+            }
+            acc[r] = a;
         }
-        if part {
-            let u = kc.units - 1;
-            // SAFETY: row r is whole; AVX-512 is this function's.
-            let wv = unsafe { weight_unit::<F>(&w[r * wrb..][..wrb], kc, u) };
-            step::<F>(wv, &x[u], &mut a);
-        }
-        *acc = a;
     }
-    let mut o = [0f32; 16];
-    // SAFETY: o is 16 f32.
-    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(&acc)) };
-    for (d, &v) in out[..RV].iter_mut().zip(&o) {
-        put(d, v, kc.first);
+    for (kc, acc) in kcs.iter().zip(acc.iter()) {
+        let mut o = [0f32; 16];
+        // SAFETY: o is 16 f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(acc)) };
+        for (d, &v) in out[..RV].iter_mut().zip(&o) {
+            put(d, v, kc.first);
+        }
+    }
+}
+
+/// One token against `n_rows` rows whose units, `nu ≤ UNITS` of them, span
+/// several k-chunks of `kg` units: the token's units prepared once, then every
+/// 16-row tile read whole row by row over all its chunks ([`gemv_tile16`]), a
+/// partial last tile chunk by chunk. The same sums as the pass per chunk.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+fn gemv_rows<F: UnitFormat>(
+    nb: usize,
+    nu: usize,
+    kg: usize,
+    w: &[u8],
+    wrb: usize,
+    n_rows: usize,
+    blocks: &[F::A],
+    out: &mut [f32],
+) {
+    assert!(
+        nu <= UNITS && nu.div_ceil(kg) <= MAX_KCHUNKS,
+        "gemv rows: chunks"
+    );
+    let mut kcs = [KChunk {
+        u0: 0,
+        units: 0,
+        last_blocks: F::BLOCKS,
+        first: true,
+    }; MAX_KCHUNKS];
+    let n_kc = nu.div_ceil(kg);
+    for (c, kc) in kcs.iter_mut().enumerate().take(n_kc) {
+        let u0 = c * kg;
+        let units = kg.min(nu - u0);
+        *kc = KChunk {
+            u0,
+            units,
+            last_blocks: if u0 + units == nu {
+                nb - (nu - 1) * F::BLOCKS
+            } else {
+                F::BLOCKS
+            },
+            first: u0 == 0,
+        };
+    }
+    let kcs = &kcs[..n_kc];
+    let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
+    for (u, b) in buf.iter_mut().enumerate().take(nu) {
+        let b0 = u * F::BLOCKS;
+        let b1 = (b0 + F::BLOCKS).min(nb);
+        // SAFETY: AVX-512 is this function's.
+        b.write(unsafe { F::prep(&blocks[b0..b1]) });
+    }
+    // SAFETY: the first nu units were written just above; MaybeUninit<Unit>
+    // has Unit's layout.
+    let x: &[Unit] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<Unit>(), nu) };
+    // The rows `PREFETCH_BYTES` of the stream ahead (whole rows are read).
+    let ahead = PREFETCH_BYTES.div_ceil(wrb) * wrb;
+    for r0 in (0..n_rows).step_by(RV) {
+        let nr = RV.min(n_rows - r0);
+        if nr < RV {
+            for kc in kcs {
+                let xc = &x[kc.u0..][..kc.units];
+                gemv_tile::<F>(kc, &w[r0 * wrb..], wrb, nr, xc, &mut out[r0..]);
+            }
+            continue;
+        }
+        gemv_tile16::<F>(kcs, &w[r0 * wrb..], wrb, x, &mut out[r0..], ahead);
     }
 }
 
@@ -853,8 +939,12 @@ fn gemm_units<F: UnitFormat>(
     };
     let nu = nb.div_ceil(F::BLOCKS);
     let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
-    let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
     let kg = nu.min(UNITS / TN);
+    if n_tok == 1 && nu > kg && nu <= UNITS {
+        // Decode's GEMV over rows of several chunks: whole rows in one pass.
+        return gemv_rows::<F>(nb, nu, kg, w, wrb, n_rows, &ab[..nb], out);
+    }
+    let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
     for u0 in (0..nu).step_by(kg) {
         let units = kg.min(nu - u0);
         let kc = KChunk {
@@ -904,7 +994,8 @@ fn gemm_units<F: UnitFormat>(
                         gemv_tile::<F>(&kc, &w[r0 * wrb..], wrb, nr, xt, &mut o[r0..]);
                         continue;
                     }
-                    gemv_tile16::<F>(&kc, &w[r0 * wrb..], wrb, xt, &mut o[r0..], ahead);
+                    let kcs = std::slice::from_ref(&kc);
+                    gemv_tile16::<F>(kcs, &w[r0 * wrb..], wrb, xt, &mut o[r0..], ahead);
                 }
             }
         }
