@@ -42,7 +42,7 @@ use std::mem::MaybeUninit;
 
 use super::kquant_avx2::Shape;
 use super::q0_avx512_units::PREFETCH_BYTES;
-use super::q0_x86::{h2f, hsum_ps, q0_shape, ActBlock, M_BYTE};
+use super::q0_x86::{h2f, hsum_ps, q0_shape, ActBlock, KChunk, M_BYTE};
 use crate::block::{
     as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, ByteBlock,
 };
@@ -482,17 +482,6 @@ fn step<F: GroupFormat>(w: &Weights, x: &Group, acc: &mut __m256) {
     }
 }
 
-/// Where a k-chunk sits in the row: its first group, its groups, the blocks
-/// of its last group (`BLOCKS` unless the row ends in a partial one), and
-/// whether it is the row's first chunk.
-#[derive(Clone, Copy)]
-struct KChunk {
-    g0: usize,
-    groups: usize,
-    last_blocks: usize,
-    first: bool,
-}
-
 /// Weight group `g` (chunk-relative) of the row at `row`: a partial last
 /// group is copied beside zero blocks first, so no read passes the row.
 ///
@@ -501,8 +490,8 @@ struct KChunk {
 #[inline(always)]
 unsafe fn weight_group<F: GroupFormat>(row: &[u8], kc: &KChunk, g: usize) -> Weights {
     let gb = BLOCKS * F::BLOCK_BYTES;
-    let off = (kc.g0 + g) * gb;
-    if g + 1 == kc.groups && kc.last_blocks < BLOCKS {
+    let off = (kc.u0 + g) * gb;
+    if g + 1 == kc.units && kc.last_blocks < BLOCKS {
         let mut pad = [0u8; BLOCKS * 34];
         debug_assert!(F::BLOCK_BYTES <= 34);
         let n = kc.last_blocks * F::BLOCK_BYTES;
@@ -540,15 +529,15 @@ fn gemv_rows<F: GroupFormat>(
     ahead: usize,
 ) {
     let gb = BLOCKS * F::BLOCK_BYTES;
-    let whole = kc.groups - usize::from(kc.last_blocks < BLOCKS);
+    let whole = kc.units - usize::from(kc.last_blocks < BLOCKS);
     assert!(
-        w.len() >= n_rows * wrb && x.len() >= kc.groups && out.len() >= n_rows,
+        w.len() >= n_rows * wrb && x.len() >= kc.units && out.len() >= n_rows,
         "gemv rows: operand sizes"
     );
-    assert!((kc.g0 + whole) * gb <= wrb, "gemv rows: chunk");
+    assert!((kc.u0 + whole) * gb <= wrb, "gemv rows: chunk");
     for (r, o) in out[..n_rows].iter_mut().enumerate() {
         let row = &w[r * wrb..][..wrb];
-        let base = row.as_ptr().wrapping_add(kc.g0 * gb);
+        let base = row.as_ptr().wrapping_add(kc.u0 * gb);
         let mut acc = _mm256_setzero_ps();
         for (g, xg) in x[..whole].iter().enumerate() {
             let p = base.wrapping_add(g * gb);
@@ -563,7 +552,7 @@ fn gemv_rows<F: GroupFormat>(
             let wv = unsafe { F::decode(p) };
             step::<F>(&wv, xg, &mut acc);
         }
-        if whole < kc.groups {
+        if whole < kc.units {
             // SAFETY: AVX2 is this function's.
             let wv = unsafe { weight_group::<F>(row, kc, whole) };
             step::<F>(&wv, &x[whole], &mut acc);
@@ -590,7 +579,7 @@ fn tile<F: GroupFormat>(
     ldo: usize,
 ) {
     let mut acc = [[_mm256_setzero_ps(); TN]; RM];
-    for g in 0..kc.groups {
+    for g in 0..kc.units {
         for (r, acc) in acc.iter_mut().enumerate().take(nr) {
             // SAFETY: row r is whole; AVX2 is this function's.
             let wv = unsafe { weight_group::<F>(&w[r * wrb..][..wrb], kc, g) };
@@ -630,17 +619,8 @@ fn gemm_groups<F: GroupFormat>(
     let mut buf = [const { MaybeUninit::<Group>::uninit() }; GROUPS];
     let kg = ng.min(GROUPS / TN);
     for g0 in (0..ng).step_by(kg) {
-        let groups = kg.min(ng - g0);
-        let kc = KChunk {
-            g0,
-            groups,
-            last_blocks: if g0 + groups == ng {
-                nb - (ng - 1) * BLOCKS
-            } else {
-                BLOCKS
-            },
-            first: g0 == 0,
-        };
+        let kc = KChunk::at(g0, kg, ng, nb, BLOCKS);
+        let groups = kc.units;
         let pass = (GROUPS / groups) / TN * TN;
         for p0 in (0..n_tok).step_by(pass) {
             let np = pass.min(n_tok - p0);

@@ -44,7 +44,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::kquant_avx2::Shape;
-use super::q0_x86::{h2f, q0_shape, ActBlock};
+use super::q0_x86::{h2f, q0_shape, ActBlock, KChunk};
 use crate::block::{
     as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, ByteBlock,
 };
@@ -653,16 +653,6 @@ fn step<F: UnitFormat>(w: Weights, x: &Unit, acc: &mut __m512) {
     }
 }
 
-/// Where a k-chunk sits in the row: its first unit, its units, and whether
-/// its last unit is a partial one (`last_blocks` of `F::BLOCKS`).
-#[derive(Clone, Copy)]
-struct KChunk {
-    u0: usize,
-    units: usize,
-    last_blocks: usize,
-    first: bool,
-}
-
 /// Weight unit `u` (chunk-relative) of the row at `row`.
 ///
 /// # Safety
@@ -831,27 +821,10 @@ fn gemv_rows<F: UnitFormat>(
         nu <= UNITS && nu.div_ceil(kg) <= MAX_KCHUNKS,
         "gemv rows: chunks"
     );
-    let mut kcs = [KChunk {
-        u0: 0,
-        units: 0,
-        last_blocks: F::BLOCKS,
-        first: true,
-    }; MAX_KCHUNKS];
     let n_kc = nu.div_ceil(kg);
-    for (c, kc) in kcs.iter_mut().enumerate().take(n_kc) {
-        let u0 = c * kg;
-        let units = kg.min(nu - u0);
-        *kc = KChunk {
-            u0,
-            units,
-            last_blocks: if u0 + units == nu {
-                nb - (nu - 1) * F::BLOCKS
-            } else {
-                F::BLOCKS
-            },
-            first: u0 == 0,
-        };
-    }
+    // Entries past `n_kc` are never read; clamped to the last unit they are still valid.
+    let kcs: [KChunk; MAX_KCHUNKS] =
+        std::array::from_fn(|c| KChunk::at((c * kg).min(nu - 1), kg, nu, nb, F::BLOCKS));
     let kcs = &kcs[..n_kc];
     let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
     for (u, b) in buf.iter_mut().enumerate().take(nu) {
@@ -946,17 +919,8 @@ fn gemm_units<F: UnitFormat>(
     }
     let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
     for u0 in (0..nu).step_by(kg) {
-        let units = kg.min(nu - u0);
-        let kc = KChunk {
-            u0,
-            units,
-            last_blocks: if u0 + units == nu {
-                nb - (nu - 1) * F::BLOCKS
-            } else {
-                F::BLOCKS
-            },
-            first: u0 == 0,
-        };
+        let kc = KChunk::at(u0, kg, nu, nb, F::BLOCKS);
+        let units = kc.units;
         let pass = (UNITS / units) / TN * TN;
         for p0 in (0..n_tok).step_by(pass) {
             let np = pass.min(n_tok - p0);

@@ -384,3 +384,33 @@ pub(super) fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     let off = buf.as_ptr().align_offset(64);
     &mut buf[off..off + len]
 }
+
+/// Where a k-chunk sits in a row of the x86 kernels' units (the AVX-512
+/// units, the AVX2 groups: `blocks` 32-element blocks each): its first unit,
+/// its units, the blocks of its last unit (`blocks` unless the row ends in a
+/// partial one), and whether it is the row's first chunk.
+#[derive(Clone, Copy)]
+pub(super) struct KChunk {
+    pub u0: usize,
+    pub units: usize,
+    pub last_blocks: usize,
+    pub first: bool,
+}
+
+impl KChunk {
+    /// The chunk of at most `kg` units from unit `u0 < nu` of a row of `nu`
+    /// units and `nb` blocks.
+    pub fn at(u0: usize, kg: usize, nu: usize, nb: usize, blocks: usize) -> KChunk {
+        let units = kg.min(nu - u0);
+        KChunk {
+            u0,
+            units,
+            last_blocks: if u0 + units == nu {
+                nb - (nu - 1) * blocks
+            } else {
+                blocks
+            },
+            first: u0 == 0,
+        }
+    }
+}
