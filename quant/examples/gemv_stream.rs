@@ -14,7 +14,8 @@
 //! that each call starts on memory the previous one did not lead into, as
 //! decode's calls do when they go from one expert or matrix to the next);
 //! with it, `GS_RUN=N` keeps runs of N consecutive calls together (a decode
-//! thread claims runs of adjacent tasks, then jumps).
+//! thread claims runs of adjacent tasks, then jumps); `GS_K=2048` one row
+//! width instead of Tiny's 1,280 and 896 (Small's rows are 2,048).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -147,9 +148,14 @@ fn main() {
     // Rows per call: decode's usual task size at k = 1280 unless set.
     let rows_per_call: usize = env_or("GS_ROWS", 128);
     for ty in types {
-        for k in [1280usize, 896] {
+        let widths = match std::env::var("GS_K") {
+            Ok(_) => vec![env_or("GS_K", 1280usize)],
+            Err(_) => vec![1280, 896],
+        };
+        for k in widths {
             // K-quants take k in whole 256-element super-blocks.
             let Some(wrb) = ty.row_bytes(k as u64).map(|b| b as usize) else {
+                println!("{ty:>5} k={k:<5} skipped: not a whole number of {ty} blocks");
                 continue;
             };
             // One quantized block of rows, copied until the buffer is full

@@ -801,9 +801,8 @@ fn gemv_tile16<F: UnitFormat>(
 }
 
 /// One token against `n_rows` rows whose units, `nu ≤ UNITS` of them, span
-/// several k-chunks of `kg` units: the token's units prepared once, then every
-/// 16-row tile read whole row by row over all its chunks ([`gemv_tile16`]), a
-/// partial last tile chunk by chunk. The same sums as the pass per chunk.
+/// several k-chunks of `kg` units: the token's units prepared once, then
+/// [`gemv_tiles`] over all the chunks at once. The same sums as the pass per chunk.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
@@ -817,32 +816,57 @@ fn gemv_rows<F: UnitFormat>(
     blocks: &[F::A],
     out: &mut [f32],
 ) {
-    assert!(
-        nu <= UNITS && nu.div_ceil(kg) <= MAX_KCHUNKS,
-        "gemv rows: chunks"
-    );
     let n_kc = nu.div_ceil(kg);
-    // Entries past `n_kc` are never read; clamped to the last unit they are still valid.
-    let kcs: [KChunk; MAX_KCHUNKS] =
-        std::array::from_fn(|c| KChunk::at((c * kg).min(nu - 1), kg, nu, nb, F::BLOCKS));
-    let kcs = &kcs[..n_kc];
-    let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
-    for (u, b) in buf.iter_mut().enumerate().take(nu) {
-        let b0 = u * F::BLOCKS;
-        let b1 = (b0 + F::BLOCKS).min(nb);
-        // SAFETY: AVX-512 is this function's.
-        b.write(unsafe { F::prep(&blocks[b0..b1]) });
+    assert!(nu <= UNITS && n_kc <= MAX_KCHUNKS, "gemv rows: chunks");
+    let mut kcs = [KChunk::at(0, kg, nu, nb, F::BLOCKS); MAX_KCHUNKS];
+    for (kc, u0) in kcs.iter_mut().zip((0..nu).step_by(kg)) {
+        *kc = KChunk::at(u0, kg, nu, nb, F::BLOCKS);
     }
+    let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
+    prep_units::<F>(blocks, 0, &mut buf[..nu]);
     // SAFETY: the first nu units were written just above; MaybeUninit<Unit>
     // has Unit's layout.
     let x: &[Unit] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<Unit>(), nu) };
-    // The rows `PREFETCH_BYTES` of the stream ahead (whole rows are read).
-    let ahead = PREFETCH_BYTES.div_ceil(wrb) * wrb;
+    gemv_tiles::<F>(&kcs[..n_kc], w, wrb, n_rows, x, out);
+}
+
+/// `dst[u]` = unit `u0 + u` of the token whose `nb` blocks are `blocks`,
+/// prepared for the kernels (`dst.len()` units).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn prep_units<F: UnitFormat>(blocks: &[F::A], u0: usize, dst: &mut [MaybeUninit<Unit>]) {
+    for (u, d) in dst.iter_mut().enumerate() {
+        let b0 = (u0 + u) * F::BLOCKS;
+        let b1 = (b0 + F::BLOCKS).min(blocks.len());
+        // SAFETY: AVX-512 is this function's.
+        d.write(unsafe { F::prep(&blocks[b0..b1]) });
+    }
+}
+
+/// `out[r] (+)=` over the k-chunks `kcs` (adjacent, in order) for one token
+/// whose units from `kcs[0].u0` on are `x`: whole 16-row tiles read as one
+/// stream ([`gemv_tile16`], prefetching `PREFETCH_BYTES` of it ahead), a
+/// partial last tile chunk by chunk ([`gemv_tile`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemv_tiles<F: UnitFormat>(
+    kcs: &[KChunk],
+    w: &[u8],
+    wrb: usize,
+    n_rows: usize,
+    x: &[Unit],
+    out: &mut [f32],
+) {
+    let (first, last) = (kcs[0], kcs[kcs.len() - 1]);
+    // The rows `PREFETCH_BYTES` of the stream ahead: each row's read is the
+    // chunks' units.
+    let read = (last.u0 + last.units - first.u0) * F::BLOCKS * F::BLOCK_BYTES;
+    let ahead = PREFETCH_BYTES.div_ceil(read) * wrb;
     for r0 in (0..n_rows).step_by(RV) {
         let nr = RV.min(n_rows - r0);
         if nr < RV {
             for kc in kcs {
-                let xc = &x[kc.u0..][..kc.units];
+                let xc = &x[kc.u0 - first.u0..][..kc.units];
                 gemv_tile::<F>(kc, &w[r0 * wrb..], wrb, nr, xc, &mut out[r0..]);
             }
             continue;
@@ -926,12 +950,7 @@ fn gemm_units<F: UnitFormat>(
             let np = pass.min(n_tok - p0);
             for t in 0..np {
                 let blocks = &ab[(p0 + t) * nb..][..nb];
-                for u in 0..units {
-                    let b0 = (u0 + u) * F::BLOCKS;
-                    let b1 = (b0 + F::BLOCKS).min(nb);
-                    // SAFETY: AVX-512 is this function's.
-                    buf[t * units + u].write(unsafe { F::prep(&blocks[b0..b1]) });
-                }
+                prep_units::<F>(blocks, u0, &mut buf[t * units..][..units]);
             }
             // SAFETY: the first np·units units were written just above;
             // MaybeUninit<Unit> has Unit's layout.
@@ -949,18 +968,8 @@ fn gemm_units<F: UnitFormat>(
             }
             if multi < np {
                 let xt = &x[multi * units..];
-                // The rows `PREFETCH_BYTES` of this chunk's stream ahead.
-                let ahead = PREFETCH_BYTES.div_ceil(units * F::BLOCKS * F::BLOCK_BYTES) * wrb;
                 let o = &mut out[(p0 + multi) * ldo..];
-                for r0 in (0..n_rows).step_by(RV) {
-                    let nr = RV.min(n_rows - r0);
-                    if nr < RV {
-                        gemv_tile::<F>(&kc, &w[r0 * wrb..], wrb, nr, xt, &mut o[r0..]);
-                        continue;
-                    }
-                    let kcs = std::slice::from_ref(&kc);
-                    gemv_tile16::<F>(kcs, &w[r0 * wrb..], wrb, xt, &mut o[r0..], ahead);
-                }
+                gemv_tiles::<F>(std::slice::from_ref(&kc), w, wrb, n_rows, xt, o);
             }
         }
     }
