@@ -97,17 +97,20 @@ pub(super) fn run(jobs: &[Job<'_>], x: &[f32], out: &mut [f32], sc: &mut TokenSc
             }
         }
     });
-    // Hidden rows quantized for their down matrices, back to back.
-    let bytes: usize = jobs.iter().map(Job::down_act_bytes).sum();
-    sc.h_act.resize(bytes, 0);
-    let (mut h0, mut b0) = (0, 0);
-    for j in jobs {
-        let (nb, f) = (j.down_act_bytes(), j.gate.n);
+    // Hidden rows quantized for their down matrices, back to back: job i's at
+    // `act_at[i]..act_at[i + 1]`.
+    let mut act_at = [0usize; MAX_JOBS + 1];
+    for (i, j) in jobs.iter().enumerate() {
+        act_at[i + 1] = act_at[i] + j.down_act_bytes();
+    }
+    sc.h_act.resize(act_at[jobs.len()], 0);
+    let mut h0 = 0;
+    for (i, j) in jobs.iter().enumerate() {
+        let f = j.gate.n;
         // Cannot fail: the hidden width is the down matrix's row length.
-        let dst = &mut sc.h_act[b0..b0 + nb];
+        let dst = &mut sc.h_act[act_at[i]..act_at[i + 1]];
         let _ = quantize_row(vec_dot_type(j.down.ty), &sc.hidden[h0..h0 + f], dst);
         h0 += f;
-        b0 += nb;
     }
     // (2) The down rows of all jobs, back to back in `y` (job after job, each an output
     // row), cut into tasks of about equal weight bytes, so a task reads long runs of one
@@ -116,10 +119,6 @@ pub(super) fn run(jobs: &[Job<'_>], x: &[f32], out: &mut [f32], sc: &mut TokenSc
     // longer on a Zen 4, BENCHMARKS.md, nineteenth session.)
     let n_out = out.len();
     sc.y.resize(jobs.len() * n_out, 0.0);
-    let mut act_at = [0usize; MAX_JOBS + 1];
-    for (i, j) in jobs.iter().enumerate() {
-        act_at[i + 1] = act_at[i] + j.down_act_bytes();
-    }
     let down = |j: &Job<'_>| (j.down.n, j.down.row_bytes());
     let bytes = job_bytes(jobs, down);
     let n_tasks = byte_cuts(jobs, down, bytes, gemv_tasks(bytes), &mut cuts);
