@@ -57,6 +57,8 @@ pub struct ModelBenchOptions {
     pub experts: ExpertOptions,
     /// Parts to run on a ggml device (`--gpu`, `--offload`, `--gpu-mem`).
     pub backend: crate::backend::BackendOptions,
+    /// The vision tower's product arithmetic (`--vision-precision`).
+    pub vision_precision: crate::model::deepseek_vl2::vision::VisionPrecision,
 }
 
 /// Median and range of one measurement over the repetitions.
@@ -321,6 +323,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         Some(p) => {
             let mut v = VisionModel::load(p)
                 .with_context(|| format!("loading the vision model {}", p.display()))?;
+            v.set_precision(o.vision_precision);
             if let Some(enc) = crate::backend::vision_encoder(&vision_backend, &v, o.threads)
                 .context("vision offload")?
             {

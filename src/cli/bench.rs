@@ -68,6 +68,8 @@ pub struct BenchModelArgs {
     pub experts: super::expert_args::ExpertArgs,
     #[command(flatten)]
     pub gpu: super::gpu_args::GpuArgs,
+    #[command(flatten)]
+    pub vision: super::vision_args::VisionArgs,
 }
 
 /// Arguments of `pocketvl bench convert`.
@@ -127,6 +129,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 progress: true,
                 experts: a.experts.options(),
                 backend: a.gpu.options()?,
+                vision_precision: a.vision.vision_precision,
             };
             let mut r =
                 bench_model(&opts).with_context(|| format!("bench model {}", a.model.display()))?;

@@ -15,6 +15,7 @@ pub mod run;
 pub mod serve;
 pub mod synth;
 pub mod threads;
+pub mod vision_args;
 
 /// Run DeepSeek-VL2 vision-language models on CPU.
 #[derive(Debug, Parser)]

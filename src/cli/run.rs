@@ -91,6 +91,8 @@ pub struct RunArgs {
     pub experts: super::expert_args::ExpertArgs,
     #[command(flatten)]
     pub gpu: super::gpu_args::GpuArgs,
+    #[command(flatten)]
+    pub vision: super::vision_args::VisionArgs,
 }
 
 /// Runs the subcommand.
@@ -128,6 +130,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             exif_rotate: !args.no_exif_rotate,
             experts: args.experts.options(),
             backend: args.gpu.options()?,
+            vision_precision: args.vision.vision_precision,
         },
     )
     .map_err(|e| match e {

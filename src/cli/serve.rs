@@ -44,6 +44,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub gpu: super::gpu_args::GpuArgs,
     #[command(flatten)]
+    pub vision: super::vision_args::VisionArgs,
+    #[command(flatten)]
     pub experts: super::expert_args::ExpertStoreArgs,
 }
 
@@ -70,5 +72,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         exif_rotate: !args.no_exif_rotate,
         backend,
         experts: args.experts.options(),
+        vision_precision: args.vision.vision_precision,
     })
 }

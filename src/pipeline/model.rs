@@ -11,7 +11,7 @@ use crate::backend::{self, BackendOptions};
 use crate::experts::ExpertOptions;
 use crate::limits;
 use crate::loader::ModelFile;
-use crate::model::deepseek_vl2::vision::VisionModel;
+use crate::model::deepseek_vl2::vision::{VisionModel, VisionPrecision};
 use crate::model::deepseek_vl2::LanguageModel;
 use crate::tokenizer::Tokenizer;
 
@@ -31,6 +31,8 @@ pub struct ModelOptions {
     pub experts: ExpertOptions,
     /// Parts to run on a ggml device (`--gpu`, `--offload`, `--gpu-mem`).
     pub backend: BackendOptions,
+    /// The vision tower's product arithmetic (`--vision-precision`; default exact).
+    pub vision_precision: VisionPrecision,
 }
 
 impl Default for ModelOptions {
@@ -42,6 +44,7 @@ impl Default for ModelOptions {
             exif_rotate: true,
             experts: ExpertOptions::default(),
             backend: BackendOptions::default(),
+            vision_precision: VisionPrecision::default(),
         }
     }
 }
@@ -63,6 +66,7 @@ struct Inner {
     exif_rotate: bool,
     /// The vision tower's offload (`--gpu-mem` less what the layers took).
     backend: BackendOptions,
+    vision_precision: VisionPrecision,
 }
 
 impl Model {
@@ -120,6 +124,7 @@ impl Model {
                 pool: opts.pool,
                 exif_rotate: opts.exif_rotate,
                 backend: vision_backend,
+                vision_precision: opts.vision_precision,
             }),
         })
     }
@@ -147,6 +152,7 @@ impl Model {
             path: path.clone(),
             source: Box::new(source),
         })?;
+        v.set_precision(self.inner.vision_precision);
         let threads = self
             .inner
             .pool

@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub backend: crate::backend::BackendOptions,
     /// The expert store (`--mem-budget`, `--cold-experts`, ...).
     pub experts: crate::experts::ExpertOptions,
+    /// The vision tower's product arithmetic (`--vision-precision`).
+    pub vision_precision: crate::model::deepseek_vl2::vision::VisionPrecision,
 }
 
 /// The server's shared state: set up at once, with the model arriving when loaded.
@@ -85,6 +87,7 @@ impl AppState {
                 exif_rotate: o.exif_rotate,
                 experts: o.experts.clone(),
                 backend: o.backend.clone(),
+                vision_precision: o.vision_precision,
             },
         )?;
         if model.has_vision() {

@@ -324,6 +324,7 @@ fn health_is_503_while_loading() {
         exif_rotate: true,
         backend: Default::default(),
         experts: Default::default(),
+        vision_precision: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

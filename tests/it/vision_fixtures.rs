@@ -10,7 +10,7 @@ use convert::safetensors::SafeTensorsFile;
 use convert::write::mmproj_path;
 use pocketvl::image_io::load_rgb;
 use pocketvl::model::deepseek_vl2::preprocess::{normalize_chw, preprocess, Preprocessed};
-use pocketvl::model::deepseek_vl2::vision::VisionModel;
+use pocketvl::model::deepseek_vl2::vision::{VisionModel, VisionPrecision};
 use serde_json::Value;
 
 use crate::common;
@@ -158,4 +158,35 @@ fn vision_stages_tiny_mha() {
 #[test]
 fn vision_stages_tiny_mla() {
     check_fixture("tiny-mla");
+}
+
+/// `--vision-precision bf16` on the default (bf16) mmproj: the tower's activations rounded to
+/// bf16 where this CPU has AVX512_BF16 or AMX (then the output moves off the exact path, by
+/// about the 2^-9 rounding carried through 27 layers), the exact path elsewhere. The bound is
+/// this mode's own, 4x the largest difference measured on both fixtures (2.2e-2,
+/// `vision_tower_recipes`); the exact mode keeps [`TOL`].
+#[test]
+fn bf16_precision_tower_stays_near_the_reference() {
+    let rounded =
+        quant::kernels::bf16_tiles().is_some() || quant::kernels::bf16_dot_tiles().is_some();
+    for fx in ["tiny-mha", "tiny-mla"] {
+        let (_dir, out) = converted(fx, "bf16");
+        let mut model = VisionModel::load(&mmproj_path(&out)).unwrap();
+        let golden = SafeTensorsFile::open(&fixture(fx).join("golden.safetensors")).unwrap();
+        let want = golden.tensor("tiles.vision_out").unwrap().to_f32().unwrap();
+        let tiles = golden_tiles();
+        let cfg = &model.config;
+        let pixels: Vec<f32> = tiles
+            .iter()
+            .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
+            .collect();
+        let exact = model.tower().forward(&pixels, tiles.len()).unwrap();
+        model.set_precision(VisionPrecision::Bf16);
+        let fast = model.tower().forward(&pixels, tiles.len()).unwrap();
+        let (de, df) = (max_abs(&exact, &want), max_abs(&fast, &want));
+        println!("{fx}: exact {de:e}, bf16 {df:e} (rounded path: {rounded})");
+        assert!(de <= TOL, "{fx}: exact mode {de} > {TOL}");
+        assert!(df <= 9e-2, "{fx}: bf16 mode {df}");
+        assert_eq!(rounded, exact != fast, "{fx}: which path ran");
+    }
 }

@@ -1,7 +1,9 @@
 //! Accuracy of the vision-tower recipes, measured (not asserted: a table for choosing the
 //! default `vision` type). Each tiny fixture is converted with the f32 recipe and the tower
 //! and projector matrices overridden to F32 (exact), F16, BF16 or Q8_0 (which also rounds
-//! activations to int8 blocks); the reference's own pixels go through tower, projector and
+//! activations to int8 blocks), BF16 also with `--vision-precision bf16` (the tower's
+//! activations rounded to bf16 where this CPU has AVX512_BF16 or AMX; exact elsewhere, so
+//! the row then equals plain BF16's); the reference's own pixels go through tower, projector and
 //! the f32 language model. Printed per recipe: tower output max |diff| (7 golden tiles),
 //! image-embeds max |diff|, last-position logits max |diff| and greedy agreement (16 tokens
 //! per case) against the golden outputs.
@@ -14,7 +16,7 @@ use pocketvl::image_io::load_rgb;
 use pocketvl::loader::ModelFile;
 use pocketvl::model::deepseek_vl2::preprocess::{normalize_chw, preprocess, Preprocessed};
 use pocketvl::model::deepseek_vl2::prompt::build_chat;
-use pocketvl::model::deepseek_vl2::vision::VisionModel;
+use pocketvl::model::deepseek_vl2::vision::{VisionModel, VisionPrecision};
 use pocketvl::model::deepseek_vl2::LanguageModel;
 use pocketvl::sampler::SamplerConfig;
 use pocketvl::tokenizer::Tokenizer;
@@ -25,7 +27,7 @@ use serde_json::Value;
 use crate::common;
 use common::{fixture, golden_tiles, max_abs, messages, Golden, Lm};
 
-fn measure(fx: &str, vty: GgmlType) {
+fn measure(fx: &str, vty: GgmlType, precision: VisionPrecision) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.gguf");
     convert(&ConvertOptions {
@@ -41,7 +43,8 @@ fn measure(fx: &str, vty: GgmlType) {
     let file = ModelFile::open(&path).unwrap();
     let model = LanguageModel::load(&file).unwrap();
     let tok = Tokenizer::from_model_file(&file).unwrap();
-    let vision = VisionModel::load(&mmproj_path(&path)).unwrap();
+    let mut vision = VisionModel::load(&mmproj_path(&path)).unwrap();
+    vision.set_precision(precision);
     let golden = Golden::open(fx);
     let tiles = golden_tiles();
     let cfg = &vision.config;
@@ -117,7 +120,7 @@ fn measure(fx: &str, vty: GgmlType) {
         total += want.len();
     }
     println!(
-        "{fx} tower {vty}: tower out max {d_tower:.3e} | image embeds max {d_emb:.3e} | \
+        "{fx} tower {vty} ({precision}): tower out max {d_tower:.3e} | image embeds max {d_emb:.3e} | \
          logits_last max {d_logits:.3e} | greedy prefix {agree}/{total}"
     );
 }
@@ -126,8 +129,14 @@ fn measure(fx: &str, vty: GgmlType) {
 #[ignore = "measurement: prints the accuracy table of the tower recipes"]
 fn tower_recipe_accuracy_table() {
     for fx in ["tiny-mha", "tiny-mla"] {
-        for vty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0] {
-            measure(fx, vty);
+        for (vty, precision) in [
+            (GgmlType::F32, VisionPrecision::Exact),
+            (GgmlType::F16, VisionPrecision::Exact),
+            (GgmlType::BF16, VisionPrecision::Exact),
+            (GgmlType::BF16, VisionPrecision::Bf16),
+            (GgmlType::Q8_0, VisionPrecision::Exact),
+        ] {
+            measure(fx, vty, precision);
         }
     }
 }

@@ -161,17 +161,22 @@ pub(crate) fn block_bytes(k: usize) -> usize {
 }
 
 /// Packs rows `32 b..` (at most 32, fewer in the last block) of the `n_rows` BF16 rows of
-/// `k` in `w` into `dst` (`block_bytes(k)` bytes) for [`gemm_packed`].
+/// `k` in `w` into `dst` (`block_bytes(k)` bytes) for [`gemm_packed`], and for the
+/// `vdpbf16ps` kernel (`float_gemm_bf16dot.rs`), which reads the same layout: packing
+/// takes AVX-512 F/BW/BF16 only, no tile instruction.
 pub(crate) fn pack_block(k: usize, w: &[u8], n_rows: usize, b: usize, dst: &mut [u8]) {
     let (r0, bb) = (32 * b, block_bytes(k));
     assert!(
         r0 < n_rows && w.len() >= n_rows * 2 * k && dst.len() >= bb,
         "pack: sizes"
     );
-    assert!(detected(), "AMX packing called without AMX");
+    assert!(
+        super::float_gemm_bf16dot::detected(),
+        "bf16 packing called without AVX-512 BF16"
+    );
     let nr = 32.min(n_rows - r0);
-    // SAFETY: AVX-512 F/BW/BF16 (`detected`); `dst` holds the block's bytes and the rows
-    // lie inside `w` (asserted).
+    // SAFETY: AVX-512 F/BW/BF16 (`float_gemm_bf16dot::detected`); `dst` holds the block's
+    // bytes and the rows lie inside `w` (asserted).
     unsafe { pack_weights(&w[r0 * 2 * k..(r0 + nr) * 2 * k], nr, k, dst) }
 }
 

@@ -21,6 +21,8 @@ pub(crate) mod float_gemm_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod float_gemm_avx512;
 #[cfg(target_arch = "x86_64")]
+mod float_gemm_bf16dot;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod kquant_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod kquant_avx2_rows;
@@ -493,6 +495,23 @@ pub fn bf16_tiles() -> Option<Bf16Tiles> {
         return Some(Bf16Tiles {
             pack_block: float_gemm_amx::pack_block,
             gemm: float_gemm_amx::gemm_packed,
+        });
+    }
+    None
+}
+
+/// [`Bf16Tiles`] on AVX-512 BF16's `vdpbf16ps` (`float_gemm_bf16dot.rs`; the scalar twins
+/// of [`gemm_bf16_rounded`] / [`gemm_bf16_split`]) where the CPU has AVX512_BF16 (AMD Zen 4
+/// and later, Intel Cooper Lake and later) within the `avx512-vnni` tier cap, else `None`:
+/// twice the f32 FMA's multiply-adds per instruction with the activations rounded to bf16,
+/// none gained with them split. For callers that chose bf16 arithmetic where
+/// [`bf16_tiles`] (AMX) is not there.
+pub fn bf16_dot_tiles() -> Option<Bf16Tiles> {
+    #[cfg(target_arch = "x86_64")]
+    if tier_allowed("avx512-vnni") && float_gemm_bf16dot::detected() {
+        return Some(Bf16Tiles {
+            pack_block: float_gemm_amx::pack_block,
+            gemm: float_gemm_bf16dot::gemm_packed,
         });
     }
     None

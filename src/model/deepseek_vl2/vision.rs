@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::vision_attention::{full_attention, Panels};
 use super::vision_config::{VisionError, VisionHparams};
+pub use super::vision_math::VisionPrecision;
 use super::vision_math::{layer_norm, tower_matmul, tower_matmul_then, Then};
 use crate::loader::{LoaderError, ModelFile, Weight};
 use crate::ops::MatView;
@@ -60,6 +61,8 @@ pub struct VisionTower {
     pub(crate) blocks: Vec<Block>,
     pub(crate) post_w: Vec<f32>,
     pub(crate) post_b: Vec<f32>,
+    /// The blocks' product arithmetic ([`VisionModel::set_precision`]).
+    precision: VisionPrecision,
 }
 
 fn f32_vec(file: &ModelFile, name: &str, ne: &[u64]) -> Result<Vec<f32>, LoaderError> {
@@ -100,6 +103,7 @@ impl VisionTower {
             blocks,
             post_w: f32_vec(file, vt::POST_LN_W, &[w])?,
             post_b: f32_vec(file, vt::POST_LN_B, &[w])?,
+            precision: VisionPrecision::Exact,
         })
     }
 
@@ -166,19 +170,33 @@ impl VisionTower {
             // x = x + proj(attn(LN1(x)))
             layer_norm(&x, &b.ln1_w, &b.ln1_b, hp.eps, &mut h);
             let qkv_b = Then::Bias(&b.qkv_b);
-            tower_matmul_then(&b.qkv.view(), &h, n_tok, &mut qkv, qkv_b); // [n_tok, 3W]
+            tower_matmul_then(&b.qkv.view(), &h, n_tok, &mut qkv, qkv_b, self.precision); // [n_tok, 3W]
             let (nh, hd) = (hp.n_head, hp.head_dim());
             // A tower whose matrices run on AMX (bf16) takes its attention there too.
             let split = (b.qkv.ty() == GgmlType::BF16).then(split_tiles).flatten();
             full_attention(&qkv, n_tiles, np, nh, hd, split, &mut panels, &mut attn); // [n_tok, W]
             let into_x = Then::BiasInto(&b.out_b, &mut x);
-            tower_matmul_then(&b.out.view(), &attn, n_tok, &mut proj, into_x);
+            tower_matmul_then(
+                &b.out.view(),
+                &attn,
+                n_tok,
+                &mut proj,
+                into_x,
+                self.precision,
+            );
             // x = x + fc2(gelu_tanh(fc1(LN2(x))))
             layer_norm(&x, &b.ln2_w, &b.ln2_b, hp.eps, &mut h);
             let up_b = Then::BiasGelu(&b.up_b);
-            tower_matmul_then(&b.up.view(), &h, n_tok, &mut ff, up_b); // [n_tok, n_ff]
+            tower_matmul_then(&b.up.view(), &h, n_tok, &mut ff, up_b, self.precision); // [n_tok, n_ff]
             let into_x = Then::BiasInto(&b.down_b, &mut x);
-            tower_matmul_then(&b.down.view(), &ff, n_tok, &mut proj, into_x);
+            tower_matmul_then(
+                &b.down.view(),
+                &ff,
+                n_tok,
+                &mut proj,
+                into_x,
+                self.precision,
+            );
         }
         layer_norm(&x, &self.post_w, &self.post_b, hp.eps, out);
         Ok(())
@@ -262,6 +280,12 @@ impl VisionModel {
             projector,
             offload: None,
         })
+    }
+
+    /// The tower blocks' product arithmetic from now on (default
+    /// [`VisionPrecision::Exact`]; a device the tower is offloaded to keeps its own).
+    pub fn set_precision(&mut self, precision: VisionPrecision) {
+        self.tower.precision = precision;
     }
 
     /// Sends every later [`VisionModel::encode`] through `encoder`.

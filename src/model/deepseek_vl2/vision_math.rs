@@ -15,7 +15,9 @@
 //! computed as the identical `z · sigmoid(2y)` = `0.5 z (1 + tanh y)`, which needs one `exp`
 //! and no cancellation.
 
-use quant::kernels::{bf16_tiles, float_panels, Bf16Tiles, FloatPanels, PackedFloat};
+use quant::kernels::{
+    bf16_dot_tiles, bf16_tiles, float_panels, Bf16Tiles, FloatPanels, PackedFloat,
+};
 use quant::GgmlType;
 use rayon::prelude::*;
 
@@ -140,19 +142,57 @@ impl<'a> Then<'a> {
     }
 }
 
-/// `out = x · Wᵀ` for the tower and projector (`[n_tok, k]` -> `[n_tok, n]`).
-pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
-    tower_matmul_then(w, x, n_tok, out, Then::Done)
+/// The arithmetic of the tower blocks' matrix products on a bf16 mmproj (`--vision-precision`).
+///
+/// `Exact` (the default) keeps f32 activations: FMA panels, or on AMX the activations split
+/// into two bf16 (16 significant bits); the fixtures' parity holds. `Bf16` rounds the
+/// activations to one bf16 (8 significant bits, as the official code's bf16 inference
+/// holds them) for twice the multiply-adds per instruction: `vdpbf16ps` on CPUs with
+/// AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and later), AMX tiles unsplit where
+/// present, the exact panels elsewhere. Its cost on the fixtures is in BENCHMARKS.md
+/// (twentieth session). Attention, the patch embedding and the projector stay exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VisionPrecision {
+    #[default]
+    Exact,
+    Bf16,
 }
 
-/// [`tower_matmul`], then `then`.
+impl std::str::FromStr for VisionPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exact" => Ok(VisionPrecision::Exact),
+            "bf16" => Ok(VisionPrecision::Bf16),
+            _ => Err(format!("unknown vision precision {s:?} (exact, bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for VisionPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VisionPrecision::Exact => "exact",
+            VisionPrecision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// `out = x · Wᵀ` for the tower and projector (`[n_tok, k]` -> `[n_tok, n]`), exact.
+pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    tower_matmul_then(w, x, n_tok, out, Then::Done, VisionPrecision::Exact)
+}
+
+/// [`tower_matmul`] in `precision`, then `then`.
 ///
 /// BF16 weights on an AMX CPU take the tile product with the activations split into two
 /// bf16 (`hi + lo`, 16 significant bits), so the only rounding beyond f32 arithmetic is the
 /// weights' own, which a bf16 checkpoint does not have. Measured on the fixtures
 /// (`vision_tower_recipes`): activations rounded to one bf16 moved the logits by
 /// 1.4e-2-2.0e-2 and flipped greedy ids (87/96 on tiny-mla); split, 1.7e-5-1.9e-5 and
-/// 96/96, next to f16 weights' 6e-6-8e-6. Float weights elsewhere take the FMA panels
+/// 96/96, next to f16 weights' 6e-6-8e-6. [`VisionPrecision::Bf16`] asks for the rounded
+/// form (AMX, else `vdpbf16ps`). Float weights elsewhere take the FMA panels
 /// ([`panels_matmul`]) with exact f32 activations; without those (`POCKETVL_FORCE_SCALAR`)
 /// [`matmul_view`].
 pub(super) fn tower_matmul_then(
@@ -161,6 +201,7 @@ pub(super) fn tower_matmul_then(
     n_tok: usize,
     out: &mut [f32],
     then: Then<'_>,
+    precision: VisionPrecision,
 ) {
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), n_tok * k, "tower matmul: activation shape");
@@ -168,9 +209,14 @@ pub(super) fn tower_matmul_then(
     if n_tok == 0 || n == 0 {
         return;
     }
-    let tiles = (w.ty == GgmlType::BF16 && k > 0).then(bf16_tiles).flatten();
+    // (tiles, whether they split the activations)
+    let tiles = match precision {
+        _ if w.ty != GgmlType::BF16 || k == 0 => None,
+        VisionPrecision::Exact => bf16_tiles().map(|t| (t, true)),
+        VisionPrecision::Bf16 => bf16_tiles().or_else(bf16_dot_tiles).map(|t| (t, false)),
+    };
     match (tiles, float_panels(w.ty)) {
-        (Some(tiles), _) => amx_matmul(tiles, w, x, n_tok, out),
+        (Some((tiles, split)), _) => tiles_matmul(tiles, w, x, n_tok, out, split),
         #[cfg(target_endian = "little")]
         (None, Some(panels)) => return panels_matmul(panels, w, x, n_tok, out, then),
         _ => matmul_view(w, x, n_tok, out),
@@ -201,11 +247,18 @@ pub(super) fn tower_matmul_then(
     }
 }
 
-/// The AMX-BF16 product with split activations: the weights are packed once per call
-/// (blocks in parallel), then the tokens are split over the pool: each task splits and packs
-/// its own tokens once and sweeps the packed weights (two tasks per thread balance a shared
-/// machine).
-fn amx_matmul(tiles: Bf16Tiles, w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
+/// The bf16 product (AMX tiles, or `vdpbf16ps`), the activations split in two (`split`) or
+/// rounded: the weights are packed once per call (blocks in parallel), then the tokens are
+/// split over the pool: each task rounds and packs its own tokens once and sweeps the packed
+/// weights (two tasks per thread balance a shared machine).
+fn tiles_matmul(
+    tiles: Bf16Tiles,
+    w: &MatView<'_>,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    split: bool,
+) {
     let (k, n) = (w.k, w.n);
     let mut packed = tiles.buffer(k, n);
     let bb = packed.block_bytes();
@@ -218,7 +271,7 @@ fn amx_matmul(tiles: Bf16Tiles, w: &MatView<'_>, x: &[f32], n_tok: usize, out: &
     let per = n_tok.div_ceil(tasks).div_ceil(32) * 32;
     out.par_chunks_mut(per * n)
         .zip(x.par_chunks(per * k))
-        .for_each(|(o, a)| tiles.gemm(&packed, a, o.len() / n, o, n, true));
+        .for_each(|(o, a)| tiles.gemm(&packed, a, o.len() / n, o, n, split));
 }
 
 thread_local! {

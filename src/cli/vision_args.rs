@@ -1,0 +1,18 @@
+//! The vision flag shared by `pocketvl run`, `serve` and `bench model` (flattened into each).
+
+use crate::model::deepseek_vl2::vision::VisionPrecision;
+
+/// How the vision tower computes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VisionArgs {
+    /// Vision tower arithmetic on a bf16 mmproj: exact (f32 activations, the fixtures'
+    /// parity) or bf16 (activations rounded to bf16 as the official bf16 inference holds
+    /// them: ~1.5x faster towers on CPUs with AVX512_BF16 or AMX, exact elsewhere; its
+    /// accuracy cost is in BENCHMARKS.md).
+    #[arg(
+        long = "vision-precision",
+        value_name = "exact|bf16",
+        default_value = "exact"
+    )]
+    pub vision_precision: VisionPrecision,
+}
