@@ -28,6 +28,7 @@
 #   REPS       repetitions per side and round (default 2)
 #   SETTLE_S   seconds to wait before each program's run (default 30; 0: none)
 #   PIP_CPU_INDEX  PyTorch's CPU wheel index, if reachable (unset: PyPI only)
+#   OURS_ARGS  more arguments for `pocketvl bench model` (e.g. "--vision-precision bf16")
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +41,7 @@ ROUNDS="${ROUNDS:-2}"
 REPS="${REPS:-2}"
 SETTLE_S="${SETTLE_S:-30}"
 PIP_CPU_INDEX="${PIP_CPU_INDEX:-}"
+read -r -a OURS_ARGS <<<"${OURS_ARGS:-}"
 
 log() { echo "[compare_reference] $*" >&2; }
 die() { echo "[compare_reference] ERROR: $*" >&2; exit 1; }
@@ -89,6 +91,7 @@ ref_run() {
 }
 ours_run() {
     "$POCKETVL" bench model -m "$GGUF" --threads "$THREADS" -p 0 -n 0 --reps "$REPS" --json \
+        ${OURS_ARGS[@]+"${OURS_ARGS[@]}"} \
         >"$TMP/ours.out" 2>"$TMP/ours.err" \
         || { tail -n 30 "$TMP/ours.err" >&2; die "pocketvl bench model failed"; }
     cat "$TMP/ours.out" >&2

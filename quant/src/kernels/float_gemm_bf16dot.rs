@@ -34,9 +34,13 @@ use super::float_gemm_amx::{block_bytes, split16};
 /// zmm registers.
 const MT: usize = 12;
 
-/// Bytes of rounded activations per token group (the group's rows stay in L2 beside one
-/// packed weight block while its tiles sweep the blocks).
-const GROUP_BYTES: usize = 512 << 10;
+/// Bytes of rounded activations per token group, whose tiles all sweep one packed weight
+/// block before the next: a tower task's 729-912 tokens are one group at k = 1,152 and two
+/// at 4,304. Groups of 512 KiB (in L2) ran slower, each packed block then coming back from L3
+/// once per group: one thread at the tower's shapes (`amx_bench`, BENCHMARKS.md twentieth
+/// session) 129-141 GFLOP/s for `down` at 256-512 KiB against 165-186 at 1-4 MiB, and the
+/// tower 2,325-2,370 ms per tile against 2,469-2,487 at 512 KiB.
+const GROUP_BYTES: usize = 4 << 20;
 
 /// Whether the CPU has AVX-512 F, BW and BF16 (checked once).
 pub(crate) fn detected() -> bool {
@@ -237,6 +241,42 @@ unsafe fn tile_n<const NT: usize>(
             _mm512_mask_storeu_ps(o.add(16), m1, a[1]);
         }
     }
+}
+
+/// `iters` x 48 `vdpbf16ps` on twelve independent accumulators with the operands in
+/// registers, returning the flops done: the instruction's peak on this core, for benchmarks
+/// to time beside the product. Only reachable after [`detected`].
+pub(crate) fn dp_spin(iters: usize) -> u64 {
+    assert!(detected(), "vdpbf16ps spin without AVX-512 BF16");
+    // SAFETY: AVX-512 F/BW/BF16 (`detected`).
+    unsafe { dp_spin_avx512(iters) };
+    (iters * 48 * 64) as u64
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn dp_spin_avx512(iters: usize) {
+    // 1.0 and 1.0078125 as bf16 pairs: the sums grow without overflow for any sane `iters`.
+    // SAFETY: both types are 64 bytes of plain bits.
+    let (x, y) = unsafe {
+        (
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80)),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f81_3f81)),
+        )
+    };
+    let mut acc = [_mm512_setzero_ps(); 12];
+    for _ in 0..iters {
+        let x = std::hint::black_box(x);
+        // Four rounds per opaque operand: the loop's own cost stays out of the peak.
+        for _ in 0..4 {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, x, y);
+            }
+        }
+    }
+    let s = acc
+        .iter()
+        .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
+    std::hint::black_box(_mm512_reduce_add_ps(s));
 }
 
 #[cfg(test)]

@@ -645,6 +645,18 @@ impl AlignedBytes {
     }
 }
 
+/// `iters` x 48 `vdpbf16ps` with the operands in registers, returning the flops done
+/// (`None` without [`bf16_dot_tiles`]): the instruction's peak for benchmarks to time beside
+/// its product.
+pub fn bf16_dot_spin(iters: usize) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_dot_tiles().is_some() {
+        return Some(float_gemm_bf16dot::dp_spin(iters));
+    }
+    let _ = iters;
+    None
+}
+
 /// `iters` x 4 AMX-BF16 tile products with the operands in registers, returning the flops
 /// done (`None` without AMX): the tile unit's peak for benchmarks to time beside
 /// [`gemm_bf16_rounded`].
