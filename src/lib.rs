@@ -27,5 +27,6 @@ pub mod vision_cache;
 
 pub use generate::{CancelToken, GenerateOptions, StopReason};
 pub use model::deepseek_vl2::prompt::Role;
+pub use model::deepseek_vl2::vision::VisionPrecision;
 pub use pipeline::{ChatTurn, Error, ImageInput, Model, ModelOptions, Prompt, Reply, Session};
 pub use sampler::SamplerConfig;

@@ -106,6 +106,8 @@ pub struct ModelBenchResult {
     pub prefill_tok_s: Option<f64>,
     pub decode_tok_s: Option<f64>,
     pub vision_ms_per_tile: Option<f64>,
+    /// The tower's product arithmetic (`--vision-precision`: `exact` or `bf16`).
+    pub vision_precision: String,
     /// Tiles the tower ran for the image (global view + 2×2 local tiles).
     pub vision_tiles: Option<usize>,
     pub ttft_ms: Option<f64>,
@@ -471,6 +473,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         model: o.model.clone(),
         mmproj,
         threads: o.threads,
+        vision_precision: o.vision_precision.to_string(),
         offload: o.backend.offload.to_string(),
         device,
         reps: o.reps,
@@ -596,7 +599,11 @@ impl ModelBenchResult {
             "tok/s",
             &self.spread.decode_tok_s,
         );
-        s += &line("vision per tile", "ms", &self.spread.vision_ms_per_tile);
+        s += &line(
+            &format!("vision per tile ({})", self.vision_precision),
+            "ms",
+            &self.spread.vision_ms_per_tile,
+        );
         s += &line("ttft (2x2 image)", "ms", &self.spread.ttft_ms);
         s += &format!(
             "roofline: read bandwidth {:.2} GB/s, FMA peak {:.1} GFLOP/s ({}); kernels: {}\n",
