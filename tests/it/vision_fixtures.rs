@@ -25,6 +25,17 @@ fn vision_model(name: &str) -> (tempfile::TempDir, VisionModel) {
     (dir, model)
 }
 
+/// The golden tiles' pixels normalised as `model`'s processor does, and their count.
+fn golden_pixels(model: &VisionModel) -> (Vec<f32>, usize) {
+    let tiles = golden_tiles();
+    let cfg = &model.config;
+    let pixels = tiles
+        .iter()
+        .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
+        .collect();
+    (pixels, tiles.len())
+}
+
 /// One fixture, stage by stage: tower on the golden pixels, projector on the golden tower
 /// output (and on ours), then the image rows of `inputs_embeds` of every case with images,
 /// laid out from the golden tiles and, once per distinct image list, end to end from the
@@ -33,13 +44,9 @@ fn check_fixture(fx: &str) {
     let (_dir, model) = vision_model(fx);
     let golden = SafeTensorsFile::open(&fixture(fx).join("golden.safetensors")).unwrap();
     let tiles = golden_tiles();
-    let cfg = &model.config;
-    let pixels: Vec<f32> = tiles
-        .iter()
-        .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
-        .collect();
+    let (pixels, n_tiles) = golden_pixels(&model);
     let want_v = golden.tensor("tiles.vision_out").unwrap().to_f32().unwrap();
-    let got_v = model.tower().forward(&pixels, tiles.len()).unwrap();
+    let got_v = model.tower().forward(&pixels, n_tiles).unwrap();
     let dv = max_abs(&got_v, &want_v);
     println!(
         "{fx}: vision_out ({} tiles) max abs diff {dv:e}",
@@ -174,15 +181,10 @@ fn bf16_precision_tower_stays_near_the_reference() {
         let mut model = VisionModel::load(&mmproj_path(&out)).unwrap();
         let golden = SafeTensorsFile::open(&fixture(fx).join("golden.safetensors")).unwrap();
         let want = golden.tensor("tiles.vision_out").unwrap().to_f32().unwrap();
-        let tiles = golden_tiles();
-        let cfg = &model.config;
-        let pixels: Vec<f32> = tiles
-            .iter()
-            .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
-            .collect();
-        let exact = model.tower().forward(&pixels, tiles.len()).unwrap();
+        let (pixels, n_tiles) = golden_pixels(&model);
+        let exact = model.tower().forward(&pixels, n_tiles).unwrap();
         model.set_precision(VisionPrecision::Bf16);
-        let fast = model.tower().forward(&pixels, tiles.len()).unwrap();
+        let fast = model.tower().forward(&pixels, n_tiles).unwrap();
         let (de, df) = (max_abs(&exact, &want), max_abs(&fast, &want));
         println!("{fx}: exact {de:e}, bf16 {df:e} (rounded path: {rounded})");
         assert!(de <= TOL, "{fx}: exact mode {de} > {TOL}");

@@ -180,6 +180,38 @@ pub(crate) fn pack_block(k: usize, w: &[u8], n_rows: usize, b: usize, dst: &mut 
     unsafe { pack_weights(&w[r0 * 2 * k..(r0 + nr) * 2 * k], nr, k, dst) }
 }
 
+/// The checks every product over [`pack_block`]'s layout makes (this one and the
+/// `vdpbf16ps` one): the sizes (asserted: a short slice is a caller bug), and the empty
+/// cases (`k = 0` writes zero sums). `false`: nothing left to compute.
+pub(super) fn packed_work(
+    k: usize,
+    packed: &[u8],
+    n_rows: usize,
+    a_len: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    ldo: usize,
+) -> bool {
+    assert!(
+        packed.len() >= n_rows.div_ceil(32) * block_bytes(k) && a_len >= n_tok * k,
+        "gemm: input sizes"
+    );
+    assert!(
+        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
+        "gemm: output size"
+    );
+    if n_tok == 0 || n_rows == 0 {
+        return false;
+    }
+    if k == 0 {
+        for t in 0..n_tok {
+            out[t * ldo..t * ldo + n_rows].fill(0.0);
+        }
+        return false;
+    }
+    true
+}
+
 /// The product over weights packed by [`pack_block`] (`packed` holds every block of
 /// `n_rows`, in order; 64-byte aligned for full-speed tile loads); `split` as
 /// [`gemm_bf16_split`]. Same contract as the scalar twins otherwise.
@@ -194,21 +226,7 @@ pub(crate) fn gemm_packed(
     ldo: usize,
     split: bool,
 ) {
-    assert!(
-        packed.len() >= n_rows.div_ceil(32) * block_bytes(k) && a.len() >= n_tok * k,
-        "gemm: input sizes"
-    );
-    assert!(
-        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
-        "gemm: output size"
-    );
-    if n_tok == 0 || n_rows == 0 {
-        return;
-    }
-    if k == 0 {
-        for t in 0..n_tok {
-            out[t * ldo..t * ldo + n_rows].fill(0.0);
-        }
+    if !packed_work(k, packed, n_rows, a.len(), n_tok, out, ldo) {
         return;
     }
     assert!(detected(), "AMX kernel called without AMX");
@@ -665,12 +683,12 @@ unsafe fn transpose16(p: *const f32) -> [__m512; 16] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::lcg;
     use super::super::scalar;
     use super::*;
 
-    type Gemm = fn(usize, &[u8], usize, &[f32], usize, &mut [f32], usize);
+    pub(in super::super) type Gemm = fn(usize, &[u8], usize, &[f32], usize, &mut [f32], usize);
 
     fn bf16_bytes(x: &[f32]) -> Vec<u8> {
         x.iter()
@@ -709,19 +727,35 @@ mod tests {
             println!("skipped: CPU lacks AMX-BF16 (or the OS did not grant tile data)");
             return;
         }
-        for &(k, n_rows, n_tok) in &[
-            (1usize, 1usize, 1usize),
-            (2, 3, 5),
-            (31, 17, 15),
-            (32, 16, 16),
-            (33, 33, 33),
-            (64, 32, 32),
-            (100, 47, 70),
-            (588, 40, 29),
-            (1152, 72, 47),
-            (4304, 33, 18),
-            (1024, 32, 600),
-        ] {
+        check_against_twins(
+            &[
+                (1, 1, 1),
+                (2, 3, 5),
+                (31, 17, 15),
+                (32, 16, 16),
+                (33, 33, 33),
+                (64, 32, 32),
+                (100, 47, 70),
+                (588, 40, 29),
+                (1152, 72, 47),
+                (4304, 33, 18),
+                (1024, 32, 600),
+            ],
+            [gemm_bf16_rounded, gemm_bf16_split],
+        );
+    }
+
+    /// `rounded` and `split` (BF16 weights times f32 activations, the [`Gemm`] shape) against
+    /// [`scalar::gemm_bf16_rounded`] and [`scalar::gemm_bf16_split`] for each `(k, rows,
+    /// tokens)` on five data sets: random, zero weights, zero activations, ±1e30 weights
+    /// with ±1e-3 activations, tiny weights with huge activations. Bound: 1e-5 of the sum of
+    /// the products' magnitudes (f32 rounding in another order); padding columns untouched.
+    /// Shared with the `vdpbf16ps` kernel's test (`float_gemm_bf16dot.rs`).
+    pub(in super::super) fn check_against_twins(
+        sizes: &[(usize, usize, usize)],
+        [rounded, split]: [Gemm; 2],
+    ) {
+        for &(k, n_rows, n_tok) in sizes {
             for case in 0..5 {
                 let (wf, a) = match case {
                     0 => (lcg(k as u64, n_rows * k, 1.0), lcg(7, n_tok * k, 3.0)),
@@ -740,8 +774,8 @@ mod tests {
                 let w = bf16_bytes(&wf);
                 let ldo = n_rows + 3;
                 let twins: [(Gemm, Gemm); 2] = [
-                    (gemm_bf16_rounded, scalar::gemm_bf16_rounded),
-                    (gemm_bf16_split, scalar::gemm_bf16_split),
+                    (rounded, scalar::gemm_bf16_rounded),
+                    (split, scalar::gemm_bf16_split),
                 ];
                 for (kernel, twin) in twins {
                     let mut got = vec![f32::NAN; n_tok * ldo];

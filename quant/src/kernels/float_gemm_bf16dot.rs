@@ -28,7 +28,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::float_gemm_amx::{block_bytes, split16};
+use super::float_gemm_amx::{block_bytes, packed_work, split16};
 
 /// Tokens per microkernel tile: 12 x 2 accumulators + 2 weight vectors + 1 broadcast of 32
 /// zmm registers.
@@ -67,21 +67,7 @@ pub(crate) fn gemm_packed(
     ldo: usize,
     split: bool,
 ) {
-    assert!(
-        packed.len() >= n_rows.div_ceil(32) * block_bytes(k) && a.len() >= n_tok * k,
-        "gemm: input sizes"
-    );
-    assert!(
-        n_tok == 0 || out.len() >= (n_tok - 1) * ldo + n_rows,
-        "gemm: output size"
-    );
-    if n_tok == 0 || n_rows == 0 {
-        return;
-    }
-    if k == 0 {
-        for t in 0..n_tok {
-            out[t * ldo..t * ldo + n_rows].fill(0.0);
-        }
+    if !packed_work(k, packed, n_rows, a.len(), n_tok, out, ldo) {
         return;
     }
     assert!(
@@ -214,17 +200,11 @@ unsafe fn tile_n<const NT: usize>(
             )
         };
         let (w0, w1) = (bh!(w0), bh!(w1));
-        for (t, a) in acc.iter_mut().enumerate() {
-            // SAFETY: pair i of token t's row (`kp / 2` pairs per row, NT rows present).
-            let v = unsafe { h.add(t * pairs + i).read_unaligned() };
-            let x = bh!(_mm512_set1_epi32(v));
-            a[0] = _mm512_dpbf16_ps(a[0], w0, x);
-            a[1] = _mm512_dpbf16_ps(a[1], w1, x);
-        }
-        if let Some(l) = l {
+        // The rounded rows, then (split) the residuals' rows against the same weights.
+        for x in [Some(h), l].into_iter().flatten() {
             for (t, a) in acc.iter_mut().enumerate() {
-                // SAFETY: as above, in the residual rows.
-                let v = unsafe { l.add(t * pairs + i).read_unaligned() };
+                // SAFETY: pair i of token t's row (`kp / 2` pairs per row, NT rows present).
+                let v = unsafe { x.add(t * pairs + i).read_unaligned() };
                 let x = bh!(_mm512_set1_epi32(v));
                 a[0] = _mm512_dpbf16_ps(a[0], w0, x);
                 a[1] = _mm512_dpbf16_ps(a[1], w1, x);
@@ -282,90 +262,60 @@ unsafe fn dp_spin_avx512(iters: usize) {
 #[cfg(test)]
 mod tests {
     use super::super::float_gemm_amx::pack_block;
-    use super::super::{lcg, scalar};
+    use super::super::float_gemm_amx::tests::check_against_twins;
     use super::*;
 
-    type Gemm = fn(usize, &[u8], usize, &[f32], usize, &mut [f32], usize);
-
-    fn bf16_bytes(x: &[f32]) -> Vec<u8> {
-        x.iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
-            .collect()
+    /// The product the [`Gemm`](super::super::float_gemm_amx::tests::Gemm) way: pack every
+    /// block, then multiply.
+    #[allow(clippy::too_many_arguments)]
+    fn packed_product(
+        k: usize,
+        w: &[u8],
+        n_rows: usize,
+        a: &[f32],
+        n_tok: usize,
+        out: &mut [f32],
+        ldo: usize,
+        split: bool,
+    ) {
+        let bb = block_bytes(k);
+        let mut packed = vec![0u8; n_rows.div_ceil(32) * bb];
+        for (b, dst) in packed.chunks_exact_mut(bb).enumerate() {
+            pack_block(k, w, n_rows, b, dst);
+        }
+        gemm_packed(k, &packed, n_rows, a, n_tok, out, ldo, split);
     }
 
-    /// Both forms (rounded and split) against their scalar twins on random, zero, ±large and
-    /// tiny data; sizes around the 16/32-row and 12-token tile edges, k tails, token groups
-    /// and the tower's shapes (k = 1,152, 4,304). The bound of the AMX kernel's test: the
-    /// sums differ only in f32 rounding order.
+    fn rounded(k: usize, w: &[u8], n: usize, a: &[f32], t: usize, o: &mut [f32], ldo: usize) {
+        packed_product(k, w, n, a, t, o, ldo, false)
+    }
+
+    fn split(k: usize, w: &[u8], n: usize, a: &[f32], t: usize, o: &mut [f32], ldo: usize) {
+        packed_product(k, w, n, a, t, o, ldo, true)
+    }
+
+    /// Both forms (rounded and split) against their scalar twins, as the AMX kernel's test
+    /// checks it, at sizes around the 16/32-row and 12-token tile edges, k tails, token
+    /// groups and the tower's shapes (k = 1,152, 4,304).
     #[test]
     fn bf16_dot_matches_scalar_twin() {
         if !detected() {
             println!("skipped: CPU lacks AVX-512 BF16");
             return;
         }
-        for &(k, n_rows, n_tok) in &[
-            (1usize, 1usize, 1usize),
-            (2, 3, 5),
-            (31, 17, 13),
-            (32, 16, 12),
-            (33, 33, 25),
-            (100, 47, 70),
-            (1152, 72, 47),
-            (4304, 33, 130),
-        ] {
-            for case in 0..5 {
-                let (wf, a) = match case {
-                    0 => (lcg(k as u64, n_rows * k, 1.0), lcg(7, n_tok * k, 3.0)),
-                    1 => (vec![0.0; n_rows * k], lcg(9, n_tok * k, 1.0)),
-                    2 => (lcg(3, n_rows * k, 1.0), vec![0.0; n_tok * k]),
-                    3 => (
-                        (0..n_rows * k)
-                            .map(|i| if i % 3 == 0 { -1e30 } else { 1e30 })
-                            .collect(),
-                        (0..n_tok * k)
-                            .map(|i| if i % 2 == 0 { 1e-3 } else { -1e-3 })
-                            .collect(),
-                    ),
-                    _ => (lcg(5, n_rows * k, 1e-3), lcg(11, n_tok * k, 1e5)),
-                };
-                let w = bf16_bytes(&wf);
-                let bb = block_bytes(k);
-                let mut packed = vec![0u8; n_rows.div_ceil(32) * bb];
-                for (b, dst) in packed.chunks_exact_mut(bb).enumerate() {
-                    pack_block(k, &w, n_rows, b, dst);
-                }
-                let ldo = n_rows + 3;
-                let twins: [(bool, Gemm); 2] = [
-                    (false, scalar::gemm_bf16_rounded),
-                    (true, scalar::gemm_bf16_split),
-                ];
-                for (split, twin) in twins {
-                    let mut got = vec![f32::NAN; n_tok * ldo];
-                    let mut want = vec![f32::NAN; n_tok * ldo];
-                    gemm_packed(k, &packed, n_rows, &a, n_tok, &mut got, ldo, split);
-                    twin(k, &w, n_rows, &a, n_tok, &mut want, ldo);
-                    for t in 0..n_tok {
-                        for r in 0..ldo {
-                            let (g, x) = (got[t * ldo + r], want[t * ldo + r]);
-                            if r >= n_rows {
-                                assert!(g.is_nan(), "wrote padding column {r}");
-                                continue;
-                            }
-                            let mag: f64 = (0..k)
-                                .map(|i| {
-                                    let wv = half::bf16::from_f32(wf[r * k + i]).to_f32();
-                                    (f64::from(wv) * f64::from(a[t * k + i])).abs() * 1.01
-                                })
-                                .sum();
-                            assert!(
-                                ((g - x) as f64).abs() <= 1e-5 * mag + 1e-30,
-                                "k={k} rows={n_rows} tok={n_tok} case {case} split {split} \
-                                 (t {t}, r {r}): {g} vs {x}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
+        check_against_twins(
+            &[
+                (1, 1, 1),
+                (2, 3, 5),
+                (31, 17, 13),
+                (32, 16, 12),
+                (33, 33, 25),
+                (100, 47, 70),
+                (1152, 72, 47),
+                (4304, 33, 130),
+                (1152, 40, 1900),
+            ],
+            [rounded, split],
+        );
     }
 }
