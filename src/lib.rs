@@ -3,6 +3,10 @@
 //! The library API is [`Model`] (weights loaded once, shared) and [`Session`] (one
 //! conversation: KV cache, feature cache, history); see [`pipeline`].
 
+// First: its macro serves the modules below.
+#[macro_use]
+mod names;
+
 pub mod backend;
 pub mod bench;
 pub mod cli;

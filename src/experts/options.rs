@@ -2,9 +2,6 @@
 //! policy, the read path and the prefetch rule (the CLI's `--mem-budget`,
 //! `--expert-cache`, `--expert-io`, `--expert-prefetch`).
 
-use std::fmt;
-use std::str::FromStr;
-
 /// Which resident expert makes room for a new one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CachePolicy {
@@ -92,29 +89,6 @@ impl Default for ExpertOptions {
             cold: ColdExperts::default(),
         }
     }
-}
-
-macro_rules! names {
-    ($t:ty, $what:literal, $($v:ident => $s:literal),+) => {
-        impl FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($s => Ok(<$t>::$v),)+
-                    _ => Err(format!(
-                        concat!("unknown ", $what, " `{}` (one of: {})"),
-                        s,
-                        [$($s),+].join(", ")
-                    )),
-                }
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(match self { $(<$t>::$v => $s,)+ })
-            }
-        }
-    };
 }
 
 names!(CachePolicy, "cache policy", Lru => "lru", Lfu => "lfu");

@@ -42,6 +42,13 @@ const MT: usize = 12;
 /// tower 2,325-2,370 ms per tile against 2,469-2,487 at 512 KiB.
 const GROUP_BYTES: usize = 4 << 20;
 
+thread_local! {
+    /// One group's rounded activation rows (up to GROUP_BYTES per half), kept by the thread
+    /// between products: the tower calls this per task per product, and a fresh zeroed
+    /// 4-8 MiB each time cost page faults on the hot path.
+    static ROWS: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Whether the CPU has AVX-512 F, BW and BF16 (checked once).
 pub(crate) fn detected() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
@@ -78,7 +85,10 @@ pub(crate) fn gemm_packed(
     // Tokens per group: whole tiles, as many as GROUP_BYTES of rounded rows hold (at least one tile).
     let halves = if split { 2 } else { 1 };
     let group = (GROUP_BYTES / (2 * kp * halves)).max(MT) / MT * MT;
-    let mut rows = vec![0u16; group * kp * halves];
+    // Every column of the rows a group reads is written by `round_rows` first, so the
+    // reused buffer needs no zeroing.
+    let mut rows = ROWS.take();
+    rows.resize(group * kp * halves, 0);
     for g0 in (0..n_tok).step_by(group) {
         let nt = group.min(n_tok - g0);
         let (hi, lo) = rows.split_at_mut(group * kp);
@@ -107,6 +117,7 @@ pub(crate) fn gemm_packed(
             }
         }
     }
+    ROWS.set(rows);
 }
 
 /// `nt` f32 rows of `k` rounded to bf16 rows of `kp` (zero beyond `k`) in `hi`; with `lo`

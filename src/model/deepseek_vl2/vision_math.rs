@@ -158,26 +158,7 @@ pub enum VisionPrecision {
     Bf16,
 }
 
-impl std::str::FromStr for VisionPrecision {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "exact" => Ok(VisionPrecision::Exact),
-            "bf16" => Ok(VisionPrecision::Bf16),
-            _ => Err(format!("unknown vision precision {s:?} (exact, bf16)")),
-        }
-    }
-}
-
-impl std::fmt::Display for VisionPrecision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            VisionPrecision::Exact => "exact",
-            VisionPrecision::Bf16 => "bf16",
-        })
-    }
-}
+names!(VisionPrecision, "vision precision", Exact => "exact", Bf16 => "bf16");
 
 /// `out = x · Wᵀ` for the tower and projector (`[n_tok, k]` -> `[n_tok, n]`), exact.
 pub(super) fn tower_matmul(w: &MatView<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
