@@ -108,7 +108,8 @@ pub(crate) mod avx512 {
     }
 }
 
-/// The AVX2+FMA tile: one 8-float column chunk (`R` accumulators of the 16 ymm registers).
+/// The AVX2+FMA tiles: 8-float column chunks (`R * NC` accumulators of the 16 ymm
+/// registers).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
@@ -121,7 +122,7 @@ pub(crate) mod avx2 {
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn bcast_col<const R: usize>(
-        (a, a_step, a_row): Bcast<'_>,
+        a: Bcast<'_>,
         b: &[f32],
         steps: usize,
         b_step: usize,
@@ -129,37 +130,67 @@ pub(crate) mod avx2 {
         out_row: usize,
         accumulate: bool,
     ) {
+        bcast_tile::<R, 1>(a, b, steps, b_step, 0, out, out_row, accumulate)
+    }
+
+    /// [`super::scalar_tile`] for `R` rows x `NC` chunks of 8 columns, chunk `u` of step `t`
+    /// at `b[t * b_step + u * b_chunk..][..8]` and stored at `out[r * out_row + u * 8..]`.
+    /// Per step, `NC` loads and `R` broadcasts feed `R * NC` FMAs: 4 x 2 needs 6 loads for
+    /// 8 FMAs where 8 x 1 needs 9. `R * NC + NC + 1` registers must stay within the 16, or
+    /// the compiler keeps an accumulator on the stack (seen at 4 x 3).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bcast_tile<const R: usize, const NC: usize>(
+        (a, a_step, a_row): Bcast<'_>,
+        b: &[f32],
+        steps: usize,
+        b_step: usize,
+        b_chunk: usize,
+        out: &mut [f32],
+        out_row: usize,
+        accumulate: bool,
+    ) {
         if steps > 0 {
             assert!(
                 a.len() > (steps - 1) * a_step + (R - 1) * a_row
-                    && b.len() >= (steps - 1) * b_step + 8
+                    && b.len() >= (steps - 1) * b_step + (NC - 1) * b_chunk + 8
             );
         }
-        assert!(out.len() >= (R - 1) * out_row + 8);
-        let mut acc = [_mm256_setzero_ps(); R];
+        assert!(out.len() >= (R - 1) * out_row + NC * 8);
+        let mut acc = [[_mm256_setzero_ps(); NC]; R];
         if accumulate {
             for (i, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: 8 floats at i * out_row, inside `out` (asserted).
-                *acc = unsafe { _mm256_loadu_ps(out.as_ptr().add(i * out_row)) };
+                for (u, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: 8 floats at i * out_row + u * 8, inside `out` (asserted).
+                    *acc = unsafe { _mm256_loadu_ps(out.as_ptr().add(i * out_row + u * 8)) };
+                }
             }
         }
         let (ap, bp) = (a.as_ptr(), b.as_ptr());
         for t in 0..steps {
             // SAFETY: row i < R of step t < steps of `a` is at t * a_step + i * a_row, and
-            // step t of `b` is 8 floats at t * b_step: both inside (asserted above).
-            // Unaligned loads.
+            // chunk u < NC of `b` is 8 floats at t * b_step + u * b_chunk: both inside
+            // (asserted above). Unaligned loads.
             unsafe {
-                let bv = _mm256_loadu_ps(bp.add(t * b_step));
+                let mut bv = [_mm256_setzero_ps(); NC];
+                for (u, bv) in bv.iter_mut().enumerate() {
+                    *bv = _mm256_loadu_ps(bp.add(t * b_step + u * b_chunk));
+                }
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let x = _mm256_set1_ps(*ap.add(t * a_step + i * a_row));
-                    *acc = _mm256_fmadd_ps(x, bv, *acc);
+                    for u in 0..NC {
+                        acc[u] = _mm256_fmadd_ps(x, bv[u], acc[u]);
+                    }
                 }
             }
         }
-        for (i, &r) in acc.iter().enumerate() {
-            let dst = &mut out[i * out_row..][..8];
-            // SAFETY: `dst` is 8 writable floats.
-            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), r) };
+        for (i, acc) in acc.iter().enumerate() {
+            for (u, &r) in acc.iter().enumerate() {
+                let dst = &mut out[i * out_row + u * 8..][..8];
+                // SAFETY: `dst` is 8 writable floats.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), r) };
+            }
         }
     }
 }
@@ -222,6 +253,26 @@ mod tests {
                         )
                     };
                     same(&o, &want(8), "avx2");
+                    // Rows 0..4 of the 8 (the tile's `R`), 16 columns in two chunks.
+                    let mut o = init.clone();
+                    // SAFETY: as above.
+                    unsafe {
+                        avx2::bcast_tile::<4, 2>(
+                            (&a, a_step, a_row),
+                            &b,
+                            steps,
+                            b_step,
+                            8,
+                            &mut o,
+                            out_row,
+                            accumulate,
+                        )
+                    };
+                    let w = want(16);
+                    for r in 0..4 {
+                        let row = r * out_row..r * out_row + 16;
+                        same(&o[row.clone()], &w[row], "avx2 4x2");
+                    }
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     let mut o = init.clone();

@@ -22,7 +22,7 @@
 //! The two products are [`Products`]: explicit AVX-512F register tiles (the broadcast tiles
 //! of `crate::ops::tiles`, shared with the language model's attention), and their scalar
 //! twins ([`Scalar`], `f32::mul_add` in the same order, so the same bits: tested), and
-//! AVX2+FMA tiles of half the width. The block loop around them is one body compiled three
+//! AVX2+FMA tiles of half the width over half the queries. The block loop around them is one body compiled three
 //! times (baseline with the twins, AVX2+FMA, AVX-512F, each with its tiles), picked at run
 //! time. Left to the auto-vectoriser, the products came out as gathers over the query
 //! index at a fraction of the FMA rate (`perf annotate`). The previous version (two
@@ -400,12 +400,17 @@ mod avx512 {
     }
 }
 
-/// The AVX2+FMA register tiles of [`Products`]: 8 queries x 8 keys (or value columns), 8
-/// accumulators of the 16 ymm registers.
+/// The AVX2+FMA register tiles of [`Products`]: the query block as two halves of
+/// [`HALF`] queries, each against 16 keys or 16 value columns (8 accumulators), so a
+/// step's loads feed more FMAs than with all [`QB`] queries against one vector (9 loads for
+/// 8 FMAs: the loads bound it, 40 GFLOP/s per Zen 3 core in the tower, `perf`).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Products, KB, QB, VL as L};
-    use crate::ops::tiles::avx2::bcast_col;
+    use crate::ops::tiles::avx2::bcast_tile;
+
+    /// Queries per register tile.
+    const HALF: usize = QB / 2;
 
     pub(super) struct Tiles;
 
@@ -422,35 +427,48 @@ mod avx2 {
         }
     }
 
-    /// [`super::Scalar::scores`], one half key block (8 keys) at a time: kᵀ block `b`,
+    /// [`super::Scalar::scores`], one key block (two 8-key chunks) per tile: kᵀ block `b`,
     /// column `d` is at `(b * hd + d) * KB`, so a step (d) is KB floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn scores(qt: &[f32], kt: &[f32], hd: usize, n_pad: usize, s: &mut [f32]) {
         let n_kb = kt.len() / (hd * KB);
         assert!(qt.len() >= hd * QB && s.len() >= (QB - 1) * n_pad + n_kb * KB);
-        for half in 0..2 * n_kb {
-            let (b, off) = (half / 2, (half % 2) * L);
-            bcast_col::<QB>(
-                (qt, QB, 1),
-                &kt[b * hd * KB + off..],
-                hd,
-                KB,
-                &mut s[b * KB + off..],
-                n_pad,
-                false,
-            );
+        for b in 0..n_kb {
+            for h in (0..QB).step_by(HALF) {
+                bcast_tile::<HALF, 2>(
+                    (&qt[h..], QB, 1),
+                    &kt[b * hd * KB..],
+                    hd,
+                    KB,
+                    L,
+                    &mut s[h * n_pad + b * KB..],
+                    n_pad,
+                    false,
+                );
+            }
         }
     }
 
-    /// [`super::Scalar::p_times_v`], 8 value columns at a time.
+    /// [`super::Scalar::p_times_v`], 16 value columns at a time per half, then the last 8
+    /// (a 72-wide head's) for all [`QB`] queries at once. Not 24 columns: 12 accumulators,
+    /// three value vectors and the broadcast are all 16 registers, and the compiler kept an
+    /// accumulator on the stack (a store and reload in its chain, `perf annotate`).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn p_times_v(p: &[f32], n_pad: usize, v: &[f32], hdp: usize, o: &mut [f32]) {
         let n = v.len() / hdp;
         assert!(o.len() >= QB * hdp && hdp.is_multiple_of(L));
-        for c in (0..hdp).step_by(L) {
-            bcast_col::<QB>((p, 1, n_pad), &v[c..], n, hdp, &mut o[c..], hdp, false);
+        let whole = hdp / (2 * L) * (2 * L);
+        for h in (0..QB).step_by(HALF) {
+            let (a, o) = ((&p[h * n_pad..], 1, n_pad), &mut o[h * hdp..]);
+            for c in (0..whole).step_by(2 * L) {
+                bcast_tile::<HALF, 2>(a, &v[c..], n, hdp, L, &mut o[c..], hdp, false);
+            }
+        }
+        if whole < hdp {
+            let a = (p, 1, n_pad);
+            bcast_tile::<QB, 1>(a, &v[whole..], n, hdp, L, &mut o[whole..], hdp, false);
         }
     }
 }
