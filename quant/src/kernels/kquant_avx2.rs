@@ -489,14 +489,18 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
         }
         return;
     }
-    (row.d, row.dmin) = (h2f(0), h2f(2));
+    // d and dmin, both f16, widened by one conversion.
+    let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+        b[0], b[1], b[2], b[3],
+    ])));
+    (row.d, row.dmin) = (_mm_cvtss_f32(dd), _mm_cvtss_f32(_mm_movehdup_ps(dd)));
     let (sc, mn) = k4_scales_mins(&b[4..16]);
-    // Chunk c is 32-group c: every i16 lane gets scale c (i32 lane c holds
-    // it in both halves).
-    let g = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
-    let g = _mm256_or_si256(g, _mm256_slli_epi32::<16>(g));
+    // Chunk c is 32-group c: every i16 lane gets scale c, picked by one in-lane byte
+    // shuffle from the 8 scales as i16 in both halves.
+    let g = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
     for c in 0..8 {
-        row.s[c] = _mm256_permutevar8x32_epi32(g, _mm256_set1_epi32(c as i32));
+        let pick = _mm256_set1_epi16(((2 * c + 1) << 8 | 2 * c) as i16);
+        row.s[c] = _mm256_shuffle_epi8(g, pick);
     }
     let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
     row.off = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
@@ -635,10 +639,16 @@ fn gemv_tile<const F: u8, const R: usize>(
                 let pf = w.as_ptr().wrapping_add(off + ahead);
                 // Points at most 64 apart, the last byte included: every
                 // line of the super-block. Prefetches never fault; the
-                // addresses are only computed, never dereferenced.
-                for o in (0..bb).step_by(64).chain([bb - 1]) {
+                // addresses are only computed, never dereferenced. A plain
+                // counted loop over the constant `bb` unrolls to its few
+                // prefetches (a `step_by(..).chain(..)` iterator compiled to
+                // a state machine of ~20 instructions per super-block).
+                let mut o = 0;
+                while o < bb {
                     _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(o).cast());
+                    o += 64;
                 }
+                _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(bb - 1).cast());
                 decode::<F>(&w[off..][..bb], &mut row);
                 let mut acc = _mm256_madd_epi16(row.off, bsums);
                 if !folds_offset(F) {
