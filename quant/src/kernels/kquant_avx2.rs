@@ -499,7 +499,7 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
     // shuffle from the 8 scales as i16 in both halves.
     let g = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
     for c in 0..8 {
-        let pick = _mm256_set1_epi16(((2 * c + 1) << 8 | 2 * c) as i16);
+        let pick = _mm256_set1_epi16((((2 * c + 1) << 8) | (2 * c)) as i16);
         row.s[c] = _mm256_shuffle_epi8(g, pick);
     }
     let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
