@@ -398,16 +398,51 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
     let m4 = _mm256_set1_epi8(0x0f);
     let top2 = _mm256_set1_epi8(0x30);
     // The 16-element formats: chunk c covers 16-groups 2c (i16 lanes 0..8) and 2c + 1
-    // (8..16): broadcast i32 c of the 16 i16 scales `g` (that pair), then each half picks
-    // its i16.
+    // (8..16). The pair lies in one 128-bit half of the 16 i16 scales `g` (the low one for
+    // c < 4); with that half in both lanes, one in-lane byte shuffle per chunk puts scale
+    // 2c in the low lane and 2c + 1 in the high one (two shuffles per chunk before).
     let spread16 = |g: __m256i, row: &mut RowDec| {
-        let halves = _mm256_setr_epi8(
-            0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2,
-            3, 2, 3,
-        );
+        let halves = [
+            _mm256_permute2x128_si256::<0x00>(g, g),
+            _mm256_permute2x128_si256::<0x11>(g, g),
+        ];
         for c in 0..8 {
-            let pair = _mm256_permutevar8x32_epi32(g, _mm256_set1_epi32(c as i32));
-            row.s[c] = _mm256_shuffle_epi8(pair, halves);
+            let (lo, hi) = ((4 * (c % 4)) as i8, (4 * (c % 4) + 2) as i8);
+            let pick = _mm256_setr_epi8(
+                lo,
+                lo + 1,
+                lo,
+                lo + 1,
+                lo,
+                lo + 1,
+                lo,
+                lo + 1,
+                lo,
+                lo + 1,
+                lo,
+                lo + 1,
+                lo,
+                lo + 1,
+                lo,
+                lo + 1,
+                hi,
+                hi + 1,
+                hi,
+                hi + 1,
+                hi,
+                hi + 1,
+                hi,
+                hi + 1,
+                hi,
+                hi + 1,
+                hi,
+                hi + 1,
+                hi,
+                hi + 1,
+                hi,
+                hi + 1,
+            );
+            row.s[c] = _mm256_shuffle_epi8(halves[c / 4], pick);
         }
     };
     if F == Q3K || F == Q2K {
