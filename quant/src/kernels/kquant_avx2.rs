@@ -407,41 +407,10 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
             _mm256_permute2x128_si256::<0x11>(g, g),
         ];
         for c in 0..8 {
-            let (lo, hi) = ((4 * (c % 4)) as i8, (4 * (c % 4) + 2) as i8);
-            let pick = _mm256_setr_epi8(
-                lo,
-                lo + 1,
-                lo,
-                lo + 1,
-                lo,
-                lo + 1,
-                lo,
-                lo + 1,
-                lo,
-                lo + 1,
-                lo,
-                lo + 1,
-                lo,
-                lo + 1,
-                lo,
-                lo + 1,
-                hi,
-                hi + 1,
-                hi,
-                hi + 1,
-                hi,
-                hi + 1,
-                hi,
-                hi + 1,
-                hi,
-                hi + 1,
-                hi,
-                hi + 1,
-                hi,
-                hi + 1,
-                hi,
-                hi + 1,
-            );
+            // Bytes b, b + 1 of each i16 lane: scale b / 2 of the lane's half.
+            let pair = |b: i16| _mm_set1_epi16(((b + 1) << 8) | b);
+            let b = 4 * (c % 4) as i16;
+            let pick = _mm256_set_m128i(pair(b + 2), pair(b));
             row.s[c] = _mm256_shuffle_epi8(halves[c / 4], pick);
         }
     };
