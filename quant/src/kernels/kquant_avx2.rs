@@ -400,7 +400,7 @@ fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
     // The 16-element formats: chunk c covers 16-groups 2c (i16 lanes 0..8) and 2c + 1
     // (8..16). The pair lies in one 128-bit half of the 16 i16 scales `g` (the low one for
     // c < 4); with that half in both lanes, one in-lane byte shuffle per chunk puts scale
-    // 2c in the low lane and 2c + 1 in the high one (two shuffles per chunk before).
+    // 2c in the low lane and 2c + 1 in the high one.
     let spread16 = |g: __m256i, row: &mut RowDec| {
         let halves = [
             _mm256_permute2x128_si256::<0x00>(g, g),
