@@ -76,7 +76,6 @@ mod with_ggml {
     use pocketvl::image_io::load_rgb;
     use pocketvl::loader::ModelFile;
     use pocketvl::model::deepseek_vl2::layer_offload::LayerOffload;
-    use pocketvl::model::deepseek_vl2::preprocess::normalize_chw;
     use pocketvl::model::deepseek_vl2::prompt::build_chat;
     use pocketvl::model::deepseek_vl2::vision::VisionModel;
     use pocketvl::model::deepseek_vl2::{LanguageModel, LogitsWanted};
@@ -85,7 +84,9 @@ mod with_ggml {
     use serde_json::Value;
 
     use super::pocketvl;
-    use crate::common::{self, converted, fixture, golden_tiles, max_abs, messages, Golden};
+    use crate::common::{
+        self, converted, fixture, golden_tiles, max_abs, messages, tile_pixels, Golden,
+    };
 
     /// The f32 tolerance of the CPU path against the reference (tests/it/vision_fixtures).
     const TOL: f32 = 1e-4;
@@ -118,12 +119,7 @@ mod with_ggml {
         println!("{fx}: device holds {w} weight bytes + {c} compute bytes");
         let golden = Golden::open(fx);
         let tiles = golden_tiles();
-        let cfg = &vision.config;
-        let pixels: Vec<f32> = tiles
-            .iter()
-            .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
-            .collect();
-        let n = tiles.len();
+        let (pixels, n) = (tile_pixels(&vision, &tiles), tiles.len());
         let (tower, projected) = gpu.forward(&pixels, n, true).unwrap();
 
         let cpu_tower = vision.tower().forward(&pixels, n).unwrap();

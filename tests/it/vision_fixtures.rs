@@ -9,12 +9,12 @@
 use convert::safetensors::SafeTensorsFile;
 use convert::write::mmproj_path;
 use pocketvl::image_io::load_rgb;
-use pocketvl::model::deepseek_vl2::preprocess::{normalize_chw, preprocess, Preprocessed};
+use pocketvl::model::deepseek_vl2::preprocess::{preprocess, Preprocessed};
 use pocketvl::model::deepseek_vl2::vision::{VisionModel, VisionPrecision};
 use serde_json::Value;
 
 use crate::common;
-use common::{converted, fixture, golden_tiles, max_abs};
+use common::{converted, fixture, golden_tiles, max_abs, tile_pixels};
 
 const TOL: f32 = 1e-4;
 
@@ -25,17 +25,6 @@ fn vision_model(name: &str) -> (tempfile::TempDir, VisionModel) {
     (dir, model)
 }
 
-/// The golden tiles' pixels normalised as `model`'s processor does, and their count.
-fn golden_pixels(model: &VisionModel) -> (Vec<f32>, usize) {
-    let tiles = golden_tiles();
-    let cfg = &model.config;
-    let pixels = tiles
-        .iter()
-        .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
-        .collect();
-    (pixels, tiles.len())
-}
-
 /// One fixture, stage by stage: tower on the golden pixels, projector on the golden tower
 /// output (and on ours), then the image rows of `inputs_embeds` of every case with images,
 /// laid out from the golden tiles and, once per distinct image list, end to end from the
@@ -44,7 +33,7 @@ fn check_fixture(fx: &str) {
     let (_dir, model) = vision_model(fx);
     let golden = SafeTensorsFile::open(&fixture(fx).join("golden.safetensors")).unwrap();
     let tiles = golden_tiles();
-    let (pixels, n_tiles) = golden_pixels(&model);
+    let (pixels, n_tiles) = (tile_pixels(&model, &tiles), tiles.len());
     let want_v = golden.tensor("tiles.vision_out").unwrap().to_f32().unwrap();
     let got_v = model.tower().forward(&pixels, n_tiles).unwrap();
     let dv = max_abs(&got_v, &want_v);
@@ -181,7 +170,8 @@ fn bf16_precision_tower_stays_near_the_reference() {
         let mut model = VisionModel::load(&mmproj_path(&out)).unwrap();
         let golden = SafeTensorsFile::open(&fixture(fx).join("golden.safetensors")).unwrap();
         let want = golden.tensor("tiles.vision_out").unwrap().to_f32().unwrap();
-        let (pixels, n_tiles) = golden_pixels(&model);
+        let tiles = golden_tiles();
+        let (pixels, n_tiles) = (tile_pixels(&model, &tiles), tiles.len());
         let exact = model.tower().forward(&pixels, n_tiles).unwrap();
         model.set_precision(VisionPrecision::Bf16);
         let fast = model.tower().forward(&pixels, n_tiles).unwrap();

@@ -14,7 +14,7 @@ use convert::mapping::Role as TensorRole;
 use convert::write::{convert, mmproj_path, ConvertOptions};
 use pocketvl::image_io::load_rgb;
 use pocketvl::loader::ModelFile;
-use pocketvl::model::deepseek_vl2::preprocess::{normalize_chw, preprocess, Preprocessed};
+use pocketvl::model::deepseek_vl2::preprocess::{preprocess, Preprocessed};
 use pocketvl::model::deepseek_vl2::prompt::build_chat;
 use pocketvl::model::deepseek_vl2::vision::{VisionModel, VisionPrecision};
 use pocketvl::model::deepseek_vl2::LanguageModel;
@@ -25,7 +25,7 @@ use quant::GgmlType;
 use serde_json::Value;
 
 use crate::common;
-use common::{fixture, golden_tiles, max_abs, messages, Golden, Lm};
+use common::{fixture, golden_tiles, max_abs, messages, tile_pixels, Golden, Lm};
 
 fn measure(fx: &str, vty: GgmlType, precision: VisionPrecision) {
     let dir = tempfile::tempdir().unwrap();
@@ -47,11 +47,7 @@ fn measure(fx: &str, vty: GgmlType, precision: VisionPrecision) {
     vision.set_precision(precision);
     let golden = Golden::open(fx);
     let tiles = golden_tiles();
-    let cfg = &vision.config;
-    let pixels: Vec<f32> = tiles
-        .iter()
-        .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
-        .collect();
+    let pixels = tile_pixels(&vision, &tiles);
     let tower = vision.tower().forward(&pixels, tiles.len()).unwrap();
     let d_tower = max_abs(&tower, &golden.f32("tiles.vision_out"));
 

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use convert::safetensors::SafeTensorsFile;
 use convert::write::{convert, ConvertOptions};
+use pocketvl::model::deepseek_vl2::preprocess::normalize_chw;
 use pocketvl::model::deepseek_vl2::prompt::{Message, Role};
+use pocketvl::model::deepseek_vl2::vision::VisionModel;
 use pocketvl::synth::{spec::Attention, ModelSpec};
 use serde_json::Value;
 
@@ -124,6 +126,16 @@ pub fn golden_tiles() -> Vec<Vec<u8>> {
         .unwrap()
         .to_vec();
     px.chunks(TILE_BYTES).map(|c| c.to_vec()).collect()
+}
+
+/// `tiles` (RGB bytes, [`TILE_BYTES`] each) normalised as `model`'s processor does, one
+/// CHW tile after another: the tower's input.
+pub fn tile_pixels(model: &VisionModel, tiles: &[Vec<u8>]) -> Vec<f32> {
+    let cfg = &model.config;
+    tiles
+        .iter()
+        .flat_map(|t| normalize_chw(t, cfg.image_mean, cfg.image_std))
+        .collect()
 }
 
 pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
