@@ -22,9 +22,9 @@
 //! The two products are [`Products`]: explicit AVX-512F register tiles (the broadcast tiles
 //! of `crate::ops::tiles`, shared with the language model's attention), and their scalar
 //! twins ([`Scalar`], `f32::mul_add` in the same order, so the same bits: tested), and
-//! AVX2+FMA tiles of half the width over half the queries. The block loop around them is one body compiled three
-//! times (baseline with the twins, AVX2+FMA, AVX-512F, each with its tiles), picked at run
-//! time. Left to the auto-vectoriser, the products came out as gathers over the query
+//! AVX2+FMA tiles of half the width over half the queries. The block loop around them is one
+//! body compiled three times (baseline with the twins, AVX2+FMA, AVX-512F, each with its
+//! tiles), picked at run time. Left to the auto-vectoriser, the products came out as gathers over the query
 //! index at a fraction of the FMA rate (`perf annotate`). The previous version (two
 //! packed `gemm` calls per (tile, head), with per-job copies of q, k, vᵀ and the full score
 //! matrix) spent ~9% of the tower's time copying and allocating (`perf`, BENCHMARKS.md).
