@@ -143,15 +143,28 @@ fn gemm_bf16(
     split: bool,
 ) {
     assert!(w.len() >= n_rows * 2 * k, "gemm: input sizes");
-    let bb = block_bytes(k);
-    let mut buf = vec![0u8; n_rows.div_ceil(32) * bb + 64];
-    let packed = aligned(&mut buf, n_rows.div_ceil(32) * bb);
-    if k > 0 {
-        for (b, dst) in packed.chunks_exact_mut(bb).enumerate() {
-            pack_block(k, w, n_rows, b, dst);
-        }
-    }
+    let len = n_rows.div_ceil(32) * block_bytes(k);
+    let mut buf = vec![0u8; len + 64];
+    let packed = aligned(&mut buf, len);
+    pack_all(k, w, n_rows, packed);
     gemm_packed(k, packed, n_rows, a, n_tok, out, ldo, split)
+}
+
+/// Packs every block of the `n_rows` BF16 rows of `k` in `w` into `packed`
+/// (`n_rows.div_ceil(32) * block_bytes(k)` bytes), one [`pack_block`] after another: the
+/// whole product's weights on one thread.
+pub(crate) fn pack_all(k: usize, w: &[u8], n_rows: usize, packed: &mut [u8]) {
+    if k == 0 {
+        return;
+    }
+    let bb = block_bytes(k);
+    for (b, dst) in packed
+        .chunks_exact_mut(bb)
+        .take(n_rows.div_ceil(32))
+        .enumerate()
+    {
+        pack_block(k, w, n_rows, b, dst);
+    }
 }
 
 /// Bytes of one packed block of 32 weight rows of `k` columns (the B layout of

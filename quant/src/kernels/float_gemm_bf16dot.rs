@@ -272,7 +272,7 @@ unsafe fn dp_spin_avx512(iters: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::float_gemm_amx::pack_block;
+    use super::super::float_gemm_amx::pack_all;
     use super::super::float_gemm_amx::tests::check_against_twins;
     use super::*;
 
@@ -289,11 +289,8 @@ mod tests {
         ldo: usize,
         split: bool,
     ) {
-        let bb = block_bytes(k);
-        let mut packed = vec![0u8; n_rows.div_ceil(32) * bb];
-        for (b, dst) in packed.chunks_exact_mut(bb).enumerate() {
-            pack_block(k, w, n_rows, b, dst);
-        }
+        let mut packed = vec![0u8; n_rows.div_ceil(32) * block_bytes(k)];
+        pack_all(k, w, n_rows, &mut packed);
         gemm_packed(k, &packed, n_rows, a, n_tok, out, ldo, split);
     }
 
