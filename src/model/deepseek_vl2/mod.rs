@@ -14,6 +14,7 @@ pub mod prompt;
 pub mod resample;
 pub mod vision;
 mod vision_attention;
+mod vision_attention_bf16;
 mod vision_attention_split;
 pub mod vision_config;
 mod vision_math;

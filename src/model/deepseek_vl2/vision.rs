@@ -14,7 +14,7 @@ use quant::schema::vtensor as vt;
 use quant::GgmlType;
 use rayon::prelude::*;
 
-use super::vision_attention::{full_attention, Panels};
+use super::vision_attention::{bf16_attention_runs, full_attention, Arith, Panels};
 use super::vision_config::{VisionError, VisionHparams};
 pub use super::vision_math::VisionPrecision;
 use super::vision_math::{layer_norm, tower_matmul, tower_matmul_then, Then};
@@ -172,9 +172,8 @@ impl VisionTower {
             let qkv_b = Then::Bias(&b.qkv_b);
             tower_matmul_then(&b.qkv.view(), &h, n_tok, &mut qkv, qkv_b, self.precision); // [n_tok, 3W]
             let (nh, hd) = (hp.n_head, hp.head_dim());
-            // A tower whose matrices run on AMX (bf16) takes its attention there too.
-            let split = (b.qkv.ty() == GgmlType::BF16).then(split_tiles).flatten();
-            full_attention(&qkv, n_tiles, np, nh, hd, split, &mut panels, &mut attn); // [n_tok, W]
+            let arith = self.attention_arith(b.qkv.ty(), hd);
+            full_attention(&qkv, n_tiles, np, nh, hd, arith, &mut panels, &mut attn); // [n_tok, W]
             let into_x = Then::BiasInto(&b.out_b, &mut x);
             tower_matmul_then(
                 &b.out.view(),
@@ -200,6 +199,24 @@ impl VisionTower {
         }
         layer_norm(&x, &self.post_w, &self.post_b, hp.eps, out);
         Ok(())
+    }
+
+    /// The attention's arithmetic for a block whose qkv matrix is `qkv_ty`: a tower of bf16
+    /// matrices on an AMX CPU takes its attention there too (split operands, f32-accurate);
+    /// `--vision-precision bf16` rounds q, k, v and the probabilities to bf16 on
+    /// `vdpbf16ps` where the CPU has it (measured cost: BENCHMARKS.md, twenty-second
+    /// session); everything else the exact f32 FMA path.
+    fn attention_arith(&self, qkv_ty: GgmlType, hd: usize) -> Arith {
+        if qkv_ty != GgmlType::BF16 {
+            return Arith::Exact;
+        }
+        if let Some(tiles) = split_tiles() {
+            return Arith::Split(tiles);
+        }
+        if self.precision == VisionPrecision::Bf16 && bf16_attention_runs(hd) {
+            return Arith::Bf16;
+        }
+        Arith::Exact
     }
 }
 

@@ -32,6 +32,8 @@
 use quant::kernels::SplitTiles;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::vision_attention_bf16::bf16_attention;
 use super::vision_attention_split::split_attention;
 use super::vision_math::softmax_rows_body;
 
@@ -82,17 +84,43 @@ impl HeadPanels {
 }
 
 /// The attention's scratch, kept by the caller across layers: the FMA path's packed k and
-/// v, or the AMX path's per-head outputs.
+/// v, the AMX path's per-head outputs, or the bf16 path's packed pairs.
 #[derive(Default)]
 pub(super) struct Panels {
     f32: Vec<f32>,
     heads: Vec<f32>,
+    #[cfg(target_arch = "x86_64")]
+    bf16: Vec<u32>,
+}
+
+/// The attention's arithmetic.
+#[derive(Clone, Copy)]
+pub(super) enum Arith {
+    /// f32 FMA register tiles (here).
+    Exact,
+    /// Both products on AMX tiles with split bf16 operands ([`split_attention`]): a tower of
+    /// bf16 matrices on an AMX CPU.
+    Split(SplitTiles),
+    /// Both products on `vdpbf16ps` with rounded operands (`vision_attention_bf16.rs`): the
+    /// tower's `--vision-precision bf16` where [`bf16_attention_runs`] says it can (never
+    /// off x86-64, where it would take the exact path).
+    Bf16,
+}
+
+/// Whether [`Arith::Bf16`] runs here for heads of `hd` (AVX-512 BF16, even `hd`).
+pub(super) fn bf16_attention_runs(hd: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::vision_attention_bf16::available(hd);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = hd;
+        false
+    }
 }
 
 /// `out = attention(qkv)` inside each tile: `qkv` is `[n_tiles * n, 3W]` with columns
 /// `[q | k | v]`, each head-major; `out` is `[n_tiles * n, W]`, heads concatenated.
-/// With `split` (a tower of bf16 matrices on an AMX CPU) both products run on AMX tiles
-/// with split operands ([`split_attention`]), else on the f32 FMA register tiles here.
+/// `arith` picks the products' arithmetic ([`Arith`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn full_attention(
     qkv: &[f32],
@@ -100,7 +128,7 @@ pub(super) fn full_attention(
     n: usize,
     n_head: usize,
     hd: usize,
-    split: Option<SplitTiles>,
+    arith: Arith,
     panels: &mut Panels,
     out: &mut [f32],
 ) {
@@ -110,8 +138,15 @@ pub(super) fn full_attention(
     if n_tiles == 0 || n == 0 || w == 0 {
         return;
     }
-    if let Some(tiles) = split {
-        return split_attention(tiles, qkv, n_tiles, n, n_head, hd, &mut panels.heads, out);
+    match arith {
+        Arith::Exact => {}
+        Arith::Split(tiles) => {
+            return split_attention(tiles, qkv, n_tiles, n, n_head, hd, &mut panels.heads, out)
+        }
+        Arith::Bf16 => {
+            #[cfg(target_arch = "x86_64")]
+            return bf16_attention(qkv, n_tiles, (n, n_head, hd), &mut panels.bf16, out);
+        }
     }
     let panels = &mut panels.f32;
     let shape = HeadPanels { n, hd };
@@ -535,7 +570,7 @@ mod tests {
                 n,
                 n_head,
                 hd,
-                None,
+                Arith::Exact,
                 &mut Panels::default(),
                 &mut out,
             );
@@ -571,7 +606,7 @@ mod tests {
                 n,
                 n_head,
                 hd,
-                Some(tiles),
+                Arith::Split(tiles),
                 &mut panels,
                 &mut out,
             );
@@ -611,16 +646,23 @@ mod tests {
                 })
                 .collect();
             let want = reference(&qkv, 1, n, n_head, hd);
-            // The FMA path, and the AMX path where the CPU has it, each with its bound.
-            let mut paths = vec![(None, 1e-5)];
-            paths.extend(quant::kernels::split_tiles().map(|t| (Some(t), SPLIT_TOL)));
-            for (split, tol) in paths {
+            // The FMA path, and the AMX and bf16 paths where the CPU has them, each with its
+            // bound (the bf16 one: these small integers are exact in bf16, the
+            // probabilities are rounded to 8 significant bits).
+            let mut paths = vec![(Arith::Exact, 1e-5, "exact")];
+            paths.extend(
+                quant::kernels::split_tiles().map(|t| (Arith::Split(t), SPLIT_TOL, "split")),
+            );
+            if bf16_attention_runs(hd) {
+                paths.push((Arith::Bf16, 1e-2, "bf16"));
+            }
+            for (arith, tol, name) in paths {
                 let mut out = vec![f32::NAN; n * w];
                 let mut panels = Panels::default();
-                full_attention(&qkv, 1, n, n_head, hd, split, &mut panels, &mut out);
+                full_attention(&qkv, 1, n, n_head, hd, arith, &mut panels, &mut out);
                 for (g, r) in out.iter().zip(&want) {
                     let ok = (f64::from(*g) - r).abs() <= tol * r.abs().max(1.0);
-                    assert!(ok, "split {}: {g} vs {r}", split.is_some());
+                    assert!(ok, "{name}: {g} vs {r}");
                 }
             }
         }

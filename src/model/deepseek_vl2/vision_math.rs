@@ -149,8 +149,10 @@ impl<'a> Then<'a> {
 /// activations to one bf16 (8 significant bits, as the official code's bf16 inference
 /// holds them) for twice the multiply-adds per instruction: `vdpbf16ps` on CPUs with
 /// AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and later), AMX tiles unsplit where
-/// present, the exact panels elsewhere. Its cost on the fixtures is in BENCHMARKS.md
-/// (twentieth session). Attention, the patch embedding and the projector stay exact.
+/// present, the exact panels elsewhere; on `vdpbf16ps` the attention's products take
+/// bf16 operands too (`vision_attention_bf16.rs`). Its cost on the fixtures is in
+/// BENCHMARKS.md (twentieth and twenty-second sessions). The patch embedding and the
+/// projector stay exact.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum VisionPrecision {
     #[default]
