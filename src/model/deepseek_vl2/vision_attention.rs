@@ -46,7 +46,7 @@ const QB: usize = 8;
 /// 16-column accumulators and one of 8 (a ymm FMA, half a zmm one on AMD Zen 4), not five
 /// of 16 (10% of the `P·v` FMAs on padding).
 const VL: usize = 8;
-/// Queries per parallel task, whole [`QB`] blocks: large enough that a head's panels
+/// Queries per parallel task (both register-tile paths), whole [`QB`] blocks: large enough that a head's panels
 /// (~450 KiB at n = 729) are reused from L2 by several blocks, small enough that one
 /// tile gives each of two workers several tasks.
 const TASK_QUERIES: usize = 12 * QB;
@@ -148,41 +148,81 @@ pub(super) fn full_attention(
             return bf16_attention(qkv, n_tiles, (n, n_head, hd), &mut panels.bf16, out);
         }
     }
-    let panels = &mut panels.f32;
     let shape = HeadPanels { n, hd };
-    let hl = shape.len();
-    panels.resize(n_tiles * n_head * hl, 0.0);
+    run_tasks(
+        qkv,
+        n_tiles,
+        (n, n_head, hd),
+        (shape, shape.len()),
+        &mut panels.f32,
+        |tile, h, dst| pack_head(tile, w, h, shape, dst),
+        || Scratch::new(shape),
+        attend,
+        out,
+    );
+}
+
+/// One query-phase task of a register-tile path: the queries of `out`'s rows (from the
+/// first row of `qkv`) against every head of their tile, whose packed panels are `panels`
+/// (`T`: f32 here, bf16 pairs in `vision_attention_bf16.rs`; one `head_len` each).
+pub(super) struct Task<'a, T, Sh> {
+    /// The tile's rows from the task's first query on.
+    pub(super) qkv: &'a [f32],
+    pub(super) w: usize,
+    pub(super) n_head: usize,
+    pub(super) shape: Sh,
+    pub(super) panels: &'a [T],
+    pub(super) scale: f32,
+}
+
+/// The two parallel phases of the register-tile paths (f32 here, bf16 in
+/// `vision_attention_bf16.rs`): per (tile, head), `pack(tile's rows, head, dst)` fills its
+/// `head_len` elements of `panels`; then per tile and range of [`TASK_QUERIES`] queries,
+/// `attend(task, scratch, output rows)`, with one scratch per worker from `scratch`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_tasks<T, Sh, S>(
+    qkv: &[f32],
+    n_tiles: usize,
+    (n, n_head, hd): (usize, usize, usize),
+    (shape, head_len): (Sh, usize),
+    panels: &mut Vec<T>,
+    pack: impl Fn(&[f32], usize, &mut [T]) + Sync,
+    scratch: impl Fn() -> S + Sync + Send,
+    attend: impl Fn(&Task<'_, T, Sh>, &mut S, &mut [f32]) + Sync,
+    out: &mut [f32],
+) where
+    T: Copy + Default + Send + Sync,
+    Sh: Copy + Send + Sync,
+{
+    let w = n_head * hd;
+    panels.resize(n_tiles * n_head * head_len, T::default());
     panels
-        .par_chunks_mut(hl)
+        .par_chunks_mut(head_len)
         .enumerate()
         .for_each(|(job, dst)| {
             let (t, h) = (job / n_head, job % n_head);
-            pack_head(&qkv[t * n * 3 * w..][..n * 3 * w], w, h, shape, dst);
+            pack(&qkv[t * n * 3 * w..][..n * 3 * w], h, dst);
         });
     let scale = 1.0 / (hd as f32).sqrt();
     let panels = &panels[..];
     out.par_chunks_mut(n * w)
         .zip(qkv.par_chunks(n * 3 * w))
-        .zip(panels.par_chunks(n_head * hl))
+        .zip(panels.par_chunks(n_head * head_len))
         .for_each(|((tile_out, tile_qkv), tile_panels)| {
             tile_out
                 .par_chunks_mut(TASK_QUERIES * w)
                 .enumerate()
-                .for_each_init(
-                    || Scratch::new(shape),
-                    |s, (b, o)| {
-                        let q0 = b * TASK_QUERIES;
-                        let task = Task {
-                            qkv: &tile_qkv[q0 * 3 * w..],
-                            w,
-                            n_head,
-                            shape,
-                            panels: tile_panels,
-                            scale,
-                        };
-                        attend(&task, s, o);
-                    },
-                );
+                .for_each_init(&scratch, |s, (b, o)| {
+                    let task = Task {
+                        qkv: &tile_qkv[b * TASK_QUERIES * 3 * w..],
+                        w,
+                        n_head,
+                        shape,
+                        panels: tile_panels,
+                        scale,
+                    };
+                    attend(&task, s, o);
+                });
         });
 }
 
@@ -228,21 +268,11 @@ impl Scratch {
     }
 }
 
-/// One query-phase task: the queries of `out`'s rows (from the first row of `qkv`) against
-/// every head of their tile.
-struct Task<'a> {
-    /// The tile's rows from the task's first query on.
-    qkv: &'a [f32],
-    w: usize,
-    n_head: usize,
-    shape: HeadPanels,
-    /// The tile's packed heads, `shape.len()` floats each.
-    panels: &'a [f32],
-    scale: f32,
-}
+/// The f32 path's task.
+type F32Task<'a> = Task<'a, f32, HeadPanels>;
 
 /// [`attend_body`] in the widest build this CPU runs.
-fn attend(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+fn attend(task: &F32Task<'_>, s: &mut Scratch, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::ops::use_avx512f() {
@@ -260,14 +290,14 @@ fn attend(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
 /// [`attend_body`] compiled with AVX-512F, with its register tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn attend_avx512(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+fn attend_avx512(task: &F32Task<'_>, s: &mut Scratch, out: &mut [f32]) {
     attend_body::<avx512::Tiles>(task, s, out)
 }
 
 /// [`attend_body`] compiled with AVX2 and FMA, with its register tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+fn attend_avx2(task: &F32Task<'_>, s: &mut Scratch, out: &mut [f32]) {
     attend_body::<avx2::Tiles>(task, s, out)
 }
 
@@ -316,7 +346,7 @@ impl Products for Scalar {
 
 /// The query phase's loops; inlined into each build so they are vectorised for it.
 #[inline(always)]
-fn attend_body<P: Products>(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+fn attend_body<P: Products>(task: &F32Task<'_>, s: &mut Scratch, out: &mut [f32]) {
     let (w, shape) = (task.w, task.shape);
     let (n, hd, hdp, n_pad) = (shape.n, shape.hd, shape.hdp(), shape.n_pad());
     let nq = out.len() / w;

@@ -28,8 +28,7 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
+use super::vision_attention::{run_tasks, Task};
 use super::vision_math::softmax_rows_body;
 
 /// Keys per block of packed kᵀ: one 16-lane vector of scores.
@@ -38,8 +37,6 @@ const KB: usize = 16;
 const QB: usize = 8;
 /// Value columns per vector (and the padding of a value row).
 const DL: usize = 16;
-/// Queries per parallel task, whole [`QB`] blocks (as the FMA path's).
-const TASK_QUERIES: usize = 12 * QB;
 
 /// Whether [`bf16_attention`] runs here for heads of `hd`: AVX-512 BF16 within the tier
 /// cap (`POCKETVL_MAX_TIER`, `POCKETVL_FORCE_SCALAR`) and an even head width.
@@ -116,42 +113,18 @@ pub(super) fn bf16_attention(
     );
     let w = n_head * hd;
     let shape = Shape { n, hd };
-    let hl = shape.len();
-    panels.resize(n_tiles * n_head * hl, 0);
-    panels
-        .par_chunks_mut(hl)
-        .enumerate()
-        .for_each(|(job, dst)| {
-            let (t, h) = (job / n_head, job % n_head);
-            let tile = &qkv[t * n * 3 * w..][..n * 3 * w];
-            // SAFETY: `available` (asserted above) found AVX-512 F, BW and BF16.
-            unsafe { pack_head(tile, w, h, shape, dst) };
-        });
-    let scale = 1.0 / (hd as f32).sqrt();
-    let panels = &panels[..];
-    out.par_chunks_mut(n * w)
-        .zip(qkv.par_chunks(n * 3 * w))
-        .zip(panels.par_chunks(n_head * hl))
-        .for_each(|((tile_out, tile_qkv), tile_panels)| {
-            tile_out
-                .par_chunks_mut(TASK_QUERIES * w)
-                .enumerate()
-                .for_each_init(
-                    || Scratch::new(shape),
-                    |s, (b, o)| {
-                        let task = Task {
-                            qkv: &tile_qkv[b * TASK_QUERIES * 3 * w..],
-                            w,
-                            n_head,
-                            shape,
-                            panels: tile_panels,
-                            scale,
-                        };
-                        // SAFETY: `available` (asserted above) found AVX-512 F, BW and BF16.
-                        unsafe { attend(&task, s, o) }
-                    },
-                );
-        });
+    run_tasks(
+        qkv,
+        n_tiles,
+        (n, n_head, hd),
+        (shape, shape.len()),
+        panels,
+        // SAFETY (both): `available` (asserted above) found AVX-512 F, BW and BF16.
+        |tile, h, dst| unsafe { pack_head(tile, w, h, shape, dst) },
+        || Scratch::new(shape),
+        |task, s, o| unsafe { attend(task, s, o) },
+        out,
+    );
 }
 
 /// Packs head `h` of one tile (`qkv` rows of `3 w`) into `dst` (`shape.len()` pairs),
@@ -225,24 +198,15 @@ impl Scratch {
     }
 }
 
-/// One query-phase task: the queries of `out`'s rows (from the first row of `qkv`) against
-/// every head of their tile.
-struct Task<'a> {
-    qkv: &'a [f32],
-    w: usize,
-    n_head: usize,
-    shape: Shape,
-    /// The tile's packed heads, `shape.len()` pairs each.
-    panels: &'a [u32],
-    scale: f32,
-}
+/// This path's task: panels of bf16 pairs.
+type PairTask<'a> = Task<'a, u32, Shape>;
 
 /// The query phase: per head and block of [`QB`] queries, scores, softmax, rounding, `P·v`.
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW and BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn attend(task: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
+unsafe fn attend(task: &PairTask<'_>, s: &mut Scratch, out: &mut [f32]) {
     let (w, shape) = (task.w, task.shape);
     let (n, hd, hp, n_pad, qs) = (shape.n, shape.hd, shape.hp(), shape.n_pad(), shape.qs());
     let nq = out.len() / w;
@@ -555,7 +519,7 @@ mod tests {
 
     /// The whole attention against the exact f32 one: off by bf16 rounding only (a layout
     /// or padding slip would be off by the outputs' own size). Several tiles and heads,
-    /// odd `n`, a task boundary (n > TASK_QUERIES).
+    /// odd `n`, a task boundary (n > 96 queries).
     #[test]
     fn attention_stays_near_the_exact_one() {
         use super::super::vision_attention::{full_attention, Arith, Panels};
