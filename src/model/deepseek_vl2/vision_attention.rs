@@ -539,9 +539,22 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::ops::lcg;
+
+    /// [`full_attention`] of `qkv` (`n_tiles` tiles of `n` tokens, `n_head` heads of `hd`)
+    /// in `arith`, into a fresh output.
+    pub(in super::super) fn attention(
+        qkv: &[f32],
+        (n_tiles, n, n_head, hd): (usize, usize, usize, usize),
+        arith: Arith,
+    ) -> Vec<f32> {
+        let mut out = vec![f32::NAN; n_tiles * n * n_head * hd];
+        let mut panels = Panels::default();
+        full_attention(qkv, n_tiles, n, n_head, hd, arith, &mut panels, &mut out);
+        out
+    }
 
     /// The definition in f64, one (tile, head, query) at a time.
     fn reference(qkv: &[f32], n_tiles: usize, n: usize, n_head: usize, hd: usize) -> Vec<f64> {
@@ -593,17 +606,7 @@ mod tests {
         for (case, &(n_tiles, n, n_head, hd)) in SHAPES.iter().enumerate() {
             let w = n_head * hd;
             let qkv = lcg(case as u64, n_tiles * n * 3 * w, 2.0);
-            let mut out = vec![f32::NAN; n_tiles * n * w];
-            full_attention(
-                &qkv,
-                n_tiles,
-                n,
-                n_head,
-                hd,
-                Arith::Exact,
-                &mut Panels::default(),
-                &mut out,
-            );
+            let out = attention(&qkv, (n_tiles, n, n_head, hd), Arith::Exact);
             let want = reference(&qkv, n_tiles, n, n_head, hd);
             for (i, (g, r)) in out.iter().zip(&want).enumerate() {
                 assert!(
@@ -628,18 +631,7 @@ mod tests {
         for (case, &(n_tiles, n, n_head, hd)) in SHAPES.iter().enumerate() {
             let w = n_head * hd;
             let qkv = lcg(case as u64, n_tiles * n * 3 * w, 2.0);
-            let mut out = vec![f32::NAN; n_tiles * n * w];
-            let mut panels = Panels::default();
-            full_attention(
-                &qkv,
-                n_tiles,
-                n,
-                n_head,
-                hd,
-                Arith::Split(tiles),
-                &mut panels,
-                &mut out,
-            );
+            let out = attention(&qkv, (n_tiles, n, n_head, hd), Arith::Split(tiles));
             let want = reference(&qkv, n_tiles, n, n_head, hd);
             for (i, (g, r)) in out.iter().zip(&want).enumerate() {
                 let err = (f64::from(*g) - r).abs() / r.abs().max(1.0);
@@ -687,9 +679,7 @@ mod tests {
                 paths.push((Arith::Bf16, 1e-2, "bf16"));
             }
             for (arith, tol, name) in paths {
-                let mut out = vec![f32::NAN; n * w];
-                let mut panels = Panels::default();
-                full_attention(&qkv, 1, n, n_head, hd, arith, &mut panels, &mut out);
+                let out = attention(&qkv, (1, n, n_head, hd), arith);
                 for (g, r) in out.iter().zip(&want) {
                     let ok = (f64::from(*g) - r).abs() <= tol * r.abs().max(1.0);
                     assert!(ok, "{name}: {g} vs {r}");

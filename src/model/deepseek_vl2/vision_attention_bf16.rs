@@ -522,7 +522,7 @@ mod tests {
     /// odd `n`, a task boundary (n > 96 queries).
     #[test]
     fn attention_stays_near_the_exact_one() {
-        use super::super::vision_attention::{full_attention, Arith, Panels};
+        use super::super::vision_attention::{tests::attention, Arith};
         if !available(2) {
             println!("skipped: CPU lacks AVX-512 BF16");
             return;
@@ -539,29 +539,9 @@ mod tests {
         {
             let w = n_head * hd;
             let qkv = lcg(case as u64, n_tiles * n * 3 * w, 1.0);
-            let mut exact = vec![f32::NAN; n_tiles * n * w];
-            let mut fast = vec![f32::NAN; n_tiles * n * w];
-            let mut panels = Panels::default();
-            full_attention(
-                &qkv,
-                n_tiles,
-                n,
-                n_head,
-                hd,
-                Arith::Exact,
-                &mut panels,
-                &mut exact,
-            );
-            full_attention(
-                &qkv,
-                n_tiles,
-                n,
-                n_head,
-                hd,
-                Arith::Bf16,
-                &mut panels,
-                &mut fast,
-            );
+            let shape = (n_tiles, n, n_head, hd);
+            let exact = attention(&qkv, shape, Arith::Exact);
+            let fast = attention(&qkv, shape, Arith::Bf16);
             for (i, (f, e)) in fast.iter().zip(&exact).enumerate() {
                 let err = (f64::from(*f) - f64::from(*e)).abs();
                 worst = worst.max(err);
