@@ -1,8 +1,9 @@
 //! The vision tower's attention in bf16 arithmetic, for `--vision-precision bf16` on CPUs
 //! with AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake and later): both products of
 //! `softmax(q kᵀ / sqrt(d)) v` on `vdpbf16ps`, with q, k, v and the probabilities rounded to
-//! bf16 (to nearest even) and every score and output summed in f32; the softmax stays the
-//! exact f32 one of the FMA path ([`softmax_rows_body`]).
+//! bf16 (to nearest even; subnormals to zero, as `vcvtneps2bf16` takes them) and every score
+//! and output summed in f32; the softmax stays the exact f32 one of the FMA path
+//! ([`softmax_rows_body`]).
 //!
 //! Why: with the tower's matrices on `vdpbf16ps` the f32 attention took a fifth of the
 //! tower's time (`perf`: 13.6 % of a `bench model --vision-precision bf16` run's samples
@@ -17,8 +18,8 @@
 //!   rounded up to whole vectors, padding zero;
 //! - per block of [`QB`] queries, q as `[QB][..]` dimension pairs and the probabilities as
 //!   `[QB][..]` key pairs (one broadcast per query and pair), both rounded from f32 rows by
-//!   `vcvtne2ps2bf16` ([`round_pairs`]; q's pairs one at a time through `half` took a tenth
-//!   of the query phase, `perf annotate`).
+//!   `vcvtne2ps2bf16` ([`round_pairs`]; with q's pairs rounded one at a time through
+//!   `half` a tile took ~2 % longer, alternating `bench model` runs).
 //!
 //! The register tiles are those of the FMA path at half the steps: `QB` queries x two
 //! 16-key blocks (scores) or two 16-column chunks (`P·v`). The scalar twins in `tests` sum
@@ -128,8 +129,7 @@ pub(super) fn bf16_attention(
 }
 
 /// Packs head `h` of one tile (`qkv` rows of `3 w`) into `dst` (`shape.len()` pairs),
-/// rounding 16 or 32 floats per instruction (through `half` one by one, packing took a
-/// third as long as the query phase).
+/// rounding 16 or 32 floats per instruction, as [`round_pairs`] does.
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW and BF16.
