@@ -22,12 +22,13 @@
 //! The two products are [`Products`]: explicit AVX-512F register tiles (the broadcast tiles
 //! of `crate::ops::tiles`, shared with the language model's attention), and their scalar
 //! twins ([`Scalar`], `f32::mul_add` in the same order, so the same bits: tested), and
-//! AVX2+FMA tiles of half the width over half the queries. The block loop around them is one
-//! body compiled three times (baseline with the twins, AVX2+FMA, AVX-512F, each with its
-//! tiles), picked at run time. Left to the auto-vectoriser, the products came out as gathers over the query
-//! index at a fraction of the FMA rate (`perf annotate`). The previous version (two
-//! packed `gemm` calls per (tile, head), with per-job copies of q, k, vᵀ and the full score
-//! matrix) spent ~9% of the tower's time copying and allocating (`perf`, BENCHMARKS.md).
+//! AVX2+FMA tiles of half the width over pairs of half the queries. The block loop around
+//! them is one body compiled three times (baseline with the twins, AVX2+FMA, AVX-512F, each
+//! with its tiles), picked at run time. Left to the auto-vectoriser, the products came out
+//! as gathers over the query index at a fraction of the FMA rate (`perf annotate`). The
+//! previous version (two packed `gemm` calls per (tile, head), with per-job copies of q, k,
+//! vᵀ and the full score matrix) spent ~9% of the tower's time copying and allocating
+//! (`perf`, BENCHMARKS.md).
 
 use quant::kernels::SplitTiles;
 use rayon::prelude::*;
@@ -46,9 +47,9 @@ const QB: usize = 8;
 /// 16-column accumulators and one of 8 (a ymm FMA, half a zmm one on AMD Zen 4), not five
 /// of 16 (10% of the `P·v` FMAs on padding).
 const VL: usize = 8;
-/// Queries per parallel task (both register-tile paths), whole [`QB`] blocks: large enough that a head's panels
-/// (~450 KiB at n = 729) are reused from L2 by several blocks, small enough that one
-/// tile gives each of two workers several tasks.
+/// Queries per parallel task (both register-tile paths), whole [`QB`] blocks: large enough
+/// that a head's panels (~450 KiB at n = 729) are reused from L2 by several blocks, small
+/// enough that one tile gives each of two workers several tasks.
 const TASK_QUERIES: usize = 12 * QB;
 
 /// The shape of one head's packed panels.
@@ -58,6 +59,18 @@ struct HeadPanels {
     n: usize,
     /// Head width.
     hd: usize,
+}
+
+/// The shape of a register-tile path's packed head: what [`run_tasks`] needs of it.
+pub(super) trait HeadShape: Copy + Send + Sync {
+    /// Elements of one head's packed panels.
+    fn len(self) -> usize;
+}
+
+impl HeadShape for HeadPanels {
+    fn len(self) -> usize {
+        self.kt_len() + self.n * self.hdp()
+    }
 }
 
 impl HeadPanels {
@@ -72,10 +85,6 @@ impl HeadPanels {
     /// Floats of packed kᵀ.
     fn kt_len(self) -> usize {
         self.n_kb() * self.hd * KB
-    }
-    /// Floats of one head's panels: kᵀ, then v.
-    fn len(self) -> usize {
-        self.kt_len() + self.n * self.hdp()
     }
     /// Score row stride: all key blocks, padding included.
     fn n_pad(self) -> usize {
@@ -153,7 +162,7 @@ pub(super) fn full_attention(
         qkv,
         n_tiles,
         (n, n_head, hd),
-        (shape, shape.len()),
+        shape,
         &mut panels.f32,
         |tile, h, dst| pack_head(tile, w, h, shape, dst),
         || Scratch::new(shape),
@@ -164,7 +173,7 @@ pub(super) fn full_attention(
 
 /// One query-phase task of a register-tile path: the queries of `out`'s rows (from the
 /// first row of `qkv`) against every head of their tile, whose packed panels are `panels`
-/// (`T`: f32 here, bf16 pairs in `vision_attention_bf16.rs`; one `head_len` each).
+/// (`T`: f32 here, bf16 pairs in `vision_attention_bf16.rs`; `shape.len()` each).
 pub(super) struct Task<'a, T, Sh> {
     /// The tile's rows from the task's first query on.
     pub(super) qkv: &'a [f32],
@@ -177,14 +186,14 @@ pub(super) struct Task<'a, T, Sh> {
 
 /// The two parallel phases of the register-tile paths (f32 here, bf16 in
 /// `vision_attention_bf16.rs`): per (tile, head), `pack(tile's rows, head, dst)` fills its
-/// `head_len` elements of `panels`; then per tile and range of [`TASK_QUERIES`] queries,
+/// `shape.len()` elements of `panels`; then per tile and range of [`TASK_QUERIES`] queries,
 /// `attend(task, scratch, output rows)`, with one scratch per worker from `scratch`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_tasks<T, Sh, S>(
     qkv: &[f32],
     n_tiles: usize,
     (n, n_head, hd): (usize, usize, usize),
-    (shape, head_len): (Sh, usize),
+    shape: Sh,
     panels: &mut Vec<T>,
     pack: impl Fn(&[f32], usize, &mut [T]) + Sync,
     scratch: impl Fn() -> S + Sync + Send,
@@ -192,9 +201,9 @@ pub(super) fn run_tasks<T, Sh, S>(
     out: &mut [f32],
 ) where
     T: Copy + Default + Send + Sync,
-    Sh: Copy + Send + Sync,
+    Sh: HeadShape,
 {
-    let w = n_head * hd;
+    let (w, head_len) = (n_head * hd, shape.len());
     panels.resize(n_tiles * n_head * head_len, T::default());
     panels
         .par_chunks_mut(head_len)

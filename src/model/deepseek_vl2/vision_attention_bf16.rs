@@ -29,7 +29,7 @@
 
 use std::arch::x86_64::*;
 
-use super::vision_attention::{run_tasks, Task};
+use super::vision_attention::{run_tasks, HeadShape, Task};
 use super::vision_math::softmax_rows_body;
 
 /// Keys per block of packed kᵀ: one 16-lane vector of scores.
@@ -87,6 +87,9 @@ impl Shape {
     fn kt_len(self) -> usize {
         self.n_kb() * self.hp() * KB
     }
+}
+
+impl HeadShape for Shape {
     /// Pairs of one head's panels: kᵀ, then v.
     fn len(self) -> usize {
         self.kt_len() + self.n2() * self.hdp()
@@ -118,7 +121,7 @@ pub(super) fn bf16_attention(
         qkv,
         n_tiles,
         (n, n_head, hd),
-        (shape, shape.len()),
+        shape,
         panels,
         // SAFETY (both): `available` (asserted above) found AVX-512 F, BW and BF16.
         |tile, h, dst| unsafe { pack_head(tile, w, h, shape, dst) },
