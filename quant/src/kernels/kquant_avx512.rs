@@ -33,8 +33,8 @@
 use std::arch::x86_64::*;
 
 use super::kquant_avx2::{
-    block_bytes, check, k4_scales_mins, kquant_entry_points, q3k_scales, Shape, Q2K, Q3K, Q4K, Q5K,
-    Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, ZERO_Q8K,
+    block_bytes, check, k4_scale_bytes, k4_scales_mins, kquant_entry_points, q3k_scales, Shape,
+    Q2K, Q3K, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, ZERO_Q8K,
 };
 use super::q0_avx512_units::{reduce16 as reduce16_ps, PREFETCH_BYTES};
 
@@ -330,42 +330,6 @@ fn gemv_act<const F: u8>(blk: &[u8]) -> GemvAct {
         sums,
         d: _mm_set1_ps(f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]])),
     }
-}
-
-/// The 8 scales (bytes 0..8) and 8 mins (bytes 8..16) of a Q4_K/Q5_K
-/// super-block from its 12 scale bytes (the low 12 of each 128-bit half of
-/// `q`: two rows' blocks at once), as [`k4_scales_mins`] unpacks them, in 8
-/// vector instructions: bytes 0..4 of each 8 are the low 6 bits of
-/// q[0..4] / q[4..8]; bytes 4..8 the low / high nibbles of q[8..12] with the
-/// top 2 bits of q[0..4] / q[4..8] above.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn k4_scale_bytes(q: __m256i) -> __m256i {
-    let twice = |v: __m128i| _mm256_set_m128i(v, v);
-    let low = _mm256_shuffle_epi8(
-        q,
-        twice(_mm_setr_epi8(
-            0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11,
-        )),
-    );
-    // Words 6, 7 (the mins' high nibbles) down by 4.
-    let low = _mm256_srlv_epi16(low, twice(_mm_setr_epi16(0, 0, 0, 0, 0, 0, 4, 4)));
-    let low = _mm256_and_si256(
-        low,
-        twice(_mm_setr_epi8(
-            63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15,
-        )),
-    );
-    let z = -128;
-    let top = _mm256_shuffle_epi8(
-        q,
-        twice(_mm_setr_epi8(
-            z, z, z, z, 0, 1, 2, 3, z, z, z, z, 4, 5, 6, 7,
-        )),
-    );
-    // Bits 6-7 to 4-5.
-    let top = _mm256_and_si256(_mm256_srli_epi16::<2>(top), _mm256_set1_epi8(0x30));
-    _mm256_or_si256(low, top)
 }
 
 /// `vpshufb` indices (per 128-bit block, i16 lanes) spreading scales over
@@ -922,41 +886,6 @@ kquant_entry_points! {
 mod tests {
     use super::super::kquant_avx2::testkit::{check_dot, check_gemm};
     use super::*;
-
-    #[test]
-    fn k4_scale_bytes_unpack_like_k4_scales_mins() {
-        if !super::super::avx512::detected() {
-            println!("skipped: CPU lacks AVX-512 F/BW/VL + VNNI");
-            return;
-        }
-        let mut s = 0x9E37_79B9_7F4A_7C15u64;
-        let mut cases = vec![[0u8; 16], [0xff; 16]];
-        for _ in 0..500 {
-            cases.push(std::array::from_fn(|_| {
-                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                (s >> 56) as u8
-            }));
-        }
-        // Each case in the low half, the next one in the high half.
-        for (q, q1) in cases.iter().zip(cases.iter().cycle().skip(1)) {
-            let mut got = [0u8; 32];
-            // SAFETY: AVX-512 detected above; q, q1 are 16 bytes, got 32.
-            unsafe {
-                let (lo, hi) = (
-                    _mm_loadu_si128(q.as_ptr().cast()),
-                    _mm_loadu_si128(q1.as_ptr().cast()),
-                );
-                let v = k4_scale_bytes(_mm256_set_m128i(hi, lo));
-                _mm256_storeu_si256(got.as_mut_ptr().cast(), v);
-            }
-            for (q, got) in [q, q1].into_iter().zip(got.chunks_exact(16)) {
-                let (sc, mn) = k4_scales_mins(&q[..12]);
-                let want = (sc as u128) | (mn as u128) << 64;
-                let got = u128::from_le_bytes(got.try_into().expect("16 bytes"));
-                assert_eq!(got, want, "scale bytes {q:?}");
-            }
-        }
-    }
 
     #[test]
     fn avx512_k_dots_match_scalar_twins() {
