@@ -734,8 +734,6 @@ fn tile2x4<const F: u8>(
 ) {
     let bb = block_bytes(F);
     let mut facc = _mm256_setzero_ps();
-    // Lane p = 4r + t: d·d_a and dmin·d_a of the super-block.
-    let (mut dw, mut dm) = ([0f32; 8], [0f32; 8]);
     // SAFETY: all-zero bits are valid vectors and f32; a padding row (r ≥ nr)
     // stays zero, so it adds nothing.
     let mut rows: [RowDec; 2] = unsafe { std::mem::zeroed() };
@@ -765,12 +763,18 @@ fn tile2x4<const F: u8>(
                 } else {
                     (main[4 * r + t], mins[4 * r + t]) = (acc[r][t], o);
                 }
-                dw[4 * r + t] = rows[r].d * x[t].2;
-                dm[4 * r + t] = rows[r].dmin * x[t].2;
             }
         }
-        // SAFETY: dw and dm are 8 f32.
-        let (dwv, dmv) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(dm.as_ptr())) };
+        // Lane p = 4r + t: d·d_a and dmin·d_a of the super-block, multiplied as
+        // vectors (eight scalar stores read back as one vector wait for the stores
+        // to leave the store buffer).
+        let da = _mm_setr_ps(x[0].2, x[1].2, x[2].2, x[3].2);
+        let da = _mm256_set_m128(da, da);
+        let per_row = |f: fn(&RowDec) -> f32| {
+            _mm256_set_m128(_mm_set1_ps(f(&rows[1])), _mm_set1_ps(f(&rows[0])))
+        };
+        let dwv = _mm256_mul_ps(per_row(|r| r.d), da);
+        let dmv = _mm256_mul_ps(per_row(|r| r.dmin), da);
         facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main)), dwv, facc);
         if !folds_offset(F) {
             facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
