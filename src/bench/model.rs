@@ -117,6 +117,12 @@ pub struct ModelBenchResult {
     pub peak_rss_mb: Option<f64>,
     /// Sizes of the model file and the mmproj used.
     pub file_mb: f64,
+    /// Bytes of the mapped files on 2 MiB pages (`FilePmdMapped`) at the end of the run.
+    /// Weights streamed from 4 KiB page-cache folios read slower (Tiny's dense-layer gate and
+    /// up matrices at ~13 GB/s against ~22 on one Zen 4 core, BENCHMARKS.md, twenty-third
+    /// session), and a file the page cache holds in small folios stays so until evicted:
+    /// decode figures compare only between runs on the same page cache.
+    pub file_huge_mb: Option<f64>,
     pub bandwidth_gb_s: f64,
     pub fma_gflops: f64,
     pub fma_isa: &'static str,
@@ -443,6 +449,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         say(&format!("rep {}/{} done", rep + 1, o.reps));
     }
     let peak_rss = rss::status_field("VmHWM").or_else(rss::max_rss_bytes);
+    let file_huge = rss::smaps_field("FilePmdMapped");
     // The step at position p reads the rows of positions 0..=p.
     let row_bytes = session.state.cache().bytes_per_position() as f64;
     let mean_rows = o.n_depth as f64 + (o.n_gen as f64 + 1.0) / 2.0;
@@ -487,6 +494,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         ttft_ms: spread.ttft_ms.map(|s| s.median),
         ttft_prompt_tokens: ttft_tokens,
         peak_rss_mb: peak_rss.map(|b| b as f64 / 1e6),
+        file_huge_mb: file_huge.map(|b| b as f64 / 1e6),
         file_mb: file_bytes as f64 / 1e6,
         bandwidth_gb_s,
         fma_gflops,
@@ -649,6 +657,12 @@ impl ModelBenchResult {
         }
         if let Some(r) = self.peak_rss_mb {
             s += &format!("peak RSS {r:.0} MB (mapped weights included)\n");
+        }
+        if let Some(h) = self.file_huge_mb {
+            s += &format!(
+                "mapped on 2 MiB pages: {h:.0} of {:.0} MB of the files\n",
+                self.file_mb
+            );
         }
         s
     }

@@ -40,7 +40,16 @@ pub fn max_rss_bytes() -> Option<u64> {
 
 /// A `kB` field of /proc/self/status, in bytes.
 pub fn status_field(name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    kb_field("/proc/self/status", name)
+}
+
+/// A `kB` field of /proc/self/smaps_rollup (the process's mappings summed), in bytes.
+pub fn smaps_field(name: &str) -> Option<u64> {
+    kb_field("/proc/self/smaps_rollup", name)
+}
+
+fn kb_field(path: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(name)?.strip_prefix(':')?;
         let kb: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
@@ -124,5 +133,15 @@ mod tests {
         let after = status_field("RssAnon").unwrap();
         assert!(peak >= after + (60 << 20), "peak {peak} after {after}");
         assert!(max_rss_bytes().unwrap() >= peak);
+    }
+
+    /// The rollup's fields are read as the status file's are: a resident set, and the
+    /// file-THP field `bench model` reports.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn smaps_rollup_fields_read() {
+        assert!(smaps_field("Rss").unwrap() > 0);
+        assert!(smaps_field("FilePmdMapped").is_some());
+        assert_eq!(smaps_field("NoSuchField"), None);
     }
 }
