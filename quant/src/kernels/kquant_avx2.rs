@@ -4,7 +4,7 @@
 //! kernels) share. The AVX-512 tier runs these for Q2_K and Q3_K (the cold
 //! experts' low-bit copies) below its row-lane kernel's tokens.
 //!
-//! [`tile2x4`] computes 2 weight rows × 4 tokens in registers: per
+//! [`tile`] computes 2 weight rows × 4 tokens (or 4 × 2) in registers: per
 //! super-block, each row's quants are unpacked to unsigned bytes (0..3, 0..7,
 //! 0..15, 0..31 or 0..63) and its scales spread to one i16 per lane once, then
 //! reused for the tile's tokens: `maddubs` (unsigned quant × signed activation,
@@ -717,13 +717,15 @@ fn gemv_tile<const F: u8>(sh: &Shape, w: &[u8], nr: usize, a: &[u8], out: &mut [
     }
 }
 
-/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ 2`, `t < nt ≤ 4`:
-/// each super-block of the 2 rows is decoded once and used by the 4 tokens.
-/// `w` starts at row 0 of the tile, `a` at token 0, `out` at (token 0, row 0).
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ R`, `t < nt ≤ T`, with
+/// R·T = 8 (2 x 4, or 4 x 2 for two tokens, which a 2 x 4 tile would run as four): each
+/// super-block of the R rows is decoded once and used by the T tokens. `w` starts at row
+/// 0 of the tile, `a` at token 0, `out` at (token 0, row 0). Every output sums the same
+/// f32 terms in the same order whatever the tile's shape.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-fn tile2x4<const F: u8>(
+fn tile<const F: u8, const R: usize, const T: usize>(
     sh: &Shape,
     w: &[u8],
     nr: usize,
@@ -732,21 +734,22 @@ fn tile2x4<const F: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
+    const { assert!(R * T == 8, "a tile is the 8 lanes") };
     let bb = block_bytes(F);
     let mut facc = _mm256_setzero_ps();
     // SAFETY: all-zero bits are valid vectors and f32; a padding row (r ≥ nr)
     // stays zero, so it adds nothing.
-    let mut rows: [RowDec; 2] = unsafe { std::mem::zeroed() };
+    let mut rows: [RowDec; R] = unsafe { std::mem::zeroed() };
     for ib in 0..sh.nb {
         for (r, row) in rows.iter_mut().enumerate().take(nr) {
             decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
         }
-        let x: [(*const u8, __m256i, f32); 4] = std::array::from_fn(|t| act(sh, a, t, nt, ib));
-        let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+        let x: [(*const u8, __m256i, f32); T] = std::array::from_fn(|t| act(sh, a, t, nt, ib));
+        let mut acc = [[_mm256_setzero_si256(); T]; R];
         for c in 0..8 {
-            for t in 0..4 {
+            for t in 0..T {
                 let av = act_chunk(x[t].0, c);
-                for r in 0..2 {
+                for r in 0..R {
                     let p = _mm256_maddubs_epi16(rows[r].u[c], av);
                     let p = _mm256_madd_epi16(p, rows[r].s[c]);
                     acc[r][t] = _mm256_add_epi32(acc[r][t], p);
@@ -755,40 +758,39 @@ fn tile2x4<const F: u8>(
         }
         let mut main = [_mm256_setzero_si256(); 8];
         let mut mins = [_mm256_setzero_si256(); 8];
-        for r in 0..2 {
-            for t in 0..4 {
+        for r in 0..R {
+            for t in 0..T {
                 let o = _mm256_madd_epi16(rows[r].off, x[t].1);
                 if folds_offset(F) {
-                    main[4 * r + t] = _mm256_add_epi32(acc[r][t], o);
+                    main[T * r + t] = _mm256_add_epi32(acc[r][t], o);
                 } else {
-                    (main[4 * r + t], mins[4 * r + t]) = (acc[r][t], o);
+                    (main[T * r + t], mins[T * r + t]) = (acc[r][t], o);
                 }
             }
         }
-        // Lane p = 4r + t: d·d_a and dmin·d_a of the super-block, multiplied as
-        // vectors (eight scalar stores read back as one vector wait for the stores
-        // to leave the store buffer).
-        let da = _mm_setr_ps(x[0].2, x[1].2, x[2].2, x[3].2);
-        let da = _mm256_set_m128(da, da);
-        let per_row = |f: fn(&RowDec) -> f32| {
-            _mm256_set_m128(_mm_set1_ps(f(&rows[1])), _mm_set1_ps(f(&rows[0])))
+        // Lane p = T·r + t: d·d_a and dmin·d_a of the super-block, multiplied as
+        // vectors built in registers (eight scalar stores read back as one vector
+        // waited for the stores to leave the store buffer).
+        let lanes = |f: &dyn Fn(usize) -> f32| {
+            _mm256_setr_ps(f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7))
         };
-        let dwv = _mm256_mul_ps(per_row(|r| r.d), da);
-        let dmv = _mm256_mul_ps(per_row(|r| r.dmin), da);
+        let da = lanes(&|p| x[p % T].2);
+        let dwv = _mm256_mul_ps(lanes(&|p| rows[p / T].d), da);
+        let dmv = _mm256_mul_ps(lanes(&|p| rows[p / T].dmin), da);
         facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&main)), dwv, facc);
         if !folds_offset(F) {
             facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
         }
     }
-    store_tile::<4>(facc, nr, nt, out, ldo);
+    store_tile::<T>(facc, nr, nt, out, ldo);
 }
 
 /// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
 /// k = 1280) stay in L2 while each row tile runs over them.
 const TOKEN_BLOCK: usize = 64;
 
-/// The tiled GEMM: 2 × 4 tiles over each token block, a last single token
-/// (and n_tok = 1) as 8-row GEMV tiles.
+/// The tiled GEMM: 2 × 4 tiles over each token block (4 × 2 for a last two tokens), a
+/// last single token (and n_tok = 1) as 8-row GEMV tiles.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 fn gemm_tiles<const F: u8>(
@@ -803,17 +805,27 @@ fn gemm_tiles<const F: u8>(
     let mut t0 = 0;
     while t0 < n_tok {
         let tb = TOKEN_BLOCK.min(n_tok - t0);
-        // Tiles of ≥ 2 tokens; a last lone token goes to the GEMV tiles.
-        let multi = if tb % 4 == 1 { tb - 1 } else { tb };
+        // 2 x 4 tiles over whole 4-token groups and a last group of 3 (one padding
+        // token); a last 2 tokens in 4 x 2 tiles, a last lone token in the GEMV tiles.
+        let tail = if tb % 4 == 3 { 0 } else { tb % 4 };
+        let multi = tb - tail;
         for r0 in (0..n_rows).step_by(2) {
             let nr = 2.min(n_rows - r0);
             for t in (t0..t0 + multi).step_by(4) {
                 let nt = 4.min(t0 + multi - t);
                 let o = &mut out[t * ldo + r0..];
-                tile2x4::<F>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
+                tile::<F, 2, 4>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
             }
         }
-        if multi < tb {
+        if tail == 2 {
+            let t = t0 + multi;
+            for r0 in (0..n_rows).step_by(4) {
+                let nr = 4.min(n_rows - r0);
+                let o = &mut out[t * ldo + r0..];
+                tile::<F, 4, 2>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], 2, o, ldo);
+            }
+        }
+        if tail == 1 {
             let t = t0 + multi;
             for r0 in (0..n_rows).step_by(8) {
                 let nr = 8.min(n_rows - r0);
