@@ -591,15 +591,6 @@ fn reduce8(v: &[__m256i; 8]) -> __m256i {
     )
 }
 
-/// Sum of the 8 i32 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
-}
-
 /// Super-block `ib` of activation row `t`: (block pointer, bsums, d), or a
 /// zero block for a padding token (`t ≥ nt`).
 #[inline]
@@ -648,10 +639,10 @@ const GEMV_GROUP: usize = 8;
 /// rows are adjacent: one sequential stream, where 8 rows read side by side
 /// were 8 streams whose misses waited in turn); each row adds its
 /// super-blocks' scaled sums to its own f32 vector, whose lanes are summed at
-/// the end. (The rows' integer sums used to
-/// be kept per super-block and reduced across the tile's rows afterwards: with
-/// the arithmetic taken out, that bookkeeping alone ran at 41 GB/s of Q4_K
-/// rows in L2, where the whole kernel ran at 17.5.)
+/// the end. (The rows' integer sums used to be kept per super-block and
+/// reduced across the tile's rows afterwards: with the arithmetic taken out,
+/// that bookkeeping alone ran at 41 GB/s of Q4_K rows in L2, where the whole
+/// kernel ran at 17.5.)
 ///
 /// Each super-block prefetches what the group reads `PREFETCH_BYTES` later
 /// into L2, as the Q4_0/Q8_0 GEMV does, except Q4_K's: from memory, one
