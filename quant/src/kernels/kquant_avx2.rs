@@ -829,11 +829,11 @@ fn gemm_tiles<const F: u8>(
 }
 
 /// Safe [`super::GemmFn`] (and [`super::DotFn`]) entry points of the K-quant tiles,
-/// `FORMAT => gemm[, dot] [(via f)];`: each calls `gemm_k::<FORMAT>` (the contract check, then
-/// the invoking module's `gemm_tiles`, defined here once for both x86 tiers) or
-/// `f::<FORMAT>`, and the module's `dot_k::<FORMAT>`.
+/// `FORMAT => gemm[, dot];`: each calls `gemm_k::<FORMAT>` (the contract check, then the
+/// invoking module's `gemm_tiles`, defined here once for both x86 tiers) and the module's
+/// `dot_k::<FORMAT>`.
 macro_rules! kquant_entry_points {
-    ($($f:ident => $gemm:ident $(, $dot:ident)? $((via $via:ident))?;)*) => {
+    ($($f:ident => $gemm:ident $(, $dot:ident)?;)*) => {
         /// Safe entry of the GEMMs: checks the contract, then runs the module's tiles.
         fn gemm_k<const F: u8>(
             k: usize,
@@ -852,9 +852,9 @@ macro_rules! kquant_entry_points {
             // invoking module's tier was detected.
             unsafe { gemm_tiles::<F>(&sh, w, n_rows, a, n_tok, out, ldo) }
         }
-        $(kquant_entry_points!(@entry $f => $gemm $(, $dot)? $((via $via))?);)*
+        $(kquant_entry_points!(@entry $f => $gemm $(, $dot)?);)*
     };
-    (@entry $f:ident => $gemm:ident $(, $dot:ident)? $((via $via:ident))?) => {
+    (@entry $f:ident => $gemm:ident $(, $dot:ident)?) => {
         pub(crate) fn $gemm(
             k: usize,
             w: &[u8],
@@ -864,7 +864,7 @@ macro_rules! kquant_entry_points {
             out: &mut [f32],
             ldo: usize,
         ) {
-            kquant_entry_points!(@gemm $f $($via)?)(k, w, n_rows, a, n_tok, out, ldo)
+            gemm_k::<$f>(k, w, n_rows, a, n_tok, out, ldo)
         }
         $(
             pub(crate) fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
@@ -872,8 +872,6 @@ macro_rules! kquant_entry_points {
             }
         )?
     };
-    (@gemm $f:ident) => { gemm_k::<$f> };
-    (@gemm $f:ident $via:ident) => { $via::<$f> };
 }
 pub(super) use kquant_entry_points;
 
@@ -1325,7 +1323,15 @@ pub(super) mod testkit {
                 }
             }
         }
-        shapes.extend([(2, 21, 131), (5, 17, 65), (1, 33, 1), (2, 4, 64)]);
+        // nb > 16: the AVX-512 GEMV lays out each pass of 16 super-blocks on its own.
+        shapes.extend([
+            (2, 21, 131),
+            (5, 17, 65),
+            (1, 33, 1),
+            (2, 4, 64),
+            (17, 19, 4),
+            (18, 3, 7),
+        ]);
         for (i, &(nb, n_rows, n_tok)) in shapes.iter().enumerate() {
             let fill = match i % 3 {
                 0 => None,

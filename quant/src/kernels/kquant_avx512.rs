@@ -1,283 +1,51 @@
-//! AVX-512 (F, BW, VL + VNNI) dot products and GEMMs for the K-quants (Q2_K to
-//! Q6_K weights against Q8_K activations), straight from the GGUF block layout
-//! (no repacked copy). Q2_K and Q3_K (the cold experts' low-bit copies) have
-//! only the GEMV here; their small batches run `kquant_avx2`'s tiles.
+//! AVX-512 (F, BW, VL + VNNI) dot products and small-batch GEMMs for the
+//! K-quants (Q2_K to Q6_K weights against Q8_K activations), straight from the
+//! GGUF block layout (no repacked copy); `kquant_avx512_rows` takes the larger
+//! batches.
 //!
-//! [`tile4x4`] computes 4 rows × 4 tokens in registers: per super-block each
-//! row's quants are unpacked once to unsigned bytes (four 64-byte chunks) and
-//! its scales spread to one i16 per lane, then every token of the tile reuses
-//! them: `vpmaddubsw` (unsigned quant × signed activation;
-//! |pair| ≤ 63·128·2 < 2¹⁵, never saturating) and VNNI `vpdpwssd` with the
-//! scales accumulate exact i32 lane sums. The offsets come from the Q8_K
-//! `bsums`: Q6_K's −32 is folded into the integer sum, the Q4_K/Q5_K mins are
-//! a second integer sum scaled by `dmin`. After each super-block the tile's
-//! accumulators are reduced together (one transpose-add tree) to one lane per
-//! (row, token) and scaled in f32. The integer block sums equal the scalar
-//! twins' (`scalar.rs`); only the order of the f32 additions differs.
-//!
-//! [`gemv`] (one token: n_tok = 1, a last lone token, and the dots) has
-//! nothing to reuse but the token, so it spends as few instructions per
-//! weight byte as it can: the token's blocks laid out once per call in the
-//! weight's nibble order, one `vpdpbusd` per 64 quants, the lanes packed to
-//! i16 so one `vpdpwssd` per two vectors applies the scales, two rows side
-//! by side sharing the activation loads; Q4_K/Q5_K pack the two rows' lanes
-//! into the same vectors (one scale multiply per weight vector, one convert
-//! and one FMA per super-block for both rows) and unpack their scale bytes
-//! together; the 16-element formats (Q6_K, Q3_K, Q2_K: [`block16`]) have one
-//! FMA per super-block and row (Q2_K a second for its minimums); each 16-row tile is
-//! read as one stream with an L2 prefetch ahead. Padding rows/tokens of
-//! tail tiles are zeros.
+//! [`gemv`] serves 1 to [`GEMV_TOKENS`] tokens (decode, the dots, and the few
+//! tokens an expert gets from a short prompt) and spends as few instructions
+//! per weight byte as it can: each token's blocks laid out once per call in
+//! the weight's nibble order, one `vpdpbusd` per 64 quants and token, the
+//! lanes packed to i16 so one `vpdpwssd` per two vectors applies the scales,
+//! two rows side by side sharing the activation loads. Each weight
+//! super-block is unpacked once ([`pair_k4`], [`row16`]) and used by every
+//! token of the call, so a few tokens cost little more than one: the weight
+//! bytes are read once, and only the dot products and their scaling repeat.
+//! Q4_K/Q5_K pack the two rows' lanes into the same vectors (one scale
+//! multiply per weight vector, one convert and one FMA per super-block for
+//! both rows) and unpack their scale bytes together; the 16-element formats
+//! (Q6_K, Q3_K, Q2_K: [`block16`]) have one FMA per super-block and row (Q2_K
+//! a second for its minimums); each 16-row tile is read as one stream with an
+//! L2 prefetch ahead. Each output sums exactly the one-token GEMV's terms in
+//! its order, so a token's result does not depend on its batch; the integer
+//! block sums equal the scalar twins' (`scalar.rs`), only the order of the
+//! f32 additions differs.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use super::kquant_avx2::{
-    block_bytes, check, k4_scale_bytes, k4_scales_mins, kquant_entry_points, q3k_scales, Shape,
-    Q2K, Q3K, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, ZERO_Q8K,
+    block_bytes, check, k4_scale_bytes, kquant_entry_points, q3k_scales, Shape, Q2K, Q3K, Q4K, Q5K,
+    Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 use super::q0_avx512_units::{reduce16 as reduce16_ps, PREFETCH_BYTES};
-
-/// `vpermw` indices spreading a super-block's scales over the i16 lanes of
-/// `maddubs` on 64-element chunk c: lane i covers elements 64c + 2i and
-/// 64c + 2i + 1, which lie in 16-group 4c + i/8 (Q6_K, `SPREAD16`) and in
-/// 32-group 2c + i/16 (Q4_K/Q5_K, `SPREAD32`).
-static SPREAD16: [[i16; 32]; 4] = spread(8, 4);
-static SPREAD32: [[i16; 32]; 4] = spread(16, 2);
-
-const fn spread(lanes_per_group: usize, groups_per_chunk: usize) -> [[i16; 32]; 4] {
-    let mut s = [[0i16; 32]; 4];
-    let mut c = 0;
-    while c < 4 {
-        let mut i = 0;
-        while i < 32 {
-            s[c][i] = (groups_per_chunk * c + i / lanes_per_group) as i16;
-            i += 1;
-        }
-        c += 1;
-    }
-    s
-}
-
-/// `vpermd` indices of the 4 × 4 tile's min term (lane p = 4r + t): `PICK_ROW[j]`
-/// takes i32 j of row r's 4 (pairs of mins), `PICK_TOK[j]` i32 j of token t's
-/// 4 (pairs of bsum pair sums).
-static PICK_ROW: [[i32; 16]; 4] = pick(true);
-static PICK_TOK: [[i32; 16]; 4] = pick(false);
-
-const fn pick(row: bool) -> [[i32; 16]; 4] {
-    let mut s = [[0i32; 16]; 4];
-    let mut j = 0;
-    while j < 4 {
-        let mut p = 0;
-        while p < 16 {
-            let owner = if row { p / 4 } else { p % 4 };
-            s[j][p] = (4 * owner + j) as i32;
-            p += 1;
-        }
-        j += 1;
-    }
-    s
-}
-
-/// One weight row's super-block, decoded for reuse by the tile's tokens.
-struct RowDec {
-    /// Unsigned quants in element order, 64 per vector.
-    u: [__m512i; 4],
-    /// The group scale of each i16 lane of `maddubs(u[c], ·)`.
-    s: [__m512i; 4],
-    /// Q6_K: the 16 factors −32·scale of the 16-groups' bsums (low half);
-    /// Q4_K/Q5_K: each 32-group's min twice, the factors of the bsums.
-    off: __m512i,
-    /// Q4_K/Q5_K: the 8 mins (i16).
-    mins: __m128i,
-    d: f32,
-    dmin: f32,
-}
 
 /// Splats a byte into the 8 bytes of a u64.
 const fn bytes8(b: u8) -> i64 {
     (b as u64 * 0x0101_0101_0101_0101) as i64
 }
 
-/// Decodes the super-block `b` (exactly one block of format `F`) into `row`.
+/// Stores `out[r] = lane r of sums` for the tile's `nr` rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn decode<const F: u8>(b: &[u8], row: &mut RowDec) {
-    debug_assert_eq!(b.len(), block_bytes(F));
-    let p = b.as_ptr();
-    let h2f = |o: usize| {
-        let h = u16::from_le_bytes([b[o], b[o + 1]]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
-    };
-    if F == Q6K {
-        row.d = h2f(208);
-        // SAFETY: the 16 scale bytes (192..208) and the `SPREAD16` rows lie in
-        // bounds; loadu has no alignment requirement.
-        unsafe {
-            let g = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast()));
-            for (s, idx) in row.s.iter_mut().zip(&SPREAD16) {
-                let idx = _mm512_loadu_si512(idx.as_ptr().cast());
-                *s = _mm512_permutexvar_epi16(idx, _mm512_zextsi256_si512(g));
-            }
-            let minus32 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(g));
-            row.off = _mm512_zextsi256_si512(minus32);
-        }
-    } else {
-        (row.d, row.dmin) = (h2f(0), h2f(2));
-        let (sc, mn) = k4_scales_mins(&b[4..16]);
-        let g = _mm512_zextsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-        for (s, idx) in row.s.iter_mut().zip(&SPREAD32) {
-            // SAFETY: a `SPREAD32` row is 64 bytes; loadu is unaligned.
-            let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
-            *s = _mm512_permutexvar_epi16(idx, g);
-        }
-        let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
-        row.mins = m;
-        let twice = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
-        row.off = _mm512_zextsi256_si512(twice);
-    }
-    let m4 = _mm512_set1_epi8(0x0f);
-    let p = b.as_ptr();
-    if F == Q6K {
-        // Chunk c = 2h + odd: 64 low (even c) or high (odd c) nibbles of
-        // ql[64h..64h+64]; the top 2 bits are qh[32h + l] bits 0-1 / 2-3
-        // (even c, first / second 32 elements) or 4-5 / 6-7 (odd c).
-        let m2 = _mm512_set1_epi8(0x03);
-        for c in 0..4 {
-            let h = c / 2;
-            // SAFETY: ql[64h..64h+64] and qh[32h..32h+32] (offset 128) lie in
-            // the 210-byte block; loadu has no alignment requirement.
-            let (l, qh) = unsafe {
-                (
-                    _mm512_loadu_si512(p.add(64 * h).cast()),
-                    _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h).cast())),
-                )
-            };
-            let (nib, shifts) = if c % 2 == 0 {
-                (
-                    _mm512_and_si512(l, m4),
-                    _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0),
-                )
-            } else {
-                (
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4),
-                    _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4),
-                )
-            };
-            let hi = _mm512_and_si512(_mm512_srlv_epi64(qh, shifts), m2);
-            row.u[c] = _mm512_or_si512(nib, _mm512_slli_epi16::<4>(hi));
-        }
-        return;
-    }
-    // Q4_K/Q5_K chunk c: the low nibbles of qs[32c..32c+32], then their high
-    // nibbles (elements 64c..64c+32, 64c+32..64c+64).
-    let qs = if F == Q5K { 48 } else { 16 };
-    let nibble_shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
-    for c in 0..4 {
-        // SAFETY: qs[32c..32c+32] lies in the block; loadu is unaligned.
-        let v = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(qs + 32 * c).cast())) };
-        row.u[c] = _mm512_and_si512(_mm512_srlv_epi64(v, nibble_shift), m4);
-    }
-    if F == Q5K {
-        // The fifth bit of element 64c + l is bit 2c of qh[l], of element
-        // 64c + 32 + l bit 2c + 1.
-        // SAFETY: qh = bytes 16..48 of the 176-byte block.
-        let qh = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast())) };
-        let sixteen = _mm512_set1_epi8(16);
-        for c in 0..4 {
-            let (lo, hi) = (bytes8(1 << (2 * c)), bytes8(2 << (2 * c)));
-            let sel = _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo);
-            let k = _mm512_test_epi8_mask(qh, sel);
-            row.u[c] = _mm512_mask_add_epi8(row.u[c], k, row.u[c], sixteen);
-        }
-    }
-}
-
-/// Sums of 16 vectors of i32: lane i of the result is the sum of `v[i]`'s lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn reduce16(v: &[__m512i; 16]) -> __m512i {
-    // Per 128-bit block: interleave pairs, then quadruples, so block k of
-    // x[i] holds partial sums of v[4i..4i+4] in its 4 lanes.
-    let mut s = [_mm512_setzero_si512(); 8];
-    for i in 0..8 {
-        let (a, b) = (v[2 * i], v[2 * i + 1]);
-        s[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-    }
-    let mut x = [_mm512_setzero_si512(); 4];
-    for i in 0..4 {
-        let (a, b) = (s[2 * i], s[2 * i + 1]);
-        x[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
-    }
-    // Then add the four blocks of each x[i] into block i.
-    let pair = |a: __m512i, b: __m512i| {
-        _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
-            _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
-        )
-    };
-    pair(pair(x[0], x[1]), pair(x[2], x[3]))
-}
-
-/// One token's Q8_K block, as the kernels read it.
-struct Act {
-    /// The block (or `ZERO_Q8K` for a padding token).
-    p: *const u8,
-    /// The 16 bsums (low half).
-    bsums: __m512i,
-    /// The 8 sums of bsum pairs (the 32-groups' sums), as i16.
-    pair_sums: __m128i,
-    d: f32,
-}
-
-/// Super-block `ib` of activation row `t` (padding when `t ≥ nt`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn act(sh: &Shape, a: &[u8], t: usize, nt: usize, ib: usize) -> Act {
-    if t >= nt {
-        return Act {
-            p: ZERO_Q8K.as_ptr(),
-            bsums: _mm512_setzero_si512(),
-            pair_sums: _mm_setzero_si128(),
-            d: 0.0,
-        };
-    }
-    let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
-    // SAFETY: the 32 bsum bytes lie in the block.
-    let bsums = unsafe { _mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()) };
-    // |bsum| ≤ 16·128, so the sum of two fits an i16.
-    let pairs = _mm256_madd_epi16(bsums, _mm256_set1_epi16(1));
-    Act {
-        p: blk.as_ptr(),
-        bsums: _mm512_zextsi256_si512(bsums),
-        pair_sums: _mm256_cvtepi32_epi16(pairs),
-        d: f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]),
-    }
-}
-
-/// Chunk c (64 quants) of an activation block.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn act_chunk(x: &Act, c: usize) -> __m512i {
-    debug_assert!(c < 4);
-    // SAFETY: x.p is a whole Q8_K block (a real one or ZERO_Q8K);
-    // qs[64c..64c+64] lies in it.
-    unsafe { _mm512_loadu_si512(x.p.add(Q8K_QS + 64 * c).cast()) }
-}
-
-/// Scatters the tile's 16 lanes (p = r·T + t) to `out[t * ldo + r]`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn store_tile<const T: usize>(facc: __m512, nr: usize, nt: usize, out: &mut [f32], ldo: usize) {
-    let mut o = [0f32; 16];
-    // SAFETY: o is 16 f32.
-    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), facc) };
-    for r in 0..nr {
-        for t in 0..nt {
-            out[t * ldo + r] = o[r * T + t];
-        }
-    }
+fn store_rows(sums: __m512, nr: usize, out: &mut [f32]) {
+    assert!(nr <= 16 && out.len() >= nr);
+    // SAFETY: the mask selects lanes 0..nr, which lie in `out` (asserted);
+    // a masked store touches no other memory.
+    unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr(), ((1u32 << nr) - 1) as u16, sums) };
 }
 
 /// Super-blocks of the token a GEMV pass lays out at once: rows of k ≤ 4096
@@ -375,14 +143,12 @@ const fn q6_spread() -> [i8; 64] {
 /// (high 32) of qh[l].
 const Q5_BITS: [u32; 4] = [0, 1, 4, 5];
 
-/// The quants of a weight super-block (see [`GemvAct::q`]) against the
-/// token's: one `vpdpbusd` per 64 unsigned quants (weight vector c), whose
-/// i32 lanes (|·| ≤ 4·63·128 < 2¹⁵) the callers pack to i16 in pairs of
-/// vectors, so one `vpdpwssd` per pair can apply the scales. Q6_K's quants
-/// are 0..64 (its −32 is applied through the bsums).
+/// The quants of a weight super-block as four vectors of 64 unsigned bytes in
+/// the order of [`GemvAct::q`]. Q6_K's quants are 0..64 (its −32 is applied
+/// through the bsums).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn quant_dots<const F: u8>(b: &[u8], x: &GemvAct) -> [__m512i; 4] {
+fn quant_bytes<const F: u8>(b: &[u8]) -> [__m512i; 4] {
     assert_eq!(b.len(), block_bytes(F));
     let p = b.as_ptr();
     let m4 = _mm512_set1_epi8(0x0f);
@@ -469,6 +235,16 @@ fn quant_dots<const F: u8>(b: &[u8], x: &GemvAct) -> [__m512i; 4] {
             }
         }
     }
+    u
+}
+
+/// A super-block's quants `u` ([`quant_bytes`]) against the token's: one
+/// `vpdpbusd` per 64 (weight vector c), whose i32 lanes (|·| ≤ 4·63·128 <
+/// 2¹⁵) the callers pack to i16 in pairs of vectors, so one `vpdpwssd` per
+/// pair can apply the scales.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn quant_dots(u: &[__m512i; 4], x: &GemvAct) -> [__m512i; 4] {
     let z = _mm512_setzero_si512();
     std::array::from_fn(|c| _mm512_dpbusd_epi32(z, u[c], x.q[c]))
 }
@@ -487,20 +263,28 @@ const fn sixteens(f: u8) -> bool {
     f == Q6K || f == Q3K || f == Q2K
 }
 
-/// `acc` plus one super-block `b` of a 16-element format against `x` (×d·d_a, 16
-/// lanes): Q6_K and Q3_K with their offset (32, 4) folded into the integer sum through
-/// the bsums, Q2_K with its minimums (×dmin·d_a) as a second integer sum.
+/// One weight row's super-block of a 16-element format, unpacked once for
+/// every token of a GEMV pass ([`block16`]).
+struct Row16 {
+    u: [__m512i; 4],
+    /// The 16 scales spread over the words of `packs(P0, P1)`, `packs(P2, P3)`.
+    s01: __m512i,
+    s23: __m512i,
+    /// The bsums' factors: offset·scale (Q6_K, Q3_K) or the minimums (Q2_K), i16.
+    factors: __m512i,
+    /// [d, dmin] (Q2_K) or d.
+    d: __m128,
+}
+
+/// Unpacks the super-block `b` of a 16-element format: quants, scales, bsum
+/// factors and f16 scales.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn block16<const F: u8>(b: &[u8], x: &GemvAct, acc: __m512) -> __m512 {
-    let s = quant_dots::<F>(b, x);
-    let (q01, q23) = (
-        _mm512_packs_epi32(s[0], s[1]),
-        _mm512_packs_epi32(s[2], s[3]),
-    );
+fn row16<const F: u8>(b: &[u8]) -> Row16 {
+    let u = quant_bytes::<F>(b);
     let p = b.as_ptr();
     let f16 = |o: usize| {
-        // SAFETY: the f16 at byte o lies in the block (checked by `quant_dots`).
+        // SAFETY: the f16 at byte o lies in the block (checked by `quant_bytes`).
         _mm_cvtsi32_si128(unsafe { p.add(o).cast::<u16>().read_unaligned() } as i32)
     };
     // The 16 scales as i16, the bsums' factors (offset·scale or the minimums) and the
@@ -530,40 +314,65 @@ fn block16<const F: u8>(b: &[u8], x: &GemvAct, acc: __m512) -> __m512 {
     };
     let scz = _mm512_zextsi256_si512(sc);
     let idx = table(&Q6_SPREAD);
-    let s01 = _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x00>(scz, scz), idx);
-    let s23 = _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x55>(scz, scz), idx);
-    let i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, s01), q23, s23);
+    Row16 {
+        u,
+        s01: _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x00>(scz, scz), idx),
+        s23: _mm512_shuffle_epi8(_mm512_shuffle_i32x4::<0x55>(scz, scz), idx),
+        factors: _mm512_zextsi256_si512(factors),
+        d: _mm_cvtph_ps(d),
+    }
+}
+
+/// `acc` plus one unpacked super-block `row` of a 16-element format against `x`
+/// (×d·d_a, 16 lanes): Q6_K and Q3_K with their offset (32, 4) folded into the
+/// integer sum through the bsums, Q2_K with its minimums (×dmin·d_a) as a second
+/// integer sum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn block16<const F: u8>(row: &Row16, x: &GemvAct, acc: __m512) -> __m512 {
+    let s = quant_dots(&row.u, x);
+    let (q01, q23) = (
+        _mm512_packs_epi32(s[0], s[1]),
+        _mm512_packs_epi32(s[2], s[3]),
+    );
+    let i = _mm512_dpwssd_epi32(_mm512_madd_epi16(q01, row.s01), q23, row.s23);
     // The factors against the negated bsums: −offset·scale·bsum (into the integer sum)
     // or −min·bsum (a sum of its own).
-    let (factors, sums) = (
-        _mm512_zextsi256_si512(factors),
-        _mm512_zextsi256_si512(x.sums),
-    );
-    let dd = _mm_mul_ps(_mm_cvtph_ps(d), x.d);
+    let sums = _mm512_zextsi256_si512(x.sums);
+    let dd = _mm_mul_ps(row.d, x.d);
     if F == Q2K {
         let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc);
-        let m = _mm512_madd_epi16(factors, sums);
+        let m = _mm512_madd_epi16(row.factors, sums);
         let dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dd));
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(m), dmin, acc)
     } else {
-        let i = _mm512_dpwssd_epi32(i, factors, sums);
+        let i = _mm512_dpwssd_epi32(i, row.factors, sums);
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_broadcastss_ps(dd), acc)
     }
 }
 
-/// `acc` plus the Q4_K/Q5_K super-blocks `b[0]`, `b[1]` of two rows against
-/// `x` (×d·d_a; the first row in i32 lanes 0, 1 of each 128-bit block, the
-/// second in lanes 2, 3), `macc` minus their min sums (×dmin·d_a, row i in
-/// 128-bit half i). The two rows' quant sums are packed into the same i16
-/// vectors, so each scale multiply, the convert and the FMA serve both; the
-/// scale bytes, mins and f16 scales are unpacked together too.
+/// Two weight rows' Q4_K/Q5_K super-blocks, unpacked once for every token of a
+/// GEMV pass ([`k4_pair`]).
+struct PairK4 {
+    /// Each row's quants.
+    u: [[__m512i; 4]; 2],
+    /// Both rows' scales spread over the words of the packed quant sums.
+    sw: [__m512i; 4],
+    /// Both rows' 8 mins (i16), one row per 128-bit half.
+    mins: __m256i,
+    /// [d0, dmin0, d1, dmin1].
+    d: __m128,
+}
+
+/// Unpacks the Q4_K/Q5_K super-blocks `b[0]`, `b[1]` of two rows; their scale
+/// bytes, mins and f16 scales together.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn k4_pair<const F: u8>(b: [&[u8]; 2], x: &GemvAct, acc: &mut __m512, macc: &mut __m256) {
-    let (s0, s1) = (quant_dots::<F>(b[0], x), quant_dots::<F>(b[1], x));
+fn pair_k4<const F: u8>(b: [&[u8]; 2]) -> PairK4 {
+    let u = [quant_bytes::<F>(b[0]), quant_bytes::<F>(b[1])];
     let (p0, p1) = (b[0].as_ptr(), b[1].as_ptr());
     // SAFETY: d, dmin (bytes 0..4) and the 12 scale bytes (4..16, read as
-    // 4..20) lie in each block (checked by `quant_dots`); reads are unaligned.
+    // 4..20) lie in each block (checked by `quant_bytes`); reads are unaligned.
     let (d, sq) = unsafe {
         (
             _mm_setr_epi32(
@@ -585,22 +394,38 @@ fn k4_pair<const F: u8>(b: [&[u8]; 2], x: &GemvAct, acc: &mut __m512, macc: &mut
         _mm512_set_epi64(2, 0, 2, 0, 2, 0, 2, 0),
         _mm512_castsi256_si512(sm),
     );
-    let w: [__m512i; 4] = std::array::from_fn(|c| _mm512_packs_epi32(s0[c], s1[c]));
-    let sw: [__m512i; 4] = std::array::from_fn(|c| _mm512_shuffle_epi8(sc, table(&K4_SPREAD[c])));
-    let mut i = _mm512_madd_epi16(w[0], sw[0]);
-    for c in 1..4 {
-        i = _mm512_dpwssd_epi32(i, w[c], sw[c]);
+    PairK4 {
+        u,
+        sw: std::array::from_fn(|c| _mm512_shuffle_epi8(sc, table(&K4_SPREAD[c]))),
+        mins: _mm256_unpackhi_epi8(sm, _mm256_setzero_si256()),
+        d: _mm_cvtph_ps(d),
     }
+}
+
+/// `acc` plus the unpacked super-blocks `pair` of two rows against `x`
+/// (×d·d_a; the first row in i32 lanes 0, 1 of each 128-bit block, the
+/// second in lanes 2, 3), `macc` minus their min sums (×dmin·d_a, row i in
+/// 128-bit half i). The two rows' quant sums are packed into the same i16
+/// vectors, so each scale multiply, the convert and the FMA serve both.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn k4_pair(pair: &PairK4, x: &GemvAct, acc: &mut __m512, macc: &mut __m256) {
+    let (s0, s1) = (quant_dots(&pair.u[0], x), quant_dots(&pair.u[1], x));
+    let w: [__m512i; 4] = std::array::from_fn(|c| _mm512_packs_epi32(s0[c], s1[c]));
+    let sw = &pair.sw;
+    let i = _mm512_madd_epi16(w[0], sw[0]);
+    let i = _mm512_dpwssd_epi32(i, w[1], sw[1]);
+    let i = _mm512_dpwssd_epi32(i, w[2], sw[2]);
+    let i = _mm512_dpwssd_epi32(i, w[3], sw[3]);
     // [d0·d_a, dmin0·d_a, d1·d_a, dmin1·d_a]
-    let dd = _mm_mul_ps(_mm_cvtph_ps(d), x.d);
+    let dd = _mm_mul_ps(pair.d, x.d);
     let dr = _mm512_permutexvar_ps(
         _mm512_set_epi32(2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0),
         _mm512_castps128_ps512(dd),
     );
     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), dr, *acc);
     // The 8 mins (i16) of each row against the 8 32-group sums.
-    let mins = _mm256_unpackhi_epi8(sm, _mm256_setzero_si256());
-    let m = _mm256_madd_epi16(mins, x.sums);
+    let m = _mm256_madd_epi16(pair.mins, x.sums);
     let dmin = _mm256_permutexvar_ps(
         _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3),
         _mm256_castps128_ps256(dd),
@@ -608,41 +433,57 @@ fn k4_pair<const F: u8>(b: [&[u8]; 2], x: &GemvAct, acc: &mut __m512, macc: &mut
     *macc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(m), dmin, *macc);
 }
 
-/// Lays out super-blocks `g0..g0 + n` of the token `a` into `xs`.
+/// Lays out super-blocks `g0..g0 + xs.len()` of the token `a` into `xs`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn gemv_acts<const F: u8>(a: &[u8], g0: usize, xs: &mut [GemvAct]) {
+fn gemv_acts<const F: u8>(a: &[u8], g0: usize, xs: &mut [MaybeUninit<GemvAct>]) {
     for (j, x) in xs.iter_mut().enumerate() {
-        *x = gemv_act::<F>(&a[(g0 + j) * Q8K_BYTES..][..Q8K_BYTES]);
+        x.write(gemv_act::<F>(&a[(g0 + j) * Q8K_BYTES..][..Q8K_BYTES]));
     }
 }
 
-/// `out[r] = dot(w row r, a)` for `r < nr ≤ 16`: two rows' super-blocks at
-/// a time in order into their own accumulators, then the next two (the
-/// tile's rows are adjacent in memory: one stream), prefetching the same
-/// bytes [`PREFETCH_BYTES`] (whole rows) further into L2, as the Q4_0/Q8_0
-/// GEMV does; then [`reduce16_ps`]. `xs` holds the token's laid-out
+/// Each token's laid-out super-blocks of one pass. Only those a pass lays
+/// out are read, so the rest stay uninitialised (zeroing them was a `memset`
+/// of up to 20 KiB per call).
+type GemvActs<const NT: usize> = [[MaybeUninit<GemvAct>; GEMV_SB]; NT];
+
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ 16`, `t < NT`:
+/// two rows' super-blocks at a time in order, unpacked once and used by each
+/// token into its own accumulators, then the next two (the tile's rows are
+/// adjacent in memory: one stream), prefetching the same bytes
+/// [`PREFETCH_BYTES`] (whole rows) further into L2, as the Q4_0/Q8_0 GEMV
+/// does; then [`reduce16_ps`] per token. Each output sums exactly what the
+/// one-token GEMV sums, in the same order. `xs[t]` holds token t's laid-out
 /// blocks when the row fits one pass (`relay` false); otherwise each pass of
 /// [`GEMV_SB`] super-blocks lays out its own.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn gemv_tile<const F: u8>(
+#[allow(clippy::too_many_arguments)]
+fn gemv_tile<const F: u8, const NT: usize>(
     sh: &Shape,
     w: &[u8],
     nr: usize,
     a: &[u8],
     out: &mut [f32],
-    xs: &mut [GemvAct; GEMV_SB],
+    ldo: usize,
+    xs: &mut GemvActs<NT>,
     relay: bool,
 ) {
     debug_assert!(nr <= 16);
     let bb = block_bytes(F);
-    let mut accs = [_mm512_setzero_ps(); 16];
+    // Each row's lanes, per token: written by the first pass, added to by the
+    // later ones (rows of k > 4096); zeroing them was a `memset` per tile.
+    let mut accs = [[MaybeUninit::<__m512>::uninit(); 16]; NT];
     for g0 in (0..sh.nb).step_by(GEMV_SB) {
         let gn = GEMV_SB.min(sh.nb - g0);
         if relay {
-            gemv_acts::<F>(a, g0, &mut xs[..gn]);
+            for (t, x) in xs.iter_mut().enumerate() {
+                gemv_acts::<F>(&a[t * sh.arb..], g0, &mut x[..gn]);
+            }
         }
+        // Token t's block j. SAFETY: each token's first gn blocks were laid out, by
+        // this pass or (one pass) by `gemv`.
+        let x = |t: usize, j: usize| unsafe { xs[t][..gn][j].assume_init_ref() };
         let len = gn * bb;
         let ahead = PREFETCH_BYTES.div_ceil(len) * sh.wrb;
         // Two rows side by side: the activation vectors are loaded once for
@@ -652,10 +493,10 @@ fn gemv_tile<const F: u8>(
             let r1 = (r + 1).min(nr - 1);
             let p0 = &w[r * sh.wrb + g0 * bb..][..len];
             let p1 = &w[r1 * sh.wrb + g0 * bb..][..len];
-            // Q6_K: one accumulator per row; Q4_K/Q5_K: both rows in acc[0].
-            let mut acc = [_mm512_setzero_ps(); 2];
-            let mut macc = _mm256_setzero_ps();
-            for (j, x) in xs[..gn].iter().enumerate() {
+            // Per token, Q6_K: one accumulator per row; Q4_K/Q5_K: both rows in acc[0].
+            let mut acc = [[_mm512_setzero_ps(); 2]; NT];
+            let mut macc = [_mm256_setzero_ps(); NT];
+            for j in 0..gn {
                 // The same bytes `ahead` further, one prefetch per 64 bytes
                 // (consecutive blocks so leave no line out).
                 for o in (0..bb).step_by(64) {
@@ -668,144 +509,100 @@ fn gemv_tile<const F: u8>(
                 }
                 let b = [&p0[j * bb..][..bb], &p1[j * bb..][..bb]];
                 if sixteens(F) {
-                    acc = [block16::<F>(b[0], x, acc[0]), block16::<F>(b[1], x, acc[1])];
+                    let rows = [row16::<F>(b[0]), row16::<F>(b[1])];
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        *acc = [
+                            block16::<F>(&rows[0], x(t, j), acc[0]),
+                            block16::<F>(&rows[1], x(t, j), acc[1]),
+                        ];
+                    }
                 } else {
-                    k4_pair::<F>(b, x, &mut acc[0], &mut macc);
+                    let pair = pair_k4::<F>(b);
+                    for t in 0..NT {
+                        k4_pair(&pair, x(t, j), &mut acc[t][0], &mut macc[t]);
+                    }
                 }
             }
             // And the rows' last bytes. Prefetches never fault; the
             // addresses are only computed, never dereferenced.
             _mm_prefetch::<_MM_HINT_T1>(p0.as_ptr().wrapping_add(ahead + len - 1).cast());
             _mm_prefetch::<_MM_HINT_T1>(p1.as_ptr().wrapping_add(ahead + len - 1).cast());
-            let m = [
-                _mm256_castps256_ps128(macc),
-                _mm256_extractf128_ps::<1>(macc),
-            ];
-            if !sixteens(F) {
-                // The pair's lanes: the first row in i32 lanes 0, 1 of each
-                // 128-bit block, the second in lanes 2, 3.
-                acc = [
-                    _mm512_maskz_mov_ps(0x3333, acc[0]),
-                    _mm512_maskz_mov_ps(0xcccc, acc[0]),
+            for t in 0..NT {
+                let m = [
+                    _mm256_castps256_ps128(macc[t]),
+                    _mm256_extractf128_ps::<1>(macc[t]),
                 ];
-            }
-            for (i, rr) in [r, r1].into_iter().enumerate().take(r1 + 1 - r) {
-                let s = _mm512_add_ps(acc[i], _mm512_zextps128_ps512(m[i]));
-                accs[rr] = _mm512_add_ps(accs[rr], s);
-            }
-        }
-    }
-    store_tile::<1>(reduce16_ps(&accs), nr, 1, out, 1);
-}
-
-/// `out[r] = dot(w row r, a)` for every row: 16-row [`gemv_tile`]s.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn gemv<const F: u8>(sh: &Shape, w: &[u8], n_rows: usize, a: &[u8], out: &mut [f32]) {
-    // SAFETY: all-zero bits are valid vectors.
-    let mut xs: [GemvAct; GEMV_SB] = unsafe { std::mem::zeroed() };
-    let relay = sh.nb > GEMV_SB;
-    if !relay {
-        gemv_acts::<F>(a, 0, &mut xs[..sh.nb]);
-    }
-    for r0 in (0..n_rows).step_by(16) {
-        let nr = 16.min(n_rows - r0);
-        gemv_tile::<F>(sh, &w[r0 * sh.wrb..], nr, a, &mut out[r0..], &mut xs, relay);
-    }
-}
-
-/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ 4`, `t < nt ≤ 4`:
-/// each super-block of the 4 rows is decoded once and used by the 4 tokens.
-/// `w` starts at row 0 of the tile, `a` at token 0, `out` at (token 0, row 0).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-fn tile4x4<const F: u8>(
-    sh: &Shape,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let bb = block_bytes(F);
-    let mut facc = _mm512_setzero_ps();
-    // Lane p = 4r + t: d·d_a and dmin·d_a of the super-block.
-    let (mut dw, mut dm) = ([0f32; 16], [0f32; 16]);
-    // SAFETY: all-zero bits are valid vectors and f32; padding rows (r ≥ nr)
-    // stay zero, so they add nothing.
-    let mut rows: [RowDec; 4] = unsafe { std::mem::zeroed() };
-    for ib in 0..sh.nb {
-        for (r, row) in rows.iter_mut().enumerate().take(nr) {
-            decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
-        }
-        let x: [Act; 4] = std::array::from_fn(|t| act(sh, a, t, nt, ib));
-        let mut acc = [[_mm512_setzero_si512(); 4]; 4];
-        for c in 0..4 {
-            for t in 0..4 {
-                let av = act_chunk(&x[t], c);
-                for r in 0..4 {
-                    let p = _mm512_maddubs_epi16(rows[r].u[c], av);
-                    acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], p, rows[r].s[c]);
+                let acc = if sixteens(F) {
+                    acc[t]
+                } else {
+                    // The pair's lanes: the first row in i32 lanes 0, 1 of each
+                    // 128-bit block, the second in lanes 2, 3.
+                    [
+                        _mm512_maskz_mov_ps(0x3333, acc[t][0]),
+                        _mm512_maskz_mov_ps(0xcccc, acc[t][0]),
+                    ]
+                };
+                for (i, rr) in [r, r1].into_iter().enumerate().take(r1 + 1 - r) {
+                    let s = _mm512_add_ps(acc[i], _mm512_zextps128_ps512(m[i]));
+                    let sum = &mut accs[t][rr];
+                    // SAFETY: passes after the first add to what the first wrote.
+                    let s = if g0 == 0 {
+                        s
+                    } else {
+                        _mm512_add_ps(unsafe { sum.assume_init() }, s)
+                    };
+                    sum.write(s);
                 }
             }
         }
-        let mut main = [_mm512_setzero_si512(); 16];
-        for r in 0..4 {
-            for t in 0..4 {
-                main[4 * r + t] = if F == Q6K {
-                    _mm512_dpwssd_epi32(acc[r][t], rows[r].off, x[t].bsums)
-                } else {
-                    acc[r][t]
-                };
-                dw[4 * r + t] = rows[r].d * x[t].d;
-                dm[4 * r + t] = rows[r].dmin * x[t].d;
-            }
-        }
-        // SAFETY: dw and dm are 16 f32.
-        let (dwv, dmv) = unsafe { (_mm512_loadu_ps(dw.as_ptr()), _mm512_loadu_ps(dm.as_ptr())) };
-        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(&main)), dwv, facc);
-        if F == Q6K {
-            continue;
-        }
-        // Σ_j min[r][j]·(bsum pair sum)[t][j] for all 16 (r, t) at once:
-        // rows' mins and tokens' pair sums in one vector each, two
-        // (min, sum) pairs per vpdpwssd lane.
-        let mut m = _mm512_zextsi128_si512(rows[0].mins);
-        let mut b = _mm512_zextsi128_si512(x[0].pair_sums);
-        m = _mm512_inserti32x4::<1>(m, rows[1].mins);
-        b = _mm512_inserti32x4::<1>(b, x[1].pair_sums);
-        m = _mm512_inserti32x4::<2>(m, rows[2].mins);
-        b = _mm512_inserti32x4::<2>(b, x[2].pair_sums);
-        m = _mm512_inserti32x4::<3>(m, rows[3].mins);
-        b = _mm512_inserti32x4::<3>(b, x[3].pair_sums);
-        let mut mins = _mm512_setzero_si512();
-        for j in 0..4 {
-            // SAFETY: `PICK_*` rows are 64 bytes; loadu is unaligned.
-            let (ir, it) = unsafe {
-                (
-                    _mm512_loadu_si512(PICK_ROW[j].as_ptr().cast()),
-                    _mm512_loadu_si512(PICK_TOK[j].as_ptr().cast()),
-                )
-            };
-            let (mv, bv) = (
-                _mm512_permutexvar_epi32(ir, m),
-                _mm512_permutexvar_epi32(it, b),
-            );
-            mins = _mm512_dpwssd_epi32(mins, mv, bv);
-        }
-        facc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), dmv, facc);
     }
-    store_tile::<4>(facc, nr, nt, out, ldo);
+    for (t, accs) in accs.iter_mut().enumerate() {
+        // Padding rows add nothing.
+        for a in &mut accs[nr..] {
+            a.write(_mm512_setzero_ps());
+        }
+        // SAFETY: rows 0..nr were written by the passes, the rest just now;
+        // [MaybeUninit<__m512>; 16] has the layout of [__m512; 16].
+        let accs = unsafe { &*std::ptr::from_ref(accs).cast::<[__m512; 16]>() };
+        store_rows(reduce16_ps(accs), nr, &mut out[t * ldo..]);
+    }
 }
 
-/// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
-/// k = 1280) stay in L2 while each row tile runs over them.
-const TOKEN_BLOCK: usize = 64;
+/// `out[t * ldo + r] = dot(w row r, a row t)` for every row and `t < NT`:
+/// 16-row [`gemv_tile`]s, each weight byte read once for the `NT` tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemv<const F: u8, const NT: usize>(
+    sh: &Shape,
+    w: &[u8],
+    n_rows: usize,
+    a: &[u8],
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut xs: GemvActs<NT> = [const { [const { MaybeUninit::uninit() }; GEMV_SB] }; NT];
+    let relay = sh.nb > GEMV_SB;
+    if !relay {
+        for (t, x) in xs.iter_mut().enumerate() {
+            gemv_acts::<F>(&a[t * sh.arb..], 0, &mut x[..sh.nb]);
+        }
+    }
+    for r0 in (0..n_rows).step_by(16) {
+        let nr = 16.min(n_rows - r0);
+        let o = &mut out[r0..];
+        gemv_tile::<F, NT>(sh, &w[r0 * sh.wrb..], nr, a, o, ldo, &mut xs, relay);
+    }
+}
 
-/// The tiled GEMM: 4 × 4 tiles over each token block, a last single token
-/// (and n_tok = 1) as 16-row GEMV tiles.
+/// Tokens one multi-token [`gemv`] serves at most: each more keeps another
+/// 5 KiB of laid-out blocks in L1 and two more accumulators in registers
+/// (not measured beyond 4); the row-lane kernels take over from 6 tokens
+/// (Q6_K 12, Q3_K 9, Q2_K 11), so longer batches here are split evenly.
+const GEMV_TOKENS: usize = 4;
+
+/// The GEMM of a few tokens (the row-lane kernels of `kquant_avx512_rows` take
+/// larger batches): multi-token [`gemv`]s of at most [`GEMV_TOKENS`], the
+/// tokens split evenly over them (6 as 3 + 3, not 4 + 2).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 fn gemm_tiles<const F: u8>(
@@ -817,24 +614,19 @@ fn gemm_tiles<const F: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let mut t0 = 0;
-    while t0 < n_tok {
-        let tb = TOKEN_BLOCK.min(n_tok - t0);
-        // Tiles of ≥ 2 tokens; a last lone token goes to the GEMV tiles.
-        let multi = if tb % 4 == 1 { tb - 1 } else { tb };
-        for r0 in (0..n_rows).step_by(4) {
-            let nr = 4.min(n_rows - r0);
-            for t in (t0..t0 + multi).step_by(4) {
-                let nt = 4.min(t0 + multi - t);
-                let o = &mut out[t * ldo + r0..];
-                tile4x4::<F>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
-            }
+    let passes = n_tok.div_ceil(GEMV_TOKENS);
+    let mut t = 0;
+    for p in 0..passes {
+        // The first n_tok % passes passes take one token more.
+        let nt = n_tok / passes + usize::from(p < n_tok % passes);
+        let (a, o) = (&a[t * sh.arb..], &mut out[t * ldo..]);
+        match nt {
+            1 => gemv::<F, 1>(sh, w, n_rows, a, o, ldo),
+            2 => gemv::<F, 2>(sh, w, n_rows, a, o, ldo),
+            3 => gemv::<F, 3>(sh, w, n_rows, a, o, ldo),
+            _ => gemv::<F, GEMV_TOKENS>(sh, w, n_rows, a, o, ldo),
         }
-        if multi < tb {
-            let t = t0 + multi;
-            gemv::<F>(sh, w, n_rows, &a[t * sh.arb..], &mut out[t * ldo..]);
-        }
-        t0 += tb;
+        t += nt;
     }
 }
 
@@ -843,43 +635,16 @@ fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
     let sh = check(F, n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx512::detected()`.
-    unsafe { gemv::<F>(&sh, w, 1, a, &mut o) };
+    unsafe { gemv::<F, 1>(&sh, w, 1, a, &mut o, 1) };
     o[0]
-}
-
-/// Q2_K and Q3_K (the cold experts' low-bit copies; the row-lane kernel serves their larger
-/// batches) have no 4 × 4 tile decoding here: one token runs this tier's [`gemv`], more
-/// `kquant_avx2`'s tiles.
-fn gemm_low<const F: u8>(
-    k: usize,
-    w: &[u8],
-    n_rows: usize,
-    a: &[u8],
-    n_tok: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    if n_tok != 1 {
-        let tiles = if F == Q3K {
-            super::kquant_avx2::gemm_q3_k_q8_k
-        } else {
-            super::kquant_avx2::gemm_q2_k_q8_k
-        };
-        return tiles(k, w, n_rows, a, n_tok, out, ldo);
-    }
-    let sh = check(F, k, w, n_rows, a, n_tok, out, ldo);
-    if n_rows > 0 {
-        // SAFETY: only installed in the kernel table after `avx512::detected()`.
-        unsafe { gemv::<F>(&sh, w, n_rows, a, out) }
-    }
 }
 
 kquant_entry_points! {
     Q4K => gemm_q4_k_q8_k, dot_q4_k_q8_k;
     Q5K => gemm_q5_k_q8_k, dot_q5_k_q8_k;
     Q6K => gemm_q6_k_q8_k, dot_q6_k_q8_k;
-    Q3K => gemm_q3_k_q8_k, dot_q3_k_q8_k (via gemm_low);
-    Q2K => gemm_q2_k_q8_k, dot_q2_k_q8_k (via gemm_low);
+    Q3K => gemm_q3_k_q8_k, dot_q3_k_q8_k;
+    Q2K => gemm_q2_k_q8_k, dot_q2_k_q8_k;
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! `d_w·d_a·Σ sc·Σq·a − dmin_w·d_a·Σ m·Σa` in f32); the tier tests hold it within the
 //! rounding bound of the scalar twin. Fewer than [`MIN_TOKENS`] tokens
 //! ([`MIN_TOKENS_Q6_K`] and its neighbours for the 16-element formats) run `kquant_avx512`'s
-//! kernel (Q2_K, Q3_K: its GEMV for one token, `kquant_avx2`'s tiles for more).
+//! GEMV, which reads each weight byte once for up to 4 tokens.
 //!
 //! The 16-element formats ([`Rows16`] over `SixteenBlock`) have 16 sub-blocks of 16 with
 //! their own scales: Q6_K and Q3_K signed ones (8- and 6-bit) and quants stored with an
@@ -40,15 +40,18 @@ use super::row_lanes::{kquant_shape, row_lane_gemms, store16, Call, RowLanes, Ti
 use crate::block::{as_blocks, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// Fewest tokens this kernel serves for Q4_K and Q5_K, and for the 16-element formats,
-/// whose decoding (16 scales per row and super-block) costs more (measured with
-/// `examples/gemm_bench.rs` against the tiles of `kquant_avx512` (Q4_K to Q6_K) and
-/// `kquant_avx2` (Q2_K, Q3_K): Q4_K and Q5_K ahead from 2 tokens, 56-79 against 43-46 GOP/s
-/// at 2; Q6_K behind at 8, ahead at 10; Q3_K behind at 4, ahead from 5 (81 against 76-79
-/// GOP/s); Q2_K behind at 5, ahead from 6 (90 against 76-81)).
-pub(super) const MIN_TOKENS: usize = 2;
-pub(super) const MIN_TOKENS_Q6_K: usize = 10;
-pub(super) const MIN_TOKENS_Q3_K: usize = 5;
-pub(super) const MIN_TOKENS_Q2_K: usize = 6;
+/// whose decoding (16 scales per row and super-block) costs more; fewer run
+/// `kquant_avx512`'s multi-token GEMV (measured with `examples/gemm_bench.rs`, one thread,
+/// 6,848 rows of 1,280, GEMV against this kernel: Q4_K at 5 tokens 155.5-156.0 against
+/// 146.8-148.2 GOP/s, at 6 163.0-163.3 against 158.2-164.7; Q5_K at 5 123.0-124.0 against
+/// 119.2-123.0, at 6 132.5-133.2 against 135.0-137.0; Q6_K at 11 135.8-136.4 against
+/// 128.2-128.8, at 12 136.3-139.1 against 133.9-137.0; Q3_K at 9 110.0-110.6 against
+/// 114.1-114.8; Q2_K at 11 133.2-133.8 against 131.3-133.8, at 12 131.8-132.9 against
+/// 137.7-141.2).
+pub(super) const MIN_TOKENS: usize = 6;
+pub(super) const MIN_TOKENS_Q6_K: usize = 12;
+pub(super) const MIN_TOKENS_Q3_K: usize = 9;
+pub(super) const MIN_TOKENS_Q2_K: usize = 11;
 
 /// Layout of one super-block's decoded 16 rows in the scratch (byte offsets).
 const QUANTS: usize = 0; // 8 sub-blocks x 8 vectors
