@@ -22,8 +22,8 @@
 //! groups and token tiles). Each output sums its blocks' f32
 //! terms in block order (a different order from the units kernel's lane sums, as the AMX
 //! tiles'; both are within the tier tests' rounding bound of the scalar twin). Fewer than
-//! [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q8_0`] for Q8_0; decode, small expert batches) run
-//! `q0_avx512_units`.
+//! [`MIN_TOKENS`] tokens ([`MIN_TOKENS_Q4`] for Q4_0 and Q4_1; decode, small expert batches)
+//! run `q0_avx512_units`.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -38,25 +38,32 @@ use super::q0_x86::{
 use super::row_lanes::{row_lane_gemms, store16, Call, RowLanes, Tile};
 use crate::block::as_blocks;
 
-/// Fewest tokens this kernel serves for the 4- and 5-bit formats, and for Q8_0, whose units
-/// kernel decodes 2 blocks per vector instead of 4 (measured with `examples/gemm_bench.rs`
-/// against `q0_avx512_units`: the 4- and 5-bit formats behind at 4 tokens, level or ahead
-/// from 5; Q8_0 level at 2, ahead from 3, 81-89 against 76-81 GOP/s).
+/// Fewest tokens this kernel serves for Q5_0, Q5_1 and Q8_0, and for Q4_0 and Q4_1, whose
+/// units decode cheaply enough that the units kernel's multi-token GEMV (each weight unit
+/// decoded once for up to 4 tokens, the tokens of a larger batch split into such passes)
+/// stays ahead longer (measured with `examples/gemm_bench.rs`, one thread, 6,848 rows of
+/// 1,280, GEMV against this kernel: Q8_0 at 4 tokens 113.2-118.6 against 108.0-108.2
+/// GOP/s, at 5 103.7-103.8 against 126.9-128.0; Q5_0 at 5 110.1-111.9 against 113.3-114.2;
+/// Q5_1 at 5 89.4 against 90.0-94.0; Q4_0 at 8 183.6-186.0 against 167.5-168.4, at 9
+/// 168.2-172.8 against 173.6-174.9; Q4_1 at 8 152.2-155.5 against 139.3-140.2, at 9
+/// 140.9-141.2 against 145.3-145.8).
 pub(super) const MIN_TOKENS: usize = 5;
-pub(super) const MIN_TOKENS_Q8_0: usize = 3;
+pub(super) const MIN_TOKENS_Q4: usize = 9;
 
 /// A format served here, and the fewest tokens it runs here from.
 trait RowsFormat: Q0Format {
     const MIN: usize = MIN_TOKENS;
 }
 
-impl RowsFormat for Q4_0 {}
-impl RowsFormat for Q4_1 {}
+impl RowsFormat for Q4_0 {
+    const MIN: usize = MIN_TOKENS_Q4;
+}
+impl RowsFormat for Q4_1 {
+    const MIN: usize = MIN_TOKENS_Q4;
+}
 impl RowsFormat for Q5_0 {}
 impl RowsFormat for Q5_1 {}
-impl RowsFormat for Q8_0 {
-    const MIN: usize = MIN_TOKENS_Q8_0;
-}
+impl RowsFormat for Q8_0 {}
 
 /// This kernel on format `F`.
 pub(super) struct Rows<F>(PhantomData<F>);

@@ -33,7 +33,12 @@
 //!   multiply of the scales and one FMA into a 16-lane accumulator.
 //!
 //! That is ~13 instructions per 4 Q4_0 blocks and row in the GEMV (3.5× fewer
-//! than before). The integer block sums equal the scalar twins' exactly;
+//! than before). A few tokens (an expert's share of a short prompt) run the
+//! same GEMV with each weight unit decoded once and met by each token in
+//! turn, up to 4 per pass: the weight bytes are read and decoded once, only
+//! the `vpdpbusd`s and FMAs repeat (a 4-row × 4-token tile that decoded each
+//! unit once per 4 tokens but read 4 rows in 4 strided streams without
+//! prefetch did Q8_0 at 2 tokens no faster per token than the GEMV alone). The integer block sums equal the scalar twins' exactly;
 //! every output, whatever the tile, sums the same f32 terms in the same order
 //! (lanes per unit, then [`reduce16`]'s tree, then k-chunks in order), so
 //! the GEMM is bit-identical to the dot of the same row and token.
@@ -74,12 +79,9 @@ struct Weights {
     min: __m512,
 }
 
-/// Units of prepared activations per pass (24 KB: they stay in L1 beside a
-/// 4-row weight tile while every row tile runs over them).
+/// Units of prepared activations per pass (24 KB: they stay in L1 while every
+/// row tile runs over them).
 const UNITS: usize = 96;
-/// Weight rows × tokens of the GEMM tile (16 accumulators).
-const RM: usize = 4;
-const TN: usize = 4;
 /// Weight rows of the GEMV tile: 16 accumulators that [`reduce16`] turns
 /// into one vector of outputs.
 const RV: usize = 16;
@@ -679,33 +681,38 @@ fn put(o: &mut f32, v: f32, first: bool) {
     *o = if first { v } else { *o + v };
 }
 
-/// `out[r] (+)= Σ_units` for the `nr ≤ 16` rows at `w` and the one token
-/// whose units are `x`.
+/// `out[t·ldo + r] (+)= Σ_units` for the `nr ≤ 16` rows at `w` and the `NT`
+/// tokens whose chunk units start at `x` (token t's at `x[t·stride..]`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn gemv_tile<F: UnitFormat>(
+#[allow(clippy::too_many_arguments)]
+fn gemv_tile<F: UnitFormat, const NT: usize>(
     kc: &KChunk,
     w: &[u8],
     wrb: usize,
     nr: usize,
     x: &[Unit],
+    stride: usize,
     out: &mut [f32],
+    ldo: usize,
 ) {
-    let mut acc = [_mm512_setzero_ps(); RV];
-    for (u, xu) in x.iter().enumerate().take(kc.units) {
-        for (r, acc) in acc.iter_mut().enumerate() {
-            if r < nr {
-                // SAFETY: row r is whole; AVX-512 is this function's.
-                let wv = unsafe { weight_unit::<F>(&w[r * wrb..][..wrb], kc, u) };
-                step::<F>(wv, xu, acc);
+    let mut acc = [[_mm512_setzero_ps(); RV]; NT];
+    for u in 0..kc.units {
+        for r in 0..nr {
+            // SAFETY: row r is whole; AVX-512 is this function's.
+            let wv = unsafe { weight_unit::<F>(&w[r * wrb..][..wrb], kc, u) };
+            for (t, acc) in acc.iter_mut().enumerate() {
+                step::<F>(wv, &x[t * stride + u], &mut acc[r]);
             }
         }
     }
-    let mut o = [0f32; 16];
-    // SAFETY: o is 16 f32.
-    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(&acc)) };
-    for (d, &v) in out[..nr].iter_mut().zip(&o) {
-        put(d, v, kc.first);
+    for (t, acc) in acc.iter().enumerate() {
+        let mut o = [0f32; 16];
+        // SAFETY: o is 16 f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(acc)) };
+        for (d, &v) in out[t * ldo..][..nr].iter_mut().zip(&o) {
+            put(d, v, kc.first);
+        }
     }
 }
 
@@ -722,9 +729,18 @@ fn gemv_tile<F: UnitFormat>(
 /// ahead was too short, 16 KiB no better.
 pub(super) const PREFETCH_BYTES: usize = 8 << 10;
 
-/// Most k-chunks a row of a lone token's GEMV spans in one pass ([`UNITS`] units
-/// in chunks of `UNITS / TN`).
-const MAX_KCHUNKS: usize = TN;
+/// Units of a k-chunk: each output adds its chunks' sums in order, so every
+/// call shape (and decode) sums the same terms in the same order.
+const CHUNK_UNITS: usize = UNITS / 4;
+
+/// Most k-chunks a row spans in one pass of the GEMV.
+const MAX_KCHUNKS: usize = UNITS / CHUNK_UNITS;
+
+/// Tokens one pass of the GEMV serves at most (fewer where their units would
+/// not fit [`UNITS`]): each more adds two accumulators to the registers (not
+/// measured beyond 4). The row-lane kernels of `q0_avx512_rows` take batches
+/// of 5 tokens and more (Q4_0, Q4_1: 9), so longer ones run in even passes.
+const GEMV_TOKENS: usize = 4;
 
 /// Rows of a tile that [`gemv_tile16`] reads side by side, unit by unit.
 ///
@@ -741,12 +757,13 @@ const RI: usize = 2;
 const _: () = assert!(RV.is_multiple_of(RI), "a tile is whole pairs of rows");
 
 /// [`gemv_tile`] of a whole tile (16 rows) over the k-chunks `kcs` (adjacent, in
-/// order; `x` holds the token's units from `kcs[0].u0` on), read as one stream:
-/// [`RI`] adjacent rows at a time, their units side by side in order, chunk by
-/// chunk, each row's chunk into its own accumulator, then the next rows (the
-/// rows of a tile, and the tiles of a call, are adjacent in memory), each unit
-/// prefetching the same unit `ahead` bytes further (`ahead` rows below: what
-/// this call reads that much later) into L2.
+/// order; `x` holds each token's units from `kcs[0].u0` on, token t's at
+/// `x[t·stride..]`), read as one stream: [`RI`] adjacent rows at a time, their
+/// units side by side in order, chunk by chunk, each weight unit decoded once
+/// and met by every token, each (row, token) of a chunk in its own accumulator,
+/// then the next rows (the rows of a tile, and the tiles of a call, are adjacent
+/// in memory), each unit prefetching the same unit `ahead` bytes further
+/// (`ahead` rows below: what this call reads that much later) into L2.
 /// Sums exactly as [`gemv_tile`] does chunk by chunk (each row's units of a
 /// chunk in order, then [`reduce16`], the chunks added to `out` in order).
 ///
@@ -757,36 +774,43 @@ const _: () = assert!(RV.is_multiple_of(RI), "a tile is whole pairs of rows");
 /// session).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn gemv_tile16<F: UnitFormat>(
+#[allow(clippy::too_many_arguments)]
+fn gemv_tile16<F: UnitFormat, const NT: usize>(
     kcs: &[KChunk],
     w: &[u8],
     wrb: usize,
     x: &[Unit],
+    stride: usize,
     out: &mut [f32],
+    ldo: usize,
     ahead: usize,
 ) {
     let ub = F::BLOCKS * F::BLOCK_BYTES;
     let (first, last) = (kcs[0], kcs[kcs.len() - 1]);
+    let span = last.u0 + last.units - first.u0;
     assert!(kcs.len() <= MAX_KCHUNKS, "gemv tile: chunks");
     assert!(
-        w.len() >= RV * wrb && x.len() >= last.u0 + last.units - first.u0 && out.len() >= RV,
+        w.len() >= RV * wrb
+            && x.len() >= (NT - 1) * stride + span
+            && out.len() >= (NT - 1) * ldo + RV,
         "gemv tile: operand sizes"
     );
     assert!((last.u0 + last.units - 1) * ub < wrb, "gemv tile: chunk");
     // Every row of each of the `kcs.len()` chunks is written below before it is
-    // read; zeroing all `MAX_KCHUNKS` of them (4 KiB, a `memset` per tile) was
-    // ~4 % of decode's GEMV time with rows of one chunk (`perf`, Tiny Q8_0).
-    let mut acc = [[MaybeUninit::<__m512>::uninit(); RV]; MAX_KCHUNKS];
+    // read; zeroing all `MAX_KCHUNKS` of them (4 KiB per token, a `memset` per
+    // tile) was ~4 % of decode's GEMV time with rows of one chunk (`perf`, Tiny
+    // Q8_0).
+    let mut acc = [[[MaybeUninit::<__m512>::uninit(); RV]; MAX_KCHUNKS]; NT];
     for r0 in (0..RV).step_by(RI) {
-        for (kc, acc) in kcs.iter().zip(acc.iter_mut()) {
+        for (c, kc) in kcs.iter().enumerate() {
             let part = kc.last_blocks < F::BLOCKS;
             // The whole units of the chunk, then (maybe) its partial last one.
             let whole = kc.units - usize::from(part);
-            let xc = &x[kc.u0 - first.u0..][..kc.units];
+            let xc = &x[kc.u0 - first.u0..];
             let row = w.as_ptr().wrapping_add(r0 * wrb + kc.u0 * ub);
-            let mut a = [_mm512_setzero_ps(); RI];
-            for (u, xu) in xc[..whole].iter().enumerate() {
-                for (i, a) in a.iter_mut().enumerate() {
+            let mut a = [[_mm512_setzero_ps(); RI]; NT];
+            for u in 0..whole {
+                for i in 0..RI {
                     let p = row.wrapping_add(i * wrb + u * ub);
                     // The unit's first byte and the one 64 later: along each
                     // row the points lie at most 64 apart, so they name every
@@ -799,61 +823,38 @@ fn gemv_tile16<F: UnitFormat>(
                     // (u < whole units of the chunk, asserted above; the tile's
                     // RV rows are whole); AVX-512 is ours.
                     let wv = unsafe { F::weight::<false>(p, F::BLOCKS) };
-                    step::<F>(wv, xu, a);
+                    for (t, a) in a.iter_mut().enumerate() {
+                        step::<F>(wv, &xc[t * stride + u], &mut a[i]);
+                    }
                 }
             }
-            for (i, a) in a.iter_mut().enumerate() {
-                if part {
-                    let u = kc.units - 1;
+            for i in 0..RI {
+                let wv = part.then(|| {
                     // SAFETY: row r0 + i is whole; AVX-512 is this function's.
-                    let wv = unsafe { weight_unit::<F>(&w[(r0 + i) * wrb..][..wrb], kc, u) };
-                    step::<F>(wv, &xc[u], a);
+                    unsafe { weight_unit::<F>(&w[(r0 + i) * wrb..][..wrb], kc, kc.units - 1) }
+                });
+                for (t, (a, acc)) in a.iter_mut().zip(acc.iter_mut()).enumerate() {
+                    if let Some(wv) = wv {
+                        step::<F>(wv, &xc[t * stride + kc.units - 1], &mut a[i]);
+                    }
+                    acc[c][r0 + i].write(a[i]);
                 }
-                acc[r0 + i].write(*a);
             }
         }
     }
-    for (kc, acc) in kcs.iter().zip(acc.iter()) {
-        // SAFETY: the loops above wrote rows 0..RV (r0 + i) of this chunk;
-        // [MaybeUninit<__m512>; RV] has the layout of [__m512; RV].
-        let acc = unsafe { &*std::ptr::from_ref(acc).cast::<[__m512; RV]>() };
-        let mut o = [0f32; 16];
-        // SAFETY: o is 16 f32.
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(acc)) };
-        for (d, &v) in out[..RV].iter_mut().zip(&o) {
-            put(d, v, kc.first);
+    for (t, acc) in acc.iter().enumerate() {
+        for (kc, acc) in kcs.iter().zip(acc.iter()) {
+            // SAFETY: the loops above wrote rows 0..RV (r0 + i) of this chunk;
+            // [MaybeUninit<__m512>; RV] has the layout of [__m512; RV].
+            let acc = unsafe { &*std::ptr::from_ref(acc).cast::<[__m512; RV]>() };
+            let mut o = [0f32; 16];
+            // SAFETY: o is 16 f32.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(acc)) };
+            for (d, &v) in out[t * ldo..][..RV].iter_mut().zip(&o) {
+                put(d, v, kc.first);
+            }
         }
     }
-}
-
-/// One token against `n_rows` rows whose units, `nu ≤ UNITS` of them, span
-/// several k-chunks of `kg` units: the token's units prepared once, then
-/// [`gemv_tiles`] over all the chunks at once. The same sums as the pass per chunk.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-fn gemv_rows<F: UnitFormat>(
-    nb: usize,
-    nu: usize,
-    kg: usize,
-    w: &[u8],
-    wrb: usize,
-    n_rows: usize,
-    blocks: &[F::A],
-    out: &mut [f32],
-) {
-    let n_kc = nu.div_ceil(kg);
-    assert!(nu <= UNITS && n_kc <= MAX_KCHUNKS, "gemv rows: chunks");
-    let mut kcs = [KChunk::at(0, kg, nu, nb, F::BLOCKS); MAX_KCHUNKS];
-    for (kc, u0) in kcs.iter_mut().zip((0..nu).step_by(kg)) {
-        *kc = KChunk::at(u0, kg, nu, nb, F::BLOCKS);
-    }
-    let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
-    prep_units::<F>(blocks, 0, &mut buf[..nu]);
-    // SAFETY: the first nu units were written just above; MaybeUninit<Unit>
-    // has Unit's layout.
-    let x: &[Unit] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<Unit>(), nu) };
-    gemv_tiles::<F>(&kcs[..n_kc], w, wrb, n_rows, x, out);
 }
 
 /// `dst[u]` = unit `u0 + u` of the token whose `nb` blocks are `blocks`,
@@ -869,19 +870,23 @@ fn prep_units<F: UnitFormat>(blocks: &[F::A], u0: usize, dst: &mut [MaybeUninit<
     }
 }
 
-/// `out[r] (+)=` over the k-chunks `kcs` (adjacent, in order) for one token
-/// whose units from `kcs[0].u0` on are `x`: whole 16-row tiles read as one
-/// stream ([`gemv_tile16`], prefetching `PREFETCH_BYTES` of it ahead), a
-/// partial last tile chunk by chunk ([`gemv_tile`]).
+/// `out[t·ldo + r] (+)=` over the k-chunks `kcs` (adjacent, in order) for the
+/// `NT` tokens whose units from `kcs[0].u0` on are `x` (token t's at
+/// `x[t·stride..]`): whole 16-row tiles read as one stream ([`gemv_tile16`],
+/// prefetching `PREFETCH_BYTES` of it ahead), a partial last tile chunk by
+/// chunk ([`gemv_tile`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn gemv_tiles<F: UnitFormat>(
+#[allow(clippy::too_many_arguments)]
+fn gemv_tiles<F: UnitFormat, const NT: usize>(
     kcs: &[KChunk],
     w: &[u8],
     wrb: usize,
     n_rows: usize,
     x: &[Unit],
+    stride: usize,
     out: &mut [f32],
+    ldo: usize,
 ) {
     let (first, last) = (kcs[0], kcs[kcs.len() - 1]);
     // The rows `PREFETCH_BYTES` of the stream ahead: each row's read is the
@@ -890,62 +895,23 @@ fn gemv_tiles<F: UnitFormat>(
     let ahead = PREFETCH_BYTES.div_ceil(read) * wrb;
     for r0 in (0..n_rows).step_by(RV) {
         let nr = RV.min(n_rows - r0);
+        let (wr, o) = (&w[r0 * wrb..], &mut out[r0..]);
         if nr < RV {
             for kc in kcs {
-                let xc = &x[kc.u0 - first.u0..][..kc.units];
-                gemv_tile::<F>(kc, &w[r0 * wrb..], wrb, nr, xc, &mut out[r0..]);
+                let xc = &x[kc.u0 - first.u0..];
+                gemv_tile::<F, NT>(kc, wr, wrb, nr, xc, stride, o, ldo);
             }
             continue;
         }
-        gemv_tile16::<F>(kcs, &w[r0 * wrb..], wrb, x, &mut out[r0..], ahead);
+        gemv_tile16::<F, NT>(kcs, wr, wrb, x, stride, o, ldo, ahead);
     }
 }
 
-/// `out[t·ldo + r] (+)=` for the `nr ≤ 4` rows at `w` and the `nt ≤ 4`
-/// tokens whose units start at `x` (token t at `x[t·stride..]`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-fn tile<F: UnitFormat>(
-    kc: &KChunk,
-    w: &[u8],
-    wrb: usize,
-    nr: usize,
-    x: &[Unit],
-    stride: usize,
-    nt: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let mut acc = [_mm512_setzero_ps(); RM * TN];
-    for u in 0..kc.units {
-        for r in 0..RM {
-            if r < nr {
-                // SAFETY: row r is whole; AVX-512 is this function's.
-                let wv = unsafe { weight_unit::<F>(&w[r * wrb..][..wrb], kc, u) };
-                for t in 0..TN {
-                    if t < nt {
-                        step::<F>(wv, &x[t * stride + u], &mut acc[r * TN + t]);
-                    }
-                }
-            }
-        }
-    }
-    let mut o = [0f32; 16];
-    // SAFETY: o is 16 f32.
-    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), reduce16(&acc)) };
-    for r in 0..nr {
-        for t in 0..nt {
-            put(&mut out[t * ldo + r], o[r * TN + t], kc.first);
-        }
-    }
-}
-
-/// The [`super::GemmFn`] of format `F`: per k-chunk (at most `UNITS / TN`
-/// units, the same chunks for every call shape), tokens in passes whose
-/// units fill `UNITS`; in a pass every 4-row weight tile meets the pass's
-/// tokens 4 at a time (2–3 in a narrower tile), a lone last token runs the
-/// 16-row GEMV tiles (all of decode does).
+/// The [`super::GemmFn`] of format `F`: GEMV passes of at most
+/// [`GEMV_TOKENS`] tokens (split evenly), each reading every weight byte once
+/// for its tokens. Rows of at most [`UNITS`] units run whole (their chunks in
+/// one pass: decode, and a few tokens where their units fit); longer rows
+/// (Tiny's dense `down`, k = 6,848) chunk by chunk.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn gemm_units<F: UnitFormat>(
     k: usize,
@@ -962,41 +928,41 @@ fn gemm_units<F: UnitFormat>(
     };
     let nu = nb.div_ceil(F::BLOCKS);
     let ab = as_blocks::<F::A>(a).unwrap_or(&[]);
-    let kg = nu.min(UNITS / TN);
-    if n_tok == 1 && nu > kg && nu <= UNITS {
-        // Decode's GEMV over rows of several chunks: whole rows in one pass.
-        return gemv_rows::<F>(nb, nu, kg, w, wrb, n_rows, &ab[..nb], out);
-    }
+    let kg = nu.min(CHUNK_UNITS);
+    let chunks = |u0: usize, n: usize| {
+        let mut kcs = [KChunk::at(u0, kg, nu, nb, F::BLOCKS); MAX_KCHUNKS];
+        for (kc, u) in kcs.iter_mut().zip((u0..u0 + n).step_by(kg)) {
+            *kc = KChunk::at(u, kg, nu, nb, F::BLOCKS);
+        }
+        (kcs, n.div_ceil(kg))
+    };
+    // Whole rows, or one chunk at a time.
+    let (span, per_pass) = if nu <= UNITS { (nu, nu) } else { (kg, kg) };
     let mut buf = [const { MaybeUninit::<Unit>::uninit() }; UNITS];
-    for u0 in (0..nu).step_by(kg) {
-        let kc = KChunk::at(u0, kg, nu, nb, F::BLOCKS);
-        let units = kc.units;
-        let pass = (UNITS / units) / TN * TN;
-        for p0 in (0..n_tok).step_by(pass) {
-            let np = pass.min(n_tok - p0);
-            for t in 0..np {
-                let blocks = &ab[(p0 + t) * nb..][..nb];
+    for u0 in (0..nu).step_by(span) {
+        let units = per_pass.min(nu - u0);
+        let (kcs, n_kc) = chunks(u0, units);
+        let passes = n_tok.div_ceil(GEMV_TOKENS.min(UNITS / units));
+        let mut t0 = 0;
+        for p in 0..passes {
+            // The first n_tok % passes passes take one token more.
+            let nt = n_tok / passes + usize::from(p < n_tok % passes);
+            for t in 0..nt {
+                let blocks = &ab[(t0 + t) * nb..][..nb];
                 prep_units::<F>(blocks, u0, &mut buf[t * units..][..units]);
             }
-            // SAFETY: the first np·units units were written just above;
+            // SAFETY: the first nt·units units were written just above;
             // MaybeUninit<Unit> has Unit's layout.
             let x: &[Unit] =
-                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<Unit>(), np * units) };
-            let multi = if np % TN == 1 { np - 1 } else { np };
-            for r0 in (0..n_rows).step_by(RM) {
-                let nr = RM.min(n_rows - r0);
-                let wr = &w[r0 * wrb..];
-                for t0 in (0..multi).step_by(TN) {
-                    let nt = TN.min(multi - t0);
-                    let o = &mut out[(p0 + t0) * ldo + r0..];
-                    tile::<F>(&kc, wr, wrb, nr, &x[t0 * units..], units, nt, o, ldo);
-                }
+                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<Unit>(), nt * units) };
+            let (kcs, o) = (&kcs[..n_kc], &mut out[t0 * ldo..]);
+            match nt {
+                1 => gemv_tiles::<F, 1>(kcs, w, wrb, n_rows, x, units, o, ldo),
+                2 => gemv_tiles::<F, 2>(kcs, w, wrb, n_rows, x, units, o, ldo),
+                3 => gemv_tiles::<F, 3>(kcs, w, wrb, n_rows, x, units, o, ldo),
+                _ => gemv_tiles::<F, GEMV_TOKENS>(kcs, w, wrb, n_rows, x, units, o, ldo),
             }
-            if multi < np {
-                let xt = &x[multi * units..];
-                let o = &mut out[(p0 + multi) * ldo..];
-                gemv_tiles::<F>(std::slice::from_ref(&kc), w, wrb, n_rows, xt, o);
-            }
+            t0 += nt;
         }
     }
 }

@@ -314,7 +314,7 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
                 Q6_K => kquant_avx512_rows::MIN_TOKENS_Q6_K,
                 Q3_K => kquant_avx512_rows::MIN_TOKENS_Q3_K,
                 Q2_K => kquant_avx512_rows::MIN_TOKENS_Q2_K,
-                Q8_0 => q0_avx512_rows::MIN_TOKENS_Q8_0,
+                Q4_0 | Q4_1 => q0_avx512_rows::MIN_TOKENS_Q4,
                 Q4_K | Q5_K => kquant_avx512_rows::MIN_TOKENS,
                 _ => q0_avx512_rows::MIN_TOKENS,
             }
@@ -426,12 +426,14 @@ fn simd_gemms_match_gemm_by_dots() {
     }
 }
 
-/// One token against many rows, as decode runs it: whole 16-row GEMV tiles
-/// (read row after row, prefetching the rows ahead), a partial
-/// last tile, k with a partial last unit and k spanning several k-chunks,
-/// on random-byte and edge rows. Every output equals the scalar dot within
-/// the rounding bound and, for the 32-element block formats, the tier's own
-/// dot bit for bit.
+/// One to four tokens against many rows, as decode and the experts of a short
+/// prompt run them: whole 16-row GEMV tiles (read row after row, prefetching
+/// the rows ahead, each weight unit met by every token), a partial last tile,
+/// k with a partial last unit, k spanning several k-chunks and k longer than
+/// the units one pass holds (Q8_0 at 12,800 runs chunk by chunk), on
+/// random-byte and edge rows. Every output equals the scalar dot within the
+/// rounding bound and, for the 32-element block formats, the tier's own dot
+/// bit for bit.
 #[test]
 fn simd_gemv_tiles_match_scalar_twins() {
     let scalar = KernelTable::scalar();
@@ -447,8 +449,9 @@ fn simd_gemv_tiles_match_scalar_twins() {
         {
             // 1 unit; 13 blocks (a partial last unit of the 4-block units);
             // 1280 (decode's width); 4192 (several k-chunks, partial tail);
-            // 17 super-blocks (the K-quant GEMV's second pass).
-            let ks: Vec<usize> = [unit, 13 * unit, 1280, 4192, 17 * 256]
+            // 17 super-blocks (the K-quant GEMV's second pass); 12,800 (more
+            // units than a pass holds, 50 super-blocks).
+            let ks: Vec<usize> = [unit, 13 * unit, 1280, 4192, 17 * 256, 12_800]
                 .into_iter()
                 .filter(|k| k % unit == 0)
                 .collect();
@@ -461,26 +464,60 @@ fn simd_gemv_tiles_match_scalar_twins() {
                 let random = BLOCK_FORMATS.contains(&ty);
                 let w = weight_rows(ty, k, n_max, &mut g, &wcases, random, |r| r % 3 == 1, 0.25)
                     .concat();
-                let a = quant(at, &cases(k, 22)[0]);
-                for n_rows in [16usize, 17, 32, 47, 50] {
-                    let mut got = vec![f32::MAX; n_rows + 3];
-                    gemm(k, &w[..n_rows * wrb], n_rows, &a, 1, &mut got, n_rows);
-                    for r in 0..n_rows + 3 {
-                        let at = format!("{} {ty} k={k} rows={n_rows} r={r}", tier.isa);
-                        if r >= n_rows {
-                            assert_eq!(got[r], f32::MAX, "{at}: wrote past n_rows");
-                            continue;
-                        }
+                let acases = cases(k, 22);
+                let a: Vec<u8> = (0..4)
+                    .flat_map(|t| quant(at, &acases[t % acases.len()]))
+                    .collect();
+                // The scalar dot, its magnitude and the tier's own dot of each (row, token).
+                let want: Vec<[(f32, f64, f32); 4]> = (0..n_max)
+                    .map(|r| {
                         let row = &w[r * wrb..][..wrb];
-                        let e = dot(k, row, &a[..arb]);
-                        let mag = magnitude(ty, k, row, &a);
-                        assert!(
-                            got[r] == e || ((got[r] - e) as f64).abs() <= tolerance(k, mag),
-                            "{at}: {} vs scalar {e} (Σ|w·a| {mag})",
-                            got[r]
+                        std::array::from_fn(|t| {
+                            let at = &a[t * arb..][..arb];
+                            (
+                                dot(k, row, at),
+                                magnitude(ty, k, row, at),
+                                own_dot(k, row, at),
+                            )
+                        })
+                    })
+                    .collect();
+                for n_tok in 1..=4 {
+                    for n_rows in [16usize, 17, 32, 47, 50] {
+                        let ldo = n_rows + 3;
+                        let mut got = vec![f32::MAX; n_tok * ldo];
+                        gemm(
+                            k,
+                            &w[..n_rows * wrb],
+                            n_rows,
+                            &a[..n_tok * arb],
+                            n_tok,
+                            &mut got,
+                            ldo,
                         );
-                        if BLOCK_FORMATS.contains(&ty) {
-                            assert_eq!(got[r], own_dot(k, row, &a), "{at}: tile vs own dot");
+                        for t in 0..n_tok {
+                            for r in 0..ldo {
+                                let g = got[t * ldo + r];
+                                let at = || {
+                                    format!(
+                                        "{} {ty} k={k} rows={n_rows} toks={n_tok} r={r} t={t}",
+                                        tier.isa
+                                    )
+                                };
+                                if r >= n_rows {
+                                    assert_eq!(g, f32::MAX, "{}: wrote past n_rows", at());
+                                    continue;
+                                }
+                                let (e, mag, own) = want[r][t];
+                                assert!(
+                                    g == e || ((g - e) as f64).abs() <= tolerance(k, mag),
+                                    "{}: {g} vs scalar {e} (Σ|w·a| {mag})",
+                                    at()
+                                );
+                                if BLOCK_FORMATS.contains(&ty) && sums_as_dot(tier.isa, ty, n_tok) {
+                                    assert_eq!(g, own, "{}: tile vs own dot", at());
+                                }
+                            }
                         }
                     }
                 }
