@@ -29,6 +29,10 @@
 //! (one token) reads the rows one after the other, each group prefetching
 //! the same group `PREFETCH_BYTES` further into L2, so a call is one
 //! sequential stream (as `q0_avx512_units.rs`, whose measurements chose it).
+//! A few tokens (an expert's share of a short prompt) run the same GEMV with
+//! each weight group decoded once and met by each token in turn, up to 4 per
+//! pass (a 2-row × 4-token tile before it read two strided streams without
+//! prefetch: Q4_0 at 2 tokens 76-78 GOP/s against the GEMV's 111).
 //!
 //! The integer block sums equal the scalar twins' exactly; every output,
 //! whatever the tile, sums the same f32 terms in the same order (lanes per
@@ -52,8 +56,8 @@ const BLOCKS: usize = 4;
 /// Groups of prepared activations per pass (24 KB: they stay in L1 beside a
 /// weight tile while every row tile runs over them).
 const GROUPS: usize = 128;
-/// Weight rows × tokens of the GEMM tile (8 accumulators of 16 registers).
-const RM: usize = 2;
+/// Tokens of one [`gemv_rows`] pass at most: one accumulator each beside the
+/// decoded weight group (Q8_0's is 9 of the 16 registers).
 const TN: usize = 4;
 
 /// One group of prepared activations: the quants facing the weight's 4
@@ -510,36 +514,43 @@ fn put(o: &mut f32, v: f32, first: bool) {
     *o = if first { v } else { *o + v };
 }
 
-/// `out[r] (+)=` the k-chunk's sums of each of the `n_rows` rows at `w`
-/// against the one token whose groups are `x`, read as one stream: each row's
-/// groups in order into its own accumulator, then the next row (rows are
-/// adjacent), each group prefetching the bytes `ahead` further (the same
-/// group of a later row: what this chunk reads that much later) into L2
-/// (`prefetcht1`: no L1 miss buffer held while DRAM answers). The points lie
-/// at most 64 bytes apart along the stream, so every line is named.
+/// `out[t·ldo + r] (+)=` the k-chunk's sums of each of the `n_rows` rows at `w`
+/// against the `NT` tokens whose groups start at `x` (token t's at
+/// `x[t·stride..]`), read as one stream: each row's groups in order, each
+/// decoded once and met by every token, into the (row, token)'s own
+/// accumulator, then the next row (rows are adjacent), each group prefetching
+/// the bytes `ahead` further (the same group of a later row: what this chunk
+/// reads that much later) into L2 (`prefetcht1`: no L1 miss buffer held while
+/// DRAM answers). The points lie at most 64 bytes apart along the stream, so
+/// every line is named.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gemv_rows<F: GroupFormat>(
+#[allow(clippy::too_many_arguments)]
+fn gemv_rows<F: GroupFormat, const NT: usize>(
     kc: &KChunk,
     w: &[u8],
     wrb: usize,
     n_rows: usize,
     x: &[Group],
+    stride: usize,
     out: &mut [f32],
+    ldo: usize,
     ahead: usize,
 ) {
     let gb = BLOCKS * F::BLOCK_BYTES;
     let whole = kc.units - usize::from(kc.last_blocks < BLOCKS);
     assert!(
-        w.len() >= n_rows * wrb && x.len() >= kc.units && out.len() >= n_rows,
+        w.len() >= n_rows * wrb
+            && x.len() >= (NT - 1) * stride + kc.units
+            && out.len() >= (NT - 1) * ldo + n_rows,
         "gemv rows: operand sizes"
     );
     assert!((kc.u0 + whole) * gb <= wrb, "gemv rows: chunk");
-    for (r, o) in out[..n_rows].iter_mut().enumerate() {
+    for r in 0..n_rows {
         let row = &w[r * wrb..][..wrb];
         let base = row.as_ptr().wrapping_add(kc.u0 * gb);
-        let mut acc = _mm256_setzero_ps();
-        for (g, xg) in x[..whole].iter().enumerate() {
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for g in 0..whole {
             let p = base.wrapping_add(g * gb);
             let mut at = 0;
             while at < gb {
@@ -550,56 +561,27 @@ fn gemv_rows<F: GroupFormat>(
             // SAFETY: group g < whole lies in the row (asserted above);
             // AVX2 is this function's.
             let wv = unsafe { F::decode(p) };
-            step::<F>(&wv, xg, &mut acc);
+            for (t, acc) in acc.iter_mut().enumerate() {
+                step::<F>(&wv, &x[t * stride + g], acc);
+            }
         }
         if whole < kc.units {
             // SAFETY: AVX2 is this function's.
             let wv = unsafe { weight_group::<F>(row, kc, whole) };
-            step::<F>(&wv, &x[whole], &mut acc);
-        }
-        put(o, hsum_ps(acc), kc.first);
-    }
-}
-
-/// `out[t·ldo + r] (+)=` for the `nr ≤ RM` rows at `w` and the `nt ≤ TN`
-/// tokens whose groups start at `x` (token t at `x[t·stride..]`): each
-/// weight group is decoded once and used by the tile's tokens.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn tile<F: GroupFormat>(
-    kc: &KChunk,
-    w: &[u8],
-    wrb: usize,
-    nr: usize,
-    x: &[Group],
-    stride: usize,
-    nt: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let mut acc = [[_mm256_setzero_ps(); TN]; RM];
-    for g in 0..kc.units {
-        for (r, acc) in acc.iter_mut().enumerate().take(nr) {
-            // SAFETY: row r is whole; AVX2 is this function's.
-            let wv = unsafe { weight_group::<F>(&w[r * wrb..][..wrb], kc, g) };
-            for (t, acc) in acc.iter_mut().enumerate().take(nt) {
-                step::<F>(&wv, &x[t * stride + g], acc);
+            for (t, acc) in acc.iter_mut().enumerate() {
+                step::<F>(&wv, &x[t * stride + whole], acc);
             }
         }
-    }
-    for (r, acc) in acc.iter().enumerate().take(nr) {
-        for (t, &v) in acc.iter().enumerate().take(nt) {
-            put(&mut out[t * ldo + r], hsum_ps(v), kc.first);
+        for (t, &acc) in acc.iter().enumerate() {
+            put(&mut out[t * ldo + r], hsum_ps(acc), kc.first);
         }
     }
 }
 
 /// The [`super::GemmFn`] of format `F`: per k-chunk (at most `GROUPS / TN`
 /// groups, the same chunks for every call shape), tokens in passes whose
-/// groups fill `GROUPS`; in a pass every `RM`-row weight tile meets the
-/// pass's tokens `TN` at a time (fewer in the last tile), a lone last token
-/// (all of decode) runs [`gemv_rows`].
+/// groups fill `GROUPS`, each pass's tokens in [`gemv_rows`] of at most `TN`
+/// (split evenly): every weight byte read and decoded once per `TN` tokens.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm_groups<F: GroupFormat>(
     k: usize,
@@ -621,6 +603,8 @@ fn gemm_groups<F: GroupFormat>(
     for g0 in (0..ng).step_by(kg) {
         let kc = KChunk::at(g0, kg, ng, nb, BLOCKS);
         let groups = kc.units;
+        // The rows `PREFETCH_BYTES` of this chunk's stream ahead.
+        let ahead = PREFETCH_BYTES.div_ceil(groups * BLOCKS * F::BLOCK_BYTES) * wrb;
         let pass = (GROUPS / groups) / TN * TN;
         for p0 in (0..n_tok).step_by(pass) {
             let np = pass.min(n_tok - p0);
@@ -637,21 +621,19 @@ fn gemm_groups<F: GroupFormat>(
             // MaybeUninit<Group> has Group's layout.
             let x: &[Group] =
                 unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<Group>(), np * groups) };
-            let multi = if np % TN == 1 { np - 1 } else { np };
-            for r0 in (0..n_rows).step_by(RM) {
-                let nr = RM.min(n_rows - r0);
-                let wr = &w[r0 * wrb..];
-                for t0 in (0..multi).step_by(TN) {
-                    let nt = TN.min(multi - t0);
-                    let o = &mut out[(p0 + t0) * ldo + r0..];
-                    tile::<F>(&kc, wr, wrb, nr, &x[t0 * groups..], groups, nt, o, ldo);
+            let runs = np.div_ceil(TN);
+            let mut t0 = 0;
+            for i in 0..runs {
+                // The first np % runs runs take one token more.
+                let nt = np / runs + usize::from(i < np % runs);
+                let (xt, o) = (&x[t0 * groups..], &mut out[(p0 + t0) * ldo..]);
+                match nt {
+                    1 => gemv_rows::<F, 1>(&kc, w, wrb, n_rows, xt, groups, o, ldo, ahead),
+                    2 => gemv_rows::<F, 2>(&kc, w, wrb, n_rows, xt, groups, o, ldo, ahead),
+                    3 => gemv_rows::<F, 3>(&kc, w, wrb, n_rows, xt, groups, o, ldo, ahead),
+                    _ => gemv_rows::<F, TN>(&kc, w, wrb, n_rows, xt, groups, o, ldo, ahead),
                 }
-            }
-            if multi < np {
-                // The rows `PREFETCH_BYTES` of this chunk's stream ahead.
-                let ahead = PREFETCH_BYTES.div_ceil(groups * BLOCKS * F::BLOCK_BYTES) * wrb;
-                let o = &mut out[(p0 + multi) * ldo..];
-                gemv_rows::<F>(&kc, w, wrb, n_rows, &x[multi * groups..], o, ahead);
+                t0 += nt;
             }
         }
     }

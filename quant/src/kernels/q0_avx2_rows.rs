@@ -19,8 +19,8 @@
 //! tokens inner, so the block's 16 vectors need not stay in registers).
 //!
 //! Each output sums its blocks' f32 terms in block order (the tier tests hold it within
-//! the rounding bound of the scalar twin). Fewer than [`MIN_TOKENS`] tokens
-//! ([`MIN_TOKENS_Q8_0`] for Q8_0) run `q0_avx2_groups`.
+//! the rounding bound of the scalar twin). Fewer than [`MIN_TOKENS_Q4_0`] tokens (and
+//! its neighbours for the other formats) run `q0_avx2_groups`.
 //!
 //! [`RUN`]: RowsFormat::RUN
 
@@ -37,13 +37,21 @@ use super::q0_x86::{
 use super::row_lanes::{row_lane_gemms, store8, Call, RowLanes, Tile};
 use crate::block::as_blocks;
 
-/// Fewest tokens this kernel serves for Q4_0, Q4_1, Q5_0 and Q5_1, and for Q8_0, whose
-/// sign trick costs more per vector (measured with `examples/gemm_bench.rs` against
-/// `q0_avx2_groups`: the 4- and 5-bit formats behind at 4 tokens and level or ahead from
-/// 5-6; Q8_0, since its own tile, behind at 4-5 tokens (51-66 against 54-73 GOP/s), level
-/// or ahead from 6 (72-88 against 46-77), two rounds on the Zen 4 VM).
-pub(super) const MIN_TOKENS: usize = 5;
-pub(super) const MIN_TOKENS_Q8_0: usize = 6;
+/// Fewest tokens this kernel serves, per format; fewer run `q0_avx2_groups`, whose GEMV
+/// decodes each weight group once for up to 4 tokens and splits larger batches into such
+/// passes (measured with `examples/gemm_bench.rs`, one thread, 6,848 rows of 1,280, that
+/// GEMV against this kernel, two rounds on the Zen 4 VM: Q4_0 at 9 tokens 128.2-129.2
+/// against 122.5-123.1 GOP/s, at 11 130.1-133.2 against 119.9-133.9, at 13 127.5-127.6
+/// against 139.5-140.5; Q4_1 at 12 122.5-123.2 against 115.7-119.1, at 13 113.2-114.7
+/// against 121.5-122.9; Q5_0 at 5 83.0-83.6 against 78.9-81.3, at 6 85.2-91.4 against
+/// 86.9-90.7, at 8 92.3-102.0 against 96.9-106.1; Q5_1 at 7 89.2-89.6 against 86.0-86.4,
+/// at 8 93.7-94.6 against 90.9-94.2, at 9 85.1-85.6 against 97.6-99.1; Q8_0 at 6 84.8-85.1
+/// against 76.1-76.5, at 7 75.1-84.4 against 76.7-78.3, at 9 74.8-86.2 against 84.6-87.3).
+pub(super) const MIN_TOKENS_Q4_0: usize = 11;
+pub(super) const MIN_TOKENS_Q4_1: usize = 13;
+pub(super) const MIN_TOKENS_Q5_0: usize = 6;
+pub(super) const MIN_TOKENS_Q5_1: usize = 8;
+pub(super) const MIN_TOKENS_Q8_0: usize = 7;
 /// Bytes of one block's decoded 8 rows: 8 vectors of 32 bytes, and for the sign trick 8
 /// more of their magnitudes.
 const fn b_bytes(sign_trick: bool) -> usize {
@@ -67,7 +75,7 @@ trait RowsFormat: Q0Format + Sized {
     /// How many `maddubs` results one i16 lane sums without overflow.
     const RUN: usize;
     /// Fewest tokens the format runs here.
-    const MIN: usize = MIN_TOKENS;
+    const MIN: usize;
     /// Whether the quants are decoded signed, with their magnitudes beside them, for the
     /// sign trick (`maddubs(|w|, sign(w)·a)`): for quants too large as unsigned bytes.
     const SIGN_TRICK: bool = false;
@@ -76,21 +84,25 @@ trait RowsFormat: Q0Format + Sized {
 impl RowsFormat for Q4_0 {
     /// 8 · 2 · 15 · 128 = 30,720 < 2¹⁵.
     const RUN: usize = 8;
+    const MIN: usize = MIN_TOKENS_Q4_0;
 }
 
 impl RowsFormat for Q4_1 {
     /// As Q4_0's.
     const RUN: usize = 8;
+    const MIN: usize = MIN_TOKENS_Q4_1;
 }
 
 impl RowsFormat for Q5_0 {
     /// 4 · 2 · 31 · 128 = 31,744 < 2¹⁵.
     const RUN: usize = 4;
+    const MIN: usize = MIN_TOKENS_Q5_0;
 }
 
 impl RowsFormat for Q5_1 {
     /// As Q5_0's.
     const RUN: usize = 4;
+    const MIN: usize = MIN_TOKENS_Q5_1;
 }
 
 impl RowsFormat for Q8_0 {

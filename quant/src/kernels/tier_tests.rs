@@ -326,7 +326,10 @@ fn sums_as_dot(isa: &str, ty: GgmlType, n_tok: usize) -> bool {
             }
         } else if isa == "avx2" {
             match ty {
-                Q4_0 | Q4_1 | Q5_0 | Q5_1 => q0_avx2_rows::MIN_TOKENS,
+                Q4_0 => q0_avx2_rows::MIN_TOKENS_Q4_0,
+                Q4_1 => q0_avx2_rows::MIN_TOKENS_Q4_1,
+                Q5_0 => q0_avx2_rows::MIN_TOKENS_Q5_0,
+                Q5_1 => q0_avx2_rows::MIN_TOKENS_Q5_1,
                 Q8_0 => q0_avx2_rows::MIN_TOKENS_Q8_0,
                 Q4_K | Q5_K => kquant_avx2_rows::MIN_TOKENS,
                 Q2_K | Q3_K | Q6_K => kquant_avx2_rows::MIN_TOKENS_16,
