@@ -550,7 +550,10 @@ fn gemv_rows<F: GroupFormat, const NT: usize>(
         let row = &w[r * wrb..][..wrb];
         let base = row.as_ptr().wrapping_add(kc.u0 * gb);
         let mut acc = [_mm256_setzero_ps(); NT];
-        for g in 0..whole {
+        // The first token's groups drive the loop (with one token this is the
+        // plain GEMV; an index over a tokens × groups walk measured 14 % slower
+        // for Q5_0 there), the others follow by index.
+        for (g, x0) in x[..whole].iter().enumerate() {
             let p = base.wrapping_add(g * gb);
             let mut at = 0;
             while at < gb {
@@ -561,7 +564,8 @@ fn gemv_rows<F: GroupFormat, const NT: usize>(
             // SAFETY: group g < whole lies in the row (asserted above);
             // AVX2 is this function's.
             let wv = unsafe { F::decode(p) };
-            for (t, acc) in acc.iter_mut().enumerate() {
+            step::<F>(&wv, x0, &mut acc[0]);
+            for (t, acc) in acc.iter_mut().enumerate().skip(1) {
                 step::<F>(&wv, &x[t * stride + g], acc);
             }
         }
