@@ -1,10 +1,9 @@
 //! AVX2 (+FMA) dot products and GEMMs for the K-quants (Q2_K to Q6_K
 //! weights against Q8_K activations), read straight from the GGUF block layout,
 //! plus the layout helpers the AVX-512 twins (`kquant_avx512.rs`, the row-lane
-//! kernels) share. The AVX-512 tier runs these for Q2_K and Q3_K (the cold
-//! experts' low-bit copies) below its row-lane kernel's tokens.
+//! kernels) share.
 //!
-//! [`tile`] computes 2 weight rows × 4 tokens (or 4 × 2) in registers: per
+//! [`tile`] computes 2 weight rows × 4 tokens in registers: per
 //! super-block, each row's quants are unpacked to unsigned bytes (0..3, 0..7,
 //! 0..15, 0..31 or 0..63) and its scales spread to one i16 per lane once, then
 //! reused for the tile's tokens: `maddubs` (unsigned quant × signed activation,
@@ -12,9 +11,9 @@
 //! scales give exact i32 sums. The offsets (Q2_K/Q4_K/Q5_K mins, Q6_K's −32,
 //! Q3_K's −4) come from the activation's per-16 `bsums`. The integer block sums
 //! equal the scalar twins' (`scalar.rs`); only the order of the f32 additions
-//! differs. [`gemv_tile`]
-//! (one token) decodes 8 rows one after the other and uses each at once,
-//! reading them as one stream.
+//! differs. [`gemv_tile`] (1-3 tokens: decode, and the tokens after a batch's
+//! groups of 4) decodes 8 rows one after the other and uses each super-block at
+//! once for every token, reading them as one stream.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -633,16 +632,16 @@ fn store_tile<const T: usize>(facc: __m256, nr: usize, nt: usize, out: &mut [f32
 /// Super-blocks per group of the GEMV: each row reads this many in a row.
 const GEMV_GROUP: usize = 8;
 
-/// `out[r] = dot(w row r, a row 0)` for `r < nr ≤ 8`: with one token nothing
-/// is reused, so each row's super-blocks are decoded and consumed at once.
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ 8`, `t < NT`: each
+/// row's super-blocks are decoded once and consumed at once by every token.
 /// Per group of super-blocks the rows are read one after the other (a tile's
 /// rows are adjacent: one sequential stream, where 8 rows read side by side
-/// were 8 streams whose misses waited in turn); each row adds its
+/// were 8 streams whose misses waited in turn); each (row, token) adds its
 /// super-blocks' scaled sums to its own f32 vector, whose lanes are summed at
-/// the end. (The rows' integer sums used to be kept per super-block and
-/// reduced across the tile's rows afterwards: with the arithmetic taken out,
-/// that bookkeeping alone ran at 41 GB/s of Q4_K rows in L2, where the whole
-/// kernel ran at 17.5.)
+/// the end, so a token's outputs are the same whatever its batch. (The rows'
+/// integer sums used to be kept per super-block and reduced across the tile's
+/// rows afterwards: with the arithmetic taken out, that bookkeeping alone ran
+/// at 41 GB/s of Q4_K rows in L2, where the whole kernel ran at 17.5.)
 ///
 /// Each super-block prefetches what the group reads `PREFETCH_BYTES` later
 /// into L2, as the Q4_0/Q8_0 GEMV does, except Q4_K's: from memory, one
@@ -650,21 +649,34 @@ const GEMV_GROUP: usize = 8;
 /// without and 0.60-0.63 with them; Q5_K 0.52-0.57 without, 0.62-0.64 with.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gemv_tile<const F: u8>(sh: &Shape, w: &[u8], nr: usize, a: &[u8], out: &mut [f32]) {
+fn gemv_tile<const F: u8, const NT: usize>(
+    sh: &Shape,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    out: &mut [f32],
+    ldo: usize,
+) {
     debug_assert!(nr <= 8);
     let bb = block_bytes(F);
-    let mut facc = [_mm256_setzero_ps(); 8];
+    let mut facc = [[_mm256_setzero_ps(); NT]; 8];
     // SAFETY: all-zero bits are valid vectors and f32.
     let mut row: RowDec = unsafe { std::mem::zeroed() };
     for g0 in (0..sh.nb).step_by(GEMV_GROUP) {
         let gn = GEMV_GROUP.min(sh.nb - g0);
         let ahead = PREFETCH_BYTES.div_ceil(gn * bb) * sh.wrb;
-        let xs: [(*const u8, __m256i, f32); GEMV_GROUP] =
-            std::array::from_fn(|j| act(sh, a, 0, 1, g0 + j.min(gn - 1)));
+        let mut xs = [[(ZERO_Q8K.as_ptr(), _mm256_setzero_si256(), 0f32); NT]; GEMV_GROUP];
+        for (j, x) in xs.iter_mut().enumerate().take(gn) {
+            for (t, x) in x.iter_mut().enumerate() {
+                *x = act(sh, a, t, NT, g0 + j);
+            }
+        }
         for (r, facc) in facc.iter_mut().enumerate().take(nr) {
-            // The row's sums over the group in registers, main and mins apart.
-            let (mut fmain, mut fmin) = (*facc, _mm256_setzero_ps());
-            for (j, &(p, bsums, da)) in xs.iter().enumerate().take(gn) {
+            // Each token's sums of the row over the group in registers, main and
+            // mins apart.
+            let mut fmain = *facc;
+            let mut fmin = [_mm256_setzero_ps(); NT];
+            for (j, x) in xs.iter().enumerate().take(gn) {
                 let off = r * sh.wrb + (g0 + j) * bb;
                 if F != Q4K {
                     let pf = w.as_ptr().wrapping_add(off + ahead);
@@ -682,35 +694,42 @@ fn gemv_tile<const F: u8>(sh: &Shape, w: &[u8], nr: usize, a: &[u8], out: &mut [
                     _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(bb - 1).cast());
                 }
                 decode::<F>(&w[off..][..bb], &mut row);
-                // The integer sum in units of d·d_a and the min sum (Q4_K, Q5_K, Q2_K)
-                // in units of dmin·d_a.
-                let mut main = _mm256_madd_epi16(row.off, bsums);
-                let mut mins = _mm256_setzero_si256();
-                if !folds_offset(F) {
-                    (mins, main) = (main, _mm256_setzero_si256());
-                }
-                for c in 0..8 {
-                    let q = _mm256_maddubs_epi16(row.u[c], act_chunk(p, c));
-                    main = _mm256_add_epi32(main, _mm256_madd_epi16(q, row.s[c]));
-                }
-                let dw = _mm256_set1_ps(row.d * da);
-                fmain = _mm256_fmadd_ps(_mm256_cvtepi32_ps(main), dw, fmain);
-                if !folds_offset(F) {
-                    let dm = _mm256_set1_ps(row.dmin * da);
-                    fmin = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dm, fmin);
+                for t in 0..NT {
+                    let (p, bsums, da) = x[t];
+                    // The integer sum in units of d·d_a and the min sum (Q4_K, Q5_K,
+                    // Q2_K) in units of dmin·d_a.
+                    let mut main = _mm256_madd_epi16(row.off, bsums);
+                    let mut mins = _mm256_setzero_si256();
+                    if !folds_offset(F) {
+                        (mins, main) = (main, _mm256_setzero_si256());
+                    }
+                    for c in 0..8 {
+                        let q = _mm256_maddubs_epi16(row.u[c], act_chunk(p, c));
+                        main = _mm256_add_epi32(main, _mm256_madd_epi16(q, row.s[c]));
+                    }
+                    let dw = _mm256_set1_ps(row.d * da);
+                    fmain[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(main), dw, fmain[t]);
+                    if !folds_offset(F) {
+                        let dm = _mm256_set1_ps(row.dmin * da);
+                        fmin[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dm, fmin[t]);
+                    }
                 }
             }
-            *facc = _mm256_sub_ps(fmain, fmin);
+            for t in 0..NT {
+                facc[t] = _mm256_sub_ps(fmain[t], fmin[t]);
+            }
         }
     }
-    for (o, &f) in out[..nr].iter_mut().zip(&facc) {
-        *o = hsum_ps(f);
+    for (r, facc) in facc.iter().enumerate().take(nr) {
+        for (t, &f) in facc.iter().enumerate() {
+            out[t * ldo + r] = hsum_ps(f);
+        }
     }
 }
 
 /// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ R`, `t < nt ≤ T`, with
-/// R·T = 8 (2 x 4, or 4 x 2 for two tokens, which a 2 x 4 tile would run as four): each
-/// super-block of the R rows is decoded once and used by the T tokens. `w` starts at row
+/// R·T = 8 (the GEMM runs 2 x 4 over whole groups of 4 tokens): each super-block of the
+/// R rows is decoded once and used by the T tokens. `w` starts at row
 /// 0 of the tile, `a` at token 0, `out` at (token 0, row 0). Every output sums the same
 /// f32 terms in the same order whatever the tile's shape.
 #[inline]
@@ -780,8 +799,13 @@ fn tile<const F: u8, const R: usize, const T: usize>(
 /// k = 1280) stay in L2 while each row tile runs over them.
 const TOKEN_BLOCK: usize = 64;
 
-/// The tiled GEMM: 2 × 4 tiles over each token block (4 × 2 for a last two tokens), a
-/// last single token (and n_tok = 1) as 8-row GEMV tiles.
+/// The tiled GEMM: 2 × 4 tiles over each token block's whole 4-token groups, its last 1-3
+/// tokens in the 8-row GEMV tiles, which decode each super-block once for all of them
+/// (measured with `examples/gemm_bench.rs`, one thread, 6,848 rows of 1,280, against a
+/// 4 × 2 tile for 2 tokens and a 2 × 4 tile with a padding token for 3: Q4_K at 2 tokens
+/// 81.0-82.4 against 73.3-74.3 GOP/s, at 3 87.3-90.0 against 77.1-77.7; Q6_K at 3 80.0-82.9
+/// against 46.0-58.0; at 4 tokens the 2 × 4 tile stays ahead: Q4_K 95.1-102.9 against
+/// 90.5-92.5, Q5_K 88.8-93.7 against 80.3).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 fn gemm_tiles<const F: u8>(
@@ -796,32 +820,26 @@ fn gemm_tiles<const F: u8>(
     let mut t0 = 0;
     while t0 < n_tok {
         let tb = TOKEN_BLOCK.min(n_tok - t0);
-        // 2 x 4 tiles over whole 4-token groups and a last group of 3 (one padding
-        // token); a last 2 tokens in 4 x 2 tiles, a last lone token in the GEMV tiles.
-        let tail = if tb % 4 == 3 { 0 } else { tb % 4 };
+        let tail = tb % 4;
         let multi = tb - tail;
         for r0 in (0..n_rows).step_by(2) {
             let nr = 2.min(n_rows - r0);
             for t in (t0..t0 + multi).step_by(4) {
-                let nt = 4.min(t0 + multi - t);
                 let o = &mut out[t * ldo + r0..];
-                tile::<F, 2, 4>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], nt, o, ldo);
+                tile::<F, 2, 4>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], 4, o, ldo);
             }
         }
-        if tail == 2 {
+        if tail > 0 {
             let t = t0 + multi;
-            for r0 in (0..n_rows).step_by(4) {
-                let nr = 4.min(n_rows - r0);
-                let o = &mut out[t * ldo + r0..];
-                tile::<F, 4, 2>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], 2, o, ldo);
-            }
-        }
-        if tail == 1 {
-            let t = t0 + multi;
+            let (a, o) = (&a[t * sh.arb..], &mut out[t * ldo..]);
             for r0 in (0..n_rows).step_by(8) {
                 let nr = 8.min(n_rows - r0);
-                let o = &mut out[t * ldo + r0..];
-                gemv_tile::<F>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o);
+                let (w, o) = (&w[r0 * sh.wrb..], &mut o[r0..]);
+                match tail {
+                    1 => gemv_tile::<F, 1>(sh, w, nr, a, o, ldo),
+                    2 => gemv_tile::<F, 2>(sh, w, nr, a, o, ldo),
+                    _ => gemv_tile::<F, 3>(sh, w, nr, a, o, ldo),
+                }
             }
         }
         t0 += tb;
@@ -888,7 +906,7 @@ fn dot_k<const F: u8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut o = [0f32];
     let sh = check(F, n, w, 1, a, 1, &o, 1);
     // SAFETY: only installed in the kernel table after `avx2::detected()`.
-    unsafe { gemv_tile::<F>(&sh, w, 1, a, &mut o) };
+    unsafe { gemv_tile::<F, 1>(&sh, w, 1, a, &mut o, 1) };
     o[0]
 }
 
