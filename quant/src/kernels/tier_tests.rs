@@ -395,34 +395,67 @@ fn simd_gemms_match_gemm_by_dots() {
                         gemm(k, &w, n_rows, &a, n_tok, &mut got, ldo);
                         gemm_by_dots(dot, wrb, arb, k, &w, n_rows, &a, n_tok, &mut want, ldo);
                         gemm_by_dots(own_dot, wrb, arb, k, &w, n_rows, &a, n_tok, &mut own, ldo);
-                        for t in 0..n_tok {
-                            for r in 0..ldo {
-                                let (g, e) = (got[t * ldo + r], want[t * ldo + r]);
-                                // Built only for a failure message.
-                                let at = || {
-                                    format!(
-                                        "{} {ty} k={k} rows={n_rows} toks={n_tok} r={r} t={t}",
-                                        tier.isa
-                                    )
-                                };
-                                if r >= n_rows {
-                                    assert_eq!(g, f32::MAX, "{}: wrote past n_rows", at());
-                                    continue;
-                                }
-                                let mag = mags[r][t];
-                                assert!(
-                                    g == e || ((g - e) as f64).abs() <= tolerance(k, mag),
-                                    "{}: {g} vs scalar {e} (Σ|w·a| {mag})",
-                                    at()
-                                );
-                                if BLOCK_FORMATS.contains(&ty) && sums_as_dot(tier.isa, ty, n_tok) {
-                                    // Same per-pair operations whatever the
-                                    // tile shape: bit-identical to the dot.
-                                    assert_eq!(g, own[t * ldo + r], "{}: tile vs own dot", at());
-                                }
-                            }
-                        }
+                        let shape = Outputs {
+                            isa: tier.isa,
+                            ty,
+                            k,
+                            n_rows,
+                            n_tok,
+                            ldo,
+                        };
+                        shape.check(&got, |r, t| {
+                            (want[t * ldo + r], mags[r][t], own[t * ldo + r])
+                        });
                     }
+                }
+            }
+        }
+    }
+}
+
+/// One GEMM call's shape, for checking its outputs.
+struct Outputs<'a> {
+    isa: &'a str,
+    ty: GgmlType,
+    k: usize,
+    n_rows: usize,
+    n_tok: usize,
+    ldo: usize,
+}
+
+impl Outputs<'_> {
+    /// Every output of `got` against `want(r, t)` = (the scalar dot, its Σ|w·a|, the
+    /// tier's own dot): within the rounding bound of the scalar dot, bit-identical to the
+    /// tier's dot where the tile sums as the dot does (the 32-element block formats), and
+    /// nothing written past `n_rows`.
+    fn check(&self, got: &[f32], want: impl Fn(usize, usize) -> (f32, f64, f32)) {
+        let Outputs {
+            isa,
+            ty,
+            k,
+            n_rows,
+            n_tok,
+            ldo,
+        } = *self;
+        for t in 0..n_tok {
+            for r in 0..ldo {
+                let g = got[t * ldo + r];
+                // Built only for a failure message.
+                let at = || format!("{isa} {ty} k={k} rows={n_rows} toks={n_tok} r={r} t={t}");
+                if r >= n_rows {
+                    assert_eq!(g, f32::MAX, "{}: wrote past n_rows", at());
+                    continue;
+                }
+                let (e, mag, own) = want(r, t);
+                assert!(
+                    g == e || ((g - e) as f64).abs() <= tolerance(k, mag),
+                    "{}: {g} vs scalar {e} (Σ|w·a| {mag})",
+                    at()
+                );
+                if BLOCK_FORMATS.contains(&ty) && sums_as_dot(isa, ty, n_tok) {
+                    // Same per-pair operations whatever the tile shape:
+                    // bit-identical to the dot.
+                    assert_eq!(g, own, "{}: tile vs own dot", at());
                 }
             }
         }
@@ -498,30 +531,15 @@ fn simd_gemv_tiles_match_scalar_twins() {
                             &mut got,
                             ldo,
                         );
-                        for t in 0..n_tok {
-                            for r in 0..ldo {
-                                let g = got[t * ldo + r];
-                                let at = || {
-                                    format!(
-                                        "{} {ty} k={k} rows={n_rows} toks={n_tok} r={r} t={t}",
-                                        tier.isa
-                                    )
-                                };
-                                if r >= n_rows {
-                                    assert_eq!(g, f32::MAX, "{}: wrote past n_rows", at());
-                                    continue;
-                                }
-                                let (e, mag, own) = want[r][t];
-                                assert!(
-                                    g == e || ((g - e) as f64).abs() <= tolerance(k, mag),
-                                    "{}: {g} vs scalar {e} (Σ|w·a| {mag})",
-                                    at()
-                                );
-                                if BLOCK_FORMATS.contains(&ty) && sums_as_dot(tier.isa, ty, n_tok) {
-                                    assert_eq!(g, own, "{}: tile vs own dot", at());
-                                }
-                            }
-                        }
+                        let shape = Outputs {
+                            isa: tier.isa,
+                            ty,
+                            k,
+                            n_rows,
+                            n_tok,
+                            ldo,
+                        };
+                        shape.check(&got, |r, t| want[r][t]);
                     }
                 }
             }
