@@ -36,8 +36,6 @@ pub(super) const Q8K_BYTES: usize = 292;
 /// Offsets of the Q8_K fields.
 pub(super) const Q8K_QS: usize = 4;
 pub(super) const Q8K_BSUMS: usize = 260;
-/// An all-zero Q8_K block: the activation of the padding tokens of a tail tile.
-pub(super) static ZERO_Q8K: [u8; Q8K_BYTES] = [0; Q8K_BYTES];
 
 /// Bytes of one super-block of format `f`.
 pub(super) const fn block_bytes(f: u8) -> usize {
@@ -590,14 +588,10 @@ fn reduce8(v: &[__m256i; 8]) -> __m256i {
     )
 }
 
-/// Super-block `ib` of activation row `t`: (block pointer, bsums, d), or a
-/// zero block for a padding token (`t ≥ nt`).
+/// Super-block `ib` of activation row `t`: (block pointer, bsums, d).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn act(sh: &Shape, a: &[u8], t: usize, nt: usize, ib: usize) -> (*const u8, __m256i, f32) {
-    if t >= nt {
-        return (ZERO_Q8K.as_ptr(), _mm256_setzero_si256(), 0.0);
-    }
+fn act(sh: &Shape, a: &[u8], t: usize, ib: usize) -> (*const u8, __m256i, f32) {
     let blk = &a[t * sh.arb + ib * Q8K_BYTES..][..Q8K_BYTES];
     // SAFETY: the 32 bsum bytes lie in the block.
     let bsums = unsafe { _mm256_loadu_si256(blk.as_ptr().add(Q8K_BSUMS).cast()) };
@@ -610,20 +604,19 @@ fn act(sh: &Shape, a: &[u8], t: usize, nt: usize, ib: usize) -> (*const u8, __m2
 #[target_feature(enable = "avx2,fma,f16c")]
 fn act_chunk(p: *const u8, c: usize) -> __m256i {
     debug_assert!(c < 8);
-    // SAFETY: p is a whole Q8_K block (a real one or ZERO_Q8K);
-    // qs[32c..32c+32] lies in it.
+    // SAFETY: p is a whole Q8_K block (from `act`); qs[32c..32c+32] lies in it.
     unsafe { _mm256_loadu_si256(p.add(Q8K_QS + 32 * c).cast()) }
 }
 
 /// Scatters the tile's 8 lanes (p = r·T + t) to `out[t * ldo + r]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn store_tile<const T: usize>(facc: __m256, nr: usize, nt: usize, out: &mut [f32], ldo: usize) {
+fn store_tile(facc: __m256, nr: usize, out: &mut [f32], ldo: usize) {
     let mut o = [0f32; 8];
     // SAFETY: o is 8 f32.
     unsafe { _mm256_storeu_ps(o.as_mut_ptr(), facc) };
     for r in 0..nr {
-        for t in 0..nt {
+        for t in 0..T {
             out[t * ldo + r] = o[r * T + t];
         }
     }
@@ -665,10 +658,12 @@ fn gemv_tile<const F: u8, const NT: usize>(
     for g0 in (0..sh.nb).step_by(GEMV_GROUP) {
         let gn = GEMV_GROUP.min(sh.nb - g0);
         let ahead = PREFETCH_BYTES.div_ceil(gn * bb) * sh.wrb;
-        let mut xs = [[(ZERO_Q8K.as_ptr(), _mm256_setzero_si256(), 0f32); NT]; GEMV_GROUP];
+        // Each token's super-blocks of the group (the first stands in for the rest
+        // of a short last group, never read).
+        let mut xs = [[act(sh, a, 0, g0); NT]; GEMV_GROUP];
         for (j, x) in xs.iter_mut().enumerate().take(gn) {
             for (t, x) in x.iter_mut().enumerate() {
-                *x = act(sh, a, t, NT, g0 + j);
+                *x = act(sh, a, t, g0 + j);
             }
         }
         for (r, facc) in facc.iter_mut().enumerate().take(nr) {
@@ -727,24 +722,16 @@ fn gemv_tile<const F: u8, const NT: usize>(
     }
 }
 
-/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ R`, `t < nt ≤ T`, with
-/// R·T = 8 (the GEMM runs 2 x 4 over whole groups of 4 tokens): each super-block of the
-/// R rows is decoded once and used by the T tokens. `w` starts at row
-/// 0 of the tile, `a` at token 0, `out` at (token 0, row 0). Every output sums the same
-/// f32 terms in the same order whatever the tile's shape.
+/// Weight rows × tokens of [`tile`]: its 8 lanes.
+const R: usize = 2;
+const T: usize = 4;
+
+/// `out[t * ldo + r] = dot(w row r, a row t)` for `r < nr ≤ R`, `t < T`: each super-block
+/// of the R rows is decoded once and used by the T tokens. `w` starts at row 0 of the
+/// tile, `a` at token 0, `out` at (token 0, row 0).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn tile<const F: u8, const R: usize, const T: usize>(
-    sh: &Shape,
-    w: &[u8],
-    nr: usize,
-    a: &[u8],
-    nt: usize,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    const { assert!(R * T == 8, "a tile is the 8 lanes") };
+fn tile<const F: u8>(sh: &Shape, w: &[u8], nr: usize, a: &[u8], out: &mut [f32], ldo: usize) {
     let bb = block_bytes(F);
     let mut facc = _mm256_setzero_ps();
     // SAFETY: all-zero bits are valid vectors and f32; a padding row (r ≥ nr)
@@ -754,7 +741,7 @@ fn tile<const F: u8, const R: usize, const T: usize>(
         for (r, row) in rows.iter_mut().enumerate().take(nr) {
             decode::<F>(&w[r * sh.wrb + ib * bb..][..bb], row);
         }
-        let x: [(*const u8, __m256i, f32); T] = std::array::from_fn(|t| act(sh, a, t, nt, ib));
+        let x: [(*const u8, __m256i, f32); T] = std::array::from_fn(|t| act(sh, a, t, ib));
         let mut acc = [[_mm256_setzero_si256(); T]; R];
         for c in 0..8 {
             for t in 0..T {
@@ -792,7 +779,7 @@ fn tile<const F: u8, const R: usize, const T: usize>(
             facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(&mins)), dmv, facc);
         }
     }
-    store_tile::<T>(facc, nr, nt, out, ldo);
+    store_tile(facc, nr, out, ldo);
 }
 
 /// Tokens per pass over the weight rows: their activations (≤ 64 × 5 blocks at
@@ -820,13 +807,13 @@ fn gemm_tiles<const F: u8>(
     let mut t0 = 0;
     while t0 < n_tok {
         let tb = TOKEN_BLOCK.min(n_tok - t0);
-        let tail = tb % 4;
+        let tail = tb % T;
         let multi = tb - tail;
-        for r0 in (0..n_rows).step_by(2) {
-            let nr = 2.min(n_rows - r0);
-            for t in (t0..t0 + multi).step_by(4) {
+        for r0 in (0..n_rows).step_by(R) {
+            let nr = R.min(n_rows - r0);
+            for t in (t0..t0 + multi).step_by(T) {
                 let o = &mut out[t * ldo + r0..];
-                tile::<F, 2, 4>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], 4, o, ldo);
+                tile::<F>(sh, &w[r0 * sh.wrb..], nr, &a[t * sh.arb..], o, ldo);
             }
         }
         if tail > 0 {

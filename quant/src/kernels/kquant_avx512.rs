@@ -31,7 +31,8 @@ use super::kquant_avx2::{
     block_bytes, check, k4_scale_bytes, kquant_entry_points, q3k_scales, Shape, Q2K, Q3K, Q4K, Q5K,
     Q6K, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
-use super::q0_avx512_units::{reduce16 as reduce16_ps, PREFETCH_BYTES};
+use super::q0_avx512_units::{reduce16, PREFETCH_BYTES};
+use super::q0_x86::even_runs;
 
 /// Splats a byte into the 8 bytes of a u64.
 const fn bytes8(b: u8) -> i64 {
@@ -452,7 +453,7 @@ type GemvActs<const NT: usize> = [[MaybeUninit<GemvAct>; GEMV_SB]; NT];
 /// token into its own accumulators, then the next two (the tile's rows are
 /// adjacent in memory: one stream), prefetching the same bytes
 /// [`PREFETCH_BYTES`] (whole rows) further into L2, as the Q4_0/Q8_0 GEMV
-/// does; then [`reduce16_ps`] per token. Each output sums exactly what the
+/// does; then [`reduce16`] per token. Each output sums exactly what the
 /// one-token GEMV sums, in the same order. `xs[t]` holds token t's laid-out
 /// blocks when the row fits one pass (`relay` false); otherwise each pass of
 /// [`GEMV_SB`] super-blocks lays out its own.
@@ -564,7 +565,7 @@ fn gemv_tile<const F: u8, const NT: usize>(
         // SAFETY: rows 0..nr were written by the passes, the rest just now;
         // [MaybeUninit<__m512>; 16] has the layout of [__m512; 16].
         let accs = unsafe { &*std::ptr::from_ref(accs).cast::<[__m512; 16]>() };
-        store_rows(reduce16_ps(accs), nr, &mut out[t * ldo..]);
+        store_rows(reduce16(accs), nr, &mut out[t * ldo..]);
     }
 }
 
@@ -614,11 +615,7 @@ fn gemm_tiles<const F: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let passes = n_tok.div_ceil(GEMV_TOKENS);
-    let mut t = 0;
-    for p in 0..passes {
-        // The first n_tok % passes passes take one token more.
-        let nt = n_tok / passes + usize::from(p < n_tok % passes);
+    for (t, nt) in even_runs(n_tok, GEMV_TOKENS) {
         let (a, o) = (&a[t * sh.arb..], &mut out[t * ldo..]);
         match nt {
             1 => gemv::<F, 1>(sh, w, n_rows, a, o, ldo),
@@ -626,7 +623,6 @@ fn gemm_tiles<const F: u8>(
             3 => gemv::<F, 3>(sh, w, n_rows, a, o, ldo),
             _ => gemv::<F, GEMV_TOKENS>(sh, w, n_rows, a, o, ldo),
         }
-        t += nt;
     }
 }
 

@@ -46,7 +46,7 @@ use std::mem::MaybeUninit;
 
 use super::kquant_avx2::Shape;
 use super::q0_avx512_units::PREFETCH_BYTES;
-use super::q0_x86::{h2f, hsum_ps, q0_shape, ActBlock, KChunk, M_BYTE};
+use super::q0_x86::{even_runs, h2f, hsum_ps, q0_shape, ActBlock, KChunk, M_BYTE};
 use crate::block::{
     as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, ByteBlock,
 };
@@ -625,11 +625,7 @@ fn gemm_groups<F: GroupFormat>(
             // MaybeUninit<Group> has Group's layout.
             let x: &[Group] =
                 unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<Group>(), np * groups) };
-            let runs = np.div_ceil(TN);
-            let mut t0 = 0;
-            for i in 0..runs {
-                // The first np % runs runs take one token more.
-                let nt = np / runs + usize::from(i < np % runs);
+            for (t0, nt) in even_runs(np, TN) {
                 let (xt, o) = (&x[t0 * groups..], &mut out[(p0 + t0) * ldo..]);
                 match nt {
                     1 => gemv_rows::<F, 1>(&kc, w, wrb, n_rows, xt, groups, o, ldo, ahead),
@@ -637,7 +633,6 @@ fn gemm_groups<F: GroupFormat>(
                     3 => gemv_rows::<F, 3>(&kc, w, wrb, n_rows, xt, groups, o, ldo, ahead),
                     _ => gemv_rows::<F, TN>(&kc, w, wrb, n_rows, xt, groups, o, ldo, ahead),
                 }
-                t0 += nt;
             }
         }
     }

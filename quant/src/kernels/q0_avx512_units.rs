@@ -49,7 +49,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::kquant_avx2::Shape;
-use super::q0_x86::{h2f, q0_shape, ActBlock, KChunk};
+use super::q0_x86::{even_runs, h2f, q0_shape, ActBlock, KChunk};
 use crate::block::{
     as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, ByteBlock,
 };
@@ -942,11 +942,7 @@ fn gemm_units<F: UnitFormat>(
     for u0 in (0..nu).step_by(span) {
         let units = per_pass.min(nu - u0);
         let (kcs, n_kc) = chunks(u0, units);
-        let passes = n_tok.div_ceil(GEMV_TOKENS.min(UNITS / units));
-        let mut t0 = 0;
-        for p in 0..passes {
-            // The first n_tok % passes passes take one token more.
-            let nt = n_tok / passes + usize::from(p < n_tok % passes);
+        for (t0, nt) in even_runs(n_tok, GEMV_TOKENS.min(UNITS / units)) {
             for t in 0..nt {
                 let blocks = &ab[(t0 + t) * nb..][..nb];
                 prep_units::<F>(blocks, u0, &mut buf[t * units..][..units]);
@@ -962,7 +958,6 @@ fn gemm_units<F: UnitFormat>(
                 3 => gemv_tiles::<F, 3>(kcs, w, wrb, n_rows, x, units, o, ldo),
                 _ => gemv_tiles::<F, GEMV_TOKENS>(kcs, w, wrb, n_rows, x, units, o, ldo),
             }
-            t0 += nt;
         }
     }
 }

@@ -38,6 +38,18 @@ pub(super) fn hsum_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// `n` tokens in the fewest runs of at most `max`, split evenly (6 by 4 as 3 + 3, not
+/// 4 + 2; the first `n % runs` runs take one token more): each run's (first token, length).
+/// The small-batch GEMVs serve a few tokens per pass over the weights.
+pub(super) fn even_runs(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let runs = n.div_ceil(max);
+    (0..runs).scan(0, move |t0, i| {
+        let (first, len) = (*t0, n / runs + usize::from(i < n % runs));
+        *t0 += len;
+        Some((first, len))
+    })
+}
+
 /// Sum of the 8 i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
