@@ -8,42 +8,149 @@
 //!   floats per token and layer for the released MLA models instead of the
 //!   ~5k a decompressed cache would need.
 //!
+//! Rows are f32 by default (the fixtures' parity), or f16 (`--cache-type f16`, llama.cpp's
+//! default type): half the bytes, which decode reads once per token and layer, so after an
+//! image prompt of ~1,000 positions Tiny's step reads ~63 MB less beside its ~500 MB of
+//! weights (its cost on the fixtures is in BENCHMARKS.md). The forward pass computes the
+//! new rows in f32 either way ([`KvCache::write`]); an f16 cache rounds them to nearest
+//! once as they are stored, and attention widens them exactly.
+//!
 //! Buffers grow with the sequence up to the context length, so a short chat
 //! does not pay for 4096 positions. `truncate` keeps a prefix: a new chat turn
 //! reuses every position whose tokens did not change.
 
-/// Bytes of one cached value (rows are f32).
-const ELEM_BYTES: usize = std::mem::size_of::<f32>();
+use half::f16;
+
+/// The element type of the cache rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheType {
+    #[default]
+    F32,
+    F16,
+}
+
+names!(CacheType, "cache type", F32 => "f32", F16 => "f16");
+
+impl CacheType {
+    /// Bytes of one cached value.
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            CacheType::F32 => std::mem::size_of::<f32>(),
+            CacheType::F16 => std::mem::size_of::<f16>(),
+        }
+    }
+}
+
+/// Rows of one layer's keys or values, in the cache's element type.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Rows<'_> {
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::F32(r) => r.len(),
+            Rows::F16(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One buffer of rows.
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Store {
+    fn new(ty: CacheType) -> Store {
+        match ty {
+            CacheType::F32 => Store::F32(Vec::new()),
+            CacheType::F16 => Store::F16(Vec::new()),
+        }
+    }
+
+    fn truncate(&mut self, n: usize) {
+        match self {
+            Store::F32(v) => v.truncate(n),
+            Store::F16(v) => v.truncate(n),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            Store::F32(v) => v.capacity(),
+            Store::F16(v) => v.capacity(),
+        }
+    }
+
+    fn rows(&self, n: usize) -> Rows<'_> {
+        match self {
+            Store::F32(v) => Rows::F32(&v[..n]),
+            Store::F16(v) => Rows::F16(&v[..n]),
+        }
+    }
+}
 
 /// Per-layer cache rows.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct LayerKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Store,
+    v: Store,
 }
 
 /// The cache of one sequence.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
+    ty: CacheType,
     k_width: usize,
     v_width: usize,
     n_ctx: usize,
     len: usize,
+    /// An f16 cache's new rows in f32, as the forward pass writes them, before they are
+    /// rounded into the layer's rows (unused by an f32 cache, which is written in place).
+    stage_k: Vec<f32>,
+    stage_v: Vec<f32>,
 }
 
 impl KvCache {
-    /// An empty cache for `n_layer` layers of `k_width`/`v_width` floats per
+    /// An empty cache for `n_layer` layers of `k_width`/`v_width` values per
     /// position (`v_width` 0 when values live inside the key rows), holding at
-    /// most `n_ctx` positions.
-    pub fn new(n_layer: usize, k_width: usize, v_width: usize, n_ctx: usize) -> KvCache {
+    /// most `n_ctx` positions, stored as `ty`.
+    pub fn new(
+        n_layer: usize,
+        k_width: usize,
+        v_width: usize,
+        n_ctx: usize,
+        ty: CacheType,
+    ) -> KvCache {
+        let layer = LayerKv {
+            k: Store::new(ty),
+            v: Store::new(ty),
+        };
         KvCache {
-            layers: vec![LayerKv::default(); n_layer],
+            layers: vec![layer; n_layer],
+            ty,
             k_width,
             v_width,
             n_ctx,
             len: 0,
+            stage_k: Vec::new(),
+            stage_v: Vec::new(),
         }
+    }
+
+    /// The element type of the rows.
+    pub fn cache_type(&self) -> CacheType {
+        self.ty
     }
 
     /// Positions cached (valid in every layer).
@@ -79,24 +186,47 @@ impl KvCache {
         }
     }
 
-    /// Mutable rows `pos0..pos0 + n` of layer `il` (keys, values), growing
-    /// the buffers as needed. `pos0 + n <= n_ctx` and `pos0 <= len` are the
-    /// caller's invariants (the model checks them before a forward pass).
-    pub fn rows_mut(&mut self, il: usize, pos0: usize, n: usize) -> (&mut [f32], &mut [f32]) {
+    /// Rows `pos0..pos0 + n` of layer `il` (keys, values), written by `fill` in f32 and
+    /// stored in the cache's type, the buffers growing as needed. `pos0 + n <= n_ctx` and
+    /// `pos0 <= len` are the caller's invariants (the model checks them before a forward
+    /// pass); `fill` may read what it wrote (RoPE rotates the keys in place).
+    pub fn write<R>(
+        &mut self,
+        il: usize,
+        pos0: usize,
+        n: usize,
+        fill: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+    ) -> R {
         let (kw, vw, cap) = (self.k_width, self.v_width, self.n_ctx);
         let l = &mut self.layers[il];
-        grow(&mut l.k, (pos0 + n) * kw, cap * kw);
-        grow(&mut l.v, (pos0 + n) * vw, cap * vw);
-        (
-            &mut l.k[pos0 * kw..(pos0 + n) * kw],
-            &mut l.v[pos0 * vw..(pos0 + n) * vw],
-        )
+        let (k, v) = ((pos0 * kw, n * kw), (pos0 * vw, n * vw));
+        match (&mut l.k, &mut l.v) {
+            (Store::F32(lk), Store::F32(lv)) => {
+                grow(lk, k.0 + k.1, cap * kw);
+                grow(lv, v.0 + v.1, cap * vw);
+                fill(&mut lk[k.0..][..k.1], &mut lv[v.0..][..v.1])
+            }
+            (Store::F16(lk), Store::F16(lv)) => {
+                let (sk, sv) = (&mut self.stage_k, &mut self.stage_v);
+                sk.clear();
+                sk.resize(k.1, 0.0);
+                sv.clear();
+                sv.resize(v.1, 0.0);
+                let r = fill(sk, sv);
+                grow(lk, k.0 + k.1, cap * kw);
+                grow(lv, v.0 + v.1, cap * vw);
+                round_into(sk, &mut lk[k.0..][..k.1]);
+                round_into(sv, &mut lv[v.0..][..v.1]);
+                r
+            }
+            _ => unreachable!("a layer's keys and values share the cache's type"),
+        }
     }
 
     /// Rows `0..n` of layer `il` (keys, values).
-    pub fn rows(&self, il: usize, n: usize) -> (&[f32], &[f32]) {
+    pub fn rows(&self, il: usize, n: usize) -> (Rows<'_>, Rows<'_>) {
         let l = &self.layers[il];
-        (&l.k[..n * self.k_width], &l.v[..n * self.v_width])
+        (l.k.rows(n * self.k_width), l.v.rows(n * self.v_width))
     }
 
     /// Declares positions `0..n` valid in every layer (after a forward pass
@@ -107,27 +237,37 @@ impl KvCache {
 
     /// Bytes currently held by the cache buffers.
     pub fn bytes(&self) -> usize {
-        self.layers
+        let rows: usize = self
+            .layers
             .iter()
-            .map(|l| (l.k.capacity() + l.v.capacity()) * ELEM_BYTES)
-            .sum()
+            .map(|l| l.k.capacity() + l.v.capacity())
+            .sum();
+        rows * self.ty.elem_bytes()
+            + (self.stage_k.capacity() + self.stage_v.capacity()) * std::mem::size_of::<f32>()
     }
 
     /// Bytes one position holds over all layers (what attention reads per cached position).
     pub fn bytes_per_position(&self) -> usize {
-        (self.k_width + self.v_width) * ELEM_BYTES * self.layers.len()
+        (self.k_width + self.v_width) * self.ty.elem_bytes() * self.layers.len()
     }
+}
+
+/// `dst` = `src` rounded to the nearest f16 (ties to even; F16C or NEON where the CPU has
+/// them, the same bits as the software rounding).
+fn round_into(src: &[f32], dst: &mut [f16]) {
+    use half::slice::HalfFloatSliceExt;
+    dst.convert_from_f32_slice(src);
 }
 
 /// Resizes `v` to `need` elements, growing capacity geometrically but never
 /// beyond `cap` elements.
-fn grow(v: &mut Vec<f32>, need: usize, cap: usize) {
+fn grow<T: Copy + Default>(v: &mut Vec<T>, need: usize, cap: usize) {
     if need > v.capacity() {
         let target = need.max((v.capacity() * 2).min(cap));
         v.reserve_exact(target - v.len());
     }
     if need > v.len() {
-        v.resize(need, 0.0);
+        v.resize(need, T::default());
     }
 }
 
@@ -135,20 +275,50 @@ fn grow(v: &mut Vec<f32>, need: usize, cap: usize) {
 mod tests {
     use super::*;
 
+    fn f32_rows(r: Rows<'_>) -> Vec<f32> {
+        match r {
+            Rows::F32(r) => r.to_vec(),
+            Rows::F16(r) => r.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
     #[test]
     fn write_truncate_rewrite() {
-        let mut c = KvCache::new(2, 3, 2, 10);
-        let (k, v) = c.rows_mut(1, 0, 4);
-        k.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
-        v.iter_mut().for_each(|x| *x = 7.0);
-        c.set_len(4);
-        c.truncate(2);
-        assert_eq!(c.len(), 2);
-        let (k, v) = c.rows(1, 2);
-        assert_eq!(k, &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert_eq!(v, &[7.0; 4]);
-        let (k, _) = c.rows_mut(1, 2, 1);
-        assert_eq!(k, &[0.0; 3]);
-        assert!(c.bytes() <= 2 * 10 * 5 * 4);
+        for ty in [CacheType::F32, CacheType::F16] {
+            let mut c = KvCache::new(2, 3, 2, 10, ty);
+            c.write(1, 0, 4, |k, v| {
+                k.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
+                v.iter_mut().for_each(|x| *x = 7.0);
+            });
+            c.set_len(4);
+            c.truncate(2);
+            assert_eq!(c.len(), 2);
+            let (k, v) = c.rows(1, 2);
+            assert_eq!(f32_rows(k), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+            assert_eq!(f32_rows(v), [7.0; 4]);
+            // A rewrite sees zeroed staging rows, never the previous call's.
+            c.write(1, 2, 1, |k, _| assert_eq!(k, &[0.0; 3]));
+            assert!(c.bytes() <= 2 * 10 * 5 * ty.elem_bytes() + 5 * 4);
+            assert_eq!(c.bytes_per_position(), 2 * 5 * ty.elem_bytes());
+        }
+    }
+
+    /// An f16 cache stores each value rounded to nearest, ties to even, as `half` does
+    /// one value at a time (whichever conversion the slice call took).
+    #[test]
+    fn f16_rows_round_to_nearest() {
+        let vals: Vec<f32> = (0..4099)
+            .map(|i| ((i as f32) * 0.37 - 700.0) * (1.0 + 1e-4 * i as f32))
+            .chain([65504.0, 65520.0, -1e-7, 6e-8, 1e-3 + 1e-9, f32::INFINITY])
+            .collect();
+        let mut c = KvCache::new(1, vals.len(), 0, 1, CacheType::F16);
+        c.write(0, 0, 1, |k, _| k.copy_from_slice(&vals));
+        let (k, _) = c.rows(0, 1);
+        let Rows::F16(k) = k else {
+            panic!("an f16 cache gives f16 rows")
+        };
+        for (x, h) in vals.iter().zip(k) {
+            assert_eq!(h.to_bits(), f16::from_f32(*x).to_bits(), "{x}");
+        }
     }
 }

@@ -59,6 +59,8 @@ pub struct ModelBenchOptions {
     pub backend: crate::backend::BackendOptions,
     /// The vision tower's product arithmetic (`--vision-precision`).
     pub vision_precision: crate::model::deepseek_vl2::vision::VisionPrecision,
+    /// The KV cache's element type (`--cache-type`).
+    pub cache_type: crate::kv_cache::CacheType,
 }
 
 /// Median and range of one measurement over the repetitions.
@@ -108,6 +110,8 @@ pub struct ModelBenchResult {
     pub vision_ms_per_tile: Option<f64>,
     /// The tower's product arithmetic (`--vision-precision`: `exact` or `bf16`).
     pub vision_precision: String,
+    /// The KV cache's element type (`--cache-type`: `f32` or `f16`).
+    pub cache_type: String,
     /// Tiles the tower ran for the image (global view + 2×2 local tiles).
     pub vision_tiles: Option<usize>,
     pub ttft_ms: Option<f64>,
@@ -318,6 +322,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         device = Some(off.device());
         model.set_offload(off);
     }
+    model.set_cache_type(o.cache_type);
     let n_ctx = model.hp.n_ctx;
     if o.n_depth.saturating_add(o.n_prompt.max(o.n_gen)) > n_ctx {
         return Err(ModelBenchError::Args(format!(
@@ -481,6 +486,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         mmproj,
         threads: o.threads,
         vision_precision: o.vision_precision.to_string(),
+        cache_type: o.cache_type.to_string(),
         offload: o.backend.offload.to_string(),
         device,
         reps: o.reps,

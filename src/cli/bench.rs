@@ -70,6 +70,8 @@ pub struct BenchModelArgs {
     pub gpu: super::gpu_args::GpuArgs,
     #[command(flatten)]
     pub vision: super::vision_args::VisionArgs,
+    #[command(flatten)]
+    pub cache: super::cache_args::CacheArgs,
 }
 
 /// Arguments of `pocketvl bench convert`.
@@ -130,6 +132,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 experts: a.experts.options(),
                 backend: a.gpu.options()?,
                 vision_precision: a.vision.vision_precision,
+                cache_type: a.cache.cache_type,
             };
             let mut r =
                 bench_model(&opts).with_context(|| format!("bench model {}", a.model.display()))?;

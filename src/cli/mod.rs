@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod cache_args;
 pub mod convert;
 pub mod devices;
 pub mod expert_args;

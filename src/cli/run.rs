@@ -93,6 +93,8 @@ pub struct RunArgs {
     pub gpu: super::gpu_args::GpuArgs,
     #[command(flatten)]
     pub vision: super::vision_args::VisionArgs,
+    #[command(flatten)]
+    pub cache: super::cache_args::CacheArgs,
 }
 
 /// Runs the subcommand.
@@ -131,6 +133,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             experts: args.experts.options(),
             backend: args.gpu.options()?,
             vision_precision: args.vision.vision_precision,
+            cache_type: args.cache.cache_type,
         },
     )
     .map_err(|e| match e {

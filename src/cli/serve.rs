@@ -46,6 +46,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub vision: super::vision_args::VisionArgs,
     #[command(flatten)]
+    pub cache: super::cache_args::CacheArgs,
+    #[command(flatten)]
     pub experts: super::expert_args::ExpertStoreArgs,
 }
 
@@ -73,5 +75,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         backend,
         experts: args.experts.options(),
         vision_precision: args.vision.vision_precision,
+        cache_type: args.cache.cache_type,
     })
 }

@@ -32,25 +32,33 @@
 //!   weighted values are added per chunk first.
 //!
 //! All three are one body compiled three times (baseline with the tiles' scalar twins,
-//! AVX2+FMA, AVX-512F), picked at run time; every build does the same f32 operations in
+//! AVX2+FMA+F16C, AVX-512F), picked at run time; every build does the same f32 operations in
 //! the same order (fused multiply-adds in the products, `t` ascending, and the shared
 //! [`exp_approx`]), so they give the same bits (tested).
+//!
+//! An f16 cache (`--cache-type f16`) is read through the same loops: a query block widens
+//! each step's keys and values of its head (exactly) into its scratch, one query its head's
+//! rows, and the position-split path widens in registers as it reads; then the same f32
+//! arithmetic runs, so attention over an f16 cache gives the bits it gives over an f32 cache
+//! holding the same rounded values (tested).
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::exp_approx;
 use super::spin_region::for_each_chunk;
 use super::tiles::{scalar_tile, Bcast};
+use crate::kv_cache::Rows;
 
 /// Keys and values for positions `0..len`, row-major with arbitrary strides.
 #[derive(Clone, Copy, Debug)]
 pub struct KvView<'a> {
     /// Key rows: key of kv head `g` at position `s` is
     /// `k[s * k_stride + g * d_k ..][..d_k]`.
-    pub k: &'a [f32],
+    pub k: Rows<'a>,
     pub k_stride: usize,
     /// Value rows: `v[s * v_stride + g * d_v ..][..d_v]`.
-    pub v: &'a [f32],
+    pub v: Rows<'a>,
     pub v_stride: usize,
     pub n_kv_head: usize,
     pub d_k: usize,
@@ -86,6 +94,9 @@ struct Scratch {
     s: Vec<f32>,
     /// Unnormalised outputs, `[QB][d_v]`.
     acc: Vec<f32>,
+    /// An f16 cache's rows that a query block or one query reads, widened (keys; values).
+    kf: Vec<f32>,
+    vf: Vec<f32>,
 }
 
 thread_local! {
@@ -288,7 +299,7 @@ fn attend(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mut [f32]) {
             return unsafe { attend_avx512(job, task, s, dst) };
         }
         if super::use_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked once in `use_avx2_fma`).
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked once in `use_avx2_fma`).
             return unsafe { attend_avx2(job, task, s, dst) };
         }
     }
@@ -302,15 +313,18 @@ fn attend_avx512(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mut [f32]
     attend_body::<avx512::Tiles>(job, task, s, dst)
 }
 
-/// [`attend_body`] compiled with AVX2 and FMA, with its tiles.
+/// [`attend_body`] compiled with AVX2, FMA and F16C, with its tiles.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn attend_avx2(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mut [f32]) {
     attend_body::<avx2::Tiles>(job, task, s, dst)
 }
 
-/// The products of a query block: [`Scalar::tile`] is the contract.
+/// The products of a query block, and the widening of f16 cache rows: [`Scalar`]'s are
+/// the contract.
 trait Tile {
+    /// `dst[i]` = `src[i]` as f32 (exact).
+    fn widen(src: &[f16], dst: &mut [f32]);
     #[allow(clippy::too_many_arguments)]
     fn tile<const ROWS: usize>(
         a: Bcast<'_>,
@@ -328,6 +342,13 @@ trait Tile {
 struct Scalar;
 
 impl Tile for Scalar {
+    #[inline(always)]
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = widen_f16(s.to_bits());
+        }
+    }
+
     /// [`scalar_tile`] for `ROWS` rows and columns `0..cols` (contiguous in `b` and `out`).
     #[inline(always)]
     fn tile<const ROWS: usize>(
@@ -350,12 +371,43 @@ fn attend_body<P: Tile>(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mu
     match task {
         Task::Queries { t0, h } => {
             for (i, dst) in dst.chunks_exact_mut(job.kv.d_v).enumerate() {
-                attend_query(job, t0 + i, h, &mut s.s, dst)
+                attend_query::<P>(job, t0 + i, h, s, dst)
             }
         }
         Task::Block { t0, h } => attend_block::<P>(job, t0, h, s, dst),
-        Task::Scores { c } => split_scores(job, c, dst),
-        Task::Values { c, scores, max } => split_values(job, c, scores, max, dst),
+        Task::Scores { c } => match job.kv.k {
+            Rows::F32(k) => split_scores::<P, f32>(job, c, k, dst),
+            Rows::F16(k) => split_scores::<P, f16>(job, c, k, dst),
+        },
+        Task::Values { c, scores, max } => match job.kv.v {
+            Rows::F32(v) => split_values::<P, f32>(job, c, v, scores, max, dst),
+            Rows::F16(v) => split_values::<P, f16>(job, c, v, scores, max, dst),
+        },
+    }
+}
+
+/// Rows `first..first + n` of `rows` (`stride` apart), elements `col..col + width` of each,
+/// as f32, and the stride between them: the cache's own rows from element `col` of row
+/// `first` when it holds f32, else those elements widened into `buf`, `width` apart.
+#[inline(always)]
+fn span<'b, P: Tile>(
+    rows: Rows<'b>,
+    stride: usize,
+    first: usize,
+    n: usize,
+    col: usize,
+    width: usize,
+    buf: &'b mut Vec<f32>,
+) -> (&'b [f32], usize) {
+    match rows {
+        Rows::F32(r) => (&r[first * stride + col..], stride),
+        Rows::F16(r) => {
+            buf.resize(n * width, 0.0);
+            for (j, dst) in buf.chunks_exact_mut(width).enumerate() {
+                P::widen(&r[(first + j) * stride + col..][..width], dst);
+            }
+            (buf, width)
+        }
     }
 }
 
@@ -363,7 +415,7 @@ fn attend_body<P: Tile>(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mu
 /// [`attend_query`] computes it; `-inf` for a query that does not see the position), and
 /// their maxima over the chunk.
 #[inline(always)]
-fn split_scores(job: &Job<'_>, c: usize, dst: &mut [f32]) {
+fn split_scores<P: Tile, E: Elem>(job: &Job<'_>, c: usize, keys: &[E], dst: &mut [f32]) {
     let (kv, n_head, d_k) = (job.kv, job.n_head, job.kv.d_k);
     let rows = job.n_tokens * n_head;
     let s0 = c * SPLIT_CHUNK;
@@ -371,7 +423,7 @@ fn split_scores(job: &Job<'_>, c: usize, dst: &mut [f32]) {
     let (sc, max) = dst.split_at_mut(SPLIT_CHUNK * rows);
     max.fill(f32::NEG_INFINITY);
     for (i, row) in sc.chunks_exact_mut(rows).take(n).enumerate() {
-        let k = &kv.k[(s0 + i) * kv.k_stride..];
+        let k = &keys[(s0 + i) * kv.k_stride..];
         // Query t sees positions up to pos0 + t.
         let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens);
         row[..first * n_head].fill(f32::NEG_INFINITY);
@@ -382,7 +434,7 @@ fn split_scores(job: &Job<'_>, c: usize, dst: &mut [f32]) {
             for g in 0..kv.n_kv_head {
                 let kg = &k[g * d_k..][..d_k];
                 for h in g * job.group..(g + 1) * job.group {
-                    x[h] = dot(&q[h * d_k..][..d_k], kg) * job.scale;
+                    x[h] = E::dot::<P>(&q[h * d_k..][..d_k], kg) * job.scale;
                     m[h] = m[h].max(x[h]);
                 }
             }
@@ -394,7 +446,14 @@ fn split_scores(job: &Job<'_>, c: usize, dst: &mut [f32]) {
 /// probability against the maximum (as [`attend_query`]), summed, and the value row it
 /// weights, summed.
 #[inline(always)]
-fn split_values(job: &Job<'_>, c: usize, scores: &[f32], max: &[f32], dst: &mut [f32]) {
+fn split_values<P: Tile, E: Elem>(
+    job: &Job<'_>,
+    c: usize,
+    values: &[E],
+    scores: &[f32],
+    max: &[f32],
+    dst: &mut [f32],
+) {
     let (kv, n_head, d_v) = (job.kv, job.n_head, job.kv.d_v);
     let rows = job.n_tokens * n_head;
     let s0 = c * SPLIT_CHUNK;
@@ -403,7 +462,7 @@ fn split_values(job: &Job<'_>, c: usize, scores: &[f32], max: &[f32], dst: &mut 
     sums.fill(0.0);
     acc.fill(0.0);
     for (i, row) in scores.chunks_exact(rows).take(n).enumerate() {
-        let v = &kv.v[(s0 + i) * kv.v_stride..];
+        let v = &values[(s0 + i) * kv.v_stride..];
         let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens);
         for t in first..job.n_tokens {
             let r0 = t * n_head;
@@ -412,9 +471,7 @@ fn split_values(job: &Job<'_>, c: usize, scores: &[f32], max: &[f32], dst: &mut 
                 for r in r0 + g * job.group..r0 + (g + 1) * job.group {
                     let p = exp_approx(row[r] - max[r]);
                     sums[r] += p;
-                    for (o, v) in acc[r * d_v..][..d_v].iter_mut().zip(vg) {
-                        *o += p * v;
-                    }
+                    E::axpy::<P>(p, vg, &mut acc[r * d_v..][..d_v]);
                 }
             }
         }
@@ -426,15 +483,18 @@ fn split_values(job: &Job<'_>, c: usize, scores: &[f32], max: &[f32], dst: &mut 
 /// `for_each` was compiled outside the AVX-512 build (the scores ran as 4-lane SSE, ~4 % of
 /// a 256-token decode's samples).
 #[inline(always)]
-fn attend_query(job: &Job<'_>, t: usize, h: usize, p: &mut Vec<f32>, dst: &mut [f32]) {
+fn attend_query<P: Tile>(job: &Job<'_>, t: usize, h: usize, s: &mut Scratch, dst: &mut [f32]) {
     let kv = job.kv;
     let (d_k, d_v, g) = (kv.d_k, kv.d_v, h / job.group);
     let q = &job.q[(t * job.n_head + h) * d_k..][..d_k];
+    let n_kv = job.pos0 + t + 1;
+    let Scratch { s: p, kf, vf, .. } = s;
+    let (ks, k_stride) = span::<P>(kv.k, kv.k_stride, 0, n_kv, g * d_k, d_k, kf);
     p.clear();
-    p.resize(job.pos0 + t + 1, 0.0);
+    p.resize(n_kv, 0.0);
     let mut max = f32::NEG_INFINITY;
     for (s, ps) in p.iter_mut().enumerate() {
-        *ps = dot(q, &kv.k[s * kv.k_stride + g * d_k..][..d_k]) * job.scale;
+        *ps = dot(q, &ks[s * k_stride..][..d_k]) * job.scale;
         max = max.max(*ps);
     }
     let mut sum = 0.0f32;
@@ -443,8 +503,9 @@ fn attend_query(job: &Job<'_>, t: usize, h: usize, p: &mut Vec<f32>, dst: &mut [
         sum += *ps;
     }
     dst.fill(0.0);
+    let (vs, v_stride) = span::<P>(kv.v, kv.v_stride, 0, n_kv, g * d_v, d_v, vf);
     for (s, &ps) in p.iter().enumerate() {
-        let v = &kv.v[s * kv.v_stride + g * d_v..][..d_v];
+        let v = &vs[s * v_stride..][..d_v];
         for (o, v) in dst.iter_mut().zip(v) {
             *o += ps * v;
         }
@@ -452,6 +513,93 @@ fn attend_query(job: &Job<'_>, t: usize, h: usize, p: &mut Vec<f32>, dst: &mut [
     let inv = 1.0 / sum;
     for o in dst.iter_mut() {
         *o *= inv;
+    }
+}
+
+/// The f16 with bits `h` as f32, exactly, without branches (so the scalar build's loop
+/// vectorises): exponent and mantissa moved into f32's places and scaled by 2^112, which
+/// rebiases normal numbers and makes subnormals normal; infinities and NaNs keep an
+/// all-ones exponent.
+#[inline(always)]
+fn widen_f16(h: u16) -> f32 {
+    let h = u32::from(h);
+    let body = (h & 0x7fff) << 13;
+    let scaled = f32::from_bits(body) * f32::from_bits(0x7780_0000);
+    let bits = if body >= 0x0f80_0000 {
+        body | 0x7f80_0000
+    } else {
+        scaled.to_bits()
+    };
+    f32::from_bits(bits | (h & 0x8000) << 16)
+}
+
+/// A cache element type that the position-split path reads straight from the cache rows:
+/// each row read once per chunk, where an f16 row widened into a buffer first left the
+/// memory idle while the buffer was read (decode at 2,048 positions 1.3x slower than over
+/// f32 rows, with half the bytes).
+trait Elem: Copy {
+    /// `Σ a[i]·b[i]`, as [`dot`] sums it.
+    fn dot<P: Tile>(a: &[f32], b: &[Self]) -> f32;
+    /// `o[i] += p·v[i]`.
+    fn axpy<P: Tile>(p: f32, v: &[Self], o: &mut [f32]);
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn dot<P: Tile>(a: &[f32], b: &[f32]) -> f32 {
+        dot(a, b)
+    }
+
+    #[inline(always)]
+    fn axpy<P: Tile>(p: f32, v: &[f32], o: &mut [f32]) {
+        for (o, v) in o.iter_mut().zip(v) {
+            *o += p * v;
+        }
+    }
+}
+
+/// Widened in registers, 16 at a time, then the f32 arithmetic on the widened values.
+impl Elem for f16 {
+    #[inline(always)]
+    fn dot<P: Tile>(a: &[f32], b: &[f16]) -> f32 {
+        const L: usize = 16;
+        let mut acc = [0.0f32; L];
+        let mut w = [0.0f32; L];
+        let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
+        let (ar, br) = (ac.remainder(), bc.remainder());
+        for (x, y) in ac.zip(bc) {
+            P::widen(y, &mut w);
+            for i in 0..L {
+                acc[i] += x[i] * w[i];
+            }
+        }
+        let mut s: f32 = ar
+            .iter()
+            .zip(br)
+            .map(|(x, y)| x * widen_f16(y.to_bits()))
+            .sum();
+        for v in acc {
+            s += v;
+        }
+        s
+    }
+
+    #[inline(always)]
+    fn axpy<P: Tile>(p: f32, v: &[f16], o: &mut [f32]) {
+        const L: usize = 16;
+        let n = o.len().min(v.len());
+        let mut w = [0.0f32; L];
+        let mut i = 0;
+        while i + L <= n {
+            P::widen(&v[i..i + L], &mut w);
+            for (o, w) in o[i..i + L].iter_mut().zip(&w) {
+                *o += p * w;
+            }
+            i += L;
+        }
+        for (o, v) in o[i..n].iter_mut().zip(&v[i..n]) {
+            *o += p * widen_f16(v.to_bits());
+        }
     }
 }
 
@@ -506,15 +654,15 @@ fn attend_block<P: Tile>(job: &Job<'_>, t0: usize, h: usize, s: &mut Scratch, ds
         let sc = &mut s.s[..nk * QB];
         // sc[j * QB + i] = q_i · k_j: rows are keys (R at a time from the cache rows),
         // columns the block's queries.
-        let k = &kv.k[s0 * kv.k_stride + g * d_k..];
+        let (k, k_stride) = span::<P>(kv.k, kv.k_stride, s0, nk, g * d_k, d_k, &mut s.kf);
         let mut j = 0;
         while j + R <= nk {
-            let a = (&k[j * kv.k_stride..], 1, kv.k_stride);
+            let a = (&k[j * k_stride..], 1, k_stride);
             P::tile::<R>(a, &s.qt, d_k, QB, QB, &mut sc[j * QB..], QB, false);
             j += R;
         }
         for j in j..nk {
-            let a = (&k[j * kv.k_stride..], 1, kv.k_stride);
+            let a = (&k[j * k_stride..], 1, k_stride);
             P::tile::<1>(a, &s.qt, d_k, QB, QB, &mut sc[j * QB..], QB, false);
         }
         // Scale, mask (probability 0, left out of the max) and the running max.
@@ -548,19 +696,10 @@ fn attend_block<P: Tile>(job: &Job<'_>, t0: usize, h: usize, s: &mut Scratch, ds
         }
         max = m_new;
         // acc[i] += Σ_j p[j][i] v_j: rows are queries (R at a time), columns d_v.
-        let v = &kv.v[s0 * kv.v_stride + g * d_v..];
+        let (v, v_stride) = span::<P>(kv.v, kv.v_stride, s0, nk, g * d_v, d_v, &mut s.vf);
         for r0 in (0..rows).step_by(R) {
             let a = (&sc[r0..], QB, 1);
-            P::tile::<R>(
-                a,
-                v,
-                nk,
-                kv.v_stride,
-                d_v,
-                &mut s.acc[r0 * d_v..],
-                d_v,
-                true,
-            );
+            P::tile::<R>(a, v, nk, v_stride, d_v, &mut s.acc[r0 * d_v..], d_v, true);
         }
     }
     for ((o, acc), &l) in dst
@@ -577,12 +716,20 @@ fn attend_block<P: Tile>(job: &Job<'_>, t0: usize, h: usize, s: &mut Scratch, ds
 /// then the scalar twin for a last few (only odd test widths have them).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{scalar_tile, Bcast, Tile};
+    use std::arch::x86_64::*;
+
+    use super::{f16, scalar_tile, Bcast, Scalar, Tile};
     use crate::ops::tiles::{avx2::bcast_col, avx512::bcast_tile};
 
     pub(super) struct Tiles;
 
     impl Tile for Tiles {
+        #[inline(always)]
+        fn widen(src: &[f16], dst: &mut [f32]) {
+            // SAFETY: only reached from `attend_avx512`, after AVX-512F was detected.
+            unsafe { widen(src, dst) }
+        }
+
         #[inline(always)]
         fn tile<const ROWS: usize>(
             a: Bcast<'_>,
@@ -597,6 +744,23 @@ mod avx512 {
             // SAFETY: only reached from `attend_avx512`, after AVX-512F was detected.
             unsafe { tile::<ROWS>(a, b, steps, b_step, cols, out, out_row, accumulate) }
         }
+    }
+
+    /// `vcvtph2ps` on 16 values at a time, the scalar twin for the last few.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        let n = dst.len().min(src.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: elements i..i + 16 of both slices exist; unaligned load and store.
+            unsafe {
+                let h = _mm256_loadu_si256(src.as_ptr().add(i).cast());
+                _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+            }
+            i += 16;
+        }
+        Scalar::widen(&src[i..n], &mut dst[i..n]);
     }
 
     #[target_feature(enable = "avx512f")]
@@ -636,12 +800,20 @@ mod avx512 {
 /// The AVX2+FMA tiles: 8-float column chunks, then the scalar twin for a last few.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{scalar_tile, Bcast, Tile};
+    use std::arch::x86_64::*;
+
+    use super::{f16, scalar_tile, Bcast, Scalar, Tile};
     use crate::ops::tiles::avx2::bcast_col;
 
     pub(super) struct Tiles;
 
     impl Tile for Tiles {
+        #[inline(always)]
+        fn widen(src: &[f16], dst: &mut [f32]) {
+            // SAFETY: only reached from `attend_avx2`, after AVX2, FMA and F16C were detected.
+            unsafe { widen(src, dst) }
+        }
+
         #[inline(always)]
         fn tile<const ROWS: usize>(
             a: Bcast<'_>,
@@ -653,9 +825,26 @@ mod avx2 {
             out_row: usize,
             accumulate: bool,
         ) {
-            // SAFETY: only reached from `attend_avx2`, after AVX2 and FMA were detected.
+            // SAFETY: only reached from `attend_avx2`, after AVX2, FMA and F16C were detected.
             unsafe { tile::<ROWS>(a, b, steps, b_step, cols, out, out_row, accumulate) }
         }
+    }
+
+    /// `vcvtph2ps` on 8 values at a time, the scalar twin for the last few.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        let n = dst.len().min(src.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: elements i..i + 8 of both slices exist; unaligned load and store.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        Scalar::widen(&src[i..n], &mut dst[i..n]);
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -743,9 +932,9 @@ mod tests {
         let k = gen(2, total * h * d);
         let v = gen(3, total * h * d);
         let kv = KvView {
-            k: &k,
+            k: Rows::F32(&k),
             k_stride: h * d,
-            v: &v,
+            v: Rows::F32(&v),
             v_stride: h * d,
             n_kv_head: h,
             d_k: d,
@@ -774,9 +963,9 @@ mod tests {
         let q = gen(1, n * h * dk);
         let k = gen(2, total * hkv * dk);
         let kv = KvView {
-            k: &k,
+            k: Rows::F32(&k),
             k_stride: hkv * dk,
-            v: &k,
+            v: Rows::F32(&k),
             v_stride: hkv * dk,
             n_kv_head: hkv,
             d_k: dk,
@@ -864,7 +1053,7 @@ mod tests {
         (q, k, v)
     }
 
-    fn view<'a>(c: Case, k: &'a [f32], v: &'a [f32]) -> KvView<'a> {
+    fn view<'a>(c: Case, k: Rows<'a>, v: Rows<'a>) -> KvView<'a> {
         let (v, v_stride) = if c.prefix {
             (k, c.hkv * c.dk)
         } else {
@@ -881,8 +1070,11 @@ mod tests {
         }
     }
 
-    /// The definition in f64 for any [`KvView`].
+    /// The definition in f64 for an f32 [`KvView`].
     fn definition(q: &[f32], c: Case, kv: &KvView<'_>, scale: f32) -> Vec<f64> {
+        let (Rows::F32(k), Rows::F32(v)) = (kv.k, kv.v) else {
+            panic!("the definition reads f32 rows")
+        };
         let mut out = vec![0.0f64; c.n * c.h * c.dv];
         for t in 0..c.n {
             for hh in 0..c.h {
@@ -890,7 +1082,7 @@ mod tests {
                 let qh = &q[(t * c.h + hh) * c.dk..][..c.dk];
                 let sc: Vec<f64> = (0..=c.pos0 + t)
                     .map(|s| {
-                        let ks = &kv.k[s * kv.k_stride + g * c.dk..][..c.dk];
+                        let ks = &k[s * kv.k_stride + g * c.dk..][..c.dk];
                         let d: f64 = qh.iter().zip(ks).map(|(a, b)| *a as f64 * *b as f64).sum();
                         d * scale as f64
                     })
@@ -902,7 +1094,7 @@ mod tests {
                     out[(t * c.h + hh) * c.dv + i] = e
                         .iter()
                         .enumerate()
-                        .map(|(s, p)| p / z * kv.v[s * kv.v_stride + g * c.dv + i] as f64)
+                        .map(|(s, p)| p / z * v[s * kv.v_stride + g * c.dv + i] as f64)
                         .sum();
                 }
             }
@@ -918,16 +1110,14 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             fn avx2(j: &Job<'_>, t: Task<'_>, s: &mut Scratch, d: &mut [f32]) {
-                // SAFETY: listed only after AVX2 and FMA were detected.
+                // SAFETY: listed only after AVX2, FMA and F16C were detected.
                 unsafe { attend_avx2(j, t, s, d) }
             }
             fn avx512(j: &Job<'_>, t: Task<'_>, s: &mut Scratch, d: &mut [f32]) {
                 // SAFETY: listed only after AVX-512F was detected.
                 unsafe { attend_avx512(j, t, s, d) }
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if use_avx2_detected() {
                 b.push(("avx2", avx2));
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -938,14 +1128,23 @@ mod tests {
     }
 
     /// Every build on `c`: the same bits as the scalar twins, and the definition within
-    /// 1e-5 (relative above 1).
+    /// 1e-5 (relative above 1); over an f16 cache of the rounded rows, the bits each build
+    /// gives over an f32 cache holding those rounded values.
     fn check(c: Case, q: &[f32], k: &[f32], v: &[f32], scale: f32) {
-        let kv = view(c, k, v);
+        let run = |kv: &KvView<'_>, build: Build| {
+            let mut out = vec![f32::NAN; c.n * c.h * c.dv];
+            run_tasks(q, c.n, c.h, kv, c.pos0, scale, &mut out, build);
+            out
+        };
+        let kv = view(c, Rows::F32(k), Rows::F32(v));
         let want = definition(q, c, &kv, scale);
+        let (k16, v16) = (to_f16(k), to_f16(v));
+        let (kr, vr) = (from_f16(&k16), from_f16(&v16));
+        let rounded = view(c, Rows::F32(&kr), Rows::F32(&vr));
+        let halves = view(c, Rows::F16(&k16), Rows::F16(&v16));
         let mut first: Option<Vec<f32>> = None;
         for (isa, build) in builds() {
-            let mut out = vec![f32::NAN; c.n * c.h * c.dv];
-            run_tasks(q, c.n, c.h, &kv, c.pos0, scale, &mut out, build);
+            let out = run(&kv, build);
             for (i, (g, r)) in out.iter().zip(&want).enumerate() {
                 assert!(
                     (f64::from(*g) - r).abs() <= 1e-5 * r.abs().max(1.0),
@@ -954,13 +1153,68 @@ mod tests {
             }
             match &first {
                 None => first = Some(out),
-                Some(base) => {
-                    for (i, (g, r)) in out.iter().zip(base).enumerate() {
-                        assert_eq!(g.to_bits(), r.to_bits(), "{isa} {c:?}: out[{i}] {g} vs {r}");
+                Some(base) => same_bits(&out, base, &format!("{isa} {c:?}")),
+            }
+            let (want16, out16) = (run(&rounded, build), run(&halves, build));
+            same_bits(&out16, &want16, &format!("{isa} {c:?}, f16 cache"));
+        }
+    }
+
+    fn same_bits(got: &[f32], want: &[f32], what: &str) {
+        for (i, (g, r)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g.to_bits(), r.to_bits(), "{what}: out[{i}] {g} vs {r}");
+        }
+    }
+
+    fn to_f16(x: &[f32]) -> Vec<f16> {
+        x.iter().map(|&x| f16::from_f32(x)).collect()
+    }
+
+    fn from_f16(x: &[f16]) -> Vec<f32> {
+        x.iter().map(|x| x.to_f32()).collect()
+    }
+
+    /// Each build's widening of f16 rows, on every f16 value at every offset of a vector
+    /// (slices starting anywhere, lengths off the vector widths): `half`'s conversion, bit
+    /// for bit (NaNs: a NaN).
+    #[test]
+    fn widen_matches_half_for_every_f16() {
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        type Widen = fn(&[f16], &mut [f32]);
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut widens: Vec<(&str, Widen)> = vec![("scalar", Scalar::widen)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if use_avx2_detected() {
+                widens.push(("avx2", avx2::Tiles::widen));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                widens.push(("avx512f", avx512::Tiles::widen));
+            }
+        }
+        for (isa, widen) in widens {
+            for (start, len) in [(0, all.len()), (3, 37), (65_500, 36), (1, 15), (5, 0)] {
+                let src = &all[start..start + len];
+                let mut dst = vec![0.0f32; len];
+                widen(src, &mut dst);
+                for (h, d) in src.iter().zip(&dst) {
+                    let want = h.to_f32();
+                    if want.is_nan() {
+                        assert!(d.is_nan(), "{isa}: {:#06x} -> {d}", h.to_bits());
+                    } else {
+                        assert_eq!(d.to_bits(), want.to_bits(), "{isa}: {:#06x}", h.to_bits());
                     }
                 }
             }
         }
+    }
+
+    /// Whether the AVX2 build may run here (as `builds` lists it).
+    #[cfg(target_arch = "x86_64")]
+    fn use_avx2_detected() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
     }
 
     #[test]
@@ -991,7 +1245,7 @@ mod tests {
             lcg(8, rows * c.hkv * c.dk, 1.5),
             lcg(9, rows * c.hkv * c.dv, 2.0),
         );
-        let kv = view(c, &k, &v);
+        let kv = view(c, Rows::F32(&k), Rows::F32(&v));
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

@@ -57,7 +57,7 @@ pub fn use_avx512f() -> bool {
     })
 }
 
-/// Whether the AVX2+FMA builds of the f32 loops run (both attentions, on CPUs
+/// Whether the AVX2+FMA(+F16C) builds of the f32 loops run (both attentions, on CPUs
 /// without AVX-512F or capped below it): as [`use_avx512f`], the tier `avx2`.
 #[cfg(target_arch = "x86_64")]
 pub fn use_avx2_fma() -> bool {
@@ -66,6 +66,7 @@ pub fn use_avx2_fma() -> bool {
         quant::kernels::tier_allowed("avx2")
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
     })
 }
 

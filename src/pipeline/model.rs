@@ -9,6 +9,7 @@ use rayon::ThreadPool;
 use super::{Error, Session};
 use crate::backend::{self, BackendOptions};
 use crate::experts::ExpertOptions;
+use crate::kv_cache::CacheType;
 use crate::limits;
 use crate::loader::ModelFile;
 use crate::model::deepseek_vl2::vision::{VisionModel, VisionPrecision};
@@ -33,6 +34,8 @@ pub struct ModelOptions {
     pub backend: BackendOptions,
     /// The vision tower's product arithmetic (`--vision-precision`; default exact).
     pub vision_precision: VisionPrecision,
+    /// The element type of the sessions' KV caches (`--cache-type`; default f32).
+    pub cache_type: CacheType,
 }
 
 impl Default for ModelOptions {
@@ -45,6 +48,7 @@ impl Default for ModelOptions {
             experts: ExpertOptions::default(),
             backend: BackendOptions::default(),
             vision_precision: VisionPrecision::default(),
+            cache_type: CacheType::default(),
         }
     }
 }
@@ -98,6 +102,7 @@ impl Model {
         if let Some(pool) = &opts.pool {
             lm.set_thread_pool(pool.clone());
         }
+        lm.set_cache_type(opts.cache_type);
         let threads = opts
             .pool
             .as_ref()

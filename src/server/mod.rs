@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub experts: crate::experts::ExpertOptions,
     /// The vision tower's product arithmetic (`--vision-precision`).
     pub vision_precision: crate::model::deepseek_vl2::vision::VisionPrecision,
+    /// The KV caches' element type (`--cache-type`).
+    pub cache_type: crate::kv_cache::CacheType,
 }
 
 /// The server's shared state: set up at once, with the model arriving when loaded.
@@ -88,6 +90,7 @@ impl AppState {
                 experts: o.experts.clone(),
                 backend: o.backend.clone(),
                 vision_precision: o.vision_precision,
+                cache_type: o.cache_type,
             },
         )?;
         if model.has_vision() {

@@ -99,8 +99,8 @@ fn json_has_every_key_with_sane_values() {
 
 /// `-d N` (llama-bench's depth) runs the prefill and decode after N tokens in the context:
 /// the decode's mean KV cache bytes per step follow from the checkpoint's own config (f32
-/// key and value rows of every position up to the step's, in every layer), and a depth that
-/// does not fit the context is a clear error.
+/// key and value rows of every position up to the step's, in every layer; half with
+/// `--cache-type f16`), and a depth that does not fit the context is a clear error.
 #[test]
 fn depth_fills_the_context_first_and_counts_its_cache() {
     let (_dir, model) = common::converted("tiny-mha", "q8_0");
@@ -129,8 +129,19 @@ fn depth_fills_the_context_first_and_counts_its_cache() {
     let want = 9.5 * row_bytes / 1e6;
     let kv = positive(&j, "decode_kv_mb");
     assert!((kv - want).abs() < 1e-9, "{kv} MB, want {want}");
+    assert_eq!(j["cache_type"], "f32");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("decode (2 tok @ d8)"), "{stdout}");
+    let o = run("-t 1 -d 8 -p 4 -n 2 --reps 1 --cache-type f16 --json");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = last_json(&o);
+    assert_eq!(j["cache_type"], "f16");
+    let kv = positive(&j, "decode_kv_mb");
+    assert!(
+        (kv - want / 2.0).abs() < 1e-9,
+        "{kv} MB, want {}",
+        want / 2.0
+    );
     let ctx = n("max_position_embeddings") as usize;
     let fails_with = |rest: &str| fails(&args(rest).iter().map(String::as_str).collect::<Vec<_>>());
     let e = fails_with(&format!("-d {ctx} -p 0 -n 1"));
@@ -237,6 +248,11 @@ fn bad_arguments_are_clear_errors() {
     let e = fails(&["bench", "model", "-m", m, "--mmproj", s(&missing)]);
     assert!(
         e.contains("mmproj file") && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = fails(&["bench", "model", "-m", m, "--cache-type", "q4_0"]);
+    assert!(
+        e.contains("unknown cache type `q4_0` (one of: f32, f16)"),
         "{e}"
     );
     let e = fails(&["bench", "model", "-m", m, "-p", "100000", "-n", "1"]);

@@ -140,6 +140,14 @@ fn png_case_matches_reference_through_cli() {
     let got = u64s(&j["tokens"]);
     assert_eq!(got[..], want[..got.len()], "greedy tokens");
     assert!(got.len() == 16 || j["stop"] != "maxtokens", "{j}");
+    // An f16 KV cache keeps the greedy path here (decoder_oracle measures its logit error).
+    let png = image("shapes_500x300.png");
+    let args = ["--image", s(&png), "-p", prompt, "-n", "16", "--json"];
+    let j16 = json_of(&pocketvl(
+        &[&args[..], &["--cache-type", "f16"]].concat(),
+        None,
+    ));
+    assert_eq!(u64s(&j16["tokens"]), got, "greedy tokens over an f16 cache");
 }
 
 /// Two images without tags: one `<image>\n` each in front; the same image twice is encoded

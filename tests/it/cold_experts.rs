@@ -21,6 +21,7 @@ use pocketvl::experts::{
     sidecar_path, ColdExperts, ExpertError, ExpertIo, ExpertOptions, ExpertStats, Prefetch,
 };
 use pocketvl::generate::{GenerateOptions, Generation};
+use pocketvl::kv_cache::CacheType;
 use pocketvl::loader::ModelFile;
 use pocketvl::model::deepseek_vl2::prompt::{build_chat, Message, Role};
 use pocketvl::model::deepseek_vl2::{LanguageModel, ModelError};
@@ -47,8 +48,15 @@ fn quality(name: &str, recipe: &str) -> (f32, f32, f32, f32, f32, f32) {
     let (_dir, path) = common::converted_with_cold(name, recipe, GgmlType::Q3_K);
     let side = GgufFile::open(&sidecar_path(&ModelFile::open(&path).unwrap())).unwrap();
     assert!(side.tensors().iter().all(|t| t.ty == GgmlType::Q4_0));
-    let full = teacher_forced(name, &path, &ExpertOptions::default(), f32::INFINITY);
-    let low = teacher_forced(name, &path, &only(), f32::INFINITY);
+    let f32_cache = CacheType::F32;
+    let full = teacher_forced(
+        name,
+        &path,
+        &ExpertOptions::default(),
+        f32_cache,
+        f32::INFINITY,
+    );
+    let low = teacher_forced(name, &path, &only(), f32_cache, f32::INFINITY);
     assert_eq!(full.logits.len(), low.logits.len());
     let diffs = full
         .logits

@@ -325,6 +325,7 @@ fn health_is_503_while_loading() {
         backend: Default::default(),
         experts: Default::default(),
         vision_precision: Default::default(),
+        cache_type: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

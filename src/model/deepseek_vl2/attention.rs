@@ -116,14 +116,13 @@ impl MhaWeights {
         let (h, hkv, hd, vd) = (self.n_head, self.n_head_kv, self.head_dim, self.v_head_dim);
         let q = &mut sc.q; // [n, H, hd]
         q.resize(n * h * hd, 0.0);
-        {
-            // k: [n, Hkv, hd], v: [n, Hkv, vd], in the cache.
-            let (kc, vc) = cache.rows_mut(il, pos0, n);
+        // k: [n, Hkv, hd], v: [n, Hkv, vd], into the cache.
+        cache.write(il, pos0, n, |kc, vc| {
             // The three products (decode: in one parallel region).
             let (wq, wk, wv) = (self.q.view(), self.k.view(), self.v.view());
             matmul_group([&wq, &wk, &wv], x, n, [&mut q[..], &mut *kc, &mut *vc]);
             rope.apply_rows(&mut kc[..n * hkv * hd], hkv * hd, pos0);
-        }
+        });
         rope.apply_rows(q, h * hd, pos0);
         let (k, v) = cache.rows(il, pos0 + n);
         let kv = KvView {
@@ -199,8 +198,7 @@ impl MlaWeights {
             }
         }
         // -> cache rows [norm(c) ; rope(k_rope)].
-        {
-            let (kc, _) = cache.rows_mut(il, pos0, n);
+        cache.write(il, pos0, n, |kc, _| {
             for t in 0..n {
                 let src = &kva[t * (r + dr)..][..r + dr];
                 let dst = &mut kc[t * (r + dr)..][..r + dr];
@@ -208,7 +206,7 @@ impl MlaWeights {
                 dst[r..].copy_from_slice(&src[r..]);
                 rope.apply(&mut dst[r..], pos0 + t);
             }
-        }
+        });
         // Absorbed queries: [n, H, r + rope] = [W_UKᵀ q_nope ; rope(q_rope)].
         q_abs.resize(n * h * (r + dr), 0.0);
         let kb = self.k_b.view();
@@ -277,6 +275,7 @@ impl MlaWeights {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_cache::CacheType;
     use crate::ops::RopeLayout;
 
     /// Small deterministic pseudo-random numbers (no external RNG needed).
@@ -416,7 +415,7 @@ mod tests {
         );
         // Prefill 4 tokens as one chunk, then 2 + 1 (chunked / decode).
         let (kw, vw) = w.cache_widths();
-        let mut cache = KvCache::new(1, kw, vw, 64);
+        let mut cache = KvCache::new(1, kw, vw, 64, CacheType::F32);
         let mut got = vec![0.0f32; n * d];
         for (p0, m) in [(0usize, 4usize), (4, 2), (6, 1)] {
             w.forward(
@@ -462,34 +461,36 @@ mod tests {
         let x = g.vec(n * d, 1.0);
         let rope = Rope::new(hd, 10000.0, RopeLayout::Adjacent, 32);
         let (kw, vw) = w.cache_widths();
-        let mut c1 = KvCache::new(1, kw, vw, 32);
-        let mut one = vec![0.0f32; n * d];
-        w.forward(
-            &rope,
-            &mut c1,
-            0,
-            &x,
-            n,
-            0,
-            &mut one,
-            &mut AttnScratch::default(),
-        );
-        let mut c2 = KvCache::new(1, kw, vw, 32);
-        let mut two = vec![0.0f32; n * d];
-        for (p0, m) in [(0usize, 2usize), (2, 3), (5, 1)] {
+        for ty in [CacheType::F32, CacheType::F16] {
+            let mut c1 = KvCache::new(1, kw, vw, 32, ty);
+            let mut one = vec![0.0f32; n * d];
             w.forward(
                 &rope,
-                &mut c2,
+                &mut c1,
                 0,
-                &x[p0 * d..(p0 + m) * d],
-                m,
-                p0,
-                &mut two[p0 * d..(p0 + m) * d],
+                &x,
+                n,
+                0,
+                &mut one,
                 &mut AttnScratch::default(),
             );
-            c2.set_len(p0 + m);
+            let mut c2 = KvCache::new(1, kw, vw, 32, ty);
+            let mut two = vec![0.0f32; n * d];
+            for (p0, m) in [(0usize, 2usize), (2, 3), (5, 1)] {
+                w.forward(
+                    &rope,
+                    &mut c2,
+                    0,
+                    &x[p0 * d..(p0 + m) * d],
+                    m,
+                    p0,
+                    &mut two[p0 * d..(p0 + m) * d],
+                    &mut AttnScratch::default(),
+                );
+                c2.set_len(p0 + m);
+            }
+            let max = max_abs_diff(&one, &two);
+            assert!(max < 1e-6, "{ty}: chunked vs single max |diff| {max}");
         }
-        let max = max_abs_diff(&one, &two);
-        assert!(max < 1e-6, "chunked vs single max |diff| {max}");
     }
 }

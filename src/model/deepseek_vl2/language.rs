@@ -22,7 +22,7 @@ use super::moe::{
     add_shared, moe_forward, route_tokens, Mlp, MoeScratch, MoeWeights, RouterConfig,
 };
 use crate::experts::{ExpertError, ExpertOptions, ExpertStore, LayerExperts};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{CacheType, KvCache};
 use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Weight};
 use crate::ops::{add_assign, matmul, rms_norm, row_to_f32, Rope, RopeLayout};
 use crate::trace::Trace;
@@ -99,6 +99,8 @@ pub struct LanguageModel {
     pool: Option<Arc<ThreadPool>>,
     /// Runs the parts of layers it says it runs instead of the CPU (`--offload attn,dense`).
     offload: Option<Arc<dyn LayerOffload>>,
+    /// The element type of new states' KV caches (`--cache-type`).
+    cache_type: CacheType,
 }
 
 /// What one sequence (a conversation) owns: its KV cache, the activation buffers its forward
@@ -325,6 +327,7 @@ impl LanguageModel {
             rope,
             pool: None,
             offload: None,
+            cache_type: CacheType::default(),
         }
     }
 
@@ -336,7 +339,7 @@ impl LanguageModel {
             None => (0, 0),
         };
         DecoderState {
-            cache: KvCache::new(self.hp.n_layer, kw, vw, self.hp.n_ctx),
+            cache: KvCache::new(self.hp.n_layer, kw, vw, self.hp.n_ctx, self.cache_type),
             device_cache: None,
             scratch: Scratch::default(),
             trace: Trace::off(),
@@ -442,6 +445,12 @@ impl LanguageModel {
     /// `--threads`); without one, the caller's rayon pool is used.
     pub fn set_thread_pool(&mut self, pool: Arc<ThreadPool>) {
         self.pool = Some(pool);
+    }
+
+    /// Stores the KV caches of states made from now on as `ty` (the CPU's rows; layers
+    /// whose attention is offloaded keep the device's own).
+    pub fn set_cache_type(&mut self, ty: CacheType) {
+        self.cache_type = ty;
     }
 
     /// The forward pass proper; leaves the logits in `scratch.logits` and
