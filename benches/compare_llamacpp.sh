@@ -23,7 +23,9 @@
 #             `bench model -d`; default 0): an image chat decodes at a depth of ~1,000
 #   LLAMA_CACHE_TYPE  llama-bench's KV cache type for keys and values (-ctk/-ctv; default:
 #             its own default, f16; the pinned llama-bench takes f16, bf16, q8_0, q4_0, ...,
-#             not f32). pocketvl's cache is f32: at a depth it reads twice llama.cpp's bytes
+#             not f32)
+#   CACHE_TYPE  pocketvl's KV cache type (`--cache-type`: f32, the default, or f16, the type
+#             llama.cpp stores by default): at a depth an f32 cache reads twice f16's bytes
 #   LLAMACPP_DIR, LLAMACPP_JOBS: passed to scripts/llamacpp-interop.sh
 #   LLAMA_BENCH_BUILD  llama-bench's build directory (default $LLAMACPP_DIR/bench-build, or
 #                      bench-build-avx2 with ISA=avx2); the binary is
@@ -46,6 +48,7 @@ N_PROMPT="${N_PROMPT:-512}"
 N_GEN="${N_GEN:-64}"
 DEPTH="${DEPTH:-0}"
 LLAMA_CACHE_TYPE="${LLAMA_CACHE_TYPE:-}"
+CACHE_TYPE="${CACHE_TYPE:-f32}"
 [[ "$DEPTH" =~ ^[0-9]+$ ]] || { echo "[compare_llamacpp] ERROR: DEPTH must be a whole number, not '$DEPTH'" >&2; exit 1; }
 FILES=("$@")
 if [ "${#FILES[@]}" -eq 0 ]; then
@@ -124,7 +127,7 @@ EOF
 
 ours_run() { # file threads -> "pp_tok_s tg_tok_s roofline_tok_s"
     "$POCKETVL" bench model -m "$1" -t "$2" -p "$N_PROMPT" -n "$N_GEN" -d "$DEPTH" --reps "$REPS" \
-        --no-vision --json >"$TMP/ours.out" 2>"$TMP/ours.err" \
+        --cache-type "$CACHE_TYPE" --no-vision --json >"$TMP/ours.out" 2>"$TMP/ours.err" \
         || { tail -n 20 "$TMP/ours.err" >&2; die "pocketvl bench model failed on $1"; }
     tail -n 1 "$TMP/ours.out" | python3 -c "
 import json, sys
