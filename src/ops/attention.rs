@@ -38,9 +38,9 @@
 //!
 //! An f16 cache (`--cache-type f16`) is read through the same loops: a query block widens
 //! each step's keys and values of its head (exactly) into its scratch, one query its head's
-//! rows, and the position-split path widens in registers as it reads; then the same f32
-//! arithmetic runs, so attention over an f16 cache gives the bits it gives over an f32 cache
-//! holding the same rounded values (tested).
+//! rows, and the position-split path each row it reads again, or in registers as it reads
+//! a row once; then the same f32 arithmetic runs, so attention over an f16 cache gives the
+//! bits it gives over an f32 cache holding the same rounded values (tested).
 
 use half::f16;
 use rayon::prelude::*;
@@ -94,7 +94,7 @@ struct Scratch {
     s: Vec<f32>,
     /// Unnormalised outputs, `[QB][d_v]`.
     acc: Vec<f32>,
-    /// An f16 cache's rows that a query block or one query reads, widened (keys; values).
+    /// An f16 cache's rows that a task reads more than once, widened (keys; values).
     kf: Vec<f32>,
     vf: Vec<f32>,
 }
@@ -376,12 +376,12 @@ fn attend_body<P: Tile>(job: &Job<'_>, task: Task<'_>, s: &mut Scratch, dst: &mu
         }
         Task::Block { t0, h } => attend_block::<P>(job, t0, h, s, dst),
         Task::Scores { c } => match job.kv.k {
-            Rows::F32(k) => split_scores::<P, f32>(job, c, k, dst),
-            Rows::F16(k) => split_scores::<P, f16>(job, c, k, dst),
+            Rows::F32(k) => split_scores::<P, f32>(job, c, k, &mut s.kf, dst),
+            Rows::F16(k) => split_scores::<P, f16>(job, c, k, &mut s.kf, dst),
         },
         Task::Values { c, scores, max } => match job.kv.v {
-            Rows::F32(v) => split_values::<P, f32>(job, c, v, scores, max, dst),
-            Rows::F16(v) => split_values::<P, f16>(job, c, v, scores, max, dst),
+            Rows::F32(v) => split_values::<P, f32>(job, c, v, scores, max, &mut s.vf, dst),
+            Rows::F16(v) => split_values::<P, f16>(job, c, v, scores, max, &mut s.vf, dst),
         },
     }
 }
@@ -415,28 +415,60 @@ fn span<'b, P: Tile>(
 /// [`attend_query`] computes it; `-inf` for a query that does not see the position), and
 /// their maxima over the chunk.
 #[inline(always)]
-fn split_scores<P: Tile, E: Elem>(job: &Job<'_>, c: usize, keys: &[E], dst: &mut [f32]) {
+fn split_scores<P: Tile, E: Elem>(
+    job: &Job<'_>,
+    c: usize,
+    keys: &[E],
+    kf: &mut Vec<f32>,
+    dst: &mut [f32],
+) {
     let (kv, n_head, d_k) = (job.kv, job.n_head, job.kv.d_k);
     let rows = job.n_tokens * n_head;
     let s0 = c * SPLIT_CHUNK;
     let n = SPLIT_CHUNK.min(job.pos0 + job.n_tokens - s0);
     let (sc, max) = dst.split_at_mut(SPLIT_CHUNK * rows);
     max.fill(f32::NEG_INFINITY);
+    let width = kv.n_kv_head * d_k;
     for (i, row) in sc.chunks_exact_mut(rows).take(n).enumerate() {
-        let k = &keys[(s0 + i) * kv.k_stride..];
+        let k = &keys[(s0 + i) * kv.k_stride..][..width];
         // Query t sees positions up to pos0 + t.
         let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens);
         row[..first * n_head].fill(f32::NEG_INFINITY);
-        for t in first..job.n_tokens {
-            let q = &job.q[t * n_head * d_k..][..n_head * d_k];
-            let x = &mut row[t * n_head..][..n_head];
-            let m = &mut max[t * n_head..][..n_head];
-            for g in 0..kv.n_kv_head {
-                let kg = &k[g * d_k..][..d_k];
-                for h in g * job.group..(g + 1) * job.group {
-                    x[h] = E::dot::<P>(&q[h * d_k..][..d_k], kg) * job.scale;
-                    m[h] = m[h].max(x[h]);
-                }
+        if reads_row_again(job, first) {
+            scores_at::<P, f32>(job, E::as_f32::<P>(k, kf), first, row, max);
+        } else {
+            scores_at::<P, E>(job, k, first, row, max);
+        }
+    }
+}
+
+/// Whether the queries `first..` and their heads read a position's key or value row more
+/// than once (several queries, or heads sharing a kv head, as MLA's 16 share the latent):
+/// then an f16 row is widened once into L1 rather than at each read.
+#[inline(always)]
+fn reads_row_again(job: &Job<'_>, first: usize) -> bool {
+    (job.n_tokens - first) * job.group > 1
+}
+
+/// One position's scores `row` (key row `k`) for the queries `first..`, and their maxima.
+#[inline(always)]
+fn scores_at<P: Tile, E: Elem>(
+    job: &Job<'_>,
+    k: &[E],
+    first: usize,
+    row: &mut [f32],
+    max: &mut [f32],
+) {
+    let (n_head, d_k) = (job.n_head, job.kv.d_k);
+    for t in first..job.n_tokens {
+        let q = &job.q[t * n_head * d_k..][..n_head * d_k];
+        let x = &mut row[t * n_head..][..n_head];
+        let m = &mut max[t * n_head..][..n_head];
+        for g in 0..job.kv.n_kv_head {
+            let kg = &k[g * d_k..][..d_k];
+            for h in g * job.group..(g + 1) * job.group {
+                x[h] = E::dot::<P>(&q[h * d_k..][..d_k], kg) * job.scale;
+                m[h] = m[h].max(x[h]);
             }
         }
     }
@@ -446,12 +478,14 @@ fn split_scores<P: Tile, E: Elem>(job: &Job<'_>, c: usize, keys: &[E], dst: &mut
 /// probability against the maximum (as [`attend_query`]), summed, and the value row it
 /// weights, summed.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn split_values<P: Tile, E: Elem>(
     job: &Job<'_>,
     c: usize,
     values: &[E],
     scores: &[f32],
     max: &[f32],
+    vf: &mut Vec<f32>,
     dst: &mut [f32],
 ) {
     let (kv, n_head, d_v) = (job.kv, job.n_head, job.kv.d_v);
@@ -461,18 +495,39 @@ fn split_values<P: Tile, E: Elem>(
     let (sums, acc) = dst.split_at_mut(rows);
     sums.fill(0.0);
     acc.fill(0.0);
+    let width = kv.n_kv_head * d_v;
     for (i, row) in scores.chunks_exact(rows).take(n).enumerate() {
-        let v = &values[(s0 + i) * kv.v_stride..];
+        let v = &values[(s0 + i) * kv.v_stride..][..width];
         let first = (s0 + i).saturating_sub(job.pos0).min(job.n_tokens);
-        for t in first..job.n_tokens {
-            let r0 = t * n_head;
-            for g in 0..kv.n_kv_head {
-                let vg = &v[g * d_v..][..d_v];
-                for r in r0 + g * job.group..r0 + (g + 1) * job.group {
-                    let p = exp_approx(row[r] - max[r]);
-                    sums[r] += p;
-                    E::axpy::<P>(p, vg, &mut acc[r * d_v..][..d_v]);
-                }
+        if reads_row_again(job, first) {
+            values_at::<P, f32>(job, E::as_f32::<P>(v, vf), first, row, max, sums, acc);
+        } else {
+            values_at::<P, E>(job, v, first, row, max, sums, acc);
+        }
+    }
+}
+
+/// One position's probabilities (from its scores `row`) for the queries `first..`, added
+/// to `sums`, and its value row `v` weighted by them, added to `acc`.
+#[inline(always)]
+fn values_at<P: Tile, E: Elem>(
+    job: &Job<'_>,
+    v: &[E],
+    first: usize,
+    row: &[f32],
+    max: &[f32],
+    sums: &mut [f32],
+    acc: &mut [f32],
+) {
+    let (n_head, d_v) = (job.n_head, job.kv.d_v);
+    for t in first..job.n_tokens {
+        let r0 = t * n_head;
+        for g in 0..job.kv.n_kv_head {
+            let vg = &v[g * d_v..][..d_v];
+            for r in r0 + g * job.group..r0 + (g + 1) * job.group {
+                let p = exp_approx(row[r] - max[r]);
+                sums[r] += p;
+                E::axpy::<P>(p, vg, &mut acc[r * d_v..][..d_v]);
             }
         }
     }
@@ -533,11 +588,14 @@ fn widen_f16(h: u16) -> f32 {
     f32::from_bits(bits | (h & 0x8000) << 16)
 }
 
-/// A cache element type that the position-split path reads straight from the cache rows:
-/// each row read once per chunk, where an f16 row widened into a buffer first left the
-/// memory idle while the buffer was read (decode at 2,048 positions 1.3x slower than over
-/// f32 rows, with half the bytes).
+/// A cache element type that the position-split path reads straight from the cache rows
+/// where a row is read once (decode's one query over MHA heads): an f16 chunk widened into
+/// a buffer first left the memory idle while the buffer was read (decode at 2,048 positions
+/// 1.3x slower than over f32 rows, with half the bytes). Rows read again are widened once
+/// ([`reads_row_again`]).
 trait Elem: Copy {
+    /// The row as f32: itself, or widened into `buf`.
+    fn as_f32<'a, P: Tile>(row: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
     /// `Σ a[i]·b[i]`, as [`dot`] sums it.
     fn dot<P: Tile>(a: &[f32], b: &[Self]) -> f32;
     /// `o[i] += p·v[i]`.
@@ -545,6 +603,11 @@ trait Elem: Copy {
 }
 
 impl Elem for f32 {
+    #[inline(always)]
+    fn as_f32<'a, P: Tile>(row: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+        row
+    }
+
     #[inline(always)]
     fn dot<P: Tile>(a: &[f32], b: &[f32]) -> f32 {
         dot(a, b)
@@ -560,6 +623,13 @@ impl Elem for f32 {
 
 /// Widened in registers, 16 at a time, then the f32 arithmetic on the widened values.
 impl Elem for f16 {
+    #[inline(always)]
+    fn as_f32<'a, P: Tile>(row: &'a [f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        buf.resize(row.len(), 0.0);
+        P::widen(row, buf);
+        buf
+    }
+
     #[inline(always)]
     fn dot<P: Tile>(a: &[f32], b: &[f16]) -> f32 {
         const L: usize = 16;
