@@ -48,69 +48,35 @@ pub enum Rows<'a> {
     F16(&'a [f16]),
 }
 
-impl Rows<'_> {
-    /// Elements held.
-    pub fn len(&self) -> usize {
-        match self {
-            Rows::F32(r) => r.len(),
-            Rows::F16(r) => r.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// Per-layer cache rows.
+#[derive(Debug, Clone, Default)]
+struct LayerKv<T> {
+    k: Vec<T>,
+    v: Vec<T>,
 }
 
-/// One buffer of rows.
-#[derive(Debug, Clone)]
-enum Store {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-}
-
-impl Store {
-    fn new(ty: CacheType) -> Store {
-        match ty {
-            CacheType::F32 => Store::F32(Vec::new()),
-            CacheType::F16 => Store::F16(Vec::new()),
-        }
-    }
-
-    fn truncate(&mut self, n: usize) {
-        match self {
-            Store::F32(v) => v.truncate(n),
-            Store::F16(v) => v.truncate(n),
-        }
+impl<T> LayerKv<T> {
+    fn truncate(&mut self, k: usize, v: usize) {
+        self.k.truncate(k);
+        self.v.truncate(v);
     }
 
     fn capacity(&self) -> usize {
-        match self {
-            Store::F32(v) => v.capacity(),
-            Store::F16(v) => v.capacity(),
-        }
-    }
-
-    fn rows(&self, n: usize) -> Rows<'_> {
-        match self {
-            Store::F32(v) => Rows::F32(&v[..n]),
-            Store::F16(v) => Rows::F16(&v[..n]),
-        }
+        self.k.capacity() + self.v.capacity()
     }
 }
 
-/// Per-layer cache rows.
+/// Every layer's rows, in the cache's element type.
 #[derive(Debug, Clone)]
-struct LayerKv {
-    k: Store,
-    v: Store,
+enum Layers {
+    F32(Vec<LayerKv<f32>>),
+    F16(Vec<LayerKv<f16>>),
 }
 
 /// The cache of one sequence.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<LayerKv>,
-    ty: CacheType,
+    layers: Layers,
     k_width: usize,
     v_width: usize,
     n_ctx: usize,
@@ -132,13 +98,12 @@ impl KvCache {
         n_ctx: usize,
         ty: CacheType,
     ) -> KvCache {
-        let layer = LayerKv {
-            k: Store::new(ty),
-            v: Store::new(ty),
+        let layers = match ty {
+            CacheType::F32 => Layers::F32(vec![LayerKv::default(); n_layer]),
+            CacheType::F16 => Layers::F16(vec![LayerKv::default(); n_layer]),
         };
         KvCache {
-            layers: vec![layer; n_layer],
-            ty,
+            layers,
             k_width,
             v_width,
             n_ctx,
@@ -150,7 +115,10 @@ impl KvCache {
 
     /// The element type of the rows.
     pub fn cache_type(&self) -> CacheType {
-        self.ty
+        match self.layers {
+            Layers::F32(_) => CacheType::F32,
+            Layers::F16(_) => CacheType::F16,
+        }
     }
 
     /// Positions cached (valid in every layer).
@@ -179,9 +147,10 @@ impl KvCache {
     pub fn truncate(&mut self, n: usize) {
         if n < self.len {
             self.len = n;
-            for l in &mut self.layers {
-                l.k.truncate(n * self.k_width);
-                l.v.truncate(n * self.v_width);
+            let (k, v) = (n * self.k_width, n * self.v_width);
+            match &mut self.layers {
+                Layers::F32(ls) => ls.iter_mut().for_each(|l| l.truncate(k, v)),
+                Layers::F16(ls) => ls.iter_mut().for_each(|l| l.truncate(k, v)),
             }
         }
     }
@@ -198,35 +167,38 @@ impl KvCache {
         fill: impl FnOnce(&mut [f32], &mut [f32]) -> R,
     ) -> R {
         let (kw, vw, cap) = (self.k_width, self.v_width, self.n_ctx);
-        let l = &mut self.layers[il];
         let (k, v) = ((pos0 * kw, n * kw), (pos0 * vw, n * vw));
-        match (&mut l.k, &mut l.v) {
-            (Store::F32(lk), Store::F32(lv)) => {
-                grow(lk, k.0 + k.1, cap * kw);
-                grow(lv, v.0 + v.1, cap * vw);
-                fill(&mut lk[k.0..][..k.1], &mut lv[v.0..][..v.1])
+        match &mut self.layers {
+            Layers::F32(ls) => {
+                let l = &mut ls[il];
+                grow(&mut l.k, k.0 + k.1, cap * kw);
+                grow(&mut l.v, v.0 + v.1, cap * vw);
+                fill(&mut l.k[k.0..][..k.1], &mut l.v[v.0..][..v.1])
             }
-            (Store::F16(lk), Store::F16(lv)) => {
+            Layers::F16(ls) => {
+                let l = &mut ls[il];
                 let (sk, sv) = (&mut self.stage_k, &mut self.stage_v);
                 sk.clear();
                 sk.resize(k.1, 0.0);
                 sv.clear();
                 sv.resize(v.1, 0.0);
                 let r = fill(sk, sv);
-                grow(lk, k.0 + k.1, cap * kw);
-                grow(lv, v.0 + v.1, cap * vw);
-                round_into(sk, &mut lk[k.0..][..k.1]);
-                round_into(sv, &mut lv[v.0..][..v.1]);
+                grow(&mut l.k, k.0 + k.1, cap * kw);
+                grow(&mut l.v, v.0 + v.1, cap * vw);
+                round_into(sk, &mut l.k[k.0..][..k.1]);
+                round_into(sv, &mut l.v[v.0..][..v.1]);
                 r
             }
-            _ => unreachable!("a layer's keys and values share the cache's type"),
         }
     }
 
     /// Rows `0..n` of layer `il` (keys, values).
     pub fn rows(&self, il: usize, n: usize) -> (Rows<'_>, Rows<'_>) {
-        let l = &self.layers[il];
-        (l.k.rows(n * self.k_width), l.v.rows(n * self.v_width))
+        let (k, v) = (n * self.k_width, n * self.v_width);
+        match &self.layers {
+            Layers::F32(ls) => (Rows::F32(&ls[il].k[..k]), Rows::F32(&ls[il].v[..v])),
+            Layers::F16(ls) => (Rows::F16(&ls[il].k[..k]), Rows::F16(&ls[il].v[..v])),
+        }
     }
 
     /// Declares positions `0..n` valid in every layer (after a forward pass
@@ -237,18 +209,21 @@ impl KvCache {
 
     /// Bytes currently held by the cache buffers.
     pub fn bytes(&self) -> usize {
-        let rows: usize = self
-            .layers
-            .iter()
-            .map(|l| l.k.capacity() + l.v.capacity())
-            .sum();
-        rows * self.ty.elem_bytes()
+        let rows: usize = match &self.layers {
+            Layers::F32(ls) => ls.iter().map(LayerKv::capacity).sum(),
+            Layers::F16(ls) => ls.iter().map(LayerKv::capacity).sum(),
+        };
+        rows * self.cache_type().elem_bytes()
             + (self.stage_k.capacity() + self.stage_v.capacity()) * std::mem::size_of::<f32>()
     }
 
     /// Bytes one position holds over all layers (what attention reads per cached position).
     pub fn bytes_per_position(&self) -> usize {
-        (self.k_width + self.v_width) * self.ty.elem_bytes() * self.layers.len()
+        let n_layer = match &self.layers {
+            Layers::F32(ls) => ls.len(),
+            Layers::F16(ls) => ls.len(),
+        };
+        (self.k_width + self.v_width) * self.cache_type().elem_bytes() * n_layer
     }
 }
 
