@@ -623,8 +623,8 @@ impl Elem for f32 {
 
 /// Widened in registers, 16 at a time, then the f32 arithmetic on the widened values: `dot`
 /// and `axpy` in their own order, written out again because one generic loop for both types
-/// (an f32 row "widened" by a copy) compiled into narrow vectors and made the f32 cache's
-/// decode at depth 3,072 ~25 % slower (BENCHMARKS.md, twenty-fifth session).
+/// (an f32 row "widened" by a copy) compiled into narrow vectors: the f32 cache's decode at
+/// depth 3,072 was 8-27 % slower in two such builds (BENCHMARKS.md, twenty-fifth session).
 impl Elem for f16 {
     #[inline(always)]
     fn as_f32<'a, P: Tile>(row: &'a [f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
