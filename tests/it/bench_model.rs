@@ -130,8 +130,27 @@ fn depth_fills_the_context_first_and_counts_its_cache() {
     let kv = positive(&j, "decode_kv_mb");
     assert!((kv - want).abs() < 1e-9, "{kv} MB, want {want}");
     assert_eq!(j["cache_type"], "f32");
+    // The roofline counting the cache: the same bandwidth over weights and cache together.
+    let (bw, weights) = (
+        positive(&j, "bandwidth_gb_s"),
+        positive(&j, "decode_weight_mb"),
+    );
+    let roof_kv = positive(&j, "decode_roofline_kv_tok_s");
+    let want_roof = bw * 1e3 / (weights + kv);
+    assert!(
+        (roof_kv / want_roof - 1.0).abs() < 1e-12,
+        "{roof_kv}, want {want_roof}"
+    );
+    assert!(roof_kv < positive(&j, "decode_roofline_tok_s"));
+    let frac = positive(&j, "decode_fraction_of_roofline_kv");
+    let want_frac = positive(&j, "decode_tok_s") / roof_kv;
+    assert!(
+        (frac / want_frac - 1.0).abs() < 1e-12,
+        "{frac}, want {want_frac}"
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("decode (2 tok @ d8)"), "{stdout}");
+    assert!(stdout.contains("of the roofline counting it"), "{stdout}");
     let o = run("-t 1 -d 8 -p 4 -n 2 --reps 1 --cache-type f16 --json");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j = last_json(&o);
