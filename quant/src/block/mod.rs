@@ -12,6 +12,8 @@
 pub mod bf16;
 mod f16;
 mod kfit;
+#[cfg(target_arch = "x86_64")]
+mod kfit_lanes;
 mod q2_k;
 mod q3_k;
 mod q4_0;
@@ -300,8 +302,6 @@ pub(crate) mod codec {
         q5_1: quantize_q5_1;
         q2_k: quantize_q2_k;
         q3_k: quantize_q3_k;
-        q4_k: quantize_q4_k;
-        q5_k: quantize_q5_k;
         q6_k: quantize_q6_k;
     }
 
@@ -310,6 +310,8 @@ pub(crate) mod codec {
         q8_0: quantize_q8_0;
         q8_1: quantize_q8_1;
         q8_k: quantize_q8_k;
+        q4_k: quantize_q4_k;
+        q5_k: quantize_q5_k;
     }
 
     block_dequantizers! {

@@ -2,7 +2,7 @@
 //! per-sub-block scales and mins, 4-bit quants; value = d·sc·q − dmin·m.
 //! Quantizer: ggml `quantize_row_q4_K_ref` (fit nmax 15, rmin −1, rdelta 0.1, 20 steps).
 
-use super::kfit::{get_scale_min_k4, quantize_kx};
+use super::kfit::{get_scale_min_k4, quantize_kx, KxParts, Q4_K_FIT};
 use super::{f16_to_f32, ByteBlock};
 
 /// `block_q4_K` of ggml-common.h.
@@ -23,7 +23,11 @@ const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 unsafe impl ByteBlock for BlockQ4K {}
 
 pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ4K {
-    let (d, dmin, scales, l) = quantize_kx(x, 15, -1.0, 0.1, 20);
+    pack(quantize_kx(x, Q4_K_FIT))
+}
+
+/// The block of a super-block's packed parts (scales, mins and final quants).
+pub(super) fn pack((d, dmin, scales, l): KxParts) -> BlockQ4K {
     let mut qs = [0u8; 128];
     for c in 0..4 {
         for i in 0..32 {

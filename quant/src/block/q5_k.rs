@@ -1,7 +1,7 @@
 //! Q5_K: as Q4_K with a 5th bit per quant in `qh`; value = d·sc·q − dmin·m, q ∈ 0..=31.
 //! Quantizer: ggml `quantize_row_q5_K_ref` (fit nmax 31, rmin −0.5, rdelta 0.1, 15 steps).
 
-use super::kfit::{get_scale_min_k4, quantize_kx};
+use super::kfit::{get_scale_min_k4, quantize_kx, KxParts, Q5_K_FIT};
 use super::{f16_to_f32, ByteBlock};
 
 /// `block_q5_K` of ggml-common.h.
@@ -24,7 +24,11 @@ const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 unsafe impl ByteBlock for BlockQ5K {}
 
 pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ5K {
-    let (d, dmin, scales, l) = quantize_kx(x, 31, -0.5, 0.1, 15);
+    pack(quantize_kx(x, Q5_K_FIT))
+}
+
+/// The block of a super-block's packed parts (scales, mins and final quants).
+pub(super) fn pack((d, dmin, scales, l): KxParts) -> BlockQ5K {
     let mut qs = [0u8; 128];
     let mut qh = [0u8; 32];
     for c in 0..4 {

@@ -6,10 +6,12 @@
 
 use std::arch::x86_64::*;
 
+use super::kfit::{Q4_K_FIT, Q5_K_FIT};
+use super::kfit_lanes::{kx_row, Lanes};
 use super::simd_quantize::{FromBf16, RowQuantizers};
 use super::{
-    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q8_0, q8_1, q8_k, BlockQ4_0, BlockQ8K, BlockQ8_0,
-    BlockQ8_1,
+    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_k, q8_0, q8_1, q8_k, BlockQ4K, BlockQ4_0,
+    BlockQ5K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
 /// Whether this CPU runs every function of this file.
@@ -27,6 +29,8 @@ pub(super) fn quantizers() -> RowQuantizers {
         q8_0: |s, d| unsafe { q8_0_row(s, d) },
         q8_1: |s, d| unsafe { q8_1_row(s, d) },
         q8_k: |s, d| unsafe { q8_k_row(s, d) },
+        q4_k: |s, d| unsafe { q4_k_row(s, d) },
+        q5_k: |s, d| unsafe { q5_k_row(s, d) },
         from_bf16: FromBf16 {
             f16: |s, d| unsafe { bf16_to_f16_row(s, d) },
             bf16: |s, d| unsafe { bf16_to_bf16_row(s, d) },
@@ -109,20 +113,15 @@ fn pack_i8(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
     _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
-/// C's `roundf` (half away from zero) of each lane, as i32; lanes must be finite and small.
+/// C's `roundf` (half away from zero) of each lane, as i32, for lanes below 2²³ in magnitude
+/// (the quantizers' are at most ~127): v + copysign(0.5⁻, v), truncated, as in
+/// `simd_avx512::round_away`, which says why that is exact.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn round_away(v: __m256) -> __m256i {
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-    // v − trunc(v) is exact; a fraction of magnitude ≥ ½ moves one away from zero.
-    let frac = _mm256_and_ps(
-        _mm256_sub_ps(v, t),
-        _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)),
-    );
-    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
     let sign = _mm256_and_ps(v, _mm256_set1_ps(-0.0));
-    let step = _mm256_and_ps(up, _mm256_or_ps(sign, _mm256_set1_ps(1.0)));
-    _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+    let bias = _mm256_or_ps(sign, _mm256_castsi256_ps(_mm256_set1_epi32(0x3eff_ffff)));
+    _mm256_cvttps_epi32(_mm256_add_ps(v, bias))
 }
 
 /// Q8_0's (d, quants, Σ quants) for one block, or `None` when the scalar reference must
@@ -169,10 +168,130 @@ fn q8_0_block(b: &mut BlockQ8_0, x: &[f32; 32]) {
 #[target_feature(enable = "avx2,f16c")]
 fn q8_0_row(src: &[f32], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ8_0>(dst).unwrap_or_default();
-    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
-        if let Ok(x) = <&[f32; 32]>::try_from(x) {
-            q8_0_block(b, x);
+    let n = blocks.len().min(src.len() / 32);
+    for g in (0..n).step_by(GROUP_BLOCKS) {
+        let m = GROUP_BLOCKS.min(n - g);
+        let x = &src[32 * g..32 * (g + m)];
+        let block = |j: usize| {
+            [
+                load8_at(x, 32 * j),
+                load8_at(x, 32 * j + 8),
+                load8_at(x, 32 * j + 16),
+                load8_at(x, 32 * j + 24),
+            ]
+        };
+        // Lanes past the last block hold 0: a block of zeros, whose scale is never stored.
+        let parts = std::array::from_fn(|j| {
+            if j >= m {
+                return _mm256_setzero_si256();
+            }
+            let [a, b, c, d] = block(j);
+            _mm256_max_epi32(
+                _mm256_max_epi32(abs_bits(a), abs_bits(b)),
+                _mm256_max_epi32(abs_bits(c), abs_bits(d)),
+            )
+        });
+        let group = &mut blocks[g..g + m];
+        match q8_0_scales(lane_maxima(parts)) {
+            Some(scales) => q8_0_store_group(group, scales, block),
+            None => {
+                for (b, x) in group.iter_mut().zip(x.chunks_exact(32)) {
+                    if let Ok(x) = <&[f32; 32]>::try_from(x) {
+                        q8_0_block(b, x);
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Blocks whose Q8_0 scales are computed together, one vector lane each (as in
+/// `simd_avx512.rs`, which says why).
+const GROUP_BLOCKS: usize = 8;
+
+/// Loads the 8 floats at `x[at..at + 8]`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn load8_at(x: &[f32], at: usize) -> __m256 {
+    assert!(at + 8 <= x.len());
+    // SAFETY: the range was just checked to lie inside `x`; loadu has no alignment needs.
+    unsafe { _mm256_loadu_ps(x.as_ptr().add(at)) }
+}
+
+/// Lane j of the result is the largest (signed) i32 lane of `v[j]`: halves, then 64- and
+/// 32-bit pieces of two inputs paired so that each piece keeps one input's partial maximum,
+/// and a last permutation that puts input j in lane j.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn lane_maxima(v: [__m256i; 8]) -> __m256i {
+    // Half 0: input 2i's partials, half 1: input 2i + 1's.
+    let l1: [__m256i; 4] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm256_max_epi32(
+            _mm256_permute2x128_si256::<0x20>(a, b),
+            _mm256_permute2x128_si256::<0x31>(a, b),
+        )
+    });
+    // Half h: inputs 4i + h and 4i + 2 + h, two partials each.
+    let l2: [__m256i; 2] = std::array::from_fn(|i| {
+        let (a, b) = (l1[2 * i], l1[2 * i + 1]);
+        _mm256_max_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b))
+    });
+    // Half h: inputs h, 2 + h, 4 + h and 6 + h, one 32-bit value each.
+    let (a, b) = (_mm256_castsi256_ps(l2[0]), _mm256_castsi256_ps(l2[1]));
+    let r = _mm256_max_epi32(
+        _mm256_castps_si256(_mm256_shuffle_ps::<0x88>(a, b)),
+        _mm256_castps_si256(_mm256_shuffle_ps::<0xdd>(a, b)),
+    );
+    // Input j sits at 32-bit position 4 (j % 2) + j / 2.
+    _mm256_permutevar8x32_epi32(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// Q8_0's scales of [`GROUP_BLOCKS`] blocks from their largest |x| (f32 bits, block j in
+/// lane j), lane by lane the scalar reference's operations: d = amax / 127 as f16 bits, and
+/// 1 / d (0 where d is 0). `None` when a block needs the scalar reference: a non-finite
+/// value, or 1 / d overflowing.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn q8_0_scales(amax: __m256i) -> Option<([u16; 8], [f32; 8])> {
+    let finite = |bits| _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7f80_0000), bits);
+    if _mm256_movemask_ps(_mm256_castsi256_ps(finite(amax))) != 0xff {
+        return None;
+    }
+    let d = _mm256_div_ps(_mm256_castsi256_ps(amax), _mm256_set1_ps(127.0));
+    let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
+    // 1 / 0 is +inf in the lanes the mask then clears.
+    let id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), d), nonzero);
+    if _mm256_movemask_ps(_mm256_castsi256_ps(finite(abs_bits(id)))) != 0xff {
+        return None;
+    }
+    let (mut dh, mut idv) = ([0u16; 8], [0f32; 8]);
+    // SAFETY: 8 u16 and 8 f32 written into arrays of exactly that size; unaligned stores.
+    unsafe {
+        _mm_storeu_si128(
+            dh.as_mut_ptr().cast(),
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
+        );
+        _mm256_storeu_ps(idv.as_mut_ptr(), id);
+    }
+    Some((dh, idv))
+}
+
+/// The Q8_0 blocks of a group given their scales ([`q8_0_scales`]) and their values
+/// (`block(j)`: block j's four quarters).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn q8_0_store_group(
+    group: &mut [BlockQ8_0],
+    (d, id): ([u16; 8], [f32; 8]),
+    block: impl Fn(usize) -> [__m256; 4],
+) {
+    for (j, b) in group.iter_mut().enumerate() {
+        let idv = _mm256_set1_ps(id[j]);
+        let [p, q, r, s] = block(j);
+        let quant = |v| round_away(_mm256_mul_ps(v, idv));
+        b.d = d[j].to_le_bytes();
+        store32(&mut b.qs, pack_i8(quant(p), quant(q), quant(r), quant(s)));
     }
 }
 
@@ -198,9 +317,55 @@ fn widen_bf16_block(src: &[u8]) -> [f32; 32] {
 #[target_feature(enable = "avx2,f16c")]
 fn bf16_to_q8_0_row(src: &[u8], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ8_0>(dst).unwrap_or_default();
-    for (b, s) in blocks.iter_mut().zip(src.chunks_exact(64)) {
-        q8_0_block(b, &widen_bf16_block(s));
+    let n = blocks.len().min(src.len() / 64);
+    for g in (0..n).step_by(GROUP_BLOCKS) {
+        let m = GROUP_BLOCKS.min(n - g);
+        let s = &src[64 * g..64 * (g + m)];
+        // |x| of a bf16 value is its low 15 bits, ordered like the float (see
+        // `simd_avx512::bf16_to_q8_0_row`). Lanes past the last block hold 0.
+        let parts = std::array::from_fn(|j| {
+            if j >= m {
+                return _mm256_setzero_si256();
+            }
+            // SAFETY: j < m, so the 64 bytes at 64j lie inside `s` (64m bytes).
+            let (v, w) = unsafe {
+                let p = s.as_ptr().add(64 * j);
+                (
+                    _mm256_loadu_si256(p.cast()),
+                    _mm256_loadu_si256(p.add(32).cast()),
+                )
+            };
+            let abs = _mm256_set1_epi16(0x7fff);
+            let a = _mm256_max_epu16(_mm256_and_si256(v, abs), _mm256_and_si256(w, abs));
+            _mm256_max_epi32(
+                _mm256_and_si256(a, _mm256_set1_epi32(0xffff)),
+                _mm256_srli_epi32::<16>(a),
+            )
+        });
+        let amax = _mm256_slli_epi32::<16>(lane_maxima(parts));
+        let group = &mut blocks[g..g + m];
+        match q8_0_scales(amax) {
+            Some(scales) => q8_0_store_group(group, scales, |j| widen_bf16_quarters(&s[64 * j..])),
+            None => {
+                for (b, s) in group.iter_mut().zip(s.chunks_exact(64)) {
+                    q8_0_block(b, &widen_bf16_block(s));
+                }
+            }
+        }
     }
+}
+
+/// The 32 bf16 values at `src[..64]` widened to f32 (exact), as a block's four quarters.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn widen_bf16_quarters(src: &[u8]) -> [__m256; 4] {
+    assert!(src.len() >= 64);
+    let widen = |k: usize| {
+        // SAFETY: 16 bytes read at 16k < 64 ≤ src.len() (checked); unaligned load.
+        let h = unsafe { _mm_loadu_si128(src.as_ptr().add(16 * k).cast()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    };
+    [widen(0), widen(1), widen(2), widen(3)]
 }
 
 #[target_feature(enable = "avx2,f16c")]
@@ -208,6 +373,116 @@ fn bf16_to_q4_0_row(src: &[u8], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
     for (b, s) in blocks.iter_mut().zip(src.chunks_exact(64)) {
         q4_0_block(b, &widen_bf16_block(s));
+    }
+}
+
+/// Q4_K with 8 sub-block fits at once (`kfit_lanes.rs`), in 256-bit vectors.
+#[target_feature(enable = "avx2,f16c")]
+fn q4_k_row(src: &[f32], dst: &mut [u8]) {
+    kx_row::<F256, BlockQ4K>(src, dst, Q4_K_FIT, q4_k::pack)
+}
+
+/// Q5_K as [`q4_k_row`].
+#[target_feature(enable = "avx2,f16c")]
+fn q5_k_row(src: &[f32], dst: &mut [u8]) {
+    kx_row::<F256, BlockQ5K>(src, dst, Q5_K_FIT, q5_k::pack)
+}
+
+/// 8 f32 lanes for the K-quant fits (`kfit_lanes.rs`). The type is private to this file and
+/// its values are made only inside [`q4_k_row`] / [`q5_k_row`], which the quantizer table
+/// holds only after `detected()`: the CPU runs the intrinsics of every method below.
+#[derive(Clone, Copy)]
+struct F256(__m256);
+
+// SAFETY (every `unsafe` block in this impl): AVX2 and F16C are present, see `F256`; the
+// memory accesses are bounds-checked where they occur.
+impl Lanes for F256 {
+    const W: usize = 8;
+    /// All ones in the lanes that are set, as `vcmpps` makes them.
+    type Mask = __m256;
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        unsafe { F256(_mm256_set1_ps(v)) }
+    }
+    #[inline(always)]
+    fn gather(x: &[f32], stride: usize) -> Self {
+        assert!(stride * 7 < x.len() && stride * 7 <= i32::MAX as usize);
+        let s = stride as i32;
+        unsafe {
+            let idx = _mm256_mullo_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(s),
+            );
+            F256(_mm256_i32gather_ps::<4>(x.as_ptr(), idx))
+        }
+    }
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        assert!(out.len() >= 8);
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), self.0) }
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        unsafe { F256(_mm256_add_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        unsafe { F256(_mm256_sub_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        unsafe { F256(_mm256_mul_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        unsafe { F256(_mm256_div_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        unsafe { F256(_mm256_sqrt_ps(self.0)) }
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        unsafe { F256(_mm256_andnot_ps(_mm256_set1_ps(-0.0), self.0)) }
+    }
+    #[inline(always)]
+    fn neg(self) -> Self {
+        unsafe { F256(_mm256_xor_ps(self.0, _mm256_set1_ps(-0.0))) }
+    }
+    #[inline(always)]
+    fn lt(self, o: Self) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    fn gt(self, o: Self) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    fn eq(self, o: Self) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, o.0) }
+    }
+    #[inline(always)]
+    fn and(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_and_ps(a, b) }
+    }
+    #[inline(always)]
+    fn select(m: __m256, a: Self, b: Self) -> Self {
+        unsafe { F256(_mm256_blendv_ps(b.0, a.0, m)) }
+    }
+    #[inline(always)]
+    fn nearest_clamped(self, nmax: i32) -> Self {
+        unsafe {
+            let t = _mm256_castps_si256(_mm256_add_ps(self.0, _mm256_set1_ps(12_582_912.0)));
+            let i = _mm256_sub_epi32(
+                _mm256_and_si256(t, _mm256_set1_epi32(0x007f_ffff)),
+                _mm256_set1_epi32(0x0040_0000),
+            );
+            let c = _mm256_min_epi32(
+                _mm256_max_epi32(i, _mm256_setzero_si256()),
+                _mm256_set1_epi32(nmax),
+            );
+            F256(_mm256_cvtepi32_ps(c))
+        }
     }
 }
 
@@ -407,4 +682,28 @@ fn bf16_to_f32_row(src: &[u8], dst: &mut [f32]) {
         i += 8;
     }
     bf16::dequantize(&src[2 * i..2 * n], &mut dst[i..n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_away_is_roundf() {
+        if !detected() {
+            return;
+        }
+        for chunk in super::super::simd_quantize::round_away_cases().chunks_exact(8) {
+            // SAFETY: `detected()` checked the features; 8 lanes loaded and stored.
+            let got = unsafe {
+                let r = round_away(_mm256_loadu_ps(chunk.as_ptr()));
+                let mut out = [0i32; 8];
+                _mm256_storeu_si256(out.as_mut_ptr().cast(), r);
+                out
+            };
+            for (x, g) in chunk.iter().zip(got) {
+                assert_eq!(g, x.round() as i32, "{x:e}");
+            }
+        }
+    }
 }

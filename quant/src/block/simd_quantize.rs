@@ -1,5 +1,6 @@
 //! SIMD twins of the row quantizers that convert and the runtime call most: f32 → F16 / BF16,
-//! bf16 → f32 widening, Q4_0 and Q8_0 (what convert writes), Q8_0 / Q8_1 / Q8_K (the
+//! bf16 → f32 widening, Q4_0, Q8_0, Q4_K and Q5_K (what convert writes; the K-quants' fits
+//! run one sub-block per vector lane, `kfit_lanes.rs`), Q8_0 / Q8_1 / Q8_K (the
 //! activation formats quantized before every matmul); on aarch64 the activation formats only
 //! (`simd_neon.rs`). The converter's bf16 rows go straight to F16 / BF16 / Q8_0 / Q4_0 bytes
 //! ([`FromBf16`]): each block is widened in registers and quantized at once, so no f32 row
@@ -13,11 +14,12 @@
 //! `nearest_int` as round-to-nearest-even, Q4_0's truncating cast as `cvtt`). A block the SIMD
 //! path cannot reproduce cheaply (NaN or ±inf inside, or a scale whose inverse overflows)
 //! goes through the scalar block quantizer instead. The tier is chosen once, at first use,
-//! from run-time feature detection; `POCKETVL_FORCE_SCALAR=1` keeps the scalar twins.
+//! from run-time feature detection, capped like the kernels' (`POCKETVL_MAX_TIER`);
+//! `POCKETVL_FORCE_SCALAR=1` keeps the scalar twins.
 
 use std::sync::OnceLock;
 
-use super::{bf16, each_block, f16, q4_0, q8_0, q8_1, q8_k};
+use super::{bf16, each_block, f16, q4_0, q4_k, q5_k, q8_0, q8_1, q8_k};
 use crate::types::GgmlType;
 
 /// Quantizes a row whose sizes `check_row` validated (whole blocks, exact byte count).
@@ -39,6 +41,8 @@ pub(super) struct RowQuantizers {
     pub q8_0: QuantizeFn,
     pub q8_1: QuantizeFn,
     pub q8_k: QuantizeFn,
+    pub q4_k: QuantizeFn,
+    pub q5_k: QuantizeFn,
     pub from_bf16: FromBf16,
 }
 
@@ -82,8 +86,9 @@ impl FromBf16 {
 }
 
 /// Elements [`widened`] takes at a time: a whole number of blocks of every format (blocks are
-/// 1, 32 or 256 elements), and 1 KiB of f32, which stays in L1.
-pub(super) const GROUP: usize = 256;
+/// 1, 32 or 256 elements), two K-quant super-blocks (what the AVX-512 K-quant fits take at
+/// once, `kfit_lanes.rs`), and 2 KiB of f32, which stays in L1.
+pub(super) const GROUP: usize = 512;
 
 /// Converts a row of `in_size`-byte values to `ty` by widening [`GROUP`] elements at a time
 /// into a stack buffer and quantizing each group into its place in `dst` (every quantizer
@@ -120,6 +125,8 @@ impl RowQuantizers {
             q8_0: |s, d| each_block(s, d, q8_0::quantize_block),
             q8_1: |s, d| each_block(s, d, q8_1::quantize_block),
             q8_k: |s, d| each_block(s, d, q8_k::quantize_block),
+            q4_k: |s, d| each_block(s, d, q4_k::quantize_block),
+            q5_k: |s, d| each_block(s, d, q5_k::quantize_block),
             from_bf16: FromBf16::scalar(),
         }
     }
@@ -145,16 +152,19 @@ impl RowQuantizers {
     }
 }
 
+/// The best tier this CPU runs, capped as the kernels are (`POCKETVL_MAX_TIER`: the AVX-512
+/// quantizers belong to the `avx512-vnni` kernel tier, the AVX2 ones to `avx2`).
 fn select() -> RowQuantizers {
-    if std::env::var("POCKETVL_FORCE_SCALAR").is_ok_and(|v| v == "1") {
+    if crate::kernels::force_scalar() {
         return RowQuantizers::scalar();
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if super::simd_avx512::detected() {
+        use crate::kernels::tier_allowed;
+        if super::simd_avx512::detected() && tier_allowed("avx512-vnni") {
             return super::simd_avx512::quantizers();
         }
-        if super::simd_avx2::detected() {
+        if super::simd_avx2::detected() && tier_allowed("avx2") {
             return super::simd_avx2::quantizers();
         }
     }
@@ -173,6 +183,27 @@ fn baseline() -> RowQuantizers {
 }
 
 static TABLE: OnceLock<RowQuantizers> = OnceLock::new();
+
+/// Floats on which a SIMD `roundf` must agree with the scalar one (a multiple of 16, both
+/// signs): every float within 64 steps of each integer and half-integer up to 256 and near
+/// 2²⁰, 2²² and 2²³ (the ties and their neighbours), and a stride through all floats below
+/// 128, the quantizers' range.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(super) fn round_away_cases() -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::new();
+    for n in (0..=256).chain([1 << 20, (1 << 22) - 1, (1 << 23) - 1]) {
+        for base in [n as f32, n as f32 + 0.5] {
+            for step in -64i32..=64 {
+                v.push(f32::from_bits(base.to_bits().wrapping_add_signed(step)));
+            }
+        }
+    }
+    v.extend((0..0x4300_0000u32).step_by(1009).map(f32::from_bits));
+    v.retain(|x| x.abs() < 8_388_608.0);
+    let mut all: Vec<f32> = v.iter().flat_map(|&x| [x, -x]).collect();
+    all.resize(all.len().next_multiple_of(16), 0.0);
+    all
+}
 
 /// The process-wide row quantizers, chosen at first use.
 #[inline]
@@ -304,6 +335,8 @@ mod tests {
             GgmlType::Q8_0 => t.q8_0,
             GgmlType::Q8_1 => t.q8_1,
             GgmlType::Q8_K => t.q8_k,
+            GgmlType::Q4_K => t.q4_k,
+            GgmlType::Q5_K => t.q5_k,
             _ => unreachable!("no twin for {ty}"),
         };
         let mut out = vec![0u8; ty.row_bytes(x.len() as u64).unwrap_or(0) as usize];
@@ -325,6 +358,8 @@ mod tests {
                     GgmlType::Q8_0,
                     GgmlType::Q8_1,
                     GgmlType::Q8_K,
+                    GgmlType::Q4_K,
+                    GgmlType::Q5_K,
                 ] {
                     let want = quantize_with(&scalar, ty, x);
                     for (name, t) in &tiers {
@@ -335,6 +370,27 @@ mod tests {
                                 got[i], want[i]
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Block counts that leave the SIMD quantizers' groups of blocks partly filled (the
+    /// sizes above are whole groups but for 2,304), for the formats of 32-value blocks.
+    #[test]
+    fn quantizer_twins_match_scalar_bytes_in_partial_groups() {
+        let scalar = RowQuantizers::scalar();
+        for blocks in [1usize, 3, 7, 9, 15, 17, 23, 33] {
+            for (ri, x) in edge_rows(32 * blocks).iter().enumerate() {
+                for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q8_1] {
+                    let want = quantize_with(&scalar, ty, x);
+                    for (name, t) in &RowQuantizers::simd_tiers() {
+                        assert_eq!(
+                            quantize_with(t, ty, x),
+                            want,
+                            "{name} {ty}: row {ri}, {blocks} blocks"
+                        );
                     }
                 }
             }
