@@ -371,8 +371,23 @@ fn widen_bf16_quarters(src: &[u8]) -> [__m256; 4] {
 #[target_feature(enable = "avx2,f16c")]
 fn bf16_to_q4_0_row(src: &[u8], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
-    for (b, s) in blocks.iter_mut().zip(src.chunks_exact(64)) {
-        q4_0_block(b, &widen_bf16_block(s));
+    let n = blocks.len().min(src.len() / 64);
+    for g in (0..n).step_by(GROUP_BLOCKS) {
+        let m = GROUP_BLOCKS.min(n - g);
+        let s = &src[64 * g..64 * (g + m)];
+        let block = |j: usize| widen_bf16_quarters(&s[64 * j..]);
+        // Widened exactly, the bf16 values compare as the f32 path's do.
+        let parts = std::array::from_fn(|j| {
+            if j >= m {
+                return _mm256_setzero_si256();
+            }
+            let [a, b, c, d] = block(j);
+            _mm256_max_epi32(
+                _mm256_max_epi32(abs_bits(a), abs_bits(b)),
+                _mm256_max_epi32(abs_bits(c), abs_bits(d)),
+            )
+        });
+        q4_0_group(&mut blocks[g..g + m], lane_maxima(parts), block);
     }
 }
 
@@ -543,10 +558,102 @@ fn q8_1_row(src: &[f32], dst: &mut [u8]) {
 #[target_feature(enable = "avx2,f16c")]
 fn q4_0_row(src: &[f32], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
-    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
-        if let Ok(x) = <&[f32; 32]>::try_from(x) {
-            q4_0_block(b, x);
+    let n = blocks.len().min(src.len() / 32);
+    for g in (0..n).step_by(GROUP_BLOCKS) {
+        let m = GROUP_BLOCKS.min(n - g);
+        let x = &src[32 * g..32 * (g + m)];
+        let block = |j: usize| {
+            [
+                load8_at(x, 32 * j),
+                load8_at(x, 32 * j + 8),
+                load8_at(x, 32 * j + 16),
+                load8_at(x, 32 * j + 24),
+            ]
+        };
+        let parts = std::array::from_fn(|j| {
+            if j >= m {
+                return _mm256_setzero_si256();
+            }
+            let [a, b, c, d] = block(j);
+            _mm256_max_epi32(
+                _mm256_max_epi32(abs_bits(a), abs_bits(b)),
+                _mm256_max_epi32(abs_bits(c), abs_bits(d)),
+            )
+        });
+        q4_0_group(&mut blocks[g..g + m], lane_maxima(parts), block);
+    }
+}
+
+/// The Q4_0 blocks of a group (`block(j)`: block j's four quarters) given their largest |x|
+/// (f32 bits, block j in lane j): each block's signed maximum (the first value of largest
+/// |x|, as the reference keeps it), then d = max / −8 and 1 / d for the whole group lane by
+/// lane with the reference's operations. A group with a non-finite value, or a 1 / d that
+/// overflows, goes block by block through [`q4_0_block`].
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn q4_0_group(group: &mut [BlockQ4_0], amax: __m256i, block: impl Fn(usize) -> [__m256; 4]) {
+    let finite = |bits| _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7f80_0000), bits);
+    let mut amax_bits = [0u32; 8];
+    // SAFETY: 8 u32 stored into an array of 8; unaligned store.
+    unsafe { _mm256_storeu_si256(amax_bits.as_mut_ptr().cast(), amax) };
+    let mut negative = [0i32; 8];
+    for (j, (&a, neg)) in amax_bits.iter().zip(&mut negative).enumerate() {
+        if j >= group.len() || a == 0 {
+            continue;
         }
+        let t = _mm256_set1_epi32(a as i32);
+        let q = block(j);
+        let (mut at, mut signs) = (0u32, 0u32);
+        for (k, v) in q.into_iter().enumerate() {
+            let eq = _mm256_cmpeq_epi32(abs_bits(v), t);
+            at |= (_mm256_movemask_ps(_mm256_castsi256_ps(eq)) as u32) << (8 * k);
+            signs |= (_mm256_movemask_ps(v) as u32) << (8 * k);
+        }
+        if signs & at & at.wrapping_neg() != 0 {
+            *neg = i32::MIN;
+        }
+    }
+    let whole = _mm256_movemask_ps(_mm256_castsi256_ps(finite(amax))) == 0xff;
+    // SAFETY: 8 i32 loaded from an array of 8; unaligned load.
+    let sign = unsafe { _mm256_loadu_si256(negative.as_ptr().cast()) };
+    let max = _mm256_castsi256_ps(_mm256_or_si256(amax, sign));
+    let d = _mm256_div_ps(max, _mm256_set1_ps(-8.0));
+    let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
+    // 1 / 0 is +inf in the lanes the mask then clears.
+    let id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), d), nonzero);
+    let id_finite = _mm256_movemask_ps(_mm256_castsi256_ps(finite(abs_bits(id)))) == 0xff;
+    if !(whole && id_finite) {
+        for (j, b) in group.iter_mut().enumerate() {
+            let q = block(j);
+            let mut x = [0f32; 32];
+            for (k, v) in q.into_iter().enumerate() {
+                // SAFETY: 8 floats stored at 8k < 32 inside x; unaligned store.
+                unsafe { _mm256_storeu_ps(x.as_mut_ptr().add(8 * k), v) };
+            }
+            q4_0_block(b, &x);
+        }
+        return;
+    }
+    let (mut dh, mut idv) = ([0u16; 8], [0f32; 8]);
+    // SAFETY: 8 u16 and 8 f32 written into arrays of exactly that size; unaligned stores.
+    unsafe {
+        _mm_storeu_si128(
+            dh.as_mut_ptr().cast(),
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
+        );
+        _mm256_storeu_ps(idv.as_mut_ptr(), id);
+    }
+    let (half, fifteen) = (_mm256_set1_ps(8.5), _mm256_set1_epi32(15));
+    for (j, b) in group.iter_mut().enumerate() {
+        let idv = _mm256_set1_ps(idv[j]);
+        // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
+        let q = |v| {
+            let v = _mm256_add_ps(_mm256_mul_ps(v, idv), half);
+            _mm256_min_epi32(_mm256_cvttps_epi32(v), fifteen)
+        };
+        let [p0, p1, p2, p3] = block(j);
+        store_nibbles(&mut b.qs, [q(p0), q(p1), q(p2), q(p3)]);
+        b.d = dh[j].to_le_bytes();
     }
 }
 
@@ -576,6 +683,15 @@ fn q4_0_block(b: &mut BlockQ4_0, x: &[f32; 32]) {
         let v = _mm256_add_ps(_mm256_mul_ps(load8(x, k), idv), half);
         _mm256_min_epi32(_mm256_cvttps_epi32(v), fifteen)
     });
+    store_nibbles(&mut b.qs, q);
+    b.d = f32_to_f16(d);
+}
+
+/// A Q4_0 block's 16 bytes from its quants (0..=15, four vectors in element order): element i
+/// in the low nibble of byte i, element 16 + i in the high one.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn store_nibbles(qs: &mut [u8; 16], q: [__m256i; 4]) {
     let lo = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
     let hi = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
     let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
@@ -584,8 +700,7 @@ fn q4_0_block(b: &mut BlockQ4_0, x: &[f32; 32]) {
         _mm256_extracti128_si256::<1>(words),
     );
     // SAFETY: qs is exactly 16 writable bytes.
-    unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().cast(), bytes) };
-    b.d = f32_to_f16(d);
+    unsafe { _mm_storeu_si128(qs.as_mut_ptr().cast(), bytes) };
 }
 
 #[target_feature(enable = "avx2,f16c")]

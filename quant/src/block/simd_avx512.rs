@@ -347,8 +347,48 @@ fn widen_bf16_halves(src: &[u8]) -> [__m512; 2] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn bf16_to_q4_0_row(src: &[u8], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
-    for (b, s) in blocks.iter_mut().zip(src.chunks_exact(64)) {
-        q4_0_block(b, &widen_bf16_block(s));
+    let n = blocks.len().min(src.len() / 64);
+    for g in (0..n).step_by(GROUP_BLOCKS) {
+        let m = GROUP_BLOCKS.min(n - g);
+        let s = &src[64 * g..64 * (g + m)];
+        let raw = |j: usize| {
+            assert!(64 * j + 64 <= s.len());
+            // SAFETY: the 64 bytes at 64j were just checked to lie inside `s`.
+            unsafe { _mm512_loadu_si512(s.as_ptr().add(64 * j).cast()) }
+        };
+        // As in `bf16_to_q8_0_row`: a bf16 |x| is its low 15 bits; lanes past the last block 0.
+        let parts = std::array::from_fn(|j| {
+            if j >= m {
+                return _mm512_setzero_si512();
+            }
+            let a = _mm512_and_si512(raw(j), _mm512_set1_epi16(0x7fff));
+            _mm512_max_epi32(
+                _mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
+                _mm512_srli_epi32::<16>(a),
+            )
+        });
+        let amax = _mm512_slli_epi32::<16>(lane_maxima(parts));
+        let mut amax_bits = [0u32; 16];
+        // SAFETY: 16 u32 stored into an array of 16; unaligned store.
+        unsafe { _mm512_storeu_si512(amax_bits.as_mut_ptr().cast(), amax) };
+        // The sign of each block's first value of largest |x| (what the reference keeps).
+        let mut negative: __mmask16 = 0;
+        for (j, &a) in amax_bits.iter().enumerate().take(m) {
+            let v = raw(j);
+            let abs = _mm512_and_si512(v, _mm512_set1_epi16(0x7fff));
+            let at = _mm512_cmpeq_epi16_mask(abs, _mm512_set1_epi16((a >> 16) as i16));
+            let signs = _mm512_movepi16_mask(v);
+            negative |= ((((signs & at) & at.wrapping_neg()) != 0) as u16) << j;
+        }
+        let group = &mut blocks[g..g + m];
+        match q4_0_scales(amax, negative) {
+            Some(scales) => q4_0_store_group(group, scales, |j| widen_bf16_halves(&s[64 * j..])),
+            None => {
+                for (b, s) in group.iter_mut().zip(s.chunks_exact(64)) {
+                    q4_0_block(b, &widen_bf16_block(s));
+                }
+            }
+        }
     }
 }
 
@@ -411,10 +451,101 @@ fn q8_1_row(src: &[f32], dst: &mut [u8]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn q4_0_row(src: &[f32], dst: &mut [u8]) {
     let blocks = as_blocks_mut::<BlockQ4_0>(dst).unwrap_or_default();
-    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(32)) {
-        if let Ok(x) = <&[f32; 32]>::try_from(x) {
-            q4_0_block(b, x);
+    let n = blocks.len().min(src.len() / 32);
+    for g in (0..n).step_by(GROUP_BLOCKS) {
+        let m = GROUP_BLOCKS.min(n - g);
+        let x = &src[32 * g..32 * (g + m)];
+        let block = |j: usize| [load16_at(x, 32 * j), load16_at(x, 32 * j + 16)];
+        let parts = std::array::from_fn(|j| {
+            if j < m {
+                let [lo, hi] = block(j);
+                _mm512_max_epi32(abs_bits(lo), abs_bits(hi))
+            } else {
+                _mm512_setzero_si512()
+            }
+        });
+        let amax = lane_maxima(parts);
+        let mut amax_bits = [0u32; 16];
+        // SAFETY: 16 u32 stored into an array of 16; unaligned store.
+        unsafe { _mm512_storeu_si512(amax_bits.as_mut_ptr().cast(), amax) };
+        // The sign of each block's first value of largest |x| (what the reference keeps).
+        let mut negative: __mmask16 = 0;
+        for (j, &a) in amax_bits.iter().enumerate().take(m) {
+            let [lo, hi] = block(j);
+            let t = _mm512_set1_epi32(a as i32);
+            let at = (_mm512_cmpeq_epi32_mask(abs_bits(hi), t) as u32) << 16
+                | _mm512_cmpeq_epi32_mask(abs_bits(lo), t) as u32;
+            let i = at.trailing_zeros() as usize;
+            negative |= ((i < 32 && x[32 * j + i].is_sign_negative()) as u16) << j;
         }
+        let group = &mut blocks[g..g + m];
+        match q4_0_scales(amax, negative) {
+            Some(scales) => q4_0_store_group(group, scales, block),
+            None => {
+                for (b, x) in group.iter_mut().zip(x.chunks_exact(32)) {
+                    if let Ok(x) = <&[f32; 32]>::try_from(x) {
+                        q4_0_block(b, x);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Q4_0's scales of [`GROUP_BLOCKS`] blocks from their largest |x| (f32 bits, block j in
+/// lane j) and the signs of the values that have it (bit j: negative), lane by lane the
+/// scalar reference's operations: max = the signed value (+0 for a block of zeros), d = max /
+/// −8 as f16 bits, and 1 / d (0 where d is 0). `None` when a block needs the scalar reference:
+/// a non-finite value, or 1 / d overflowing.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q4_0_scales(amax: __m512i, negative: __mmask16) -> Option<([u16; 16], [f32; 16])> {
+    let inf = _mm512_set1_epi32(0x7f80_0000);
+    if _mm512_cmpge_epi32_mask(amax, inf) != 0 {
+        return None;
+    }
+    let negative = negative & _mm512_test_epi32_mask(amax, amax);
+    let max = _mm512_mask_or_epi32(amax, negative, amax, _mm512_set1_epi32(i32::MIN));
+    let d = _mm512_div_ps(_mm512_castsi512_ps(max), _mm512_set1_ps(-8.0));
+    let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(d, _mm512_setzero_ps());
+    let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
+    if _mm512_cmpge_epi32_mask(abs_bits(id), inf) != 0 {
+        return None;
+    }
+    let (mut dh, mut idv) = ([0u16; 16], [0f32; 16]);
+    // SAFETY: 16 u16 and 16 f32 written into arrays of exactly that size; unaligned stores.
+    unsafe {
+        _mm256_storeu_si256(
+            dh.as_mut_ptr().cast(),
+            _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
+        );
+        _mm512_storeu_ps(idv.as_mut_ptr(), id);
+    }
+    Some((dh, idv))
+}
+
+/// The Q4_0 blocks of a group given their scales ([`q4_0_scales`]) and their values
+/// (`block(j)`: block j's two halves).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q4_0_store_group(
+    group: &mut [BlockQ4_0],
+    (d, id): ([u16; 16], [f32; 16]),
+    block: impl Fn(usize) -> [__m512; 2],
+) {
+    let (half, fifteen) = (_mm512_set1_ps(8.5), _mm512_set1_epi32(15));
+    for (j, b) in group.iter_mut().enumerate() {
+        let idv = _mm512_set1_ps(id[j]);
+        let [lo, hi] = block(j);
+        // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
+        let q = |v| {
+            let v = _mm512_add_ps(_mm512_mul_ps(v, idv), half);
+            _mm512_min_epi32(_mm512_cvttps_epi32(v), fifteen)
+        };
+        let packed = _mm512_or_si512(q(lo), _mm512_slli_epi32::<4>(q(hi)));
+        b.d = d[j].to_le_bytes();
+        // SAFETY: qs is exactly 16 writable bytes.
+        unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(packed)) };
     }
 }
 
