@@ -1,9 +1,11 @@
-//! Q4_K / Q5_K sub-block fits, one sub-block per vector lane: the SIMD twins of
-//! [`kfit::fit_sub_blocks`], bit for bit.
+//! Q2_K / Q4_K / Q5_K sub-block fits, one sub-block per vector lane: the SIMD twins of the
+//! references' `make_qkx2_quants` loops (`kfit::fit_sub_blocks`, `q2_k::quantize_block`), bit
+//! for bit.
 //!
-//! ggml's fit (`make_qkx2_quants`) tries 21 (Q4_K) or 16 (Q5_K) scales per 32-value sub-block,
-//! each a pass of rounding, sums and an error over the values: ~2.4 µs per sub-block on a
-//! Zen 4 core, which made a Q4_K conversion of Tiny take a minute where Q8_0 takes seconds.
+//! ggml's fit (`make_qkx2_quants`) tries 21 (Q4_K), 16 (Q5_K, Q2_K) scales per sub-block of 32
+//! (16 for Q2_K) values, each a pass of rounding, sums and an error over the values: ~2.4 µs per
+//! Q4_K sub-block on a Zen 4 core, which made a Q4_K conversion of Tiny take a minute where
+//! Q8_0 takes seconds.
 //! Its sums run in element order, so vectorizing across one sub-block's values would change
 //! their rounding; across sub-blocks it does not: lane `l` of every vector here belongs to
 //! sub-block `l` and runs the reference's very f32 operations in the reference's order (a
@@ -15,10 +17,8 @@
 //! travel differently through reordered operands. From finite values only the default NaN can
 //! arise (inf − inf after an overflow), identical in every lane and in the scalar code.
 //!
-//! [`kfit::fit_sub_blocks`]: super::kfit::fit_sub_blocks
-
-use super::kfit::{self, finish_kx, KxFit, KxParts, SubFits};
-use super::{as_blocks_mut, ByteBlock};
+use super::kfit::{finish_kx, FitError, KxFit, KxParts, SubFits};
+use super::{as_blocks_mut, q2_k, BlockQ2K, ByteBlock};
 
 /// A vector of [`Lanes::W`] f32 lanes with the operations the fit needs, each lane by lane
 /// exactly the scalar f32 operation (IEEE, round to nearest even).
@@ -51,71 +51,155 @@ pub(super) trait Lanes: Copy {
     fn nearest_clamped(self, nmax: i32) -> Self;
 }
 
-/// A row of Q4_K / Q5_K super-blocks (`pack` makes a block of its parts), `V::W / 8`
-/// super-blocks per pass of lane-parallel fits.
+/// What a lane fit weighs and how it counts errors, besides its [`KxFit`] parameters.
+#[derive(Clone, Copy)]
+pub(super) struct LaneFit {
+    pub fit: KxFit,
+    /// Weights av_x + |x| (av_x the sub-block's root mean square; Q4_K, Q5_K), else |x| (Q2_K).
+    pub rms_weights: bool,
+    pub err: FitError,
+}
+
+/// A row of Q4_K / Q5_K super-blocks: their sub-blocks fitted in lanes, then the reference's
+/// [`finish_kx`]; `pack` makes a block of its parts, `reference` is the scalar quantizer that
+/// takes a super-block holding a NaN or an infinity.
 #[inline(always)]
 pub(super) fn kx_row<V: Lanes, B: ByteBlock>(
     src: &[f32],
     dst: &mut [u8],
     p: KxFit,
     pack: fn(KxParts) -> B,
+    reference: fn(&[f32; 256]) -> B,
 ) {
-    let per = V::W / 8;
+    let f = LaneFit {
+        fit: p,
+        rms_weights: true,
+        err: FitError::Squared,
+    };
     let blocks = as_blocks_mut::<B>(dst).unwrap_or_default();
-    let mut fits = [SubFits::default(); 2];
-    assert!(per <= fits.len());
-    for (bs, xs) in blocks.chunks_mut(per).zip(src.chunks(256 * per)) {
-        let fits = &mut fits[..per];
-        if xs.len() == 256 * per {
-            fit_lanes::<V>(xs, p, fits);
-        } else {
-            // The row's last super-blocks: the missing lanes fit zeros, never stored.
-            let mut padded = [0f32; 512];
-            padded[..xs.len()].copy_from_slice(xs);
-            fit_lanes::<V>(&padded[..256 * per], p, fits);
-        }
-        for ((b, x), fit) in bs.iter_mut().zip(xs.chunks_exact(256)).zip(fits.iter()) {
-            if let Ok(x) = <&[f32; 256]>::try_from(x) {
-                let fit = if x.iter().all(|v| v.is_finite()) {
-                    *fit
-                } else {
-                    kfit::fit_sub_blocks(x, p)
-                };
-                *b = pack(finish_kx(x, &fit, p.nmax));
+    // Two super-blocks (16 sub-blocks) at a time: one pass of 16 lanes.
+    for (bs, xs) in blocks.chunks_mut(2).zip(src.chunks(512)) {
+        let (mut scales, mut mins, mut l) = ([0f32; 16], [0f32; 16], [0u8; 512]);
+        let subs = xs.len() / 32;
+        fit_all::<V, 32>(
+            xs,
+            f,
+            &mut scales[..subs],
+            &mut mins[..subs],
+            &mut l[..xs.len()],
+        );
+        for (k, (b, x)) in bs.iter_mut().zip(xs.chunks_exact(256)).enumerate() {
+            let Ok(x) = <&[f32; 256]>::try_from(x) else {
+                continue;
+            };
+            if !x.iter().all(|v| v.is_finite()) {
+                *b = reference(x);
+                continue;
             }
+            let mut fits = SubFits::default();
+            fits.scales.copy_from_slice(&scales[8 * k..8 * k + 8]);
+            fits.mins.copy_from_slice(&mins[8 * k..8 * k + 8]);
+            fits.l.copy_from_slice(&l[256 * k..256 * k + 256]);
+            *b = pack(finish_kx(x, &fits, p.nmax));
         }
     }
 }
 
-/// The fits of the `V::W / 8` super-blocks of `x` (`32 V::W` values) into `out`: in each lane
-/// the weights of `kfit::fit_sub_blocks`, then `kfit::make_qkx2_quants` with squared errors,
-/// step for step.
+/// A row of Q2_K super-blocks: their 16 sub-blocks fitted in lanes, then the reference's
+/// [`q2_k::finish`].
 #[inline(always)]
-fn fit_lanes<V: Lanes>(x: &[f32], p: KxFit, out: &mut [SubFits]) {
-    assert!(x.len() >= 32 * V::W);
+pub(super) fn q2_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
+    let f = LaneFit {
+        fit: q2_k::Q2_K_FIT,
+        rms_weights: false,
+        err: FitError::Absolute,
+    };
+    let blocks = as_blocks_mut::<BlockQ2K>(dst).unwrap_or_default();
+    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(256)) {
+        let Ok(x) = <&[f32; 256]>::try_from(x) else {
+            continue;
+        };
+        if !x.iter().all(|v| v.is_finite()) {
+            *b = q2_k::quantize_block(x);
+            continue;
+        }
+        let (mut scales, mut mins, mut l) = ([0f32; 16], [0f32; 16], [0u8; 256]);
+        fit_all::<V, 16>(x, f, &mut scales, &mut mins, &mut l);
+        *b = q2_k::finish(x, &scales, &mins, l);
+    }
+}
+
+/// The fits of every `N`-value sub-block of `x` (a whole number of them), `V::W` at a time:
+/// sub-block j's scale, min (to subtract) and quants into `scales[j]`, `mins[j]` and
+/// `l[N j..N j + N]`.
+#[inline(always)]
+fn fit_all<V: Lanes, const N: usize>(
+    x: &[f32],
+    f: LaneFit,
+    scales: &mut [f32],
+    mins: &mut [f32],
+    l: &mut [u8],
+) {
+    let subs = x.len() / N;
+    for p0 in (0..subs).step_by(V::W) {
+        let k = V::W.min(subs - p0);
+        let (mut sc, mut mn, mut q) = ([0f32; 16], [0f32; 16], [0u8; 512]);
+        if k == V::W {
+            fit_pass::<V, N>(&x[N * p0..N * (p0 + k)], f, &mut sc, &mut mn, &mut q);
+        } else {
+            // The last sub-blocks: the missing lanes fit zeros, never stored.
+            let mut padded = [0f32; 512];
+            padded[..N * k].copy_from_slice(&x[N * p0..N * (p0 + k)]);
+            fit_pass::<V, N>(&padded[..N * V::W], f, &mut sc, &mut mn, &mut q);
+        }
+        scales[p0..p0 + k].copy_from_slice(&sc[..k]);
+        mins[p0..p0 + k].copy_from_slice(&mn[..k]);
+        l[N * p0..N * (p0 + k)].copy_from_slice(&q[..N * k]);
+    }
+}
+
+/// The fits of the `V::W` sub-blocks of `N` values at `x` (sub-block l in lane l): the
+/// weights, then `kfit::make_qkx2_quants` step for step. Writes `scales[..W]`, `mins[..W]` and
+/// the quants `l[..N W]` in sub-block order.
+#[inline(always)]
+fn fit_pass<V: Lanes, const N: usize>(
+    x: &[f32],
+    f: LaneFit,
+    scales: &mut [f32; 16],
+    mins: &mut [f32; 16],
+    l: &mut [u8; 512],
+) {
+    assert!(x.len() >= N * V::W && N * V::W <= 512 && V::W <= 16);
+    let p = f.fit;
     // Plain loops, no closures: a closure is a function of its own, compiled without the
     // caller's target features, where the intrinsics would not be inlined.
     let zero = V::splat(0.0);
     // xt[i]: value i of every sub-block.
-    let mut xt = [zero; 32];
+    let mut xt = [zero; N];
     for (i, v) in xt.iter_mut().enumerate() {
-        *v = V::gather(&x[i..], 32);
+        *v = V::gather(&x[i..], N);
     }
-    // The weights: av_x + |x|, av_x the sub-block's root mean square.
-    let mut sum_x2 = zero;
-    for v in xt {
-        sum_x2 = sum_x2.add(v.mul(v));
+    let mut w = [zero; N];
+    if f.rms_weights {
+        let mut sum_x2 = zero;
+        for v in xt {
+            sum_x2 = sum_x2.add(v.mul(v));
+        }
+        let av_x = sum_x2.div(V::splat(N as f32)).sqrt();
+        for (wv, v) in w.iter_mut().zip(xt) {
+            *wv = av_x.add(v.abs());
+        }
+    } else {
+        for (wv, v) in w.iter_mut().zip(xt) {
+            *wv = v.abs();
+        }
     }
-    let av_x = sum_x2.div(V::splat(32.0)).sqrt();
-    let mut w = [zero; 32];
-    for (wv, v) in w.iter_mut().zip(xt) {
-        *wv = av_x.add(v.abs());
-    }
+    let squared = f.err == FitError::Squared;
 
     let (mut min, mut max) = (xt[0], xt[0]);
     let mut sum_w = w[0];
     let mut sum_x = sum_w.mul(xt[0]);
-    for i in 1..32 {
+    for i in 1..N {
         let v = xt[i];
         min = V::select(v.lt(min), v, min);
         max = V::select(v.gt(max), v, max);
@@ -131,22 +215,23 @@ fn fit_lanes<V: Lanes>(x: &[f32], p: KxFit, out: &mut [SubFits]) {
     let mut iscale = nmax.div(max.sub(min));
     let mut scale = V::splat(1.0).div(iscale);
     // Quants as f32 (exact small integers), the best so far and this step's.
-    let mut best = [zero; 32];
+    let mut best = [zero; N];
     let mut best_error = zero;
-    for i in 0..32 {
+    for i in 0..N {
         let q = iscale.mul(xt[i].sub(min)).nearest_clamped(p.nmax);
         best[i] = q;
         let diff = scale.mul(q).add(min).sub(xt[i]);
-        best_error = best_error.add(w[i].mul(diff.mul(diff)));
+        let cost = if squared { diff.mul(diff) } else { diff.abs() };
+        best_error = best_error.add(w[i].mul(cost));
     }
     if p.nstep >= 1 {
-        let mut laux = [zero; 32];
+        let mut laux = [zero; N];
         for is in 0..=p.nstep {
             let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
             // (rmin + rdelta·is) + nmax, as the reference groups it.
             let top = V::splat(p.rmin + p.rdelta * is as f32).add(nmax);
             iscale = top.div(max.sub(min));
-            for i in 0..32 {
+            for i in 0..N {
                 let (v, wv) = (xt[i], w[i]);
                 let q = iscale.mul(v.sub(min)).nearest_clamped(p.nmax);
                 laux[i] = q;
@@ -163,9 +248,10 @@ fn fit_lanes<V: Lanes>(x: &[f32], p: KxFit, out: &mut [SubFits]) {
             let this_min = V::select(positive_min, zero, tm);
             let this_scale = V::select(positive_min, sum_xl.div(sum_l2), ts);
             let mut cur_error = zero;
-            for i in 0..32 {
+            for i in 0..N {
                 let diff = this_scale.mul(laux[i]).add(this_min).sub(xt[i]);
-                cur_error = cur_error.add(w[i].mul(diff.mul(diff)));
+                let cost = if squared { diff.mul(diff) } else { diff.abs() };
+                cur_error = cur_error.add(w[i].mul(cost));
             }
             let take = V::and(d.gt(zero), cur_error.lt(best_error));
             best_error = V::select(take, cur_error, best_error);
@@ -176,30 +262,16 @@ fn fit_lanes<V: Lanes>(x: &[f32], p: KxFit, out: &mut [SubFits]) {
             }
         }
     }
-    let scale = V::select(flat, zero, scale);
-    let mins = V::select(flat, flat_min, min.neg());
-    for b in &mut best {
-        *b = V::select(flat, zero, *b);
-    }
-
-    // Back to sub-block order: lane l of the vectors is sub-block l % 8 of super-block l / 8.
-    let mut lanes = [0f32; 16];
-    let w8 = V::W;
-    for (s, fits) in out.iter_mut().enumerate().take(w8 / 8) {
-        scale.store(&mut lanes);
-        fits.scales.copy_from_slice(&lanes[8 * s..8 * s + 8]);
-        mins.store(&mut lanes);
-        fits.mins.copy_from_slice(&lanes[8 * s..8 * s + 8]);
-    }
-    let mut quants = [0f32; 32 * 16];
+    V::select(flat, zero, scale).store(scales);
+    V::select(flat, flat_min, min.neg()).store(mins);
+    // Back to sub-block order (lane l is sub-block l).
+    let mut quants = [0f32; 512];
     for (i, b) in best.iter().enumerate() {
-        b.store(&mut quants[w8 * i..]);
+        V::select(flat, zero, *b).store(&mut quants[V::W * i..]);
     }
-    for (s, fits) in out.iter_mut().enumerate().take(w8 / 8) {
-        for j in 0..8 {
-            for i in 0..32 {
-                fits.l[32 * j + i] = quants[w8 * i + 8 * s + j] as u8;
-            }
+    for j in 0..V::W {
+        for i in 0..N {
+            l[N * j + i] = quants[V::W * i + j] as u8;
         }
     }
 }

@@ -300,7 +300,6 @@ pub(crate) mod codec {
         q4_1: quantize_q4_1;
         q5_0: quantize_q5_0;
         q5_1: quantize_q5_1;
-        q2_k: quantize_q2_k;
         q3_k: quantize_q3_k;
         q6_k: quantize_q6_k;
     }
@@ -310,6 +309,7 @@ pub(crate) mod codec {
         q8_0: quantize_q8_0;
         q8_1: quantize_q8_1;
         q8_k: quantize_q8_k;
+        q2_k: quantize_q2_k;
         q4_k: quantize_q4_k;
         q5_k: quantize_q5_k;
     }

@@ -10,7 +10,7 @@
 //! Element e of a block: `qs[32·(e/128) + e%32]` at bit 2·((e%128)/32), scale
 //! and min index e/16.
 
-use super::kfit::{make_qkx2_quants, FitError};
+use super::kfit::{make_qkx2_quants, FitError, KxFit};
 use super::{f16_to_f32, f32_to_f16, nearest_int, ByteBlock};
 
 /// `block_q2_K` of ggml-common.h.
@@ -40,23 +40,54 @@ pub fn unpack_q2k(b: &BlockQ2K) -> [u8; 256] {
     q
 }
 
+/// ggml `quantize_row_q2_K_ref`'s sub-block fit (with weights |x| and absolute errors).
+pub(super) const Q2_K_FIT: KxFit = KxFit {
+    nmax: 3,
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+};
+
 pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ2K {
-    const Q4SCALE: f32 = 15.0;
     let mut l = [0u8; 256];
     let mut scales = [0f32; 16];
     let mut mins = [0f32; 16];
-    let mut max_scale = 0f32;
-    let mut max_min = 0f32;
     for j in 0..16 {
         let mut xs = [0f32; 16];
         xs.copy_from_slice(&x[16 * j..16 * j + 16]);
         let weights = xs.map(f32::abs);
         let mut lj = [0u8; 16];
-        let (sc, mn) =
-            make_qkx2_quants(&xs, &weights, 3, -0.5, 0.1, 15, FitError::Absolute, &mut lj);
+        let p = Q2_K_FIT;
+        (scales[j], mins[j]) = make_qkx2_quants(
+            &xs,
+            &weights,
+            p.nmax,
+            p.rmin,
+            p.rdelta,
+            p.nstep,
+            FitError::Absolute,
+            &mut lj,
+        );
         l[16 * j..16 * j + 16].copy_from_slice(&lj);
-        scales[j] = sc;
-        mins[j] = mn;
+    }
+    finish(x, &scales, &mins, l)
+}
+
+/// The rest of the reference after the sub-block fits (scales, mins to subtract, quants L):
+/// scales and mins as 4-bit fractions of their largest, then the quants recomputed from the
+/// stored f16 d/dmin. Inlined so that the SIMD tiers' callers compile it with their
+/// instructions.
+#[inline]
+pub(super) fn finish(
+    x: &[f32; 256],
+    scales: &[f32; 16],
+    mins: &[f32; 16],
+    mut l: [u8; 256],
+) -> BlockQ2K {
+    const Q4SCALE: f32 = 15.0;
+    let mut max_scale = 0f32;
+    let mut max_min = 0f32;
+    for (&sc, &mn) in scales.iter().zip(mins) {
         if sc > max_scale {
             max_scale = sc;
         }
@@ -67,7 +98,7 @@ pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ2K {
     let mut packed = [0u8; 16];
     let d = if max_scale > 0.0 {
         let iscale = Q4SCALE / max_scale;
-        for (p, &s) in packed.iter_mut().zip(&scales) {
+        for (p, &s) in packed.iter_mut().zip(scales) {
             // C stores the int into a uint8_t.
             *p = nearest_int(iscale * s) as u8;
         }
@@ -77,7 +108,7 @@ pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ2K {
     };
     let dmin = if max_min > 0.0 {
         let iscale = Q4SCALE / max_min;
-        for (p, &m) in packed.iter_mut().zip(&mins) {
+        for (p, &m) in packed.iter_mut().zip(mins) {
             *p |= (nearest_int(iscale * m) << 4) as u8;
         }
         f32_to_f16(max_min / Q4SCALE)

@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::kfit::{Q4_K_FIT, Q5_K_FIT};
-use super::kfit_lanes::{kx_row, Lanes};
+use super::kfit_lanes::{self, kx_row, Lanes};
 use super::simd_quantize::{FromBf16, RowQuantizers};
 use super::{
     as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_k, q8_0, q8_1, q8_k, BlockQ4K, BlockQ4_0,
@@ -33,6 +33,7 @@ pub(super) fn quantizers() -> RowQuantizers {
         q8_0: |s, d| unsafe { q8_0_row(s, d) },
         q8_1: |s, d| unsafe { q8_1_row(s, d) },
         q8_k: |s, d| unsafe { q8_k_row(s, d) },
+        q2_k: |s, d| unsafe { q2_k_row(s, d) },
         q4_k: |s, d| unsafe { q4_k_row(s, d) },
         q5_k: |s, d| unsafe { q5_k_row(s, d) },
         from_bf16: FromBf16 {
@@ -615,17 +616,23 @@ fn q8_k_row(src: &[f32], dst: &mut [u8]) {
 /// Q4_K with 16 sub-block fits at once (`kfit_lanes.rs`), in 512-bit vectors.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn q4_k_row(src: &[f32], dst: &mut [u8]) {
-    kx_row::<F512, BlockQ4K>(src, dst, Q4_K_FIT, q4_k::pack)
+    kx_row::<F512, BlockQ4K>(src, dst, Q4_K_FIT, q4_k::pack, q4_k::quantize_block)
 }
 
 /// Q5_K as [`q4_k_row`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn q5_k_row(src: &[f32], dst: &mut [u8]) {
-    kx_row::<F512, BlockQ5K>(src, dst, Q5_K_FIT, q5_k::pack)
+    kx_row::<F512, BlockQ5K>(src, dst, Q5_K_FIT, q5_k::pack, q5_k::quantize_block)
+}
+
+/// Q2_K as [`q4_k_row`] (one super-block's 16 sub-blocks of 16 values per pass).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q2_k_row(src: &[f32], dst: &mut [u8]) {
+    kfit_lanes::q2_k_row::<F512>(src, dst)
 }
 
 /// 16 f32 lanes for the K-quant fits (`kfit_lanes.rs`). The type is private to this file and
-/// its values are made only inside [`q4_k_row`] / [`q5_k_row`], which the quantizer table
+/// its values are made only inside [`q2_k_row`], [`q4_k_row`] and [`q5_k_row`], which the quantizer table
 /// holds only after `detected()`: the CPU runs the intrinsics of every method below.
 #[derive(Clone, Copy)]
 struct F512(__m512);
