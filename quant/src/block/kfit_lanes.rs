@@ -1,6 +1,6 @@
-//! Q2_K / Q4_K / Q5_K sub-block fits, one sub-block per vector lane: the SIMD twins of the
-//! references' `make_qkx2_quants` loops (`kfit::fit_sub_blocks`, `q2_k::quantize_block`), bit
-//! for bit.
+//! Q2_K / Q4_K / Q5_K / Q6_K sub-block fits, one sub-block per vector lane: the SIMD twins of
+//! the references' `make_qkx2_quants` and `make_qx_quants` loops (`kfit::fit_sub_blocks`,
+//! `q2_k::quantize_block`, `q6_k::quantize_block`), bit for bit.
 //!
 //! ggml's fit (`make_qkx2_quants`) tries 21 (Q4_K), 16 (Q5_K, Q2_K) scales per sub-block of 32
 //! (16 for Q2_K) values, each a pass of rounding, sums and an error over the values: ~2.4 µs per
@@ -17,8 +17,9 @@
 //! travel differently through reordered operands. From finite values only the default NaN can
 //! arise (inf − inf after an overflow), identical in every lane and in the scalar code.
 //!
+use super::kfit::GROUP_MAX_EPS;
 use super::kfit::{finish_kx, FitError, KxFit, KxParts, SubFits};
-use super::{as_blocks_mut, q2_k, BlockQ2K, ByteBlock};
+use super::{as_blocks_mut, q2_k, q6_k, BlockQ2K, BlockQ6K, ByteBlock};
 
 /// A vector of [`Lanes::W`] f32 lanes with the operations the fit needs, each lane by lane
 /// exactly the scalar f32 operation (IEEE, round to nearest even).
@@ -47,8 +48,10 @@ pub(super) trait Lanes: Copy {
     fn and(a: Self::Mask, b: Self::Mask) -> Self::Mask;
     /// `a` where `m` is set, else `b`.
     fn select(m: Self::Mask, a: Self, b: Self) -> Self;
-    /// ggml's `nearest_int` clamped to `0..=nmax`, as f32.
-    fn nearest_clamped(self, nmax: i32) -> Self;
+    /// Unordered "not equal": true where either lane is NaN, as the scalar `!=`.
+    fn ne(self, o: Self) -> Self::Mask;
+    /// ggml's `nearest_int` clamped to `lo..=hi`, as f32.
+    fn nearest_clamped(self, lo: i32, hi: i32) -> Self;
 }
 
 /// What a lane fit weighs and how it counts errors, besides its [`KxFit`] parameters.
@@ -126,6 +129,96 @@ pub(super) fn q2_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
         let (mut scales, mut mins, mut l) = ([0f32; 16], [0f32; 16], [0u8; 256]);
         fit_all::<V, 16>(x, f, &mut scales, &mut mins, &mut l);
         *b = q2_k::finish(x, &scales, &mins, l);
+    }
+}
+
+/// A row of Q6_K super-blocks: their 16 sub-blocks' signed fits (`kfit::make_qx_quants`) in
+/// lanes, `V::W` at a time, then the reference's [`q6_k::finish`].
+#[inline(always)]
+pub(super) fn q6_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ6K>(dst).unwrap_or_default();
+    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(256)) {
+        let Ok(x) = <&[f32; 256]>::try_from(x) else {
+            continue;
+        };
+        if !x.iter().all(|v| v.is_finite()) {
+            *b = q6_k::quantize_block(x);
+            continue;
+        }
+        let (mut scales, mut l) = ([0f32; 16], [0u8; 256]);
+        for p0 in (0..16).step_by(V::W) {
+            let (mut sc, mut q) = ([0f32; 16], [0u8; 256]);
+            qx_pass::<V>(&x[16 * p0..16 * (p0 + V::W)], &mut sc, &mut q);
+            scales[p0..p0 + V::W].copy_from_slice(&sc[..V::W]);
+            l[16 * p0..16 * (p0 + V::W)].copy_from_slice(&q[..16 * V::W]);
+        }
+        *b = q6_k::finish(x, &scales, l);
+    }
+}
+
+/// `kfit::make_qx_quants` for the `V::W` sub-blocks of 16 values at `x` (sub-block l in lane
+/// l), step for step: the scales into `scales[..W]`, the quants (L + 32, or 0 for a sub-block
+/// of zeros) into `l[..16 W]` in sub-block order.
+#[inline(always)]
+fn qx_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
+    const NMAX: i32 = 32;
+    assert!(x.len() >= 16 * V::W && V::W <= 16);
+    let zero = V::splat(0.0);
+    let mut xt = [zero; 16];
+    for (i, v) in xt.iter_mut().enumerate() {
+        *v = V::gather(&x[i..], 16);
+    }
+    // The signed value of largest |x|, the first one on ties.
+    let (mut max, mut amax) = (zero, zero);
+    for v in xt {
+        let ax = v.abs();
+        let larger = ax.gt(amax);
+        amax = V::select(larger, ax, amax);
+        max = V::select(larger, v, max);
+    }
+    let flat = amax.lt(V::splat(GROUP_MAX_EPS));
+
+    let mut iscale = V::splat(-(NMAX as f32)).div(max);
+    let (mut sumlx, mut suml2) = (zero, zero);
+    let mut best_l = [zero; 16];
+    for (b, v) in best_l.iter_mut().zip(xt) {
+        let q = iscale.mul(v).nearest_clamped(-NMAX, NMAX - 1);
+        *b = q;
+        let w = v.mul(v);
+        sumlx = sumlx.add(w.mul(v).mul(q));
+        suml2 = suml2.add(w.mul(q).mul(q));
+    }
+    let mut scale = V::select(suml2.ne(zero), sumlx.div(suml2), zero);
+    let mut best = scale.mul(sumlx);
+    let mut laux = [zero; 16];
+    for is in (-9..=9).filter(|&is| is != 0) {
+        iscale = V::splat(-(NMAX as f32 + 0.1 * is as f32)).div(max);
+        (sumlx, suml2) = (zero, zero);
+        for (a, v) in laux.iter_mut().zip(xt) {
+            let q = iscale.mul(v).nearest_clamped(-NMAX, NMAX - 1);
+            *a = q;
+            let w = v.mul(v);
+            sumlx = sumlx.add(w.mul(v).mul(q));
+            suml2 = suml2.add(w.mul(q).mul(q));
+        }
+        let take = V::and(suml2.gt(zero), sumlx.mul(sumlx).gt(best.mul(suml2)));
+        let this_scale = sumlx.div(suml2);
+        scale = V::select(take, this_scale, scale);
+        best = V::select(take, this_scale.mul(sumlx), best);
+        for (b, a) in best_l.iter_mut().zip(laux) {
+            *b = V::select(take, a, *b);
+        }
+    }
+    V::select(flat, zero, scale).store(scales);
+    let mut quants = [0f32; 256];
+    let offset = V::splat(NMAX as f32);
+    for (i, b) in best_l.iter().enumerate() {
+        V::select(flat, zero, b.add(offset)).store(&mut quants[V::W * i..]);
+    }
+    for j in 0..V::W {
+        for i in 0..16 {
+            l[16 * j + i] = quants[V::W * i + j] as u8;
+        }
     }
 }
 
@@ -218,7 +311,7 @@ fn fit_pass<V: Lanes, const N: usize>(
     let mut best = [zero; N];
     let mut best_error = zero;
     for i in 0..N {
-        let q = iscale.mul(xt[i].sub(min)).nearest_clamped(p.nmax);
+        let q = iscale.mul(xt[i].sub(min)).nearest_clamped(0, p.nmax);
         best[i] = q;
         let diff = scale.mul(q).add(min).sub(xt[i]);
         let cost = if squared { diff.mul(diff) } else { diff.abs() };
@@ -233,7 +326,7 @@ fn fit_pass<V: Lanes, const N: usize>(
             iscale = top.div(max.sub(min));
             for i in 0..N {
                 let (v, wv) = (xt[i], w[i]);
-                let q = iscale.mul(v.sub(min)).nearest_clamped(p.nmax);
+                let q = iscale.mul(v.sub(min)).nearest_clamped(0, p.nmax);
                 laux[i] = q;
                 let wq = wv.mul(q);
                 sum_l = sum_l.add(wq);

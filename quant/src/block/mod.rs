@@ -301,7 +301,6 @@ pub(crate) mod codec {
         q5_0: quantize_q5_0;
         q5_1: quantize_q5_1;
         q3_k: quantize_q3_k;
-        q6_k: quantize_q6_k;
     }
 
     simd_quantizers! {
@@ -312,6 +311,7 @@ pub(crate) mod codec {
         q2_k: quantize_q2_k;
         q4_k: quantize_q4_k;
         q5_k: quantize_q5_k;
+        q6_k: quantize_q6_k;
     }
 
     block_dequantizers! {

@@ -25,15 +25,24 @@ unsafe impl ByteBlock for BlockQ6K {}
 pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ6K {
     let mut l = [0u8; 256];
     let mut scales = [0f32; 16];
-    let mut max_scale = 0f32;
-    let mut max_abs_scale = 0f32;
     for ib in 0..16 {
         let mut xs = [0f32; 16];
         xs.copy_from_slice(&x[16 * ib..16 * ib + 16]);
         let mut lb = [0u8; 16];
-        let scale = make_qx_quants(&xs, &mut lb);
+        scales[ib] = make_qx_quants(&xs, &mut lb);
         l[16 * ib..16 * ib + 16].copy_from_slice(&lb);
-        scales[ib] = scale;
+    }
+    finish(x, &scales, l)
+}
+
+/// The rest of the reference after the sub-block fits (scales, quants L + 32): i8 scales
+/// relative to the largest, then the quants recomputed from the stored f16 d. Inlined so that
+/// the SIMD tiers' callers compile it with their instructions.
+#[inline]
+pub(super) fn finish(x: &[f32; 256], scales: &[f32; 16], mut l: [u8; 256]) -> BlockQ6K {
+    let mut max_scale = 0f32;
+    let mut max_abs_scale = 0f32;
+    for &scale in scales {
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
             max_scale = scale;
@@ -50,7 +59,7 @@ pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ6K {
     let iscale = -128.0 / max_scale;
     let d16 = f32_to_f16(1.0 / iscale);
     let mut sc = [0i8; 16];
-    for (s, &v) in sc.iter_mut().zip(&scales) {
+    for (s, &v) in sc.iter_mut().zip(scales) {
         // C: MIN(127, nearest_int(·)) stored into int8_t.
         *s = nearest_int(iscale * v).min(127) as i8;
     }

@@ -32,6 +32,7 @@ pub(super) fn quantizers() -> RowQuantizers {
         q2_k: |s, d| unsafe { q2_k_row(s, d) },
         q4_k: |s, d| unsafe { q4_k_row(s, d) },
         q5_k: |s, d| unsafe { q5_k_row(s, d) },
+        q6_k: |s, d| unsafe { q6_k_row(s, d) },
         from_bf16: FromBf16 {
             f16: |s, d| unsafe { bf16_to_f16_row(s, d) },
             bf16: |s, d| unsafe { bf16_to_bf16_row(s, d) },
@@ -410,8 +411,14 @@ fn q2_k_row(src: &[f32], dst: &mut [u8]) {
     kfit_lanes::q2_k_row::<F256>(src, dst)
 }
 
+/// Q6_K with its signed sub-block fits in lanes (`kfit_lanes.rs`).
+#[target_feature(enable = "avx2,f16c")]
+fn q6_k_row(src: &[f32], dst: &mut [u8]) {
+    kfit_lanes::q6_k_row::<F256>(src, dst)
+}
+
 /// 8 f32 lanes for the K-quant fits (`kfit_lanes.rs`). The type is private to this file and
-/// its values are made only inside [`q2_k_row`], [`q4_k_row`] and [`q5_k_row`], which the quantizer table
+/// its values are made only inside [`q2_k_row`], [`q4_k_row`], [`q5_k_row`] and [`q6_k_row`], which the quantizer table
 /// holds only after `detected()`: the CPU runs the intrinsics of every method below.
 #[derive(Clone, Copy)]
 struct F256(__m256);
@@ -484,6 +491,10 @@ impl Lanes for F256 {
         unsafe { _mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, o.0) }
     }
     #[inline(always)]
+    fn ne(self, o: Self) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_NEQ_UQ>(self.0, o.0) }
+    }
+    #[inline(always)]
     fn and(a: __m256, b: __m256) -> __m256 {
         unsafe { _mm256_and_ps(a, b) }
     }
@@ -492,7 +503,7 @@ impl Lanes for F256 {
         unsafe { F256(_mm256_blendv_ps(b.0, a.0, m)) }
     }
     #[inline(always)]
-    fn nearest_clamped(self, nmax: i32) -> Self {
+    fn nearest_clamped(self, lo: i32, hi: i32) -> Self {
         unsafe {
             let t = _mm256_castps_si256(_mm256_add_ps(self.0, _mm256_set1_ps(12_582_912.0)));
             let i = _mm256_sub_epi32(
@@ -500,8 +511,8 @@ impl Lanes for F256 {
                 _mm256_set1_epi32(0x0040_0000),
             );
             let c = _mm256_min_epi32(
-                _mm256_max_epi32(i, _mm256_setzero_si256()),
-                _mm256_set1_epi32(nmax),
+                _mm256_max_epi32(i, _mm256_set1_epi32(lo)),
+                _mm256_set1_epi32(hi),
             );
             F256(_mm256_cvtepi32_ps(c))
         }

@@ -36,6 +36,7 @@ pub(super) fn quantizers() -> RowQuantizers {
         q2_k: |s, d| unsafe { q2_k_row(s, d) },
         q4_k: |s, d| unsafe { q4_k_row(s, d) },
         q5_k: |s, d| unsafe { q5_k_row(s, d) },
+        q6_k: |s, d| unsafe { q6_k_row(s, d) },
         from_bf16: FromBf16 {
             f16: |s, d| unsafe { bf16_to_f16_row(s, d) },
             bf16: |s, d| unsafe { bf16_to_bf16_row(s, d) },
@@ -631,8 +632,14 @@ fn q2_k_row(src: &[f32], dst: &mut [u8]) {
     kfit_lanes::q2_k_row::<F512>(src, dst)
 }
 
+/// Q6_K with its signed sub-block fits in lanes (`kfit_lanes.rs`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q6_k_row(src: &[f32], dst: &mut [u8]) {
+    kfit_lanes::q6_k_row::<F512>(src, dst)
+}
+
 /// 16 f32 lanes for the K-quant fits (`kfit_lanes.rs`). The type is private to this file and
-/// its values are made only inside [`q2_k_row`], [`q4_k_row`] and [`q5_k_row`], which the quantizer table
+/// its values are made only inside [`q2_k_row`], [`q4_k_row`], [`q5_k_row`] and [`q6_k_row`], which the quantizer table
 /// holds only after `detected()`: the CPU runs the intrinsics of every method below.
 #[derive(Clone, Copy)]
 struct F512(__m512);
@@ -710,6 +717,10 @@ impl Lanes for F512 {
         unsafe { _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(self.0, o.0) }
     }
     #[inline(always)]
+    fn ne(self, o: Self) -> __mmask16 {
+        unsafe { _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(self.0, o.0) }
+    }
+    #[inline(always)]
     fn and(a: __mmask16, b: __mmask16) -> __mmask16 {
         a & b
     }
@@ -718,7 +729,7 @@ impl Lanes for F512 {
         unsafe { F512(_mm512_mask_blend_ps(m, b.0, a.0)) }
     }
     #[inline(always)]
-    fn nearest_clamped(self, nmax: i32) -> Self {
+    fn nearest_clamped(self, lo: i32, hi: i32) -> Self {
         unsafe {
             let t = _mm512_castps_si512(_mm512_add_ps(self.0, _mm512_set1_ps(12_582_912.0)));
             let i = _mm512_sub_epi32(
@@ -726,8 +737,8 @@ impl Lanes for F512 {
                 _mm512_set1_epi32(0x0040_0000),
             );
             let c = _mm512_min_epi32(
-                _mm512_max_epi32(i, _mm512_setzero_si512()),
-                _mm512_set1_epi32(nmax),
+                _mm512_max_epi32(i, _mm512_set1_epi32(lo)),
+                _mm512_set1_epi32(hi),
             );
             F512(_mm512_cvtepi32_ps(c))
         }
