@@ -1,6 +1,6 @@
-//! Q2_K / Q4_K / Q5_K / Q6_K sub-block fits, one sub-block per vector lane: the SIMD twins of
-//! the references' `make_qkx2_quants` and `make_qx_quants` loops (`kfit::fit_sub_blocks`,
-//! `q2_k::quantize_block`, `q6_k::quantize_block`), bit for bit.
+//! Q2_K / Q3_K / Q4_K / Q5_K / Q6_K sub-block fits, one sub-block per vector lane: the SIMD
+//! twins of the references' `make_qkx2_quants`, `make_q3_quants` and `make_qx_quants` loops
+//! (`kfit::fit_sub_blocks`, `q2_k` / `q3_k` / `q6_k::quantize_block`), bit for bit.
 //!
 //! ggml's fit (`make_qkx2_quants`) tries 21 (Q4_K), 16 (Q5_K, Q2_K) scales per sub-block of 32
 //! (16 for Q2_K) values, each a pass of rounding, sums and an error over the values: ~2.4 µs per
@@ -19,7 +19,7 @@
 //!
 use super::kfit::GROUP_MAX_EPS;
 use super::kfit::{finish_kx, FitError, KxFit, KxParts, SubFits};
-use super::{as_blocks_mut, q2_k, q6_k, BlockQ2K, BlockQ6K, ByteBlock};
+use super::{as_blocks_mut, q2_k, q3_k, q6_k, BlockQ2K, BlockQ3K, BlockQ6K, ByteBlock};
 
 /// A vector of [`Lanes::W`] f32 lanes with the operations the fit needs, each lane by lane
 /// exactly the scalar f32 operation (IEEE, round to nearest even).
@@ -46,6 +46,8 @@ pub(super) trait Lanes: Copy {
     fn gt(self, o: Self) -> Self::Mask;
     fn eq(self, o: Self) -> Self::Mask;
     fn and(a: Self::Mask, b: Self::Mask) -> Self::Mask;
+    /// Whether any lane of `m` is set.
+    fn any(m: Self::Mask) -> bool;
     /// `a` where `m` is set, else `b`.
     fn select(m: Self::Mask, a: Self, b: Self) -> Self;
     /// Unordered "not equal": true where either lane is NaN, as the scalar `!=`.
@@ -214,6 +216,105 @@ fn qx_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
     let offset = V::splat(NMAX as f32);
     for (i, b) in best_l.iter().enumerate() {
         V::select(flat, zero, b.add(offset)).store(&mut quants[V::W * i..]);
+    }
+    for j in 0..V::W {
+        for i in 0..16 {
+            l[16 * j + i] = quants[V::W * i + j] as u8;
+        }
+    }
+}
+
+/// A row of Q3_K super-blocks: their 16 sub-blocks' fits (`q3_k::make_q3_quants`) in lanes,
+/// `V::W` at a time, then the reference's [`q3_k::finish`].
+#[inline(always)]
+pub(super) fn q3_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ3K>(dst).unwrap_or_default();
+    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(256)) {
+        let Ok(x) = <&[f32; 256]>::try_from(x) else {
+            continue;
+        };
+        if !x.iter().all(|v| v.is_finite()) {
+            *b = q3_k::quantize_block(x);
+            continue;
+        }
+        let (mut scales, mut l) = ([0f32; 16], [0u8; 256]);
+        for p0 in (0..16).step_by(V::W) {
+            let (mut sc, mut q) = ([0f32; 16], [0u8; 256]);
+            q3_pass::<V>(&x[16 * p0..16 * (p0 + V::W)], &mut sc, &mut q);
+            scales[p0..p0 + V::W].copy_from_slice(&sc[..V::W]);
+            l[16 * p0..16 * (p0 + V::W)].copy_from_slice(&q[..16 * V::W]);
+        }
+        *b = q3_k::finish(x, &scales, l);
+    }
+}
+
+/// `make_q3_quants(16, 4, x, L, do_rmse = true)` for the `V::W` sub-blocks of 16 values at
+/// `x` (sub-block l in lane l): a signed fit with weights x², then five passes that move single
+/// quants while the fit improves. A lane whose pass changed nothing would change nothing in
+/// the next either (its state is the same), so the lanes run on together until a pass
+/// changes none of them, where the reference stops each sub-block at its own. The scales into `scales[..W]`, the quants (L + 4, or 0 for a sub-block of
+/// zeros) into `l[..16 W]` in sub-block order.
+#[inline(always)]
+fn q3_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
+    const NMAX: i32 = 4;
+    assert!(x.len() >= 16 * V::W && V::W <= 16);
+    let zero = V::splat(0.0);
+    let mut xt = [zero; 16];
+    for (i, v) in xt.iter_mut().enumerate() {
+        *v = V::gather(&x[i..], 16);
+    }
+    // The signed value of largest |x|, the first one on ties.
+    let (mut max, mut amax) = (zero, zero);
+    for v in xt {
+        let ax = v.abs();
+        let larger = ax.gt(amax);
+        amax = V::select(larger, ax, amax);
+        max = V::select(larger, v, max);
+    }
+    let flat = amax.lt(V::splat(GROUP_MAX_EPS));
+
+    let iscale = V::splat(-(NMAX as f32)).div(max);
+    let (mut sumlx, mut suml2) = (zero, zero);
+    let mut lq = [zero; 16];
+    for (q, v) in lq.iter_mut().zip(xt) {
+        *q = iscale.mul(v).nearest_clamped(-NMAX, NMAX - 1);
+        let w = v.mul(v);
+        sumlx = sumlx.add(w.mul(v).mul(*q));
+        suml2 = suml2.add(w.mul(*q).mul(*q));
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for (q, v) in lq.iter_mut().zip(xt) {
+            let w = v.mul(v);
+            // The sums without this quant, then with the one the rest of the fit suggests.
+            let slx = sumlx.sub(w.mul(v).mul(*q));
+            let sl2 = suml2.sub(w.mul(*q).mul(*q));
+            let new_l = v.mul(sl2).div(slx).nearest_clamped(-NMAX, NMAX - 1);
+            let slx_new = slx.add(w.mul(v).mul(new_l));
+            let sl2_new = sl2.add(w.mul(new_l).mul(new_l));
+            let better = slx_new
+                .mul(slx_new)
+                .mul(suml2)
+                .gt(sumlx.mul(sumlx).mul(sl2_new));
+            let take = V::and(
+                V::and(slx.gt(zero), new_l.ne(*q)),
+                V::and(sl2_new.gt(zero), better),
+            );
+            *q = V::select(take, new_l, *q);
+            sumlx = V::select(take, slx_new, sumlx);
+            suml2 = V::select(take, sl2_new, suml2);
+            changed |= V::any(take);
+        }
+        if !changed {
+            break;
+        }
+    }
+    let scale = V::select(suml2.gt(zero), sumlx.div(suml2), zero);
+    V::select(flat, zero, scale).store(scales);
+    let mut quants = [0f32; 256];
+    let offset = V::splat(NMAX as f32);
+    for (i, q) in lq.iter().enumerate() {
+        V::select(flat, zero, q.add(offset)).store(&mut quants[V::W * i..]);
     }
     for j in 0..V::W {
         for i in 0..16 {

@@ -300,7 +300,6 @@ pub(crate) mod codec {
         q4_1: quantize_q4_1;
         q5_0: quantize_q5_0;
         q5_1: quantize_q5_1;
-        q3_k: quantize_q3_k;
     }
 
     simd_quantizers! {
@@ -309,6 +308,7 @@ pub(crate) mod codec {
         q8_1: quantize_q8_1;
         q8_k: quantize_q8_k;
         q2_k: quantize_q2_k;
+        q3_k: quantize_q3_k;
         q4_k: quantize_q4_k;
         q5_k: quantize_q5_k;
         q6_k: quantize_q6_k;

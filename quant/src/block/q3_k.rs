@@ -114,18 +114,28 @@ fn make_q3_quants(x: &[f32; 16], l_out: &mut [u8; 16]) -> f32 {
 pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ3K {
     let mut l = [0u8; 256];
     let mut scales = [0f32; 16];
-    let mut max_scale = 0f32;
-    let mut amax = 0f32;
     for j in 0..16 {
         let mut xs = [0f32; 16];
         xs.copy_from_slice(&x[16 * j..16 * j + 16]);
         let mut lj = [0u8; 16];
         scales[j] = make_q3_quants(&xs, &mut lj);
         l[16 * j..16 * j + 16].copy_from_slice(&lj);
-        let s = scales[j].abs();
+    }
+    finish(x, &scales, l)
+}
+
+/// The rest of the reference after the sub-block fits (scales, quants L + 4): 6-bit scales
+/// relative to the largest |scale|, then the quants recomputed from the stored f16 d. Inlined
+/// so that the SIMD tiers' callers compile it with their instructions.
+#[inline]
+pub(super) fn finish(x: &[f32; 256], scales: &[f32; 16], mut l: [u8; 256]) -> BlockQ3K {
+    let mut max_scale = 0f32;
+    let mut amax = 0f32;
+    for &sc in scales {
+        let s = sc.abs();
         if s > amax {
             amax = s;
-            max_scale = scales[j];
+            max_scale = sc;
         }
     }
     let mut packed = [0u8; 12];

@@ -34,6 +34,7 @@ pub(super) fn quantizers() -> RowQuantizers {
         q8_1: |s, d| unsafe { q8_1_row(s, d) },
         q8_k: |s, d| unsafe { q8_k_row(s, d) },
         q2_k: |s, d| unsafe { q2_k_row(s, d) },
+        q3_k: |s, d| unsafe { q3_k_row(s, d) },
         q4_k: |s, d| unsafe { q4_k_row(s, d) },
         q5_k: |s, d| unsafe { q5_k_row(s, d) },
         q6_k: |s, d| unsafe { q6_k_row(s, d) },
@@ -638,8 +639,14 @@ fn q6_k_row(src: &[f32], dst: &mut [u8]) {
     kfit_lanes::q6_k_row::<F512>(src, dst)
 }
 
+/// Q3_K with its sub-block fits in lanes (`kfit_lanes.rs`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q3_k_row(src: &[f32], dst: &mut [u8]) {
+    kfit_lanes::q3_k_row::<F512>(src, dst)
+}
+
 /// 16 f32 lanes for the K-quant fits (`kfit_lanes.rs`). The type is private to this file and
-/// its values are made only inside [`q2_k_row`], [`q4_k_row`], [`q5_k_row`] and [`q6_k_row`], which the quantizer table
+/// its values are made only inside the K-quant row quantizers ([`q2_k_row`] ... [`q6_k_row`]), which the quantizer table
 /// holds only after `detected()`: the CPU runs the intrinsics of every method below.
 #[derive(Clone, Copy)]
 struct F512(__m512);
@@ -723,6 +730,10 @@ impl Lanes for F512 {
     #[inline(always)]
     fn and(a: __mmask16, b: __mmask16) -> __mmask16 {
         a & b
+    }
+    #[inline(always)]
+    fn any(m: __mmask16) -> bool {
+        m != 0
     }
     #[inline(always)]
     fn select(m: __mmask16, a: Self, b: Self) -> Self {

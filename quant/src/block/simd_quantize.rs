@@ -1,5 +1,5 @@
 //! SIMD twins of the row quantizers that convert and the runtime call most: f32 → F16 / BF16,
-//! bf16 → f32 widening, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K and Q2_K (what convert writes; the K-quants' fits
+//! bf16 → f32 widening, Q4_0, Q8_0 and the K-quants Q2_K-Q6_K (what convert writes; the K-quants' fits
 //! run one sub-block per vector lane, `kfit_lanes.rs`), Q8_0 / Q8_1 / Q8_K (the
 //! activation formats quantized before every matmul); on aarch64 the activation formats only
 //! (`simd_neon.rs`). The converter's bf16 rows go straight to F16 / BF16 / Q8_0 / Q4_0 bytes
@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use super::{bf16, each_block, f16, q2_k, q4_0, q4_k, q5_k, q6_k, q8_0, q8_1, q8_k};
+use super::{bf16, each_block, f16, q2_k, q3_k, q4_0, q4_k, q5_k, q6_k, q8_0, q8_1, q8_k};
 use crate::types::GgmlType;
 
 /// Quantizes a row whose sizes `check_row` validated (whole blocks, exact byte count).
@@ -42,6 +42,7 @@ pub(super) struct RowQuantizers {
     pub q8_1: QuantizeFn,
     pub q8_k: QuantizeFn,
     pub q2_k: QuantizeFn,
+    pub q3_k: QuantizeFn,
     pub q4_k: QuantizeFn,
     pub q5_k: QuantizeFn,
     pub q6_k: QuantizeFn,
@@ -128,6 +129,7 @@ impl RowQuantizers {
             q8_1: |s, d| each_block(s, d, q8_1::quantize_block),
             q8_k: |s, d| each_block(s, d, q8_k::quantize_block),
             q2_k: |s, d| each_block(s, d, q2_k::quantize_block),
+            q3_k: |s, d| each_block(s, d, q3_k::quantize_block),
             q4_k: |s, d| each_block(s, d, q4_k::quantize_block),
             q5_k: |s, d| each_block(s, d, q5_k::quantize_block),
             q6_k: |s, d| each_block(s, d, q6_k::quantize_block),
@@ -340,6 +342,7 @@ mod tests {
             GgmlType::Q8_1 => t.q8_1,
             GgmlType::Q8_K => t.q8_k,
             GgmlType::Q2_K => t.q2_k,
+            GgmlType::Q3_K => t.q3_k,
             GgmlType::Q4_K => t.q4_k,
             GgmlType::Q5_K => t.q5_k,
             GgmlType::Q6_K => t.q6_k,
@@ -365,6 +368,7 @@ mod tests {
                     GgmlType::Q8_1,
                     GgmlType::Q8_K,
                     GgmlType::Q2_K,
+                    GgmlType::Q3_K,
                     GgmlType::Q4_K,
                     GgmlType::Q5_K,
                     GgmlType::Q6_K,
