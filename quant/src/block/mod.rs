@@ -298,12 +298,12 @@ pub(crate) mod codec {
 
     block_quantizers! {
         q4_1: quantize_q4_1;
-        q5_0: quantize_q5_0;
         q5_1: quantize_q5_1;
     }
 
     simd_quantizers! {
         q4_0: quantize_q4_0;
+        q5_0: quantize_q5_0;
         q8_0: quantize_q8_0;
         q8_1: quantize_q8_1;
         q8_k: quantize_q8_k;

@@ -10,8 +10,8 @@ use super::kfit::{Q4_K_FIT, Q5_K_FIT};
 use super::kfit_lanes::{self, kx_row, Lanes};
 use super::simd_quantize::{FromBf16, RowQuantizers};
 use super::{
-    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_k, q8_0, q8_1, q8_k, BlockQ4K, BlockQ4_0,
-    BlockQ5K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_0, q5_k, q8_0, q8_1, q8_k, BlockQ4K,
+    BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
 /// Whether this CPU runs every function of this file.
@@ -26,6 +26,7 @@ pub(super) fn quantizers() -> RowQuantizers {
         bf16: |s, d| unsafe { f32_to_bf16_row(s, d) },
         bf16_to_f32: |s, d| unsafe { bf16_to_f32_row(s, d) },
         q4_0: |s, d| unsafe { q4_0_row(s, d) },
+        q5_0: |s, d| unsafe { q5_0_row(s, d) },
         q8_0: |s, d| unsafe { q8_0_row(s, d) },
         q8_1: |s, d| unsafe { q8_1_row(s, d) },
         q8_k: |s, d| unsafe { q8_k_row(s, d) },
@@ -614,64 +615,17 @@ fn q4_0_row(src: &[f32], dst: &mut [u8]) {
 }
 
 /// The Q4_0 blocks of a group (`block(j)`: block j's four quarters) given their largest |x|
-/// (f32 bits, block j in lane j): each block's signed maximum (the first value of largest
-/// |x|, as the reference keeps it), then d = max / −8 and 1 / d for the whole group lane by
-/// lane with the reference's operations. A group with a non-finite value, or a 1 / d that
-/// overflows, goes block by block through [`q4_0_block`].
+/// (f32 bits, block j in lane j), scales from [`signed_scales`]; a group it refuses goes block
+/// by block through [`q4_0_block`].
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn q4_0_group(group: &mut [BlockQ4_0], amax: __m256i, block: impl Fn(usize) -> [__m256; 4]) {
-    let finite = |bits| _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7f80_0000), bits);
-    let mut amax_bits = [0u32; 8];
-    // SAFETY: 8 u32 stored into an array of 8; unaligned store.
-    unsafe { _mm256_storeu_si256(amax_bits.as_mut_ptr().cast(), amax) };
-    let mut negative = [0i32; 8];
-    for (j, (&a, neg)) in amax_bits.iter().zip(&mut negative).enumerate() {
-        if j >= group.len() || a == 0 {
-            continue;
-        }
-        let t = _mm256_set1_epi32(a as i32);
-        let q = block(j);
-        let (mut at, mut signs) = (0u32, 0u32);
-        for (k, v) in q.into_iter().enumerate() {
-            let eq = _mm256_cmpeq_epi32(abs_bits(v), t);
-            at |= (_mm256_movemask_ps(_mm256_castsi256_ps(eq)) as u32) << (8 * k);
-            signs |= (_mm256_movemask_ps(v) as u32) << (8 * k);
-        }
-        if signs & at & at.wrapping_neg() != 0 {
-            *neg = i32::MIN;
-        }
-    }
-    let whole = _mm256_movemask_ps(_mm256_castsi256_ps(finite(amax))) == 0xff;
-    // SAFETY: 8 i32 loaded from an array of 8; unaligned load.
-    let sign = unsafe { _mm256_loadu_si256(negative.as_ptr().cast()) };
-    let max = _mm256_castsi256_ps(_mm256_or_si256(amax, sign));
-    let d = _mm256_div_ps(max, _mm256_set1_ps(-8.0));
-    let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
-    // 1 / 0 is +inf in the lanes the mask then clears.
-    let id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), d), nonzero);
-    let id_finite = _mm256_movemask_ps(_mm256_castsi256_ps(finite(abs_bits(id)))) == 0xff;
-    if !(whole && id_finite) {
+    let Some((dh, idv)) = signed_scales(group.len(), amax, &block, -8.0) else {
         for (j, b) in group.iter_mut().enumerate() {
-            let q = block(j);
-            let mut x = [0f32; 32];
-            for (k, v) in q.into_iter().enumerate() {
-                // SAFETY: 8 floats stored at 8k < 32 inside x; unaligned store.
-                unsafe { _mm256_storeu_ps(x.as_mut_ptr().add(8 * k), v) };
-            }
-            q4_0_block(b, &x);
+            q4_0_block(b, &stored(block(j)));
         }
         return;
-    }
-    let (mut dh, mut idv) = ([0u16; 8], [0f32; 8]);
-    // SAFETY: 8 u16 and 8 f32 written into arrays of exactly that size; unaligned stores.
-    unsafe {
-        _mm_storeu_si128(
-            dh.as_mut_ptr().cast(),
-            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
-        );
-        _mm256_storeu_ps(idv.as_mut_ptr(), id);
-    }
+    };
     let (half, fifteen) = (_mm256_set1_ps(8.5), _mm256_set1_epi32(15));
     for (j, b) in group.iter_mut().enumerate() {
         let idv = _mm256_set1_ps(idv[j]);
@@ -684,6 +638,137 @@ fn q4_0_group(group: &mut [BlockQ4_0], amax: __m256i, block: impl Fn(usize) -> [
         store_nibbles(&mut b.qs, [q(p0), q(p1), q(p2), q(p3)]);
         b.d = dh[j].to_le_bytes();
     }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn q5_0_row(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ5_0>(dst).unwrap_or_default();
+    let n = blocks.len().min(src.len() / 32);
+    for g in (0..n).step_by(GROUP_BLOCKS) {
+        let m = GROUP_BLOCKS.min(n - g);
+        let x = &src[32 * g..32 * (g + m)];
+        let block = |j: usize| {
+            [
+                load8_at(x, 32 * j),
+                load8_at(x, 32 * j + 8),
+                load8_at(x, 32 * j + 16),
+                load8_at(x, 32 * j + 24),
+            ]
+        };
+        let parts = std::array::from_fn(|j| {
+            if j >= m {
+                return _mm256_setzero_si256();
+            }
+            let [a, b, c, d] = block(j);
+            _mm256_max_epi32(
+                _mm256_max_epi32(abs_bits(a), abs_bits(b)),
+                _mm256_max_epi32(abs_bits(c), abs_bits(d)),
+            )
+        });
+        let group = &mut blocks[g..g + m];
+        let Some((dh, idv)) = signed_scales(m, lane_maxima(parts), &block, -16.0) else {
+            for (b, x) in group.iter_mut().zip(x.chunks_exact(32)) {
+                if let Ok(x) = <&[f32; 32]>::try_from(x) {
+                    *b = q5_0::quantize_block(x);
+                }
+            }
+            continue;
+        };
+        let (half, top) = (_mm256_set1_ps(16.5), _mm256_set1_epi32(31));
+        for (j, b) in group.iter_mut().enumerate() {
+            let idv = _mm256_set1_ps(idv[j]);
+            // C: MIN(31, (int8_t)(x*id + 16.5f)): a separate multiply and add, then truncation.
+            let q = |v| {
+                let v = _mm256_add_ps(_mm256_mul_ps(v, idv), half);
+                _mm256_min_epi32(_mm256_cvttps_epi32(v), top)
+            };
+            let [p0, p1, p2, p3] = block(j);
+            let quants = [q(p0), q(p1), q(p2), q(p3)];
+            // The 5th bits: element i's is bit i of qh (bit 4 moved to the sign for movemask).
+            let mut qh = 0u32;
+            for (k, &v) in quants.iter().enumerate() {
+                let top_bit = _mm256_castsi256_ps(_mm256_slli_epi32::<27>(v));
+                qh |= (_mm256_movemask_ps(top_bit) as u32) << (8 * k);
+            }
+            let nibbles = _mm256_set1_epi32(0x0f);
+            let low = |v| _mm256_and_si256(v, nibbles);
+            let [q0, q1, q2, q3] = quants;
+            store_nibbles(&mut b.qs, [low(q0), low(q1), low(q2), low(q3)]);
+            b.qh = qh.to_le_bytes();
+            b.d = dh[j].to_le_bytes();
+        }
+    }
+}
+
+/// A block's four quarters stored as its 32 floats.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn stored(q: [__m256; 4]) -> [f32; 32] {
+    let mut x = [0f32; 32];
+    for (k, v) in q.into_iter().enumerate() {
+        // SAFETY: 8 floats stored at 8k < 32 inside x; unaligned store.
+        unsafe { _mm256_storeu_ps(x.as_mut_ptr().add(8 * k), v) };
+    }
+    x
+}
+
+/// Q4_0's / Q5_0's scales of the `m` blocks of a group (`block(j)`: block j's quarters)
+/// given their largest |x| (f32 bits, block j in lane j): each block's signed maximum (the
+/// first value of largest |x|, as the reference keeps it; +0 for a block of zeros), then
+/// d = max / `divisor` (−8, −16) as f16 bits and 1 / d (0 where d is 0), lane by lane the
+/// reference's operations. `None` when a block needs the scalar reference: a non-finite
+/// value, or 1 / d overflowing.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn signed_scales(
+    m: usize,
+    amax: __m256i,
+    block: &impl Fn(usize) -> [__m256; 4],
+    divisor: f32,
+) -> Option<([u16; 8], [f32; 8])> {
+    let finite = |bits| _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7f80_0000), bits);
+    let mut amax_bits = [0u32; 8];
+    // SAFETY: 8 u32 stored into an array of 8; unaligned store.
+    unsafe { _mm256_storeu_si256(amax_bits.as_mut_ptr().cast(), amax) };
+    let mut negative = [0i32; 8];
+    for (j, (&a, neg)) in amax_bits.iter().zip(&mut negative).enumerate() {
+        if j >= m || a == 0 {
+            continue;
+        }
+        let t = _mm256_set1_epi32(a as i32);
+        let (mut at, mut signs) = (0u32, 0u32);
+        for (k, v) in block(j).into_iter().enumerate() {
+            let eq = _mm256_cmpeq_epi32(abs_bits(v), t);
+            at |= (_mm256_movemask_ps(_mm256_castsi256_ps(eq)) as u32) << (8 * k);
+            signs |= (_mm256_movemask_ps(v) as u32) << (8 * k);
+        }
+        if signs & at & at.wrapping_neg() != 0 {
+            *neg = i32::MIN;
+        }
+    }
+    if _mm256_movemask_ps(_mm256_castsi256_ps(finite(amax))) != 0xff {
+        return None;
+    }
+    // SAFETY: 8 i32 loaded from an array of 8; unaligned load.
+    let sign = unsafe { _mm256_loadu_si256(negative.as_ptr().cast()) };
+    let max = _mm256_castsi256_ps(_mm256_or_si256(amax, sign));
+    let d = _mm256_div_ps(max, _mm256_set1_ps(divisor));
+    let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
+    // 1 / 0 is +inf in the lanes the mask then clears.
+    let id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), d), nonzero);
+    if _mm256_movemask_ps(_mm256_castsi256_ps(finite(abs_bits(id)))) != 0xff {
+        return None;
+    }
+    let (mut dh, mut idv) = ([0u16; 8], [0f32; 8]);
+    // SAFETY: 8 u16 and 8 f32 written into arrays of exactly that size; unaligned stores.
+    unsafe {
+        _mm_storeu_si128(
+            dh.as_mut_ptr().cast(),
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
+        );
+        _mm256_storeu_ps(idv.as_mut_ptr(), id);
+    }
+    Some((dh, idv))
 }
 
 /// One Q4_0 block of `x`.

@@ -12,8 +12,8 @@ use super::kfit::{Q4_K_FIT, Q5_K_FIT};
 use super::kfit_lanes::{self, kx_row, Lanes};
 use super::simd_quantize::{FromBf16, RowQuantizers};
 use super::{
-    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_k, q8_0, q8_1, q8_k, BlockQ4K, BlockQ4_0,
-    BlockQ5K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_0, q5_k, q8_0, q8_1, q8_k, BlockQ4K,
+    BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
 /// Whether this CPU runs every function of this file.
@@ -30,6 +30,7 @@ pub(super) fn quantizers() -> RowQuantizers {
         bf16: |s, d| unsafe { f32_to_bf16_row(s, d) },
         bf16_to_f32: |s, d| unsafe { bf16_to_f32_row(s, d) },
         q4_0: |s, d| unsafe { q4_0_row(s, d) },
+        q5_0: |s, d| unsafe { q5_0_row(s, d) },
         q8_0: |s, d| unsafe { q8_0_row(s, d) },
         q8_1: |s, d| unsafe { q8_1_row(s, d) },
         q8_k: |s, d| unsafe { q8_k_row(s, d) },
@@ -384,7 +385,7 @@ fn bf16_to_q4_0_row(src: &[u8], dst: &mut [u8]) {
             negative |= ((((signs & at) & at.wrapping_neg()) != 0) as u16) << j;
         }
         let group = &mut blocks[g..g + m];
-        match q4_0_scales(amax, negative) {
+        match signed_scales(amax, negative, -8.0) {
             Some(scales) => q4_0_store_group(group, scales, |j| widen_bf16_halves(&s[64 * j..])),
             None => {
                 for (b, s) in group.iter_mut().zip(s.chunks_exact(64)) {
@@ -459,30 +460,8 @@ fn q4_0_row(src: &[f32], dst: &mut [u8]) {
         let m = GROUP_BLOCKS.min(n - g);
         let x = &src[32 * g..32 * (g + m)];
         let block = |j: usize| [load16_at(x, 32 * j), load16_at(x, 32 * j + 16)];
-        let parts = std::array::from_fn(|j| {
-            if j < m {
-                let [lo, hi] = block(j);
-                _mm512_max_epi32(abs_bits(lo), abs_bits(hi))
-            } else {
-                _mm512_setzero_si512()
-            }
-        });
-        let amax = lane_maxima(parts);
-        let mut amax_bits = [0u32; 16];
-        // SAFETY: 16 u32 stored into an array of 16; unaligned store.
-        unsafe { _mm512_storeu_si512(amax_bits.as_mut_ptr().cast(), amax) };
-        // The sign of each block's first value of largest |x| (what the reference keeps).
-        let mut negative: __mmask16 = 0;
-        for (j, &a) in amax_bits.iter().enumerate().take(m) {
-            let [lo, hi] = block(j);
-            let t = _mm512_set1_epi32(a as i32);
-            let at = (_mm512_cmpeq_epi32_mask(abs_bits(hi), t) as u32) << 16
-                | _mm512_cmpeq_epi32_mask(abs_bits(lo), t) as u32;
-            let i = at.trailing_zeros() as usize;
-            negative |= ((i < 32 && x[32 * j + i].is_sign_negative()) as u16) << j;
-        }
         let group = &mut blocks[g..g + m];
-        match q4_0_scales(amax, negative) {
+        match signed_max_scales(x, -8.0) {
             Some(scales) => q4_0_store_group(group, scales, block),
             None => {
                 for (b, x) in group.iter_mut().zip(x.chunks_exact(32)) {
@@ -495,21 +474,99 @@ fn q4_0_row(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// Q4_0's scales of [`GROUP_BLOCKS`] blocks from their largest |x| (f32 bits, block j in
-/// lane j) and the signs of the values that have it (bit j: negative), lane by lane the
-/// scalar reference's operations: max = the signed value (+0 for a block of zeros), d = max /
-/// −8 as f16 bits, and 1 / d (0 where d is 0). `None` when a block needs the scalar reference:
-/// a non-finite value, or 1 / d overflowing.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q5_0_row(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<BlockQ5_0>(dst).unwrap_or_default();
+    let n = blocks.len().min(src.len() / 32);
+    for g in (0..n).step_by(GROUP_BLOCKS) {
+        let m = GROUP_BLOCKS.min(n - g);
+        let x = &src[32 * g..32 * (g + m)];
+        let group = &mut blocks[g..g + m];
+        let Some((d, id)) = signed_max_scales(x, -16.0) else {
+            for (b, x) in group.iter_mut().zip(x.chunks_exact(32)) {
+                if let Ok(x) = <&[f32; 32]>::try_from(x) {
+                    *b = q5_0::quantize_block(x);
+                }
+            }
+            continue;
+        };
+        let (half, top) = (_mm512_set1_ps(16.5), _mm512_set1_epi32(31));
+        for (j, b) in group.iter_mut().enumerate() {
+            let idv = _mm512_set1_ps(id[j]);
+            // C: MIN(31, (int8_t)(x*id + 16.5f)): a separate multiply and add, then truncation.
+            let q = |at| {
+                let v = _mm512_add_ps(_mm512_mul_ps(load16_at(x, at), idv), half);
+                _mm512_min_epi32(_mm512_cvttps_epi32(v), top)
+            };
+            let (lo, hi) = (q(32 * j), q(32 * j + 16));
+            let nibbles = _mm512_set1_epi32(0x0f);
+            let packed = _mm512_or_si512(
+                _mm512_and_si512(lo, nibbles),
+                _mm512_slli_epi32::<4>(_mm512_and_si512(hi, nibbles)),
+            );
+            // The 5th bits: element j's is bit j of qh.
+            let fifth = _mm512_set1_epi32(0x10);
+            let qh = (_mm512_test_epi32_mask(hi, fifth) as u32) << 16
+                | _mm512_test_epi32_mask(lo, fifth) as u32;
+            b.d = d[j].to_le_bytes();
+            b.qh = qh.to_le_bytes();
+            // SAFETY: qs is exactly 16 writable bytes.
+            unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(packed)) };
+        }
+    }
+}
+
+/// The scales of the Q4_0 / Q5_0 blocks of `x` (at most [`GROUP_BLOCKS`] whole blocks):
+/// each block's largest |x|, the sign of its first value of that magnitude (what the
+/// reference keeps), then [`signed_scales`] with `divisor` (−8, −16).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn q4_0_scales(amax: __m512i, negative: __mmask16) -> Option<([u16; 16], [f32; 16])> {
+fn signed_max_scales(x: &[f32], divisor: f32) -> Option<([u16; 16], [f32; 16])> {
+    let m = (x.len() / 32).min(GROUP_BLOCKS);
+    let block = |j: usize| [load16_at(x, 32 * j), load16_at(x, 32 * j + 16)];
+    let parts = std::array::from_fn(|j| {
+        if j < m {
+            let [lo, hi] = block(j);
+            _mm512_max_epi32(abs_bits(lo), abs_bits(hi))
+        } else {
+            _mm512_setzero_si512()
+        }
+    });
+    let amax = lane_maxima(parts);
+    let mut amax_bits = [0u32; 16];
+    // SAFETY: 16 u32 stored into an array of 16; unaligned store.
+    unsafe { _mm512_storeu_si512(amax_bits.as_mut_ptr().cast(), amax) };
+    let mut negative: __mmask16 = 0;
+    for (j, &a) in amax_bits.iter().enumerate().take(m) {
+        let [lo, hi] = block(j);
+        let t = _mm512_set1_epi32(a as i32);
+        let at = (_mm512_cmpeq_epi32_mask(abs_bits(hi), t) as u32) << 16
+            | _mm512_cmpeq_epi32_mask(abs_bits(lo), t) as u32;
+        let i = at.trailing_zeros() as usize;
+        negative |= ((i < 32 && x[32 * j + i].is_sign_negative()) as u16) << j;
+    }
+    signed_scales(amax, negative, divisor)
+}
+
+/// Q4_0's / Q5_0's scales of [`GROUP_BLOCKS`] blocks from their largest |x| (f32 bits, block
+/// j in lane j) and the signs of the values that have it (bit j: negative), lane by lane the
+/// scalar reference's operations: max = the signed value (+0 for a block of zeros), d = max /
+/// `divisor` as f16 bits, and 1 / d (0 where d is 0). `None` when a block needs the scalar
+/// reference: a non-finite value, or 1 / d overflowing.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn signed_scales(
+    amax: __m512i,
+    negative: __mmask16,
+    divisor: f32,
+) -> Option<([u16; 16], [f32; 16])> {
     let inf = _mm512_set1_epi32(0x7f80_0000);
     if _mm512_cmpge_epi32_mask(amax, inf) != 0 {
         return None;
     }
     let negative = negative & _mm512_test_epi32_mask(amax, amax);
     let max = _mm512_mask_or_epi32(amax, negative, amax, _mm512_set1_epi32(i32::MIN));
-    let d = _mm512_div_ps(_mm512_castsi512_ps(max), _mm512_set1_ps(-8.0));
+    let d = _mm512_div_ps(_mm512_castsi512_ps(max), _mm512_set1_ps(divisor));
     let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(d, _mm512_setzero_ps());
     let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
     if _mm512_cmpge_epi32_mask(abs_bits(id), inf) != 0 {
@@ -527,7 +584,7 @@ fn q4_0_scales(amax: __m512i, negative: __mmask16) -> Option<([u16; 16], [f32; 1
     Some((dh, idv))
 }
 
-/// The Q4_0 blocks of a group given their scales ([`q4_0_scales`]) and their values
+/// The Q4_0 blocks of a group given their scales ([`signed_scales`]) and their values
 /// (`block(j)`: block j's two halves).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]

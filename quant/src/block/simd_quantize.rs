@@ -1,5 +1,5 @@
 //! SIMD twins of the row quantizers that convert and the runtime call most: f32 → F16 / BF16,
-//! bf16 → f32 widening, Q4_0, Q8_0 and the K-quants Q2_K-Q6_K (what convert writes; the K-quants' fits
+//! bf16 → f32 widening, Q4_0, Q5_0, Q8_0 and the K-quants Q2_K-Q6_K (what convert writes; the K-quants' fits
 //! run one sub-block per vector lane, `kfit_lanes.rs`), Q8_0 / Q8_1 / Q8_K (the
 //! activation formats quantized before every matmul); on aarch64 the activation formats only
 //! (`simd_neon.rs`). The converter's bf16 rows go straight to F16 / BF16 / Q8_0 / Q4_0 bytes
@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use super::{bf16, each_block, f16, q2_k, q3_k, q4_0, q4_k, q5_k, q6_k, q8_0, q8_1, q8_k};
+use super::{bf16, each_block, f16, q2_k, q3_k, q4_0, q4_k, q5_0, q5_k, q6_k, q8_0, q8_1, q8_k};
 use crate::types::GgmlType;
 
 /// Quantizes a row whose sizes `check_row` validated (whole blocks, exact byte count).
@@ -38,6 +38,7 @@ pub(super) struct RowQuantizers {
     pub bf16: QuantizeFn,
     pub bf16_to_f32: WidenFn,
     pub q4_0: QuantizeFn,
+    pub q5_0: QuantizeFn,
     pub q8_0: QuantizeFn,
     pub q8_1: QuantizeFn,
     pub q8_k: QuantizeFn,
@@ -125,6 +126,7 @@ impl RowQuantizers {
             bf16: bf16::quantize,
             bf16_to_f32: bf16::dequantize,
             q4_0: |s, d| each_block(s, d, q4_0::quantize_block),
+            q5_0: |s, d| each_block(s, d, q5_0::quantize_block),
             q8_0: |s, d| each_block(s, d, q8_0::quantize_block),
             q8_1: |s, d| each_block(s, d, q8_1::quantize_block),
             q8_k: |s, d| each_block(s, d, q8_k::quantize_block),
@@ -338,6 +340,7 @@ mod tests {
             GgmlType::F16 => t.f16,
             GgmlType::BF16 => t.bf16,
             GgmlType::Q4_0 => t.q4_0,
+            GgmlType::Q5_0 => t.q5_0,
             GgmlType::Q8_0 => t.q8_0,
             GgmlType::Q8_1 => t.q8_1,
             GgmlType::Q8_K => t.q8_k,
@@ -364,6 +367,7 @@ mod tests {
                     GgmlType::F16,
                     GgmlType::BF16,
                     GgmlType::Q4_0,
+                    GgmlType::Q5_0,
                     GgmlType::Q8_0,
                     GgmlType::Q8_1,
                     GgmlType::Q8_K,
@@ -395,7 +399,12 @@ mod tests {
         let scalar = RowQuantizers::scalar();
         for blocks in [1usize, 3, 7, 9, 15, 17, 23, 33] {
             for (ri, x) in edge_rows(32 * blocks).iter().enumerate() {
-                for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q8_1] {
+                for ty in [
+                    GgmlType::Q4_0,
+                    GgmlType::Q5_0,
+                    GgmlType::Q8_0,
+                    GgmlType::Q8_1,
+                ] {
                     let want = quantize_with(&scalar, ty, x);
                     for (name, t) in &RowQuantizers::simd_tiers() {
                         assert_eq!(
