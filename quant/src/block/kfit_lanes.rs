@@ -134,27 +134,113 @@ pub(super) fn q2_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// A row of Q6_K super-blocks: their 16 sub-blocks' signed fits (`kfit::make_qx_quants`) in
-/// lanes, `V::W` at a time, then the reference's [`q6_k::finish`].
+/// The K-quants whose 16 sub-blocks of 16 values get a signed fit (Q3_K, Q6_K): the lane
+/// fit of a pass of `V::W` sub-blocks and the scalar reference's parts around it.
+pub(super) trait Signed16: ByteBlock {
+    /// The fits of the `V::W` sub-blocks at `x`: scales into `scales[..W]`, quants (offset
+    /// to unsigned) into `l[..16 W]` in sub-block order.
+    fn fit<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]);
+    /// The whole scalar reference, for a super-block holding a NaN or an infinity.
+    fn reference(x: &[f32; 256]) -> Self;
+    /// The reference after its sub-block fits.
+    fn finish(x: &[f32; 256], scales: &[f32; 16], l: [u8; 256]) -> Self;
+}
+
+impl Signed16 for BlockQ3K {
+    #[inline(always)]
+    fn fit<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
+        q3_pass::<V>(x, scales, l)
+    }
+    fn reference(x: &[f32; 256]) -> Self {
+        q3_k::quantize_block(x)
+    }
+    #[inline(always)]
+    fn finish(x: &[f32; 256], scales: &[f32; 16], l: [u8; 256]) -> Self {
+        q3_k::finish(x, scales, l)
+    }
+}
+
+impl Signed16 for BlockQ6K {
+    #[inline(always)]
+    fn fit<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
+        qx_pass::<V>(x, scales, l)
+    }
+    fn reference(x: &[f32; 256]) -> Self {
+        q6_k::quantize_block(x)
+    }
+    #[inline(always)]
+    fn finish(x: &[f32; 256], scales: &[f32; 16], l: [u8; 256]) -> Self {
+        q6_k::finish(x, scales, l)
+    }
+}
+
+/// A row of Q3_K / Q6_K super-blocks: their 16 sub-blocks fitted in lanes, `V::W` at a time,
+/// then the reference's finish.
 #[inline(always)]
-pub(super) fn q6_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
-    let blocks = as_blocks_mut::<BlockQ6K>(dst).unwrap_or_default();
+pub(super) fn signed16_row<V: Lanes, B: Signed16>(src: &[f32], dst: &mut [u8]) {
+    let blocks = as_blocks_mut::<B>(dst).unwrap_or_default();
     for (b, x) in blocks.iter_mut().zip(src.chunks_exact(256)) {
         let Ok(x) = <&[f32; 256]>::try_from(x) else {
             continue;
         };
         if !x.iter().all(|v| v.is_finite()) {
-            *b = q6_k::quantize_block(x);
+            *b = B::reference(x);
             continue;
         }
         let (mut scales, mut l) = ([0f32; 16], [0u8; 256]);
         for p0 in (0..16).step_by(V::W) {
             let (mut sc, mut q) = ([0f32; 16], [0u8; 256]);
-            qx_pass::<V>(&x[16 * p0..16 * (p0 + V::W)], &mut sc, &mut q);
+            B::fit::<V>(&x[16 * p0..16 * (p0 + V::W)], &mut sc, &mut q);
             scales[p0..p0 + V::W].copy_from_slice(&sc[..V::W]);
             l[16 * p0..16 * (p0 + V::W)].copy_from_slice(&q[..16 * V::W]);
         }
-        *b = q6_k::finish(x, &scales, l);
+        *b = B::finish(x, &scales, l);
+    }
+}
+
+/// Value i of every one of the `V::W` sub-blocks of 16 at `x`, each sub-block's signed value
+/// of largest |x| (the first one on ties, as the references keep it) and the lanes whose
+/// largest |x| is below `GROUP_MAX_EPS` (all zero for the references).
+#[inline(always)]
+fn signed_max<V: Lanes>(x: &[f32]) -> ([V; 16], V, V::Mask) {
+    assert!(x.len() >= 16 * V::W);
+    let zero = V::splat(0.0);
+    let mut xt = [zero; 16];
+    for (i, v) in xt.iter_mut().enumerate() {
+        *v = V::gather(&x[i..], 16);
+    }
+    let (mut max, mut amax) = (zero, zero);
+    for v in xt {
+        let ax = v.abs();
+        let larger = ax.gt(amax);
+        amax = V::select(larger, ax, amax);
+        max = V::select(larger, v, max);
+    }
+    (xt, max, amax.lt(V::splat(GROUP_MAX_EPS)))
+}
+
+/// Stores a signed fit's results: `scales[..W]` (0 where `flat`) and the quants plus
+/// `offset` (0 where `flat`) in sub-block order into `l[..16 W]`.
+#[inline(always)]
+fn store_signed<V: Lanes>(
+    flat: V::Mask,
+    scale: V,
+    quants: &[V; 16],
+    offset: i32,
+    scales: &mut [f32; 16],
+    l: &mut [u8; 256],
+) {
+    let zero = V::splat(0.0);
+    V::select(flat, zero, scale).store(scales);
+    let mut lanes = [0f32; 256];
+    let offset = V::splat(offset as f32);
+    for (i, q) in quants.iter().enumerate() {
+        V::select(flat, zero, q.add(offset)).store(&mut lanes[V::W * i..]);
+    }
+    for j in 0..V::W {
+        for i in 0..16 {
+            l[16 * j + i] = lanes[V::W * i + j] as u8;
+        }
     }
 }
 
@@ -164,21 +250,8 @@ pub(super) fn q6_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
 #[inline(always)]
 fn qx_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
     const NMAX: i32 = 32;
-    assert!(x.len() >= 16 * V::W && V::W <= 16);
     let zero = V::splat(0.0);
-    let mut xt = [zero; 16];
-    for (i, v) in xt.iter_mut().enumerate() {
-        *v = V::gather(&x[i..], 16);
-    }
-    // The signed value of largest |x|, the first one on ties.
-    let (mut max, mut amax) = (zero, zero);
-    for v in xt {
-        let ax = v.abs();
-        let larger = ax.gt(amax);
-        amax = V::select(larger, ax, amax);
-        max = V::select(larger, v, max);
-    }
-    let flat = amax.lt(V::splat(GROUP_MAX_EPS));
+    let (xt, max, flat) = signed_max::<V>(x);
 
     let mut iscale = V::splat(-(NMAX as f32)).div(max);
     let (mut sumlx, mut suml2) = (zero, zero);
@@ -211,41 +284,7 @@ fn qx_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
             *b = V::select(take, a, *b);
         }
     }
-    V::select(flat, zero, scale).store(scales);
-    let mut quants = [0f32; 256];
-    let offset = V::splat(NMAX as f32);
-    for (i, b) in best_l.iter().enumerate() {
-        V::select(flat, zero, b.add(offset)).store(&mut quants[V::W * i..]);
-    }
-    for j in 0..V::W {
-        for i in 0..16 {
-            l[16 * j + i] = quants[V::W * i + j] as u8;
-        }
-    }
-}
-
-/// A row of Q3_K super-blocks: their 16 sub-blocks' fits (`q3_k::make_q3_quants`) in lanes,
-/// `V::W` at a time, then the reference's [`q3_k::finish`].
-#[inline(always)]
-pub(super) fn q3_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
-    let blocks = as_blocks_mut::<BlockQ3K>(dst).unwrap_or_default();
-    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(256)) {
-        let Ok(x) = <&[f32; 256]>::try_from(x) else {
-            continue;
-        };
-        if !x.iter().all(|v| v.is_finite()) {
-            *b = q3_k::quantize_block(x);
-            continue;
-        }
-        let (mut scales, mut l) = ([0f32; 16], [0u8; 256]);
-        for p0 in (0..16).step_by(V::W) {
-            let (mut sc, mut q) = ([0f32; 16], [0u8; 256]);
-            q3_pass::<V>(&x[16 * p0..16 * (p0 + V::W)], &mut sc, &mut q);
-            scales[p0..p0 + V::W].copy_from_slice(&sc[..V::W]);
-            l[16 * p0..16 * (p0 + V::W)].copy_from_slice(&q[..16 * V::W]);
-        }
-        *b = q3_k::finish(x, &scales, l);
-    }
+    store_signed::<V>(flat, scale, &best_l, NMAX, scales, l);
 }
 
 /// `make_q3_quants(16, 4, x, L, do_rmse = true)` for the `V::W` sub-blocks of 16 values at
@@ -257,21 +296,8 @@ pub(super) fn q3_k_row<V: Lanes>(src: &[f32], dst: &mut [u8]) {
 #[inline(always)]
 fn q3_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
     const NMAX: i32 = 4;
-    assert!(x.len() >= 16 * V::W && V::W <= 16);
     let zero = V::splat(0.0);
-    let mut xt = [zero; 16];
-    for (i, v) in xt.iter_mut().enumerate() {
-        *v = V::gather(&x[i..], 16);
-    }
-    // The signed value of largest |x|, the first one on ties.
-    let (mut max, mut amax) = (zero, zero);
-    for v in xt {
-        let ax = v.abs();
-        let larger = ax.gt(amax);
-        amax = V::select(larger, ax, amax);
-        max = V::select(larger, v, max);
-    }
-    let flat = amax.lt(V::splat(GROUP_MAX_EPS));
+    let (xt, max, flat) = signed_max::<V>(x);
 
     let iscale = V::splat(-(NMAX as f32)).div(max);
     let (mut sumlx, mut suml2) = (zero, zero);
@@ -310,17 +336,7 @@ fn q3_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
         }
     }
     let scale = V::select(suml2.gt(zero), sumlx.div(suml2), zero);
-    V::select(flat, zero, scale).store(scales);
-    let mut quants = [0f32; 256];
-    let offset = V::splat(NMAX as f32);
-    for (i, q) in lq.iter().enumerate() {
-        V::select(flat, zero, q.add(offset)).store(&mut quants[V::W * i..]);
-    }
-    for j in 0..V::W {
-        for i in 0..16 {
-            l[16 * j + i] = quants[V::W * i + j] as u8;
-        }
-    }
+    store_signed::<V>(flat, scale, &lq, NMAX, scales, l);
 }
 
 /// The fits of every `N`-value sub-block of `x` (a whole number of them), `V::W` at a time:

@@ -9,6 +9,7 @@
 //! high bit in `hmask[e%32]` at bit e/32, scale index e/16.
 
 use super::kfit::GROUP_MAX_EPS;
+use super::q4_0::signed_absmax;
 use super::{f16_to_f32, f32_to_f16, nearest_int, ByteBlock};
 
 /// `block_q3_K` of ggml-common.h.
@@ -129,15 +130,7 @@ pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ3K {
 /// so that the SIMD tiers' callers compile it with their instructions.
 #[inline]
 pub(super) fn finish(x: &[f32; 256], scales: &[f32; 16], mut l: [u8; 256]) -> BlockQ3K {
-    let mut max_scale = 0f32;
-    let mut amax = 0f32;
-    for &sc in scales {
-        let s = sc.abs();
-        if s > amax {
-            amax = s;
-            max_scale = sc;
-        }
-    }
+    let max_scale = signed_absmax(scales);
     let mut packed = [0u8; 12];
     // C: `if (max_scale)`, true for NaN as well.
     let d16 = if max_scale != 0.0 {

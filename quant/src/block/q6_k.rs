@@ -3,6 +3,7 @@
 //! Quantizer: ggml `quantize_row_q6_K_ref` (`make_qx_quants` per sub-block, d = −max/128).
 
 use super::kfit::{make_qx_quants, GROUP_MAX_EPS};
+use super::q4_0::signed_absmax;
 use super::{f16_to_f32, f32_to_f16, nearest_int, ByteBlock};
 
 /// `block_q6_K` of ggml-common.h.
@@ -40,14 +41,8 @@ pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ6K {
 /// the SIMD tiers' callers compile it with their instructions.
 #[inline]
 pub(super) fn finish(x: &[f32; 256], scales: &[f32; 16], mut l: [u8; 256]) -> BlockQ6K {
-    let mut max_scale = 0f32;
-    let mut max_abs_scale = 0f32;
-    for &scale in scales {
-        if scale.abs() > max_abs_scale {
-            max_abs_scale = scale.abs();
-            max_scale = scale;
-        }
-    }
+    let max_scale = signed_absmax(scales);
+    let max_abs_scale = max_scale.abs();
     if max_abs_scale < GROUP_MAX_EPS {
         return BlockQ6K {
             ql: [0; 128],

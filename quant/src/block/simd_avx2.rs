@@ -10,8 +10,8 @@ use super::kfit::{Q4_K_FIT, Q5_K_FIT};
 use super::kfit_lanes::{self, kx_row, Lanes};
 use super::simd_quantize::{FromBf16, RowQuantizers};
 use super::{
-    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_0, q5_k, q8_0, q8_1, q8_k, BlockQ4K,
-    BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_0, q5_k, q8_0, q8_1, q8_k, BlockQ3K,
+    BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
 /// Whether this CPU runs every function of this file.
@@ -176,27 +176,9 @@ fn q8_0_row(src: &[f32], dst: &mut [u8]) {
     for g in (0..n).step_by(GROUP_BLOCKS) {
         let m = GROUP_BLOCKS.min(n - g);
         let x = &src[32 * g..32 * (g + m)];
-        let block = |j: usize| {
-            [
-                load8_at(x, 32 * j),
-                load8_at(x, 32 * j + 8),
-                load8_at(x, 32 * j + 16),
-                load8_at(x, 32 * j + 24),
-            ]
-        };
-        // Lanes past the last block hold 0: a block of zeros, whose scale is never stored.
-        let parts = std::array::from_fn(|j| {
-            if j >= m {
-                return _mm256_setzero_si256();
-            }
-            let [a, b, c, d] = block(j);
-            _mm256_max_epi32(
-                _mm256_max_epi32(abs_bits(a), abs_bits(b)),
-                _mm256_max_epi32(abs_bits(c), abs_bits(d)),
-            )
-        });
+        let block = |j: usize| quarters(x, j);
         let group = &mut blocks[g..g + m];
-        match q8_0_scales(lane_maxima(parts)) {
+        match q8_0_scales(abs_maxima(m, &block)) {
             Some(scales) => q8_0_store_group(group, scales, block),
             None => {
                 for (b, x) in group.iter_mut().zip(x.chunks_exact(32)) {
@@ -222,6 +204,37 @@ fn load8_at(x: &[f32], at: usize) -> __m256 {
     unsafe { _mm256_loadu_ps(x.as_ptr().add(at)) }
 }
 
+/// Block j of `x` (the 32 floats at 32j) as its four quarters.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn quarters(x: &[f32], j: usize) -> [__m256; 4] {
+    [
+        load8_at(x, 32 * j),
+        load8_at(x, 32 * j + 8),
+        load8_at(x, 32 * j + 16),
+        load8_at(x, 32 * j + 24),
+    ]
+}
+
+/// The largest |x| (f32 bits) of each of the first `m` blocks (`block(j)`: block j's
+/// quarters) in lanes 0..m; the lanes past them hold 0, a block of zeros whose scale is
+/// never stored.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn abs_maxima(m: usize, block: &impl Fn(usize) -> [__m256; 4]) -> __m256i {
+    // Plain loops, not `array::from_fn`: its closure is a function of its own, which the
+    // compiler may leave uninlined and without this function's target features.
+    let mut parts = [_mm256_setzero_si256(); 8];
+    for (j, p) in parts.iter_mut().enumerate().take(m) {
+        let [a, b, c, d] = block(j);
+        *p = _mm256_max_epi32(
+            _mm256_max_epi32(abs_bits(a), abs_bits(b)),
+            _mm256_max_epi32(abs_bits(c), abs_bits(d)),
+        );
+    }
+    lane_maxima(parts)
+}
+
 /// Lane j of the result is the largest (signed) i32 lane of `v[j]`: halves, then 64- and
 /// 32-bit pieces of two inputs paired so that each piece keeps one input's partial maximum,
 /// and a last permutation that puts input j in lane j.
@@ -229,18 +242,20 @@ fn load8_at(x: &[f32], at: usize) -> __m256 {
 #[target_feature(enable = "avx2,f16c")]
 fn lane_maxima(v: [__m256i; 8]) -> __m256i {
     // Half 0: input 2i's partials, half 1: input 2i + 1's.
-    let l1: [__m256i; 4] = std::array::from_fn(|i| {
+    let mut l1 = [_mm256_setzero_si256(); 4];
+    for (i, o) in l1.iter_mut().enumerate() {
         let (a, b) = (v[2 * i], v[2 * i + 1]);
-        _mm256_max_epi32(
+        *o = _mm256_max_epi32(
             _mm256_permute2x128_si256::<0x20>(a, b),
             _mm256_permute2x128_si256::<0x31>(a, b),
-        )
-    });
+        );
+    }
     // Half h: inputs 4i + h and 4i + 2 + h, two partials each.
-    let l2: [__m256i; 2] = std::array::from_fn(|i| {
+    let mut l2 = [_mm256_setzero_si256(); 2];
+    for (i, o) in l2.iter_mut().enumerate() {
         let (a, b) = (l1[2 * i], l1[2 * i + 1]);
-        _mm256_max_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b))
-    });
+        *o = _mm256_max_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+    }
     // Half h: inputs h, 2 + h, 4 + h and 6 + h, one 32-bit value each.
     let (a, b) = (_mm256_castsi256_ps(l2[0]), _mm256_castsi256_ps(l2[1]));
     let r = _mm256_max_epi32(
@@ -263,10 +278,20 @@ fn q8_0_scales(amax: __m256i) -> Option<([u16; 8], [f32; 8])> {
         return None;
     }
     let d = _mm256_div_ps(_mm256_castsi256_ps(amax), _mm256_set1_ps(127.0));
+    stored_scales(d)
+}
+
+/// A group's scales d (lane j: block j) as f16 bits, with 1 / d (0 where d is 0) as the
+/// references compute it; `None` when an inverse overflows (the scalar reference then
+/// takes the group).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn stored_scales(d: __m256) -> Option<([u16; 8], [f32; 8])> {
     let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
     // 1 / 0 is +inf in the lanes the mask then clears.
     let id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), d), nonzero);
-    if _mm256_movemask_ps(_mm256_castsi256_ps(finite(abs_bits(id)))) != 0xff {
+    let finite = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7f80_0000), abs_bits(id));
+    if _mm256_movemask_ps(_mm256_castsi256_ps(finite)) != 0xff {
         return None;
     }
     let (mut dh, mut idv) = ([0u16; 8], [0f32; 8]);
@@ -326,11 +351,9 @@ fn bf16_to_q8_0_row(src: &[u8], dst: &mut [u8]) {
         let m = GROUP_BLOCKS.min(n - g);
         let s = &src[64 * g..64 * (g + m)];
         // |x| of a bf16 value is its low 15 bits, ordered like the float (see
-        // `simd_avx512::bf16_to_q8_0_row`). Lanes past the last block hold 0.
-        let parts = std::array::from_fn(|j| {
-            if j >= m {
-                return _mm256_setzero_si256();
-            }
+        // `simd_avx512::bf16_abs_maxima`). Lanes past the last block hold 0.
+        let mut parts = [_mm256_setzero_si256(); 8];
+        for (j, p) in parts.iter_mut().enumerate().take(m) {
             // SAFETY: j < m, so the 64 bytes at 64j lie inside `s` (64m bytes).
             let (v, w) = unsafe {
                 let p = s.as_ptr().add(64 * j);
@@ -341,11 +364,11 @@ fn bf16_to_q8_0_row(src: &[u8], dst: &mut [u8]) {
             };
             let abs = _mm256_set1_epi16(0x7fff);
             let a = _mm256_max_epu16(_mm256_and_si256(v, abs), _mm256_and_si256(w, abs));
-            _mm256_max_epi32(
+            *p = _mm256_max_epi32(
                 _mm256_and_si256(a, _mm256_set1_epi32(0xffff)),
                 _mm256_srli_epi32::<16>(a),
-            )
-        });
+            );
+        }
         let amax = _mm256_slli_epi32::<16>(lane_maxima(parts));
         let group = &mut blocks[g..g + m];
         match q8_0_scales(amax) {
@@ -380,18 +403,7 @@ fn bf16_to_q4_0_row(src: &[u8], dst: &mut [u8]) {
         let m = GROUP_BLOCKS.min(n - g);
         let s = &src[64 * g..64 * (g + m)];
         let block = |j: usize| widen_bf16_quarters(&s[64 * j..]);
-        // Widened exactly, the bf16 values compare as the f32 path's do.
-        let parts = std::array::from_fn(|j| {
-            if j >= m {
-                return _mm256_setzero_si256();
-            }
-            let [a, b, c, d] = block(j);
-            _mm256_max_epi32(
-                _mm256_max_epi32(abs_bits(a), abs_bits(b)),
-                _mm256_max_epi32(abs_bits(c), abs_bits(d)),
-            )
-        });
-        q4_0_group(&mut blocks[g..g + m], lane_maxima(parts), block);
+        q4_0_group(&mut blocks[g..g + m], abs_maxima(m, &block), block);
     }
 }
 
@@ -416,13 +428,13 @@ fn q2_k_row(src: &[f32], dst: &mut [u8]) {
 /// Q6_K with its signed sub-block fits in lanes (`kfit_lanes.rs`).
 #[target_feature(enable = "avx2,f16c")]
 fn q6_k_row(src: &[f32], dst: &mut [u8]) {
-    kfit_lanes::q6_k_row::<F256>(src, dst)
+    kfit_lanes::signed16_row::<F256, BlockQ6K>(src, dst)
 }
 
 /// Q3_K with its sub-block fits in lanes (`kfit_lanes.rs`).
 #[target_feature(enable = "avx2,f16c")]
 fn q3_k_row(src: &[f32], dst: &mut [u8]) {
-    kfit_lanes::q3_k_row::<F256>(src, dst)
+    kfit_lanes::signed16_row::<F256, BlockQ3K>(src, dst)
 }
 
 /// 8 f32 lanes for the K-quant fits (`kfit_lanes.rs`). The type is private to this file and
@@ -592,25 +604,8 @@ fn q4_0_row(src: &[f32], dst: &mut [u8]) {
     for g in (0..n).step_by(GROUP_BLOCKS) {
         let m = GROUP_BLOCKS.min(n - g);
         let x = &src[32 * g..32 * (g + m)];
-        let block = |j: usize| {
-            [
-                load8_at(x, 32 * j),
-                load8_at(x, 32 * j + 8),
-                load8_at(x, 32 * j + 16),
-                load8_at(x, 32 * j + 24),
-            ]
-        };
-        let parts = std::array::from_fn(|j| {
-            if j >= m {
-                return _mm256_setzero_si256();
-            }
-            let [a, b, c, d] = block(j);
-            _mm256_max_epi32(
-                _mm256_max_epi32(abs_bits(a), abs_bits(b)),
-                _mm256_max_epi32(abs_bits(c), abs_bits(d)),
-            )
-        });
-        q4_0_group(&mut blocks[g..g + m], lane_maxima(parts), block);
+        let block = |j: usize| quarters(x, j);
+        q4_0_group(&mut blocks[g..g + m], abs_maxima(m, &block), block);
     }
 }
 
@@ -626,18 +621,21 @@ fn q4_0_group(group: &mut [BlockQ4_0], amax: __m256i, block: impl Fn(usize) -> [
         }
         return;
     };
-    let (half, fifteen) = (_mm256_set1_ps(8.5), _mm256_set1_epi32(15));
     for (j, b) in group.iter_mut().enumerate() {
-        let idv = _mm256_set1_ps(idv[j]);
-        // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
-        let q = |v| {
-            let v = _mm256_add_ps(_mm256_mul_ps(v, idv), half);
-            _mm256_min_epi32(_mm256_cvttps_epi32(v), fifteen)
-        };
+        let q = |v| offset_quants(v, idv[j], 8.5, 15);
         let [p0, p1, p2, p3] = block(j);
         store_nibbles(&mut b.qs, [q(p0), q(p1), q(p2), q(p3)]);
         b.d = dh[j].to_le_bytes();
     }
+}
+
+/// Q4_0's / Q5_0's quants of 8 values: C's `MIN(top, (int8_t)(x*id + offset))`, a separate
+/// multiply and add, then truncation.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn offset_quants(v: __m256, id: f32, offset: f32, top: i32) -> __m256i {
+    let v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(id)), _mm256_set1_ps(offset));
+    _mm256_min_epi32(_mm256_cvttps_epi32(v), _mm256_set1_epi32(top))
 }
 
 #[target_feature(enable = "avx2,f16c")]
@@ -647,26 +645,9 @@ fn q5_0_row(src: &[f32], dst: &mut [u8]) {
     for g in (0..n).step_by(GROUP_BLOCKS) {
         let m = GROUP_BLOCKS.min(n - g);
         let x = &src[32 * g..32 * (g + m)];
-        let block = |j: usize| {
-            [
-                load8_at(x, 32 * j),
-                load8_at(x, 32 * j + 8),
-                load8_at(x, 32 * j + 16),
-                load8_at(x, 32 * j + 24),
-            ]
-        };
-        let parts = std::array::from_fn(|j| {
-            if j >= m {
-                return _mm256_setzero_si256();
-            }
-            let [a, b, c, d] = block(j);
-            _mm256_max_epi32(
-                _mm256_max_epi32(abs_bits(a), abs_bits(b)),
-                _mm256_max_epi32(abs_bits(c), abs_bits(d)),
-            )
-        });
+        let block = |j: usize| quarters(x, j);
         let group = &mut blocks[g..g + m];
-        let Some((dh, idv)) = signed_scales(m, lane_maxima(parts), &block, -16.0) else {
+        let Some((dh, idv)) = signed_scales(m, abs_maxima(m, &block), &block, -16.0) else {
             for (b, x) in group.iter_mut().zip(x.chunks_exact(32)) {
                 if let Ok(x) = <&[f32; 32]>::try_from(x) {
                     *b = q5_0::quantize_block(x);
@@ -674,14 +655,8 @@ fn q5_0_row(src: &[f32], dst: &mut [u8]) {
             }
             continue;
         };
-        let (half, top) = (_mm256_set1_ps(16.5), _mm256_set1_epi32(31));
         for (j, b) in group.iter_mut().enumerate() {
-            let idv = _mm256_set1_ps(idv[j]);
-            // C: MIN(31, (int8_t)(x*id + 16.5f)): a separate multiply and add, then truncation.
-            let q = |v| {
-                let v = _mm256_add_ps(_mm256_mul_ps(v, idv), half);
-                _mm256_min_epi32(_mm256_cvttps_epi32(v), top)
-            };
+            let q = |v| offset_quants(v, idv[j], 16.5, 31);
             let [p0, p1, p2, p3] = block(j);
             let quants = [q(p0), q(p1), q(p2), q(p3)];
             // The 5th bits: element i's is bit i of qh (bit 4 moved to the sign for movemask).
@@ -753,22 +728,7 @@ fn signed_scales(
     let sign = unsafe { _mm256_loadu_si256(negative.as_ptr().cast()) };
     let max = _mm256_castsi256_ps(_mm256_or_si256(amax, sign));
     let d = _mm256_div_ps(max, _mm256_set1_ps(divisor));
-    let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
-    // 1 / 0 is +inf in the lanes the mask then clears.
-    let id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), d), nonzero);
-    if _mm256_movemask_ps(_mm256_castsi256_ps(finite(abs_bits(id)))) != 0xff {
-        return None;
-    }
-    let (mut dh, mut idv) = ([0u16; 8], [0f32; 8]);
-    // SAFETY: 8 u16 and 8 f32 written into arrays of exactly that size; unaligned stores.
-    unsafe {
-        _mm_storeu_si128(
-            dh.as_mut_ptr().cast(),
-            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
-        );
-        _mm256_storeu_ps(idv.as_mut_ptr(), id);
-    }
-    Some((dh, idv))
+    stored_scales(d)
 }
 
 /// One Q4_0 block of `x`.

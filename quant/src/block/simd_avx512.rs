@@ -12,8 +12,8 @@ use super::kfit::{Q4_K_FIT, Q5_K_FIT};
 use super::kfit_lanes::{self, kx_row, Lanes};
 use super::simd_quantize::{FromBf16, RowQuantizers};
 use super::{
-    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_0, q5_k, q8_0, q8_1, q8_k, BlockQ4K,
-    BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    as_blocks_mut, bf16, f16, f32_to_f16, q4_0, q4_k, q5_0, q5_k, q8_0, q8_1, q8_k, BlockQ3K,
+    BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
 /// Whether this CPU runs every function of this file.
@@ -153,18 +153,9 @@ fn q8_0_row(src: &[f32], dst: &mut [u8]) {
     for g in (0..n).step_by(GROUP_BLOCKS) {
         let m = GROUP_BLOCKS.min(n - g);
         let x = &src[32 * g..32 * (g + m)];
-        let block = |j: usize| [load16_at(x, 32 * j), load16_at(x, 32 * j + 16)];
-        // Lanes past the last block hold 0: a block of zeros, whose scale is never stored.
-        let parts = std::array::from_fn(|j| {
-            if j < m {
-                let [lo, hi] = block(j);
-                _mm512_max_epi32(abs_bits(lo), abs_bits(hi))
-            } else {
-                _mm512_setzero_si512()
-            }
-        });
+        let block = |j: usize| halves(x, j);
         let group = &mut blocks[g..g + m];
-        match q8_0_scales(lane_maxima(parts)) {
+        match q8_0_scales(abs_maxima(x, m)) {
             Some(scales) => q8_0_store_group(group, scales, block),
             None => {
                 for (b, x) in group.iter_mut().zip(x.chunks_exact(32)) {
@@ -199,27 +190,32 @@ fn load16_at(x: &[f32], at: usize) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn lane_maxima(v: [__m512i; 16]) -> __m512i {
+    // Plain loops, not `array::from_fn`: its closure is a function of its own, which the
+    // compiler may leave uninlined and without this function's target features.
     // Lanes (128-bit) 0-1: input 2i's partials, 2-3: input 2i + 1's.
-    let l1: [__m512i; 8] = std::array::from_fn(|i| {
+    let mut l1 = [_mm512_setzero_si512(); 8];
+    for (i, o) in l1.iter_mut().enumerate() {
         let (a, b) = (v[2 * i], v[2 * i + 1]);
-        _mm512_max_epi32(
+        *o = _mm512_max_epi32(
             _mm512_shuffle_i64x2::<0x44>(a, b),
             _mm512_shuffle_i64x2::<0xee>(a, b),
-        )
-    });
+        );
+    }
     // Lane k: input 4i + k's four partials.
-    let l2: [__m512i; 4] = std::array::from_fn(|i| {
+    let mut l2 = [_mm512_setzero_si512(); 4];
+    for (i, o) in l2.iter_mut().enumerate() {
         let (a, b) = (l1[2 * i], l1[2 * i + 1]);
-        _mm512_max_epi32(
+        *o = _mm512_max_epi32(
             _mm512_shuffle_i64x2::<0x88>(a, b),
             _mm512_shuffle_i64x2::<0xdd>(a, b),
-        )
-    });
+        );
+    }
     // Lane k: inputs 8i + k and 8i + 4 + k, two partials each.
-    let l3: [__m512i; 2] = std::array::from_fn(|i| {
+    let mut l3 = [_mm512_setzero_si512(); 2];
+    for (i, o) in l3.iter_mut().enumerate() {
         let (a, b) = (l2[2 * i], l2[2 * i + 1]);
-        _mm512_max_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
-    });
+        *o = _mm512_max_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    }
     // Lane k: inputs k, 4 + k, 8 + k and 12 + k, one 32-bit value each.
     let (a, b) = (_mm512_castsi512_ps(l3[0]), _mm512_castsi512_ps(l3[1]));
     let r = _mm512_max_epi32(
@@ -229,6 +225,52 @@ fn lane_maxima(v: [__m512i; 16]) -> __m512i {
     // Input j sits at 32-bit position 4 (j % 4) + j / 4.
     let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     _mm512_permutexvar_epi32(order, r)
+}
+
+/// Block j of `x` (the 32 floats at 32j) as its two halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn halves(x: &[f32], j: usize) -> [__m512; 2] {
+    [load16_at(x, 32 * j), load16_at(x, 32 * j + 16)]
+}
+
+/// The largest |x| (f32 bits) of each of the first `m` blocks of `x` in lanes 0..m; the
+/// lanes past them hold 0, a block of zeros whose scale is never stored.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn abs_maxima(x: &[f32], m: usize) -> __m512i {
+    let mut parts = [_mm512_setzero_si512(); 16];
+    for (j, p) in parts.iter_mut().enumerate().take(m) {
+        let [lo, hi] = halves(x, j);
+        *p = _mm512_max_epi32(abs_bits(lo), abs_bits(hi));
+    }
+    lane_maxima(parts)
+}
+
+/// Block j of bf16 bytes `s` (the 64 bytes at 64j), raw.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn bf16_block(s: &[u8], j: usize) -> __m512i {
+    assert!(64 * j + 64 <= s.len());
+    // SAFETY: the 64 bytes at 64j were just checked to lie inside `s`; unaligned load.
+    unsafe { _mm512_loadu_si512(s.as_ptr().add(64 * j).cast()) }
+}
+
+/// As [`abs_maxima`] for blocks of bf16 bytes: |x| of a bf16 value is its low 15 bits,
+/// ordered like the float, so the block's largest, widened, is the largest |x| of the
+/// widened block.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn bf16_abs_maxima(s: &[u8], m: usize) -> __m512i {
+    let mut parts = [_mm512_setzero_si512(); 16];
+    for (j, p) in parts.iter_mut().enumerate().take(m) {
+        let a = _mm512_and_si512(bf16_block(s, j), _mm512_set1_epi16(0x7fff));
+        *p = _mm512_max_epi32(
+            _mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
+            _mm512_srli_epi32::<16>(a),
+        );
+    }
+    _mm512_slli_epi32::<16>(lane_maxima(parts))
 }
 
 /// Q8_0's scales of [`GROUP_BLOCKS`] blocks from their largest |x| (f32 bits, block j in
@@ -243,9 +285,18 @@ fn q8_0_scales(amax: __m512i) -> Option<([u16; 16], [f32; 16])> {
         return None;
     }
     let d = _mm512_div_ps(_mm512_castsi512_ps(amax), _mm512_set1_ps(127.0));
+    stored_scales(d)
+}
+
+/// A group's scales d (lane j: block j) as f16 bits, with 1 / d (0 where d is 0) as the
+/// references compute it; `None` when an inverse overflows (the scalar reference then
+/// takes the group).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn stored_scales(d: __m512) -> Option<([u16; 16], [f32; 16])> {
     let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(d, _mm512_setzero_ps());
     let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
-    if _mm512_cmpge_epi32_mask(abs_bits(id), inf) != 0 {
+    if _mm512_cmpge_epi32_mask(abs_bits(id), _mm512_set1_epi32(0x7f80_0000)) != 0 {
         return None;
     }
     let (mut dh, mut idv) = ([0u16; 16], [0f32; 16]);
@@ -304,24 +355,8 @@ fn bf16_to_q8_0_row(src: &[u8], dst: &mut [u8]) {
     for g in (0..n).step_by(GROUP_BLOCKS) {
         let m = GROUP_BLOCKS.min(n - g);
         let s = &src[64 * g..64 * (g + m)];
-        // |x| of a bf16 value is its low 15 bits, ordered like the float: the block's
-        // largest, widened, is the largest |x| of the widened block. Lanes past the last
-        // block hold 0, as in `q8_0_row`.
-        let parts = std::array::from_fn(|j| {
-            if j >= m {
-                return _mm512_setzero_si512();
-            }
-            // SAFETY: j < m, so the 64 bytes at 64j lie inside `s` (64m bytes).
-            let v = unsafe { _mm512_loadu_si512(s.as_ptr().add(64 * j).cast()) };
-            let a = _mm512_and_si512(v, _mm512_set1_epi16(0x7fff));
-            _mm512_max_epi32(
-                _mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
-                _mm512_srli_epi32::<16>(a),
-            )
-        });
-        let amax = _mm512_slli_epi32::<16>(lane_maxima(parts));
         let group = &mut blocks[g..g + m];
-        match q8_0_scales(amax) {
+        match q8_0_scales(bf16_abs_maxima(s, m)) {
             Some(scales) => q8_0_store_group(group, scales, |j| widen_bf16_halves(&s[64 * j..])),
             None => {
                 for (b, s) in group.iter_mut().zip(s.chunks_exact(64)) {
@@ -355,30 +390,14 @@ fn bf16_to_q4_0_row(src: &[u8], dst: &mut [u8]) {
     for g in (0..n).step_by(GROUP_BLOCKS) {
         let m = GROUP_BLOCKS.min(n - g);
         let s = &src[64 * g..64 * (g + m)];
-        let raw = |j: usize| {
-            assert!(64 * j + 64 <= s.len());
-            // SAFETY: the 64 bytes at 64j were just checked to lie inside `s`.
-            unsafe { _mm512_loadu_si512(s.as_ptr().add(64 * j).cast()) }
-        };
-        // As in `bf16_to_q8_0_row`: a bf16 |x| is its low 15 bits; lanes past the last block 0.
-        let parts = std::array::from_fn(|j| {
-            if j >= m {
-                return _mm512_setzero_si512();
-            }
-            let a = _mm512_and_si512(raw(j), _mm512_set1_epi16(0x7fff));
-            _mm512_max_epi32(
-                _mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
-                _mm512_srli_epi32::<16>(a),
-            )
-        });
-        let amax = _mm512_slli_epi32::<16>(lane_maxima(parts));
+        let amax = bf16_abs_maxima(s, m);
         let mut amax_bits = [0u32; 16];
         // SAFETY: 16 u32 stored into an array of 16; unaligned store.
         unsafe { _mm512_storeu_si512(amax_bits.as_mut_ptr().cast(), amax) };
         // The sign of each block's first value of largest |x| (what the reference keeps).
         let mut negative: __mmask16 = 0;
         for (j, &a) in amax_bits.iter().enumerate().take(m) {
-            let v = raw(j);
+            let v = bf16_block(s, j);
             let abs = _mm512_and_si512(v, _mm512_set1_epi16(0x7fff));
             let at = _mm512_cmpeq_epi16_mask(abs, _mm512_set1_epi16((a >> 16) as i16));
             let signs = _mm512_movepi16_mask(v);
@@ -459,7 +478,7 @@ fn q4_0_row(src: &[f32], dst: &mut [u8]) {
     for g in (0..n).step_by(GROUP_BLOCKS) {
         let m = GROUP_BLOCKS.min(n - g);
         let x = &src[32 * g..32 * (g + m)];
-        let block = |j: usize| [load16_at(x, 32 * j), load16_at(x, 32 * j + 16)];
+        let block = |j: usize| halves(x, j);
         let group = &mut blocks[g..g + m];
         match signed_max_scales(x, -8.0) {
             Some(scales) => q4_0_store_group(group, scales, block),
@@ -472,6 +491,15 @@ fn q4_0_row(src: &[f32], dst: &mut [u8]) {
             }
         }
     }
+}
+
+/// Q4_0's / Q5_0's quants of 16 values: C's `MIN(top, (int8_t)(x*id + offset))`, a separate
+/// multiply and add, then truncation.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn offset_quants(v: __m512, id: f32, offset: f32, top: i32) -> __m512i {
+    let v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(id)), _mm512_set1_ps(offset));
+    _mm512_min_epi32(_mm512_cvttps_epi32(v), _mm512_set1_epi32(top))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -490,14 +518,8 @@ fn q5_0_row(src: &[f32], dst: &mut [u8]) {
             }
             continue;
         };
-        let (half, top) = (_mm512_set1_ps(16.5), _mm512_set1_epi32(31));
         for (j, b) in group.iter_mut().enumerate() {
-            let idv = _mm512_set1_ps(id[j]);
-            // C: MIN(31, (int8_t)(x*id + 16.5f)): a separate multiply and add, then truncation.
-            let q = |at| {
-                let v = _mm512_add_ps(_mm512_mul_ps(load16_at(x, at), idv), half);
-                _mm512_min_epi32(_mm512_cvttps_epi32(v), top)
-            };
+            let q = |at| offset_quants(load16_at(x, at), id[j], 16.5, 31);
             let (lo, hi) = (q(32 * j), q(32 * j + 16));
             let nibbles = _mm512_set1_epi32(0x0f);
             let packed = _mm512_or_si512(
@@ -523,22 +545,13 @@ fn q5_0_row(src: &[f32], dst: &mut [u8]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn signed_max_scales(x: &[f32], divisor: f32) -> Option<([u16; 16], [f32; 16])> {
     let m = (x.len() / 32).min(GROUP_BLOCKS);
-    let block = |j: usize| [load16_at(x, 32 * j), load16_at(x, 32 * j + 16)];
-    let parts = std::array::from_fn(|j| {
-        if j < m {
-            let [lo, hi] = block(j);
-            _mm512_max_epi32(abs_bits(lo), abs_bits(hi))
-        } else {
-            _mm512_setzero_si512()
-        }
-    });
-    let amax = lane_maxima(parts);
+    let amax = abs_maxima(x, m);
     let mut amax_bits = [0u32; 16];
     // SAFETY: 16 u32 stored into an array of 16; unaligned store.
     unsafe { _mm512_storeu_si512(amax_bits.as_mut_ptr().cast(), amax) };
     let mut negative: __mmask16 = 0;
     for (j, &a) in amax_bits.iter().enumerate().take(m) {
-        let [lo, hi] = block(j);
+        let [lo, hi] = halves(x, j);
         let t = _mm512_set1_epi32(a as i32);
         let at = (_mm512_cmpeq_epi32_mask(abs_bits(hi), t) as u32) << 16
             | _mm512_cmpeq_epi32_mask(abs_bits(lo), t) as u32;
@@ -567,21 +580,7 @@ fn signed_scales(
     let negative = negative & _mm512_test_epi32_mask(amax, amax);
     let max = _mm512_mask_or_epi32(amax, negative, amax, _mm512_set1_epi32(i32::MIN));
     let d = _mm512_div_ps(_mm512_castsi512_ps(max), _mm512_set1_ps(divisor));
-    let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(d, _mm512_setzero_ps());
-    let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
-    if _mm512_cmpge_epi32_mask(abs_bits(id), inf) != 0 {
-        return None;
-    }
-    let (mut dh, mut idv) = ([0u16; 16], [0f32; 16]);
-    // SAFETY: 16 u16 and 16 f32 written into arrays of exactly that size; unaligned stores.
-    unsafe {
-        _mm256_storeu_si256(
-            dh.as_mut_ptr().cast(),
-            _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d),
-        );
-        _mm512_storeu_ps(idv.as_mut_ptr(), id);
-    }
-    Some((dh, idv))
+    stored_scales(d)
 }
 
 /// The Q4_0 blocks of a group given their scales ([`signed_scales`]) and their values
@@ -593,15 +592,9 @@ fn q4_0_store_group(
     (d, id): ([u16; 16], [f32; 16]),
     block: impl Fn(usize) -> [__m512; 2],
 ) {
-    let (half, fifteen) = (_mm512_set1_ps(8.5), _mm512_set1_epi32(15));
     for (j, b) in group.iter_mut().enumerate() {
-        let idv = _mm512_set1_ps(id[j]);
         let [lo, hi] = block(j);
-        // C: MIN(15, (int8_t)(x*id + 8.5f)): a separate multiply and add, then truncation.
-        let q = |v| {
-            let v = _mm512_add_ps(_mm512_mul_ps(v, idv), half);
-            _mm512_min_epi32(_mm512_cvttps_epi32(v), fifteen)
-        };
+        let q = |v| offset_quants(v, id[j], 8.5, 15);
         let packed = _mm512_or_si512(q(lo), _mm512_slli_epi32::<4>(q(hi)));
         b.d = d[j].to_le_bytes();
         // SAFETY: qs is exactly 16 writable bytes.
@@ -693,13 +686,13 @@ fn q2_k_row(src: &[f32], dst: &mut [u8]) {
 /// Q6_K with its signed sub-block fits in lanes (`kfit_lanes.rs`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn q6_k_row(src: &[f32], dst: &mut [u8]) {
-    kfit_lanes::q6_k_row::<F512>(src, dst)
+    kfit_lanes::signed16_row::<F512, BlockQ6K>(src, dst)
 }
 
 /// Q3_K with its sub-block fits in lanes (`kfit_lanes.rs`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn q3_k_row(src: &[f32], dst: &mut [u8]) {
-    kfit_lanes::q3_k_row::<F512>(src, dst)
+    kfit_lanes::signed16_row::<F512, BlockQ3K>(src, dst)
 }
 
 /// 16 f32 lanes for the K-quant fits (`kfit_lanes.rs`). The type is private to this file and
