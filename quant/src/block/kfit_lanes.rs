@@ -10,8 +10,8 @@
 //! their rounding; across sub-blocks it does not: lane `l` of every vector here belongs to
 //! sub-block `l` and runs the reference's very f32 operations in the reference's order (a
 //! multiply and an add are never fused). The instruction set is a [`Lanes`] implementation
-//! (`simd_avx512.rs`: 16 lanes, `simd_avx2.rs`: 8; aarch64 keeps the scalar fits); this file is
-//! the algorithm, once.
+//! (`simd_avx512.rs`: 16 lanes, `simd_avx2.rs`: 8, `simd_neon.rs`: 8 in two NEON registers); this
+//! file is the algorithm, once.
 //!
 //! A super-block with a NaN or an infinity goes to the scalar reference: a NaN's payload may
 //! travel differently through reordered operands. From finite values only the default NaN can

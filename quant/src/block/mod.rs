@@ -12,7 +12,7 @@
 pub mod bf16;
 mod f16;
 mod kfit;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod kfit_lanes;
 mod q2_k;
 mod q3_k;

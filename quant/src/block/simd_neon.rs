@@ -1,8 +1,9 @@
 //! aarch64 NEON activation quantizers (f32 → Q8_0 / Q8_1 / Q8_K, what every quantized matmul
 //! runs on its input), byte-identical twins of the scalar references (see `simd_quantize.rs`
 //! for how exactness is kept). NEON is part of every aarch64 CPU, so this tier needs no
-//! detection. The row codecs convert uses (F16, BF16, Q4_0) stay scalar on aarch64: they run
-//! once per weight at conversion, not per token.
+//! detection. The K-quants' sub-block fits run one sub-block per lane (`kfit_lanes.rs`, 8 lanes
+//! in two registers); the other row codecs convert uses (F16, BF16, Q4_0, Q5_0, Q8_0 from bf16)
+//! stay scalar on aarch64: they run once per weight at conversion, not per token.
 //!
 //! Rounding comes from the conversion instructions themselves: `fcvtas` rounds half away from
 //! zero (C's `roundf`, Q8_0/Q8_1), `fcvtns` half to even (ggml's `nearest_int`, Q8_K), both
@@ -12,15 +13,141 @@
 
 use std::arch::aarch64::*;
 
+use super::kfit::{Q4_K_FIT, Q5_K_FIT};
+use super::kfit_lanes::{self, kx_row, Lanes};
 use super::simd_quantize::RowQuantizers;
-use super::{as_blocks_mut, f32_to_f16, q8_0, q8_1, q8_k, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use super::{
+    as_blocks_mut, f32_to_f16, q4_k, q5_k, q8_0, q8_1, q8_k, BlockQ3K, BlockQ4K, BlockQ5K,
+    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
 
 pub(super) fn quantizers() -> RowQuantizers {
     RowQuantizers {
         q8_0: q8_0_row,
         q8_1: q8_1_row,
         q8_k: q8_k_row,
+        q2_k: |s, d| kfit_lanes::q2_k_row::<F2x4>(s, d),
+        q3_k: |s, d| kfit_lanes::signed16_row::<F2x4, BlockQ3K>(s, d),
+        q4_k: |s, d| kx_row::<F2x4, BlockQ4K>(s, d, Q4_K_FIT, q4_k::pack, q4_k::quantize_block),
+        q5_k: |s, d| kx_row::<F2x4, BlockQ5K>(s, d, Q5_K_FIT, q5_k::pack, q5_k::quantize_block),
+        q6_k: |s, d| kfit_lanes::signed16_row::<F2x4, BlockQ6K>(s, d),
         ..RowQuantizers::scalar()
+    }
+}
+
+/// 8 f32 lanes in two NEON registers, for the K-quant fits (`kfit_lanes.rs`).
+#[derive(Clone, Copy)]
+struct F2x4([float32x4_t; 2]);
+
+impl F2x4 {
+    /// Each half through `f`.
+    #[inline(always)]
+    fn map(self, o: Self, f: impl Fn(float32x4_t, float32x4_t) -> float32x4_t) -> Self {
+        F2x4([f(self.0[0], o.0[0]), f(self.0[1], o.0[1])])
+    }
+}
+
+/// All ones in the lanes that are set, as the NEON comparisons make them.
+type Mask2x4 = [uint32x4_t; 2];
+
+// SAFETY (every `unsafe` block in this impl): register-only NEON, which every aarch64 CPU has;
+// the memory accesses are bounds-checked where they occur.
+impl Lanes for F2x4 {
+    const W: usize = 8;
+    type Mask = Mask2x4;
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        unsafe { F2x4([vdupq_n_f32(v); 2]) }
+    }
+    #[inline(always)]
+    fn gather(x: &[f32], stride: usize) -> Self {
+        let mut lanes = [0f32; 8];
+        for (l, o) in lanes.iter_mut().enumerate() {
+            *o = x[stride * l];
+        }
+        unsafe { F2x4([vld1q_f32(lanes.as_ptr()), vld1q_f32(lanes.as_ptr().add(4))]) }
+    }
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        assert!(out.len() >= 8);
+        unsafe {
+            vst1q_f32(out.as_mut_ptr(), self.0[0]);
+            vst1q_f32(out.as_mut_ptr().add(4), self.0[1]);
+        }
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self.map(o, |a, b| unsafe { vaddq_f32(a, b) })
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        self.map(o, |a, b| unsafe { vsubq_f32(a, b) })
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        self.map(o, |a, b| unsafe { vmulq_f32(a, b) })
+    }
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        self.map(o, |a, b| unsafe { vdivq_f32(a, b) })
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        self.map(self, |a, _| unsafe { vsqrtq_f32(a) })
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        self.map(self, |a, _| unsafe { vabsq_f32(a) })
+    }
+    #[inline(always)]
+    fn neg(self) -> Self {
+        self.map(self, |a, _| unsafe { vnegq_f32(a) })
+    }
+    #[inline(always)]
+    fn lt(self, o: Self) -> Mask2x4 {
+        unsafe { [vcltq_f32(self.0[0], o.0[0]), vcltq_f32(self.0[1], o.0[1])] }
+    }
+    #[inline(always)]
+    fn gt(self, o: Self) -> Mask2x4 {
+        unsafe { [vcgtq_f32(self.0[0], o.0[0]), vcgtq_f32(self.0[1], o.0[1])] }
+    }
+    #[inline(always)]
+    fn eq(self, o: Self) -> Mask2x4 {
+        unsafe { [vceqq_f32(self.0[0], o.0[0]), vceqq_f32(self.0[1], o.0[1])] }
+    }
+    #[inline(always)]
+    fn ne(self, o: Self) -> Mask2x4 {
+        let [a, b] = self.eq(o);
+        unsafe { [vmvnq_u32(a), vmvnq_u32(b)] }
+    }
+    #[inline(always)]
+    fn and(a: Mask2x4, b: Mask2x4) -> Mask2x4 {
+        unsafe { [vandq_u32(a[0], b[0]), vandq_u32(a[1], b[1])] }
+    }
+    #[inline(always)]
+    fn any(m: Mask2x4) -> bool {
+        unsafe { vmaxvq_u32(vorrq_u32(m[0], m[1])) != 0 }
+    }
+    #[inline(always)]
+    fn select(m: Mask2x4, a: Self, b: Self) -> Self {
+        unsafe {
+            F2x4([
+                vbslq_f32(m[0], a.0[0], b.0[0]),
+                vbslq_f32(m[1], a.0[1], b.0[1]),
+            ])
+        }
+    }
+    #[inline(always)]
+    fn nearest_clamped(self, lo: i32, hi: i32) -> Self {
+        self.map(self, |v, _| unsafe {
+            let t = vreinterpretq_s32_f32(vaddq_f32(v, vdupq_n_f32(12_582_912.0)));
+            let i = vsubq_s32(
+                vandq_s32(t, vdupq_n_s32(0x007f_ffff)),
+                vdupq_n_s32(0x0040_0000),
+            );
+            let c = vminq_s32(vmaxq_s32(i, vdupq_n_s32(lo)), vdupq_n_s32(hi));
+            vcvtq_f32_s32(c)
+        })
     }
 }
 

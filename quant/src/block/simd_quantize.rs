@@ -1,11 +1,11 @@
 //! SIMD twins of the row quantizers that convert and the runtime call most: f32 → F16 / BF16,
-//! bf16 → f32 widening, Q4_0, Q5_0, Q8_0 and the K-quants Q2_K-Q6_K (what convert writes; the K-quants' fits
-//! run one sub-block per vector lane, `kfit_lanes.rs`), Q8_0 / Q8_1 / Q8_K (the
-//! activation formats quantized before every matmul); on aarch64 the activation formats only
-//! (`simd_neon.rs`). The converter's bf16 rows go straight to F16 / BF16 / Q8_0 / Q4_0 bytes
-//! ([`FromBf16`]): each block is widened in registers and quantized at once, so no f32 row
-//! exists in memory; their scalar twins are the definition, the widening followed by the
-//! scalar quantizer, a group of [`GROUP`] elements at a time ([`widened`]).
+//! bf16 → f32 widening, Q4_0, Q5_0, Q8_0 and the K-quants Q2_K-Q6_K (what convert writes; the
+//! K-quants' fits run one sub-block per vector lane, `kfit_lanes.rs`), Q8_0 / Q8_1 / Q8_K (the
+//! activation formats quantized before every matmul); on aarch64 the activation formats and
+//! the K-quant fits (`simd_neon.rs`). The converter's bf16 rows go straight to F16 / BF16 /
+//! Q8_0 / Q4_0 bytes ([`FromBf16`]): each block is widened in registers and quantized at once,
+//! so no f32 row exists in memory; their scalar twins are the definition, the widening
+//! followed by the scalar quantizer, a group of [`GROUP`] elements at a time ([`widened`]).
 //!
 //! Every twin produces the very bytes of the scalar reference next to its format (itself
 //! byte-identical to ggml's): the same f32 operations on the same values, exact integer
