@@ -3,28 +3,26 @@
 //! (`kfit::fit_sub_blocks`, `q2_k` / `q3_k` / `q6_k::quantize_block`), bit for bit.
 //!
 //! ggml's fit (`make_qkx2_quants`) tries 21 (Q4_K), 16 (Q5_K, Q2_K) scales per sub-block of 32
-//! (16 for Q2_K) values, each a pass of rounding, sums and an error over the values: ~2.4 µs per
-//! Q4_K sub-block on a Zen 4 core, which made a Q4_K conversion of Tiny take a minute where
-//! Q8_0 takes seconds.
-//! Its sums run in element order, so vectorizing across one sub-block's values would change
-//! their rounding; across sub-blocks it does not: lane `l` of every vector here belongs to
-//! sub-block `l` and runs the reference's very f32 operations in the reference's order (a
-//! multiply and an add are never fused). The instruction set is a [`Lanes`] implementation
-//! (`simd_avx512.rs`: 16 lanes, `simd_avx2.rs`: 8, `simd_neon.rs`: 8 in two NEON registers); this
-//! file is the algorithm, once.
+//! (16 for Q2_K) values, each a pass of rounding, sums and an error over the values: ~2.4 µs
+//! per Q4_K sub-block on a Zen 4 core, which made a Q4_K conversion of Tiny take a minute where
+//! Q8_0 takes seconds. Its sums run in element order, so vectorizing across one sub-block's
+//! values would change their rounding; across sub-blocks it does not: lane `l` of every vector
+//! here belongs to sub-block `l` and runs the reference's very f32 operations in the
+//! reference's order (a multiply and an add are never fused). The instruction set is a
+//! [`Lanes`] implementation (`simd_avx512.rs`: 16 lanes, `simd_avx2.rs`: 8, `simd_neon.rs`: 8
+//! in two NEON registers); this file is the algorithm, once.
 //!
 //! A super-block with a NaN or an infinity goes to the scalar reference: a NaN's payload may
 //! travel differently through reordered operands. From finite values only the default NaN can
 //! arise (inf − inf after an overflow), identical in every lane and in the scalar code.
-//!
-use super::kfit::GROUP_MAX_EPS;
-use super::kfit::{finish_kx, FitError, KxFit, KxParts, SubFits};
+
+use super::kfit::{finish_kx, FitError, KxFit, KxParts, SubFits, GROUP_MAX_EPS};
 use super::{as_blocks_mut, q2_k, q3_k, q6_k, BlockQ2K, BlockQ3K, BlockQ6K, ByteBlock};
 
 /// A vector of [`Lanes::W`] f32 lanes with the operations the fit needs, each lane by lane
 /// exactly the scalar f32 operation (IEEE, round to nearest even).
 pub(super) trait Lanes: Copy {
-    /// Lanes per vector: a multiple of 8 (a super-block's sub-blocks).
+    /// Lanes per vector: 8 or 16, so that passes split a super-block's 8 or 16 sub-blocks.
     const W: usize;
     /// A lane mask, as the comparisons return it.
     type Mask: Copy;
@@ -291,8 +289,9 @@ fn qx_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
 /// `x` (sub-block l in lane l): a signed fit with weights x², then five passes that move single
 /// quants while the fit improves. A lane whose pass changed nothing would change nothing in
 /// the next either (its state is the same), so the lanes run on together until a pass
-/// changes none of them, where the reference stops each sub-block at its own. The scales into `scales[..W]`, the quants (L + 4, or 0 for a sub-block of
-/// zeros) into `l[..16 W]` in sub-block order.
+/// changes none of them, where the reference stops each sub-block at its own. The scales into
+/// `scales[..W]`, the quants (L + 4, or 0 for a sub-block of zeros) into `l[..16 W]` in
+/// sub-block order.
 #[inline(always)]
 fn q3_pass<V: Lanes>(x: &[f32], scales: &mut [f32; 16], l: &mut [u8; 256]) {
     const NMAX: i32 = 4;

@@ -696,8 +696,9 @@ fn q3_k_row(src: &[f32], dst: &mut [u8]) {
 }
 
 /// 16 f32 lanes for the K-quant fits (`kfit_lanes.rs`). The type is private to this file and
-/// its values are made only inside the K-quant row quantizers ([`q2_k_row`] ... [`q6_k_row`]), which the quantizer table
-/// holds only after `detected()`: the CPU runs the intrinsics of every method below.
+/// its values are made only inside the K-quant row quantizers ([`q2_k_row`] ... [`q6_k_row`]),
+/// which the quantizer table holds only after `detected()`: the CPU runs the intrinsics of
+/// every method below.
 #[derive(Clone, Copy)]
 struct F512(__m512);
 
