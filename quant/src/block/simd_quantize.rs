@@ -192,12 +192,32 @@ fn baseline() -> RowQuantizers {
 
 static TABLE: OnceLock<RowQuantizers> = OnceLock::new();
 
-/// Floats on which a SIMD `roundf` must agree with the scalar one (a multiple of 16, both
-/// signs): every float within 64 steps of each integer and half-integer up to 256 and near
-/// 2²⁰, 2²² and 2²³ (the ties and their neighbours), and a stride through all floats below
-/// 128, the quantizers' range.
+/// Checks a SIMD `roundf` of `W` lanes (`round`) against `f32::round`: on the floats where it
+/// could most easily differ (every float within 64 steps of each integer and half-integer up
+/// to 256 and near 2²⁰, 2²² and 2²³, the ties and their neighbours, and a stride through all
+/// floats below 128, the quantizers' range), or with `everywhere` on every float below 2²³ in
+/// magnitude, both signs (~2·10⁹ of them: a few seconds in a release build).
 #[cfg(all(test, target_arch = "x86_64"))]
-pub(super) fn round_away_cases() -> Vec<f32> {
+pub(super) fn check_round_away<const W: usize>(
+    everywhere: bool,
+    round: impl Fn([f32; W]) -> [i32; W],
+) {
+    let check = |x: [f32; W]| {
+        for (v, got) in x.iter().zip(round(x)) {
+            assert_eq!(got, v.round() as i32, "{v:e}");
+        }
+    };
+    const BELOW_2_23: u32 = 0x4b00_0000;
+    if everywhere {
+        for sign in [0, 0x8000_0000u32] {
+            for b in (0..BELOW_2_23).step_by(W) {
+                check(std::array::from_fn(|l| {
+                    f32::from_bits((b + l as u32) | sign)
+                }));
+            }
+        }
+        return;
+    }
     let mut v: Vec<f32> = Vec::new();
     for n in (0..=256).chain([1 << 20, (1 << 22) - 1, (1 << 23) - 1]) {
         for base in [n as f32, n as f32 + 0.5] {
@@ -207,10 +227,12 @@ pub(super) fn round_away_cases() -> Vec<f32> {
         }
     }
     v.extend((0..0x4300_0000u32).step_by(1009).map(f32::from_bits));
-    v.retain(|x| x.abs() < 8_388_608.0);
+    v.retain(|x| x.to_bits() < BELOW_2_23);
     let mut all: Vec<f32> = v.iter().flat_map(|&x| [x, -x]).collect();
-    all.resize(all.len().next_multiple_of(16), 0.0);
-    all
+    all.resize(all.len().next_multiple_of(W), 0.0);
+    for chunk in all.chunks_exact(W) {
+        check(std::array::from_fn(|l| chunk[l]));
+    }
 }
 
 /// The process-wide row quantizers, chosen at first use.
