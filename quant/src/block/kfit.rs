@@ -177,7 +177,7 @@ pub fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     }
 }
 
-/// The parameters of a Q4_K / Q5_K sub-block fit (`make_qkx2_quants` over 32 values).
+/// The parameters of a `make_qkx2_quants` sub-block fit (Q4_K, Q5_K; Q2_K's in `q2_k.rs`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct KxFit {
     pub nmax: i32,
@@ -202,39 +202,16 @@ pub(super) const Q5_K_FIT: KxFit = KxFit {
     nstep: 15,
 };
 
-/// A super-block's eight sub-block fits: each one's scale and min (subtracted) and its quants
-/// L (0..=nmax) in element order.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct SubFits {
-    pub scales: [f32; 8],
-    pub mins: [f32; 8],
-    pub l: [u8; 256],
-}
-
-impl Default for SubFits {
-    fn default() -> SubFits {
-        SubFits {
-            scales: [0.0; 8],
-            mins: [0.0; 8],
-            l: [0; 256],
-        }
-    }
-}
-
 /// The packed parts of a Q4_K / Q5_K super-block: d and dmin (f16), the 6-bit scales and
 /// mins packed, and the final quants L (0..=nmax) in element order.
 pub(super) type KxParts = ([u8; 2], [u8; 2], [u8; 12], [u8; 256]);
 
 /// Q4_K/Q5_K super-block quantization up to the final quants: per 32-element sub-block
-/// weights av + |x| and `make_qkx2_quants` ([`fit_sub_blocks`]), then [`finish_kx`].
+/// weights av + |x| and `make_qkx2_quants`, then [`finish_kx`].
 pub(super) fn quantize_kx(x: &[f32; 256], p: KxFit) -> KxParts {
-    finish_kx(x, &fit_sub_blocks(x, p), p.nmax)
-}
-
-/// The fits of a super-block's eight sub-blocks, one after another (the reference the
-/// lane-parallel fits of `kfit_lanes.rs` reproduce bit for bit).
-pub(super) fn fit_sub_blocks(x: &[f32; 256], p: KxFit) -> SubFits {
-    let mut fits = SubFits::default();
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let mut l_all = [0u8; 256];
     for j in 0..8 {
         let xs: &[f32; 32] = sub32(x, j);
         let mut sum_x2 = 0f32;
@@ -257,23 +234,28 @@ pub(super) fn fit_sub_blocks(x: &[f32; 256], p: KxFit) -> SubFits {
             FitError::Squared,
             &mut l,
         );
-        fits.l[32 * j..32 * j + 32].copy_from_slice(&l);
-        fits.scales[j] = sc;
-        fits.mins[j] = mn;
+        l_all[32 * j..32 * j + 32].copy_from_slice(&l);
+        scales[j] = sc;
+        mins[j] = mn;
     }
-    fits
+    finish_kx(x, &scales, &mins, l_all, p.nmax)
 }
 
-/// The rest of the reference after the sub-block fits: 6-bit scales and mins relative to
-/// their maxima, then the quants recomputed from the stored f16 d/dmin (pitfall 47).
-/// Inlined so that the SIMD tiers' callers compile its loops with their instructions.
+/// The rest of the reference after the sub-block fits (each sub-block's scale, min to
+/// subtract and quants L in element order): 6-bit scales and mins relative to their maxima,
+/// then the quants recomputed from the stored f16 d/dmin (pitfall 47). Inlined so that the
+/// SIMD tiers' callers compile its loops with their instructions.
 #[inline]
-pub(super) fn finish_kx(x: &[f32; 256], fits: &SubFits, nmax: i32) -> KxParts {
-    let mut l_all = fits.l;
+pub(super) fn finish_kx(
+    x: &[f32; 256],
+    scales: &[f32; 8],
+    mins: &[f32; 8],
+    mut l_all: [u8; 256],
+    nmax: i32,
+) -> KxParts {
     let mut max_scale = 0f32;
     let mut max_min = 0f32;
-    for j in 0..8 {
-        let (sc, mn) = (fits.scales[j], fits.mins[j]);
+    for (&sc, &mn) in scales.iter().zip(mins) {
         if sc > max_scale {
             max_scale = sc;
         }
@@ -290,8 +272,8 @@ pub(super) fn finish_kx(x: &[f32; 256], fits: &SubFits, nmax: i32) -> KxParts {
     let mut packed = [0u8; 12];
     for j in 0..8 {
         // C stores nearest_int into uint8_t (wrapping) before MIN(63, ·).
-        let ls = (nearest_int(inv_scale * fits.scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * fits.mins[j]) as u8).min(63);
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
         if j < 4 {
             packed[j] = ls;
             packed[j + 4] = lm;

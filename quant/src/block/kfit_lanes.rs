@@ -1,6 +1,6 @@
 //! Q2_K / Q3_K / Q4_K / Q5_K / Q6_K sub-block fits, one sub-block per vector lane: the SIMD
 //! twins of the references' `make_qkx2_quants`, `make_q3_quants` and `make_qx_quants` loops
-//! (`kfit::fit_sub_blocks`, `q2_k` / `q3_k` / `q6_k::quantize_block`), bit for bit.
+//! (`kfit::quantize_kx`, `q2_k` / `q3_k` / `q6_k::quantize_block`), bit for bit.
 //!
 //! ggml's fit (`make_qkx2_quants`) tries 21 (Q4_K), 16 (Q5_K, Q2_K) scales per sub-block of 32
 //! (16 for Q2_K) values, each a pass of rounding, sums and an error over the values: ~2.4 µs
@@ -16,7 +16,7 @@
 //! travel differently through reordered operands. From finite values only the default NaN can
 //! arise (inf − inf after an overflow), identical in every lane and in the scalar code.
 
-use super::kfit::{finish_kx, FitError, KxFit, KxParts, SubFits, GROUP_MAX_EPS};
+use super::kfit::{finish_kx, FitError, KxFit, KxParts, GROUP_MAX_EPS};
 use super::{as_blocks_mut, q2_k, q3_k, q6_k, BlockQ2K, BlockQ3K, BlockQ6K, ByteBlock};
 
 /// A vector of [`Lanes::W`] f32 lanes with the operations the fit needs, each lane by lane
@@ -99,11 +99,9 @@ pub(super) fn kx_row<V: Lanes, B: ByteBlock>(
                 *b = reference(x);
                 continue;
             }
-            let mut fits = SubFits::default();
-            fits.scales.copy_from_slice(&scales[8 * k..8 * k + 8]);
-            fits.mins.copy_from_slice(&mins[8 * k..8 * k + 8]);
-            fits.l.copy_from_slice(&l[256 * k..256 * k + 256]);
-            *b = pack(finish_kx(x, &fits, p.nmax));
+            let part = |v: &[f32; 16]| -> [f32; 8] { std::array::from_fn(|j| v[8 * k + j]) };
+            let quants = std::array::from_fn(|i| l[256 * k + i]);
+            *b = pack(finish_kx(x, &part(&scales), &part(&mins), quants, p.nmax));
         }
     }
 }

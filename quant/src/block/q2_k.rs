@@ -52,12 +52,12 @@ pub(super) fn quantize_block(x: &[f32; 256]) -> BlockQ2K {
     let mut l = [0u8; 256];
     let mut scales = [0f32; 16];
     let mut mins = [0f32; 16];
+    let p = Q2_K_FIT;
     for j in 0..16 {
         let mut xs = [0f32; 16];
         xs.copy_from_slice(&x[16 * j..16 * j + 16]);
         let weights = xs.map(f32::abs);
         let mut lj = [0u8; 16];
-        let p = Q2_K_FIT;
         (scales[j], mins[j]) = make_qkx2_quants(
             &xs,
             &weights,
