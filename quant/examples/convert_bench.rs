@@ -10,11 +10,19 @@ use std::time::Instant;
 use quant::block::convert_row;
 use quant::GgmlType;
 
+/// A positive count from the environment, `default` where unset; anything else stops the
+/// run with a message (a typo must not time another shape than asked for).
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    let Ok(v) = std::env::var(name) else {
+        return default;
+    };
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            eprintln!("{name}={v:?} is not a positive whole number");
+            std::process::exit(2);
+        }
+    }
 }
 
 fn main() {
@@ -45,7 +53,10 @@ fn main() {
             eprintln!("unknown type {name}");
             std::process::exit(2);
         };
-        let row_out = ty.row_bytes(k as u64).unwrap_or(0) as usize;
+        let Some(row_out) = ty.row_bytes(k as u64).map(|n| n as usize) else {
+            eprintln!("{name}: CB_K={k} is not a whole number of {name} blocks");
+            std::process::exit(2);
+        };
         let mut dst = vec![0u8; rows * row_out];
         let mut run = || {
             for (r, d) in dst.chunks_exact_mut(row_out).enumerate() {
