@@ -61,6 +61,9 @@ pub struct ModelBenchOptions {
     pub vision_precision: crate::model::deepseek_vl2::vision::VisionPrecision,
     /// The KV cache's element type (`--cache-type`).
     pub cache_type: crate::kv_cache::CacheType,
+    /// First drop both files from the page cache and time the first image request from
+    /// opening them (`cold_ttft_ms`): the first question a user asks after a reboot.
+    pub cold: bool,
 }
 
 /// Median and range of one measurement over the repetitions.
@@ -117,6 +120,19 @@ pub struct ModelBenchResult {
     pub ttft_ms: Option<f64>,
     /// Prompt tokens of the image request (image tokens + question + template).
     pub ttft_prompt_tokens: Option<usize>,
+    /// With `--cold`: the first image request's time to first token from opening the files
+    /// (model, tokenizer and mmproj loads included), the files dropped from the page cache
+    /// first.
+    pub cold_ttft_ms: Option<f64>,
+    /// With `--cold`: the part of the two files still in the page cache after the drop
+    /// (byte-weighted; 0 = really cold, `None` where it cannot be checked).
+    pub cold_resident_after_drop: Option<f64>,
+    /// The background reads of the model file and the mmproj started at load
+    /// ([`crate::loader::Preload`]; none with `--no-preload`, under `--mem-budget` or where
+    /// a file does not fit in free memory): megabytes read in and their wall time. The
+    /// timed measurements start after they end.
+    pub preload_mb: Option<f64>,
+    pub preload_ms: Option<f64>,
     /// Peak resident set of the model phase (mapped weights included), before the rooflines.
     pub peak_rss_mb: Option<f64>,
     /// Sizes of the model file and the mmproj used.
@@ -308,6 +324,24 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         Some(p) => Some(p.clone()),
         None => Some(convert::write::mmproj_path(&o.model)).filter(|p| p.is_file()),
     };
+    if o.cold && mmproj.is_none() {
+        return Err(ModelBenchError::Args(
+            "--cold times the first answer to an image prompt: it needs the mmproj (give \
+             --mmproj, and leave out --no-vision)"
+                .into(),
+        ));
+    }
+    let cold_resident_after_drop = if o.cold {
+        let files: Vec<PathBuf> = std::iter::once(o.model.clone())
+            .chain(mmproj.clone())
+            .collect();
+        say("dropping the model files from the page cache");
+        crate::bench::readspeed::drop_all(&files)
+            .context("dropping the files from the page cache")?
+    } else {
+        None
+    };
+    let opened = Instant::now();
     let file =
         ModelFile::open(&o.model).with_context(|| format!("opening {}", o.model.display()))?;
     let mut model = LanguageModel::load_with(&file, &o.experts)
@@ -342,7 +376,7 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     let tokenizer = Tokenizer::from_model_file(&file).context("reading the tokenizer")?;
     let vision = match &mmproj {
         Some(p) => {
-            let mut v = VisionModel::load(p)
+            let mut v = VisionModel::load_with(p, o.experts.preload)
                 .with_context(|| format!("loading the vision model {}", p.display()))?;
             v.set_precision(o.vision_precision);
             if let Some(enc) = crate::backend::vision_encoder(&vision_backend, &v, o.threads)
@@ -372,8 +406,28 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         .collect();
     let (depth, prompt) = ids.split_at(o.n_depth);
 
-    say("warm-up");
     let mut session = Sequence::new(&model);
+    let mut cold_ttft_ms = None;
+    if let (true, Some(v), Some(img)) = (o.cold, &vision, &image) {
+        say("cold image request");
+        image_request(&model, &tokenizer, v, img, &mut session)?;
+        cold_ttft_ms = Some(opened.elapsed().as_secs_f64() * 1000.0);
+    }
+    // Nothing is timed while a file is still being read in.
+    let preloads: Vec<_> = model
+        .preload()
+        .into_iter()
+        .chain(vision.as_ref().and_then(|v| v.preload()))
+        .map(|p| p.wait())
+        .collect();
+    let preload_mb =
+        (!preloads.is_empty()).then(|| preloads.iter().map(|r| r.bytes as f64 / 1e6).sum::<f64>());
+    let preload_ms = preloads
+        .iter()
+        .map(|r| r.elapsed.as_secs_f64() * 1000.0)
+        .reduce(f64::max);
+
+    say("warm-up");
     // At a depth, over every position a measurement will hold: the KV cache grows to its
     // size here, not inside the first timed repetition (llama.cpp allocates its cache for
     // the whole context up front; ours grows with the sequence).
@@ -431,33 +485,12 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
             decode.push(o.n_gen as f64 / took.as_secs_f64());
         }
         if let (Some(v), Some(img)) = (&vision, &image) {
-            session.reset();
             let t0 = Instant::now();
-            let pre = v
-                .preprocess(std::slice::from_ref(img))
-                .context("preprocessing")?;
-            let feats = v.encode(&pre).context("vision tower")?;
-            let vision_ms = t0.elapsed().as_secs_f64() * 1000.0;
-            let n_tiles = pre.unique_tiles.len();
-            let counts: Vec<usize> = pre.images.iter().map(|l| l.n_tokens).collect();
-            let msgs = [Message::new(Role::User, format!("{IMAGE_TAG}\n{QUESTION}"))];
-            let ids = build_chat(&tokenizer, &msgs, &counts)
-                .context("building the prompt")?
-                .ids;
-            session
-                .generate(
-                    &model,
-                    &tokenizer,
-                    &ids,
-                    &feats,
-                    &first_token_params(),
-                    &mut |_| {},
-                )
-                .context("first token")?;
+            let r = image_request(&model, &tokenizer, v, img, &mut session)?;
             ttft.push(t0.elapsed().as_secs_f64() * 1000.0);
-            vis.push(vision_ms / n_tiles as f64);
-            tiles = Some(n_tiles);
-            ttft_tokens = Some(ids.len());
+            vis.push(r.vision_ms / r.tiles as f64);
+            tiles = Some(r.tiles);
+            ttft_tokens = Some(r.prompt_tokens);
         }
         say(&format!("rep {}/{} done", rep + 1, o.reps));
     }
@@ -509,6 +542,10 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         vision_tiles: tiles,
         ttft_ms: spread.ttft_ms.map(|s| s.median),
         ttft_prompt_tokens: ttft_tokens,
+        cold_ttft_ms,
+        cold_resident_after_drop,
+        preload_mb,
+        preload_ms,
         peak_rss_mb: peak_rss.map(|b| b as f64 / 1e6),
         file_huge_mb: file_huge.map(|b| b as f64 / 1e6),
         file_mb: file_bytes as f64 / 1e6,
@@ -532,6 +569,53 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
         ),
         spread,
         expert_stats: Some(expert_stats),
+    })
+}
+
+/// What one image request took.
+struct ImageRequest {
+    /// Preprocessing, tower and projector.
+    vision_ms: f64,
+    tiles: usize,
+    prompt_tokens: usize,
+}
+
+/// The time-to-first-token request, on an emptied `session`: `img` preprocessed and
+/// encoded, the question's chat prompt around its tokens, generation to the first token.
+fn image_request(
+    model: &LanguageModel,
+    tokenizer: &Tokenizer,
+    v: &VisionModel,
+    img: &RgbImage,
+    session: &mut Sequence,
+) -> Result<ImageRequest, ModelBenchError> {
+    use anyhow::Context;
+    session.reset();
+    let t0 = Instant::now();
+    let pre = v
+        .preprocess(std::slice::from_ref(img))
+        .context("preprocessing")?;
+    let feats = v.encode(&pre).context("vision tower")?;
+    let vision_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let counts: Vec<usize> = pre.images.iter().map(|l| l.n_tokens).collect();
+    let msgs = [Message::new(Role::User, format!("{IMAGE_TAG}\n{QUESTION}"))];
+    let ids = build_chat(tokenizer, &msgs, &counts)
+        .context("building the prompt")?
+        .ids;
+    session
+        .generate(
+            model,
+            tokenizer,
+            &ids,
+            &feats,
+            &first_token_params(),
+            &mut |_| {},
+        )
+        .context("first token")?;
+    Ok(ImageRequest {
+        vision_ms,
+        tiles: pre.unique_tiles.len(),
+        prompt_tokens: ids.len(),
     })
 }
 
@@ -633,6 +717,19 @@ impl ModelBenchResult {
             &self.spread.vision_ms_per_tile,
         );
         s += &line("ttft (2x2 image)", "ms", &self.spread.ttft_ms);
+        if let Some(ms) = self.cold_ttft_ms {
+            let resident = match self.cold_resident_after_drop {
+                Some(r) => format!("{:.1} % of the files resident after the drop", r * 100.0),
+                None => "residency after the drop unknown".into(),
+            };
+            s += &format!(
+                "{:<22} {ms:>10.2} ms  (from opening the files; {resident})\n",
+                "ttft cold (2x2 image)"
+            );
+        }
+        if let (Some(mb), Some(ms)) = (self.preload_mb, self.preload_ms) {
+            s += &format!("preload: {mb:.0} MB read in behind the load in {ms:.0} ms\n");
+        }
         s += &format!(
             "roofline: read bandwidth {:.2} GB/s, FMA peak {:.1} GFLOP/s ({}); kernels: {}\n",
             self.bandwidth_gb_s, self.fma_gflops, self.fma_isa, self.kernel_isa

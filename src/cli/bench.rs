@@ -61,6 +61,11 @@ pub struct BenchModelArgs {
     /// The clock slows decode a little.
     #[arg(long)]
     pub regions: bool,
+    /// First drop the model file and the mmproj from the page cache and time the first
+    /// image request from opening them (`cold_ttft_ms`: the first answer after a reboot;
+    /// needs the mmproj).
+    #[arg(long)]
+    pub cold: bool,
     /// Print one JSON object as the last stdout line.
     #[arg(long)]
     pub json: bool,
@@ -128,6 +133,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 n_depth: a.n_depth,
                 reps: a.reps,
                 regions: a.regions,
+                cold: a.cold,
                 progress: true,
                 experts: a.experts.options(),
                 backend: a.gpu.options()?,

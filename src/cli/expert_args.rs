@@ -35,6 +35,12 @@ pub struct ExpertStoreArgs {
     /// low-bit copy, mapped, no budget).
     #[arg(long = "cold-experts", value_name = "MODE", default_value_t = ColdExperts::default())]
     pub cold_experts: ColdExperts,
+    /// Do not read the model files into memory in the background as they are opened (by
+    /// default, where they fit in free memory, a reader thread brings them in while the
+    /// tokenizer loads and the vision tower runs; without it the first passes read them
+    /// page by page).
+    #[arg(long = "no-preload")]
+    pub no_preload: bool,
 }
 
 /// The store's flags and `--stats`.
@@ -59,6 +65,7 @@ impl ExpertStoreArgs {
             prefetch: self.expert_prefetch,
             readers: self.expert_readers,
             cold: self.cold_experts,
+            preload: !self.no_preload,
         }
     }
 }

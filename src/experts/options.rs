@@ -72,6 +72,9 @@ pub struct ExpertOptions {
     /// Reader threads of the paging store (I/O, not compute).
     pub readers: usize,
     pub cold: ColdExperts,
+    /// Without a budget (the mmap store): read the whole file into memory on a background
+    /// thread from load on ([`crate::loader::Preload`]), where it fits.
+    pub preload: bool,
 }
 
 /// Reader threads by default: enough parallel reads to cover one layer's
@@ -87,6 +90,7 @@ impl Default for ExpertOptions {
             prefetch: Prefetch::default(),
             readers: DEFAULT_READERS,
             cold: ColdExperts::default(),
+            preload: true,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod hparams;
 mod meta;
+mod preload;
 mod weight;
 
 use std::collections::BTreeSet;
@@ -19,6 +20,7 @@ use thiserror::Error;
 
 pub use hparams::{Attention, Gating, LmHparams, TopkMethod};
 pub use meta::MetaReader;
+pub use preload::{Preload, PreloadReport};
 pub use weight::Weight;
 
 /// Everything that can be wrong with a model file, named precisely.

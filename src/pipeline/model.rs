@@ -71,6 +71,9 @@ struct Inner {
     /// The vision tower's offload (`--gpu-mem` less what the layers took).
     backend: BackendOptions,
     vision_precision: VisionPrecision,
+    /// Whether the mmproj is read in behind its load, as the model file is
+    /// (`ExpertOptions::preload`).
+    preload: bool,
 }
 
 impl Model {
@@ -130,6 +133,7 @@ impl Model {
                 exif_rotate: opts.exif_rotate,
                 backend: vision_backend,
                 vision_precision: opts.vision_precision,
+                preload: opts.experts.preload,
             }),
         })
     }
@@ -153,9 +157,11 @@ impl Model {
         if !path.is_file() {
             return Err(Error::NoMmproj(path.clone()));
         }
-        let mut v = VisionModel::load(path).map_err(|source| Error::LoadVision {
-            path: path.clone(),
-            source: Box::new(source),
+        let mut v = VisionModel::load_with(path, self.inner.preload).map_err(|source| {
+            Error::LoadVision {
+                path: path.clone(),
+                source: Box::new(source),
+            }
         })?;
         v.set_precision(self.inner.vision_precision);
         let threads = self

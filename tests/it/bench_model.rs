@@ -245,6 +245,50 @@ fn regions_split_the_decode_threads_time() {
     assert!(last_json(&bench("-t 1 -n 2 --reps 1"))["decode_regions"].is_null());
 }
 
+/// `--cold` times one image request from opening the files, after dropping them from the page
+/// cache (on tmpfs nothing can be dropped: the residency it reports is then what stayed), and
+/// the background reads behind the load cover the model file but its token embedding, and
+/// the mmproj (sizes from the files and their tensor table); `--no-preload` reads nothing
+/// ahead.
+#[test]
+fn cold_times_the_first_image_request_and_preload_reads_the_files() {
+    let (_dir, model) = common::converted("tiny-mha", "q8_0");
+    let m = s(&model);
+    let args = [
+        "bench", "model", "-m", m, "-t", "1", "-p", "0", "-n", "0", "--reps", "1",
+    ];
+    let o = pocketvl(&[&args[..], &["--cold", "--json"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = last_json(&o);
+    // The cold request loads both models and runs the whole image request.
+    assert!(positive(&j, "cold_ttft_ms") > positive(&j, "vision_ms_per_tile"));
+    if let Some(r) = j["cold_resident_after_drop"].as_f64() {
+        assert!((0.0..=1.0).contains(&r), "{r}");
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("ttft cold (2x2 image)"), "{stdout}");
+    if cfg!(target_os = "linux") {
+        let embd = quant::gguf::GgufFile::open(&model)
+            .unwrap()
+            .tensor("token_embd.weight")
+            .unwrap()
+            .n_bytes;
+        let mmproj = j["mmproj"].as_str().expect("mmproj path");
+        let len = |p: &str| std::fs::metadata(p).unwrap().len();
+        let want = (len(m) - embd + len(mmproj)) as f64 / 1e6;
+        let got = positive(&j, "preload_mb");
+        assert!((got - want).abs() < 1e-9, "{got} MB, want {want}");
+        positive(&j, "preload_ms");
+    }
+    let o = pocketvl(&[&args[..], &["--no-preload", "--json"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = last_json(&o);
+    assert!(
+        j["preload_mb"].is_null() && j["cold_ttft_ms"].is_null(),
+        "{j}"
+    );
+}
+
 fn fails(args: &[&str]) -> String {
     let o = pocketvl(args);
     assert!(!o.status.success(), "expected failure for {args:?}");
@@ -276,6 +320,11 @@ fn bad_arguments_are_clear_errors() {
     );
     let e = fails(&["bench", "model", "-m", m, "-p", "100000", "-n", "1"]);
     assert!(e.contains("exceed the model's context"), "{e}");
+    let e = fails(&["bench", "model", "-m", m, "--no-vision", "--cold"]);
+    assert!(
+        e.contains("--cold") && e.contains("needs the mmproj"),
+        "{e}"
+    );
     // A file that is not a GGUF.
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"not a gguf").unwrap();

@@ -29,6 +29,7 @@ mod grounding_python;
 mod image_oracle;
 mod library_sessions;
 mod llamacpp_interop;
+mod preload;
 mod preprocess_fixtures;
 mod preprocess_pillow;
 mod server_openai;

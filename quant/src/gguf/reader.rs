@@ -172,28 +172,65 @@ impl GgufFile {
     /// cached stay as they are.
     pub fn advise_huge_pages(&self, except: &[&TensorInfo]) {
         #[cfg(target_os = "linux")]
-        {
-            let mut skip: Vec<(usize, usize)> = except
-                .iter()
-                .filter_map(|t| {
-                    let d = self.tensor_data(t);
-                    let start = (d.as_ptr() as usize).checked_sub(self.map.as_ptr() as usize)?;
-                    Some((start, start + d.len()))
-                })
-                .collect();
-            skip.sort_unstable();
-            let mut from = 0;
-            for (start, end) in skip.into_iter().chain([(self.map.len(), self.map.len())]) {
-                if start > from {
-                    let _ = self
-                        .map
-                        .advise_range(memmap2::Advice::HugePage, from, start - from);
-                }
-                from = from.max(end);
-            }
+        for r in self.ranges_except(except) {
+            let _ = self
+                .map
+                .advise_range(memmap2::Advice::HugePage, r.start, r.len());
         }
         #[cfg(not(target_os = "linux"))]
         let _ = except;
+    }
+
+    /// The byte ranges of the mapping outside the data of the tensors in `except`, in file
+    /// order (the whole file when `except` is empty).
+    pub fn ranges_except(&self, except: &[&TensorInfo]) -> Vec<std::ops::Range<usize>> {
+        let mut skip: Vec<(usize, usize)> = except
+            .iter()
+            .filter_map(|t| {
+                let d = self.tensor_data(t);
+                let start = (d.as_ptr() as usize).checked_sub(self.map.as_ptr() as usize)?;
+                Some((start, start + d.len()))
+            })
+            .collect();
+        skip.sort_unstable();
+        let mut ranges = Vec::new();
+        let mut from = 0;
+        for (start, end) in skip.into_iter().chain([(self.map.len(), self.map.len())]) {
+            if start > from {
+                ranges.push(from..start);
+            }
+            from = from.max(end);
+        }
+        ranges
+    }
+
+    /// Reads the mapped bytes `range` into memory now and maps them into this process
+    /// (`MADV_POPULATE_READ`: the same page faults, readahead and folio sizes a first read
+    /// of those bytes would take, done ahead of it). Blocks until they are in. An error where
+    /// the kernel lacks the advice (before Linux 5.14) or outside Linux; a range past the
+    /// mapping's end is an error, never a read outside it.
+    pub fn populate(&self, range: std::ops::Range<usize>) -> std::io::Result<()> {
+        if range.start > range.end || range.end > self.map.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "range {range:?} outside a mapping of {} bytes",
+                    self.map.len()
+                ),
+            ));
+        }
+        #[cfg(target_os = "linux")]
+        {
+            self.map
+                .advise_range(memmap2::Advice::PopulateRead, range.start, range.len())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "populating a mapping needs Linux",
+            ))
+        }
     }
 }
 

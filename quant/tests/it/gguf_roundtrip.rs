@@ -561,3 +561,64 @@ fn huge_page_advice_skips_the_excepted_tensors() {
         );
     }
 }
+
+/// The preload's ranges are the whole mapping less exactly the excepted tensors' data (in
+/// file order), and populating reads the same bytes in while a range past the mapping's end
+/// is refused.
+#[test]
+fn ranges_except_leave_out_the_excepted_data_and_populate_stays_in_the_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.gguf");
+    let mut w = GgufWriter::new();
+    let names = ["first", "embedding", "middle", "last"];
+    for (i, name) in names.iter().enumerate() {
+        w.add_tensor(name, GgmlType::F32, &[100 + 7 * i as u64])
+            .unwrap();
+    }
+    let mut dw = w.create(&path, false).unwrap();
+    let datas: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| vec![i + 1; 4 * (100 + 7 * i as usize)])
+        .collect();
+    for d in &datas {
+        dw.write(d).unwrap();
+    }
+    dw.finish().unwrap().commit().unwrap();
+    let f = GgufFile::open(&path).unwrap();
+    let len = f.file_len() as usize;
+
+    assert_eq!(f.ranges_except(&[]), vec![0..len]);
+    let span = |name: &str| {
+        let t = f.tensor(name).unwrap();
+        let start = (f.data_offset() + t.offset) as usize;
+        start..start + t.n_bytes as usize
+    };
+    let (e, m) = (span("embedding"), span("middle"));
+    let ranges = f.ranges_except(&[f.tensor("middle").unwrap(), f.tensor("embedding").unwrap()]);
+    assert_eq!(ranges, vec![0..e.start, e.end..m.start, m.end..len]);
+    // Neighbours: what lies between them (the alignment padding) stays in.
+    let first = span("first");
+    let ranges = f.ranges_except(&[f.tensor("embedding").unwrap(), f.tensor("first").unwrap()]);
+    let padding = (first.end < e.start).then_some(first.end..e.start);
+    let want: Vec<_> = std::iter::once(0..first.start)
+        .chain(padding)
+        .chain(std::iter::once(e.end..len))
+        .collect();
+    assert_eq!(ranges, want);
+
+    if cfg!(target_os = "linux") {
+        for r in f.ranges_except(&[f.tensor("embedding").unwrap()]) {
+            f.populate(r).unwrap();
+        }
+        f.populate(0..len).unwrap();
+        f.populate(len..len).unwrap();
+    }
+    #[allow(clippy::reversed_empty_ranges)]
+    let bad = [len..len + 1, 0..len + 4096, 5..4];
+    for r in bad {
+        let e = f.populate(r.clone()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{r:?}: {e}");
+    }
+    for (name, data) in names.iter().zip(&datas) {
+        assert_eq!(f.tensor_data(f.tensor(name).unwrap()), &data[..], "{name}");
+    }
+}

@@ -21,9 +21,9 @@ use super::layer_offload::{AttnWeights, DeviceCache, LayerOffload};
 use super::moe::{
     add_shared, moe_forward, route_tokens, Mlp, MoeScratch, MoeWeights, RouterConfig,
 };
-use crate::experts::{ExpertError, ExpertOptions, ExpertStore, LayerExperts};
+use crate::experts::{ColdExperts, ExpertError, ExpertOptions, ExpertStore, LayerExperts};
 use crate::kv_cache::{CacheType, KvCache};
-use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Weight};
+use crate::loader::{Attention, LmHparams, LoaderError, ModelFile, Preload, Weight};
 use crate::ops::{add_assign, matmul, rms_norm, row_to_f32, Rope, RopeLayout};
 use crate::trace::Trace;
 
@@ -101,6 +101,8 @@ pub struct LanguageModel {
     offload: Option<Arc<dyn LayerOffload>>,
     /// The element type of new states' KV caches (`--cache-type`).
     cache_type: CacheType,
+    /// The file being read in behind the load (`ExpertOptions::preload`).
+    preload: Option<Preload>,
 }
 
 /// What one sequence (a conversation) owns: its KV cache, the activation buffers its forward
@@ -161,11 +163,18 @@ impl LanguageModel {
         experts: &ExpertOptions,
     ) -> Result<LanguageModel, ModelError> {
         let hp = LmHparams::from_file(file)?;
+        let mut preload = None;
         if experts.budget.is_none() {
             // Every matrix but the embedding table is streamed whole per token; under a
             // budget the paging store decides residency in normal pages itself.
             let g = file.gguf();
-            g.advise_huge_pages(g.tensor(tn::TOKEN_EMBD).as_slice());
+            let embd = g.tensor(tn::TOKEN_EMBD);
+            g.advise_huge_pages(embd.as_slice());
+            // The same bytes read in from now on (the routed experts of `--cold-experts
+            // only` come from the low-bit copy instead: no preload of the unused ones).
+            if experts.preload && experts.cold == ColdExperts::Off {
+                preload = Preload::start(file, embd.as_slice());
+            }
         }
         let d = u(hp.n_embd);
         let v = u(hp.n_vocab);
@@ -287,14 +296,9 @@ impl LanguageModel {
         }
         file.check_all_used()?;
         let store = crate::experts::open(file, stacks, hp.n_expert_used, experts)?;
-        Ok(Self::assemble(
-            hp,
-            token_embd,
-            layers,
-            output_norm,
-            output,
-            store,
-        ))
+        let mut model = Self::assemble(hp, token_embd, layers, output_norm, output, store);
+        model.preload = preload;
+        Ok(model)
     }
 
     fn assemble(
@@ -328,6 +332,7 @@ impl LanguageModel {
             pool: None,
             offload: None,
             cache_type: CacheType::default(),
+            preload: None,
         }
     }
 
@@ -387,6 +392,11 @@ impl LanguageModel {
     /// The expert store (usage statistics).
     pub fn experts(&self) -> &dyn ExpertStore {
         self.experts.as_ref()
+    }
+
+    /// The background read of the file started at load, where one runs.
+    pub fn preload(&self) -> Option<&Preload> {
+        self.preload.as_ref()
     }
 
     /// Embeddings of `ids`: `[ids.len(), n_embd]`.

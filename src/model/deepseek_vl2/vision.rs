@@ -18,7 +18,7 @@ use super::vision_attention::{bf16_attention_runs, full_attention, Arith, Panels
 use super::vision_config::{VisionError, VisionHparams};
 pub use super::vision_math::VisionPrecision;
 use super::vision_math::{layer_norm, tower_matmul, tower_matmul_then, Then};
-use crate::loader::{LoaderError, ModelFile, Weight};
+use crate::loader::{LoaderError, ModelFile, Preload, Weight};
 use crate::ops::MatView;
 
 /// Tiles pushed through the tower together: bounds activation memory
@@ -267,13 +267,26 @@ pub struct VisionModel {
     projector: super::projector::Projector,
     /// Runs tower + projector instead of the CPU when set (`--offload vision`).
     offload: Option<std::sync::Arc<dyn TileEncoder>>,
+    /// The file being read in behind the load ([`VisionModel::load_with`]).
+    preload: Option<Preload>,
 }
 
 impl VisionModel {
     /// Opens an mmproj GGUF; fails if a tensor is missing, mis-shaped, or left unused.
     pub fn load(path: &std::path::Path) -> Result<Self, VisionError> {
+        Self::load_with(path, false)
+    }
+
+    /// [`VisionModel::load`], reading the file in on a background thread from the start
+    /// when `preload` is set (and it fits in memory; [`Preload`]): the first tile then
+    /// finds its layers' weights in memory instead of faulting them in as it goes.
+    pub fn load_with(path: &std::path::Path, preload: bool) -> Result<Self, VisionError> {
         let file = ModelFile::open(path)?;
-        Self::from_file(&file)
+        let mut model = Self::from_file(&file)?;
+        if preload {
+            model.preload = Preload::start(&file, &[]);
+        }
+        Ok(model)
     }
 
     pub fn from_file(file: &ModelFile) -> Result<Self, VisionError> {
@@ -296,7 +309,13 @@ impl VisionModel {
             tower,
             projector,
             offload: None,
+            preload: None,
         })
+    }
+
+    /// The background read of the file started at load, where one runs.
+    pub fn preload(&self) -> Option<&Preload> {
+        self.preload.as_ref()
     }
 
     /// The tower blocks' product arithmetic from now on (default
