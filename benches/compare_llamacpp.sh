@@ -51,6 +51,11 @@ DEPTH="${DEPTH:-0}"
 LLAMA_CACHE_TYPE="${LLAMA_CACHE_TYPE:-}"
 CACHE_TYPE="${CACHE_TYPE:-f32}"
 [[ "$DEPTH" =~ ^[0-9]+$ ]] || { echo "[compare_llamacpp] ERROR: DEPTH must be a whole number, not '$DEPTH'" >&2; exit 1; }
+# Each row compares both measurements: a 0 would leave one column without a number.
+for v in N_PROMPT N_GEN; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] \
+        || { echo "[compare_llamacpp] ERROR: $v must be a whole number of at least 1, not '${!v}'" >&2; exit 1; }
+done
 FILES=("$@")
 if [ "${#FILES[@]}" -eq 0 ]; then
     FILES=(/work/models/tiny-q4_0.gguf /work/models/tiny-q8_0.gguf /work/models/tiny-q4_k.gguf)

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 pub use hparams::{Attention, Gating, LmHparams, TopkMethod};
 pub use meta::MetaReader;
-pub use preload::{Preload, PreloadReport};
+pub use preload::{Preload, PreloadHold, PreloadReport};
 pub use weight::Weight;
 
 /// Everything that can be wrong with a model file, named precisely.

@@ -1,16 +1,21 @@
-//! Reading a mapped model file into memory in the background, from the moment it is
-//! opened, so that the first forward passes do not wait on the disk.
+//! Reading a mapped model file into memory in the background, right after it is loaded,
+//! so that the first forward passes do not wait on the disk.
 //!
 //! Why: weights are a file mapping, read on first touch. Cold, the first prompt's
 //! prefill (or the first image's tower) faults the file in page by page in the order the
 //! forward pass touches it, and computes nothing while each read is in flight: on the
 //! 2-core Zen 4 VM a cold Tiny Q4_0 prefill of a 631-token image prompt took 2.8-3.3 s
-//! where a warm one takes 1.5 s (BENCHMARKS.md). A reader thread started at load walks
-//! the file in order instead, a chunk at a time, while the tokenizer loads and the tower
-//! runs; llama.cpp asks the kernel for the same with `MADV_WILLNEED` over its whole
+//! where a warm one takes 1.5 s (BENCHMARKS.md, twenty-eighth session). A reader thread
+//! walks the file in order instead, 2 MiB at a time, while the tokenizer loads and the
+//! tower runs; llama.cpp asks the kernel for the same with `MADV_WILLNEED` over its whole
 //! mapping. Here it is `MADV_POPULATE_READ`, the same page faults the forward pass would
 //! take (their readahead, their 2 MiB folios under `advise_huge_pages`), taken earlier
 //! and on another thread, so the pages are also mapped when the compute arrives.
+//!
+//! A read faulted in by the compute waits behind the reads already queued on the disk, so
+//! the loaders start their preload only after their own reads (each norm and bias
+//! widened to f32 faults in the 2 MiB around it), and the language model's preload holds
+//! back while the mmproj's runs ([`Preload::hold`]): an image's tower needs that file first.
 //!
 //! Only when the bytes fit in the memory the process may use (`MemAvailable`, and the
 //! memory cgroup's limit where there is one): a file larger than that would push its
@@ -18,7 +23,7 @@
 //! experts themselves and never preload.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,9 +32,16 @@ use quant::gguf::TensorInfo;
 
 use super::ModelFile;
 
-/// Bytes populated per call: small enough that a dropped model stops its reader within
-/// one chunk, large enough that the calls cost nothing beside the reads.
-const CHUNK: usize = 16 << 20;
+/// Bytes populated per call: one 2 MiB folio, so that a read the compute faults in waits
+/// behind at most this much of the preload's on the disk (and a dropped model stops its
+/// reader within one); the calls cost nothing beside the reads.
+const CHUNK: usize = 2 << 20;
+/// How often a paused preload looks whether it may go on: short beside the files' reads.
+const PAUSE_POLL: Duration = Duration::from_millis(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// What a finished (or stopped) preload did.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,9 +59,30 @@ pub struct PreloadReport {
 /// chunk) and waits for it.
 #[derive(Debug)]
 pub struct Preload {
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<PreloadReport>>>,
     report: Mutex<Option<PreloadReport>>,
+}
+
+/// What the reader thread and its owner share.
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    /// Holds on this preload ([`Preload::hold`]): it reads while there are none.
+    holds: AtomicUsize,
+    /// Holds on other preloads, dropped when this one's thread ends (`None` once it has;
+    /// [`Preload::release_when_done`]).
+    releases: Mutex<Option<Vec<PreloadHold>>>,
+}
+
+/// A pause of a preload, from [`Preload::hold`] until it is dropped.
+#[derive(Debug)]
+pub struct PreloadHold(Arc<Shared>);
+
+impl Drop for PreloadHold {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Preload {
@@ -65,29 +98,55 @@ impl Preload {
         if bytes == 0 || bytes > available_memory()? {
             return None;
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            releases: Mutex::new(Some(Vec::new())),
+            ..Shared::default()
+        });
         let thread = {
-            let (file, stop) = (file.clone(), stop.clone());
+            let (file, shared) = (file.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("pocketvl-preload".into())
-                .spawn(move || read_in(&file, ranges, &stop))
+                .spawn(move || {
+                    let report = read_in(&file, ranges, &shared);
+                    // Whoever waited for this file goes on.
+                    drop(lock(&shared.releases).take());
+                    report
+                })
                 .ok()?
         };
         Some(Preload {
-            stop,
+            shared,
             thread: Mutex::new(Some(thread)),
             report: Mutex::new(None),
         })
     }
 
+    /// Pauses this preload (after the chunk in flight) until the returned hold is dropped,
+    /// so that reads needed sooner get the disk alone: with the language model's file read
+    /// behind it, loading the mmproj (each of its norms and biases faults in the 2 MiB
+    /// around it) and the tower's first layers waited on both files (BENCHMARKS.md,
+    /// twenty-eighth session). [`Preload::wait`] on a held preload waits for the hold.
+    pub fn hold(&self) -> PreloadHold {
+        self.shared.holds.fetch_add(1, Ordering::AcqRel);
+        PreloadHold(self.shared.clone())
+    }
+
+    /// Drops `hold` (another preload's pause) when this preload has read its file, or now
+    /// if it has already ended.
+    pub fn release_when_done(&self, hold: PreloadHold) {
+        if let Some(r) = lock(&self.shared.releases).as_mut() {
+            r.push(hold);
+        }
+    }
+
     /// Waits until the reader is done (the whole file is in, or it stopped) and says what
     /// it did; later calls return the same report.
     pub fn wait(&self) -> PreloadReport {
-        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = lock(&self.report);
         if let Some(r) = *report {
             return r;
         }
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = lock(&self.thread).take();
         let r = handle.and_then(|h| h.join().ok()).unwrap_or(PreloadReport {
             bytes: 0,
             elapsed: Duration::ZERO,
@@ -100,23 +159,27 @@ impl Preload {
 
 impl Drop for Preload {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         self.wait();
     }
 }
 
 /// The reader thread: `ranges` of `file` a chunk at a time, at a lower scheduling priority
 /// than the compute threads (its own CPU time is the kernel's page-cache work).
-fn read_in(file: &ModelFile, ranges: Vec<Range<usize>>, stop: &AtomicBool) -> PreloadReport {
+fn read_in(file: &ModelFile, ranges: Vec<Range<usize>>, shared: &Shared) -> PreloadReport {
     lower_priority();
     let t0 = Instant::now();
     let mut bytes = 0u64;
     let mut complete = true;
+    let stopped = || shared.stop.load(Ordering::Relaxed);
     'ranges: for r in ranges {
         let mut at = r.start;
         while at < r.end {
+            while shared.holds.load(Ordering::Acquire) > 0 && !stopped() {
+                std::thread::sleep(PAUSE_POLL);
+            }
             let end = r.end.min(at + CHUNK);
-            if stop.load(Ordering::Relaxed) || file.gguf().populate(at..end).is_err() {
+            if stopped() || file.gguf().populate(at..end).is_err() {
                 complete = false;
                 break 'ranges;
             }

@@ -1,7 +1,7 @@
 //! The background read of the model files at load (`pocketvl::loader::Preload`): without a
 //! memory budget the language model's file is read in whole but the token embedding (read a
-//! few rows at a time), and the mmproj whole; `preload: false` (`--no-preload`) and the
-//! paging store under a budget read nothing ahead. The sizes come from the files and their
+//! few rows at a time), and the mmproj whole; a held preload goes on once released;
+//! `preload: false` (`--no-preload`) and the paging store under a budget read nothing ahead. The sizes come from the files and their
 //! tensor tables, not from the loader.
 
 use pocketvl::experts::ExpertOptions;
@@ -39,6 +39,25 @@ fn preload_reads_the_files_but_the_embedding_and_only_without_a_budget() {
         assert_eq!(v.bytes, len(&mmproj));
     }
     assert!(VisionModel::load(&mmproj).unwrap().preload().is_none());
+
+    // A held preload goes on when its hold drops, or when the preload it was handed to ends.
+    for handed in [false, true] {
+        let lm = LanguageModel::load_with(&file, &ExpertOptions::default()).unwrap();
+        let Some(p) = lm.preload() else { continue };
+        let hold = p.hold();
+        if handed {
+            let vision = VisionModel::load_with(&mmproj, true).unwrap();
+            match vision.preload() {
+                Some(v) => v.release_when_done(hold),
+                None => drop(hold),
+            }
+        } else {
+            drop(hold);
+        }
+        let r = p.wait();
+        assert!(r.complete, "{r:?}");
+        assert_eq!(r.bytes, len(&path) - embd);
+    }
 
     let off = ExpertOptions {
         preload: false,

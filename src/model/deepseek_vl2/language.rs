@@ -163,18 +163,11 @@ impl LanguageModel {
         experts: &ExpertOptions,
     ) -> Result<LanguageModel, ModelError> {
         let hp = LmHparams::from_file(file)?;
-        let mut preload = None;
         if experts.budget.is_none() {
             // Every matrix but the embedding table is streamed whole per token; under a
             // budget the paging store decides residency in normal pages itself.
             let g = file.gguf();
-            let embd = g.tensor(tn::TOKEN_EMBD);
-            g.advise_huge_pages(embd.as_slice());
-            // The same bytes read in from now on (the routed experts of `--cold-experts
-            // only` come from the low-bit copy instead: no preload of the unused ones).
-            if experts.preload && experts.cold == ColdExperts::Off {
-                preload = Preload::start(file, embd.as_slice());
-            }
+            g.advise_huge_pages(g.tensor(tn::TOKEN_EMBD).as_slice());
         }
         let d = u(hp.n_embd);
         let v = u(hp.n_vocab);
@@ -297,7 +290,13 @@ impl LanguageModel {
         file.check_all_used()?;
         let store = crate::experts::open(file, stacks, hp.n_expert_used, experts)?;
         let mut model = Self::assemble(hp, token_embd, layers, output_norm, output, store);
-        model.preload = preload;
+        // The same bytes read in from here on (the routed experts of `--cold-experts only`
+        // come from the low-bit copy instead: no preload of the unused ones). Not before the
+        // norms above are read: each of their faults would wait behind the preload's reads.
+        if experts.budget.is_none() && experts.preload && experts.cold == ColdExperts::Off {
+            let g = file.gguf();
+            model.preload = Preload::start(file, g.tensor(tn::TOKEN_EMBD).as_slice());
+        }
         Ok(model)
     }
 

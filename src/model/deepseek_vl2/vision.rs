@@ -282,16 +282,18 @@ impl VisionModel {
     /// finds its layers' weights in memory instead of faulting them in as it goes.
     pub fn load_with(path: &std::path::Path, preload: bool) -> Result<Self, VisionError> {
         let file = ModelFile::open(path)?;
+        // Every tower and projector matrix is read whole per image (packed per product).
+        file.gguf().advise_huge_pages(&[]);
         let mut model = Self::from_file(&file)?;
+        // Not before the norms and biases are widened to f32 above: each of their faults
+        // would wait behind the preload's reads.
         if preload {
             model.preload = Preload::start(&file, &[]);
         }
         Ok(model)
     }
 
-    pub fn from_file(file: &ModelFile) -> Result<Self, VisionError> {
-        // Every tower and projector matrix is read whole per image (packed per product).
-        file.gguf().advise_huge_pages(&[]);
+    fn from_file(file: &ModelFile) -> Result<Self, VisionError> {
         let hparams = VisionHparams::from_file(file)?;
         let config = super::preprocess::PreprocessConfig::from_mmproj(file, &hparams)?;
         let tower = VisionTower::load(file, &hparams)?;
