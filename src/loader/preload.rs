@@ -164,10 +164,10 @@ impl Drop for Preload {
     }
 }
 
-/// The reader thread: `ranges` of `file` a chunk at a time, at a lower scheduling priority
-/// than the compute threads (its own CPU time is the kernel's page-cache work).
+/// The reader thread: `ranges` of `file` a chunk at a time (chunks aligned to `CHUNK` in
+/// the mapping, so that each call brings in whole folios of its own). Its CPU time is the
+/// kernel's page-cache work; it waits on the disk the rest of the time.
 fn read_in(file: &ModelFile, ranges: Vec<Range<usize>>, shared: &Shared) -> PreloadReport {
-    lower_priority();
     let t0 = Instant::now();
     let mut bytes = 0u64;
     let mut complete = true;
@@ -178,7 +178,7 @@ fn read_in(file: &ModelFile, ranges: Vec<Range<usize>>, shared: &Shared) -> Prel
             while shared.holds.load(Ordering::Acquire) > 0 && !stopped() {
                 std::thread::sleep(PAUSE_POLL);
             }
-            let end = r.end.min(at + CHUNK);
+            let end = r.end.min((at / CHUNK + 1) * CHUNK);
             if stopped() || file.gguf().populate(at..end).is_err() {
                 complete = false;
                 break 'ranges;
@@ -193,19 +193,6 @@ fn read_in(file: &ModelFile, ranges: Vec<Range<usize>>, shared: &Shared) -> Prel
         complete,
     }
 }
-
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // SAFETY: `gettid` and `setpriority` take no pointers; on Linux a thread id names this
-    // thread alone, so only the reader's nice value changes. Failure leaves it as it was.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 /// Bytes this process may still fill: `MemAvailable` (free memory plus what the kernel can
 /// reclaim), capped by the memory cgroup's limit less its usage (cgroup v2, or v1's memory
