@@ -15,7 +15,7 @@ use crate::bench::{peak, rss};
 use crate::experts::{ExpertOptions, ExpertStats};
 use crate::generate::{GenerateOptions, Sequence};
 use crate::image_io::RgbImage;
-use crate::loader::{ModelFile, Preload};
+use crate::loader::ModelFile;
 use crate::model::deepseek_vl2::preprocess::select_best_resolution;
 use crate::model::deepseek_vl2::prompt::{build_chat, Message, Role, IMAGE_TAG};
 use crate::model::deepseek_vl2::vision::VisionModel;
@@ -377,12 +377,8 @@ fn run(o: &ModelBenchOptions) -> Result<ModelBenchResult, ModelBenchError> {
     let vision = match &mmproj {
         Some(p) => {
             // As `Model::load_vision`: the mmproj's preload goes first.
-            let hold = model.preload().map(Preload::hold);
-            let mut v = VisionModel::load_with(p, o.experts.preload)
+            let mut v = VisionModel::load_with(p, o.experts.preload, model.preload())
                 .with_context(|| format!("loading the vision model {}", p.display()))?;
-            if let (Some(hold), Some(p)) = (hold, v.preload()) {
-                p.release_when_done(hold);
-            }
             v.set_precision(o.vision_precision);
             if let Some(enc) = crate::backend::vision_encoder(&vision_backend, &v, o.threads)
                 .context("vision offload")?

@@ -11,7 +11,7 @@ use crate::backend::{self, BackendOptions};
 use crate::experts::ExpertOptions;
 use crate::kv_cache::CacheType;
 use crate::limits;
-use crate::loader::{ModelFile, Preload};
+use crate::loader::ModelFile;
 use crate::model::deepseek_vl2::vision::{VisionModel, VisionPrecision};
 use crate::model::deepseek_vl2::LanguageModel;
 use crate::tokenizer::Tokenizer;
@@ -157,18 +157,14 @@ impl Model {
         if !path.is_file() {
             return Err(Error::NoMmproj(path.clone()));
         }
-        // The mmproj is read from now on and the language model's file only after it: its
-        // preload waits until the mmproj's has ended (or now, if there is none).
-        let hold = self.inner.lm.preload().map(Preload::hold);
-        let mut v = VisionModel::load_with(path, self.inner.preload).map_err(|source| {
-            Error::LoadVision {
-                path: path.clone(),
-                source: Box::new(source),
-            }
-        })?;
-        if let (Some(hold), Some(p)) = (hold, v.preload()) {
-            p.release_when_done(hold);
-        }
+        let ahead_of = self.inner.lm.preload();
+        let mut v =
+            VisionModel::load_with(path, self.inner.preload, ahead_of).map_err(|source| {
+                Error::LoadVision {
+                    path: path.clone(),
+                    source: Box::new(source),
+                }
+            })?;
         v.set_precision(self.inner.vision_precision);
         let threads = self
             .inner

@@ -27,7 +27,7 @@ fn preload_reads_the_files_but_the_embedding_and_only_without_a_budget() {
     let file = ModelFile::open(&path).unwrap();
     let lm = LanguageModel::load_with(&file, &ExpertOptions::default()).unwrap();
     let mmproj = convert::write::mmproj_path(&path);
-    let vision = VisionModel::load_with(&mmproj, true).unwrap();
+    let vision = VisionModel::load_with(&mmproj, true, None).unwrap();
     if cfg!(target_os = "linux") {
         let r = lm.preload().expect("a preload on Linux").wait();
         assert!(r.complete, "{r:?}");
@@ -44,15 +44,11 @@ fn preload_reads_the_files_but_the_embedding_and_only_without_a_budget() {
     for handed in [false, true] {
         let lm = LanguageModel::load_with(&file, &ExpertOptions::default()).unwrap();
         let Some(p) = lm.preload() else { continue };
-        let hold = p.hold();
         if handed {
-            let vision = VisionModel::load_with(&mmproj, true).unwrap();
-            match vision.preload() {
-                Some(v) => v.release_when_done(hold),
-                None => drop(hold),
-            }
+            // The mmproj's load holds it and hands the hold to its own preload.
+            VisionModel::load_with(&mmproj, true, Some(p)).unwrap();
         } else {
-            drop(hold);
+            drop(p.hold());
         }
         let r = p.wait();
         assert!(r.complete, "{r:?}");

@@ -274,13 +274,21 @@ pub struct VisionModel {
 impl VisionModel {
     /// Opens an mmproj GGUF; fails if a tensor is missing, mis-shaped, or left unused.
     pub fn load(path: &std::path::Path) -> Result<Self, VisionError> {
-        Self::load_with(path, false)
+        Self::load_with(path, false, None)
     }
 
     /// [`VisionModel::load`], reading the file in on a background thread from the start
     /// when `preload` is set (and it fits in memory; [`Preload`]): the first tile then
     /// finds its layers' weights in memory instead of faulting them in as it goes.
-    pub fn load_with(path: &std::path::Path, preload: bool) -> Result<Self, VisionError> {
+    /// `ahead_of` (the language model's preload, whose file an image needs only after this
+    /// one) holds from now until this file's preload has ended, or until the load ends
+    /// where there is none.
+    pub fn load_with(
+        path: &std::path::Path,
+        preload: bool,
+        ahead_of: Option<&Preload>,
+    ) -> Result<Self, VisionError> {
+        let hold = ahead_of.map(Preload::hold);
         let file = ModelFile::open(path)?;
         // Every tower and projector matrix is read whole per image (packed per product).
         file.gguf().advise_huge_pages(&[]);
@@ -289,6 +297,9 @@ impl VisionModel {
         // would wait behind the preload's reads.
         if preload {
             model.preload = Preload::start(&file, &[]);
+        }
+        if let (Some(hold), Some(p)) = (hold, &model.preload) {
+            p.release_when_done(hold);
         }
         Ok(model)
     }
