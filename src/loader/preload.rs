@@ -4,8 +4,9 @@
 //! Why: weights are a file mapping, read on first touch. Cold, the first prompt's
 //! prefill (or the first image's tower) faults the file in page by page in the order the
 //! forward pass touches it, and computes nothing while each read is in flight: on the
-//! 2-core Zen 4 VM a cold Tiny Q4_0 prefill of a 631-token image prompt took 2.8-3.3 s
-//! where a warm one takes 1.5 s (BENCHMARKS.md, twenty-eighth session). A reader thread
+//! 2-core Zen 4 VM the first answer to a 2x2-image question on Tiny Q4_0 from cold files
+//! took 23.2-24.1 s where a warm one takes ~19.5, and 40.6 s with reads limited to 100 MB/s
+//! (`benches/cold_start.sh`, BENCHMARKS.md, twenty-eighth session). A reader thread
 //! walks the file in order instead, 2 MiB at a time, while the tokenizer loads and the
 //! tower runs; llama.cpp asks the kernel for the same with `MADV_WILLNEED` over its whole
 //! mapping. Here it is `MADV_POPULATE_READ`, the same page faults the forward pass would
